@@ -1,0 +1,35 @@
+# Two entry points (see README): `make demo` and `make test`. Both create .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# The test environment pins torch: 2.13.0 is a CPU build that installs from the
+# local cache; an unpinned torch pulls a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.base: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.dev: $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q -e '.[dev]' '$(TORCH)'
+	touch $@ $(VENV)/.base
+
+demo: $(VENV)/.base
+	$(BIN)/floatguard demo
+
+test: $(VENV)/.dev
+	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: $(VENV)/.dev
+	$(BIN)/python benchmarks/accuracy.py
+	$(BIN)/python benchmarks/paper_bhh2021.py
+	$(BIN)/python benchmarks/ops_speed.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

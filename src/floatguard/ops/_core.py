@@ -1,0 +1,87 @@
+"""Shared kernel of logsumexp, softmax and log_softmax (Blanchard, Higham & Higham 2021).
+
+For a row ``x`` with maximum ``m = x_k`` (first index ``k`` where the max is
+attained) the kernel computes, in the working dtype,
+
+    d_i = x_i - m,    e_i = exp(d_i),    s = sum_{i != k} e_i
+
+so that ``logsumexp = m + log1p(s)``, ``softmax_i = e_i / (1 + s)`` and
+``log_softmax_i = d_i - log1p(s)``. Taking the max term out of the sum and using
+``log1p`` is what keeps the result accurate when one term dominates (the case
+where ``log(1 + s)`` loses every digit of ``s``).
+
+The max is a constant for autodiff (the functions are shift-invariant, so its
+derivative is exactly zero); the max term re-enters the graph as
+``expm1(d_k)``, which is exactly 0 in value but carries the derivative of
+``e_k``. Rows whose max is not finite (all entries -inf or masked, a +inf, a
+NaN) are computed on safe stand-in values and their results are chosen with
+``where``, so their gradients are 0 instead of NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ._namespace import Backend
+
+
+@dataclass
+class Shifted:
+    """Pieces of the shifted row computation; all arrays in the working dtype."""
+
+    m: Any  # row max (keepdims), constant for autodiff; may be +-inf or NaN
+    finite: Any  # bool (keepdims): the row max is finite
+    d: Any  # x - m on finite rows, 0 elsewhere
+    e: Any  # exp(d)
+    s: Any  # sum of e without the max term (keepdims), >= 0; 0 on non-finite rows
+    is_k: Any = None  # bool: position of the (first) max in each row
+    d_k: Any = None  # d at the max (0 in value, carries the derivative)
+
+
+def shifted(be: Backend, x: Any, mask: Any = None) -> Shifted:
+    """Shift the last axis of ``x`` by its max; ``mask`` (bool) keeps entries where True."""
+    xp = be.xp
+    neg_inf = xp.asarray(-float("inf"), dtype=x.dtype)
+    if be.name == "torch":
+        neg_inf = neg_inf.to(x.device)
+    if mask is not None:
+        x = xp.where(mask, x, neg_inf)
+    xc = be.stop_gradient(x)
+    if x.shape[-1]:
+        m = xp.max(xc, axis=-1, keepdims=True)
+    else:  # empty rows: the sum of no terms is 0, its log -inf
+        m = xp.sum(xc, axis=-1, keepdims=True) + neg_inf
+    finite = xp.isfinite(m)
+    zero = xp.zeros_like(m)
+    m0 = xp.where(finite, m, zero)
+    d = xp.where(finite, x - m0, xp.zeros_like(x))
+    e = xp.exp(d)
+    n = x.shape[-1]
+    if n == 0:
+        return Shifted(m, finite, d, e, xp.zeros_like(m))
+    k = xp.argmax(xc, axis=-1, keepdims=True)
+    idx = xp.arange(n, dtype=k.dtype)
+    if be.name == "torch":
+        idx = idx.to(k.device)
+    is_k = idx == k
+    rest = xp.sum(xp.where(is_k, xp.zeros_like(e), e), axis=-1, keepdims=True)
+    d_k = xp.sum(xp.where(is_k, d, xp.zeros_like(d)), axis=-1, keepdims=True)
+    s = xp.where(finite, rest + xp.expm1(d_k), zero)
+    return Shifted(m, finite, d, e, s, is_k, d_k)
+
+
+def limit_weights(be: Backend, x: Any, sh: Shifted) -> Any:
+    """Softmax on rows whose max is not finite: the limit value.
+
+    +inf entries share the mass equally (the limit of softmax as they grow
+    together), rows of all -inf give zeros, rows with NaN give NaN.
+    """
+    xp = be.xp
+    x = be.stop_gradient(x)
+    at_max = xp.astype(x == sh.m, x.dtype)
+    count = xp.sum(at_max, axis=-1, keepdims=True)
+    pos = sh.m > 0  # +inf rows
+    safe_count = xp.where(count > 0, count, xp.ones_like(count))
+    w = xp.where(pos, at_max / safe_count, xp.zeros_like(at_max))
+    return xp.where(xp.isnan(sh.m), sh.m + xp.zeros_like(x), w)

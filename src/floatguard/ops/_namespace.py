@@ -1,0 +1,224 @@
+"""The one array-namespace layer under every op.
+
+Each op is written once against the array API standard: it asks
+:func:`namespace` for the namespace ``xp`` of its inputs (NumPy itself,
+``array_api_compat.torch`` or ``jax.numpy``) and uses only ``xp``. The few
+things the standard does not cover live here, each as one small function:
+stopping gradients, the working dtype, a cumulative log-add-exp, and whether
+values may be read eagerly (not under ``jax.jit``).
+
+NumPy is imported eagerly (a hard dependency); PyTorch, array-api-compat and
+JAX are imported only when an array of theirs arrives.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["Backend", "OptionalDependencyError", "as_float", "finfo_of", "namespace", "quiet"]
+
+# Ops evaluate both sides of a ``where`` on NumPy arrays; the unused side may
+# raise floating-point warnings (log of a negative number, say) that say nothing
+# about the result. Public ops run with NumPy's warnings off: their results,
+# NaN and inf included, are documented and tested instead.
+quiet = np.errstate(all="ignore")
+
+
+class OptionalDependencyError(ImportError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+
+def _require(module: str, extra: str) -> Any:
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise OptionalDependencyError(
+            f"{module!r} is needed for this input; install it with "
+            f"`pip install 'floatguard[{extra}]'`"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class Backend:
+    """An array library: its standard namespace and the few extras floatguard needs."""
+
+    name: str  # "numpy", "torch" or "jax"
+    xp: Any
+
+    # -- dtypes ---------------------------------------------------------------
+    def work_dtype(self, dtype: Any) -> Any:
+        """Dtype to compute in: float64 for every float input where available.
+
+        float16, bfloat16 and float32 inputs are computed in float64 and rounded
+        once at the end; that is what makes the <= 1 ulp bound hold. JAX
+        without ``jax_enable_x64`` has no float64: there float32 is used.
+        """
+        xp = self.xp
+        if self.name == "jax":
+            import jax
+
+            if not jax.config.jax_enable_x64:
+                return xp.float32
+        return xp.float64
+
+    def stop_gradient(self, x: Any) -> Any:
+        """``x`` as a constant for autodiff (identity for NumPy)."""
+        if self.name == "torch":
+            return x.detach()
+        if self.name == "jax":
+            import jax
+
+            return jax.lax.stop_gradient(x)
+        return x
+
+    def is_concrete(self, x: Any) -> bool:
+        """True when values of ``x`` can be read now (false under ``jax.jit``)."""
+        if self.name != "jax":
+            return True
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+
+    def cumulative_logaddexp(self, x: Any, axis: int) -> Any:
+        """Running ``log(exp(x_0) + ... + exp(x_i))`` along ``axis`` (working dtype)."""
+        if self.name == "numpy":
+            return np.logaddexp.accumulate(x, axis=axis)
+        if self.name == "torch":
+            import torch
+
+            return torch.logcumsumexp(x, dim=axis)
+        import jax
+
+        return jax.lax.cumlogsumexp(x, axis=axis)
+
+    def asarray_like(self, value: Any, like: Any) -> Any:
+        """A scalar or array-like as an array of ``like``'s dtype and device."""
+        xp = self.xp
+        if self.name == "torch":
+            return xp.asarray(value, dtype=like.dtype, device=like.device)
+        return xp.asarray(value, dtype=like.dtype)
+
+
+_NUMPY = Backend("numpy", np)
+
+
+def _backend_of(x: Any) -> Backend | None:
+    """Backend owning ``x``, or None for Python scalars / lists."""
+    if isinstance(x, np.ndarray | np.generic):
+        return _NUMPY
+    mod = type(x).__module__
+    if mod.startswith("torch") and "torch" in sys.modules:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            _require("array_api_compat", "torch")
+            from array_api_compat import torch as xp_torch
+
+            return Backend("torch", xp_torch)
+    if mod.startswith(("jax", "jaxlib")) and "jax" in sys.modules:
+        import jax
+
+        if isinstance(x, jax.Array):
+            import jax.numpy as jnp
+
+            return Backend("jax", jnp)
+    return None
+
+
+def namespace(*named: tuple[str, Any], func: str) -> Backend:
+    """Backend shared by the named array arguments; ``None`` values are ignored.
+
+    Python scalars and lists take the backend of the arrays they come with (NumPy
+    when alone). Arrays of two different libraries raise a ``TypeError`` naming
+    both arguments.
+    """
+    found: tuple[str, Backend] | None = None
+    for name, value in named:
+        if value is None:
+            continue
+        be = _backend_of(value)
+        if be is None:
+            if not isinstance(value, int | float | bool | list | tuple):
+                raise TypeError(
+                    f"floatguard.{func}: argument {name!r} must be a NumPy array, "
+                    f"a PyTorch tensor or a JAX array, got {type(value).__name__}"
+                )
+            continue
+        if found is not None and found[1].name != be.name:
+            raise TypeError(
+                f"floatguard.{func}: arguments {found[0]!r} ({found[1].name}) and "
+                f"{name!r} ({be.name}) come from different array libraries; "
+                "convert one so both are the same kind"
+            )
+        if found is None:
+            found = (name, be)
+    return found[1] if found is not None else _NUMPY
+
+
+def _is_float_dtype(be: Backend, dtype: Any) -> bool:
+    xp = be.xp
+    if be.name == "numpy":
+        return np.issubdtype(dtype, np.floating)
+    if be.name == "torch":
+        return dtype.is_floating_point
+    return xp.issubdtype(dtype, xp.floating)
+
+
+def as_float(be: Backend, x: Any, name: str, func: str, like: Any = None) -> Any:
+    """``x`` as a floating array of backend ``be``.
+
+    Python scalars and lists become arrays (of ``like``'s dtype when given, else
+    the backend's default float). Integer, boolean and complex arrays are refused
+    with a ``TypeError`` that names the argument and says which cast to make:
+    floatguard never promotes silently.
+    """
+    xp = be.xp
+    if _backend_of(x) is None:
+        if like is not None:
+            return be.asarray_like(x, like)
+        if be.name == "numpy":
+            return np.asarray(x, dtype=np.float64)
+        return xp.asarray(x, dtype=xp.float32 if be.name == "jax" else None) * 1.0
+    dtype = x.dtype
+    if not _is_float_dtype(be, dtype):
+        target = {"numpy": "x.astype(np.float64)", "torch": "x.to(torch.get_default_dtype())",
+                  "jax": "x.astype(jnp.float32)"}[be.name]
+        raise TypeError(
+            f"floatguard.{func}: argument {name!r} must be a real floating-point array, "
+            f"got dtype {dtype}; floatguard does not promote silently: cast it first, "
+            f"e.g. {target.replace('x', name, 1)}"
+        )
+    return x
+
+
+def finfo_of(be: Backend, dtype: Any) -> Any:
+    """``finfo`` of a floating dtype (bfloat16 included)."""
+    return be.xp.finfo(dtype)
+
+
+def normalize_axis(axis: int, ndim: int, name: str, func: str) -> int:
+    """``axis`` in ``range(ndim)``; a clear ``ValueError`` when out of range."""
+    if isinstance(axis, bool) or not isinstance(axis, int | np.integer):
+        raise TypeError(f"floatguard.{func}: argument {name!r} must be an int, got {axis!r}")
+    if not -max(ndim, 1) <= axis < max(ndim, 1):
+        raise ValueError(
+            f"floatguard.{func}: argument {name!r}={axis} is out of range for an "
+            f"array with {ndim} dimension(s)"
+        )
+    return int(axis) % max(ndim, 1)
+
+
+def normalize_axes(axis: Any, ndim: int, name: str, func: str) -> tuple[int, ...]:
+    """``axis`` (None, int or tuple of ints) as a sorted tuple of non-negative axes."""
+    if axis is None:
+        return tuple(range(ndim))
+    if isinstance(axis, tuple | list):
+        axes = tuple(sorted({normalize_axis(a, ndim, name, func) for a in axis}))
+        if len(axes) != len(axis):
+            raise ValueError(f"floatguard.{func}: argument {name!r}={axis} repeats an axis")
+        return axes
+    return (normalize_axis(axis, ndim, name, func),)
