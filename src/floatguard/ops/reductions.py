@@ -15,6 +15,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
+
+from . import _numpy_fast
 from ._core import limit_weights, shifted
 from ._namespace import Backend, as_float, namespace, normalize_axes, normalize_axis, quiet
 
@@ -134,6 +137,16 @@ def logsumexp(
         b = xp.astype(_broadcast_arg(be, b, shape, "b", "logsumexp"), xw.dtype)
         nonzero = b != 0
         mask = nonzero if mask is None else (mask & nonzero)
+    if be.name == "numpy" and b is None:
+        rows = _to_rows(xp, x, axes)
+        if mask is not None:
+            rows = np.where(_to_rows(xp, mask, axes), rows, -np.inf)
+        flat = np.ascontiguousarray(rows).reshape(-1, rows.shape[-1])
+        val = _numpy_fast.logsumexp_rows(flat).reshape((*rows.shape[:-1], 1))
+        val = xp.astype(_from_rows(xp, val, shape, axes, keepdims), dtype, copy=False)
+        if return_sign:
+            return val, np.where(val > -np.inf, 1.0, 0.0).astype(dtype)
+        return val
     rows = _to_rows(xp, xw, axes)
     rmask = None if mask is None else _to_rows(xp, mask, axes)
     sh = shifted(be, rows, rmask)
@@ -205,14 +218,7 @@ def softmax(x: Any, axis: int = -1, *, where: Any = None) -> Any:
     >>> fg.softmax(x).round(4)
     array([0.3315, 0.5465, 0.122 ], dtype=float32)
     """
-    be, x, xw = _prepare(x, "softmax", where=where)
-    xp = be.xp
-    ax = normalize_axis(axis, x.ndim, "axis", "softmax")
-    mask = _mask(be, where, x, "softmax")
-    rows = xp.moveaxis(xw, ax, -1)
-    sh = shifted(be, rows, None if mask is None else xp.moveaxis(mask, ax, -1))
-    p = xp.where(sh.finite, sh.e / (1 + sh.s), limit_weights(be, rows, sh))
-    return xp.astype(xp.moveaxis(p, -1, ax), x.dtype, copy=False)
+    return _softmax(x, axis, where, log=False)
 
 
 @quiet
@@ -233,16 +239,39 @@ def log_softmax(x: Any, axis: int = -1, *, where: Any = None) -> Any:
     >>> float(fg.log_softmax(x)[0])      # -50 e^-30, to the last digit
     -4.678853766066562e-12
     """
-    be, x, xw = _prepare(x, "log_softmax", where=where)
+    return _softmax(x, axis, where, log=True)
+
+
+def _softmax_generic(be: Backend, rows: Any, mask: Any, log: bool) -> Any:
+    """softmax (``e / (1 + s)``) or log_softmax (``d - log1p(s)``) of the last axis, working dtype."""
     xp = be.xp
-    ax = normalize_axis(axis, x.ndim, "axis", "log_softmax")
-    mask = _mask(be, where, x, "log_softmax")
-    rows = xp.moveaxis(xw, ax, -1)
-    sh = shifted(be, rows, None if mask is None else xp.moveaxis(mask, ax, -1))
+    sh = shifted(be, rows, mask)
     w = limit_weights(be, rows, sh)
+    if not log:
+        return xp.where(sh.finite, sh.e / (1 + sh.s), w)
     limit = xp.where(w > 0, xp.log(xp.where(w > 0, w, xp.ones_like(w))), xp.full_like(w, -float("inf")))
     limit = xp.where(xp.isnan(w), w, limit)
-    out = xp.where(sh.finite, sh.d - xp.log1p(sh.s), limit)
+    return xp.where(sh.finite, sh.d - xp.log1p(sh.s), limit)
+
+
+def _softmax(x: Any, axis: int, where: Any, log: bool) -> Any:
+    func = "log_softmax" if log else "softmax"
+    be, x, xw = _prepare(x, func, where=where)
+    xp = be.xp
+    ax = normalize_axis(axis, x.ndim, "axis", func)
+    mask = _mask(be, where, x, func)
+    if be.name == "numpy" and x.ndim:
+        rows = np.moveaxis(x, ax, -1)
+        if mask is not None:
+            rows = np.where(np.moveaxis(mask, ax, -1), rows, -np.inf)
+        flat = np.ascontiguousarray(rows).reshape(-1, rows.shape[-1])
+        out = np.empty(flat.shape, dtype=x.dtype)
+        if _numpy_fast.softmax_rows(flat, out, log):  # some rows have a non-finite max
+            bad = ~np.isfinite(flat.max(axis=1))
+            out[bad] = _softmax_generic(be, flat[bad].astype(np.float64), None, log)
+        return np.moveaxis(out.reshape(rows.shape), -1, ax)
+    rows = xp.moveaxis(xw, ax, -1)
+    out = _softmax_generic(be, rows, None if mask is None else xp.moveaxis(mask, ax, -1), log)
     return xp.astype(xp.moveaxis(out, -1, ax), x.dtype, copy=False)
 
 
