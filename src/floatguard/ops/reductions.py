@@ -24,6 +24,12 @@ from ._namespace import Backend, as_float, namespace, normalize_axes, normalize_
 __all__ = ["log_softmax", "logcumsumexp", "logmeanexp", "logsumexp", "softmax"]
 
 
+def _torch_fast() -> Any:
+    from . import _torch_fast as mod  # imports torch: only reached with torch tensors
+
+    return mod
+
+
 # -- shape plumbing -------------------------------------------------------------
 def _to_rows(xp: Any, a: Any, axes: tuple[int, ...]) -> Any:
     """Move ``axes`` of ``a`` to the end and flatten them into one last axis."""
@@ -146,6 +152,15 @@ def logsumexp(
         val = xp.astype(_from_rows(xp, val, shape, axes, keepdims), dtype, copy=False)
         if return_sign:
             return val, np.where(val > -np.inf, 1.0, 0.0).astype(dtype)
+        return val
+    if be.name == "torch" and b is None:
+        rows = _to_rows(xp, x, axes)
+        if mask is not None:
+            rows = xp.where(_to_rows(xp, mask, axes), rows, -float("inf"))
+        val = _torch_fast().LogSumExp.apply(xp.reshape(rows, (-1, rows.shape[-1])))
+        val = _from_rows(xp, xp.reshape(val, (*rows.shape[:-1], 1)), shape, axes, keepdims)
+        if return_sign:
+            return val, xp.where(val > -float("inf"), xp.ones_like(val), xp.zeros_like(val))
         return val
     rows = _to_rows(xp, xw, axes)
     rmask = None if mask is None else _to_rows(xp, mask, axes)
@@ -270,6 +285,13 @@ def _softmax(x: Any, axis: int, where: Any, log: bool) -> Any:
             bad = ~np.isfinite(flat.max(axis=1))
             out[bad] = _softmax_generic(be, flat[bad].astype(np.float64), None, log)
         return np.moveaxis(out.reshape(rows.shape), -1, ax)
+    if be.name == "torch" and x.ndim:
+        rows = xp.moveaxis(x, ax, -1)
+        if mask is not None:
+            rows = xp.where(xp.moveaxis(mask, ax, -1), rows, -float("inf"))
+        fn = _torch_fast().LogSoftmax if log else _torch_fast().Softmax
+        flat = xp.reshape(rows, (-1, rows.shape[-1]))
+        return xp.moveaxis(xp.reshape(fn.apply(flat), rows.shape), -1, ax)
     rows = xp.moveaxis(xw, ax, -1)
     out = _softmax_generic(be, rows, None if mask is None else xp.moveaxis(mask, ax, -1), log)
     return xp.astype(xp.moveaxis(out, -1, ax), x.dtype, copy=False)

@@ -1,0 +1,157 @@
+"""PyTorch path of logsumexp, softmax and log_softmax: same formulas, native kernels, analytic backward.
+
+Through the generic array-API code, PyTorch records a dozen ops (masks,
+``where``, a gather of the max term) and autograd keeps all their temporaries:
+15 to 40 times slower than ``torch.logsumexp`` (``benchmarks/ops_speed.py``).
+Here each op is one ``torch.autograd.Function``: the forward runs the same
+algorithm (float64, shift by the row max, max term taken out, ``log1p``,
+division by ``1 + s``) on in-place native kernels, and the backward is the
+analytic gradient, which is also what makes it 0, never NaN, on rows with no
+finite entry. Backward formulas use only the saved input and output, in
+differentiable torch ops, so double backward works.
+
+All functions take rows on the last axis and return results in the input dtype.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+BLOCK = 1 << 18  # float64 elements per block: 2 MiB, reused for every block
+
+
+def _blocks(r: int, n: int) -> Iterator[tuple[int, int, int, int]]:
+    """(row0, row1, col0, col1): whole rows when they fit in a block, else column chunks of one row."""
+    if n <= BLOCK:
+        step = max(1, BLOCK // max(n, 1))
+        for r0 in range(0, r, step):
+            yield r0, min(r, r0 + step), 0, n
+    else:
+        for row in range(r):
+            for c0 in range(0, n, BLOCK):
+                yield row, row + 1, c0, min(n, c0 + BLOCK)
+
+
+def _sweep(x: torch.Tensor, out: torch.Tensor | None = None, log: bool = False) -> tuple[torch.Tensor, ...]:
+    """Row max ``m``, ``finite`` and ``s = sum_{i != k} exp(x_i - m)`` of rows ``x`` (R, n), in float64.
+
+    With ``out``, also writes softmax (``e / (1 + s)``) or log_softmax
+    (``d - log1p(s)``) into it, in the same sweep when rows fit in a block.
+    Works block by block in one reused float64 buffer: no full-size temporaries.
+    """
+    x = x.detach()
+    r, n = x.shape
+    mx, k = x.max(dim=-1)
+    m = mx.to(torch.float64)
+    finite = torch.isfinite(m)
+    m0 = torch.where(finite, m, 0.0)
+    s = torch.zeros(r, dtype=torch.float64, device=x.device)
+    size = min(BLOCK, max(r * n, 1))
+    buf = torch.empty(size, dtype=torch.float64, device=x.device)
+    dbuf = torch.empty(size, dtype=torch.float64, device=x.device) if (out is not None and log) else buf
+    one_sweep = n <= BLOCK
+    for r0, r1, c0, c1 in _blocks(r, n):
+        rows, cols = r1 - r0, c1 - c0
+        d = dbuf[: rows * cols].view(rows, cols)
+        d.copy_(x[r0:r1, c0:c1]).sub_(m0[r0:r1, None])
+        e = buf[: rows * cols].view(rows, cols)
+        torch.exp(d, out=e)
+        kk = k[r0:r1] - c0
+        inside = (kk >= 0) & (kk < cols)
+        rows_in = torch.nonzero(inside).squeeze(-1) if not one_sweep else torch.arange(rows, device=x.device)
+        e[rows_in, kk[rows_in]] = 0.0
+        part = e.sum(dim=-1)
+        s[r0:r1] += part
+        if out is not None and one_sweep:
+            sb = torch.where(finite[r0:r1], part, 0.0)[:, None]
+            if log:
+                out[r0:r1].copy_(d.sub_(torch.log1p(sb)))
+            else:
+                e[rows_in, kk[rows_in]] = 1.0
+                out[r0:r1].copy_(e.div_(1.0 + sb))  # BHH's division form, rounded once
+    s = torch.where(finite, s, 0.0)
+    if out is not None and not one_sweep:  # long rows: a second sweep writes the output
+        log1p_s = torch.log1p(s)
+        for r0, r1, c0, c1 in _blocks(r, n):
+            d = buf[: c1 - c0].view(1, -1)
+            d.copy_(x[r0:r1, c0:c1]).sub_(m0[r0:r1, None])
+            if log:
+                out[r0:r1, c0:c1].copy_(d.sub_(log1p_s[r0:r1, None]))
+            else:
+                out[r0:r1, c0:c1].copy_(d.exp_().div_(1.0 + s[r0:r1, None]))
+    return m, finite, s
+
+
+def _limit(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Softmax of rows with a non-finite max: mass shared by +inf entries, 0 for -inf rows, NaN for NaN rows."""
+    at_max = (x.to(torch.float64) == m).to(torch.float64)
+    w = at_max / at_max.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    w = torch.where(m > 0, w, 0.0)
+    return torch.where(torch.isnan(m), m, w)
+
+
+class LogSumExp(torch.autograd.Function):
+    """``m + log1p(s)`` per row; gradient ``softmax(x)`` (0 on rows with no finite max)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        m, finite, s = _sweep(x)
+        out = torch.where(finite, m + torch.log1p(s), m)[:, None]
+        ctx.save_for_backward(x, out)
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        x, out = ctx.saved_tensors
+        finite = torch.isfinite(out)
+        p = torch.exp(x.to(torch.float64) - torch.where(finite, out, 0.0))
+        p = torch.where(finite, p, 0.0)
+        return (g.to(torch.float64) * p).to(x.dtype)
+
+
+class Softmax(torch.autograd.Function):
+    """``e / (1 + s)`` per row; gradient ``p * (g - sum(g p))``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(x)
+        m, finite, _ = _sweep(x, out, log=False)
+        if not bool(finite.all()):
+            m, finite = m[:, None], finite[:, None]
+            out = torch.where(finite, out, _limit(x, m).to(x.dtype))
+        ctx.save_for_backward(out, finite.reshape(-1, 1))
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        out, finite = ctx.saved_tensors
+        p = torch.where(finite, out.to(torch.float64), 0.0)
+        gw = g.to(torch.float64)
+        return (p * (gw - (gw * p).sum(dim=-1, keepdim=True))).to(out.dtype)
+
+
+class LogSoftmax(torch.autograd.Function):
+    """``d - log1p(s)`` per row; gradient ``g - p sum(g)``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(x)
+        m, finite, _ = _sweep(x, out, log=True)
+        if not bool(finite.all()):
+            m, finite = m[:, None], finite[:, None]
+            w = _limit(x, m)
+            lim = torch.where(w > 0, torch.log(w.clamp_min(1e-300)), -torch.inf)
+            out = torch.where(finite, out, torch.where(torch.isnan(w), w, lim).to(x.dtype))
+        ctx.save_for_backward(out, finite.reshape(-1, 1))
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        out, finite = ctx.saved_tensors
+        p = torch.where(finite, torch.exp(out.to(torch.float64)), 0.0)
+        gw = g.to(torch.float64)
+        grad = gw - p * gw.sum(dim=-1, keepdim=True)
+        return torch.where(finite, grad, 0.0).to(out.dtype)
