@@ -35,7 +35,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-__all__ = ["Event", "Report", "SEVERITIES", "SOURCES"]
+__all__ = ["SEVERITIES", "SOURCES", "Event", "Report"]
 
 SEVERITIES = ("error", "warning", "info")
 SOURCES = ("sanitize", "monitor", "lint")
