@@ -161,8 +161,8 @@ def namespace(*named: tuple[str, Any], func: str) -> Backend:
 
 def _is_float_dtype(be: Backend, dtype: Any) -> bool:
     xp = be.xp
-    if be.name == "numpy":
-        return np.issubdtype(dtype, np.floating)
+    if be.name == "numpy":  # bfloat16 of ml_dtypes is a NumPy dtype of kind "V"
+        return np.issubdtype(dtype, np.floating) or np.dtype(dtype).name == "bfloat16"
     if be.name == "torch":
         return dtype.is_floating_point
     return xp.issubdtype(dtype, xp.floating)
@@ -197,6 +197,10 @@ def as_float(be: Backend, x: Any, name: str, func: str, like: Any = None) -> Any
 
 def finfo_of(be: Backend, dtype: Any) -> Any:
     """``finfo`` of a floating dtype (bfloat16 included)."""
+    if be.name == "numpy" and np.dtype(dtype).name == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.finfo(dtype)
     return be.xp.finfo(dtype)
 
 
