@@ -89,6 +89,10 @@ def log_matmul_exp(a: Any, b: Any) -> Any:
     c = alpha + beta + xp.log(xp.where(ok, dot, xp.ones_like(dot)))
     c = xp.where(ok, c, xp.full_like(c, -float("inf")))
     suspect = dot < math.exp(_SAFE_LOG)
+    if wd == dtype:
+        # float64 inputs: where the row max and the column max come from different k, alpha + beta
+        # is far above c and its rounding error (and exp's) cancels into c; recompute those exactly
+        suspect = suspect | ((alpha + beta - c) > 0.5 * xp.maximum(xp.abs(c), xp.ones_like(c)))
     # where some row max or column max is +inf / NaN, the result is the limit
     nonfinite = ~(fa & fb)
     if be.is_concrete(dot):
