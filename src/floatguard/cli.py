@@ -44,9 +44,24 @@ def _demo(args: argparse.Namespace) -> int:
     return 1 if summary["stable_failed"] else 0
 
 
+# -- lint ---------------------------------------------------------------------------
+def _lint_arguments(parser: argparse.ArgumentParser) -> None:
+    from .lint.cli import add_arguments
+
+    add_arguments(parser)
+
+
+def _lint(args: argparse.Namespace) -> int:
+    from .lint.cli import run
+
+    return run(args)
+
+
 COMMANDS: list[Command] = [
     Command("demo", "show each floating-point failure (overflow, underflow, NaN) next to its floatguard cure",
             _demo_arguments, _demo),
+    Command("lint", "find numerically unstable expressions in Python source (ruff-style, with --fix)",
+            _lint_arguments, _lint),
 ]
 
 

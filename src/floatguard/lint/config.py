@@ -1,0 +1,147 @@
+"""``[tool.floatguard.lint]`` in ``pyproject.toml``, and rule selection.
+
+Keys (ruff's names)::
+
+    [tool.floatguard.lint]
+    select = ["FG1", "FG201"]           # code prefixes; "ALL" for every rule (default)
+    ignore = ["FG106"]
+    exclude = ["legacy/*"]
+    [tool.floatguard.lint.per-file-ignores]
+    "tests/*" = ["FG111"]
+
+The configuration of a file is the nearest ``pyproject.toml`` above it that has a
+``[tool.floatguard.lint]`` table; globs are relative to that file's directory.
+Command-line ``--select`` replaces ``select``; ``--ignore`` adds to ``ignore``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from .rules import all_rules
+
+__all__ = ["Config", "ConfigError", "expand", "find_config"]
+
+
+class ConfigError(ValueError):
+    """A bad selector or configuration value (exit status 2)."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """The lint settings that apply under ``root`` (None: defaults, no pyproject found)."""
+
+    root: Path | None = None
+    select: tuple[str, ...] = ("ALL",)
+    ignore: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    per_file_ignores: tuple[tuple[str, tuple[str, ...]], ...] = field(default_factory=tuple)
+
+    def codes_for(self, path: Path, select: tuple[str, ...] | None = None,
+                  ignore: tuple[str, ...] = ()) -> frozenset[str]:
+        """The rule codes enabled for ``path`` under this configuration and the command line."""
+        chosen = expand(select if select is not None else self.select)
+        drop = expand((*self.ignore, *ignore))
+        rel = self._rel(path)
+        for pattern, codes in self.per_file_ignores:
+            if _match(rel, pattern):
+                drop |= expand(codes)
+        return frozenset(chosen - drop)
+
+    def excluded(self, path: Path) -> bool:
+        rel = self._rel(path)
+        return any(_match(rel, pat) for pat in self.exclude)
+
+    def _rel(self, path: Path) -> str:
+        p = path.resolve()
+        if self.root is not None:
+            try:
+                return p.relative_to(self.root).as_posix()
+            except ValueError:
+                pass
+        return path.as_posix()
+
+
+def _match(rel: str, pattern: str) -> bool:
+    pattern = pattern.rstrip("/")
+    return fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(rel, pattern + "/*") or \
+        fnmatch.fnmatch(Path(rel).name, pattern)
+
+
+def expand(selectors: tuple[str, ...] | list[str]) -> set[str]:
+    """Codes matched by selectors: ``"ALL"``, ``"FG"``, ``"FG1"``, ``"FG101"``; unknown ones raise ConfigError."""
+    codes = [r.code for r in all_rules()]
+    out: set[str] = set()
+    for sel in selectors:
+        s = sel.strip().upper()
+        if not s:
+            continue
+        if s == "ALL":
+            out.update(codes)
+            continue
+        hit = {c for c in codes if c.startswith(s)}
+        if not hit:
+            raise ConfigError(f"unknown rule selector {sel!r} (codes are {codes[0]}..{codes[-1]})")
+        out |= hit
+    return out
+
+
+def _strs(value: object, key: str, where: Path) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"{where}: [tool.floatguard.lint] {key} must be a list of strings")
+
+
+@lru_cache(maxsize=256)
+def _load(pyproject: Path) -> Config | None:
+    try:
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{pyproject}: {exc}") from exc
+    table = data.get("tool", {}).get("floatguard", {}).get("lint")
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise ConfigError(f"{pyproject}: [tool.floatguard.lint] must be a table")
+    known = {"select", "ignore", "exclude", "per-file-ignores", "extend-select"}
+    unknown = set(table) - known
+    if unknown:
+        raise ConfigError(f"{pyproject}: unknown [tool.floatguard.lint] key(s) {sorted(unknown)}")
+    select = _strs(table.get("select", ["ALL"]), "select", pyproject) + _strs(table.get("extend-select", []),
+                                                                             "extend-select", pyproject)
+    pfi = table.get("per-file-ignores", {})
+    if not isinstance(pfi, dict):
+        raise ConfigError(f"{pyproject}: per-file-ignores must be a table")
+    cfg = Config(
+        root=pyproject.parent.resolve(),
+        select=select,
+        ignore=_strs(table.get("ignore", []), "ignore", pyproject),
+        exclude=_strs(table.get("exclude", []), "exclude", pyproject),
+        per_file_ignores=tuple((k, _strs(v, f"per-file-ignores.{k}", pyproject)) for k, v in pfi.items()),
+    )
+    expand(cfg.select)
+    expand(cfg.ignore)
+    for _, codes in cfg.per_file_ignores:
+        expand(codes)
+    return cfg
+
+
+@lru_cache(maxsize=1024)
+def find_config(start: Path) -> Config:
+    """The configuration for files in directory ``start``: nearest pyproject.toml with the table, walking up."""
+    d = start.resolve()
+    if d.is_file():
+        d = d.parent
+    for parent in (d, *d.parents):
+        candidate = parent / "pyproject.toml"
+        if candidate.is_file():
+            cfg = _load(candidate)
+            if cfg is not None:
+                return cfg
+    return Config()

@@ -1,0 +1,259 @@
+"""Run the rules over sources, files and trees (in parallel), honour ``# noqa``, apply fixes.
+
+One pass over each file's ``ast`` sets parent links and hands every node to the
+rules registered for its type. Files are spread over processes when there are
+many; a file is parsed with LibCST only when it is being fixed.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+import tokenize
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from ..events import Event
+from .analysis import Context, char_col
+from .config import Config, find_config
+from .rule import Finding, Rule
+from .rules import all_rules
+
+__all__ = ["FileResult", "iter_python_files", "lint_file", "lint_paths", "lint_source"]
+
+SYNTAX_ERROR = "FG000"
+_NOQA = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Z]+\d+(?:[\s,]+[A-Z]+\d+)*))?", re.IGNORECASE)
+EXCLUDED_DIRS = frozenset({".git", ".hg", ".svn", ".venv", "venv", ".tox", ".nox", "__pycache__", "build", "dist",
+                           "node_modules", ".eggs", ".mypy_cache", ".ruff_cache", ".pytest_cache", "site-packages"})
+MAX_FIX_PASSES = 8
+
+
+@dataclass
+class FileResult:
+    """Findings of one file; ``fixed`` counts applied fixes, ``error`` holds a read error."""
+
+    path: str
+    events: list[Event] = field(default_factory=list)
+    lines: int = 0
+    fixed: int = 0
+    error: str | None = None
+
+
+@lru_cache(maxsize=64)
+def _dispatch(codes: frozenset[str]) -> dict[type[ast.AST], tuple[Rule, ...]]:
+    table: dict[type[ast.AST], list[Rule]] = {}
+    for cls in all_rules():
+        if cls.code in codes:
+            inst = cls()
+            for t in cls.nodes:
+                table.setdefault(t, []).append(inst)
+    return {k: tuple(v) for k, v in table.items()}
+
+
+def _all_codes() -> frozenset[str]:
+    return frozenset(r.code for r in all_rules())
+
+
+def _noqa(lines: list[str]) -> dict[int, frozenset[str] | None]:
+    """Line number -> codes suppressed there (None: all)."""
+    out: dict[int, frozenset[str] | None] = {}
+    for i, line in enumerate(lines, 1):
+        if "noqa" not in line and "NOQA" not in line:
+            continue
+        m = _NOQA.search(line)
+        if m is None:
+            continue
+        codes = m.group("codes")
+        out[i] = None if codes is None else frozenset(c.upper() for c in re.split(r"[\s,]+", codes) if c)
+    return out
+
+
+def _suppressed(noqa: dict[int, frozenset[str] | None], code: str, *lines: int) -> bool:
+    for ln in lines:
+        if ln in noqa:
+            codes = noqa[ln]
+            if codes is None or code in codes:
+                return True
+    return False
+
+
+def analyse(source: str, path: str, codes: frozenset[str] | None = None,
+            tree: ast.Module | None = None) -> tuple[list[Event], list[tuple[Event, Finding]]]:
+    """Findings of ``source`` as events, and the (event, finding) pairs that carry fixes.
+
+    A source that does not parse gives one ``FG000`` event with the syntax error.
+    """
+    if tree is None:
+        try:
+            tree = ast.parse(source, filename=path)
+        except (SyntaxError, ValueError) as exc:
+            line = getattr(exc, "lineno", None) or 1
+            col = getattr(exc, "offset", None) or 1
+            msg = getattr(exc, "msg", None) or str(exc)
+            return [Event(kind="syntax-error", source="lint", code=SYNTAX_ERROR, file=path, line=line, col=col,
+                          message=f"SyntaxError: {msg}", hint="the file was not checked (and not fixed)")], []
+    table = _dispatch(codes if codes is not None else _all_codes())
+    ctx = Context(source, tree, path)
+    nodes: list[ast.AST] = []
+    parents = ctx.parents
+    stack: list[ast.AST] = [tree]
+    while stack:
+        node = stack.pop()
+        nodes.append(node)
+        for child in ast.iter_child_nodes(node):
+            parents[id(child)] = node
+            stack.append(child)
+    found: list[tuple[Rule, Finding]] = []
+    for node in nodes:
+        rules = table.get(type(node))
+        if rules:
+            for rule in rules:
+                for f in rule.check(node, ctx):
+                    found.append((rule, f))
+    if not found:
+        return [], []
+    lines = ctx.lines
+    noqa = _noqa(lines)
+    events: list[Event] = []
+    with_fix: list[tuple[Event, Finding]] = []
+    seen: set[tuple[str, int, int]] = set()
+    for rule, f in found:
+        n = f.node
+        line, end_line = n.lineno, getattr(n, "end_lineno", None) or n.lineno  # type: ignore[attr-defined]
+        key = (rule.code, line, n.col_offset)  # type: ignore[attr-defined]
+        if key in seen or _suppressed(noqa, rule.code, line, end_line):
+            continue
+        seen.add(key)
+        col = char_col(lines, line, n.col_offset) + 1  # type: ignore[attr-defined]
+        stats: dict[str, int] = {"end_line": end_line,
+                                 "end_col": char_col(lines, end_line, n.end_col_offset or 0) + 1}  # type: ignore[attr-defined]
+        if f.fix is not None:
+            stats["fix_safe"] = int(f.fix.safe)
+        op = ctx.op(n)
+        ev = Event(kind=rule.name, source="lint", message=f.message, severity=rule.severity, hint=f.hint,
+                   code=rule.code, file=path, line=line, col=col, op=op.qual.lstrip(".") if op else None,
+                   fix=f.fix.replacement if f.fix is not None else None, stats=stats)
+        events.append(ev)
+        if f.fix is not None:
+            with_fix.append((ev, f))
+    events.sort(key=lambda e: (e.line or 0, e.col or 0, e.code or ""))
+    return events, with_fix
+
+
+def lint_source(source: str, path: str = "<string>", *, select: Iterable[str] | None = None,
+                ignore: Iterable[str] = ()) -> list[Event]:
+    """Findings of a source string (``select``/``ignore`` take code prefixes)."""
+    from .config import expand
+
+    codes = frozenset(expand(tuple(select) if select is not None else ("ALL",)) - expand(tuple(ignore)))
+    return analyse(source, path, codes)[0]
+
+
+def fix_source(source: str, path: str = "<string>", *, codes: frozenset[str] | None = None,
+               unsafe: bool = False) -> tuple[str, int, list[Event]]:
+    """Apply fixes until none is left: (new source, fixes applied, remaining findings)."""
+    from .fixes import apply_fixes, to_text_fix
+
+    total = 0
+    events, fixes = analyse(source, path, codes)
+    for _ in range(MAX_FIX_PASSES):
+        usable = [f for _, f in fixes if f.fix is not None and (f.fix.safe or unsafe)]
+        if not usable:
+            break
+        lines = source.splitlines(keepends=True)
+        text_fixes = [to_text_fix(lines, f.fix.node, f.fix.replacement, f.fix.imports) for f in usable
+                      if f.fix is not None]
+        try:
+            new, n = apply_fixes(source, text_fixes)
+        except Exception:  # LibCST refuses the file: leave it as it is
+            break
+        if n == 0 or new == source:
+            break
+        try:
+            ast.parse(new)
+        except SyntaxError:
+            break
+        source, total = new, total + n
+        events, fixes = analyse(source, path, codes)
+    return source, total, events
+
+
+def read_source(path: Path) -> tuple[str, str]:
+    """(text, encoding) of a Python file, honouring its coding cookie; newlines kept as they are."""
+    data = path.read_bytes()
+    import io
+
+    encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    text = data.decode(encoding)
+    if text.startswith("\ufeff"):
+        text = text[1:]
+        encoding = "utf-8-sig"
+    return text, encoding
+
+
+def lint_file(path: str | os.PathLike[str], *, codes: frozenset[str] | None = None, fix: str | None = None,
+              display: str | None = None) -> FileResult:
+    """Lint one file; ``fix`` is None, ``"safe"`` or ``"unsafe"`` (the file is rewritten atomically)."""
+    p = Path(path)
+    shown = display or str(path)
+    try:
+        source, encoding = read_source(p)
+    except (OSError, UnicodeDecodeError, SyntaxError) as exc:
+        ev = Event(kind="io-error", source="lint", code=SYNTAX_ERROR, file=shown, line=1, col=1,
+                   message=f"cannot read file: {exc}")
+        return FileResult(shown, [ev], error=str(exc))
+    res = FileResult(shown, lines=source.count("\n") + (not source.endswith("\n") and bool(source)))
+    if fix is None:
+        res.events = analyse(source, shown, codes)[0]
+        return res
+    new, n, events = fix_source(source, shown, codes=codes, unsafe=fix == "unsafe")
+    if n and new != source:
+        from .fixes import atomic_write
+
+        atomic_write(p, new.encode(encoding))
+    res.events, res.fixed = events, n
+    return res
+
+
+def iter_python_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
+    """Python files under ``paths`` (given files always; directories walked, skipping venvs, VCS and caches)."""
+    for raw in paths:
+        p = Path(raw)
+        if p.is_file():
+            yield p
+            continue
+        for dirpath, dirnames, filenames in os.walk(p):
+            dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED_DIRS and not d.endswith(".egg-info"))
+            for name in sorted(filenames):
+                if name.endswith((".py", ".pyi")):
+                    yield Path(dirpath) / name
+
+
+def _job(args: tuple[str, frozenset[str], str | None]) -> FileResult:
+    path, codes, fix = args
+    return lint_file(path, codes=codes, fix=fix)
+
+
+def lint_paths(paths: Iterable[str | os.PathLike[str]], *, select: tuple[str, ...] | None = None,
+               ignore: tuple[str, ...] = (), fix: str | None = None, jobs: int | None = None,
+               use_config: bool = True) -> list[FileResult]:
+    """Lint files and directories with their ``pyproject.toml`` settings, in parallel when there are many files."""
+    work: list[tuple[str, frozenset[str], str | None]] = []
+    for f in iter_python_files(paths):
+        cfg = find_config(f.parent) if use_config else Config()
+        if cfg.excluded(f):
+            continue
+        work.append((str(f), cfg.codes_for(f, select, ignore), fix))
+    jobs = jobs or os.cpu_count() or 1
+    if jobs > 1 and len(work) >= 16:
+        import multiprocessing as mp
+
+        method = "fork" if "fork" in mp.get_all_start_methods() else None
+        with mp.get_context(method).Pool(jobs) as pool:
+            results = pool.map(_job, work, chunksize=max(1, min(16, len(work) // (jobs * 8))))
+    else:
+        results = [_job(w) for w in work]
+    return results

@@ -1,0 +1,69 @@
+"""The rule base class and the finding a rule yields.
+
+A rule is a class in ``floatguard/lint/rules/`` with a ``code``, a ``name``, its
+``categories``, the AST node types it looks at (``nodes``) and a ``check`` method.
+Its docstring is its documentation: one sentence of why, a ``Bad:`` block and a
+``Good:`` block; ``floatguard lint --explain CODE`` prints it.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import ClassVar
+
+from .analysis import Context
+
+__all__ = ["Finding", "Fix", "Rule"]
+
+
+@dataclass(slots=True)
+class Fix:
+    """Replace the source of ``node`` by ``replacement``; ``imports`` are modules the new text needs.
+
+    ``safe`` fixes keep the meaning (same mathematical function of the same inputs) and are
+    applied by ``--fix``; the others need ``--unsafe-fixes``.
+    """
+
+    node: ast.AST
+    replacement: str
+    safe: bool = True
+    imports: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class Finding:
+    """What a rule reports: the node, one sentence, what to do, and maybe a fix."""
+
+    node: ast.AST
+    message: str
+    hint: str | None = None
+    fix: Fix | None = None
+
+
+class Rule:
+    """Base class of the rules (see the module docstring)."""
+
+    code: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    categories: ClassVar[tuple[str, ...]] = ()
+    nodes: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    severity: ClassVar[str] = "error"
+
+    def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:  # pragma: no cover - interface
+        """Yield the findings of this rule at ``node``."""
+        raise NotImplementedError
+        yield
+
+    @classmethod
+    def summary(cls) -> str:
+        """First line of the documentation."""
+        return " ".join((inspect.getdoc(cls) or "").split("\n\n")[0].split())
+
+    @classmethod
+    def explain(cls) -> str:
+        """The documentation printed by ``--explain``."""
+        doc = inspect.getdoc(cls) or ""
+        return f"{cls.code} ({cls.name}) [{', '.join(cls.categories)}]\n\n{doc}\n"

@@ -1,0 +1,59 @@
+"""FG104 log-sigmoid."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+
+from ..analysis import Context, OpCall
+from ..rule import Finding, Fix, Rule
+from ._common import family, guarded, reach, ref
+
+
+def log_sigmoid_fix(ctx: Context, outer: ast.AST, via: ast.expr | None, sig: OpCall, negate: bool) -> Fix | None:
+    """``log_sigmoid(x)`` (or of ``-x``) in place of ``outer``, when the sigmoid's input is at hand."""
+    how = reach(ctx, via, sig.node)
+    if how is None or sig.module_call or sig.x is None:
+        return None
+    fam = family(ctx, sig)
+    if sig.qual.startswith("scipy."):
+        fam = "scipy"
+    if fam == "scipy":
+        text, imports = ctx.module_ref("scipy.special")
+        r: tuple[str, tuple[str, ...]] | None = (f"{text}.log_expit", imports)
+    else:
+        r = ref(ctx, fam, "log_sigmoid")
+    if r is None:
+        return None
+    from ._common import neg_text
+
+    arg = neg_text(ctx, sig.x) if negate else ctx.text(sig.x)
+    return Fix(outer, f"{r[0]}({arg})", safe=how == "inline", imports=r[1])
+
+
+class LogSigmoid(Rule):
+    """``log(sigmoid(x))`` is -inf once ``sigmoid(x)`` underflows (x < -88 in float32, and inaccurate well before);
+    log_sigmoid computes ``-softplus(-x)`` directly.
+
+    Bad:
+        logp = torch.log(torch.sigmoid(z))
+
+    Good:
+        logp = F.logsigmoid(z)
+    """
+
+    code = "FG104"
+    name = "log-sigmoid"
+    categories = ("underflow", "gradient")
+
+    def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
+        log = ctx.ops(node, "log")
+        if log is None or log.x is None or guarded(ctx, log.x):
+            return
+        src = ctx.prob_source(log.x)
+        if src is None or src[0] != "sigmoid" or src[1] is None:
+            return
+        sig = src[1]
+        yield Finding(node, "log of sigmoid underflows to -inf for very negative inputs",
+                      "use log_sigmoid (F.logsigmoid, jax.nn.log_sigmoid, tf.math.log_sigmoid)",
+                      log_sigmoid_fix(ctx, node, log.x, sig, negate=False))

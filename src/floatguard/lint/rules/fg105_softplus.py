@@ -1,0 +1,51 @@
+"""FG105 softplus."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+
+from ..analysis import Context, OpCall
+from ..rule import Finding, Fix, Rule
+from ._common import family, nonpositive, one_plus, ref, shifted
+
+
+class Softplus(Rule):
+    """``log(1 + exp(x))`` overflows to inf for x > 88 in float32 and rounds to 0 for x < -17; softplus is exact at
+    both ends.
+
+    Bad:
+        y = torch.log(1 + torch.exp(x))
+        y = np.log1p(np.exp(-margin))
+
+    Good:
+        y = F.softplus(x)
+        y = np.logaddexp(0, -margin)
+    """
+
+    code = "FG105"
+    name = "softplus"
+    categories = ("overflow", "accuracy")
+
+    def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
+        o = ctx.ops(node, "log", "log1p")
+        if o is None or o.x is None:
+            return
+        inner = o.x if o.op == "log1p" else one_plus(o.x)
+        exp = ctx.ops(inner, "exp")
+        if exp is None or exp.x is None or shifted(exp.x, ctx) or nonpositive(ctx, exp.x):
+            return  # exp of a non-positive number cannot overflow
+        yield Finding(node, f"{'log1p(exp(x))' if o.op == 'log1p' else 'log(1 + exp(x))'} overflows for large x",
+                      "use softplus", self._fix(ctx, o, exp))
+
+    def _fix(self, ctx: Context, o: OpCall, exp: OpCall) -> Fix | None:
+        fam = family(ctx, exp, o)
+        x = ctx.text(exp.x) if exp.x is not None else ""
+        if fam == "numpy":
+            r = ref(ctx, "numpy", "logaddexp")
+            assert r is not None
+            return Fix(o.node, f"{r[0]}(0, {x})", imports=r[1])
+        r = ref(ctx, fam, "softplus")
+        if r is None:
+            return None
+        return Fix(o.node, f"{r[0]}({x})", imports=r[1])

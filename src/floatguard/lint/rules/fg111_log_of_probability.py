@@ -1,0 +1,71 @@
+"""FG111 log-of-probability."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+
+from ..analysis import Context
+from ..rule import Finding, Rule
+from ._common import guarded, one_minus, prob_like_name
+
+
+class LogOfProbability(Rule):
+    """A hand-written loss that takes ``log`` of a probability with nothing keeping it from 0 gives -inf, then NaN
+    (``0 * -inf``) once a prediction saturates; compute the loss from the logits.
+
+    The probability is often produced in another function or file (the model's
+    ``forward`` ends in a sigmoid or softmax), so the rule judges the ``log`` by what
+    guards it: an ``eps`` added, a clamp/clip, or a value that is positive by
+    construction silence it.
+
+    Bad:
+        def bce(p, y):
+            return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+
+        probs = model(x)              # forward() ends in softmax
+        loss = -torch.log(probs[range(n), y]).mean()
+
+    Good:
+        loss = F.binary_cross_entropy_with_logits(logits, y)
+        loss = F.cross_entropy(logits, y)
+        loss = -(y * torch.log(p.clamp_min(1e-7))).sum()   # if only probabilities exist
+    """
+
+    code = "FG111"
+    name = "log-of-probability"
+    categories = ("nan", "loss")
+
+    def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
+        log = ctx.ops(node, "log")
+        if log is None or log.x is None or log.family == "math":
+            return
+        arg = log.x
+        q = one_minus(arg)
+        target = q if q is not None else arg
+        if guarded(ctx, arg) or (q is not None and guarded(ctx, q)):
+            return
+        src = ctx.prob_source(target)
+        if src is not None:
+            if src[1] is not None and (q is None or src[0] == "sigmoid"):
+                return  # FG102 / FG104 / FG112 report it with a fix
+            if src[1] is None and src[2] == "inline":
+                return  # a hand-written softmax / sigmoid right here: FG103 / FG109
+            what = f"the output of a {src[0]}"
+        else:
+            if isinstance(target, ast.BinOp) and isinstance(target.op, ast.Div):
+                target = target.left  # log(p / q) of a KL divergence
+            if not prob_like_name(ctx, target):
+                return
+            if not (q is not None or ctx.in_loss(node) or self._cross_entropy_shape(ctx, node)):
+                return
+            what = "a probability"
+        yield Finding(node, f"log of {what} with no clamp or eps: -inf and NaN gradients when it saturates",
+                      "compute the loss from logits (log_softmax, BCE/cross-entropy with logits) or clamp first")
+
+    def _cross_entropy_shape(self, ctx: Context, node: ast.AST) -> bool:
+        """``y * log(p)`` / ``log(p) * y``, the body of a hand-written cross-entropy."""
+        parent = ctx.parent(node)
+        if isinstance(parent, ast.UnaryOp) and isinstance(parent.op, ast.USub):
+            parent = ctx.parent(parent)
+        return isinstance(parent, ast.BinOp) and isinstance(parent.op, ast.Mult)

@@ -1,0 +1,70 @@
+"""FG201 unguarded-normalization."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+
+from ..analysis import Context, OpCall, const_value
+from ..rule import Finding, Fix, Rule
+from ._common import guarded, reduce_args
+
+
+class UnguardedNormalization(Rule):
+    """Dividing by a norm, a standard deviation or a sum of non-negative weights gives 0/0 = NaN the first time that
+    is 0 (a zero embedding, a constant feature, an all-masked row); add an eps or clamp the denominator.
+
+    Checked in code that is differentiated: loss functions, ``forward``, methods of Module/Layer classes.
+
+    Bad:
+        x = x / x.norm(dim=-1, keepdim=True)
+        z = (x - x.mean(0)) / x.std(0)
+        w = w / w.sum(dim=-1, keepdim=True)
+
+    Good:
+        x = F.normalize(x, dim=-1)
+        z = (x - x.mean(0)) / (x.std(0) + 1e-6)
+        w = w / w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    """
+
+    code = "FG201"
+    name = "unguarded-normalization"
+    categories = ("nan", "division")
+    nodes = (ast.BinOp, ast.AugAssign)
+
+    def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
+        match node:
+            case ast.BinOp(left=num, op=ast.Div(), right=den) | ast.AugAssign(target=num, op=ast.Div(), value=den):
+                pass
+            case _:
+                return
+        if const_value(num) is not None:
+            return
+        d = den if isinstance(den, ast.Call) else ctx.value(den) if isinstance(den, ast.Name) else None
+        o = ctx.ops(d, "norm", "std", "sum")
+        if o is None or o.x is None or o.family in ("math",) or guarded(ctx, den) or not ctx.in_model(node):
+            return
+        if o.op == "sum":
+            # only the normalisation of a quantity by its own total, which can be 0
+            if ctx.text(o.x) != ctx.text(num) or guarded(ctx, o.x) or ctx.prob_source(o.x) is not None:
+                return
+            if ctx.ops(ctx.value(o.x), "exp") is not None:
+                return  # FG103
+        what = {"norm": "a norm", "std": "a standard deviation", "sum": "a sum"}[o.op]
+        fix = self._fix(ctx, node, num, o) if o.op == "norm" else None
+        yield Finding(node, f"division by {what} with no eps: NaN when it is 0",
+                      "add an eps to the denominator or clamp it (F.normalize for unit vectors)", fix)
+
+    def _fix(self, ctx: Context, node: ast.AST, num: ast.expr, o: OpCall) -> Fix | None:
+        if o.family != "torch" or not isinstance(node, ast.BinOp) or ctx.text(o.x) != ctx.text(num):  # type: ignore[arg-type]
+            return None
+        axis, keep, extra = reduce_args(o)
+        p = o.kwargs.get("p")
+        if (extra and set(o.kwargs) - {"p", "dim", "keepdim"}) or (p is not None and const_value(p) != 2.0):
+            return None
+        if len(o.args) > 1 and not (o.method and len(o.args) == 1):
+            return None  # positional p or dim: keep it simple
+        if axis is None or keep is None or not (isinstance(keep, ast.Constant) and keep.value is True):
+            return None
+        text, imports = ctx.module_ref("torch.nn.functional")
+        return Fix(node, f"{text}.normalize({ctx.text(num)}, dim={ctx.text(axis)})", safe=False, imports=imports)

@@ -1,0 +1,88 @@
+"""FG301 sigmoid-bce."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+
+from ..analysis import Context, OpCall
+from ..rule import Finding, Fix, Rule
+from ._common import fg_ref, reach
+
+
+def criterion_kind(ctx: Context, call: ast.Call) -> str | None:
+    """``"BCELoss"`` / ``"CrossEntropyLoss"`` / ``"NLLLoss"`` when ``call`` calls such a loss module."""
+    func = call.func
+    ctor: ast.AST | None = None
+    if isinstance(func, ast.Call):
+        ctor = func
+    elif isinstance(func, ast.Name):
+        ctor = ctx.value(func)
+    elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self":
+        ctor = ctx.self_attr(call, func.attr)
+    if not isinstance(ctor, ast.Call):
+        return None
+    from ..analysis import _QUAL_TO_OP
+
+    kind = _QUAL_TO_OP.get(ctx.qualname(ctor.func) or "")
+    return kind if kind in ("BCELoss", "CrossEntropyLoss", "NLLLoss") else None
+
+
+class SigmoidBCE(Rule):
+    """Binary cross-entropy on ``sigmoid(z)`` takes ``log`` of a probability that saturates: PyTorch clamps it at
+    -100 (wrong loss, zero gradient), Keras clips it at 1e-7; BCE with logits computes ``softplus`` terms
+    exactly.
+
+    Bad:
+        loss = F.binary_cross_entropy(torch.sigmoid(logits), target)
+        criterion = nn.BCELoss()
+        loss = criterion(model(x), y)       # model ends in nn.Sigmoid()
+
+    Good:
+        loss = F.binary_cross_entropy_with_logits(logits, target)
+        criterion = nn.BCEWithLogitsLoss()  # and drop the final Sigmoid
+    """
+
+    code = "FG301"
+    name = "sigmoid-bce"
+    categories = ("loss", "accuracy", "gradient")
+
+    def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
+        if not isinstance(node, ast.Call):
+            return
+        o = ctx.ops(node, "bce")
+        if o is not None:
+            inp = o.arg(0, "input") if o.family == "torch" else o.arg(1, "y_pred", "output")
+            if o.family != "torch" and o.kwargs.get("from_logits") is not None:
+                return
+        else:
+            if criterion_kind(ctx, node) != "BCELoss":
+                return
+            inp = node.args[0] if node.args else None
+        src = ctx.prob_source(inp)
+        if src is None or src[0] != "sigmoid":
+            return
+        fix = self._fix(ctx, o, src[1], inp) if o is not None and o.family == "torch" else None
+        yield Finding(node, "binary cross-entropy on sigmoid outputs saturates: clamped loss, vanishing gradient",
+                      "use binary_cross_entropy_with_logits / BCEWithLogitsLoss on the logits", fix)
+
+    def _fix(self, ctx: Context, o: OpCall, sig: OpCall | None, inp: ast.expr | None) -> Fix | None:
+        if sig is None or sig.x is None or sig.module_call:
+            return None
+        how = reach(ctx, inp, sig.node)
+        if how is None or not isinstance(o.node.func, ast.Attribute) or not o.node.args:
+            return None
+        # torch's binary_cross_entropy_with_logits loses up to 15 bits for moderately negative logits
+        # (log of 1 + exp(-|x|) without log1p); floatguard's is <= 1 ulp
+        names = ["target", "weight"]
+        rest = []
+        for i, a in enumerate(o.node.args[1:3]):
+            rest.append(ctx.text(a) if i == 0 else f"{names[i]}={ctx.text(a)}")
+        for k in o.node.keywords:
+            if k.arg not in ("target", "weight", "reduction"):
+                return None
+            rest.append(f"{k.arg}={ctx.text(k.value)}" if k.arg != "target" else ctx.text(k.value))
+        if len(o.node.args) > 3 or not rest:
+            return None
+        f, imports = fg_ref(ctx, "binary_cross_entropy_with_logits")
+        return Fix(o.node, f"{f}({', '.join([ctx.text(sig.x), *rest])})", safe=how == "inline", imports=imports)

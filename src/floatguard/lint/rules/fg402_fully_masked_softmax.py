@@ -1,0 +1,103 @@
+"""FG402 fully-masked-softmax."""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from collections.abc import Iterator
+
+from ..analysis import Context, const_value
+from ..rule import Finding, Rule
+
+_CAUSAL = re.compile(r"causal|triu|tril|future|subsequent|look_?ahead", re.IGNORECASE)
+_GUARDS = {"nan_to_num", "nan_to_num_"}
+
+
+def is_neg_inf(node: ast.expr | None) -> bool:
+    v = const_value(node)
+    return v is not None and math.isinf(v) and v < 0
+
+
+class FullyMaskedSoftmax(Rule):
+    """Masking with -inf before a softmax gives ``exp(-inf - (-inf))`` = NaN for a row whose every entry is masked
+    (an empty sequence, a padded query); use a masked softmax that returns zeros there.
+
+    Bad:
+        scores = scores.masked_fill(~mask, float("-inf"))
+        attn = scores.softmax(dim=-1)
+
+    Good:
+        attn = floatguard.softmax(scores, axis=-1, where=mask)
+        # or: fill with torch.finfo(scores.dtype).min and zero the masked rows after
+    """
+
+    code = "FG402"
+    name = "fully-masked-softmax"
+    categories = ("nan", "masking")
+
+    def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
+        o = ctx.ops(node, "masked_fill", "where")
+        if o is None:
+            return
+        if o.op == "masked_fill":
+            if not is_neg_inf(o.arg(2, "value")):
+                return
+            mask = o.arg(1, "mask")
+        else:
+            if len(o.node.args) != 3 or not any(is_neg_inf(a) for a in o.node.args[1:]):
+                return
+            mask = o.node.args[0]
+        if mask is not None and _CAUSAL.search(ctx.text(mask)):
+            return
+        parent = ctx.parent(node)
+        if ctx.ops(parent, "softmax") is not None:
+            if not self._guarded_after(ctx, node, mask):
+                yield self._finding(node)
+            return
+        names = self._names(ctx, node)
+        if not names:
+            return
+        fn = ctx.scope_of(node)
+        after = (getattr(node, "end_lineno", 0), getattr(node, "end_col_offset", 0))
+        for n in ast.walk(fn):
+            if isinstance(n, ast.Call) and (n.lineno, n.col_offset) >= after:
+                sm = ctx.ops(n, "softmax")
+                if sm is not None and sm.x is not None and self._uses(sm.x, names):
+                    if not self._guarded_after(ctx, node, mask):
+                        yield self._finding(node)
+                    return
+
+    def _finding(self, node: ast.AST) -> Finding:
+        return Finding(node, "-inf mask before softmax: a fully masked row gives NaN",
+                       "use a masked softmax (floatguard.softmax(x, where=mask)) or finfo(dtype).min")
+
+    def _names(self, ctx: Context, node: ast.AST) -> set[str]:
+        """Names that hold the masked scores: the assignment target, or the receiver of masked_fill_."""
+        out: set[str] = set()
+        parent = ctx.parent(node)
+        if isinstance(parent, ast.Assign):
+            out |= {t.id for t in parent.targets if isinstance(t, ast.Name)}
+        match node:
+            case ast.Call(func=ast.Attribute(attr=attr, value=ast.Name(id=name))) if attr.endswith("_"):
+                out.add(name)
+        return out
+
+    def _uses(self, expr: ast.AST, names: set[str]) -> bool:
+        return any(isinstance(n, ast.Name) and n.id in names for n in ast.walk(expr))
+
+    def _guarded_after(self, ctx: Context, node: ast.AST, mask: ast.expr | None) -> bool:
+        """NaNs cleaned after the softmax (nan_to_num, a zero fill), or rows checked with any()/all()."""
+        fn = ctx.scope_of(node)
+        mask_name = ctx.text(mask).lstrip("~(") if mask is not None else None
+        for n in ast.walk(fn):
+            if not isinstance(n, ast.Call) or not isinstance(n.func, ast.Attribute):
+                continue
+            attr = n.func.attr
+            if attr in _GUARDS:
+                return True
+            if attr in ("masked_fill", "masked_fill_") and len(n.args) == 2 and const_value(n.args[1]) == 0.0:
+                return True
+            if attr in ("all", "any") and mask_name and ctx.text(n.func.value).lstrip("~(").startswith(mask_name):
+                return True
+        return False
