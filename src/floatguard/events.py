@@ -26,6 +26,10 @@ Fields (all JSON-serialisable; absent information is ``null``):
 ``stats``      mapping of numbers (min, max, absmax, counts of nan/inf/zeros...)
 ``step``       training step (monitor), ``rank`` distributed rank
 ``fix``        replacement text of an autofix (lint), else null
+``origin``     sanitizer: ``"produced"`` (this op made the bad value) or
+               ``"propagated"`` (it only passed on a bad input), else null
+``forward_op`` sanitizer, backward findings: the forward op whose gradient
+               failed (``"aten::sqrt"``), else null
 =============  ================================================================
 """
 
@@ -63,6 +67,8 @@ class Event:
     step: int | None = None
     rank: int | None = None
     fix: str | None = None
+    origin: str | None = None
+    forward_op: str | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
