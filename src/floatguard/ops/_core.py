@@ -20,6 +20,7 @@ NaN) are computed on safe stand-in values and their results are chosen with
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,3 +86,19 @@ def limit_weights(be: Backend, x: Any, sh: Shifted) -> Any:
     safe_count = xp.where(count > 0, count, xp.ones_like(count))
     w = xp.where(pos, at_max / safe_count, xp.zeros_like(at_max))
     return xp.where(xp.isnan(sh.m), sh.m + xp.zeros_like(x), w)
+
+
+def blocks(r: int, n: int, size: int) -> Iterator[tuple[int, int, int, int]]:
+    """Tile an ``(r, n)`` array into blocks of at most ``size`` elements for the in-place paths.
+
+    Yields ``(row0, row1, col0, col1)``: groups of whole rows when a row fits,
+    else column chunks of one row at a time.
+    """
+    if n <= size:
+        step = max(1, size // max(n, 1))
+        for r0 in range(0, r, step):
+            yield r0, min(r, r0 + step), 0, n
+    else:
+        for row in range(r):
+            for c0 in range(0, n, size):
+                yield row, row + 1, c0, min(n, c0 + size)

@@ -14,24 +14,12 @@ and returns float64 results; the caller rounds to the input dtype.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
+
+from ._core import blocks
 
 # elements of float64 per block: 2^15 * 8 B = 256 KiB, half of a typical L2
 BLOCK = 1 << 15
-
-
-def _blocks(r: int, n: int) -> Iterator[tuple[int, int, int, int]]:
-    """Yield (row0, row1, col0, col1): whole rows when they fit, else column chunks of one row."""
-    if n <= BLOCK:
-        step = max(1, BLOCK // max(n, 1))
-        for r0 in range(0, r, step):
-            yield r0, min(r, r0 + step), 0, n
-    else:
-        for row in range(r):
-            for c0 in range(0, n, BLOCK):
-                yield row, row + 1, c0, min(n, c0 + BLOCK)
 
 
 def _max_and_argmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +37,7 @@ def rest_sum(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     m0 = np.where(finite, m, 0.0)
     s = np.zeros(r)
     buf = np.empty(min(BLOCK, max(r * n, 1)))
-    for r0, r1, c0, c1 in _blocks(r, n):
+    for r0, r1, c0, c1 in blocks(r, n, BLOCK):
         rows, cols = r1 - r0, c1 - c0
         b = buf[: rows * cols].reshape(rows, cols)
         np.subtract(x[r0:r1, c0:c1], m0[r0:r1, None], out=b)
@@ -83,7 +71,7 @@ def softmax_rows(x: np.ndarray, out: np.ndarray, log: bool) -> bool:
         m0 = np.where(finite, m, 0.0)
         log1p_s = np.log1p(s)
         buf = np.empty(BLOCK)
-        for r0, r1, c0, c1 in _blocks(r, n):
+        for r0, r1, c0, c1 in blocks(r, n, BLOCK):
             b = buf[: c1 - c0].reshape(1, -1)
             np.subtract(x[r0:r1, c0:c1], m0[r0:r1, None], out=b)
             if log:
@@ -97,7 +85,7 @@ def softmax_rows(x: np.ndarray, out: np.ndarray, log: bool) -> bool:
     m0 = np.where(finite, m, 0.0)
     d_buf = np.empty(min(BLOCK, max(r * n, 1)))
     e_buf = np.empty_like(d_buf) if log else d_buf
-    for r0, r1, _, _ in _blocks(r, n):
+    for r0, r1, _, _ in blocks(r, n, BLOCK):
         rows = r1 - r0
         d = d_buf[: rows * n].reshape(rows, n)
         e = e_buf[: rows * n].reshape(rows, n)

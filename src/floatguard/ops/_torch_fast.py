@@ -15,24 +15,13 @@ All functions take rows on the last axis and return results in the input dtype.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 
+from ._core import blocks
+
 BLOCK = 1 << 18  # float64 elements per block: 2 MiB, reused for every block
-
-
-def _blocks(r: int, n: int) -> Iterator[tuple[int, int, int, int]]:
-    """(row0, row1, col0, col1): whole rows when they fit in a block, else column chunks of one row."""
-    if n <= BLOCK:
-        step = max(1, BLOCK // max(n, 1))
-        for r0 in range(0, r, step):
-            yield r0, min(r, r0 + step), 0, n
-    else:
-        for row in range(r):
-            for c0 in range(0, n, BLOCK):
-                yield row, row + 1, c0, min(n, c0 + BLOCK)
 
 
 def _sweep(x: torch.Tensor, out: torch.Tensor | None = None, log: bool = False) -> tuple[torch.Tensor, ...]:
@@ -53,7 +42,7 @@ def _sweep(x: torch.Tensor, out: torch.Tensor | None = None, log: bool = False) 
     buf = torch.empty(size, dtype=torch.float64, device=x.device)
     dbuf = torch.empty(size, dtype=torch.float64, device=x.device) if (out is not None and log) else buf
     one_sweep = n <= BLOCK
-    for r0, r1, c0, c1 in _blocks(r, n):
+    for r0, r1, c0, c1 in blocks(r, n, BLOCK):
         rows, cols = r1 - r0, c1 - c0
         d = dbuf[: rows * cols].view(rows, cols)
         d.copy_(x[r0:r1, c0:c1]).sub_(m0[r0:r1, None])
@@ -75,7 +64,7 @@ def _sweep(x: torch.Tensor, out: torch.Tensor | None = None, log: bool = False) 
     s = torch.where(finite, s, 0.0)
     if out is not None and not one_sweep:  # long rows: a second sweep writes the output
         log1p_s = torch.log1p(s)
-        for r0, r1, c0, c1 in _blocks(r, n):
+        for r0, r1, c0, c1 in blocks(r, n, BLOCK):
             d = buf[: c1 - c0].view(1, -1)
             d.copy_(x[r0:r1, c0:c1]).sub_(m0[r0:r1, None])
             if log:
