@@ -23,7 +23,7 @@ demo: $(VENV)/.base
 	$(BIN)/floatguard demo
 
 test: $(VENV)/.dev
-	$(BIN)/ruff check src tests benchmarks examples
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -n 2 -q
 
 bench: $(VENV)/.dev
