@@ -83,18 +83,6 @@ class Backend:
 
         return not isinstance(x, jax.core.Tracer)
 
-    def cumulative_logaddexp(self, x: Any, axis: int) -> Any:
-        """Running ``log(exp(x_0) + ... + exp(x_i))`` along ``axis`` (working dtype)."""
-        if self.name == "numpy":
-            return np.logaddexp.accumulate(x, axis=axis)
-        if self.name == "torch":
-            import torch
-
-            return torch.logcumsumexp(x, dim=axis)
-        import jax
-
-        return jax.lax.cumlogsumexp(x, axis=axis)
-
     def asarray_like(self, value: Any, like: Any) -> Any:
         """A scalar or array-like as an array of ``like``'s dtype and device."""
         xp = self.xp
@@ -139,7 +127,9 @@ class _AccurateJaxNumpy:
         u = jnp.exp(x)
         um1 = u - 1
         kahan = (jnp.abs(x) < 1) & (u != 1) & (um1 != -1)
-        ratio = um1 * x / jnp.log(jnp.where(kahan, u, 2.0))
+        xs = jnp.where(kahan, x, 0.5)  # the unused branch sees a safe value: no NaN gradient
+        us = jnp.exp(xs)
+        ratio = (us - 1) * xs / jnp.log(us)
         # u == 1: expm1(x) = x to working precision; u - 1 == -1: the limit -1
         return jnp.where(kahan, ratio, jnp.where(u == 1, x, um1))
 

@@ -88,17 +88,16 @@ class LogSumExp(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         m, finite, s = _sweep(x)
-        out = torch.where(finite, m + torch.log1p(s), m)[:, None]
+        out = torch.where(finite, m + torch.log1p(s), m)[:, None].to(x.dtype)
         ctx.save_for_backward(x, out)
-        return out.to(x.dtype)
+        return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        # the gradient is softmax(x), through Softmax so that double backward is exact too
         x, out = ctx.saved_tensors
-        finite = torch.isfinite(out)
-        p = torch.exp(x.to(torch.float64) - torch.where(finite, out, 0.0))
-        p = torch.where(finite, p, 0.0)
-        return (g.to(torch.float64) * p).to(x.dtype)
+        p = torch.where(torch.isfinite(out), Softmax.apply(x), 0.0)
+        return g * p
 
 
 class Softmax(torch.autograd.Function):

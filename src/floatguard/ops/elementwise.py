@@ -75,7 +75,13 @@ def _log1mexp(xp: Any, x: Any) -> Any:
 
 
 def _softplus(xp: Any, x: Any) -> Any:
-    return xp.maximum(x, xp.zeros_like(x)) + xp.log1p(xp.exp(-xp.abs(x)))
+    # two branches on safe inputs rather than max(x, 0) + log1p(exp(-|x|)): the same values,
+    # and a derivative of 1/2 at 0 in every library (JAX takes d|x|/dx = 1 at 0)
+    neg = x <= 0
+    zero = xp.zeros_like(x)
+    x_neg = xp.where(neg, x, zero)
+    x_pos = xp.where(neg, zero, x)  # NaN goes this way
+    return xp.where(neg, xp.log1p(xp.exp(x_neg)), x_pos + xp.log1p(xp.exp(-x_pos)))
 
 
 @quiet
@@ -87,10 +93,14 @@ def logaddexp(a: Any, b: Any) -> Any:
     """
 
     def f(xp: Any, a: Any, b: Any) -> Any:
-        m = xp.maximum(a, b)
-        fin = xp.isfinite(m)
-        delta = xp.where(fin, -xp.abs(a - b), xp.zeros_like(m))
-        return xp.where(fin, m + xp.log1p(xp.exp(delta)), m)
+        a_hi = (a >= b) | xp.isnan(a)
+        hi = xp.where(a_hi, a, b)  # NaN in either goes to hi or lo, and propagates
+        lo = xp.where(a_hi, b, a)
+        fin = xp.isfinite(hi)
+        delta = xp.where(fin, lo - hi, xp.zeros_like(hi))
+        # -inf (both empty) is a constant: zero gradient; +inf and NaN pass through
+        limit = xp.where(hi == -float("inf"), xp.full_like(hi, -float("inf")), hi)
+        return xp.where(fin, hi + xp.log1p(xp.exp(delta)), limit)
 
     return binary(a, b, ("a", "b"), "logaddexp", f)
 
@@ -190,9 +200,12 @@ def log_sigmoid(x: Any) -> Any:
     return unary(x, "log_sigmoid", lambda xp, x: -_softplus(xp, -x))
 
 
-def _x_times(xp: Any, x: Any, y: Any, log_fn: Callable[[Any], Any], bad: Callable[[Any], Any]) -> Any:
-    # x * log_fn(y), with 0 where x == 0 (unless y is NaN) and no NaN gradient there
-    y_safe = xp.where((x == 0) & (bad(y) | (y == float("inf"))), xp.ones_like(y), y)
+def _x_times(
+    xp: Any, x: Any, y: Any, log_fn: Callable[[Any], Any], bad: Callable[[Any], Any], neutral: float
+) -> Any:
+    # x * log_fn(y), with 0 where x == 0 (unless y is NaN) and no NaN gradient there:
+    # such y are replaced by the value whose log_fn is 0 (1 for log, 0 for log1p)
+    y_safe = xp.where((x == 0) & (bad(y) | (y == float("inf"))), xp.full_like(y, neutral), y)
     return x * log_fn(y_safe)
 
 
@@ -203,12 +216,12 @@ def xlogy(x: Any, y: Any) -> Any:
     The zero-times-log(0) entries of an entropy or cross-entropy give 0 and a
     zero gradient, not NaN.
     """
-    return binary(x, y, ("x", "y"), "xlogy", lambda xp, x, y: _x_times(xp, x, y, xp.log, lambda y: y <= 0))
+    return binary(x, y, ("x", "y"), "xlogy", lambda xp, x, y: _x_times(xp, x, y, xp.log, lambda y: y <= 0, 1.0))
 
 
 @quiet
 def xlog1py(x: Any, y: Any) -> Any:
     r"""``x * log1p(y)``, defined as 0 where ``x == 0`` (unless ``y`` is NaN), as in SciPy."""
     return binary(
-        x, y, ("x", "y"), "xlog1py", lambda xp, x, y: _x_times(xp, x, y, xp.log1p, lambda y: y <= -1)
+        x, y, ("x", "y"), "xlog1py", lambda xp, x, y: _x_times(xp, x, y, xp.log1p, lambda y: y <= -1, 0.0)
     )

@@ -90,8 +90,11 @@ def binary_cross_entropy_with_logits(
     if pos_weight is not None:
         pw = xp.astype(as_float(be, pos_weight, "pos_weight", func, like=x), wd, copy=False)
         pos = pos * _broadcast(be, pw, tuple(x.shape), "pos_weight", func)
-    # a zero coefficient drops its term even where the term is +inf (x = -+inf)
-    loss = xp.where(yw == 0, xp.zeros_like(pos), yw * pos) + xp.where(yw == 1, xp.zeros_like(neg), (1 - yw) * neg)
+    # a zero coefficient drops its term even where the term is +inf (x = -+inf); elsewhere the
+    # product stays in the graph, so the gradient with respect to the targets is -x
+    pos = xp.where((yw == 0) & xp.isinf(pos), xp.zeros_like(pos), pos)
+    neg = xp.where((yw == 1) & xp.isinf(neg), xp.zeros_like(neg), neg)
+    loss = yw * pos + (1 - yw) * neg
     if weight is not None:
         w = xp.astype(as_float(be, weight, "weight", func, like=x), wd, copy=False)
         loss = loss * _broadcast(be, w, tuple(x.shape), "weight", func)
@@ -189,5 +192,6 @@ def cross_entropy(
         t = xp.moveaxis(xp.astype(t, rows.dtype, copy=False), ax, -1)
         if label_smoothing:
             t = (1 - label_smoothing) * t + label_smoothing / n_cls
-        nll = -xp.sum(xp.where(t == 0, xp.zeros_like(lsm), t * lsm), axis=-1)
+        lsm = xp.where((t == 0) & xp.isinf(lsm), xp.zeros_like(lsm), lsm)  # 0 * log(0) is 0
+        nll = -xp.sum(t * lsm, axis=-1)
     return xp.astype(_reduce(be, nll, reduction, count), dtype, copy=False)

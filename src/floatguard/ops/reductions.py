@@ -143,7 +143,9 @@ def logsumexp(
         b = xp.astype(_broadcast_arg(be, b, shape, "b", "logsumexp"), xw.dtype)
         nonzero = b != 0
         mask = nonzero if mask is None else (mask & nonzero)
-    if be.name == "numpy" and b is None:
+    # the in-place paths need at least one row and one entry per row; empty input takes the generic one
+    nonempty = math.prod(shape) > 0
+    if be.name == "numpy" and b is None and nonempty:
         rows = _to_rows(xp, x, axes)
         if mask is not None:
             rows = np.where(_to_rows(xp, mask, axes), rows, -np.inf)
@@ -151,16 +153,17 @@ def logsumexp(
         val = _numpy_fast.logsumexp_rows(flat).reshape((*rows.shape[:-1], 1))
         val = xp.astype(_from_rows(xp, val, shape, axes, keepdims), dtype, copy=False)
         if return_sign:
-            return val, np.where(val > -np.inf, 1.0, 0.0).astype(dtype)
+            return val, np.where(np.isnan(val), val, np.where(val > -np.inf, 1.0, 0.0)).astype(dtype)
         return val
-    if be.name == "torch" and b is None:
+    if be.name == "torch" and b is None and nonempty:
         rows = _to_rows(xp, x, axes)
         if mask is not None:
             rows = xp.where(_to_rows(xp, mask, axes), rows, -float("inf"))
         val = _torch_fast().LogSumExp.apply(xp.reshape(rows, (-1, rows.shape[-1])))
         val = _from_rows(xp, xp.reshape(val, (*rows.shape[:-1], 1)), shape, axes, keepdims)
         if return_sign:
-            return val, xp.where(val > -float("inf"), xp.ones_like(val), xp.zeros_like(val))
+            sign = xp.where(val > -float("inf"), xp.ones_like(val), xp.zeros_like(val))
+            return val, xp.where(xp.isnan(val), val, sign)
         return val
     rows = _to_rows(xp, xw, axes)
     rmask = None if mask is None else _to_rows(xp, mask, axes)
@@ -204,9 +207,9 @@ def _weighted(be: Backend, sh: Any, b: Any) -> tuple[Any, Any]:
     sign = xp.where(ok, xp.sign(safe_bk) * xp.where(above, 1.0, xp.where(below, -1.0, 0.0)), 1.0)
     # rows that are not finite: +inf (sign of its weight), NaN, or -inf (empty: sign 0)
     sign = xp.where(sh.m == -float("inf"), xp.zeros_like(sign), sign)
-    # a +inf row takes the sign of the weight of its (first) +inf entry
+    # a +inf row takes the sign of the weight of its (first) +inf entry; a NaN row a NaN sign
     sign = xp.where(~sh.finite & (sh.m > 0), xp.sign(b_k), sign)
-    return val, sign
+    return val, xp.where(xp.isnan(sh.m), sh.m, sign)
 
 
 @quiet
@@ -275,7 +278,8 @@ def _softmax(x: Any, axis: int, where: Any, log: bool) -> Any:
     xp = be.xp
     ax = normalize_axis(axis, x.ndim, "axis", func)
     mask = _mask(be, where, x, func)
-    if be.name == "numpy" and x.ndim:
+    nonempty = x.ndim and math.prod(x.shape) > 0
+    if be.name == "numpy" and nonempty:
         rows = np.moveaxis(x, ax, -1)
         if mask is not None:
             rows = np.where(np.moveaxis(mask, ax, -1), rows, -np.inf)
@@ -285,7 +289,7 @@ def _softmax(x: Any, axis: int, where: Any, log: bool) -> Any:
             bad = ~np.isfinite(flat.max(axis=1))
             out[bad] = _softmax_generic(be, flat[bad].astype(np.float64), None, log)
         return np.moveaxis(out.reshape(rows.shape), -1, ax)
-    if be.name == "torch" and x.ndim:
+    if be.name == "torch" and nonempty:
         rows = xp.moveaxis(x, ax, -1)
         if mask is not None:
             rows = xp.where(xp.moveaxis(mask, ax, -1), rows, -float("inf"))
@@ -330,21 +334,17 @@ def logmeanexp(x: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: b
 def logcumsumexp(x: Any, axis: int = -1) -> Any:
     r"""Running log-sum-exp along ``axis``: :math:`y_i = \log \sum_{j \le i} e^{x_j}`.
 
-    Accumulated in float64 for lower-precision inputs (each step is a stable
-    ``logaddexp``), so float32 results are within 1 ulp. Float64 inputs go
-    through a log-depth scan over (max, rest-sum) pairs, rounding once per
-    output (a chained ``logaddexp``, as in NumPy, PyTorch and JAX, rounds once
-    per step: 6.6 ulp after 1000 steps). Leading ``-inf`` entries give ``-inf``
-    (empty prefix sums).
+    A log-depth scan over (max, rest-sum) pairs in float64, rounding once per
+    output: a chained ``logaddexp``, as in NumPy, PyTorch and JAX, rounds once
+    per step (6.6 ulp after 1000 float64 steps). Leading ``-inf`` entries give
+    ``-inf`` (empty prefix sums) with a zero gradient, where
+    ``torch.logcumsumexp``'s gradient is NaN.
     """
     be, x, xw = _prepare(x, "logcumsumexp")
     ax = normalize_axis(axis, x.ndim, "axis", "logcumsumexp")
     if x.ndim == 0:
         return x
-    if xw.dtype == x.dtype:  # float64 input: a chained logaddexp would add one rounding per step
-        return _scan_logcumsumexp(be, x, ax)
-    out = be.cumulative_logaddexp(xw, ax)  # float64 accumulation for lower precisions
-    return be.xp.astype(out, x.dtype, copy=False)
+    return be.xp.astype(_scan_logcumsumexp(be, xw, ax), x.dtype, copy=False)
 
 
 def _scan_logcumsumexp(be: Backend, x: Any, ax: int) -> Any:
@@ -375,5 +375,6 @@ def _scan_logcumsumexp(be: Backend, x: Any, ax: int) -> Any:
         m = xp.concat([m[..., :shift], m_hi], axis=-1)
         s = xp.concat([s[..., :shift], s_hi + (1 + s_lo) * scale], axis=-1)
         shift *= 2
-    out = xp.where(xp.isfinite(m), m + xp.log1p(s), m)
+    # prefixes with no finite max (all -inf, a +inf, a NaN) are constants: zero gradient, never NaN
+    out = xp.where(xp.isfinite(m), m + xp.log1p(s), be.stop_gradient(m))
     return xp.moveaxis(out, -1, ax)

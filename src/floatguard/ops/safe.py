@@ -30,15 +30,17 @@ __all__ = ["default_eps", "safe_div", "safe_log", "safe_sqrt"]
 
 def default_eps(dtype: Any, func: str = "safe_div") -> float:
     """Default ``eps`` of ``safe_log`` (``func="safe_log"``) or ``safe_div`` for a float dtype."""
-    try:
-        import numpy as np
+    if type(dtype).__module__.startswith("torch"):
+        import torch
 
-        fi = np.finfo(dtype)
-    except (TypeError, ValueError):
-        import ml_dtypes  # bfloat16 of NumPy/JAX
+        return _eps_from(torch.finfo(dtype), func)
+    import numpy as np
 
-        fi = ml_dtypes.finfo(dtype)
-    return _eps_from(fi, func)
+    if np.dtype(dtype).name == "bfloat16":  # ml_dtypes' bfloat16 (NumPy and JAX)
+        import ml_dtypes
+
+        return _eps_from(ml_dtypes.finfo(dtype), func)
+    return _eps_from(np.finfo(dtype), func)
 
 
 def _eps_from(fi: Any, func: str) -> float:
