@@ -57,9 +57,24 @@ def _lint(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# -- run --------------------------------------------------------------------------------
+def _run_arguments(parser: argparse.ArgumentParser) -> None:
+    from .sanitize.cli import add_arguments
+
+    add_arguments(parser)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .sanitize.cli import run
+
+    return run(args)
+
+
 COMMANDS: list[Command] = [
     Command("demo", "show each floating-point failure (overflow, underflow, NaN) next to its floatguard cure",
             _demo_arguments, _demo),
+    Command("run", "run a Python script with the sanitizer: name the first op that overflows, underflows or "
+            "makes NaN", _run_arguments, _run),
     Command("lint", "find numerically unstable expressions in Python source (ruff-style, with --fix)",
             _lint_arguments, _lint),
 ]

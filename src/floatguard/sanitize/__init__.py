@@ -1,0 +1,72 @@
+"""The runtime sanitizer: name the first op that overflows, underflows or makes NaN.
+
+::
+
+    import floatguard as fg
+
+    with fg.detect():                  # every PyTorch op (forward and backward) and NumPy ufunc
+        loss = model(x).logsumexp(-1).mean()
+        loss.backward()
+
+    step = fg.guard(train_step)        # cheap per-step check; a bad step is replayed at op level
+
+or, without touching the code, ``floatguard run train.py --lr 3e-4``.
+
+Each finding is an :class:`~floatguard.events.Event` — kind (``nan``, ``overflow``,
+``div_by_zero``, ``underflow``, ``near_overflow``), op (``aten::exp``), phase
+(``forward``, or ``backward`` with the forward op whose gradient failed), module path,
+the user's file and line, dtype, shape, input/output stats, ``origin`` (``produced`` or
+``propagated``) and a hint naming floatguard's stable alternative. ``report.to_json()``
+gives ``{"events": [...], "first": i}``, the shape shared with the monitor and the linter.
+
+Scope, stated plainly:
+
+* PyTorch eager ops are checked one by one through a ``TorchDispatchMode``, forward and
+  backward (``torch.utils.checkpoint``, module hooks and autocast included).
+* ``torch.compile``: compiled regions stay compiled (the numerics do not change) and are
+  checked at their outputs only — a compiled module (``torch.compile(model)``) at every
+  call, a compiled function when it was compiled inside ``detect()`` (always the case
+  under ``floatguard run``); a non-finite value a compiled region hands to eager code is
+  reported at the first eager op as propagated. Gradients made by compiled backward code
+  are checked before ``optimizer.step()``. To name the op inside, run without compile.
+* ``optimizer.step()`` runs unchecked op by op; the parameters and optimizer state are
+  checked after every 16th step (naming the parameter), and a non-finite gradient never
+  reaches them under ``guard()``.
+* Off the CPU the checks keep their flags on the device and read them once per flush
+  (end of forward, end of backward, optimizer step, every 256 ops): no host sync per op.
+  (Written for CUDA, exercised here on the CPU through ``detect(defer=True)``.)
+* Not judged: float8 and complex tensors, sparse/nested layouts; underflow is not judged
+  on the deferred (CUDA) path. Module paths assume one thread runs the model.
+* NumPy: every ufunc through ``np.errstate(call=...)`` — op and line, no stats.
+* JAX: use ``jax.config.update("jax_debug_nans", True)`` (re-runs the failing primitive
+  un-jitted and raises at it) or ``jax.experimental.checkify`` with ``float_checks``;
+  :func:`checkify_report` turns a checkify error into the same report shape.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..events import Event, Report
+from ._core import ACTIONS, KINDS, LEVELS, NumericalError, NumericalWarning
+
+if TYPE_CHECKING:
+    from ._detect import detect
+    from ._jax import checkify_report
+    from ._step import guard
+
+__all__ = ["ACTIONS", "KINDS", "LEVELS", "Event", "NumericalError", "NumericalWarning", "Report",
+           "checkify_report", "detect", "guard"]
+
+_LAZY = {"detect": "._detect", "guard": "._step", "checkify_report": "._jax"}
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'floatguard.sanitize' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(mod, __name__), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,950 @@
+"""The PyTorch op-level sanitizer: a ``TorchDispatchMode`` that checks every op's output.
+
+Design (what keeps it cheaper than ``torch.autograd.detect_anomaly``):
+
+* One fused reduction per float output: ``torch.aminmax`` (a single vectorised pass,
+  NaN-propagating) read back as two Python floats. Everything else — input scans,
+  statistics, the user's frame — runs only when that check fails.
+* Ops that cannot create a non-finite value from finite inputs (views, copies,
+  gathers, factories, ``relu``, ``max``...) are not checked at all; a NaN they pass on
+  is caught at the op that made it.
+* Backward ops are mapped to their forward op through the autograd sequence number:
+  at forward time the mode stores ``(op, module, file, line)`` under the number of the
+  node the op created (a dict insert, plus a cached frame walk); in backward,
+  ``torch._C._current_autograd_node()`` names the node — no stack is formatted.
+* The module path comes from global module pre/post hooks keeping a stack of names.
+* Optimizer steps run unchecked op by op; the parameters and optimizer state are
+  checked once after each ``step()`` with one fused ``torch._foreach_norm``.
+* Off the CPU the (min, max) pairs stay on the device and are read once per flush
+  (end of forward, end of backward, optimizer step, every 256 ops, exit): no host
+  synchronisation per op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ..events import Event
+from ._core import NumericalError, Session
+from ._frames import user_location
+from ._hints import hint_for
+
+__all__ = ["ModuleTracker", "OpSanitizer", "StepChecker", "first_bad", "tensor_stats"]
+
+_seq = torch._C._autograd._get_sequence_nr
+_is_compiling = torch.compiler.is_compiling
+_current_node = torch._C._current_autograd_node
+_Tensor = torch.Tensor
+_strided = torch.strided
+_INF = math.inf
+
+SKIP, CHECK, CAST = 0, 1, 2
+UF_NONE, UF_NONNEG, UF_FLUSH, UF_PROD, UF_CAST = 0, 1, 2, 3, 4
+
+# Ops whose outputs need no check: views and copies, factories and random fills,
+# selections and order statistics — none creates inf/NaN from finite inputs.
+_SKIP = frozenset({
+    "detach", "detach_", "alias", "clone", "contiguous", "lift_fresh", "lift_fresh_copy", "_unsafe_view",
+    "_reshape_alias", "view_copy", "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided",
+    "zeros", "zeros_like", "new_zeros", "ones", "ones_like", "new_ones", "zero_", "zero", "arange", "linspace",
+    "logspace", "eye", "rand", "rand_like", "randn", "randn_like", "randint", "randint_like", "randperm",
+    "bernoulli", "bernoulli_", "normal", "normal_", "uniform_", "exponential_", "geometric_", "cauchy_",
+    "log_normal_", "random_", "multinomial", "native_dropout_mask", "cat", "stack", "index", "index_select",
+    "gather", "take", "select_backward", "slice_backward", "diagonal_backward", "as_strided_backward", "embedding",
+    "masked_select", "where", "relu", "relu_", "threshold", "threshold_", "threshold_backward", "clamp", "clamp_",
+    "clamp_min", "clamp_min_", "clamp_max", "clamp_max_", "clip", "clip_", "hardtanh", "hardtanh_",
+    "hardtanh_backward", "abs", "abs_", "neg", "neg_", "sign", "sgn", "floor", "ceil", "round", "trunc", "max",
+    "min", "amax", "amin", "maximum", "minimum", "fmax", "fmin", "sort", "topk", "argsort", "argmax", "argmin",
+    "kthvalue", "median", "nanmedian", "mode", "flip", "roll", "rot90", "repeat", "tile", "constant_pad_nd",
+    "reflection_pad1d", "reflection_pad2d", "replication_pad1d", "replication_pad2d", "nonzero",
+    "_local_scalar_dense", "equal", "resize_", "resize_as_", "set_", "record_stream", "tril", "triu", "tril_",
+    "triu_", "max_pool2d_with_indices", "max_pool1d", "max_pool2d", "max_pool3d_with_indices",
+    "adaptive_max_pool2d", "im2col", "unfold_copy", "_pin_memory", "isnan", "isinf", "isfinite", "signbit",
+    "logical_not", "logical_and", "logical_or", "eq", "ne", "lt", "le", "gt", "ge", "masked_scatter", "_to_dense",
+    "_nested_tensor_from_mask", "copy_sparse_to_sparse_", "_foreach_zero_", "_unique2", "unique_dim", "one_hot",
+    "_copy_from", "_copy_from_and_resize"
+})
+_CASTS = {"_to_copy", "copy_", "copy", "to", "_to_copy_"}
+_UF_NONNEG = {"exp", "exp_", "exp2", "exp2_", "sigmoid", "sigmoid_", "_softmax", "softmax", "_safe_softmax"}
+_UF_FLUSH = {"mul", "mul_", "div", "div_", "pow", "pow_", "mm", "bmm", "addmm", "baddbmm", "matmul", "addmv",
+             "mv", "dot", "convolution", "_convolution", "square", "_foreach_mul", "_foreach_div"}
+_UF_PROD = {"prod", "cumprod", "cumprod_"}
+_DIVLIKE = {"div", "div_", "reciprocal", "reciprocal_", "log", "log_", "log2", "log2_", "log10", "log10_",
+            "log1p", "log1p_", "rsqrt", "rsqrt_", "pow", "pow_", "xlogy", "xlogy_", "special_xlogy", "digamma",
+            "lgamma", "polygamma", "atanh", "atanh_", "logit", "logit_", "erfinv", "floor_divide", "true_divide",
+            "_foreach_div", "_foreach_div_", "_foreach_reciprocal", "_foreach_log", "_foreach_rsqrt"}
+_LOGLIKE = {"log", "log_", "log2", "log2_", "log10", "log10_", "xlogy", "special_xlogy", "logit"}
+_REDUCTIONS = {"sum", "mean", "mm", "bmm", "addmm", "baddbmm", "matmul", "nansum", "dot", "mv", "addmv",
+               "logsumexp", "cumsum", "einsum"}
+
+
+class _Policy:
+    __slots__ = ("base", "check", "divlike", "kw", "mutated", "name", "pos", "reduction", "uf")
+
+    def __init__(self, func: Any) -> None:
+        schema = func._schema
+        self.name = schema.name if "::" in schema.name else f"aten::{schema.name}"
+        base = func._overloadpacket.__name__
+        self.base = base
+        self.mutated = tuple(i for i, a in enumerate(schema.arguments)
+                             if a.alias_info is not None and a.alias_info.is_write)
+        tags = getattr(func, "tags", ())
+        if base in _CASTS:
+            self.check = CAST
+        elif (base in _SKIP or getattr(func, "is_view", False) or torch.Tag.nondeterministic_seeded in tags
+              or base.startswith("_record_function")):
+            self.check = SKIP
+        else:
+            self.check = CHECK
+        self.uf = (UF_NONNEG if base in _UF_NONNEG else UF_FLUSH if base in _UF_FLUSH else
+                   UF_PROD if base in _UF_PROD else UF_CAST if base in _CASTS else UF_NONE)
+        self.divlike = base in _DIVLIKE
+        self.reduction = base in _REDUCTIONS
+        # arguments that carry values (tensors, numbers), not dims or flags
+        vals = [(i, a.name, a.kwarg_only) for i, a in enumerate(schema.arguments)
+                if str(a.type).rstrip("?").split("[")[0] in ("Tensor", "Scalar", "number", "float", "complex")]
+        self.pos = tuple(i for i, _, kw in vals if not kw)
+        self.kw = tuple(n for _, n, kw in vals if kw)
+
+
+def _dtype_name(dt: torch.dtype) -> str:
+    return str(dt).removeprefix("torch.")
+
+
+def _flat_tensors(pol: Any, args: Any, kwargs: dict[str, Any] | None = None) -> list[tuple[str, Any]]:
+    """``(label, value)`` of the value arguments: tensors (lists flattened) and numbers."""
+    out: list[tuple[str, Any]] = []
+    items: list[tuple[str, Any]] = [(f"input{i}", args[i]) for i in pol.pos if i < len(args)]
+    if kwargs:
+        items += [(k, kwargs[k]) for k in pol.kw if k in kwargs]
+    for label, a in items:
+        if isinstance(a, _Tensor):
+            out.append((label, a))
+        elif isinstance(a, (list, tuple)):
+            out.extend((f"{label}[{j}]", b) for j, b in enumerate(a) if isinstance(b, _Tensor | float | int))
+        elif isinstance(a, float | int) and not isinstance(a, bool):
+            out.append((label, a))
+    return out
+
+
+def tensor_stats(t: Any, prefix: str) -> dict[str, Any]:
+    """min/max/absmax over the finite entries, counts of NaN, inf, zeros, subnormals."""
+    if not isinstance(t, _Tensor):
+        return {f"{prefix}.value": float(t)}
+    with torch.no_grad():
+        x = t.detach()
+        if x.is_complex() or x.layout != _strided or x.device.type == "meta":
+            return {f"{prefix}.numel": x.numel()}
+        if x.is_floating_point():
+            tiny = torch.finfo(x.dtype).tiny
+        else:
+            tiny = 0.0
+        x = x.to(torch.float64)
+        fin = torch.isfinite(x)
+        vals = x[fin]
+        d: dict[str, Any] = {f"{prefix}.numel": x.numel()}
+        if vals.numel():
+            d[f"{prefix}.min"] = vals.min().item()
+            d[f"{prefix}.max"] = vals.max().item()
+            d[f"{prefix}.absmax"] = vals.abs().max().item()
+        d[f"{prefix}.nan"] = int(torch.isnan(x).sum())
+        d[f"{prefix}.inf"] = int(torch.isinf(x).sum())
+        d[f"{prefix}.zeros"] = int((x == 0).sum())
+        d[f"{prefix}.subnormal"] = int(((x != 0) & (x.abs() < tiny)).sum()) if tiny else 0
+    return d
+
+
+def _nonfinite(v: Any) -> tuple[bool, bool]:
+    """(has NaN, has inf) of a tensor or scalar."""
+    if isinstance(v, _Tensor):
+        if not (v.is_floating_point() or v.is_complex()) or v.numel() == 0:
+            return False, False
+        return bool(torch.isnan(v).any()), bool(torch.isinf(v).any())
+    return v != v, v in (_INF, -_INF)
+
+
+def _has_zero(v: Any) -> bool:
+    if isinstance(v, _Tensor):
+        return v.numel() > 0 and bool((v == 0).any())
+    return v == 0
+
+
+def _absmax(v: Any) -> float:
+    if isinstance(v, _Tensor):
+        if not v.is_floating_point() or v.numel() == 0:
+            return 0.0
+        return float(v.detach().abs().max())
+    return abs(float(v))
+
+
+def _storage_key(t: Any) -> int | None:
+    try:
+        return t.untyped_storage().data_ptr()
+    except Exception:  # sparse, nested, fake tensors
+        return None
+
+
+def first_bad(tensors: list[Any]) -> list[int]:
+    """Indices of the tensors holding a NaN or inf.
+
+    The common case — all finite — costs one fused ``torch._foreach_norm`` over the group
+    and one read of the summed norms (NaN and inf propagate into the sum; a sum that
+    merely overflows is re-checked tensor by tensor).
+    """
+    pairs = [(i, t.detach()) for i, t in enumerate(tensors)
+             if isinstance(t, _Tensor) and t.is_floating_point() and t.numel() and t.layout is _strided]
+    if not pairs:
+        return []
+    if len(pairs) == 1 and pairs[0][1].numel() == 1:  # a loss: one read, no reduction
+        v = pairs[0][1].item()
+        return [] if -_INF < v < _INF else [pairs[0][0]]
+    ts = [t for _, t in pairs]
+    with torch.no_grad():
+        norms = torch._foreach_norm(ts, 2.0)
+        if len({(n.dtype, n.device) for n in norms}) > 1:
+            norms = [n.to(norms[0].device, torch.float32) for n in norms]
+        total = torch.stack(norms).sum().item() if len(norms) > 1 else norms[0].item()
+        if -_INF < total < _INF:
+            return []
+        return [i for i, t in pairs if not bool(torch.isfinite(t).all())]
+
+
+def _strip_compiled(name: str) -> str:
+    """``_orig_mod.fc1`` -> ``fc1`` (the submodule path inside a ``torch.compile``'d module)."""
+    if name == "_orig_mod":
+        return ""
+    return name.removeprefix("_orig_mod.")
+
+
+class ModuleTracker:
+    """A stack of module paths, kept by global forward pre/post hooks.
+
+    For a module of torch itself (``nn.Linear``, ``nn.TransformerEncoderLayer``) the
+    user's source line is the same for every op inside it — the line that called the
+    module — so it is found once, at the pre-hook, instead of once per op.
+    """
+
+    def __init__(self) -> None:
+        self.stack: list[str] = []
+        self.locs: list[tuple[str | None, int | None] | None] = []
+        self.names: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
+        self.params: dict[int, tuple[weakref.ref[Any], str]] = {}
+        self._builtin: dict[type, bool] = {}
+        self._handles: list[Any] = []
+        self.on_root_exit: list[Any] = []
+        self.on_root_enter: list[Any] = []
+        self.on_compiled_output: list[Any] = []
+
+    def __enter__(self) -> ModuleTracker:
+        from torch.nn.modules import module as m
+
+        self._handles = [m.register_module_forward_pre_hook(self._pre),
+                         m.register_module_forward_hook(self._post, always_call=True)]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.stack.clear()
+        self.locs.clear()
+
+    def register(self, root: torch.nn.Module) -> None:
+        """Name every submodule and parameter of ``root`` (root itself by its class name)."""
+        orig = getattr(root, "_orig_mod", None)  # torch.compile(model): name by the model, not the wrapper
+        top = type(orig if isinstance(orig, torch.nn.Module) else root).__name__
+        for name, mod in root.named_modules():
+            name = _strip_compiled(name)
+            if mod not in self.names or name:
+                self.names[mod] = name or top
+        for name, p in root.named_parameters():
+            self.params[id(p)] = (weakref.ref(p), _strip_compiled(name))
+
+    def param_name(self, p: Any) -> str | None:
+        hit = self.params.get(id(p))
+        if hit is not None and hit[0]() is p:
+            return hit[1]
+        return None
+
+    def _pre(self, module: torch.nn.Module, args: Any) -> None:
+        stack = self.stack
+        if not stack:
+            for cb in self.on_root_enter:
+                cb()
+        name = self.names.get(module)
+        if name is None:
+            if stack:
+                name = f"{stack[-1]}.<{type(module).__name__}>"
+                self.names[module] = name
+            else:
+                self.register(module)
+                name = self.names[module]
+        cls = type(module)
+        builtin = self._builtin.get(cls)
+        if builtin is None:
+            builtin = self._builtin[cls] = cls.__module__.startswith("torch.")
+        loc = None
+        if builtin:
+            parent = self.locs[-1] if self.locs else None
+            loc = parent if parent is not None else user_location(1)
+        stack.append(name)
+        self.locs.append(loc)
+
+    def _post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if self.on_compiled_output and type(module).__name__ == "OptimizedModule":
+            for cb in self.on_compiled_output:
+                cb(f"torch.compile({type(getattr(module, '_orig_mod', module)).__name__})", args, output)
+        if self.stack:
+            self.stack.pop()
+            self.locs.pop()
+            if not self.stack:
+                for cb in self.on_root_exit:
+                    cb()
+
+    @property
+    def current(self) -> str | None:
+        return self.stack[-1] if self.stack else None
+
+    def location(self) -> tuple[str | None, int | None]:
+        """The user's (file, line) of the op being run (called from ``__torch_dispatch__``)."""
+        loc = self.locs[-1] if self.locs else None
+        return loc if loc is not None else user_location(2)
+
+
+class _Candidate:
+    """Scattered underflow kept in case a log or a division consumes the zeros."""
+
+    __slots__ = ("event", "ref")
+
+    def __init__(self, t: Any, event: Event) -> None:
+        self.ref = weakref.ref(t)
+        self.event = event
+
+
+class OpSanitizer(TorchDispatchMode):
+    """Check every op's float outputs; report through ``session``."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        # torch wraps __torch_dispatch__ in torch._dynamo.disable (a Python wrapper costing
+        # microseconds per op); the code object is marked to be skipped by dynamo instead.
+        return False
+
+    def __init__(self, session: Session, modules: ModuleTracker, *, near_overflow: float | None = 16.0,
+                 underflow: bool = True, defer: bool | None = None, flush_every: int = 256) -> None:
+        super().__init__()
+        self.session = session
+        self.modules = modules
+        self.underflow = underflow
+        self.near = near_overflow
+        self._pol: dict[Any, _Policy] = {}
+        self._thr: dict[torch.dtype, float] = {}
+        self._fwd: dict[int, tuple[str, str | None, str | None, int | None]] = {}
+        self._last_nr = _seq()
+        self._cands: dict[int, _Candidate] = {}
+        self._bad: dict[int, weakref.ref[Any]] = {}
+        self.paused = 0
+        self._popped = False
+        self.scaled = False  # inside a GradScaler-scaled backward: findings are warnings
+        self.scaled_reported = False
+        self.defer_all = bool(defer)
+        self.flush_every = flush_every
+        self._pending: list[tuple[Any, ...]] = []
+        self._bw_callback = False
+        self.checked = 0
+        self._internal_errors = 0
+        self.compiled_seen = False
+        self._init_thresholds()
+        _skip_dynamo(type(self).__torch_dispatch__)
+
+    # -- pausing: optimizer steps run without the mode ---------------------------------------------
+    def pause(self) -> None:
+        """Take the mode off the dispatch stack (if it is on top), else just stop checking."""
+        from torch.utils._python_dispatch import _get_current_dispatch_mode, _pop_mode
+
+        self.paused += 1
+        if self.paused == 1 and _get_current_dispatch_mode() is self:
+            _pop_mode()
+            self._popped = True
+
+    def resume(self) -> None:
+        from torch.utils._python_dispatch import _push_mode
+
+        self.paused = max(0, self.paused - 1)
+        if self.paused == 0 and self._popped:
+            self._popped = False
+            _push_mode(self)
+
+    @contextlib.contextmanager
+    def off(self) -> Iterator[None]:
+        """floatguard's own tensor work (flushes, step checks) is never checked."""
+        self.pause()
+        try:
+            yield
+        finally:
+            self.resume()
+
+    def reinstate(self) -> None:
+        """After an exception skipped :meth:`resume`: put the mode back (called when a model is entered)."""
+        if self._popped or self.paused:
+            self.paused = 1
+            self.resume()
+
+    # -- thresholds -------------------------------------------------------------------------
+    def _threshold(self, dt: torch.dtype) -> float:
+        thr = self._thr.get(dt)
+        if thr is None:
+            mx = float(torch.finfo(dt).max)
+            thr = self._thr[dt] = mx / self.near if self.near else mx
+        return thr
+
+    def _init_thresholds(self) -> None:
+        for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64):  # float8: not checked
+            self._threshold(dt)
+
+    # -- the hot path ---------------------------------------------------------------------------
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if _is_compiling():  # dynamo tracing through the mode: stay out of the graph
+            return func(*args, **kwargs) if kwargs else func(*args)
+        out = func(*args, **kwargs) if kwargs else func(*args)
+        if self.paused:
+            return out
+        pol = self._pol.get(id(func))
+        if pol is None:
+            pol = self._pol[id(func)] = _Policy(func)
+        nr = _seq()
+        if nr != self._last_nr:  # this op created an autograd node: remember where (for backward)
+            self._last_nr = nr
+            mods = self.modules
+            fwd = self._fwd
+            fwd[nr - 1] = (pol.name, mods.current, *mods.location())
+            if len(fwd) > 200_000:
+                for k in list(fwd)[:100_000]:
+                    del fwd[k]
+        if pol.check == SKIP:
+            if self._cands:
+                self._carry(args, out)
+            return out
+        if isinstance(out, _Tensor):
+            self._check(func, pol, out, args, kwargs)
+        elif isinstance(out, (tuple, list)):
+            for t in out:
+                if isinstance(t, _Tensor):
+                    self._check(func, pol, t, args, kwargs)
+        return out
+
+    def _check(self, func: Any, pol: _Policy, t: Any, args: Any, kwargs: Any) -> None:
+        thr = self._thr.get(t.dtype)
+        if thr is None or t.layout is not _strided:  # not a float tensor
+            return
+        n = t.numel()
+        if n == 0:
+            return
+        if pol.check == CAST and not self._narrowing(pol, t, args):
+            return
+        if self.defer_all or not t.is_cpu:
+            self._defer(func, pol, t, args, kwargs)
+            return
+        self.checked += 1
+        if n == 1:
+            lo = hi = t.item()
+        else:
+            a, b = torch.aminmax(t)
+            lo = a.item()
+            hi = b.item()
+        if -thr <= lo and hi <= thr:
+            uf = pol.uf
+            if uf and lo <= 0.0 <= hi and self.underflow and (uf in (UF_NONNEG, UF_PROD) or lo == hi == 0.0):
+                self._guarded(self._underflow, pol, func, pol, t, args, kwargs)
+            if self._cands and pol.reduction and lo <= 0.0 <= hi:
+                self._guarded(self._every_term, pol, func, pol, t, args)
+            return
+        self._guarded(self._slow, pol, func, pol, t, args, kwargs, lo, hi)
+
+    def _guarded(self, fn: Any, pol: _Policy, *args: Any) -> None:
+        """Run a slow-path analysis; a bug in it is reported once, never raised into the user's program."""
+        try:
+            fn(*args)
+        except NumericalError:
+            raise
+        except Exception as exc:  # pragma: no cover - defensive
+            if not self._internal_errors:
+                warnings.warn(f"floatguard: could not analyse the output of {pol.name} ({type(exc).__name__}: "
+                              f"{exc}); the sanitizer goes on without this check", RuntimeWarning, stacklevel=2)
+            self._internal_errors += 1
+
+    def _narrowing(self, pol: _Policy, t: Any, args: Any) -> bool:
+        src = args[1] if pol.base == "copy_" and len(args) > 1 else args[0] if args else None
+        if not isinstance(src, _Tensor):
+            return True
+        if src.dtype == t.dtype:
+            return False
+        if not src.is_floating_point():
+            return t.dtype == torch.float16
+        a, b = torch.finfo(src.dtype), torch.finfo(t.dtype)
+        return b.max < a.max or b.smallest_normal > a.smallest_normal
+
+    # -- compiled regions: checked at their outputs ------------------------------------------------
+    def check_compiled(self, name: str, inputs: Any, outputs: Any) -> None:
+        """Check the tensors a ``torch.compile``'d region returned (its ops are invisible to the mode)."""
+        self.compiled_seen = True
+        with self.off():
+            self._check_compiled(name, inputs, outputs)
+
+    def _check_compiled(self, name: str, inputs: Any, outputs: Any) -> None:
+        outs = _flatten(outputs)
+        bad = [t for t in outs if isinstance(t, _Tensor) and t.is_floating_point() and t.numel()
+               and t.layout is _strided and not bool(torch.isfinite(t.detach()).all())]
+        if not bad:
+            return
+        t = bad[0].detach()
+        ins = [a.detach() for a in _flatten(inputs) if isinstance(a, _Tensor) and a.is_floating_point()]
+        in_bad = any(not bool(torch.isfinite(a).all()) for a in ins if a.numel())
+        has_nan = bool(torch.isnan(t).any())
+        kind = "nan" if has_nan else "overflow"
+        if in_bad and not self.session.has_error:
+            if not has_nan:
+                return  # an inf passed along (a mask)
+            msg, origin = f"{name} received NaN in its inputs", "propagated"
+        elif in_bad:
+            return
+        else:
+            msg, origin = (f"{name} (a torch.compile'd region, checked at its outputs) produced "
+                           f"{'NaN' if has_nan else 'inf'} from finite inputs"), "produced"
+        file, line = self.modules.location()
+        stats = tensor_stats(t, "output")
+        for i, a in enumerate(ins[:4]):
+            stats.update(tensor_stats(a, f"input{i}"))
+        ev = Event(kind=kind, source="sanitize", message=msg, op=name, phase="forward", module=self.modules.current,
+                   file=file, line=line, dtype=_dtype_name(t.dtype), shape=list(t.shape), stats=stats, origin=origin,
+                   hint=hint_for(kind, None, _dtype_name(t.dtype)) + " To name the op inside the compiled region, "
+                   "run it without torch.compile under floatguard.detect().")
+        self.session.emit(ev)
+
+    # -- what failed -----------------------------------------------------------------------------
+    def _where(self) -> tuple[str, str | None, str | None, str | None, int | None]:
+        """(phase, forward_op, module, file, line) of the op being run."""
+        node = _current_node()
+        if node is not None:
+            info = self._fwd.get(node._sequence_nr())
+            if info is None:
+                return "backward", _node_op(node.name()), None, None, None
+            return "backward", info[0], info[1], info[2], info[3]
+        file, line = self.modules.location()
+        return "forward", None, self.modules.current, file, line
+
+    def _event(self, kind: str, message: str, pol: _Policy, t: Any, args: Any, kwargs: Any, *,
+               severity: str = "error", origin: str = "produced", feeds: str | None = None,
+               where: tuple[Any, ...] | None = None, extra: dict[str, Any] | None = None) -> Event:
+        phase, fwd_op, module, file, line = where or self._where()
+        stats: dict[str, Any] = {}
+        if extra:
+            stats.update(extra)
+        if t is not None:
+            stats.update(tensor_stats(t, "output"))
+        for label, v in _flat_tensors(pol, args, kwargs)[:6]:
+            if isinstance(v, _Tensor) and not (v.is_floating_point() or v.is_complex()):
+                continue
+            stats.update(tensor_stats(v, label))
+        dtype = _dtype_name(t.dtype) if t is not None else None
+        if self.paused or phase == "optimizer":
+            phase = "optimizer"
+        return Event(kind=kind, source="sanitize", message=message, severity=severity,
+                     hint=hint_for(kind, pol.name, dtype, phase=phase, forward_op=fwd_op, feeds=feeds),
+                     file=file, line=line, op=pol.name, phase=phase, module=module, dtype=dtype,
+                     shape=list(t.shape) if t is not None else None, stats=stats, origin=origin,
+                     forward_op=fwd_op if phase == "backward" else None)
+
+    def _slow(self, func: Any, pol: _Policy, t: Any, args: Any, kwargs: Any, lo: float, hi: float,
+              where: tuple[Any, ...] | None = None) -> None:
+        with torch.no_grad():
+            out_nan = lo != lo or hi != hi
+            out_inf = not out_nan and (lo == -_INF or hi == _INF)
+            inputs = _flat_tensors(pol, args, kwargs)
+            mutated = {id(args[i]) for i in pol.mutated if i < len(args) and isinstance(args[i], _Tensor)}
+            in_nan = in_inf = False
+            for _, v in inputs:
+                if isinstance(v, _Tensor) and id(v) in mutated:
+                    bad = self._bad.get(id(v))
+                    if bad is not None and bad() is v:
+                        in_nan = in_nan or out_nan
+                        in_inf = True
+                    continue
+                a, b = _nonfinite(v)
+                in_nan, in_inf = in_nan or a, in_inf or b
+            if not (out_nan or out_inf):  # near overflow
+                if self.near is None or any(_absmax(v) > self._threshold(t.dtype) for _, v in inputs
+                                            if id(v) not in mutated):
+                    return
+                amax = max(abs(lo), abs(hi))
+                mx = float(torch.finfo(t.dtype).max)
+                ev = self._event("near_overflow",
+                                 f"{pol.name} produced {amax:.4g}, within {mx / amax:.3g}x of the "
+                                 f"{_dtype_name(t.dtype)} max {mx:.5g}", pol, t, args, kwargs, severity="warning",
+                                 where=where)
+                self.session.emit(ev, dedupe=True)
+                return
+            scaled = self.scaled and (where[0] == "backward" if where else _current_node() is not None)
+            if scaled and self.scaled_reported:
+                return
+            self._bad[id(t)] = weakref.ref(t)
+            if len(self._bad) > 4096:
+                self._bad = {k: r for k, r in self._bad.items() if r() is not None}
+            prior = self.session.has_error
+            if (out_nan and in_nan) or (out_inf and (in_inf or in_nan)) or (prior and (in_nan or in_inf)):
+                if out_inf and not in_nan and not prior:
+                    return  # an intended inf (a -inf mask, an inf constant) passed along
+                what = "NaN" if out_nan else "inf"
+                if prior:
+                    verb = "passed on" if (in_nan if out_nan else in_inf) else "made from a non-finite input:"
+                    ev = self._event("nan" if out_nan else "overflow",
+                                     f"{pol.name} {verb} {what}", pol, t, args, kwargs,
+                                     severity="info", origin="propagated", where=where)
+                else:
+                    ev = self._event("nan", f"{pol.name} received NaN in its inputs (not made under the "
+                                     "sanitizer: input data, or a tensor computed before it was enabled)",
+                                     pol, t, args, kwargs, origin="propagated", where=where)
+                self.session.emit(ev)
+                return
+            dtype = _dtype_name(t.dtype)
+            if out_nan:
+                why = " (inf - inf, 0 * inf or inf / inf)" if in_inf else ""
+                kind, msg = "nan", f"{pol.name} produced NaN from NaN-free inputs{why}"
+            elif pol.divlike and any(_has_zero(v) for _, v in inputs):
+                cand = self._consumed_candidate(inputs)
+                if cand is not None:
+                    self._emit_candidate(cand, consumer=pol.name)
+                kind = "div_by_zero"
+                sign = "-inf" if lo == -_INF else "inf"
+                if pol.base in _LOGLIKE:
+                    msg = f"{pol.name} of an exact 0 gave {sign}"
+                else:
+                    msg = f"{pol.name} divided by an exact 0 and gave {sign}"
+            else:
+                mx = float(torch.finfo(t.dtype).max)
+                kind, msg = "overflow", f"{pol.name} overflowed: finite inputs gave inf ({dtype} max is {mx:.5g})"
+            severity = "error"
+            if scaled:
+                severity = "warning"
+                msg += "; the GradScaler skips this step and lowers its scale"
+                self.scaled_reported = True
+            ev = self._event(kind, msg, pol, t, args, kwargs, severity=severity, where=where)
+            if ev.phase == "backward" and ev.forward_op:
+                ev.message += f" in the gradient of {ev.forward_op}"
+            self.session.emit(ev)
+
+    # -- underflow -----------------------------------------------------------------------------------
+    def _exact_nonzero(self, func: Any, pol: _Policy, t: Any, args: Any, kwargs: Any) -> Any:
+        """A bool mask (broadcast to ``t``) of where the exact result is not 0, or None if unknown."""
+        base = pol.base
+        a0 = args[0] if args else None
+        if pol.uf == UF_NONNEG:
+            if base.startswith("exp") or base.startswith("sigmoid"):
+                return (a0 != -_INF) & ~torch.isnan(a0)
+            return (a0 != -_INF).expand_as(t) if a0.shape == t.shape else None
+        if pol.uf == UF_CAST:
+            src = args[1] if base == "copy_" else a0
+            return (src != 0) if isinstance(src, _Tensor) else None
+        if pol.uf == UF_PROD:
+            x = a0
+            if base.startswith("cumprod"):
+                return (x != 0).to(torch.int64).cumprod(args[1] if len(args) > 1 else kwargs["dim"]) == 1
+            if len(args) > 1 or "dim" in kwargs:
+                dim = args[1] if len(args) > 1 else kwargs["dim"]
+                keep = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+                return (x != 0).all(dim, keepdim=keep)
+            return (x != 0).all()
+        if base in ("mul", "mul_", "_foreach_mul", "square"):
+            b = args[1] if len(args) > 1 else a0
+            return (a0 != 0) & (b != 0)
+        if base in ("div", "div_", "_foreach_div"):
+            b = args[1] if len(args) > 1 else None
+            fin_b = torch.isfinite(b) if isinstance(b, _Tensor) else math.isfinite(b)
+            return (a0 != 0) & fin_b
+        if t.dtype == torch.float64:
+            return None
+        try:  # generic: recompute in float64
+            def up(v: Any) -> Any:
+                return v.to(torch.float64) if isinstance(v, _Tensor) and v.is_floating_point() else v
+            exact = func(*[up(a) for a in args], **{k: up(v) for k, v in kwargs.items()})
+            if isinstance(exact, (tuple, list)):
+                exact = exact[0]
+            return exact != 0 if isinstance(exact, _Tensor) and exact.shape == t.shape else None
+        except Exception:
+            return None
+
+    def _underflow(self, func: Any, pol: _Policy, t: Any, args: Any, kwargs: Any) -> None:
+        if pol.mutated and pol.uf != UF_CAST:
+            return  # the input is gone: in-place ops are not judged
+        with torch.no_grad():
+            zero = t == 0
+            if not bool(zero.any()):
+                return
+            nz = self._exact_nonzero(func, pol, t, args, kwargs)
+            if nz is None:
+                return
+            try:
+                uf = zero & nz
+            except RuntimeError:
+                return
+            n_uf = int(uf.sum())
+            if n_uf == 0:
+                return
+            whole = bool(zero.all())
+            self.session.stats["underflowed_values"] += n_uf
+            if whole or pol.uf == UF_PROD:
+                what = ("every value" if whole else f"{n_uf} of {t.numel()} values")
+                ev = self._event("underflow", f"{pol.name} flushed {what} to exactly 0 (the exact results are "
+                                 "not 0)", pol, t, args, kwargs, extra={"underflowed": n_uf})
+                self.session.emit(ev)
+                return
+            # scattered: keep it in case a log or a division consumes the zeros
+            key = _storage_key(t)
+            if key is None:
+                return
+            ev = self._event("underflow", f"{pol.name} flushed {n_uf} of {t.numel()} values to exactly 0",
+                             pol, t, args, kwargs, extra={"underflowed": n_uf})
+            self._cands[key] = _Candidate(t, ev)
+            if len(self._cands) > 64:
+                self._cands = {k: c for k, c in self._cands.items() if c.ref() is not None}
+                while len(self._cands) > 64:
+                    del self._cands[next(iter(self._cands))]
+
+    def _consumed_candidate(self, inputs: list[tuple[str, Any]]) -> _Candidate | None:
+        for _, v in inputs:
+            if isinstance(v, _Tensor):
+                key = _storage_key(v)
+                c = self._cands.get(key) if key is not None else None
+                if c is not None and c.ref() is not None:
+                    return c
+        return None
+
+    def _emit_candidate(self, cand: _Candidate, consumer: str, reduction: bool = False) -> None:
+        for k in [k for k, c in self._cands.items() if c is cand]:
+            del self._cands[k]
+        ev = cand.event
+        if reduction:
+            ev.message += f"; every term of a reduction by {consumer} underflowed, which gave 0"
+        else:
+            ev.message += f"; {consumer} then takes these zeros"
+        ev.hint = hint_for("underflow", ev.op, ev.dtype, phase=ev.phase, forward_op=ev.forward_op, feeds=consumer)
+        self.session.emit(ev)
+
+    def _carry(self, args: Any, out: Any) -> None:
+        """A copy/selection of an underflowed tensor inherits its record."""
+        outs = [out] if isinstance(out, _Tensor) else [o for o in out if isinstance(o, _Tensor)] \
+            if isinstance(out, (tuple, list)) else []
+        if not outs:
+            return
+        cand = self._consumed_candidate([("", a) for a in args if isinstance(a, _Tensor)])
+        if cand is None:
+            return
+        for o in outs:
+            key = _storage_key(o)
+            if key is not None and key not in self._cands and o.is_floating_point():
+                with torch.no_grad():
+                    if o.numel() and bool((o == 0).any()):
+                        self._cands[key] = _Candidate(o, cand.event)
+                        cand.ref = weakref.ref(o) if cand.ref() is None else cand.ref
+
+    def _every_term(self, func: Any, pol: _Policy, t: Any, args: Any) -> None:
+        cand = self._consumed_candidate([("", a) for a in args if isinstance(a, _Tensor)])
+        if cand is None:
+            return
+        with torch.no_grad():
+            if bool((t == 0).any()):
+                self._emit_candidate(cand, pol.name, reduction=True)
+
+    # -- deferred checks (CUDA: no host sync per op) ------------------------------------------------------
+    def _defer(self, func: Any, pol: _Policy, t: Any, args: Any, kwargs: Any) -> None:
+        with torch.no_grad():
+            mm = torch.stack(torch.aminmax(t.detach())).to(torch.float64)
+        node = _current_node()
+        if node is not None and not self._bw_callback:
+            self._bw_callback = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_backward)
+        if node is not None:
+            info = self._fwd.get(node._sequence_nr())
+            where = ("backward", *(info or (_node_op(node.name()), None, None, None)))
+        else:
+            where = ("forward", None, self.modules.current, *self.modules.location())
+        refs = [(label, weakref.ref(v) if isinstance(v, _Tensor) else v)
+                for label, v in _flat_tensors(pol, args, kwargs)]
+        self._pending.append((mm, func, pol, weakref.ref(t), t.dtype, where, refs))
+        if len(self._pending) >= self.flush_every:
+            self.flush()
+
+    def _end_backward(self) -> None:
+        self._bw_callback = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Read the deferred (min, max) pairs once; report the first bad op."""
+        if not self._pending:
+            return
+        with self.off():
+            self._flush()
+
+    def _flush(self) -> None:
+        pending, self._pending = self._pending, []
+        with torch.no_grad():
+            dev = pending[0][0].device
+            flags = [p[0] if p[0].device == dev else p[0].to(dev) for p in pending]
+            vals = torch.stack(flags).tolist()  # the one host synchronisation of this flush
+        self.checked += len(pending)
+        for (lo, hi), (_, func, pol, tref, dtype, where, refs) in zip(vals, pending, strict=True):
+            thr = self._threshold(dtype)
+            if -thr <= lo and hi <= thr:
+                continue
+            t = tref()
+            args = [r() if isinstance(r, weakref.ref) else r for _, r in refs]
+            if t is None or any(a is None for a in args):
+                kind = "nan" if lo != lo or hi != hi else "overflow" if math.isinf(lo) or math.isinf(hi) else None
+                if kind is None:
+                    continue
+                ev = Event(kind=kind, source="sanitize", message=f"{pol.name} produced {kind} (found at a "
+                           "deferred check; the tensors were freed before the check)", op=pol.name,
+                           phase=where[0], forward_op=where[1] if where[0] == "backward" else None,
+                           module=where[2], file=where[3], line=where[4], dtype=_dtype_name(dtype),
+                           hint=hint_for(kind, pol.name, _dtype_name(dtype), phase=where[0], forward_op=where[1]))
+                self.session.emit(ev)
+                continue
+            self._slow(func, _Positional(pol, len(args)), t, args, {}, lo, hi, where=where)  # type: ignore[arg-type]
+
+
+class _Positional:
+    """A policy view whose value arguments are the flattened, already-selected list."""
+
+    def __init__(self, pol: _Policy, n: int) -> None:
+        self._pol = pol
+        self.pos = tuple(range(n))
+        self.kw = ()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pol, name)
+
+
+def _flatten(value: Any) -> list[Any]:
+    if isinstance(value, _Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _flatten(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _flatten(v)]
+    return []
+
+
+def _skip_dynamo(fn: Any) -> None:
+    code = getattr(fn, "__code__", None)
+    if code is None:
+        return
+    try:
+        from torch._C._dynamo.eval_frame import FrameAction, FrameExecStrategy, set_code_exec_strategy
+
+        set_code_exec_strategy(code, FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP))
+    except Exception:  # pragma: no cover - older/newer torch without this API
+        pass
+
+
+def _node_op(node_name: str) -> str:
+    """``ExpBackward0`` -> ``aten::exp`` (best effort, for nodes made before the sanitizer started)."""
+    base = node_name.split("::")[-1]
+    for suffix in ("Backward0", "Backward1", "Backward"):
+        if base.endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    out = []
+    for i, ch in enumerate(base):
+        if ch.isupper() and i:
+            out.append("_")
+        out.append(ch.lower())
+    return "aten::" + "".join(out)
+
+
+class StepChecker:
+    """Step-level checks around ``optimizer.step()``.
+
+    Before the step: the gradients, one fused reduction (a non-finite gradient never
+    reaches the parameters). After every ``state_every``-th step (and on request): the
+    parameters and the optimizer state, which finite gradients can only corrupt through
+    an update that overflows.
+    """
+
+    def __init__(self, session: Session, modules: ModuleTracker, *, state_every: int = 16) -> None:
+        self.session = session
+        self.modules = modules
+        self.step = 0
+        self.state_every = state_every
+
+    def _name(self, p: Any, i: int) -> str:
+        return self.modules.param_name(p) or f"param {i}"
+
+    @staticmethod
+    def params(optimizer: Any) -> list[Any]:
+        return [p for g in optimizer.param_groups for p in g["params"]]
+
+    def check_grads(self, optimizer: Any) -> Event | None:
+        """An event if a gradient of ``optimizer``'s parameters is non-finite (None if all are finite)."""
+        params = self.params(optimizer)
+        grads = [p.grad for p in params]
+        bad = first_bad(grads)
+        if not bad:
+            return None
+        already = self.check_params(optimizer, before=True)
+        if already is not None:
+            return already
+        i = bad[0]
+        g = grads[i]
+        has_nan = bool(torch.isnan(g).any())
+        kind = "nan" if has_nan else "overflow"
+        names = ", ".join(self._name(params[j], j) for j in bad[:5]) + (" ..." if len(bad) > 5 else "")
+        return Event(kind=kind, source="sanitize", phase="backward", op=None, module=self._name(params[i], i),
+                     message=f"the gradient of {names} has {'NaN' if has_nan else 'inf'} "
+                     f"({len(bad)} of {len(params)} parameters) before {type(optimizer).__name__}.step()",
+                     dtype=_dtype_name(g.dtype), shape=list(g.shape), stats=tensor_stats(g, "grad"),
+                     step=self.step, hint="run this step at op level (floatguard.guard replays it, or "
+                     "`floatguard run --level op`) to name the op that made it")
+
+    def after_step(self, optimizer: Any) -> Event | None:
+        self.step += 1
+        if self.state_every and self.step % self.state_every == 0:
+            return self.check_params(optimizer)
+        return None
+
+    def check_params(self, optimizer: Any, *, before: bool = False) -> Event | None:
+        """An event if a parameter or a float optimizer state is non-finite."""
+        params = self.params(optimizer)
+        states: list[tuple[Any, str, Any]] = []
+        for p in params:
+            for key, v in optimizer.state.get(p, {}).items():
+                if isinstance(v, _Tensor) and v.is_floating_point() and v.numel() > 1:
+                    states.append((p, key, v))
+        tensors = [p.detach() for p in params] + [v for _, _, v in states]
+        bad = first_bad(tensors)
+        if not bad:
+            return None
+        i = bad[0]
+        if i < len(params):
+            p, what, t, label = params[i], "parameter", params[i].detach(), "param"
+        else:
+            p, key, t = states[i - len(params)]
+            what, label = f"optimizer state {key!r} of", str(key)
+        has_nan = bool(torch.isnan(t).any())
+        j = next(k for k, q in enumerate(params) if q is p)
+        name = self._name(p, j)
+        opname = f"{type(optimizer).__name__}.step"
+        when = "an earlier" if before else "this"
+        return Event(kind="nan" if has_nan else "overflow", source="sanitize", phase="optimizer", op=opname,
+                     module=name, message=f"{what} {name} is {'NaN' if has_nan else 'inf'}: {when} "
+                     f"{opname} made it so from finite gradients", dtype=_dtype_name(t.dtype), shape=list(t.shape),
+                     stats=tensor_stats(t, label), step=self.step, origin="produced",
+                     hint="the update overflowed: lower the learning rate, clip gradients "
+                     "(torch.nn.utils.clip_grad_norm_), or raise the optimizer's eps")
