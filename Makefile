@@ -17,6 +17,8 @@ $(VENV)/.base: $(BIN)/python pyproject.toml
 
 $(VENV)/.dev: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]' '$(TORCH)'
+	@# the monitor's report test opens the HTML report in headless Chromium (Debian's package)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium)
 	touch $@ $(VENV)/.base
 
 demo: $(VENV)/.base

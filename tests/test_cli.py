@@ -45,8 +45,9 @@ def test_help_exits_0(capsys):
 
 def test_every_command_has_a_subparser_and_handler():
     parser = cli.build_parser()
+    required = {"report": ["run.jsonl"]}  # positional arguments a command cannot do without
     for cmd in cli.COMMANDS:
-        args = parser.parse_args([cmd.name])
+        args = parser.parse_args([cmd.name, *required.get(cmd.name, [])])
         assert args.command == cmd.name and args.handler is cmd.handler
 
 

@@ -1,4 +1,4 @@
-"""The ``floatguard`` command line: ``floatguard <command> [options]``.
+"""The ``floatguard`` command line: ``floatguard <command> [options]`` (demo, run, lint, report).
 
 Each command is one :class:`Command` in :data:`COMMANDS`: its name, a one-line
 help, a function adding its options to its subparser, and a handler returning
@@ -70,6 +70,19 @@ def _run(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# -- report -----------------------------------------------------------------------------
+def _report_arguments(parser: argparse.ArgumentParser) -> None:
+    from .monitor.cli import add_report_arguments
+
+    add_report_arguments(parser)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .monitor.cli import run_report
+
+    return run_report(args)
+
+
 COMMANDS: list[Command] = [
     Command("demo", "show each floating-point failure (overflow, underflow, NaN) next to its floatguard cure",
             _demo_arguments, _demo),
@@ -77,6 +90,8 @@ COMMANDS: list[Command] = [
             "makes NaN", _run_arguments, _run),
     Command("lint", "find numerically unstable expressions in Python source (ruff-style, with --fix)",
             _lint_arguments, _lint),
+    Command("report", "render a training-monitor log (JSONL) as one self-contained HTML page, with a terminal "
+            "summary", _report_arguments, _report),
 ]
 
 

@@ -1,0 +1,56 @@
+"""Training-health monitor: catch silent failure while it happens, say what to change.
+
+::
+
+    from floatguard.monitor import Monitor
+    mon = Monitor(model, optimizer, num_classes=10, log="run.jsonl")  # num_classes, log optional
+    for xb, yb in loader:
+        optimizer.zero_grad()
+        loss = loss_fn(model(xb), yb)
+        loss.backward()
+        mon.step(loss)          # after backward, before optimizer.step()
+        optimizer.step()
+    mon.close()
+    mon.findings                # Events: .kind, .step, .module, .message, .hint, .stats, .to_dict()
+
+Findings (``Event.kind``) are the names in :data:`KINDS`; :mod:`.rules` documents
+each rule's thresholds and their source. ``floatguard report run.jsonl -o
+report.html`` renders a log (:mod:`.report`); :func:`attach_global` watches a
+script that was not written for it (``floatguard run --monitor SCRIPT``).
+Lightning and Hugging Face callbacks live in :mod:`.lightning` and
+:mod:`.huggingface` (imported on demand: they import their framework).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .rules import KINDS, Thresholds
+
+if TYPE_CHECKING:
+    from .attach import GlobalMonitor
+    from .core import Monitor
+
+__all__ = ["KINDS", "Monitor", "Thresholds", "attach_global", "read_log"]
+
+
+def __getattr__(name: str) -> Any:  # torch is imported only when the monitor is used
+    if name == "Monitor":
+        from .core import Monitor
+
+        return Monitor
+    if name == "read_log":
+        from .log import read_log
+
+        return read_log
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def attach_global(**options: Any) -> GlobalMonitor:
+    """Monitor every training loop of this process without changing its code.
+
+    Keyword options are :class:`Monitor`'s. See :func:`floatguard.monitor.attach.attach_global`.
+    """
+    from .attach import attach_global as _attach
+
+    return _attach(**options)

@@ -1,0 +1,51 @@
+"""``floatguard report LOG [-o report.html]``: render a monitor log as HTML and summarize it.
+
+Exit codes: 0 when the report is written (whatever the run's findings), 1 when the
+log cannot be read or holds no step, 2 for usage errors (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from rich.console import Console
+
+__all__ = ["add_report_arguments", "run_report"]
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``floatguard report``."""
+    parser.add_argument("log", help="the monitor's JSONL log (Monitor(..., log=PATH))")
+    parser.add_argument("-o", "--output", default=None,
+                        help="HTML file to write (default: the log's name with .html)")
+    parser.add_argument("--title", default=None, help="title of the page")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no terminal summary")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Write the HTML report and print the summary; returns the exit code."""
+    from .log import read_log
+    from .report import print_summary, render_html
+
+    err = Console(stderr=True)
+    if not os.path.isfile(args.log):
+        err.print(f"floatguard report: no such log file: {args.log}")
+        return 1
+    try:
+        run = read_log(args.log)
+    except (OSError, ValueError) as exc:
+        err.print(f"floatguard report: cannot read {args.log}: {exc}")
+        return 1
+    if not run.steps:
+        err.print(f"floatguard report: {args.log} records no training step")
+        return 1
+    output = args.output or os.path.splitext(args.log)[0] + ".html"
+    with open(output, "w", encoding="utf-8") as fh:
+        fh.write(render_html(run, title=args.title, source=args.log))
+    if not args.quiet:
+        con = Console(file=sys.stdout)
+        print_summary(run.findings, con, steps=len(run.steps))
+        con.print(f"report: {output}")
+    return 0
