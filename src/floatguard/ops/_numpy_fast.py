@@ -10,9 +10,19 @@ are identical in value to the generic path's (same formulas: max term taken out,
 
 Every function takes rows ``x`` of shape ``(R, n)`` (any float dtype, C-contiguous)
 and returns float64 results; the caller rounds to the input dtype.
+
+With numba installed (the ``fast`` extra), float16 and float32 rows go to the
+compiled kernels of :mod:`._numba_fast` instead (same formulas, a vectorized
+float64 ``exp``: NumPy's float64 ``exp`` is scalar without AVX-512). numba is
+imported, and the kernels compiled or loaded from numba's cache, on the first
+such call, never at import of floatguard; without numba, or if it fails, this
+NumPy code is used. Set ``_numpy_fast.kernels = False`` to force it.
 """
 
 from __future__ import annotations
+
+import warnings
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +30,45 @@ from ._core import blocks
 
 # elements of float64 per block: 2^15 * 8 B = 256 KiB, half of a typical L2
 BLOCK = 1 << 15
+
+# -- compiled kernels (optional) --------------------------------------------------------------
+# the _numba_fast module once loaded, False when numba is missing or failed, None before the first try
+kernels: Any = None
+NUMBA_DTYPES = frozenset({np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)})
+
+
+def _kernels_for(dtype: np.dtype) -> Any:
+    """The kernels module when it handles ``dtype`` (imports numba on first use), else None."""
+    global kernels
+    if dtype not in NUMBA_DTYPES:
+        return None
+    if kernels is None:
+        try:
+            from . import _numba_fast
+
+            kernels = _numba_fast if _numba_fast.AVAILABLE else False
+        except ImportError:  # numba present but unusable with this NumPy, say
+            kernels = False
+    return kernels or None
+
+
+FAILED = object()  # what _run returns when a kernel could not be compiled
+
+
+def _run(kernel: Any, *args: Any) -> Any:
+    """Call a compiled kernel; if it fails (to compile), warn, disable the kernels and return ``FAILED``."""
+    global kernels
+    try:
+        return kernel(*args)
+    except Exception as exc:  # numba cannot compile here: the NumPy path still can
+        kernels = False
+        warnings.warn(f"floatguard: numba kernels disabled, using NumPy ({exc!r})", RuntimeWarning, stacklevel=3)
+        return FAILED
+
+
+def _as_kernel_input(x: np.ndarray) -> np.ndarray:
+    """float16 rows as float32 (exact): numba has no float16 on the CPU."""
+    return x.astype(np.float32) if x.dtype == np.float16 else x
 
 
 def _max_and_argmax(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -33,6 +82,11 @@ def rest_sum(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Row max ``m``, its index ``k`` and ``s = sum_{i != k} exp(x_i - m)`` (0 on rows with non-finite ``m``)."""
     r, n = x.shape
     m, k = _max_and_argmax(x)
+    kern = _kernels_for(x.dtype)
+    if kern is not None:
+        s = np.empty(r)
+        if _run(kern.rest_sums, _as_kernel_input(x), m, k, s) is not FAILED:
+            return m, k, s
     finite = np.isfinite(m)
     m0 = np.where(finite, m, 0.0)
     s = np.zeros(r)
@@ -65,6 +119,11 @@ def softmax_rows(x: np.ndarray, out: np.ndarray, log: bool) -> bool:
     rows with their limit values.
     """
     r, n = x.shape
+    kern = _kernels_for(x.dtype)
+    if kern is not None and (x.dtype != np.float16 or n <= BLOCK):
+        bad = _softmax_compiled(kern, x, out, log)
+        if bad is not FAILED:
+            return bad
     if n > BLOCK:
         m, _, s = rest_sum(x)
         finite = np.isfinite(m)
@@ -102,3 +161,25 @@ def softmax_rows(x: np.ndarray, out: np.ndarray, log: bool) -> bool:
             # BHH's division form, rounded once into the output dtype
             np.divide(e, (1.0 + s)[:, None], out=out[r0:r1], casting="same_kind")
     return not bool(finite.all())
+
+
+def _softmax_compiled(kern: Any, x: np.ndarray, out: np.ndarray, log: bool) -> Any:
+    """:func:`softmax_rows` with the compiled kernels; ``FAILED`` if they failed to compile.
+
+    float16 rows go through float32 (exact) and a float64 buffer of at most
+    ``BLOCK`` entries, so that the output is rounded once from float64.
+    """
+    m, k = _max_and_argmax(x)
+    if x.dtype != np.float16:
+        return _run(kern.softmax_rows, x, m, k, out, log, x.dtype == np.float64)
+    r, n = x.shape
+    buf = np.empty(min(BLOCK, r * n))
+    bad = False
+    for r0, r1, _, _ in blocks(r, n, BLOCK):
+        b = buf[: (r1 - r0) * n].reshape(r1 - r0, n)
+        got = _run(kern.softmax_rows, _as_kernel_input(x[r0:r1]), m[r0:r1], k[r0:r1], b, log, False)
+        if got is FAILED:
+            return FAILED
+        bad |= got
+        out[r0:r1] = b
+    return bad
