@@ -71,10 +71,11 @@ def _mask(be: Backend, where: Any, x: Any, func: str) -> Any:
     return _broadcast_arg(be, where, tuple(x.shape), "where", func)
 
 
-def _prepare(x: Any, func: str, **named: Any) -> tuple[Backend, Any, Any]:
+def _prepare(x: Any, func: str, work: bool = True, **named: Any) -> tuple[Backend, Any, Any]:
+    """Backend, ``x`` as a float array, and (``work``) its copy in the working dtype (else None)."""
     be = namespace(("x", x), *named.items(), func=func)
     x = as_float(be, x, "x", func)
-    return be, x, be.xp.astype(x, be.work_dtype(x.dtype), copy=False)
+    return be, x, be.xp.astype(x, be.work_dtype(x.dtype), copy=False) if work else None
 
 
 # -- public ops -------------------------------------------------------------------
@@ -132,13 +133,15 @@ def logsumexp(
     >>> round(float(fg.logsumexp(x)), 6)
     1001.104131
     """
-    be, x, xw = _prepare(x, "logsumexp", b=b, where=where)
+    be, x, _ = _prepare(x, "logsumexp", b=b, where=where, work=False)
     xp = be.xp
     dtype = x.dtype
     shape = tuple(x.shape)
     axes = normalize_axes(axis, x.ndim, "axis", "logsumexp")
     mask = _mask(be, where, x, "logsumexp")
+    xw = None  # the float64 copy: only the generic path needs it (and b, which takes that path)
     if b is not None:
+        xw = xp.astype(x, be.work_dtype(dtype), copy=False)
         b = xp.asarray(b) if be.name == "numpy" or hasattr(b, "dtype") else be.asarray_like(b, xw)
         b = xp.astype(_broadcast_arg(be, b, shape, "b", "logsumexp"), xw.dtype)
         nonzero = b != 0
@@ -165,6 +168,8 @@ def logsumexp(
             sign = xp.where(val > -float("inf"), xp.ones_like(val), xp.zeros_like(val))
             return val, xp.where(xp.isnan(val), val, sign)
         return val
+    if xw is None:
+        xw = xp.astype(x, be.work_dtype(dtype), copy=False)
     rows = _to_rows(xp, xw, axes)
     rmask = None if mask is None else _to_rows(xp, mask, axes)
     sh = shifted(be, rows, rmask)
@@ -274,7 +279,7 @@ def _softmax_generic(be: Backend, rows: Any, mask: Any, log: bool) -> Any:
 
 def _softmax(x: Any, axis: int, where: Any, log: bool) -> Any:
     func = "log_softmax" if log else "softmax"
-    be, x, xw = _prepare(x, func, where=where)
+    be, x, _ = _prepare(x, func, where=where, work=False)
     xp = be.xp
     ax = normalize_axis(axis, x.ndim, "axis", func)
     mask = _mask(be, where, x, func)
@@ -296,7 +301,7 @@ def _softmax(x: Any, axis: int, where: Any, log: bool) -> Any:
         fn = _torch_fast().LogSoftmax if log else _torch_fast().Softmax
         flat = xp.reshape(rows, (-1, rows.shape[-1]))
         return xp.moveaxis(xp.reshape(fn.apply(flat), rows.shape), -1, ax)
-    rows = xp.moveaxis(xw, ax, -1)
+    rows = xp.moveaxis(xp.astype(x, be.work_dtype(x.dtype), copy=False), ax, -1)
     out = _softmax_generic(be, rows, None if mask is None else xp.moveaxis(mask, ax, -1), log)
     return xp.astype(xp.moveaxis(out, -1, ax), x.dtype, copy=False)
 
