@@ -74,6 +74,30 @@ def _sweep(x: torch.Tensor, out: torch.Tensor | None = None, log: bool = False) 
     return m, finite, s
 
 
+_NUMPY_DTYPES = {torch.float16: "float16", torch.float32: "float32", torch.float64: "float64"}
+
+
+def _compiled(x: torch.Tensor, out: torch.Tensor | None, log: bool = False) -> Any:
+    """The same sweep through floatguard's compiled NumPy kernels, for CPU tensors, when available.
+
+    Returns None when not applicable (no numba, a GPU tensor, bfloat16); else, with ``out``, whether
+    some row has a non-finite max (``out`` filled), without ``out``, the float64 logsumexp per row.
+    The tensors share memory with the NumPy views (``Tensor.numpy()``): no copy.
+    """
+    import numpy as np
+
+    from . import _numpy_fast
+
+    if x.device.type != "cpu" or x.dtype not in _NUMPY_DTYPES or x.shape[-1] == 0:
+        return None
+    if _numpy_fast._kernels_for(np.dtype(_NUMPY_DTYPES[x.dtype])) is None:
+        return None
+    xn = x.detach().contiguous().numpy()
+    if out is None:
+        return torch.from_numpy(_numpy_fast.logsumexp_rows(xn))
+    return _numpy_fast.softmax_rows(xn, out.numpy(), log)
+
+
 def _limit(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """Softmax of rows with a non-finite max: mass shared by +inf entries, 0 for -inf rows, NaN for NaN rows."""
     at_max = (x.to(torch.float64) == m).to(torch.float64)
@@ -82,13 +106,28 @@ def _limit(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(m), m, w)
 
 
+def _sweep_rows(x: torch.Tensor, out: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill ``out`` (compiled kernels when available, else :func:`_sweep`); row max and ``finite``."""
+    nonfinite = _compiled(x, out, log)
+    if nonfinite is None:
+        m, finite, _ = _sweep(x, out, log=log)
+        return m, finite
+    if not nonfinite:
+        return x.new_zeros(x.shape[0], dtype=torch.float64), x.new_ones(x.shape[0], dtype=torch.bool)
+    m = x.detach().max(dim=-1).values.to(torch.float64)
+    return m, torch.isfinite(m)
+
+
 class LogSumExp(torch.autograd.Function):
     """``m + log1p(s)`` per row; gradient ``softmax(x)`` (0 on rows with no finite max)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        m, finite, s = _sweep(x)
-        out = torch.where(finite, m + torch.log1p(s), m)[:, None].to(x.dtype)
+        lse = _compiled(x, None)
+        if lse is None:
+            m, finite, s = _sweep(x)
+            lse = torch.where(finite, m + torch.log1p(s), m)
+        out = lse[:, None].to(x.dtype)
         ctx.save_for_backward(x, out)
         return out
 
@@ -106,7 +145,7 @@ class Softmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(x)
-        m, finite, _ = _sweep(x, out, log=False)
+        m, finite = _sweep_rows(x, out, log=False)
         if not bool(finite.all()):
             m, finite = m[:, None], finite[:, None]
             out = torch.where(finite, out, _limit(x, m).to(x.dtype))
@@ -127,7 +166,7 @@ class LogSoftmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         out = torch.empty_like(x)
-        m, finite, _ = _sweep(x, out, log=True)
+        m, finite = _sweep_rows(x, out, log=True)
         if not bool(finite.all()):
             m, finite = m[:, None], finite[:, None]
             w = _limit(x, m)
