@@ -71,11 +71,15 @@ def _mask(be: Backend, where: Any, x: Any, func: str) -> Any:
     return _broadcast_arg(be, where, tuple(x.shape), "where", func)
 
 
-def _prepare(x: Any, func: str, work: bool = True, **named: Any) -> tuple[Backend, Any, Any]:
-    """Backend, ``x`` as a float array, and (``work``) its copy in the working dtype (else None)."""
+def _prepare(x: Any, func: str, **named: Any) -> tuple[Backend, Any]:
+    """Backend of ``x`` and the other named arrays, and ``x`` checked to be a float array."""
     be = namespace(("x", x), *named.items(), func=func)
-    x = as_float(be, x, "x", func)
-    return be, x, be.xp.astype(x, be.work_dtype(x.dtype), copy=False) if work else None
+    return be, as_float(be, x, "x", func)
+
+
+def _work(be: Backend, x: Any) -> Any:
+    """``x`` in the working dtype (float64 where available): only the generic path needs this copy."""
+    return be.xp.astype(x, be.work_dtype(x.dtype), copy=False)
 
 
 # -- public ops -------------------------------------------------------------------
@@ -133,7 +137,7 @@ def logsumexp(
     >>> round(float(fg.logsumexp(x)), 6)
     1001.104131
     """
-    be, x, _ = _prepare(x, "logsumexp", b=b, where=where, work=False)
+    be, x = _prepare(x, "logsumexp", b=b, where=where)
     xp = be.xp
     dtype = x.dtype
     shape = tuple(x.shape)
@@ -141,7 +145,7 @@ def logsumexp(
     mask = _mask(be, where, x, "logsumexp")
     xw = None  # the float64 copy: only the generic path needs it (and b, which takes that path)
     if b is not None:
-        xw = xp.astype(x, be.work_dtype(dtype), copy=False)
+        xw = _work(be, x)
         b = xp.asarray(b) if be.name == "numpy" or hasattr(b, "dtype") else be.asarray_like(b, xw)
         b = xp.astype(_broadcast_arg(be, b, shape, "b", "logsumexp"), xw.dtype)
         nonzero = b != 0
@@ -169,7 +173,7 @@ def logsumexp(
             return val, xp.where(xp.isnan(val), val, sign)
         return val
     if xw is None:
-        xw = xp.astype(x, be.work_dtype(dtype), copy=False)
+        xw = _work(be, x)
     rows = _to_rows(xp, xw, axes)
     rmask = None if mask is None else _to_rows(xp, mask, axes)
     sh = shifted(be, rows, rmask)
@@ -279,7 +283,7 @@ def _softmax_generic(be: Backend, rows: Any, mask: Any, log: bool) -> Any:
 
 def _softmax(x: Any, axis: int, where: Any, log: bool) -> Any:
     func = "log_softmax" if log else "softmax"
-    be, x, _ = _prepare(x, func, where=where, work=False)
+    be, x = _prepare(x, func, where=where)
     xp = be.xp
     ax = normalize_axis(axis, x.ndim, "axis", func)
     mask = _mask(be, where, x, func)
@@ -301,7 +305,7 @@ def _softmax(x: Any, axis: int, where: Any, log: bool) -> Any:
         fn = _torch_fast().LogSoftmax if log else _torch_fast().Softmax
         flat = xp.reshape(rows, (-1, rows.shape[-1]))
         return xp.moveaxis(xp.reshape(fn.apply(flat), rows.shape), -1, ax)
-    rows = xp.moveaxis(xp.astype(x, be.work_dtype(x.dtype), copy=False), ax, -1)
+    rows = xp.moveaxis(_work(be, x), ax, -1)
     out = _softmax_generic(be, rows, None if mask is None else xp.moveaxis(mask, ax, -1), log)
     return xp.astype(xp.moveaxis(out, -1, ax), x.dtype, copy=False)
 
@@ -317,7 +321,8 @@ def logmeanexp(x: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: b
     result near 0 (the mean of values close to 0). Used for importance-weighted bounds
     (IWAE) and log-likelihoods averaged over samples.
     """
-    be, x, xw = _prepare(x, "logmeanexp")
+    be, x = _prepare(x, "logmeanexp")
+    xw = _work(be, x)
     xp = be.xp
     axes = normalize_axes(axis, x.ndim, "axis", "logmeanexp")
     n = math.prod(x.shape[a] for a in axes)
@@ -345,7 +350,8 @@ def logcumsumexp(x: Any, axis: int = -1) -> Any:
     ``-inf`` (empty prefix sums) with a zero gradient, where
     ``torch.logcumsumexp``'s gradient is NaN.
     """
-    be, x, xw = _prepare(x, "logcumsumexp")
+    be, x = _prepare(x, "logcumsumexp")
+    xw = _work(be, x)
     ax = normalize_axis(axis, x.ndim, "axis", "logcumsumexp")
     if x.ndim == 0:
         return x
