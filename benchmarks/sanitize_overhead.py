@@ -7,8 +7,10 @@ the RNG states), under ``floatguard.detect(level="op")`` (every op's outputs che
 forward and backward) and under ``torch.autograd.detect_anomaly(check_nan=True)``
 (NaN checks of backward outputs only, and a stack trace stored per op), all in one
 process on one thread. Times are CPU time of the calling thread per step (robust to
-other load on the machine), the median over ``--rounds`` rounds of ``--steps`` steps,
-the candidates interleaved within each round; ratios are to the plain step.
+other load on the machine). Each round runs every candidate for a block of steps, in a
+rotated order; a candidate's ratio in a round is its median step over the plain median of
+the same round, and the table gives the median of those ratios over ``--rounds`` rounds
+with their interquartile range.
 
 Run ``python benchmarks/sanitize_overhead.py`` (``--quick``: small models, one round).
 """
@@ -132,17 +134,36 @@ def _time(step: Callable[[], Any], config: Config, steps: int) -> tuple[list[flo
     return times, events
 
 
-def measure(w: Workload, rounds: int, steps: int) -> tuple[dict[str, float], int]:
-    """Median step time per config over all rounds (interleaved) and the number of findings (must be 0)."""
-    times: dict[str, list[float]] = {c.name: [] for c in CONFIGS}
+def measure(w: Workload, rounds: int, steps: int) -> tuple[dict[str, list[float]], float, int]:
+    """Per-round ratios to the plain step, the plain step time, and the number of findings (must be 0).
+
+    Each round runs every config for a block of ``steps`` steps, in a rotated order;
+    a config's ratio in a round is its median step over the plain median *of the same
+    round*, so a machine that speeds up or slows down between rounds cancels out.
+    """
+    ratios: dict[str, list[float]] = {c.name: [] for c in CONFIGS}
+    plain: list[float] = []
     findings = 0
     for r in range(rounds):
         order = CONFIGS[r % len(CONFIGS):] + CONFIGS[: r % len(CONFIGS)]
+        block: dict[str, float] = {}
         for c in order:
             dt, events = _time(w.step, c, steps)
-            times[c.name] += dt
+            block[c.name] = statistics.median(dt)
             findings += len(events)
-    return {name: statistics.median(ts) for name, ts in times.items()}, findings
+        base = block[CONFIGS[0].name]
+        plain.append(base)
+        for name, t in block.items():
+            ratios[name].append(t / base)
+    return ratios, statistics.median(plain), findings
+
+
+def _ratio(rs: list[float]) -> str:
+    """Median ratio and, over several rounds, the interquartile range of the per-round ratios."""
+    if len(rs) < 4:
+        return f"{statistics.median(rs):.2f}x"
+    q1, _, q3 = statistics.quantiles(rs, n=4)
+    return f"{statistics.median(rs):.2f}x ({q1:.2f}–{q3:.2f})"
 
 
 def _count_checked(w: Workload) -> int:
@@ -160,24 +181,37 @@ def main(argv: Sequence[str] | None = None) -> Table:
     """Measure and print the table; returns it."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small models, one round of two steps (a smoke test)")
-    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 9; --quick 1)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per round (default 6; --quick 2)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 15; --quick 1)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps per config and round (default: 6 to 40, ~60 ms of plain steps; --quick 2)")
+    ap.add_argument("--models", default=None, help="comma-separated subset of: mlp, cnn, transformer")
     args = ap.parse_args(argv)
-    rounds = args.rounds or (1 if args.quick else 9)
-    steps = args.steps or (2 if args.quick else 6)
+    rounds = args.rounds or (1 if args.quick else 15)
     warnings.filterwarnings("ignore", message=".*[Aa]nomaly.*")
     rows = []
-    for w in workloads(args.quick):
-        best, findings = measure(w, rounds, steps)
-        base = best["plain"]
+    chosen = workloads(args.quick)
+    if args.models:
+        wanted = {m.strip().lower() for m in args.models.split(",")}
+        known = {w.name.split()[0].lower() for w in chosen}
+        if not wanted <= known:
+            ap.error(f"--models: expected names from {sorted(known)}, got {sorted(wanted - known)}")
+        chosen = [w for w in chosen if w.name.split()[0].lower() in wanted]
+    for w in chosen:
+        w.step()  # warm up, and time the plain step to size the blocks: at least ~60 ms of plain steps each
+        t0 = time.thread_time()
+        w.step()
+        n = args.steps or (2 if args.quick else max(6, min(40, round(0.06 / max(time.thread_time() - t0, 1e-4)))))
+        ratios, base, findings = measure(w, rounds, n)
         checked = _count_checked(w)
         rows.append([w.name, f"{w.n_params:,}", f"{base * 1e3:.2f}",
-                     *[f"{best[c.name] / base:.2f}x" for c in CONFIGS[1:]], str(checked), str(findings)])
+                     *[_ratio(ratios[c.name]) for c in CONFIGS[1:]], str(checked), str(findings)])
     headers = ["model", "params", "plain ms/step", *[c.name for c in CONFIGS[1:]], "outputs checked/step",
                "findings"]
     table = make_table("Sanitizer overhead per CPU training step (ratio to the plain step; 1 thread)", headers, rows,
-                       caption=f"torch {torch.__version__}; median CPU time of the calling thread per step, {rounds} "
-                       f"rounds of {steps} steps; 'findings' must be 0 on these healthy models", text_columns=1)
+                       caption=f"torch {torch.__version__}; CPU time of the calling thread per step; per round, "
+                       f"the median step of each config over the plain median of the same round; median "
+                       f"(interquartile range) over {rounds} rounds; 'findings' must be 0 on these healthy models",
+                       text_columns=1)
     print_tables([table])
     return table
 

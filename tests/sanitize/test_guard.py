@@ -164,3 +164,43 @@ def test_op_level_findings_in_a_scaled_backward_are_warnings():
     assert d.events and all(e.severity == "warning" for e in d.events)
     assert "GradScaler skips this step" in d.events[0].message and d.events[0].phase == "backward"
     assert not d.session.has_error
+
+
+def test_an_update_that_overflows_the_parameters_is_caught_before_the_next_update():
+    p = nn.Parameter(torch.tensor([3e38, 1.0]))
+    opt = torch.optim.SGD([p], lr=1e38)
+
+    @guard(state_every=4, quiet=True)
+    def step():
+        opt.zero_grad()
+        (-p).sum().backward()  # finite gradients; the update overflows p[0]
+        opt.step()
+
+    for _ in range(3):  # the first update already makes p[0] = inf; checked before the 4th
+        step()
+    assert torch.isinf(p[0])
+    before = p.detach().clone()
+    with pytest.raises(NumericalError) as err:
+        step()
+    ev = err.value.event
+    assert (ev.kind, ev.op, ev.phase, ev.module) == ("overflow", "SGD.step", "optimizer", "param 0")
+    assert "an earlier SGD.step made it so" in ev.message
+    assert torch.equal(p.detach(), before)  # stopped before a further update
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e5m2])
+def test_the_step_check_finds_every_non_finite_tensor_and_nothing_else(dtype):
+    from floatguard.sanitize._torch import first_bad
+
+    big = torch.finfo(dtype).max
+    finite = [torch.full((300,), big, dtype=dtype), torch.full((7, 3), -big, dtype=dtype),
+              torch.randn(5).to(dtype), torch.tensor(1.0)]  # their sums overflow: re-checked, not reported
+    assert first_bad(finite) == []
+    bad = [t.clone() for t in finite]
+    bad[0][17] = float("inf")
+    bad[1][2, 1] = float("-inf")
+    assert first_bad(bad) == [0, 1]  # +inf and -inf in one group: the total is NaN, not a finite number
+    nan = [t.clone() for t in finite]
+    nan[2][4] = float("nan")
+    assert first_bad([None, *nan, torch.arange(3)]) == [3]  # non-float entries are skipped, indices kept
+    assert first_bad([torch.tensor(float("nan"), dtype=dtype)]) == [0]

@@ -1,8 +1,9 @@
 """``floatguard.guard(step_fn)``: a cheap check per training step, an op-level replay of a bad one.
 
-On a healthy step the cost is one fused reduction over the gradients (just before
+On a healthy step the cost is one reduction pass over the gradients (just before
 ``optimizer.step()``, through a global optimizer pre-hook), a read of the loss, and
-saving the RNG states. When the gradients are not finite the step is stopped *before*
+saving the RNG states; every ``state_every``-th step the parameters and optimizer
+state are checked too, before the update. When the gradients are not finite the step is stopped *before*
 the optimizer touches the parameters, the state from before the call is restored
 (RNG states, the gradients' references, the GradScaler's scale — and with
 ``snapshot=True`` copies of parameters, gradients and optimizer state), and the call
@@ -26,7 +27,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ..events import Event, Report
 from ._core import ACTIONS, NumericalError, Session
@@ -95,13 +96,24 @@ class Guarded:
         self.step = 0
         self.replays = 0
         self._optimizers: list[Any] = []
+        self._seen: set[int] = set()  # ids of self._optimizers (held there, so never reused)
         self._stepped = 0
         self._saved: dict[str, Any] = {}
 
     # -- hooks active during one call -------------------------------------------------------------
     def _pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        if not any(o is optimizer for o in self._optimizers):
+        """Before ``optimizer.step()``: the one check per step (and the state check every ``state_every``)."""
+        if id(optimizer) not in self._seen:
+            self._seen.add(id(optimizer))
             self._optimizers.append(optimizer)
+        checker = self.checker
+        checker.step += 1
+        if checker.state_every and checker.step % checker.state_every == 0:
+            # parameters and optimizer state, which finite gradients can only corrupt through an update
+            ev = checker.check_params(optimizer, before=True)
+            if ev is not None:
+                ev.step = self.step
+                self.session.emit(ev)
         bad = bool(first_bad([p.grad for g in optimizer.param_groups for p in g["params"]]))
         dist, _ = _world()
         if dist is not None:  # every rank stops the step if one rank's gradients are bad
@@ -110,6 +122,7 @@ class Guarded:
             bad = bool(flag.item())
         if bad:
             raise _BadStep(optimizer)
+        self._stepped += 1  # the update happens next
         if self.snapshot:  # parameters and optimizer state just before the update
             saved = self._saved
             with torch.no_grad():
@@ -117,23 +130,16 @@ class Guarded:
                     (p, p.detach().clone()) for g in optimizer.param_groups for p in g["params"])
                 saved.setdefault("opt", []).append((optimizer, _clone_state(optimizer)))
 
-    def _post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
-        self._stepped += 1
-        ev = self.checker.after_step(optimizer)
-        if ev is not None:
-            ev.step = self.step
-            self.session.emit(ev)
-
     # -- saving and restoring ---------------------------------------------------------------------
     def _params(self) -> list[Any]:
         return [p for o in self._optimizers for g in o.param_groups for p in g["params"]]
 
     def _save(self) -> dict[str, Any]:
         saved: dict[str, Any] = {"rng": _rng_state(self.host_rng)}
-        params = self._params()
-        if self.snapshot and params:  # gradients as they were before the call (accumulation)
+        if self.snapshot:  # gradients as they were before the call (accumulation)
             with torch.no_grad():
-                saved["grad_values"] = [(p, p.grad.detach().clone() if p.grad is not None else None) for p in params]
+                saved["grad_values"] = [(p, p.grad.detach().clone() if p.grad is not None else None)
+                                        for p in self._params()]
         self._saved = saved
         sc = self.scaler
         if sc is not None and sc.is_enabled():
@@ -173,20 +179,20 @@ class Guarded:
         saved = self._save()
         self._stepped = 0
         stopped: _BadStep | None = None
-        handles = [register_optimizer_step_pre_hook(self._pre), register_optimizer_step_post_hook(self._post)]
+        handle = register_optimizer_step_pre_hook(self._pre)
         try:
             result = self.step_fn(*args, **kwargs)
         except _BadStep as stop:
             stopped = stop
         finally:
-            for h in handles:
-                h.remove()
+            handle.remove()
         self.step += 1
         if stopped is not None:
             return self._replay(saved, stopped.optimizer, None, args, kwargs)
-        loss_bad = first_bad(_tensors_in(result))
+        results = _tensors_in(result)
+        loss_bad = first_bad(results) if results else None
         if loss_bad:
-            t = _tensors_in(result)[loss_bad[0]].detach()
+            t = results[loss_bad[0]].detach()
             bad = Event(kind="nan" if bool(torch.isnan(t).any()) else "overflow", source="sanitize",
                         message="the step's result (the loss) is not finite", phase="forward",
                         dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape),
