@@ -53,10 +53,11 @@ def _train(model, make_inputs, y, steps=4, *, amp=False):
     return losses
 
 
+@pytest.mark.parametrize("defer", [False, True], ids=["op-by-op", "deferred"])
 @pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16-autocast"])
-def test_healthy_training_loops_are_silent(amp):
+def test_healthy_training_loops_are_silent(amp, defer):
     for model, make_inputs, y in _models():
-        with detect(action="record") as d:
+        with detect(action="record", defer=defer) as d:
             _train(model, make_inputs, y, amp=amp)
         assert d.events == [], (type(model).__name__, [e.message for e in d.events])
 
@@ -98,8 +99,8 @@ def _run(mode: str):
 
     runner = guard(step) if mode == "guard" else step
     out = []
-    if mode == "op":
-        with detect():
+    if mode in ("op", "deferred"):
+        with detect(defer=mode == "deferred"):
             out = [runner() for _ in range(3)]
     else:
         out = [runner() for _ in range(3)]
@@ -108,7 +109,7 @@ def _run(mode: str):
 
 def test_numerics_are_bit_identical_with_and_without_the_sanitizer():
     plain, p_plain = _run("plain")
-    for mode in ("op", "guard"):
+    for mode in ("op", "deferred", "guard"):
         got, p_got = _run(mode)
         for (l0, g0), (l1, g1) in zip(plain, got, strict=True):
             assert torch.equal(l0, l1)

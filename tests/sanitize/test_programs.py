@@ -202,12 +202,14 @@ PROGRAMS = [
 ]
 
 
+@pytest.mark.parametrize("defer", [False, True], ids=["op-by-op", "deferred"])
 @pytest.mark.parametrize(("program", "kind", "op", "phase", "forward_op", "module", "marker"), PROGRAMS,
                          ids=[p[0].__name__ for p in PROGRAMS])
-def test_first_finding(program, kind, op, phase, forward_op, module, marker, line):
+def test_first_finding(program, kind, op, phase, forward_op, module, marker, line, defer):
+    """``deferred`` is the CUDA path run on the CPU: (min, max) flags kept as tensors, read once per flush."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with detect(action="record") as d:
+        with detect(action="record", defer=defer) as d:
             program()
     errors = [e for e in d.events if e.severity == "error"]
     assert errors, f"{program.__name__}: nothing found"
@@ -309,6 +311,27 @@ def test_deferred_checks_name_the_same_op(line):
     first = d.events[0]
     assert (first.kind, first.op, first.line, first.origin) == ("overflow", "aten::exp", line("deferred", HERE),
                                                                  "produced")
+
+
+def test_deferred_checks_hold_a_bounded_amount_and_see_overwrites(line):
+    from floatguard.sanitize._core import Session
+    from floatguard.sanitize._torch import ModuleTracker, OpSanitizer
+
+    mode = OpSanitizer(Session("record", quiet=True), ModuleTracker(), defer=True, hold_bytes=64 << 10)
+    flushes = []
+    flush = mode.flush
+    mode.flush = lambda: (flushes.append(len(mode._pending)), flush())[1]
+    with mode:
+        x = torch.ones(4096)  # 16 KiB: the 64 KiB budget is reached within a few ops
+        for _ in range(6):
+            x = x * 1.0
+    assert flushes and max(flushes) <= 4 and mode._held_bytes < 64 << 10
+    with detect(action="record", defer=True) as d:
+        y = torch.exp(torch.tensor([1.0, 1000.0]))  # L:overwritten
+        y.zero_()  # written before the flush: the evidence is gone, the finding is not
+    (e,) = [e for e in d.events if e.severity == "error"]
+    assert (e.kind, e.op, e.origin, e.line) == ("overflow", "aten::exp", None, line("overwritten", HERE))
+    assert "overwritten" in e.message
 
 
 def test_stable_ops_are_silent_where_the_naive_ones_fail():

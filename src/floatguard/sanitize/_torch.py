@@ -87,7 +87,7 @@ _REDUCTIONS = {"sum", "mean", "mm", "bmm", "addmm", "baddbmm", "matmul", "nansum
 
 
 class _Policy:
-    __slots__ = ("base", "check", "divlike", "kw", "mutated", "name", "pos", "reduction", "uf")
+    __slots__ = ("base", "check", "divlike", "is_view", "kw", "mutated", "name", "pos", "reduction", "uf")
 
     def __init__(self, func: Any) -> None:
         schema = func._schema
@@ -97,6 +97,7 @@ class _Policy:
         self.mutated = tuple(i for i, a in enumerate(schema.arguments)
                              if a.alias_info is not None and a.alias_info.is_write)
         tags = getattr(func, "tags", ())
+        self.is_view = bool(getattr(func, "is_view", False))
         if base in _CASTS:
             self.check = CAST
         elif (base in _SKIP or getattr(func, "is_view", False) or torch.Tag.nondeterministic_seeded in tags
@@ -353,7 +354,8 @@ class OpSanitizer(TorchDispatchMode):
         return False
 
     def __init__(self, session: Session, modules: ModuleTracker, *, near_overflow: float | None = 16.0,
-                 underflow: bool = True, defer: bool | None = None, flush_every: int = 256) -> None:
+                 underflow: bool = True, defer: bool | None = None, flush_every: int = 256,
+                 hold_bytes: int = 256 << 20) -> None:
         super().__init__()
         self.session = session
         self.modules = modules
@@ -372,6 +374,9 @@ class OpSanitizer(TorchDispatchMode):
         self.defer_all = bool(defer)
         self.flush_every = flush_every
         self._pending: list[tuple[Any, ...]] = []
+        self._pending_uf = False  # a deferred op that may underflow waits for the flush
+        self._held_bytes = 0
+        self.hold_bytes = hold_bytes
         self._bw_callback = False
         self.checked = 0
         self._internal_errors = 0
@@ -446,6 +451,10 @@ class OpSanitizer(TorchDispatchMode):
         if pol.check == SKIP:
             if self._cands:
                 self._carry(args, out)
+            if self._pending_uf and not pol.is_view:  # deferred: a copy of a possible underflow, in order
+                sizes: list[int] = []
+                self._pending.append((None, func, pol, _hold(out, sizes), None, None, _hold(args, sizes), None))
+                self._held_bytes += sum(sizes)
             return out
         if isinstance(out, _Tensor):
             self._check(func, pol, out, args, kwargs)
@@ -569,7 +578,7 @@ class OpSanitizer(TorchDispatchMode):
                 continue
             stats.update(tensor_stats(v, label))
         dtype = _dtype_name(t.dtype) if t is not None else None
-        if self.paused or phase == "optimizer":
+        if (self.paused and where is None) or phase == "optimizer":  # flushes pass the op's own `where`
             phase = "optimizer"
         return Event(kind=kind, source="sanitize", message=message, severity=severity,
                      hint=hint_for(kind, pol.name, dtype, phase=phase, forward_op=fwd_op, feeds=feeds),
@@ -695,7 +704,8 @@ class OpSanitizer(TorchDispatchMode):
         except Exception:
             return None
 
-    def _underflow(self, func: Any, pol: _Policy, t: Any, args: Any, kwargs: Any) -> None:
+    def _underflow(self, func: Any, pol: _Policy, t: Any, args: Any, kwargs: Any,
+                   where: tuple[Any, ...] | None = None) -> None:
         if pol.mutated and pol.uf != UF_CAST:
             return  # the input is gone: in-place ops are not judged
         with torch.no_grad():
@@ -717,7 +727,7 @@ class OpSanitizer(TorchDispatchMode):
             if whole or pol.uf == UF_PROD:
                 what = ("every value" if whole else f"{n_uf} of {t.numel()} values")
                 ev = self._event("underflow", f"{pol.name} flushed {what} to exactly 0 (the exact results are "
-                                 "not 0)", pol, t, args, kwargs, extra={"underflowed": n_uf})
+                                 "not 0)", pol, t, args, kwargs, extra={"underflowed": n_uf}, where=where)
                 self.session.emit(ev)
                 return
             # scattered: keep it in case a log or a division consumes the zeros
@@ -725,7 +735,7 @@ class OpSanitizer(TorchDispatchMode):
             if key is None:
                 return
             ev = self._event("underflow", f"{pol.name} flushed {n_uf} of {t.numel()} values to exactly 0",
-                             pol, t, args, kwargs, extra={"underflowed": n_uf})
+                             pol, t, args, kwargs, extra={"underflowed": n_uf}, where=where)
             self._cands[key] = _Candidate(t, ev)
             if len(self._cands) > 64:
                 self._cands = {k: c for k, c in self._cands.items() if c.ref() is not None}
@@ -790,10 +800,16 @@ class OpSanitizer(TorchDispatchMode):
             where = ("backward", *(info or (_node_op(node.name()), None, None, None)))
         else:
             where = ("forward", None, self.modules.current, *self.modules.location())
-        refs = [(label, weakref.ref(v) if isinstance(v, _Tensor) else v)
-                for label, v in _flat_tensors(pol, args, kwargs)]
-        self._pending.append((mm, func, pol, weakref.ref(t), t.dtype, where, refs))
-        if len(self._pending) >= self.flush_every:
+        # the op's tensors are kept until the flush, with their version counters: judged only if nothing
+        # wrote to them since (an in-place op after this one changes the evidence). What they hold is
+        # bounded: past `hold_bytes` the flush comes early.
+        sizes: list[int] = []
+        self._pending.append((mm, func, pol, _hold(t, sizes), t.dtype, where, _hold(args, sizes),
+                              _hold(kwargs or {}, sizes)))
+        self._held_bytes += sum(sizes)
+        if pol.uf and self.underflow:
+            self._pending_uf = True
+        if len(self._pending) >= self.flush_every or self._held_bytes > self.hold_bytes:
             self.flush()
 
     def _end_backward(self) -> None:
@@ -809,41 +825,103 @@ class OpSanitizer(TorchDispatchMode):
 
     def _flush(self) -> None:
         pending, self._pending = self._pending, []
-        with torch.no_grad():
-            dev = pending[0][0].device
-            flags = [p[0] if p[0].device == dev else p[0].to(dev) for p in pending]
-            vals = torch.stack(flags).tolist()  # the one host synchronisation of this flush
-        self.checked += len(pending)
-        for (lo, hi), (_, func, pol, tref, dtype, where, refs) in zip(vals, pending, strict=True):
+        self._pending_uf = False
+        self._held_bytes = 0
+        checks = [p for p in pending if p[0] is not None]
+        vals: list[list[float]] = []
+        if checks:
+            with torch.no_grad():
+                dev = checks[0][0].device
+                flags = [p[0] if p[0].device == dev else p[0].to(dev) for p in checks]
+                vals = torch.stack(flags).tolist()  # the one host synchronisation of this flush
+        self.checked += len(checks)
+        it = iter(vals)
+        for mm, func, pol, wt, dtype, where, wargs, wkwargs in pending:
+            if mm is None:  # a copy made while a possible underflow was pending: carry it, in order
+                if self._cands:
+                    args, out = _unhold(wargs), _unhold(wt)
+                    if args is not _GONE and out is not _GONE:
+                        self._carry(args, out)
+                continue
+            lo, hi = next(it)
             thr = self._threshold(dtype)
             if -thr <= lo and hi <= thr:
+                uf = pol.uf
+                judge_uf = (uf and lo <= 0.0 <= hi and self.underflow
+                            and (uf in (UF_NONNEG, UF_PROD) or lo == hi == 0.0))
+                judge_terms = self._cands and pol.reduction and lo <= 0.0 <= hi
+                if not (judge_uf or judge_terms):
+                    continue
+                t, args, kwargs = _unhold(wt), _unhold(wargs), _unhold(wkwargs)
+                if t is _GONE or args is _GONE or kwargs is _GONE:
+                    continue  # overwritten before the flush: underflow cannot be judged
+                if judge_uf:
+                    self._guarded(self._underflow, pol, func, pol, t, args, kwargs, where)
+                if judge_terms:
+                    self._guarded(self._every_term, pol, func, pol, t, args)
                 continue
-            t = tref()
-            args = [r() if isinstance(r, weakref.ref) else r for _, r in refs]
-            if t is None or any(a is None for a in args):
+            t, args, kwargs = _unhold(wt), _unhold(wargs), _unhold(wkwargs)
+            if t is _GONE or args is _GONE or kwargs is _GONE:
                 kind = "nan" if lo != lo or hi != hi else "overflow" if math.isinf(lo) or math.isinf(hi) else None
                 if kind is None:
                     continue
                 ev = Event(kind=kind, source="sanitize", message=f"{pol.name} produced {kind} (found at a "
-                           "deferred check; the tensors were freed before the check)", op=pol.name,
+                           "deferred check; its tensors were overwritten in place before the check)", op=pol.name,
                            phase=where[0], forward_op=where[1] if where[0] == "backward" else None,
                            module=where[2], file=where[3], line=where[4], dtype=_dtype_name(dtype),
                            hint=hint_for(kind, pol.name, _dtype_name(dtype), phase=where[0], forward_op=where[1]))
                 self.session.emit(ev)
                 continue
-            self._slow(func, _Positional(pol, len(args)), t, args, {}, lo, hi, where=where)  # type: ignore[arg-type]
+            self._slow(func, pol, t, args, kwargs, lo, hi, where=where)
 
 
-class _Positional:
-    """A policy view whose value arguments are the flattened, already-selected list."""
+_GONE = object()
 
-    def __init__(self, pol: _Policy, n: int) -> None:
-        self._pol = pol
-        self.pos = tuple(range(n))
-        self.kw = ()
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pol, name)
+class _Held:
+    """A tensor kept for a deferred check, with its version counter at the time of the op."""
+
+    __slots__ = ("t", "version")
+
+    def __init__(self, t: Any) -> None:
+        self.t = t
+        try:
+            self.version: int | None = t._version
+        except RuntimeError:  # inference tensors have no version counter
+            self.version = None
+
+
+def _hold(value: Any, sizes: list[int]) -> Any:
+    """``value`` with every tensor (also inside lists and tuples) wrapped in a :class:`_Held`; sizes noted."""
+    if isinstance(value, _Tensor):
+        sizes.append(value.numel() * value.element_size())
+        return _Held(value)
+    if isinstance(value, (list, tuple)):
+        if not any(isinstance(v, (_Tensor, list, tuple, dict)) for v in value):
+            return value
+        held = [_hold(v, sizes) for v in value]
+        return held if isinstance(value, list) else tuple(held)
+    if isinstance(value, dict):
+        return {k: _hold(v, sizes) for k, v in value.items()} if value else value
+    return value
+
+
+def _unhold(value: Any) -> Any:
+    """Undo :func:`_hold`; :data:`_GONE` if a tensor was written to since the op."""
+    if isinstance(value, _Held):
+        t = value.t
+        if value.version is not None and t._version != value.version:
+            return _GONE
+        return t
+    if isinstance(value, (list, tuple)):
+        out = [_unhold(v) for v in value]
+        if any(v is _GONE for v in out):
+            return _GONE
+        return out if isinstance(value, list) else tuple(out)
+    if isinstance(value, dict):
+        d = {k: _unhold(v) for k, v in value.items()}
+        return _GONE if any(v is _GONE for v in d.values()) else d
+    return value
 
 
 def _flatten(value: Any) -> list[Any]:
