@@ -30,13 +30,17 @@ Scope, stated plainly:
   reported at the first eager op as propagated. Gradients made by compiled backward code
   are checked before ``optimizer.step()``. To name the op inside, run without compile.
 * ``optimizer.step()`` runs unchecked op by op; the parameters and optimizer state are
-  checked after every 16th step (naming the parameter), and a non-finite gradient never
+  checked every 16th step (naming the parameter), and a non-finite gradient never
   reaches them under ``guard()``.
 * Off the CPU the checks keep their flags on the device and read them once per flush
-  (end of forward, end of backward, optimizer step, every 256 ops): no host sync per op.
-  (Written for CUDA, exercised here on the CPU through ``detect(defer=True)``.)
-* Not judged: float8 and complex tensors, sparse/nested layouts; underflow is not judged
-  on the deferred (CUDA) path. Module paths assume one thread runs the model.
+  (end of forward, end of backward, optimizer step, every 256 ops, or when the tensors
+  kept for the flush pass 256 MiB): no host sync per op. The flush judges each op
+  exactly as the op-by-op path does (underflow included) from the tensors kept until
+  then; a tensor written in place before the flush is reported without its evidence.
+  (Written for CUDA, exercised here on the CPU through ``detect(defer=True)``: every
+  buggy program of the test suite names the same first op on both paths.)
+* Not judged: float8 and complex tensors, sparse/nested layouts. Module paths assume
+  one thread runs the model.
 * NumPy: every ufunc through ``np.errstate(call=...)`` — op and line, no stats.
 * JAX: use ``jax.config.update("jax_debug_nans", True)`` (re-runs the failing primitive
   un-jitted and raises at it) or ``jax.experimental.checkify`` with ``float_checks``;
