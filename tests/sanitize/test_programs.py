@@ -175,6 +175,19 @@ def attention_scores_overflow_in_the_second_layer():
     model(torch.randn(2, 5, 16)).sum().backward()
 
 
+def float8_cast_without_scaling():
+    torch.manual_seed(0)
+    acts = torch.randn(4, 8) * 1000  # activations past float8_e4m3fn's max, 448: a missing scale
+    return acts.to(torch.float8_e4m3fn)  # L:fp8
+
+
+def complex_overflow_in_a_spectral_layer():
+    torch.manual_seed(0)
+    spec = torch.fft.rfft(torch.randn(16) * 1e19)
+    weight = torch.full((9,), 1e20, dtype=torch.complex64)
+    return spec * weight  # L:spectral
+
+
 HERE = __file__
 PROGRAMS = [
     # (program, kind, op, phase, forward_op, module, marker)
@@ -199,6 +212,8 @@ PROGRAMS = [
     (mse_loss_inf_when_prediction_overflows, "overflow", "aten::mul", "forward", None, None, "mul_overflow"),
     (attention_scores_overflow_in_the_second_layer, "nan", "aten::bmm", "forward", None,
      "encoder.layers.1.self_attn", "encoder"),
+    (float8_cast_without_scaling, "overflow", "aten::_to_copy", "forward", None, None, "fp8"),
+    (complex_overflow_in_a_spectral_layer, "overflow", "aten::mul", "forward", None, None, "spectral"),
 ]
 
 
@@ -221,7 +236,7 @@ def test_first_finding(program, kind, op, phase, forward_op, module, marker, lin
     assert first.origin == "produced"
     assert first.source == "sanitize" and first.hint
     if not op.startswith("np."):
-        assert first.dtype in ("float16", "float32") and first.shape is not None
+        assert first.dtype in ("float16", "float32", "float8_e4m3fn", "complex64") and first.shape is not None
         assert "output.numel" in first.stats
 
 
@@ -341,3 +356,28 @@ def test_stable_ops_are_silent_where_the_naive_ones_fail():
         fg.logsumexp(x, axis=-1)
         fg.log_prod(torch.full((700,), 0.3))
     assert d.events == []
+
+
+@pytest.mark.parametrize("defer", [False, True], ids=["op-by-op", "deferred"])
+def test_float8_casts_saturate_underflow_and_come_near_the_max(defer):
+    x = torch.tensor([1.0, 500.0, -3.0])
+    with detect(action="record", defer=defer) as d:
+        x.to(torch.float8_e4m3fn)  # 500 > 448: clamped, silently
+        x.to(torch.float8_e5m2)  # fine: e5m2's max is 57344
+        (x * 1e-9).to(torch.float8_e4m3fn)  # all below the smallest subnormal: every value is 0
+        torch.tensor([1.0, 300.0]).to(torch.float8_e4m3fn)  # within 16x of the max
+        torch.tensor([1e5, 1.0]).to(torch.float8_e5m2)  # past e5m2's max: inf
+    got = [(e.kind, e.severity, e.dtype) for e in d.events]
+    assert got == [("overflow", "error", "float8_e4m3fn"), ("underflow", "error", "float8_e4m3fn"),
+                   ("near_overflow", "warning", "float8_e4m3fn"), ("overflow", "error", "float8_e5m2")]
+    assert "clamped to ±448" in d.events[0].message and "became inf" in d.events[3].message
+    assert d.events[0].stats["output.max"] == 448.0 and d.events[0].stats["input0.max"] == 500.0
+
+
+def test_complex_findings_carry_stats_of_both_parts():
+    with detect(action="record") as d:
+        z = torch.tensor([1e30 + 1e30j, 1 + 0j], dtype=torch.complex64)
+        z * z
+    (e,) = d.events
+    assert (e.kind, e.op, e.dtype, e.shape) == ("overflow", "aten::mul", "complex64", [2])
+    assert e.stats["output.numel"] == 2 and e.stats["input0.absmax"] == pytest.approx(1e30, rel=1e-6)

@@ -39,8 +39,11 @@ Scope, stated plainly:
   then; a tensor written in place before the flush is reported without its evidence.
   (Written for CUDA, exercised here on the CPU through ``detect(defer=True)``: every
   buggy program of the test suite names the same first op on both paths.)
-* Not judged: float8 and complex tensors, sparse/nested layouts. Module paths assume
-  one thread runs the model.
+* Complex outputs are judged through their real and imaginary parts; casts to float8
+  through the values before the cast (``float8_e4m3fn`` saturates at ±448 without an
+  inf, so a missing scale is otherwise silent): overflow, near_overflow, a tensor
+  flushed to 0. Not judged: sparse and nested layouts. Module paths assume one thread
+  runs the model.
 * NumPy: every ufunc through ``np.errstate(call=...)`` — op and line, no stats.
 * JAX: use ``jax.config.update("jax_debug_nans", True)`` (re-runs the failing primitive
   un-jitted and raises at it) or ``jax.experimental.checkify`` with ``float_checks``;

@@ -46,6 +46,11 @@ _Tensor = torch.Tensor
 _strided = torch.strided
 _INF = math.inf
 
+_FLOAT8 = frozenset(dt for dt in (getattr(torch, n, None) for n in ("float8_e4m3fn", "float8_e5m2",
+                                                                    "float8_e4m3fnuz", "float8_e5m2fnuz"))
+                    if dt is not None)
+_COMPLEX = frozenset({torch.complex32, torch.complex64, torch.complex128})
+
 SKIP, CHECK, CAST = 0, 1, 2
 UF_NONE, UF_NONNEG, UF_FLUSH, UF_PROD, UF_CAST = 0, 1, 2, 3, 4
 
@@ -142,8 +147,11 @@ def tensor_stats(t: Any, prefix: str) -> dict[str, Any]:
         return {f"{prefix}.value": float(t)}
     with torch.no_grad():
         x = t.detach()
-        if x.is_complex() or x.layout != _strided or x.device.type == "meta":
+        if x.layout != _strided or x.device.type == "meta":
             return {f"{prefix}.numel": x.numel()}
+        d: dict[str, Any] = {f"{prefix}.numel": x.numel()}
+        if x.is_complex():  # real and imaginary parts together
+            x = torch.view_as_real(x.resolve_conj() if x.is_conj() else x)
         if x.is_floating_point():
             tiny = torch.finfo(x.dtype).tiny
         else:
@@ -151,7 +159,6 @@ def tensor_stats(t: Any, prefix: str) -> dict[str, Any]:
         x = x.to(torch.float64)
         fin = torch.isfinite(x)
         vals = x[fin]
-        d: dict[str, Any] = {f"{prefix}.numel": x.numel()}
         if vals.numel():
             d[f"{prefix}.min"] = vals.min().item()
             d[f"{prefix}.max"] = vals.max().item()
@@ -168,6 +175,8 @@ def _nonfinite(v: Any) -> tuple[bool, bool]:
     if isinstance(v, _Tensor):
         if not (v.is_floating_point() or v.is_complex()) or v.numel() == 0:
             return False, False
+        if v.dtype in _FLOAT8:  # no isinf for float8_e4m3fn
+            v = v.float()
         return bool(torch.isnan(v).any()), bool(torch.isinf(v).any())
     return v != v, v in (_INF, -_INF)
 
@@ -180,9 +189,9 @@ def _has_zero(v: Any) -> bool:
 
 def _absmax(v: Any) -> float:
     if isinstance(v, _Tensor):
-        if not v.is_floating_point() or v.numel() == 0:
+        if not (v.is_floating_point() or v.is_complex()) or v.numel() == 0:
             return 0.0
-        return float(v.detach().abs().max())
+        return float(v.detach().abs().max().float())
     return abs(float(v))
 
 
@@ -422,11 +431,13 @@ class OpSanitizer(TorchDispatchMode):
         thr = self._thr.get(dt)
         if thr is None:
             mx = float(torch.finfo(dt).max)
-            thr = self._thr[dt] = mx / self.near if self.near else mx
+            thr = mx / self.near if self.near else mx
+            if dt not in _COMPLEX and dt not in _FLOAT8:  # _thr holds the dtypes of the fast path only
+                self._thr[dt] = thr
         return thr
 
     def _init_thresholds(self) -> None:
-        for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64):  # float8: not checked
+        for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64):  # complex, float8: _check_other
             self._threshold(dt)
 
     # -- the hot path ---------------------------------------------------------------------------
@@ -453,7 +464,8 @@ class OpSanitizer(TorchDispatchMode):
                 self._carry(args, out)
             if self._pending_uf and not pol.is_view:  # deferred: a copy of a possible underflow, in order
                 sizes: list[int] = []
-                self._pending.append((None, func, pol, _hold(out, sizes), None, None, _hold(args, sizes), None))
+                self._pending.append((None, func, pol, _hold(out, sizes), None, None, _hold(args, sizes), None,
+                                      None))
                 self._held_bytes += sum(sizes)
             return out
         if isinstance(out, _Tensor):
@@ -466,7 +478,9 @@ class OpSanitizer(TorchDispatchMode):
 
     def _check(self, func: Any, pol: _Policy, t: Any, args: Any, kwargs: Any) -> None:
         thr = self._thr.get(t.dtype)
-        if thr is None or t.layout is not _strided:  # not a float tensor
+        if thr is None or t.layout is not _strided:  # not a real float tensor
+            if t.layout is _strided and (t.dtype in _COMPLEX or t.dtype in _FLOAT8) and t.numel():
+                self._guarded(self._check_other, pol, func, pol, t, args, kwargs)
             return
         n = t.numel()
         if n == 0:
@@ -491,6 +505,57 @@ class OpSanitizer(TorchDispatchMode):
                 self._guarded(self._every_term, pol, func, pol, t, args)
             return
         self._guarded(self._slow, pol, func, pol, t, args, kwargs, lo, hi)
+
+    def _check_other(self, func: Any, pol: _Policy, t: Any, args: Any, kwargs: Any) -> None:
+        """Complex outputs (through their real view) and float8 outputs (casts: through their source)."""
+        if t.dtype in _COMPLEX:
+            tag, probe = "complex", torch.view_as_real(t.resolve_conj() if t.is_conj() else t)
+        else:
+            tag, probe = "fp8", t
+            if pol.check == CAST:  # float8_e4m3fn saturates: the values before the cast are the evidence
+                src = args[1] if pol.base == "copy_" and len(args) > 1 else args[0] if args else None
+                if isinstance(src, _Tensor) and src.is_floating_point() and src.dtype not in _FLOAT8:
+                    tag, probe = "fp8_cast", src
+            if probe.dtype in _FLOAT8:
+                probe = probe.float()
+        if self.defer_all or not t.is_cpu:
+            self._defer(func, pol, t, args, kwargs, probe=probe, tag=tag)
+            return
+        self.checked += 1
+        with torch.no_grad():
+            a, b = torch.aminmax(probe.detach())
+        self._judge_other(func, pol, t, args, kwargs, a.item(), b.item(), tag)
+
+    def _judge_other(self, func: Any, pol: _Policy, t: Any, args: Any, kwargs: Any, lo: float, hi: float,
+                     tag: str, where: tuple[Any, ...] | None = None) -> None:
+        if tag != "fp8_cast":  # complex, or a float8 op that is not a cast: the usual rules on the values
+            thr = self._threshold(t.dtype)
+            if not (-thr <= lo and hi <= thr):
+                self._slow(func, pol, t, args, kwargs, lo, hi, where=where)
+            return
+        if lo != lo or hi != hi or math.isinf(lo) or math.isinf(hi):
+            return  # a NaN/inf source: reported at the op that made it
+        fi = torch.finfo(t.dtype)
+        mx, amax, dtype = float(fi.max), max(-lo, hi), _dtype_name(t.dtype)
+        if amax > mx:
+            if bool(torch.isinf(t.float()).any()):
+                what = "they became inf"
+            elif bool(torch.isnan(t.float()).any()):
+                what = f"they became NaN ({dtype} has no inf)"
+            else:
+                what = f"they were clamped to ±{mx:g} ({dtype} saturates: no inf, no error)"
+            ev = self._event("overflow", f"{pol.name} cast values up to {amax:.4g} to {dtype} (max {mx:g}): {what}",
+                             pol, t, args, kwargs, where=where)
+            self.session.emit(ev)
+        elif self.near is not None and amax > mx / self.near:
+            ev = self._event("near_overflow", f"{pol.name} cast values up to {amax:.4g} to {dtype}, within "
+                             f"{mx / amax:.3g}x of its max {mx:g}", pol, t, args, kwargs, severity="warning",
+                             where=where)
+            self.session.emit(ev, dedupe=True)
+        elif self.underflow and amax > 0.0 and not bool(t.float().any()):
+            ev = self._event("underflow", f"{pol.name} flushed every value to exactly 0 (the largest, {amax:.4g}, "
+                             f"is below half of {dtype}'s smallest subnormal)", pol, t, args, kwargs, where=where)
+            self.session.emit(ev)
 
     def _guarded(self, fn: Any, pol: _Policy, *args: Any) -> None:
         """Run a slow-path analysis; a bug in it is reported once, never raised into the user's program."""
@@ -788,9 +853,10 @@ class OpSanitizer(TorchDispatchMode):
                 self._emit_candidate(cand, pol.name, reduction=True)
 
     # -- deferred checks (CUDA: no host sync per op) ------------------------------------------------------
-    def _defer(self, func: Any, pol: _Policy, t: Any, args: Any, kwargs: Any) -> None:
+    def _defer(self, func: Any, pol: _Policy, t: Any, args: Any, kwargs: Any, *, probe: Any = None,
+               tag: str | None = None) -> None:
         with torch.no_grad():
-            mm = torch.stack(torch.aminmax(t.detach())).to(torch.float64)
+            mm = torch.stack(torch.aminmax((t if probe is None else probe).detach())).to(torch.float64)
         node = _current_node()
         if node is not None and not self._bw_callback:
             self._bw_callback = True
@@ -805,7 +871,7 @@ class OpSanitizer(TorchDispatchMode):
         # bounded: past `hold_bytes` the flush comes early.
         sizes: list[int] = []
         self._pending.append((mm, func, pol, _hold(t, sizes), t.dtype, where, _hold(args, sizes),
-                              _hold(kwargs or {}, sizes)))
+                              _hold(kwargs or {}, sizes), tag))
         self._held_bytes += sum(sizes)
         if pol.uf and self.underflow:
             self._pending_uf = True
@@ -836,7 +902,7 @@ class OpSanitizer(TorchDispatchMode):
                 vals = torch.stack(flags).tolist()  # the one host synchronisation of this flush
         self.checked += len(checks)
         it = iter(vals)
-        for mm, func, pol, wt, dtype, where, wargs, wkwargs in pending:
+        for mm, func, pol, wt, dtype, where, wargs, wkwargs, tag in pending:
             if mm is None:  # a copy made while a possible underflow was pending: carry it, in order
                 if self._cands:
                     args, out = _unhold(wargs), _unhold(wt)
@@ -844,6 +910,11 @@ class OpSanitizer(TorchDispatchMode):
                         self._carry(args, out)
                 continue
             lo, hi = next(it)
+            if tag is not None:  # complex or float8
+                t, args, kwargs = _unhold(wt), _unhold(wargs), _unhold(wkwargs)
+                if not (t is _GONE or args is _GONE or kwargs is _GONE):
+                    self._guarded(self._judge_other, pol, func, pol, t, args, kwargs, lo, hi, tag, where)
+                continue
             thr = self._threshold(dtype)
             if -thr <= lo and hi <= thr:
                 uf = pol.uf
