@@ -381,3 +381,9 @@ def test_complex_findings_carry_stats_of_both_parts():
     (e,) = d.events
     assert (e.kind, e.op, e.dtype, e.shape) == ("overflow", "aten::mul", "complex64", [2])
     assert e.stats["output.numel"] == 2 and e.stats["input0.absmax"] == pytest.approx(1e30, rel=1e-6)
+
+
+def test_float8_findings_hint_at_scaling():
+    with detect(action="record") as d:
+        torch.tensor([1000.0]).to(torch.float8_e4m3fn)
+    assert "scale" in d.events[0].hint and "_scaled_mm" in d.events[0].hint

@@ -28,6 +28,11 @@ def hint_for(kind: str, op: str | None, dtype: str | None = None, *, phase: str 
     """The hint of a finding; ``feeds`` names the op that consumed an underflowed value."""
     name, fwd, consumer = _base(op), _base(forward_op), _base(feeds)
     low = dtype in _LOW
+    if dtype and dtype.startswith("float8") and kind in ("overflow", "near_overflow", "underflow"):
+        return (f"scale before casting to {dtype}: multiply by fp8_max / amax (per tensor or per row, "
+                "amax tracked over recent steps) and keep the inverse scale for the matmul "
+                "(torch._scaled_mm takes scale_a/scale_b); float8_e4m3fn clamps at ±448 without an inf, "
+                "float8_e5m2 (max 57344) suits gradients.")
     if kind == "near_overflow":
         return (f"{dtype} values this large overflow at the next multiply: compute this region in "
                 "float32 (torch.autocast(..., dtype=torch.bfloat16) keeps float32's range), or scale "
