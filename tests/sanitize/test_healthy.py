@@ -205,3 +205,31 @@ def test_module_hooks_and_activation_checkpointing(line):
         "div_by_zero", "aten::div", "backward", "aten::sqrt", "2")
     assert first.line == line("hook_sqrt")
     assert seen.count("forward hook") >= 1 and seen[-1] == "backward hook"
+
+
+def test_module_paths_are_kept_per_thread():
+    import threading
+
+    inside, done = threading.Event(), threading.Event()
+
+    class Waits(nn.Module):  # another thread's model, parked inside its forward
+        def forward(self, x):
+            inside.set()
+            done.wait(10)
+            return x
+
+    class Overflows(nn.Module):
+        def forward(self, x):
+            assert inside.wait(10)
+            return torch.exp(x)
+
+    other = threading.Thread(target=lambda: nn.Sequential(Waits())(torch.ones(1)))
+    with detect(action="record") as d:
+        other.start()
+        try:
+            nn.Sequential(nn.Identity(), Overflows())(torch.tensor([1000.0]))
+        finally:
+            done.set()
+            other.join()
+    (e,) = d.events
+    assert (e.kind, e.op, e.module) == ("overflow", "aten::exp", "1")

@@ -42,8 +42,10 @@ Scope, stated plainly:
 * Complex outputs are judged through their real and imaginary parts; casts to float8
   through the values before the cast (``float8_e4m3fn`` saturates at ±448 without an
   inf, so a missing scale is otherwise silent): overflow, near_overflow, a tensor
-  flushed to 0. Not judged: sparse and nested layouts. Module paths assume one thread
-  runs the model.
+  flushed to 0. Not judged: sparse and nested layouts.
+* Ops are checked in the thread that entered ``detect()`` (and in the autograd engine's
+  threads for its backward); module paths are kept per thread, so a model run in
+  another thread meanwhile does not mix into the names.
 * NumPy: every ufunc through ``np.errstate(call=...)`` — op and line, no stats.
 * JAX: use ``jax.config.update("jax_debug_nans", True)`` (re-runs the failing primitive
   un-jitted and raises at it) or ``jax.experimental.checkify`` with ``float_checks``;

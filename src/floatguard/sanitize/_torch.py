@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import warnings
 import weakref
 from collections.abc import Iterator
@@ -257,8 +258,7 @@ class ModuleTracker:
     """
 
     def __init__(self) -> None:
-        self.stack: list[str] = []
-        self.locs: list[tuple[str | None, int | None] | None] = []
+        self._tls = threading.local()  # one stack per thread: module hooks are global, models may run in threads
         self.names: weakref.WeakKeyDictionary[torch.nn.Module, str] = weakref.WeakKeyDictionary()
         self.params: dict[int, tuple[weakref.ref[Any], str]] = {}
         self._builtin: dict[type, bool] = {}
@@ -278,8 +278,23 @@ class ModuleTracker:
         for h in self._handles:
             h.remove()
         self._handles = []
-        self.stack.clear()
-        self.locs.clear()
+        self._tls = threading.local()
+
+    @property
+    def stack(self) -> list[str]:
+        """This thread's module paths, outermost first."""
+        tls = self._tls
+        try:
+            return tls.stack  # type: ignore[no-any-return]
+        except AttributeError:
+            tls.stack, tls.locs = [], []
+            return tls.stack  # type: ignore[no-any-return]
+
+    @property
+    def locs(self) -> list[tuple[str | None, int | None] | None]:
+        """This thread's user (file, line) per module on the stack (None: found per op)."""
+        self.stack  # noqa: B018 - creates both lists
+        return self._tls.locs  # type: ignore[no-any-return]
 
     def register(self, root: torch.nn.Module) -> None:
         """Name every submodule and parameter of ``root`` (root itself by its class name)."""
@@ -299,7 +314,7 @@ class ModuleTracker:
         return None
 
     def _pre(self, module: torch.nn.Module, args: Any) -> None:
-        stack = self.stack
+        stack, locs = self.stack, self._tls.locs
         if not stack:
             for cb in self.on_root_enter:
                 cb()
@@ -317,29 +332,32 @@ class ModuleTracker:
             builtin = self._builtin[cls] = cls.__module__.startswith("torch.")
         loc = None
         if builtin:
-            parent = self.locs[-1] if self.locs else None
+            parent = locs[-1] if locs else None
             loc = parent if parent is not None else user_location(1)
         stack.append(name)
-        self.locs.append(loc)
+        locs.append(loc)
 
     def _post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
         if self.on_compiled_output and type(module).__name__ == "OptimizedModule":
             for cb in self.on_compiled_output:
                 cb(f"torch.compile({type(getattr(module, '_orig_mod', module)).__name__})", args, output)
-        if self.stack:
-            self.stack.pop()
-            self.locs.pop()
-            if not self.stack:
+        stack = self.stack
+        if stack:
+            stack.pop()
+            self._tls.locs.pop()
+            if not stack:
                 for cb in self.on_root_exit:
                     cb()
 
     @property
     def current(self) -> str | None:
-        return self.stack[-1] if self.stack else None
+        stack = self.stack
+        return stack[-1] if stack else None
 
     def location(self) -> tuple[str | None, int | None]:
         """The user's (file, line) of the op being run (called from ``__torch_dispatch__``)."""
-        loc = self.locs[-1] if self.locs else None
+        locs = self.locs
+        loc = locs[-1] if locs else None
         return loc if loc is not None else user_location(2)
 
 
