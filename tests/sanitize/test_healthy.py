@@ -233,3 +233,25 @@ def test_module_paths_are_kept_per_thread():
             other.join()
     (e,) = d.events
     assert (e.kind, e.op, e.module) == ("overflow", "aten::exp", "1")
+
+
+def test_deferred_path_reads_the_device_once_per_training_step():
+    """The CUDA design, run on the CPU: flags stay tensors until the end of each backward."""
+    from floatguard.sanitize._torch import OpSanitizer
+
+    reads = []
+    orig = OpSanitizer._flush
+
+    def counting(self):
+        reads.append(sum(p[0] is not None for p in self._pending))
+        return orig(self)
+
+    model, make_inputs, y = _models()[2]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(OpSanitizer, "_flush", counting)
+        with detect(action="record", defer=True) as d:
+            _train(model, make_inputs, y, steps=3)
+            with torch.no_grad():
+                model(*make_inputs())  # inference: one read at the end of the forward
+    assert d.events == []
+    assert len(reads) == 4 and all(n > 50 for n in reads), reads

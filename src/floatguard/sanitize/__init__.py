@@ -32,9 +32,10 @@ Scope, stated plainly:
 * ``optimizer.step()`` runs unchecked op by op; the parameters and optimizer state are
   checked every 16th step (naming the parameter), and a non-finite gradient never
   reaches them under ``guard()``.
-* Off the CPU the checks keep their flags on the device and read them once per flush
-  (end of forward, end of backward, optimizer step, every 256 ops, or when the tensors
-  kept for the flush pass 256 MiB): no host sync per op. The flush judges each op
+* Off the CPU the checks keep their flags on the device (one ``aminmax`` kernel per
+  op) and read them once per training step, at the end of the backward (in inference:
+  at the end of the forward), earlier only past 256 ops or 256 MiB of tensors kept
+  for the flush: no host sync per op. The flush judges each op
   exactly as the op-by-op path does (underflow included) from the tensors kept until
   then; a tensor written in place before the flush is reported without its evidence.
   (Written for CUDA, exercised here on the CPU through ``detect(defer=True)``: every

@@ -38,9 +38,9 @@ class detect:
         numpy: check NumPy ufuncs through ``np.errstate``.
         numpy_underflow: also report NumPy's underflow flag (noisy: set for any subnormal).
         stream: where panels are printed (default stderr); ``quiet`` prints nothing.
-        defer: keep each op's (min, max) on its device and read them once per flush
-            (end of forward/backward, optimizer step, every 256 ops) instead of once per
-            op. ``None`` (default): deferred for tensors off the CPU (no host sync per
+        defer: keep each op's (min, max) on its device and read them once per step
+            (end of the backward; in inference, of the forward; earlier past 256 ops)
+            instead of once per op. ``None`` (default): deferred for tensors off the CPU (no host sync per
             CUDA op), op by op on the CPU; ``True``: deferred everywhere.
 
     The findings are in :attr:`report` (``report.to_json()``); a raised

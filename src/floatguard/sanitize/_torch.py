@@ -15,9 +15,10 @@ Design (what keeps it cheaper than ``torch.autograd.detect_anomaly``):
 * The module path comes from global module pre/post hooks keeping a stack of names.
 * Optimizer steps run unchecked op by op; the parameters and optimizer state are
   checked once after each ``step()`` with one reduction pass (see :func:`first_bad`).
-* Off the CPU the (min, max) pairs stay on the device and are read once per flush
-  (end of forward, end of backward, optimizer step, every 256 ops, exit): no host
-  synchronisation per op.
+* Off the CPU the (min, max) pairs stay on the device (one ``aminmax`` launch per op)
+  and are read once per step: at the end of the backward, or of the forward when no
+  backward follows (and earlier past 256 ops or 256 MiB of held tensors, and at exit).
+  No host synchronisation per op.
 """
 
 from __future__ import annotations
@@ -347,7 +348,7 @@ class ModuleTracker:
             self._tls.locs.pop()
             if not stack:
                 for cb in self.on_root_exit:
-                    cb()
+                    cb(output)
 
     @property
     def current(self) -> str | None:
@@ -874,7 +875,7 @@ class OpSanitizer(TorchDispatchMode):
     def _defer(self, func: Any, pol: _Policy, t: Any, args: Any, kwargs: Any, *, probe: Any = None,
                tag: str | None = None) -> None:
         with torch.no_grad():
-            mm = torch.stack(torch.aminmax((t if probe is None else probe).detach())).to(torch.float64)
+            mm = torch.aminmax((t if probe is None else probe).detach())  # one kernel; gathered at the flush
         node = _current_node()
         if node is not None and not self._bw_callback:
             self._bw_callback = True
@@ -896,6 +897,17 @@ class OpSanitizer(TorchDispatchMode):
         if len(self._pending) >= self.flush_every or self._held_bytes > self.hold_bytes:
             self.flush()
 
+    def root_exit(self, output: Any) -> None:
+        """The outermost module returned: flush, unless a backward will follow (it flushes at its end).
+
+        In training that makes one host synchronisation per step (end of backward) on
+        the deferred path; in inference, one per forward.
+        """
+        if self._pending and torch.is_grad_enabled() and any(
+                isinstance(t, _Tensor) and t.requires_grad for t in _flatten(output)):
+            return
+        self.flush()
+
     def _end_backward(self) -> None:
         self._bw_callback = False
         self.flush()
@@ -911,13 +923,23 @@ class OpSanitizer(TorchDispatchMode):
         pending, self._pending = self._pending, []
         self._pending_uf = False
         self._held_bytes = 0
-        checks = [p for p in pending if p[0] is not None]
+        checks = [p[0] for p in pending if p[0] is not None]
         vals: list[list[float]] = []
         if checks:
             with torch.no_grad():
+                # one stack per (dtype, device), one cat, one read: the host synchronisation of this flush
+                groups: dict[tuple[Any, Any], list[int]] = {}
+                for i, (a, _) in enumerate(checks):
+                    groups.setdefault((a.dtype, a.device), []).append(i)
                 dev = checks[0][0].device
-                flags = [p[0] if p[0].device == dev else p[0].to(dev) for p in checks]
-                vals = torch.stack(flags).tolist()  # the one host synchronisation of this flush
+                parts, order = [], []
+                for idx in groups.values():
+                    parts.append(torch.stack([x for i in idx for x in checks[i]]).to(dev, torch.float64))
+                    order.extend(idx)
+                flat = (torch.cat(parts) if len(parts) > 1 else parts[0]).tolist()
+                vals = [[]] * len(checks)
+                for k, i in enumerate(order):
+                    vals[i] = flat[2 * k: 2 * k + 2]
         self.checked += len(checks)
         it = iter(vals)
         for mm, func, pol, wt, dtype, where, wargs, wkwargs, tag in pending:

@@ -179,7 +179,7 @@ class TorchContext:
             self._patch_scaler()
             self._patch_compile()
             self.modules.on_compiled_output.append(self.mode.check_compiled)
-            self.modules.on_root_exit.append(self.mode.flush)
+            self.modules.on_root_exit.append(self.mode.root_exit)
             self.modules.on_root_enter.append(self.mode.reinstate)
             self.mode.__enter__()
             self._mode_entered = True
