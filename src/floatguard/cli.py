@@ -90,8 +90,9 @@ COMMANDS: list[Command] = [
             "makes NaN", _run_arguments, _run),
     Command("lint", "find numerically unstable expressions in Python source (ruff-style, with --fix)",
             _lint_arguments, _lint),
-    Command("report", "render a training-monitor log (JSONL) as one self-contained HTML page, with a terminal "
-            "summary", _report_arguments, _report),
+    Command("report", "render a training-monitor log (JSONL) or a findings file (floatguard run --json, "
+            "floatguard lint --format json) as one self-contained HTML page, with a terminal summary",
+            _report_arguments, _report),
 ]
 
 

@@ -132,3 +132,49 @@ def test_long_runs_are_decimated(tmp_path: Path) -> None:
             fh.write(f'{{"type":"step","step":{t},"loss":{1 + (t % 7) / 10},"grad_norm":1.0}}\n')
     page = render_html(read_log(log))
     assert len(page) < 400_000 and os.path.getsize(log) > 1_000_000
+
+
+# -- findings files of the other tools: one reporter for every event -------------------------------------
+def _sanitizer_findings(path: Path) -> None:
+    import torch
+
+    from floatguard.sanitize import detect
+
+    with detect(action="record") as d:
+        torch.log(torch.softmax(torch.tensor([[0.0, 200.0, 3.0]]), -1))  # L:report_softmax
+    path.write_text(d.report.to_json())
+
+
+def test_report_renders_sanitizer_and_lint_findings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from floatguard import cli
+
+    san = tmp_path / "sanitize.json"
+    _sanitizer_findings(san)
+    assert run_report(_args(str(san))) == 0
+    out = capsys.readouterr().out
+    assert "aten::_softmax" in out and "underflow" in out and "div_by_zero" in out and "log_softmax" in out
+    page = (tmp_path / "sanitize.html").read_text()
+    line = next(i for i, t in enumerate(Path(__file__).read_text().splitlines(), 1) if "L:report_softmax" in t)
+    assert f"test_report.py:{line}" in page and "aten::log" in page and "input0" in page  # where, op, stats table
+    assert "<script" not in page and not re.search(r'(src|href)\s*=\s*"(?!#)', page)
+
+    code = tmp_path / "code.py"
+    code.write_text("import numpy as np\n\n\ndef lse(x):\n    return np.log(np.sum(np.exp(x)))\n")
+    assert cli.main(["lint", "--format", "json", str(code)]) == 1
+    lint = tmp_path / "lint.json"
+    lint.write_text(capsys.readouterr().out)
+    assert run_report(_args(str(lint), "-o", str(tmp_path / "lint.html"))) == 0
+    out = capsys.readouterr().out
+    assert "FG101" in out and "lint" in out
+    page = (tmp_path / "lint.html").read_text()
+    assert "code.py:5:12" in page and "floatguard.logsumexp(x)" in page  # where, and the fix
+    dom, console = _browse(tmp_path / "lint.html", tmp_path, "--dump-dom")
+    assert console == [] and "FG101" in dom
+
+
+def test_report_refuses_a_findings_file_with_a_foreign_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"events": [{"kind": "nan", "source": "sanitize", "message": "m", "colour": "red"}]}')
+    assert run_report(_args(str(bad))) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "not a list of floatguard events" in err and "unknown field(s) ['colour']" in err

@@ -1,7 +1,11 @@
-"""``floatguard report LOG [-o report.html]``: render a monitor log as HTML and summarize it.
+"""``floatguard report FILE [-o report.html]``: render findings as HTML and summarize them.
 
-Exit codes: 0 when the report is written (whatever the run's findings), 1 when the
-log cannot be read or holds no step, 2 for usage errors (argparse).
+``FILE`` is a training monitor's JSONL log (training curves and findings), or a
+findings file of any floatguard tool: ``floatguard run --json`` / ``report.to_json()``
+(``{"events": [...], "first": i}``) or ``floatguard lint --format json``.
+
+Exit codes: 0 when the report is written (whatever the findings), 1 when the file
+cannot be read or (a monitor log) holds no step, 2 for usage errors (argparse).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ __all__ = ["add_report_arguments", "run_report"]
 
 def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``floatguard report``."""
-    parser.add_argument("log", help="the monitor's JSONL log (Monitor(..., log=PATH))")
+    parser.add_argument("log", metavar="FILE",
+                        help="a monitor's JSONL log (Monitor(..., log=PATH)), or the JSON findings of "
+                        "`floatguard run --json` or `floatguard lint --format json`")
     parser.add_argument("-o", "--output", default=None,
                         help="HTML file to write (default: the log's name with .html)")
     parser.add_argument("--title", default=None, help="title of the page")
@@ -33,6 +39,23 @@ def run_report(args: argparse.Namespace) -> int:
     if not os.path.isfile(args.log):
         err.print(f"floatguard report: no such log file: {args.log}")
         return 1
+    from ..reporting import events_html, load_events
+    from ..reporting import print_summary as print_events
+
+    try:
+        found = load_events(args.log)
+    except (OSError, ValueError) as exc:
+        err.print(f"floatguard report: cannot read {args.log}: {exc}")
+        return 1
+    if found is not None:
+        output = args.output or os.path.splitext(args.log)[0] + ".html"
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(events_html(found, title=args.title, source=args.log))
+        if not args.quiet:
+            con = Console(file=sys.stdout)
+            print_events(found, con)
+            con.print(f"report: {output}")
+        return 0
     try:
         run = read_log(args.log)
     except (OSError, ValueError) as exc:

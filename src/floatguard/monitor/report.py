@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..events import Event
+from ..reporting import CSS
 from .log import RunLog, read_log
 
 __all__ = ["print_summary", "render_html", "write_report"]
@@ -273,23 +274,7 @@ def _short(name: str, n: int = 22) -> str:
 
 
 # -- the page ------------------------------------------------------------------------------------------
-_CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1120px;color:#222}
-h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
-.meta{color:#666}.ok{color:#2e7d32;font-weight:600}
-.chart{display:block;margin:10px 0;background:#fff}.plot{fill:#fafafa;stroke:#ccc}
-.band{fill:#c8e6c9;opacity:.55}.grid{stroke:#e6e6e6}.line{fill:none;stroke-width:1.4}
-.ct{font-weight:600;font-size:13px}.yt{font-size:10px;text-anchor:end;fill:#555}
-.xt{font-size:10px;text-anchor:middle;fill:#555}.yl{font-size:11px;text-anchor:middle;fill:#555}
-.lg{font-size:11px;fill:#333}.mk{font-size:10px}.nf{font-size:12px;text-anchor:middle}
-.marker line{stroke-dasharray:4 3;stroke-width:1.2}
-table{border-collapse:collapse;width:100%}td,th{border-bottom:1px solid #eee;padding:4px 8px;text-align:left;
-vertical-align:top}th{background:#f5f5f5}
-.card{border-left:4px solid #999;padding:8px 12px;margin:10px 0;background:#fafafa}
-.card h3{margin:0 0 4px;font-size:15px}.sev-error{border-color:#c62828}.sev-warning{border-color:#ef6c00}
-.sev-info{border-color:#1565c0}.ev{font-family:ui-monospace,Menlo,monospace;font-size:12px;color:#444}
-.remedy{margin-top:4px}.remedy b{color:#2e7d32}
-"""
+_CSS = CSS  # one style for every floatguard page
 
 
 def _steps_series(run: RunLog, key: str) -> Series:

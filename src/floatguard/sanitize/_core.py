@@ -149,6 +149,6 @@ class Session:
         """Print the rich panel of ``event`` on stderr (unless quiet)."""
         if self.quiet:
             return
-        from ._render import print_event
+        from ..reporting import print_event
 
         print_event(event, stream=self.stream)

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     if errors and code == 0:
         code = 1
     if report.events and args.action != "raise":
-        from ._render import print_report
+        from ..reporting import print_report
 
         print_report(report, limit=1 if args.action == "record" else 0)
     if args.json:
