@@ -103,6 +103,22 @@ def test_floatguard_run_end_to_end_as_a_subprocess(tmp_path):
     assert fixed.returncode == 0, fixed.stderr
 
 
+def test_step_level_replay_names_the_op_in_a_new_process(tmp_path):
+    out = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, "-m", "floatguard", "run", "--level", "step", "--replay", "--json", str(out),
+                           str(EXAMPLE)], capture_output=True, text=True, timeout=180, env=env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert "has NaN" in proc.stderr and "replaying the script at op level" in proc.stderr
+    report = json.loads(out.read_text())
+    first, *rest = report["events"]
+    assert report["first"] == 0 and (first["kind"], first["op"], first["phase"]) == ("underflow", "aten::_softmax",
+                                                                                      "forward")
+    assert "torch.softmax" in EXAMPLE.read_text().splitlines()[first["line"] - 1]
+    assert first["message"].endswith("(found by replaying the script at op level)")
+    assert any(e["kind"] == "nan" and e["phase"] == "backward" and e["op"] is None for e in rest)  # the step's finding
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

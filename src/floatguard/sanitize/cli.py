@@ -2,7 +2,9 @@
 
 Exit status: the script's own when it fails or calls ``sys.exit`` with a non-zero
 code; otherwise 1 when the sanitizer found anything but a ``near_overflow`` warning,
-0 when it found nothing. ``--json PATH`` writes the report (``{"events": [...],
+0 when it found nothing. ``--level step --replay``: when a step goes bad, the script
+is run again at op level in a new process, which names the op (its findings come
+first in the report). ``--json PATH`` writes the report (``{"events": [...],
 "first": i}``) whatever the outcome.
 """
 
@@ -31,6 +33,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--near-overflow", type=float, default=16.0, metavar="F",
                         help="warn when a value comes within a factor F of its dtype's max (default 16; 0: off)")
     parser.add_argument("--no-underflow", action="store_true", help="do not judge underflow")
+    parser.add_argument("--replay", action="store_true",
+                        help="with --level step: when a step goes bad, run the script again at op level (in a new "
+                        "process, stopping at the first finding) to name the op; the script must be deterministic "
+                        "(seeded), and its side effects happen twice")
     parser.add_argument("--monitor", action="store_true",
                         help="also attach the training monitor (floatguard.monitor.attach_global)")
     parser.add_argument("-m", dest="module", metavar="MODULE", help="run a module, like python -m MODULE")
@@ -126,6 +132,9 @@ def run(args: argparse.Namespace) -> int:
         for e in found or []:
             report.add(e)
     errors = [e for e in report.events if e.severity == "error"]
+    if errors and args.level == "step" and getattr(args, "replay", False):
+        code = max(code, _replay(args, script, module, script_args, report))
+        errors = [e for e in report.events if e.severity == "error"]
     if errors and code == 0:
         code = 1
     if report.events and args.action != "raise":
@@ -135,6 +144,36 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         report.to_json(args.json)
     return code
+
+
+def _replay(args: argparse.Namespace, script: str | None, module: str | None, script_args: list[str],
+            report: Any) -> int:
+    """Run the script again at op level in a new process; its findings go first in ``report``."""
+    import subprocess
+    import tempfile
+
+    from ..events import Report
+
+    cmd = [sys.executable, "-m", "floatguard", "run", "--level", "op", "--action", "raise"]
+    cmd += ["--near-overflow", str(args.near_overflow or 0)] + (["--no-underflow"] if args.no_underflow else [])
+    print("floatguard: a step went bad; replaying the script at op level to name the op (--replay)",
+          file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(prefix="floatguard-replay-") as tmp:
+        path = os.path.join(tmp, "replay.json")
+        target = ["-m", module] if module is not None else [script or ""]
+        proc = subprocess.run([*cmd, "--json", path, *target, *script_args], check=False)
+        found = Report()
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as fh:
+                found = Report.from_json(fh.read())
+    named = [e for e in found.events if e.severity == "error"]
+    if not named:
+        print("floatguard: the op-level replay found nothing (is the script deterministic? seed it)", file=sys.stderr)
+        return 0
+    for e in found.events:
+        e.message += " (found by replaying the script at op level)"
+    report.events[:0] = found.events
+    return proc.returncode or 1
 
 
 def main(argv: list[str] | None = None) -> int:
