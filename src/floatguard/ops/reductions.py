@@ -30,6 +30,12 @@ def _torch_fast() -> Any:
     return mod
 
 
+def _jax_fast() -> Any:
+    from . import _jax_fast as mod  # imports jax: only reached with JAX arrays
+
+    return mod
+
+
 # -- shape plumbing -------------------------------------------------------------
 def _to_rows(xp: Any, a: Any, axes: tuple[int, ...]) -> Any:
     """Move ``axes`` of ``a`` to the end and flatten them into one last axis."""
@@ -172,6 +178,18 @@ def logsumexp(
             sign = xp.where(val > -float("inf"), xp.ones_like(val), xp.zeros_like(val))
             return val, xp.where(xp.isnan(val), val, sign)
         return val
+    if be.name == "jax" and b is None and nonempty:
+        rows = _to_rows(xp, x, axes)
+        if mask is not None:
+            rows = xp.where(_to_rows(xp, mask, axes), rows, -float("inf"))
+        val = _jax_fast().logsumexp_rows(xp.reshape(rows, (-1, rows.shape[-1])))
+        val = xp.astype(xp.reshape(val, (*rows.shape[:-1], 1)), dtype)
+        val = _from_rows(xp, val, shape, axes, keepdims)
+        if return_sign:
+            # no literal 0 here: XLA would share it with the sums of the fast path, which slows them down
+            sign = xp.astype(val > -float("inf"), dtype)
+            return val, xp.where(xp.isnan(val), val, sign)
+        return val
     if xw is None:
         xw = _work(be, x)
     rows = _to_rows(xp, xw, axes)
@@ -305,6 +323,13 @@ def _softmax(x: Any, axis: int, where: Any, log: bool) -> Any:
         fn = _torch_fast().LogSoftmax if log else _torch_fast().Softmax
         flat = xp.reshape(rows, (-1, rows.shape[-1]))
         return xp.moveaxis(xp.reshape(fn.apply(flat), rows.shape), -1, ax)
+    if be.name == "jax" and nonempty:
+        rows = xp.moveaxis(x, ax, -1)
+        if mask is not None:
+            rows = xp.where(xp.moveaxis(mask, ax, -1), rows, -float("inf"))
+        fn = _jax_fast().log_softmax_rows if log else _jax_fast().softmax_rows
+        out = fn(xp.reshape(rows, (-1, rows.shape[-1])))
+        return xp.moveaxis(xp.reshape(xp.astype(out, x.dtype), rows.shape), -1, ax)
     rows = xp.moveaxis(_work(be, x), ax, -1)
     out = _softmax_generic(be, rows, None if mask is None else xp.moveaxis(mask, ax, -1), log)
     return xp.astype(xp.moveaxis(out, -1, ax), x.dtype, copy=False)

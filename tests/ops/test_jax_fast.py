@@ -1,0 +1,324 @@
+"""The fast JAX path of logsumexp, softmax and log_softmax (``floatguard.ops._jax_fast``).
+
+It must be taken for JAX arrays, agree with the generic array-API path (the
+reference implementation of the same algorithm) to 1 ulp on random and
+adversarial rows, long rows cut into pieces included, keep the semantics of
+non-finite rows, and differentiate like it: under ``jit``, ``vmap``, ``grad`` and
+``hessian``, with gradients exactly 0 (never NaN) on rows with nothing left.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+
+import floatguard as fg  # noqa: E402
+from floatguard.ops import _jax_fast, reductions  # noqa: E402
+from floatguard.ops._core import shifted  # noqa: E402
+from floatguard.ops._namespace import namespace  # noqa: E402
+
+INF = math.inf
+NAN = math.nan
+OPS = ("logsumexp", "softmax", "log_softmax")
+
+
+@pytest.fixture
+def x64() -> Iterator[None]:
+    """float64 for JAX inside the test only (float32 inputs are then computed in float64)."""
+    with jax.enable_x64(True):
+        yield
+
+
+def call(op: str, x: Any, **kw: Any) -> Any:
+    if op == "logsumexp":
+        return fg.logsumexp(x, axis=-1, keepdims=True, **kw)
+    return getattr(fg, op)(x, **kw)
+
+
+def generic(op: str, x: Any) -> Any:
+    """The generic array-API path on the rows of ``x``: the reference for the fast path."""
+    be = namespace(("x", x), func=op)
+    xp = be.xp
+    rows = reductions._work(be, x)
+    if op == "logsumexp":
+        sh = shifted(be, rows)
+        out = xp.where(sh.finite, sh.m + xp.log1p(sh.s), sh.m)
+    else:
+        out = reductions._softmax_generic(be, rows, None, op == "log_softmax")
+    return xp.astype(out, x.dtype)
+
+
+def ulps(got: Any, want: Any, dtype: str) -> np.ndarray:
+    """Distance in ulps of ``dtype``; 0 where both are the same non-finite value, inf where only one is."""
+    a = np.asarray(got).astype(np.float64)
+    b = np.asarray(want).astype(np.float64)
+    same = (a == b) | (np.isnan(a) & np.isnan(b))
+    info = jnp.finfo(getattr(jnp, dtype))
+    exp = np.floor(np.log2(np.maximum(np.abs(np.where(np.isfinite(b), b, 1.0)), float(info.tiny))))
+    ulp = 2.0 ** (exp - info.nmant)
+    with np.errstate(invalid="ignore"):
+        dist = np.abs(a - b) / ulp
+    return np.where(same, 0.0, np.where(np.isfinite(dist), dist, np.inf))
+
+
+def rows(n: int, seed: int = 0) -> np.ndarray:
+    """Random and adversarial rows of length ``n``, repeated to 13 * 12 >= 128 rows
+    (XLA's CPU max reduction drops NaN from 128 rows on)."""
+    rng = np.random.default_rng(seed)
+    out = [rng.normal(size=n) * s for s in (0.1, 1.0, 10.0, 100.0)]
+    r = np.full(n, -40.0)
+    r[n // 2] = 0.0
+    out.append(r)  # one dominant entry: s tiny, log1p matters
+    r = np.full(n, -40.0)
+    r[0] = r[-1] = 0.0
+    out.append(r)  # a tie at the max (in two pieces of a long row)
+    out.append(np.full(n, -INF))  # nothing left
+    r = rng.normal(size=n)
+    r[n // 3] = INF
+    out.append(r)
+    r = rng.normal(size=n)
+    r[-1] = INF
+    r[min(1, n - 1)] = INF
+    out.append(r)  # +inf entries share the mass
+    r = rng.normal(size=n)
+    r[n // 2] = NAN
+    out.append(r)
+    r = rng.normal(size=n)
+    r[: n // 2] = -INF
+    out.append(r)
+    out.append(np.zeros(n))  # all tied
+    out.append(rng.normal(size=n) + 1e4)
+    return np.concatenate([np.stack(out)] * 12)
+
+
+# --------------------------------------------------------------------------------------
+# the fast path is taken
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("op", OPS)
+def test_fast_path_is_taken(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = {"logsumexp": "logsumexp_rows", "softmax": "softmax_rows", "log_softmax": "log_softmax_rows"}[op]
+    calls = []
+    real = getattr(_jax_fast, name)
+
+    def spy(x: Any) -> Any:
+        calls.append(x.shape)
+        return real(x)
+
+    monkeypatch.setattr(_jax_fast, name, spy)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 5)), dtype=jnp.float32)
+    call(op, x)
+    jax.jit(lambda v: call(op, v))(x)
+    mask = jnp.asarray(np.random.default_rng(2).random((2, 3, 5)) < 0.7)
+    call(op, x, where=mask)
+    assert calls == [(6, 5)] * 3
+
+
+def test_logsumexp_variants_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    real = _jax_fast.logsumexp_rows
+    monkeypatch.setattr(_jax_fast, "logsumexp_rows", lambda x: calls.append(x.shape) or real(x))
+    x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 3, 4)), dtype=jnp.float32)
+    fg.logsumexp(x)
+    fg.logsumexp(x, axis=(0, 2), keepdims=True)
+    _, sign = fg.logsumexp(x, axis=1, return_sign=True)
+    assert calls == [(1, 24), (3, 8), (8, 3)]
+    np.testing.assert_array_equal(np.asarray(sign), np.ones((2, 4)))
+    # weights b take the generic path
+    fg.logsumexp(x, axis=1, b=jnp.ones_like(x))
+    assert len(calls) == 3
+
+
+def test_return_sign_of_empty_and_nan_rows() -> None:
+    x = jnp.asarray([[-INF, -INF], [NAN, 1.0], [0.0, 1.0]], dtype=jnp.float32)
+    val, sign = fg.logsumexp(x, axis=1, return_sign=True)
+    np.testing.assert_array_equal(np.asarray(sign), [0.0, NAN, 1.0])
+    assert np.asarray(val)[0] == -INF and np.isnan(np.asarray(val)[1])
+
+
+# --------------------------------------------------------------------------------------
+# agreement with the generic path
+# --------------------------------------------------------------------------------------
+# 37: one piece; 2048: the longest single piece; 6000: pieces of 2000; 4099 (prime): padded with -inf
+@pytest.mark.parametrize("n", [1, 37, 2048, 6000, 4099])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("op", OPS)
+def test_matches_the_generic_path(op: str, dtype: str, n: int, x64: None) -> None:
+    x = jnp.asarray(rows(n), dtype=getattr(jnp, dtype))
+    got = jax.jit(lambda v: call(op, v))(x)
+    want = jax.jit(lambda v: generic(op, v))(x)
+    assert got.dtype == x.dtype and got.shape == want.shape
+    err = ulps(got, want, dtype)
+    # float64: the two sum in a different order (and long rows by pieces): a few ulp, well inside
+    # the accuracy bound of 2 ulp times the condition number; lower precisions round that away
+    bound = 4.0 if dtype == "float64" else 1.0
+    assert float(err.max()) <= bound, (op, dtype, n, np.argwhere(err > bound)[:5])
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_matches_the_generic_path_without_x64(op: str) -> None:
+    with jax.enable_x64(False):
+        for dtype in ("float32", "float16", "bfloat16"):
+            x = jnp.asarray(rows(300, seed=4), dtype=getattr(jnp, dtype))
+            got = jax.jit(lambda v: call(op, v))(x)
+            want = jax.jit(lambda v: generic(op, v))(x)
+            assert got.dtype == x.dtype
+            err = ulps(got, want, dtype)
+            assert float(err.max()) <= 4.0, (op, dtype, np.argwhere(err > 4.0)[:5])
+
+
+def test_non_finite_rows_keep_their_semantics(x64: None) -> None:
+    x = jnp.asarray([[-INF, -INF, -INF], [1.0, INF, INF], [INF, 0.0, -INF], [NAN, 0.0, 1.0], [2.0, 2.0, 2.0]])
+    lse = np.asarray(fg.logsumexp(x, axis=1))
+    np.testing.assert_array_equal(lse[:3], [-INF, INF, INF])
+    assert np.isnan(lse[3]) and lse[4] == 2.0 + math.log(3.0)
+    p = np.asarray(fg.softmax(x))
+    np.testing.assert_array_equal(p[:3], [[0, 0, 0], [0, 0.5, 0.5], [1, 0, 0]])
+    assert np.all(np.isnan(p[3]))
+    np.testing.assert_allclose(p[4], np.full(3, 1 / 3), rtol=0, atol=0)
+    ls = np.asarray(fg.log_softmax(x))
+    np.testing.assert_array_equal(ls[:3], [[-INF] * 3, [-INF, math.log(0.5), math.log(0.5)], [0.0, -INF, -INF]])
+    assert np.all(np.isnan(ls[3]))
+
+
+def test_long_rows_with_the_max_in_any_piece(x64: None) -> None:
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(5, 6000)) - 30.0
+    for i, k in enumerate([0, 1999, 2000, 4321, 5999]):
+        x[i, k] = 0.0  # one dominant entry: log1p(s) of a tiny s, whichever piece holds it
+    got = fg.log_softmax(jnp.asarray(x))
+    want = generic("log_softmax", jnp.asarray(x))
+    assert float(ulps(got, want, "float64").max()) <= 4.0
+    lse = fg.logsumexp(jnp.asarray(x), axis=1)
+    np.testing.assert_allclose(np.asarray(lse), -np.asarray(got)[np.arange(5), [0, 1999, 2000, 4321, 5999]],
+                               rtol=1e-15)
+
+
+# --------------------------------------------------------------------------------------
+# jit, vmap, grad, hessian
+# --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [40, 4099])
+@pytest.mark.parametrize("op", OPS)
+def test_vmap_matches_the_batch(op: str, n: int, x64: None) -> None:
+    x = jnp.asarray(rows(n, seed=7)[:13])
+    batched = jax.vmap(lambda v: call(op, v))(x)
+    np.testing.assert_array_equal(np.asarray(batched), np.asarray(call(op, x)))
+    g = jax.vmap(jax.grad(lambda v: jnp.sum(call(op, v) * jnp.arange(v.shape[-1]) if op != "logsumexp"
+                                            else call(op, v)[0])))(jnp.asarray(rows(n, seed=8)[:5]))
+    assert np.all(np.isfinite(np.asarray(g)))
+
+
+def _scalar(op: str, w: np.ndarray) -> Callable[[Any], Any]:
+    if op == "logsumexp":
+        return lambda v: jnp.sum(fg.logsumexp(v, axis=-1) * jnp.asarray(w[:, 0]))
+    return lambda v: jnp.sum(getattr(fg, op)(v) * jnp.asarray(w))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_gradient_matches_the_generic_path(op: str, x64: None) -> None:
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(4, 7)) * 3
+    x[1, 2] = -INF
+    x[2] = -INF  # nothing left: gradient 0
+    w = rng.uniform(0.5, 1.5, size=(4, 7))
+    got = np.asarray(jax.jit(jax.grad(_scalar(op, w)))(jnp.asarray(x)))
+
+    def generic_scalar(v: Any) -> Any:
+        out = generic(op, v)
+        out = jnp.where(jnp.isneginf(out), 0.0, out) if op == "log_softmax" else out
+        return jnp.sum(out * jnp.asarray(w[:, :1] if op == "logsumexp" else w))
+
+    want = np.asarray(jax.jit(jax.grad(generic_scalar))(jnp.asarray(x)))
+    if op == "log_softmax":  # the -inf outputs take no part: give them weight 0 in both
+        w0 = np.where(np.isneginf(x), 0.0, w)
+        got = np.asarray(jax.jit(jax.grad(_scalar(op, w0)))(jnp.asarray(x)))
+    assert not np.any(np.isnan(got))
+    np.testing.assert_array_equal(got[2], np.zeros(7))
+    np.testing.assert_allclose(got, want, rtol=1e-13, atol=1e-15)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_rows_with_nothing_left_have_zero_gradient(op: str, x64: None) -> None:
+    x = jnp.asarray([[-INF, -INF, -INF], [0.5, -1.0, 2.0], [1.0, 2.0, 3.0]])
+    mask = jnp.asarray([[True, True, True], [True, False, True], [False, False, False]])
+    w = np.random.default_rng(10).uniform(0.5, 1.5, size=(3, 3))
+    for kw in ({}, {"where": mask}):
+
+        def f(v: Any, kw: dict[str, Any] = kw) -> Any:
+            out = call(op, v, **kw)
+            out = jnp.where(jnp.isfinite(out), out, 0.0)  # the -inf outputs of log_softmax
+            return jnp.sum(out * jnp.asarray(w[:, : out.shape[1]]))
+
+        for g in (jax.grad(f)(x), jax.jit(jax.grad(f))(x)):
+            g = np.asarray(g)
+            assert not np.any(np.isnan(g)), g
+            np.testing.assert_array_equal(g[0], np.zeros(3))
+            if kw:
+                np.testing.assert_array_equal(g[2], np.zeros(3))
+                assert g[1, 1] == 0.0
+
+
+def test_all_neg_inf_row_gradient_is_zero_where_jax_nn_gives_nan(x64: None) -> None:
+    row = jnp.full((1, 4), -INF)
+    assert np.all(np.isnan(np.asarray(jax.grad(lambda v: jnp.sum(jax.nn.logsumexp(v, axis=1)))(row))))
+    for op in OPS:
+        g = jax.grad(lambda v, op=op: jnp.sum(jnp.where(jnp.isfinite(c := call(op, v)), c, 0.0)))(row)
+        np.testing.assert_array_equal(np.asarray(g), np.zeros((1, 4)))
+
+
+def test_pos_inf_and_nan_rows_have_zero_gradient(x64: None) -> None:
+    x = jnp.asarray([[INF, 1.0, 2.0], [NAN, 0.0, 1.0], [0.0, 1.0, 2.0]])
+    for op in OPS:
+        g = np.asarray(jax.jit(jax.grad(lambda v, op=op: jnp.nansum(jnp.where(
+            jnp.isfinite(c := call(op, v)), c, 0.0))))(x))
+        assert not np.any(np.isnan(g)), (op, g)
+        np.testing.assert_array_equal(g[:2], np.zeros((2, 3)))
+
+
+def test_hessian_of_logsumexp(x64: None) -> None:
+    x = np.random.default_rng(11).normal(size=6)
+    h = np.asarray(jax.jit(jax.hessian(lambda v: fg.logsumexp(v)))(jnp.asarray(x)))
+    p = np.exp(x - np.log(np.sum(np.exp(x))))
+    np.testing.assert_allclose(h, np.diag(p) - np.outer(p, p), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_hessian_matches_jax_nn(op: str, x64: None) -> None:
+    x = jnp.asarray(np.random.default_rng(12).normal(size=5) * 2)
+    w = jnp.asarray(np.random.default_rng(13).uniform(0.5, 1.5, size=5))
+    h = jax.hessian(lambda v: jnp.sum(getattr(fg, op)(v) * w))(x)
+    want = jax.hessian(lambda v: jnp.sum(getattr(jax.nn, op)(v) * w))(x)
+    np.testing.assert_allclose(np.asarray(h), np.asarray(want), rtol=1e-11, atol=1e-14)
+
+
+@pytest.mark.parametrize("n", [6, 4099])
+@pytest.mark.parametrize("op", OPS)
+def test_check_grads_float64(op: str, n: int, x64: None) -> None:
+    from jax.test_util import check_grads
+
+    rng = np.random.default_rng(14)
+    x = jnp.asarray(rng.normal(size=(3, n)) * 2)
+    w = jnp.asarray(rng.uniform(0.5, 1.5, size=(3, n)))
+    if op == "logsumexp":
+        def f(v: Any) -> Any:
+            return fg.logsumexp(v, axis=-1)
+    else:
+        def f(v: Any) -> Any:
+            return getattr(fg, op)(v) * w
+    check_grads(f, (x,), order=2, modes=("fwd", "rev"), eps=1e-4, atol=1e-6, rtol=1e-6)
+
+
+def test_float32_gradients_keep_the_dtype_and_match_float64(x64: None) -> None:
+    x = np.random.default_rng(15).normal(size=(4, 6)) * 2
+    for op in OPS:
+        w = np.random.default_rng(16).uniform(0.5, 1.5, size=(4, 6))
+        g32 = jax.grad(_scalar(op, w))(jnp.asarray(x, dtype=jnp.float32))
+        g64 = jax.grad(_scalar(op, w))(jnp.asarray(x.astype(np.float32).astype(np.float64)))
+        assert g32.dtype == jnp.float32
+        np.testing.assert_allclose(np.asarray(g32), np.asarray(g64), rtol=1e-6, atol=1e-6)
