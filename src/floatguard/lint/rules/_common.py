@@ -293,6 +293,17 @@ def guarded(ctx: Context, node: ast.expr | None, depth: int = 0) -> bool:
     return False
 
 
+def log_of(ctx: Context, node: ast.AST, kind: str) -> tuple[OpCall, OpCall] | None:
+    """``(log, src)`` when ``node`` is an unguarded ``log`` of the output of a ``kind`` call (softmax, sigmoid)."""
+    log = ctx.ops(node, "log")
+    if log is None or log.x is None or guarded(ctx, log.x):
+        return None
+    src = ctx.prob_source(log.x)
+    if src is None or src[0] != kind or src[1] is None:
+        return None
+    return log, src[1]
+
+
 def prob_like_name(ctx: Context, node: ast.expr | None) -> bool:
     """The expression, stripped of views and indexing, is named like a probability (``probs``, ``y_pred``, ``p``)."""
     for base in (node, ctx.strip_views(node)):

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall
 from ..rule import Finding, Fix, Rule
-from ._common import fg_call, guarded, reach
+from ._common import fg_call, log_of, reach
 
 _HAS_LOG_SOFTMAX = ("torch.", "jax.nn.", "tensorflow.nn.", "tensorflow.math.", "keras.ops.", "scipy.special.")
 
@@ -43,14 +43,10 @@ class LogSoftmax(Rule):
     categories = ("underflow", "gradient")
 
     def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
-        log = ctx.ops(node, "log")
-        if log is None or log.x is None or guarded(ctx, log.x):
+        found = log_of(ctx, node, "softmax")
+        if found is None:
             return
-        src = ctx.prob_source(log.x)
-        if src is None or src[0] != "softmax" or src[1] is None:
-            return
-        sm = src[1]
-        assert sm is not None
+        log, sm = found
         yield Finding(node, "log of softmax underflows to -inf when a probability rounds to 0",
                       "use log_softmax on the logits", self._fix(ctx, log, sm))
 

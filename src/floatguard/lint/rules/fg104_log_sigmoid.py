@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall
 from ..rule import Finding, Fix, Rule
-from ._common import family, guarded, reach, ref
+from ._common import family, log_of, reach, ref
 
 
 def log_sigmoid_fix(ctx: Context, outer: ast.AST, via: ast.expr | None, sig: OpCall, negate: bool) -> Fix | None:
@@ -47,13 +47,10 @@ class LogSigmoid(Rule):
     categories = ("underflow", "gradient")
 
     def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
-        log = ctx.ops(node, "log")
-        if log is None or log.x is None or guarded(ctx, log.x):
+        found = log_of(ctx, node, "sigmoid")
+        if found is None:
             return
-        src = ctx.prob_source(log.x)
-        if src is None or src[0] != "sigmoid" or src[1] is None:
-            return
-        sig = src[1]
+        log, sig = found
         yield Finding(node, "log of sigmoid underflows to -inf for very negative inputs",
                       "use log_sigmoid (F.logsigmoid, jax.nn.log_sigmoid, tf.math.log_sigmoid)",
                       log_sigmoid_fix(ctx, node, log.x, sig, negate=False))
