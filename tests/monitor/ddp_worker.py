@@ -49,6 +49,9 @@ def worker(rank: int, world: int, outdir: str, port: int) -> None:
     with open(os.path.join(outdir, f"findings{rank}.json"), "w") as fh:
         json.dump({"findings": [e.to_dict() for e in mon.findings], "losses": losses,
                    "world_size": mon.world_size, "rank": mon.rank}, fh)
+    # every rank is done with its collectives before either tears gloo down: without the
+    # barrier, the rank that hosts the store (0) could exit while the other still used it
+    dist.barrier()
     dist.destroy_process_group()
 
 

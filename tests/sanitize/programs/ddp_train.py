@@ -51,6 +51,7 @@ except fgs.NumericalError as e:
     print(f"RESULT rank={rank} event_rank={ev.rank} op={ev.op} kind={ev.kind} module={ev.module} line={ev.line}",
           flush=True)
     code = 3
+dist.barrier()  # both ranks are out of their collectives before gloo is torn down
 dist.destroy_process_group()
 sys.stdout.flush()
 sys.stderr.flush()
