@@ -288,6 +288,20 @@ def test_directories_parallel_equals_serial_and_skips_venvs(tmp_path: Path) -> N
     assert len(serial) == 20 and len(key) == 30
 
 
+def test_parallel_lint_forks_only_without_threaded_libraries() -> None:
+    """Forking a process with JAX's or PyTorch's thread pools can deadlock the children."""
+    from floatguard.lint.engine import _start_method
+
+    methods = ["fork", "spawn", "forkserver"]
+    assert _start_method(methods, {"numpy", "libcst"}) == "fork"
+    assert _start_method(methods, {"numpy", "jax"}) == "forkserver"
+    assert _start_method(methods, {"torch"}) == "forkserver"
+    assert _start_method(["spawn"], {"jax"}) is None  # the platform's default
+    code = "import jax, floatguard.lint.engine as e; print(e._start_method(['fork', 'forkserver']))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "forkserver"
+
+
 def test_flake8_plugin() -> None:
     from floatguard.lint.flake8 import Plugin
 

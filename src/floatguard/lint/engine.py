@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import os
 import re
+import sys
 import tokenize
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -237,6 +238,23 @@ def _job(args: tuple[str, frozenset[str], str | None]) -> FileResult:
     return lint_file(path, codes=codes, fix=fix)
 
 
+# libraries whose worker threads make fork unsafe; JAX itself warns on fork
+_THREADED = ("jax", "torch", "tensorflow")
+
+
+def _start_method(available: list[str], loaded: Iterable[str] | None = None) -> str | None:
+    """``fork`` (the fastest start), unless JAX, PyTorch or TensorFlow is loaded: then ``forkserver``.
+
+    Forking a process whose thread pools hold a lock (JAX's, PyTorch's, when :func:`lint_paths`
+    is called from a notebook, say) can deadlock the children. NumPy's BLAS threads are
+    fork-safe. ``loaded``: the imported modules' names (default ``sys.modules``).
+    """
+    names = sys.modules if loaded is None else set(loaded)
+    if "fork" in available and not any(m in names for m in _THREADED):
+        return "fork"
+    return "forkserver" if "forkserver" in available else None
+
+
 def lint_paths(paths: Iterable[str | os.PathLike[str]], *, select: tuple[str, ...] | None = None,
                ignore: tuple[str, ...] = (), fix: str | None = None, jobs: int | None = None,
                use_config: bool = True) -> list[FileResult]:
@@ -251,8 +269,7 @@ def lint_paths(paths: Iterable[str | os.PathLike[str]], *, select: tuple[str, ..
     if jobs > 1 and len(work) >= 16:
         import multiprocessing as mp
 
-        method = "fork" if "fork" in mp.get_all_start_methods() else None
-        with mp.get_context(method).Pool(jobs) as pool:
+        with mp.get_context(_start_method(mp.get_all_start_methods())).Pool(jobs) as pool:
             results = pool.map(_job, work, chunksize=max(1, min(16, len(work) // (jobs * 8))))
     else:
         results = [_job(w) for w in work]
