@@ -484,7 +484,7 @@ def _describe(err: np.ndarray, bound: np.ndarray, args: tuple[np.ndarray, ...], 
 
 def _flush(a: np.ndarray, dtype: str) -> np.ndarray:
     tiny = float(np.finfo(np.float32 if dtype == "float32" else np.float64).tiny)
-    return np.where(np.abs(a) < tiny, 0.0 * a, a)
+    return np.where(np.abs(a) < tiny, np.copysign(0.0, a), a)
 
 
 def _jax_platform(err: np.ndarray, bound: np.ndarray, cond: Any, got: np.ndarray, ref: Any, dtype: str) -> tuple:
