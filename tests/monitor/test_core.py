@@ -101,6 +101,34 @@ def test_float32_norm_overflow_is_not_a_nonfinite_gradient() -> None:
     assert [e.kind for e in mon.findings] == ["exploding_gradient"]
 
 
+def test_sparse_gradients_are_measured_and_judged() -> None:
+    """nn.Embedding(sparse=True): the norm is the dense gradient's, and a NaN in it is found at its step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 8, sparse=True), nn.Flatten(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = Monitor(model, opt, live=False)
+    x = torch.tensor([[1, 1]] * 8 + [[2, 3]] * 8)  # repeated indices: the COO gradient is uncoalesced
+    y = torch.randint(0, 3, (16,))
+    for t in range(8):
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        g = model[0].weight.grad
+        assert g.layout is torch.sparse_coo and not g.is_coalesced()
+        want = math.sqrt(sum(p.grad.to_dense().double().pow(2).sum().item() for p in model.parameters()))
+        if t == 5:
+            bad = g.coalesce()
+            model[0].weight.grad = torch.sparse_coo_tensor(bad.indices(), bad.values() * math.nan, bad.shape,
+                                                             check_invariants=True)
+        new = mon.step(torch.tensor(1.0))
+        if t < 5:
+            assert new == [] and mon.state.gnorm[-1] == pytest.approx(want, rel=1e-5)
+        if t != 5:
+            opt.step()
+    mon.close()
+    (e,) = [f for f in mon.findings if f.kind == "nonfinite_gradient"]
+    assert e.step == 5 and e.module == "0" and e.stats["layers"] == ["0"] and "Embedding" in e.message
+
+
 def test_update_ratio_estimate_matches_the_exact_ratio() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(512, 512), nn.Linear(512, 2))

@@ -204,3 +204,44 @@ def test_the_step_check_finds_every_non_finite_tensor_and_nothing_else(dtype):
     nan[2][4] = float("nan")
     assert first_bad([None, *nan, torch.arange(3)]) == [3]  # non-float entries are skipped, indices kept
     assert first_bad([torch.tensor(float("nan"), dtype=dtype)]) == [0]
+
+
+@pytest.mark.filterwarnings("ignore:.*(beta|prototype):UserWarning")  # torch's notes on CSR and nested tensors
+def test_sparse_gradients_are_checked_by_their_stored_values():
+    from floatguard.sanitize._torch import first_bad, tensor_stats
+
+    i = torch.tensor([[0, 2, 2], [1, 0, 0]])  # index (2, 0) twice: uncoalesced
+    coo = torch.sparse_coo_tensor(i, torch.tensor([1.0, 2.0, 3.0]), (4, 3), check_invariants=True)
+    bad = torch.sparse_coo_tensor(i, torch.tensor([1.0, float("nan"), 3.0]), (4, 3), check_invariants=True)
+    csr = torch.tensor([[0.0, float("inf")], [1.0, 0.0]]).to_sparse_csr()
+    nested = torch.nested.nested_tensor([torch.ones(2), torch.ones(3)])
+    assert first_bad([coo, coo.to_sparse_csr(), nested]) == []  # nested: not judged
+    assert first_bad([coo, bad, csr]) == [1, 2]
+    st = tensor_stats(bad, "grad")
+    assert (st["grad.numel"], st["grad.stored"], st["grad.nan"], st["grad.max"]) == (12, 3, 1, 3.0)
+
+
+def test_a_non_finite_sparse_embedding_gradient_stops_the_step(line):
+    """nn.Embedding(sparse=True): the step is stopped before the update and replayed to the op."""
+    torch.manual_seed(0)
+    emb = nn.Embedding(10, 4, sparse=True)
+    opt = torch.optim.SGD(emb.parameters(), lr=0.1)
+    idx = torch.tensor([1, 2, 3, 2])
+
+    @guard(quiet=True)
+    def step(bad):
+        opt.zero_grad()
+        h = emb(idx)
+        loss = torch.sqrt(h - h.detach()).sum() if bad else h.pow(2).sum()  # L:sparse_sqrt
+        loss.backward()  # sqrt at 0: a finite loss, an inf gradient (stored in the sparse gradient only)
+        opt.step()
+        return loss
+
+    step(False)
+    before = emb.weight.detach().clone()
+    with pytest.raises(NumericalError) as err:
+        step(True)
+    e = err.value.event
+    assert (e.kind, e.op, e.phase, e.forward_op, e.line) == ("div_by_zero", "aten::div", "backward", "aten::sqrt",
+                                                             line("sparse_sqrt", HERE))
+    assert torch.equal(emb.weight.detach(), before)  # not updated with the inf gradient

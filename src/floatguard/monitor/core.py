@@ -55,6 +55,19 @@ def _unwrap_optimizer(opt: Any) -> Any:
     return opt
 
 
+def _stored(g: torch.Tensor) -> torch.Tensor:
+    """The entries a gradient stores: itself, or the values of a sparse one (``nn.Embedding(sparse=True)``).
+
+    A COO gradient is coalesced first (repeated indices summed, as the optimizer will), so
+    its norm is the dense gradient's; the entries it does not store are zeros.
+    """
+    if g.layout is torch.strided:
+        return g
+    if g.layout is torch.sparse_coo:
+        return g.coalesce()._values()
+    return g.values()
+
+
 class Monitor:
     """Watch a training run for silent failure; see the package docstring for the API.
 
@@ -279,8 +292,8 @@ class Monitor:
             lv = torch.tensor([math.nan if loss is None else float(loss)], dtype=self._fdt, device=dev)
         if lv.numel() == 0:
             lv = torch.full((1,), math.nan, dtype=self._fdt, device=dev)
-        present = [i for i, p in enumerate(self._params) if p.grad is not None and not p.grad.is_sparse]
-        grads = [self._params[i].grad for i in present]
+        present = [i for i, p in enumerate(self._params) if p.grad is not None]
+        grads = [_stored(self._params[i].grad) for i in present]
         parts: list[torch.Tensor] = [lv]
         layout: list[tuple[str, int]] = [("loss", 1)]
         if grads:

@@ -43,7 +43,9 @@ Scope, stated plainly:
 * Complex outputs are judged through their real and imaginary parts; casts to float8
   through the values before the cast (``float8_e4m3fn`` saturates at ±448 without an
   inf, so a missing scale is otherwise silent): overflow, near_overflow, a tensor
-  flushed to 0. Not judged: sparse and nested layouts.
+  flushed to 0. Sparse gradients (``nn.Embedding(sparse=True)``) are judged at step
+  level by their stored values, as are the monitor's gradient norms; ops whose output
+  is sparse or nested are not judged at op level.
 * Ops are checked in the thread that entered ``detect()`` (and in the autograd engine's
   threads for its backward); module paths are kept per thread, so a model run in
   another thread meanwhile does not mix into the names.

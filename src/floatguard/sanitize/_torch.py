@@ -39,7 +39,7 @@ from ._core import NumericalError, Session
 from ._frames import user_location
 from ._hints import hint_for
 
-__all__ = ["ModuleTracker", "OpSanitizer", "StepChecker", "first_bad", "tensor_stats"]
+__all__ = ["ModuleTracker", "OpSanitizer", "StepChecker", "first_bad", "stored_values", "tensor_stats"]
 
 _seq = torch._C._autograd._get_sequence_nr
 _is_compiling = torch.compiler.is_compiling
@@ -143,15 +143,41 @@ def _flat_tensors(pol: Any, args: Any, kwargs: dict[str, Any] | None = None) -> 
     return out
 
 
+_COMPRESSED = frozenset({torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc})
+
+
+def stored_values(t: Any) -> Any:
+    """The entries a tensor stores, as a strided tensor: ``t`` itself, or the values of a sparse tensor.
+
+    A sparse gradient (``nn.Embedding(..., sparse=True)``) is non-finite exactly where one
+    of its stored values is; the entries it does not store are zeros. Nested and other
+    layouts give None (not judged).
+    """
+    layout = t.layout
+    if layout is _strided:
+        return None if t.is_nested else t
+    if layout is torch.sparse_coo:
+        return t._values()
+    if layout in _COMPRESSED:
+        return t.values()
+    return None
+
+
 def tensor_stats(t: Any, prefix: str) -> dict[str, Any]:
-    """min/max/absmax over the finite entries, counts of NaN, inf, zeros, subnormals."""
+    """min/max/absmax over the finite entries, counts of NaN, inf, zeros, subnormals.
+
+    Of a sparse tensor: over its stored values (``stored`` counts them; ``numel`` is the dense size).
+    """
     if not isinstance(t, _Tensor):
         return {f"{prefix}.value": float(t)}
     with torch.no_grad():
         x = t.detach()
-        if x.layout != _strided or x.device.type == "meta":
+        if x.device.type == "meta" or (vals := stored_values(x)) is None:
             return {f"{prefix}.numel": x.numel()}
         d: dict[str, Any] = {f"{prefix}.numel": x.numel()}
+        if vals is not x:
+            d[f"{prefix}.stored"] = vals.numel()
+            x = vals
         if x.is_complex():  # real and imaginary parts together
             x = torch.view_as_real(x.resolve_conj() if x.is_conj() else x)
         if x.is_floating_point():
@@ -217,7 +243,11 @@ def first_bad(tensors: list[Any]) -> list[int]:
     ts: list[Any] = []
     idx: list[int] = []
     for i, t in enumerate(tensors):
-        if isinstance(t, _Tensor) and t.layout is _strided and t.is_floating_point() and t.numel():
+        if isinstance(t, _Tensor) and t.is_floating_point() and t.numel():
+            if t.layout is not _strided or t.is_nested:  # sparse gradients: their stored values
+                t = stored_values(t)
+                if t is None or not t.numel():
+                    continue
             ts.append(t.detach())
             idx.append(i)
     if not ts:
@@ -1106,7 +1136,7 @@ class StepChecker:
             return already
         i = bad[0]
         g = grads[i]
-        has_nan = bool(torch.isnan(g).any())
+        has_nan = bool(torch.isnan(stored_values(g)).any())
         kind = "nan" if has_nan else "overflow"
         names = ", ".join(self._name(params[j], j) for j in bad[:5]) + (" ..." if len(bad) > 5 else "")
         return Event(kind=kind, source="sanitize", phase="backward", op=None, module=self._name(params[i], i),
