@@ -219,6 +219,44 @@ def test_jax_eager_agrees(fn: Callable[..., Any], inputs: list[np.ndarray]) -> N
     check(run_jax(fn, inputs, "float32", jit=False), jax.Array, jnp.float32, fn, inputs, "float32")
 
 
+def test_pytorch_argument_names_are_aliases() -> None:
+    """``dim``/``keepdim`` as in torch.logsumexp(x, dim, keepdim) and F.softmax(x, dim): same results."""
+    x = torch.from_numpy(X3)
+    t = torch.from_numpy(np.array([[0, 1, 2], [1, 0, 2]]))
+    pairs = [
+        (fg.logsumexp(x, dim=1, keepdim=True), fg.logsumexp(x, axis=1, keepdims=True)),
+        (fg.logsumexp(x, dim=(0, 2)), fg.logsumexp(x, axis=(0, 2))),
+        (fg.softmax(x, dim=1), fg.softmax(x, axis=1)),
+        (fg.log_softmax(x, dim=0), fg.log_softmax(x, axis=0)),
+        (fg.logmeanexp(x, dim=2, keepdim=True), fg.logmeanexp(x, axis=2, keepdims=True)),
+        (fg.logcumsumexp(x, dim=1), fg.logcumsumexp(x, axis=1)),
+        (fg.log_prod(x.abs(), dim=0, keepdim=True), fg.log_prod(x.abs(), axis=0, keepdims=True)),
+        (fg.cross_entropy(x[:, :3], t, dim=1), fg.cross_entropy(x[:, :3], t, axis=1)),
+    ]
+    for got, want in pairs:
+        assert got.shape == want.shape and torch.equal(got, want)
+    assert fg.softmax(x, dim=1).shape == x.shape and not torch.equal(fg.softmax(x, dim=1), fg.softmax(x))
+    ref = torch.nn.functional.cross_entropy(x[:, :3], t)  # class axis 1, as PyTorch's default
+    assert torch.allclose(fg.cross_entropy(x[:, :3], t, dim=1), ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("make", [np.asarray, torch.tensor, jnp.asarray], ids=["numpy", "torch", "jax"])
+def test_softmax_of_a_0d_input_is_a_row_of_one(make: Callable[[Any], Any]) -> None:
+    """As torch.softmax(tensor(3.), -1): 1 (log 0); a masked or -inf entry is an empty row."""
+    for v in (3.0, -1e30, INF):
+        assert float(fg.softmax(make(v))) == 1.0 and float(fg.log_softmax(make(v), axis=0)) == 0.0
+        assert fg.softmax(make(v)).shape == ()
+    assert float(fg.softmax(make(-INF))) == 0.0 and float(fg.log_softmax(make(-INF))) == -INF
+    assert float(fg.softmax(make(3.0), where=make(False))) == 0.0
+    assert math.isnan(float(fg.softmax(make(math.nan))))
+
+
+def test_torch_softmax_of_a_0d_input_has_gradient_0() -> None:
+    x = torch.tensor(2.0, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(fg.log_softmax(x), x)
+    assert g.shape == () and float(g) == 0.0 == float(torch.autograd.grad(torch.log_softmax(x, -1), x)[0])
+
+
 def test_torch_output_keeps_requires_grad() -> None:
     x = torch.tensor(X, requires_grad=True)
     for out in (fg.logsumexp(x, axis=1), fg.softmax(x), fg.softplus(x), fg.cross_entropy(x, torch.as_tensor(TARGET))):

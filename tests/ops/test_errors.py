@@ -175,6 +175,24 @@ def test_axis_repeated_and_non_integer() -> None:
         fg.softmax(M, axis=1.0)
 
 
+@pytest.mark.parametrize(
+    ("call", "names"),
+    [
+        (lambda: fg.logsumexp(M, 0, dim=1), ("axis", "dim")),
+        (lambda: fg.logsumexp(M, keepdims=True, keepdim=True), ("keepdims", "keepdim")),
+        (lambda: fg.softmax(M, 0, dim=1), ("axis", "dim")),
+        (lambda: fg.log_softmax(torch.ones(2, 3), axis=0, dim=0), ("axis", "dim")),
+        (lambda: fg.logmeanexp(M, axis=(0, 1), dim=1), ("axis", "dim")),
+        (lambda: fg.logcumsumexp(M, 0, dim=1), ("axis", "dim")),
+        (lambda: fg.log_prod(M, axis=1, dim=1), ("axis", "dim")),
+        (lambda: fg.cross_entropy(M, np.array([0, 1]), axis=0, dim=1), ("axis", "dim")),
+    ],
+)
+def test_an_argument_and_its_pytorch_alias_together_are_refused(call: Callable[[], Any], names: tuple) -> None:
+    with pytest.raises(TypeError, match=rf"pass '{names[0]}' or its alias '{names[1]}', not both"):
+        call()
+
+
 @pytest.mark.parametrize("reduction", ["avg", "MEAN", "", None])
 def test_bad_reduction(reduction: Any) -> None:
     pattern = r"argument 'reduction' must be one of 'mean', 'sum', 'none'"

@@ -242,6 +242,18 @@ def finfo_of(be: Backend, dtype: Any) -> Any:
     return be.xp.finfo(dtype)
 
 
+def alias(value: Any, default: Any, other: Any, names: tuple[str, str], func: str) -> Any:
+    """``other`` (PyTorch's name of the argument: ``dim``, ``keepdim``) as an alias of ``value``.
+
+    ``value`` when ``other`` is None; a ``TypeError`` naming both when both are given.
+    """
+    if other is None:
+        return value
+    if value is not default and value != default:
+        raise TypeError(f"floatguard.{func}: pass {names[0]!r} or its alias {names[1]!r}, not both")
+    return other
+
+
 def normalize_axis(axis: int, ndim: int, name: str, func: str) -> int:
     """``axis`` in ``range(ndim)``; a clear ``ValueError`` when out of range."""
     if isinstance(axis, bool) or not isinstance(axis, int | np.integer):

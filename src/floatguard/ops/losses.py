@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._core import shifted
-from ._namespace import Backend, as_float, namespace, normalize_axis, quiet
+from ._namespace import Backend, alias, as_float, namespace, normalize_axis, quiet
 from .elementwise import _softplus
 
 __all__ = ["binary_cross_entropy_with_logits", "cross_entropy"]
@@ -129,6 +129,7 @@ def cross_entropy(
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
+    dim: int | None = None,
 ) -> Any:
     r"""Cross-entropy of ``target`` under ``softmax(logits)`` along ``axis``, from the logits.
 
@@ -139,13 +140,16 @@ def cross_entropy(
     ``axis``) or class probabilities (shape of ``logits``). With
     ``label_smoothing`` ``eps`` the target becomes ``(1 - eps) t + eps / C``.
     Entries whose class is ``ignore_index`` add 0 and are left out of the
-    mean. ``reduction`` is "mean", "sum" or "none", as in PyTorch.
+    mean. ``reduction`` is "mean", "sum" or "none", as in PyTorch. ``dim`` is an alias
+    of ``axis``; the class axis defaults to the last (PyTorch's ``F.cross_entropy`` takes
+    dimension 1: pass ``axis=1`` for ``(N, C, d1, ...)`` logits).
 
     A confident correct prediction gives ``log1p(s)`` to the last bit (the
     loss of a well-trained model is small, and PyTorch's ``log(1 + s)`` rounds
     it to 0 in float32 once it is below 6e-8).
     """
     func = "cross_entropy"
+    axis = alias(axis, -1, dim, ("axis", "dim"), func)
     _check_reduction(reduction, func)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"floatguard.{func}: argument 'label_smoothing' must be in [0, 1], got {label_smoothing!r}")

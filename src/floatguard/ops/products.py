@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._namespace import as_float, namespace, normalize_axes, quiet
+from ._namespace import alias, as_float, namespace, normalize_axes, quiet
 
 __all__ = ["log_matmul_exp", "log_prod"]
 
@@ -15,13 +15,14 @@ _SAFE_LOG = -700.0
 
 
 @quiet
-def log_prod(p: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: bool = False) -> Any:
+def log_prod(p: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: bool = False,
+             dim: int | tuple[int, ...] | None = None, keepdim: bool | None = None) -> Any:
     r"""Log of a product of probabilities, :math:`\sum_i \log p_i`, without underflow.
 
     A product of 600 probabilities of 0.3 is 1e-314 (subnormal) and of 700 is 0 in
     float64; its log, -722.4, is an ordinary number. Zeros give ``-inf`` (not NaN),
     negative entries NaN. Summed in float64 for lower-precision inputs.
-    Gradient: ``1 / p``.
+    Gradient: ``1 / p``. ``dim``, ``keepdim``: PyTorch's names of ``axis``, ``keepdims``.
 
     Examples
     --------
@@ -32,6 +33,8 @@ def log_prod(p: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: boo
     >>> round(float(fg.log_prod(p)), 3)
     -842.78
     """
+    axis = alias(axis, None, dim, ("axis", "dim"), "log_prod")
+    keepdims = alias(keepdims, False, keepdim, ("keepdims", "keepdim"), "log_prod")
     be = namespace(("p", p), func="log_prod")
     p = as_float(be, p, "p", "log_prod")
     xp = be.xp

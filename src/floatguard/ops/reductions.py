@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _numpy_fast
 from ._core import limit_weights, shifted
-from ._namespace import Backend, as_float, namespace, normalize_axes, normalize_axis, quiet
+from ._namespace import Backend, alias, as_float, namespace, normalize_axes, normalize_axis, quiet
 
 __all__ = ["log_softmax", "logcumsumexp", "logmeanexp", "logsumexp", "softmax"]
 
@@ -98,6 +98,8 @@ def logsumexp(
     keepdims: bool = False,
     return_sign: bool = False,
     where: Any = None,
+    dim: int | tuple[int, ...] | None = None,
+    keepdim: bool | None = None,
 ) -> Any:
     r"""Log of the sum of exponentials, :math:`\log \sum_i b_i e^{x_i}`, without overflow.
 
@@ -122,6 +124,8 @@ def logsumexp(
     where : bool array, optional
         Only entries where ``where`` is True take part. A row with no entry
         gives ``-inf`` (the log of an empty sum) and a zero gradient.
+    dim, keepdim
+        PyTorch's names of ``axis`` and ``keepdims`` (``torch.logsumexp(x, dim, keepdim)``).
 
     Returns
     -------
@@ -143,6 +147,8 @@ def logsumexp(
     >>> round(float(fg.logsumexp(x)), 6)
     1001.104131
     """
+    axis = alias(axis, None, dim, ("axis", "dim"), "logsumexp")
+    keepdims = alias(keepdims, False, keepdim, ("keepdims", "keepdim"), "logsumexp")
     be, x = _prepare(x, "logsumexp", b=b, where=where)
     xp = be.xp
     dtype = x.dtype
@@ -240,13 +246,14 @@ def _weighted(be: Backend, sh: Any, b: Any) -> tuple[Any, Any]:
 
 
 @quiet
-def softmax(x: Any, axis: int = -1, *, where: Any = None) -> Any:
+def softmax(x: Any, axis: int = -1, *, where: Any = None, dim: int | None = None) -> Any:
     r"""Softmax along ``axis``: :math:`e^{x_i} / \sum_j e^{x_j}`, never NaN.
 
     Computed as :math:`e^{x_i - m} / (1 + s)` with :math:`m = \max_j x_j` and
     :math:`s` the sum of the other terms: the division form, which Blanchard,
     Higham & Higham (2021) show is more accurate than :math:`\exp(x_i - \mathrm{lse})`.
 
+    ``dim`` is PyTorch's name of ``axis``. A 0-d input is a row of one entry (1).
     ``where`` masks entries (they get probability 0). A row with every entry
     masked or ``-inf`` gives zeros and a zero gradient (where PyTorch attention
     gives NaN). ``+inf`` entries share the probability mass equally (the limit).
@@ -263,11 +270,11 @@ def softmax(x: Any, axis: int = -1, *, where: Any = None) -> Any:
     >>> fg.softmax(x).round(4)
     array([0.3315, 0.5465, 0.122 ], dtype=float32)
     """
-    return _softmax(x, axis, where, log=False)
+    return _softmax(x, alias(axis, -1, dim, ("axis", "dim"), "softmax"), where, log=False)
 
 
 @quiet
-def log_softmax(x: Any, axis: int = -1, *, where: Any = None) -> Any:
+def log_softmax(x: Any, axis: int = -1, *, where: Any = None, dim: int | None = None) -> Any:
     r"""Log of the softmax along ``axis``: :math:`x_i - \log \sum_j e^{x_j}`.
 
     Computed as :math:`(x_i - m) - \log1p(s)`; SciPy, PyTorch and JAX use
@@ -275,7 +282,7 @@ def log_softmax(x: Any, axis: int = -1, *, where: Any = None) -> Any:
     ``[0, -30, ..., -30]`` they are off by about 10^7 ulp in float32).
 
     Masked and ``-inf`` entries give ``-inf``; a row with nothing left gives
-    ``-inf`` everywhere and a zero gradient.
+    ``-inf`` everywhere and a zero gradient. ``dim`` is PyTorch's name of ``axis``.
 
     Examples
     --------
@@ -284,7 +291,7 @@ def log_softmax(x: Any, axis: int = -1, *, where: Any = None) -> Any:
     >>> float(fg.log_softmax(x)[0])      # -50 e^-30, to the last digit
     -4.678811484409142e-12
     """
-    return _softmax(x, axis, where, log=True)
+    return _softmax(x, alias(axis, -1, dim, ("axis", "dim"), "log_softmax"), where, log=True)
 
 
 def _softmax_generic(be: Backend, rows: Any, mask: Any, log: bool) -> Any:
@@ -305,7 +312,16 @@ def _softmax(x: Any, axis: int, where: Any, log: bool) -> Any:
     xp = be.xp
     ax = normalize_axis(axis, x.ndim, "axis", func)
     mask = _mask(be, where, x, func)
-    nonempty = x.ndim and math.prod(x.shape) > 0
+    if x.ndim == 0:  # a row of one entry, as torch.softmax has it
+        one = _softmax_rows(be, xp.reshape(x, (1,)), 0, None if mask is None else xp.reshape(mask, (1,)), log)
+        return xp.reshape(one, ())
+    return _softmax_rows(be, x, ax, mask, log)
+
+
+def _softmax_rows(be: Backend, x: Any, ax: int, mask: Any, log: bool) -> Any:
+    """softmax or log_softmax of ``x`` (at least 1-d) along axis ``ax``, entries outside ``mask`` left out."""
+    xp = be.xp
+    nonempty = math.prod(x.shape) > 0
     if be.name == "numpy" and nonempty:
         rows = np.moveaxis(x, ax, -1)
         if mask is not None:
@@ -336,7 +352,8 @@ def _softmax(x: Any, axis: int, where: Any, log: bool) -> Any:
 
 
 @quiet
-def logmeanexp(x: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: bool = False) -> Any:
+def logmeanexp(x: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: bool = False,
+               dim: int | tuple[int, ...] | None = None, keepdim: bool | None = None) -> Any:
     r"""Log of the mean of exponentials, :math:`\log(\frac1n \sum_i e^{x_i})`.
 
     With ``m`` the max, ``d_i = x_i - m`` and ``n`` the number of reduced
@@ -344,8 +361,10 @@ def logmeanexp(x: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: b
     cancellation, and the result is ``m + log1p(t)`` (``m + log((1 + s)/n)``
     when ``t < -1/2``). ``logsumexp(x) - log(n)`` would lose every digit of a
     result near 0 (the mean of values close to 0). Used for importance-weighted bounds
-    (IWAE) and log-likelihoods averaged over samples.
+    (IWAE) and log-likelihoods averaged over samples. ``dim``, ``keepdim``: PyTorch's names.
     """
+    axis = alias(axis, None, dim, ("axis", "dim"), "logmeanexp")
+    keepdims = alias(keepdims, False, keepdim, ("keepdims", "keepdim"), "logmeanexp")
     be, x = _prepare(x, "logmeanexp")
     xw = _work(be, x)
     xp = be.xp
@@ -366,15 +385,16 @@ def logmeanexp(x: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: b
 
 
 @quiet
-def logcumsumexp(x: Any, axis: int = -1) -> Any:
+def logcumsumexp(x: Any, axis: int = -1, *, dim: int | None = None) -> Any:
     r"""Running log-sum-exp along ``axis``: :math:`y_i = \log \sum_{j \le i} e^{x_j}`.
 
     A log-depth scan over (max, rest-sum) pairs in float64, rounding once per
     output: a chained ``logaddexp``, as in NumPy, PyTorch and JAX, rounds once
     per step (6.6 ulp after 1000 float64 steps). Leading ``-inf`` entries give
     ``-inf`` (empty prefix sums) with a zero gradient, where
-    ``torch.logcumsumexp``'s gradient is NaN.
+    ``torch.logcumsumexp``'s gradient is NaN. ``dim`` is PyTorch's name of ``axis``.
     """
+    axis = alias(axis, -1, dim, ("axis", "dim"), "logcumsumexp")
     be, x = _prepare(x, "logcumsumexp")
     xw = _work(be, x)
     ax = normalize_axis(axis, x.ndim, "axis", "logcumsumexp")
