@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -101,6 +103,30 @@ def test_floatguard_run_end_to_end_as_a_subprocess(tmp_path):
     fixed = subprocess.run([sys.executable, "-m", "floatguard.sanitize", str(EXAMPLE), "--stable", "--steps", "8"],
                            capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
     assert fixed.returncode == 0, fixed.stderr
+
+
+@pytest.mark.parametrize("action", ["record", "raise"])
+def test_findings_in_forked_dataloader_workers_reach_the_report(tmp_path, action, line):
+    """A worker inherits the mode; its finding joins the parent's report (a fresh process: forking
+    the test process, where JAX's threads run, could deadlock)."""
+    out = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, "-m", "floatguard", "run", "--action", action, "--json", str(out),
+                           str(PROGRAMS / "dataloader_log.py")], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    if action == "raise":  # raised in the worker; DataLoader re-raises it in the loop as a RuntimeError
+        assert "Caught NumericalError in DataLoader worker" in proc.stderr
+    else:
+        assert "batches 4" in proc.stdout
+    report = json.loads(out.read_text())
+    (e,) = report["events"]
+    assert report["first"] == 0
+    want = line("worker_log", PROGRAMS / "dataloader_log.py")
+    assert (e["kind"], e["op"], e["line"]) == ("div_by_zero", "aten::log", want)
+    main = int(re.search(r"main (\d+)", proc.stdout).group(1))
+    assert e["stats"]["pid"] != main  # the worker's pid
+    assert not [p for p in os.listdir(tempfile.gettempdir()) if p.startswith(f"floatguard-{main}-")]  # cleaned up
 
 
 def test_step_level_replay_names_the_op_in_a_new_process(tmp_path):

@@ -49,6 +49,10 @@ Scope, stated plainly:
 * Ops are checked in the thread that entered ``detect()`` (and in the autograd engine's
   threads for its backward); module paths are kept per thread, so a model run in
   another thread meanwhile does not mix into the names.
+* Forked child processes (DataLoader workers, the default on Linux) inherit ``detect()``:
+  a finding in a worker is shown there, raised there (DataLoader re-raises it in the
+  loop as a ``RuntimeError``) and joins the parent's report when ``detect()`` ends,
+  with the worker's ``pid`` in its stats. Workers started by ``spawn`` are not checked.
 * NumPy: every ufunc through ``np.errstate(call=...)`` — op and line, no stats.
 * JAX: use ``jax.config.update("jax_debug_nans", True)`` (re-runs the failing primitive
   un-jitted and raises at it) or ``jax.experimental.checkify`` with ``float_checks``;

@@ -8,7 +8,11 @@ the first error, ``"warn"`` prints a panel (once per place) and issues a
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import sys
+import tempfile
 import warnings
 from collections import Counter
 from typing import Any, TextIO
@@ -98,6 +102,10 @@ class Session:
         self._propagated = 0
         self.defer_raise = False  # distributed: ranks agree before raising
         self.pending: NumericalError | None = None
+        # a forked child (a DataLoader worker, say) inherits the session: its findings come
+        # back to this process through files in this folder (made only by a child that finds)
+        self._pid = os.getpid()
+        self._spool = os.path.join(tempfile.gettempdir(), f"floatguard-{self._pid}-{id(self):x}")
 
     # -- queries ------------------------------------------------------------------
     @property
@@ -130,6 +138,8 @@ class Session:
                 return
         self._shown[key] = event
         self.report.add(event)
+        if os.getpid() != self._pid:
+            self._to_parent(event)
         if self.action == "record" or event.severity == "info":
             return
         if self.action == "raise" and event.severity == "error":
@@ -144,6 +154,34 @@ class Session:
         if self.action == "warn":
             warnings.warn_explicit(summary(event), NumericalWarning, event.file or "<floatguard>", event.line or 0,
                                    registry=self._registry)
+
+    # -- forked children --------------------------------------------------------------
+    def _to_parent(self, event: Event) -> None:
+        """In a forked child: append ``event`` (with the child's pid in its stats) to the spool folder."""
+        event.stats["pid"] = os.getpid()
+        try:
+            os.makedirs(self._spool, exist_ok=True)
+            with open(os.path.join(self._spool, f"{os.getpid()}.jsonl"), "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(event.to_dict(), allow_nan=True) + "\n")
+        except OSError:  # pragma: no cover - an unwritable temp folder: the child's panel still shows it
+            pass
+
+    def collect_children(self) -> list[Event]:
+        """Add to the report the findings made in forked children (DataLoader workers) and return them.
+
+        Called when the session ends; a child's own panel and error were already shown in the child.
+        """
+        if os.getpid() != self._pid or not os.path.isdir(self._spool):
+            return []
+        found: list[Event] = []
+        for name in sorted(os.listdir(self._spool)):
+            with open(os.path.join(self._spool, name), encoding="utf-8") as fh:
+                found += [Event.from_dict(json.loads(line)) for line in fh if line.strip()]
+        shutil.rmtree(self._spool, ignore_errors=True)
+        for e in found:
+            self.counts[e.kind] += 1
+            self.report.add(e)
+        return found
 
     def show(self, event: Event) -> None:
         """Print the rich panel of ``event`` on stderr (unless quiet)."""

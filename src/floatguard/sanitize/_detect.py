@@ -106,6 +106,8 @@ class detect:
         stack, self._stack = self._stack, None
         if stack is not None:
             stack.__exit__(exc_type, exc, tb)
+        if self.session is not None:
+            self.session.collect_children()  # findings of forked DataLoader workers
         return False  # never swallow an exception
 
     def __call__(self, fn: F) -> F:
