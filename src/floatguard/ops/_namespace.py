@@ -13,33 +13,49 @@ JAX are imported only when an array of theirs arrives.
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 __all__ = ["Backend", "OptionalDependencyError", "as_float", "finfo_of", "namespace", "quiet"]
 
-# Ops evaluate both sides of a ``where`` on NumPy arrays; the unused side may
-# raise floating-point warnings (log of a negative number, say) that say nothing
-# about the result. Public ops run with NumPy's warnings off: their results,
-# NaN and inf included, are documented and tested instead.
-quiet = np.errstate(all="ignore")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _torch_compiling() -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.compiler.is_compiling())
+
+
+def quiet(fn: F) -> F:
+    """Run the op ``fn`` with NumPy's floating-point warnings off.
+
+    Ops evaluate both sides of a ``where`` on NumPy arrays; the unused side may raise
+    floating-point warnings (log of a negative number, say) that say nothing about the
+    result: their results, NaN and inf included, are documented and tested instead.
+    Not while ``torch.compile`` traces (it cannot trace ``np.errstate``; no NumPy runs then).
+    """
+
+    @functools.wraps(fn)
+    def op(*args: Any, **kwargs: Any) -> Any:
+        if _torch_compiling():
+            return fn(*args, **kwargs)
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+
+    return op  # type: ignore[return-value]
 
 
 class OptionalDependencyError(ImportError):
     """An optional dependency is missing; the message names the extra to install."""
 
 
-def _require(module: str, extra: str) -> Any:
-    try:
-        return __import__(module, fromlist=["_"])
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise OptionalDependencyError(
-            f"{module!r} is needed for this input; install it with "
-            f"`pip install 'floatguard[{extra}]'`"
-        ) from exc
+def _missing(module: str, extra: str) -> str:
+    return f"{module!r} is needed for this input; install it with `pip install 'floatguard[{extra}]'`"
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,11 @@ class Backend:
         import jax
 
         return not isinstance(x, jax.core.Tracer)
+
+    def compiling(self) -> bool:
+        """True while ``torch.compile`` traces: the fast path (compiled NumPy kernels, branches on
+        values) does not trace, the generic array-API path does, as one graph."""
+        return self.name == "torch" and _torch_compiling()
 
     def asarray_like(self, value: Any, like: Any) -> Any:
         """A scalar or array-like as an array of ``like``'s dtype and device."""
@@ -146,19 +167,30 @@ def _jax_namespace() -> Any:
     return _JAX_XP
 
 
+_TORCH: Backend | None = None
+
+
+def _torch_backend() -> Backend:
+    """The PyTorch backend, made once (``torch.compile`` then traces only the global's read)."""
+    global _TORCH
+    try:  # an import statement: torch.compile can trace it (not __import__)
+        from array_api_compat import torch as xp_torch
+    except ImportError as exc:  # pragma: no cover - exercised only without the extra
+        raise OptionalDependencyError(_missing("array_api_compat", "torch")) from exc
+    _TORCH = Backend("torch", xp_torch)
+    return _TORCH
+
+
 def _backend_of(x: Any) -> Backend | None:
     """Backend owning ``x``, or None for Python scalars / lists."""
-    if isinstance(x, np.ndarray | np.generic):
+    if isinstance(x, (np.ndarray, np.generic)):
         return _NUMPY
     mod = type(x).__module__
     if mod.startswith("torch") and "torch" in sys.modules:
         import torch
 
         if isinstance(x, torch.Tensor):
-            _require("array_api_compat", "torch")
-            from array_api_compat import torch as xp_torch
-
-            return Backend("torch", xp_torch)
+            return _TORCH if _TORCH is not None else _torch_backend()
     if mod.startswith(("jax", "jaxlib")) and "jax" in sys.modules:
         import jax
 
@@ -180,7 +212,7 @@ def namespace(*named: tuple[str, Any], func: str) -> Backend:
             continue
         be = _backend_of(value)
         if be is None:
-            if not isinstance(value, int | float | bool | list | tuple):
+            if not isinstance(value, (int, float, bool, list, tuple)):
                 raise TypeError(
                     f"floatguard.{func}: argument {name!r} must be a NumPy array, "
                     f"a PyTorch tensor or a JAX array, got {type(value).__name__}"
@@ -256,7 +288,7 @@ def alias(value: Any, default: Any, other: Any, names: tuple[str, str], func: st
 
 def normalize_axis(axis: int, ndim: int, name: str, func: str) -> int:
     """``axis`` in ``range(ndim)``; a clear ``ValueError`` when out of range."""
-    if isinstance(axis, bool) or not isinstance(axis, int | np.integer):
+    if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
         raise TypeError(f"floatguard.{func}: argument {name!r} must be an int, got {axis!r}")
     if not -max(ndim, 1) <= axis < max(ndim, 1):
         raise ValueError(
@@ -270,7 +302,7 @@ def normalize_axes(axis: Any, ndim: int, name: str, func: str) -> tuple[int, ...
     """``axis`` (None, int or tuple of ints) as a sorted tuple of non-negative axes."""
     if axis is None:
         return tuple(range(ndim))
-    if isinstance(axis, tuple | list):
+    if isinstance(axis, (tuple, list)):
         axes = tuple(sorted({normalize_axis(a, ndim, name, func) for a in axis}))
         if len(axes) != len(axis):
             raise ValueError(f"floatguard.{func}: argument {name!r}={axis} repeats an axis")

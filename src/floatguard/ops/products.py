@@ -98,11 +98,11 @@ def log_matmul_exp(a: Any, b: Any) -> Any:
         suspect = suspect | ((alpha + beta - c) > 0.5 * xp.maximum(xp.abs(c), xp.ones_like(c)))
     # where some row max or column max is +inf / NaN, the result is the limit
     nonfinite = ~(fa & fb)
-    if be.is_concrete(dot):
+    if be.is_concrete(dot) and not be.compiling():
         if bool(xp.any(suspect)) or bool(xp.any(nonfinite)):
             exact = _exact(be, aw, bw)
             c = xp.where(suspect | nonfinite, exact, c)
-    else:  # traced (jax.jit): no data-dependent branch, so always blend in the exact form
+    else:  # traced (jax.jit, torch.compile): no data-dependent branch, so always blend in the exact form
         c = xp.where(suspect | nonfinite, _exact(be, aw, bw), c)
     return xp.astype(c, dtype, copy=False)
 

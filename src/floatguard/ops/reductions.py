@@ -174,7 +174,7 @@ def logsumexp(
         if return_sign:
             return val, np.where(np.isnan(val), val, np.where(val > -np.inf, 1.0, 0.0)).astype(dtype)
         return val
-    if be.name == "torch" and b is None and nonempty:
+    if be.name == "torch" and b is None and nonempty and not be.compiling():
         rows = _to_rows(xp, x, axes)
         if mask is not None:
             rows = xp.where(_to_rows(xp, mask, axes), rows, -float("inf"))
@@ -332,7 +332,7 @@ def _softmax_rows(be: Backend, x: Any, ax: int, mask: Any, log: bool) -> Any:
             bad = ~np.isfinite(flat.max(axis=1))
             out[bad] = _softmax_generic(be, flat[bad].astype(np.float64), None, log)
         return np.moveaxis(out.reshape(rows.shape), -1, ax)
-    if be.name == "torch" and nonempty:
+    if be.name == "torch" and nonempty and not be.compiling():
         rows = xp.moveaxis(x, ax, -1)
         if mask is not None:
             rows = xp.where(xp.moveaxis(mask, ax, -1), rows, -float("inf"))
@@ -369,7 +369,7 @@ def logmeanexp(x: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: b
     xw = _work(be, x)
     xp = be.xp
     axes = normalize_axes(axis, x.ndim, "axis", "logmeanexp")
-    n = math.prod(x.shape[a] for a in axes)
+    n = math.prod([x.shape[a] for a in axes])
     shape = tuple(x.shape)
     sh = shifted(be, _to_rows(xp, xw, axes))
     # (1 + s) / n - 1 = mean(expm1(d_i)): terms of one sign, no cancellation near a 0 result;

@@ -1,0 +1,104 @@
+"""The ops under ``torch.compile``: one graph (``fullgraph=True``), the eager values and gradients.
+
+Under compilation the torch ops take the generic array-API path, which Dynamo traces
+and Inductor fuses, instead of the eager fast path (compiled NumPy kernels through
+zero-copy views, branches on values), which it cannot trace.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import floatguard as fg  # noqa: E402
+from floatguard.ops import _numpy_fast  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch's
+
+
+def _all_ops(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    pos, neg = x.abs() + 0.1, -x.abs() - 1e-3
+    return {
+        "logsumexp": fg.logsumexp(x, axis=-1),
+        "logsumexp_where": fg.logsumexp(x, dim=1, where=x > 0),
+        "softmax": fg.softmax(x),
+        "log_softmax": fg.log_softmax(x, dim=0),
+        "cross_entropy_probs": fg.cross_entropy(x, fg.softmax(y)),
+        "bce": fg.binary_cross_entropy_with_logits(x, (y > 0).to(x.dtype)),
+        "softplus": fg.softplus(x),
+        "softplus_inverse": fg.softplus_inverse(pos),
+        "sigmoid": fg.sigmoid(x),
+        "log_sigmoid": fg.log_sigmoid(x),
+        "log1mexp": fg.log1mexp(neg),
+        "logaddexp": fg.logaddexp(x, y),
+        "logsubexp": fg.logsubexp(pos + 1, pos),
+        "logcumsumexp": fg.logcumsumexp(x),
+        "logmeanexp": fg.logmeanexp(x, axis=-1),
+        "log_prod": fg.log_prod(pos, axis=-1),
+        "xlogy": fg.xlogy(x, pos),
+        "safe_log": fg.safe_log(x.abs()),
+        "safe_div": fg.safe_div(x, y),
+        "safe_sqrt": fg.safe_sqrt(x.abs()),
+        "log_matmul_exp": fg.log_matmul_exp(x, y.T),
+    }
+
+
+def _log_domain(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {
+        "logsumexp": fg.logsumexp(x, axis=-1),
+        "softmax": fg.softmax(x),
+        "log_softmax": fg.log_softmax(x),
+        "logsumexp_where": fg.logsumexp(x, axis=-1, where=x > -1),
+        "softmax_where": fg.softmax(x, where=x > -1),
+        "logcumsumexp": fg.logcumsumexp(x),
+        "logmeanexp": fg.logmeanexp(x, axis=-1),
+        "log_matmul_exp": fg.log_matmul_exp(x, x.T),
+    }
+
+
+def _compare(fn, inputs, dtype, grad_tol):
+    """Values and the gradient of the finite outputs, compiled (one graph) against eager."""
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, fullgraph=True)  # fullgraph: any graph break is an error
+    xc, xe = inputs[0].clone().requires_grad_(), inputs[0].clone().requires_grad_()
+    got, want = compiled(xc, *inputs[1:]), fn(xe, *inputs[1:])
+    eps = torch.finfo(dtype).eps
+    for k in want:
+        assert got[k].dtype == dtype and got[k].shape == want[k].shape, k
+        torch.testing.assert_close(got[k], want[k], equal_nan=True, rtol=4 * eps, atol=4 * eps, msg=k)
+    grads = []
+    for x, out in ((xc, got), (xe, want)):
+        ws = [torch.isfinite(v).to(dtype) for v in out.values()]
+        grads.append(torch.autograd.grad(list(out.values()), x, grad_outputs=ws)[0])
+    assert torch.isfinite(grads[0]).all()  # 0, not NaN, where an entry is -inf
+    torch.testing.assert_close(grads[0], grads[1], rtol=grad_tol * eps, atol=grad_tol * eps)
+    assert _numpy_fast.kernels is not False  # tracing never reaches (and so never disables) the numba kernels
+
+
+def test_every_op_compiles_to_one_graph_with_the_eager_values_and_gradients():
+    g = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(6, 9, generator=g) * 4 for _ in range(2))
+    _compare(_all_ops, (x, y), torch.float32, grad_tol=64)
+
+
+def test_log_domain_ops_keep_their_limits_under_compile():
+    """-inf entries (masks, log 0) and a row with none finite: eager's values, finite zero gradients."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(6, 9, generator=g, dtype=torch.float64) * 4
+    x[1, 2] = -math.inf
+    x[2] = -math.inf
+    _compare(_log_domain, (x,), torch.float64, grad_tol=16)
+
+
+def test_class_indices_are_still_checked_under_compile():
+    """Checking targets reads their values: one graph break (not fullgraph), never a silent wrong loss."""
+    torch._dynamo.reset()
+    f = torch.compile(lambda x, t: fg.cross_entropy(x, t, dim=1))
+    x = torch.randn(4, 3)
+    t = torch.tensor([0, 2, 1, 0])
+    torch.testing.assert_close(f(x, t), torch.nn.functional.cross_entropy(x, t))
+    with pytest.raises(ValueError, match="class indices outside"):
+        f(x, torch.tensor([0, 2, 3, 0]))
