@@ -1,8 +1,9 @@
 """The ops under ``torch.compile``: one graph (``fullgraph=True``), the eager values and gradients.
 
-Under compilation the torch ops take the generic array-API path, which Dynamo traces
-and Inductor fuses, instead of the eager fast path (compiled NumPy kernels through
-zero-copy views, branches on values), which it cannot trace.
+Dynamo cannot trace the eager fast path of logsumexp/softmax/log_softmax (compiled
+NumPy kernels through zero-copy views, branches on values): under compilation it is
+called as custom ops (``floatguard::logsumexp_rows``, ``floatguard::softmax_rows``),
+and the other ops trace through the generic array-API code, which Inductor fuses.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def _compare(fn, inputs, dtype, grad_tol):
     for k in want:
         assert got[k].dtype == dtype and got[k].shape == want[k].shape, k
         torch.testing.assert_close(got[k], want[k], equal_nan=True, rtol=4 * eps, atol=4 * eps, msg=k)
+        if k in ("logsumexp", "softmax", "log_softmax"):  # custom ops running eager's own code
+            assert torch.equal(got[k], want[k]), k
     grads = []
     for x, out in ((xc, got), (xe, want)):
         ws = [torch.isfinite(v).to(dtype) for v in out.values()]
@@ -91,6 +94,20 @@ def test_log_domain_ops_keep_their_limits_under_compile():
     x[1, 2] = -math.inf
     x[2] = -math.inf
     _compare(_log_domain, (x,), torch.float64, grad_tol=16)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_the_custom_ops_pass_torch_library_opcheck():
+    """Schema, fake (meta) kernels, autograd registration, AOT dispatch of the ops torch.compile calls."""
+    from floatguard.ops import _torch_fast
+
+    x = torch.randn(6, 9, dtype=torch.float64)
+    x[2] = -math.inf
+    for t in (x, x.T.contiguous()):
+        t = t.requires_grad_()
+        torch.library.opcheck(_torch_fast.logsumexp_op, (t,))
+        for log in (False, True):
+            torch.library.opcheck(_torch_fast.softmax_op, (t, log))
 
 
 def test_class_indices_are_still_checked_under_compile():

@@ -128,16 +128,50 @@ def _sweep_rows(x: torch.Tensor, out: torch.Tensor, log: bool) -> tuple[torch.Te
     return m, torch.isfinite(m)
 
 
+def _lse_forward(x: torch.Tensor) -> torch.Tensor:
+    """``m + log1p(s)`` per row, as a column ``(R, 1)`` in the input dtype."""
+    lse = _compiled(x, None)
+    if lse is None:
+        m, finite, s = _sweep(x)
+        lse = torch.where(finite, m + torch.log1p(s), m)
+    return lse[:, None].to(x.dtype)
+
+
+def _softmax_forward(x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax (``e / (1 + s)``) or log_softmax (``d - log1p(s)``) of the rows, and ``finite`` ``(R, 1)``."""
+    out = _empty_like(x)
+    m, finite = _sweep_rows(x, out, log=log)
+    if not bool(finite.all()):
+        m, finite = m[:, None], finite[:, None]
+        w = _limit(x, m)
+        if log:
+            lim = torch.where(w > 0, torch.log(w.clamp_min(1e-300)), -torch.inf)
+            w = torch.where(torch.isnan(w), w, lim)
+        out = torch.where(finite, out, w.to(x.dtype))
+    return out, finite.reshape(-1, 1)
+
+
+def _softmax_grad(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``p * (g - sum(g p))``, 0 on rows with no finite max."""
+    p = torch.where(finite, out.to(torch.float64), 0.0)
+    gw = g.to(torch.float64)
+    return (p * (gw - (gw * p).sum(dim=-1, keepdim=True))).to(out.dtype)
+
+
+def _log_softmax_grad(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``g - p sum(g)``, 0 on rows with no finite max."""
+    p = torch.where(finite, torch.exp(out.to(torch.float64)), 0.0)
+    gw = g.to(torch.float64)
+    grad = gw - p * gw.sum(dim=-1, keepdim=True)
+    return torch.where(finite, grad, 0.0).to(out.dtype)
+
+
 class LogSumExp(torch.autograd.Function):
     """``m + log1p(s)`` per row; gradient ``softmax(x)`` (0 on rows with no finite max)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        lse = _compiled(x, None)
-        if lse is None:
-            m, finite, s = _sweep(x)
-            lse = torch.where(finite, m + torch.log1p(s), m)
-        out = lse[:, None].to(x.dtype)
+        out = _lse_forward(x)
         ctx.save_for_backward(x, out)
         return out
 
@@ -154,20 +188,13 @@ class Softmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out = _empty_like(x)
-        m, finite = _sweep_rows(x, out, log=False)
-        if not bool(finite.all()):
-            m, finite = m[:, None], finite[:, None]
-            out = torch.where(finite, out, _limit(x, m).to(x.dtype))
-        ctx.save_for_backward(out, finite.reshape(-1, 1))
+        out, finite = _softmax_forward(x, log=False)
+        ctx.save_for_backward(out, finite)
         return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        out, finite = ctx.saved_tensors
-        p = torch.where(finite, out.to(torch.float64), 0.0)
-        gw = g.to(torch.float64)
-        return (p * (gw - (gw * p).sum(dim=-1, keepdim=True))).to(out.dtype)
+        return _softmax_grad(*ctx.saved_tensors, g)
 
 
 class LogSoftmax(torch.autograd.Function):
@@ -175,20 +202,64 @@ class LogSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out = _empty_like(x)
-        m, finite = _sweep_rows(x, out, log=True)
-        if not bool(finite.all()):
-            m, finite = m[:, None], finite[:, None]
-            w = _limit(x, m)
-            lim = torch.where(w > 0, torch.log(w.clamp_min(1e-300)), -torch.inf)
-            out = torch.where(finite, out, torch.where(torch.isnan(w), w, lim).to(x.dtype))
-        ctx.save_for_backward(out, finite.reshape(-1, 1))
+        out, finite = _softmax_forward(x, log=True)
+        ctx.save_for_backward(out, finite)
         return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        out, finite = ctx.saved_tensors
-        p = torch.where(finite, torch.exp(out.to(torch.float64)), 0.0)
-        gw = g.to(torch.float64)
-        grad = gw - p * gw.sum(dim=-1, keepdim=True)
-        return torch.where(finite, grad, 0.0).to(out.dtype)
+        return _log_softmax_grad(*ctx.saved_tensors, g)
+
+
+# -- under torch.compile ------------------------------------------------------------------
+# Dynamo cannot trace the forward passes above (NumPy views, compiled kernels, branches on
+# values). As custom ops they enter the compiled graph whole and run the same code, with
+# the same analytic backward; their fake versions give Dynamo the output shapes.
+
+
+@torch.library.custom_op("floatguard::logsumexp_rows", mutates_args=())
+def logsumexp_op(x: torch.Tensor) -> torch.Tensor:
+    """:class:`LogSumExp` as a custom op: rows ``(R, n)`` to ``(R, 1)``."""
+    return _lse_forward(x)
+
+
+@logsumexp_op.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], 1))
+
+
+def _lse_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    ctx.save_for_backward(inputs[0], output)
+
+
+def _lse_backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    x, out = ctx.saved_tensors
+    return g * torch.where(torch.isfinite(out), softmax_op(x, False)[0], 0.0)
+
+
+logsumexp_op.register_autograd(_lse_backward, setup_context=_lse_setup)
+
+
+@torch.library.custom_op("floatguard::softmax_rows", mutates_args=())
+def softmax_op(x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:class:`Softmax` (or :class:`LogSoftmax` with ``log``) as a custom op; also returns ``finite``."""
+    return _softmax_forward(x.contiguous(), log)  # a contiguous output, as the fake one
+
+
+@softmax_op.register_fake
+def _(x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous, as the real output
+    return out, torch.empty((x.shape[0], 1), dtype=torch.bool, device=x.device)
+
+
+def _softmax_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    ctx.log = inputs[1]
+    ctx.save_for_backward(*output)
+
+
+def _softmax_backward(ctx: Any, g: torch.Tensor, _g_finite: Any) -> tuple[torch.Tensor, None]:
+    grad = _log_softmax_grad if ctx.log else _softmax_grad
+    return grad(*ctx.saved_tensors, g), None
+
+
+softmax_op.register_autograd(_softmax_backward, setup_context=_softmax_setup)

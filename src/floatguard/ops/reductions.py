@@ -174,11 +174,13 @@ def logsumexp(
         if return_sign:
             return val, np.where(np.isnan(val), val, np.where(val > -np.inf, 1.0, 0.0)).astype(dtype)
         return val
-    if be.name == "torch" and b is None and nonempty and not be.compiling():
+    if be.name == "torch" and b is None and nonempty:
         rows = _to_rows(xp, x, axes)
         if mask is not None:
             rows = xp.where(_to_rows(xp, mask, axes), rows, -float("inf"))
-        val = _torch_fast().LogSumExp.apply(xp.reshape(rows, (-1, rows.shape[-1])))
+        flat = xp.reshape(rows, (-1, rows.shape[-1]))
+        tf = _torch_fast()
+        val = tf.logsumexp_op(flat.contiguous()) if be.compiling() else tf.LogSumExp.apply(flat)
         val = _from_rows(xp, xp.reshape(val, (*rows.shape[:-1], 1)), shape, axes, keepdims)
         if return_sign:
             sign = xp.where(val > -float("inf"), xp.ones_like(val), xp.zeros_like(val))
@@ -332,13 +334,17 @@ def _softmax_rows(be: Backend, x: Any, ax: int, mask: Any, log: bool) -> Any:
             bad = ~np.isfinite(flat.max(axis=1))
             out[bad] = _softmax_generic(be, flat[bad].astype(np.float64), None, log)
         return np.moveaxis(out.reshape(rows.shape), -1, ax)
-    if be.name == "torch" and nonempty and not be.compiling():
+    if be.name == "torch" and nonempty:
         rows = xp.moveaxis(x, ax, -1)
         if mask is not None:
             rows = xp.where(xp.moveaxis(mask, ax, -1), rows, -float("inf"))
-        fn = _torch_fast().LogSoftmax if log else _torch_fast().Softmax
         flat = xp.reshape(rows, (-1, rows.shape[-1]))
-        return xp.moveaxis(xp.reshape(fn.apply(flat), rows.shape), -1, ax)
+        tf = _torch_fast()
+        if be.compiling():  # a custom op: the same code, opaque to Dynamo (contiguous rows in and out)
+            out = tf.softmax_op(flat.contiguous(), log)[0]
+        else:
+            out = (tf.LogSoftmax if log else tf.Softmax).apply(flat)
+        return xp.moveaxis(xp.reshape(out, rows.shape), -1, ax)
     if be.name == "jax" and nonempty:
         rows = xp.moveaxis(x, ax, -1)
         if mask is not None:
