@@ -316,5 +316,5 @@ def test_pre_commit_hook_definition() -> None:
     ids = {h["id"]: h for h in hooks}
     assert {"floatguard-lint", "floatguard-lint-fix"} <= set(ids)
     for h in hooks:
-        assert h["language"] == "python" and h["types"] == ["python"] and "lint" in h["entry"]
+        assert h["language"] == "python" and h["types_or"] == ["python", "pyi", "jupyter"] and "lint" in h["entry"]
     assert "--fix" in ids["floatguard-lint-fix"]["args"]

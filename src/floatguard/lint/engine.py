@@ -200,6 +200,8 @@ def lint_file(path: str | os.PathLike[str], *, codes: frozenset[str] | None = No
     """Lint one file; ``fix`` is None, ``"safe"`` or ``"unsafe"`` (the file is rewritten atomically)."""
     p = Path(path)
     shown = display or str(path)
+    if p.suffix == ".ipynb":
+        return _lint_notebook(p, shown, codes, fix)
     try:
         source, encoding = read_source(p)
     except (OSError, UnicodeDecodeError, SyntaxError) as exc:
@@ -219,8 +221,45 @@ def lint_file(path: str | os.PathLike[str], *, codes: frozenset[str] | None = No
     return res
 
 
+def _lint_notebook(p: Path, shown: str, codes: frozenset[str] | None, fix: str | None) -> FileResult:
+    """Lint a Jupyter notebook's code cells as one module; findings carry their cell (``stats["cell"]``)."""
+    from .notebook import Notebook
+
+    try:
+        nb = Notebook.parse(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        ev = Event(kind="io-error", source="lint", code=SYNTAX_ERROR, file=shown, line=1, col=1,
+                   message=f"cannot read notebook: {exc}")
+        return FileResult(shown, [ev], error=str(exc))
+    res = FileResult(shown, lines=sum(o is not None for o in nb.origin))
+    if not nb.source:
+        return res
+    if fix is None:
+        events = analyse(nb.source, shown, codes)[0]
+    else:
+        new, n, events = fix_source(nb.source, shown, codes=codes, unsafe=fix == "unsafe")
+        text = nb.with_source(new) if n else None
+        if text is None:  # nothing written (a fix moved a cell boundary): what the notebook still has
+            events = analyse(nb.source, shown, codes)[0] if n else events
+        else:
+            from .fixes import atomic_write
+
+            atomic_write(p, text.encode("utf-8"))
+            res.fixed = n
+            nb = Notebook.parse(text)  # the same lines as the fixed source: locate the findings left
+    for e in events:
+        at = nb.where(e.line or 1)
+        if at is not None:
+            e.stats["cell"], e.line = at
+            if "end_line" in e.stats and (end := nb.where(int(e.stats["end_line"]))) is not None:
+                e.stats["end_line"] = end[1]
+    res.events = events
+    return res
+
+
 def iter_python_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:
-    """Python files under ``paths`` (given files always; directories walked, skipping venvs, VCS and caches)."""
+    """Python files and notebooks under ``paths`` (given files always; directories walked, skipping venvs,
+    VCS and caches)."""
     for raw in paths:
         p = Path(raw)
         if p.is_file():
@@ -229,7 +268,7 @@ def iter_python_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]
         for dirpath, dirnames, filenames in os.walk(p):
             dirnames[:] = sorted(d for d in dirnames if d not in EXCLUDED_DIRS and not d.endswith(".egg-info"))
             for name in sorted(filenames):
-                if name.endswith((".py", ".pyi")):
+                if name.endswith((".py", ".pyi", ".ipynb")):
                     yield Path(dirpath) / name
 
 

@@ -17,9 +17,14 @@ SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 _LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 
 
+def _cell(e: Event) -> str:
+    """``cell N:`` for a finding in a notebook (its line counts within the cell), as ruff prints it."""
+    return f"cell {e.stats['cell']}:" if "cell" in e.stats else ""
+
+
 def render_text(events: list[Event], *, fixed: int = 0, unsafe: bool = False) -> str:
     """ruff-style ``path:line:col: CODE message`` lines and a summary line."""
-    out = [f"{e.file}:{e.line}:{e.col}: {e.code} {e.message}" for e in events]
+    out = [f"{e.file}:{_cell(e)}{e.line}:{e.col}: {e.code} {e.message}" for e in events]
     safe = sum(1 for e in events if e.stats.get("fix_safe") == 1)
     more = sum(1 for e in events if e.stats.get("fix_safe") == 0)
     if events:
@@ -81,7 +86,7 @@ def render_sarif(events: list[Event]) -> str:
         res: dict[str, object] = {
             "ruleId": e.code or e.kind,
             "level": _LEVEL.get(e.severity, "warning"),
-            "message": {"text": e.message + (f" ({e.hint})" if e.hint else "")},
+            "message": {"text": f"{_cell(e)} ".lstrip() + e.message + (f" ({e.hint})" if e.hint else "")},
             "locations": [loc],
         }
         if e.code in index:
@@ -124,7 +129,7 @@ def render_github(events: list[Event]) -> str:
         if "end_line" in e.stats:
             props += [f"endLine={e.stats['end_line']}", f"endColumn={e.stats['end_col']}"]
         props.append(f"title={_gh_escape(f'{e.code} ({e.kind})', True)}")
-        out.append(f"::{level} {','.join(props)}::{_gh_escape(f'{e.code} {e.message}')}")
+        out.append(f"::{level} {','.join(props)}::{_gh_escape(f'{_cell(e)} {e.code} {e.message}'.lstrip())}")
     return "\n".join(out) + ("\n" if out else "")
 
 
