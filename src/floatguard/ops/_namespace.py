@@ -54,10 +54,6 @@ class OptionalDependencyError(ImportError):
     """An optional dependency is missing; the message names the extra to install."""
 
 
-def _missing(module: str, extra: str) -> str:
-    return f"{module!r} is needed for this input; install it with `pip install 'floatguard[{extra}]'`"
-
-
 @dataclass(frozen=True)
 class Backend:
     """An array library: its standard namespace and the few extras floatguard needs."""
@@ -100,8 +96,8 @@ class Backend:
         return not isinstance(x, jax.core.Tracer)
 
     def compiling(self) -> bool:
-        """True while ``torch.compile`` traces: the fast path (compiled NumPy kernels, branches on
-        values) does not trace, the generic array-API path does, as one graph."""
+        """True while ``torch.compile`` traces a torch op: the ops then avoid what it cannot trace
+        (NumPy views and compiled kernels, branches on values)."""
         return self.name == "torch" and _torch_compiling()
 
     def asarray_like(self, value: Any, like: Any) -> Any:
@@ -176,7 +172,9 @@ def _torch_backend() -> Backend:
     try:  # an import statement: torch.compile can trace it (not __import__)
         from array_api_compat import torch as xp_torch
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise OptionalDependencyError(_missing("array_api_compat", "torch")) from exc
+        raise OptionalDependencyError(
+            "'array_api_compat' is needed for this input; install it with `pip install 'floatguard[torch]'`"
+        ) from exc
     _TORCH = Backend("torch", xp_torch)
     return _TORCH
 
