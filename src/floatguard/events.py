@@ -80,8 +80,10 @@ class Event:
 
     @property
     def location(self) -> str:
-        """``file:line:col`` as far as known (``"<unknown>"`` when nothing is)."""
-        parts = [str(p) for p in (self.file, self.line, self.col) if p is not None]
+        """``file:line:col`` as far as known (``"<unknown>"`` when nothing is); in a notebook
+        ``file:cell N:line:col`` (``stats["cell"]``; the line counts within the cell)."""
+        cell = f"cell {self.stats['cell']}" if "cell" in self.stats else None
+        parts = [str(p) for p in (self.file, cell, self.line, self.col) if p is not None]
         return ":".join(parts) if parts else "<unknown>"
 
     def to_dict(self) -> dict[str, Any]:

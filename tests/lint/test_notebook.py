@@ -59,6 +59,7 @@ def test_findings_are_located_by_cell_across_ipython_syntax(tmp_path: Path, caps
     found = [(e.stats["cell"], e.line, e.code) for e in res.events]
     assert found == [(3, 1, "FG102"), (3, 6, "FG101"), (5, 3, "FG104")]
     assert res.events[0].stats["end_line"] == 1
+    assert res.events[0].location == f"{nb}:cell 3:1:5"  # what every reporter (floatguard report) shows
 
 
 def test_fix_rewrites_only_the_cells_it_fixes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -24,7 +24,7 @@ def _cell(e: Event) -> str:
 
 def render_text(events: list[Event], *, fixed: int = 0, unsafe: bool = False) -> str:
     """ruff-style ``path:line:col: CODE message`` lines and a summary line."""
-    out = [f"{e.file}:{_cell(e)}{e.line}:{e.col}: {e.code} {e.message}" for e in events]
+    out = [f"{e.location}: {e.code} {e.message}" for e in events]
     safe = sum(1 for e in events if e.stats.get("fix_safe") == 1)
     more = sum(1 for e in events if e.stats.get("fix_safe") == 0)
     if events:
