@@ -80,6 +80,13 @@ def test_fix_rewrites_only_the_cells_it_fixes(tmp_path: Path, capsys: pytest.Cap
     assert _run(capsys, str(nb))[0] == 0
 
 
+def test_a_fix_import_goes_after_a_cell_magic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    nb = _notebook(tmp_path, [_cell("code", "%%time\nlse = x.exp().sum(-1).log()")])  # no import: the fix adds one
+    assert _run(capsys, "--fix", str(nb))[0] == 0
+    src = "".join(json.loads(nb.read_text())["cells"][0]["source"])
+    assert src == "%%time\nimport torch\n\nlse = torch.logsumexp(x, dim=-1)"  # the cell magic stays first
+
+
 def test_unreadable_foreign_and_broken_notebooks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     r_nb = _notebook(tmp_path, lang="R", name="r.ipynb")
     assert _run(capsys, str(r_nb)) == (0, "")  # not Python: nothing to check

@@ -38,6 +38,7 @@ class Notebook:
     origin: list[tuple[int, int] | None]  # per source line: (cell number, line in cell), None for boundaries
     magics: list[str] = field(default_factory=list)  # the IPython lines replaced, by tag number
     cells: list[int] = field(default_factory=list)  # index in data["cells"] of each joined cell
+    cell_magic: dict[int, str] = field(default_factory=dict)  # cell index -> the tagged stand-in of its %%magic
 
     @classmethod
     def parse(cls, text: str) -> Notebook:
@@ -58,7 +59,7 @@ class Notebook:
                 magic = lines[0][2:].split(maxsplit=1)[0] if lines[0][2:].strip() else ""
                 if magic not in PYTHON_CELL_MAGICS:
                     continue
-                lines[0] = nb._tag(lines[0], "pass", "")
+                lines[0] = nb.cell_magic[i] = nb._tag(lines[0], "pass", "")
             for k, line in enumerate(lines):
                 stripped = line.lstrip()
                 indent = line[: len(line) - len(stripped)]
@@ -94,7 +95,11 @@ class Notebook:
             return None  # a fix moved a boundary: leave the notebook as it was
         changed = False
         for i, chunk in zip(self.cells, chunks, strict=True):
-            text = "\n".join(self._untag(line) for line in chunk.removesuffix("\n").split("\n"))
+            lines = chunk.removesuffix("\n").split("\n")
+            if i in self.cell_magic and lines[0] != self.cell_magic[i]:  # imports a fix added go after it
+                lines.remove(self.cell_magic[i])
+                lines.insert(0, self.cell_magic[i])
+            text = "\n".join(self._untag(line) for line in lines)
             cell = self.data["cells"][i]
             if text != _text(cell.get("source", "")):
                 cell["source"] = text.splitlines(keepends=True)
