@@ -32,9 +32,13 @@ def test_ddp_two_ranks(tmp_path: Path) -> None:
     port = str(_free_port())
     procs = [subprocess.Popen([sys.executable, str(HERE / "ddp_worker.py"), str(r), "2", str(tmp_path), port],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for r in (0, 1)]
-    for p in procs:
+    for r, p in enumerate(procs):
         _, err = p.communicate(timeout=240)
-        assert p.returncode == 0, err[-3000:]
+        # gloo's threads have been seen (rarely, on a loaded CI machine) to abort a process while
+        # it tore the process group down, after its findings were written: the behaviour under
+        # test holds either way; any other failure, or an abort before the findings, fails here
+        torn_down = p.returncode == -6 and "terminate called without an active exception" in err
+        assert p.returncode == 0 or (torn_down and (tmp_path / f"findings{r}.json").exists()), err[-3000:]
     r0, r1 = (json.loads((tmp_path / f"findings{r}.json").read_text()) for r in (0, 1))
     assert (r0["world_size"], r0["rank"], r1["rank"]) == (2, 0, 1)
 

@@ -168,7 +168,10 @@ def test_ddp_a_finding_on_one_rank_stops_both(level):
                 p.kill()
     line = next(i for i, t in enumerate((PROGRAMS / "ddp_train.py").read_text().splitlines(), 1) if "L:ddp_exp" in t)
     for rank, (code, out, err) in enumerate(outs):
-        # exit status 3 is the program's own (os._exit(3) after the finding)
-        assert code == 3, (rank, code, out, err)
+        # exit status 3 is the program's own (os._exit(3) after the finding); gloo's threads have been
+        # seen (rarely, on a loaded machine) to abort a process while it tore the group down, after
+        # the result was printed: the behaviour under test (both ranks stop with the finding) holds
+        torn_down = code == -6 and "terminate called without an active exception" in err
+        assert code == 3 or (torn_down and "RESULT" in out), (rank, code, out, err)
         assert (f"RESULT rank={rank} event_rank=1 op=aten::exp kind=overflow module=module.1 line={line}" in out), out
     assert "floatguard: overflow in aten::exp" in outs[1][2]  # the panel is printed by the rank that found it
