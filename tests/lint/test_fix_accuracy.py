@@ -154,8 +154,9 @@ CASES = [
          RNG.normal(0, 5, 128).astype(np.float32), uniform(90, 300)),
     Case("FG109", "1 / (1 + torch.exp(-x))", elementwise(sigmoid),
          RNG.normal(0, 5, 128).astype(np.float32), uniform(-103, -89)),
-    Case("FG109", "1 / (1 + np.exp(-x))", elementwise(sigmoid),
-         RNG.normal(0, 5, 128).astype(np.float32), uniform(-103, -89), "numpy"),
+    # NumPy's 1 / (1 + np.exp(-x)) is not reported (no autograd: 1 / (1 + inf) is the right 0); this form is NaN
+    Case("FG109", "np.exp(x) / (1 + np.exp(x))", elementwise(sigmoid),
+         RNG.normal(0, 5, 128).astype(np.float32), uniform(90, 300), "numpy"),
     Case("FG110", "torch.log(torch.prod(x, dim=-1))", rowwise(lambda r: mp.fsum(mp.log(v) for v in r)),
          RNG.uniform(0.05, 1, (64, 4)).astype(np.float32), RNG.uniform(1e-3, 0.1, (64, 64)).astype(np.float32)),
     Case("FG112", "torch.log(1 - torch.sigmoid(x))", elementwise(lambda v: -softplus(v)),
@@ -170,6 +171,12 @@ CASES = [
          RNG.normal(0, 2, (64, 6)).astype(np.float32),
          np.concatenate([RNG.normal(0, 60, (64, 6))]).astype(np.float32),
          y=lambda x: np.zeros(len(x), dtype=np.int64)),
+    Case("FG114", "1 - torch.exp(-x)", elementwise(lambda v: -mp.expm1(-v)),
+         RNG.uniform(0.01, 10, 128).astype(np.float32),
+         np.exp(RNG.uniform(np.log(1e-9), np.log(1e-4), 64)).astype(np.float32)),
+    Case("FG114", "1.0 - np.exp(-x)", elementwise(lambda v: -mp.expm1(-v)),
+         RNG.uniform(0.01, 10, 128).astype(np.float32),
+         np.exp(RNG.uniform(np.log(1e-9), np.log(1e-4), 64)).astype(np.float32), "numpy"),
     Case("FG403", "torch.log(1e-10 + 1 - x)", elementwise(lambda v: mp.log(1 + mp.mpf(1e-10) - v)),
          RNG.uniform(-1, 0.99, 128).astype(np.float32),
          (1 - RNG.integers(0, 4, 64) * 2.0**-24).astype(np.float32)),
@@ -265,3 +272,32 @@ def test_fg401_finfo_fill_survives_float16() -> None:
     assert torch.isfinite(out).all()
     assert (out[0, mask[0]] == 0).all()
     torch.testing.assert_close(out[1], torch.full((4,), 0.25))
+
+
+def test_fg104_clamped_log_sigmoid_fix_keeps_value_and_restores_gradient() -> None:
+    """log(clamp(sigmoid(x), eps, 1 - eps)) is finite but flat where it saturates; logsigmoid agrees where the
+    clamp is inactive and has the right gradient (1 - sigmoid(x)) everywhere."""
+    before, after, new = fixed_pair("torch.log(torch.clamp(torch.sigmoid(x), 1e-7, 1 - 1e-7))", "FG104")
+    assert "F.logsigmoid(x)" in new
+    inside = RNG.uniform(-12, 12, 128).astype(np.float32)
+    with torch.no_grad():
+        np.testing.assert_allclose(after(torch.from_numpy(inside)).numpy(), before(torch.from_numpy(inside)).numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    saturated = uniform(-60, -20)
+    assert (grad_of(before, saturated) == 0).all()
+    np.testing.assert_allclose(grad_of(after, saturated), 1 - 1 / (1 + np.exp(-saturated.astype(np.float64))),
+                               rtol=1e-6)
+
+
+def test_fg204_normalize_fix_agrees_and_is_finite_at_zero() -> None:
+    src = ("import torch\n\n\n@torch.no_grad()\ndef unit(x):\n    return x / x.norm(dim=-1, keepdim=True)\n")
+    new, n, _ = fix_source(src, codes=frozenset({"FG204"}), unsafe=True)
+    assert n == 1 and "normalize(x, dim=-1)" in new
+    ns0: dict = {}
+    ns1: dict = {}
+    exec(compile(src, "<before>", "exec"), ns0)
+    exec(compile(new, "<after>", "exec"), ns1)
+    x = torch.from_numpy(RNG.normal(0, 3, (32, 5)).astype(np.float32))
+    torch.testing.assert_close(ns1["unit"](x), ns0["unit"](x), rtol=2e-6, atol=1e-7)
+    zero = torch.zeros(2, 5)
+    assert torch.isnan(ns0["unit"](zero)).all() and (ns1["unit"](zero) == 0).all()

@@ -38,6 +38,9 @@ def block(doc: str, title: str) -> str:
 
 
 def in_function(code: str) -> str:
+    """The example inside ``loss_fn``; an example that is itself a function stays at module level."""
+    if code.startswith(("def ", "@", "class ")):
+        return PRELUDE.split("\n\n\ndef loss_fn")[0] + "\n\n\n" + code
     return PRELUDE + textwrap.indent(code, "    ") + "\n    return None\n"
 
 

@@ -92,6 +92,8 @@ _OPS: dict[str, tuple[str, ...]] = {
     "pow": (_TO + "pow", _NP + "power", _JX + "power", _TF + "pow", _TF + "math.pow", _KO + "power"),
     "abs": (_NP + "abs", _NP + "absolute", _TO + "abs", _JX + "abs", _TF + "abs", _TF + "math.abs", "builtins.abs"),
     "masked_fill": (_TO + "masked_fill",),
+    "neg": (_TO + "neg", _TO + "negative", _NP + "negative", _JX + "negative", _TF + "negative",
+            _TF + "math.negative", _KO + "negative"),
     "ones": (_TO + "ones", _TO + "ones_like", _NP + "ones", _NP + "ones_like", _JX + "ones", _JX + "ones_like",
              _TF + "ones", _TF + "ones_like"),
     "finfo": (_NP + "finfo", _TO + "finfo", _JX + "finfo"),
@@ -127,7 +129,7 @@ _METHODS: dict[str, tuple[str, int | None]] = {
     "prod": ("prod", None), "clamp": ("clamp", 2), "clip": ("clamp", 2), "clamp_min": ("clamp", 1),
     "norm": ("norm", None), "std": ("std", None), "max": ("max", None), "amax": ("max", None),
     "masked_fill": ("masked_fill", 2), "masked_fill_": ("masked_fill", 2), "pow": ("pow", 1),
-    "logsumexp": ("logsumexp", 2), "logsigmoid": ("log_sigmoid", 0),
+    "logsumexp": ("logsumexp", 2), "logsigmoid": ("log_sigmoid", 0), "neg": ("neg", 0), "negative": ("neg", 0),
 }
 #: ops that only torch tensors have as methods: the family of ``x.op()``
 _TORCH_METHODS = frozenset({"log", "exp", "sigmoid", "sqrt", "log1p", "expm1", "softmax", "log_softmax", "clamp",
@@ -150,6 +152,7 @@ VIEW_FUNCS = frozenset({
     "torch.masked_select", "numpy.take_along_axis", "numpy.squeeze", "numpy.take", "jax.numpy.take_along_axis",
     "jax.numpy.squeeze", "tensorflow.gather", "tensorflow.squeeze", "tensorflow.reshape", "tensorflow.gather_nd",
     "torch.reshape", "numpy.reshape", "jax.numpy.reshape", "numpy.asarray", "numpy.array", "torch.as_tensor",
+    "jax.numpy.asarray", "jax.numpy.array",
 })
 #: methods that modify the receiver in place so that its log is safe afterwards
 INPLACE_GUARDS = frozenset({"clamp_", "clamp_min_", "clip_", "add_", "maximum_", "masked_fill_", "nan_to_num_"})
@@ -272,6 +275,8 @@ class OpCall:
         return self.args[0] if self.args else self.kwargs.get("input", self.kwargs.get("x"))
 
 
+#: elementwise ops a one-line helper of the module may wrap (its call site is then that op)
+_WRAPPABLE = frozenset({"exp", "log", "sigmoid", "softmax", "log_softmax", "sqrt", "log1p", "expm1"})
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.Module, ast.ClassDef)
 _UNKNOWN = object()
 
@@ -310,6 +315,7 @@ class Context:
         self._classes: dict[str, ast.ClassDef] | None = None
         self._functions: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] | None = None
         self._self_attrs: dict[int, dict[str, ast.expr]] = {}
+        self._unwrapping: set[int] = set()
         self._collect_imports()
         self.frameworks = {family_of(_canonical(q) + ".") or "" for q in self.imports.values()}
         self.frameworks.discard("")
@@ -406,9 +412,37 @@ class Context:
             mod = self._module_op(self.value(func), node)
             if mod is not None:
                 return mod
+            wrapped = self._wrapper_op(func, node)
+            if wrapped is not None:
+                return wrapped
         if isinstance(func, ast.Call):  # nn.Sigmoid()(x)
             return self._module_op(func, node)
         return None
+
+    def _wrapper_op(self, func: ast.Name, call: ast.Call) -> OpCall | None:
+        """A call to a function of this module whose body is ``return op(x, ...)`` of its first parameter
+        (``def _exp(x): return torch.exp(x)``) is that op at the call site."""
+        fn = self.functions.get(func.id)
+        if fn is None or id(fn) in self._unwrapping or not call.args or isinstance(call.args[0], ast.Starred):
+            return None
+        b = self.binding(func)
+        if b is not None and b.value is not None:
+            return None
+        body = [st for st in fn.body if not (isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant))]
+        params = [*fn.args.posonlyargs, *fn.args.args]
+        if len(body) != 1 or not isinstance(body[0], ast.Return) or not isinstance(body[0].value, ast.Call) or \
+                not params:
+            return None
+        self._unwrapping.add(id(fn))
+        try:
+            inner = self.op(body[0].value)
+        finally:
+            self._unwrapping.discard(id(fn))
+        if inner is None or inner.op not in _WRAPPABLE or not isinstance(inner.x, ast.Name) or \
+                inner.x.id != params[0].arg:
+            return None
+        kwargs = {k.arg: k.value for k in call.keywords if k.arg is not None}
+        return OpCall(inner.op, inner.family, call, list(call.args), kwargs, qual=f"{func.id}", module_call=True)
 
     def _module_op(self, ctor: ast.AST | None, call: ast.Call) -> OpCall | None:
         if not isinstance(ctor, ast.Call):
@@ -579,8 +613,9 @@ class Context:
         """Whether ``node`` holds the output of a sigmoid or softmax.
 
         Returns ``(kind, op, how)``: kind ``"sigmoid"``/``"softmax"``; ``how`` is ``"inline"`` (the
-        call itself), ``"flow"`` (through assignments, views and indexing in this function) or
-        ``"model"`` (the output of a model, module or function of this file that ends in one).
+        call itself), ``"flow"`` (through assignments, views and indexing in this function),
+        ``"model"`` (the output of a model, module or function of this file that ends in one) or
+        ``"name"`` (a function named like one: ``predict_proba``, ``stable_softmax``).
         """
         if node is None or depth > 4:
             return None
@@ -601,9 +636,9 @@ class Context:
             base, how = nxt, "flow"
         # a call to a model / local function / Sequential
         if isinstance(base, ast.Call):
-            kind = self._callee_output(base, depth)
-            if kind is not None:
-                return kind, None, "model"
+            out = self._callee_output(base, depth)
+            if out is not None:
+                return out[0], None, "name" if out[1] else "model"
         return None
 
     def _naive_prob(self, node: ast.expr) -> str | None:
@@ -633,25 +668,26 @@ class Context:
                     return b.value
         return None
 
-    def _callee_output(self, call: ast.Call, depth: int) -> str | None:
+    def _callee_output(self, call: ast.Call, depth: int) -> tuple[str, bool] | None:
+        """(kind, only the function's name says so) of what a called model / function returns."""
         func = call.func
         target: ast.AST | None = None
         if isinstance(func, ast.Name):
             b = self.binding(func)
             if func.id in self.functions and (b is None or b.value is None):
                 fn = self.functions[func.id]
-                return self._returns_prob(fn, depth) or _prob_func_name(func.id)
+                return _kind_or_name(self._returns_prob(fn, depth), func.id)
             if func.id not in self.imports or self.qualname(func) is None:
                 named = _prob_func_name(func.id)
                 if named is not None and b is None:
-                    return named
+                    return named, True
             target = self.value(func)
         elif isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self":
             cls = self.enclosing_class(call)
             if cls is not None:
                 for item in cls.body:
                     if isinstance(item, ast.FunctionDef) and item.name == func.attr:
-                        return self._returns_prob(item, depth) or _prob_func_name(func.attr)
+                        return _kind_or_name(self._returns_prob(item, depth), func.attr)
             target = self.self_attr(call, func.attr)
         if isinstance(target, ast.Call):
             q = self.qualname(target.func)
@@ -660,12 +696,13 @@ class Context:
                 if isinstance(last, ast.Call):
                     lk = _QUAL_TO_OP.get(self.qualname(last.func) or "")
                     if lk in ("Sigmoid", "Softmax"):
-                        return lk.lower()
+                        return lk.lower(), False
             if isinstance(target.func, ast.Name) and target.func.id in self.classes:
                 cls = self.classes[target.func.id]
                 for item in cls.body:
                     if isinstance(item, ast.FunctionDef) and item.name in ("forward", "__call__", "call"):
-                        return self._returns_prob(item, depth)
+                        kind = self._returns_prob(item, depth)
+                        return (kind, False) if kind is not None else None
         return None
 
     def _returns_prob(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, depth: int) -> str | None:
@@ -715,6 +752,45 @@ class Context:
             fn = self.enclosing_function(fn)
         return False
 
+    def is_model_class(self, cls: ast.ClassDef) -> bool:
+        """A class with a Module/Layer/Model/Loss base: what it computes is differentiated."""
+        return any(_MODEL_BASE.search(self.text(b)) for b in cls.bases)
+
+    def no_grad(self, node: ast.AST) -> bool:
+        """True where autograd records nothing: under ``with torch.no_grad()`` / ``torch.inference_mode()`` or in
+        a function decorated with either."""
+        p = self.parent(node)
+        while p is not None:
+            if isinstance(p, ast.With | ast.AsyncWith) and any(
+                    _NO_GRAD.search(self.text(item.context_expr)) for item in p.items):
+                return True
+            if isinstance(p, ast.FunctionDef | ast.AsyncFunctionDef) and any(
+                    _NO_GRAD.search(self.text(d)) for d in p.decorator_list):
+                return True
+            p = self.parent(p)
+        return False
+
+    def custom_grad(self, node: ast.AST) -> bool:
+        """True inside a function that defines its own derivative: ``@jax.custom_jvp``/``custom_vjp`` (or a
+        ``f.defjvp``/``f.defvjp`` in the file), or a method of a ``torch.autograd.Function``."""
+        fn = self.enclosing_function(node)
+        while fn is not None:
+            if any(_CUSTOM_GRAD.search(self.text(d)) for d in fn.decorator_list):
+                return True
+            if f"{fn.name}.defjvp" in self.source or f"{fn.name}.defvjp" in self.source:
+                return True
+            cls = self.parent(fn)
+            if isinstance(cls, ast.ClassDef) and any(
+                    re.search(r"(^|\.)(autograd\.)?Function$", self.text(b)) for b in cls.bases):
+                return True
+            fn = self.enclosing_function(fn)
+        return False
+
+    def no_gradient(self, node: ast.AST, fam: str | None) -> bool:
+        """True where a NaN-gradient rule does not apply: plain NumPy / ``math`` (no autograd), ``no_grad`` code,
+        or a function with its own derivative."""
+        return fam in ("numpy", "math") or self.no_grad(node) or self.custom_grad(node)
+
     @property
     def half_precision(self) -> bool:
         """True when the file mentions float16 / half / autocast: code that may run in half precision."""
@@ -741,10 +817,19 @@ _MODEL_BASE = re.compile(r"Module$|Layer$|Model$|Loss$|^nn\.Module$")
 _SETUP_FUNCS = frozenset({"__init__", "reset_parameters", "extra_repr", "__repr__", "init_weights", "_init_weights"})
 _MODEL_FUNCS = frozenset({"forward", "__call__", "call", "training_step", "validation_step", "compute_loss",
                           "train_step", "loss_fn", "criterion"})
+_NO_GRAD = re.compile(r"(^|\.)(no_grad|inference_mode)\b")
+_CUSTOM_GRAD = re.compile(r"(^|\.)custom_(jvp|vjp|gradient)\b")
 _HALF = re.compile(r"(?<!b)float16|\.half\(|autocast|\bfp16\b|GradScaler|mixed_precision|torch\.half")
 
 
 _PROB_FUNC = re.compile(r"^_?(\w+_)?(sigmoid|logistic|expit|softmax|predict_proba|predict_probs?)$", re.IGNORECASE)
+
+
+def _kind_or_name(kind: str | None, name: str) -> tuple[str, bool] | None:
+    if kind is not None:
+        return kind, False
+    named = _prob_func_name(name)
+    return (named, True) if named is not None else None
 
 
 def _prob_func_name(name: str) -> str | None:

@@ -56,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.list_rules:
         for r in all_rules():
-            out.write(f"{r.code}  {r.name:<28} {r.summary()[:90]}\n")
+            tag = f"{r.severity[0].upper()}/{r.confidence[0]}{'' if r.default else ' opt-in'}"
+            out.write(f"{r.code}  {r.name:<28} {tag:<10} {r.summary()[:80]}\n")
         return 0
     paths = args.paths or ["."]
     missing = [p for p in paths if not Path(p).exists()]

@@ -3,11 +3,23 @@
 Keys (ruff's names)::
 
     [tool.floatguard.lint]
-    select = ["FG1", "FG201"]           # code prefixes; "ALL" for every rule (default)
+    select = ["FG1", "FG201"]           # code prefixes; "DEFAULT" (the default), "ALL" for every rule
+    extend-select = ["FG107"]           # added to select: the opt-in rules (FG106, FG107) this way
     ignore = ["FG106"]
     exclude = ["legacy/*"]
-    [tool.floatguard.lint.per-file-ignores]
-    "tests/*" = ["FG111"]
+    [tool.floatguard.lint.per-file-ignores]       # replaces the default below
+    "tests/" = ["FG111"]
+    [tool.floatguard.lint.extend-per-file-ignores]  # added to the default
+    "scripts/*" = ["ALL"]
+
+``DEFAULT`` is every rule whose findings were judged worth a change on code it had never seen
+(``benchmarks/lint_precision``); ``--list-rules`` marks the others ``opt-in``.
+
+Test code computes unstable expressions on purpose, so by default nothing is reported in
+test files: ``per-file-ignores`` defaults to ``ALL`` for ``tests/`` and ``test/`` directories,
+``test_*.py``, ``*_test.py`` and ``conftest.py`` (:data:`DEFAULT_PER_FILE_IGNORES`). To check
+tests, set ``per-file-ignores = {}`` (``--no-config`` keeps this default). A pattern ending
+in ``/`` with no other ``/`` matches a directory of that name at any depth.
 
 The configuration of a file is the nearest ``pyproject.toml`` above it that has a
 ``[tool.floatguard.lint]`` table; globs are relative to that file's directory.
@@ -18,13 +30,19 @@ from __future__ import annotations
 
 import fnmatch
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from .rules import all_rules
 
-__all__ = ["Config", "ConfigError", "expand", "find_config"]
+__all__ = ["DEFAULT_PER_FILE_IGNORES", "Config", "ConfigError", "expand", "find_config"]
+
+#: test code is quiet unless configured otherwise (ruff-style per-file-ignores)
+DEFAULT_PER_FILE_IGNORES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("tests/", ("ALL",)), ("test/", ("ALL",)), ("test_*.py", ("ALL",)), ("*_test.py", ("ALL",)),
+    ("conftest.py", ("ALL",)),
+)
 
 
 class ConfigError(ValueError):
@@ -36,10 +54,10 @@ class Config:
     """The lint settings that apply under ``root`` (None: defaults, no pyproject found)."""
 
     root: Path | None = None
-    select: tuple[str, ...] = ("ALL",)
+    select: tuple[str, ...] = ("DEFAULT",)
     ignore: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
-    per_file_ignores: tuple[tuple[str, tuple[str, ...]], ...] = field(default_factory=tuple)
+    per_file_ignores: tuple[tuple[str, tuple[str, ...]], ...] = DEFAULT_PER_FILE_IGNORES
 
     def codes_for(self, path: Path, select: tuple[str, ...] | None = None,
                   ignore: tuple[str, ...] = ()) -> frozenset[str]:
@@ -58,15 +76,18 @@ class Config:
 
     def _rel(self, path: Path) -> str:
         p = path.resolve()
-        if self.root is not None:
-            try:
-                return p.relative_to(self.root).as_posix()
-            except ValueError:
-                pass
+        for base in (self.root, Path.cwd()):
+            if base is not None:
+                try:
+                    return p.relative_to(base.resolve()).as_posix()
+                except ValueError:
+                    pass
         return path.as_posix()
 
 
 def _match(rel: str, pattern: str) -> bool:
+    if pattern.endswith("/") and "/" not in pattern[:-1] and not any(c in pattern for c in "*?["):
+        return pattern[:-1] in rel.split("/")[:-1]  # "tests/": a directory of that name at any depth
     pattern = pattern.rstrip("/")
     return fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(rel, pattern + "/*") or \
         fnmatch.fnmatch(Path(rel).name, pattern)
@@ -82,6 +103,9 @@ def expand(selectors: tuple[str, ...] | list[str]) -> set[str]:
             continue
         if s == "ALL":
             out.update(codes)
+            continue
+        if s == "DEFAULT":
+            out.update(r.code for r in all_rules() if r.default)
             continue
         hit = {c for c in codes if c.startswith(s)}
         if not hit:
@@ -109,15 +133,17 @@ def _load(pyproject: Path) -> Config | None:
         return None
     if not isinstance(table, dict):
         raise ConfigError(f"{pyproject}: [tool.floatguard.lint] must be a table")
-    known = {"select", "ignore", "exclude", "per-file-ignores", "extend-select"}
+    known = {"select", "ignore", "exclude", "per-file-ignores", "extend-select", "extend-per-file-ignores"}
     unknown = set(table) - known
     if unknown:
         raise ConfigError(f"{pyproject}: unknown [tool.floatguard.lint] key(s) {sorted(unknown)}")
-    select = _strs(table.get("select", ["ALL"]), "select", pyproject) + _strs(table.get("extend-select", []),
-                                                                             "extend-select", pyproject)
-    pfi = table.get("per-file-ignores", {})
-    if not isinstance(pfi, dict):
+    select = _strs(table.get("select", ["DEFAULT"]), "select", pyproject) + _strs(
+        table.get("extend-select", []), "extend-select", pyproject)
+    pfi = table.get("per-file-ignores")
+    extra = table.get("extend-per-file-ignores", {})
+    if not isinstance(pfi, dict | None) or not isinstance(extra, dict):
         raise ConfigError(f"{pyproject}: per-file-ignores must be a table")
+    pfi = {**({k: list(v) for k, v in DEFAULT_PER_FILE_IGNORES} if pfi is None else pfi), **extra}
     cfg = Config(
         root=pyproject.parent.resolve(),
         select=select,

@@ -50,7 +50,14 @@ class Rule:
     name: ClassVar[str] = ""
     categories: ClassVar[tuple[str, ...]] = ()
     nodes: ClassVar[tuple[type[ast.AST], ...]] = (ast.Call,)
+    #: "error": inf/NaN (values or gradients) on inputs the code can reach; "warning": digits lost
     severity: ClassVar[str] = "error"
+    #: how often a finding was worth a change on code the rule had never seen (benchmarks/lint_precision):
+    #: "high" (every finding judged worth a change), "medium" (some were nits or wrong, or too few findings to
+    #: judge), "low" (mostly nits or wrong: the rule is opt-in)
+    confidence: ClassVar[str] = "high"
+    #: in the default selection; False: opt-in (``--select FG107``, ``extend-select``, or ``ALL``)
+    default: ClassVar[bool] = True
 
     def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:  # pragma: no cover - interface
         """Yield the findings of this rule at ``node``."""
@@ -66,4 +73,6 @@ class Rule:
     def explain(cls) -> str:
         """The documentation printed by ``--explain``."""
         doc = inspect.getdoc(cls) or ""
-        return f"{cls.code} ({cls.name}) [{', '.join(cls.categories)}]\n\n{doc}\n"
+        opt = "default" if cls.default else "opt-in"
+        return (f"{cls.code} ({cls.name}) [{', '.join(cls.categories)}] severity={cls.severity} "
+                f"confidence={cls.confidence} {opt}\n\n{doc}\n")

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall
 from ..rule import Finding, Fix, Rule
-from ._common import arg_by_text, family, fg_ref, reduce_args, ref, shifted
+from ._common import arg_by_text, empty_guarded, exp_bounded, family, fg_ref, reduce_args, ref, shifted
 
 
 def _exp_factor(ctx: Context, e: ast.expr | None, depth: int = 0) -> OpCall | None:
@@ -48,7 +48,7 @@ class LogSumExp(Rule):
 
     def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
         log = ctx.ops(node, "log")
-        if log is None or log.x is None:
+        if log is None or log.x is None or empty_guarded(ctx, node):
             return
         inner = log.x
         flowed = False
@@ -71,7 +71,7 @@ class LogSumExp(Rule):
                     yield Finding(node, f"log({red.op}(w * exp(x))) underflows to -inf (and overflows) where "
                                   "logsumexp with log-weights does not", "use logsumexp(x + log(w))")
                 return
-            if exp.x is None or shifted(exp.x, ctx):
+            if exp.x is None or exp_bounded(ctx, node, exp.x):
                 return
             mean = red.op == "mean"
             msg = f"log({red.op}(exp(x))) overflows for large x and underflows for very negative x"

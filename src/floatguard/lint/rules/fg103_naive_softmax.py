@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall
 from ..rule import Finding, Fix, Rule
-from ._common import AXIS_KW, family, fg_call, nonpositive, reduce_args, ref, shifted
+from ._common import AXIS_KW, exp_bounded, family, fg_call, reduce_args, ref
 
 
 class NaiveSoftmax(Rule):
@@ -23,6 +23,7 @@ class NaiveSoftmax(Rule):
     """
 
     code = "FG103"
+    confidence = "medium"
     name = "naive-softmax"
     categories = ("overflow", "nan")
     nodes = (ast.BinOp,)
@@ -34,7 +35,7 @@ class NaiveSoftmax(Rule):
             case _:
                 return
         num = ctx.ops(ctx.value(left), "exp")
-        if num is None or num.x is None or shifted(num.x, ctx) or nonpositive(ctx, num.x):
+        if num is None or num.x is None or exp_bounded(ctx, node, num.x):
             return
         red = ctx.ops(ctx.value(right), "sum")
         if red is None:
@@ -46,7 +47,7 @@ class NaiveSoftmax(Rule):
             same = dexp is not None and dexp.x is not None and ctx.text(dexp.x) == ctx.text(num.x)
         if not same:
             dexp = ctx.ops(ctx.value(den), "exp")
-            if dexp is None or dexp.x is None or shifted(dexp.x, ctx) or nonpositive(ctx, dexp.x):
+            if dexp is None or dexp.x is None or exp_bounded(ctx, node, dexp.x):
                 return
         yield Finding(node, "exp(x) / sum(exp(x)) overflows to inf/inf = NaN for large x",
                       "use softmax, which shifts by the max", self._fix(ctx, node, left, num, red) if same else None)

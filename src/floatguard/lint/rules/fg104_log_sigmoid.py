@@ -49,8 +49,27 @@ class LogSigmoid(Rule):
     def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
         found = log_of(ctx, node, "sigmoid")
         if found is None:
+            yield from self._clamped(node, ctx)
             return
         log, sig = found
         yield Finding(node, "log of sigmoid underflows to -inf for very negative inputs",
                       "use log_sigmoid (F.logsigmoid, jax.nn.log_sigmoid, tf.math.log_sigmoid)",
                       log_sigmoid_fix(ctx, node, log.x, sig, negate=False))
+
+    def _clamped(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
+        """``log(clip(sigmoid(x), eps, 1 - eps))``: finite, but the clamp's gradient is 0 where the sigmoid
+        saturates, so a confidently wrong prediction stops learning."""
+        log = ctx.ops(node, "log")
+        if log is None or log.x is None:
+            return
+        clamp = ctx.ops(ctx.value(log.x) if isinstance(log.x, ast.Name) else log.x, "clamp")
+        if clamp is None or clamp.x is None or ctx.no_gradient(node, clamp.family):
+            return
+        src = ctx.prob_source(clamp.x)
+        if src is None or src[0] != "sigmoid" or src[1] is None:
+            return
+        fix = log_sigmoid_fix(ctx, node, clamp.x, src[1], negate=False)
+        if fix is not None:
+            fix.safe = False  # differs from the clamped value where the sigmoid saturates
+        yield Finding(node, "log of a clamped sigmoid: finite, but its gradient is 0 where the sigmoid saturates",
+                      "use log_sigmoid (F.logsigmoid, jax.nn.log_sigmoid), exact and with a gradient everywhere", fix)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall
 from ..rule import Finding, Fix, Rule
-from ._common import family, nonpositive, one_plus, ref, shifted
+from ._common import exp_bounded, family, one_plus, ref
 
 
 class Softplus(Rule):
@@ -23,7 +23,8 @@ class Softplus(Rule):
         y = np.logaddexp(0, -margin)
     """
 
-    code = "FG105"
+    code = "FG105"  # exp arguments bounded by a where/if branch or a max-shift are not reported
+    confidence = "medium"
     name = "softplus"
     categories = ("overflow", "accuracy")
 
@@ -33,7 +34,7 @@ class Softplus(Rule):
             return
         inner = o.x if o.op == "log1p" else one_plus(o.x)
         exp = ctx.ops(inner, "exp")
-        if exp is None or exp.x is None or shifted(exp.x, ctx) or nonpositive(ctx, exp.x):
+        if exp is None or exp.x is None or exp_bounded(ctx, node, exp.x):
             return  # exp of a non-positive number cannot overflow
         yield Finding(node, f"{'log1p(exp(x))' if o.op == 'log1p' else 'log(1 + exp(x))'} overflows for large x",
                       "use softplus", self._fix(ctx, o, exp))

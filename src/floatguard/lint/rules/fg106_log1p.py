@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall, const_value
 from ..rule import Finding, Fix, Rule
-from ._common import family, neg_text, one_minus, one_plus, paren, prob_like_name, ref
+from ._common import family, integer_valued, neg_text, one_minus, one_plus, paren, prob_like_name, ref
 
 _LOGS = ("numpy.log", "torch.log", "math.log", "jax.numpy.log", "tensorflow.math.log", "keras.ops.log")
 
@@ -39,6 +39,9 @@ class Log1p(Rule):
     """
 
     code = "FG106"
+    severity = "warning"
+    confidence = "low"
+    default = False
     name = "log1p"
     categories = ("accuracy",)
 
@@ -53,8 +56,8 @@ class Log1p(Rule):
             negate = True
             if x is None or ctx.prob_source(x) is not None or prob_like_name(ctx, x):
                 return  # FG111 / FG112 territory
-        if const_value(x) is not None or ctx.ops(x, "exp", "sigmoid") is not None:
-            return
+        if const_value(x) is not None or ctx.ops(x, "exp", "sigmoid") is not None or integer_valued(ctx, x):
+            return  # a constant or a count: 1 + x is exact or x is never small
         arg = neg_text(ctx, x) if negate else ctx.text(x)
         if log.method:
             fix = Fix(node, f"{paren(ctx, x) if not negate else '(' + arg + ')'}.log1p()")

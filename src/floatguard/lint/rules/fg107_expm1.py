@@ -23,6 +23,9 @@ class Expm1(Rule):
     """
 
     code = "FG107"
+    severity = "warning"
+    confidence = "low"
+    default = False
     name = "expm1"
     categories = ("accuracy", "cancellation")
     nodes = (ast.BinOp,)

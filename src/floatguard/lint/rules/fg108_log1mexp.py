@@ -22,6 +22,7 @@ class Log1mExp(Rule):
     """
 
     code = "FG108"
+    confidence = "medium"
     name = "log1mexp"
     categories = ("accuracy", "cancellation")
 

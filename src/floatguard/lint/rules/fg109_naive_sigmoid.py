@@ -7,12 +7,17 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall
 from ..rule import Finding, Fix, Rule
-from ._common import family, fg_ref, is_const, neg_text, nonpositive, one_plus, ref
+from ._common import exp_bounded, family, fg_ref, is_const, neg_text, one_plus, ref
 
 
 class NaiveSigmoid(Rule):
     """``1 / (1 + exp(-x))`` overflows in ``exp`` for x < -88 in float32 (a warning in NumPy, inf*0 = NaN gradients
     under autograd) and ``exp(x) / (1 + exp(x))`` is inf/inf = NaN for x > 88; sigmoid is finite everywhere.
+
+    Not reported: ``1 / (1 + exp(-x))`` where nothing is differentiated (plain NumPy, ``math``,
+    ``torch.no_grad()``, a function with its own custom_jvp/vjp) since ``1 / (1 + inf)`` is the right 0
+    there; an exp whose argument is <= 0 by construction (``-abs(x)``, ``u[u <= 0]``, a branch of
+    ``where(x < t, ...)``).
 
     Bad:
         p = 1 / (1 + np.exp(-z))
@@ -24,6 +29,7 @@ class NaiveSigmoid(Rule):
     """
 
     code = "FG109"
+    confidence = "medium"
     name = "naive-sigmoid"
     categories = ("overflow", "gradient")
     nodes = (ast.BinOp,)
@@ -35,9 +41,11 @@ class NaiveSigmoid(Rule):
             case _:
                 return
         exp = ctx.ops(one_plus(right), "exp")
-        if exp is None or exp.x is None or nonpositive(ctx, exp.x):
+        if exp is None or exp.x is None or exp_bounded(ctx, node, exp.x):
             return  # exp(-|x|) cannot overflow: the stable two-branch sigmoid
         if is_const(left, 1.0):
+            if ctx.no_gradient(node, exp.family):
+                return  # without autograd 1 / (1 + inf) is the right 0 (NumPy warns, the value is correct)
             match exp.x:
                 case ast.UnaryOp(op=ast.USub(), operand=inner):
                     arg = ctx.text(inner)

@@ -25,6 +25,7 @@ class ProductOfProbabilities(Rule):
     """
 
     code = "FG110"
+    confidence = "medium"
     name = "product-of-probabilities"
     categories = ("underflow",)
     nodes = (ast.Call, ast.AugAssign)

@@ -16,8 +16,11 @@ class LogOfProbability(Rule):
 
     The probability is often produced in another function or file (the model's
     ``forward`` ends in a sigmoid or softmax), so the rule judges the ``log`` by what
-    guards it: an ``eps`` added, a clamp/clip, or a value that is positive by
-    construction silence it.
+    guards it: an ``eps`` added, a clamp/clip (also inside a helper of the file), ``p[p > 0]``, or a
+    value that is positive by construction silence it. Where only a name says "probability"
+    (``proba``, ``predict_proba(X)``) and nothing is differentiated (NumPy), or the value is a
+    distribution object's own parameter (``self.probs`` outside a Module/Layer/Model/Loss),
+    ``log(0) = -inf`` is the exact answer and nothing is reported.
 
     Bad:
         def bce(p, y):
@@ -33,6 +36,7 @@ class LogOfProbability(Rule):
     """
 
     code = "FG111"
+    confidence = "medium"
     name = "log-of-probability"
     categories = ("nan", "loss")
 
@@ -51,6 +55,8 @@ class LogOfProbability(Rule):
                 return  # FG102 / FG104 / FG112 report it with a fix
             if src[1] is None and src[2] == "inline":
                 return  # a hand-written softmax / sigmoid right here: FG103 / FG109
+            if src[2] == "name" and ctx.no_gradient(node, log.family):
+                return  # predict_proba named so, no autograd: log(0) = -inf is the documented result
             what = f"the output of a {src[0]}"
         else:
             if isinstance(target, ast.BinOp) and isinstance(target.op, ast.Div):
@@ -59,9 +65,24 @@ class LogOfProbability(Rule):
                 return
             if not (q is not None or ctx.in_loss(node) or self._cross_entropy_shape(ctx, node)):
                 return
+            if self._own_parameter(ctx, node, target):
+                return  # log(self.probs) of a distribution: its own parameter, log(0) = -inf is the exact value
+            if ctx.no_gradient(node, log.family):
+                return  # only a name says probability, and no gradient flows: log(0) = -inf is the right value
             what = "a probability"
         yield Finding(node, f"log of {what} with no clamp or eps: -inf and NaN gradients when it saturates",
                       "compute the loss from logits (log_softmax, BCE/cross-entropy with logits) or clamp first")
+
+    def _own_parameter(self, ctx: Context, node: ast.AST, target: ast.expr) -> bool:
+        """``target`` is an attribute of the object (``self.probs``, ``jnp.asarray(self._probs)``) and the object is
+        not a model (no Module/Layer/Model/Loss base): a parameter the caller chose, not a prediction."""
+        base = ctx.strip_views(target)
+        if not isinstance(base, ast.Attribute):
+            return False
+        if not (isinstance(base.value, ast.Name) and base.value.id == "self"):
+            return not (ctx.in_model(node) or ctx.in_loss(node))
+        cls = ctx.enclosing_class(node)
+        return cls is not None and not ctx.is_model_class(cls)
 
     def _cross_entropy_shape(self, ctx: Context, node: ast.AST) -> bool:
         """``y * log(p)`` / ``log(p) * y``, the body of a hand-written cross-entropy."""

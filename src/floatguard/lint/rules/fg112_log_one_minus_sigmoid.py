@@ -23,6 +23,7 @@ class LogOneMinusSigmoid(Rule):
     """
 
     code = "FG112"
+    confidence = "medium"
     name = "log-one-minus-sigmoid"
     categories = ("cancellation", "underflow")
 
@@ -37,7 +38,7 @@ class LogOneMinusSigmoid(Rule):
         if p is None or guarded(ctx, o.x):
             return
         src = ctx.prob_source(p)
-        if src is None or src[0] != "sigmoid" or src[2] == "model" or src[1] is None:
+        if src is None or src[0] != "sigmoid" or src[2] in ("model", "name") or src[1] is None:
             return
         yield Finding(node, "log(1 - sigmoid(x)) is -inf once sigmoid(x) rounds to 1", "use log_sigmoid(-x)",
                       log_sigmoid_fix(ctx, node, p, src[1], negate=True))

@@ -23,6 +23,7 @@ class SqrtExp(Rule):
     """
 
     code = "FG113"
+    confidence = "medium"
     name = "sqrt-exp"
     categories = ("overflow",)
     nodes = (ast.Call, ast.BinOp)

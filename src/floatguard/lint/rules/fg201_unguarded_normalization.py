@@ -28,6 +28,7 @@ class UnguardedNormalization(Rule):
     """
 
     code = "FG201"
+    confidence = "medium"
     name = "unguarded-normalization"
     categories = ("nan", "division")
     nodes = (ast.BinOp, ast.AugAssign)
@@ -42,8 +43,10 @@ class UnguardedNormalization(Rule):
             return
         d = den if isinstance(den, ast.Call) else ctx.value(den) if isinstance(den, ast.Name) else None
         o = ctx.ops(d, "norm", "std", "sum")
-        if o is None or o.x is None or o.family in ("math",) or guarded(ctx, den) or not ctx.in_model(node):
+        if o is None or o.x is None or o.family in ("math",) or guarded(ctx, den):
             return
+        if not ctx.in_model(node):
+            return  # outside differentiated code, x / x.norm() is FG204 (opt-in)
         if o.op == "sum":
             # only the normalisation of a quantity by its own total, which can be 0
             if ctx.text(o.x) != ctx.text(num) or guarded(ctx, o.x) or ctx.prob_source(o.x) is not None:
@@ -51,20 +54,22 @@ class UnguardedNormalization(Rule):
             if ctx.ops(ctx.value(o.x), "exp") is not None:
                 return  # FG103
         what = {"norm": "a norm", "std": "a standard deviation", "sum": "a sum"}[o.op]
-        fix = self._fix(ctx, node, num, o) if o.op == "norm" else None
+        fix = normalize_fix(ctx, node, num, o) if o.op == "norm" else None
         yield Finding(node, f"division by {what} with no eps: NaN when it is 0",
                       "add an eps to the denominator or clamp it (F.normalize for unit vectors)", fix)
 
-    def _fix(self, ctx: Context, node: ast.AST, num: ast.expr, o: OpCall) -> Fix | None:
-        if o.family != "torch" or not isinstance(node, ast.BinOp) or ctx.text(o.x) != ctx.text(num):  # type: ignore[arg-type]
-            return None
-        axis, keep, extra = reduce_args(o)
-        p = o.kwargs.get("p")
-        if (extra and set(o.kwargs) - {"p", "dim", "keepdim"}) or (p is not None and const_value(p) != 2.0):
-            return None
-        if len(o.args) > 1 and not (o.method and len(o.args) == 1):
-            return None  # positional p or dim: keep it simple
-        if axis is None or keep is None or not (isinstance(keep, ast.Constant) and keep.value is True):
-            return None
-        text, imports = ctx.module_ref("torch.nn.functional")
-        return Fix(node, f"{text}.normalize({ctx.text(num)}, dim={ctx.text(axis)})", safe=False, imports=imports)
+
+def normalize_fix(ctx: Context, node: ast.AST, num: ast.expr, o: OpCall) -> Fix | None:
+    """``F.normalize(x, dim=d)`` for ``x / x.norm(dim=d, keepdim=True)`` (torch, p = 2): 0 for a zero vector."""
+    if o.family != "torch" or not isinstance(node, ast.BinOp) or ctx.text(o.x) != ctx.text(num):  # type: ignore[arg-type]
+        return None
+    axis, keep, extra = reduce_args(o)
+    p = o.kwargs.get("p")
+    if (extra and set(o.kwargs) - {"p", "dim", "keepdim"}) or (p is not None and const_value(p) != 2.0):
+        return None
+    if len(o.args) > 1 and not (o.method and len(o.args) == 1):
+        return None  # positional p or dim: keep it simple
+    if axis is None or keep is None or not (isinstance(keep, ast.Constant) and keep.value is True):
+        return None
+    text, imports = ctx.module_ref("torch.nn.functional")
+    return Fix(node, f"{text}.normalize({ctx.text(num)}, dim={ctx.text(axis)})", safe=False, imports=imports)

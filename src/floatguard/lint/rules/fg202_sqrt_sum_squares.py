@@ -44,6 +44,7 @@ class SqrtSumSquares(Rule):
     """
 
     code = "FG202"
+    confidence = "medium"
     name = "sqrt-sum-squares-gradient"
     categories = ("gradient", "nan")
 

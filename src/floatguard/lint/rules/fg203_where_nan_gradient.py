@@ -7,12 +7,17 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall, const_value, is_pure
 from ..rule import Finding, Fix, Rule
-from ._common import guarded
+from ._common import guarded, scalar_param, tally
 
 
 class WhereNanGradient(Rule):
     """``where(cond, log(x), y)`` still differentiates ``log(x)`` where ``cond`` is false, and ``0 * inf`` there
     makes the gradient NaN; mask the input of the unsafe op, not its output.
+
+    Opt-in (``--select FG203``): in mature code most such ``where`` calls sit in code nothing
+    differentiates (metrics, optimizer state), see ``benchmarks/lint_precision``. Not reported under
+    ``no_grad``, in functions with their own derivative, or when the divisor is a count or a scalar
+    hyperparameter (``beta: float = 1.0``).
 
     Bad:
         y = torch.where(x > 0, torch.log(x), torch.zeros_like(x))
@@ -24,12 +29,15 @@ class WhereNanGradient(Rule):
     """
 
     code = "FG203"
+    confidence = "low"  # benchmarks/lint_precision: mature code masks where nothing differentiates
+    default = False
     name = "where-nan-gradient"
     categories = ("gradient", "nan")
 
     def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
         w = ctx.ops(node, "where")
-        if w is None or w.family not in ("torch", "jax", "tf", "keras") or len(w.node.args) != 3:
+        if w is None or w.family not in ("torch", "jax", "tf", "keras") or len(w.node.args) != 3 or \
+                ctx.no_gradient(node, w.family):
             return
         cond, a, b = w.node.args
         cond_names = self._names(ctx, cond)
@@ -49,7 +57,7 @@ class WhereNanGradient(Rule):
         """Names in ``node``, and in what names it reads were assigned from (one level)."""
         out: set[str] = set()
         for n in ast.walk(node):
-            if isinstance(n, ast.Name):
+            if isinstance(n, ast.Name) and n.id not in ("self", "cls") and n.id not in ctx.imports:
                 out.add(n.id)
                 v = ctx.value(n, depth=1)
                 if v is not None and v is not n:
@@ -66,7 +74,7 @@ class WhereNanGradient(Rule):
     def _unsafe(self, ctx: Context, branch: ast.expr) -> tuple[str, ast.expr] | None:
         match branch:
             case ast.BinOp(op=ast.Div(), right=den) if const_value(den) is None and not guarded(ctx, den):
-                if self._masked(ctx, den):
+                if self._masked(ctx, den) or scalar_param(ctx, den) or tally(ctx, den):
                     return None
                 if isinstance(den, ast.Name | ast.Attribute | ast.Subscript):
                     return "a division", den

@@ -44,6 +44,7 @@ class SigmoidBCE(Rule):
     """
 
     code = "FG301"
+    confidence = "medium"
     name = "sigmoid-bce"
     categories = ("loss", "accuracy", "gradient")
 

@@ -25,6 +25,7 @@ class SoftmaxCrossEntropy(Rule):
     """
 
     code = "FG302"
+    confidence = "medium"
     name = "softmax-cross-entropy"
     categories = ("loss", "accuracy")
 

@@ -33,6 +33,7 @@ class KerasFromLogits(Rule):
     """
 
     code = "FG303"
+    confidence = "medium"
     name = "keras-from-logits"
     categories = ("loss", "accuracy")
 

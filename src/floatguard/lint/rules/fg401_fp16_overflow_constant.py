@@ -17,6 +17,9 @@ def big_constant(node: ast.expr | None) -> float | None:
     v = const_value(node)
     if v is None or math.isinf(v) or math.isnan(v) or abs(v) <= FP16_MAX:
         return None
+    if abs(v) >= 2**31 - 1 and not any(isinstance(n, ast.Constant) and isinstance(n.value, float)
+                                       for n in ast.walk(node)):  # type: ignore[arg-type]
+        return None  # an int32 limit written as an integer: bit patterns, not a float fill value
     return v
 
 
@@ -32,6 +35,7 @@ class Fp16OverflowConstant(Rule):
     """
 
     code = "FG401"
+    confidence = "medium"
     name = "fp16-overflow-constant"
     categories = ("overflow", "half-precision")
     nodes = (ast.Call, ast.Assign)

@@ -7,16 +7,29 @@ import math
 import re
 from collections.abc import Iterator
 
-from ..analysis import Context, const_value
+from ..analysis import VIEW_METHODS, Context, const_value
 from ..rule import Finding, Rule
 
 _CAUSAL = re.compile(r"causal|triu|tril|future|subsequent|look_?ahead", re.IGNORECASE)
 _GUARDS = {"nan_to_num", "nan_to_num_"}
+_CASTS = VIEW_METHODS | {"type_as", "float", "half", "bfloat16", "to"}
 
 
 def is_neg_inf(node: ast.expr | None) -> bool:
     v = const_value(node)
     return v is not None and math.isinf(v) and v < 0
+
+
+def _chain_top(ctx: Context, node: ast.AST) -> ast.AST:
+    """The end of a method chain that only casts or reshapes: ``s.float().masked_fill_(m, -inf).type_as(s)``."""
+    while True:
+        attr = ctx.parent(node)
+        call = ctx.parent(attr)
+        if isinstance(attr, ast.Attribute) and isinstance(call, ast.Call) and call.func is attr and \
+                attr.attr in _CASTS:
+            node = call
+            continue
+        return node
 
 
 class FullyMaskedSoftmax(Rule):
@@ -50,12 +63,13 @@ class FullyMaskedSoftmax(Rule):
             mask = o.node.args[0]
         if mask is not None and _CAUSAL.search(ctx.text(mask)):
             return
-        parent = ctx.parent(node)
+        top = _chain_top(ctx, node)
+        parent = ctx.parent(top)
         if ctx.ops(parent, "softmax") is not None:
             if not self._guarded_after(ctx, node, mask):
                 yield self._finding(node)
             return
-        names = self._names(ctx, node)
+        names = self._names(ctx, node, top)
         if not names:
             return
         fn = ctx.scope_of(node)
@@ -72,10 +86,11 @@ class FullyMaskedSoftmax(Rule):
         return Finding(node, "-inf mask before softmax: a fully masked row gives NaN",
                        "use a masked softmax (floatguard.softmax(x, where=mask)) or finfo(dtype).min")
 
-    def _names(self, ctx: Context, node: ast.AST) -> set[str]:
-        """Names that hold the masked scores: the assignment target, or the receiver of masked_fill_."""
+    def _names(self, ctx: Context, node: ast.AST, top: ast.AST) -> set[str]:
+        """Names that hold the masked scores: the assignment target (of the method chain the fill sits in), or
+        the receiver of masked_fill_."""
         out: set[str] = set()
-        parent = ctx.parent(node)
+        parent = ctx.parent(top)
         if isinstance(parent, ast.Assign):
             out |= {t.id for t in parent.targets if isinstance(t, ast.Name)}
         match node:

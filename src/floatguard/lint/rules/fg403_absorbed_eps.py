@@ -35,6 +35,7 @@ class AbsorbedEps(Rule):
     """
 
     code = "FG403"
+    confidence = "medium"
     name = "absorbed-eps"
     categories = ("half-precision", "rounding")
     nodes = (ast.BinOp,)

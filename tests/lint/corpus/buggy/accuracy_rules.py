@@ -19,6 +19,10 @@ def compound_rate(r, t):
     return math.exp(r * t) - 1  # expect: FG107
 
 
+def event_probability(rate, t):
+    return 1 - torch.exp(-rate * t)  # expect: FG114
+
+
 def log_survival(log_cdf):
     return torch.log(1 - torch.exp(log_cdf))  # expect: FG108
 

@@ -44,3 +44,9 @@ def triplet_loss(a, p, n, margin=0.2):
     d_ap = ((a - p) ** 2).sum(-1).sqrt()  # expect: FG202
     d_an = ((a - n).pow(2)).sum(-1).sqrt()  # expect: FG202
     return torch.relu(d_ap - d_an + margin).mean()
+
+
+@torch.no_grad()
+def normalized_step(params, lr):
+    for p in params:
+        p -= lr * p.grad / p.grad.norm()  # expect: FG204

@@ -1,0 +1,81 @@
+"""FG204 norm-division."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+
+from ..analysis import Context, const_value
+from ..rule import Finding, Rule
+from ._common import guarded
+from .fg201_unguarded_normalization import normalize_fix
+
+_NONZERO_SOURCE = ("normal", "randn", "sample", "eigh", "eig", "svd", "qr", "uniform", "rand")
+
+
+class NormDivision(Rule):
+    """``x / norm(x)`` outside a model or loss (an optimizer step ``grad / grad.norm()``, a feature normalisation,
+    an eval metric) is 0/0 = NaN for a zero vector: a zero gradient, a padded row, a point cloud of identical
+    points. ``F.normalize`` (or ``+ eps``) returns 0 there. Inside differentiated code FG201 reports it.
+
+    Bad:
+        @torch.no_grad()
+        def normalized_step(p, lr):
+            p -= lr * p.grad / p.grad.norm()
+
+    Good:
+        @torch.no_grad()
+        def normalized_step(p, lr):
+            p -= lr * p.grad / p.grad.norm().clamp_min(1e-12)
+    """
+
+    code = "FG204"
+    name = "norm-division"
+    categories = ("nan", "division")
+    nodes = (ast.BinOp, ast.AugAssign)
+    confidence = "low"  # benchmarks/lint_precision: most vectors normalised in library code are never 0
+    default = False
+
+    def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
+        match node:
+            case ast.BinOp(left=num, op=ast.Div(), right=den) | ast.AugAssign(target=num, op=ast.Div(), value=den):
+                pass
+            case _:
+                return
+        if const_value(num) is not None or ctx.in_model(node):
+            return
+        d = den if isinstance(den, ast.Call) else ctx.value(den) if isinstance(den, ast.Name) else None
+        o = ctx.ops(d, "norm")
+        if o is None or o.x is None or o.family == "math" or guarded(ctx, den):
+            return
+        x = ctx.text(ctx.strip_views(o.x))
+        if not any(ctx.text(ctx.strip_views(f)) == x for f in _factors(num)) or _nonzero(ctx, o.x):
+            return
+        fix = normalize_fix(ctx, node, num, o)
+        yield Finding(node, "division by its own norm with no eps: NaN for a zero vector",
+                      "clamp the norm (norm.clamp_min(eps)) or use F.normalize", fix)
+
+
+def _nonzero(ctx: Context, x: ast.expr | None, depth: int = 0) -> bool:
+    """Nonzero by construction: a draw from a continuous distribution, an eigen/singular vector."""
+    if x is None or depth > 4:
+        return False
+    match x:
+        case ast.Name():
+            v = ctx.value(x, depth=1)
+            return v is not x and _nonzero(ctx, v, depth + 1)
+        case ast.Subscript(value=v) | ast.Attribute(attr="T", value=v):
+            return _nonzero(ctx, v, depth + 1)
+        case ast.BinOp(left=a, op=ast.Mult(), right=b):
+            return _nonzero(ctx, a, depth + 1) or _nonzero(ctx, b, depth + 1)
+        case ast.Call(func=f):
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            return any(name == s or name.endswith("_" + s) for s in _NONZERO_SOURCE)
+    return False
+
+
+def _factors(e: ast.expr) -> list[ast.expr]:
+    """``[lr, g]`` for ``lr * g``: the factors of a product (the expression itself otherwise)."""
+    if isinstance(e, ast.BinOp) and isinstance(e.op, ast.Mult):
+        return [*_factors(e.left), *_factors(e.right)]
+    return [e]

@@ -1,0 +1,309 @@
+"""Precision on code the linter had never seen: each case is a minimal snippet of a finding judged
+false in ``benchmarks/lint_precision`` (the package and file named above it), and the unsafe
+twin the rule must still report. Every quiet case was reported before the fix it tests."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from floatguard.lint import all_rules, lint_paths, lint_source
+from floatguard.lint.config import expand
+
+
+def codes(src: str, code: str) -> list[int]:
+    """Lines where ``code`` is reported in ``src``."""
+    return [e.line for e in lint_source(textwrap.dedent(src), select=[code]) if e.line is not None]
+
+
+# -- guards already in place --------------------------------------------------------------------
+
+def test_mask_keeps_the_safe_side_of_exp() -> None:
+    # statsmodels genmod/bayes_mixed_glm.py: the two-branch sigmoid through index masks
+    src = """
+    import numpy as np
+    def f(u):
+        x = np.zeros_like(u)
+        ii = np.flatnonzero(u <= 0)
+        uu = u[ii]
+        x[ii] = np.exp(uu) / (1 + np.exp(uu))
+        jj = np.flatnonzero(u > 0)
+        vv = u[jj]
+        y = np.exp(vv) / (1 + np.exp(vv))
+        return x, y
+    """
+    assert codes(src, "FG109") == [10]
+
+
+def test_where_branch_bounds_exp() -> None:
+    # distrax bijectors/sigmoid.py; torch _refs softplus with a threshold
+    src = """
+    import jax
+    import jax.numpy as jnp
+    import torch
+    def f(x, threshold: float = 20.0):
+        a = jnp.where(x < -9, jnp.log1p(jnp.exp(x)), jax.nn.softplus(x))
+        b = torch.where(x > 20, x, torch.log1p(torch.exp(x)))
+        c = torch.where(x > 20, torch.log1p(torch.exp(x)), x)
+        return a, b, c
+    """
+    assert codes(src, "FG105") == [8]
+
+
+def test_stable_softplus_by_method_chain_is_quiet() -> None:
+    # pyro distributions/torch.py: log1p(exp(-|x|)) spelled as methods
+    src = """
+    import torch
+    def f(logits):
+        return logits.clamp(min=0) + logits.abs().neg().exp().log1p()
+    def g(logits):
+        return logits.neg().exp().log1p()
+    """
+    assert codes(src, "FG105") == [6]
+
+
+def test_empty_input_branch_is_quiet() -> None:
+    # torch _refs logsumexp: the empty case computed naively on purpose
+    src = """
+    import torch
+    def logsumexp(x, dim):
+        if x.numel() == 0:
+            return torch.log(torch.sum(torch.exp(x), dim))
+        return torch.log(torch.sum(torch.exp(x), dim))
+    """
+    assert codes(src, "FG101") == [6]
+
+
+def test_exp_undoing_a_log_is_quiet() -> None:
+    src = """
+    import torch
+    def f(p):
+        lp = torch.log(p)
+        return torch.log(torch.sum(torch.exp(lp), dim=-1))
+    def g(z):
+        return torch.log(torch.sum(torch.exp(z), dim=-1))
+    """
+    assert codes(src, "FG101") == [7]
+
+
+def test_positive_mask_and_helper_clamp_guard_the_log() -> None:
+    # torchmetrics clustering/utils.py (p = p[p > 0]); statsmodels links.py (p = self._clean(p))
+    src = """
+    import torch
+    class CLogLog:
+        def _clean(self, p):
+            return torch.clamp(p, 1e-10, 1 - 1e-10)
+        def loss(self, p, y):
+            p = self._clean(p)
+            return -(y * torch.log(p)).sum()
+        def loss_raw(self, p, y):
+            return -(y * torch.log(p)).sum()
+    def entropy_loss(x):
+        p = torch.bincount(x)
+        p = p[p > 0]
+        n = p.sum()
+        return -torch.sum((p / n) * torch.log(p))
+    """
+    assert codes(src, "FG111") == [10]
+
+
+def test_division_by_a_sum_of_positive_terms_is_quiet() -> None:
+    # optax losses/_segmentation.py
+    src = """
+    import torch
+    def loss_fn(freq):
+        w = 1.0 / (freq**2 + 1e-7)
+        w = w / torch.sum(w)
+        v = freq / torch.sum(freq)
+        return w, v
+    """
+    assert codes(src, "FG201") == [6]
+
+
+# -- no gradient flows ----------------------------------------------------------------------------
+
+def test_numpy_sigmoid_without_autograd_is_quiet_but_nan_form_is_not() -> None:
+    # statsmodels Logit.cdf: 1 / (1 + inf) is the right 0 in NumPy; exp(x) / (1 + exp(x)) is inf/inf
+    src = """
+    import numpy as np
+    import torch
+    def cdf(x):
+        return 1 / (1 + np.exp(-x))
+    def cdf2(x):
+        return np.exp(x) / (1 + np.exp(x))
+    def forward(x):
+        return 1 / (1 + torch.exp(-x))
+    """
+    assert codes(src, "FG109") == [7, 9]
+
+
+def test_no_grad_and_custom_derivatives_silence_gradient_rules() -> None:
+    src = """
+    import torch
+    import jax
+    import jax.numpy as jnp
+    @torch.no_grad()
+    def update(x):
+        return torch.where(x > 0, torch.log(x), torch.zeros_like(x))
+    def evaluate(x):
+        with torch.inference_mode():
+            y = torch.where(x > 0, torch.log(x), torch.zeros_like(x))
+        return y
+    @jax.custom_jvp
+    def safe(x):
+        return jnp.where(x > 0, jnp.sqrt(x), 0.0)
+    def trained(x):
+        return torch.where(x > 0, torch.log(x), torch.zeros_like(x))
+    """
+    assert codes(src, "FG203") == [16]
+
+
+def test_where_on_counts_and_scalar_parameters_is_quiet() -> None:
+    # torchmetrics panoptic quality; distrax Uniform (self.range); a smooth-L1 with beta: float
+    src = """
+    import torch
+    def quality(iou_sum, true_positives, false_positives, false_negatives):
+        sq = torch.where(true_positives > 0.0, iou_sum / true_positives, 0.0)
+        den = true_positives + 0.5 * false_positives + 0.5 * false_negatives
+        rq = torch.where(den > 0.0, true_positives / den, 0.0)
+        return sq, rq
+    class Uniform:
+        def cdf(self, value):
+            return torch.where(value < self.low, 0.0, (value - self.low) / self.range)
+    def smooth_l1(loss, beta: float = 1.0):
+        return torch.where(loss < beta, 0.5 * loss**2 / beta, loss - 0.5 * beta)
+    def sinc(x):
+        return torch.where(x == 0, torch.ones_like(x), torch.sin(x) / x)
+    """
+    assert codes(src, "FG203") == [14]
+
+
+def test_name_only_probability_in_numpy_is_quiet() -> None:
+    # sklearn predict_log_proba: log(0) = -inf is the documented result; no autograd
+    src = """
+    import numpy as np
+    import torch
+    class Clf:
+        def predict_proba(self, X):
+            return self._proba(X)
+        def predict_log_proba(self, X):
+            return np.log(self.predict_proba(X))
+    class Net:
+        def predict_proba(self, X):
+            return self._proba(X)
+        def loss(self, X, y):
+            return -(y * torch.log(self.predict_proba(X))).sum()
+    """
+    assert codes(src, "FG111") == [13]
+
+
+def test_constants_are_not_probabilities() -> None:
+    # numpyro distributions: 0.5 * jnp.log(jnp.pi) in a log-normaliser
+    src = """
+    import jax.numpy as jnp
+    def log_likelihood(df, pi):
+        z = 0.5 * jnp.log(jnp.pi) + jnp.log(df)
+        return z * jnp.log(pi)
+    """
+    assert codes(src, "FG111") == [5]
+
+
+def test_integer_addends_and_python_scalars_do_not_need_log1p() -> None:
+    # statsmodels bayes_mi.py (arange), pyro svgd.py (math on a count), timm relative coordinates
+    src = """
+    import math
+    import numpy as np
+    import torch
+    def f(m, num_particles, relative_coords, rate):
+        z = 1 + np.log(1 + np.arange(m))
+        h = math.log(num_particles + 1)
+        c = torch.sign(relative_coords) * torch.log(1.0 + relative_coords.abs())
+        return z, h, c, torch.log(1 + rate)
+    """
+    assert codes(src, "FG106") == [9]
+
+
+# -- the default selection and test files ---------------------------------------------------------
+
+def test_every_rule_declares_severity_confidence_and_default() -> None:
+    for r in all_rules():
+        assert r.severity in ("error", "warning") and r.confidence in ("high", "medium", "low"), r.code
+        assert r.default == (r.confidence != "low"), r.code
+    default = expand(("DEFAULT",))
+    assert {"FG106", "FG107", "FG203"}.isdisjoint(default) and {"FG101", "FG111"} <= default
+    assert expand(("ALL",)) == {r.code for r in all_rules()}
+
+
+BUGGY = "import torch\n\n\ndef loss_fn(x):\n    return torch.log(torch.sum(torch.exp(x), dim=-1))\n"
+
+
+@pytest.mark.parametrize("rel", ["tests/test_model.py", "pkg/tests/helpers.py", "test_model.py", "model_test.py",
+                                 "conftest.py", "src/test/x.py"])
+def test_test_files_are_quiet_by_default(tmp_path: Path, rel: str) -> None:
+    f = tmp_path / rel
+    f.parent.mkdir(parents=True, exist_ok=True)
+    f.write_text(BUGGY)
+    (tmp_path / "lib.py").write_text(BUGGY)
+    (tmp_path / "pyproject.toml").write_text("[tool.floatguard.lint]\n")
+    found = {Path(r.path).name for r in lint_paths([tmp_path], jobs=1) if r.events}
+    assert found == {"lib.py"}
+    (tmp_path / "pyproject.toml").write_text("[tool.floatguard.lint]\nper-file-ignores = {}\n")
+    from floatguard.lint.config import _load, find_config
+
+    _load.cache_clear()
+    find_config.cache_clear()
+    found = {Path(r.path).name for r in lint_paths([tmp_path], jobs=1) if r.events}
+    assert found == {"lib.py", f.name}
+
+
+def test_extend_per_file_ignores_keeps_the_test_default(tmp_path: Path) -> None:
+    from floatguard.lint.config import _load, find_config
+
+    for rel in ("tests/test_a.py", "scripts/run.py", "lib.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(BUGGY)
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.floatguard.lint]\nextend-select = ["FG107"]\n[tool.floatguard.lint.extend-per-file-ignores]\n'
+        '"scripts/*" = ["ALL"]\n')
+    _load.cache_clear()
+    find_config.cache_clear()
+    found = {Path(r.path).name for r in lint_paths([tmp_path], jobs=1) if r.events}
+    assert found == {"lib.py"}
+
+
+def test_norm_of_a_where_masked_vector_and_int32_limits_are_quiet() -> None:
+    # kornia geometry/liegroup/so3.py (safe_theta) and filters/otsu_thresholding.py (int32 bit pattern)
+    src = """
+    import torch
+    def exp_map(v, small, theta_sq):
+        unit_x = torch.cat((torch.ones_like(theta_sq), torch.zeros_like(v[..., 1:])), dim=-1)
+        safe_theta = torch.where(small, unit_x, v).norm(dim=-1, keepdim=True)
+        return torch.sin(0.5 * safe_theta) / safe_theta
+    def forward(v):
+        return torch.sin(v) / v.norm(dim=-1, keepdim=True)
+    """
+    assert codes(src, "FG201") == [8]
+    src = """
+    import torch
+    def previous(boundary, bits, direction, scores, mask):
+        a = torch.where(boundary == 0, -2147483647, bits - direction)
+        return a, scores.masked_fill(mask, -1e9), scores.masked_fill(mask, -1000000000.0)
+    """
+    assert codes(src, "FG401") == [5, 5]
+
+
+def test_branch_kept_only_where_a_later_where_bounds_it() -> None:
+    # torch _refs/nn/functional softplus: rhs = log1p(exp(x)); where(x > threshold, a, rhs)
+    src = """
+    import torch
+    def softplus(a, threshold: float = 20.0):
+        scaled_input = a
+        rhs = torch.log1p(torch.exp(scaled_input))
+        return torch.where(scaled_input > threshold, a, rhs)
+    def softplus2(a):
+        rhs = torch.log1p(torch.exp(a))
+        return torch.where(a > 20, a, rhs) + rhs
+    """
+    assert codes(src, "FG105") == [8]
