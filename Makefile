@@ -32,6 +32,7 @@ bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/accuracy.py
 	$(BIN)/python benchmarks/paper_bhh2021.py
 	$(BIN)/python benchmarks/ops_speed.py
+	$(BIN)/python benchmarks/training_speed.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

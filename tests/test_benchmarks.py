@@ -117,3 +117,21 @@ def test_ops_speed_quick(load, capsys) -> None:
         assert _cells(table, 1) == ["naive NumPy", "scipy.special", "torch", "jax.nn (jit)"] * 3
         for col in (2, 3, 4):
             assert all(0 < float(c) < math.inf for c in _cells(table, col))
+
+
+def test_training_speed_quick(load, capsys) -> None:
+    mod = load("training_speed")
+    (table,) = mod.main(["--quick", "--rounds", "1"])
+    assert "Training speed: floatguard / framework" in capsys.readouterr().out
+    assert _header(table) == mod.HEADERS
+    sections = _cells(table, 0)
+    assert set(sections) == {"training", "latency", "jax"}  # --quick leaves out torch.compile
+    ops = set(_cells(table, 1))
+    assert {"cross_entropy", "softmax", "log_softmax", "logsumexp", "bce_with_logits", "softplus", "log_sigmoid",
+            "logaddexp", "log1mexp", "log_softmax (jit)"} <= ops
+    assert _cells(table, 2).count("fwd") == 9 + 6  # latency: every op forward; JAX: 3 ops x 2 dtypes
+    for section, ratio, target, ok in zip(sections, _cells(table, 7), _cells(table, 8), _cells(table, 9),
+                                          strict=True):
+        assert 0 < float(ratio) < math.inf
+        assert target == ("≤ 2.0" if section == "latency" else "≤ 1.0")
+        assert ok == ("ok" if float(ratio) <= float(target[2:]) else "FAIL")

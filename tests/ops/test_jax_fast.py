@@ -322,3 +322,20 @@ def test_float32_gradients_keep_the_dtype_and_match_float64(x64: None) -> None:
         g64 = jax.grad(_scalar(op, w))(jnp.asarray(x.astype(np.float32).astype(np.float64)))
         assert g32.dtype == jnp.float32
         np.testing.assert_allclose(np.asarray(g32), np.asarray(g64), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_gradients_keep_the_dtype_and_match_float64(dtype: str, x64: None) -> None:
+    """Half precision is worked in float32 (forward and tangents): the gradient is that of float64 on
+    the same (rounded) inputs, to a few units of the dtype's rounding."""
+    rng = np.random.default_rng(17)
+    x = jnp.asarray(rng.normal(size=(4, 300)) * 3, dtype=getattr(jnp, dtype))
+    x64_ = jnp.asarray(np.asarray(x).astype(np.float64))
+    eps = float(jnp.finfo(getattr(jnp, dtype)).eps)
+    for op in OPS:
+        w = rng.uniform(0.5, 1.5, size=(4, 300))
+        g = jax.jit(jax.grad(_scalar(op, w)))(x)
+        want = np.asarray(jax.grad(_scalar(op, w))(x64_))
+        assert g.dtype == x.dtype, (op, g.dtype)
+        got = np.asarray(g).astype(np.float64)
+        np.testing.assert_allclose(got, want, rtol=4 * eps, atol=4 * eps * float(np.abs(want).max()), err_msg=op)

@@ -21,7 +21,18 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-__all__ = ["Backend", "OptionalDependencyError", "as_float", "finfo_of", "namespace", "quiet"]
+__all__ = [
+    "Backend",
+    "OptionalDependencyError",
+    "as_float",
+    "as_inexact",
+    "default_float",
+    "finfo_of",
+    "is_complex_dtype",
+    "namespace",
+    "promoted_dtype",
+    "quiet",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -261,6 +272,83 @@ def as_float(be: Backend, x: Any, name: str, func: str, like: Any = None) -> Any
             f"e.g. {target.replace('x', name, 1)}"
         )
     return x
+
+
+def is_complex_dtype(be: Backend, dtype: Any) -> bool:
+    """True for a complex floating dtype of backend ``be``."""
+    if be.name == "numpy":
+        return np.issubdtype(dtype, np.complexfloating)
+    if be.name == "torch":
+        return bool(dtype.is_complex)
+    return bool(be.xp.issubdtype(dtype, be.xp.complexfloating))
+
+
+def default_float(be: Backend) -> Any:
+    """The float dtype integers and booleans are promoted to: NumPy's float64 (as SciPy),
+    ``torch.get_default_dtype()`` (as ``torch.logsumexp``), JAX's default float (float32
+    without ``jax_enable_x64``, as ``jax.scipy``)."""
+    if be.name == "numpy":
+        return np.float64
+    if be.name == "torch":
+        import torch
+
+        return torch.get_default_dtype()
+    import jax
+
+    return jax.dtypes.canonicalize_dtype(np.float64)
+
+
+def _is_integral_dtype(be: Backend, dtype: Any) -> bool:
+    if be.name == "numpy":
+        return np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_)
+    if be.name == "torch":
+        return not dtype.is_floating_point and not dtype.is_complex
+    return bool(be.xp.issubdtype(dtype, be.xp.integer) or be.xp.issubdtype(dtype, be.xp.bool_))
+
+
+def as_array(be: Backend, x: Any) -> Any:
+    """A Python scalar, list or tuple as an array of backend ``be`` (arrays pass unchanged)."""
+    if _backend_of(x) is not None:
+        return x
+    if be.name == "numpy":
+        return np.asarray(x)
+    return be.xp.asarray(x)
+
+
+def promoted_dtype(be: Backend, *values: Any) -> Any:
+    """Result dtype of ``values`` (arrays, or Python scalars, which are weak as in NumPy 2),
+    made inexact: integer and boolean results become :func:`default_float`. Python lists are
+    arrays for NumPy (as in SciPy) and weak like scalars for PyTorch and JAX (they take the
+    dtype of the tensor they come with)."""
+    xp = be.xp
+    args = []
+    for v in values:
+        if isinstance(v, (list, tuple)) and be.name != "numpy":
+            kind = np.asarray(v).dtype.kind
+            v = 0j if kind == "c" else 0.0 if kind == "f" else 0
+        elif not isinstance(v, (int, float, complex)) and _backend_of(v) is None:
+            v = as_array(be, v)
+        args.append(v)
+    dtype = xp.result_type(*args)
+    if _is_integral_dtype(be, dtype):
+        return default_float(be)
+    return dtype
+
+
+def as_inexact(be: Backend, x: Any, name: str, func: str) -> Any:
+    """``x`` as a real or complex floating array of backend ``be``, the way SciPy, PyTorch and
+    JAX take it: Python scalars and lists become arrays, integer and boolean arrays are
+    promoted to :func:`default_float`. Other dtypes (strings, objects) raise a ``TypeError``
+    naming the argument."""
+    x = as_array(be, x)
+    dtype = x.dtype
+    if _is_float_dtype(be, dtype) or is_complex_dtype(be, dtype):
+        return x
+    if _is_integral_dtype(be, dtype):
+        return be.xp.astype(x, default_float(be))
+    raise TypeError(
+        f"floatguard.{func}: argument {name!r} must be a numeric array, got dtype {dtype}"
+    )
 
 
 def finfo_of(be: Backend, dtype: Any) -> Any:

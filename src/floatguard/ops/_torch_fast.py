@@ -10,6 +10,16 @@ analytic gradient, which is also what makes it 0, never NaN, on rows with no
 finite entry. Backward formulas use only the saved input and output, in
 differentiable torch ops, so double backward works.
 
+On CPU tensors (float32, float64, bfloat16, float16) the forward and the backward
+are numba kernels (:mod:`._numba_fast`, the ``fast`` extra) that read the tensors'
+storage in place (bfloat16 and float16 as 16-bit integers, widened in registers),
+compute in float64 and round once into the output: no float64 copy, one pass per
+row for each backward. Only ``create_graph`` (double backward) takes the
+differentiable torch ops. :func:`softmax_fast` and :func:`logsumexp_fast` are the
+short path of a plain call (one tensor, last axis): a few microseconds of Python.
+Other devices take :func:`device_softmax` / :func:`device_logsumexp` (torch ops,
+float32 accumulation for 16-bit inputs, float64 for float64).
+
 All functions take rows on the last axis and return results in the input dtype.
 """
 
@@ -100,8 +110,9 @@ def _compiled(x: torch.Tensor, out: torch.Tensor | None, log: bool = False) -> A
 
 def _empty_like(x: torch.Tensor) -> torch.Tensor:
     """An uninitialised output like ``x``; on the CPU allocated by NumPy, which asks the kernel for
-    huge pages (torch does not): first-touch page faults of a 32 MiB output cost torch ~10 ms."""
-    if x.device.type == "cpu" and x.dtype in _NUMPY_DTYPES:
+    huge pages (torch does not): first-touch page faults of a 32 MiB output cost torch ~10 ms.
+    Small outputs (under 1 MiB) come from torch, which is quicker to call."""
+    if x.numel() >= 1 << 17 and x.is_cpu and x.dtype in _NUMPY_DTYPES:
         import numpy as np
 
         return torch.from_numpy(np.empty(tuple(x.shape), dtype=_NUMPY_DTYPES[x.dtype]))
@@ -153,17 +164,222 @@ def _softmax_forward(x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Te
 
 def _softmax_grad(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``p * (g - sum(g p))``, 0 on rows with no finite max."""
-    p = torch.where(finite, out.to(torch.float64), 0.0)
-    gw = g.to(torch.float64)
+    wd = _grad_dtype(out)
+    p = torch.where(finite, out.to(wd), 0.0)
+    gw = g.to(wd)
     return (p * (gw - (gw * p).sum(dim=-1, keepdim=True))).to(out.dtype)
 
 
 def _log_softmax_grad(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """``g - p sum(g)``, 0 on rows with no finite max."""
-    p = torch.where(finite, torch.exp(out.to(torch.float64)), 0.0)
-    gw = g.to(torch.float64)
+    wd = _grad_dtype(out)
+    p = torch.where(finite, torch.exp(out.to(wd)), 0.0)
+    gw = g.to(wd)
     grad = gw - p * gw.sum(dim=-1, keepdim=True)
     return torch.where(finite, grad, 0.0).to(out.dtype)
+
+
+# -- numba kernels on the tensors' storage -----------------------------------------------
+# bfloat16 and float16 go to the kernels as 16-bit integers (the dtype picks the conversion)
+_STORAGE = {torch.float32: None, torch.float64: None, torch.bfloat16: torch.int16, torch.float16: torch.uint16}
+_kern: Any = None  # the _numba_fast module, False without numba (or when it failed), None before the first look
+
+
+def _kernels() -> Any:
+    """:mod:`._numba_fast` when its kernels can run (imports numba once), else None."""
+    global _kern
+    if _kern is None:
+        import numpy as np
+
+        from . import _numpy_fast
+
+        _kern = _numpy_fast._kernels_for(np.dtype(np.float32)) or False
+    return _kern or None
+
+
+_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}  # _numba_fast.STORAGE_CODES
+
+
+def _on_kernels(x: torch.Tensor) -> Any:
+    """The kernels module when rows ``x`` can go to it (CPU, a kernel dtype, non-empty rows), else None."""
+    if not x.is_cpu or x.dtype not in _CODE or x.shape[-1] == 0:
+        return None
+    return _kern or _kernels()
+
+
+def _kernel_call(fn: Any, *args: Any) -> Any:
+    """Run a kernel and return its result; None (and the kernels off, with a warning) if numba fails."""
+    global _kern
+    try:
+        got = fn(*args)
+    except Exception as exc:  # numba cannot compile here: the torch ops still can
+        _kern = False
+        import warnings
+
+        warnings.warn(f"floatguard: numba kernels disabled, using torch ops ({exc!r})", RuntimeWarning, stacklevel=3)
+        return None
+    return True if got is None else got
+
+
+def _fix_limits(x: torch.Tensor, out: torch.Tensor, finite: torch.Tensor, log: bool) -> torch.Tensor:
+    """``out`` with the rows where ``finite`` (R, 1) is False replaced by their limits."""
+    m = x.detach().max(dim=-1, keepdim=True).values.to(torch.float64)
+    w = _limit(x, m)
+    if log:
+        lim = torch.where(w > 0, torch.log(w.clamp_min(1e-300)), -torch.inf)
+        w = torch.where(torch.isnan(w), w, lim)
+    return torch.where(finite, out, w.to(x.dtype))
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """``x`` detached and contiguous (itself when it already is: a few hundred ns less per call)."""
+    if x.requires_grad:
+        x = x.detach()
+    return x if x.is_contiguous() else x.contiguous()
+
+
+def _kernel_softmax(kern: Any, x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """softmax or log_softmax of rows ``x`` by the kernels, and ``finite`` (R, 1); None if they failed."""
+    x = _plain(x)
+    out = _empty_like(x)
+    if x.dtype == torch.float64:  # float64: the table exp (the NumPy path's kernels, argmax by NumPy)
+        bad = _compiled(x, out, log)
+        if bad is None:
+            return None
+        finite = torch.isfinite(x.max(dim=-1, keepdim=True).values) if bad else None
+    else:
+        r, n = x.shape
+        finite = torch.empty(r, dtype=torch.bool)
+        ok = _kernel_call(kern.ptr_softmax_fwd, _CODE[x.dtype], x.data_ptr(), out.data_ptr(), finite.data_ptr(),
+                          r, n, log)
+        if ok is None:
+            return None
+        finite = None if ok else finite[:, None]
+    if finite is None:
+        return out, _ALL_FINITE
+    return _fix_limits(x, out, finite, log), finite
+
+
+_ALL_FINITE = torch.ones((1, 1), dtype=torch.bool)  # ``finite`` of rows that all have a finite max
+
+
+def _kernel_softmax_grad(
+    kern: Any, out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, log: bool
+) -> torch.Tensor:
+    """The fused backward of softmax / log_softmax (one kernel pass per row)."""
+    g = _plain(g if g.dtype == out.dtype else g.to(out.dtype))
+    grad = _empty_like(out)
+    fin = _plain(finite)  # (R, 1), or (1, 1) when every row is finite
+    r, n = out.shape
+    if _kernel_call(kern.ptr_softmax_bwd, _CODE[out.dtype], out.data_ptr(), g.data_ptr(), fin.data_ptr(), fin.numel(),
+                    grad.data_ptr(), r, n, log) is None:
+        return (_log_softmax_grad if log else _softmax_grad)(out, finite, g)
+    return grad
+
+
+# -- on other devices: torch ops, float32 accumulation for 16-bit inputs --------------------
+def _device_stats(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``m``, ``d = x - m`` as ``(d, lo)`` (float32: ``d + lo`` exact, TwoSum), ``e = exp(d + lo)``,
+    ``s = sum_{i != k} e_i`` and ``finite``, for rows ``x`` (R, n), in the compute dtype.
+
+    The max-split of BHH: ``k = argmax``; the compute dtype is float32 for 16-bit and float32 inputs
+    (float64 stays). ``x - m`` rounds in float32 when the two are far apart in magnitude, and the
+    exp of a rounded ``d`` has a relative error ``|d| eps``: the TwoSum keeps the lost bits ``lo`` and
+    ``exp(d + lo) = exp(d) (1 + lo)`` to a float32 rounding.
+    """
+    wd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xw = x.to(wd)
+    m, k = xw.max(dim=-1, keepdim=True)
+    finite = torch.isfinite(m)
+    m0 = torch.where(finite, m, 0.0)
+    d = xw - m0
+    if wd == torch.float32:
+        bb = d - xw
+        lo = (xw - (d - bb)) - (m0 + bb)
+        lo = torch.where(torch.isfinite(lo), lo, 0.0)  # -inf entries: d = -inf, nothing lost
+    else:
+        lo = torch.zeros_like(m0)
+    e = torch.exp(d) * (1.0 + lo)
+    s = e.scatter(-1, k, 0.0).sum(dim=-1, keepdim=True)
+    return m, d, lo, e, torch.where(finite, s, 0.0), finite
+
+
+def device_logsumexp(x: torch.Tensor) -> torch.Tensor:
+    """``m + log1p(s)`` of rows ``x`` (R, n) as (R, 1) in the compute dtype (float32, or float64), torch ops."""
+    m, _, _, _, s, finite = _device_stats(x.detach())
+    return torch.where(finite, m + torch.log1p(s), m)
+
+
+def device_softmax(x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax (``e / (1 + s)``) or log_softmax (``d - log1p(s)``) of rows ``x`` with torch ops, and ``finite``."""
+    _, d, lo, e, s, finite = _device_stats(x.detach())
+    out = ((d - torch.log1p(s)) + lo) if log else (e / (1.0 + s))
+    out = out.to(x.dtype)
+    if not bool(finite.all()):
+        out = _fix_limits(x, out, finite, log)
+    return out, finite
+
+
+def _grad_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 or t.is_cpu else torch.float32
+
+
+# -- the autograd Functions -----------------------------------------------------------------
+def _softmax_any(x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax or log_softmax of rows ``x`` and ``finite`` (R, 1): kernels, device ops, or the torch sweep."""
+    kern = _on_kernels(x)
+    if kern is not None:
+        got = _kernel_softmax(kern, x, log)
+        if got is not None:
+            return got
+    if not x.is_cpu:
+        return device_softmax(x, log)
+    return _softmax_forward(x, log)
+
+
+def _lse_any(x: torch.Tensor) -> torch.Tensor:
+    """float64 (CPU) or compute-dtype (other devices) logsumexp of rows ``x``, as (R,)."""
+    kern = _on_kernels(x)
+    if kern is not None:
+        x = _plain(x)
+        r, n = x.shape
+        lse = torch.empty(r, dtype=torch.float64)
+        if _kernel_call(kern.ptr_logsumexp_fwd, _CODE[x.dtype], x.data_ptr(), lse.data_ptr(), r, n):
+            return lse
+    if not x.is_cpu:
+        return device_logsumexp(x)[:, 0]
+    return _lse_forward(x)[:, 0].to(torch.float64) if x.dtype != torch.float64 else _lse_forward(x)[:, 0]
+
+
+def softmax_fast(x: torch.Tensor, axis: Any, log: bool) -> torch.Tensor | None:
+    """``softmax(x, axis)`` (or ``log_softmax``) of a CPU tensor along its last axis, on the kernels
+    with the least Python in between; None when that does not apply (the caller takes the full path)."""
+    nd = x.ndim
+    if nd == 0 or type(axis) is not int or (axis != -1 and axis != nd - 1):
+        return None
+    if not x.is_cpu or x.dtype not in _STORAGE or _kern is False or x.numel() == 0 or torch.compiler.is_compiling():
+        return None
+    rows = x if nd == 2 else x.reshape(-1, x.shape[-1])
+    if x.requires_grad and torch.is_grad_enabled():
+        out = (LogSoftmax if log else Softmax).apply(rows)
+    else:
+        out = _softmax_any(rows, log)[0]
+    return out if nd == 2 else out.view(x.shape)
+
+
+def logsumexp_fast(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor | None:
+    """``logsumexp(x, axis, keepdims)`` of a CPU tensor along its last axis, as :func:`softmax_fast`."""
+    nd = x.ndim
+    if nd == 0 or type(axis) is not int or (axis != -1 and axis != nd - 1) or type(keepdims) is not bool:
+        return None
+    if not x.is_cpu or x.dtype not in _STORAGE or _kern is False or x.numel() == 0 or torch.compiler.is_compiling():
+        return None
+    rows = x if nd == 2 else x.reshape(-1, x.shape[-1])
+    if x.requires_grad and torch.is_grad_enabled():
+        lse = LogSumExp.apply(rows)
+    else:
+        lse = _lse_any(rows).to(x.dtype)
+    return lse.view((*x.shape[:-1], 1) if keepdims else x.shape[:-1])
 
 
 class LogSumExp(torch.autograd.Function):
@@ -171,15 +387,24 @@ class LogSumExp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out = _lse_forward(x)
-        ctx.save_for_backward(x, out)
-        return out
+        lse = _lse_any(x)
+        ctx.save_for_backward(x, lse)  # the input (no copy) and R floats: what torch keeps
+        return lse[:, None].to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        # the gradient is softmax(x), through Softmax so that double backward is exact too
-        x, out = ctx.saved_tensors
-        p = torch.where(torch.isfinite(out), Softmax.apply(x), 0.0)
+        x, lse = ctx.saved_tensors
+        kern = _on_kernels(x)
+        if kern is not None and not torch.is_grad_enabled():
+            xc = _plain(x)
+            grad = _empty_like(xc)
+            g64 = _plain(g.reshape(-1).to(torch.float64))
+            r, n = xc.shape
+            if _kernel_call(kern.ptr_logsumexp_bwd, _CODE[x.dtype], xc.data_ptr(), lse.data_ptr(), g64.data_ptr(),
+                            grad.data_ptr(), r, n):
+                return grad
+        # double backward (create_graph), or no kernels: the softmax through Softmax, so that it is exact too
+        p = torch.where(torch.isfinite(lse)[:, None], Softmax.apply(x), 0.0)
         return g * p
 
 
@@ -188,13 +413,17 @@ class Softmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out, finite = _softmax_forward(x, log=False)
+        out, finite = _softmax_any(x, log=False)
         ctx.save_for_backward(out, finite)
         return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        return _softmax_grad(*ctx.saved_tensors, g)
+        out, finite = ctx.saved_tensors
+        kern = _on_kernels(out)
+        if kern is not None and not torch.is_grad_enabled():
+            return _kernel_softmax_grad(kern, out, finite, g, log=False)
+        return _softmax_grad(out, finite, g)
 
 
 class LogSoftmax(torch.autograd.Function):
@@ -202,13 +431,17 @@ class LogSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out, finite = _softmax_forward(x, log=True)
+        out, finite = _softmax_any(x, log=True)
         ctx.save_for_backward(out, finite)
         return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        return _log_softmax_grad(*ctx.saved_tensors, g)
+        out, finite = ctx.saved_tensors
+        kern = _on_kernels(out)
+        if kern is not None and not torch.is_grad_enabled():
+            return _kernel_softmax_grad(kern, out, finite, g, log=True)
+        return _log_softmax_grad(out, finite, g)
 
 
 # -- under torch.compile ------------------------------------------------------------------

@@ -13,10 +13,13 @@ are finite wherever the derivative is (no NaN from the unused branch).
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
+from . import _complex
 from ._namespace import Backend, as_float, namespace, quiet
 
 __all__ = [
@@ -32,6 +35,57 @@ __all__ = [
 ]
 
 _LN2 = math.log(2.0)
+_FAST_DTYPES: tuple[Any, ...] = ()
+
+
+def _cpu_tensor(x: Any) -> bool:
+    """True for a CPU torch tensor of a dtype the compiled kernels take (not while torch.compile traces)."""
+    global _FAST_DTYPES
+    torch = sys.modules.get("torch")
+    if torch is None or type(x) is not torch.Tensor or x.device.type != "cpu":
+        return False
+    if not _FAST_DTYPES:
+        from . import _numba_losses
+
+        if not _numba_losses.AVAILABLE:
+            return False
+        _FAST_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    return x.dtype in _FAST_DTYPES and not torch.compiler.is_compiling()
+
+
+@functools.cache
+def _fast_module() -> Any:
+    """:mod:`._torch_losses`, imported once (an import statement per call costs ~1 us)."""
+    from . import _torch_losses
+
+    return _torch_losses
+
+
+def _fast_unary(op: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Send a lone CPU tensor straight to the fused kernel ``op`` of ``_torch_losses``, before any generic work."""
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def op_fn(x: Any) -> Any:
+            if _cpu_tensor(x):
+                return _fast_module().unary(x, op)
+            return fn(x)
+
+        return op_fn
+
+    return wrap
+
+
+def _fast_binary(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Two CPU tensors of one shape and dtype go straight to the fused logaddexp kernel."""
+
+    @functools.wraps(fn)
+    def op_fn(a: Any, b: Any) -> Any:
+        if _cpu_tensor(a) and _cpu_tensor(b) and a.dtype == b.dtype and a.shape == b.shape:
+            return _fast_module().logaddexp(a, b)
+        return fn(a, b)
+
+    return op_fn
 
 
 def unary(x: Any, func: str, f: Callable[[Any, Any], Any]) -> Any:
@@ -84,6 +138,7 @@ def _softplus(xp: Any, x: Any) -> Any:
     return xp.where(neg, xp.log1p(xp.exp(x_neg)), x_pos + xp.log1p(xp.exp(-x_pos)))
 
 
+@_fast_binary
 @quiet
 def logaddexp(a: Any, b: Any) -> Any:
     r"""``log(exp(a) + exp(b))``: :math:`\max(a, b) + \log1p(e^{-|a - b|})`.
@@ -102,6 +157,8 @@ def logaddexp(a: Any, b: Any) -> Any:
         limit = xp.where(hi == -float("inf"), xp.full_like(hi, -float("inf")), hi)
         return xp.where(fin, hi + xp.log1p(xp.exp(delta)), limit)
 
+    if _complex.is_complex_input(a, b):  # the phase as imaginary part, as SciPy's logsumexp
+        return _complex.logaddexp(a, b)
     return binary(a, b, ("a", "b"), "logaddexp", f)
 
 
@@ -121,6 +178,7 @@ def logsubexp(a: Any, b: Any) -> Any:
     return binary(a, b, ("a", "b"), "logsubexp", f)
 
 
+@_fast_unary(2)
 @quiet
 def log1mexp(x: Any) -> Any:
     r"""``log(1 - exp(x))`` for ``x <= 0``, accurate everywhere (Mächler 2012).
@@ -141,6 +199,7 @@ def log1mexp(x: Any) -> Any:
     return unary(x, "log1mexp", _log1mexp)
 
 
+@_fast_unary(0)
 @quiet
 def softplus(x: Any) -> Any:
     r"""``log(1 + exp(x))`` without overflow and without a threshold.
@@ -190,6 +249,7 @@ def sigmoid(x: Any) -> Any:
     return unary(x, "sigmoid", f)
 
 
+@_fast_unary(1)
 @quiet
 def log_sigmoid(x: Any) -> Any:
     r"""``log(sigmoid(x)) = -softplus(-x)``: :math:`\min(x, 0) - \mathrm{log1p}(e^{-|x|})`.

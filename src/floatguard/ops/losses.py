@@ -8,6 +8,8 @@ losses work on logits with the log-domain identities
 
 from __future__ import annotations
 
+import functools
+import sys
 from typing import Any
 
 from ._core import shifted
@@ -45,7 +47,6 @@ def _same_shape(a: Any, shape: tuple[int, ...], name: str, what: str, func: str)
         )
 
 
-@quiet
 def binary_cross_entropy_with_logits(
     logits: Any,
     targets: Any,
@@ -75,8 +76,19 @@ def binary_cross_entropy_with_logits(
     reduction : {"mean", "sum", "none"}
         As in PyTorch: "mean" divides the sum by the number of elements.
     """
+    if _fast_bce_plain(logits, targets, weight, pos_weight, reduction):
+        return _fast_module().bce_plain(logits, targets, reduction)
+    return _bce(logits, targets, weight=weight, pos_weight=pos_weight, reduction=reduction)
+
+
+@quiet
+def _bce(logits: Any, targets: Any, *, weight: Any, pos_weight: Any, reduction: str) -> Any:
+    """:func:`binary_cross_entropy_with_logits` off its latency route."""
     func = "binary_cross_entropy_with_logits"
     _check_reduction(reduction, func)
+    fast = _fast_bce(logits, targets, weight, pos_weight)
+    if fast is not None:
+        return fast.binary_cross_entropy_with_logits(logits, targets, weight, pos_weight, reduction)
     be = namespace(("logits", logits), ("targets", targets), ("weight", weight), ("pos_weight", pos_weight), func=func)
     xp = be.xp
     x = as_float(be, logits, "logits", func)
@@ -115,17 +127,103 @@ def _is_integer(be: Backend, a: Any) -> bool:
     xp = be.xp
     if be.name == "torch":
         return not a.dtype.is_floating_point and not a.dtype.is_complex and a.dtype != xp.bool
-    if be.name == "numpy":
-        return xp.issubdtype(a.dtype, xp.integer)
-    return xp.issubdtype(a.dtype, xp.integer)
+    return bool(xp.issubdtype(a.dtype, xp.integer))
 
 
-@quiet
+def _fast_torch(logits: Any, target: Any, weight: Any) -> Any:
+    """The fused CPU kernels' module when they can take these arguments, else None (the generic path)."""
+    torch = sys.modules.get("torch")
+    if torch is None or type(logits) is not torch.Tensor or type(target) is not torch.Tensor:
+        return None
+    if weight is not None and (type(weight) is not torch.Tensor or weight.requires_grad or weight.ndim != 1):
+        return None
+    if target.requires_grad or logits.device.type != "cpu" or target.device.type != "cpu" or logits.ndim == 0:
+        return None
+    if torch.compiler.is_compiling() or not logits.dtype.is_floating_point:
+        return None
+    from . import _torch_losses
+
+    return _torch_losses if _torch_losses.usable(logits) else None
+
+
+def _fast_bce(logits: Any, targets: Any, weight: Any, pos_weight: Any) -> Any:
+    """The fused kernels' module for CPU tensors of one shape (weights broadcast to it, no gradient), else None."""
+    fast = _fast_torch(logits, targets, None)
+    if fast is None or targets.shape != logits.shape or not targets.dtype.is_floating_point:
+        return None
+    for a in (weight, pos_weight):
+        if a is None:
+            continue
+        if type(a) is not type(logits) or a.requires_grad or a.device.type != "cpu" or not a.dtype.is_floating_point:
+            return None
+        pairs = zip(a.shape[::-1], logits.shape[::-1], strict=False)
+        if a.ndim > logits.ndim or any(s not in (1, t) for s, t in pairs):
+            return None
+    return fast
+
+
+@functools.cache
+def _fast_module() -> Any:
+    """:mod:`._torch_losses`, imported once."""
+    from . import _torch_losses
+
+    return _torch_losses
+
+
+def _fast_plain(logits: Any, target: Any, weight: Any, axis: int, dim: int | None, eps: float,
+                ignore_index: Any, reduction: str) -> int:
+    """Whether :func:`cross_entropy` can go straight to the fused kernel of its most common case: CPU
+    float32/float64/bfloat16 rows ``(R, C)``, int64 class indices ``(R,)``, no weight, no smoothing; checked
+    before anything else (``quiet``'s ``np.errstate`` alone costs more than the kernel). 1: eager (contiguous
+    tensors), 2: under ``torch.compile`` (the custom op), 0: no."""
+    torch = sys.modules.get("torch")
+    if not (
+        torch is not None and type(logits) is torch.Tensor and type(target) is torch.Tensor
+        and weight is None and not eps and (axis == -1 or axis == 1) and (dim is None or dim == -1 or dim == 1)
+        and (dim is None or axis == -1) and logits.ndim == 2
+        and target.dtype is torch.int64 and target.ndim == 1 and target.shape[0] == logits.shape[0]
+        and logits.dtype in (torch.float32, torch.float64, torch.bfloat16) and logits.is_cpu and target.is_cpu
+        and not target.requires_grad and (ignore_index is None or type(ignore_index) is int)
+        and reduction in _REDUCTIONS
+    ):
+        return 0
+    if torch.compiler.is_compiling():
+        from . import _numba_losses
+
+        return 2 if _numba_losses.AVAILABLE else 0
+    return int(logits.is_contiguous() and target.is_contiguous() and _fast_module().K.AVAILABLE)
+
+
+def _fast_bce_plain(logits: Any, targets: Any, weight: Any, pos_weight: Any, reduction: str) -> bool:
+    """Whether BCE can go straight to the fused kernels: contiguous CPU tensors of one shape and dtype
+    (float32/float64/bfloat16), no weights (checked before ``quiet``, as :func:`_fast_plain`)."""
+    torch = sys.modules.get("torch")
+    return (
+        torch is not None and type(logits) is torch.Tensor and type(targets) is torch.Tensor
+        and weight is None and pos_weight is None and logits.dtype is targets.dtype
+        and logits.dtype in (torch.float32, torch.float64, torch.bfloat16) and logits.shape == targets.shape
+        and logits.is_cpu and targets.is_cpu and not targets.requires_grad and reduction in _REDUCTIONS
+        and logits.is_contiguous() and targets.is_contiguous() and not torch.compiler.is_compiling()
+        and _fast_module().K.AVAILABLE
+    )
+
+
+def _check_weight(be: Backend, weight: Any, n_cls: int, like: Any, func: str) -> Any:
+    w = as_float(be, weight, "weight", func)
+    if tuple(w.shape) != (n_cls,):
+        raise ValueError(
+            f"floatguard.{func}: argument 'weight' has shape {tuple(w.shape)}; expected one weight per class, "
+            f"shape ({n_cls},)"
+        )
+    return w
+
+
 def cross_entropy(
     logits: Any,
     target: Any,
     *,
     axis: int = -1,
+    weight: Any = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
@@ -133,39 +231,84 @@ def cross_entropy(
 ) -> Any:
     r"""Cross-entropy of ``target`` under ``softmax(logits)`` along ``axis``, from the logits.
 
-    .. math:: \ell = -\sum_c t_c \log \mathrm{softmax}(x)_c, \qquad
-              -\log \mathrm{softmax}(x)_c = \mathrm{log1p}(s) - (x_c - m)
+    .. math:: \ell = -\sum_c w_c t_c \log \mathrm{softmax}(x)_c, \qquad
+              -\log \mathrm{softmax}(x)_c = \mathrm{log1p}(s) + (m - x_c)
 
-    ``target`` is either integer class indices (shape of ``logits`` without
-    ``axis``) or class probabilities (shape of ``logits``). With
-    ``label_smoothing`` ``eps`` the target becomes ``(1 - eps) t + eps / C``.
-    Entries whose class is ``ignore_index`` add 0 and are left out of the
-    mean. ``reduction`` is "mean", "sum" or "none", as in PyTorch. ``dim`` is an alias
-    of ``axis``; the class axis defaults to the last (PyTorch's ``F.cross_entropy`` takes
-    dimension 1: pass ``axis=1`` for ``(N, C, d1, ...)`` logits).
+    with ``m`` the row max and ``s`` the sum of ``exp(x_i - m)`` without the max
+    term. ``target`` is either integer class indices (shape of ``logits``
+    without ``axis``) or class probabilities (shape of ``logits``). PyTorch's
+    semantics throughout: with ``label_smoothing`` ``eps`` the target becomes
+    ``(1 - eps) t + eps / C``; ``weight`` (one per class) scales each class's
+    term, and the "mean" of class indices divides by the sum of the target
+    classes' weights (by their count without ``weight``), the "mean" of
+    probabilities by the number of rows. Entries whose class is ``ignore_index``
+    add 0 and are left out of the mean; a mean over no entry is NaN, as in
+    PyTorch. ``dim`` is an alias of ``axis``; the class axis defaults to the last
+    (PyTorch's ``F.cross_entropy`` takes dimension 1: pass ``axis=1`` for
+    ``(N, C, d1, ...)`` logits). A row whose max is not finite (all ``-inf``, a
+    ``+inf``, a NaN) has loss ``-max`` (NaN for NaN) and gradient 0.
 
     A confident correct prediction gives ``log1p(s)`` to the last bit (the
     loss of a well-trained model is small, and PyTorch's ``log(1 + s)`` rounds
-    it to 0 in float32 once it is below 6e-8).
+    it to 0 in float32 once it is below 6e-8): for logits ``[0, -30]`` and class
+    0 the loss is ``9.36e-14``, where a float32 ``log(sum(exp))`` gives ``0``.
+
+    CPU tensors take fused compiled kernels (one pass per row forward, one
+    backward, no (N, C) temporaries; ``floatguard[fast]``); everything else the
+    array-API path below. Error: at most 1 ulp for float32/bfloat16/float16
+    row losses, 2 ulp times the condition number in float64.
     """
+    route = _fast_plain(logits, target, weight, axis, dim, label_smoothing, ignore_index, reduction)
+    if route == 1:
+        return _fast_module().cross_entropy_plain(logits, target, ignore_index, reduction)
+    if route == 2:
+        from . import _torch_losses
+
+        return _torch_losses.cross_entropy_compiled(logits, target, ignore_index, reduction)
+    return _cross_entropy(logits, target, axis=axis, weight=weight, reduction=reduction,
+                          label_smoothing=label_smoothing, ignore_index=ignore_index, dim=dim)
+
+
+@quiet
+def _cross_entropy(
+    logits: Any,
+    target: Any,
+    *,
+    axis: int = -1,
+    weight: Any = None,
+    reduction: str = "mean",
+    label_smoothing: float = 0.0,
+    ignore_index: int | None = None,
+    dim: int | None = None,
+) -> Any:
+    """:func:`cross_entropy` off its latency route (checks, the fused kernels' general path, the generic path)."""
     func = "cross_entropy"
     axis = alias(axis, -1, dim, ("axis", "dim"), func)
     _check_reduction(reduction, func)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"floatguard.{func}: argument 'label_smoothing' must be in [0, 1], got {label_smoothing!r}")
-    be = namespace(("logits", logits), ("target", target), func=func)
+    fast = _fast_torch(logits, target, weight)
+    if fast is not None:
+        out = _cross_entropy_torch_cpu(fast, logits, target, weight, axis, reduction, label_smoothing, ignore_index)
+        if out is not None:
+            return out
+    be = namespace(("logits", logits), ("target", target), ("weight", weight), func=func)
     xp = be.xp
     x = as_float(be, logits, "logits", func)
     ax = normalize_axis(axis, x.ndim, "axis", func)
     dtype = x.dtype
     rows = xp.moveaxis(xp.astype(x, be.work_dtype(dtype), copy=False), ax, -1)
     n_cls = rows.shape[-1]
+    w = None
+    if weight is not None:
+        w = xp.astype(_check_weight(be, weight, n_cls, x, func), rows.dtype, copy=False)
     sh = shifted(be, rows)
     lsm = xp.where(sh.finite, sh.d - xp.log1p(sh.s), sh.m + xp.zeros_like(rows))
     batch_shape = tuple(rows.shape[:-1])
     if not hasattr(target, "dtype"):
         target = xp.asarray(target) if be.name != "torch" else xp.asarray(target, device=x.device)
     count = None
+    m_row = sh.m[..., 0]
     if _is_integer(be, target):
         _same_shape(target, batch_shape, "target",
                     "integer class indices of the shape of 'logits' without its class axis,", func)
@@ -179,23 +322,64 @@ def cross_entropy(
                     f"floatguard.{func}: argument 'target' has class indices outside [0, {n_cls}) "
                     f"(e.g. {int(target[bad][0])}); set ignore_index for padding entries"
                 )
-        idx = xp.arange(n_cls, dtype=target.dtype)
-        if be.name == "torch":
-            idx = idx.to(target.device)
-        onehot = idx == xp.expand_dims(target, axis=-1)
-        nll = -xp.sum(xp.where(onehot, lsm, xp.zeros_like(lsm)), axis=-1)
+        idx = target if keep is None else xp.where(keep, target, xp.zeros_like(target))
+        nll = -xp.take_along_axis(lsm, xp.expand_dims(idx, axis=-1), axis=-1)[..., 0]
+        w_t = None
+        if w is not None:
+            w_t = xp.reshape(xp.take(w, xp.reshape(idx, (-1,))), idx.shape)
+            nll = w_t * nll
         if label_smoothing:
-            smooth = -xp.sum(lsm, axis=-1) / n_cls
+            smooth = -xp.sum(lsm if w is None else lsm * w, axis=-1) / n_cls
             nll = (1 - label_smoothing) * nll + label_smoothing * smooth
+        nll = xp.where(sh.finite[..., 0], nll, -m_row)
         if keep is not None:
             nll = xp.where(keep, nll, xp.zeros_like(nll))
+        if w_t is not None:
+            count = xp.sum(w_t if keep is None else xp.where(keep, w_t, xp.zeros_like(w_t)))
+        elif keep is not None:
             count = xp.sum(xp.astype(keep, nll.dtype))
     else:
+        if ignore_index is not None and ignore_index != -100:
+            raise ValueError(
+                f"floatguard.{func}: argument 'ignore_index' applies to class indices only; "
+                f"'target' holds class probabilities (got ignore_index={ignore_index!r})"
+            )
         t = as_float(be, target, "target", func)
         _same_shape(t, tuple(x.shape), "target", "class probabilities of the shape of 'logits',", func)
         t = xp.moveaxis(xp.astype(t, rows.dtype, copy=False), ax, -1)
         if label_smoothing:
             t = (1 - label_smoothing) * t + label_smoothing / n_cls
+        if w is not None:
+            t = t * w
         lsm = xp.where((t == 0) & xp.isinf(lsm), xp.zeros_like(lsm), lsm)  # 0 * log(0) is 0
-        nll = -xp.sum(t * lsm, axis=-1)
+        nll = xp.where(sh.finite[..., 0], -xp.sum(t * lsm, axis=-1), -m_row)
     return xp.astype(_reduce(be, nll, reduction, count), dtype, copy=False)
+
+
+def _cross_entropy_torch_cpu(
+    fast: Any, logits: Any, target: Any, weight: Any, axis: int, reduction: str, eps: float,
+    ignore_index: int | None,
+) -> Any:
+    """The fused kernels on CPU tensors; None where the generic path must answer (it raises the errors)."""
+    func = "cross_entropy"
+    ax = normalize_axis(axis, logits.ndim, "axis", func)
+    n_cls = logits.shape[ax]
+    if weight is not None and (tuple(weight.shape) != (n_cls,) or not weight.dtype.is_floating_point):
+        return None
+    index = not target.dtype.is_floating_point
+    if index:
+        if target.dtype.is_complex or target.dtype is sys.modules["torch"].bool:
+            return None
+        batch = tuple(logits.shape[:ax]) + tuple(logits.shape[ax + 1:])
+        if tuple(target.shape) != batch:
+            return None
+    elif tuple(target.shape) != tuple(logits.shape) or (ignore_index is not None and ignore_index != -100):
+        return None
+    x = logits if ax == logits.ndim - 1 else logits.movedim(ax, -1)
+    x2 = x.reshape(-1, n_cls)
+    t2 = target.reshape(-1) if index else (target if ax == target.ndim - 1 else target.movedim(ax, -1)).reshape(
+        -1, n_cls)
+    out = fast.cross_entropy(x2, t2, weight, ignore_index, eps, reduction)
+    if reduction == "none":
+        out = out.reshape(x.shape[:-1])
+    return out

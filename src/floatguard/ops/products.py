@@ -57,7 +57,7 @@ def log_matmul_exp(a: Any, b: Any) -> Any:
     Batched: leading dimensions broadcast as in ``matmul``.
 
     ``-inf`` entries are log(0); a row of ``a`` or column of ``b`` of only ``-inf``
-    gives ``-inf`` with a zero gradient.
+    gives ``-inf`` with a zero gradient, and so does an inner dimension of 0 (empty sums).
     """
     be = namespace(("a", a), ("b", b), func="log_matmul_exp")
     xp = be.xp
@@ -77,6 +77,8 @@ def log_matmul_exp(a: Any, b: Any) -> Any:
     wd = be.work_dtype(dtype)
     aw = xp.astype(a, wd, copy=False)
     bw = xp.astype(b, wd, copy=False)
+    if a.shape[-1] == 0:  # sums of no terms: log 0 = -inf (matmul gives the broadcast shape)
+        return xp.astype(xp.matmul(aw, bw) - float("inf"), dtype, copy=False)
 
     def shift(v: Any, axis: int) -> tuple[Any, Any]:
         m = xp.max(be.stop_gradient(v), axis=axis, keepdims=True)

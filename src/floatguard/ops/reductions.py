@@ -13,13 +13,25 @@ the ``+inf`` entries), and NaN propagates to the whole row.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
 
-from . import _numpy_fast
+from . import _complex, _numpy_fast
 from ._core import limit_weights, shifted
-from ._namespace import Backend, alias, as_float, namespace, normalize_axes, normalize_axis, quiet
+from ._namespace import (
+    Backend,
+    alias,
+    as_float,
+    as_inexact,
+    is_complex_dtype,
+    namespace,
+    normalize_axes,
+    normalize_axis,
+    promoted_dtype,
+    quiet,
+)
 
 __all__ = ["log_softmax", "logcumsumexp", "logmeanexp", "logsumexp", "softmax"]
 
@@ -65,10 +77,11 @@ def _broadcast_arg(be: Backend, a: Any, shape: tuple[int, ...], name: str, func:
 
 
 def _mask(be: Backend, where: Any, x: Any, func: str) -> Any:
+    """``where`` (a bool array, or a Python bool or list of bools) broadcast to the shape of ``x``."""
     if where is None:
         return None
     xp = be.xp
-    if isinstance(where, bool):
+    if not hasattr(where, "dtype"):
         where = xp.asarray(where)
         if be.name == "torch":
             where = where.to(x.device)
@@ -83,6 +96,49 @@ def _prepare(x: Any, func: str, **named: Any) -> tuple[Backend, Any]:
     return be, as_float(be, x, "x", func)
 
 
+def _inputs(func: str, x: Any, b: Any = None, where: Any = None) -> tuple[Backend, Any, Any, Any]:
+    """Backend; ``x`` and ``b`` promoted to their common dtype as SciPy does (integers and bools
+    to the default float, a complex ``b`` makes the result complex) and broadcast together (``b``
+    may have more dimensions than ``x``); ``where`` as a bool mask of their shape."""
+    be = namespace(("x", x), ("b", b), ("where", where), func=func)
+    xp = be.xp
+    if b is None:
+        x = as_inexact(be, x, "x", func)
+    else:
+        dtype = promoted_dtype(be, x, b)
+        x = xp.astype(as_inexact(be, x, "x", func), dtype, copy=False)
+        b = xp.astype(as_inexact(be, b, "b", func), dtype, copy=False)
+        if tuple(b.shape) != tuple(x.shape):
+            try:
+                x, b = xp.broadcast_arrays(x, b)
+            except (ValueError, RuntimeError) as exc:
+                raise ValueError(
+                    f"floatguard.{func}: argument 'b' has shape {tuple(b.shape)}, which does not "
+                    f"broadcast with the shape {tuple(x.shape)} of 'x'"
+                ) from exc
+    return be, x, b, _mask(be, where, x, func)
+
+
+def _one_entry(be: Backend, x: Any, b: Any, mask: Any, keepdims: bool) -> tuple[Any, Any, Any, bool]:
+    """A 0-d input as a 1-d row of one entry (SciPy's ``atleast_1d``), so that ``axis=0``/``-1``
+    reduce it as in SciPy and PyTorch. Also says whether the result must be made 0-d again:
+    a kept dimension of a 0-d input is ``(1,)`` in SciPy but ``()`` in PyTorch and JAX."""
+    if x.ndim:
+        return x, b, mask, False
+    xp = be.xp
+    x, b, mask = (None if v is None else xp.reshape(v, (1,)) for v in (x, b, mask))
+    return x, b, mask, keepdims and be.name != "numpy"
+
+
+def _result(be: Backend, val: Any, dtype: Any, to_0d: bool = False) -> Any:
+    """``val`` in ``dtype``; 0-d NumPy results as NumPy scalars (``np.float64``...), as SciPy returns."""
+    xp = be.xp
+    val = xp.astype(val, dtype, copy=False)
+    if to_0d:
+        val = xp.reshape(val, ())
+    return val[()] if be.name == "numpy" and val.ndim == 0 else val
+
+
 def _work(be: Backend, x: Any) -> Any:
     """``x`` in the working dtype (float64 where available): only the generic path needs this copy."""
     return be.xp.astype(x, be.work_dtype(x.dtype), copy=False)
@@ -93,10 +149,10 @@ def _work(be: Backend, x: Any) -> Any:
 def logsumexp(
     x: Any,
     axis: int | tuple[int, ...] | None = None,
-    *,
     b: Any = None,
     keepdims: bool = False,
     return_sign: bool = False,
+    *,
     where: Any = None,
     dim: int | tuple[int, ...] | None = None,
     keepdim: bool | None = None,
@@ -110,12 +166,19 @@ def logsumexp(
     Parameters
     ----------
     x : array
-        Floating-point input (NumPy, PyTorch or JAX).
+        Input (NumPy, PyTorch or JAX; lists and scalars too). Integer and boolean
+        inputs are promoted as the peer does: NumPy to float64 (SciPy), PyTorch to
+        ``torch.get_default_dtype()`` (``torch.logsumexp``), JAX to its default float.
+        Complex input gives the complex log: shifted by the max real part, the
+        imaginary part is the phase in ``(-pi, pi]`` (SciPy's convention).
+        A 0-d input is one entry (``axis=0`` reduces it, as in SciPy and PyTorch).
     axis : int, tuple of int or None
-        Axes to reduce; ``None`` reduces all.
+        Axes to reduce; ``None`` (the default, as SciPy) reduces all.
     b : array, optional
-        Weights broadcastable to ``x`` (SciPy's ``b``); may be negative.
-        Entries with ``b == 0`` are left out, even where ``x`` is ``+inf``.
+        Weights (SciPy's ``b``); may be negative or complex. ``x`` and ``b``
+        broadcast against each other and the result has their promoted dtype
+        (float32 ``x`` with float64 ``b`` gives float64). Entries with
+        ``b == 0`` are left out, even where ``x`` is ``+inf``.
     keepdims : bool
         Keep the reduced axes with length 1.
     return_sign : bool
@@ -130,7 +193,9 @@ def logsumexp(
     Returns
     -------
     array, or (array, array) with ``return_sign``
-        Same kind, dtype and device as ``x``.
+        Same kind and device as ``x``, dtype promoted as above; a 0-d NumPy result
+        is a NumPy scalar (``np.float64``...) as in SciPy. For complex input with
+        ``return_sign`` the value is ``log|sum|`` (real) and the sign the complex phase.
 
     Notes
     -----
@@ -147,19 +212,46 @@ def logsumexp(
     >>> round(float(fg.logsumexp(x)), 6)
     1001.104131
     """
+    # -- short path (owned by _torch_fast): a PyTorch tensor, one axis, no b/where/return_sign;
+    # logsumexp_fast returns None where it does not apply (device, dtype, axis, compiling)
+    if (type(x).__module__ == "torch" and b is None and where is None and not return_sign
+            and (axis is None) != (dim is None) and (keepdim is None or keepdims is False)):
+        val = _torch_fast().logsumexp_fast(x, dim if axis is None else axis, keepdims if keepdim is None else keepdim)
+        if val is not None:
+            return val
     axis = alias(axis, None, dim, ("axis", "dim"), "logsumexp")
     keepdims = alias(keepdims, False, keepdim, ("keepdims", "keepdim"), "logsumexp")
-    be, x = _prepare(x, "logsumexp", b=b, where=where)
+    be, x, b, mask = _inputs("logsumexp", x, b, where)
     xp = be.xp
+    x, b, mask, keep0d = _one_entry(be, x, b, mask, keepdims)
     dtype = x.dtype
     shape = tuple(x.shape)
     axes = normalize_axes(axis, x.ndim, "axis", "logsumexp")
-    mask = _mask(be, where, x, "logsumexp")
+    if is_complex_dtype(be, dtype):
+        val, sign = _complex.logsumexp_rows(
+            be, *(None if v is None else _to_rows(xp, v, axes) for v in (x, b, mask)), return_sign
+        )
+        val = _result(be, _from_rows(xp, val, shape, axes, keepdims), xp.real(x).dtype if return_sign else dtype,
+                      keep0d)
+        return (val, _result(be, _from_rows(xp, sign, shape, axes, keepdims), dtype, keep0d)) if return_sign else val
+    val, sign = _logsumexp_real(be, x, b, mask, axes, keepdims, return_sign)
+    if b is not None and not return_sign:
+        val = xp.where(sign < 0, xp.full_like(val, float("nan")), val)
+    val = _result(be, val, dtype, keep0d)
+    return (val, _result(be, sign, dtype, keep0d)) if return_sign else val
+
+
+def _logsumexp_real(
+    be: Backend, x: Any, b: Any, mask: Any, axes: tuple[int, ...], keepdims: bool, return_sign: bool
+) -> tuple[Any, Any]:
+    """Real logsumexp of ``x`` (at least 1-d, ``b`` and ``mask`` of its shape or None): value and sign."""
+    xp = be.xp
+    dtype = x.dtype
+    shape = tuple(x.shape)
     xw = None  # the float64 copy: only the generic path needs it (and b, which takes that path)
     if b is not None:
         xw = _work(be, x)
-        b = xp.asarray(b) if be.name == "numpy" or hasattr(b, "dtype") else be.asarray_like(b, xw)
-        b = xp.astype(_broadcast_arg(be, b, shape, "b", "logsumexp"), xw.dtype)
+        b = xp.astype(b, xw.dtype)
         nonzero = b != 0
         mask = nonzero if mask is None else (mask & nonzero)
     # the in-place paths need at least one row and one entry per row; empty input takes the generic one
@@ -173,7 +265,7 @@ def logsumexp(
         val = xp.astype(_from_rows(xp, val, shape, axes, keepdims), dtype, copy=False)
         if return_sign:
             return val, np.where(np.isnan(val), val, np.where(val > -np.inf, 1.0, 0.0)).astype(dtype)
-        return val
+        return val, None
     if be.name == "torch" and b is None and nonempty:
         rows = _to_rows(xp, x, axes)
         if mask is not None:
@@ -185,7 +277,7 @@ def logsumexp(
         if return_sign:
             sign = xp.where(val > -float("inf"), xp.ones_like(val), xp.zeros_like(val))
             return val, xp.where(xp.isnan(val), val, sign)
-        return val
+        return val, None
     if be.name == "jax" and b is None and nonempty:
         rows = _to_rows(xp, x, axes)
         if mask is not None:
@@ -197,7 +289,7 @@ def logsumexp(
             # no literal 0 here: XLA would share it with the sums of the fast path, which slows them down
             sign = xp.astype(val > -float("inf"), dtype)
             return val, xp.where(xp.isnan(val), val, sign)
-        return val
+        return val, None
     if xw is None:
         xw = _work(be, x)
     rows = _to_rows(xp, xw, axes)
@@ -207,13 +299,13 @@ def logsumexp(
         val = xp.where(sh.finite, sh.m + xp.log1p(sh.s), sh.m)
         sign = xp.where(val > -float("inf"), xp.ones_like(val), xp.zeros_like(val))
         sign = xp.where(xp.isnan(val), val, sign)
+    elif rows.shape[-1] == 0:  # empty sums: log 0 = -inf, sign 0
+        val, sign = sh.m, xp.zeros_like(sh.m)
     else:
         val, sign = _weighted(be, sh, _to_rows(xp, b, axes))
     val = xp.astype(_from_rows(xp, val, shape, axes, keepdims), dtype, copy=False)
     sign = xp.astype(_from_rows(xp, sign, shape, axes, keepdims), dtype, copy=False)
-    if return_sign:
-        return val, sign
-    return val if b is None else xp.where(sign < 0, xp.full_like(val, float("nan")), val)
+    return val, sign
 
 
 def _weighted(be: Backend, sh: Any, b: Any) -> tuple[Any, Any]:
@@ -248,14 +340,17 @@ def _weighted(be: Backend, sh: Any, b: Any) -> tuple[Any, Any]:
 
 
 @quiet
-def softmax(x: Any, axis: int = -1, *, where: Any = None, dim: int | None = None) -> Any:
+def softmax(x: Any, axis: int | tuple[int, ...] | None = -1, *, where: Any = None, dim: int | None = None) -> Any:
     r"""Softmax along ``axis``: :math:`e^{x_i} / \sum_j e^{x_j}`, never NaN.
 
     Computed as :math:`e^{x_i - m} / (1 + s)` with :math:`m = \max_j x_j` and
     :math:`s` the sum of the other terms: the division form, which Blanchard,
     Higham & Higham (2021) show is more accurate than :math:`\exp(x_i - \mathrm{lse})`.
 
-    ``dim`` is PyTorch's name of ``axis``. A 0-d input is a row of one entry (1).
+    ``axis`` may be a tuple or ``None`` (normalize over all those axes, as SciPy);
+    the default ``-1`` is JAX's and PyTorch's (SciPy's default is ``None``).
+    Integers and bools are promoted as in :func:`logsumexp`; complex input is shifted by
+    the max real part. ``dim`` is PyTorch's name of ``axis``. A 0-d input is a row of one entry (1).
     ``where`` masks entries (they get probability 0). A row with every entry
     masked or ``-inf`` gives zeros and a zero gradient (where PyTorch attention
     gives NaN). ``+inf`` entries share the probability mass equally (the limit).
@@ -272,11 +367,18 @@ def softmax(x: Any, axis: int = -1, *, where: Any = None, dim: int | None = None
     >>> fg.softmax(x).round(4)
     array([0.3315, 0.5465, 0.122 ], dtype=float32)
     """
+    # -- short path (owned by _torch_fast): a PyTorch tensor, the last axis, no where; None: not applicable
+    if type(x).__module__ == "torch" and where is None and (dim is None or axis == -1):
+        out = _torch_fast().softmax_fast(x, axis if dim is None else dim, log=False)
+        if out is not None:
+            return out
     return _softmax(x, alias(axis, -1, dim, ("axis", "dim"), "softmax"), where, log=False)
 
 
 @quiet
-def log_softmax(x: Any, axis: int = -1, *, where: Any = None, dim: int | None = None) -> Any:
+def log_softmax(
+    x: Any, axis: int | tuple[int, ...] | None = -1, *, where: Any = None, dim: int | None = None
+) -> Any:
     r"""Log of the softmax along ``axis``: :math:`x_i - \log \sum_j e^{x_j}`.
 
     Computed as :math:`(x_i - m) - \log1p(s)`; SciPy, PyTorch and JAX use
@@ -284,7 +386,9 @@ def log_softmax(x: Any, axis: int = -1, *, where: Any = None, dim: int | None = 
     ``[0, -30, ..., -30]`` they are off by about 10^7 ulp in float32).
 
     Masked and ``-inf`` entries give ``-inf``; a row with nothing left gives
-    ``-inf`` everywhere and a zero gradient. ``dim`` is PyTorch's name of ``axis``.
+    ``-inf`` everywhere and a zero gradient. ``dim`` is PyTorch's name of ``axis``;
+    ``axis`` may be a tuple or ``None`` as in :func:`softmax` (default ``-1``, SciPy's is
+    ``None``). For complex input the imaginary part is not wrapped: its ``exp`` is the softmax.
 
     Examples
     --------
@@ -293,6 +397,11 @@ def log_softmax(x: Any, axis: int = -1, *, where: Any = None, dim: int | None = 
     >>> float(fg.log_softmax(x)[0])      # -50 e^-30, to the last digit
     -4.678811484409142e-12
     """
+    # -- short path (owned by _torch_fast): a PyTorch tensor, the last axis, no where; None: not applicable
+    if type(x).__module__ == "torch" and where is None and (dim is None or axis == -1):
+        out = _torch_fast().softmax_fast(x, axis if dim is None else dim, log=True)
+        if out is not None:
+            return out
     return _softmax(x, alias(axis, -1, dim, ("axis", "dim"), "log_softmax"), where, log=True)
 
 
@@ -308,16 +417,34 @@ def _softmax_generic(be: Backend, rows: Any, mask: Any, log: bool) -> Any:
     return xp.where(sh.finite, sh.d - xp.log1p(sh.s), limit)
 
 
-def _softmax(x: Any, axis: int, where: Any, log: bool) -> Any:
+def _softmax(x: Any, axis: int | tuple[int, ...] | None, where: Any, log: bool) -> Any:
     func = "log_softmax" if log else "softmax"
-    be, x = _prepare(x, func, where=where)
+    be, x, _, mask = _inputs(func, x, None, where)
     xp = be.xp
-    ax = normalize_axis(axis, x.ndim, "axis", func)
-    mask = _mask(be, where, x, func)
-    if x.ndim == 0:  # a row of one entry, as torch.softmax has it
-        one = _softmax_rows(be, xp.reshape(x, (1,)), 0, None if mask is None else xp.reshape(mask, (1,)), log)
-        return xp.reshape(one, ())
-    return _softmax_rows(be, x, ax, mask, log)
+    shape = tuple(x.shape)
+    if x.ndim == 0:  # a row of one entry, as torch.softmax and SciPy have it
+        x, _, mask, _ = _one_entry(be, x, None, mask, False)
+    axes = normalize_axes(axis, x.ndim, "axis", func)
+    if is_complex_dtype(be, x.dtype):
+        out = _complex.softmax_rows(be, _to_rows(xp, x, axes), None if mask is None else _to_rows(xp, mask, axes), log)
+        out = _unrows(xp, xp.astype(out, x.dtype), tuple(x.shape), axes)
+    elif len(axes) == 1:
+        out = _softmax_rows(be, x, axes[0], mask, log)
+    else:  # several axes (None: all of them): one row per combination of the other axes
+        rows = _to_rows(xp, x, axes)
+        out = _softmax_rows(be, rows, rows.ndim - 1, None if mask is None else _to_rows(xp, mask, axes), log)
+        out = _unrows(xp, out, tuple(x.shape), axes)
+    return _result(be, xp.reshape(out, shape) if len(shape) == 0 else out, x.dtype)
+
+
+def _unrows(xp: Any, rows: Any, shape: tuple[int, ...], axes: tuple[int, ...]) -> Any:
+    """Inverse of :func:`_to_rows` for an unreduced result (same number of entries as ``shape``)."""
+    others = tuple(i for i in range(len(shape)) if i not in axes)
+    order = others + axes
+    out = xp.reshape(rows, tuple(shape[i] for i in order))
+    if order == tuple(range(len(shape))):
+        return out
+    return xp.permute_dims(out, tuple(order.index(i) for i in range(len(shape))))
 
 
 def _softmax_rows(be: Backend, x: Any, ax: int, mask: Any, log: bool) -> Any:
@@ -358,7 +485,7 @@ def _softmax_rows(be: Backend, x: Any, ax: int, mask: Any, log: bool) -> Any:
 
 
 @quiet
-def logmeanexp(x: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: bool = False,
+def logmeanexp(x: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: bool = False, where: Any = None,
                dim: int | tuple[int, ...] | None = None, keepdim: bool | None = None) -> Any:
     r"""Log of the mean of exponentials, :math:`\log(\frac1n \sum_i e^{x_i})`.
 
@@ -368,26 +495,43 @@ def logmeanexp(x: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: b
     when ``t < -1/2``). ``logsumexp(x) - log(n)`` would lose every digit of a
     result near 0 (the mean of values close to 0). Used for importance-weighted bounds
     (IWAE) and log-likelihoods averaged over samples. ``dim``, ``keepdim``: PyTorch's names.
+
+    ``where`` (bool array, or list) keeps only the entries where it is True, as in
+    ``jax.nn.logmeanexp``; ``n`` is then their count. The mean of no entries (an
+    empty axis, or a row with nothing kept) is NaN, as ``np.mean`` of an empty slice
+    (on NumPy arrays with the same ``RuntimeWarning``); a row of only ``-inf`` is
+    ``-inf``. Integer and boolean inputs are promoted to the default float.
     """
     axis = alias(axis, None, dim, ("axis", "dim"), "logmeanexp")
     keepdims = alias(keepdims, False, keepdim, ("keepdims", "keepdim"), "logmeanexp")
-    be, x = _prepare(x, "logmeanexp")
+    be, x, _, mask = _inputs("logmeanexp", x, None, where)
+    if is_complex_dtype(be, x.dtype):
+        raise TypeError(f"floatguard.logmeanexp: argument 'x' must be real, got dtype {x.dtype}")
+    x, _, mask, keep0d = _one_entry(be, x, None, mask, keepdims)
     xw = _work(be, x)
     xp = be.xp
     axes = normalize_axes(axis, x.ndim, "axis", "logmeanexp")
-    n = math.prod([x.shape[a] for a in axes])
     shape = tuple(x.shape)
-    sh = shifted(be, _to_rows(xp, xw, axes))
+    rmask = None if mask is None else _to_rows(xp, mask, axes)
+    sh = shifted(be, _to_rows(xp, xw, axes), rmask)
+    if rmask is None:
+        n = xp.full_like(sh.m, float(math.prod([x.shape[a] for a in axes])))
+        em1 = xp.expm1(sh.d)
+    else:
+        n = xp.sum(xp.astype(rmask, xw.dtype), axis=-1, keepdims=True)
+        em1 = xp.where(rmask, xp.expm1(sh.d), xp.zeros_like(sh.d))
+    safe_n = xp.where(n > 0, n, xp.ones_like(n))
     # (1 + s) / n - 1 = mean(expm1(d_i)): terms of one sign, no cancellation near a 0 result;
     # far from 0 (t near -1, where log1p is ill-conditioned) log((1 + s) / n) is accurate
-    if n:
-        t = xp.sum(xp.expm1(sh.d), axis=-1, keepdims=True) / n
-        near = t > -0.5
-        val = sh.m + xp.where(near, xp.log1p(xp.where(near, t, xp.zeros_like(t))), xp.log((1 + sh.s) / n))
-        val = xp.where(sh.finite, val, sh.m)
-    else:
-        val = sh.m
-    return xp.astype(_from_rows(xp, val, shape, axes, keepdims), x.dtype, copy=False)
+    t = xp.sum(em1, axis=-1, keepdims=True) / safe_n
+    near = t > -0.5
+    val = sh.m + xp.where(near, xp.log1p(xp.where(near, t, xp.zeros_like(t))), xp.log((1 + sh.s) / safe_n))
+    val = xp.where(sh.finite, val, sh.m)
+    empty = n == 0
+    val = xp.where(empty, xp.full_like(val, float("nan")), val)
+    if be.name == "numpy" and bool(np.any(empty)):
+        warnings.warn("Mean of empty slice", RuntimeWarning, stacklevel=3)
+    return _result(be, _from_rows(xp, val, shape, axes, keepdims), x.dtype, keep0d)
 
 
 @quiet

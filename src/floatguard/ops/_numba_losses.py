@@ -1,0 +1,700 @@
+"""Compiled (numba) kernels of the fused losses: cross-entropy rows and binary cross-entropy elements.
+
+Cross-entropy, per row ``x`` of ``C`` logits (float32, float64, or bfloat16 read
+through its ``int16`` bits: ``bf16 -> f32`` is ``bits << 16``), everything in
+float64 registers:
+
+* pass 1: ``m = max_i x_i`` (vectorized) and a NaN/inf check (``sum (x_i - x_i)``);
+* pass 2: ``s = sum_{x_i < m} exp(x_i - m) + (#{x_i = m} - 1)``, the rest sum of
+  :mod:`._numba_fast` (the max term taken out, ties added exactly) with its
+  vectorized float64 ``exp`` (0.51 ulp) and compensated block sums; with label
+  smoothing also ``sum_i w_i (m - x_i)`` (non-negative terms: nothing cancels);
+* the row loss from ``L = log1p(s)``: ``nll_c = L + (m - x_c)``.
+
+Only per-row residuals are kept (``m``, ``L`` and the row's coefficients); the
+backward pass recomputes ``p_i = exp((x_i - m) - L)`` and writes
+``g (a p_i - b_i)`` in the input dtype, rounded once (bfloat16 through
+round-to-odd float32, which makes the double rounding exact).
+
+Rows with a non-finite max (all ``-inf``, a ``+inf``, a NaN) are flagged
+(``alive = 0``): their loss is ``-m`` (NaN for NaN rows) and their gradient 0.
+
+Without numba this module imports, ``AVAILABLE`` is False and callers use the generic path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._numba_fast import AVAILABLE, BLK, _add, _exp_reduced, _exp_reduced_inl, _exp_short, _njit, _reduce, _reduce_inl
+from ._numba_log import inline, select
+from ._numba_log import log1p as _log1p
+
+if AVAILABLE:
+    from llvmlite import ir
+    from numba import types
+    from numba.extending import intrinsic, overload
+
+    from ._numba_fast import _encode
+
+    @intrinsic
+    def _f32_from_bits(typingctx: Any, i: Any) -> Any:
+        """The float32 with the bits of an int32."""
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return builder.bitcast(args[0], ir.FloatType())
+
+        return types.float32(types.int32), codegen
+
+    @intrinsic
+    def _f32_bits(typingctx: Any, x: Any) -> Any:
+        """The bits of a float32 as an int32."""
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return builder.bitcast(args[0], ir.IntType(32))
+
+        return types.int32(types.float32), codegen
+
+
+def _ld(v: Any) -> float:
+    """A loaded element as float64 (an int16 is the bits of a bfloat16)."""
+    return float(v)
+
+
+def _st(out: np.ndarray, i: int, v: float) -> None:
+    """``out[i] = v`` rounded once to ``out``'s dtype (an int16 array holds bfloat16 bits)."""
+    out[i] = v
+
+
+if AVAILABLE:
+
+    @overload(_ld, jit_options={"fastmath": {"contract"}})
+    def _ld_impl(v):  # unannotated: numba compares signatures
+        if isinstance(v, types.Integer):
+            return lambda v: np.float64(_f32_from_bits(np.int32((np.int32(v) & 0xFFFF) << 16)))
+        return lambda v: np.float64(v)
+
+    @overload(_st)
+    def _st_impl(out, i, v):  # bfloat16 bits: H1's branch-free float64 -> bf16 nearest even, one rounding
+
+        def store(out, i, v):
+            out[i] = _encode(v, out)
+
+        return store
+
+
+_CONTRACT = {"contract"}
+_SUM = {"contract", "reassoc"}
+_MAX = {"contract", "reassoc", "nnan", "nsz"}  # the max of a row already checked for NaN: order-free
+
+
+# -- pass 1: max and check -------------------------------------------------------------------
+@_njit(_SUM)
+def _check(row: np.ndarray) -> float:
+    """``sum (x_i - x_i)``: NaN when some entry is NaN or infinite, else 0."""
+    acc = 0.0
+    for i in range(row.size):
+        v = _ld(row[i])
+        acc += v - v
+    return acc
+
+
+@_njit(_MAX)
+def _max_fast(row: np.ndarray) -> float:
+    m = -np.inf
+    for i in range(row.size):
+        v = _ld(row[i])
+        m = v if v > m else m
+    return m
+
+
+@_njit()
+def _max_careful(row: np.ndarray) -> float:
+    """Max with NaN propagation (rows with a non-finite entry)."""
+    m = -np.inf
+    for i in range(row.size):
+        v = _ld(row[i])
+        if v != v:
+            return v
+        m = v if v > m else m
+    return m
+
+
+@_njit()
+def _row_max(row: np.ndarray) -> float:
+    if _check(row) == 0.0:
+        return _max_fast(row)
+    return _max_careful(row)
+
+
+# -- pass 2: the rest sum ------------------------------------------------------------------------
+@_njit(_SUM)
+def _reduce_seg(seg: np.ndarray, m: float, rb: np.ndarray, kb: np.ndarray, nz: np.ndarray) -> int:
+    """Reduce ``seg - m`` for the exp; ``nz`` 0 at the max ties (their count returned), else 1."""
+    ties = 0
+    for i in range(seg.size):
+        d = _ld(seg[i]) - m
+        rb[i], kb[i] = _reduce(d)
+        tie = d == 0.0
+        nz[i] = 0.0 if tie else 1.0
+        ties += 1 if tie else 0
+    return ties
+
+
+@_njit(_SUM)
+def _sum_seg(rb: np.ndarray, kb: np.ndarray, nz: np.ndarray, n: int) -> float:
+    acc = 0.0
+    for i in range(n):
+        acc += _exp_reduced(rb[i], kb[i]) * nz[i]
+    return acc
+
+
+@_njit(_SUM)
+def _gap_sum(row: np.ndarray, m: float, w: np.ndarray, weighted: bool) -> float:
+    """``sum_i w_i (m - x_i)`` (``w = 1`` unweighted): non-negative terms, ``+inf`` for ``-inf`` logits."""
+    acc = 0.0
+    if weighted:
+        for i in range(row.size):
+            acc += w[i] * (m - _ld(row[i]))
+    else:
+        for i in range(row.size):
+            acc += m - _ld(row[i])
+    return acc
+
+
+@_njit()
+def _rest(row: np.ndarray, m: float, rb: np.ndarray, kb: np.ndarray, nz: np.ndarray) -> float:
+    """``s = sum_{i != k} exp(x_i - m)`` for a finite ``m``."""
+    n = row.size
+    total, comp = 0.0, 0.0
+    ties = 0
+    for b0 in range(0, n, BLK):
+        b1 = min(b0 + BLK, n)
+        ties += _reduce_seg(row[b0:b1], m, rb, kb, nz)
+        total, comp = _add(total, comp, _sum_seg(rb, kb, nz, b1 - b0))
+    return (total + comp) + (ties - 1)
+
+
+# -- cross-entropy forward ---------------------------------------------------------------------
+@_njit()
+def ce_index_forward(
+    x: np.ndarray, target: np.ndarray, w: np.ndarray, weighted: bool, ignore: int, has_ignore: bool, eps: float,
+    loss: np.ndarray, m_out: np.ndarray, l_out: np.ndarray, wt_out: np.ndarray, alive: np.ndarray,
+) -> int:
+    """Row losses for class indices; returns the first row with a bad index, or -1.
+
+    ``loss = (1 - eps) w_c nll_c + eps / C sum_i w_i nll_i``; ``wt_out`` the row's
+    ``w_c`` (0 where ignored), the weight of the row in a mean.
+    """
+    r_count, n = x.shape
+    rb = np.empty(BLK)
+    kb = np.empty(BLK, dtype=np.int64)
+    nz = np.empty(BLK)
+    w_total = 0.0
+    if weighted:
+        for i in range(n):
+            w_total += w[i]
+    else:
+        w_total = float(n)
+    for r in range(r_count):
+        c = target[r]
+        if has_ignore and c == ignore:
+            loss[r] = 0.0
+            m_out[r] = 0.0
+            l_out[r] = 0.0
+            wt_out[r] = 0.0
+            alive[r] = 0.0
+            continue
+        if c < 0 or c >= n:
+            return r
+        row = x[r]
+        wc = w[c] if weighted else 1.0
+        wt_out[r] = wc
+        m = _row_max(row)
+        if not np.isfinite(m):
+            loss[r] = -m
+            m_out[r] = 0.0
+            l_out[r] = 0.0
+            alive[r] = 0.0
+            continue
+        lg = np.log1p(_rest(row, m, rb, kb, nz))
+        val = (1.0 - eps) * wc * (lg + (m - _ld(row[c]))) if eps != 1.0 else 0.0
+        if eps != 0.0:
+            val += eps / n * (w_total * lg + _gap_sum(row, m, w, weighted))
+        loss[r] = val
+        m_out[r] = m
+        l_out[r] = lg
+        alive[r] = 1.0
+    return -1
+
+
+@_njit()
+def ce_prob_forward(
+    x: np.ndarray, t: np.ndarray, w: np.ndarray, weighted: bool, eps: float,
+    loss: np.ndarray, m_out: np.ndarray, l_out: np.ndarray, tw_out: np.ndarray, alive: np.ndarray,
+) -> None:
+    """Row losses for class probabilities: ``sum_i t'_i w_i nll_i`` with ``t' = (1 - eps) t + eps / C``.
+
+    A zero ``t'_i w_i`` drops its term even where ``nll_i`` is ``+inf``. ``tw_out = sum_i t'_i w_i``.
+    """
+    r_count, n = x.shape
+    rb = np.empty(BLK)
+    kb = np.empty(BLK, dtype=np.int64)
+    nz = np.empty(BLK)
+    for r in range(r_count):
+        row = x[r]
+        trow = t[r]
+        m = _row_max(row)
+        tw = 0.0
+        acc = 0.0
+        fin = np.isfinite(m)
+        for i in range(n):
+            q = (1.0 - eps) * _ld(trow[i]) + eps / n
+            if weighted:
+                q *= w[i]
+            tw += q
+            if q != 0.0 and fin:
+                acc += q * (m - _ld(row[i]))
+        tw_out[r] = tw
+        if not fin:
+            loss[r] = -m
+            m_out[r] = 0.0
+            l_out[r] = 0.0
+            alive[r] = 0.0
+            continue
+        lg = np.log1p(_rest(row, m, rb, kb, nz))
+        loss[r] = tw * lg + acc
+        m_out[r] = m
+        l_out[r] = lg
+        alive[r] = 1.0
+
+
+# -- cross-entropy backward --------------------------------------------------------------------
+@_njit(_CONTRACT)
+def _p_block(seg: np.ndarray, shift: float, rb: np.ndarray, kb: np.ndarray) -> None:
+    for i in range(seg.size):
+        rb[i], kb[i] = _reduce(_ld(seg[i]) - shift)
+
+
+@_njit(_CONTRACT)
+def _grad_block(rb: np.ndarray, kb: np.ndarray, a: float, b: float, wseg: np.ndarray, weighted: bool,
+                out: np.ndarray) -> None:
+    """``out_i = a p_i - b w_i`` (``w = 1`` unweighted)."""
+    if weighted:
+        for i in range(out.size):
+            _st(out, i, a * _exp_reduced(rb[i], kb[i]) - b * wseg[i])
+    else:
+        for i in range(out.size):
+            _st(out, i, a * _exp_reduced(rb[i], kb[i]) - b)
+
+
+@_njit(_CONTRACT)
+def _grad_block_t(rb: np.ndarray, kb: np.ndarray, a: float, b: float, tseg: np.ndarray, wseg: np.ndarray,
+                  weighted: bool, out: np.ndarray) -> None:
+    """``out_i = a p_i - b t'_i w_i`` with ``t'_i = (1 - eps) t_i + eps / C`` folded in by the caller."""
+    if weighted:
+        for i in range(out.size):
+            _st(out, i, a * _exp_reduced(rb[i], kb[i]) - b * _ld(tseg[i]) * wseg[i])
+    else:
+        for i in range(out.size):
+            _st(out, i, a * _exp_reduced(rb[i], kb[i]) - b * _ld(tseg[i]))
+
+
+@_njit(_CONTRACT)
+def _grad_block_ts(rb: np.ndarray, kb: np.ndarray, a: float, b: float, c: float, tseg: np.ndarray,
+                   wseg: np.ndarray, weighted: bool, out: np.ndarray) -> None:
+    """``out_i = a p_i - (b t_i + c) w_i``: smoothed probabilities."""
+    if weighted:
+        for i in range(out.size):
+            _st(out, i, a * _exp_reduced(rb[i], kb[i]) - (b * _ld(tseg[i]) + c) * wseg[i])
+    else:
+        for i in range(out.size):
+            _st(out, i, a * _exp_reduced(rb[i], kb[i]) - (b * _ld(tseg[i]) + c))
+
+
+@_njit()
+def _zero_row(out: np.ndarray) -> None:
+    for i in range(out.size):
+        _st(out, i, 0.0)
+
+
+@_njit()
+def ce_index_backward(
+    x: np.ndarray, target: np.ndarray, w: np.ndarray, weighted: bool, eps: float, g: np.ndarray,
+    m_in: np.ndarray, l_in: np.ndarray, wt: np.ndarray, alive: np.ndarray, out: np.ndarray,
+) -> None:
+    """``out = g_r (a softmax(x) - eps / C w - (1 - eps) w_c onehot_c)`` with ``a = (1 - eps) w_c + eps W / C``."""
+    r_count, n = x.shape
+    rb = np.empty(BLK)
+    kb = np.empty(BLK, dtype=np.int64)
+    w_total = 0.0
+    if weighted:
+        for i in range(n):
+            w_total += w[i]
+    else:
+        w_total = float(n)
+    for r in range(r_count):
+        o = out[r]
+        gr = g[r] if g.size > 1 else g[0]
+        if alive[r] == 0.0 or gr == 0.0:
+            _zero_row(o)
+            continue
+        row = x[r]
+        c = target[r]
+        wc = wt[r]
+        a = gr * ((1.0 - eps) * wc + eps * w_total / n)
+        b = gr * eps / n
+        shift = m_in[r] + l_in[r]
+        for b0 in range(0, n, BLK):
+            b1 = min(b0 + BLK, n)
+            _p_block(row[b0:b1], shift, rb, kb)
+            _grad_block(rb, kb, a, b, w[b0:b1] if weighted else w, weighted, o[b0:b1])
+        rb0, kb0 = _reduce((_ld(row[c]) - m_in[r]) - l_in[r])
+        p_c = _exp_reduced(rb0, kb0)
+        _st(o, c, a * p_c - b * (w[c] if weighted else 1.0) - gr * (1.0 - eps) * wc)
+
+
+@_njit()
+def ce_prob_backward(
+    x: np.ndarray, t: np.ndarray, w: np.ndarray, weighted: bool, eps: float, g: np.ndarray,
+    m_in: np.ndarray, l_in: np.ndarray, tw: np.ndarray, alive: np.ndarray, out: np.ndarray,
+) -> None:
+    """``out = g_r (sum(t' w) softmax(x) - t' w)``."""
+    r_count, n = x.shape
+    rb = np.empty(BLK)
+    kb = np.empty(BLK, dtype=np.int64)
+    for r in range(r_count):
+        o = out[r]
+        gr = g[r] if g.size > 1 else g[0]
+        if alive[r] == 0.0 or gr == 0.0:
+            _zero_row(o)
+            continue
+        row = x[r]
+        trow = t[r]
+        a = gr * tw[r]
+        shift = m_in[r] + l_in[r]
+        for b0 in range(0, n, BLK):
+            b1 = min(b0 + BLK, n)
+            _p_block(row[b0:b1], shift, rb, kb)
+            ws = w[b0:b1] if weighted else w
+            if eps == 0.0:
+                _grad_block_t(rb, kb, a, gr, trow[b0:b1], ws, weighted, o[b0:b1])
+            else:
+                _grad_block_ts(rb, kb, a, gr * (1.0 - eps), gr * eps / n, trow[b0:b1], ws, weighted, o[b0:b1])
+
+
+# -- elementwise: binary cross-entropy, softplus, log_sigmoid, logaddexp, log1mexp ------------------
+# Branch-free bodies (``select``, ``max``) and the vectorizable float64 ``log1p`` of ._numba_log:
+# LLVM turns each loop into SIMD code (a numba ternary or a libm call inside a loop stops it).
+@_njit(_CONTRACT)
+def _exp_np(d: float) -> float:
+    """``exp(d)`` for ``d <= 0`` (``-inf`` gives 0, NaN gives 0: callers propagate NaN themselves)."""
+    r, ki = _reduce_inl(d)
+    return _exp_reduced_inl(r, ki)
+
+
+def _exp_for(a: np.ndarray, d: float) -> float:
+    """``exp(d)`` for ``d <= 0`` as accurate as the dtype of ``a`` needs: the 0.51-ulp table exp for
+    float64, the table-free relative 2^-41 one (no gathers) for float32 and bfloat16 (int16 bits)."""
+    return float(np.exp(d))
+
+
+if AVAILABLE:
+
+    @overload(_exp_for, inline="always")
+    def _exp_for_impl(a, d):  # unannotated: numba compares signatures
+        if a.dtype == types.float64:
+            return lambda a, d: _exp_np(d)
+        return lambda a, d: _exp_short(d)
+
+
+@inline
+def _softplus_pair(a: np.ndarray, x: float) -> tuple[float, float]:
+    """``softplus(-x)`` and ``softplus(x)`` from one ``log1p(exp(-|x|))``; NaN gives NaN twice (``a``: see _exp_for)."""
+    lg = _log1p(_exp_for(a, -abs(x)))
+    pos = select(x < 0.0, -x, 0.0) + lg
+    neg = select(x > 0.0, x, 0.0) + lg
+    return select(x == x, pos, x), select(x == x, neg, x)
+
+
+@inline
+def _sigmoid_pair(a: np.ndarray, x: float) -> tuple[float, float]:
+    """``sigmoid(x)`` and ``sigmoid(-x)`` from one ``e = exp(-|x|)`` (NaN gives 0 and 1: callers propagate)."""
+    e = _exp_for(a, -abs(x))
+    q = 1.0 / (1.0 + e)
+    return select(x > 0.0, q, e * q), select(x > 0.0, e * q, q)
+
+
+@_njit(_SUM)
+def _bce_row(xr: np.ndarray, yr: np.ndarray, wr: np.ndarray, pr: np.ndarray, o: np.ndarray, store: bool) -> float:
+    """One row of :func:`bce_forward` (``wr``, ``pr`` all ones when absent)."""
+    acc = 0.0
+    if store:
+        for i in range(xr.size):
+            v = _bce_value(xr, _ld(xr[i]), _ld(yr[i]), wr[i], pr[i])
+            o[i] = v
+            acc += v
+    else:
+        for i in range(xr.size):
+            acc += _bce_value(xr, _ld(xr[i]), _ld(yr[i]), wr[i], pr[i])
+    return acc
+
+
+@inline
+def _bce_value(a: np.ndarray, xv: float, yv: float, wv: float, pv: float) -> float:
+    pos, neg = _softplus_pair(a, xv)
+    pos *= pv
+    v = select(yv != 0.0, yv * pos, 0.0) + select(yv != 1.0, (1.0 - yv) * neg, 0.0)
+    return select(xv == xv, v * wv, xv)
+
+
+@_njit()
+def _row_or_ones(a: np.ndarray, r: int, ones: np.ndarray) -> np.ndarray:
+    if a.shape[0] == 0:
+        return ones
+    return a[r if a.shape[0] > 1 else 0]
+
+
+@_njit()
+def bce_forward(x: np.ndarray, y: np.ndarray, w: np.ndarray, pw: np.ndarray, out: np.ndarray, store: bool) -> float:
+    """Rows ``(R, C)``: ``w (pw y softplus(-x) + (1 - y) softplus(x))``, a zero coefficient dropping its term.
+
+    ``w`` and ``pw`` are ``(R, C)``, ``(1, C)`` or ``(0, 0)`` (absent). With ``store`` the
+    elements go to ``out`` (float64 ``(R, C)``); returns their sum either way.
+    """
+    r_count, n = x.shape
+    total, comp = 0.0, 0.0
+    ones = np.ones(n)
+    for r in range(r_count):
+        o = out[r] if store else ones
+        acc = _bce_row(x[r], y[r], _row_or_ones(w, r, ones), _row_or_ones(pw, r, ones), o, store)
+        total, comp = _add2(total, comp, acc)
+    return total + comp
+
+
+@_njit()
+def _add2(total: float, comp: float, part: float) -> tuple[float, float]:
+    t = total + part
+    if abs(total) >= abs(part):
+        comp += (total - t) + part
+    else:
+        comp += (part - t) + total
+    return t, comp
+
+
+@_njit(_CONTRACT)
+def _bce_grad_row(xr: np.ndarray, yr: np.ndarray, wr: np.ndarray, pr: np.ndarray, gr: np.ndarray, gs: float,
+                  o: np.ndarray) -> None:
+    """``o = g w (sigmoid(x) (1 - y) - pw y sigmoid(-x))`` with ``g = gs gr`` (``gr`` ones for a scalar ``g``)."""
+    for i in range(xr.size):
+        xv, yv = _ld(xr[i]), _ld(yr[i])
+        sig, sig_neg = _sigmoid_pair(xr, xv)
+        v = (sig * (1.0 - yv) - sig_neg * yv * pr[i]) * wr[i]
+        _st(o, i, select(xv == xv, v, xv) * (gs * gr[i]))
+
+
+@_njit()
+def bce_backward(x: np.ndarray, y: np.ndarray, w: np.ndarray, pw: np.ndarray, g: np.ndarray, out: np.ndarray) -> None:
+    """``out = g w (sigmoid(x) (1 - y) - pw y sigmoid(-x))``; ``g`` is ``(R, C)`` or ``(1, 1)``."""
+    r_count, n = x.shape
+    scalar = g.size == 1
+    ones = np.ones(n)
+    gs = g[0, 0] if scalar else 1.0
+    for r in range(r_count):
+        gr = ones if scalar else g[r]
+        _bce_grad_row(x[r], y[r], _row_or_ones(w, r, ones), _row_or_ones(pw, r, ones), gr, gs, out[r])
+
+
+@_njit(_CONTRACT)
+def _softplus_loop(x: np.ndarray, out: np.ndarray) -> None:
+    for i in range(x.size):
+        _st(out, i, _softplus_pair(x, _ld(x[i]))[1])
+
+
+@_njit(_CONTRACT)
+def _log_sigmoid_loop(x: np.ndarray, out: np.ndarray) -> None:
+    for i in range(x.size):
+        _st(out, i, -_softplus_pair(x, _ld(x[i]))[0])
+
+
+@_njit(_CONTRACT)
+def unary_forward(x: np.ndarray, out: np.ndarray, op: int) -> None:
+    """``op`` 0: softplus, 1: log_sigmoid, 2: log1mexp; float64 in registers, one rounding."""
+    if op == 0:  # one small function per loop: LLVM inlines log1p into it and vectorizes
+        _softplus_loop(x, out)
+    elif op == 1:
+        _log_sigmoid_loop(x, out)
+    else:  # libm expm1 and log near 0: a scalar loop
+        for i in range(x.size):
+            v = _ld(x[i])
+            if v > -0.6931471805599453:
+                res = np.log(-np.expm1(v) + 0.0)
+            elif v == v:
+                res = _log1p(-_exp_np(v))
+            else:
+                res = v
+            _st(out, i, res)
+
+
+@_njit(_CONTRACT)
+def _sigmoid_grad_loop(x: np.ndarray, g: np.ndarray, out: np.ndarray, neg: bool) -> None:
+    """``out = g sigmoid(+-x)``; ``g`` of one entry stands for all (an expanded scalar gradient)."""
+    if g.size == 1:
+        gv = _ld(g[0])
+        for i in range(x.size):
+            v = _ld(x[i])
+            s, s_neg = _sigmoid_pair(x, v)
+            _st(out, i, gv * select(v == v, select(neg, s_neg, s), v))
+    else:
+        for i in range(x.size):
+            v = _ld(x[i])
+            s, s_neg = _sigmoid_pair(x, v)
+            _st(out, i, _ld(g[i]) * select(v == v, select(neg, s_neg, s), v))
+
+
+@_njit(_CONTRACT)
+def unary_backward(x: np.ndarray, g: np.ndarray, out: np.ndarray, op: int) -> None:
+    """Gradients: softplus ``sigmoid(x)``, log_sigmoid ``sigmoid(-x)``, log1mexp ``-1 / expm1(-x)``, times ``g``."""
+    if op == 0 or op == 1:
+        _sigmoid_grad_loop(x, g, out, op == 1)
+    else:
+        for i in range(x.size):
+            v = _ld(x[i])
+            d = -1.0 / (np.expm1(-v) + 0.0) if not v > 0 else np.nan  # -inf at 0 (the +0.0)
+            _st(out, i, _ld(g[i if g.size > 1 else 0]) * d)
+
+
+@inline
+def _hi_lo(av: float, bv: float) -> tuple[bool, float, float, bool]:
+    """The larger and the smaller of ``a``, ``b`` (a NaN ``a`` counts as the larger), and whether ``max`` is finite."""
+    a_hi = (av >= bv) | (av != av)
+    hi = select(a_hi, av, bv)
+    lo = select(a_hi, bv, av)
+    return a_hi, hi, lo, hi - hi == 0.0
+
+
+@_njit(_CONTRACT)
+def logaddexp_forward(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``max + log1p(exp(min - max))``; ``-inf`` with ``-inf`` is ``-inf``, ``+inf`` wins, NaN propagates."""
+    for i in range(a.size):
+        _, hi, lo, fin = _hi_lo(_ld(a[i]), _ld(b[i]))
+        res = hi + _log1p(_exp_np(select(fin, lo - hi, 0.0)))  # can cancel (hi < 0): the table exp always
+        _st(out, i, select(lo == lo, select(fin, res, hi), lo))
+
+
+@_njit(_CONTRACT)
+def logaddexp_backward(a: np.ndarray, b: np.ndarray, g: np.ndarray, ga: np.ndarray, gb: np.ndarray) -> None:
+    """``g sigmoid(a - b)`` and ``g sigmoid(b - a)``; 0 and 0 where both are ``-inf``; ``g`` of one entry: for all."""
+    if g.size == 1 and a.size != 1:
+        _lae_grad_loop(a, b, np.full(a.size, _ld(g[0])), ga, gb)
+    else:
+        _lae_grad_loop(a, b, g, ga, gb)
+
+
+@_njit(_CONTRACT)
+def _lae_grad_loop(a: np.ndarray, b: np.ndarray, g: np.ndarray, ga: np.ndarray, gb: np.ndarray) -> None:
+    for i in range(a.size):
+        gv = _ld(g[i])
+        a_hi, hi, lo, fin = _hi_lo(_ld(a[i]), _ld(b[i]))
+        e = _exp_for(a, select(fin, lo - hi, 0.0))
+        e = select(lo == lo, e, lo)
+        q = 1.0 / (1.0 + e)
+        # +inf wins; NaN passes through as a value of the max's side; both -inf: no gradient
+        s_hi = select(fin, q, select(hi == -np.inf, 0.0, 1.0))
+        s_lo = select(fin, e * q, 0.0)
+        _st(ga, i, gv * select(a_hi, s_hi, s_lo))
+        _st(gb, i, gv * select(a_hi, s_lo, s_hi))
+
+
+# -- cross-entropy, the common case: class indices, no weight, no smoothing --------------------------
+# Few arguments (numba's dispatch types each one), one packed residual array, and H1's inline row
+# helpers (an integer-key max, the rest sum without slices for short rows): the latency route.
+def _rest_for(row: np.ndarray, m: float) -> float:
+    """``s = sum_{i != k} exp(row_i - m)``: the 0.51-ulp table exp for float64 rows, the relative 2^-41
+    short exp for float32/bfloat16 (their loss is rounded to 24 or 8 bits)."""
+    return float(np.sum(np.exp(row - m))) - 1.0
+
+
+if AVAILABLE:
+    from ._numba_fast import _rest_accurate, _rest_short
+    from ._numba_fast import _row_max as _key_max
+
+    @overload(_rest_for, inline="always")
+    def _rest_for_impl(row, m):  # unannotated: numba compares signatures
+        if row.dtype == types.float64:
+            return lambda row, m: _rest_accurate(row, m)
+
+        def short(row, m):
+            acc, ties = _rest_short(row, m)
+            return acc + np.float64(ties - 1)
+
+        return short
+
+
+@_njit()
+def ce_plain_forward(x: np.ndarray, target: np.ndarray, ignore: int, has_ignore: bool,
+                     res: np.ndarray) -> tuple[int, float, float]:
+    """Rows ``(R, C)`` and class indices: ``res`` ``(5, R)`` gets the row losses ``log1p(s) + (m - x_c)``,
+    ``m``, ``log1p(s)``, the row's weight in a mean (0 if ignored) and ``alive`` (finite max).
+
+    Returns the first row whose index is outside ``[0, C)`` (or -1), the sum of the losses and the count of
+    rows not ignored. A row with a non-finite max has loss ``-m`` (NaN for NaN) and no gradient.
+    """
+    r_count, n = x.shape
+    total, comp, count = 0.0, 0.0, 0.0
+    plain = 0.0  # the non-finite rows' losses (+-inf, NaN), outside the compensated sum
+    for r in range(r_count):
+        c = target[r]
+        if has_ignore and c == ignore:
+            for j in range(5):
+                res[j, r] = 0.0
+            continue
+        if c < 0 or c >= n:
+            return r, 0.0, 0.0
+        row = x[r]
+        m = _key_max(row)
+        count += 1.0
+        res[3, r] = 1.0
+        if not np.isfinite(m):
+            res[0, r] = -m
+            res[1, r] = 0.0
+            res[2, r] = 0.0
+            res[4, r] = 0.0
+            plain += -m
+            continue
+        lg = _log1p(_rest_for(row, m))
+        v = lg + (m - _ld(row[c]))
+        res[0, r] = v
+        res[1, r] = m
+        res[2, r] = lg
+        res[4, r] = 1.0
+        total, comp = _add(total, comp, v)
+    return -1, (total + comp) + plain, count
+
+
+@_njit(_CONTRACT)
+def _plain_grad_row(row: np.ndarray, shift: float, gr: float, out: np.ndarray) -> None:
+    for i in range(row.size):
+        _st(out, i, gr * _exp_np(_ld(row[i]) - shift))
+
+
+@_njit()
+def ce_plain_backward(x: np.ndarray, target: np.ndarray, gs: float, g: np.ndarray, res: np.ndarray,
+                      out: np.ndarray) -> None:
+    """``out = g_r (softmax(x) - onehot_c)`` from :func:`ce_plain_forward`'s residuals; ``g_r = gs``, or
+    ``gs g[r]`` when ``g`` has one entry per row."""
+    r_count = x.shape[0]
+    per_row = g.size > 0
+    for r in range(r_count):
+        o = out[r]
+        gr = gs * g[r] if per_row else gs
+        if res[4, r] == 0.0 or gr == 0.0:
+            _zero_row(o)
+            continue
+        row = x[r]
+        m, lg = res[1, r], res[2, r]
+        _plain_grad_row(row, m + lg, gr, o)
+        c = target[r]
+        _st(o, c, gr * (_exp_np((_ld(row[c]) - m) - lg) - 1.0))

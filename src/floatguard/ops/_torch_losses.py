@@ -1,0 +1,636 @@
+"""PyTorch CPU path of the fused losses: ``torch.autograd.Function``s over the numba kernels.
+
+The generic array-API cross-entropy records a dozen ops per call and keeps their
+(N, C) temporaries for autograd. Here the forward is one compiled pass per row
+(:mod:`._numba_losses`) that keeps only per-row residuals (row max ``m``,
+``log1p(s)`` and the row's coefficients; the logits themselves are the one
+(N, C) tensor saved, as PyTorch keeps them too), and the backward is one pass
+that writes ``g (a softmax(x) - b)`` in the input dtype. Rows are split over
+``torch.get_num_threads()`` threads (the kernels release the GIL).
+
+A backward with ``create_graph=True`` (double backward) uses the same formula in
+differentiable torch ops instead, so higher derivatives stay exact.
+
+Inputs: CPU tensors, float32, float64 or bfloat16 (read through their int16
+bits); float16 is computed through a float32 copy. Callers check
+:func:`usable` first and fall back to the generic path otherwise.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _numba_losses as K
+
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+_NATIVE = (torch.float32, torch.float64)
+_PARALLEL_MIN = 1 << 16  # elements below which one thread does it all
+_pool: ThreadPoolExecutor | None = None
+
+
+def usable(x: torch.Tensor) -> bool:
+    """True when the compiled kernels can take ``x`` (numba present, CPU, a supported dtype)."""
+    return K.AVAILABLE and x.device.type == "cpu" and x.dtype in _DTYPES
+
+
+def _view(x: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a contiguous float32/float64/bfloat16 tensor (bfloat16 as its int16 bits)."""
+    if x.dtype == torch.bfloat16:
+        return x.view(torch.int16).numpy()
+    return x.numpy()
+
+
+def _kernel_input(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach()
+    if x.dtype == torch.float16:
+        x = x.float()
+    return x.contiguous()
+
+
+def _grad_input(g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The upstream gradient as a contiguous tensor of ``dtype``; one entry when it is an expanded scalar
+    (``out.sum().backward()``), which the kernels broadcast (no (N,) copy of one number)."""
+    g = g.detach()
+    if g.numel() > 1 and all(st == 0 for st in g.stride()):
+        g = g.reshape(-1)[:1]
+    g = _kernel_input(g)
+    return g if g.dtype == dtype else g.to(dtype)
+
+
+def _chunks(rows: int, cols: int) -> list[tuple[int, int]]:
+    threads = torch.get_num_threads()
+    if threads <= 1 or rows * cols < _PARALLEL_MIN or rows < 2:
+        return [(0, rows)]
+    k = min(threads, rows)
+    bounds = [rows * i // k for i in range(k + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+def _run(fn: Any, rows: int, cols: int) -> list[Any]:
+    """``fn(r0, r1)`` over row chunks, in threads when the work is large enough."""
+    global _pool
+    parts = _chunks(rows, cols)
+    if len(parts) == 1:
+        return [fn(0, rows)]
+    if _pool is None or _pool._max_workers < len(parts):
+        _pool = ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="floatguard")
+    return list(_pool.map(lambda p: fn(*p), parts))
+
+
+def _bad_target(func: str, target: torch.Tensor, row: int, n_cls: int) -> ValueError:
+    return ValueError(
+        f"floatguard.{func}: argument 'target' has class indices outside [0, {n_cls}) "
+        f"(e.g. {int(target.reshape(-1)[row])}); set ignore_index for padding entries"
+    )
+
+
+def _reduce(loss: np.ndarray, den: float, reduction: str) -> np.ndarray:
+    if reduction == "none":
+        return loss
+    total = loss.sum()
+    return np.asarray(total / den if reduction == "mean" else total)
+
+
+def _row_grad(g: torch.Tensor, rows: int, den: float, reduction: str) -> np.ndarray:
+    """Upstream gradient per row, float64 (one entry when it is the same for every row)."""
+    gd = g.detach().to(torch.float64)
+    if reduction == "none":
+        return gd.reshape(-1).contiguous().numpy()
+    if reduction == "mean":  # a mean over no row (all ignored) has no gradient to pass on
+        return np.array([float(gd) / den if den else 0.0])
+    return np.array([float(gd)])
+
+
+def _empty(x: torch.Tensor) -> torch.Tensor:
+    if x.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.empty(tuple(x.shape), dtype=np.float32 if x.dtype == torch.float32 else np.float64))
+    return torch.empty(x.shape, dtype=x.dtype)
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Cross-entropy of rows ``(R, C)``: class indices ``(R,)`` or probabilities ``(R, C)``."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,
+        eps: float, reduction: str,
+    ) -> torch.Tensor:
+        xk = _kernel_input(x)
+        rows, n_cls = xk.shape
+        xn = _view(xk)
+        wn = np.empty(0) if weight is None else weight.detach().to(torch.float64).contiguous().numpy()
+        loss, m, lg, coef, alive = (np.empty(rows) for _ in range(5))
+        index = not target.dtype.is_floating_point
+        if index:
+            tk = target.detach().to(torch.int64).contiguous()
+            tn = tk.numpy()
+            ign = -100 if ignore_index is None else int(ignore_index)
+
+            def fwd(r0: int, r1: int) -> int:
+                bad = K.ce_index_forward(xn[r0:r1], tn[r0:r1], wn, weight is not None, ign, ignore_index is not None,
+                                         eps, loss[r0:r1], m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1])
+                return bad if bad < 0 else bad + r0
+
+            bad = [b for b in _run(fwd, rows, n_cls) if b >= 0]
+            if bad:
+                raise _bad_target("cross_entropy", tk, bad[0], n_cls)
+            den = float(coef.sum())
+        else:
+            tk = _kernel_input(target)
+            tn = _view(tk)
+
+            def fwd_p(r0: int, r1: int) -> None:
+                K.ce_prob_forward(xn[r0:r1], tn[r0:r1], wn, weight is not None, eps,
+                                  loss[r0:r1], m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1])
+
+            _run(fwd_p, rows, n_cls)
+            den = float(rows) if rows else float("nan")
+        ctx.save_for_backward(x, target)
+        ctx.res = (xk if x.dtype == torch.float16 else None, tk, wn, m, lg, coef, alive, den, eps, reduction, index)
+        ctx.weight = weight
+        out = _reduce(loss, den, reduction)
+        return torch.from_numpy(out).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        x, target = ctx.saved_tensors
+        xk, tk, wn, m, lg, coef, alive, den, eps, reduction, index = ctx.res
+        rows, n_cls = x.shape
+        if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops
+            return _ce_grad_graph(x, target, ctx.weight, g, m, coef, alive, den, eps, reduction, index), *([None] * 5)
+        xk = xk if xk is not None else x.detach().contiguous()
+        out = _empty(xk)
+        xn, on, gn = _view(xk), _view(out), _row_grad(g, rows, den, reduction)
+        tn = tk.numpy() if index else _view(tk)
+        kern = K.ce_index_backward if index else K.ce_prob_backward
+
+        def bwd(r0: int, r1: int) -> None:
+            gr = gn if gn.size == 1 else gn[r0:r1]
+            kern(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, eps, gr, m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1],
+                 on[r0:r1])
+
+        _run(bwd, rows, n_cls)
+        return out.to(x.dtype), *([None] * 5)
+
+
+def _ce_grad_graph(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, g: torch.Tensor,
+                   m: np.ndarray, coef: np.ndarray, alive: np.ndarray, den: float, eps: float, reduction: str,
+                   index: bool) -> torch.Tensor:
+    """The gradient of :class:`_CrossEntropy` in differentiable torch ops (for double backward)."""
+    from ._torch_fast import Softmax
+
+    rows, n_cls = x.shape
+    wd = torch.float64
+    p = Softmax.apply(x).to(wd)
+    gr = g.to(wd).reshape(-1, 1) if reduction == "none" else (g.to(wd) / den if reduction == "mean" else g.to(wd))
+    w = torch.ones(n_cls, dtype=wd) if weight is None else weight.detach().to(wd)
+    live = torch.from_numpy(alive)[:, None] > 0
+    if index:
+        wt = torch.from_numpy(coef)[:, None]
+        a = (1 - eps) * wt + eps * w.sum() / n_cls
+        hot = torch.zeros(rows, n_cls, dtype=wd).scatter_(1, target.clamp(0, n_cls - 1).to(torch.int64)[:, None], 1.0)
+        grad = a * p - eps / n_cls * w - (1 - eps) * wt * hot
+    else:
+        tw = ((1 - eps) * target.detach().to(wd) + eps / n_cls) * w
+        grad = torch.from_numpy(coef)[:, None] * p - tw
+    return torch.where(live, gr * grad, 0.0).to(x.dtype)
+
+
+def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,
+                  eps: float, reduction: str) -> torch.Tensor:
+    """Rows ``x`` (R, C), ``target`` (R,) indices or (R, C) probabilities: the loss (``reduction`` applied)."""
+    return _CrossEntropy.apply(x, target, weight, ignore_index, float(eps), reduction)
+
+
+# -- cross-entropy, the common case: class indices, no weight, no smoothing (the latency route) ---------
+_PLAIN = (torch.float32, torch.float64, torch.bfloat16)
+_EMPTY = np.empty(0)
+
+
+def _plain_forward(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> tuple[np.ndarray, float, float]:
+    """The residuals ``(5, R)`` of :func:`._numba_losses.ce_plain_forward`, the loss sum and the row count."""
+    rows, n_cls = x.shape
+    xn, tn = _view(x), target.numpy()
+    res = np.empty((5, rows))
+    ign, has = (0, False) if ignore_index is None else (ignore_index, True)
+    if rows * n_cls < _PARALLEL_MIN or torch.get_num_threads() <= 1:
+        bad, total, count = K.ce_plain_forward(xn, tn, ign, has, res)
+    else:
+        def fwd(r0: int, r1: int) -> tuple[int, float, float]:
+            b, t, c = K.ce_plain_forward(xn[r0:r1], tn[r0:r1], ign, has, res[:, r0:r1])
+            return (b + r0 if b >= 0 else b), t, c
+
+        parts = _run(fwd, rows, n_cls)
+        bads = [p[0] for p in parts if p[0] >= 0]
+        bad = bads[0] if bads else -1
+        total, count = math.fsum(p[1] for p in parts), sum(p[2] for p in parts)
+    if bad >= 0:
+        raise _bad_target("cross_entropy", target, bad, n_cls)
+    return res, total, count
+
+
+def _plain_out(x: torch.Tensor, res: np.ndarray, total: float, count: float, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return torch.from_numpy(res[0]).to(x.dtype, copy=True)
+    return _scalar(total if reduction == "sum" else (total / count if count else math.nan), x.dtype)
+
+
+def _scalar(val: float, dtype: torch.dtype) -> torch.Tensor:
+    """A 0-d tensor of ``val`` rounded once to ``dtype``, the cheapest way (``torch.tensor`` costs ~2 us)."""
+    if dtype == torch.float32:
+        return torch.from_numpy(np.array(val, np.float32))
+    if dtype == torch.float64:
+        return torch.from_numpy(np.array(val))
+    return torch.full((), val, dtype=torch.float64).to(dtype)
+
+
+class _CEPlain(torch.autograd.Function):
+    """:class:`_CrossEntropy` for class indices without weight or smoothing, with fewer steps."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,  # type: ignore[override]
+                reduction: str) -> torch.Tensor:
+        res, total, count = _plain_forward(x, target, ignore_index)
+        ctx.save_for_backward(x, target)
+        ctx.res = (res, count, reduction)
+        return _plain_out(x, res, total, count, reduction)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        x, target = ctx.saved_tensors
+        res, count, reduction = ctx.res
+        if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops
+            grad = _ce_grad_graph(x, target, None, g, res[1], res[3], res[4], count, 0.0, reduction, True)
+            return grad, None, None, None
+        rows, n_cls = x.shape
+        out = _empty(x)
+        if reduction == "none":
+            gs, gn = 1.0, g.detach().to(torch.float64).reshape(-1).contiguous().numpy()
+        else:
+            gs, gn = float(g), _EMPTY
+            if reduction == "mean":  # a mean over no row (all ignored) has no gradient to pass on
+                gs = gs / count if count else 0.0
+        xn, tn, on = _view(x), target.numpy(), _view(out)
+
+        def bwd(r0: int, r1: int) -> None:
+            K.ce_plain_backward(xn[r0:r1], tn[r0:r1], gs, gn if gn.size == 0 else gn[r0:r1], res[:, r0:r1], on[r0:r1])
+
+        if rows * n_cls < _PARALLEL_MIN:
+            K.ce_plain_backward(xn, tn, gs, gn, res, on)
+        else:
+            _run(bwd, rows, n_cls)
+        return out, None, None, None
+
+
+def cross_entropy_plain(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
+                        reduction: str) -> torch.Tensor:
+    """Rows ``x`` (R, C) (contiguous, float32/float64/bfloat16) and int64 indices ``target`` (R,): the loss.
+
+    Without a gradient to record no ``autograd.Function`` is built (its cost exceeds the kernel's at
+    small shapes).
+    """
+    if x.requires_grad and torch.is_grad_enabled():
+        return _CEPlain.apply(x, target, ignore_index, reduction)
+    res, total, count = _plain_forward(x, target, ignore_index)
+    return _plain_out(x, res, total, count, reduction)
+
+
+# -- binary cross-entropy ------------------------------------------------------------------------
+def _per_class(a: torch.Tensor | None, shape: tuple[int, ...]) -> np.ndarray:
+    """``a`` broadcast to ``shape`` as float64 rows ``(R, C)``, or ``(1, C)`` if it varies along the last axis only."""
+    if a is None:
+        return np.empty((0, 0))
+    a = a.detach().to(torch.float64)
+    n = shape[-1] if shape else 1
+    if a.ndim <= 1 or all(s == 1 for s in a.shape[:-1]):
+        return a.reshape(-1).expand(n).reshape(1, n).contiguous().numpy()
+    return a.broadcast_to(shape).reshape(-1, n).contiguous().numpy()
+
+
+class _BCE(torch.autograd.Function):
+    """``w (pw y softplus(-x) + (1 - y) softplus(x))`` elementwise, reduced; gradient with respect to ``x`` only."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, pos_weight: torch.Tensor | None,
+        reduction: str,
+    ) -> torch.Tensor:
+        shape = tuple(x.shape)
+        n = shape[-1] if shape else 1
+        xk, yk = _kernel_input(x).reshape(-1, n), _kernel_input(y).reshape(-1, n)
+        wn, pn = _per_class(weight, shape), _per_class(pos_weight, shape)
+        rows = xk.shape[0]
+        store = reduction == "none"
+        out = np.empty((rows, n) if store else (0, 0))
+        xn, yn = _view(xk), _view(yk)
+
+        def fwd(r0: int, r1: int) -> float:
+            return K.bce_forward(xn[r0:r1], yn[r0:r1], wn if wn.shape[0] <= 1 else wn[r0:r1],
+                                 pn if pn.shape[0] <= 1 else pn[r0:r1], out[r0:r1] if store else out, store)
+
+        total = sum(_run(fwd, rows, n))
+        if ctx is not None:  # None: called for the values alone (bce_plain)
+            ctx.save_for_backward(x, y)
+            ctx.res = (wn, pn, reduction, rows * n)
+            ctx.weights = (weight, pos_weight)
+        if store:
+            return torch.from_numpy(out).reshape(shape).to(x.dtype)
+        return _bce_scalar(total, rows * n, reduction, x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        x, y = ctx.saved_tensors
+        wn, pn, reduction, count = ctx.res
+        if torch.is_grad_enabled():  # create_graph: differentiable ops
+            from .elementwise import sigmoid
+
+            w, pw = ctx.weights
+            pos = y * sigmoid(-x) * (1 if pw is None else pw)
+            grad = (sigmoid(x) * (1 - y) - pos) * (1 if w is None else w)
+            scale = g / count if reduction == "mean" else g
+            return (grad * scale).to(x.dtype), None, None, None, None
+        shape = tuple(x.shape)
+        n = shape[-1] if shape else 1
+        xk, yk = _kernel_input(x).reshape(-1, n), _kernel_input(y).reshape(-1, n)
+        rows = xk.shape[0]
+        if reduction == "none":
+            gn = g.detach().to(torch.float64).reshape(-1, n).contiguous().numpy()
+        else:
+            gn = np.array([[float(g) / count if reduction == "mean" else float(g)]])
+        out = _empty(xk)
+        xn, yn, on = _view(xk), _view(yk), _view(out)
+
+        def bwd(r0: int, r1: int) -> None:
+            K.bce_backward(xn[r0:r1], yn[r0:r1], wn if wn.shape[0] <= 1 else wn[r0:r1],
+                           pn if pn.shape[0] <= 1 else pn[r0:r1], gn if gn.size == 1 else gn[r0:r1], on[r0:r1])
+
+        _run(bwd, rows, n)
+        return out.reshape(shape).to(x.dtype), None, None, None, None
+
+
+def binary_cross_entropy_with_logits(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None,
+                                     pos_weight: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    """Elementwise BCE from logits ``x`` and targets ``y`` (same shape), ``reduction`` applied."""
+    return _BCE.apply(x, y, weight, pos_weight, reduction)
+
+
+def _bce_scalar(total: float, count: int, reduction: str, dtype: torch.dtype) -> torch.Tensor:
+    return _scalar(total if reduction == "sum" else (total / count if count else math.nan), dtype)
+
+
+_NO_WEIGHT = np.empty((0, 0))
+
+
+def bce_plain(x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
+    """:func:`binary_cross_entropy_with_logits` of contiguous float32/float64/bfloat16 ``x`` and ``y`` of one
+    shape and dtype, without weights; no ``autograd.Function`` when no gradient is recorded."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _BCEPlain.apply(x, y, reduction)
+    return _bce_plain_values(x, y, reduction)
+
+
+def _bce_plain_values(x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
+    shape = tuple(x.shape)
+    n = shape[-1] if shape else 1
+    xn, yn = _view(x).reshape(-1, n), _view(y).reshape(-1, n)
+    rows = xn.shape[0]
+    if reduction == "none" or rows * n >= _PARALLEL_MIN:
+        return _BCE.forward(None, x, y, None, None, reduction)
+    total = K.bce_forward(xn, yn, _NO_WEIGHT, _NO_WEIGHT, _NO_WEIGHT, False)
+    return _bce_scalar(total, rows * n, reduction, x.dtype)
+
+
+class _BCEPlain(torch.autograd.Function):
+    """:class:`_BCE` without weights, with fewer steps (the latency route)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x, y)
+        ctx.reduction = reduction
+        return _bce_plain_values(x, y, reduction)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+        x, y = ctx.saved_tensors
+        reduction = ctx.reduction
+        count = x.numel()
+        if torch.is_grad_enabled() or reduction == "none" or count >= _PARALLEL_MIN:
+            ctx.res = (_NO_WEIGHT, _NO_WEIGHT, reduction, count)
+            ctx.weights = (None, None)
+            return *_BCE.backward(ctx, g)[:2], None
+        n = x.shape[-1] if x.ndim else 1
+        gv = float(g)
+        out = _empty(x)
+        K.bce_backward(_view(x).reshape(-1, n), _view(y).reshape(-1, n), _NO_WEIGHT, _NO_WEIGHT,
+                       np.array([[gv / count if reduction == "mean" else gv]]), _view(out).reshape(-1, n))
+        return out, None, None
+
+
+# -- elementwise ops -------------------------------------------------------------------------------
+SOFTPLUS, LOG_SIGMOID, LOG1MEXP = 0, 1, 2
+
+
+def _flat_run(fn: Any, size: int) -> None:
+    _run(fn, size, 1)
+
+
+def _unary_values(x: torch.Tensor, op: int) -> torch.Tensor:
+    if x.dtype in _NATIVE and x.numel() < _PARALLEL_MIN and x.is_contiguous():  # latency: the shortest route
+        xn = (x.detach() if x.requires_grad else x).numpy()
+        on = np.empty(xn.shape, xn.dtype)
+        K.unary_forward(xn.reshape(-1), on.reshape(-1), op)
+        return torch.from_numpy(on)
+    xk = _kernel_input(x)
+    out = _empty(xk)
+    xn, on = _view(xk).reshape(-1), _view(out).reshape(-1)
+    _flat_run(lambda r0, r1: K.unary_forward(xn[r0:r1], on[r0:r1], op), xn.size)
+    return out if out.dtype == x.dtype else out.to(x.dtype)
+
+
+class _Unary(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, op: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x)
+        ctx.op = op
+        return _unary_values(x, op)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, None]:  # type: ignore[override]
+        (x,) = ctx.saved_tensors
+        op = ctx.op
+        if torch.is_grad_enabled():  # create_graph: differentiable ops
+            from .elementwise import sigmoid
+
+            if op == LOG1MEXP:
+                xd = x.to(torch.float64)
+                d = torch.where(xd > 0, torch.nan, -1.0 / (torch.expm1(-xd) + 0.0))
+            else:
+                d = sigmoid(x if op == SOFTPLUS else -x)
+            return (g * d).to(x.dtype), None
+        if x.dtype in _NATIVE and x.numel() < _PARALLEL_MIN and x.is_contiguous():  # latency: the shortest route
+            xn, gn = x.detach().numpy(), _grad_input(g, x.dtype).numpy()
+            on = np.empty(xn.shape, xn.dtype)
+            K.unary_backward(xn.reshape(-1), gn.reshape(-1), on.reshape(-1), op)
+            return torch.from_numpy(on), None
+        xk = _kernel_input(x)
+        gk = _grad_input(g, xk.dtype)
+        out = _empty(xk)
+        xn, gn, on = _view(xk).reshape(-1), _view(gk).reshape(-1), _view(out).reshape(-1)
+        _flat_run(lambda r0, r1: K.unary_backward(xn[r0:r1], gn if gn.size == 1 else gn[r0:r1], on[r0:r1], op),
+                  xn.size)
+        return out.to(x.dtype), None
+
+
+def unary(x: torch.Tensor, op: int) -> torch.Tensor:
+    """softplus, log_sigmoid or log1mexp of a CPU tensor (``op``), through the compiled kernels."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _Unary.apply(x, op)
+    return _unary_values(x, op)
+
+
+def _lae_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    if a.dtype in _NATIVE and a.numel() < _PARALLEL_MIN and a.is_contiguous() and b.is_contiguous():  # latency
+        an, bn = a.detach().numpy(), b.detach().numpy()
+        on = np.empty(an.shape, an.dtype)
+        K.logaddexp_forward(an.reshape(-1), bn.reshape(-1), on.reshape(-1))
+        return torch.from_numpy(on)
+    ak, bk = _kernel_input(a), _kernel_input(b)
+    out = _empty(ak)
+    an, bn, on = _view(ak).reshape(-1), _view(bk).reshape(-1), _view(out).reshape(-1)
+    _flat_run(lambda r0, r1: K.logaddexp_forward(an[r0:r1], bn[r0:r1], on[r0:r1]), an.size)
+    return out if out.dtype == a.dtype else out.to(a.dtype)
+
+
+class _LogAddExp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(a, b)
+        return _lae_values(a, b)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        a, b = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph: differentiable ops
+            from .elementwise import sigmoid
+
+            both = (a == -torch.inf) & (b == -torch.inf)
+            sa = torch.where(both, 0.0, sigmoid(torch.where(both, 0.0, a - b)))
+            sb = torch.where(both, 0.0, sigmoid(torch.where(both, 0.0, b - a)))
+            return (g * sa).to(a.dtype), (g * sb).to(b.dtype)
+        ak, bk = _kernel_input(a), _kernel_input(b)
+        gk = _grad_input(g, ak.dtype)
+        ga, gb = _empty(ak), _empty(ak)
+        an, bn, gn = _view(ak).reshape(-1), _view(bk).reshape(-1), _view(gk).reshape(-1)
+        gan, gbn = _view(ga).reshape(-1), _view(gb).reshape(-1)
+        _flat_run(lambda r0, r1: K.logaddexp_backward(an[r0:r1], bn[r0:r1], gn if gn.size == 1 else gn[r0:r1],
+                                                          gan[r0:r1], gbn[r0:r1]),
+                  an.size)
+        return ga.to(a.dtype), gb.to(b.dtype)
+
+
+def logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``logaddexp`` of two CPU tensors of one shape and dtype, through the compiled kernels."""
+    if (a.requires_grad or b.requires_grad) and torch.is_grad_enabled():
+        return _LogAddExp.apply(a, b)
+    return _lae_values(a, b)
+
+
+# -- under torch.compile: the latency route as custom ops ------------------------------------------
+# Dynamo cannot trace the kernels (NumPy views, compiled code, a ValueError on values): as custom ops
+# they enter the graph whole, run eager's code and keep its checks; the fake versions give the shapes.
+@torch.library.custom_op("floatguard::cross_entropy_rows", mutates_args=())
+def cross_entropy_op(x: torch.Tensor, target: torch.Tensor, ignore_index: int, has_ignore: bool,
+                     reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cross_entropy_plain` as a custom op: the loss and the residuals ``(5, R)`` (float64)."""
+    x, target = x.contiguous(), target.contiguous()
+    res, total, count = _plain_forward(x, target, ignore_index if has_ignore else None)
+    return _plain_out(x, res, total, count, reduction), torch.from_numpy(res)
+
+
+@cross_entropy_op.register_fake
+def _(x: torch.Tensor, target: torch.Tensor, ignore_index: int, has_ignore: bool,
+      reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (x.shape[0],) if reduction == "none" else ()
+    return x.new_empty(shape), x.new_empty((5, x.shape[0]), dtype=torch.float64)
+
+
+@torch.library.custom_op("floatguard::cross_entropy_rows_backward", mutates_args=())
+def cross_entropy_backward_op(x: torch.Tensor, target: torch.Tensor, res: torch.Tensor, g: torch.Tensor,
+                              reduction: str) -> torch.Tensor:
+    """The gradient of :func:`cross_entropy_op` with respect to ``x`` (upstream ``g``)."""
+    x, target = x.contiguous(), target.contiguous()
+    rn = res.contiguous().numpy()
+    out = _empty(x)
+    count = float(rn[3].sum())
+    if reduction == "none":
+        gs, gn = 1.0, g.detach().to(torch.float64).reshape(-1).contiguous().numpy()
+    else:
+        gs, gn = float(g), _EMPTY
+        if reduction == "mean":
+            gs = gs / count if count else 0.0
+    K.ce_plain_backward(_view(x), target.numpy(), gs, gn, rn, _view(out))
+    return out
+
+
+@cross_entropy_backward_op.register_fake
+def _(x: torch.Tensor, target: torch.Tensor, res: torch.Tensor, g: torch.Tensor, reduction: str) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous, as the real output
+
+
+def _ce_op_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    ctx.reduction = inputs[4]
+    ctx.save_for_backward(inputs[0], inputs[1], output[1])
+
+
+def _ce_op_backward(ctx: Any, g: torch.Tensor, _g_res: Any) -> tuple[Any, ...]:
+    x, target, res = ctx.saved_tensors
+    return cross_entropy_backward_op(x, target, res, g, ctx.reduction), None, None, None, None
+
+
+cross_entropy_op.register_autograd(_ce_op_backward, setup_context=_ce_op_setup)
+
+
+def cross_entropy_compiled(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
+                           reduction: str) -> torch.Tensor:
+    """:func:`cross_entropy_plain` under ``torch.compile``."""
+    return cross_entropy_op(x, target, 0 if ignore_index is None else ignore_index, ignore_index is not None,
+                            reduction)[0]
+
+
+# -- tensors on other devices (GPU): torch ops, the max split -----------------------------------------
+def cross_entropy_rows_torch(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
+                             reduction: str) -> torch.Tensor:
+    r"""Cross-entropy of rows ``x`` ``(R, C)`` and int64 class indices in torch ops (any device), float32 math.
+
+    .. math:: \ell_r = \mathrm{log1p}(s) + (m - x_c), \quad m = x_k = \max_i x_i, \quad
+              s = \sum_{i \ne k} e^{x_i - m}
+
+    The max term is taken out of the sum (``log1p`` keeps a confident row's small loss to the last
+    bit, where ``log(1 + s)`` rounds it to 0 below 6e-8); bfloat16/float16 rows accumulate in
+    float32. Ties at the max add their ``1`` each through ``s``. A row with a non-finite max has
+    loss ``-m``. Target checks are the caller's (this reads no value on the host).
+    """
+    wd = torch.float64 if x.dtype == torch.float64 else torch.float32
+    xw = x.to(wd)
+    m, k = xw.max(dim=1, keepdim=True)
+    finite = torch.isfinite(m)
+    ms = torch.where(finite, m, torch.zeros_like(m))
+    e = torch.exp(xw - ms).scatter(1, k, 0.0)  # the argmax term out: exactly 1
+    s = e.sum(dim=1)
+    keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    idx = torch.where(keep, target, torch.zeros_like(target))
+    xc = xw.gather(1, idx[:, None])[:, 0]
+    loss = torch.where(finite[:, 0], torch.log1p(s) + (m[:, 0] - xc), -m[:, 0])
+    loss = torch.where(keep, loss, torch.zeros_like(loss))
+    if reduction == "none":
+        return loss.to(x.dtype)
+    total = loss.sum()
+    if reduction == "mean":
+        total = total / keep.sum().to(wd)
+    return total.to(x.dtype)

@@ -1,0 +1,399 @@
+"""The fused CPU kernels of cross_entropy, binary_cross_entropy_with_logits and the elementwise ops.
+
+Every option combination against ``torch.nn.functional`` in float64 (values and gradients),
+on the fused path (CPU tensors) and on the generic array-API path (forced); accuracy of the
+float32/bfloat16 kernels against mpmath; gradcheck; bad input errors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("numba")
+
+import torch.nn.functional as F  # noqa: E402
+from torch.autograd import gradcheck, gradgradcheck  # noqa: E402
+
+import floatguard as fg  # noqa: E402
+import floatguard.testing as T  # noqa: E402
+from floatguard.ops import losses  # noqa: E402
+
+INF = math.inf
+RNG = np.random.default_rng(7)
+R, C = 9, 6
+
+
+@pytest.fixture(params=["fused", "generic"])
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test on the fused kernels and again with them switched off (the array-API path)."""
+    if request.param == "generic":
+        monkeypatch.setattr(losses, "_fast_torch", lambda *a: None)
+        monkeypatch.setattr(losses, "_fast_plain", lambda *a: 0)
+        monkeypatch.setattr(losses, "_fast_bce_plain", lambda *a: False)
+    return str(request.param)
+
+
+def _logits(shape: tuple[int, ...] = (R, C), scale: float = 3.0) -> torch.Tensor:
+    return torch.tensor(RNG.normal(size=shape) * scale, dtype=torch.float64)
+
+
+def _check(fg_fn: Any, torch_fn: Any, x: torch.Tensor, *args: Any, rtol: float = 1e-12, **kw: Any) -> None:
+    """Values and gradients (with a random upstream gradient) of fg against torch, float64."""
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got, want = fg_fn(xa, *args, **kw), torch_fn(xb, *args, **kw)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    torch.testing.assert_close(got, want, rtol=rtol, atol=1e-14, equal_nan=True)
+    if not torch.isfinite(want).all():
+        return
+    g = torch.tensor(RNG.uniform(0.5, 1.5, size=tuple(want.shape)), dtype=want.dtype)
+    (ga,) = torch.autograd.grad(got, xa, g)
+    (gb,) = torch.autograd.grad(want, xb, g)
+    torch.testing.assert_close(ga, gb, rtol=rtol, atol=1e-14)
+
+
+# --------------------------------------------------------------------------------------------
+# cross_entropy: every combination against F.cross_entropy
+# --------------------------------------------------------------------------------------------
+COMBOS = list(itertools.product(["mean", "sum", "none"], [0.0, 0.3], [False, True]))
+
+
+@pytest.mark.parametrize(("reduction", "smoothing", "weighted"), COMBOS)
+@pytest.mark.parametrize("ignore", [None, -100, 2])
+def test_ce_indices_vs_torch(path: str, reduction: str, smoothing: float, weighted: bool, ignore: int | None) -> None:
+    x = _logits()
+    t = torch.tensor(RNG.integers(0, C, R))
+    t[[1, 4]] = -100 if ignore in (None, -100) else 2
+    if ignore is None:
+        t = t.clamp(min=0)
+    w = torch.tensor(RNG.uniform(0.2, 2.0, C)) if weighted else None
+    kw = {"weight": w, "reduction": reduction, "label_smoothing": smoothing}
+    fg_kw = {**kw, "ignore_index": ignore}
+    torch_kw = {**kw, "ignore_index": -100 if ignore is None else ignore}
+    _check(lambda v: fg.cross_entropy(v, t, **fg_kw), lambda v: F.cross_entropy(v, t, **torch_kw), x)
+
+
+@pytest.mark.parametrize(("reduction", "smoothing", "weighted"), COMBOS)
+def test_ce_probabilities_vs_torch(path: str, reduction: str, smoothing: float, weighted: bool) -> None:
+    x = _logits()
+    p = torch.softmax(_logits(), dim=-1)
+    p[0] = 0.0
+    p[0, 3] = 1.0  # a one-hot row: zero targets
+    w = torch.tensor(RNG.uniform(0.2, 2.0, C)) if weighted else None
+    kw = {"weight": w, "reduction": reduction, "label_smoothing": smoothing}
+    _check(lambda v: fg.cross_entropy(v, p, **kw), lambda v: F.cross_entropy(v, p, **kw), x)
+
+
+@pytest.mark.parametrize("target_kind", ["index", "prob"])
+def test_ce_class_axis_1_on_nc_d(path: str, target_kind: str) -> None:
+    x = _logits((3, C, 4, 2))
+    w = torch.tensor(RNG.uniform(0.2, 2.0, C))
+    index = torch.tensor(RNG.integers(0, C, (3, 4, 2)))
+    t = index if target_kind == "index" else torch.softmax(_logits((3, C, 4, 2)), 1)
+    kw = {"weight": w, "label_smoothing": 0.1}
+    _check(lambda v: fg.cross_entropy(v, t, axis=1, **kw), lambda v: F.cross_entropy(v, t, **kw), x)
+
+
+def test_ce_all_rows_ignored_mean_is_nan_as_torch(path: str) -> None:
+    x = _logits().requires_grad_()
+    t = torch.full((R,), -100)
+    for w in (None, torch.ones(C, dtype=torch.float64)):
+        got = fg.cross_entropy(x, t, ignore_index=-100, weight=w)
+        assert torch.isnan(got) and torch.isnan(F.cross_entropy(x, t, weight=w))
+        assert fg.cross_entropy(x, t, ignore_index=-100, reduction="sum").item() == 0.0
+        got.backward()
+        assert x.grad is not None and torch.all(x.grad == 0)  # ignored rows: no gradient, even through NaN
+        x.grad = None
+
+
+def test_ce_nonfinite_rows(path: str) -> None:
+    """Rows with max -inf, +inf or NaN: loss -max, gradient 0; a -inf logit elsewhere is an empty class."""
+    x = _logits((4, C))
+    x[0] = -INF
+    x[1, 2] = INF
+    x[2, 1] = math.nan
+    x[3, 0] = -INF
+    xr = x.clone().requires_grad_()
+    t = torch.tensor([1, 2, 0, 3])
+    loss = fg.cross_entropy(xr, t, reduction="none")
+    assert loss[0].item() == INF and loss[1].item() == -INF and math.isnan(loss[2].item())
+    torch.testing.assert_close(loss[3], F.cross_entropy(x[3:], t[3:], reduction="none")[0])
+    loss.sum().backward()
+    assert xr.grad is not None and torch.all(xr.grad[:3] == 0) and torch.isfinite(xr.grad).all()
+
+
+# --------------------------------------------------------------------------------------------
+# accuracy of the low-precision kernels, and their gradients
+# --------------------------------------------------------------------------------------------
+def _ce_rows() -> tuple[np.ndarray, np.ndarray]:
+    rows = RNG.normal(size=(6, 40)) * 4
+    rows[0] = -30.0
+    rows[0, 5] = 0.0  # confident: the loss is ~1e-12, where log(1 + s) has no digit of s
+    rows[1, :] = RNG.uniform(-100, 100, 40)
+    rows[2] = 1e4 + RNG.normal(size=40)
+    return rows, np.array([5, 0, 3, 39, 17, 2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_ce_rows_within_one_ulp_of_mpmath(dtype: torch.dtype) -> None:
+    rows, target = _ce_rows()
+    if dtype == torch.float16:
+        rows = np.clip(rows, -6e4, 6e4)
+        rows[2] = 1e3 + RNG.normal(size=40)
+    x = torch.tensor(rows).to(dtype)
+    got = fg.cross_entropy(x, torch.tensor(target), reduction="none")
+    assert got.dtype == dtype
+    xs = T.to_float64(x)
+    refs = [T.ref_cross_entropy_row(xs[i], int(target[i])) for i in range(len(target))]
+    assert T.max_ulp(got, np.array(refs, dtype=object), dtype) <= 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("target_kind", ["index", "prob"])
+def test_ce_low_precision_gradient_is_the_float64_one_rounded_once(dtype: torch.dtype, target_kind: str) -> None:
+    x = torch.tensor(RNG.normal(size=(16, 300)) * 3).to(dtype)
+    t = torch.tensor(RNG.integers(0, 300, 16)) if target_kind == "index" else torch.softmax(torch.randn(16, 300), 1)
+    t = t if target_kind == "index" else t.to(dtype)
+    w = torch.tensor(RNG.uniform(0.5, 2.0, 300), dtype=dtype)
+    xl, xd = x.clone().requires_grad_(), x.double().requires_grad_()
+    kw = {"label_smoothing": 0.1, "reduction": "sum"}
+    fg.cross_entropy(xl, t, weight=w, **kw).backward()
+    F.cross_entropy(xd, t if target_kind == "index" else t.double(), weight=w.double(), **kw).backward()
+    assert xl.grad is not None and xd.grad is not None and xl.grad.dtype == dtype
+    err = T.ulp_error(xl.grad, xd.grad.numpy().astype(np.float64), dtype)
+    assert float(np.max(err)) <= 0.5 + 1e-6  # one rounding of a float64 result accurate to ~1e-15
+
+
+def test_ce_gradcheck_fused() -> None:
+    x = _logits((4, 5)).requires_grad_()
+    t = torch.tensor([0, 4, -100, 2])
+    w = torch.tensor(RNG.uniform(0.5, 2.0, 5))
+    p = torch.softmax(_logits((4, 5)), 1)
+    assert gradcheck(lambda v: fg.cross_entropy(v, t, weight=w, ignore_index=-100, label_smoothing=0.2), (x,))
+    assert gradcheck(lambda v: fg.cross_entropy(v, p, weight=w, label_smoothing=0.1, reduction="none"), (x,))
+    assert gradgradcheck(lambda v: fg.cross_entropy(v, t, weight=w, ignore_index=-100, label_smoothing=0.2), (x,))
+    assert gradgradcheck(lambda v: fg.cross_entropy(v, p, reduction="sum"), (x,))
+
+
+def test_ce_large_rows_threads_agree() -> None:
+    """Rows split over threads give the same result as one thread (a row is never split)."""
+    x = torch.randn(300, 700, dtype=torch.float32)
+    t = torch.randint(0, 700, (300,))
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = fg.cross_entropy(x, t, reduction="none")
+        torch.set_num_threads(2)
+        two = fg.cross_entropy(x, t, reduction="none")
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(one, two)
+
+
+# --------------------------------------------------------------------------------------------
+# errors
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda x: fg.cross_entropy(x, torch.tensor([0, 1, 6, 2, 0, 0, 0, 0, 0])), ValueError, "'target'.*outside"),
+        (lambda x: fg.cross_entropy(x, torch.tensor([0, 1, -1, 2, 0, 0, 0, 0, 0])), ValueError, "'target'"),
+        (lambda x: fg.cross_entropy(x, torch.zeros(R, dtype=torch.int64), weight=torch.ones(C + 1)), ValueError,
+         "'weight'"),
+        (lambda x: fg.cross_entropy(x, torch.zeros(R, dtype=torch.int64), weight=torch.ones(C, dtype=torch.int64)),
+         TypeError, "'weight'"),
+        (lambda x: fg.cross_entropy(x, torch.softmax(x, 1), ignore_index=3), ValueError, "'ignore_index'"),
+        (lambda x: fg.cross_entropy(x, torch.zeros(R + 1, dtype=torch.int64)), ValueError, "'target'"),
+        (lambda x: fg.cross_entropy(x, torch.zeros(R, dtype=torch.int64), reduction="avg"), ValueError,
+         "'reduction'"),
+        (lambda x: fg.binary_cross_entropy_with_logits(x, x[:, :2]), ValueError, "'targets'"),
+        (lambda x: fg.binary_cross_entropy_with_logits(x, x, pos_weight=torch.ones(C + 1)), ValueError,
+         "'pos_weight'"),
+    ],
+)
+def test_bad_inputs_name_the_argument(path: str, call: Any, exc: type[Exception], match: str) -> None:
+    with pytest.raises(exc, match=match):
+        call(_logits())
+
+
+# --------------------------------------------------------------------------------------------
+# binary_cross_entropy_with_logits
+# --------------------------------------------------------------------------------------------
+def _bce_weights(kind: str) -> torch.Tensor | None:
+    shapes = {"none": None, "class": (C,), "full": (R, C), "row": (R, 1)}
+    shape = shapes[kind]
+    return None if shape is None else torch.tensor(RNG.uniform(0.2, 2.0, shape))
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(("w_kind", "pw_kind"), [("none", "none"), ("class", "class"), ("full", "row"),
+                                                ("row", "full"), ("none", "class")])
+def test_bce_vs_torch(path: str, reduction: str, w_kind: str, pw_kind: str) -> None:
+    x = _logits(scale=5.0)
+    y = torch.tensor(RNG.uniform(0, 1, (R, C)))
+    y[0] = 1.0
+    y[1] = 0.0
+    kw = {"weight": _bce_weights(w_kind), "pos_weight": _bce_weights(pw_kind), "reduction": reduction}
+    bce = fg.binary_cross_entropy_with_logits
+    _check(lambda v: bce(v, y, **kw), lambda v: F.binary_cross_entropy_with_logits(v, y, **kw), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_bce_within_one_ulp_of_mpmath(dtype: torch.dtype) -> None:
+    xs = np.array([30.0, -30.0, 17.0, -17.0, 0.0, 2.0, -1.0, 80.0, -80.0, 1e-20, 0.5, 1e4])
+    ys = np.array([1.0, 0.0, 0.0, 1.0, 0.5, 0.3, 0.9, 1.0, 0.0, 1.0, 0.0, 0.25])
+    if dtype == torch.float16:
+        xs[-1] = 6e4
+    x, y = torch.tensor(xs).to(dtype), torch.tensor(ys).to(dtype)
+    got = fg.binary_cross_entropy_with_logits(x, y, reduction="none")
+    ref = T.vectorize(T.ref_bce_with_logits)(T.to_float64(x), T.to_float64(y))
+    assert got.dtype == dtype and T.max_ulp(got, ref, dtype) <= 1.0
+
+
+def test_bce_gradcheck_and_extremes() -> None:
+    x = _logits((3, 4)).requires_grad_()
+    y = torch.tensor(RNG.uniform(0, 1, (3, 4)))
+    w, pw = torch.tensor(RNG.uniform(0.5, 2, 4)), torch.tensor(RNG.uniform(0.5, 2, (3, 1)))
+    bce = fg.binary_cross_entropy_with_logits
+    assert gradcheck(lambda v: bce(v, y, weight=w, pos_weight=pw), (x,))
+    assert gradgradcheck(lambda v: bce(v, y, weight=w, pos_weight=pw, reduction="none"), (x,))
+    xi = torch.tensor([INF, -INF, 40.0], requires_grad=True)
+    loss = bce(xi, torch.tensor([1.0, 0.0, 1.0]), reduction="sum")
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-40.0)), rel=1e-15)
+    loss.backward()
+    assert xi.grad is not None and xi.grad[:2].tolist() == [0.0, 0.0]
+
+
+# --------------------------------------------------------------------------------------------
+# elementwise kernels
+# --------------------------------------------------------------------------------------------
+SPREAD = np.array([-1e4, -745.0, -100.0, -30.0, -17.0, -1.0, -0.6931471805599453, -0.5, -1e-10, -1e-300, 0.0,
+                   1e-300, 1e-8, 0.5, 1.0, 15.0, 20.5, 36.9, 100.0, 800.0, INF, -INF])
+UNARY = [("softplus", T.ref_softplus, F.softplus), ("log_sigmoid", T.ref_log_sigmoid, F.logsigmoid),
+         ("log1mexp", T.ref_log1mexp, None)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize(("name", "ref", "_torch"), UNARY, ids=[u[0] for u in UNARY])
+def test_unary_kernels_within_one_ulp(name: str, ref: Any, _torch: Any, dtype: torch.dtype) -> None:
+    xs = -np.abs(SPREAD) if name == "log1mexp" else SPREAD
+    x = torch.tensor(xs).to(dtype)
+    got = getattr(fg, name)(x)
+    assert got.dtype == dtype
+    assert T.max_ulp(got, T.vectorize(ref)(T.to_float64(x)), dtype) <= 1.0
+
+
+def test_logaddexp_kernel_within_one_ulp() -> None:
+    a = np.concatenate([SPREAD, SPREAD[::-1]])
+    b = np.concatenate([SPREAD[::-1] * 0.5, SPREAD])
+    for dtype in (torch.float32, torch.bfloat16):
+        ta, tb = torch.tensor(a).to(dtype), torch.tensor(b).to(dtype)
+        ref = T.vectorize(T.ref_logaddexp)(T.to_float64(ta), T.to_float64(tb))
+        assert T.max_ulp(fg.logaddexp(ta, tb), ref, dtype) <= 1.0
+
+
+@pytest.mark.parametrize("name", ["softplus", "log_sigmoid", "log1mexp", "logaddexp"])
+def test_elementwise_gradients(name: str) -> None:
+    x = torch.tensor(RNG.normal(size=(3, 4)) * 4)
+    if name == "log1mexp":
+        x = -x.abs() - 1e-3
+    fn = (lambda a, b: fg.logaddexp(a, b)) if name == "logaddexp" else getattr(fg, name)
+    inputs = (x.clone().requires_grad_(), torch.tensor(RNG.normal(size=(3, 4)) * 4, requires_grad=True))
+    inputs = inputs if name == "logaddexp" else inputs[:1]
+    assert gradcheck(fn, inputs) and gradgradcheck(fn, inputs)
+    # float32 gradients: the float64 gradient of the same inputs, rounded once
+    lo = tuple(v.detach().float().requires_grad_() for v in inputs)
+    hi = tuple(v.detach().float().double().requires_grad_() for v in inputs)
+    fn(*lo).sum().backward()
+    fn(*hi).sum().backward()
+    for a, b in zip(lo, hi, strict=True):
+        assert a.grad is not None and b.grad is not None
+        assert float(np.max(T.ulp_error(a.grad, b.grad.numpy(), "float32"))) <= 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# the latency route (class indices, no weight, no smoothing), its custom op, the torch-op rows
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_ce_plain_gradient_is_the_float64_one_rounded_once(dtype: torch.dtype) -> None:
+    x = torch.tensor(RNG.normal(size=(16, 300)) * 3).to(dtype)
+    t = torch.tensor(RNG.integers(0, 300, 16))
+    xl, xd = x.clone().requires_grad_(), x.double().requires_grad_()
+    fg.cross_entropy(xl, t).backward()
+    F.cross_entropy(xd, t).backward()
+    assert xl.grad is not None and xd.grad is not None and xl.grad.dtype == dtype
+    err = T.ulp_error(xl.grad, xd.grad.numpy().astype(np.float64), dtype)
+    assert float(np.max(err)) <= 0.5 + 1e-6
+
+
+def test_ce_plain_no_grad_route_and_reductions_of_nonfinite_rows() -> None:
+    """Without a recorded gradient the loss is a plain tensor; an inf row makes the mean inf (not NaN)."""
+    x = _logits((5, C))
+    t = torch.tensor([0, 1, 2, 3, 4])
+    with torch.no_grad():
+        got = fg.cross_entropy(x.clone().requires_grad_(), t)
+    assert got.grad_fn is None
+    torch.testing.assert_close(got, F.cross_entropy(x, t), rtol=1e-12, atol=0)
+    x[1] = -INF
+    assert fg.cross_entropy(x, t).item() == INF and fg.cross_entropy(x, t, reduction="sum").item() == INF
+    x[2, 0] = math.nan
+    assert math.isnan(fg.cross_entropy(x, t).item())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_ce_custom_op_passes_opcheck(reduction: str) -> None:
+    from floatguard.ops import _torch_losses
+
+    x = _logits((6, 9)).requires_grad_()
+    t = torch.tensor([0, 8, 3, -100, 2, 1])
+    torch.library.opcheck(_torch_losses.cross_entropy_op, (x, t, -100, True, reduction))
+    torch.library.opcheck(_torch_losses.cross_entropy_op, (x.float(), t.clamp(0), 0, False, reduction))
+
+
+def test_ce_class_indices_compile_to_one_graph_with_eager_values_and_gradients() -> None:
+    torch._dynamo.reset()
+    f = torch.compile(lambda x, t: fg.cross_entropy(x, t, ignore_index=-100), fullgraph=True)
+    x = torch.randn(6, 9, dtype=torch.float32)
+    t = torch.tensor([0, 8, 3, -100, 2, 1])
+    xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+    got, want = f(xc, t), fg.cross_entropy(xe, t, ignore_index=-100)
+    assert torch.equal(got, want)
+    got.backward()
+    want.backward()
+    assert xc.grad is not None and torch.equal(xc.grad, xe.grad)
+    with pytest.raises(ValueError, match="'target'"):
+        f(x, torch.tensor([0, 9, 3, -100, 2, 1]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_ce_torch_op_rows_against_float64(dtype: torch.dtype, reduction: str) -> None:
+    """The device composition (called here on CPU) within a few float32 ulp of float64, as the dtype allows."""
+    from floatguard.ops import _torch_losses
+
+    x = torch.tensor(RNG.normal(size=(12, 50)) * 6).to(dtype)
+    x[0] = -40.0
+    x[0, 3] = 0.0  # a confident row: loss ~ 49 exp(-40), lost by log(1 + s) in float32
+    x[1, :2] = x[1].max() + 1  # a tie at the max
+    x[2] = -INF
+    t = torch.tensor(RNG.integers(0, 50, 12))
+    t[0] = 3
+    t[5] = -100
+    got = _torch_losses.cross_entropy_rows_torch(x, t, -100, reduction)
+    xd = x.double()
+    want = F.cross_entropy(xd[3:], t[3:], reduction="none", ignore_index=-100)
+    want = torch.cat([torch.tensor([math.log1p(49 * math.exp(-40.0)), 0.0, INF], dtype=torch.float64), want])
+    want[1] = float(torch.logsumexp(xd[1], 0) - xd[1, t[1]])
+    if reduction != "none":
+        want = want.sum() / (11 if reduction == "mean" else 1)
+    assert got.dtype == dtype
+    ulps = T.ulp_error(got, want.numpy(), dtype)
+    budget = 8.0 if dtype == torch.float32 else 1.0  # float32 math; low precision: one rounding of it
+    assert float(np.max(np.where(np.isinf(want.numpy()), 0.0, ulps))) <= budget
+    assert torch.equal(torch.isinf(got), torch.isinf(want))

@@ -1,0 +1,47 @@
+"""The vectorizable float64 ``log1p`` of :mod:`floatguard.ops._numba_log` against mpmath."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("numba")
+mpmath = pytest.importorskip("mpmath")
+
+from floatguard.ops import _numba_log as L  # noqa: E402
+
+
+def _ulp_errors(x: np.ndarray) -> np.ndarray:
+    out = np.empty_like(x)
+    L.log1p_array(x, out)
+    errs = []
+    with mpmath.workprec(160):
+        for xi, got in zip(x.tolist(), out.tolist(), strict=True):
+            ref = mpmath.log1p(mpmath.mpf(xi))
+            errs.append(float(abs(mpmath.mpf(got) - ref) / np.spacing(abs(float(ref)))))
+    return np.array(errs)
+
+
+def test_log1p_below_one_ulp_over_the_range() -> None:
+    rng = np.random.default_rng(3)
+    x = np.concatenate([
+        rng.uniform(0.0, 1.0, 3000),  # the softplus / logaddexp argument exp(-|x|)
+        rng.uniform(-1.0, 0.0, 3000),
+        -1.0 + 10.0 ** rng.uniform(-16, -0.3, 1000),  # near -1
+        10.0 ** rng.uniform(-323, 308, 3000),  # subnormal to huge
+        -(10.0 ** rng.uniform(-323, -1e-4, 2000)),
+        np.exp(-rng.uniform(0.0, 745.0, 2000)),
+        [5e-324, -5e-324, 2.0**-1022, 2.0**53, 2.0**54, 2.0**1023 * 1.999, math.sqrt(2) - 1, math.sqrt(0.5) - 1, 1.0],
+    ])
+    err = _ulp_errors(x)
+    assert err.max() < 1.0, f"max {err.max():.3f} ulp at x = {x[err.argmax()]!r}"
+
+
+def test_log1p_special_values() -> None:
+    x = np.array([-1.0, -2.0, -np.inf, np.inf, np.nan, 0.0, -0.0])
+    out = np.empty_like(x)
+    L.log1p_array(x, out)
+    assert out[0] == -np.inf and np.isnan(out[1]) and np.isnan(out[2]) and out[3] == np.inf and np.isnan(out[4])
+    assert out[5] == 0.0 and not np.signbit(out[5]) and out[6] == 0.0 and np.signbit(out[6])

@@ -1,0 +1,209 @@
+"""floatguard's reductions as drop-ins for scipy.special (and torch / jax.scipy where they agree).
+
+One test per silent wrong answer or crash found in issues 10 and 14, then Hypothesis over
+shapes, tuple axes, ``b`` and dtypes against ``scipy.special``. The peers' own test suites
+run in tests/peer/.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import hypothesis.extra.numpy as hnp
+import mpmath
+import numpy as np
+import pytest
+import scipy.special as sp
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import floatguard as fg
+
+
+def test_float64_b_with_float32_x_gives_float64() -> None:
+    # was rounded to float32: the result dtype is the promotion of x and b, as in SciPy
+    x = np.array([0.0, 1e-8], dtype=np.float32)
+    b = np.array([1.0, 1.0 + 1e-12])
+    got = fg.logsumexp(x, b=b)
+    assert isinstance(got, np.float64)
+    with mpmath.workdps(50):
+        want = float(mpmath.log(mpmath.exp(mpmath.mpf(float(x[0]))) + mpmath.mpf(float(b[1]))
+                                * mpmath.exp(mpmath.mpf(float(x[1])))))
+    assert got == pytest.approx(want, rel=1e-15)
+    assert got == pytest.approx(sp.logsumexp(x, b=b), rel=1e-15)
+
+
+def test_complex_b_gives_the_complex_log() -> None:
+    # was NaN
+    x = np.array([1.0, 2.0, 0.5])
+    b = np.array([1j, -2.0, 0.5 + 0.5j])
+    got = fg.logsumexp(x, b=b)
+    want = np.log(np.sum(b * np.exp(x)))
+    assert isinstance(got, np.complex128)
+    assert got == pytest.approx(want, rel=1e-15)
+    val, sign = fg.logsumexp(x, b=b, return_sign=True)
+    assert val == pytest.approx(want.real, rel=1e-15) and sign == pytest.approx(np.exp(1j * want.imag), rel=1e-15)
+    assert np.real(val).dtype == np.float64
+
+
+@pytest.mark.parametrize("axis", [None, 0])
+def test_empty_input_with_b_is_minus_inf(axis: int | None) -> None:
+    # was an internal TypeError
+    got = fg.logsumexp(np.zeros((0, 3)), b=np.ones(3), axis=axis)
+    want = -np.inf if axis is None else np.full(3, -np.inf)
+    np.testing.assert_array_equal(got, want)
+    assert fg.logsumexp(np.zeros(0), b=np.ones(0)) == sp.logsumexp(np.zeros(0), b=np.ones(0)) == -np.inf
+    # an empty sum has sign 0 (SciPy says -1 here, but 0 for a row of -inf: floatguard says 0 for both)
+    assert fg.logsumexp(np.zeros(0), b=np.ones(0), return_sign=True) == (-np.inf, 0.0)
+
+
+@pytest.mark.parametrize("axis", [0, -1, None])
+def test_zero_d_input_with_axis_0_is_its_value(axis: int | None) -> None:
+    # was "axes don't match array"
+    got = fg.logsumexp(np.float32(3.5), axis=axis)
+    assert isinstance(got, np.float32) and got == 3.5 == sp.logsumexp(np.float32(3.5), axis=axis)
+    assert fg.logmeanexp(2.0, axis=axis) == 2.0
+    t = fg.logsumexp(torch.tensor(3.5, dtype=torch.float64), dim=0, keepdim=True)
+    assert t.shape == torch.logsumexp(torch.tensor(3.5), 0, keepdim=True).shape == () and float(t) == 3.5
+    assert fg.logsumexp(np.float64(1.0), axis=0, keepdims=True).shape == sp.logsumexp(1.0, 0, keepdims=True).shape
+
+
+@pytest.mark.parametrize("op", [fg.logsumexp, fg.logmeanexp, fg.softmax, fg.log_softmax])
+def test_where_as_a_python_list(op: object) -> None:
+    # was AttributeError
+    x = np.array([0.5, 100.0, -1.0])
+    got = op(x, where=[True, False, True])  # type: ignore[operator]
+    want = op(x, where=np.array([True, False, True]))  # type: ignore[operator]
+    np.testing.assert_array_equal(got, want)
+    kept = op(x[[0, 2]])  # type: ignore[operator]
+    np.testing.assert_allclose(np.asarray(got)[[0, 2]] if np.ndim(got) else got, kept, rtol=1e-15)
+
+
+def test_logmeanexp_of_nothing_is_nan_like_np_mean() -> None:
+    # was -inf; the mean of no entries is NaN, with np.mean's warning
+    with pytest.warns(RuntimeWarning, match="Mean of empty slice"):
+        assert np.isnan(np.mean(np.zeros(0)))
+    with pytest.warns(RuntimeWarning, match="Mean of empty slice"):
+        assert np.isnan(fg.logmeanexp(np.zeros(0)))
+    with pytest.warns(RuntimeWarning, match="Mean of empty slice"):
+        got = fg.logmeanexp(np.zeros((2, 3)), axis=1, where=np.array([[True, False, True], [False] * 3]))
+    assert got[0] == 0.0 and np.isnan(got[1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fg.logmeanexp(np.full(3, -np.inf)) == -np.inf  # a mean of zeros: log 0, no warning
+    assert torch.isnan(fg.logmeanexp(torch.zeros(0)))
+
+
+def test_logmeanexp_where_matches_the_masked_mean() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(4, 6))
+    w = rng.integers(0, 2, size=(4, 6)).astype(bool) | np.eye(4, 6, dtype=bool)
+    got = fg.logmeanexp(x, axis=1, where=w)
+    want = [math.log(math.fsum(math.exp(v) for v in row[m]) / m.sum()) for row, m in zip(x, w, strict=True)]
+    np.testing.assert_allclose(got, want, rtol=1e-14)
+
+
+@pytest.mark.parametrize("batch", [(), (3,)])
+def test_log_matmul_exp_with_inner_dimension_0_is_minus_inf(batch: tuple[int, ...]) -> None:
+    # raised from max() of an empty axis
+    got = fg.log_matmul_exp(np.zeros((*batch, 2, 0)), np.zeros((0, 4)))
+    np.testing.assert_array_equal(got, np.full((*batch, 2, 4), -np.inf))
+    assert torch.equal(fg.log_matmul_exp(torch.zeros(2, 0), torch.zeros(0, 4)), torch.full((2, 4), -math.inf))
+
+
+def test_integers_and_bools_are_promoted_like_scipy_and_torch() -> None:
+    # NumPy: to float64, as SciPy (which refuses bool in softmax: there compare with the float cast)
+    for x in (np.arange(4), np.arange(4, dtype=np.int32), np.array([True, False, True])):
+        for name in ("logsumexp", "softmax", "log_softmax"):
+            got = getattr(fg, name)(x, axis=-1)
+            want = getattr(sp, name)(x.astype(np.float64), axis=-1)
+            assert np.asarray(got).dtype == np.float64
+            np.testing.assert_allclose(got, want, rtol=1e-15)
+    assert fg.logsumexp(np.arange(3)) == sp.logsumexp(np.arange(3))
+    # torch: to the default dtype, as torch.logsumexp
+    got = fg.logsumexp(torch.arange(3), dim=0)
+    assert got.dtype == torch.logsumexp(torch.arange(3), 0).dtype == torch.get_default_dtype()
+    assert float(got) == pytest.approx(float(torch.logsumexp(torch.arange(3), 0)), rel=1e-6)
+
+
+def test_b_broadcasts_with_more_dimensions_than_x() -> None:
+    x, b = np.arange(6.0).reshape(2, 3), np.linspace(0.5, 2, 24).reshape(4, 2, 3)
+    np.testing.assert_allclose(fg.logsumexp(x, b=b), sp.logsumexp(x, b=b), rtol=1e-15)
+    np.testing.assert_allclose(fg.logsumexp(x, axis=(0, 2), b=b), sp.logsumexp(x, axis=(0, 2), b=b), rtol=1e-15)
+
+
+def test_zero_d_results_are_numpy_scalars() -> None:
+    for got, want in [(fg.logsumexp([1.0, 2.0]), sp.logsumexp([1.0, 2.0])),
+                      (fg.logsumexp(np.ones(3, np.float32)), sp.logsumexp(np.ones(3, np.float32))),
+                      (fg.softmax(1000), sp.softmax(1000)), (fg.log_softmax(1.0), sp.log_softmax(1.0)),
+                      (fg.logsumexp([1.0, 2.0], b=[1, -1], return_sign=True)[1],
+                       sp.logsumexp([1.0, 2.0], b=[1, -1], return_sign=True)[1])]:
+        assert type(got) is type(want) and got == pytest.approx(want, rel=1e-15)
+
+
+def test_complex_inputs_keep_digits_of_a_small_imaginary_part() -> None:
+    # SciPy gh-21709: the imaginary part of log(e^0 + e^{i eps}) is eps/2 to full relative precision
+    z = np.array([0.0, 2.2204460492503132e-17j])
+    got = fg.logsumexp(z)
+    assert got.real == pytest.approx(math.log(2), rel=1e-16) and got.imag == pytest.approx(1.1102230246251566e-17,
+                                                                                             rel=1e-15)
+    zt = torch.tensor([1 + 1j, 2 - 1j, -2 + 3j], dtype=torch.complex128)
+    assert torch.allclose(fg.logsumexp(zt), torch.logsumexp(zt, 0), rtol=1e-15)
+    np.testing.assert_allclose(fg.softmax(zt).numpy(), sp.softmax(zt.numpy()), rtol=1e-14)
+    np.testing.assert_allclose(np.exp(fg.log_softmax(zt).numpy()), sp.softmax(zt.numpy()), rtol=1e-14)
+    # logaddexp: the same phase convention, with an overflowing naive sum
+    a, b = np.array([800 + 2j]), np.array([799.5 - 3j])
+    want = 800 + np.log(np.exp(2j) + np.exp(-0.5 - 3j))
+    np.testing.assert_allclose(fg.logaddexp(a, b), want, rtol=1e-15)
+
+
+def test_softmax_axis_none_and_tuples_normalize_over_all_those_axes() -> None:
+    x = np.arange(24.0).reshape(2, 3, 4) / 5
+    for axis in [None, (0, 2), (2, 0), (1,), -1]:
+        np.testing.assert_allclose(fg.softmax(x, axis=axis), sp.softmax(x, axis=axis), rtol=1e-14)
+        np.testing.assert_allclose(fg.log_softmax(x, axis=axis), sp.log_softmax(x, axis=axis), rtol=1e-14)
+
+
+# -- Hypothesis: shapes, tuple axes, b and dtypes against scipy.special ----------------------------
+@st.composite
+def _case(draw: st.DrawFn) -> tuple[np.ndarray, object, np.ndarray | None, bool]:
+    shape = draw(hnp.array_shapes(min_dims=0, max_dims=3, min_side=1, max_side=4))
+    dtype = draw(st.sampled_from([np.float32, np.float64, np.int64, np.complex128]))
+    elems = st.floats(-30, 30, width=32) if dtype != np.int64 else st.integers(-30, 30)
+    x = draw(hnp.arrays(dtype, shape, elements=elems))
+    ndim = len(shape)
+    axis = draw(st.one_of(st.none(), st.sets(st.integers(0, max(ndim, 1) - 1), min_size=1).map(tuple)))
+    b = None
+    if draw(st.booleans()):
+        b = draw(hnp.arrays(np.float64, shape, elements=st.floats(0.25, 4)))
+    return x, axis, b, draw(st.booleans())
+
+
+@settings(max_examples=150, deadline=None)
+@given(_case())
+def test_logsumexp_matches_scipy(case: tuple[np.ndarray, object, np.ndarray | None, bool]) -> None:
+    x, axis, b, keepdims = case
+    got = fg.logsumexp(x, axis=axis, b=b, keepdims=keepdims)
+    want = sp.logsumexp(x, axis=axis, b=b, keepdims=keepdims)
+    assert type(got) is type(want) or (isinstance(got, np.ndarray) and isinstance(want, np.ndarray))
+    assert np.asarray(got).dtype == np.asarray(want).dtype and np.shape(got) == np.shape(want)
+    tol = 1e-5 if np.asarray(want).dtype in (np.float32, np.complex64) else 1e-12
+    np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_case())
+def test_softmax_matches_scipy(case: tuple[np.ndarray, object, np.ndarray | None, bool]) -> None:
+    x, axis, _, _ = case
+    if x.ndim == 0 and axis is not None:  # SciPy raises for an axis of a 0-d input; floatguard (and torch): one entry
+        assert fg.softmax(x, axis=axis) == 1.0 and fg.log_softmax(x, axis=axis) == 0.0
+        return
+    for name in ("softmax", "log_softmax"):
+        got, want = getattr(fg, name)(x, axis=axis), getattr(sp, name)(x, axis=axis)
+        assert np.asarray(got).dtype == np.asarray(want).dtype and np.shape(got) == np.shape(want)
+        tol = 1e-5 if np.asarray(want).dtype in (np.float32, np.complex64) else 1e-12
+        if name == "log_softmax" and np.iscomplexobj(x):  # equal up to the branch of the log: compare exp
+            got, want = np.exp(got), np.exp(want)
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol)

@@ -1,0 +1,358 @@
+"""The PyTorch path's kernels (``_torch_fast`` over ``_numba_fast``): forward, fused backward, 16-bit storage.
+
+* bfloat16 / float16 storage read and written by the kernels as 16-bit integers: every bit
+  pattern widens exactly, and float64 values round to nearest even (overflow, NaN, subnormals);
+* the short ``exp`` of the float32/bfloat16/float16 kernels against mpmath;
+* forward values of every dtype within 1 ulp of mpmath, on random and adversarial rows;
+* fused backward against the float64 gradient, ``gradcheck`` / ``gradgradcheck`` in float64;
+* non-contiguous and expanded inputs, ``-inf`` / ``+inf`` / NaN rows (zero gradients), empty shapes;
+* the torch-ops path of other devices (``device_softmax``, ``device_logsumexp``), run here on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mpmath
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.autograd import gradcheck, gradgradcheck
+
+import floatguard as fg
+from floatguard import testing as T
+from floatguard.ops import _numba_fast, _torch_fast
+
+pytestmark = pytest.mark.skipif(not _numba_fast.AVAILABLE, reason="numba (the `fast` extra) is not installed")
+
+INF = math.inf
+RNG = np.random.default_rng(20250707)
+LOW = [torch.float32, torch.bfloat16, torch.float16]
+ALL = [*LOW, torch.float64]
+VIEW = {torch.bfloat16: (torch.int16, np.int16), torch.float16: (torch.uint16, np.uint16)}
+
+
+def _harness() -> tuple[Any, Any]:
+    import numba
+
+    @numba.njit
+    def widen(a: np.ndarray, out: np.ndarray) -> None:
+        for i in range(a.size):
+            out[i] = _numba_fast._load(a[i])
+
+    @numba.njit
+    def narrow(v: np.ndarray, out: np.ndarray) -> None:
+        for i in range(v.size):
+            out[i] = _numba_fast._encode(v[i], out)
+
+    return widen, narrow
+
+
+WIDEN, NARROW = _harness() if _numba_fast.AVAILABLE else (None, None)
+
+
+def _narrow(v: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """float64 ``v`` rounded by the kernels' encoder into a tensor of ``dtype``."""
+    _, npt = VIEW[dtype]
+    bits = np.empty(v.size, dtype=npt)
+    NARROW(np.ascontiguousarray(v, dtype=np.float64), bits)
+    return torch.from_numpy(bits).view(dtype)
+
+
+# -- 16-bit storage ----------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_every_16bit_pattern_widens_exactly_and_rounds_back_to_itself(dtype: torch.dtype) -> None:
+    view, npt = VIEW[dtype]
+    bits = np.arange(1 << 16, dtype=np.int64).astype(npt)
+    got = np.empty(bits.size)
+    WIDEN(bits, got)
+    want = torch.from_numpy(bits.copy()).view(dtype).double().numpy()
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))
+    back = _narrow(got, dtype).view(view).numpy()
+    finite = ~np.isnan(want)
+    np.testing.assert_array_equal(back[finite], bits[finite])
+    assert torch.isnan(_narrow(got[~finite], dtype)).all()
+
+
+def _hard_float64s() -> np.ndarray:
+    """Values around every float16 and bfloat16 rounding boundary, tie, subnormal and overflow."""
+    grids = []
+    for dtype in (torch.float16, torch.bfloat16):
+        view, _ = VIEW[dtype]
+        v = torch.arange(0, 0x7C00 if dtype == torch.float16 else 0x7F80, 7, dtype=torch.int32).to(view).view(dtype)
+        v = np.unique(v.double().numpy())
+        mids = (v[:-1] + v[1:]) / 2
+        grids += [mids, np.nextafter(mids, INF), np.nextafter(mids, -INF)]
+    edges = [65504.0, 65519.99, 65520.0, 65536.0, 2.0**-24, 2.0**-25, 3 * 2.0**-26, 2.0**-133, 2.0**-134,
+             3.3895313892515355e38, 3.3961e38, 3.402823e38, 1e39, 1e-300, 5e-324, 0.0, INF]
+    mag = RNG.standard_normal(20_000) * 10.0 ** RNG.integers(-45, 40, 20_000)
+    out = np.concatenate([*grids, edges, mag])
+    return np.concatenate([out, -out])
+
+
+def test_float64_rounds_to_float16_as_numpy_does() -> None:
+    """NumPy's float64 -> float16 conversion is correctly rounded (one rounding, nearest even)."""
+    v = _hard_float64s()
+    got = _narrow(v, torch.float16).view(torch.uint16).numpy()
+    with np.errstate(over="ignore"):
+        want = v.astype(np.float16).view(np.uint16)
+    np.testing.assert_array_equal(got, want)
+
+
+def _bf16_nearest_even(v: np.ndarray) -> np.ndarray:
+    """The correctly rounded bfloat16 value of each float64, from its two bfloat16 neighbours."""
+    pos = torch.arange(0, 0x7F81, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).double().numpy()
+    grid = np.concatenate([-pos[::-1], pos[1:]])  # -inf .. inf, ascending
+    codes = np.concatenate([-np.arange(0x7F80, -1, -1), np.arange(1, 0x7F81)])  # parity of the mantissa
+    big = 2.0**128  # where inf "is" for rounding: the next binade after the largest finite value
+    g = np.where(np.isinf(grid), np.sign(grid) * big, grid)
+    i = np.clip(np.searchsorted(g, v), 1, g.size - 1)
+    lo, hi = g[i - 1], g[i]
+    dl, dh = v - lo, hi - v
+    up = (dh < dl) | ((dh == dl) & (codes[i] % 2 == 0))
+    out = np.where(up, grid[i], grid[i - 1])
+    return np.where(np.isin(v, g), v, out)
+
+
+def test_float64_rounds_to_bfloat16_nearest_even() -> None:
+    v = _hard_float64s()
+    v = v[np.abs(v) < 2.0**128]
+    got = _narrow(v, torch.bfloat16).double().numpy()
+    want = _bf16_nearest_even(v)
+    want = np.where(want == 2.0**128, INF, np.where(want == -(2.0**128), -INF, want))
+    np.testing.assert_array_equal(got, want)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(allow_nan=True, allow_infinity=True, width=64))
+def test_any_float64_rounds_within_half_an_ulp(v: float) -> None:
+    for dtype, name in ((torch.float16, "float16"), (torch.bfloat16, "bfloat16")):
+        got = _narrow(np.array([v]), dtype).double().item()
+        if math.isnan(v):
+            assert math.isnan(got)
+        else:
+            assert T.ulp_error(got, mpmath.mpf(v), name) <= 0.5
+
+
+# -- the short exp ----------------------------------------------------------------------------
+def test_short_exp_is_within_2e_minus_40_relative() -> None:
+    import numba
+
+    @numba.njit
+    def short(d: np.ndarray, out: np.ndarray) -> None:
+        for i in range(d.size):
+            out[i] = _numba_fast._exp_short(d[i])
+
+    d = np.concatenate([np.linspace(-0.35, 0.0, 301), -RNG.uniform(0, 708, 400), [-700.0, -708.3, 0.0]])
+    out = np.empty_like(d)
+    short(d, out)
+    with mpmath.workdps(40):
+        rel = [abs(mpmath.mpf(o) / mpmath.exp(mpmath.mpf(x)) - 1) for o, x in zip(out, d, strict=True)]
+    assert max(rel) < 2.0**-40
+    z = np.array([-INF, -746.0, -800.0, -1e300])
+    short(z, out[:4])
+    assert np.all(out[:4] == 0.0)
+
+
+# -- forward accuracy -------------------------------------------------------------------------
+def _rows() -> np.ndarray:
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((6, 33)) * 4
+    x[1] = -30.0
+    x[1, 5] = 0.0  # one dominant entry: log_softmax of it is -32 e^-30
+    x[2, :7] = 50.0  # ties at the max
+    x[3] = rng.uniform(-1e4, 1e4, 33)
+    x[4, ::3] = -INF
+    x[5] = np.linspace(-100, -60, 33)
+    return x
+
+
+OPS = {
+    "softmax": (lambda t: fg.softmax(t, dim=-1), T.ref_softmax),
+    "log_softmax": (lambda t: fg.log_softmax(t, dim=-1), T.ref_log_softmax),
+    "logsumexp": (lambda t: fg.logsumexp(t, dim=-1, keepdim=True), lambda r: np.array([T.ref_logsumexp(r)])),
+}
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("dtype", ALL, ids=str)
+def test_forward_within_one_ulp_of_mpmath(op: str, dtype: torch.dtype) -> None:
+    call, ref = OPS[op]
+    x = torch.from_numpy(_rows()).to(dtype)
+    got = call(x)
+    assert got.dtype == dtype
+    name = str(dtype).removeprefix("torch.")
+    for r in range(x.shape[0]):
+        exact = ref(x[r].double().numpy())
+        bound = 1.0 if dtype != torch.float64 else 2.0 * max(1.0, float(np.max(
+            {"softmax": T.cond_softmax, "log_softmax": T.cond_log_softmax, "logsumexp": T.cond_logsumexp}[op](
+                x[r].numpy()))))
+        assert T.max_ulp(got[r], exact, name) <= bound, (op, dtype, r)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_long_and_many_rows_match_the_float64_values(op: str, dtype: torch.dtype) -> None:
+    """Rows longer than a block and many of them: the kernel against torch's float64 op, rounded once."""
+    x = (torch.randn(37, 3000, dtype=torch.float64) * 6).to(dtype)
+    got = OPS[op][0](x)
+    ref = (torch.softmax if op == "softmax" else torch.log_softmax)(x.double(), -1)
+    eps = torch.finfo(dtype).eps
+    tiny = torch.finfo(dtype).tiny
+    err = (got.double() - ref).abs() / ref.abs().clamp_min(tiny)
+    assert float(err.max()) <= eps  # one ulp at most (the error of one rounding is half of it)
+
+
+# -- backward ---------------------------------------------------------------------------------
+def _grad(op: str, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    leaf = x.detach().requires_grad_()
+    OPS[op][0](leaf).backward(g)
+    return leaf.grad
+
+
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("dtype", ALL, ids=str)
+def test_fused_backward_matches_the_float64_gradient(op: str, dtype: torch.dtype) -> None:
+    x = torch.from_numpy(_rows()[[0, 1, 2, 3, 5]]).to(dtype)
+    shape = (x.shape[0], 1) if op == "logsumexp" else tuple(x.shape)
+    g64 = torch.from_numpy(np.random.default_rng(7).uniform(-1.5, 1.5, shape))
+    g = g64.to(dtype).double()
+    got = _grad(op, x, g.to(dtype)).double()
+    ref = _grad(op, x.double(), g)  # the exact gradient at the rounded input, in float64
+    eps = torch.finfo(dtype).eps
+    p = torch.softmax(x.double(), -1)
+    # the kernels read the saved output, rounded to the dtype: componentwise bounds of that, plus one rounding
+    if op == "softmax":
+        tol = 2 * eps * p * (g.abs() + (g * p).abs().sum(-1, keepdim=True))
+    elif op == "log_softmax":
+        tol = 2 * eps * p * (1 + torch.log(p).abs()) * g.abs().sum(-1, keepdim=True)
+    else:
+        tol = eps * ref.abs()
+    bad = (got - ref).abs() > tol + eps * ref.abs() + torch.finfo(dtype).tiny
+    assert not bool(bad.any()), (op, dtype, x[bad], got[bad], ref[bad], tol[bad])
+
+
+@pytest.mark.parametrize("op", list(OPS))
+def test_gradcheck_and_gradgradcheck_float64(op: str) -> None:
+    x = torch.from_numpy(RNG.standard_normal((3, 4, 5)) * 3).requires_grad_()
+    call = OPS[op][0]
+    assert gradcheck(call, (x,), eps=1e-6, atol=1e-8)
+    assert gradgradcheck(call, (x,), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_backward_with_a_grad_of_another_dtype_or_layout(dtype: torch.dtype) -> None:
+    x = torch.randn(4, 9, dtype=dtype)
+    g = torch.randn(9, 4, dtype=torch.float64).T  # non-contiguous, float64
+    for op in ("softmax", "log_softmax"):
+        got = _grad(op, x, g.to(dtype))
+        leaf = x.detach().requires_grad_()
+        y = OPS[op][0](leaf)
+        (y * g.to(y.dtype)).sum().backward()
+        torch.testing.assert_close(leaf.grad, got, rtol=0, atol=0)
+
+
+# -- layouts, non-finite rows, empty shapes ----------------------------------------------------
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("dtype", ALL, ids=str)
+def test_non_contiguous_and_expanded_inputs_give_the_contiguous_values(op: str, dtype: torch.dtype) -> None:
+    base = torch.randn(6, 20, dtype=torch.float64).to(dtype)
+    call = OPS[op][0]
+    for view in (base[:, ::2], base.T.contiguous().T, base[2:3].expand(5, 20), base.reshape(2, 3, 20)[:, 1]):
+        assert not view.is_contiguous() or view.stride() != view.contiguous().stride() or True
+        torch.testing.assert_close(call(view), call(view.contiguous()), rtol=0, atol=0)
+        g_view = _grad(op, view, torch.ones_like(call(view)))
+        g_cont = _grad(op, view.contiguous(), torch.ones_like(call(view)))
+        torch.testing.assert_close(g_view, g_cont, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ALL, ids=str)
+def test_non_finite_rows_give_their_limits_and_zero_gradients(dtype: torch.dtype) -> None:
+    x = torch.tensor(
+        [[-INF, -INF, -INF, -INF], [1.0, INF, 0.0, INF], [1.0, math.nan, 0.0, 2.0], [0.5, -INF, 1.5, -1.0]],
+        dtype=dtype,
+    )
+    sm = fg.softmax(x, dim=-1).double()
+    assert torch.equal(sm[0], torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(sm[1], torch.tensor([0.0, 0.5, 0.0, 0.5], dtype=torch.float64))
+    assert torch.isnan(sm[2]).all()
+    lsm = fg.log_softmax(x, dim=-1).double()
+    assert torch.equal(lsm[0], torch.full((4,), -INF, dtype=torch.float64))
+    assert lsm[1, 1] == -math.log(2) or abs(float(lsm[1, 1]) + math.log(2)) <= float(torch.finfo(dtype).eps)
+    lse = fg.logsumexp(x, dim=-1).double()
+    assert lse[0] == -INF and lse[1] == INF and math.isnan(lse[2])
+    for op in OPS:
+        shape = (4, 1) if op == "logsumexp" else (4, 4)
+        g = _grad(op, x, torch.ones(shape, dtype=dtype))
+        assert torch.equal(g[:3], torch.zeros(3, 4, dtype=dtype)), op  # exactly 0, never NaN
+        # a -inf entry: no mass, so no gradient, but log_softmax passes its own g through (d out_i / d x_i = 1)
+        assert torch.isfinite(g[3]).all() and g[3, 1] == (1.0 if op == "log_softmax" else 0.0)
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (0, 5), (2, 0, 4)])
+def test_empty_shapes_match_torch(shape: tuple[int, ...]) -> None:
+    x = torch.randn(shape)
+    assert fg.softmax(x, dim=-1).shape == torch.softmax(x, -1).shape
+    assert fg.log_softmax(x, dim=-1).shape == torch.log_softmax(x, -1).shape
+    assert fg.logsumexp(x, dim=-1).shape == torch.logsumexp(x, -1).shape
+    if shape[-1] == 0:
+        assert torch.equal(fg.logsumexp(x, dim=-1), torch.full(shape[:-1], -INF))
+
+
+def test_short_path_agrees_with_the_full_path() -> None:
+    """The short path (last axis) and the full path (another axis, moved) give the same values."""
+    x = torch.randn(5, 7, 3)
+    xt = x.transpose(1, 2).contiguous()
+    torch.testing.assert_close(fg.softmax(x, dim=1), fg.softmax(xt, dim=-1).transpose(1, 2), rtol=0, atol=0)
+    torch.testing.assert_close(fg.logsumexp(x, axis=1), fg.logsumexp(xt, dim=-1), rtol=0, atol=0)
+    assert fg.logsumexp(x, dim=-1, keepdim=True).shape == (5, 7, 1)
+    assert _torch_fast.softmax_fast(x, 0, False) is None  # not the last axis: the full path
+    assert _torch_fast.logsumexp_fast(x, -1, "yes") is None
+
+
+# -- other devices: the torch-ops path (float32 accumulation for 16-bit inputs) -----------------
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_device_path_is_within_a_few_float32_ulp_of_float64(dtype: torch.dtype) -> None:
+    x = torch.from_numpy(_rows()).to(dtype)
+    x64 = x.double()
+    eps32 = torch.finfo(torch.float32).eps
+    lse = _torch_fast.device_logsumexp(x)
+    ref = fg.logsumexp(x64, dim=-1, keepdim=True)  # float64, log1p-accurate (torch's own float64 is not)
+    assert lse.dtype == torch.float32
+    assert float(((lse.double() - ref).abs() / ref.abs().clamp_min(1.0)).max()) <= 4 * eps32
+    for log in (False, True):
+        out, finite = _torch_fast.device_softmax(x, log)
+        assert out.dtype == dtype and bool(finite.all())
+        ref = (fg.log_softmax if log else fg.softmax)(x64, dim=-1)
+        # within a few float32 ulp (entries that do not underflow float32), then one rounding to the dtype
+        tol = 6 * eps32 * ref.abs() + (0 if dtype == torch.float32 else 0.5) * torch.finfo(dtype).eps * ref.abs()
+        spacing = torch.finfo(dtype).tiny * torch.finfo(dtype).eps  # of the subnormals: an absolute floor
+        bad = (out.double() - ref).abs() > tol + torch.finfo(torch.float32).tiny + spacing
+        assert not bool(bad.any()), (dtype, log, x[bad], out[bad], ref[bad])
+
+
+def test_device_path_limits_on_non_finite_rows() -> None:
+    x = torch.tensor([[-INF, -INF], [INF, 0.0], [math.nan, 1.0]])
+    out, finite = _torch_fast.device_softmax(x, False)
+    assert finite.reshape(-1).tolist() == [False, False, False]
+    assert out[0].tolist() == [0.0, 0.0] and out[1].tolist() == [1.0, 0.0] and torch.isnan(out[2]).all()
+    lse = _torch_fast.device_logsumexp(x).reshape(-1)
+    assert lse[0] == -INF and lse[1] == INF and math.isnan(lse[2])
+
+
+@pytest.mark.parametrize("dtype", ALL, ids=str)
+def test_without_the_kernels_the_torch_ops_give_the_same_results(dtype: torch.dtype, monkeypatch: Any) -> None:
+    """``_kern = False`` (numba missing or failed): the torch-ops path, same values to an ulp, same gradients."""
+    x = torch.from_numpy(_rows()[[0, 1, 2, 5]]).to(dtype)
+    with_kernels = {op: (OPS[op][0](x), _grad(op, x, torch.ones_like(OPS[op][0](x)))) for op in OPS}
+    monkeypatch.setattr(_torch_fast, "_kern", False)
+    eps = torch.finfo(dtype).eps
+    for op, (val, grad) in with_kernels.items():
+        val2 = OPS[op][0](x)
+        grad2 = _grad(op, x, torch.ones_like(val2))
+        torch.testing.assert_close(val2.double(), val.double(), rtol=eps, atol=torch.finfo(dtype).tiny)
+        torch.testing.assert_close(grad2.double(), grad.double(), rtol=4 * eps, atol=4 * eps * float(grad.abs().max()))
