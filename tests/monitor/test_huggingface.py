@@ -33,17 +33,35 @@ class DeadReLU(nn.Module):
         return out
 
 
-def test_trainer_callback_reports_dead_units(tmp_path: Path) -> None:
+class Integration(transformers.TrainerCallback):
+    """Stands for a ``report_to`` integration: it receives the Trainer's ``logs`` at ``on_log``."""
+
+    def __init__(self) -> None:
+        self.logs: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self.logs.append(dict(logs or {}))
+
+
+def test_trainer_callback_reports_dead_units(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     torch.manual_seed(0)
     x = torch.randn(512, 20)
     y = (x @ torch.randn(20, 10)).argmax(1)
     data = [{"x": x[i], "labels": y[i]} for i in range(512)]
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path), max_steps=60, per_device_train_batch_size=32, learning_rate=1e-3,
-        report_to=[], save_strategy="no", logging_strategy="no", use_cpu=True, disable_tqdm=True,
-        dataloader_num_workers=0, seed=0)
+        report_to=[], save_strategy="no", logging_strategy="steps", logging_steps=20, use_cpu=True,
+        disable_tqdm=True, dataloader_num_workers=0, seed=0)
     cb = MonitorCallback(log=tmp_path / "hf.jsonl", live=False)
-    transformers.Trainer(model=DeadReLU(), args=args, train_dataset=data, callbacks=[cb]).train()
+    sink = Integration()
+    with caplog.at_level("INFO", logger="floatguard.monitor"):
+        transformers.Trainer(model=DeadReLU(), args=args, train_dataset=data, callbacks=[cb, sink]).train()
+    logged = [d for d in sink.logs if "floatguard/loss" in d]
+    assert len(logged) == 3 and all(math.isfinite(d["floatguard/grad_norm"]) for d in logged)
+    assert any(r.getMessage().startswith("[dead_units] step") for r in caplog.records)  # heard off a terminal
+    summary = caplog.records[-1].getMessage()  # on_train_end: the summary and the report command
+    assert summary.startswith(f"floatguard monitor: {len(cb.findings)} findings in 60 steps")
+    assert "dead_units from step" in summary and "floatguard report" in summary
     dead = [e for e in cb.findings if e.kind == "dead_units"]
     assert [e.module for e in dead] == ["net.1"] and dead[0].stats["producer"] == "net.0"
     run = read_log(tmp_path / "hf.jsonl")

@@ -35,16 +35,28 @@ class DeadReLU(pl.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
-def test_lightning_callback_reports_dead_units(tmp_path: Path) -> None:
+def test_lightning_callback_reports_dead_units(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import csv
+
+    from lightning.pytorch.loggers import CSVLogger
+
     torch.manual_seed(0)
     x = torch.randn(512, 20)
     y = (x @ torch.randn(20, 10)).argmax(1)
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32, shuffle=True)
     cb = MonitorCallback(log=tmp_path / "pl.jsonl", live=False)
-    trainer = pl.Trainer(max_steps=60, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+    logger = CSVLogger(tmp_path, name="csv")
+    trainer = pl.Trainer(max_steps=60, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, callbacks=[cb],
-                         default_root_dir=tmp_path)
-    trainer.fit(DeadReLU(), data)
+                         default_root_dir=tmp_path, log_every_n_steps=1)
+    with caplog.at_level("INFO", logger="floatguard.monitor"):
+        trainer.fit(DeadReLU(), data)
+    with open(Path(logger.log_dir) / "metrics.csv") as fh:  # the trainer's own logger got the statistics
+        rows = [r for r in csv.DictReader(fh) if r.get("floatguard/loss")]
+    assert len(rows) == 60 and "floatguard/grad_norm/net.0" in rows[0] and "floatguard/findings" in rows[0]
+    summary = caplog.records[-1].getMessage()
+    assert summary.startswith(f"floatguard monitor: {len(cb.findings)} findings in 60 steps")
+    assert "dead_units from step" in summary and "floatguard report" in summary
     dead = [e for e in cb.findings if e.kind == "dead_units"]
     assert [e.module for e in dead] == ["net.1"] and dead[0].stats["producer"] == "net.0"
     run = read_log(tmp_path / "pl.jsonl")

@@ -188,6 +188,50 @@ def complex_overflow_in_a_spectral_layer():
     return spec * weight  # L:spectral
 
 
+class HandWrittenSoftmaxAttention(nn.Module):
+    """``exp(scores) / sum``: no max subtracted, a causal ``-inf`` mask in the scores."""
+
+    def forward(self, q, k):
+        t = q.shape[-2]
+        causal = torch.full((t, t), float("-inf"), dtype=q.dtype).triu(1)
+        scores = q @ k.transpose(-1, -2) + causal
+        w = torch.exp(scores)  # L:hand_exp
+        return w / w.sum(-1, keepdim=True)
+
+
+def _scores(scale):
+    torch.manual_seed(0)
+    return torch.randn(2, 6, 8) * scale, torch.randn(2, 6, 8) * scale
+
+
+def hand_written_softmax_float16_causal_mask():
+    q, k = _scores(3.0)  # scores up to ~50: exp overflows float16 past 11.09
+    HandWrittenSoftmaxAttention()(q.half(), k.half())
+
+
+def hand_written_softmax_bfloat16_autocast():
+    q, k = _scores(6.0)  # scores past 88.7: exp overflows bfloat16 (and float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        HandWrittenSoftmaxAttention()(q, k)
+
+
+def exp_of_minus_inf_and_twelve_float16():
+    x = torch.tensor([float("-inf"), 12.0], dtype=torch.float16)
+    return torch.exp(x) * 2  # L:exp_minf
+
+
+def underflow_beside_an_inf():
+    x = torch.tensor([float("inf"), -200.0, 1.0])
+    return torch.log(torch.exp(x))  # L:uf_beside_inf
+
+
+def float16_matmul_overflow_beside_a_masked_row():
+    a = torch.full((2, 64), 40.0, dtype=torch.float16)
+    a[0, 0] = float("-inf")  # row 0 is -inf by intent; row 1 overflows from finite values
+    b = torch.full((64, 2), 40.0, dtype=torch.float16)
+    return a @ b  # L:f16_mm_mask
+
+
 HERE = __file__
 PROGRAMS = [
     # (program, kind, op, phase, forward_op, module, marker)
@@ -214,6 +258,13 @@ PROGRAMS = [
      "encoder.layers.1.self_attn", "encoder"),
     (float8_cast_without_scaling, "overflow", "aten::_to_copy", "forward", None, None, "fp8"),
     (complex_overflow_in_a_spectral_layer, "overflow", "aten::mul", "forward", None, None, "spectral"),
+    (hand_written_softmax_float16_causal_mask, "overflow", "aten::exp", "forward", None,
+     "HandWrittenSoftmaxAttention", "hand_exp"),
+    (hand_written_softmax_bfloat16_autocast, "overflow", "aten::exp", "forward", None,
+     "HandWrittenSoftmaxAttention", "hand_exp"),
+    (exp_of_minus_inf_and_twelve_float16, "overflow", "aten::exp", "forward", None, None, "exp_minf"),
+    (underflow_beside_an_inf, "underflow", "aten::exp", "forward", None, None, "uf_beside_inf"),
+    (float16_matmul_overflow_beside_a_masked_row, "overflow", "aten::mm", "forward", None, None, "f16_mm_mask"),
 ]
 
 
@@ -236,7 +287,8 @@ def test_first_finding(program, kind, op, phase, forward_op, module, marker, lin
     assert first.origin == "produced"
     assert first.source == "sanitize" and first.hint
     if not op.startswith("np."):
-        assert first.dtype in ("float16", "float32", "float8_e4m3fn", "complex64") and first.shape is not None
+        assert first.dtype in ("float16", "bfloat16", "float32", "float8_e4m3fn", "complex64")
+        assert first.shape is not None
         assert "output.numel" in first.stats
 
 
@@ -263,6 +315,69 @@ def test_hints_name_the_stable_op():
     assert "floatguard.safe_sqrt" in hints["sqrt_at_zero_nan_only_in_backward"]
     assert "floatguard.safe_div" in hints["zero_over_zero"]
     assert "bfloat16" in hints["float16_matmul_overflow"] and "GradScaler" in hints["float16_matmul_overflow"]
+
+
+@pytest.mark.parametrize("defer", [False, True], ids=["op-by-op", "deferred"])
+@pytest.mark.parametrize("program", [hand_written_softmax_float16_causal_mask,
+                                     hand_written_softmax_bfloat16_autocast])
+def test_exp_overflow_beside_a_mask_names_the_max_subtraction_not_safe_div(program, defer):
+    """The mask's -inf in exp's input does not hide exp's own overflow; the cure is the stable softmax."""
+    with detect(action="record", defer=defer) as d:
+        program()
+    first = next(e for e in d.events if e.severity == "error")
+    assert (first.op, first.kind, first.origin) == ("aten::exp", "overflow", "produced")
+    assert "subtract the max" in first.hint and "floatguard.softmax(x, where=mask)" in first.hint
+    assert "torch.softmax" in first.hint and "safe_div" not in first.hint
+    assert "11.09" in first.hint if first.dtype == "float16" else "88.72" in first.hint
+    assert first.stats["input0.inf"] > 0  # the mask was there: judged element by element
+    assert [e.severity for e in d.events if e.op == "aten::div"] in ([], ["info"])
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.act = ExpActivation()
+
+    def forward(self, x):
+        return self.act(self.fc(x))
+
+
+class Stack(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.ModuleList([Block() for _ in range(4)])
+        self.act = ExpActivation()
+
+
+@pytest.mark.parametrize("defer", [False, True], ids=["op-by-op", "deferred"])
+def test_a_submodule_called_directly_is_named_by_its_path(defer):
+    """``model.blocks[3].act(x)``, not through the parent's forward: ``blocks.3.act``, not ``ExpActivation``."""
+    model = Stack()
+    with torch.no_grad():
+        model.blocks[1].fc.weight.fill_(1.0)  # exp of 4000: an overflow
+    big = torch.tensor([1000.0])
+    names = []
+    for call in (lambda: model.blocks[3].act(big), lambda: model.act(big), lambda: model.blocks[1](big.expand(4)),
+                 lambda: ExpActivation()(big)):
+        with detect(action="record", defer=defer) as d:
+            call()
+        names.append(d.events[0].module)
+    assert names == ["blocks.3.act", "act", "blocks.1.act", "ExpActivation"]  # the last one has no parent
+
+
+def test_intended_infinities_passed_along_stay_silent():
+    """Element-wise judgment adds no finding where every inf comes from an inf input."""
+    torch.manual_seed(0)
+    x = torch.randn(3, 5)
+    mask = torch.full((5,), float("-inf"))
+    mask[:3] = 0.0
+    with detect(action="record") as d:
+        s = x + mask  # -inf where masked
+        s.exp()  # exp(-inf) = 0: exact, no underflow
+        (s * 2.0).sum(-1)  # -inf passed along by mul and by the reduction
+        torch.softmax(s, -1) @ torch.ones(5, 2)
+    assert d.events == []
 
 
 def test_raise_stops_at_the_first_op_with_the_event(line):

@@ -13,6 +13,13 @@
     mon.close()
     mon.findings                # Events: .kind, .step, .module, .message, .hint, .stats, .to_dict()
 
+Off a terminal (a batch job) each finding is one line with its remedy on the ``logging``
+logger ``"floatguard.monitor"``, and ``close()`` ends with a summary and the command that
+renders the report; ``tensorboard=writer`` (anything with ``add_scalar``/``add_text``)
+and ``on_scalars=`` send the statistics (``floatguard/...``) and findings to the user's
+logger; ``replay=True`` re-runs a step whose loss went NaN under the sanitizer and names
+the first bad op, module and line in the finding (:mod:`.output`, :class:`Monitor`).
+
 Findings (``Event.kind``) are the names in :data:`KINDS`; :mod:`.rules` documents
 each rule's thresholds and their source. ``floatguard report run.jsonl -o
 report.html`` renders a log (:mod:`.report`); :func:`attach_global` watches a

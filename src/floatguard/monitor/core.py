@@ -13,6 +13,8 @@ joins the same one transfer. The rules then run on the host over a few numbers.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 from collections import deque
@@ -26,6 +28,7 @@ from .. import __version__
 from ..events import Event
 from .live import LiveLine
 from .log import LogWriter, last_step
+from .output import Sinks, closed_line, finding_line, get_logger, level_of, summary_lines
 from .probe import Probe
 from .rules import FP16_TINY, RULES, Rule, State, Thresholds
 
@@ -84,8 +87,24 @@ class Monitor:
         scaler: a ``torch.amp.GradScaler`` in use (``fp16_overflow``); its skipped steps
             are not reported as ``nonfinite_gradient``.
         thresholds: a :class:`~floatguard.monitor.rules.Thresholds` overriding defaults.
-        live: live status line; None = on when stderr is a terminal.
+        live: live status line; None = on when stderr is a terminal. Without it (a batch
+            job, stderr to a file) each finding is one plain line with its remedy on the
+            ``logging`` logger ``"floatguard.monitor"``; :meth:`close` ends with a summary
+            and the command that renders the report.
         rank: distributed rank (default: ``torch.distributed``'s, or 0).
+        tensorboard: a ``torch.utils.tensorboard.SummaryWriter`` (or any object with
+            ``add_scalar`` and ``add_text``, or a list of them): the loss, gradient norms
+            (per layer on sampled steps) and update ratios as scalars under ``floatguard/``,
+            each finding as text.
+        on_scalars: a callable receiving each step's ``{"floatguard/...": value}`` dict
+            (Lightning's ``log_dict``; the callbacks use it).
+        replay: when the loss (or a gradient) turns NaN/inf, re-run that step under the
+            sanitizer (:func:`floatguard.detect`) and put its first bad op, module and line
+            into the finding. ``True`` replays the model's forward with the inputs of that
+            step (the parameters are still those of the step: ``step()`` comes before
+            ``optimizer.step()``); a callable (``lambda: loss_fn(model(xb), yb)``) replays
+            forward, loss and backward. Free until it fires: a reference to the forward's
+            inputs and the RNG state (for dropout) are kept each step, nothing is computed.
     """
 
     def __init__(
@@ -101,6 +120,9 @@ class Monitor:
         thresholds: Thresholds | None = None,
         live: bool | None = None,
         rank: int | None = None,
+        tensorboard: Any = None,
+        on_scalars: Any = None,
+        replay: Any = False,
     ) -> None:
         if every is not None and every < 1:
             raise ValueError(f"Monitor: 'every' must be >= 1, got {every}")
@@ -189,9 +211,17 @@ class Monitor:
                              "every": self.every, "num_classes": num_classes, "world_size": self.world_size,
                              "first_step": self._first, "resumed": resumed, "thresholds": self.th.to_dict()})
         self._live = LiveLine(live if self.rank == 0 else False)
+        self._plain = self.rank == 0 and not self._live.enabled  # not a terminal: plain logging lines
+        self._log_path = str(log) if log is not None else None
+        writers = [] if tensorboard is None else list(tensorboard) if isinstance(tensorboard, (list, tuple)) \
+            else [tensorboard]
+        self._sinks = Sinks(writers, [on_scalars] if on_scalars is not None else []) if self.rank == 0 else None
 
         # hooks: the root module's forward (inputs, autocast, probe), the optimizer's step (update ratios)
-        self._handles = [self._root.register_forward_pre_hook(self._fwd_pre),
+        self.replay = replay
+        self._replaying = False
+        self._replay_inputs: tuple[Any, ...] | None = None
+        self._handles = [self._root.register_forward_pre_hook(self._fwd_pre, with_kwargs=True),
                          self._root.register_forward_hook(self._fwd_post)]
         if optimizer is not None:
             self._handles += [optimizer.register_step_pre_hook(self._opt_pre),
@@ -212,7 +242,16 @@ class Monitor:
     def _sampling(self, step: int | None = None) -> bool:
         return ((self._step if step is None else step) - self._first) % self.every == 0
 
-    def _fwd_pre(self, module: torch.nn.Module, args: tuple[Any, ...]) -> None:
+    def _fwd_pre(self, module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> None:
+        if self._replaying:
+            return
+        if self.replay is True:  # references only (and the RNG state, for dropout): the replay needs them
+            dev = next((a.device.type for a in args if isinstance(a, torch.Tensor)), "cpu")
+            amp = None
+            with contextlib.suppress(RuntimeError, TypeError):
+                if torch.is_autocast_enabled(dev):
+                    amp = (dev, torch.get_autocast_dtype(dev))
+            self._replay_inputs = (args, dict(kwargs or {}), torch.get_rng_state(), amp)
         x = next((a for a in args if isinstance(a, torch.Tensor)), None)
         if x is not None:
             self._last_input = x
@@ -228,11 +267,14 @@ class Monitor:
                 pass
             if self._dist and x.is_floating_point():
                 self._input_flag = (~torch.isfinite(x.detach())).any()
-        if (self._probe is None and torch.is_grad_enabled() and self._sampling() and not self._closed):
+        if (self._probe is None and torch.is_grad_enabled() and self._sampling() and not self._closed
+                and not self._replaying):
             self._probe = Probe(self._module_names, level=self.th.saturation_level, detailed=self.detailed)
             self._probe.start(self._root)
 
     def _fwd_post(self, module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self._replaying:
+            return
         loss = getattr(output, "loss", None)
         if loss is None and isinstance(output, dict):
             loss = output.get("loss")
@@ -525,13 +567,102 @@ class Monitor:
             if poisoned and rule.kind not in _ON_NONFINITE:
                 continue  # NaN/inf statistics say nothing about units, logits or the loss curve
             new += rule.check(s)
+        if self.replay and not self._dist:
+            for ev in new:
+                if ev.kind in ("nonfinite_loss", "nonfinite_gradient"):
+                    self._replay(ev)
+                    break
+        self._replay_inputs = None
+        closed, s.closed = s.closed, []
         if self._log is not None:
             self._log.write(rec)
             for ev in new:
                 self._log.write({"type": "finding", **ev.to_dict()})
+            for ev in closed:
+                self._log.write({"type": "closed", **ev.to_dict()})
         self.findings += new
         self._live.update(t, loss, gnorm, new)
+        if self._plain:
+            log = get_logger()
+            for ev in new:
+                log.log(level_of(ev), finding_line(ev))
+        for ev in closed:
+            if self._plain:
+                get_logger().warning(closed_line(ev))
+            elif self._live.enabled:
+                self._live.console.print(closed_line(ev), style="green")
+        if self._sinks is not None:
+            self._to_sinks(t, rec, new + closed)
         return new
+
+    def _to_sinks(self, t: int, rec: dict[str, Any], events: list[Event]) -> None:
+        """This step's numbers (and findings) to the user's own loggers."""
+        sinks = self._sinks
+        assert sinks is not None
+        vals: dict[str, Any] = {"loss": rec["loss"], "grad_norm": rec["grad_norm"]}
+        if rec.get("lr") is not None:
+            vals["lr"] = rec["lr"]
+        if self.state.scale is not None:
+            vals["loss_scale"] = self.state.scale
+        for key in ("grad", "update"):
+            if rec.get(key):
+                name = "grad_norm" if key == "grad" else "update_ratio"
+                vals.update({f"{name}/{layer}": v for layer, v in zip(self.layers, rec[key], strict=False)
+                             if v is not None})
+        vals["findings"] = sum(1 for e in self.findings if "recovered_at" not in e.stats)
+        sinks.scalars(t, vals)
+        for ev in events:
+            sinks.text(t, ev, closed_line(ev) if "recovered_at" in ev.stats else finding_line(ev))
+
+    def _replay(self, ev: Event) -> None:
+        """Re-run the step that went non-finite under the sanitizer; name its first bad op in ``ev``."""
+        from ..sanitize import detect
+
+        fn = self.replay if callable(self.replay) else None
+        inputs = self._replay_inputs
+        if fn is None and inputs is None:
+            ev.stats["replay"] = "no forward of the model was seen this step: nothing to replay"
+            return
+        grads = [p.grad for p in self._params]  # restored after: the replay must not change the step
+        rng = torch.get_rng_state()
+        self._replaying = True
+        what = "forward, loss and backward" if fn is not None else "forward"
+        try:
+            with detect(action="record", quiet=True) as d:
+                if fn is not None:
+                    for p in self._params:
+                        p.grad = None
+                    out = fn()
+                    if isinstance(out, torch.Tensor) and out.requires_grad and out.numel() == 1:
+                        out.backward()
+                else:
+                    args, kwargs, state, amp = inputs  # type: ignore[misc]
+                    torch.set_rng_state(state)
+                    with torch.no_grad(), (torch.autocast(amp[0], dtype=amp[1]) if amp else contextlib.nullcontext()):
+                        self.model(*args, **kwargs)
+        except Exception as exc:  # the user's step failing again must not break training
+            ev.stats["replay"] = f"the replay raised {type(exc).__name__}: {exc}"
+            return
+        finally:
+            self._replaying = False
+            torch.set_rng_state(rng)
+            for p, g in zip(self._params, grads, strict=True):
+                p.grad = g
+        first = next((e for e in d.events if e.severity == "error"), None)
+        if first is None:
+            ev.stats["replay"] = (f"replayed the {what} under the sanitizer: every op was finite"
+                                  + ("; the loss computation or the backward made it (pass replay=lambda: "
+                                     "loss_fn(model(x), y) to replay them too)" if fn is None else ""))
+            return
+        where = f" in {first.module}" if first.module else ""
+        at = f" at {first.location}" if first.file else ""
+        ev.stats.update(first_op=first.op, first_kind=first.kind, first_module=first.module,
+                        first_file=first.file, first_line=first.line, first_phase=first.phase,
+                        replay=f"replayed the {what} under the sanitizer")
+        ev.module = ev.module or first.module
+        ev.message += f"; replayed under the sanitizer: the first bad op is {first.op}{where}{at} ({first.message})"
+        if first.hint:
+            ev.hint = f"{first.hint} ({ev.hint})" if ev.hint else first.hint
 
     def _lr(self) -> float | None:
         if self.optimizer is None:
@@ -573,6 +704,13 @@ class Monitor:
             self._log.close()
             self._log = None
         self._live.close()
+        if self.rank == 0 and self.state.n:
+            lines = summary_lines(self.findings, self.state.n, self._log_path)
+            if self._plain:
+                opened = any("recovered_at" not in e.stats for e in self.findings)
+                get_logger().log(logging.WARNING if opened else logging.INFO, "\n".join(lines))
+            elif self._live.enabled:
+                self._live.console.print("\n".join(lines))
         return self.findings
 
     @property

@@ -10,7 +10,12 @@
 The monitor is created at ``on_train_begin`` (the Trainer passes its model and
 optimizer), records every ``on_pre_optimizer_step`` (after backward, before the
 update), and takes the loss from the model's output (``outputs.loss``, captured by
-a forward hook). Importing this module imports ``transformers``.
+a forward hook). At ``on_log`` the last step's ``floatguard/...`` scalars join the
+Trainer's ``logs``, which the ``report_to`` integrations that come after this callback
+receive (the Trainer puts its own integrations first: to reach them, insert this
+callback at the front, ``trainer.callback_handler.callbacks.insert(0, cb)``). At
+``on_train_end`` the monitor prints its summary and the report command. Importing
+this module imports ``transformers``.
 """
 
 from __future__ import annotations
@@ -45,6 +50,12 @@ class MonitorCallback(TrainerCallback):
     def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.monitor is not None:
             self.monitor.step()
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+               **kwargs: Any) -> None:
+        """Add the last step's ``floatguard/...`` scalars to the Trainer's ``logs`` (``report_to`` integrations)."""
+        if self.monitor is not None and logs is not None and self.monitor._sinks is not None:
+            logs.update(self.monitor._sinks.take())
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.monitor is not None:

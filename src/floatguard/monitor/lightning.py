@@ -9,7 +9,9 @@
 
 The loss comes from ``on_before_backward``, the step from
 ``on_before_optimizer_step`` (after backward, before the update, as
-:meth:`Monitor.step <floatguard.monitor.Monitor.step>` expects). Importing this
+:meth:`Monitor.step <floatguard.monitor.Monitor.step>` expects). The statistics go to
+the trainer's logger through ``self.log`` (``floatguard/loss``, ``floatguard/grad_norm``...);
+at the end of ``fit`` the monitor prints its summary and the report command. Importing this
 module imports Lightning (``lightning`` or ``pytorch_lightning``).
 """
 
@@ -45,7 +47,16 @@ class MonitorCallback(Callback):
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self.monitor is None:
             opt = trainer.optimizers[0] if trainer.optimizers else None
-            self.monitor = Monitor(pl_module, opt, **self.options)
+            options = dict(self.options)
+            user = options.pop("on_scalars", None)
+
+            def to_lightning(vals: dict[str, float]) -> None:  # the trainer's logger (self.log), per step
+                if trainer.logger is not None:
+                    pl_module.log_dict(vals, on_step=True, on_epoch=False, prog_bar=False, logger=True)
+                if user is not None:
+                    user(vals)
+
+            self.monitor = Monitor(pl_module, opt, on_scalars=to_lightning, **options)
 
     def on_before_backward(self, trainer: Any, pl_module: Any, loss: Any) -> None:
         self._loss = loss.detach()

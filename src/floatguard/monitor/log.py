@@ -129,6 +129,9 @@ def read_log(path: str | os.PathLike[str]) -> RunLog:
             elif typ == "finding":
                 ev = Event.from_dict(rec)
                 found.setdefault((ev.kind, ev.module, ev.step), ev)
+            elif typ == "closed":  # a finding the run later disproved (the loss left chance): its closing evidence
+                ev = Event.from_dict(rec)
+                found[(ev.kind, ev.module, ev.step)] = ev
             elif typ == "end":
                 run.ended = True
                 for d in rec.get("findings", []):

@@ -83,6 +83,7 @@ class Thresholds:
     saturation_level: float = 0.99  # |tanh| >= 0.99, sigmoid <= 0.01 or >= 0.99
     chance_window: int = 100  # steps the loss must stay near ln C
     chance_tolerance: float = 0.05  # relative band around ln C
+    chance_fraction: float = 0.5  # and for at least this share of the steps so far (a start at ln C is normal)
     stall_window: int = 100  # steps without progress
     stall_progress: float = 0.01  # relative decrease that counts as progress
     diverge_patience: int = 5
@@ -155,6 +156,7 @@ class State:
     evidence: dict[str, Any] = field(default_factory=dict)  # structural clues (double softmax...)
     not_in_optimizer: list[str] = field(default_factory=list)
     findings: dict[tuple[str, str | None], Event] = field(default_factory=dict)
+    closed: list[Event] = field(default_factory=list)  # findings the run disproved this step (recovered)
 
     # -- helpers used by several rules -------------------------------------------------
     def label(self, name: str | None) -> str:
@@ -318,6 +320,14 @@ class NonfiniteLoss(Rule):
             msg = f"the loss is {v} at step {s.step}{where} in a float16 run"
             hint = ("float16 overflows above 65504: use bfloat16 autocast, keep the loss and softmax in float32, "
                     "and use a GradScaler.")
+        elif s.lowp == "bfloat16":
+            msg = f"the loss is {v} at step {s.step}{where} in a bfloat16 run"
+            hint = ("bfloat16 has float32's range (nothing overflows at 65504, and a GradScaler does not help) but "
+                    "8 bits of precision: a NaN comes from an op whose result lost all its digits — a variance or "
+                    "norm of nearly equal values, exp of a large difference, a division by a tiny sum. Keep "
+                    "those in float32 (torch.autocast(dtype=torch.bfloat16) does; model.bfloat16() does not: "
+                    "keep the loss, softmax/logsumexp, norms and the optimizer state in float32), use eps >= 1e-5 "
+                    "in LayerNorm and Adam, and subtract the max before exp (fg.softmax, fg.logsumexp).")
         else:
             msg = f"the loss is {v} at step {s.step}{where}"
             hint = ("Find the first non-finite operation with floatguard's sanitizer; the usual causes are log(0), "
@@ -407,13 +417,15 @@ class ExplodingGradient(Rule):
         if self.ref and g >= th.explode_growth * self.ref:
             reasons.append(f"total norm {_g(g)} is {_g(g / self.ref)}x its start ({_g(self.ref)})")
         if ratio is not None and ratio >= th.explode_depth:
-            reasons.append(f"first layer gets {_g(ratio)}x the RMS gradient of the last")
+            order = _present_order(s)
+            reasons.append(f"the first weight layer in forward order, {s.label(s.names[order[0]])}, gets {_g(ratio)}x "
+                           f"the RMS gradient of the last, {s.label(s.names[order[-1]])}")
         if self.streak.update(bool(reasons), s.step) < th.patience:
             return []
         stats = {"grad_norm": g, "layer_rms": s.rms_max, "start_grad_norm": self.ref,
                  "depth_ratio": ratio}
         msg = (f"gradients explode from step {self.streak.began}: " + "; ".join(reasons)
-               + f" (largest in {s.label(s.names[worst])})")
+               + f" (the largest RMS gradient, {_g(s.rms_max)}, is in {s.label(s.names[worst])})")
         hint = ("Clip gradients (torch.nn.utils.clip_grad_norm_(params, 1.0)), lower the learning rate, and check the "
                 "initialization (Kaiming/Xavier) or add normalization layers / residual connections.")
         return self.emit(s, module=s.names[worst], began=self.streak.began, message=msg, hint=hint, stats=stats,
@@ -552,38 +564,78 @@ class SaturatedUnits(Rule):
 class StuckAtChance(Rule):
     """``stuck_at_chance``: the loss stays at ln C, the loss of a uniform guess.
 
-    The median loss of the last ``chance_window`` (100) steps and of the last half of
-    that window are within ``chance_tolerance`` (5%) of ln C. C is ``num_classes`` or
-    the class dimension seen by cross_entropy (2 for a binary loss). UMLAUT's "loss at
-    chance" check, made a window so a normal start at ln C does not fire.
+    The loss (median of each block of 10 steps) has stayed within ``chance_tolerance``
+    (5%) of ln C for the last ``chance_window`` (100) steps *and* for at least
+    ``chance_fraction`` (half) of the run so far: every run starts at ln C, and a
+    plateau there is normal until it lasts. C is ``num_classes`` or the class dimension
+    seen by cross_entropy (2 for a binary loss). UMLAUT's "loss at chance" check, made
+    persistent. When the loss later leaves chance (the median of the last 20 steps below
+    ln C by twice the tolerance) the finding is closed as recovered: ``stats["recovered_at"]``,
+    severity ``info``, and the monitor says so in its log.
     """
 
     kind = "stuck_at_chance"
+    block = 10
+
+    def __init__(self) -> None:
+        self.plateau = 0  # consecutive steps (whole blocks) at chance, and the step they began
+        self.began = 0
 
     def check(self, s: State) -> list[Event]:
         c = s.num_classes
         w = s.th.chance_window
-        if not c or c < 2 or s.n < w or s.has(self.kind) or (s.n - w) % CURVE_EVERY:
+        if not c or c < 2:
             return []
         chance = math.log(c)
-        win = s.tail(w)
-        win = win[np.isfinite(win)]
-        if win.size < w // 2:
-            return []
         tol = s.th.chance_tolerance * chance
-        m_all, m_half = float(np.median(win)), float(np.median(win[-(win.size // 2):]))
-        if abs(m_all - chance) > tol or abs(m_half - chance) > tol:
+        open_ = s.findings.get((self.kind, None))
+        if open_ is not None:
+            if "recovered_at" not in open_.stats and s.n % self.block == 0:
+                self._close_if_recovered(s, open_, chance, tol)
             return []
-        began = s.steps[-w]
+        b = self.block
+        if s.n % b:
+            return []
+        blk = s.tail(b)
+        blk = blk[np.isfinite(blk)]
+        if blk.size >= b // 2 and abs(float(np.median(blk)) - chance) <= tol:  # this block sits at chance
+            if self.plateau == 0:
+                self.began = s.steps[-b]
+            self.plateau += b
+        else:
+            self.plateau = 0
+        plateau = self.plateau
+        if plateau < w or plateau < s.th.chance_fraction * s.n:
+            return []
+        losses = s.tail(min(plateau, len(s.loss)))
+        m_all = float(np.median(losses[np.isfinite(losses)]))
+        began = self.began
         extra = ""
         if s.has("vanishing_gradient"):
             extra = " Gradients vanish before the first layers (see vanishing_gradient)."
-        msg = (f"the loss stays at {_g(m_all)} ≈ ln {c} = {_g(chance)} from step {began}: the model predicts no "
-               f"better than a uniform guess")
+        msg = (f"the loss stays at {_g(m_all)} ≈ ln {c} = {_g(chance)} from step {began} ({plateau} steps): the "
+               f"model predicts no better than a uniform guess")
         hint = ("Check the labels belong to the inputs, raise the learning rate, replace sigmoid/tanh hidden "
                 "activations by ReLU/GELU, and pass logits (no softmax) to the loss." + extra)
         return self.emit(s, module=None, began=began, message=msg, hint=hint,
-                         stats={"median_loss": m_all, "chance_loss": chance, "num_classes": c, "window": w})
+                         stats={"median_loss": m_all, "chance_loss": chance, "num_classes": c, "window": w,
+                                "plateau_steps": plateau})
+
+    def _close_if_recovered(self, s: State, ev: Event, chance: float, tol: float) -> None:
+        tail = s.tail(2 * self.block)
+        tail = tail[np.isfinite(tail)]
+        if tail.size < self.block:
+            return
+        now = float(np.median(tail))
+        if now >= chance - 2 * tol:
+            return
+        ev.stats["recovered_at"] = s.step
+        ev.stats["recovered"] = (f"the loss left chance: {_g(now)} now, below ln {s.num_classes} = {_g(chance)}; "
+                                 f"the plateau from step {ev.step} was the start of learning, not a failure")
+        ev.stats["loss_at_recovery"] = now
+        ev.severity = "info"
+        ev.message += f" — recovered at step {s.step} (loss {_g(now)})"
+        s.closed.append(ev)
 
 
 class StalledLoss(Rule):

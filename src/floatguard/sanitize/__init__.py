@@ -29,6 +29,11 @@ Scope, stated plainly:
   under ``floatguard run``); a non-finite value a compiled region hands to eager code is
   reported at the first eager op as propagated. Gradients made by compiled backward code
   are checked before ``optimizer.step()``. To name the op inside, run without compile.
+  (torch.compile compiles under ``detect()`` exactly as without it, and dynamo never
+  traces floatguard's hooks or checks: tests/sanitize/test_compile.py.)
+* An op is judged element by element once its output holds a non-finite value: an inf
+  where every corresponding input was finite is this op's overflow, a NaN where no input
+  was NaN is this op's NaN, even beside a ``-inf`` mask the input already held.
 * ``optimizer.step()`` runs unchecked op by op; the parameters and optimizer state are
   checked every 16th step (naming the parameter), and a non-finite gradient never
   reaches them under ``guard()``.

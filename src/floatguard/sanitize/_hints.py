@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["hint_for"]
 
 _LOW = ("float16", "bfloat16")
+_EXP_LIMIT = {"float16": "11.09", "bfloat16": "88.72", "float32": "88.72", "float64": "709.78"}
 
 _EXP = {"exp", "exp2", "expm1", "sinh", "cosh", "pow", "_softmax", "softmax", "_safe_softmax"}
 _LOG = {"log", "log2", "log10", "log1p", "xlogy", "special_xlogy"}
@@ -88,6 +89,13 @@ def hint_for(kind: str, op: str | None, dtype: str | None = None, *, phase: str 
                     "floatguard.softmax keep exponentials finite) or run this region in float32.")
         return "NaN from NaN-free inputs: check the op's domain (negative sqrt/log, 0/0, inf - inf, 0 * inf)."
     if kind == "overflow":
+        if name in ("exp", "exp_", "exp2", "exp2_", "expm1", "expm1_") and phase != "backward":
+            limit = _EXP_LIMIT.get(dtype or "", "")
+            past = f" ({dtype}: exp(x) is inf for x > {limit})" if limit else ""
+            return (f"exp of a large number overflows{past}: subtract the max first — "
+                    "exp(x - x.amax(-1, keepdim=True)) is at most 1, and -inf mask entries still give 0 — or let a "
+                    "stable op do it: floatguard.softmax(x, where=mask) or torch.softmax(x, -1) instead of "
+                    "exp(x) / exp(x).sum(-1), floatguard.logsumexp / floatguard.log_softmax when a log follows.")
         if low:
             return (f"{dtype} overflows past {65504 if dtype == 'float16' else '3.4e38'}: run this region in "
                     "bfloat16 or float32 autocast (torch.autocast(device, dtype=torch.bfloat16)), use "

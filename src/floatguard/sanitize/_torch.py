@@ -205,6 +205,11 @@ def _nonfinite(v: Any) -> tuple[bool, bool]:
             return False, False
         if v.dtype in _FLOAT8:  # no isinf for float8_e4m3fn
             v = v.float()
+        elif v.is_complex():
+            v = torch.view_as_real(v.resolve_conj() if v.is_conj() else v)
+        lo, hi = torch.aminmax(v.detach())  # one pass for the common case: a finite input
+        if lo.item() > -_INF and hi.item() < _INF:
+            return False, False
         return bool(torch.isnan(v).any()), bool(torch.isinf(v).any())
     return v != v, v in (_INF, -_INF)
 
@@ -280,6 +285,58 @@ def _strip_compiled(name: str) -> str:
     return name.removeprefix("_orig_mod.")
 
 
+def _outermost_parent(module: torch.nn.Module) -> torch.nn.Module | None:
+    """The outermost model holding ``module`` as a (nested) submodule, found in the callers' variables.
+
+    ``model.blocks[3].act(x)`` runs ``act`` outside any other module's forward; the model is
+    then a local or global of a frame on the stack (or an attribute of one: ``self.model``).
+    Asked only when a finding names such a module; None when no caller holds a parent.
+    """
+    import sys
+
+    module_type = torch.nn.Module
+    cands: dict[int, torch.nn.Module] = {}
+    spaces: dict[int, dict[str, Any]] = {}
+    f = sys._getframe(1)
+    while f is not None:
+        spaces.setdefault(id(f.f_globals), f.f_globals)
+        loc = f.f_locals
+        spaces[id(loc)] = loc
+        f = f.f_back
+    for ns in spaces.values():
+        for v in list(ns.values()):
+            tv = type(v)
+            if issubclass(tv, module_type):  # type(), not isinstance: no __class__ lookups on proxies
+                cands[id(v)] = v
+                continue
+            try:  # one level into other objects: a trainer's ``self.model``
+                attrs = object.__getattribute__(v, "__dict__") if not isinstance(v, type) else None
+            except Exception:  # no __dict__ (or a proxy that refuses)
+                continue
+            if type(attrs) is dict:
+                for w in list(attrs.values()):
+                    if issubclass(type(w), module_type):
+                        cands[id(w)] = w
+    best, size = None, 0
+    for c in cands.values():
+        if c is module:
+            continue
+        subs = list(c.modules())
+        if len(subs) > size and any(m is module for m in subs):
+            best, size = c, len(subs)
+    return best
+
+
+class _LazyName(str):
+    """A module's name given before knowing whether the module is a submodule of a model (see ``resolve``)."""
+
+    def __new__(cls, name: str, module: torch.nn.Module, root: torch.nn.Module) -> _LazyName:
+        self = super().__new__(cls, name)
+        self.ref, self.root = weakref.ref(module), weakref.ref(root)
+        self.resolved: str | None = None
+        return self
+
+
 class ModuleTracker:
     """A stack of module paths, kept by global forward pre/post hooks.
 
@@ -297,6 +354,8 @@ class ModuleTracker:
         self.on_root_exit: list[Any] = []
         self.on_root_enter: list[Any] = []
         self.on_compiled_output: list[Any] = []
+        self.on_compiled_enter: list[Any] = []  # around a compiled module's call (the mode steps aside)
+        self.on_compiled_exit: list[Any] = []
 
     def __enter__(self) -> ModuleTracker:
         from torch.nn.modules import module as m
@@ -327,16 +386,35 @@ class ModuleTracker:
         self.stack  # noqa: B018 - creates both lists
         return self._tls.locs  # type: ignore[no-any-return]
 
-    def register(self, root: torch.nn.Module) -> None:
-        """Name every submodule and parameter of ``root`` (root itself by its class name)."""
+    def register(self, root: torch.nn.Module, *, lazy: bool = False) -> None:
+        """Name every submodule and parameter of ``root`` (root itself by its class name).
+
+        ``lazy``: ``root`` was called directly, and may be a submodule of a model never
+        called here (``model.blocks[3].act(x)``); its names are :class:`_LazyName` until a
+        finding needs one (:meth:`resolve` then names it by its path in that model).
+        """
         orig = getattr(root, "_orig_mod", None)  # torch.compile(model): name by the model, not the wrapper
         top = type(orig if isinstance(orig, torch.nn.Module) else root).__name__
         for name, mod in root.named_modules():
             name = _strip_compiled(name)
-            if mod not in self.names or name:
-                self.names[mod] = name or top
+            if mod not in self.names or name or type(self.names[mod]) is _LazyName:
+                self.names[mod] = _LazyName(name or top, mod, root) if lazy else name or top
         for name, p in root.named_parameters():
             self.params[id(p)] = (weakref.ref(p), _strip_compiled(name))
+
+    def resolve(self, name: str | None) -> str | None:
+        """The module path to report for ``name``: a directly called submodule by its path in its model."""
+        if type(name) is not _LazyName:
+            return name
+        if name.resolved is None:
+            mod, root = name.ref(), name.root()
+            top = _outermost_parent(root) if root is not None else None
+            if top is not None:
+                self.register(top)
+            elif root is not None:
+                self.register(root)  # a root after all: plain names from now on
+            name.resolved = str(self.names.get(mod, name)) if mod is not None else str(name)
+        return name.resolved
 
     def param_name(self, p: Any) -> str | None:
         hit = self.params.get(id(p))
@@ -345,6 +423,8 @@ class ModuleTracker:
         return None
 
     def _pre(self, module: torch.nn.Module, args: Any) -> None:
+        if _is_compiling():  # traced by torch.compile: no hook in the graph (its region is checked at its outputs)
+            return
         stack, locs = self.stack, self._tls.locs
         if not stack:
             for cb in self.on_root_enter:
@@ -355,7 +435,7 @@ class ModuleTracker:
                 name = f"{stack[-1]}.<{type(module).__name__}>"
                 self.names[module] = name
             else:
-                self.register(module)
+                self.register(module, lazy=True)
                 name = self.names[module]
         cls = type(module)
         builtin = self._builtin.get(cls)
@@ -367,8 +447,16 @@ class ModuleTracker:
             loc = parent if parent is not None else user_location(1)
         stack.append(name)
         locs.append(loc)
+        if self.on_compiled_enter and cls.__name__ == "OptimizedModule":
+            for cb in self.on_compiled_enter:
+                cb()
 
     def _post(self, module: torch.nn.Module, args: Any, output: Any) -> None:
+        if _is_compiling():
+            return
+        if self.on_compiled_exit and type(module).__name__ == "OptimizedModule":
+            for cb in self.on_compiled_exit:
+                cb()
         if self.on_compiled_output and type(module).__name__ == "OptimizedModule":
             for cb in self.on_compiled_output:
                 cb(f"torch.compile({type(getattr(module, '_orig_mod', module)).__name__})", args, output)
@@ -405,11 +493,17 @@ class _Candidate:
 class OpSanitizer(TorchDispatchMode):
     """Check every op's float outputs; report through ``session``."""
 
+    # torch.compile and this mode, through TorchDispatchMode's own switches: ``ignore_compile_internals``
+    # lets torch.compile compile with the mode on the stack (otherwise dynamo falls back to eager for
+    # every compiled function called under detect(), changing the numerics it was asked to watch), and
+    # TorchDispatchMode's default wraps ``__torch_dispatch__`` in ``torch.compiler.disable``, so dynamo
+    # never traces the checks. While a compiled region runs the mode also steps off the stack (``pause``:
+    # compiled modules through the module hooks, functions compiled under detect() through the
+    # torch.compile wrapper): the region is checked at its outputs, its kernels run unobserved.
+
     @classmethod
-    def _should_skip_dynamo(cls) -> bool:
-        # torch wraps __torch_dispatch__ in torch._dynamo.disable (a Python wrapper costing
-        # microseconds per op); the code object is marked to be skipped by dynamo instead.
-        return False
+    def ignore_compile_internals(cls) -> bool:
+        return True
 
     def __init__(self, session: Session, modules: ModuleTracker, *, near_overflow: float | None = 16.0,
                  underflow: bool = True, defer: bool | None = None, flush_every: int = 256,
@@ -440,7 +534,6 @@ class OpSanitizer(TorchDispatchMode):
         self._internal_errors = 0
         self.compiled_seen = False
         self._init_thresholds()
-        _skip_dynamo(type(self).__torch_dispatch__)
 
     # -- pausing: optimizer steps run without the mode ---------------------------------------------
     def pause(self) -> None:
@@ -651,8 +744,8 @@ class OpSanitizer(TorchDispatchMode):
             if not has_nan:
                 return  # an inf passed along (a mask)
             msg, origin = f"{name} received NaN in its inputs", "propagated"
-        elif in_bad:
-            return
+        elif in_bad or self.session.has_error:
+            return  # already reported (an eager-run op inside the region — backend="eager" — or before it)
         else:
             msg, origin = (f"{name} (a torch.compile'd region, checked at its outputs) produced "
                            f"{'NaN' if has_nan else 'inf'} from finite inputs"), "produced"
@@ -660,7 +753,8 @@ class OpSanitizer(TorchDispatchMode):
         stats = tensor_stats(t, "output")
         for i, a in enumerate(ins[:4]):
             stats.update(tensor_stats(a, f"input{i}"))
-        ev = Event(kind=kind, source="sanitize", message=msg, op=name, phase="forward", module=self.modules.current,
+        ev = Event(kind=kind, source="sanitize", message=msg, op=name, phase="forward",
+                   module=self.modules.resolve(self.modules.current),
                    file=file, line=line, dtype=_dtype_name(t.dtype), shape=list(t.shape), stats=stats, origin=origin,
                    hint=hint_for(kind, None, _dtype_name(t.dtype)) + " To name the op inside the compiled region, "
                    "run it without torch.compile under floatguard.detect().")
@@ -682,6 +776,7 @@ class OpSanitizer(TorchDispatchMode):
                severity: str = "error", origin: str = "produced", feeds: str | None = None,
                where: tuple[Any, ...] | None = None, extra: dict[str, Any] | None = None) -> Event:
         phase, fwd_op, module, file, line = where or self._where()
+        module = self.modules.resolve(module)
         stats: dict[str, Any] = {}
         if extra:
             stats.update(extra)
@@ -708,6 +803,7 @@ class OpSanitizer(TorchDispatchMode):
             inputs = _flat_tensors(pol, args, kwargs)
             mutated = {id(args[i]) for i in pol.mutated if i < len(args) and isinstance(args[i], _Tensor)}
             in_nan = in_inf = False
+            nonfinite_inputs: list[Any] = []  # the element-wise judgment needs only these
             for _, v in inputs:
                 if isinstance(v, _Tensor) and id(v) in mutated:
                     bad = self._bad.get(id(v))
@@ -717,6 +813,8 @@ class OpSanitizer(TorchDispatchMode):
                     continue
                 a, b = _nonfinite(v)
                 in_nan, in_inf = in_nan or a, in_inf or b
+                if a or b:
+                    nonfinite_inputs.append(v)
             if not (out_nan or out_inf):  # near overflow
                 if self.near is None or any(_absmax(v) > self._threshold(t.dtype) for _, v in inputs
                                             if id(v) not in mutated):
@@ -736,8 +834,16 @@ class OpSanitizer(TorchDispatchMode):
             if len(self._bad) > 4096:
                 self._bad = {k: r for k, r in self._bad.items() if r() is not None}
             prior = self.session.has_error
-            if (out_nan and in_nan) or (out_inf and (in_inf or in_nan)) or (prior and (in_nan or in_inf)):
+            mixed = False  # the inputs held non-finite values, but this op made new ones elsewhere
+            if not prior and ((out_nan and in_nan) or (out_inf and (in_inf or in_nan))):
+                new_nan, new_inf = _fresh_nonfinite(func, pol, t, args, kwargs, out_nan, out_inf, nonfinite_inputs)
+                if new_nan or new_inf:
+                    mixed, out_nan, out_inf = True, new_nan, not new_nan
+            if not mixed and ((out_nan and in_nan) or (out_inf and (in_inf or in_nan))
+                              or (prior and (in_nan or in_inf))):
                 if out_inf and not in_nan and not prior:
+                    if pol.uf in (UF_NONNEG, UF_PROD) and self.underflow and not pol.mutated:
+                        self._underflow(func, pol, t, args, kwargs, where=where)  # exp(-1000) beside a mask
                     return  # an intended inf (a -inf mask, an inf constant) passed along
                 what = "NaN" if out_nan else "inf"
                 if prior:
@@ -752,9 +858,10 @@ class OpSanitizer(TorchDispatchMode):
                 self.session.emit(ev)
                 return
             dtype = _dtype_name(t.dtype)
+            at = " at those positions" if mixed else ""
             if out_nan:
                 why = " (inf - inf, 0 * inf or inf / inf)" if in_inf else ""
-                kind, msg = "nan", f"{pol.name} produced NaN from NaN-free inputs{why}"
+                kind, msg = "nan", f"{pol.name} produced NaN from NaN-free inputs{at}{why}"
             elif pol.divlike and any(_has_zero(v) for _, v in inputs):
                 cand = self._consumed_candidate(inputs)
                 if cand is not None:
@@ -767,7 +874,9 @@ class OpSanitizer(TorchDispatchMode):
                     msg = f"{pol.name} divided by an exact 0 and gave {sign}"
             else:
                 mx = float(torch.finfo(t.dtype).max)
-                kind, msg = "overflow", f"{pol.name} overflowed: finite inputs gave inf ({dtype} max is {mx:.5g})"
+                kind, msg = "overflow", f"{pol.name} overflowed: finite inputs{at} gave inf ({dtype} max is {mx:.5g})"
+                if mixed:
+                    msg += "; the infinities its inputs already held (a -inf mask, say) are not the cause"
             severity = "error"
             if scaled:
                 severity = "warning"
@@ -823,6 +932,12 @@ class OpSanitizer(TorchDispatchMode):
         if pol.mutated and pol.uf != UF_CAST:
             return  # the input is gone: in-place ops are not judged
         with torch.no_grad():
+            a0 = args[0] if args else None
+            # exp, sigmoid, softmax (no NaN here): exactly 0 only where the input is -inf (a mask); one count
+            # of each settles the common case (a causal mask, nothing underflowed)
+            if (pol.uf == UF_NONNEG and isinstance(a0, _Tensor) and a0.shape == t.shape
+                    and int(torch.count_nonzero(t == 0)) == int(torch.count_nonzero(a0 == -_INF))):
+                return
             zero = t == 0
             if not bool(zero.any()):
                 return
@@ -1009,11 +1124,88 @@ class OpSanitizer(TorchDispatchMode):
                 ev = Event(kind=kind, source="sanitize", message=f"{pol.name} produced {kind} (found at a "
                            "deferred check; its tensors were overwritten in place before the check)", op=pol.name,
                            phase=where[0], forward_op=where[1] if where[0] == "backward" else None,
-                           module=where[2], file=where[3], line=where[4], dtype=_dtype_name(dtype),
+                           module=self.modules.resolve(where[2]), file=where[3], line=where[4],
+                           dtype=_dtype_name(dtype),
                            hint=hint_for(kind, pol.name, _dtype_name(dtype), phase=where[0], forward_op=where[1]))
                 self.session.emit(ev)
                 continue
             self._slow(func, pol, t, args, kwargs, lo, hi, where=where)
+
+
+def _is_float(v: Any) -> bool:
+    return isinstance(v, _Tensor) and (v.is_floating_point() or v.is_complex()) and v.layout is _strided
+
+
+def _taint(v: Any) -> Any:
+    """``v`` with each non-finite entry replaced by NaN (a tensor, a number, or a list of them)."""
+    if _is_float(v):
+        return torch.where(torch.isfinite(v), v, torch.full((), math.nan, dtype=v.dtype, device=v.device))
+    if isinstance(v, float) and not math.isfinite(v):
+        return math.nan
+    if isinstance(v, (list, tuple)):
+        out = [_taint(x) for x in v]
+        return out if isinstance(v, list) else tuple(out)
+    return v
+
+
+def _fresh_nonfinite(func: Any, pol: _Policy, t: Any, args: Any, kwargs: Any, out_nan: bool, out_inf: bool,
+                     bad_inputs: list[Any]) -> tuple[bool, bool]:
+    """(new NaN, new inf): did this op make a NaN / an inf where its inputs held none?
+
+    Run only when the whole-tensor check already found non-finite values in both the
+    output and the inputs (``bad_inputs``: the inputs holding some). Element-wise for
+    pointwise ops: a NaN where no input is NaN, an inf where every input is finite — the
+    inputs known to be finite everywhere do not enter the masks, so a ``-inf`` causal mask
+    added to the scores costs a pass over the output and one over the mask. Other ops
+    (matmuls, reductions) are run once more with every non-finite input entry replaced by
+    NaN: NaN spreads to every output that depends on one, so an inf that remains was made
+    from finite values alone. (A NaN cannot be traced that way; for those ops a NaN beside
+    input NaNs counts as passed on.)
+    """
+    if pol.mutated:
+        return False, False  # the input was overwritten: propagation cannot be told apart
+    kwargs = kwargs or {}
+    if torch.Tag.pointwise in getattr(func, "tags", ()):
+        tensors = [v for _, v in _flat_tensors(pol, args, kwargs) if isinstance(v, _Tensor)]
+        try:
+            shape = torch.broadcast_shapes(*[v.shape for v in tensors])
+        except RuntimeError:
+            shape = None
+        if shape == t.shape:
+            probe = torch.view_as_real(t) if t.is_complex() else t
+            new_nan = new_inf = False
+            if out_inf:
+                fresh = torch.isinf(probe)
+                for v in bad_inputs:
+                    if _is_float(v):
+                        m = torch.isfinite(v)
+                        fresh.logical_and_(m.unsqueeze(-1) if t.is_complex() else m)
+                    elif isinstance(v, float):  # an inf scalar: every inf may be its
+                        fresh.zero_()
+                new_inf = bool(fresh.any())
+            if out_nan:
+                fresh = torch.isnan(probe)
+                for v in bad_inputs:
+                    if _is_float(v):
+                        m = ~torch.isnan(v)
+                        fresh.logical_and_(m.unsqueeze(-1) if t.is_complex() else m)
+                    elif isinstance(v, float) and v != v:
+                        fresh.zero_()
+                new_nan = bool(fresh.any())
+            return new_nan, new_inf
+    if not out_inf:
+        return False, False
+    try:
+        targs = [_taint(a) if i in pol.pos else a for i, a in enumerate(args)]
+        tkw = {k: (_taint(v) if k in pol.kw else v) for k, v in kwargs.items()}
+        res = func(*targs, **tkw)
+    except Exception:
+        return False, False
+    cands = [res] if isinstance(res, _Tensor) else [r for r in res if isinstance(r, _Tensor)] \
+        if isinstance(res, (tuple, list)) else []
+    bad_t = torch.isinf(t)
+    return False, any(bool((torch.isinf(r) & bad_t).any()) for r in cands
+                      if r.shape == t.shape and r.dtype == t.dtype)
 
 
 _GONE = object()
@@ -1073,18 +1265,6 @@ def _flatten(value: Any) -> list[Any]:
     if isinstance(value, dict):
         return [t for v in value.values() for t in _flatten(v)]
     return []
-
-
-def _skip_dynamo(fn: Any) -> None:
-    code = getattr(fn, "__code__", None)
-    if code is None:
-        return
-    try:
-        from torch._C._dynamo.eval_frame import FrameAction, FrameExecStrategy, set_code_exec_strategy
-
-        set_code_exec_strategy(code, FrameExecStrategy(FrameAction.SKIP, FrameAction.SKIP))
-    except Exception:  # pragma: no cover - older/newer torch without this API
-        pass
 
 
 def _node_op(node_name: str) -> str:

@@ -148,7 +148,8 @@ class TorchContext:
 
             @functools.wraps(fn)
             def checked(*args: Any, **kwargs: Any) -> Any:
-                out = compiled(*args, **kwargs)
+                with mode.off():  # the compiled code runs without the mode: dynamo never meets its frames
+                    out = compiled(*args, **kwargs)
                 if not mode.paused:
                     mode.check_compiled(name, (args, kwargs), out)
                 return out
@@ -179,6 +180,8 @@ class TorchContext:
             self._patch_scaler()
             self._patch_compile()
             self.modules.on_compiled_output.append(self.mode.check_compiled)
+            self.modules.on_compiled_enter.append(self.mode.pause)
+            self.modules.on_compiled_exit.append(self.mode.resume)
             self.modules.on_root_exit.append(self.mode.root_exit)
             self.modules.on_root_enter.append(self.mode.reinstate)
             self.mode.__enter__()
