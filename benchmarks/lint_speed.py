@@ -7,7 +7,13 @@ package) with every core, and prints lines per second side by side with TorchFix
 lists every finding on ``torch/nn`` and the rate per 5,000 lines (target: at most
 one per 5,000 lines of mature code).
 
+Then ``--fix`` on one generated file (``--fix-blocks`` functions of 4 lines, each with one
+floatguard fix ``np.log(np.exp(z).sum())`` and one ruff fix ``f"x"``, F541): plain lint, ``--fix``
+and ``ruff check --select F541 --fix`` on copies of the same file, in subprocesses, medians
+of interleaved rounds. Target: ``--fix`` within 10x of plain lint.
+
     python benchmarks/lint_speed.py [--tree nn|all|PATH] [--jobs N] [--repeat 3] [--no-torchfix]
+                                    [--fix-blocks 50000] [--fix-rounds 3]
 """
 
 from __future__ import annotations
@@ -65,12 +71,53 @@ def time_torchfix(tree: Path, jobs: int, repeat: int) -> float | None:
     return best
 
 
+def fix_file(blocks: int, path: Path) -> None:
+    parts = ["import numpy as np\n\n"]
+    parts += [f"def f{i}(z):\n    a = f\"x\"\n    return np.log(np.exp(z).sum())\n\n" for i in range(blocks)]
+    path.write_text("".join(parts))
+
+
+def time_fix(blocks: int, rounds: int) -> None:
+    """Median seconds of plain lint, ``--fix`` and ruff's ``--fix`` on the same generated file."""
+    import statistics
+    import tempfile
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    cmds = {
+        "floatguard lint      ": [sys.executable, "-m", "floatguard.lint", "--no-config", "--exit-zero"],
+        "floatguard lint --fix": [sys.executable, "-m", "floatguard.lint", "--no-config", "--exit-zero", "--fix"],
+    }
+    if os.path.exists(ruff):
+        cmds["ruff check --fix     "] = [ruff, "check", "--no-cache", "--isolated", "--select", "F541", "--fix",
+                                         "--exit-zero"]
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    with tempfile.TemporaryDirectory() as d:
+        src = Path(d) / "src.py"
+        fix_file(blocks, src)
+        nlines = src.read_text().count("\n")
+        for _ in range(rounds):
+            for name, cmd in cmds.items():
+                f = Path(d) / "work.py"
+                shutil.copyfile(src, f)
+                t0 = time.perf_counter()
+                subprocess.run([*cmd, str(f)], capture_output=True, check=False)
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"\n--fix on one file of {nlines:,} lines, {blocks:,} fixes each (median of {rounds} interleaved rounds)")
+    lint = med["floatguard lint      "]
+    for k, v in med.items():
+        print(f"  {k}: {v:7.2f} s  ({v / lint:5.2f}x plain lint)")
+    print(f"  --fix / plain lint: {med['floatguard lint --fix'] / lint:.2f}x (target <= 10x)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tree", default="nn", help="'nn' (torch/nn), 'all' (the torch package) or a directory")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-torchfix", action="store_true")
+    ap.add_argument("--fix-blocks", type=int, default=50000, help="functions in the --fix file (0: skip)")
+    ap.add_argument("--fix-rounds", type=int, default=3)
     args = ap.parse_args(argv)
 
     root = torch_root()
@@ -97,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(events) / nn_lines * 5000:.2f} per 5,000 lines (target <= 1)")
     for e in events:
         print(f"  {Path(e.file or '').relative_to(root.parent)}:{e.line}:{e.col}: {e.code} {e.message}")
+    if args.fix_blocks:
+        time_fix(args.fix_blocks, args.fix_rounds)
     return 0
 
 

@@ -124,25 +124,71 @@ def print_report(report: Report, stream: TextIO | None = None, *, limit: int = 3
 def load_events(path: str | os.PathLike[str]) -> Report | None:
     """The events of a findings file, or ``None`` when ``path`` is not one (a monitor's JSONL log).
 
-    Raises ``ValueError`` when it looks like a findings file but an event in it is
-    not one (an unknown field, a bad ``source`` or ``severity``).
+    Raises ``ValueError`` saying what is wrong when the file is neither: empty, not JSON
+    (truncated, say), JSON that is not a list of events (``[1, 2, 3]``), or an event whose
+    fields are unknown or of the wrong type (``"kind": 123``, ``"stats": [1, 2]``).
     """
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
+    if not text.strip():
+        raise ValueError("the file is empty (neither a findings file nor a monitor log)")
     try:
         data = json.loads(text)
-    except ValueError:
-        return None  # JSON lines: a monitor log
-    if isinstance(data, dict) and isinstance(data.get("events"), list):
+    except ValueError as exc:
+        first = text.lstrip().split("\n", 1)[0]
+        try:
+            if isinstance(json.loads(first), dict):
+                return None  # JSON lines: a monitor log
+        except ValueError:
+            pass
+        raise ValueError(f"not valid JSON ({exc}): a damaged or truncated findings file") from exc
+    if isinstance(data, dict) and "events" not in data:
+        return None  # one JSON line: a monitor log
+    if isinstance(data, dict):
         items = data["events"]
-    elif isinstance(data, list) and all(isinstance(d, dict) for d in data):
+        if not isinstance(items, list):
+            raise ValueError(f"'events' must be a list of events, got {type(items).__name__}")
+    elif isinstance(data, list):
         items = data
     else:
-        return None
-    try:
-        return Report([Event.from_dict(d) for d in items])
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"not a list of floatguard events ({exc})") from exc
+        raise ValueError(f"a JSON {type(data).__name__}, not a list of floatguard events")
+    events = []
+    for i, d in enumerate(items):
+        if not isinstance(d, dict):
+            raise ValueError(f"event {i} is a {type(d).__name__} ({d!r:.40}), not an object: "
+                             "not a list of floatguard events")
+        _check_event(i, d)
+        try:
+            events.append(Event.from_dict(d))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"event {i} is not a floatguard event ({exc})") from exc
+    return Report(events)
+
+
+_STR_FIELDS = ("kind", "source", "message", "severity", "hint", "code", "file", "op", "phase", "module", "dtype",
+               "fix", "origin", "forward_op")
+_INT_FIELDS = ("line", "col", "step", "rank")
+
+
+def _check_event(i: int, d: dict[str, Any]) -> None:
+    """A ``ValueError`` naming the first field of event ``i`` whose type is wrong."""
+    def bad(name: str, want: str) -> ValueError:
+        v = d[name]
+        return ValueError(f"event {i}: '{name}' must be {want}, got {type(v).__name__} {v!r:.40}")
+
+    for name in _STR_FIELDS:
+        if name in d and not isinstance(d[name], str) and (d[name] is not None or name in ("kind", "source",
+                                                                                             "message")):
+            raise bad(name, "a string")
+    for name in _INT_FIELDS:
+        if d.get(name) is not None and (not isinstance(d[name], int) or isinstance(d[name], bool)):
+            raise bad(name, "an integer or null")
+    if "stats" in d and not isinstance(d["stats"], dict):
+        raise bad("stats", "an object of numbers")
+    shape = d.get("shape")
+    if shape is not None and (not isinstance(shape, list) or
+                              not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
+        raise bad("shape", "a list of integers or null")
 
 
 def _where(e: Event) -> str:

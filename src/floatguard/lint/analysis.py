@@ -17,6 +17,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .fixes import split_lines
+
 __all__ = ["Context", "OpCall", "const_value", "dotted_name", "is_pure"]
 
 # ---------------------------------------------------------------------------
@@ -801,7 +803,7 @@ class Context:
     @property
     def lines(self) -> list[str]:
         if self._lines is None:
-            self._lines = self.source.splitlines(keepends=True)
+            self._lines = split_lines(self.source)
         return self._lines
 
     def text(self, node: ast.AST) -> str:

@@ -16,10 +16,23 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from ..events import Event
 from .analysis import Context, char_col
 from .config import Config, find_config
+from .fixes import (
+    Edit,
+    FileChanged,
+    ImportSite,
+    LineIndex,
+    apply_edits,
+    atomic_write,
+    fingerprint,
+    node_edit,
+    select_edits,
+    split_lines,
+)
 from .rule import Finding, Rule
 from .rules import all_rules
 
@@ -30,6 +43,7 @@ _NOQA = re.compile(r"#\s*noqa(?::\s*(?P<codes>[A-Z]+\d+(?:[\s,]+[A-Z]+\d+)*))?",
 EXCLUDED_DIRS = frozenset({".git", ".hg", ".svn", ".venv", "venv", ".tox", ".nox", "__pycache__", "build", "dist",
                            "node_modules", ".eggs", ".mypy_cache", ".ruff_cache", ".pytest_cache", "site-packages"})
 MAX_FIX_PASSES = 8
+_BYTE_LINE = re.compile(rb"[^\r\n]*(?:\r\n?|\n)|[^\r\n]+")
 
 
 @dataclass
@@ -81,12 +95,35 @@ def _suppressed(noqa: dict[int, frozenset[str] | None], code: str, *lines: int) 
     return False
 
 
-def analyse(source: str, path: str, codes: frozenset[str] | None = None,
-            tree: ast.Module | None = None) -> tuple[list[Event], list[tuple[Event, Finding]]]:
-    """Findings of ``source`` as events, and the (event, finding) pairs that carry fixes.
+def _fg000(path: str, line: int, col: int, message: str, hint: str) -> Event:
+    return Event(kind="syntax-error", source="lint", code=SYNTAX_ERROR, file=path, line=line, col=col,
+                 message=message, hint=hint)
 
-    A source that does not parse gives one ``FG000`` event with the syntax error.
+
+@dataclass(frozen=True, slots=True)
+class FixEdits:
+    """A finding's fix as edits of the text: the replacement, the import insertion (if any), its safety."""
+
+    edit: Edit
+    imports: Edit | None
+    safe: bool
+
+
+def analyse(source: str, path: str, codes: frozenset[str] | None = None,
+            tree: ast.Module | None = None) -> tuple[list[Event], list[tuple[Event, FixEdits]]]:
+    """Findings of ``source`` as events, and the (event, edits) pairs of the findings that carry a fix.
+
+    A source that does not parse, or nests too deeply to check, gives one ``FG000`` event.
     """
+    try:
+        return _analyse(source, path, codes, tree)
+    except (RecursionError, MemoryError):
+        return [_fg000(path, 1, 1, "the file nests expressions too deeply to check (RecursionError)",
+                       "the file was not checked (and not fixed); split the expression")], []
+
+
+def _analyse(source: str, path: str, codes: frozenset[str] | None,
+             tree: ast.Module | None) -> tuple[list[Event], list[tuple[Event, FixEdits]]]:
     if tree is None:
         try:
             tree = ast.parse(source, filename=path)
@@ -94,8 +131,7 @@ def analyse(source: str, path: str, codes: frozenset[str] | None = None,
             line = getattr(exc, "lineno", None) or 1
             col = getattr(exc, "offset", None) or 1
             msg = getattr(exc, "msg", None) or str(exc)
-            return [Event(kind="syntax-error", source="lint", code=SYNTAX_ERROR, file=path, line=line, col=col,
-                          message=f"SyntaxError: {msg}", hint="the file was not checked (and not fixed)")], []
+            return [_fg000(path, line, col, f"SyntaxError: {msg}", "the file was not checked (and not fixed)")], []
     table = _dispatch(codes if codes is not None else _all_codes())
     ctx = Context(source, tree, path)
     nodes: list[ast.AST] = []
@@ -117,9 +153,11 @@ def analyse(source: str, path: str, codes: frozenset[str] | None = None,
     if not found:
         return [], []
     lines = ctx.lines
+    index = LineIndex(source, lines)
+    site: ImportSite | None = None
     noqa = _noqa(lines)
     events: list[Event] = []
-    with_fix: list[tuple[Event, Finding]] = []
+    with_fix: list[tuple[Event, FixEdits]] = []
     seen: set[tuple[str, int, int]] = set()
     for rule, f in found:
         n = f.node
@@ -129,19 +167,33 @@ def analyse(source: str, path: str, codes: frozenset[str] | None = None,
             continue
         seen.add(key)
         col = char_col(lines, line, n.col_offset) + 1  # type: ignore[attr-defined]
-        stats: dict[str, int] = {"end_line": end_line,
+        stats: dict[str, Any] = {"end_line": end_line,
                                  "end_col": char_col(lines, end_line, n.end_col_offset or 0) + 1}  # type: ignore[attr-defined]
-        if f.fix is not None:
-            stats["fix_safe"] = int(f.fix.safe)
+        fix: FixEdits | None = None
+        if f.fix is not None and (edit := node_edit(index, f.fix.node, f.fix.replacement)) is not None:
+            imp: Edit | bool | None = None
+            if f.fix.imports:
+                site = site or ImportSite(index, tree)
+                imp = site.edit(f.fix.imports)
+            if imp is not False:
+                fix = FixEdits(edit, imp if isinstance(imp, Edit) else None, f.fix.safe)
+                stats["fix_safe"] = int(f.fix.safe)
+                stats["fix_edits"] = [_edit_row(index, e) for e in (edit, fix.imports) if e is not None]
         op = ctx.op(n)
         ev = Event(kind=rule.name, source="lint", message=f.message, severity=rule.severity, hint=f.hint,
                    code=rule.code, file=path, line=line, col=col, op=op.qual.lstrip(".") if op else None,
-                   fix=f.fix.replacement if f.fix is not None else None, stats=stats)
+                   fix=fix.edit.text if fix is not None else None, stats=stats)
         events.append(ev)
-        if f.fix is not None:
-            with_fix.append((ev, f))
+        if fix is not None:
+            with_fix.append((ev, fix))
     events.sort(key=lambda e: (e.line or 0, e.col or 0, e.code or ""))
     return events, with_fix
+
+
+def _edit_row(index: LineIndex, e: Edit) -> list[int | str]:
+    """An edit as ``[line, col, end_line, end_col, text]``: 1-based character positions, the end exclusive."""
+    (l0, c0), (l1, c1) = index.position(e.start), index.position(e.end)
+    return [l0, c0, l1, c1, e.text]
 
 
 def lint_source(source: str, path: str = "<string>", *, select: Iterable[str] | None = None,
@@ -155,39 +207,62 @@ def lint_source(source: str, path: str = "<string>", *, select: Iterable[str] | 
 
 def fix_source(source: str, path: str = "<string>", *, codes: frozenset[str] | None = None,
                unsafe: bool = False) -> tuple[str, int, list[Event]]:
-    """Apply fixes until none is left: (new source, fixes applied, remaining findings)."""
-    from .fixes import apply_fixes, to_text_fix
+    """Apply fixes until none is left: (new source, fixes applied, remaining findings).
 
+    Each pass applies the non-overlapping fixes (outermost first) as edits of the text and their
+    import insertions merged into one; a pass whose result does not parse is not taken.
+    """
     total = 0
     events, fixes = analyse(source, path, codes)
     for _ in range(MAX_FIX_PASSES):
-        usable = [f for _, f in fixes if f.fix is not None and (f.fix.safe or unsafe)]
+        usable = [fx for _, fx in fixes if fx.safe or unsafe]
         if not usable:
             break
-        lines = source.splitlines(keepends=True)
-        text_fixes = [to_text_fix(lines, f.fix.node, f.fix.replacement, f.fix.imports) for f in usable
-                      if f.fix is not None]
-        try:
-            new, n = apply_fixes(source, text_fixes)
-        except Exception:  # LibCST refuses the file: leave it as it is
-            break
-        if n == 0 or new == source:
+        chosen = select_edits([fx.edit for fx in usable])
+        keep = set(chosen)
+        inserts: dict[int, list[str]] = {}
+        for fx in usable:
+            if fx.edit in keep and fx.imports is not None:
+                inserts.setdefault(fx.imports.start, []).append(fx.imports.text)
+        edits = list(chosen)
+        for at, texts in inserts.items():
+            edits.append(Edit(at, at, _merge_imports(texts)))
+        new = apply_edits(source, edits)
+        if new == source:
             break
         try:
             ast.parse(new)
-        except SyntaxError:
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
             break
-        source, total = new, total + n
+        source, total = new, total + len(chosen)
         events, fixes = analyse(source, path, codes)
     return source, total, events
 
 
+def _merge_imports(texts: list[str]) -> str:
+    """One insertion for several fixes' imports: each ``import`` line once, in order."""
+    prefix = ""
+    seen: dict[str, None] = {}
+    for t in texts:
+        body = t.lstrip("\r\n")
+        prefix = prefix or t[: len(t) - len(body)]
+        for ln in split_lines(body):
+            seen.setdefault(ln, None)
+    return prefix + "".join(sorted(seen))
+
+
 def read_source(path: Path) -> tuple[str, str]:
     """(text, encoding) of a Python file, honouring its coding cookie; newlines kept as they are."""
-    data = path.read_bytes()
-    import io
+    return decode_source(path.read_bytes())
 
-    encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+
+def decode_source(data: bytes) -> tuple[str, str]:
+    """(text, encoding) of a Python file's bytes (its coding cookie, a BOM as ``utf-8-sig``).
+
+    The cookie is looked for in the first two lines as Python splits them (``\\r`` ends a line too).
+    """
+    lines = (m.group() for m in _BYTE_LINE.finditer(data))
+    encoding, _ = tokenize.detect_encoding(lambda: next(lines, b""))
     text = data.decode(encoding)
     if text.startswith("\ufeff"):
         text = text[1:]
@@ -203,7 +278,8 @@ def lint_file(path: str | os.PathLike[str], *, codes: frozenset[str] | None = No
     if p.suffix == ".ipynb":
         return _lint_notebook(p, shown, codes, fix)
     try:
-        source, encoding = read_source(p)
+        data = p.read_bytes()
+        source, encoding = decode_source(data)
     except (OSError, UnicodeDecodeError, SyntaxError) as exc:
         ev = Event(kind="io-error", source="lint", code=SYNTAX_ERROR, file=shown, line=1, col=1,
                    message=f"cannot read file: {exc}")
@@ -214,10 +290,21 @@ def lint_file(path: str | os.PathLike[str], *, codes: frozenset[str] | None = No
         return res
     new, n, events = fix_source(source, shown, codes=codes, unsafe=fix == "unsafe")
     if n and new != source:
-        from .fixes import atomic_write
-
-        atomic_write(p, new.encode(encoding))
+        try:
+            atomic_write(p, new.encode(encoding), expect=fingerprint(p, data))
+        except (OSError, UnicodeEncodeError) as exc:
+            return _not_written(res, source, shown, codes, exc)
     res.events, res.fixed = events, n
+    return res
+
+
+def _not_written(res: FileResult, source: str, shown: str, codes: frozenset[str] | None,
+                 exc: BaseException) -> FileResult:
+    """The file's findings as they stand on disk, and one ``FG000`` saying why its fixes were not written."""
+    why = str(exc) if isinstance(exc, FileChanged) else f"cannot write the fixes: {exc}"
+    res.events = [_fg000(shown, 1, 1, why, "the file was left as it was"), *analyse(source, shown, codes)[0]]
+    res.events[0].kind = "io-error"
+    res.error = why
     return res
 
 
@@ -226,7 +313,8 @@ def _lint_notebook(p: Path, shown: str, codes: frozenset[str] | None, fix: str |
     from .notebook import Notebook
 
     try:
-        nb = Notebook.parse(p.read_text(encoding="utf-8"))
+        raw = p.read_bytes()
+        nb = Notebook.parse(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         ev = Event(kind="io-error", source="lint", code=SYNTAX_ERROR, file=shown, line=1, col=1,
                    message=f"cannot read notebook: {exc}")
@@ -242,15 +330,17 @@ def _lint_notebook(p: Path, shown: str, codes: frozenset[str] | None, fix: str |
         if text is None:  # nothing written (a fix moved a cell boundary): what the notebook still has
             events = analyse(nb.source, shown, codes)[0] if n else events
         else:
-            from .fixes import atomic_write
-
-            atomic_write(p, text.encode("utf-8"))
+            try:
+                atomic_write(p, text.encode("utf-8"), expect=fingerprint(p, raw))
+            except OSError as exc:
+                return _not_written(res, nb.source, shown, codes, exc)  # lines of the joined source
             res.fixed = n
             nb = Notebook.parse(text)  # the same lines as the fixed source: locate the findings left
     for e in events:
         at = nb.where(e.line or 1)
         if at is not None:
             e.stats["cell"], e.line = at
+            e.stats.pop("fix_edits", None)  # positions in the joined cells, not in the notebook's JSON
             if "end_line" in e.stats and (end := nb.where(int(e.stats["end_line"]))) is not None:
                 e.stats["end_line"] = end[1]
     res.events = events

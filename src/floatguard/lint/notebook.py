@@ -60,13 +60,27 @@ class Notebook:
                 if magic not in PYTHON_CELL_MAGICS:
                     continue
                 lines[0] = nb.cell_magic[i] = nb._tag(lines[0], "pass", "")
+            scan = _Scanner()
+            shell_indent: str | None = None  # inside a `!cmd \` (or `%magic \`) continued over lines
             for k, line in enumerate(lines):
                 stripped = line.lstrip()
                 indent = line[: len(line) - len(stripped)]
+                if shell_indent is not None:  # a continuation line of an IPython line: not Python either
+                    lines[k] = nb._tag(line, "pass", shell_indent)
+                    shell_indent = shell_indent if line.endswith("\\") else None
+                    continue
+                if not scan.at_statement_start:  # inside brackets, a string or after a backslash: Python
+                    scan.feed(line)
+                    continue
                 if stripped.startswith(("%", "!")) or _HELP.match(stripped):
                     lines[k] = nb._tag(line, "pass", indent)
                 elif m := _ASSIGN_MAGIC.match(line):
                     lines[k] = nb._tag(line, "None", m.group(1))
+                else:
+                    scan.feed(line)
+                    continue
+                if line.endswith("\\"):
+                    shell_indent = indent
             nb.cells.append(i)
             for k, line in enumerate(lines, 1):
                 parts.append(line)
@@ -111,6 +125,55 @@ class Notebook:
     def _untag(self, line: str) -> str:
         m = _TAGGED.search(line)
         return self.magics[int(m.group(1))] if m else line
+
+
+class _Scanner:
+    """Where a line of Python leaves the tokenizer: open brackets, an open triple-quoted string, a backslash.
+
+    IPython reads ``%``/``!``/``?`` as its own syntax only where a statement starts; inside
+    ``y = (a`` / ``% b)`` the ``%`` is Python's modulo.
+    """
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.string: str | None = None  # the open triple quote
+        self.backslash = False
+
+    @property
+    def at_statement_start(self) -> bool:
+        return self.depth == 0 and self.string is None and not self.backslash
+
+    def feed(self, line: str) -> None:
+        i, n = 0, len(line)
+        self.backslash = False
+        while i < n:
+            c = line[i]
+            if self.string is not None:
+                if c == "\\":
+                    i += 2
+                    continue
+                if line.startswith(self.string, i):
+                    i += len(self.string)
+                    self.string = None
+                    continue
+                i += 1
+                continue
+            if c == "#":
+                break
+            if c in "'\"":
+                q = line[i:i + 3] if line.startswith(c * 3, i) else c
+                self.string = q
+                i += len(q)
+                continue
+            if c in "([{":
+                self.depth += 1
+            elif c in ")]}":
+                self.depth = max(0, self.depth - 1)
+            elif c == "\\" and i == n - 1:
+                self.backslash = True
+            i += 1
+        if self.string is not None and len(self.string) == 1:
+            self.string = None
 
 
 def _text(source: Any) -> str:

@@ -91,12 +91,15 @@ def render_sarif(events: list[Event]) -> str:
         }
         if e.code in index:
             res["ruleIndex"] = index[e.code]
-        if e.fix is not None and "end_line" in e.stats:
+        edits = e.stats.get("fix_edits")
+        if e.fix is not None and edits:  # the same edits --fix applies: the replacement and the imports it adds
             res["fixes"] = [{
                 "description": {"text": e.hint or "replace"},
                 "artifactChanges": [{
                     "artifactLocation": {"uri": _uri(e.file)},
-                    "replacements": [{"deletedRegion": region, "insertedContent": {"text": e.fix}}],
+                    "replacements": [{"deletedRegion": {"startLine": l0, "startColumn": c0,
+                                                        "endLine": l1, "endColumn": c1},
+                                      "insertedContent": {"text": text}} for l0, c0, l1, c1, text in edits],
                 }],
             }]
         results.append(res)
