@@ -21,17 +21,7 @@ rounds, no ``torch.compile``; ``--sections`` picks some of ``training latency
 compile jax``).
 """
 
-# ruff: noqa: E402  (the thread settings must precede the imports of the array libraries)
 from __future__ import annotations
-
-import os
-
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("MKL_NUM_THREADS", "1")
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-_XLA_ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-if "xla_cpu_multi_thread_eigen" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_XLA_ONE_THREAD}".strip()
 
 import argparse
 import statistics
@@ -40,6 +30,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import _one_thread  # noqa: F401  (sets one thread before the array libraries load)
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -198,6 +198,20 @@ def fg_call(ctx: Context, op: str, x: ast.expr, axis: ast.expr | None, extra: st
     return f"{f}({ctx.text(x)}{rest}{extra})", imports
 
 
+def division_parts(ctx: Context, node: ast.AST) -> tuple[ast.expr, ast.expr, ast.expr | None] | None:
+    """``(numerator, denominator, the denominator's defining call)`` of ``a / b`` or ``a /= b``
+    whose numerator is not a constant; the call is ``b`` itself or the value a name ``b`` was given."""
+    match node:
+        case ast.BinOp(left=num, op=ast.Div(), right=den) | ast.AugAssign(target=num, op=ast.Div(), value=den):
+            pass
+        case _:
+            return None
+    if const_value(num) is not None:
+        return None
+    d = den if isinstance(den, ast.Call) else ctx.value(den) if isinstance(den, ast.Name) else None
+    return num, den, d
+
+
 def is_const(node: ast.expr | None, value: float) -> bool:
     return const_value(node) == value
 

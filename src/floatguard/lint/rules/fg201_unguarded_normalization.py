@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall, const_value
 from ..rule import Finding, Fix, Rule
-from ._common import guarded, reduce_args
+from ._common import division_parts, guarded, reduce_args
 
 
 class UnguardedNormalization(Rule):
@@ -34,14 +34,10 @@ class UnguardedNormalization(Rule):
     nodes = (ast.BinOp, ast.AugAssign)
 
     def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
-        match node:
-            case ast.BinOp(left=num, op=ast.Div(), right=den) | ast.AugAssign(target=num, op=ast.Div(), value=den):
-                pass
-            case _:
-                return
-        if const_value(num) is not None:
+        parts = division_parts(ctx, node)
+        if parts is None:
             return
-        d = den if isinstance(den, ast.Call) else ctx.value(den) if isinstance(den, ast.Name) else None
+        num, den, d = parts
         o = ctx.ops(d, "norm", "std", "sum")
         if o is None or o.x is None or o.family in ("math",) or guarded(ctx, den):
             return

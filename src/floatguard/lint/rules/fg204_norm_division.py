@@ -5,9 +5,9 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 
-from ..analysis import Context, const_value
+from ..analysis import Context
 from ..rule import Finding, Rule
-from ._common import guarded
+from ._common import division_parts, guarded
 from .fg201_unguarded_normalization import normalize_fix
 
 _NONZERO_SOURCE = ("normal", "randn", "sample", "eigh", "eig", "svd", "qr", "uniform", "rand")
@@ -37,14 +37,10 @@ class NormDivision(Rule):
     default = False
 
     def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
-        match node:
-            case ast.BinOp(left=num, op=ast.Div(), right=den) | ast.AugAssign(target=num, op=ast.Div(), value=den):
-                pass
-            case _:
-                return
-        if const_value(num) is not None or ctx.in_model(node):
+        parts = division_parts(ctx, node)
+        if parts is None or ctx.in_model(node):
             return
-        d = den if isinstance(den, ast.Call) else ctx.value(den) if isinstance(den, ast.Name) else None
+        num, den, d = parts
         o = ctx.ops(d, "norm")
         if o is None or o.x is None or o.family == "math" or guarded(ctx, den):
             return
