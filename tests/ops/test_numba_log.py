@@ -45,3 +45,35 @@ def test_log1p_special_values() -> None:
     L.log1p_array(x, out)
     assert out[0] == -np.inf and np.isnan(out[1]) and np.isnan(out[2]) and out[3] == np.inf and np.isnan(out[4])
     assert out[5] == 0.0 and not np.signbit(out[5]) and out[6] == 0.0 and np.signbit(out[6])
+
+
+def test_log1p_unit_relative_error_far_below_float32() -> None:
+    """The divide-free short ``log1p`` of softplus for float32/bfloat16 results: relative ``< 2^-44`` on
+    ``[0, 1]`` (the ``k`` switch at ``sqrt(2) - 1``, subnormal and tiny arguments, where ``1 + e`` rounds)."""
+    rng = np.random.default_rng(5)
+    x = np.concatenate([
+        rng.uniform(0.0, 1.0, 3000),
+        np.exp(-rng.uniform(0.0, 745.0, 3000)),
+        2.0 ** -rng.uniform(40.0, 60.0, 500),  # 1 + e loses most of e: the correction carries it
+        [5e-324, 2.0**-1022, 2.0**-53, 2.0**-52, math.sqrt(2) - 1, np.nextafter(math.sqrt(2) - 1, 0.0), 1.0],
+    ])
+    out = np.empty_like(x)
+    L.log1p_unit_array(x, out)
+    with mpmath.workprec(160):
+        rel = [float(abs(mpmath.mpf(g) - mpmath.log1p(mpmath.mpf(v))) / mpmath.log1p(mpmath.mpf(v)))
+               for v, g in zip(x.tolist(), out.tolist(), strict=True)]
+    worst = int(np.argmax(rel))
+    assert rel[worst] < 2.0**-44, f"relative {rel[worst]:.3g} at e = {x[worst]!r}"
+    zero = np.empty(1)
+    L.log1p_unit_array(np.zeros(1), zero)
+    assert zero[0] == 0.0
+
+
+def test_recip_short_relative_error() -> None:
+    rng = np.random.default_rng(6)
+    d = np.concatenate([rng.uniform(1.0, 2.0, 5000), [1.0, np.nextafter(1.0, 2.0), 2.0, 1.5]])
+    out = np.empty_like(d)
+    L.recip_short_array(d, out)
+    with mpmath.workprec(160):
+        rel = max(float(abs(mpmath.mpf(q) * mpmath.mpf(v) - 1)) for v, q in zip(d.tolist(), out.tolist(), strict=True))
+    assert rel < 2.0**-45, f"relative {rel:.3g}"

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ._numba_fast import AVAILABLE, BLK, _add, _exp_reduced, _exp_reduced_inl, _exp_short, _njit, _reduce, _reduce_inl
-from ._numba_log import inline, select
+from ._numba_log import inline, log1p_unit, recip_short, select
 from ._numba_log import log1p as _log1p
 
 if AVAILABLE:
@@ -77,12 +77,32 @@ if AVAILABLE:
         return lambda v: np.float64(v)
 
     @overload(_st)
-    def _st_impl(out, i, v):  # bfloat16 bits: H1's branch-free float64 -> bf16 nearest even, one rounding
+    def _st_impl(out, i, v):  # unannotated: numba compares signatures
+        if out.dtype == types.int16:
+
+            def store_bf16(out, i, v):
+                out[i] = _bf16_bits(v)
+
+            return store_bf16
 
         def store(out, i, v):
             out[i] = _encode(v, out)
 
         return store
+
+
+@inline
+def _bf16_bits(v: float) -> np.int16:
+    """float64 ``v`` rounded once, to nearest even, to bfloat16 bits, in 32-bit lanes (twice as many as
+    :func:`._numba_fast._encode`'s int64 ones): ``v`` to float32 rounded to odd (the nearest-even float32,
+    moved toward zero when it rounded away, its last bit set when inexact), whose 16 extra bits make the
+    nearest-even rounding of its high half the one of ``v``; NaN gives the quiet NaN of its sign."""
+    f = np.float32(v)
+    fd = np.float64(f)
+    b = _f32_bits(f)
+    b = np.int32(select(abs(fd) > abs(v), np.int32(b - 1), b) | np.int32(fd != v))
+    h = np.int32(np.int32(b + np.int32(0x7FFF + ((b >> 16) & 1))) >> 16)
+    return np.int16(select(v == v, h, np.int32((b >> 16) | 0x7FC0)))
 
 
 _CONTRACT = {"contract"}
@@ -410,10 +430,36 @@ if AVAILABLE:
         return lambda a, d: _exp_short(d)
 
 
+def _log1p_for(a: np.ndarray, e: float) -> float:
+    """``log1p(e)`` for ``0 <= e <= 1`` as the dtype of ``a`` needs: the 0.77-ulp :func:`._numba_log.log1p`
+    for float64, the divide-free relative ``2^-44`` :func:`._numba_log.log1p_unit` for float32/bfloat16."""
+    return float(np.log1p(e))
+
+
+def _recip_for(a: np.ndarray, d: float) -> float:
+    """``1 / d`` (``1 <= d <= 2``): a float64 divide for float64 ``a``, else float32's and a Newton step."""
+    return 1.0 / d
+
+
+if AVAILABLE:
+
+    @overload(_log1p_for, inline="always")
+    def _log1p_for_impl(a, e):  # unannotated: numba compares signatures
+        if a.dtype == types.float64:
+            return lambda a, e: _log1p(e)
+        return lambda a, e: log1p_unit(e)
+
+    @overload(_recip_for, inline="always")
+    def _recip_for_impl(a, d):  # unannotated: numba compares signatures
+        if a.dtype == types.float64:
+            return lambda a, d: 1.0 / d
+        return lambda a, d: recip_short(d)
+
+
 @inline
 def _softplus_pair(a: np.ndarray, x: float) -> tuple[float, float]:
     """``softplus(-x)`` and ``softplus(x)`` from one ``log1p(exp(-|x|))``; NaN gives NaN twice (``a``: see _exp_for)."""
-    lg = _log1p(_exp_for(a, -abs(x)))
+    lg = _log1p_for(a, _exp_for(a, -abs(x)))
     pos = select(x < 0.0, -x, 0.0) + lg
     neg = select(x > 0.0, x, 0.0) + lg
     return select(x == x, pos, x), select(x == x, neg, x)
@@ -423,7 +469,7 @@ def _softplus_pair(a: np.ndarray, x: float) -> tuple[float, float]:
 def _sigmoid_pair(a: np.ndarray, x: float) -> tuple[float, float]:
     """``sigmoid(x)`` and ``sigmoid(-x)`` from one ``e = exp(-|x|)`` (NaN gives 0 and 1: callers propagate)."""
     e = _exp_for(a, -abs(x))
-    q = 1.0 / (1.0 + e)
+    q = _recip_for(a, 1.0 + e)
     return select(x > 0.0, q, e * q), select(x > 0.0, e * q, q)
 
 
@@ -600,7 +646,7 @@ def _lae_grad_loop(a: np.ndarray, b: np.ndarray, g: np.ndarray, ga: np.ndarray, 
         a_hi, hi, lo, fin = _hi_lo(_ld(a[i]), _ld(b[i]))
         e = _exp_for(a, select(fin, lo - hi, 0.0))
         e = select(lo == lo, e, lo)
-        q = 1.0 / (1.0 + e)
+        q = _recip_for(a, 1.0 + e)
         # +inf wins; NaN passes through as a value of the max's side; both -inf: no gradient
         s_hi = select(fin, q, select(hi == -np.inf, 0.0, 1.0))
         s_lo = select(fin, e * q, 0.0)
@@ -677,7 +723,7 @@ def ce_plain_forward(x: np.ndarray, target: np.ndarray, ignore: int, has_ignore:
 @_njit(_CONTRACT)
 def _plain_grad_row(row: np.ndarray, shift: float, gr: float, out: np.ndarray) -> None:
     for i in range(row.size):
-        _st(out, i, gr * _exp_np(_ld(row[i]) - shift))
+        _st(out, i, gr * _exp_for(row, _ld(row[i]) - shift))
 
 
 @_njit()
@@ -697,4 +743,4 @@ def ce_plain_backward(x: np.ndarray, target: np.ndarray, gs: float, g: np.ndarra
         m, lg = res[1, r], res[2, r]
         _plain_grad_row(row, m + lg, gr, o)
         c = target[r]
-        _st(o, c, gr * (_exp_np((_ld(row[c]) - m) - lg) - 1.0))
+        _st(o, c, gr * (_exp_for(row, (_ld(row[c]) - m) - lg) - 1.0))
