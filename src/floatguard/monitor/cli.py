@@ -30,6 +30,21 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="no terminal summary")
 
 
+def _is_monitor_log(path: str) -> bool:
+    """Whether ``path`` starts with a monitor record (JSON lines tolerate a bad line further on)."""
+    import json
+
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                try:
+                    rec = json.loads(raw.decode("utf-8"))
+                except ValueError:
+                    return False
+                return isinstance(rec, dict) and rec.get("type") in ("start", "step", "finding", "closed", "end")
+    return False
+
+
 def run_report(args: argparse.Namespace) -> int:
     """Write the HTML report and print the summary; returns the exit code."""
     from .log import read_log
@@ -43,7 +58,7 @@ def run_report(args: argparse.Namespace) -> int:
     from ..reporting import print_summary as print_events
 
     try:
-        found = load_events(args.log)
+        found = None if _is_monitor_log(args.log) else load_events(args.log)
     except (OSError, ValueError) as exc:
         err.print(f"floatguard report: cannot read {args.log}: {exc}")
         return 1
@@ -61,9 +76,15 @@ def run_report(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         err.print(f"floatguard report: cannot read {args.log}: {exc}")
         return 1
+    skipped = (f" ({run.skipped} line{'s' if run.skipped != 1 else ''} skipped: not a valid record)"
+               if run.skipped else "")
     if not run.steps:
-        err.print(f"floatguard report: {args.log} records no training step")
+        err.print(f"floatguard report: {args.log} records no training step{skipped}")
         return 1
+    if skipped:
+        err.print(f"floatguard report: {args.log}: {run.skipped} line{'s' if run.skipped != 1 else ''} skipped "
+                  "(cut short, not UTF-8, not JSON, or fields of the wrong type); the rest is rendered",
+                  soft_wrap=True, markup=False)
     output = args.output or os.path.splitext(args.log)[0] + ".html"
     with open(output, "w", encoding="utf-8") as fh:
         fh.write(render_html(run, title=args.title, source=args.log))

@@ -65,8 +65,8 @@ class LiveLine:
             self._live.stop()
             self._live = None
 
-    def __del__(self) -> None:  # pragma: no cover - interpreter shutdown
-        with contextlib.suppress(Exception):
+    def __del__(self, _suppress: type[contextlib.suppress] = contextlib.suppress) -> None:  # pragma: no cover
+        with _suppress(Exception):  # bound at definition: at interpreter shutdown module globals may be None
             self.close()
 
 

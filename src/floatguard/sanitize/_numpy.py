@@ -6,7 +6,9 @@ line. The op is read from the bytecode instruction that frame is executing: a
 ``BINARY_OP`` names its operator (``/`` → ``np.divide``), a call its callee's source
 text (``np.exp``). Only the flag is known — not the array — so NumPy events carry no
 stats. Underflow flags fire for every subnormal result, so they are off unless asked
-for (``numpy_underflow=True``).
+for (``numpy_underflow=True``). The user's own ``np.seterr`` choices of ``"raise"``,
+``"call"`` and ``"log"`` still apply after a finding is recorded: ``1/0`` under
+``np.seterr(all="raise")`` raises ``FloatingPointError`` inside ``detect()`` too.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ __all__ = ["numpy_errstate", "numpy_op_at"]
 _KIND = {"overflow": "overflow", "invalid value": "nan", "divide by zero": "div_by_zero", "underflow": "underflow"}
 _BINOP = {"/": "np.divide", "//": "np.floor_divide", "*": "np.multiply", "**": "np.power", "+": "np.add",
           "-": "np.subtract", "@": "np.matmul", "%": "np.remainder"}
+_CATEGORY = {"overflow": "over", "invalid value": "invalid", "divide by zero": "divide", "underflow": "under"}
 _instr_cache: dict[CodeType, dict[int, dis.Instruction]] = {}
 
 
@@ -64,11 +67,29 @@ class numpy_errstate:
         self.session = session
         self.underflow = underflow
         self._cm: Any = None
+        self._user: dict[str, str] = {}
+        self._user_call: Any = None
 
     def _callback(self, kind_text: str, flag: int) -> None:
         kind = _KIND.get(kind_text, kind_text)
         f = user_frame(1)
         op = numpy_op_at(f) if f is not None else None
+        if kind != "underflow" or self.underflow:
+            self._record(kind, kind_text, flag, f, op)
+        self._as_the_user_asked(kind_text, flag, op)
+
+    def _as_the_user_asked(self, kind_text: str, flag: int, op: str | None) -> None:
+        """The user's own ``np.seterr`` choice for this flag, after the finding is recorded: theirs wins."""
+        mode = self._user.get(_CATEGORY.get(kind_text, ""), "ignore")
+        where = (op or "a NumPy op").removeprefix("np.")
+        if mode == "raise":
+            raise FloatingPointError(f"{kind_text} encountered in {where}")
+        if mode == "call" and callable(self._user_call):
+            self._user_call(kind_text, flag)
+        elif mode in ("call", "log") and hasattr(self._user_call, "write"):
+            self._user_call.write(f"Warning: {kind_text} encountered in {where}\n")
+
+    def _record(self, kind: str, kind_text: str, flag: int, f: FrameType | None, op: str | None) -> None:
         what = {"nan": "produced NaN (invalid value)", "overflow": "overflowed to inf",
                 "div_by_zero": "divided by zero", "underflow": "underflowed"}.get(kind, kind)
         ev = Event(kind=kind, source="sanitize", message=f"{op or 'a NumPy op'} {what}", severity="error",
@@ -78,7 +99,9 @@ class numpy_errstate:
         self.session.emit(ev, dedupe=True)
 
     def __enter__(self) -> numpy_errstate:
-        under = "call" if self.underflow else "ignore"
+        self._user, self._user_call = dict(np.geterr()), np.geterrcall()
+        kept = ("raise", "call", "log")  # the user's own handling, applied after ours
+        under = "call" if self.underflow or self._user.get("under") in kept else "ignore"
         self._cm = np.errstate(over="call", invalid="call", divide="call", under=under, call=self._callback)
         self._cm.__enter__()
         return self

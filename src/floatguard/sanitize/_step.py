@@ -122,6 +122,12 @@ class Guarded:
             bad = bool(flag.item())
         if bad:
             raise _BadStep(optimizer)
+        if self._stepped and not self.snapshot:
+            raise RuntimeError(
+                "guard: this step calls optimizer.step() more than once (several optimizers, or one stepped "
+                "twice); without snapshot=True a bad later step could not undo the earlier updates, and its "
+                "replay would apply them again. Pass snapshot=True to guard() (it copies the parameters and "
+                "optimizer state before each update), or guard each optimizer's step separately.")
         self._stepped += 1  # the update happens next
         if self.snapshot:  # parameters and optimizer state just before the update
             saved = self._saved
@@ -215,12 +221,15 @@ class Guarded:
         final = self.action != "raise"  # warn/record: the replay is the real step
         handles = [] if final else [register_optimizer_step_pre_hook(self._stop_again)]
         result = None
+        failed: BaseException | None = None  # the replay raising (an exhausted data iterator): kept, re-raised
         try:
             # _BadStep: stopped again before the update (action="raise"); detect() still exits normally
             with self.modules, detect("op", "record", report=scratch, quiet=True, numpy=True, torch=True,
                                       near_overflow=self.options["near_overflow"],
                                       underflow=self.options["underflow"]), contextlib.suppress(_BadStep):
                 result = self.step_fn(*args, **kwargs)
+        except BaseException as exc:
+            failed = exc
         finally:
             for h in handles:
                 h.remove()
@@ -228,6 +237,9 @@ class Guarded:
         if bad is None and optimizer is not None:
             self.checker.step = step
             bad = self.checker.check_grads(optimizer)
+        if bad is None and failed is not None and _world()[0] is None:  # the replay stopped before the backward
+            bad = Event(kind="nan", source="sanitize", message="the step's gradients are not finite "
+                        f"(found before {type(optimizer).__name__}.step())", phase="backward")
         if bad is None:
             bad = Event(kind="nan", source="sanitize", message="another rank's gradients are not finite",
                         severity="info", phase="backward")
@@ -242,6 +254,17 @@ class Guarded:
                 first.message += " (an op-level replay of the step did not reproduce it: nondeterministic?)"
         for e in [first, *found[1:], *others]:
             e.step = step
+        if failed is not None:
+            first.stats["replay"] = f"the replay raised {type(failed).__name__}: {failed}"
+            first.message += f" (the op-level replay of the step raised {type(failed).__name__})"
+            if final:
+                for e in [first, *found[1:], *others]:
+                    self.session.emit(e, dedupe=True)
+            else:
+                first.severity = "error"
+                self.report.events[:0] = [first, *found[1:], *others]
+                self.session.show(first)
+            raise failed
         if final:
             for e in [first, *found[1:], *others]:
                 self.session.emit(e, dedupe=True)
@@ -334,7 +357,9 @@ def guard(step_fn: Callable[..., Any] | None = None, *, action: str = "raise", s
     Args:
         scaler: a ``torch.amp.GradScaler``: skipped steps are attributed (a warning).
         snapshot: also copy parameters, gradients and optimizer state per call (needed
-            for gradient accumulation across calls; costs a copy of the model per step).
+            for gradient accumulation across calls, and for a step that calls
+            ``optimizer.step()`` more than once — several optimizers — which is refused
+            with ``RuntimeError`` without it; costs a copy of the model per step).
         host_rng: also save and restore Python's ``random`` and NumPy's global RNG for
             the replay (about 60 µs per step; PyTorch's RNG states are always saved).
     """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 import warnings
 from typing import Any
 
@@ -57,6 +59,126 @@ def agree_across_ranks(session: Session, local_bad: bool | None = None) -> None:
     raise NumericalError(first, session.report)
 
 
+# -- process-wide patches: GradScaler.scale/update and torch.compile ------------------------------------------
+# Installed when the first op-level context enters (in any thread) and restored when the last one exits,
+# whatever the order contexts exit in (threads): a reference count, under a lock. The wrappers act for the
+# op-level contexts active in the calling thread only, and are plain pass-throughs elsewhere.
+_patch_lock = threading.Lock()
+_patch_users = 0
+_patch_originals: list[tuple[Any, str, Any, Any]] = []  # (owner, name, original, our wrapper)
+_patch_filter: Any = None
+_active = threading.local()
+
+
+def _modes() -> list[OpSanitizer]:
+    """The op-level sanitizers active in the calling thread, innermost last."""
+    modes: list[OpSanitizer] | None = getattr(_active, "modes", None)
+    if modes is None:
+        modes = _active.modes = []
+    return modes
+
+
+def _acquire_patches(mode: OpSanitizer) -> None:
+    global _patch_users, _patch_filter
+    _modes().append(mode)
+    with _patch_lock:
+        _patch_users += 1
+        if _patch_users > 1:
+            return
+        _patch_originals.clear()
+        try:
+            from torch.amp.grad_scaler import GradScaler
+        except ImportError:  # pragma: no cover
+            GradScaler = None
+        if GradScaler is not None:
+            orig_scale, orig_update = GradScaler.scale, GradScaler.update
+            scale, update = _scaler_wrappers(orig_scale, orig_update)
+            _patch_originals.extend([(GradScaler, "scale", orig_scale, scale),
+                                     (GradScaler, "update", orig_update, update)])
+        orig_compile = torch.compile
+        _patch_originals.append((torch, "compile", orig_compile, _compile_wrapper(orig_compile)))
+        for owner, name, _, ours in _patch_originals:
+            setattr(owner, name, ours)
+        # torch warns that global module hooks (ours) fire once more for a compiled module: they cope with it
+        warnings.filterwarnings("ignore", message=_COMPILE_HOOKS_WARNING, category=UserWarning)
+        _patch_filter = warnings.filters[0]
+
+
+def _release_patches(mode: OpSanitizer) -> None:
+    global _patch_users, _patch_filter
+    modes = _modes()
+    for i in range(len(modes) - 1, -1, -1):
+        if modes[i] is mode:
+            del modes[i]
+            break
+    with _patch_lock:
+        _patch_users -= 1
+        if _patch_users > 0:
+            return
+        for owner, name, orig, ours in reversed(_patch_originals):
+            if getattr(owner, name, None) is ours:  # someone else patched it since: leave theirs in place
+                setattr(owner, name, orig)
+        _patch_originals.clear()
+        if _patch_filter is not None and _patch_filter in warnings.filters:
+            warnings.filters.remove(_patch_filter)
+            warnings._filters_mutated()  # type: ignore[attr-defined]
+        _patch_filter = None
+
+
+def _scaler_wrappers(orig_scale: Any, orig_update: Any) -> tuple[Any, Any]:
+    """GradScaler.scale/update: findings in a scaled backward are the scaler's business (warnings)."""
+
+    def scale(scaler: Any, outputs: Any) -> Any:
+        if scaler.is_enabled():
+            for mode in _modes():
+                mode.scaled = True
+                mode.scaled_reported = False
+        return orig_scale(scaler, outputs)
+
+    def update(scaler: Any, new_scale: Any = None) -> Any:
+        try:
+            return orig_update(scaler, new_scale)
+        finally:
+            for mode in _modes():
+                mode.scaled = False
+
+    scale.__wrapped__ = orig_scale  # type: ignore[attr-defined]
+    update.__wrapped__ = orig_update  # type: ignore[attr-defined]
+    return scale, update
+
+
+def _compile_wrapper(orig: Any) -> Any:
+    """torch.compile: functions compiled inside a context are checked at their outputs."""
+
+    def wrap(compiled: Any, fn: Any, mode: OpSanitizer) -> Any:
+        if isinstance(compiled, torch.nn.Module) or not callable(compiled):
+            return compiled  # modules: checked by the module post-hook
+        name = f"torch.compile({getattr(fn, '__qualname__', getattr(fn, '__name__', 'fn'))})"
+
+        @functools.wraps(fn)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            with mode.off():  # the compiled code runs without the mode: dynamo never meets its frames
+                out = compiled(*args, **kwargs)
+            if not mode.paused:
+                mode.check_compiled(name, (args, kwargs), out)
+            return out
+
+        return checked
+
+    def compile(model: Any = None, *args: Any, **kwargs: Any) -> Any:
+        modes = _modes()
+        if not modes:  # no context in this thread: torch.compile as it is
+            return orig(model, *args, **kwargs)
+        mode = modes[-1]
+        if model is None:
+            deco = orig(None, *args, **kwargs)
+            return lambda fn: wrap(deco(fn), fn, mode)
+        return wrap(orig(model, *args, **kwargs), model, mode)
+
+    compile.__wrapped__ = orig  # type: ignore[attr-defined]
+    return compile
+
+
 class TorchContext:
     """Everything the PyTorch side of :func:`~floatguard.sanitize.detect` installs."""
 
@@ -71,8 +193,7 @@ class TorchContext:
                                     defer=defer)
         self.steps = StepChecker(session, self.modules)
         self._handles: list[Any] = []
-        self._patched: list[tuple[Any, str, Any]] = []
-        self._filter: Any = None
+        self._patched_mode: OpSanitizer | None = None
         self._mode_entered = False
         self.distributed = False
 
@@ -103,72 +224,6 @@ class TorchContext:
             if self.mode is not None:
                 self.mode.resume()
 
-    # -- GradScaler: findings in a scaled backward are the scaler's business ----------------------------
-    def _patch_scaler(self) -> None:
-        try:
-            from torch.amp.grad_scaler import GradScaler
-        except ImportError:  # pragma: no cover
-            return
-        mode = self.mode
-        if mode is None:
-            return
-        orig_scale, orig_update = GradScaler.scale, GradScaler.update
-
-        def scale(scaler: Any, outputs: Any) -> Any:
-            if scaler.is_enabled():
-                mode.scaled = True
-                mode.scaled_reported = False
-            return orig_scale(scaler, outputs)
-
-        def update(scaler: Any, new_scale: Any = None) -> Any:
-            try:
-                return orig_update(scaler, new_scale)
-            finally:
-                mode.scaled = False
-
-        scale.__wrapped__ = orig_scale  # type: ignore[attr-defined]
-        update.__wrapped__ = orig_update  # type: ignore[attr-defined]
-        self._patched += [(GradScaler, "scale", orig_scale), (GradScaler, "update", orig_update)]
-        GradScaler.scale = scale  # type: ignore[method-assign]
-        GradScaler.update = update  # type: ignore[method-assign]
-
-    # -- torch.compile: compiled functions made inside the context are checked at their outputs ---------
-    def _patch_compile(self) -> None:
-        mode = self.mode
-        if mode is None:
-            return
-        orig = torch.compile
-
-        def wrap(compiled: Any, fn: Any) -> Any:
-            if isinstance(compiled, torch.nn.Module) or not callable(compiled):
-                return compiled  # modules: checked by the module post-hook
-            import functools
-
-            name = f"torch.compile({getattr(fn, '__qualname__', getattr(fn, '__name__', 'fn'))})"
-
-            @functools.wraps(fn)
-            def checked(*args: Any, **kwargs: Any) -> Any:
-                with mode.off():  # the compiled code runs without the mode: dynamo never meets its frames
-                    out = compiled(*args, **kwargs)
-                if not mode.paused:
-                    mode.check_compiled(name, (args, kwargs), out)
-                return out
-
-            return checked
-
-        def compile(model: Any = None, *args: Any, **kwargs: Any) -> Any:
-            if model is None:
-                deco = orig(None, *args, **kwargs)
-                return lambda fn: wrap(deco(fn), fn)
-            return wrap(orig(model, *args, **kwargs), model)
-
-        # torch warns that global module hooks (ours) fire once more for a compiled module: they cope with it
-        warnings.filterwarnings("ignore", message=_COMPILE_HOOKS_WARNING, category=UserWarning)
-        self._filter = warnings.filters[0]
-        compile.__wrapped__ = orig  # type: ignore[attr-defined]
-        self._patched.append((torch, "compile", orig))
-        torch.compile = compile  # type: ignore[assignment]
-
     def __enter__(self) -> TorchContext:
         _, world = _world()
         self.distributed = world > 1
@@ -177,8 +232,8 @@ class TorchContext:
         self._handles = [register_optimizer_step_pre_hook(self._pre_step),
                          register_optimizer_step_post_hook(self._post_step)]
         if self.mode is not None:
-            self._patch_scaler()
-            self._patch_compile()
+            _acquire_patches(self.mode)
+            self._patched_mode = self.mode
             self.modules.on_compiled_output.append(self.mode.check_compiled)
             self.modules.on_compiled_enter.append(self.mode.pause)
             self.modules.on_compiled_exit.append(self.mode.resume)
@@ -202,13 +257,9 @@ class TorchContext:
             for h in self._handles:
                 h.remove()
             self._handles = []
-            for owner, name, orig in reversed(self._patched):
-                setattr(owner, name, orig)
-            self._patched = []
-            if self._filter is not None and self._filter in warnings.filters:
-                warnings.filters.remove(self._filter)
-                warnings._filters_mutated()  # type: ignore[attr-defined]
-            self._filter = None
+            if self._patched_mode is not None:
+                mode, self._patched_mode = self._patched_mode, None
+                _release_patches(mode)
             self.modules.__exit__(exc_type, exc, tb)
         if exc_type is None and (self.distributed or self.session.pending is not None):
             agree_across_ranks(self.session)

@@ -5,16 +5,23 @@ code; otherwise 1 when the sanitizer found anything but a ``near_overflow`` warn
 0 when it found nothing. ``--level step --replay``: when a step goes bad, the script
 is run again at op level in a new process, which names the op (its findings come
 first in the report). ``--json PATH`` writes the report (``{"events": [...],
-"first": i}``) whatever the outcome.
+"first": i}``) whatever the outcome, SIGTERM included (exit status 143): the path is
+checked before the script runs (exit status 2 when it cannot be written), a previous
+run's file there is removed at the start (so a run killed by SIGKILL leaves none),
+and the file is replaced atomically; a write that fails keeps the script's exit status
+(1 if it was 0).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import os
 import runpy
+import signal
 import sys
+import threading
 import traceback
 from typing import Any
 
@@ -57,15 +64,78 @@ def _attach_monitor() -> tuple[Any, str | None]:
 
 
 def _print_user_traceback(exc: BaseException, script: str | None) -> None:
-    """Like Python's own report of an uncaught exception, without floatguard's and runpy's frames."""
+    """Like Python's own report of an uncaught exception, without floatguard's and runpy's frames.
+
+    A script that does not compile (SyntaxError) shows only the error, as ``python script.py`` does.
+    """
     tb = exc.__traceback__
     if script is not None:
         target = os.path.abspath(script)
         t = tb
         while t is not None and os.path.abspath(t.tb_frame.f_code.co_filename) != target:
             t = t.tb_next
-        tb = t or tb
+        if t is not None:
+            traceback.print_exception(type(exc), exc, t, file=sys.stderr)
+            return
+    ours = {os.path.abspath(__file__), os.path.abspath(runpy.__file__)}
+    while tb is not None and (os.path.abspath(tb.tb_frame.f_code.co_filename) in ours
+                              or tb.tb_frame.f_code.co_filename.startswith("<frozen ")):
+        tb = tb.tb_next
     traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+
+
+class _Terminated(BaseException):
+    """Raised in the script by SIGTERM, so the report is still written."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _prepare_json(path: str) -> str | None:
+    """Check that ``path`` can be written and remove a previous run's file there; the problem, or None."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"--json {path}: no such directory {folder!r}"
+    if os.path.isdir(path):
+        return f"--json {path}: is a directory"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"--json {path}: the directory {folder!r} is not writable"
+    if os.path.isfile(path) or os.path.islink(path):
+        try:
+            os.unlink(path)  # a previous run's findings must not pass for this run's
+        except OSError as exc:
+            return f"--json {path}: cannot remove the previous file ({exc.strerror or exc})"
+    return None
+
+
+def _write_json(report: Any, path: str) -> str | None:
+    """Write the report to ``path`` atomically (a temporary file, then a rename); the problem, or None."""
+    import tempfile
+
+    text = report.to_json() + "\n"
+    if os.path.exists(path) and not os.path.isfile(path):  # a device or a pipe: write through
+        try:
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        except OSError as exc:
+            return f"cannot write the report to {path}: {exc.strerror or exc}"
+        return None
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".floatguard-", suffix=".json.tmp",
+                                   dir=os.path.dirname(os.path.abspath(path)))
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        return f"cannot write the report to {path}: {exc.strerror or exc}"
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,6 +154,11 @@ def run(args: argparse.Namespace) -> int:
     if script is not None and not os.path.isfile(script):
         print(f"floatguard run: error: can't open file {script!r}: no such file", file=sys.stderr)
         return 2
+    if args.json:
+        problem = _prepare_json(args.json)
+        if problem is not None:
+            print(f"floatguard run: error: {problem}", file=sys.stderr)
+            return 2
     has_torch = importlib.util.find_spec("torch") is not None
     if has_torch:
         import torch  # noqa: F401 - the sanitizer hooks into torch before the script imports it
@@ -98,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
     det = detect(args.level, args.action, torch=has_torch, near_overflow=near, underflow=not args.no_underflow)
     old_argv, old_path0 = sys.argv[:], sys.path[0] if sys.path else None
     code = 0
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_term = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         if script is not None:
             sys.argv = [script, *script_args]
@@ -118,10 +195,15 @@ def run(args: argparse.Namespace) -> int:
             print(exc.code, file=sys.stderr)
     except KeyboardInterrupt:
         code = 130
+    except _Terminated:
+        code = 128 + signal.SIGTERM
+        print("floatguard run: terminated (SIGTERM)", file=sys.stderr)
     except BaseException as exc:  # the script's own failure, reported as Python would
         _print_user_traceback(exc, script)
         code = 1
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_term if old_term is not None else signal.SIG_DFL)
         sys.argv = old_argv
         if sys.path and old_path0 is not None and sys.path[0] != old_path0:
             del sys.path[0]
@@ -142,7 +224,10 @@ def run(args: argparse.Namespace) -> int:
 
         print_report(report, limit=1 if args.action == "record" else 0)
     if args.json:
-        report.to_json(args.json)
+        problem = _write_json(report, args.json)
+        if problem is not None:
+            print(f"floatguard run: error: {problem}", file=sys.stderr)
+            code = code or 1
     return code
 
 
