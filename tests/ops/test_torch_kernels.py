@@ -158,6 +158,64 @@ def test_short_exp_is_within_2e_minus_40_relative() -> None:
     assert np.all(out[:4] == 0.0)
 
 
+def test_float32_output_exp_is_within_2e_minus_31_relative() -> None:
+    """The degree-7 exp of the float32 kernels: 2^-32 by its fit, 2^-8 of a float32 ulp."""
+    import numba
+
+    @numba.njit
+    def mid(d: np.ndarray, out: np.ndarray) -> None:
+        for i in range(d.size):
+            out[i] = _numba_fast._exp_f32out(d[i])
+
+    d = np.concatenate([np.linspace(-0.35, 0.0, 301), np.linspace(-0.7, -0.3, 301), -RNG.uniform(0, 708, 400)])
+    out = np.empty_like(d)
+    mid(d, out)
+    assert out[300] == 1.0  # exp(0) exactly
+    with mpmath.workdps(40):
+        rel = [abs(mpmath.mpf(o) / mpmath.exp(mpmath.mpf(x)) - 1) for o, x in zip(out, d, strict=True)]
+    assert max(rel) < 2.0**-31
+    z = np.array([-INF, -746.0, -800.0, -1e300])
+    mid(z, out[:4])
+    assert np.all(out[:4] == 0.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_float32_conversions_of_the_16bit_kernels_match_torch(dtype: torch.dtype) -> None:
+    """``_load32`` / ``_encode32`` (32-bit integer IR, F16C): every 16-bit pattern widens exactly, and
+    float32 values (every 16-bit value, halfway points, subnormals, overflow, NaN) round as torch's ``to``."""
+    import numba
+
+    @numba.njit
+    def widen(a: np.ndarray, out: np.ndarray) -> None:
+        for i in range(a.size):
+            out[i] = _numba_fast._load32(a[i])
+
+    @numba.njit
+    def narrow(v: np.ndarray, out: np.ndarray) -> None:
+        for i in range(v.size):
+            out[i] = _numba_fast._encode32(v[i], out)
+
+    ti, npt = VIEW[dtype]
+    bits = np.arange(-(2**15), 2**15).astype(np.int64).astype(npt)
+    wide = np.empty(bits.size, dtype=np.float32)
+    widen(bits, wide)
+    want = torch.from_numpy(bits.copy()).view(dtype).float().numpy()
+    assert np.array_equal(wide.view(np.int32), want.view(np.int32))
+    pos = np.unique(np.abs(wide[np.isfinite(wide)]).astype(np.float64))
+    mid = ((pos[:-1] + pos[1:]) / 2).astype(np.float32)  # ties between neighbours: exact in float32
+    rnd = RNG.standard_normal(5000) * 10.0 ** RNG.uniform(-45, 38, 5000)
+    probes = np.concatenate([wide, mid, -mid, np.nextafter(mid, np.float32(0)), np.nextafter(mid, np.float32(np.inf)),
+                             rnd.astype(np.float32),
+                             np.array([3.4e38, -3.4e38, 1e-45, -1e-45, np.nan, -np.nan, np.inf, -np.inf], np.float32)])
+    got = np.empty(probes.size, dtype=npt)
+    narrow(probes, got)
+    ref = torch.from_numpy(probes).to(dtype)
+    g = torch.from_numpy(got).view(dtype)
+    nan = torch.isnan(ref)
+    assert torch.equal(torch.isnan(g), nan)
+    assert torch.equal(g[~nan].view(ti), ref[~nan].view(ti))  # bit for bit, signed zeros included
+
+
 # -- forward accuracy -------------------------------------------------------------------------
 def _rows() -> np.ndarray:
     rng = np.random.default_rng(11)
@@ -356,3 +414,20 @@ def test_without_the_kernels_the_torch_ops_give_the_same_results(dtype: torch.dt
         grad2 = _grad(op, x, torch.ones_like(val2))
         torch.testing.assert_close(val2.double(), val.double(), rtol=eps, atol=torch.finfo(dtype).tiny)
         torch.testing.assert_close(grad2.double(), grad.double(), rtol=4 * eps, atol=4 * eps * float(grad.abs().max()))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("dtype", ALL, ids=str)
+def test_the_backward_custom_op_is_eager_s_fused_backward_and_passes_opcheck(dtype: torch.dtype) -> None:
+    """``floatguard::softmax_rows_grad`` (the backward torch.compile calls): opcheck, and the eager gradient."""
+    x = torch.from_numpy(_rows()).to(dtype)
+    x[4] = -INF  # a row with no finite max: zero gradient
+    g = torch.from_numpy(np.random.default_rng(3).uniform(-1, 1, tuple(x.shape))).to(dtype)
+    for log in (False, True):
+        out, finite = _torch_fast.softmax_op(x, log)
+        assert finite.shape == (x.shape[0], 1) and not bool(finite[4])
+        torch.library.opcheck(_torch_fast.softmax_grad_op, (out, finite, g, log))
+        got = _torch_fast.softmax_grad_op(out, finite, g, log)
+        leaf = x.clone().requires_grad_()
+        (fg.log_softmax if log else fg.softmax)(leaf, dim=-1).backward(g)
+        assert torch.equal(got, leaf.grad)

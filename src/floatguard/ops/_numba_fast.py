@@ -329,10 +329,11 @@ def softmax_rows(x: np.ndarray, m: np.ndarray, k: np.ndarray, out: np.ndarray, l
 # ``_encode`` rounds a float64 to the storage dtype once, round-to-nearest-even, so no float64 copy
 # of a tensor is ever made. The dtype of the array picks the conversion when numba compiles.
 #
-# For float32, bfloat16 and float16 outputs the softmax and log_softmax kernels use ``_exp_short``,
-# a table-free exp (Taylor polynomial of degree 10 on ``|r| <= ln2/2``, relative error < 2^-41 on
-# normal results, 0 below 2^-1022) that LLVM vectorizes in full: the output rounds to 24 bits or
-# fewer, so it stays within 0.5 ulp + 2^-16 ulp. ``logsumexp`` (which can cancel: ``m + log1p(s)``
+# For float32 outputs the softmax and log_softmax kernels use ``_exp_f32out``, a table-free exp
+# (degree 7 on ``|r| <= ln2/2``, relative error < 2^-32 on normal results, 0 below 2^-1022) that
+# LLVM vectorizes in full: the output rounds to 24 bits, so it stays within 0.5 ulp + 2^-8 ulp
+# (``_exp_short``, degree 10 and 2^-41, is the losses'); bfloat16 and float16 rows run in float32.
+# ``logsumexp`` (which can cancel: ``m + log1p(s)``
 # near 0) and every float64 output keep the 0.51-ulp table ``exp`` above.
 #
 # Only the entry kernels (``torch_*``) are cached: numba cannot inline a helper that it loaded from
@@ -365,6 +366,55 @@ if numba is not None:
             return builder.bitcast(args[0], ir.FloatType())
 
         return types.float32(types.int32), codegen
+
+    @intrinsic
+    def _bf16_of_f32(typingctx: Any, x: Any) -> Any:
+        """float32 to bfloat16 bits, round to nearest even (NaN kept, made quiet), in 32-bit integer IR:
+        numba's typing would widen the same Python arithmetic to int64, half the vector lanes."""
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            i32 = ir.IntType(32)
+
+            def c(v: int) -> Any:
+                return ir.Constant(i32, v)
+
+            b = builder.bitcast(args[0], i32)
+            hi = builder.lshr(b, c(16))
+            up = builder.add(builder.add(b, c(0x7FFF)), builder.and_(hi, c(1)))  # wraps only for NaNs
+            nan = builder.icmp_unsigned(">", builder.and_(b, c(0x7FFFFFFF)), c(0x7F800000))
+            h = builder.select(nan, builder.or_(hi, c(0x40)), builder.lshr(up, c(16)))
+            return builder.trunc(h, ir.IntType(16))
+
+        return types.int16(types.float32), codegen
+
+    @intrinsic
+    def _f32_of_bf16(typingctx: Any, h: Any) -> Any:
+        """bfloat16 bits (int16) to float32 (exact)."""
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            i32 = ir.IntType(32)
+            b = builder.shl(builder.zext(args[0], i32), ir.Constant(i32, 16))
+            return builder.bitcast(b, ir.FloatType())
+
+        return types.float32(types.int16), codegen
+
+    @intrinsic
+    def _half_of_f32(typingctx: Any, x: Any) -> Any:
+        """float32 to float16 bits (uint16), round to nearest even: LLVM's ``fptrunc`` (F16C's vcvtps2ph)."""
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return builder.bitcast(builder.fptrunc(args[0], ir.HalfType()), ir.IntType(16))
+
+        return types.uint16(types.float32), codegen
+
+    @intrinsic
+    def _f32_of_half(typingctx: Any, h: Any) -> Any:
+        """float16 bits (uint16) to float32 (exact): LLVM's ``fpext`` (vcvtph2ps)."""
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return builder.fpext(builder.bitcast(args[0], ir.HalfType()), ir.FloatType())
+
+        return types.float32(types.uint16), codegen
 
     from numba.extending import overload
 
@@ -513,6 +563,29 @@ def _exp_short(d: float) -> float:
     return p * _as_float(e) if kd >= -1022.0 else 0.0
 
 
+# exp(r) = 1 + r + r^2 q(r), q of degree 5 fitted (least squares on Chebyshev nodes of |r| <= ln2/2,
+# against mpmath): relative error < 2^-32, 2^-8 of a float32 ulp. exp(0) is exactly 1.
+Q0, Q1, Q2, Q3, Q4, Q5 = (float.fromhex(h) for h in (
+    "0x1.0000000b9945ep-1", "0x1.555555675f239p-3", "0x1.5554e8d5a85a9p-5",
+    "0x1.1110c6120d9a1p-7", "0x1.6d4366531bd0dp-10", "0x1.a151bcd91932dp-13"))
+
+
+@_inline(_CONTRACT)
+def _exp_f32out(d: float) -> float:
+    """``exp(d)`` for ``d <= ~0`` to a relative 2^-32 (0 below 2^-1022, and for ``-inf``), for results
+    rounded to float32: :func:`_exp_short` with a polynomial of degree 7 instead of 10."""
+    d = d if d > -746.0 else -746.0
+    kd = d * INV_LN2 + SHIFT
+    ki = _as_int(kd)
+    kd -= SHIFT
+    r = d + kd * NEG_LN2_HI + kd * NEG_LN2_LO
+    r2 = r * r
+    q = (Q0 + r * Q1) + r2 * ((Q2 + r * Q3) + r2 * (Q4 + r * Q5))
+    p = (1.0 + r) + r2 * q
+    e = (ki << 52) + (1023 << 52)
+    return p * _as_float(e) if kd >= -1022.0 else 0.0
+
+
 _reduce_inl = _inline(_CONTRACT)(getattr(_reduce, "py_func", _reduce))  # uncached copies, see above
 _exp_reduced_inl = _inline(_CONTRACT)(getattr(_exp_reduced, "py_func", _exp_reduced))
 _add_inl = _inline()(getattr(_add, "py_func", _add))
@@ -558,6 +631,30 @@ def _rest_short(row: np.ndarray, m: float) -> tuple[float, int]:
         at = d == 0.0
         ties += np.int64(at)
         acc += 0.0 if at else _exp_short(d)
+    return acc, ties
+
+
+@_inline(_SUM)
+def _sum_f32out(row: np.ndarray, m: float, e: np.ndarray) -> float:
+    """:func:`_sum_short` with :func:`_exp_f32out` (float32 rows)."""
+    acc = 0.0
+    for i in range(row.size):
+        v = _exp_f32out(_load(row[i]) - m)
+        e[i] = v
+        acc += v
+    return acc
+
+
+@_inline(_SUM)
+def _rest_f32out(row: np.ndarray, m: float) -> tuple[float, int]:
+    """:func:`_rest_short` with :func:`_exp_f32out` (float32 rows)."""
+    acc = 0.0
+    ties = 0
+    for i in range(row.size):
+        d = _load(row[i]) - m
+        at = d == 0.0
+        ties += np.int64(at)
+        acc += 0.0 if at else _exp_f32out(d)
     return acc, ties
 
 
@@ -616,10 +713,10 @@ def torch_softmax_fwd(x: np.ndarray, out: np.ndarray, finite: np.ndarray, log: b
             ok = False
             continue
         if log:
-            s, ties = _rest_short(row, m)
+            s, ties = _rest_f32out(row, m)
             _log_out_ld(row, m, np.log1p(s + np.float64(ties - 1)), out[r])
         else:
-            total = _sum_short(row, m, e)  # 1 + s, summed with the max term(s) inside
+            total = _sum_f32out(row, m, e)  # 1 + s, summed with the max term(s) inside
             _scale_out(e, 1.0 / total, out[r])
     return ok
 
@@ -660,7 +757,7 @@ def _softmax_grad_row(p: np.ndarray, g: np.ndarray, dot: float, grad: np.ndarray
 def _log_softmax_grad_row(o: np.ndarray, g: np.ndarray, total: float, grad: np.ndarray, short: bool) -> None:
     if short:
         for i in range(o.size):
-            grad[i] = _encode(_load(g[i]) - _exp_short(_load(o[i])) * total, grad)
+            grad[i] = _encode(_load(g[i]) - _exp_f32out(_load(o[i])) * total, grad)
     else:
         for i in range(o.size):
             grad[i] = _encode(_load(g[i]) - _exp_accurate(_load(o[i])) * total, grad)
@@ -670,7 +767,7 @@ def _log_softmax_grad_row(o: np.ndarray, g: np.ndarray, total: float, grad: np.n
 def _lse_grad_row(x: np.ndarray, lse: float, g: float, grad: np.ndarray, short: bool) -> None:
     if short:
         for i in range(x.size):
-            grad[i] = _encode(g * _exp_short(_load(x[i]) - lse), grad)
+            grad[i] = _encode(g * _exp_f32out(_load(x[i]) - lse), grad)
     else:
         for i in range(x.size):
             grad[i] = _encode(g * _exp_accurate(_load(x[i]) - lse), grad)
@@ -717,15 +814,16 @@ def torch_logsumexp_bwd(x: np.ndarray, lse: np.ndarray, g: np.ndarray, grad: np.
 # Their outputs keep 8 or 11 bits: float32 arithmetic (16 lanes per AVX-512 vector, twice float64's)
 # leaves a relative error of a few 2^-24 before the one rounding to the output, under 2^-10 of an
 # ulp. ``_exp32`` is a float32 exp (Taylor degree 6 on |r| <= ln2/2: 2^-23, plus the roundings);
-# results below 2^-126 are scaled in two steps so that subnormals round once. Sums of a row run
-# in float64 (the terms converted exactly), so their error does not grow with the row length.
+# results below 2^-126 are scaled in two steps so that subnormals round once. Sums run in float32
+# over blocks of BLK16 entries (16 lanes, a few terms per lane: < 2^-19 relative) and in float64
+# across blocks, so their error does not grow with the row length. Conversions to and from the
+# 16-bit storage are 32-bit integer IR (bfloat16) and F16C's conversions (float16): see the intrinsics.
 F32 = np.float32
 LOG2E32, SHIFT32 = F32(1.4426950408889634), F32(12582912.0)  # 1.5 * 2^23
 LN2_HI32, LN2_LO32 = F32(0.693145751953125), F32(1.4286068203094173e-06)  # hi: 16 bits, k * hi exact
 E2, E3, E4, E5, E6 = (F32(1.0 / math.factorial(j)) for j in range(2, 7))
 ONE32, NEG104 = F32(1.0), F32(-104.0)  # exp(-104) < 2^-150: 0 in float32
-I1, I16, I23, I127 = np.int32(1), np.int32(16), np.int32(23), np.int32(127)
-I_MAG, I_INF, I_HALF, I_QUIET, I_SHIFT = (np.int32(v) for v in (0x7FFFFFFF, 0x7F800000, 0x7FFF, 0x40, 0x4B400000))
+I1, I23, I127, I_SHIFT = np.int32(1), np.int32(23), np.int32(127), np.int32(0x4B400000)
 
 
 @_inline(_CONTRACT)
@@ -757,47 +855,62 @@ if numba is not None:
     @overload(_load32)
     def _load32_impl(v):
         if v == types.int16:
-            return lambda v: _f32_from_bits(np.int32(v) << 16)
-        return lambda v: np.float32(_half_to_f64(v))
+            return lambda v: _f32_of_bf16(v)
+        return lambda v: _f32_of_half(v)
 
     @overload(_encode32)
     def _encode32_impl(v, like):
         if like.dtype == types.int16:
-            return lambda v, like: _f32_to_bf16(v)
-        return lambda v, like: _f64_to_half(np.float64(v))
+            return lambda v, like: _bf16_of_f32(v)
+        return lambda v, like: _half_of_f32(v)
 
 
-@_inline()
-def _f32_to_bf16(v: float) -> np.int16:
-    """float32 to bfloat16 bits, round to nearest even (the high half, rounded; NaN kept quiet)."""
-    b = _f32_bits(v)
-    h = (b + I_HALF + ((b >> I16) & I1)) >> I16
-    h = (b >> I16) | I_QUIET if (b & I_MAG) > I_INF else h
-    return np.int16(h)
+BLK16 = 512  # float32 partial sums run over blocks this long, then go to a float64 sum
+# (each block is a helper on a slice: with the block loop in the same function LLVM does not vectorize)
 
 
 @_inline(_SUM)
-def _sum32_store(row: np.ndarray, m: float, e: np.ndarray) -> float:
-    """``e_i = exp(row_i - m)`` in float32 and their sum in float64."""
-    acc = 0.0
-    for i in range(row.size):
-        v = _exp32(_load32(row[i]) - m)
+def _exp_sum32_blk(seg: np.ndarray, m: float, e: np.ndarray) -> float:
+    acc = F32(0.0)
+    for i in range(seg.size):
+        v = _exp32(_load32(seg[i]) - m)
         e[i] = v
-        acc += np.float64(v)
+        acc += v
     return acc
 
 
+@_inline()
+def _sum32_store(row: np.ndarray, m: float, e: np.ndarray) -> float:
+    """``e_i = exp(row_i - m)`` in float32 and their sum (float32 within blocks, float64 across)."""
+    total = 0.0
+    for b0 in range(0, row.size, BLK16):
+        total += np.float64(_exp_sum32_blk(row[b0 : b0 + BLK16], m, e[b0 : b0 + BLK16]))
+    return total
+
+
 @_inline(_SUM)
-def _rest32(row: np.ndarray, m: float) -> tuple[float, int]:
-    """``sum exp(row_i - m)`` (float32 exp, float64 sum) over entries below the max, and the ties."""
-    acc = 0.0
+def _rest32_blk(seg: np.ndarray, m: float) -> tuple[float, int]:
+    acc = F32(0.0)
     ties = 0
-    for i in range(row.size):
-        d = _load32(row[i]) - m
+    for i in range(seg.size):
+        d = _load32(seg[i]) - m
         at = d == F32(0.0)
         ties += np.int64(at)
-        acc += 0.0 if at else np.float64(_exp32(d))
+        acc += F32(0.0) if at else _exp32(d)
     return acc, ties
+
+
+@_inline()
+def _rest32(row: np.ndarray, m: float) -> tuple[float, int]:
+    """``sum exp(row_i - m)`` (float32 exp and block sums, float64 across) over entries below the max,
+    and the ties."""
+    total = 0.0
+    ties = 0
+    for b0 in range(0, row.size, BLK16):
+        part, t = _rest32_blk(row[b0 : b0 + BLK16], m)
+        total += np.float64(part)
+        ties += t
+    return total, ties
 
 
 @_inline(_CONTRACT)
@@ -836,19 +949,35 @@ def torch_softmax_fwd16(x: np.ndarray, out: np.ndarray, finite: np.ndarray, log:
 
 
 @_inline(_SUM)
-def _dot32(a: np.ndarray, b: np.ndarray) -> float:
-    acc = 0.0
+def _dot32_blk(a: np.ndarray, b: np.ndarray) -> float:
+    acc = F32(0.0)
     for i in range(a.size):
-        acc += np.float64(_load32(a[i]) * _load32(b[i]))  # the product of two 8- or 11-bit values: exact
+        acc += _load32(a[i]) * _load32(b[i])  # the product of two 8- or 11-bit values: exact
     return acc
+
+
+@_inline()
+def _dot32(a: np.ndarray, b: np.ndarray) -> float:
+    total = 0.0
+    for b0 in range(0, a.size, BLK16):
+        total += np.float64(_dot32_blk(a[b0 : b0 + BLK16], b[b0 : b0 + BLK16]))
+    return total
 
 
 @_inline(_SUM)
-def _sum32(a: np.ndarray) -> float:
-    acc = 0.0
+def _sum32_blk(a: np.ndarray) -> float:
+    acc = F32(0.0)
     for i in range(a.size):
-        acc += np.float64(_load32(a[i]))
+        acc += _load32(a[i])
     return acc
+
+
+@_inline()
+def _sum32(a: np.ndarray) -> float:
+    total = 0.0
+    for b0 in range(0, a.size, BLK16):
+        total += np.float64(_sum32_blk(a[b0 : b0 + BLK16]))
+    return total
 
 
 @_inline(_CONTRACT)

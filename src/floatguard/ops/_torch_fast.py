@@ -268,6 +268,7 @@ def _kernel_softmax_grad(
 ) -> torch.Tensor:
     """The fused backward of softmax / log_softmax (one kernel pass per row)."""
     g = _plain(g if g.dtype == out.dtype else g.to(out.dtype))
+    out = _plain(out)
     grad = _empty_like(out)
     fin = _plain(finite)  # (R, 1), or (1, 1) when every row is finite
     r, n = out.shape
@@ -446,14 +447,16 @@ class LogSoftmax(torch.autograd.Function):
 
 # -- under torch.compile ------------------------------------------------------------------
 # Dynamo cannot trace the forward passes above (NumPy views, compiled kernels, branches on
-# values). As custom ops they enter the compiled graph whole and run the same code, with
-# the same analytic backward; their fake versions give Dynamo the output shapes.
+# values). As custom ops they enter the compiled graph whole and run the same code (the numba
+# kernels where eager runs them), with the same analytic backward: the fused backward kernel as a
+# third op (``floatguard::softmax_rows_grad``), torch ops under ``create_graph``; their fake
+# versions give Dynamo the output shapes.
 
 
 @torch.library.custom_op("floatguard::logsumexp_rows", mutates_args=())
 def logsumexp_op(x: torch.Tensor) -> torch.Tensor:
-    """:class:`LogSumExp` as a custom op: rows ``(R, n)`` to ``(R, 1)``."""
-    return _lse_forward(x)
+    """:class:`LogSumExp` as a custom op: rows ``(R, n)`` to ``(R, 1)``, by the same kernels as eager."""
+    return _lse_any(x)[:, None].to(x.dtype)
 
 
 @logsumexp_op.register_fake
@@ -475,8 +478,12 @@ logsumexp_op.register_autograd(_lse_backward, setup_context=_lse_setup)
 
 @torch.library.custom_op("floatguard::softmax_rows", mutates_args=())
 def softmax_op(x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """:class:`Softmax` (or :class:`LogSoftmax` with ``log``) as a custom op; also returns ``finite``."""
-    return _softmax_forward(x.contiguous(), log)  # a contiguous output, as the fake one
+    """:class:`Softmax` (or :class:`LogSoftmax` with ``log``) as a custom op; also returns ``finite``
+    (R, 1). The same kernels as eager; the output is contiguous, as the fake one."""
+    out, finite = _softmax_any(x.contiguous(), log)
+    if finite is _ALL_FINITE:  # a custom op returns fresh tensors of the declared shape
+        finite = torch.ones((x.shape[0], 1), dtype=torch.bool, device=x.device)
+    return out, finite
 
 
 @softmax_op.register_fake
@@ -491,8 +498,25 @@ def _softmax_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor
 
 
 def _softmax_backward(ctx: Any, g: torch.Tensor, _g_finite: Any) -> tuple[torch.Tensor, None]:
-    grad = _log_softmax_grad if ctx.log else _softmax_grad
-    return grad(*ctx.saved_tensors, g), None
+    out, finite = ctx.saved_tensors
+    if torch.is_grad_enabled():  # double backward: differentiable torch ops
+        return (_log_softmax_grad if ctx.log else _softmax_grad)(out, finite, g), None
+    return softmax_grad_op(out, finite, g.to(out.dtype), ctx.log), None
 
 
 softmax_op.register_autograd(_softmax_backward, setup_context=_softmax_setup)
+
+
+@torch.library.custom_op("floatguard::softmax_rows_grad", mutates_args=())
+def softmax_grad_op(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, log: bool) -> torch.Tensor:
+    """The backward of :func:`softmax_op` (``p (g - sum(g p))``, or ``g - exp(o) sum(g)`` with ``log``):
+    the fused kernel of eager's backward, opaque to Dynamo. Not differentiable itself."""
+    kern = _on_kernels(out)
+    if kern is not None:
+        return _kernel_softmax_grad(kern, out, finite, g, log)
+    return (_log_softmax_grad if log else _softmax_grad)(out, finite, g)
+
+
+@softmax_grad_op.register_fake
+def _(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, log: bool) -> torch.Tensor:
+    return torch.empty(out.shape, dtype=out.dtype, device=out.device)
