@@ -1,4 +1,4 @@
-"""``floatguard demo``: the numbers it reports, and that it runs without torch/jax.
+"""``floatguard demo``: the numbers it reports, its detection half, and that it runs without torch/jax.
 
 Exact references here are computed by the tests themselves with mpmath (60
 digits) from the inputs the demo reports, not taken from the demo.
@@ -19,6 +19,7 @@ import pytest
 from rich.console import Console
 
 from floatguard.demo import run_demo
+from floatguard.demo_detect import program_source
 
 mp = mpmath.MPContext()
 mp.dps = 60
@@ -214,6 +215,60 @@ def test_bfloat16_from_torch_without_ml_dtypes(monkeypatch):
     assert _row(result, "exp", "e^1000", "bfloat16")["naive"] == math.inf
 
 
+# -- detection: monitor, sanitizer, lint ------------------------------------------------------
+def _line_of(source: str, needle: str) -> int:
+    (line,) = [i for i, text in enumerate(source.splitlines(), 1) if needle in text]
+    return line
+
+
+def test_monitor_names_the_silent_failure_and_its_remedy(demo):
+    result, text = demo
+    monitor = result["detection"]["monitor"]
+    (finding,) = monitor["findings"]
+    assert finding["kind"] == "stalled_loss" and finding["source"] == "monitor"
+    assert "receives probabilities" in finding["message"] and "Remove the softmax" in finding["hint"]
+    silent, healthy = monitor["curves"].values()
+    assert all(math.isfinite(loss) for _, loss, _ in silent)  # silent: nothing is NaN
+    assert silent[-1][1] > 1.46 > healthy[-1][1]  # above the floor of 10 classes; the fixed model goes below it
+    assert silent[-1][2] < healthy[-1][2]
+    assert "monitor: stalled_loss" in text and "Remove the softmax at the end of the model" in text
+
+
+def test_sanitizer_names_the_first_bad_op_module_and_line(demo):
+    result, text = demo
+    san = result["detection"]["sanitizer"]
+    line = _line_of(program_source(torch=True), "torch.exp(z) / torch.exp(z).sum")
+    assert san["backend"] == "torch" and san["step"] == 1
+    assert math.isfinite(san["losses"][0]) and all(math.isnan(v) for v in san["losses"][1:])
+    e = san["event"]
+    assert (e["kind"], e["op"], e["module"]) == ("overflow", "aten::exp", "probs")
+    assert (e["file"], e["line"]) == ("train.py", line)
+    assert e["origin"] == "produced" and e["stats"]["input0.absmax"] > math.log(np.finfo(np.float32).max)
+    assert "subtract the max" in e["hint"]
+    assert "sanitizer: overflow in aten::exp" in text and f"train.py:{line}, module 'probs'" in text
+
+
+def test_lint_flags_the_same_line_and_its_fix_trains(demo):
+    result, text = demo
+    san, lint = result["detection"]["sanitizer"], result["detection"]["lint"]
+    (finding,) = lint["findings"]
+    assert finding["code"] == "FG103" and finding["line"] == san["event"]["line"]
+    assert finding["fix"] == "floatguard.softmax(z, axis=-1)" and lint["fixes_applied"] == 1
+    after = [a.strip() for ch in lint["changed"] for a in ch["after"]]
+    assert after == ["import floatguard", "return floatguard.softmax(z, axis=-1)"]
+    assert all(math.isfinite(v) for v in lint["fixed_losses"]) and lint["fixed_events"] == []
+    assert lint["fixed_losses"][-1] < lint["fixed_losses"][0]
+    assert f"train.py:{finding['line']}:{finding['col']}" in text and "FG103 naive-softmax" in text
+    assert f"+ {finding['line']:>3}         return floatguard.softmax(z, axis=-1)" in text
+
+
+def test_demo_help(capsys):
+    from floatguard.cli import main
+
+    assert main(["demo", "--help"]) == 0
+    assert "floatguard cure" in capsys.readouterr().out
+
+
 # -- subprocesses ---------------------------------------------------------------------------
 def _env() -> dict[str, str]:
     env = dict(os.environ)
@@ -253,3 +308,10 @@ def test_demo_without_torch_jax_or_ml_dtypes():
     assert "LOADED: []" in out
     assert "skipped: bfloat16" in out and "skipped: gradients" in out and "torch is not importable" in out
     assert "∂(a/b)" not in out and "1 / 0" in out and "float16" in out
+    # detection on the base install: NumPy's sanitizer path and the linter; the monitor is named as skipped
+    line = _line_of(program_source(torch=False), "np.exp(z) / np.exp(z).sum")
+    assert "sanitizer: overflow in np.exp" in out and f"train.py:{line}" in out and "module '" not in out
+    assert f"train.py:{line}:12" in out and "FG103 naive-softmax" in out
+    assert f"+ {line:>3}     return floatguard.softmax(z, axis=1)" in out
+    assert "sanitizer findings in the fixed run: 0" in out
+    assert "monitor: " not in out and "skipped: the training monitor" in out and "floatguard[torch]" in out

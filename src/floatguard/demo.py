@@ -13,7 +13,8 @@ module when mpmath is not installed), each judged by a verdict:
 :func:`run_demo` prints the tables and returns the same numbers as data. NumPy
 is all it needs: PyTorch (gradients, bfloat16 fallback) and ml_dtypes
 (bfloat16, installed with JAX) are imported only if present, and what could not
-be shown is listed at the end.
+be shown is listed at the end. The second half, silent failures found by the
+monitor, the sanitizer and the linter, is :mod:`floatguard.demo_detect`.
 """
 
 from __future__ import annotations
@@ -598,13 +599,18 @@ def _print_lse_steps(console: Any, section: dict[str, Any]) -> None:
 
 # -- entry point --------------------------------------------------------------------
 def run_demo(console: Any = None) -> dict[str, Any]:
-    """Print each failure and its cure as tables on ``console``; return the numbers.
+    """Print each failure and its cure as tables on ``console``, then the tools that find them; return the numbers.
+
+    After the eight cures come the detection sections of :mod:`floatguard.demo_detect`:
+    the training monitor on a silently failing run (needs torch), the sanitizer naming the
+    first bad op of a run that goes NaN, and the linter flagging that line before it runs.
 
     ``console`` is a :class:`rich.console.Console` (default: standard output; plain
     text when that is not a terminal). The result is::
 
         {"exact_method": str, "bfloat16": "ml_dtypes" | "torch" | None, "skipped": [str, ...],
          "sections": {key: {"title", "why", "naive_code", "stable_code", "rows": [row, ...], ...}},
+         "detection": {"monitor", "sanitizer", "lint"},  # see floatguard.demo_detect.run_detection
          "summary": {"naive_failed", "stable_failed", "compared"}}
 
     where each row holds ``case``, ``dtype``, ``inputs`` and the ``naive``, ``stable``
@@ -645,6 +651,9 @@ def run_demo(console: Any = None) -> dict[str, Any]:
         if key == "logsumexp":
             _print_lse_steps(console, section)
 
+    from .demo_detect import run_detection
+
+    detection = run_detection(console, torch, torch_missing, skipped, first=len(_SECTIONS) + 1)
     compared = [r for s in sections.values() for r in s["rows"] if r["stable_verdict"] is not None]
     summary = {
         "compared": len(compared),
@@ -664,5 +673,6 @@ def run_demo(console: Any = None) -> dict[str, Any]:
         "bfloat16": None if bf16 is None else bf16.source,
         "skipped": skipped,
         "sections": sections,
+        "detection": detection,
         "summary": summary,
     }

@@ -222,12 +222,23 @@ def print_summary(report: Report, console: Console | None = None, *, title: str 
 
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1120px;color:#222}
+body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1120px;color:#222;
+padding:0 16px}
 h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd}
 .meta{color:#666}.ok{color:#2e7d32;font-weight:600}
-.chart{display:block;margin:10px 0;background:#fff}.plot{fill:#fafafa;stroke:#ccc}
+.fig{margin:14px 0 18px}.chart{display:block;width:100%;height:auto;background:#fff}.plot{fill:#fafafa;stroke:#ccc}
+.xl{font-size:11px;text-anchor:middle;fill:#555}.empty{font-size:13px;text-anchor:middle;fill:#8a5a00}
+.others{fill:#9e9e9e;opacity:.3}.hit{fill:transparent;cursor:pointer}
+.legend{display:flex;flex-wrap:wrap;gap:2px 14px;font-size:12px;color:#333;margin:2px 0 0 58px}
+.legend i{display:inline-block;width:14px;height:3px;margin-right:5px;vertical-align:middle}
+.legend i.oth{height:9px;background:#9e9e9e;opacity:.45}
+.marker:target line,.marker:hover line{stroke-width:3;stroke-dasharray:none}.marker:target .mk{font-weight:700}
+.card:target,tr:target{outline:2px solid #ffb300;background:#fff8e1}tr.shown td:first-child{font-weight:700}
+.num{text-align:right;font-variant-numeric:tabular-nums}
+.flist{margin:4px 0;padding-left:20px}.flist a.sev-error{color:#c62828}.flist a.sev-warning{color:#ef6c00}
+summary{cursor:pointer;color:#1565c0;margin:6px 0}
 .band{fill:#c8e6c9;opacity:.55}.grid{stroke:#e6e6e6}.line{fill:none;stroke-width:1.4}
-.ct{font-weight:600;font-size:13px}.yt{font-size:10px;text-anchor:end;fill:#555}
+.ct{font-weight:600;font-size:13px;margin-left:4px}.yt{font-size:10px;text-anchor:end;fill:#555}
 .xt{font-size:10px;text-anchor:middle;fill:#555}.yl{font-size:11px;text-anchor:middle;fill:#555}
 .lg{font-size:11px;fill:#333}.mk{font-size:10px}.nf{font-size:12px;text-anchor:middle}
 .marker line{stroke-dasharray:4 3;stroke-width:1.2}

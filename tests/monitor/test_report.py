@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import html
+import json
+import math
 import os
 import re
 import shutil
@@ -57,13 +60,165 @@ def test_report_renders_in_chromium_without_console_errors(tmp_path: Path) -> No
     assert dom.count("<svg") >= 4  # loss, gradient norms, update ratios, activations
     assert len(re.findall(r'<path d="M', dom)) >= 5  # drawn lines
     for kind in ("diverging_loss", "exploding_gradient", "nonfinite_loss"):
-        assert f'class="mk">{kind}</text>' in dom  # marked on the timeline
+        assert re.search(rf'class="mk" text-anchor="(start|end)">{kind}</text>', dom)  # marked on the timeline
     assert "remedy:" in dom and "Lower the learning rate" in dom
-    shot = tmp_path / "shot.png"
-    _, console = _browse(page, tmp_path, "--window-size=1200,1600", f"--screenshot={shot}")
-    assert console == []
+
+
+# A GPT-2-like model of 27 layers trained in float16: its logits overflow at every sampled step.
+LAYERS = ["transformer.wte", *[f"transformer.h.{b}.{p}" for b in range(4) for p in
+                               ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")],
+          "transformer.ln_f", "lm_head"]
+
+
+def _fp16_transformer_log(path: Path, steps: int = 200) -> None:
+    from floatguard.events import Event
+
+    n = len(LAYERS)
+    recs: list[dict] = [{"type": "start", "layers": LAYERS, "layer_types": ["Linear"] * n, "numel": [4096] * n,
+                         "mode": "default", "every": 10, "first_step": 0, "world_size": 1,
+                         "thresholds": {"patience": 3, "explode_rms": 10.0, "update_low": 1e-6, "update_high": 0.1,
+                                        "logit_absmax": 8192.0}}]
+    found = [Event("nonfinite_logits", "monitor", "the logits are inf at step 0", step=0, module="lm_head",
+                   severity="error", hint="Compute the loss in float32."),
+             Event("fp16_overflow", "monitor", "float16 overflow in c_attn", step=0,
+                   module="transformer.h.0.attn.c_attn", severity="error", hint="Use bfloat16."),
+             Event("exploding_gradient", "monitor", "gradients grow", step=0, module="transformer.wte",
+                   severity="warning", hint="Clip the gradients."),
+             Event("update_ratio", "monitor", "weights barely move", step=120, module="transformer.h.3.ln_2",
+                   severity="warning", hint="Raise the learning rate.")]
+    for t in range(steps):
+        rec: dict = {"type": "step", "step": t, "loss": 10.8 * 0.99 ** t, "grad_norm": 3.0 / (1 + t)}
+        if t % 10 == 0:
+            rec["grad"] = [10.0 ** (-(k % 9)) / (1 + t) for k in range(n)]
+            rec["update"] = [10.0 ** (-2 - (k % 5)) for k in range(n)]
+            rec["logits"] = {"site": "loss:cross_entropy", "absmax": math.inf, "gap": None, "classes": 50257,
+                             "dtype": "float16"}
+            rec["scale"] = 65536.0 / 2 ** (t // 50)
+        recs.append(rec)
+        recs += [{"type": "finding", **e.to_dict()} for e in found if e.step == t]
+    recs.append({"type": "end", "step": steps - 1, "findings": [e.to_dict() for e in found]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+# Injected into a copy of the report (the report itself has no script): measures the laid-out page.
+MEASURE = """<script>
+(() => {
+  const cs = getComputedStyle(document.body);
+  const content = document.body.clientWidth - parseFloat(cs.paddingLeft) - parseFloat(cs.paddingRight);
+  const hit = (a, b) => a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom;
+  const overlaps = [], ticks = [];
+  for (const svg of document.querySelectorAll("svg.chart")) {
+    for (const sel of ["text.xt, text.yt", "text.mk"]) {
+      const boxes = [...svg.querySelectorAll(sel)].map(t => [t.getBoundingClientRect(), t.textContent]);
+      if (sel !== "text.mk") ticks.push(boxes.length);
+      boxes.forEach(([a, s], i) => boxes.slice(i + 1).forEach(([b, u]) => { if (hit(a, b)) overlaps.push([s, u]); }));
+    }
+  }
+  const charts = [...document.querySelectorAll("svg.chart")].map(s => s.getBoundingClientRect().width);
+  const pre = document.createElement("pre");
+  pre.id = "measure";
+  pre.textContent = JSON.stringify({content, charts, overlaps, ticks});
+  document.body.appendChild(pre);
+})();
+</script>"""
+
+
+def _measure(page: Path, tmp: Path, width: int, css: str = "") -> dict:
+    probe = tmp / f"probe-{width}.html"
+    probe.write_text(page.read_text().replace("</body>", f"<style>{css}</style>{MEASURE}</body>"))
+    dom, console = _browse(probe, tmp, f"--window-size={width},900", "--dump-dom")
+    assert console == [], console
+    found = re.search(r'<pre id="measure">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+@pytest.mark.parametrize("width", [1280, 800])
+def test_report_fills_the_width_with_no_overlapping_labels(tmp_path: Path, width: int) -> None:
+    log = tmp_path / "fp16.jsonl"
+    _fp16_transformer_log(log)
+    page = tmp_path / "report.html"
+    write_report(log, page)
+    m = _measure(page, tmp_path, width)
+    assert len(m["charts"]) >= 5 and m["content"] > 0.8 * (min(width, 1152) - 32)
+    for w in m["charts"]:
+        assert w >= 0.9 * m["content"], m  # every plot fills the column, at both widths
+    assert all(n >= 4 for n in m["ticks"]), m  # the axes are labelled...
+    assert m["overlaps"] == [], m["overlaps"]  # ...and no two labels (ticks, finding names) overlap
+    shot = tmp_path / f"report-{width}.png"
+    _, console = _browse(page, tmp_path, f"--window-size={width},2600", f"--screenshot={shot}")
+    print(f"screenshot at {width} px: {shot}")
     data = shot.read_bytes()
-    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000  # a rendered page, not a blank one
+    assert console == [] and data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_the_width_check_can_fail(tmp_path: Path) -> None:
+    """A plot pinned at 550 px (the old report) is caught by the measurement above."""
+    log = tmp_path / "fp16.jsonl"
+    _fp16_transformer_log(log)
+    page = tmp_path / "report.html"
+    write_report(log, page)
+    m = _measure(page, tmp_path, 1280, css="svg.chart{width:550px}")
+    assert min(m["charts"]) < 0.9 * m["content"]
+
+
+def test_report_groups_layers_links_findings_and_explains_empty_plots(tmp_path: Path) -> None:
+    log = tmp_path / "fp16.jsonl"
+    _fp16_transformer_log(log)
+    run = read_log(log)
+    page = render_html(run)
+    for name in LAYERS:  # every layer is reachable: in the table of all layers, with its own anchor
+        assert f"<code>{name}</code>" in page, name
+    grad = page[page.index('id="grad"'):page.index("</figure>", page.index('id="grad"'))]
+    drawn = re.findall(r'<path d="M[^"]*" stroke="[^"]*" class="line"><title>([^<]*)</title>', grad)
+    assert "total" in drawn and 6 <= len(drawn) - 1 < len(LAYERS)  # top-k by gradient, not all 27 lines
+    assert {"lm_head", "transformer.h.0.attn.c_attn", "transformer.wte"} <= set(drawn)  # flagged layers drawn
+    assert 'class="others"' in grad and f"others: {len(LAYERS) + 1 - len(drawn)} layers" in grad
+    # findings <-> markers: each card links to its markers, each marker links back to its card
+    for i, e in enumerate(run.findings):
+        assert f'id="f{i}"' in page and f'<a href="#f{i}"><g class="marker" id="loss-m{i}"' in page
+        assert f'href="#loss-m{i}"' in page
+        if e.module:
+            assert f'href="#layer-{LAYERS.index(e.module)}"' in page and f'id="layer-{LAYERS.index(e.module)}"' in page
+    # the float16 logits plot is empty and says why
+    logits = page[page.index('id="logits"'):page.index("</figure>", page.index('id="logits"'))]
+    assert "<path" not in logits and 'class="empty"' in logits
+    said = " ".join(re.sub(r"<[^>]+>", " ", logits).split())
+    assert "No finite value to plot" in said and "float16 logits were NaN or ±inf at every sampled step" in said
+    # thresholds are a table with their meaning, not a JSON dump
+    assert "<td><code>explode_rms</code></td>" in page and '{"patience"' not in page
+    assert "per-element RMS gradient of one layer" in page
+
+
+def test_report_needs_no_network(tmp_path: Path) -> None:
+    log = tmp_path / "fp16.jsonl"
+    _fp16_transformer_log(log)
+    page = tmp_path / "report.html"
+    write_report(log, page)
+    text = page.read_text()
+    assert "<script" not in text and not re.search(r'(src|href)\s*=\s*"(?!#)', text)
+    assert not re.search(r"https?://|url\(|@import", text.replace('xmlns="http://www.w3.org/2000/svg"', ""))
+    assert _requests(page, tmp_path) == set()
+
+
+def test_the_network_check_can_fail(tmp_path: Path) -> None:
+    """A page that loads a remote image (a CDN script, say) is caught by Chromium's net log."""
+    bad = tmp_path / "remote.html"
+    bad.write_text('<!DOCTYPE html><html><body><img src="http://127.0.0.1:9/plot.png"></body></html>')
+    assert any(u.startswith("http://127.0.0.1:9/") for u in _requests(bad, tmp_path))
+
+
+def _requests(page: Path, tmp: Path) -> set[str]:
+    """The URLs the page asked Chromium for, from its net log.
+
+    Chromium's own background requests (time, updates, accounts) carry the initiator
+    "not an origin"; a request made by a page has the page's origin ("null" for a file).
+    """
+    netlog = tmp / "net.json"
+    _browse(page, tmp, "--dump-dom", f"--log-net-log={netlog}")
+    events = json.loads(netlog.read_text())["events"]
+    return {str(p["url"]) for e in events if isinstance(p := e.get("params"), dict)
+            and "url" in p and p.get("initiator", "not an origin") != "not an origin"}
 
 
 def test_console_errors_would_be_caught(tmp_path: Path) -> None:
@@ -177,4 +332,4 @@ def test_report_refuses_a_findings_file_with_a_foreign_record(tmp_path: Path, ca
     bad.write_text('{"events": [{"kind": "nan", "source": "sanitize", "message": "m", "colour": "red"}]}')
     assert run_report(_args(str(bad))) == 1
     err = " ".join(capsys.readouterr().err.split())
-    assert "not a list of floatguard events" in err and "unknown field(s) ['colour']" in err
+    assert "is not a floatguard event" in err and "unknown field(s) ['colour']" in err

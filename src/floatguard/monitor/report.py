@@ -11,7 +11,6 @@ each plot at the step it began, and a card with its evidence and remedy.
 from __future__ import annotations
 
 import html
-import json
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -98,6 +97,16 @@ class Series:
     y: list[float | None]  # None / NaN / inf break the line; non-finite values are marked
 
 
+@dataclass
+class Envelope:
+    """The min–max range of the layers not drawn one by one ("others"), per step."""
+
+    name: str
+    x: list[float]
+    lo: list[float]
+    hi: list[float]
+
+
 def _decimate(x: list[float], y: list[float | None]) -> tuple[list[float], list[float | None]]:
     n = len(x)
     if n <= _MAX_POINTS:
@@ -120,22 +129,45 @@ def _decimate(x: list[float], y: list[float | None]) -> tuple[list[float], list[
     return ox, oy
 
 
-def _ticks(lo: float, hi: float, log: bool) -> list[float]:
+def _decimate_env(env: Envelope) -> Envelope:
+    n = len(env.x)
+    if n <= _MAX_POINTS:
+        return env
+    bucket = math.ceil(n / _MAX_POINTS)
+    out = Envelope(env.name, [], [], [])
+    for i in range(0, n, bucket):
+        out.x.append(env.x[i])
+        out.lo.append(min(env.lo[i:i + bucket]))
+        out.hi.append(max(env.hi[i:i + bucket]))
+    return out
+
+
+_CHAR_W = 6.2  # px per character of a 10 px label (generous, so estimated boxes contain the drawn ones)
+
+
+def _nice_step(span: float, count: int) -> float:
+    raw = span / max(1, count)
+    mag = 10 ** math.floor(math.log10(raw)) if raw > 0 else 1.0
+    return next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+
+
+def _ticks(lo: float, hi: float, log: bool, count: int = 5, integer: bool = False) -> list[float]:
+    """Nice tick positions in ``[lo, hi]``: at most about ``count`` of them (log: in log10 units)."""
     if log:
-        a, b = math.floor(lo), math.ceil(hi)
-        if b - a <= 2:  # a narrow range: 1, 2, 5 in each decade
-            return [k + math.log10(m) for k in range(a, b + 1) for m in (1, 2, 5)]
-        step = max(1, math.ceil((b - a) / 6))
-        return [float(k) for k in range(a, b + 1, step)]
+        a, b = math.ceil(lo - 1e-9), math.floor(hi + 1e-9)
+        if b - a < 2:  # under two decades: 1, 2, 5 in each decade
+            return [t for k in range(a - 1, b + 1) for m in (1, 2, 5)
+                    if lo - 1e-9 <= (t := k + math.log10(m)) <= hi + 1e-9]
+        stride = max(1, math.ceil((b - a + 1) / count))
+        return [float(k) for k in range(a, b + 1) if k % stride == 0]
     span = hi - lo or 1.0
-    raw = span / 5
-    mag = 10 ** math.floor(math.log10(raw))
-    step = min((m * mag for m in (1, 2, 5, 10) if m * mag >= raw), default=raw)
-    start = math.ceil(lo / step) * step
+    step = _nice_step(span, count)
+    if integer:
+        step = max(1.0, math.ceil(step))
     out = []
-    v = start
+    v = math.ceil(lo / step - 1e-9) * step
     while v <= hi + 1e-9 * span:
-        out.append(v)
+        out.append(0.0 if abs(v) < 1e-12 * span else v)
         v += step
     return out
 
@@ -144,42 +176,88 @@ def _label(v: float, log: bool) -> str:
     if log:
         k = math.floor(v + 1e-9)
         m = round(10 ** (v - k))
+        if m == 10:
+            k, m = k + 1, 1
         if m == 1:
             return f"1e{k}" if k not in (0, 1) else ("1" if k == 0 else "10")
         return f"{m}e{k}"
     if v == 0:
         return "0"
-    return f"{v:.3g}" if abs(v) >= 1e-3 else f"{v:.1e}"
+    return f"{v:.3g}" if 1e-3 <= abs(v) < 1e5 else f"{v:.1e}"
+
+
+def _thin(pos: list[tuple[float, str]], size: float) -> list[tuple[float, str]]:
+    """Keep labels (position, text) whose boxes of extent ``size(text)`` do not overlap (greedy)."""
+    kept: list[tuple[float, str]] = []
+    for p, s in sorted(pos):
+        if not kept or p - kept[-1][0] >= size:
+            kept.append((p, s))
+    return kept
+
+
+def _finite(v: float | None) -> bool:
+    return v is not None and math.isfinite(v)
+
+
+def _empty_reason(series: Sequence[Series], log: bool) -> str:
+    vals = [v for s in series for v in s.y]
+    if not vals:
+        return "Nothing was logged for this plot."
+    bad = sum(1 for v in vals if v is not None and not math.isfinite(v))
+    if bad:
+        return f"No finite value to plot: {bad} of the {len(vals)} logged values are NaN or ±inf."
+    if log:
+        return "No positive value to plot on this log scale: every logged value is 0 or missing."
+    return f"No value to plot: all {len(vals)} logged values are missing (null)."
 
 
 def svg_chart(title: str, series: Sequence[Series], *, log: bool = False, markers: Sequence[Event] = (),
               band: tuple[float, float] | None = None, ylim: tuple[float, float] | None = None,
-              width: int = 900, height: int = 260, ylabel: str = "") -> str:
-    """A line chart as inline SVG: series, finding markers, an optional shaded band."""
-    pad_l, pad_r, pad_t, pad_b = 62, 170, 28, 34
+              width: int = 840, height: int = 250, ylabel: str = "", others: Envelope | None = None,
+              chart_id: str = "chart", why_empty: str = "", note: str = "") -> str:
+    """A line chart: a ``<figure>`` holding an inline SVG that scales to the page's width and its legend.
+
+    The SVG has a ``viewBox`` and no fixed size (CSS draws it at 100% of the column), so it
+    reflows; tick labels are thinned so their boxes never overlap. Each finding in
+    ``markers`` is a dashed vertical line at its step (id ``{chart_id}-m{i}``) linking to the
+    finding's card ``#f{i}``; ``others`` is drawn as a grey min–max band. A plot with no
+    finite point says why (``why_empty`` adds the cause the caller knows); ``note`` is HTML
+    appended to the caption.
+    """
+    pad_l, pad_r, pad_t, pad_b = 58, 14, 14, 34
     pw, ph = width - pad_l - pad_r, height - pad_t - pad_b
     pts: list[tuple[str, list[float], list[float | None]]] = []
     xs_all: list[float] = []
     ys_all: list[float] = []
+
+    def tr(v: float | None) -> float | None:
+        if v is None or not math.isfinite(v):
+            return v if v is None else float(v)
+        if log:
+            return math.log10(v) if v > 0 else -math.inf  # 0 on a log axis: drawn at the bottom
+        return v
+
     for s in series:
         x, y = _decimate(s.x, s.y)
-        yy: list[float | None] = []
-        for v in y:
-            if v is not None and log and v == 0:
-                yy.append(-math.inf)
-            elif v is None or not math.isfinite(v):
-                yy.append(v if v is None else float(v))
-            elif log:
-                yy.append(math.log10(v) if v > 0 else -math.inf)  # 0 on a log axis: drawn at the bottom
-            else:
-                yy.append(v)
+        yy = [tr(v) for v in y]
         pts.append((s.name, x, yy))
         xs_all += x
-        ys_all += [v for v in yy if v is not None and math.isfinite(v)]
-    zeros = any(v == -math.inf for _, _, yy in pts for v in yy)
-    if not xs_all:
-        return ""
-    x0, x1 = min(xs_all), max(xs_all)
+        ys_all += [v for v in yy if _finite(v)]  # type: ignore[misc]
+    env: tuple[list[float], list[float], list[float]] | None = None
+    if others is not None and others.x:
+        o = _decimate_env(others)
+        lo_t = [tr(v) for v in o.lo]
+        hi_t = [tr(v) for v in o.hi]
+        env = (o.x, [v if v is not None else -math.inf for v in lo_t], [v if v is not None else -math.inf
+                                                                          for v in hi_t])
+        xs_all += o.x
+        ys_all += [v for v in env[1] + env[2] if math.isfinite(v)]
+    zeros = any(v == -math.inf for _, _, yy in pts for v in yy) or (env is not None and any(
+        v == -math.inf for v in env[1]))
+    esc_title = html.escape(title)
+    legend = _legend(pts, others, env is not None)
+    empty = not ys_all
+    x0, x1 = (min(xs_all), max(xs_all)) if xs_all else (0.0, 1.0)
     if x1 == x0:
         x1 = x0 + 1
     if ylim is not None:
@@ -193,51 +271,53 @@ def svg_chart(title: str, series: Sequence[Series], *, log: bool = False, marker
         y0, y1 = y0 - margin, y1 + margin
     else:
         y0, y1 = 0.0, 1.0
+    if zeros:
+        y0 -= 0.04 * (y1 - y0)  # room at the bottom for exact zeros
 
     def sx(v: float) -> float:
         return pad_l + (v - x0) / (x1 - x0) * pw
-
-    if zeros:
-        y0 -= 0.04 * (y1 - y0)  # room at the bottom for exact zeros
 
     def sy(v: float) -> float:
         v = min(max(v, y0), y1)
         return pad_t + (1 - (v - y0) / (y1 - y0)) * ph
 
-    out = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="{html.escape(title)}">',
-           f'<text x="{pad_l}" y="16" class="ct">{html.escape(title)}</text>',
+    out = [f'<figure class="fig" id="{chart_id}"><figcaption class="ct">{esc_title}{note}</figcaption>'
+           f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" '
+           f'preserveAspectRatio="xMidYMid meet" role="img" aria-label="{esc_title}">',
            f'<rect x="{pad_l}" y="{pad_t}" width="{pw}" height="{ph}" class="plot"/>']
-    if band is not None:
+    if band is not None and not empty:
         b0, b1 = (math.log10(band[0]), math.log10(band[1])) if log else band
         out.append(f'<rect x="{pad_l}" y="{sy(b1):.1f}" width="{pw}" height="{max(0.0, sy(b0) - sy(b1)):.1f}" '
                    f'class="band"><title>healthy band</title></rect>')
-    for t in _ticks(y0, y1, log):
-        if y0 <= t <= y1:
-            y = sy(t)
+    if not empty:
+        yt = [(sy(t), _label(t, log)) for t in _ticks(y0, y1, log, max(2, int(ph // 30))) if y0 <= t <= y1]
+        for y, s in _thin(yt, 14.0):
             out.append(f'<line x1="{pad_l}" x2="{pad_l + pw}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
-                       f'<text x="{pad_l - 6}" y="{y + 4:.1f}" class="yt">{_label(t, log)}</text>')
-    for t in _ticks(x0, x1, False):
-        x = sx(t)
-        out.append(f'<text x="{x:.1f}" y="{pad_t + ph + 16}" class="xt">{round(t)}</text>')
-    out.append(f'<text x="{pad_l + pw / 2:.1f}" y="{height - 4}" class="xt">step</text>')
+                       f'<text x="{pad_l - 6}" y="{y + 3.5:.1f}" class="yt">{s}</text>')
+    if xs_all:
+        xl = [(sx(t), str(round(t))) for t in _ticks(x0, x1, False, max(2, int(pw // 80)), integer=True)]
+        widest = max(len(s) for _, s in xl) if xl else 1
+        for x, s in _thin(xl, _CHAR_W * widest + 12):
+            out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{pad_t + ph}" y2="{pad_t + ph + 4}" class="grid"/>'
+                       f'<text x="{x:.1f}" y="{pad_t + ph + 15}" class="xt">{s}</text>')
+    out.append(f'<text x="{pad_l + pw / 2:.1f}" y="{height - 4}" class="xl">step</text>')
     if ylabel:
-        out.append(f'<text x="14" y="{pad_t + ph / 2:.1f}" class="yl" '
-                   f'transform="rotate(-90 14 {pad_t + ph / 2:.1f})">{html.escape(ylabel)}</text>')
-    rows: list[float] = []  # right end of the last label in each row, so labels do not overlap
-    for e in sorted(markers, key=lambda m: m.step if m.step is not None else -1):
-        if e.step is None or not (x0 <= e.step <= x1):
-            continue
-        x = sx(e.step)
-        col = _SEV_COLOR.get(e.severity, "#555")
-        row = next((i for i, end in enumerate(rows) if x > end), len(rows))
-        if row == len(rows):
-            rows.append(0.0)
-        rows[row] = x + 6 * len(e.kind) + 8
-        out.append(f'<g class="marker"><line x1="{x:.1f}" x2="{x:.1f}" y1="{pad_t}" y2="{pad_t + ph}" '
-                   f'stroke="{col}"/><text x="{x + 3:.1f}" y="{pad_t + 10 + 11 * (row % 8)}" fill="{col}" '
-                   f'class="mk">{html.escape(e.kind)}</text>'
-                   f'<title>{html.escape(f"step {e.step}: {e.message}")}</title></g>')
+        out.append(f'<text x="12" y="{pad_t + ph / 2:.1f}" class="yl" '
+                   f'transform="rotate(-90 12 {pad_t + ph / 2:.1f})">{html.escape(ylabel)}</text>')
+    if empty:
+        reason = _empty_reason(series, log) + (f" {why_empty}" if why_empty else "")
+        lines = _wrap(reason, int(pw // 7.5))
+        cx = pad_l + pw / 2
+        out.append(f'<text x="{cx:.1f}" y="{pad_t + ph / 2 - 8 * (len(lines) - 1):.1f}" class="empty">'
+                   + "".join(f'<tspan x="{cx:.1f}" dy="{0 if k == 0 else 16}">{html.escape(t)}</tspan>'
+                             for k, t in enumerate(lines)) + "</text>")
+    if env is not None:
+        ex, elo, ehi = env
+        up = [f"{sx(a):.1f},{sy(b if math.isfinite(b) else y0):.1f}" for a, b in zip(ex, ehi, strict=True)]
+        dn = [f"{sx(a):.1f},{sy(b if math.isfinite(b) else y0):.1f}" for a, b in zip(ex, elo, strict=True)]
+        if len(up) > 1:
+            out.append(f'<polygon points="{" ".join(up + dn[::-1])}" class="others">'
+                       f'<title>{html.escape(others.name if others else "")}</title></polygon>')
     for k, (name, x, y) in enumerate(pts):
         col = _PALETTE[k % len(_PALETTE)]
         d: list[str] = []
@@ -255,18 +335,63 @@ def svg_chart(title: str, series: Sequence[Series], *, log: bool = False, marker
             pen = True
         if d:
             out.append(f'<path d="{" ".join(d)}" stroke="{col}" class="line"><title>{html.escape(name)}</title></path>')
-        if len(x) == 1 and y and y[0] is not None and math.isfinite(y[0]):
-            out.append(f'<circle cx="{sx(x[0]):.1f}" cy="{sy(y[0]):.1f}" r="3" fill="{col}"/>')
+        if len(x) == 1 and y and _finite(y[0]):
+            out.append(f'<circle cx="{sx(x[0]):.1f}" cy="{sy(y[0]):.1f}" r="3" fill="{col}"/>')  # type: ignore[arg-type]
         for a in bad[:200]:
-            out.append(f'<text x="{sx(a):.1f}" y="{pad_t + 8}" class="nf" fill="{col}">×<title>non-finite at step '
-                       f'{int(a)}</title></text>')
-        ly = pad_t + 12 + 15 * k
-        if ly < pad_t + ph:
-            out.append(f'<line x1="{pad_l + pw + 10}" x2="{pad_l + pw + 26}" y1="{ly - 4}" y2="{ly - 4}" '
-                       f'stroke="{col}" stroke-width="2"/><text x="{pad_l + pw + 30}" y="{ly}" class="lg">'
-                       f'{html.escape(_short(name))}</text>')
-    out.append("</svg>")
+            out.append(f'<text x="{sx(a):.1f}" y="{pad_t + ph - 3}" class="nf" fill="{col}">×<title>{html.escape(name)}'
+                       f': non-finite at step {int(a)}</title></text>')
+    out += _markers(markers, chart_id, sx, x0, x1, pad_l, pad_t, pw, ph)
+    out.append("</svg>" + legend + "</figure>")
     return "".join(out)
+
+
+def _markers(markers: Sequence[Event], chart_id: str, sx: Any, x0: float, x1: float, pad_l: float, pad_t: float,
+             pw: float, ph: float) -> list[str]:
+    """Dashed lines at the findings' steps, each a link to its card; labels in rows that never overlap."""
+    out: list[str] = []
+    rows: list[list[tuple[float, float]]] = []  # occupied [left, right] spans per label row
+    max_rows = max(1, int(ph // 24))
+    order = sorted(enumerate(markers), key=lambda p: (p[1].step if p[1].step is not None else -1, p[0]))
+    for i, e in order:
+        if e.step is None or not (x0 <= e.step <= x1):
+            continue
+        x = sx(e.step)
+        col = _SEV_COLOR.get(e.severity, "#555")
+        w = _CHAR_W * len(e.kind) + 4
+        left, anchor = (x + 3, "start") if x + 3 + w <= pad_l + pw else (x - 3 - w, "end")
+        span = (left - 2, left + w + 2)
+        row = next((r for r, spans in enumerate(rows) if all(span[1] < a or span[0] > b for a, b in spans)), len(rows))
+        label = ""
+        if row < max_rows:
+            if row == len(rows):
+                rows.append([])
+            rows[row].append(span)
+            tx = x + 3 if anchor == "start" else x - 3
+            label = (f'<text x="{tx:.1f}" y="{pad_t + 11 + 12 * row}" fill="{col}" class="mk" '
+                     f'text-anchor="{anchor}">{html.escape(e.kind)}</text>')
+        where = f" in {e.module}" if e.module else ""
+        out.append(f'<a href="#f{i}"><g class="marker" id="{chart_id}-m{i}"><line x1="{x:.1f}" x2="{x:.1f}" '
+                   f'y1="{pad_t}" y2="{pad_t + ph}" stroke="{col}"/><rect x="{x - 4:.1f}" y="{pad_t}" width="8" '
+                   f'height="{ph}" class="hit"/>{label}'
+                   f'<title>{html.escape(f"step {e.step}: {e.kind}{where}: {e.message}")}</title></g></a>')
+    return out
+
+
+def _legend(pts: list[tuple[str, list[float], list[float | None]]], others: Envelope | None, has_env: bool) -> str:
+    items = [f'<span title="{html.escape(name)}"><i style="background:{_PALETTE[k % len(_PALETTE)]}"></i>'
+             f"{html.escape(_short(name, 40))}</span>" for k, (name, _, _) in enumerate(pts)]
+    if others is not None and has_env:
+        items.append(f'<span><i class="oth"></i>{html.escape(others.name)}</span>')
+    return f'<div class="legend">{"".join(items)}</div>' if items else ""
+
+
+def _wrap(text: str, n: int) -> list[str]:
+    lines = [""]
+    for word in text.split():
+        if lines[-1] and len(lines[-1]) + 1 + len(word) > n:
+            lines.append("")
+        lines[-1] += (" " if lines[-1] else "") + word
+    return lines
 
 
 def _short(name: str, n: int = 22) -> str:
@@ -275,6 +400,7 @@ def _short(name: str, n: int = 22) -> str:
 
 # -- the page ------------------------------------------------------------------------------------------
 _CSS = CSS  # one style for every floatguard page
+_TOP_K = 6  # layers drawn one by one per plot; the rest are one grey "others" band
 
 
 def _steps_series(run: RunLog, key: str) -> Series:
@@ -292,33 +418,44 @@ def _num(v: Any) -> float | None:
         return None
 
 
-def _per_layer(run: RunLog, key: str) -> list[Series]:
-    """One series per layer from a per-layer list field (``grad``, ``update``)."""
+def _layer_values(run: RunLog, key: str) -> dict[str, Series]:
+    """One series per layer from a per-layer list field (``grad``, ``update``), in layer order."""
     by: dict[str, Series] = {}
     for i, r in enumerate(run.steps):
         vals = r.get(key)
         if not isinstance(vals, list):
             continue
-        names = run.layers_at(i)
-        for name, v in zip(names, vals, strict=False):
+        for name, v in zip(run.layers_at(i), vals, strict=False):
             if v is None:
                 continue
             by.setdefault(name, Series(name, [], [])).x.append(float(r["step"]))
             by[name].y.append(_num(v))
-    return _largest(list(by.values()))
+    return by
 
 
-def _largest(series: list[Series]) -> list[Series]:
-    if len(series) <= _MAX_SERIES:
-        return series
+def _peak(s: Series) -> float:
+    fin = [abs(v) for v in s.y if v is not None and math.isfinite(v)]
+    return max(fin) if fin else math.inf  # a layer that went non-finite ranks first
 
-    def size(s: Series) -> float:
-        fin = [abs(v) for v in s.y if v is not None and math.isfinite(v)]
-        return max(fin) if fin else math.inf
 
-    keep = set(map(id, sorted(series, key=size, reverse=True)[:_MAX_SERIES - 2]))
-    keep |= {id(series[0]), id(series[-1])}  # first and last layers always
-    return [s for s in series if id(s) in keep]
+def _group(series: list[Series], flagged: set[str], *, what: str, score: Any = _peak,
+           k: int = _TOP_K) -> tuple[list[Series], Envelope | None]:
+    """The top ``k`` series by ``score`` (and every flagged layer), and the rest as one min–max band."""
+    if len(series) <= k + 1:
+        return series, None
+    ranked = sorted(series, key=score, reverse=True)
+    keep = {id(s) for s in ranked[:k]} | {id(s) for s in series if s.name in flagged}
+    shown = [s for s in series if id(s) in keep]
+    rest = [s for s in series if id(s) not in keep]
+    per: dict[float, list[float]] = {}
+    for s in rest:
+        for a, b in zip(s.x, s.y, strict=True):
+            if b is not None and math.isfinite(b):
+                per.setdefault(a, []).append(b)
+    xs = sorted(per)
+    env = Envelope(f"others: {len(rest)} {what} (min–max)", xs, [min(per[a]) for a in xs],
+                   [max(per[a]) for a in xs])
+    return shown, env
 
 
 def _act_series(run: RunLog) -> list[Series]:
@@ -329,7 +466,7 @@ def _act_series(run: RunLog) -> list[Series]:
             label = f"{site} {'dead' if 'dead' in a else 'saturated'}"
             by.setdefault(label, Series(label, [], [])).x.append(float(r["step"]))
             by[label].y.append(_num(v))
-    return list(by.values())[:_MAX_SERIES]
+    return list(by.values())
 
 
 def _layer_out_series(run: RunLog) -> list[Series]:
@@ -338,7 +475,7 @@ def _layer_out_series(run: RunLog) -> list[Series]:
         for name, v in (r.get("layer_out") or {}).items():
             by.setdefault(name, Series(name, [], [])).x.append(float(r["step"]))
             by[name].y.append(_num(v[1]) if isinstance(v, list) and len(v) > 1 else None)
-    return _largest(list(by.values()))
+    return list(by.values())
 
 
 def _log_scale(series: Iterable[Series]) -> bool:
@@ -347,8 +484,88 @@ def _log_scale(series: Iterable[Series]) -> bool:
     return bool(pos) and len(pos) == len(vals) and max(pos) / min(pos) > 30
 
 
+def _slug(i: int) -> str:
+    return f"layer-{i}"
+
+
+def _threshold_notes() -> dict[str, str]:
+    """The comment beside each field of :class:`Thresholds` (its meaning), read from the source."""
+    try:
+        import inspect
+
+        from .rules import Thresholds
+
+        src = inspect.getsource(Thresholds)
+    except (ImportError, OSError, TypeError):
+        return {}
+    notes: dict[str, str] = {}
+    for line in src.splitlines():
+        head, _, note = line.partition("#")
+        name = head.split(":", 1)[0].strip()
+        if note and name.isidentifier() and ":" in head:
+            notes[name] = note.strip()
+    return notes
+
+
+def _thresholds_html(th: dict[str, Any]) -> str:
+    notes = _threshold_notes()
+    rows = "".join(f"<tr><td><code>{html.escape(str(k))}</code></td><td class=\"num\">{html.escape(_fmt(v))}</td>"
+                   f"<td>{html.escape(notes.get(str(k), ''))}</td></tr>" for k, v in th.items())
+    return ('<h2 id="thresholds">Thresholds</h2><details><summary>The numbers each rule compares with '
+            f"({len(th)})</summary><table class=\"th\"><tr><th>threshold</th><th>value</th><th>meaning</th></tr>"
+            f"{rows}</table></details>")
+
+
+def _stat(vals: Sequence[float | None], how: str) -> str:
+    fin = sorted(v for v in vals if v is not None and math.isfinite(v))
+    bad = sum(1 for v in vals if v is not None and not math.isfinite(v))
+    if not fin:
+        return "non-finite" if bad else "–"
+    v = fin[-1] if how == "max" else fin[len(fin) // 2] if how == "median" else fin[-1]
+    return f"{v:.3g}" + (" (+non-finite)" if bad else "")
+
+
+def _layers_html(run: RunLog, grads: dict[str, Series], upds: dict[str, Series], shown: set[str],
+                 findings: Sequence[Event]) -> str:
+    start = run.starts[-1] if run.starts else {}
+    types = start.get("layer_types") or []
+    numel = start.get("numel") or []
+    by_layer: dict[str, list[int]] = {}
+    for i, e in enumerate(findings):
+        if e.module:
+            by_layer.setdefault(e.module, []).append(i)
+    rows = []
+    for j, name in enumerate(run.layers):
+        g = grads.get(name, Series(name, [], []))
+        u = upds.get(name, Series(name, [], []))
+        links = ", ".join(f'<a href="#f{i}">{html.escape(findings[i].kind)}</a>' for i in by_layer.get(name, []))
+        rows.append(f'<tr id="{_slug(j)}"{" class=shown" if name in shown else ""}><td><code>{html.escape(name)}'
+                    f"</code></td><td>{html.escape(str(types[j]) if j < len(types) else '')}</td>"
+                    f'<td class="num">{numel[j] if j < len(numel) else ""}</td>'
+                    f'<td class="num">{_stat(g.y[-1:], "max")}</td><td class="num">{_stat(g.y, "max")}</td>'
+                    f'<td class="num">{_stat(u.y, "median")}</td><td>{links}</td></tr>')
+    return (f'<details class="layers" id="layers"><summary>All {len(run.layers)} layers (bold: drawn one by one '
+            "above; the rest are in the grey band)</summary><table><tr><th>layer</th><th>type</th><th>params</th>"
+            "<th>last ‖g‖</th><th>max ‖g‖</th><th>median update ratio</th><th>findings</th></tr>"
+            + "".join(rows) + "</table></details>")
+
+
+def _logits(run: RunLog) -> tuple[list[Series], str]:
+    recs = [r for r in run.steps if r.get("logits")]
+    xs = [float(r["step"]) for r in recs]
+    series = [Series("max |logit|", xs, [_num(r["logits"].get("absmax")) for r in recs]),
+              Series("median top-2 gap", xs, [_num(r["logits"].get("gap")) for r in recs])]
+    dtypes = sorted({str(r["logits"].get("dtype")) for r in recs if r["logits"].get("dtype")})
+    why = ""
+    if recs and not any(_finite(v) for v in series[0].y):
+        dt = " / ".join(dtypes) or "low-precision"
+        why = (f"The {dt} logits were NaN or ±inf at every sampled step: they overflowed "
+               f"(float16 ends at 65504) or a NaN reached them; see the findings.")
+    return series, why
+
+
 def render_html(run: RunLog, *, title: str | None = None, source: str | None = None) -> str:
-    """The report page for a parsed log."""
+    """The report page for a parsed log (self-contained: inline CSS and SVG, no script, nothing loaded)."""
     f = run.findings
     title = title or "floatguard training report"
     start = run.starts[0] if run.starts else {}
@@ -356,73 +573,109 @@ def render_html(run: RunLog, *, title: str | None = None, source: str | None = N
     first = run.steps[0]["step"] if run.steps else 0
     last = run.steps[-1]["step"] if run.steps else 0
     th = run.starts[-1].get("thresholds", {}) if run.starts else {}
+    flagged = {e.module for e in f if e.module}
     parts = [f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
              '<meta name="viewport" content="width=device-width,initial-scale=1">'
              f"<style>{_CSS}</style></head><body>",
              f"<h1>{html.escape(title)}</h1>",
              f"<p class=\"meta\">{html.escape(source or '')} · steps {first}–{last} ({nsteps} logged) · "
-             f"{len(run.layers)} layers · mode {html.escape(str(start.get('mode', '?')))} · "
+             f'<a href="#layers">{len(run.layers)} layers</a> · mode {html.escape(str(start.get("mode", "?")))} · '
              f"world size {start.get('world_size', 1)} · sessions {len(run.starts)}"
              f"{'' if run.ended else ' · <b>the run did not close the log (crashed or still running)</b>'}</p>"]
     if f:
-        counts: dict[str, int] = {}
-        for e in f:
-            counts[e.kind] = counts.get(e.kind, 0) + 1
-        parts.append("<p><b>" + f"{len(f)} finding{'s' if len(f) != 1 else ''}</b>: "
-                     + ", ".join(f"{html.escape(k)} ×{v}" for k, v in counts.items()) + "</p>")
+        parts.append(f'<p><b>{len(f)} finding{"s" if len(f) != 1 else ""}</b> (click one to see it on the plots; '
+                     "click a marker on a plot to read its finding):</p><ul class=\"flist\">")
+        for i, e in enumerate(f):
+            where = (f' in <a href="#{_layer_anchor(run, e.module)}"><code>{html.escape(e.module)}</code></a>'
+                     if e.module else "")
+            parts.append(f'<li><a href="#f{i}" class="sev-{e.severity}">{html.escape(e.kind)}</a>{where} · '
+                         f'<a href="#loss-m{i}">step {e.step}</a></li>')
+        parts.append("</ul>")
     else:
         parts.append('<p class="ok">No findings: nothing in this run looks unhealthy.</p>')
 
     charts: list[str] = []
+    missing: list[str] = []
     loss = _steps_series(run, "loss")
-    charts.append(svg_chart("Loss", [loss], log=_log_scale([loss]), markers=f, ylabel="loss"))
-    gn = [Series("total", *_xy(_steps_series(run, "grad_norm"))), *_per_layer(run, "grad")]
-    charts.append(svg_chart("Gradient norm (total and per layer)", gn, log=True, markers=f, ylabel="‖g‖"))
-    upd = _per_layer(run, "update")
-    if upd:
+    charts.append(svg_chart("Loss", [loss], log=_log_scale([loss]), markers=f, ylabel="loss", chart_id="loss",
+                            why_empty="" if loss.x else "No step recorded a loss."))
+    grads = _layer_values(run, "grad")
+    g_shown, g_env = _group(list(grads.values()), flagged, what="layers")
+    gn = [Series("total", *_xy(_steps_series(run, "grad_norm"))), *g_shown]
+    gnote = (f' <span class="meta">(the {len(g_shown)} largest and flagged layers one by one, the rest as a band; '
+             f'<a href="#layers">all {len(grads)} layers</a>)</span>' if g_env else "")
+    charts.append(svg_chart("Gradient norm: total and per layer", gn, log=True, markers=f, ylabel="‖g‖",
+                            others=g_env, chart_id="grad", note=gnote))
+    upds = _layer_values(run, "update")
+    if upds:
         lo_, hi_ = float(th.get("update_low", 1e-6)), float(th.get("update_high", 0.1))
+
+        def off_band(s: Series) -> float:
+            fin = [abs(math.log10(v) + 3) for v in s.y if v is not None and math.isfinite(v) and v > 0]
+            return max(fin) if fin else math.inf
+
+        u_shown, u_env = _group(list(upds.values()), flagged, what="layers", score=off_band)
         charts.append(svg_chart(f"Update ratio ‖Δw‖/‖w‖ per step (green: within the thresholds {lo_:g}…{hi_:g}; "
-                                "~1e-3 is typical)", upd, log=True, markers=f, band=(lo_, hi_), ylabel="ratio"))
+                                "~1e-3 is typical)", u_shown, log=True, markers=f, band=(lo_, hi_), ylabel="ratio",
+                                others=u_env, chart_id="update"))
+    else:
+        missing.append("update ratios (not measured in this run)")
     acts = _act_series(run)
     if acts:
-        charts.append(svg_chart("Activations: share of dead ReLU units / saturated tanh-sigmoid outputs", acts,
-                                markers=f, ylim=(0.0, 1.0), ylabel="share"))
+        a_shown, a_env = _group(acts, {s.name for s in acts if s.name.rsplit(" ", 1)[0] in flagged},
+                                what="call sites")
+        charts.append(svg_chart("Activations: share of dead ReLU units / saturated tanh-sigmoid outputs", a_shown,
+                                markers=f, ylim=(0.0, 1.0), ylabel="share", others=a_env, chart_id="act"))
+    else:
+        missing.append("activations (no ReLU, tanh or sigmoid call site was sampled)")
     lo = _layer_out_series(run)
     if lo:
-        charts.append(svg_chart("Layer output standard deviation (detailed mode)", lo, log=_log_scale(lo),
-                                markers=f, ylabel="std"))
-    lg = [Series("max |logit|", [float(r["step"]) for r in run.steps if r.get("logits")],
-                 [_num(r["logits"].get("absmax")) for r in run.steps if r.get("logits")]),
-          Series("median top-2 gap", [float(r["step"]) for r in run.steps if r.get("logits")],
-                 [_num(r["logits"].get("gap")) for r in run.steps if r.get("logits")])]
+        o_shown, o_env = _group(lo, flagged, what="layers")
+        charts.append(svg_chart("Layer output standard deviation (detailed mode)", o_shown, log=_log_scale(lo),
+                                markers=f, ylabel="std", others=o_env, chart_id="out"))
+    else:
+        missing.append("layer outputs (logged in detailed mode only)")
+    lg, why = _logits(run)
     if lg[0].x:
-        charts.append(svg_chart("Logits at the loss", lg, log=_log_scale(lg), markers=f))
+        charts.append(svg_chart("Logits at the loss", lg, log=_log_scale(lg), markers=f, chart_id="logits",
+                                why_empty=why))
+    else:
+        missing.append("logits (no classification loss was seen)")
     sc = _steps_series(run, "scale")
     if sc.x:
-        charts.append(svg_chart("Loss scale (GradScaler)", [Series("scale", sc.x, sc.y)], log=True, markers=f))
+        charts.append(svg_chart("Loss scale (GradScaler)", [Series("scale", sc.x, sc.y)], log=True, markers=f,
+                                chart_id="scale"))
     parts.append("<h2>Training curves</h2>")
     parts += [c for c in charts if c]
+    if grads or run.layers:
+        parts.append(_layers_html(run, grads, upds, {s.name for s in g_shown}, f))
+    if missing:
+        parts.append('<p class="meta">Not plotted: ' + html.escape("; ".join(missing)) + ".</p>")
 
     parts.append("<h2>Findings</h2>")
     if f:
-        parts.append("<table><tr><th>step</th><th>kind</th><th>layer</th><th>what</th><th>rank</th></tr>")
-        for e in f:
-            parts.append(f"<tr><td>{e.step}</td><td style=\"color:{_SEV_COLOR.get(e.severity)}\">"
-                         f"{html.escape(e.kind)}</td><td>{html.escape(e.module or '-')}</td>"
-                         f"<td>{html.escape(e.message)}</td><td>{'' if e.rank is None else e.rank}</td></tr>")
-        parts.append("</table>")
-        for e in f:
-            parts.append(f'<div class="card sev-{e.severity}"><h3>{html.escape(e.kind)}'
-                         f'{" at " + html.escape(e.module) if e.module else ""} · step {e.step}</h3>'
-                         f"<div>{html.escape(e.message)}</div>"
+        for i, e in enumerate(f):
+            layer = (f' at <a href="#{_layer_anchor(run, e.module)}"><code>{html.escape(e.module)}</code></a>'
+                     if e.module else "")
+            on = " · ".join(f'<a href="#{c}-m{i}">{c}</a>' for c in ("loss", "grad", "update", "act", "logits")
+                            if f'id="{c}-m{i}"' in "".join(charts))
+            rank = f" · rank {e.rank}" if e.rank is not None else ""
+            parts.append(f'<div class="card sev-{e.severity}" id="f{i}"><h3>{html.escape(e.kind)}{layer} · step '
+                         f"{e.step}{rank}</h3><div>{html.escape(e.message)}</div>"
                          f'<div class="ev">evidence: {html.escape(_evidence(e) or "-")}</div>'
-                         f'<div class="remedy"><b>remedy:</b> {html.escape(e.hint or "-")}</div></div>')
+                         f'<div class="remedy"><b>remedy:</b> {html.escape(e.hint or "-")}</div>'
+                         + (f'<div class="meta">on the plots: {on}</div>' if on else "") + "</div>")
     else:
         parts.append("<p>None.</p>")
     if th:
-        parts.append("<h2>Thresholds</h2><p class=\"ev\">" + html.escape(json.dumps(th)) + "</p>")
+        parts.append(_thresholds_html(th))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _layer_anchor(run: RunLog, name: str | None) -> str:
+    names = run.layers
+    return _slug(names.index(name)) if name in names else "layers"
 
 
 def _xy(s: Series) -> tuple[list[float], list[float | None]]:

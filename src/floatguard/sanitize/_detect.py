@@ -73,7 +73,7 @@ class detect:
     def _use_torch(self) -> bool:
         want = self.options["torch"]
         if want is None:
-            return "torch" in sys.modules
+            return sys.modules.get("torch") is not None  # None: blocked (import torch would fail)
         if want and importlib.util.find_spec("torch") is None:
             from ..ops._namespace import OptionalDependencyError
 
