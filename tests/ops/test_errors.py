@@ -29,7 +29,7 @@ INTEGER_ARG: list[tuple[str, Callable[[Any], Any], str]] = [
     ("logsubexp", lambda v: fg.logsubexp(v, F), "a"),
     ("log1mexp", lambda v: fg.log1mexp(v), "x"),
     ("softplus", lambda v: fg.softplus(v), "x"),
-    ("softplus_inverse", lambda v: fg.softplus_inverse(v), "x"),
+    ("softplus_inverse", lambda v: fg.softplus_inverse(v), "y"),
     ("sigmoid", lambda v: fg.sigmoid(v), "x"),
     ("log_sigmoid", lambda v: fg.log_sigmoid(v), "x"),
     ("xlogy", lambda v: fg.xlogy(v, F), "x"),
@@ -256,3 +256,114 @@ def test_safe_eps_must_be_positive(eps: float) -> None:
         fg.safe_log(F, eps=eps)
     with pytest.raises(ValueError, match=r"floatguard\.safe_div: argument 'eps' must be > 0"):
         fg.safe_div(F, F, eps=eps)
+
+
+# -- issue 14, section 3: scalar options of the wrong type, sparse tensors, None ----------------------
+T2 = torch.ones(2, 3)
+T_TGT = torch.tensor([0, 1])
+
+
+@pytest.mark.parametrize("value", ["0.1", None, np.array([0.1, 0.2]), True])
+@pytest.mark.parametrize("logits", [M, T2], ids=["numpy", "torch"])
+def test_label_smoothing_not_a_number_is_named(value: Any, logits: Any) -> None:
+    # was "'<=' not supported between instances of 'float' and 'str'"
+    target = T_TGT if isinstance(logits, torch.Tensor) else np.array([0, 1])
+    with pytest.raises(TypeError, match=r"floatguard\.cross_entropy: argument 'label_smoothing' must be a real number"):
+        fg.cross_entropy(logits, target, label_smoothing=value)
+
+
+@pytest.mark.parametrize("value", ["a", 1.5, True, [0]])
+@pytest.mark.parametrize("logits", [M, T2], ids=["numpy", "torch"])
+def test_ignore_index_not_an_int_is_named(value: Any, logits: Any) -> None:
+    # was "invalid literal for int()" on torch and a silent "ignore nothing" on NumPy
+    target = T_TGT if isinstance(logits, torch.Tensor) else np.array([0, 1])
+    with pytest.raises(TypeError, match=r"argument 'ignore_index' must be an int or None"):
+        fg.cross_entropy(logits, target, ignore_index=value)
+    assert fg.cross_entropy(logits, target, ignore_index=np.int64(1)) == fg.cross_entropy(logits, target,
+                                                                                          ignore_index=1)
+
+
+def test_float_axis_is_refused_on_the_cross_entropy_fast_path() -> None:
+    # was accepted as axis=1 by the fused kernel's route
+    with pytest.raises(TypeError, match=r"argument 'axis' must be an int, got 1.0"):
+        fg.cross_entropy(T2, T_TGT, axis=1.0)
+    with pytest.raises(TypeError, match=r"argument 'axis' must be an int, got 1.0"):
+        fg.cross_entropy(T2, T_TGT, dim=1.0)
+
+
+@pytest.mark.parametrize("eps", ["a", [1e-3], b"x", True])
+def test_eps_not_a_number_is_named(eps: Any) -> None:
+    with pytest.raises(TypeError, match=r"floatguard\.safe_log: argument 'eps' must be a real number"):
+        fg.safe_log(F, eps=eps)
+    with pytest.raises(TypeError, match=r"floatguard\.safe_div: argument 'eps' must be a real number"):
+        fg.safe_div(F, F, eps=eps)
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda: fg.logsumexp(M, axis=1, keepdims="yes"), "keepdims"),
+        (lambda: fg.logsumexp(T2, dim=1, keepdim="yes"), "keepdim"),
+        (lambda: fg.logsumexp(M, return_sign="no"), "return_sign"),
+        (lambda: fg.logsumexp(T2, dim=1, return_sign=""), "return_sign"),
+        (lambda: fg.logmeanexp(M, axis=1, keepdims=2), "keepdims"),
+        (lambda: fg.log_prod(M, axis=1, keepdims=None), "keepdims"),
+    ],
+)
+def test_flags_that_are_not_bools_are_named(call: Callable[[], Any], name: str) -> None:
+    # "yes" and "no" were both taken as True
+    with pytest.raises(TypeError, match=rf"argument '{name}' must be a bool"):
+        call()
+
+
+SPARSE_CALLS: list[tuple[Callable[[Any], Any], str]] = [
+    (lambda s: fg.logsumexp(s, dim=-1), "x"),
+    (lambda s: fg.softmax(s), "x"),
+    (lambda s: fg.log_softmax(s, axis=0), "x"),
+    (lambda s: fg.logmeanexp(s), "x"),
+    (lambda s: fg.logcumsumexp(s), "x"),
+    (lambda s: fg.logsumexp(T2, b=s), "b"),
+    (lambda s: fg.cross_entropy(s, T_TGT), "logits"),
+    (lambda s: fg.cross_entropy(T2, s), "target"),
+    (lambda s: fg.binary_cross_entropy_with_logits(s, T2), "logits"),
+    (lambda s: fg.binary_cross_entropy_with_logits(T2, T2, weight=s), "weight"),
+    (lambda s: fg.softplus(s), "x"),
+    (lambda s: fg.logaddexp(T2, s), "b"),
+    (lambda s: fg.softplus_inverse(s), "y"),
+    (lambda s: fg.log_matmul_exp(s, T2.mT), "a"),
+    (lambda s: fg.log_prod(s), "p"),
+    (lambda s: fg.safe_div(T2, s), "b"),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize(
+    "sparse",
+    [lambda t: t.to_sparse(), lambda t: t.to_sparse_csr() if t.ndim == 2 else t.to_sparse()],
+    ids=["coo", "csr"],
+)
+@pytest.mark.parametrize(("call", "arg"), SPARSE_CALLS, ids=[f"{i}-{a}" for i, (_, a) in enumerate(SPARSE_CALLS)])
+def test_sparse_tensors_are_refused_naming_the_argument(call: Callable[[Any], Any], arg: str, sparse: Any) -> None:
+    # was "unsupported memory format option Contiguous", "reshape is not implemented for sparse tensors"...
+    s = sparse(T_TGT if arg == "target" else T2)
+    with pytest.raises(TypeError, match=rf"argument '{arg}' is a tensor of layout torch\.sparse_\w+; .*to_dense\(\)"):
+        call(s)
+
+
+@pytest.mark.parametrize(
+    ("call", "arg"),
+    [
+        (lambda: fg.softplus(None), "x"),  # was NaN: np.asarray(None, float) is nan
+        (lambda: fg.logsumexp(None), "x"),
+        (lambda: fg.log_matmul_exp(None, M), "a"),
+        (lambda: fg.cross_entropy(None, np.array([0])), "logits"),
+        (lambda: fg.softplus(["a"]), "x"),  # was "could not convert string to float"
+        (lambda: fg.logsumexp([[1.0, 2.0], [3.0]]), "x"),
+        (lambda: fg.logaddexp(T2, ["a", "b", "c"]), "b"),
+        (lambda: fg.binary_cross_entropy_with_logits(M, [["a"] * 3] * 2), "targets"),
+        (lambda: fg.softplus_inverse({}), "y"),  # was named 'x'
+    ],
+)
+def test_none_and_unconvertible_lists_are_refused_naming_the_argument(call: Callable[[], Any], arg: str) -> None:
+    with pytest.raises(TypeError, match=rf"argument '{arg}'"):
+        call()

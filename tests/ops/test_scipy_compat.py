@@ -207,3 +207,41 @@ def test_softmax_matches_scipy(case: tuple[np.ndarray, object, np.ndarray | None
         if name == "log_softmax" and np.iscomplexobj(x):  # equal up to the branch of the log: compare exp
             got, want = np.exp(got), np.exp(want)
         np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("log", [False, True])
+def test_meta_tensors_give_meta_results_like_torch(log: bool) -> None:
+    # softmax, cross_entropy and log_matmul_exp called .item() on meta tensors; torch's own ops work there
+    x = torch.empty(5, 4, dtype=torch.float64, device="meta")
+    sm = fg.log_softmax if log else fg.softmax
+    for axis in (-1, 0):
+        got, want = sm(x, axis=axis), (torch.log_softmax if log else torch.softmax)(x, axis)
+        assert got.is_meta and got.shape == want.shape and got.dtype == want.dtype
+    target = torch.zeros(5, dtype=torch.long, device="meta")
+    for kw in ({}, {"label_smoothing": 0.1}, {"reduction": "none"}, {"ignore_index": 0}):
+        got = fg.cross_entropy(x, target, **kw)
+        want = torch.nn.functional.cross_entropy(x, target, **kw)
+        assert got.is_meta and got.shape == want.shape and got.dtype == want.dtype
+    got = fg.log_matmul_exp(x, torch.empty(4, 3, dtype=torch.float64, device="meta"))
+    assert got.is_meta and got.shape == (5, 3) and got.dtype == torch.float64
+
+
+def test_log_prod_of_a_0d_input_with_axis_0_is_its_log() -> None:
+    # raised numpy's AxisError; torch.sum takes axis 0 of a 0-d tensor
+    assert fg.log_prod(np.float32(0.5), axis=0) == np.log(np.float32(0.5))
+    got = fg.log_prod(torch.tensor(0.25, dtype=torch.float64), dim=-1, keepdim=True)
+    assert got.shape == torch.sum(torch.tensor(0.25).log(), -1, keepdim=True).shape == ()
+    assert float(got) == math.log(0.25)
+
+
+@pytest.mark.parametrize("shape", [(0,), (3, 0)])
+def test_bce_of_empty_tensors_matches_torch(shape: tuple[int, ...]) -> None:
+    # the fused kernels' reshape(-1, 0) raised
+    x = torch.zeros(shape)
+    for reduction in ("mean", "sum", "none"):
+        got = fg.binary_cross_entropy_with_logits(x, x, reduction=reduction)
+        want = torch.nn.functional.binary_cross_entropy_with_logits(x, x, reduction=reduction)
+        assert got.shape == want.shape and torch.equal(got.isnan(), want.isnan())
+        assert torch.allclose(got.nan_to_num(), want.nan_to_num())
+        got = fg.binary_cross_entropy_with_logits(x, x, reduction=reduction, pos_weight=torch.ones(shape[-1:]))
+        assert got.shape == want.shape

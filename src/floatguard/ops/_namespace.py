@@ -26,6 +26,9 @@ __all__ = [
     "OptionalDependencyError",
     "as_float",
     "as_inexact",
+    "check_array_like",
+    "check_flag",
+    "check_real",
     "default_float",
     "finfo_of",
     "is_complex_dtype",
@@ -99,7 +102,10 @@ class Backend:
         return x
 
     def is_concrete(self, x: Any) -> bool:
-        """True when values of ``x`` can be read now (false under ``jax.jit``)."""
+        """True when values of ``x`` can be read now (false under ``jax.jit`` and for PyTorch's
+        meta tensors, which have a shape and dtype but no values)."""
+        if self.name == "torch":
+            return not x.is_meta
         if self.name != "jax":
             return True
         import jax
@@ -227,6 +233,11 @@ def namespace(*named: tuple[str, Any], func: str) -> Backend:
                     f"a PyTorch tensor or a JAX array, got {type(value).__name__}"
                 )
             continue
+        if be.name == "torch" and value.layout is not sys.modules["torch"].strided:
+            raise TypeError(
+                f"floatguard.{func}: argument {name!r} is a tensor of layout {value.layout}; floatguard's ops "
+                f"take dense (strided) tensors: pass {name}.to_dense()"
+            )
         if found is not None and found[1].name != be.name:
             raise TypeError(
                 f"floatguard.{func}: arguments {found[0]!r} ({found[1].name}) and "
@@ -257,11 +268,17 @@ def as_float(be: Backend, x: Any, name: str, func: str, like: Any = None) -> Any
     """
     xp = be.xp
     if _backend_of(x) is None:
-        if like is not None:
-            return be.asarray_like(x, like)
-        if be.name == "numpy":
-            return np.asarray(x, dtype=np.float64)
-        return xp.asarray(x, dtype=xp.float32 if be.name == "jax" else None) * 1.0
+        check_array_like(x, name, func)
+        try:
+            if like is not None:
+                return be.asarray_like(x, like)
+            if be.name == "numpy":
+                return np.asarray(x, dtype=np.float64)
+            return xp.asarray(x, dtype=xp.float32 if be.name == "jax" else None) * 1.0
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise TypeError(
+                f"floatguard.{func}: argument {name!r} could not be made an array of floats: {exc}"
+            ) from exc
     dtype = x.dtype
     if not _is_float_dtype(be, dtype):
         target = {"numpy": "x.astype(np.float64)", "torch": "x.to(torch.get_default_dtype())",
@@ -306,13 +323,24 @@ def _is_integral_dtype(be: Backend, dtype: Any) -> bool:
     return bool(be.xp.issubdtype(dtype, be.xp.integer) or be.xp.issubdtype(dtype, be.xp.bool_))
 
 
-def as_array(be: Backend, x: Any) -> Any:
+def check_array_like(x: Any, name: str, func: str) -> None:
+    """Refuse ``None`` (and other non-numbers) where an array is required: ``np.asarray(None, float)`` is NaN."""
+    if x is None or not isinstance(x, (int, float, complex, list, tuple)):
+        raise TypeError(
+            f"floatguard.{func}: argument {name!r} must be a NumPy array, a PyTorch tensor, a JAX array, "
+            f"a number or a list of numbers, got {type(x).__name__}"
+        )
+
+
+def as_array(be: Backend, x: Any, name: str = "x", func: str = "op") -> Any:
     """A Python scalar, list or tuple as an array of backend ``be`` (arrays pass unchanged)."""
     if _backend_of(x) is not None:
         return x
-    if be.name == "numpy":
-        return np.asarray(x)
-    return be.xp.asarray(x)
+    check_array_like(x, name, func)
+    try:
+        return np.asarray(x) if be.name == "numpy" else be.xp.asarray(x)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise TypeError(f"floatguard.{func}: argument {name!r} could not be made an array: {exc}") from exc
 
 
 def promoted_dtype(be: Backend, *values: Any) -> Any:
@@ -340,7 +368,7 @@ def as_inexact(be: Backend, x: Any, name: str, func: str) -> Any:
     JAX take it: Python scalars and lists become arrays, integer and boolean arrays are
     promoted to :func:`default_float`. Other dtypes (strings, objects) raise a ``TypeError``
     naming the argument."""
-    x = as_array(be, x)
+    x = as_array(be, x, name, func)
     dtype = x.dtype
     if _is_float_dtype(be, dtype) or is_complex_dtype(be, dtype):
         return x
@@ -370,6 +398,21 @@ def alias(value: Any, default: Any, other: Any, names: tuple[str, str], func: st
     if value is not default and value != default:
         raise TypeError(f"floatguard.{func}: pass {names[0]!r} or its alias {names[1]!r}, not both")
     return other
+
+
+def check_flag(value: Any, name: str, func: str) -> bool:
+    """``value`` (a bool, NumPy bool, or the int 0 or 1) as a bool; a ``TypeError`` naming it otherwise
+    (``keepdims="no"`` is truthy, and PyTorch refuses it too)."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"floatguard.{func}: argument {name!r} must be a bool, got {value!r}")
+
+
+def check_real(value: Any, name: str, func: str) -> float:
+    """``value`` (a Python or NumPy real number, not a bool) as a float; a ``TypeError`` naming it otherwise."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"floatguard.{func}: argument {name!r} must be a real number, got {value!r}")
+    return float(value)
 
 
 def normalize_axis(axis: int, ndim: int, name: str, func: str) -> int:

@@ -42,7 +42,7 @@ def _cpu_tensor(x: Any) -> bool:
     """True for a CPU torch tensor of a dtype the compiled kernels take (not while torch.compile traces)."""
     global _FAST_DTYPES
     torch = sys.modules.get("torch")
-    if torch is None or type(x) is not torch.Tensor or x.device.type != "cpu":
+    if torch is None or type(x) is not torch.Tensor or x.device.type != "cpu" or x.layout is not torch.strided:
         return False
     if not _FAST_DTYPES:
         from . import _numba_losses
@@ -88,10 +88,10 @@ def _fast_binary(fn: Callable[..., Any]) -> Callable[..., Any]:
     return op_fn
 
 
-def unary(x: Any, func: str, f: Callable[[Any, Any], Any]) -> Any:
-    """Apply ``f(xp, x_work)`` in the working dtype and round back to ``x``'s dtype."""
-    be = namespace(("x", x), func=func)
-    x = as_float(be, x, "x", func)
+def unary(x: Any, func: str, f: Callable[[Any, Any], Any], name: str = "x") -> Any:
+    """Apply ``f(xp, x_work)`` in the working dtype and round back to ``x``'s dtype (``name``: the argument's)."""
+    be = namespace((name, x), func=func)
+    x = as_float(be, x, name, func)
     xp = be.xp
     return xp.astype(f(xp, xp.astype(x, be.work_dtype(x.dtype), copy=False)), x.dtype, copy=False)
 
@@ -157,6 +157,7 @@ def logaddexp(a: Any, b: Any) -> Any:
         limit = xp.where(hi == -float("inf"), xp.full_like(hi, -float("inf")), hi)
         return xp.where(fin, hi + xp.log1p(xp.exp(delta)), limit)
 
+    namespace(("a", a), ("b", b), func="logaddexp")  # checks the arguments, naming them
     if _complex.is_complex_input(a, b):  # the phase as imaginary part, as SciPy's logsumexp
         return _complex.logaddexp(a, b)
     return binary(a, b, ("a", "b"), "logaddexp", f)
@@ -228,7 +229,7 @@ def softplus_inverse(y: Any) -> Any:
 
     ``softplus_inverse(0) = -inf``, ``softplus_inverse(inf) = inf``, ``y < 0`` gives NaN.
     """
-    return unary(y, "softplus_inverse", lambda xp, y: y + _log1mexp(xp, -y))
+    return unary(y, "softplus_inverse", lambda xp, y: y + _log1mexp(xp, -y), "y")
 
 
 @quiet

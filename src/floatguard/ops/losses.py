@@ -13,7 +13,7 @@ import sys
 from typing import Any
 
 from ._core import shifted
-from ._namespace import Backend, alias, as_float, namespace, normalize_axis, quiet
+from ._namespace import Backend, alias, as_float, check_real, namespace, normalize_axis, quiet
 from .elementwise import _softplus
 
 __all__ = ["binary_cross_entropy_with_logits", "cross_entropy"]
@@ -139,6 +139,8 @@ def _fast_torch(logits: Any, target: Any, weight: Any) -> Any:
         return None
     if target.requires_grad or logits.device.type != "cpu" or target.device.type != "cpu" or logits.ndim == 0:
         return None
+    if logits.layout is not torch.strided or target.layout is not torch.strided:
+        return None
     if torch.compiler.is_compiling() or not logits.dtype.is_floating_point:
         return None
     from . import _torch_losses
@@ -149,12 +151,14 @@ def _fast_torch(logits: Any, target: Any, weight: Any) -> Any:
 def _fast_bce(logits: Any, targets: Any, weight: Any, pos_weight: Any) -> Any:
     """The fused kernels' module for CPU tensors of one shape (weights broadcast to it, no gradient), else None."""
     fast = _fast_torch(logits, targets, None)
-    if fast is None or targets.shape != logits.shape or not targets.dtype.is_floating_point:
+    if fast is None or targets.shape != logits.shape or not targets.dtype.is_floating_point or not logits.numel():
         return None
     for a in (weight, pos_weight):
         if a is None:
             continue
         if type(a) is not type(logits) or a.requires_grad or a.device.type != "cpu" or not a.dtype.is_floating_point:
+            return None
+        if a.layout is not logits.layout:
             return None
         pairs = zip(a.shape[::-1], logits.shape[::-1], strict=False)
         if a.ndim > logits.ndim or any(s not in (1, t) for s, t in pairs):
@@ -179,12 +183,12 @@ def _fast_plain(logits: Any, target: Any, weight: Any, axis: int, dim: int | Non
     torch = sys.modules.get("torch")
     if not (
         torch is not None and type(logits) is torch.Tensor and type(target) is torch.Tensor
-        and weight is None and not eps and (axis == -1 or axis == 1) and (dim is None or dim == -1 or dim == 1)
-        and (dim is None or axis == -1) and logits.ndim == 2
+        and weight is None and type(eps) in (float, int) and not eps and type(axis) is int and (axis == -1 or axis == 1)
+        and (dim is None or (type(dim) is int and axis == -1 and (dim == -1 or dim == 1))) and logits.ndim == 2
         and target.dtype is torch.int64 and target.ndim == 1 and target.shape[0] == logits.shape[0]
         and logits.dtype in (torch.float32, torch.float64, torch.bfloat16) and logits.is_cpu and target.is_cpu
         and not target.requires_grad and (ignore_index is None or type(ignore_index) is int)
-        and reduction in _REDUCTIONS
+        and reduction in _REDUCTIONS and logits.layout is torch.strided and target.layout is torch.strided
     ):
         return 0
     if torch.compiler.is_compiling():
@@ -203,7 +207,8 @@ def _fast_bce_plain(logits: Any, targets: Any, weight: Any, pos_weight: Any, red
         and weight is None and pos_weight is None and logits.dtype is targets.dtype
         and logits.dtype in (torch.float32, torch.float64, torch.bfloat16) and logits.shape == targets.shape
         and logits.is_cpu and targets.is_cpu and not targets.requires_grad and reduction in _REDUCTIONS
-        and logits.is_contiguous() and targets.is_contiguous() and not torch.compiler.is_compiling()
+        and logits.layout is torch.strided and targets.layout is torch.strided and logits.is_contiguous()
+        and logits.numel() > 0 and targets.is_contiguous() and not torch.compiler.is_compiling()
         and _fast_module().K.AVAILABLE
     )
 
@@ -285,6 +290,11 @@ def _cross_entropy(
     func = "cross_entropy"
     axis = alias(axis, -1, dim, ("axis", "dim"), func)
     _check_reduction(reduction, func)
+    label_smoothing = check_real(label_smoothing, "label_smoothing", func)
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not hasattr(ignore_index, "__index__")):
+        raise TypeError(f"floatguard.{func}: argument 'ignore_index' must be an int or None, got {ignore_index!r}")
+    if ignore_index is not None:
+        ignore_index = int(ignore_index)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"floatguard.{func}: argument 'label_smoothing' must be in [0, 1], got {label_smoothing!r}")
     fast = _fast_torch(logits, target, weight)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._namespace import alias, as_float, namespace, normalize_axes, quiet
+from ._namespace import alias, as_float, check_flag, namespace, normalize_axes, quiet
 
 __all__ = ["log_matmul_exp", "log_prod"]
 
@@ -34,11 +34,14 @@ def log_prod(p: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: boo
     -842.78
     """
     axis = alias(axis, None, dim, ("axis", "dim"), "log_prod")
-    keepdims = alias(keepdims, False, keepdim, ("keepdims", "keepdim"), "log_prod")
+    keepdims = check_flag(alias(keepdims, False, keepdim, ("keepdims", "keepdim"), "log_prod"),
+                          "keepdims" if keepdim is None else "keepdim", "log_prod")
     be = namespace(("p", p), func="log_prod")
     p = as_float(be, p, "p", "log_prod")
     xp = be.xp
     axes = normalize_axes(axis, p.ndim, "axis", "log_prod")
+    if p.ndim == 0:  # one entry: axis 0 (or -1) reduces it, as torch.sum does; the result stays 0-d, as np.sum's
+        axes = ()
     pw = xp.astype(p, be.work_dtype(p.dtype), copy=False)
     out = xp.sum(xp.log(pw), axis=axes, keepdims=keepdims)
     return xp.astype(out, p.dtype, copy=False)

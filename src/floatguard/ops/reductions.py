@@ -13,6 +13,7 @@ the ``+inf`` entries), and NaN propagates to the whole row.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from typing import Any
 
@@ -25,6 +26,8 @@ from ._namespace import (
     alias,
     as_float,
     as_inexact,
+    check_array_like,
+    check_flag,
     is_complex_dtype,
     namespace,
     normalize_axes,
@@ -105,6 +108,9 @@ def _inputs(func: str, x: Any, b: Any = None, where: Any = None) -> tuple[Backen
     if b is None:
         x = as_inexact(be, x, "x", func)
     else:
+        for name, v in (("x", x), ("b", b)):
+            if not hasattr(v, "dtype"):
+                check_array_like(v, name, func)
         dtype = promoted_dtype(be, x, b)
         x = xp.astype(as_inexact(be, x, "x", func), dtype, copy=False)
         b = xp.astype(as_inexact(be, b, "b", func), dtype, copy=False)
@@ -214,13 +220,16 @@ def logsumexp(
     """
     # -- short path (owned by _torch_fast): a PyTorch tensor, one axis, no b/where/return_sign;
     # logsumexp_fast returns None where it does not apply (device, dtype, axis, compiling)
-    if (type(x).__module__ == "torch" and b is None and where is None and not return_sign
-            and (axis is None) != (dim is None) and (keepdim is None or keepdims is False)):
+    if (type(x).__module__ == "torch" and b is None and where is None and return_sign is False
+            and (axis is None) != (dim is None) and (keepdim is None or keepdims is False)
+            and x.layout is sys.modules["torch"].strided):
         val = _torch_fast().logsumexp_fast(x, dim if axis is None else axis, keepdims if keepdim is None else keepdim)
         if val is not None:
             return val
     axis = alias(axis, None, dim, ("axis", "dim"), "logsumexp")
-    keepdims = alias(keepdims, False, keepdim, ("keepdims", "keepdim"), "logsumexp")
+    keepdims = check_flag(alias(keepdims, False, keepdim, ("keepdims", "keepdim"), "logsumexp"),
+                          "keepdims" if keepdim is None else "keepdim", "logsumexp")
+    return_sign = check_flag(return_sign, "return_sign", "logsumexp")
     be, x, b, mask = _inputs("logsumexp", x, b, where)
     xp = be.xp
     x, b, mask, keep0d = _one_entry(be, x, b, mask, keepdims)
@@ -368,7 +377,8 @@ def softmax(x: Any, axis: int | tuple[int, ...] | None = -1, *, where: Any = Non
     array([0.3315, 0.5465, 0.122 ], dtype=float32)
     """
     # -- short path (owned by _torch_fast): a PyTorch tensor, the last axis, no where; None: not applicable
-    if type(x).__module__ == "torch" and where is None and (dim is None or axis == -1):
+    if (type(x).__module__ == "torch" and where is None and (dim is None or axis == -1)
+            and x.layout is sys.modules["torch"].strided):
         out = _torch_fast().softmax_fast(x, axis if dim is None else dim, log=False)
         if out is not None:
             return out
@@ -398,7 +408,8 @@ def log_softmax(
     -4.678811484409142e-12
     """
     # -- short path (owned by _torch_fast): a PyTorch tensor, the last axis, no where; None: not applicable
-    if type(x).__module__ == "torch" and where is None and (dim is None or axis == -1):
+    if (type(x).__module__ == "torch" and where is None and (dim is None or axis == -1)
+            and x.layout is sys.modules["torch"].strided):
         out = _torch_fast().softmax_fast(x, axis if dim is None else dim, log=True)
         if out is not None:
             return out
@@ -461,7 +472,7 @@ def _softmax_rows(be: Backend, x: Any, ax: int, mask: Any, log: bool) -> Any:
             bad = ~np.isfinite(flat.max(axis=1))
             out[bad] = _softmax_generic(be, flat[bad].astype(np.float64), None, log)
         return np.moveaxis(out.reshape(rows.shape), -1, ax)
-    if be.name == "torch" and nonempty:
+    if be.name == "torch" and nonempty and not x.is_meta:  # meta tensors (no values): the generic path
         rows = xp.moveaxis(x, ax, -1)
         if mask is not None:
             rows = xp.where(xp.moveaxis(mask, ax, -1), rows, -float("inf"))
@@ -503,7 +514,8 @@ def logmeanexp(x: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: b
     ``-inf``. Integer and boolean inputs are promoted to the default float.
     """
     axis = alias(axis, None, dim, ("axis", "dim"), "logmeanexp")
-    keepdims = alias(keepdims, False, keepdim, ("keepdims", "keepdim"), "logmeanexp")
+    keepdims = check_flag(alias(keepdims, False, keepdim, ("keepdims", "keepdim"), "logmeanexp"),
+                          "keepdims" if keepdim is None else "keepdim", "logmeanexp")
     be, x, _, mask = _inputs("logmeanexp", x, None, where)
     if is_complex_dtype(be, x.dtype):
         raise TypeError(f"floatguard.logmeanexp: argument 'x' must be real, got dtype {x.dtype}")

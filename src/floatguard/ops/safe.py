@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._namespace import as_float, finfo_of, namespace, quiet
+from ._namespace import as_float, check_real, finfo_of, namespace, quiet
 from .elementwise import binary, unary
 
 __all__ = ["default_eps", "safe_div", "safe_log", "safe_sqrt"]
@@ -54,6 +54,7 @@ def _eps(x: Any, eps: float | None, func: str, name: str = "x") -> float:
     x = as_float(be, x, name, func)
     if eps is None:
         return _eps_from(finfo_of(be, x.dtype), func)
+    eps = check_real(eps, "eps", func)
     if not eps > 0:
         raise ValueError(f"floatguard.{func}: argument 'eps' must be > 0, got {eps!r}")
     return float(eps)
