@@ -28,7 +28,19 @@ from typing import Any
 
 import numpy as np
 
-from ._numba_fast import AVAILABLE, BLK, _add, _exp_reduced, _exp_reduced_inl, _exp_short, _njit, _reduce, _reduce_inl
+from ._numba_fast import (
+    AVAILABLE,
+    BLK,
+    _add,
+    _exp_reduced,
+    _exp_reduced_inl,
+    _exp_short,
+    _njit,
+    _reduce,
+    _reduce_inl,
+    _voidptr,
+    carray,
+)
 from ._numba_log import inline, log1p_unit, recip_short, select
 from ._numba_log import log1p as _log1p
 
@@ -652,6 +664,38 @@ def _lae_grad_loop(a: np.ndarray, b: np.ndarray, g: np.ndarray, ga: np.ndarray, 
         s_lo = select(fin, e * q, 0.0)
         _st(ga, i, gv * select(a_hi, s_hi, s_lo))
         _st(gb, i, gv * select(a_hi, s_lo, s_hi))
+
+
+# -- the latency route of the elementwise ops: raw data pointers -----------------------------------
+# A small contiguous float32/float64 tensor passes ``data_ptr()`` and its size: no NumPy views to make
+# (~0.7 us each, plus a detach) and only integers for numba to unbox.
+@_njit()
+def ptr_unary(f64: bool, xa: int, ga: int, oa: int, size: int, op: int, back: bool) -> None:
+    """:func:`unary_forward` (or :func:`unary_backward` with ``back``, ``size`` gradients at ``ga``) on
+    ``size`` contiguous float64 (``f64``) or float32 elements at ``xa``, into ``oa``."""
+    if f64:
+        x, o = carray(_voidptr(xa), (size,), np.float64), carray(_voidptr(oa), (size,), np.float64)
+        if back:
+            unary_backward(x, carray(_voidptr(ga), (size,), np.float64), o, op)
+        else:
+            unary_forward(x, o, op)
+    else:
+        x32, o32 = carray(_voidptr(xa), (size,), np.float32), carray(_voidptr(oa), (size,), np.float32)
+        if back:
+            unary_backward(x32, carray(_voidptr(ga), (size,), np.float32), o32, op)
+        else:
+            unary_forward(x32, o32, op)
+
+
+@_njit()
+def ptr_logaddexp(f64: bool, aa: int, ba: int, oa: int, size: int) -> None:
+    """:func:`logaddexp_forward` on ``size`` contiguous float64 (``f64``) or float32 elements at ``aa``, ``ba``."""
+    if f64:
+        logaddexp_forward(carray(_voidptr(aa), (size,), np.float64), carray(_voidptr(ba), (size,), np.float64),
+                          carray(_voidptr(oa), (size,), np.float64))
+    else:
+        logaddexp_forward(carray(_voidptr(aa), (size,), np.float32), carray(_voidptr(ba), (size,), np.float32),
+                          carray(_voidptr(oa), (size,), np.float32))
 
 
 # -- cross-entropy, the common case: class indices, no weight, no smoothing --------------------------

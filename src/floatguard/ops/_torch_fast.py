@@ -377,23 +377,25 @@ def logsumexp_fast(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor | 
         return None
     rows = x if nd == 2 else x.reshape(-1, x.shape[-1])
     if x.requires_grad and torch.is_grad_enabled():
-        lse = LogSumExp.apply(rows)
-    else:
-        lse = _lse_any(rows).to(x.dtype)
+        # the final shape made inside the Function: a view outside would add a node to the graph
+        return LogSumExp.apply(rows, (*x.shape[:-1], 1) if keepdims else x.shape[:-1])
+    lse = _lse_any(rows).to(x.dtype)
     return lse.view((*x.shape[:-1], 1) if keepdims else x.shape[:-1])
 
 
 class LogSumExp(torch.autograd.Function):
-    """``m + log1p(s)`` per row; gradient ``softmax(x)`` (0 on rows with no finite max)."""
+    """``m + log1p(s)`` per row, as ``(R, 1)`` or in the given ``shape`` of ``R`` entries; gradient
+    ``softmax(x)`` (0 on rows with no finite max)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, shape: Any = None) -> torch.Tensor:  # type: ignore[override]
         lse = _lse_any(x)
         ctx.save_for_backward(x, lse)  # the input (no copy) and R floats: what torch keeps
-        return lse[:, None].to(x.dtype)
+        out = lse.to(x.dtype)
+        return out[:, None] if shape is None else out.view(shape)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
         x, lse = ctx.saved_tensors
         kern = _on_kernels(x)
         if kern is not None and not torch.is_grad_enabled():
@@ -403,10 +405,10 @@ class LogSumExp(torch.autograd.Function):
             r, n = xc.shape
             if _kernel_call(kern.ptr_logsumexp_bwd, _CODE[x.dtype], xc.data_ptr(), lse.data_ptr(), g64.data_ptr(),
                             grad.data_ptr(), r, n):
-                return grad
+                return grad, None
         # double backward (create_graph), or no kernels: the softmax through Softmax, so that it is exact too
         p = torch.where(torch.isfinite(lse)[:, None], Softmax.apply(x), 0.0)
-        return g * p
+        return g.reshape(-1, 1) * p, None
 
 
 class Softmax(torch.autograd.Function):

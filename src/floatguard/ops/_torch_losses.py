@@ -29,7 +29,6 @@ import torch
 from . import _numba_losses as K
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-_NATIVE = (torch.float32, torch.float64)
 _PARALLEL_MIN = 1 << 16  # elements below which one thread does it all
 _pool: ThreadPoolExecutor | None = None
 
@@ -440,12 +439,15 @@ def _flat_run(fn: Any, size: int) -> None:
     _run(fn, size, 1)
 
 
+_F64 = {torch.float32: False, torch.float64: True}  # the ``f64`` argument of the ``ptr_*`` kernels
+
+
 def _unary_values(x: torch.Tensor, op: int) -> torch.Tensor:
-    if x.dtype in _NATIVE and x.numel() < _PARALLEL_MIN and x.is_contiguous():  # latency: the shortest route
-        xn = (x.detach() if x.requires_grad else x).numpy()
-        on = np.empty(xn.shape, xn.dtype)
-        K.unary_forward(xn.reshape(-1), on.reshape(-1), op)
-        return torch.from_numpy(on)
+    f64 = _F64.get(x.dtype)
+    if f64 is not None and x.numel() < _PARALLEL_MIN and x.is_contiguous():  # latency: the shortest route
+        out = torch.empty_like(x)
+        K.ptr_unary(f64, x.data_ptr(), 0, out.data_ptr(), x.numel(), op, False)
+        return out
     xk = _kernel_input(x)
     out = _empty(xk)
     xn, on = _view(xk).reshape(-1), _view(out).reshape(-1)
@@ -473,11 +475,13 @@ class _Unary(torch.autograd.Function):
             else:
                 d = sigmoid(x if op == SOFTPLUS else -x)
             return (g * d).to(x.dtype), None
-        if x.dtype in _NATIVE and x.numel() < _PARALLEL_MIN and x.is_contiguous():  # latency: the shortest route
-            xn, gn = x.detach().numpy(), _grad_input(g, x.dtype).numpy()
-            on = np.empty(xn.shape, xn.dtype)
-            K.unary_backward(xn.reshape(-1), gn.reshape(-1), on.reshape(-1), op)
-            return torch.from_numpy(on), None
+        f64 = _F64.get(x.dtype)
+        if f64 is not None and x.numel() < _PARALLEL_MIN and x.is_contiguous():  # latency: the shortest route
+            if g.dtype != x.dtype or g.shape != x.shape or not g.is_contiguous():
+                g = _grad_input(g, x.dtype).expand(x.shape).contiguous()
+            out = torch.empty_like(x)
+            K.ptr_unary(f64, x.data_ptr(), g.data_ptr(), out.data_ptr(), x.numel(), op, True)
+            return out, None
         xk = _kernel_input(x)
         gk = _grad_input(g, xk.dtype)
         out = _empty(xk)
@@ -495,11 +499,11 @@ def unary(x: torch.Tensor, op: int) -> torch.Tensor:
 
 
 def _lae_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if a.dtype in _NATIVE and a.numel() < _PARALLEL_MIN and a.is_contiguous() and b.is_contiguous():  # latency
-        an, bn = a.detach().numpy(), b.detach().numpy()
-        on = np.empty(an.shape, an.dtype)
-        K.logaddexp_forward(an.reshape(-1), bn.reshape(-1), on.reshape(-1))
-        return torch.from_numpy(on)
+    f64 = _F64.get(a.dtype)
+    if f64 is not None and a.numel() < _PARALLEL_MIN and a.is_contiguous() and b.is_contiguous():  # latency
+        out = torch.empty_like(a)
+        K.ptr_logaddexp(f64, a.data_ptr(), b.data_ptr(), out.data_ptr(), a.numel())
+        return out
     ak, bk = _kernel_input(a), _kernel_input(b)
     out = _empty(ak)
     an, bn, on = _view(ak).reshape(-1), _view(bk).reshape(-1), _view(out).reshape(-1)
