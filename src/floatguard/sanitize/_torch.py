@@ -3,8 +3,10 @@
 Design (what keeps it cheaper than ``torch.autograd.detect_anomaly``):
 
 * One fused reduction per float output: ``torch.aminmax`` (a single vectorised pass,
-  NaN-propagating) read back as two Python floats. Everything else — input scans,
-  statistics, the user's frame — runs only when that check fails.
+  NaN-propagating) read back as two Python floats; for large contiguous float32/float64
+  outputs whose zeros need no judgment, the sum of squares (one BLAS ``dot``, ~1.25x
+  faster), which is finite only when no entry is NaN, inf or near the overflow threshold.
+  Everything else — input scans, statistics, the user's frame — runs only when that check fails.
 * Ops that cannot create a non-finite value from finite inputs (views, copies,
   gathers, factories, ``relu``, ``max``...) are not checked at all; a NaN they pass on
   is caught at the op that made it.
@@ -47,6 +49,8 @@ _current_node = torch._C._current_autograd_node
 _Tensor = torch.Tensor
 _strided = torch.strided
 _INF = math.inf
+_dot = torch.dot
+_DOT_MIN = 16384  # below this size aminmax is as fast (the view and the BLAS call cost a fixed ~1 us)
 
 _FLOAT8 = frozenset(dt for dt in (getattr(torch, n, None) for n in ("float8_e4m3fn", "float8_e5m2",
                                                                     "float8_e4m3fnuz", "float8_e5m2fnuz"))
@@ -94,7 +98,7 @@ _REDUCTIONS = {"sum", "mean", "mm", "bmm", "addmm", "baddbmm", "matmul", "nansum
 
 
 class _Policy:
-    __slots__ = ("base", "check", "divlike", "is_view", "kw", "mutated", "name", "pos", "reduction", "uf")
+    __slots__ = ("base", "check", "divlike", "dot", "is_view", "kw", "mutated", "name", "pos", "reduction", "uf")
 
     def __init__(self, func: Any) -> None:
         schema = func._schema
@@ -116,6 +120,9 @@ class _Policy:
                    UF_PROD if base in _UF_PROD else UF_CAST if base in _CASTS else UF_NONE)
         self.divlike = base in _DIVLIKE
         self.reduction = base in _REDUCTIONS
+        # the sum-of-squares check suffices unless an underflow judgment needs the exact minimum (a zero
+        # among non-negative outputs); whole-tensor flushes to 0 (UF_FLUSH, UF_CAST) are found from s == 0
+        self.dot = self.uf not in (UF_NONNEG, UF_PROD)
         # arguments that carry values (tensors, numbers), not dims or flags
         vals = [(i, a.name, a.kwarg_only) for i, a in enumerate(schema.arguments)
                 if str(a.type).rstrip("?").split("[")[0] in ("Tensor", "Scalar", "number", "float", "complex")]
@@ -224,7 +231,7 @@ def _absmax(v: Any) -> float:
     if isinstance(v, _Tensor):
         if not (v.is_floating_point() or v.is_complex()) or v.numel() == 0:
             return 0.0
-        return float(v.detach().abs().max().float())
+        return float(v.detach().abs().max().double())  # float64 values beyond the float32 range stay finite
     return abs(float(v))
 
 
@@ -473,6 +480,19 @@ class ModuleTracker:
         stack = self.stack
         return stack[-1] if stack else None
 
+    def here(self) -> tuple[str | None, str | None, int | None]:
+        """(module, file, line) of the op being run: ``current`` and ``location()`` in one look at the stack."""
+        try:
+            stack, locs = self._tls.stack, self._tls.locs
+        except AttributeError:
+            return None, *user_location(2)
+        if not stack:
+            return None, *user_location(2)
+        loc = locs[-1]
+        if loc is None:
+            return stack[-1], *user_location(2)
+        return stack[-1], loc[0], loc[1]
+
     def location(self) -> tuple[str | None, int | None]:
         """The user's (file, line) of the op being run (called from ``__torch_dispatch__``)."""
         locs = self.locs
@@ -581,6 +601,10 @@ class OpSanitizer(TorchDispatchMode):
     def _init_thresholds(self) -> None:
         for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64):  # complex, float8: _check_other
             self._threshold(dt)
+        # dtypes whose sum-of-squares check is exact for the thresholds: a finite sum bounds |x| by about
+        # sqrt(finfo.max), which must lie below the near-overflow threshold (float16's does not)
+        self._dot_ok = frozenset(dt for dt in (torch.float32, torch.float64)
+                                 if math.sqrt(float(torch.finfo(dt).max)) * 1.01 < self._threshold(dt))
 
     # -- the hot path ---------------------------------------------------------------------------
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
@@ -595,9 +619,8 @@ class OpSanitizer(TorchDispatchMode):
         nr = _seq()
         if nr != self._last_nr:  # this op created an autograd node: remember where (for backward)
             self._last_nr = nr
-            mods = self.modules
             fwd = self._fwd
-            fwd[nr - 1] = (pol.name, mods.current, *mods.location())
+            fwd[nr - 1] = (pol.name, *self.modules.here())
             if len(fwd) > 200_000:
                 for k in list(fwd)[:100_000]:
                     del fwd[k]
@@ -635,6 +658,17 @@ class OpSanitizer(TorchDispatchMode):
         self.checked += 1
         if n == 1:
             lo = hi = t.item()
+        elif n >= _DOT_MIN and pol.dot and t.dtype in self._dot_ok and not self._cands and t.is_contiguous():
+            # s = fl(sum x_i^2), one BLAS pass (~1.25x faster than aminmax on large tensors). A NaN or an inf
+            # makes s NaN or inf; a finite s bounds every |x_i| by ~sqrt(finfo.max) (1.8e19 in float32), far
+            # below any threshold; s == 0 (all zeros, or all below ~1e-23) falls through to the exact check.
+            flat = t.view(-1)
+            s = _dot(flat, flat).item()
+            if 0.0 < s < _INF or (s == 0.0 and not (pol.uf and self.underflow)):
+                return
+            a, b = torch.aminmax(t)
+            lo = a.item()
+            hi = b.item()
         else:
             a, b = torch.aminmax(t)
             lo = a.item()
