@@ -93,7 +93,10 @@ def _reduce(loss: np.ndarray, den: float, reduction: str) -> np.ndarray:
     if reduction == "none":
         return loss
     total = loss.sum()
-    return np.asarray(total / den if reduction == "mean" else total)
+    if reduction != "mean":
+        return np.asarray(total)
+    with np.errstate(invalid="ignore"):  # every row ignored: 0/0 is NaN, as torch's mean, and no warning
+        return np.asarray(total / den)
 
 
 def _row_grad(g: torch.Tensor, rows: int, den: float, reduction: str) -> np.ndarray:
