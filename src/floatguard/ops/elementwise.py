@@ -81,7 +81,9 @@ def _fast_binary(fn: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(fn)
     def op_fn(a: Any, b: Any) -> Any:
-        if _cpu_tensor(a) and _cpu_tensor(b) and a.dtype == b.dtype and a.shape == b.shape:
+        # b is checked against a (same type, dtype, shape, device, layout): one _cpu_tensor call, not two
+        if (type(b) is type(a) and _cpu_tensor(a) and b.dtype == a.dtype and b.shape == a.shape
+                and b.device == a.device and b.layout == a.layout):
             return _fast_module().logaddexp(a, b)
         return fn(a, b)
 
