@@ -12,9 +12,10 @@ for training work and 2.0 for the latency of one small call, where the fixed
 cost of checking arguments is most of the time.
 
 PyTorch runs on one thread unless ``--threads N``; OMP and XLA are set to one
-thread before the libraries load. JAX runs with ``jax_enable_x64`` (as the
-other benchmarks and floatguard's accuracy contract: float32 inputs worked in
-float64).
+thread before the libraries load. JAX runs without ``jax_enable_x64`` (JAX's
+default, how models are trained: all work in float32) and with it (floatguard's
+accuracy contract: float32 inputs worked in float64), each in a child process,
+as the setting is global to a process.
 
 Run ``python benchmarks/training_speed.py`` (``--quick``: small sizes, few
 rounds, no ``torch.compile``; ``--sections`` picks some of ``training latency
@@ -24,7 +25,10 @@ compile jax``).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -222,7 +226,9 @@ def compile_pairs(quick: bool) -> Iterator[Pair]:
 
 # -- JAX ------------------------------------------------------------------------------
 def jax_pairs(quick: bool) -> Iterator[Pair]:
-    """jax.jit: forward, and the forward with the backward of a fixed cotangent (``jax.vjp``)."""
+    """jax.jit: forward, and the forward with the backward of a fixed cotangent (``jax.vjp``), under the
+    ``jax_enable_x64`` setting of this process (see :func:`jax_rows`)."""
+    x64 = "x64 on" if jax.config.jax_enable_x64 else "x64 off"
     shape = (64, 128) if quick else (4096, 2048)
     peers = {"log_softmax": (jax.nn.log_softmax, "jax.nn.log_softmax"), "softmax": (jax.nn.softmax, "jax.nn.softmax"),
              "logsumexp": (jax.nn.logsumexp, "jax.nn.logsumexp")}
@@ -245,8 +251,21 @@ def jax_pairs(quick: bool) -> Iterator[Pair]:
                     else:
                         jf = jax.jit(one)
                         fns.append(lambda jf=jf, x=x: jf(x).block_until_ready())
-                yield Pair("jax", f"{op} (jit)", "fwd+vjp" if grad else "fwd", _fmt_shape(shape), dtype, name,
-                           fns[0], fns[1])
+                yield Pair("jax", f"{op} (jit)", "fwd+vjp" if grad else "fwd", _fmt_shape(shape),
+                           f"{dtype}, {x64}", name, fns[0], fns[1])
+
+
+def jax_rows(quick: bool, rounds: int, min_time: float) -> list[list[str]]:
+    """The JAX rows without x64 (JAX's default, how models are trained: the headline) and with it.
+
+    ``jax_enable_x64`` is global to a process, so each setting runs in a child process of its own.
+    """
+    rows = []
+    for flag in ("off", "on"):
+        cmd = [sys.executable, __file__, "--jax-child", flag, "--rounds", str(rounds), "--min-time", str(min_time)]
+        out = subprocess.run(cmd + (["--quick"] if quick else []), check=True, capture_output=True, text=True)
+        rows += json.loads(out.stdout.strip().splitlines()[-1])
+    return rows
 
 
 # -- the table ------------------------------------------------------------------------
@@ -270,15 +289,22 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 7, quick 3)")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=None,
                         help="which parts to run (default all; quick: all but compile)")
+    parser.add_argument("--jax-child", choices=("on", "off"), help=argparse.SUPPRESS)  # see jax_rows
+    parser.add_argument("--min-time", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     rounds = args.rounds or (3 if args.quick else 7)
-    min_time = 0.0005 if args.quick else 0.05
+    min_time = args.min_time or (0.0005 if args.quick else 0.05)
+    if args.jax_child:  # one setting of jax_enable_x64: the rows as JSON, for jax_rows
+        jax.config.update("jax_enable_x64", args.jax_child == "on")
+        print(json.dumps(measure(jax_pairs(args.quick), rounds, min_time)))
+        return []
     sections = args.sections or [s for s in SECTIONS if not (args.quick and s == "compile")]
     makers = {"training": training_pairs, "latency": latency_pairs, "compile": compile_pairs, "jax": jax_pairs}
     rows = []
     for s in sections:
-        rows += measure(makers[s](args.quick), rounds, min_time)
+        rows += jax_rows(args.quick, rounds, min_time) if s == "jax" else measure(makers[s](args.quick), rounds,
+                                                                                     min_time)
     failed = sum(r[-1] == "FAIL" for r in rows)
     table = make_table(
         f"Training speed: floatguard / framework, {args.threads} thread(s){' (quick)' if args.quick else ''}",
@@ -286,8 +312,8 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
         rows,
         caption=f"ratio: floatguard's time / the framework op's, medians of {rounds} interleaved rounds, one "
         "process; framework ms: the framework op's time per call. fwd+bwd: forward and backward (of the mean "
-        "loss, or of a fixed cotangent); fwd+vjp: jax.vjp, jitted. JAX with jax_enable_x64 (float32 worked in "
-        f"float64). {len(rows) - failed}/{len(rows)} rows meet their target.",
+        "loss, or of a fixed cotangent); fwd+vjp: jax.vjp, jitted. JAX without jax_enable_x64 (its default) and "
+        f"with it (float32 worked in float64). {len(rows) - failed}/{len(rows)} rows meet their target.",
         text_columns=6,
     )
     print_tables([table])

@@ -339,3 +339,87 @@ def test_half_precision_gradients_keep_the_dtype_and_match_float64(dtype: str, x
         assert g.dtype == x.dtype, (op, g.dtype)
         got = np.asarray(g).astype(np.float64)
         np.testing.assert_allclose(got, want, rtol=4 * eps, atol=4 * eps * float(np.abs(want).max()), err_msg=op)
+
+
+# --------------------------------------------------------------------------------------
+# the float32 working dtype (no x64, or half precision): one fused pass, same semantics
+# --------------------------------------------------------------------------------------
+@pytest.fixture
+def no_x64() -> Iterator[None]:
+    """JAX's default: float32 inputs are worked in float32 (the one-pass path of the module)."""
+    with jax.enable_x64(False):
+        yield
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_non_finite_rows_keep_their_semantics_in_float32(dtype: str, no_x64: None) -> None:
+    x = jnp.asarray([[-INF, -INF, -INF], [1.0, INF, INF], [INF, 0.0, -INF], [NAN, 0.0, 1.0], [2.0, 2.0, 2.0],
+                     [-INF, 0.0, -INF]], dtype=getattr(jnp, dtype))
+    for fn in (lambda v: v, jax.jit):
+        lse = np.asarray(fn(lambda v: fg.logsumexp(v, axis=1))(x)).astype(np.float64)
+        np.testing.assert_array_equal(lse[[0, 1, 2, 5]], [-INF, INF, INF, 0.0])
+        assert np.isnan(lse[3]) and lse[4] == pytest.approx(2.0 + math.log(3.0), rel=1e-2)
+        p = np.asarray(fn(fg.softmax)(x)).astype(np.float64)
+        np.testing.assert_array_equal(p[[0, 1, 2, 5]], [[0, 0, 0], [0, 0.5, 0.5], [1, 0, 0], [0, 1, 0]])
+        assert np.all(np.isnan(p[3]))
+        ls = np.asarray(fn(fg.log_softmax)(x)).astype(np.float64)
+        np.testing.assert_array_equal(ls[[0, 2, 5]], [[-INF] * 3, [0.0, -INF, -INF], [-INF, 0.0, -INF]])
+        assert ls[1, 0] == -INF and ls[1, 1] == ls[1, 2] == pytest.approx(math.log(0.5), rel=1e-2)
+        assert np.all(np.isnan(ls[3]))
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_float32_work_matches_the_generic_path_on_long_rows(op: str, no_x64: None) -> None:
+    """Rows are not cut into pieces in float32: long and prime lengths, a dominant entry in any place."""
+    for n in (4099, 6000):
+        x = jnp.asarray(rows(n, seed=18)[:13], dtype=jnp.float32)
+        got = jax.jit(lambda v: call(op, v))(x)
+        want = jax.jit(lambda v: generic(op, v))(x)
+        err = ulps(got, want, "float32")
+        assert float(err.max()) <= 4.0, (op, n, np.argwhere(err > 4.0)[:5])
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_float32_gradient_matches_float64(op: str) -> None:
+    """The float32 path's gradient (no x64) against the float64 one (x64) of the same inputs, and exactly 0
+    on rows with no finite max (-inf and +inf rows), where jax.nn gives NaN."""
+    rng = np.random.default_rng(19)
+    x = rng.normal(size=(5, 300)) * 3
+    x[1, 2] = x[1, 7] = -INF
+    x[2] = -INF
+    x[3, 5] = INF
+    w = rng.uniform(0.5, 1.5, size=(5, 300))
+    x32 = x.astype(np.float32)
+
+    def scalar(v: Any, w: Any) -> Any:
+        out = call(op, v)
+        return jnp.sum(jnp.where(jnp.isfinite(out), out, 0.0) * w[:, : out.shape[1]])
+
+    with jax.enable_x64(False):
+        g32 = jax.jit(jax.grad(scalar))(jnp.asarray(x32), jnp.asarray(w, dtype=jnp.float32))
+        assert g32.dtype == jnp.float32
+        g32 = np.asarray(g32).astype(np.float64)
+    with jax.enable_x64(True):
+        want = np.asarray(jax.grad(scalar)(jnp.asarray(x32.astype(np.float64)), jnp.asarray(w)))
+    assert not np.any(np.isnan(g32))
+    np.testing.assert_array_equal(g32[[2, 3]], np.zeros((2, 300)))
+    np.testing.assert_array_equal(want[[2, 3]], np.zeros((2, 300)))
+    np.testing.assert_allclose(g32, want, rtol=2e-5, atol=2e-6 * float(np.abs(want).max()))
+
+
+def test_float32_nan_rows_stay_in_their_row(no_x64: None) -> None:
+    """A NaN row gives NaN (results and, as jax.nn's, gradient) in its row only."""
+    x = jnp.asarray(np.concatenate([rows(50, seed=20)[:4], [[NAN] + [0.0] * 49]]), dtype=jnp.float32)
+    for op in OPS:
+        out = np.asarray(jax.jit(lambda v, op=op: call(op, v))(x))
+        assert np.all(np.isnan(out[4])) and not np.any(np.isnan(out[[0, 1, 2, 3]])), op
+        g = np.asarray(jax.jit(jax.grad(lambda v, op=op: jnp.sum(call(op, v)[:, :1])))(x))
+        assert np.all(np.isfinite(g[:4])), op
+
+
+def test_float32_hessian_of_logsumexp(no_x64: None) -> None:
+    x = np.random.default_rng(21).normal(size=6).astype(np.float32)
+    h = np.asarray(jax.jit(jax.hessian(lambda v: fg.logsumexp(v)))(jnp.asarray(x)))
+    xd = x.astype(np.float64)
+    p = np.exp(xd - np.log(np.sum(np.exp(xd))))
+    np.testing.assert_allclose(h, np.diag(p) - np.outer(p, p), rtol=1e-5, atol=1e-7)

@@ -42,21 +42,30 @@ equal to ``MAX`` shares the mass with the ``+inf`` entries.
 The three ops are one ``jax.custom_jvp`` function (:func:`_rows`) that also returns
 ``m`` and ``l = log1p(s)`` per row. Its JVP is analytic (``d lse = sum(p dx)``,
 ``d softmax = p (dx - sum(p dx))``, ``d log_softmax = dx - sum(p dx)``) and, as
-jax.nn's, computed in the working dtype from what jax.nn keeps
-for the transpose: the softmax ``p`` (for logsumexp and log_softmax recomputed as
-``exp(x - m) exp(-l)``, which needs only ``m`` and ``l`` of the forward passes)
-and a flag per row; it is exactly 0 on rows with no finite max, where ``p`` is
-set to 0. It calls the custom function, so higher derivatives use the same rule.
-A gradient then costs the forward's passes, ``p`` written out (the select that
-zeroes NaN rows keeps XLA from fusing it) and the transpose's pass; the tangents are
-worked in the working dtype (:func:`_tangent_dtype`), so float32 gradients under x64
-stay float64-accurate, at about 3 times jax.nn's gradient time at 4096×2048
-(``benchmarks/training_speed.py``; 3 to 6 times before this structure). The forward
-stays above jax.nn's time under ``jax_enable_x64``:
-the sum ``s`` takes one float64 ``exp`` per entry (XLA's float32 ``exp`` is off
-by up to 1 ulp, which ``log1p(s)`` of a tiny ``s`` would pass on whole). Without
-x64 all work is float32, as jax.nn's. This module imports JAX: it is only
-reached with JAX arrays.
+jax.nn's, computed in the working dtype from the softmax ``p``, recomputed as
+``exp(x - m) exp(-l)`` (which needs only ``m`` and ``l`` of the forward passes, and
+keeps ``p`` float64-accurate under x64). Rows with no finite max get the tangent
+0: the tangent ``dx`` is set to 0 there (a select on ``dx``, which in ``jax.grad``
+becomes one select on the gradient, after the fused pass), so reverse-mode
+gradients are exactly 0 on ``-inf``, ``+inf`` and NaN rows; a forward-mode
+tangent is NaN on a NaN row, as its value. It calls the custom function, so higher
+derivatives use the same rule. The tangents are worked in the working dtype
+(:func:`_tangent_dtype`), so float32 gradients under x64 stay float64-accurate.
+(``p`` used to be zeroed by a select, which XLA cannot fuse: ``p`` was written out
+in float64, 3.5 to 4.7 times jax.nn's gradient time at 4096×2048; 2 to 2.2 times
+now, ``benchmarks/training_speed.py``.) The forward stays above jax.nn's time under
+``jax_enable_x64``: the sum ``s`` takes one float64 ``exp`` per entry (XLA's float32
+``exp`` is off by up to 1 ulp, which ``log1p(s)`` of a tiny ``s`` would pass on
+whole).
+
+Where the working dtype is float32 (JAX's default, no x64, for every input; and
+half precision inputs under x64) the ops are :func:`_rows32`: the same ``a``,
+``d`` and ``s``, XLA's ``log1p``, rows not cut into pieces, each op written so that
+XLA fuses it whole, forward and ``jax.grad`` alike, into the one YNNPACK fusion
+jax.nn's ops get (see :func:`_forward32`): one read of ``x``, as jax.nn's. Its
+tangent rule needs no select (NaN rows then give NaN gradients, as jax.nn's; ``-inf``
+and ``+inf`` rows exactly 0). This module imports JAX: it is only reached with JAX
+arrays.
 
 Writing the passes so that XLA fuses them takes some care, noted where it
 matters: no select, compare or clamp in them, no expression shared between two
@@ -220,8 +229,8 @@ def _forward(x: jax.Array, op: str, fused: bool) -> tuple[jax.Array, jax.Array, 
     """``(result, m, l)``: the result of ``op`` in the input dtype, the row max ``m`` and ``l = log1p(s)``.
 
     ``fused``: for short rows, the softmax from the ``exp(d)`` of the pass that sums (one pass in
-    all); else from a second pass, as the tangent rule wants: it keeps the softmax for the
-    transpose, and XLA would otherwise split the first pass around it and write its pieces out.
+    all); else from a second pass, as the tangent rule asks for: XLA would otherwise split the
+    first pass around the tangent's passes and write its pieces out.
     """
     m, a, d, s = _stats(x)
     l = _log1p(s)  # noqa: E741
@@ -254,51 +263,122 @@ def _rows(x: jax.Array, op: str, fused: bool) -> tuple[jax.Array, jax.Array, jax
 def _rows_jvp(op: str, fused: bool, primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[Any, Any]:
     """``d lse = sum(p dx)``, ``d softmax = p (dx - sum(p dx))``, ``d log_softmax = dx - sum(p dx)``.
 
-    In the working dtype (:func:`_tangent_dtype`), keeping what jax.nn keeps for the transpose:
-    the softmax ``p`` (for logsumexp and log_softmax ``exp(min(x - a, MAX - a)) exp(-l)``, where
-    ``x - a`` is exact near the max) and one flag per row. Rows with no finite max (``-inf``,
-    ``+inf`` or NaN rows) have ``p = 0`` (a select, as ``0 * NaN`` is NaN) and their tangent is
-    multiplied by 0: exactly 0 for finite tangents and cotangents. The tangent is otherwise
-    written without select, which XLA could not fuse with the sums of the transpose (``jax.grad``):
-    the cotangent would be written out masked. ``m`` gets tangent 0 and ``l`` the tangent of the
-    logsumexp: ``m + l`` and ``p`` then have their true tangents, and higher derivatives (which
-    call this rule again) are right.
+    In the working dtype (:func:`_tangent_dtype`), from the softmax ``p = exp(min(x - a, MAX - a))
+    exp(-l)`` (``x - a`` is exact near the max), recomputed in the pass that uses it. Rows with no
+    finite max (``-inf``, ``+inf`` or NaN rows) have ``dx`` set to 0 in the input dtype (one flag per
+    row), before anything else: in ``jax.grad`` that select is the last step, on the gradient in the
+    input dtype, so ``p`` and the sums of the transpose stay in one fused pass (a select on ``p``
+    made XLA write ``p`` out in float64). ``p`` is finite on ``-inf`` rows (0) and ``+inf`` rows, so
+    their tangents are 0; on NaN rows ``p`` is NaN: reverse-mode gradients are 0 there (the select
+    comes last), forward-mode tangents NaN, as the value. ``m`` gets tangent 0 and ``l`` the tangent
+    of the logsumexp: ``m + l`` and ``p`` then have their true tangents, and higher derivatives
+    (which call this rule again) are right.
     """
     (x,), (dx,) = primals, tangents
     out, m, l = _rows(x, op, False)  # noqa: E741
     td = _tangent_dtype(x.dtype)
     fin = jnp.isfinite(m + l)  # one flag per row: l is NaN on a NaN row whose max came out finite
-    f = fin.astype(td)
-    if op == "softmax":
-        p = jnp.where(fin, out.astype(td), 0)
-    else:
-        top = _top(x)
-        a = jnp.clip(m, -top, top).astype(td)
-        # min(x - a, top - a), not min(x, top) - a: XLA would share min(x, top) with the forward's pass
-        # that sums (for float32 input without x64) and write it out
-        p = jnp.where(fin, jnp.exp(jnp.minimum(x.astype(td) - a, top - a)) * jnp.exp(-l).astype(td), 0)
-    dxt = dx.astype(td)
+    top = _top(x)
+    a = jnp.clip(m, -top, top).astype(td)
+    # min(x - a, top - a), not min(x, top) - a: XLA would share min(x, top) with the forward's pass that
+    # sums and write it out. Recomputed for softmax too: its output is rounded to the input dtype, and
+    # converting it back and selecting measured slower than this (4.7x jax.nn's fwd+vjp, x64, 4096x2048)
+    p = jnp.exp(jnp.minimum(x.astype(td) - a, top - a)) * jnp.exp(-l).astype(td)
+    dxt = jnp.where(fin, dx, 0).astype(td)
     inner = jnp.sum(p * dxt, axis=-1, keepdims=True)  # d logsumexp
     if op == "logsumexp":
         dout = inner
     elif op == "softmax":
         dout = p * dxt - p * inner
     else:
-        dout = f * dxt - inner
+        dout = dxt - inner
     dl = inner.astype(l.dtype)
     return (out, m, l), (dout.astype(out.dtype), jnp.zeros_like(m), dl)
 
 
+# -- the float32 working dtype: one pass, as jax.nn's --------------------------------------
+def _forward32(x: jax.Array, op: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``(result, m, l)`` of ``op`` worked in float32 (no x64, or half precision input), in one fused pass.
+
+    jax.nn's structure (max, ``exp(x - max)``, sum, log) plus what floatguard needs: the max term taken
+    out of ``s`` (see the module docstring), ``log1p(s)`` by XLA's own ``log1p``, and the limits on rows
+    with a non-finite max. XLA's CPU ``exp`` and ``log1p`` are within 1 ulp in float32, which is the
+    accuracy jax.nn gets and what float32 work can give. XLA then fuses the whole op into the one YNNPACK
+    fusion of jax.nn (the max, the two sums and the output, reading ``x`` once), which it does only
+    while no per-row value but ``m`` has two users, and with no divide by, or select on, a row value
+    (XLA 0.10 on CPU): hence ``max(s, 0)`` for ``log1p`` (``s = -1`` on ``-inf`` rows) and ``m`` for the
+    flag of ``+inf`` rows. Rows are not cut into pieces: this fusion takes any length.
+
+    Measured at 4096×2048 (``benchmarks/training_speed.py``, no x64, a noisy machine): float32 1.0 to
+    1.4x jax.nn's time, forward and with ``jax.vjp`` (one fusion as jax.nn's; the extra min, multiply
+    and sum per entry cost the difference); bfloat16 0.4x with ``jax.vjp`` but 1.2 to 1.7x forward,
+    where jax.nn rounds ``x - max`` to bfloat16 before its ``exp`` (an error of ``|x - max| 2^-9``
+    relative, several bfloat16 ulps), which this path does not.
+    """
+    top, big, n = _top(x), _big(jnp.float32), x.shape[-1]
+    m = jnp.max(x, axis=-1, keepdims=True).astype(jnp.float32)
+    a = -jnp.minimum(-jnp.minimum(m, top), top)  # m clipped to [-MAX, MAX]; not a clamp, which XLA cannot fuse
+    d = jnp.minimum(x.astype(jnp.float32), top) - a
+    g = d * -big
+    s = _sum(jnp.minimum(jnp.exp(d), g)) + ((n - 1) - _sum(jnp.minimum(g, 1)))
+    l = jnp.log1p(jnp.maximum(s, 0))  # noqa: E741  (0 on -inf rows: the result is then m or d, -inf)
+    if op == "softmax":  # 1 + s: 1 + s on finite rows, the count of +inf entries on +inf rows, 0 on -inf rows
+        return (jnp.exp(d) * (1 / jnp.maximum(1 + s, 1))).astype(x.dtype), m, l
+    if op == "logsumexp":
+        return (m + l).astype(x.dtype), m, l
+    t = jnp.maximum(m, top) - top  # +inf on +inf rows, else 0 (see _forward)
+    return (d * (1 + jnp.minimum(t * t, big)) - l).astype(x.dtype), m, l
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _rows32(x: jax.Array, op: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+    return _forward32(x, op)
+
+
+@_rows32.defjvp
+def _rows32_jvp(op: str, primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[Any, Any]:
+    """The tangent rule of :func:`_rows_jvp` in float32, written so that XLA fuses it with the forward.
+
+    ``p = exp(d - l)`` (``d`` as in :func:`_forward32`) times a flag ``f`` per row, 1 on rows with a finite
+    max and 0 on ``-inf`` and ``+inf`` rows, made without compare or select from the clipped max ``a``
+    (``f`` is also 0 on a row whose max is exactly ``MAX``, a limit case). ``f`` enters as ``l - log(f)``,
+    ``+inf`` where ``f = 0``, so that ``p`` is one ``exp`` of one broadcast row value. NaN rows give NaN
+    tangents here, as jax.nn's (zeroing them takes a select over the data, a pass of its own).
+    """
+    (x,), (dx,) = primals, tangents
+    out, m, l = _rows32(x, op)  # noqa: E741
+    top, big = _top(x), _big(jnp.float32)
+    a = -jnp.minimum(-jnp.minimum(m, top), top)
+    f = jnp.minimum((a + top) * big, 1) * jnp.minimum((top - a) * big, 1)
+    p = jnp.exp((jnp.minimum(x.astype(jnp.float32), top) - a) - (l - jnp.log(f)))
+    dxt = dx.astype(jnp.float32)
+    inner = jnp.sum(p * dxt, axis=-1, keepdims=True)
+    if op == "logsumexp":
+        dout = inner
+    elif op == "softmax":
+        dout = p * dxt - p * inner
+    else:
+        dout = f * dxt - inner
+    return (out, m, l), (dout.astype(out.dtype), jnp.zeros_like(m), inner)
+
+
+def _dispatch(x: jax.Array, op: str) -> jax.Array:
+    """``op`` of the rows of ``x``: one pass in float32 where that is the working dtype, else :func:`_rows`."""
+    if _work_dtype(x.dtype) == jnp.float32:
+        return _rows32(x, op)[0]
+    return _rows(x, op, True)[0]
+
+
 def logsumexp_rows(x: jax.Array) -> jax.Array:
     """``m + log1p(s)`` of each row (keepdims), in the input dtype; ``m`` on rows with a non-finite max."""
-    return _rows(x, "logsumexp", True)[0]
+    return _dispatch(x, "logsumexp")
 
 
 def softmax_rows(x: jax.Array) -> jax.Array:
     """``exp(d) / (1 + s)`` of each row, in the input dtype; the limit on rows with a non-finite max."""
-    return _rows(x, "softmax", True)[0]
+    return _dispatch(x, "softmax")
 
 
 def log_softmax_rows(x: jax.Array) -> jax.Array:
     """``d - log1p(s)`` of each row, in the input dtype; the limit on rows with a non-finite max."""
-    return _rows(x, "log_softmax", True)[0]
+    return _dispatch(x, "log_softmax")
