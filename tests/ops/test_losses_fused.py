@@ -321,6 +321,8 @@ def test_elementwise_gradients(name: str) -> None:
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_ce_plain_gradient_is_the_float64_one_rounded_once(dtype: torch.dtype) -> None:
+    """The exps of a float32/bfloat16 row are good to a relative 2^-32 (the degree-7 exp), which adds
+    at most 2^-8 ulp of float32 to the one rounding."""
     x = torch.tensor(RNG.normal(size=(16, 300)) * 3).to(dtype)
     t = torch.tensor(RNG.integers(0, 300, 16))
     xl, xd = x.clone().requires_grad_(), x.double().requires_grad_()
@@ -328,7 +330,7 @@ def test_ce_plain_gradient_is_the_float64_one_rounded_once(dtype: torch.dtype) -
     F.cross_entropy(xd, t).backward()
     assert xl.grad is not None and xd.grad is not None and xl.grad.dtype == dtype
     err = T.ulp_error(xl.grad, xd.grad.numpy().astype(np.float64), dtype)
-    assert float(np.max(err)) <= 0.5 + 1e-6
+    assert float(np.max(err)) <= 0.5 + 2**-8
 
 
 def test_ce_plain_no_grad_route_and_reductions_of_nonfinite_rows() -> None:

@@ -32,9 +32,9 @@ from ._numba_fast import (
     AVAILABLE,
     BLK,
     _add,
+    _exp_f32out,
     _exp_reduced,
     _exp_reduced_inl,
-    _exp_short,
     _njit,
     _reduce,
     _reduce_inl,
@@ -429,7 +429,8 @@ def _exp_np(d: float) -> float:
 
 def _exp_for(a: np.ndarray, d: float) -> float:
     """``exp(d)`` for ``d <= 0`` as accurate as the dtype of ``a`` needs: the 0.51-ulp table exp for
-    float64, the table-free relative 2^-41 one (no gathers) for float32 and bfloat16 (int16 bits)."""
+    float64, the table-free degree-7 one (relative 2^-32, no gathers) for float32 and bfloat16 (int16
+    bits): a result rounded to 24 bits or fewer keeps its 1 ulp with 2^-8 ulp to spare."""
     return float(np.exp(d))
 
 
@@ -439,7 +440,7 @@ if AVAILABLE:
     def _exp_for_impl(a, d):  # unannotated: numba compares signatures
         if a.dtype == types.float64:
             return lambda a, d: _exp_np(d)
-        return lambda a, d: _exp_short(d)
+        return lambda a, d: _exp_f32out(d)
 
 
 def _log1p_for(a: np.ndarray, e: float) -> float:
@@ -702,13 +703,13 @@ def ptr_logaddexp(f64: bool, aa: int, ba: int, oa: int, size: int) -> None:
 # Few arguments (numba's dispatch types each one), one packed residual array, and H1's inline row
 # helpers (an integer-key max, the rest sum without slices for short rows): the latency route.
 def _rest_for(row: np.ndarray, m: float) -> float:
-    """``s = sum_{i != k} exp(row_i - m)``: the 0.51-ulp table exp for float64 rows, the relative 2^-41
-    short exp for float32/bfloat16 (their loss is rounded to 24 or 8 bits)."""
+    """``s = sum_{i != k} exp(row_i - m)``: the 0.51-ulp table exp for float64 rows, the degree-7 exp
+    (relative 2^-32) for float32/bfloat16 (their loss is rounded to 24 or 8 bits)."""
     return float(np.sum(np.exp(row - m))) - 1.0
 
 
 if AVAILABLE:
-    from ._numba_fast import _rest_accurate, _rest_short
+    from ._numba_fast import _rest_accurate, _rest_f32out
     from ._numba_fast import _row_max as _key_max
 
     @overload(_rest_for, inline="always")
@@ -717,7 +718,7 @@ if AVAILABLE:
             return lambda row, m: _rest_accurate(row, m)
 
         def short(row, m):
-            acc, ties = _rest_short(row, m)
+            acc, ties = _rest_f32out(row, m)
             return acc + np.float64(ties - 1)
 
         return short
