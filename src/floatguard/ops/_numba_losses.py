@@ -45,30 +45,10 @@ from ._numba_log import inline, log1p_unit, recip_short, select
 from ._numba_log import log1p as _log1p
 
 if AVAILABLE:
-    from llvmlite import ir
     from numba import types
-    from numba.extending import intrinsic, overload
+    from numba.extending import overload
 
-    from ._numba_fast import _encode
-
-    @intrinsic
-    def _f32_from_bits(typingctx: Any, i: Any) -> Any:
-        """The float32 with the bits of an int32."""
-
-        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-            return builder.bitcast(args[0], ir.FloatType())
-
-        return types.float32(types.int32), codegen
-
-    @intrinsic
-    def _f32_bits(typingctx: Any, x: Any) -> Any:
-        """The bits of a float32 as an int32."""
-
-        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-            return builder.bitcast(args[0], ir.IntType(32))
-
-        return types.int32(types.float32), codegen
-
+    from ._numba_fast import _encode, _f32_bits, _f32_from_bits
 
 def _ld(v: Any) -> float:
     """A loaded element as float64 (an int16 is the bits of a bfloat16)."""
