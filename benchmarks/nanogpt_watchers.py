@@ -5,7 +5,8 @@ block 128, batch 16, vocabulary 65; pre-LayerNorm blocks, causal self-attention 
 out with a ``-inf`` mask and softmax, GELU MLP, AdamW), one thread on the CPU. One
 training step (forward, cross-entropy, backward, AdamW) is timed plain, under
 ``floatguard.guard`` (step level), ``floatguard.detect()`` (op level, forward and
-backward), ``torch.autograd.detect_anomaly(check_nan=True)`` and ``floatguard.monitor.Monitor``.
+backward; torch's own modules checked at their outputs), ``detect(exact=True)`` (every op as it
+runs), ``torch.autograd.detect_anomaly(check_nan=True)`` and ``floatguard.monitor.Monitor``.
 Times are CPU time of the calling thread; each round runs every watcher for a block of
 steps in a rotated order, a watcher's ratio in a round is its median step over the plain
 median of the same round, and the table gives the median ratio over the rounds (with the
@@ -120,6 +121,7 @@ WATCHERS: list[tuple[str, Callable[[], Any], bool, bool]] = [
     ("plain", contextlib.nullcontext, False, False),
     ("guard(train_step)", contextlib.nullcontext, True, False),
     ("detect() op level", lambda: fgs.detect("op", quiet=True, numpy=False, torch=True), False, False),
+    ("detect(exact=True)", lambda: fgs.detect("op", quiet=True, numpy=False, torch=True, exact=True), False, False),
     ("torch.autograd.detect_anomaly()", lambda: torch.autograd.detect_anomaly(check_nan=True), False, False),
     ("Monitor(...)", contextlib.nullcontext, False, True),
 ]

@@ -4,7 +4,9 @@ Three CPU training steps (forward, backward, Adam): an MLP, a CNN with batch nor
 small Transformer encoder with dropout. Each is timed plain, under
 ``floatguard.guard`` (step level: one fused check of the gradients per step, the loss,
 the RNG states), under ``floatguard.detect(level="op")`` (every op's outputs checked,
-forward and backward) and under ``torch.autograd.detect_anomaly(check_nan=True)``
+forward and backward, except inside torch's own modules, which are checked at their
+outputs and replayed op by op when one goes bad), under ``detect(exact=True)`` (every op
+as it runs) and under ``torch.autograd.detect_anomaly(check_nan=True)``
 (NaN checks of backward outputs only, and a stack trace stored per op), all in one
 process on one thread. Times are CPU time of the calling thread per step (robust to
 other load on the machine). Each round runs every candidate for a block of steps, in a
@@ -116,6 +118,7 @@ CONFIGS = [
     Config("plain", contextlib.nullcontext),
     Config("floatguard guard (step)", contextlib.nullcontext, lambda f: fgs.guard(f, quiet=True)),
     Config("floatguard detect (op)", lambda: fgs.detect("op", quiet=True, numpy=False, torch=True)),
+    Config("floatguard detect (op, exact)", lambda: fgs.detect("op", quiet=True, numpy=False, torch=True, exact=True)),
     Config("torch detect_anomaly", _anomaly),
 ]
 

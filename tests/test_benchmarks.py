@@ -135,3 +135,17 @@ def test_training_speed_quick(load, capsys) -> None:
         assert 0 < float(ratio) < math.inf
         assert target == ("≤ 2.0" if section == "latency" else "≤ 1.0")
         assert ok == ("ok" if float(ratio) <= float(target[2:]) else "FAIL")
+
+
+def test_instabilities_quick(load, capsys) -> None:
+    mod = load("instabilities")
+    (table,) = mod.main(["--quick", "--only", "loss_spike", "adam_eps"])
+    assert "Transformer instabilities" in capsys.readouterr().out
+    assert _header(table) == mod.HEADERS
+    assert _cells(table, 0) == ["adam_eps", "loss_spike"]
+    kinds = _cells(table, 1)
+    assert kinds[0].startswith("adam_epsilon_dominates")  # raised by step 30, within 40 steps
+    assert all(float(c) > 0 for c in _cells(table, 7) + _cells(table, 8))
+    assert mod.loss_shows([1.0] * 5 + [2.0] * 5, [1.0] * 10, spike=False) == 5
+    assert mod.loss_shows([1.0, 3.0, 1.0], [1.0, 1.0, 1.0], spike=True) == 1
+    assert mod.loss_shows([1.0] * 4, [1.0] * 4, spike=False) is None

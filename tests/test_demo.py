@@ -253,13 +253,15 @@ def test_lint_flags_the_same_line_and_its_fix_trains(demo):
     san, lint = result["detection"]["sanitizer"], result["detection"]["lint"]
     (finding,) = lint["findings"]
     assert finding["code"] == "FG103" and finding["line"] == san["event"]["line"]
-    assert finding["fix"] == "floatguard.softmax(z, axis=-1)" and lint["fixes_applied"] == 1
+    # torch has its own stable softmax: a safe fix that adds no dependency
+    assert finding["fix"]["edits"][0]["text"] == "torch.softmax(z, dim=-1)" and lint["fixes_applied"] == 1
+    assert lint["unsafe"] is False and "floatguard lint --fix train.py" in text
     after = [a.strip() for ch in lint["changed"] for a in ch["after"]]
-    assert after == ["import floatguard", "return floatguard.softmax(z, axis=-1)"]
+    assert after == ["return torch.softmax(z, dim=-1)"]
     assert all(math.isfinite(v) for v in lint["fixed_losses"]) and lint["fixed_events"] == []
     assert lint["fixed_losses"][-1] < lint["fixed_losses"][0]
     assert f"train.py:{finding['line']}:{finding['col']}" in text and "FG103 naive-softmax" in text
-    assert f"+ {finding['line']:>3}         return floatguard.softmax(z, axis=-1)" in text
+    assert f"+ {finding['line']:>3}         return torch.softmax(z, dim=-1)" in text
 
 
 def test_demo_help(capsys):
@@ -312,6 +314,8 @@ def test_demo_without_torch_jax_or_ml_dtypes():
     line = _line_of(program_source(torch=False), "np.exp(z) / np.exp(z).sum")
     assert "sanitizer: overflow in np.exp" in out and f"train.py:{line}" in out and "module '" not in out
     assert f"train.py:{line}:12" in out and "FG103 naive-softmax" in out
-    assert f"+ {line:>3}     return floatguard.softmax(z, axis=1)" in out
+    # NumPy has no softmax: the fix adds `import floatguard`, an unsafe fix the demo applies as --unsafe-fixes does
+    assert f"+ {line:>3}     return floatguard.softmax(z, axis=1)" in out and "+   2 import floatguard" in out
+    assert "floatguard lint --fix --unsafe-fixes train.py" in out
     assert "sanitizer findings in the fixed run: 0" in out
     assert "monitor: " not in out and "skipped: the training monitor" in out and "floatguard[torch]" in out

@@ -12,10 +12,10 @@ floatguard`` stays light (NumPy and rich only).
 
 from typing import Any
 
+from .errors import OptionalDependencyError
 from .events import Event, Report
 from .ops import *  # noqa: F403
 from .ops import __all__ as _ops_all
-from .ops._namespace import OptionalDependencyError
 
 __version__ = "0.1.0"
 

@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from . import __version__
 
@@ -62,25 +63,97 @@ def _run_arguments(parser: argparse.ArgumentParser) -> None:
     from .sanitize.cli import add_arguments
 
     add_arguments(parser)
+    parser.add_argument("--monitor", action="store_true",
+                        help="also attach the training monitor (floatguard.monitor.attach_global)")
+
+
+def _attach_monitor() -> tuple[Any, str | None]:
+    """``(handle, None)`` from ``floatguard.monitor.attach_global()``, or ``(None, why not)``."""
+    try:
+        from . import monitor
+    except ImportError as exc:
+        return None, f"--monitor needs floatguard.monitor, which cannot be imported ({exc})"
+    attach = getattr(monitor, "attach_global", None)
+    if attach is None:
+        return None, "--monitor needs floatguard.monitor.attach_global(), which this installation does not provide"
+    return attach(), None
 
 
 def _run(args: argparse.Namespace) -> int:
+    """The sanitizer runs the script; with ``--monitor`` the training monitor watches it too."""
     from .sanitize.cli import run
 
-    return run(args)
+    return run(args, attach=_attach_monitor if getattr(args, "monitor", False) else None)
 
 
 # -- report -----------------------------------------------------------------------------
 def _report_arguments(parser: argparse.ArgumentParser) -> None:
-    from .monitor.cli import add_report_arguments
-
-    add_report_arguments(parser)
+    """``floatguard report FILE [-o report.html]``: a monitor's JSONL log, or a findings file of any tool."""
+    parser.add_argument("log", metavar="FILE",
+                        help="a monitor's JSONL log (Monitor(..., log=PATH)), or the JSON findings of "
+                        "`floatguard run --json` or `floatguard lint --format json`")
+    parser.add_argument("-o", "--output", default=None,
+                        help="HTML file to write (default: the log's name with .html)")
+    parser.add_argument("--title", default=None, help="title of the page")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no terminal summary")
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .monitor.cli import run_report
+    """Write the HTML report of ``args.log`` and print its summary.
 
-    return run_report(args)
+    A monitor log (training curves and findings) renders through
+    :mod:`floatguard.monitor.report`; the findings of ``floatguard run --json`` /
+    ``report.to_json()`` (``{"events": [...], "first": i}``) or ``floatguard lint --format json``
+    through :mod:`floatguard.reporting`. Exit codes: 0 when the report is written (whatever the
+    findings), 1 when the file cannot be read or (a monitor log) holds no step.
+    """
+    from rich.console import Console
+
+    from .monitor.log import is_monitor_log, read_log
+
+    err = Console(stderr=True)
+    if not os.path.isfile(args.log):
+        err.print(f"floatguard report: no such log file: {args.log}")
+        return 1
+    from .reporting import events_html, load_events
+    from .reporting import print_summary as print_events
+
+    try:
+        found = None if is_monitor_log(args.log) else load_events(args.log)
+    except (OSError, ValueError) as exc:
+        err.print(f"floatguard report: cannot read {args.log}: {exc}")
+        return 1
+    output = args.output or os.path.splitext(args.log)[0] + ".html"
+    if found is not None:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(events_html(found, title=args.title, source=args.log))
+        if not args.quiet:
+            con = Console(file=sys.stdout)
+            print_events(found, con)
+            con.print(f"report: {output}")
+        return 0
+    try:
+        run = read_log(args.log)
+    except (OSError, ValueError) as exc:
+        err.print(f"floatguard report: cannot read {args.log}: {exc}")
+        return 1
+    lines = f"{run.skipped} line{'s' if run.skipped != 1 else ''}"
+    if not run.steps:
+        err.print(f"floatguard report: {args.log} records no training step"
+                  + (f" ({lines} skipped: not a valid record)" if run.skipped else ""))
+        return 1
+    if run.skipped:
+        err.print(f"floatguard report: {args.log}: {lines} skipped (cut short, not UTF-8, not JSON, or fields of the "
+                  "wrong type); the rest is rendered", soft_wrap=True, markup=False)
+    from .monitor.report import print_summary, render_html
+
+    with open(output, "w", encoding="utf-8") as fh:
+        fh.write(render_html(run, title=args.title, source=args.log))
+    if not args.quiet:
+        con = Console(file=sys.stdout)
+        print_summary(run.findings, con, steps=len(run.steps))
+        con.print(f"report: {output}")
+    return 0
 
 
 COMMANDS: list[Command] = [

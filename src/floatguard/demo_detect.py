@@ -174,13 +174,20 @@ def _sanitizer_run(torch: Any) -> dict[str, Any]:
 
 
 def _lint_run(torch: Any) -> dict[str, Any]:
-    """Lint the NaN program, apply its safe fixes, and train the fixed program under ``detect()``."""
+    """Lint the NaN program, apply its fixes, and train the fixed program under ``detect()``.
+
+    The safe fixes come first; where they leave the finding (the NumPy program: its fix adds
+    ``import floatguard``, which the linter counts as unsafe), the unsafe ones too, as
+    ``--fix --unsafe-fixes`` does (``"unsafe"`` in the result says which)."""
     from .lint import fix_source, lint_source
     from .sanitize import detect
 
     source = program_source(torch is not None)
     findings = [e.to_dict() for e in lint_source(source, PROGRAM_NAME)]
-    fixed, applied, _ = fix_source(source, PROGRAM_NAME)
+    fixed, applied, left = fix_source(source, PROGRAM_NAME)
+    unsafe = bool(left)
+    if unsafe:
+        fixed, applied, _ = fix_source(source, PROGRAM_NAME, unsafe=True)
     old, new = source.splitlines(), fixed.splitlines()
     changed: list[dict[str, Any]] = []
     for op, i0, i1, j0, j1 in difflib.SequenceMatcher(a=old, b=new, autojunk=False).get_opcodes():
@@ -191,7 +198,7 @@ def _lint_run(torch: Any) -> dict[str, Any]:
     train = _load(fixed, name)["train"]
     with detect(action="record", quiet=True, torch=torch is not None) as d:
         losses = _losses(train(x, y))
-    return {"findings": findings, "fixes_applied": applied, "fixed_source": fixed,
+    return {"findings": findings, "fixes_applied": applied, "fixed_source": fixed, "unsafe": unsafe,
             "changed": changed,
             "fixed_losses": losses, "fixed_events": [e.to_dict() for e in d.events]}
 
@@ -294,7 +301,7 @@ def _lint_section(console: Any, index: int, torch: Any) -> dict[str, Any]:
                 "--fix writes the stable op in its place (same function, same inputs); the fixed program trains "
                 "without a single finding."),
         "naive_code": f"floatguard lint {PROGRAM_NAME}",
-        "stable_code": f"floatguard lint --fix {PROGRAM_NAME}",
+        "stable_code": f"floatguard lint --fix {'--unsafe-fixes ' if run['unsafe'] else ''}{PROGRAM_NAME}",
         **run,
     }
     _header(console, index, section)
@@ -303,7 +310,7 @@ def _lint_section(console: Any, index: int, torch: Any) -> dict[str, Any]:
         table.add_column(col, overflow="fold")
     for f in run["findings"]:
         table.add_row(Text(f"{PROGRAM_NAME}:{f['line']}:{f['col']}"), Text(f"{f['code']} {f['kind']}", style="bold"),
-                      Text(f["message"]), Text(f["fix"] or "(none)"))
+                      Text(f["message"]), Text(f["fix"]["edits"][0]["text"] if f["fix"] else "(none)"))
     console.print(table)
     for ch in run["changed"]:
         for text in ch["before"]:

@@ -18,16 +18,18 @@ import html
 import json
 import os
 import sys
-from typing import Any, TextIO
+from collections.abc import Mapping
+from typing import TextIO
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from .events import Event, Report
+from .events import Event, Report, Stat
 
-__all__ = ["CSS", "event_panel", "events_html", "load_events", "print_event", "print_report", "print_summary"]
+__all__ = ["CSS", "detail_rows", "event_panel", "events_html", "load_events", "print_event", "print_report",
+           "print_summary"]
 
 _STATS = ("min", "max", "absmax", "nan", "inf", "zeros", "subnormal", "numel", "value")
 _STYLE = {"error": "red", "warning": "yellow", "info": "blue"}
@@ -45,8 +47,8 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def _stats_table(stats: dict[str, object]) -> Table | None:
-    groups: dict[str, dict[str, object]] = {}
+def _stats_table(stats: Mapping[str, Stat]) -> Table | None:
+    groups: dict[str, dict[str, Stat]] = {}
     for key, v in stats.items():
         if "." not in key:
             continue
@@ -75,6 +77,7 @@ def event_panel(e: Event) -> Panel:
     if e.phase == "backward" and e.forward_op:
         phase = f"backward (gradient of {e.forward_op})"
     rows = [("where", e.location if e.file else "<unknown>"), ("phase", phase)]
+    rows += detail_rows(e)
     if e.module:
         rows.append(("module", e.module))
     if e.dtype or e.shape is not None:
@@ -88,13 +91,35 @@ def event_panel(e: Event) -> Panel:
     for k, v in rows:
         lines.append(f"{k:>7}  ", style="dim")
         lines.append(v + "\n")
-    parts: list[object] = [lines]
+    parts: list[RenderableType] = [lines]
     table = _stats_table(e.stats)
     if table is not None:
         parts.append(table)
     if e.hint:
         parts.append(Text("\nhint: ", style="bold green") + Text(e.hint))
+    if e.fix is not None:
+        parts.append(Text("fix", style="bold green") + Text(e.fix.describe().removeprefix("fix")))
     return Panel(Group(*parts), title=title, title_align="left", border_style=_STYLE.get(e.severity, "red"))
+
+
+def detail_rows(e: Event) -> list[tuple[str, str]]:
+    """The fields a sanitizer's or monitor's finding may add: replay, the op it named, layers, ranks, note."""
+    rows: list[tuple[str, str]] = []
+    if e.replay:
+        rows.append(("replay", e.replay))
+    if e.cause is not None:
+        c = e.cause
+        rows.append(("cause", f"{c.kind} in {c.op or '?'}" + (f" ({c.module})" if c.module else "")
+                     + (f" at {c.location}" if c.file else "")))
+    if e.layers:
+        rows.append(("layers", ", ".join(e.layers[:8]) + (" ..." if len(e.layers) > 8 else "")))
+    if e.producer:
+        rows.append(("fed by", e.producer))
+    if e.ranks:
+        rows.append(("ranks", ", ".join(map(str, e.ranks))))
+    if e.note:
+        rows.append(("note", e.note))
+    return rows
 
 
 def _console(stream: TextIO | None) -> Console:
@@ -157,38 +182,11 @@ def load_events(path: str | os.PathLike[str]) -> Report | None:
         if not isinstance(d, dict):
             raise ValueError(f"event {i} is a {type(d).__name__} ({d!r:.40}), not an object: "
                              "not a list of floatguard events")
-        _check_event(i, d)
-        try:
+        try:  # Event.from_dict names the first field of the wrong type, and reads the older shape too
             events.append(Event.from_dict(d))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"event {i} is not a floatguard event ({exc})") from exc
     return Report(events)
-
-
-_STR_FIELDS = ("kind", "source", "message", "severity", "hint", "code", "file", "op", "phase", "module", "dtype",
-               "fix", "origin", "forward_op")
-_INT_FIELDS = ("line", "col", "step", "rank")
-
-
-def _check_event(i: int, d: dict[str, Any]) -> None:
-    """A ``ValueError`` naming the first field of event ``i`` whose type is wrong."""
-    def bad(name: str, want: str) -> ValueError:
-        v = d[name]
-        return ValueError(f"event {i}: '{name}' must be {want}, got {type(v).__name__} {v!r:.40}")
-
-    for name in _STR_FIELDS:
-        if name in d and not isinstance(d[name], str) and (d[name] is not None or name in ("kind", "source",
-                                                                                             "message")):
-            raise bad(name, "a string")
-    for name in _INT_FIELDS:
-        if d.get(name) is not None and (not isinstance(d[name], int) or isinstance(d[name], bool)):
-            raise bad(name, "an integer or null")
-    if "stats" in d and not isinstance(d["stats"], dict):
-        raise bad("stats", "an object of numbers")
-    shape = d.get("shape")
-    if shape is not None and (not isinstance(shape, list) or
-                              not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)):
-        raise bad("shape", "a list of integers or null")
 
 
 def _where(e: Event) -> str:
@@ -252,8 +250,8 @@ vertical-align:top}th{background:#f5f5f5}
 _SEV_COLOR = {"error": "#c62828", "warning": "#ef6c00", "info": "#1565c0"}
 
 
-def _stats_html(stats: dict[str, Any]) -> str:
-    groups: dict[str, dict[str, Any]] = {}
+def _stats_html(stats: Mapping[str, Stat]) -> str:
+    groups: dict[str, dict[str, Stat]] = {}
     flat: list[str] = []
     for key, v in stats.items():
         if "." in key:
@@ -305,12 +303,13 @@ def events_html(report: Report, *, title: str | None = None, source: str | None 
             rows.append(("tensor", f"{e.dtype or '?'}{list(e.shape) if e.shape is not None else ''}"))
         if e.origin:
             rows.append(("origin", e.origin))
-        if e.fix:
-            rows.append(("fix", e.fix))
+        rows += detail_rows(e)
+        fix = (f'<div class="remedy"><b>fix</b>{html.escape(e.fix.describe().removeprefix("fix"))}</div>'
+               if e.fix is not None else "")
         parts.append(f'<div class="card sev-{e.severity}" id="e{i}"><h3>{html.escape(head)}</h3>'
                      f"<div>{html.escape(e.message)}</div>"
                      + "".join(f'<div class="ev">{k}: {html.escape(v)}</div>' for k, v in rows)
                      + _stats_html(e.stats)
-                     + f'<div class="remedy"><b>hint:</b> {html.escape(e.hint or "-")}</div></div>')
+                     + f'<div class="remedy"><b>hint:</b> {html.escape(e.hint or "-")}</div>{fix}</div>')
     parts.append("</body></html>")
     return "\n".join(parts)

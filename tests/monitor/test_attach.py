@@ -42,7 +42,7 @@ def test_unmodified_script_is_diagnosed_and_everything_is_restored(tmp_path: Pat
     kinds = {e.kind for e in findings}
     assert "dead_units" in kinds and kinds <= {"dead_units", "stuck_at_chance", "vanishing_gradient", "update_ratio"}
     dead = {e.module: e for e in findings if e.kind == "dead_units"}
-    assert dead["1"].stats["producer"] == "0" and dead["1"].stats["dead_fraction"] == 1.0
+    assert dead["1"].producer == "0" and dead["1"].stats["dead_fraction"] == 1.0
     run = read_log(tmp_path / "run.jsonl")
     assert len(run.steps) == 150 and run.ended
     assert run.steps[0]["loss"] == pytest.approx(2.3, abs=0.1)  # the loss came from nn.CrossEntropyLoss

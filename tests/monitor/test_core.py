@@ -126,7 +126,7 @@ def test_sparse_gradients_are_measured_and_judged() -> None:
             opt.step()
     mon.close()
     (e,) = [f for f in mon.findings if f.kind == "nonfinite_gradient"]
-    assert e.step == 5 and e.module == "0" and e.stats["layers"] == ["0"] and "Embedding" in e.message
+    assert e.step == 5 and e.module == "0" and e.layers == ("0",) and "Embedding" in e.message
 
 
 def test_update_ratio_estimate_matches_the_exact_ratio() -> None:

@@ -57,6 +57,6 @@ def test_ddp_two_ranks(tmp_path: Path) -> None:
     # the finding names the rank it came from, and every rank agrees on the findings
     assert r0["findings"] == r1["findings"]
     (e,) = [f for f in r0["findings"] if f["kind"] == "nonfinite_loss"]
-    assert e["step"] == 20 and e["rank"] == 1 and e["stats"]["ranks_nonfinite"] == [1]
+    assert e["step"] == 20 and e["rank"] == 1 and e["ranks"] == [1]
     assert e["stats"]["input_nonfinite"] is True and "rank 1" in e["message"]
     assert {f["kind"] for f in r0["findings"]} <= {"nonfinite_loss", "nonfinite_gradient"}

@@ -58,7 +58,7 @@ def test_lightning_callback_reports_dead_units(tmp_path: Path, caplog: pytest.Lo
     assert summary.startswith(f"floatguard monitor: {len(cb.findings)} findings in 60 steps")
     assert "dead_units from step" in summary and "floatguard report" in summary
     dead = [e for e in cb.findings if e.kind == "dead_units"]
-    assert [e.module for e in dead] == ["net.1"] and dead[0].stats["producer"] == "net.0"
+    assert [e.module for e in dead] == ["net.1"] and dead[0].producer == "net.0"
     run = read_log(tmp_path / "pl.jsonl")
     assert len(run.steps) == 60 and run.ended
     assert all(math.isfinite(r["loss"]) and abs(r["loss"] - math.log(10)) < 0.2 for r in run.steps)

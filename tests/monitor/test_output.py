@@ -209,12 +209,13 @@ def test_replay_names_the_first_bad_op_module_and_line(replay):
     mon = _exp_model_run(replay)
     e = next(e for e in mon.findings if e.kind in ("nonfinite_loss", "nonfinite_gradient"))
     assert e.step == 3
-    assert (e.stats["first_op"], e.stats["first_kind"], e.stats["first_module"]) == ("aten::exp", "overflow", "1")
-    assert e.stats["first_file"] == __file__ and e.stats["first_line"] == exp_line
+    assert e.cause is not None and e.replay is not None
+    assert (e.cause.op, e.cause.kind, e.cause.module) == ("aten::exp", "overflow", "1")
+    assert e.cause.file == __file__ and e.cause.line == exp_line
     assert "the first bad op is aten::exp in 1 at" in e.message and "subtract the max" in e.hint
 
 
 def test_without_replay_nothing_is_replayed():
     mon = _exp_model_run(False)
     e = next(e for e in mon.findings if e.kind in ("nonfinite_loss", "nonfinite_gradient"))
-    assert "first_op" not in e.stats and "replay" not in e.stats
+    assert e.cause is None and e.replay is None

@@ -43,12 +43,17 @@ def _check_record(e: Event) -> None:
 
 
 def test_every_kind_of_the_issue_is_expected_by_some_program() -> None:
-    assert set(KINDS) == {
+    from instability_programs import PROXIES
+
+    base = {
         "nonfinite_loss", "nonfinite_gradient", "exploding_gradient", "vanishing_gradient", "dead_units",
         "saturated_units", "stuck_at_chance", "diverging_loss", "oscillating_loss", "stalled_loss", "update_ratio",
         "overconfident_logits", "fp16_overflow", "gradient_underflow"}
+    transformer = {"attention_logit_growth", "output_logit_divergence", "update_rounded_away",
+                   "adam_epsilon_dominates", "loss_spike"}  # issue 15; their proxies: test_instabilities.py
+    assert set(KINDS) == base | transformer
     expected = set().union(*(p.expect for p in PROGRAMS))
-    assert expected == set(KINDS)
+    assert expected == base and {p.kind for p in PROXIES} == transformer
     assert len(PROGRAMS) >= 12 and len(HEALTHY) >= 4
 
 
@@ -82,7 +87,7 @@ def test_nan_sample_names_the_step_and_the_data() -> None:
 
 def test_dead_relu_names_the_layer_and_the_bias() -> None:
     (e,) = _run("dead_relu_bias")["dead_units"]
-    assert e.module == "1" and e.stats["producer"] == "0"
+    assert e.module == "1" and e.producer == "0"
     assert e.stats["dead_fraction"] == 1.0 and e.stats["producer_bias_mean"] == pytest.approx(-10.0)
     assert "bias" in e.message and "Kaiming" in e.hint
 
@@ -137,9 +142,9 @@ def test_gradient_underflow_recommends_loss_scaling() -> None:
 
 def test_update_ratio_directions() -> None:
     (hi,) = _run("sgd_lr_high")["update_ratio"]
-    assert hi.stats["direction"] == "high" and hi.stats["ratio"] >= 0.1
+    assert hi.stats["too_high"] is True and hi.stats["ratio"] >= 0.1
     (lo,) = _run("lr_too_small")["update_ratio"]
-    assert lo.stats["direction"] == "low" and lo.stats["ratio"] <= 1e-6
+    assert lo.stats["too_high"] is False and lo.stats["ratio"] <= 1e-6
     (missing,) = _run("not_in_optimizer")["update_ratio"]
     assert missing.stats["ratio"] == 0.0 and "not in the optimizer" in missing.message
 

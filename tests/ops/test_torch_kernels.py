@@ -138,26 +138,7 @@ def test_any_float64_rounds_within_half_an_ulp(v: float) -> None:
             assert T.ulp_error(got, mpmath.mpf(v), name) <= 0.5
 
 
-# -- the short exp ----------------------------------------------------------------------------
-def test_short_exp_is_within_2e_minus_40_relative() -> None:
-    import numba
-
-    @numba.njit
-    def short(d: np.ndarray, out: np.ndarray) -> None:
-        for i in range(d.size):
-            out[i] = _numba_fast._exp_short(d[i])
-
-    d = np.concatenate([np.linspace(-0.35, 0.0, 301), -RNG.uniform(0, 708, 400), [-700.0, -708.3, 0.0]])
-    out = np.empty_like(d)
-    short(d, out)
-    with mpmath.workdps(40):
-        rel = [abs(mpmath.mpf(o) / mpmath.exp(mpmath.mpf(x)) - 1) for o, x in zip(out, d, strict=True)]
-    assert max(rel) < 2.0**-40
-    z = np.array([-INF, -746.0, -800.0, -1e300])
-    short(z, out[:4])
-    assert np.all(out[:4] == 0.0)
-
-
+# -- the exp of float32 outputs ----------------------------------------------------------------------------
 def test_float32_output_exp_is_within_2e_minus_31_relative() -> None:
     """The degree-7 exp of the float32 kernels: 2^-32 by its fit, 2^-8 of a float32 ulp."""
     import numba

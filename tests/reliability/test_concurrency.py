@@ -83,7 +83,8 @@ def test_two_fix_runs_at_once_fix_each_file_exactly_once(tmp_path: Path) -> None
             continue
         new = (tree / rel).read_bytes()
         assert new == (alone / rel).read_bytes(), rel  # fixed exactly once: as one run alone fixes it
-        assert new.count(b"import floatguard\n") == 1 and b"np.log(np.exp" not in new
+        # NumPy's own op: a safe fix adds no import (no new dependency)
+        assert new.count(b"import") == 1 and b"floatguard" not in new and b"np.log(np.exp" not in new
         compile(new, str(rel), "exec")
     before = {rel: (tree / rel).read_bytes() for rel in files if (tree / rel).is_file()}
     again = lint_paths([tree], fix="safe", use_config=False)
@@ -213,4 +214,4 @@ def test_monitor_with_dataloader_workers_keeps_training_bit_identical(tmp_path: 
     assert np.array_equal(np.array(losses), np.array(plain_losses), equal_nan=True)
     assert all(torch.equal(a, b) for a, b in zip(params, plain_params, strict=True))
     bad = [e for e in found if e.kind == "nonfinite_loss"]  # type: ignore[attr-defined]
-    assert bad and (not monitor.get("replay") or "replay" in bad[0].stats)  # the replay did run
+    assert bad and (not monitor.get("replay") or bad[0].replay is not None)  # the replay did run

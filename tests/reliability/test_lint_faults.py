@@ -25,7 +25,10 @@ from floatguard.lint.fixes import split_lines
 from floatguard.lint.output import render_json, render_sarif
 
 NAIVE = "np.log(np.exp(z).sum())"
-FIXED = "floatguard.logsumexp(z)"
+FIXED = "np.logaddexp.reduce(z, axis=None)"  # NumPy's own op: no import added
+# a fix that adds an import: `log`/`exp` imported from NumPy by name, the fix spells `numpy.logaddexp`
+NAIVE_FROM = "log(exp(z).sum())"
+FIXED_FROM = "numpy.logaddexp.reduce(z, axis=None)"
 
 
 def _run_fn(src: str, name: str, *args: object) -> object:
@@ -47,8 +50,9 @@ def test_a_line_break_python_does_not_count_does_not_shift_the_fix(sep: str) -> 
     z = np.array([1.0, 700.0, -3.0])
     assert np.allclose(_run_fn(new, "f", z), np.logaddexp.reduce(z))
     (ev,) = lint_source(src)
-    assert ev.line == src.split("\n").index(f"    return {NAIVE}") + 1 and ev.fix == FIXED
-    assert json.loads(render_json([ev]))[0]["fix"] == FIXED
+    assert ev.line == src.split("\n").index(f"    return {NAIVE}") + 1
+    assert ev.fix is not None and ev.fix.replacement == FIXED
+    assert json.loads(render_json([ev]))[0]["fix"]["edits"][0]["text"] == FIXED
 
 
 def test_noqa_is_read_on_the_line_ast_reports() -> None:
@@ -66,12 +70,14 @@ def test_split_lines_matches_the_tokenizer() -> None:
 # -- 2. byte fidelity: fixes are edits of the original text -----------------------------------------------
 
 def test_form_feed_before_a_def_and_a_final_cr_are_kept(tmp_path: Path) -> None:
-    src = f"import numpy as np\r\x0c\rdef f(z):\r    return {NAIVE}\r"  # a CR-only file
+    src = f"from numpy import exp, log\r\x0c\rdef f(z):\r    return {NAIVE_FROM}\r"  # a CR-only file
     f = tmp_path / "cr.py"
     f.write_bytes(src.encode())
     (res,) = lint_paths([f], fix="safe")
     assert res.fixed == 1
-    assert f.read_bytes() == f"import numpy as np\rimport floatguard\r\x0c\rdef f(z):\r    return {FIXED}\r".encode()
+    # the added import in isort's place (`import numpy` before `from numpy import ...`), with the file's line end
+    assert f.read_bytes() == (f"import numpy\rfrom numpy import exp, log\r\x0c\rdef f(z):\r"
+                              f"    return {FIXED_FROM}\r").encode()
 
 
 def _apply_sarif(src: str, sarif: str) -> str:
@@ -124,8 +130,8 @@ def test_fuzz_fix_changes_only_the_fixed_spans(tmp_path: Path, nl: str, bom: boo
         odd = [c for c in odd if c in "\x0c\x0bé"]
     ind = "\t" if tabs else "    "
     comment = "# " + "".join(odd) + " x"
-    body = [*(["# -*- coding: latin-1 -*-"] if latin else []), "import numpy as np", comment,
-            *(["\x0c"] if "\x0c" in odd else []), "def f(z):", f"{ind}{comment}", f"{ind}a = {NAIVE}",
+    body = [*(["# -*- coding: latin-1 -*-"] if latin else []), "from numpy import exp, log", comment,
+            *(["\x0c"] if "\x0c" in odd else []), "def f(z):", f"{ind}{comment}", f"{ind}a = {NAIVE_FROM}",
             f"{ind}return a + 0.0  {comment}"]
     text = nl.join(body) + (nl if final else "")
     enc = "latin-1" if latin else "utf-8"
@@ -137,7 +143,8 @@ def test_fuzz_fix_changes_only_the_fixed_spans(tmp_path: Path, nl: str, bom: boo
     assert res.fixed == 1, res.events
     compile(new, "fz.py", "exec")
     # every byte outside the fix and the import it adds is as it was
-    assert new.replace(f"import floatguard{nl}".encode(), b"", 1).replace(FIXED.encode(), NAIVE.encode()) == data
+    assert f"import numpy{nl}".encode() in new
+    assert new.replace(f"import numpy{nl}".encode(), b"", 1).replace(FIXED_FROM.encode(), NAIVE_FROM.encode()) == data
     (again,) = lint_paths([f], fix="safe", use_config=False)
     assert again.fixed == 0 and f.read_bytes() == new
     z = np.array([0.5, 30.0, -2.0])
@@ -265,7 +272,7 @@ def test_a_percent_continuing_an_expression_is_not_a_magic(tmp_path: Path) -> No
     nb = _nb(tmp_path, "import torch\na, b = 7, 3\ny = (a\n% b)\nz = [1 +\n  2\n  %b]\n%time x = 1",
              "w = torch.log(torch.sigmoid(a))")
     (res,) = lint_paths([nb], use_config=False)
-    assert [(e.code, e.stats["cell"], e.line) for e in res.events] == [("FG104", 2, 1)]
+    assert [(e.code, e.cell, e.line) for e in res.events] == [("FG104", 2, 1)]
 
 
 def test_shell_escape_continuation_lines_are_not_python(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ def test_sanitize_overhead_quick(capsys, monkeypatch):
     cells = {str(c.header): [str(x) for x in c.cells] for c in table.columns}
     assert cells["model"] == ["MLP", "CNN", "Transformer encoder"]
     assert cells["findings"] == ["0", "0", "0"]
-    for name in ("floatguard guard (step)", "floatguard detect (op)", "torch detect_anomaly"):
+    for name in ("floatguard guard (step)", "floatguard detect (op)", "floatguard detect (op, exact)",
+                 "torch detect_anomaly"):
         assert all(v.endswith("x") and float(v[:-1]) > 0 for v in cells[name])
-    assert all(int(v) > 10 for v in cells["outputs checked/step"])
+    assert all(int(v) > 0 for v in cells["outputs checked/step"])

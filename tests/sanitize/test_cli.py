@@ -33,6 +33,7 @@ def test_options_after_the_script_belong_to_the_script():
     ns = _args("--level", "step", "--json", "r.json", "train.py", "--level", "x", "-m", "y")
     assert (ns.level, ns.json, ns.script, ns.args) == ("step", "r.json", "train.py", ["--level", "x", "-m", "y"])
     assert _args().script is None  # `floatguard run` parses; run() then reports the missing script
+    assert (_args("--exact", "train.py").exact, _args("train.py").exact) == (True, False)
 
 
 def test_run_exit_codes(tmp_path, capsys):
@@ -59,10 +60,6 @@ def test_run_exit_codes(tmp_path, capsys):
 def test_run_module_and_monitor_flag(capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(PROGRAMS))
     assert cli.run(_args("-m", "exits", "code")) == 3
-    import types
-
-    import floatguard
-
     calls = []
 
     class Handle:
@@ -70,14 +67,19 @@ def test_run_module_and_monitor_flag(capsys, monkeypatch):
             calls.append("close")
             return []
 
-    fake = types.ModuleType("floatguard.monitor")
-    fake.attach_global = lambda **kw: calls.append(kw) or Handle()  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "floatguard.monitor", fake)
-    monkeypatch.setattr(floatguard, "monitor", fake, raising=False)
-    assert cli.run(_args("--monitor", str(PROGRAMS / "exits.py"), "ok")) == 0
+    import floatguard.monitor
+    from floatguard import cli as top  # `floatguard run --monitor` is composed in the top-level CLI
+
+    monkeypatch.setattr(floatguard.monitor, "attach_global", lambda **kw: calls.append(kw) or Handle())
+
+    assert top.main(["run", "--monitor", str(PROGRAMS / "exits.py"), "ok"]) == 0
     assert calls == [{}, "close"]
-    del fake.attach_global
-    assert cli.run(_args("--monitor", str(PROGRAMS / "exits.py"), "ok")) == 2
+    assert top.main(["run", str(PROGRAMS / "exits.py"), "ok"]) == 0
+    assert calls == [{}, "close"]  # no --monitor: not attached
+    assert top.main(["run", "--monitor", str(PROGRAMS / "missing.py")]) == 2
+    assert calls == [{}, "close"]  # a script that is not there: nothing attached
+    monkeypatch.delattr(floatguard.monitor, "attach_global")
+    assert top.main(["run", "--monitor", str(PROGRAMS / "exits.py"), "ok"]) == 2
     assert "attach_global" in capsys.readouterr().err
 
 

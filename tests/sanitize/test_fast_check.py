@@ -11,7 +11,7 @@ from floatguard.sanitize import detect
 
 torch = pytest.importorskip("torch")
 
-from floatguard.sanitize import _torch as fg_torch  # noqa: E402
+from floatguard.sanitize import _op_sanitizer as fg_torch  # noqa: E402
 
 N = 1 << 15  # above _DOT_MIN: large outputs take the fast path
 

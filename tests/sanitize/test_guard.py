@@ -190,7 +190,7 @@ def test_an_update_that_overflows_the_parameters_is_caught_before_the_next_updat
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e5m2])
 def test_the_step_check_finds_every_non_finite_tensor_and_nothing_else(dtype):
-    from floatguard.sanitize._torch import first_bad
+    from floatguard.sanitize._tensor_stats import first_bad
 
     big = torch.finfo(dtype).max
     finite = [torch.full((300,), big, dtype=dtype), torch.full((7, 3), -big, dtype=dtype),
@@ -208,7 +208,7 @@ def test_the_step_check_finds_every_non_finite_tensor_and_nothing_else(dtype):
 
 @pytest.mark.filterwarnings("ignore:.*(beta|prototype):UserWarning")  # torch's notes on CSR and nested tensors
 def test_sparse_gradients_are_checked_by_their_stored_values():
-    from floatguard.sanitize._torch import first_bad, tensor_stats
+    from floatguard.sanitize._tensor_stats import first_bad, tensor_stats
 
     i = torch.tensor([[0, 2, 2], [1, 0, 0]])  # index (2, 0) twice: uncoalesced
     coo = torch.sparse_coo_tensor(i, torch.tensor([1.0, 2.0, 3.0]), (4, 3), check_invariants=True)

@@ -99,8 +99,8 @@ def _run(mode: str):
 
     runner = guard(step) if mode == "guard" else step
     out = []
-    if mode in ("op", "deferred"):
-        with detect(defer=mode == "deferred"):
+    if mode in ("op", "exact", "deferred"):
+        with detect(defer=mode == "deferred", exact=mode == "exact"):
             out = [runner() for _ in range(3)]
     else:
         out = [runner() for _ in range(3)]
@@ -109,7 +109,7 @@ def _run(mode: str):
 
 def test_numerics_are_bit_identical_with_and_without_the_sanitizer():
     plain, p_plain = _run("plain")
-    for mode in ("op", "deferred", "guard"):
+    for mode in ("op", "exact", "deferred", "guard"):
         got, p_got = _run(mode)
         for (l0, g0), (l1, g1) in zip(plain, got, strict=True):
             assert torch.equal(l0, l1)
@@ -237,7 +237,7 @@ def test_module_paths_are_kept_per_thread():
 
 def test_deferred_path_reads_the_device_once_per_training_step():
     """The CUDA design, run on the CPU: flags stay tensors until the end of each backward."""
-    from floatguard.sanitize._torch import OpSanitizer
+    from floatguard.sanitize._op_sanitizer import OpSanitizer
 
     reads = []
     orig = OpSanitizer._flush

@@ -445,7 +445,8 @@ def test_deferred_checks_name_the_same_op(line):
 
 def test_deferred_checks_hold_a_bounded_amount_and_see_overwrites(line):
     from floatguard.sanitize._core import Session
-    from floatguard.sanitize._torch import ModuleTracker, OpSanitizer
+    from floatguard.sanitize._module_tracker import ModuleTracker
+    from floatguard.sanitize._op_sanitizer import OpSanitizer
 
     mode = OpSanitizer(Session("record", quiet=True), ModuleTracker(), defer=True, hold_bytes=64 << 10)
     flushes = []
@@ -494,7 +495,7 @@ def test_complex_findings_carry_stats_of_both_parts():
         z = torch.tensor([1e30 + 1e30j, 1 + 0j], dtype=torch.complex64)
         z * z
     (e,) = d.events
-    assert (e.kind, e.op, e.dtype, e.shape) == ("overflow", "aten::mul", "complex64", [2])
+    assert (e.kind, e.op, e.dtype, e.shape) == ("overflow", "aten::mul", "complex64", (2,))
     assert e.stats["output.numel"] == 2 and e.stats["input0.absmax"] == pytest.approx(1e30, rel=1e-6)
 
 

@@ -36,7 +36,11 @@ from pathlib import Path
 
 from .rules import all_rules
 
-__all__ = ["DEFAULT_PER_FILE_IGNORES", "Config", "ConfigError", "expand", "find_config"]
+__all__ = ["DEFAULT_LINE_LENGTH", "DEFAULT_PER_FILE_IGNORES", "Config", "ConfigError", "Style", "expand",
+           "find_config", "find_style"]
+
+#: ruff's and black's default
+DEFAULT_LINE_LENGTH = 88
 
 #: test code is quiet unless configured otherwise (ruff-style per-file-ignores)
 DEFAULT_PER_FILE_IGNORES: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -156,6 +160,92 @@ def _load(pyproject: Path) -> Config | None:
     for _, codes in cfg.per_file_ignores:
         expand(codes)
     return cfg
+
+
+@dataclass(frozen=True)
+class Style:
+    """How the project formats its code, for the fixes: its line length and its first-party modules.
+
+    ``line_length``: the nearest ``line-length`` of ``.ruff.toml``, ``ruff.toml``, ``[tool.ruff]`` or
+    ``[tool.black]`` in ``pyproject.toml`` (default 88). ``first_party``: top-level modules sorted into
+    isort's first-party section: ruff's ``known-first-party`` (or isort's ``known_first_party``) and the
+    packages and modules in the project root and its ``src/`` directory (ruff's default ``src``).
+    """
+
+    line_length: int = DEFAULT_LINE_LENGTH
+    first_party: frozenset[str] = frozenset()
+
+
+@lru_cache(maxsize=256)
+def _toml(path: Path) -> dict[str, object]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def _table(data: dict[str, object], *keys: str) -> dict[str, object]:
+    for k in keys:
+        nxt = data.get(k)
+        if not isinstance(nxt, dict):
+            return {}
+        data = nxt
+    return data
+
+
+def _line_length(value: object, where: Path) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 320:
+        raise ConfigError(f"{where}: line-length must be an integer from 1 to 320, got {value!r}")
+    return value
+
+
+def _modules(root: Path) -> set[str]:
+    out: set[str] = set()
+    for base in (root, root / "src"):
+        try:
+            entries = list(base.iterdir())
+        except OSError:
+            continue
+        for e in entries:
+            if e.suffix == ".py" and e.stem.isidentifier():
+                out.add(e.stem)
+            elif e.name.isidentifier() and (e / "__init__.py").is_file():
+                out.add(e.name)
+    return out
+
+
+@lru_cache(maxsize=1024)
+def find_style(start: Path) -> Style:
+    """The :class:`Style` of files in directory ``start``: the nearest configured line length, walking up, and
+    the first-party modules of the project (the nearest directory with a ``pyproject.toml`` or ruff config)."""
+    d = start.resolve()
+    if d.is_file():
+        d = d.parent
+    length: int | None = None
+    root: Path | None = None
+    known: list[str] = []
+    for parent in (d, *d.parents):
+        for name in (".ruff.toml", "ruff.toml", "pyproject.toml"):
+            f = parent / name
+            if not f.is_file():
+                continue
+            data = _toml(f)
+            ruff = data if name != "pyproject.toml" else _table(data, "tool", "ruff")
+            if root is None and (name != "pyproject.toml" or data):
+                root = parent
+                for tab, key in ((_table(ruff, "lint", "isort"), "known-first-party"),
+                                 (_table(ruff, "isort"), "known-first-party"),
+                                 (_table(data, "tool", "isort"), "known_first_party")):
+                    known += _strs(tab.get(key, []), key, f)
+            if length is None:
+                for tab in (ruff, _table(data, "tool", "black")):
+                    if "line-length" in tab:
+                        length = _line_length(tab["line-length"], f)
+                        break
+        if length is not None and root is not None:
+            break
+    first = frozenset(known) | frozenset(_modules(root) if root is not None else ())
+    return Style(length or DEFAULT_LINE_LENGTH, first)
 
 
 @lru_cache(maxsize=1024)

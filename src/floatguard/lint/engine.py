@@ -13,19 +13,18 @@ import re
 import sys
 import tokenize
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
-from ..events import Event
+from ..events import SEVERITIES, Edit, Event, Fix, Severity
 from .analysis import Context, char_col
-from .config import Config, find_config
+from .config import Config, Style, find_config, find_style
 from .fixes import (
-    Edit,
     FileChanged,
     ImportSite,
     LineIndex,
+    TextEdit,
     apply_edits,
     atomic_write,
     fingerprint,
@@ -33,6 +32,7 @@ from .fixes import (
     select_edits,
     split_lines,
 )
+from .notebook import Notebook
 from .rule import Finding, Rule
 from .rules import all_rules
 
@@ -95,35 +95,41 @@ def _suppressed(noqa: dict[int, frozenset[str] | None], code: str, *lines: int) 
     return False
 
 
-def _fg000(path: str, line: int, col: int, message: str, hint: str) -> Event:
-    return Event(kind="syntax-error", source="lint", code=SYNTAX_ERROR, file=path, line=line, col=col,
+def _fg000(path: str, line: int, col: int, message: str, hint: str | None, kind: str = "syntax-error") -> Event:
+    return Event(kind=kind, source="lint", code=SYNTAX_ERROR, file=path, line=line, col=col,
                  message=message, hint=hint)
 
 
 @dataclass(frozen=True, slots=True)
 class FixEdits:
-    """A finding's fix as edits of the text: the replacement, the import insertion (if any), its safety."""
+    """A finding's fix as offset edits of the text, for ``--fix``: the replacement, the import insertions (and the
+    modules they import, placed by ``site``), its safety. The finding's :class:`~floatguard.events.Fix` holds the
+    same edits as line/column records."""
 
-    edit: Edit
-    imports: Edit | None
+    edit: TextEdit
+    imports: tuple[TextEdit, ...]
     safe: bool
+    modules: tuple[str, ...] = ()
+    site: ImportSite | None = None
 
 
 def analyse(source: str, path: str, codes: frozenset[str] | None = None,
-            tree: ast.Module | None = None) -> tuple[list[Event], list[tuple[Event, FixEdits]]]:
+            tree: ast.Module | None = None, style: Style | None = None,
+            ) -> tuple[list[Event], list[tuple[Event, FixEdits]]]:
     """Findings of ``source`` as events, and the (event, edits) pairs of the findings that carry a fix.
 
+    ``style``: the project's line length and first-party modules (where fixes wrap lines and put imports).
     A source that does not parse, or nests too deeply to check, gives one ``FG000`` event.
     """
     try:
-        return _analyse(source, path, codes, tree)
+        return _analyse(source, path, codes, tree, style or Style())
     except (RecursionError, MemoryError):
         return [_fg000(path, 1, 1, "the file nests expressions too deeply to check (RecursionError)",
                        "the file was not checked (and not fixed); split the expression")], []
 
 
-def _analyse(source: str, path: str, codes: frozenset[str] | None,
-             tree: ast.Module | None) -> tuple[list[Event], list[tuple[Event, FixEdits]]]:
+def _analyse(source: str, path: str, codes: frozenset[str] | None, tree: ast.Module | None,
+             style: Style) -> tuple[list[Event], list[tuple[Event, FixEdits]]]:
     if tree is None:
         try:
             tree = ast.parse(source, filename=path)
@@ -167,22 +173,21 @@ def _analyse(source: str, path: str, codes: frozenset[str] | None,
             continue
         seen.add(key)
         col = char_col(lines, line, n.col_offset) + 1  # type: ignore[attr-defined]
-        stats: dict[str, Any] = {"end_line": end_line,
-                                 "end_col": char_col(lines, end_line, n.end_col_offset or 0) + 1}  # type: ignore[attr-defined]
+        end_col = char_col(lines, end_line, n.end_col_offset or 0) + 1  # type: ignore[attr-defined]
         fix: FixEdits | None = None
-        if f.fix is not None and (edit := node_edit(index, f.fix.node, f.fix.replacement)) is not None:
-            imp: Edit | bool | None = None
+        if f.fix is not None and (edit := node_edit(index, f.fix.node, f.fix.replacement,
+                                                    style.line_length)) is not None:
+            imp: list[TextEdit] | bool | None = None
             if f.fix.imports:
-                site = site or ImportSite(index, tree)
-                imp = site.edit(f.fix.imports)
+                site = site or ImportSite(index, tree, style.first_party)
+                imp = site.edits(f.fix.imports)
             if imp is not False:
-                fix = FixEdits(edit, imp if isinstance(imp, Edit) else None, f.fix.safe)
-                stats["fix_safe"] = int(f.fix.safe)
-                stats["fix_edits"] = [_edit_row(index, e) for e in (edit, fix.imports) if e is not None]
+                fix = FixEdits(edit, tuple(imp) if isinstance(imp, list) else (), f.fix.safe,
+                               tuple(f.fix.imports), site)
         op = ctx.op(n)
-        ev = Event(kind=rule.name, source="lint", message=f.message, severity=rule.severity, hint=f.hint,
-                   code=rule.code, file=path, line=line, col=col, op=op.qual.lstrip(".") if op else None,
-                   fix=fix.edit.text if fix is not None else None, stats=stats)
+        ev = Event(kind=rule.name, source="lint", message=f.message, severity=_severity(rule.severity),
+                   hint=f.hint, code=rule.code, file=path, line=line, col=col, end_line=end_line, end_col=end_col,
+                   op=op.qual.lstrip(".") if op else None, fix=_fix_record(index, fix) if fix is not None else None)
         events.append(ev)
         if fix is not None:
             with_fix.append((ev, fix))
@@ -190,10 +195,21 @@ def _analyse(source: str, path: str, codes: frozenset[str] | None,
     return events, with_fix
 
 
-def _edit_row(index: LineIndex, e: Edit) -> list[int | str]:
-    """An edit as ``[line, col, end_line, end_col, text]``: 1-based character positions, the end exclusive."""
-    (l0, c0), (l1, c1) = index.position(e.start), index.position(e.end)
-    return [l0, c0, l1, c1, e.text]
+def _severity(s: str) -> Severity:
+    if s not in SEVERITIES:
+        raise ValueError(f"a rule's 'severity' must be one of {SEVERITIES}, got {s!r}")
+    return s  # type: ignore[return-value]  # checked against the Literal's values above
+
+
+def _fix_record(index: LineIndex, fx: FixEdits) -> Fix:
+    """The finding's :class:`Fix`: the same edits ``--fix`` applies, as line/column records."""
+    edits = tuple(index.edit(e) for e in (fx.edit, *fx.imports))
+    lines = fx.edit.text.strip().splitlines() or [""]
+    title = f"Replace with `{lines[0]}{' ...' if len(lines) > 1 else ''}`"
+    if fx.imports:
+        mods = [ln.split()[1] for e in fx.imports for ln in split_lines(e.text) if ln.startswith("import ")]
+        title += f" (adds `import {', '.join(mods)}`)"
+    return Fix(title, "safe" if fx.safe else "unsafe", edits)
 
 
 def lint_source(source: str, path: str = "<string>", *, select: Iterable[str] | None = None,
@@ -206,27 +222,26 @@ def lint_source(source: str, path: str = "<string>", *, select: Iterable[str] | 
 
 
 def fix_source(source: str, path: str = "<string>", *, codes: frozenset[str] | None = None,
-               unsafe: bool = False) -> tuple[str, int, list[Event]]:
+               unsafe: bool = False, style: Style | None = None) -> tuple[str, int, list[Event]]:
     """Apply fixes until none is left: (new source, fixes applied, remaining findings).
 
-    Each pass applies the non-overlapping fixes (outermost first) as edits of the text and their
-    import insertions merged into one; a pass whose result does not parse is not taken.
+    Each pass applies the non-overlapping fixes (outermost first) as edits of the text, and inserts the
+    imports they need together (each once, sorted into the import block); a pass whose result does not
+    parse is not taken.
     """
     total = 0
-    events, fixes = analyse(source, path, codes)
+    events, fixes = analyse(source, path, codes, style=style)
     for _ in range(MAX_FIX_PASSES):
         usable = [fx for _, fx in fixes if fx.safe or unsafe]
         if not usable:
             break
         chosen = select_edits([fx.edit for fx in usable])
         keep = set(chosen)
-        inserts: dict[int, list[str]] = {}
-        for fx in usable:
-            if fx.edit in keep and fx.imports is not None:
-                inserts.setdefault(fx.imports.start, []).append(fx.imports.text)
         edits = list(chosen)
-        for at, texts in inserts.items():
-            edits.append(Edit(at, at, _merge_imports(texts)))
+        needed = [fx for fx in usable if fx.edit in keep and fx.imports]
+        if needed and needed[0].site is not None:
+            more = needed[0].site.edits(tuple(dict.fromkeys(m for fx in needed for m in fx.modules)))
+            edits += more if isinstance(more, list) else []
         new = apply_edits(source, edits)
         if new == source:
             break
@@ -235,20 +250,8 @@ def fix_source(source: str, path: str = "<string>", *, codes: frozenset[str] | N
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             break
         source, total = new, total + len(chosen)
-        events, fixes = analyse(source, path, codes)
+        events, fixes = analyse(source, path, codes, style=style)
     return source, total, events
-
-
-def _merge_imports(texts: list[str]) -> str:
-    """One insertion for several fixes' imports: each ``import`` line once, in order."""
-    prefix = ""
-    seen: dict[str, None] = {}
-    for t in texts:
-        body = t.lstrip("\r\n")
-        prefix = prefix or t[: len(t) - len(body)]
-        for ln in split_lines(body):
-            seen.setdefault(ln, None)
-    return prefix + "".join(sorted(seen))
 
 
 def read_source(path: Path) -> tuple[str, str]:
@@ -271,24 +274,31 @@ def decode_source(data: bytes) -> tuple[str, str]:
 
 
 def lint_file(path: str | os.PathLike[str], *, codes: frozenset[str] | None = None, fix: str | None = None,
-              display: str | None = None) -> FileResult:
-    """Lint one file; ``fix`` is None, ``"safe"`` or ``"unsafe"`` (the file is rewritten atomically)."""
+              display: str | None = None, style: Style | None = None) -> FileResult:
+    """Lint one file; ``fix`` is None, ``"safe"`` or ``"unsafe"`` (the file is rewritten atomically).
+
+    ``style``: the project's line length and first-party modules (default: found from the file's directory).
+    """
     p = Path(path)
     shown = display or str(path)
+    if style is None:
+        try:
+            style = find_style(p.parent)
+        except ValueError:  # a broken ruff/black configuration: the defaults
+            style = Style()
     if p.suffix == ".ipynb":
-        return _lint_notebook(p, shown, codes, fix)
+        return _lint_notebook(p, shown, codes, fix, style)
     try:
         data = p.read_bytes()
         source, encoding = decode_source(data)
     except (OSError, UnicodeDecodeError, SyntaxError) as exc:
-        ev = Event(kind="io-error", source="lint", code=SYNTAX_ERROR, file=shown, line=1, col=1,
-                   message=f"cannot read file: {exc}")
+        ev = _fg000(shown, 1, 1, f"cannot read file: {exc}", None, kind="io-error")
         return FileResult(shown, [ev], error=str(exc))
     res = FileResult(shown, lines=source.count("\n") + (not source.endswith("\n") and bool(source)))
     if fix is None:
-        res.events = analyse(source, shown, codes)[0]
+        res.events = analyse(source, shown, codes, style=style)[0]
         return res
-    new, n, events = fix_source(source, shown, codes=codes, unsafe=fix == "unsafe")
+    new, n, events = fix_source(source, shown, codes=codes, unsafe=fix == "unsafe", style=style)
     if n and new != source:
         try:
             atomic_write(p, new.encode(encoding), expect=fingerprint(p, data))
@@ -302,30 +312,28 @@ def _not_written(res: FileResult, source: str, shown: str, codes: frozenset[str]
                  exc: BaseException) -> FileResult:
     """The file's findings as they stand on disk, and one ``FG000`` saying why its fixes were not written."""
     why = str(exc) if isinstance(exc, FileChanged) else f"cannot write the fixes: {exc}"
-    res.events = [_fg000(shown, 1, 1, why, "the file was left as it was"), *analyse(source, shown, codes)[0]]
-    res.events[0].kind = "io-error"
+    res.events = [_fg000(shown, 1, 1, why, "the file was left as it was", kind="io-error"),
+                  *analyse(source, shown, codes)[0]]
     res.error = why
     return res
 
 
-def _lint_notebook(p: Path, shown: str, codes: frozenset[str] | None, fix: str | None) -> FileResult:
-    """Lint a Jupyter notebook's code cells as one module; findings carry their cell (``stats["cell"]``)."""
-    from .notebook import Notebook
-
+def _lint_notebook(p: Path, shown: str, codes: frozenset[str] | None, fix: str | None,
+                   style: Style | None = None) -> FileResult:
+    """Lint a Jupyter notebook's code cells as one module; findings carry their cell (``Event.cell``)."""
     try:
         raw = p.read_bytes()
         nb = Notebook.parse(raw.decode("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        ev = Event(kind="io-error", source="lint", code=SYNTAX_ERROR, file=shown, line=1, col=1,
-                   message=f"cannot read notebook: {exc}")
+        ev = _fg000(shown, 1, 1, f"cannot read notebook: {exc}", None, kind="io-error")
         return FileResult(shown, [ev], error=str(exc))
     res = FileResult(shown, lines=sum(o is not None for o in nb.origin))
     if not nb.source:
         return res
     if fix is None:
-        events = analyse(nb.source, shown, codes)[0]
+        events = analyse(nb.source, shown, codes, style=style)[0]
     else:
-        new, n, events = fix_source(nb.source, shown, codes=codes, unsafe=fix == "unsafe")
+        new, n, events = fix_source(nb.source, shown, codes=codes, unsafe=fix == "unsafe", style=style)
         text = nb.with_source(new) if n else None
         if text is None:  # nothing written (a fix moved a cell boundary): what the notebook still has
             events = analyse(nb.source, shown, codes)[0] if n else events
@@ -336,15 +344,30 @@ def _lint_notebook(p: Path, shown: str, codes: frozenset[str] | None, fix: str |
                 return _not_written(res, nb.source, shown, codes, exc)  # lines of the joined source
             res.fixed = n
             nb = Notebook.parse(text)  # the same lines as the fixed source: locate the findings left
-    for e in events:
-        at = nb.where(e.line or 1)
-        if at is not None:
-            e.stats["cell"], e.line = at
-            e.stats.pop("fix_edits", None)  # positions in the joined cells, not in the notebook's JSON
-            if "end_line" in e.stats and (end := nb.where(int(e.stats["end_line"]))) is not None:
-                e.stats["end_line"] = end[1]
-    res.events = events
+    res.events = [_in_cells(nb, e) for e in events]
     return res
+
+
+def _in_cells(nb: Notebook, e: Event) -> Event:
+    """``e`` located in the notebook: its cell, its lines (and its fix's edits) counted within their cells.
+
+    A fix with an edit that does not lie within one cell is dropped (``--fix`` leaves such a notebook alone).
+    """
+    at = nb.where(e.line or 1)
+    if at is None:
+        return e
+    end = nb.where(e.end_line) if e.end_line is not None else None
+    fix = e.fix
+    if fix is not None:
+        edits: list[Edit] = []
+        for d in fix.edits:
+            a, b = nb.where(d.line), nb.where(d.end_line)
+            if a is None or b is None or a[0] != b[0]:
+                break
+            edits.append(replace(d, line=a[1], end_line=b[1], cell=a[0]))
+        fix = replace(fix, edits=tuple(edits)) if len(edits) == len(fix.edits) else None
+    return replace(e, cell=at[0], line=at[1], end_line=end[1] if end is not None and end[0] == at[0] else None,
+                   end_col=e.end_col if end is not None and end[0] == at[0] else None, fix=fix)
 
 
 def iter_python_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[Path]:

@@ -1,12 +1,13 @@
 """Fixes as edits of the original text: a character range and its replacement each, as ruff applies them.
 
 Rules describe a fix as "replace the expression of this ``ast`` node by this text".
-Here that becomes an :class:`Edit` (``start``/``end`` character offsets into the
+Here that becomes a :class:`TextEdit` (``start``/``end`` character offsets into the
 source and the new text), plus one insertion edit per ``import`` the new text needs
 (after the module's leading imports). Edits are applied by slicing the original
 string, so every character outside the fixed spans stays as it was by construction
 (form feeds, ``\\r`` line ends, a missing final newline, comments). The same edits
-feed ``--fix``, the JSON ``fix`` field and SARIF ``fixes``. No LibCST is needed.
+feed ``--fix`` and, as line/column :class:`~floatguard.events.Edit` records of the finding's
+:class:`~floatguard.events.Fix`, every output format. No LibCST is needed.
 
 Lines are split as Python's tokenizer splits them (``\\n``, ``\\r\\n``, ``\\r`` only;
 ``str.splitlines`` also splits on form feed, ``\\x85`` or U+2028, which would shift
@@ -26,13 +27,16 @@ import io
 import os
 import re
 import stat
+import sys
 import tempfile
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Edit", "FileChanged", "Fingerprint", "ImportSite", "LineIndex", "apply_edits", "atomic_write",
-           "fingerprint", "node_edit", "select_edits", "split_lines"]
+from ..events import Edit
+
+__all__ = ["FileChanged", "Fingerprint", "ImportSite", "LineIndex", "TextEdit", "apply_edits", "atomic_write",
+           "fingerprint", "import_section", "node_edit", "select_edits", "split_lines", "wrap_call"]
 
 _BREAKS = re.compile("[\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)|[^\r\n]+")
@@ -46,7 +50,7 @@ def split_lines(source: str) -> list[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class Edit:
+class TextEdit:
     """Replace ``source[start:end]`` (character offsets) by ``text``; ``start == end`` inserts."""
 
     start: int
@@ -75,11 +79,20 @@ class LineIndex:
         col = byte_col if text.isascii() else len(text.encode()[:byte_col].decode(errors="replace"))
         return self.starts[line - 1] + col
 
+    def newline(self) -> str:
+        """The file's line end (its first line's; ``\\n`` when no line has one)."""
+        return next((ln[len(ln.rstrip("\r\n")):] for ln in self.lines if ln.endswith(("\n", "\r"))), "\n")
+
     def position(self, offset: int) -> tuple[int, int]:
         """(1-based line, 1-based character column) of an offset."""
         i = bisect.bisect_right(self.starts, offset) - 1
         i = min(i, max(len(self.lines) - 1, 0))
         return i + 1, offset - self.starts[i] + 1
+
+    def edit(self, e: TextEdit, cell: int | None = None) -> Edit:
+        """The record of an offset edit: 1-based line and character column of its start and (exclusive) end."""
+        (l0, c0), (l1, c1) = self.position(e.start), self.position(e.end)
+        return Edit(l0, c0, l1, c1, e.text, cell)
 
     def node_range(self, node: ast.AST) -> tuple[int, int]:
         return (self.offset(node.lineno, node.col_offset),  # type: ignore[attr-defined]
@@ -101,9 +114,10 @@ def _prec(node: ast.AST) -> int:
     return _PREC.get(type(node), 20)
 
 
-def node_edit(index: LineIndex, node: ast.AST, replacement: str) -> Edit | None:
+def node_edit(index: LineIndex, node: ast.AST, replacement: str, line_length: int | None = None) -> TextEdit | None:
     """The edit replacing ``node``'s text by ``replacement``; None when the range holds a comment or the text
-    does not parse. The new text is parenthesised when it binds more loosely than what it replaces."""
+    does not parse. The new text is parenthesised when it binds more loosely than what it replaces, and its
+    call's arguments are wrapped (:func:`wrap_call`) when it would push a line that fitted ``line_length`` over."""
     start, end = index.node_range(node)
     old = index.source[start:end]
     if "#" in old and _has_comment(old):
@@ -114,7 +128,51 @@ def node_edit(index: LineIndex, node: ast.AST, replacement: str) -> Edit | None:
         return None
     if _prec(new) < _prec(node):
         replacement = f"({replacement})"
-    return Edit(start, end, replacement)
+    elif line_length is not None:
+        replacement = wrap_call(index, start, end, replacement.strip(), new, line_length)
+    return TextEdit(start, end, replacement)
+
+
+def wrap_call(index: LineIndex, start: int, end: int, text: str, call: ast.expr, limit: int) -> str:
+    """``text`` (the call ``call``) as ruff format splits a call that does not fit ``limit`` columns.
+
+    Only where that is safe and what the formatter does: the replaced span lies on one line that fitted
+    before, the call ends the line (a trailing comment may follow) and is not inside an f-string. The
+    arguments go on one line indented one level deeper (``f(\n    a, b\n)``), else one per line with a
+    trailing comma; the text is left as it is when even that does not fit.
+    """
+    n, _ = index.position(start)
+    line = index.lines[n - 1]
+    body = line.rstrip("\r\n")
+    nl = line[len(body):] or index.newline()
+    first = index.starts[n - 1]
+    head, tail = index.source[first:start], body[end - first:]
+    if end > first + len(body) or "\n" in text or "\r" in text or len(body) > limit \
+            or len(head) + len(text) + len(tail) <= limit:
+        return text
+    if not isinstance(call, ast.Call) or not (call.args or call.keywords) \
+            or any(isinstance(a, ast.GeneratorExp) for a in call.args) \
+            or (tail.strip() and not tail.lstrip().startswith("#")) or re.search(r"(?i)\b[rbu]?f[rb]?[\'\"]", head):
+        return text
+    raw = text.encode()
+    func_end = len(raw[: call.func.end_col_offset or 0].decode())
+    open_at = text.index("(", func_end)
+    parts: list[ast.expr | ast.keyword] = sorted([*call.args, *call.keywords], key=lambda a: (a.lineno, a.col_offset))
+    segs = [raw[p.col_offset:p.end_col_offset].decode() for p in parts]
+    if not text.endswith(")") or any(not s for s in segs):
+        return text
+    indent = body[: len(body) - len(body.lstrip())]
+    inner = indent + ("\t" if indent.startswith("\t") else "    ")
+    opening = head + text[: open_at + 1]
+    args = text[open_at + 1:-1].strip()
+    if len(opening) > limit:
+        return text
+    if not args.endswith(",") and len(inner) + len(args) <= limit and "\n" not in args:
+        return f"{text[: open_at + 1]}{nl}{inner}{args}{nl}{indent})"
+    rows = [f"{inner}{seg}," for seg in segs]
+    if any(len(r) > limit for r in rows):
+        return text
+    return f"{text[: open_at + 1]}{nl}{nl.join(rows)}{nl}{indent})"
 
 
 def _has_comment(seg: str) -> bool:
@@ -125,11 +183,48 @@ def _has_comment(seg: str) -> bool:
         return True
 
 
-class ImportSite:
-    """Where the imports a fix needs go: after the module's leading imports (docstring, ``__future__``)."""
+#: isort's sections, in the order they appear in a file
+FUTURE, STDLIB, THIRD_PARTY, FIRST_PARTY, LOCAL = range(5)
+_STDLIB = frozenset(sys.stdlib_module_names)
 
-    def __init__(self, index: LineIndex, tree: ast.Module) -> None:
+
+def import_section(module: str, first_party: frozenset[str] = frozenset(), level: int = 0) -> int:
+    """The isort section of an imported module: future, stdlib, third-party, first-party or local (relative)."""
+    if level:
+        return LOCAL
+    top = module.split(".")[0]
+    if top == "__future__":
+        return FUTURE
+    if top in first_party:
+        return FIRST_PARTY
+    return STDLIB if top in _STDLIB else THIRD_PARTY
+
+
+def _key(module: str) -> tuple[str, str]:
+    return module.lower(), module  # ruff's default order: case-insensitive, then as written
+
+
+@dataclass(frozen=True, slots=True)
+class _Stmt:
+    section: int
+    key: tuple[str, str]
+    straight: bool  # `import x` (sorted before `from x import y` in its section)
+    before: int  # offset where a line inserted before it goes (above the comments directly over it)
+    after: int  # offset of the line after it (-1: another statement follows on its line)
+
+
+class ImportSite:
+    """Where the imports a fix needs go: into the module's leading import block, as isort/ruff would place them.
+
+    A new ``import m`` goes into its section (``__future__``, stdlib, third-party, first-party, local) in
+    sorted order (``import x`` before ``from x import y``, case-insensitive), with a blank line around a
+    section it starts. In a file without imports it goes before the first statement (after a docstring
+    and the comments above it), followed by the blank lines ruff wants (two before a ``def``/``class``).
+    """
+
+    def __init__(self, index: LineIndex, tree: ast.Module, first_party: frozenset[str] = frozenset()) -> None:
         self.index = index
+        self.first_party = first_party
         self.bound: set[str] = set()
         for stmt in tree.body:
             if isinstance(stmt, ast.Import):
@@ -138,52 +233,100 @@ class ImportSite:
                         self.bound.add(a.name)
                         self.bound.add(a.name.split(".")[0])
         body = tree.body
-        k = 0
-        if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
-                and isinstance(body[0].value.value, str):
-            k = 1
-        last: ast.stmt | None = body[0] if k else None
-        while k < len(body) and isinstance(body[k], ast.Import | ast.ImportFrom):
-            last = body[k]
-            k += 1
         lines = index.lines
-        first_end = next((ln[len(ln.rstrip("\r\n")):] for ln in lines if ln.endswith(("\n", "\r"))), "\n")
-        self.newline = first_end
-        self.prefix = ""
-        if last is None:
-            # before the first statement (comments and a shebang above it stay above)
-            line = body[0].lineno if body else len(lines) + 1
-            self.offset = index.starts[line - 1] if line <= len(lines) else len(index.source)
-            if line > len(lines) and index.source and not index.source.endswith(("\n", "\r")):
-                self.prefix = self.newline
-            if body and index.offset(body[0].lineno, body[0].col_offset) != self.offset:
-                self.offset = -1  # the first statement does not start its line: no safe place
-        else:
-            end_line = last.end_lineno or last.lineno
-            following = body[k] if k < len(body) else None
-            if following is not None and following.lineno == end_line:
-                self.offset = -1  # `import a; x = 1`: no line of its own after the imports
-            elif end_line >= len(lines):
-                self.offset = len(index.source)
-                if not index.source.endswith(("\n", "\r")):
-                    self.prefix = self.newline
+        self.newline = index.newline()
+        k = 1 if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str) else 0
+        block: list[ast.Import | ast.ImportFrom] = []
+        while k < len(body) and isinstance(body[k], ast.Import | ast.ImportFrom):
+            block.append(body[k])  # type: ignore[arg-type]  # narrowed by the isinstance above
+            k += 1
+        self.following = body[k] if k < len(body) else None
+        self.stmts: list[_Stmt] = []
+        self.valid = True
+        prev_end = body[0].end_lineno or body[0].lineno if body and block and body[0] is not block[0] else 0
+        for i, stmt in enumerate(block):
+            if index.offset(stmt.lineno, stmt.col_offset) != index.starts[stmt.lineno - 1] or \
+                    stmt.lineno <= prev_end:
+                self.valid = False  # `x = 1; import a`: no line of its own
+            end = stmt.end_lineno or stmt.lineno
+            nxt = block[i + 1] if i + 1 < len(block) else self.following
+            after = -1 if nxt is not None and nxt.lineno == end else (
+                index.starts[end] if end < len(lines) else len(index.source))
+            top = stmt.lineno
+            if prev_end:  # move above comment lines directly over it, never above the previous statement
+                while top - 1 > prev_end and lines[top - 2].lstrip().startswith("#"):
+                    top -= 1
+            if isinstance(stmt, ast.Import):
+                name, level, straight = stmt.names[0].name, 0, True
             else:
-                self.offset = index.starts[end_line]
+                name, level, straight = stmt.module or "", stmt.level, False
+            self.stmts.append(_Stmt(import_section(name, first_party, level), _key(name), straight,
+                                    index.starts[top - 1], after))
+            prev_end = end
+        if block and self.stmts[-1].after < 0:
+            self.valid = False
+        self.first: ast.stmt | None = body[k] if not block and k < len(body) else None
+        if self.first is not None and index.offset(self.first.lineno, self.first.col_offset) != \
+                index.starts[self.first.lineno - 1]:
+            self.valid = False  # the first statement does not start its line: no safe place
 
-    def edit(self, modules: tuple[str, ...] | list[str]) -> Edit | bool | None:
-        """One insertion of the missing imports (None: nothing missing; False: no safe place to put them)."""
-        missing = sorted({m for m in modules if m not in self.bound})
+    def edits(self, modules: tuple[str, ...] | list[str]) -> list[TextEdit] | bool | None:
+        """The insertions of the missing imports, in offset order (None: nothing missing; False: no safe place)."""
+        missing = sorted({m for m in modules if m not in self.bound}, key=_key)
         if not missing:
             return None
-        if self.offset < 0:
+        if not self.valid:
             return False
-        text = self.prefix + "".join(f"import {m}{self.newline}" for m in missing)
-        return Edit(self.offset, self.offset, text)
+        nl = self.newline
+        src = self.index.source
+        imports = [(import_section(m, self.first_party), m) for m in missing]
+        imports.sort(key=lambda t: (t[0], _key(t[1])))
+        if not self.stmts:
+            if self.first is None:  # a module of only a docstring (or nothing): at the end
+                pre = "" if not src or src.endswith(("\n", "\r")) else nl
+                return [TextEdit(len(src), len(src), pre + (nl if src else "") + _render(imports, nl))]
+            off = self.index.starts[self.first.lineno - 1]
+            gap = 2 if isinstance(self.first, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) else 1
+            return [TextEdit(off, off, _render(imports, nl) + nl * gap)]
+        at: dict[int, list[tuple[int, str]]] = {}
+        for sec, m in imports:
+            same = [s for s in self.stmts if s.section == sec]
+            if same:
+                hit = next((s for s in same if not s.straight or s.key > _key(m)), None)
+                off = hit.before if hit is not None else same[-1].after
+            else:  # a section of its own: before the next section, else after the last one
+                later = next((s for s in self.stmts if s.section > sec), None)
+                off = later.before if later is not None else self.stmts[-1].after
+            at.setdefault(off, []).append((sec, m))
+        out: list[TextEdit] = []
+        for off, group in sorted(at.items()):
+            prev = next((s.section for s in self.stmts if s.after == off), None)
+            nxt = next((s.section for s in self.stmts if s.before == off), None)
+            text = _render(group, nl)
+            if prev is not None and prev != group[0][0]:
+                text = nl + text
+            if nxt is not None and nxt != group[-1][0]:
+                text += nl
+            if off == len(src) and src and not src.endswith(("\n", "\r")):
+                text = nl + text
+            out.append(TextEdit(off, off, text))
+        return out
 
 
-def select_edits(edits: list[Edit]) -> list[Edit]:
+def _render(imports: list[tuple[int, str]], nl: str) -> str:
+    """``import`` lines of (section, module) pairs in order, a blank line between sections."""
+    out: list[str] = []
+    for i, (sec, m) in enumerate(imports):
+        if i and imports[i - 1][0] != sec:
+            out.append(nl)
+        out.append(f"import {m}{nl}")
+    return "".join(out)
+
+
+def select_edits(edits: list[TextEdit]) -> list[TextEdit]:
     """Non-overlapping edits, outermost first (an inner one is found again on the next pass)."""
-    chosen: list[Edit] = []
+    chosen: list[TextEdit] = []
     end = -1
     for e in sorted(edits, key=lambda e: (e.start, -e.end)):
         if e.start >= end:
@@ -192,7 +335,7 @@ def select_edits(edits: list[Edit]) -> list[Edit]:
     return chosen
 
 
-def apply_edits(source: str, edits: list[Edit]) -> str:
+def apply_edits(source: str, edits: list[TextEdit]) -> str:
     """``source`` with non-overlapping ``edits`` applied (insertions at one offset in the given order)."""
     out: list[str] = []
     pos = 0

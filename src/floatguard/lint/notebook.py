@@ -67,7 +67,7 @@ class Notebook:
                 indent = line[: len(line) - len(stripped)]
                 if shell_indent is not None:  # a continuation line of an IPython line: not Python either
                     lines[k] = nb._tag(line, "pass", shell_indent)
-                    shell_indent = shell_indent if line.endswith("\\") else None
+                    shell_indent = shell_indent if _continued(line) else None
                     continue
                 if not scan.at_statement_start:  # inside brackets, a string or after a backslash: Python
                     scan.feed(line)
@@ -79,7 +79,7 @@ class Notebook:
                 else:
                     scan.feed(line)
                     continue
-                if line.endswith("\\"):
+                if _continued(line):
                     shell_indent = indent
             nb.cells.append(i)
             for k, line in enumerate(lines, 1):
@@ -174,6 +174,12 @@ class _Scanner:
             i += 1
         if self.string is not None and len(self.string) == 1:
             self.string = None
+
+
+def _continued(line: str) -> bool:
+    """Whether an IPython line goes on in the next (a final backslash; a cell saved with ``\\r\\n`` keeps the
+    ``\\r``)."""
+    return line.rstrip("\r").endswith("\\")
 
 
 def _text(source: Any) -> str:

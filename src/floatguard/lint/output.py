@@ -1,6 +1,8 @@
 """Renderers of lint findings: text, JSON, SARIF 2.1.0 and GitHub workflow annotations.
 
-Each takes the list of :class:`~floatguard.events.Event` and returns a string.
+Each takes the list of :class:`~floatguard.events.Event` and returns a string. A finding's
+fix is rendered from its :class:`~floatguard.events.Fix`: every format shows the same edits
+(each with its own range, the imports the fix adds among them), the edits ``--fix`` writes.
 """
 
 from __future__ import annotations
@@ -19,14 +21,19 @@ _LEVEL = {"error": "error", "warning": "warning", "info": "note"}
 
 def _cell(e: Event) -> str:
     """``cell N:`` for a finding in a notebook (its line counts within the cell), as ruff prints it."""
-    return f"cell {e.stats['cell']}:" if "cell" in e.stats else ""
+    return f"cell {e.cell}:" if e.cell is not None else ""
 
 
 def render_text(events: list[Event], *, fixed: int = 0, unsafe: bool = False) -> str:
-    """ruff-style ``path:line:col: CODE message`` lines and a summary line."""
-    out = [f"{e.location}: {e.code} {e.message}" for e in events]
-    safe = sum(1 for e in events if e.stats.get("fix_safe") == 1)
-    more = sum(1 for e in events if e.stats.get("fix_safe") == 0)
+    """ruff-style ``path:line:col: CODE message`` lines (under a finding with a fix, its edits indented)
+    and a summary line."""
+    out: list[str] = []
+    for e in events:
+        out.append(f"{e.location}: {e.code} {e.message}")
+        if e.fix is not None:
+            out.append(f"    {e.fix.describe()}")
+    safe = sum(1 for e in events if e.fix is not None and e.fix.applicability == "safe")
+    more = sum(1 for e in events if e.fix is not None and e.fix.applicability == "unsafe")
     if events:
         n = len(events)
         summary = f"Found {n} error{'s' if n != 1 else ''}"
@@ -79,9 +86,8 @@ def render_sarif(events: list[Event]) -> str:
     results = []
     for e in events:
         region: dict[str, int] = {"startLine": e.line or 1, "startColumn": e.col or 1}
-        if "end_line" in e.stats:
-            region["endLine"] = int(e.stats["end_line"])
-            region["endColumn"] = int(e.stats["end_col"])
+        if e.end_line is not None and e.end_col is not None:
+            region["endLine"], region["endColumn"] = e.end_line, e.end_col
         loc = {"physicalLocation": {"artifactLocation": {"uri": _uri(e.file)}, "region": region}}
         res: dict[str, object] = {
             "ruleId": e.code or e.kind,
@@ -91,16 +97,18 @@ def render_sarif(events: list[Event]) -> str:
         }
         if e.code in index:
             res["ruleIndex"] = index[e.code]
-        edits = e.stats.get("fix_edits")
-        if e.fix is not None and edits:  # the same edits --fix applies: the replacement and the imports it adds
+        # the same edits --fix applies: the replacement and the imports it adds (SARIF has no notebook cells:
+        # a fix counted in cells is shown in the message only)
+        if e.fix is not None and all(d.cell is None for d in e.fix.edits):
             res["fixes"] = [{
-                "description": {"text": e.hint or "replace"},
+                "description": {"text": e.fix.title},
                 "artifactChanges": [{
                     "artifactLocation": {"uri": _uri(e.file)},
-                    "replacements": [{"deletedRegion": {"startLine": l0, "startColumn": c0,
-                                                        "endLine": l1, "endColumn": c1},
-                                      "insertedContent": {"text": text}} for l0, c0, l1, c1, text in edits],
+                    "replacements": [{"deletedRegion": {"startLine": d.line, "startColumn": d.col,
+                                                        "endLine": d.end_line, "endColumn": d.end_col},
+                                      "insertedContent": {"text": d.text}} for d in e.fix.edits],
                 }],
+                "properties": {"applicability": e.fix.applicability},
             }]
         results.append(res)
     log = {
@@ -129,10 +137,11 @@ def render_github(events: list[Event]) -> str:
     for e in events:
         level = {"error": "error", "warning": "warning", "info": "notice"}.get(e.severity, "warning")
         props = [f"file={_gh_escape(e.file or '', True)}", f"line={e.line or 1}", f"col={e.col or 1}"]
-        if "end_line" in e.stats:
-            props += [f"endLine={e.stats['end_line']}", f"endColumn={e.stats['end_col']}"]
+        if e.end_line is not None and e.end_col is not None:
+            props += [f"endLine={e.end_line}", f"endColumn={e.end_col}"]
         props.append(f"title={_gh_escape(f'{e.code} ({e.kind})', True)}")
-        out.append(f"::{level} {','.join(props)}::{_gh_escape(f'{_cell(e)} {e.code} {e.message}'.lstrip())}")
+        text = f"{_cell(e)} {e.code} {e.message}".lstrip() + (f"\n{e.fix.describe()}" if e.fix is not None else "")
+        out.append(f"::{level} {','.join(props)}::{_gh_escape(text)}")
     return "\n".join(out) + ("\n" if out else "")
 
 

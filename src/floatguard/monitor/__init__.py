@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ..errors import require
 from .rules import KINDS, Thresholds
 
 if TYPE_CHECKING:
@@ -43,6 +44,7 @@ __all__ = ["KINDS", "Monitor", "Thresholds", "attach_global", "read_log"]
 
 def __getattr__(name: str) -> Any:  # torch is imported only when the monitor is used
     if name == "Monitor":
+        require("torch", feature="floatguard.Monitor")
         from .core import Monitor
 
         return Monitor
@@ -58,6 +60,7 @@ def attach_global(**options: Any) -> GlobalMonitor:
 
     Keyword options are :class:`Monitor`'s. See :func:`floatguard.monitor.attach.attach_global`.
     """
+    require("torch", feature="floatguard.monitor.attach_global")
     from .attach import attach_global as _attach
 
     return _attach(**options)

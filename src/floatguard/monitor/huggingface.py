@@ -22,15 +22,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import missing
 from ..events import Event
-from ..ops._namespace import OptionalDependencyError
 from .core import Monitor
 
 try:
     from transformers import TrainerCallback
 except ImportError as exc:  # pragma: no cover - exercised without transformers
-    raise OptionalDependencyError(
-        "floatguard.monitor.huggingface needs transformers: pip install transformers") from exc
+    raise missing("transformers", feature="floatguard.monitor.huggingface") from exc
 
 __all__ = ["MonitorCallback"]
 

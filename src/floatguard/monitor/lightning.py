@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import missing
 from ..events import Event
-from ..ops._namespace import OptionalDependencyError
 from .core import Monitor
 
 try:
@@ -29,8 +29,7 @@ except ImportError:  # pragma: no cover - the older package name
     try:
         from pytorch_lightning import Callback
     except ImportError as exc:
-        raise OptionalDependencyError(
-            "floatguard.monitor.lightning needs PyTorch Lightning: pip install lightning") from exc
+        raise missing("lightning", feature="floatguard.monitor.lightning") from exc
 
 __all__ = ["MonitorCallback"]
 

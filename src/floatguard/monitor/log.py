@@ -34,7 +34,7 @@ from typing import IO, Any
 
 from ..events import Event
 
-__all__ = ["LogWriter", "RunLog", "last_step", "read_log"]
+__all__ = ["LogWriter", "RunLog", "is_monitor_log", "last_step", "read_log"]
 
 
 class LogWriter:
@@ -126,6 +126,19 @@ def last_step(path: str | os.PathLike[str]) -> int | None:
             if start == 0:
                 return None
             chunk *= 4
+
+
+def is_monitor_log(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` starts with a monitor record (JSON lines tolerate a bad line further on)."""
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                try:
+                    rec = json.loads(raw.decode("utf-8"))
+                except ValueError:
+                    return False
+                return isinstance(rec, dict) and rec.get("type") in ("start", "step", "finding", "closed", "end")
+    return False
 
 
 def _parse(line: str) -> dict[str, Any] | None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..events import Event
@@ -54,8 +54,8 @@ def finding_line(ev: Event) -> str:
 
 
 def closed_line(ev: Event) -> str:
-    """One line for a finding the run later disproved (``stats['recovered_at']``)."""
-    return f"[{ev.kind}] closed at step {ev.stats.get('recovered_at')}: {ev.stats.get('recovered', 'recovered')}"
+    """One line for a finding the run later disproved (``stats['recovered_at']``, why in ``note``)."""
+    return f"[{ev.kind}] closed at step {ev.stats.get('recovered_at')}: {ev.note or 'recovered'}"
 
 
 def summary_lines(findings: Iterable[Event], steps: int, log_path: str | None) -> list[str]:
@@ -114,6 +114,24 @@ class Sinks:
     def text(self, step: int, ev: Event, line: str) -> None:
         for w in self.writers:
             w.add_text(f"{PREFIX}findings/{ev.kind}", line, step)
+
+    def step(self, step: int, line: dict[str, Any], events: Sequence[Event], layers: Sequence[str],
+             scale: float | None, open_findings: int) -> None:
+        """One step's numbers (the log's ``step`` record ``line``) and its findings to the user's loggers."""
+        vals: dict[str, Any] = {"loss": line["loss"], "grad_norm": line["grad_norm"]}
+        if line.get("lr") is not None:
+            vals["lr"] = line["lr"]
+        if scale is not None:
+            vals["loss_scale"] = scale
+        for key in ("grad", "update"):
+            if line.get(key):
+                name = "grad_norm" if key == "grad" else "update_ratio"
+                vals.update({f"{name}/{layer}": v for layer, v in zip(layers, line[key], strict=False)
+                             if v is not None})
+        vals["findings"] = open_findings
+        self.scalars(step, vals)
+        for ev in events:
+            self.text(step, ev, closed_line(ev) if "recovered_at" in ev.stats else finding_line(ev))
 
     def take(self) -> dict[str, float]:
         """The scalars recorded since the last call (for a logger that pulls them)."""

@@ -7,10 +7,13 @@ function call and keeps, on the device and without synchronizing:
 * ReLU outputs: which units fired for some sample (dead units);
 * tanh/sigmoid outputs: the share in the flat tails (saturation);
 * the inputs of classification losses (cross_entropy, nll_loss, log_softmax,
-  softmax, BCE with logits): max |logit|, the median gap between the top two
-  logits, whether the input already is probabilities (double softmax), and the
-  number of classes;
-* ``log`` applied to a softmax output.
+  softmax, BCE with logits, and ``floatguard.cross_entropy``): max |logit|, the
+  median gap between the top two logits, whether the input already is
+  probabilities (double softmax), the number of classes, and log Z;
+* ``log`` applied to a softmax output;
+* attention: the softmax input of a hand-written attention (largest logit, row
+  entropy) and the q/k norms of a fused ``scaled_dot_product_attention``
+  (:mod:`.transformer_stats`), by the module that calls it.
 
 Call sites are named by the module path of the innermost module running (global
 module hooks, registered only while sampling): ``"net.3"`` for an ``nn.ReLU`` at
@@ -21,19 +24,23 @@ module hooks, registered only while sampling): ``"net.3"`` for an ``nn.ReLU`` at
 from __future__ import annotations
 
 import contextlib
+import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import CodeType
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .transformer_stats import attention_stats, logz_stats, sdpa_stats
+
 __all__ = ["Probe", "SiteStats"]
 
 _RELU = {torch.relu, torch.relu_, F.relu, F.relu_, F.relu6, torch.Tensor.relu, torch.Tensor.relu_}
-_TANH = {torch.tanh, F.tanh, torch.Tensor.tanh}
+_TANH: set[Callable[..., Any]] = {torch.tanh, F.tanh, torch.Tensor.tanh}
 _SIGMOID = {torch.sigmoid, F.sigmoid, torch.Tensor.sigmoid}
 _SOFTMAX = {torch.softmax, F.softmax, torch.Tensor.softmax}
 _LOG_SOFTMAX = {torch.log_softmax, F.log_softmax, torch.Tensor.log_softmax}
@@ -41,6 +48,8 @@ _CE = {F.cross_entropy}
 _NLL = {F.nll_loss}
 _BCE_LOGITS = {F.binary_cross_entropy_with_logits}
 _LOG = {torch.log, torch.Tensor.log}
+_SDPA = {F.scaled_dot_product_attention}
+_FG_DEPTH = 8  # frames searched above a torch call for floatguard.cross_entropy (its fast paths are 2-5 deep)
 _CONV = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d,
          torch.nn.BatchNorm3d)
 
@@ -65,6 +74,7 @@ class LogitStats:
     classes: int
     dtype: str
     from_softmax: bool = False
+    logz: torch.Tensor | None = None  # [mean, rms] of logsumexp over the classes
 
 
 @dataclass
@@ -86,12 +96,14 @@ class Probe(TorchFunctionMode):
         self.sites: dict[str, SiteStats] = {}
         self.logits: list[LogitStats] = []
         self.log_of_softmax: str | None = None
+        self.attention: dict[str, torch.Tensor] = {}  # module -> [max logit (or q/k bound), entropy, keys]
         self.layer_out: dict[str, torch.Tensor] = {}  # detailed: [mean, std, absmax] per parametrized layer
         self._stack: list[_Frame] = []
         self._last_param: str | None = None
         self._softmax_out: dict[int, weakref.ref[torch.Tensor]] = {}
         self._act_out: dict[int, tuple[weakref.ref[torch.Tensor], str]] = {}
         self._handles: list[Any] = []
+        self._fg_logits: weakref.ref[torch.Tensor] | None = None  # the last floatguard.cross_entropy input seen
         self._calls: dict[str, int] = {}
         self.order: list[str] = []  # parametrized modules in the order their forward began
         self._root_id = 0
@@ -170,8 +182,45 @@ class Probe(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         with contextlib.suppress(Exception):  # statistics must never break training
-            self._observe(func, args, kwargs, out)
+            if not self._floatguard_loss(sys._getframe(1)):
+                self._observe(func, args, kwargs, out)
         return out
+
+    def _floatguard_loss(self, frame: Any) -> bool:
+        """Whether this torch call runs inside ``floatguard.cross_entropy`` (whose logits are then recorded once).
+
+        ``floatguard.cross_entropy`` is a Python function, not a torch one: this mode never
+        sees the call itself, only the torch calls its kernels make (attribute reads,
+        ``.numpy()``, ...). The first of them finds the op's frame above it and records its
+        ``logits`` (with ``axis``/``dim`` and, when given, ``softcap`` applied, as the
+        z-loss sees them), like ``F.cross_entropy``'s; its inner calls are not observed.
+        """
+        code = _ce_code()
+        f = frame
+        for _ in range(_FG_DEPTH):
+            if f is None:
+                return False
+            if f.f_code is code:
+                break
+            f = f.f_back
+        else:
+            return False
+        loc = f.f_locals
+        x = loc.get("logits")
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            return True
+        ref = self._fg_logits
+        if ref is not None and ref() is x:
+            return True
+        self._fg_logits = weakref.ref(x)
+        d = loc.get("dim")
+        d = loc.get("axis", -1) if d is None else d
+        cap = loc.get("softcap")
+        y = x.detach()
+        if isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap > 0:
+            y = cap * torch.tanh(y / cap)
+        self._logits(y, "cross_entropy", int(d) if isinstance(d, int) else -1)
+        return True
 
     def _is_softmax_out(self, x: Any) -> bool:
         if not isinstance(x, torch.Tensor):
@@ -192,6 +241,12 @@ class Probe(TorchFunctionMode):
                 self._softmax_out[id(out)] = weakref.ref(out)
             if isinstance(x, torch.Tensor) and not self._is_softmax_out(x):
                 self._logits(x, "softmax", _dim(args, kwargs, -1))
+                if x.ndim >= 3 and _dim(args, kwargs, -1) % x.ndim == x.ndim - 1 and isinstance(out, torch.Tensor):
+                    self._attention(attention_stats(x, out))
+        elif func in _SDPA:
+            q, k = (args[0] if args else kwargs.get("query")), (args[1] if len(args) > 1 else kwargs.get("key"))
+            if isinstance(q, torch.Tensor) and isinstance(k, torch.Tensor) and q.is_floating_point():
+                self._attention(sdpa_stats(q, k, kwargs.get("scale")))
         elif func in _LOG:
             x = args[0] if args else kwargs.get("input")
             if self._is_softmax_out(x) and self.log_of_softmax is None:
@@ -265,7 +320,26 @@ class Probe(TorchFunctionMode):
             top = yf.topk(2, dim=dim).values
             gap = (top.select(dim, 0) - top.select(dim, 1)).flatten().median()
         lo, hi = torch.aminmax(yf)
-        self.logits.append(LogitStats(site, torch.maximum(hi, -lo), gap, probs, c, _dtype_name(y), from_sm))
+        logz = logz_stats(yf, dim) if fname != "softmax" and c >= 2 else None
+        self.logits.append(LogitStats(site, torch.maximum(hi, -lo), gap, probs, c, _dtype_name(y), from_sm, logz))
+
+    def _attention(self, st: torch.Tensor) -> None:
+        """Keep the statistics of one attention call under the module calling it (the largest of its calls)."""
+        site = self._stack[-1].name if self._stack else "<model>"
+        prev = self.attention.get(site)
+        self.attention[site] = st if prev is None else torch.where(st[0] >= prev[0], st, prev)
+
+
+_CE_CODE: list[CodeType] = []
+
+
+def _ce_code() -> CodeType:
+    """The code object of ``floatguard.cross_entropy`` (imported on first use: the ops need NumPy only)."""
+    if not _CE_CODE:
+        from ..ops.losses import cross_entropy
+
+        _CE_CODE.append(cross_entropy.__code__)
+    return _CE_CODE[0]
 
 
 def _dim(args: tuple[Any, ...], kwargs: dict[str, Any], default: int) -> int:

@@ -17,6 +17,7 @@ from .elementwise import (
     xlog1py,
     xlogy,
 )
+from .linear_cross_entropy import linear_cross_entropy
 from .losses import binary_cross_entropy_with_logits, cross_entropy
 from .products import log_matmul_exp, log_prod
 from .reductions import log_softmax, logcumsumexp, logmeanexp, logsumexp, softmax
@@ -26,6 +27,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "default_eps",
+    "linear_cross_entropy",
     "log1mexp",
     "log_matmul_exp",
     "log_prod",

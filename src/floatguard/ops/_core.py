@@ -102,3 +102,25 @@ def blocks(r: int, n: int, size: int) -> Iterator[tuple[int, int, int, int]]:
         for row in range(r):
             for c0 in range(0, n, size):
                 yield row, row + 1, c0, min(n, c0 + size)
+
+
+# -- the generic rows kernels: the fallback of every backend (see ._kernels) --------------------
+def logsumexp_rows(be: Backend, rows: Any) -> Any:
+    """``m + log1p(s)`` of the last axis of ``rows`` (kept, length 1), in the working dtype."""
+    xp = be.xp
+    sh = shifted(be, xp.astype(rows, be.work_dtype(rows.dtype), copy=False))
+    return xp.where(sh.finite, sh.m + xp.log1p(sh.s), sh.m)
+
+
+def softmax_rows(be: Backend, rows: Any, log: bool) -> Any:
+    """softmax (``e / (1 + s)``) or log_softmax (``d - log1p(s)``) of the last axis, in the working dtype;
+    rows whose max is not finite get their limit (:func:`limit_weights`, or its log)."""
+    xp = be.xp
+    rows = xp.astype(rows, be.work_dtype(rows.dtype), copy=False)
+    sh = shifted(be, rows)
+    w = limit_weights(be, rows, sh)
+    if not log:
+        return xp.where(sh.finite, sh.e / (1 + sh.s), w)
+    limit = xp.where(w > 0, xp.log(xp.where(w > 0, w, xp.ones_like(w))), xp.full_like(w, -float("inf")))
+    limit = xp.where(xp.isnan(w), w, limit)
+    return xp.where(sh.finite, sh.d - xp.log1p(sh.s), limit)

@@ -92,7 +92,7 @@ def _work_dtype(dtype: Any) -> Any:
     (the final rounding plus ``2^-29`` ulp times the condition number) holds for them with
     ``2^-13`` or ``2^-16``, and XLA on CPU converts them to float32, not float64, at full speed.
     """
-    if jax.config.jax_enable_x64 and jnp.dtype(dtype).itemsize >= 4:
+    if jax.config.read("jax_enable_x64") and jnp.dtype(dtype).itemsize >= 4:
         return jnp.float64
     return jnp.float32
 

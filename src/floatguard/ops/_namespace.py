@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from ..errors import OptionalDependencyError, missing
+
 __all__ = [
     "Backend",
     "OptionalDependencyError",
@@ -66,10 +68,6 @@ def quiet(fn: F) -> F:
     return op  # type: ignore[return-value]
 
 
-class OptionalDependencyError(ImportError):
-    """An optional dependency is missing; the message names the extra to install."""
-
-
 @dataclass(frozen=True)
 class Backend:
     """An array library: its standard namespace and the few extras floatguard needs."""
@@ -89,7 +87,7 @@ class Backend:
         if self.name == "jax":
             import jax
 
-            if not jax.config.jax_enable_x64:
+            if not jax.config.read("jax_enable_x64"):
                 return xp.float32
         return xp.float64
 
@@ -191,9 +189,7 @@ def _torch_backend() -> Backend:
     try:  # an import statement: torch.compile can trace it (not __import__)
         from array_api_compat import torch as xp_torch
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise OptionalDependencyError(
-            "'array_api_compat' is needed for this input; install it with `pip install 'floatguard[torch]'`"
-        ) from exc
+        raise missing("array_api_compat", "torch", feature="floatguard's ops on PyTorch tensors") from exc
     _TORCH = Backend("torch", xp_torch)
     return _TORCH
 

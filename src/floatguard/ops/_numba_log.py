@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from ._numba_fast import AVAILABLE, _as_float, _as_int, _njit
+from ._numba_bits import AVAILABLE, _as_float, _as_int, _njit, intrinsic
 
+select: Any
 if AVAILABLE:
     from numba import types
-    from numba.extending import intrinsic
 
     @intrinsic
     def select(typingctx: Any, cond: Any, a: Any, b: Any) -> Any:

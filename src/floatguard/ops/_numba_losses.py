@@ -19,11 +19,19 @@ round-to-odd float32, which makes the double rounding exact).
 Rows with a non-finite max (all ``-inf``, a ``+inf``, a NaN) are flagged
 (``alive = 0``): their loss is ``-m`` (NaN for NaN rows) and their gradient 0.
 
+Soft-capping (``cap > 0``, Gemma 2): each row is first mapped to ``cap tanh(x / cap)``
+in a float64 row buffer (no (N, C) temporary) and the passes above run on it; the
+backward writes the capped row's gradient to a second row buffer and multiplies it
+by ``sech^2(x / cap)`` when rounding it to the output. The z-loss (PaLM) needs no
+pass of its own: ``log Z = m + L`` is a residual, and its gradient ``2 coef log Z
+softmax`` is a per-row addition ``zg`` to the coefficient of ``p_i``.
+
 Without numba this module imports, ``AVAILABLE`` is False and callers use the generic path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -38,17 +46,28 @@ from ._numba_fast import (
     _njit,
     _reduce,
     _reduce_inl,
-    _voidptr,
     carray,
 )
-from ._numba_log import inline, log1p_unit, recip_short, select
+from ._numba_fast import _voidptr as _voidptr_intrinsic
+from ._numba_log import inline, log1p_unit, recip_short
 from ._numba_log import log1p as _log1p
+from ._numba_log import select as _select_intrinsic
+
+# numba's ``@intrinsic`` objects type as ``(typingctx, *args)`` callables; in compiled code they take the
+# arguments alone: rebound here as plain callables (the same objects) so that the calls type-check.
+select: Callable[..., Any] = _select_intrinsic
+_voidptr: Callable[..., Any] = _voidptr_intrinsic
 
 if AVAILABLE:
     from numba import types
     from numba.extending import overload
 
-    from ._numba_fast import _encode, _f32_bits, _f32_from_bits
+    from ._numba_fast import _encode
+    from ._numba_fast import _f32_bits as _f32_bits_intrinsic
+    from ._numba_fast import _f32_from_bits as _f32_from_bits_intrinsic
+
+    _f32_bits: Callable[..., Any] = _f32_bits_intrinsic
+    _f32_from_bits: Callable[..., Any] = _f32_from_bits_intrinsic
 
 def _ld(v: Any) -> float:
     """A loaded element as float64 (an int16 is the bits of a bfloat16)."""
@@ -189,21 +208,60 @@ def _rest(row: np.ndarray, m: float, rb: np.ndarray, kb: np.ndarray, nz: np.ndar
     return (total + comp) + (ties - 1)
 
 
+# -- soft-capping: y = cap tanh(x / cap), d y / d x = sech^2(x / cap) ---------------------------------
+@_njit()
+def _cap_row(row: np.ndarray, cap: float, out: np.ndarray) -> None:
+    """``out_i = cap tanh(x_i / cap)`` in float64 (``+-inf`` give ``+-cap``, NaN stays NaN)."""
+    for i in range(row.size):
+        out[i] = cap * np.tanh(_ld(row[i]) / cap)
+
+
+@_njit(_CONTRACT)
+def _cap_grad_row(row: np.ndarray, cap: float, gy: np.ndarray, out: np.ndarray) -> None:
+    """``out_i = gy_i sech^2(x_i / cap)``, rounded once to ``out``'s dtype.
+
+    ``sech^2 u = 4 E / (1 + E)^2`` with ``E = exp(-2 |u|)``: relative error of a few ulp for every ``u``,
+    where ``1 - tanh^2 u`` loses all its digits once ``tanh u`` rounds to 1 (``|u| > 19`` in float64).
+    """
+    for i in range(row.size):
+        e = np.exp(-2.0 * abs(_ld(row[i]) / cap))
+        q = 1.0 + e
+        _st(out, i, gy[i] * (4.0 * e / (q * q)))
+
+
 # -- cross-entropy forward ---------------------------------------------------------------------
+@_njit()
+def _index_row(row: np.ndarray, c: int, wc: float, w: np.ndarray, weighted: bool, w_total: float, eps: float,
+               rb: np.ndarray, kb: np.ndarray, nz: np.ndarray) -> tuple[float, float, float, float]:
+    """``(loss, m, log1p(s), alive)`` of one row of class ``c`` (see :func:`ce_index_forward`)."""
+    n = row.size
+    m = _row_max(row)
+    if not np.isfinite(m):
+        return -m, 0.0, 0.0, 0.0
+    lg = np.log1p(_rest(row, m, rb, kb, nz))
+    val = (1.0 - eps) * wc * (lg + (m - _ld(row[c]))) if eps != 1.0 else 0.0
+    if eps != 0.0:
+        val += eps / n * (w_total * lg + _gap_sum(row, m, w, weighted))
+    return val, m, lg, 1.0
+
+
 @_njit()
 def ce_index_forward(
     x: np.ndarray, target: np.ndarray, w: np.ndarray, weighted: bool, ignore: int, has_ignore: bool, eps: float,
-    loss: np.ndarray, m_out: np.ndarray, l_out: np.ndarray, wt_out: np.ndarray, alive: np.ndarray,
+    cap: float, loss: np.ndarray, m_out: np.ndarray, l_out: np.ndarray, wt_out: np.ndarray, alive: np.ndarray,
 ) -> int:
     """Row losses for class indices; returns the first row with a bad index, or -1.
 
     ``loss = (1 - eps) w_c nll_c + eps / C sum_i w_i nll_i``; ``wt_out`` the row's
-    ``w_c`` (0 where ignored), the weight of the row in a mean.
+    ``w_c`` (0 where ignored), the weight of the row in a mean. With ``cap > 0`` the
+    row is first soft-capped (:func:`_cap_row`, into a float64 row buffer) and
+    ``m``, ``log1p(s)`` are those of the capped row.
     """
     r_count, n = x.shape
     rb = np.empty(BLK)
     kb = np.empty(BLK, dtype=np.int64)
     nz = np.empty(BLK)
+    buf = np.empty(n if cap > 0.0 else 0)
     w_total = 0.0
     if weighted:
         for i in range(n):
@@ -221,66 +279,68 @@ def ce_index_forward(
             continue
         if c < 0 or c >= n:
             return r
-        row = x[r]
         wc = w[c] if weighted else 1.0
         wt_out[r] = wc
-        m = _row_max(row)
-        if not np.isfinite(m):
-            loss[r] = -m
-            m_out[r] = 0.0
-            l_out[r] = 0.0
-            alive[r] = 0.0
-            continue
-        lg = np.log1p(_rest(row, m, rb, kb, nz))
-        val = (1.0 - eps) * wc * (lg + (m - _ld(row[c]))) if eps != 1.0 else 0.0
-        if eps != 0.0:
-            val += eps / n * (w_total * lg + _gap_sum(row, m, w, weighted))
+        if cap > 0.0:
+            _cap_row(x[r], cap, buf)
+            val, m, lg, al = _index_row(buf, c, wc, w, weighted, w_total, eps, rb, kb, nz)
+        else:
+            val, m, lg, al = _index_row(x[r], c, wc, w, weighted, w_total, eps, rb, kb, nz)
         loss[r] = val
         m_out[r] = m
         l_out[r] = lg
-        alive[r] = 1.0
+        alive[r] = al
     return -1
 
 
 @_njit()
+def _prob_row(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: bool, eps: float, rb: np.ndarray,
+              kb: np.ndarray, nz: np.ndarray) -> tuple[float, float, float, float, float]:
+    """``(loss, m, log1p(s), sum t' w, alive)`` of one row of probabilities (see :func:`ce_prob_forward`)."""
+    n = row.size
+    m = _row_max(row)
+    tw = 0.0
+    acc = 0.0
+    fin = np.isfinite(m)
+    for i in range(n):
+        q = (1.0 - eps) * _ld(trow[i]) + eps / n
+        if weighted:
+            q *= w[i]
+        tw += q
+        if q != 0.0 and fin:
+            acc += q * (m - _ld(row[i]))
+    if not fin:
+        return -m, 0.0, 0.0, tw, 0.0
+    lg = np.log1p(_rest(row, m, rb, kb, nz))
+    return tw * lg + acc, m, lg, tw, 1.0
+
+
+@_njit()
 def ce_prob_forward(
-    x: np.ndarray, t: np.ndarray, w: np.ndarray, weighted: bool, eps: float,
+    x: np.ndarray, t: np.ndarray, w: np.ndarray, weighted: bool, eps: float, cap: float,
     loss: np.ndarray, m_out: np.ndarray, l_out: np.ndarray, tw_out: np.ndarray, alive: np.ndarray,
 ) -> None:
     """Row losses for class probabilities: ``sum_i t'_i w_i nll_i`` with ``t' = (1 - eps) t + eps / C``.
 
     A zero ``t'_i w_i`` drops its term even where ``nll_i`` is ``+inf``. ``tw_out = sum_i t'_i w_i``.
+    ``cap > 0``: the rows soft-capped first, as in :func:`ce_index_forward`.
     """
     r_count, n = x.shape
     rb = np.empty(BLK)
     kb = np.empty(BLK, dtype=np.int64)
     nz = np.empty(BLK)
+    buf = np.empty(n if cap > 0.0 else 0)
     for r in range(r_count):
-        row = x[r]
-        trow = t[r]
-        m = _row_max(row)
-        tw = 0.0
-        acc = 0.0
-        fin = np.isfinite(m)
-        for i in range(n):
-            q = (1.0 - eps) * _ld(trow[i]) + eps / n
-            if weighted:
-                q *= w[i]
-            tw += q
-            if q != 0.0 and fin:
-                acc += q * (m - _ld(row[i]))
-        tw_out[r] = tw
-        if not fin:
-            loss[r] = -m
-            m_out[r] = 0.0
-            l_out[r] = 0.0
-            alive[r] = 0.0
-            continue
-        lg = np.log1p(_rest(row, m, rb, kb, nz))
-        loss[r] = tw * lg + acc
+        if cap > 0.0:
+            _cap_row(x[r], cap, buf)
+            val, m, lg, tw, al = _prob_row(buf, t[r], w, weighted, eps, rb, kb, nz)
+        else:
+            val, m, lg, tw, al = _prob_row(x[r], t[r], w, weighted, eps, rb, kb, nz)
+        loss[r] = val
         m_out[r] = m
         l_out[r] = lg
-        alive[r] = 1.0
+        tw_out[r] = tw
+        alive[r] = al
 
 
 # -- cross-entropy backward --------------------------------------------------------------------
@@ -333,14 +393,39 @@ def _zero_row(out: np.ndarray) -> None:
 
 
 @_njit()
+def _index_row_grad(row: np.ndarray, c: int, wc: float, w: np.ndarray, weighted: bool, w_total: float, eps: float,
+                    gr: float, zr: float, m: float, lg: float, rb: np.ndarray, kb: np.ndarray, o: np.ndarray) -> None:
+    """One row of :func:`ce_index_backward` into ``o``."""
+    n = row.size
+    a = gr * ((1.0 - eps) * wc + eps * w_total / n) + zr
+    b = gr * eps / n
+    shift = m + lg
+    for b0 in range(0, n, BLK):
+        b1 = min(b0 + BLK, n)
+        _p_block(row[b0:b1], shift, rb, kb)
+        _grad_block(rb, kb, a, b, w[b0:b1] if weighted else w, weighted, o[b0:b1])
+    rb0, kb0 = _reduce((_ld(row[c]) - m) - lg)
+    p_c = _exp_reduced(rb0, kb0)
+    _st(o, c, a * p_c - b * (w[c] if weighted else 1.0) - gr * (1.0 - eps) * wc)
+
+
+@_njit()
 def ce_index_backward(
-    x: np.ndarray, target: np.ndarray, w: np.ndarray, weighted: bool, eps: float, g: np.ndarray,
-    m_in: np.ndarray, l_in: np.ndarray, wt: np.ndarray, alive: np.ndarray, out: np.ndarray,
+    x: np.ndarray, target: np.ndarray, w: np.ndarray, weighted: bool, eps: float, cap: float, g: np.ndarray,
+    zg: np.ndarray, m_in: np.ndarray, l_in: np.ndarray, wt: np.ndarray, alive: np.ndarray, out: np.ndarray,
 ) -> None:
-    """``out = g_r (a softmax(x) - eps / C w - (1 - eps) w_c onehot_c)`` with ``a = (1 - eps) w_c + eps W / C``."""
+    """``out = g_r (a softmax(x) - eps / C w - (1 - eps) w_c onehot_c)`` with ``a = (1 - eps) w_c + eps W / C``,
+    plus ``zg_r softmax(x)`` (the z-loss's ``2 coef log Z`` times its upstream gradient; ``zg`` empty: none).
+
+    ``cap > 0``: the softmax is the capped row's and the row gradient is multiplied by ``sech^2(x / cap)``
+    (worked in a float64 row buffer, rounded once).
+    """
     r_count, n = x.shape
     rb = np.empty(BLK)
     kb = np.empty(BLK, dtype=np.int64)
+    ybuf = np.empty(n if cap > 0.0 else 0)
+    gbuf = np.empty(n if cap > 0.0 else 0)
+    has_z = zg.size > 0
     w_total = 0.0
     if weighted:
         for i in range(n):
@@ -350,51 +435,61 @@ def ce_index_backward(
     for r in range(r_count):
         o = out[r]
         gr = g[r] if g.size > 1 else g[0]
-        if alive[r] == 0.0 or gr == 0.0:
+        zr = zg[r] if has_z else 0.0
+        if alive[r] == 0.0 or (gr == 0.0 and zr == 0.0):
             _zero_row(o)
             continue
-        row = x[r]
-        c = target[r]
-        wc = wt[r]
-        a = gr * ((1.0 - eps) * wc + eps * w_total / n)
-        b = gr * eps / n
-        shift = m_in[r] + l_in[r]
-        for b0 in range(0, n, BLK):
-            b1 = min(b0 + BLK, n)
-            _p_block(row[b0:b1], shift, rb, kb)
-            _grad_block(rb, kb, a, b, w[b0:b1] if weighted else w, weighted, o[b0:b1])
-        rb0, kb0 = _reduce((_ld(row[c]) - m_in[r]) - l_in[r])
-        p_c = _exp_reduced(rb0, kb0)
-        _st(o, c, a * p_c - b * (w[c] if weighted else 1.0) - gr * (1.0 - eps) * wc)
+        if cap > 0.0:
+            _cap_row(x[r], cap, ybuf)
+            _index_row_grad(ybuf, target[r], wt[r], w, weighted, w_total, eps, gr, zr, m_in[r], l_in[r], rb, kb,
+                            gbuf)
+            _cap_grad_row(x[r], cap, gbuf, o)
+        else:
+            _index_row_grad(x[r], target[r], wt[r], w, weighted, w_total, eps, gr, zr, m_in[r], l_in[r], rb, kb, o)
+
+
+@_njit()
+def _prob_row_grad(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: bool, eps: float, gr: float,
+                   zr: float, tw: float, m: float, lg: float, rb: np.ndarray, kb: np.ndarray, o: np.ndarray) -> None:
+    """One row of :func:`ce_prob_backward` into ``o``."""
+    n = row.size
+    a = gr * tw + zr
+    shift = m + lg
+    for b0 in range(0, n, BLK):
+        b1 = min(b0 + BLK, n)
+        _p_block(row[b0:b1], shift, rb, kb)
+        ws = w[b0:b1] if weighted else w
+        if eps == 0.0:
+            _grad_block_t(rb, kb, a, gr, trow[b0:b1], ws, weighted, o[b0:b1])
+        else:
+            _grad_block_ts(rb, kb, a, gr * (1.0 - eps), gr * eps / n, trow[b0:b1], ws, weighted, o[b0:b1])
 
 
 @_njit()
 def ce_prob_backward(
-    x: np.ndarray, t: np.ndarray, w: np.ndarray, weighted: bool, eps: float, g: np.ndarray,
-    m_in: np.ndarray, l_in: np.ndarray, tw: np.ndarray, alive: np.ndarray, out: np.ndarray,
+    x: np.ndarray, t: np.ndarray, w: np.ndarray, weighted: bool, eps: float, cap: float, g: np.ndarray,
+    zg: np.ndarray, m_in: np.ndarray, l_in: np.ndarray, tw: np.ndarray, alive: np.ndarray, out: np.ndarray,
 ) -> None:
-    """``out = g_r (sum(t' w) softmax(x) - t' w)``."""
+    """``out = g_r (sum(t' w) softmax(x) - t' w) + zg_r softmax(x)``; ``cap`` as in :func:`ce_index_backward`."""
     r_count, n = x.shape
     rb = np.empty(BLK)
     kb = np.empty(BLK, dtype=np.int64)
+    ybuf = np.empty(n if cap > 0.0 else 0)
+    gbuf = np.empty(n if cap > 0.0 else 0)
+    has_z = zg.size > 0
     for r in range(r_count):
         o = out[r]
         gr = g[r] if g.size > 1 else g[0]
-        if alive[r] == 0.0 or gr == 0.0:
+        zr = zg[r] if has_z else 0.0
+        if alive[r] == 0.0 or (gr == 0.0 and zr == 0.0):
             _zero_row(o)
             continue
-        row = x[r]
-        trow = t[r]
-        a = gr * tw[r]
-        shift = m_in[r] + l_in[r]
-        for b0 in range(0, n, BLK):
-            b1 = min(b0 + BLK, n)
-            _p_block(row[b0:b1], shift, rb, kb)
-            ws = w[b0:b1] if weighted else w
-            if eps == 0.0:
-                _grad_block_t(rb, kb, a, gr, trow[b0:b1], ws, weighted, o[b0:b1])
-            else:
-                _grad_block_ts(rb, kb, a, gr * (1.0 - eps), gr * eps / n, trow[b0:b1], ws, weighted, o[b0:b1])
+        if cap > 0.0:
+            _cap_row(x[r], cap, ybuf)
+            _prob_row_grad(ybuf, t[r], w, weighted, eps, gr, zr, tw[r], m_in[r], l_in[r], rb, kb, gbuf)
+            _cap_grad_row(x[r], cap, gbuf, o)
+        else:
+            _prob_row_grad(x[r], t[r], w, weighted, eps, gr, zr, tw[r], m_in[r], l_in[r], rb, kb, o)
 
 
 # -- elementwise: binary cross-entropy, softplus, log_sigmoid, logaddexp, log1mexp ------------------

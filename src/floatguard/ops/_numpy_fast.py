@@ -28,7 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from . import _core
 from ._core import blocks
+from ._kernels import register
+from ._namespace import Backend
 
 # elements of float64 per block: 2^15 * 8 B = 256 KiB, half of a typical L2
 BLOCK = 1 << 15
@@ -186,3 +189,33 @@ def _softmax_compiled(kern: Any, x: np.ndarray, out: np.ndarray, log: bool) -> A
         bad |= got
         out[r0:r1] = b
     return bad
+
+
+# -- the NumPy rows kernels of the ops (see ._kernels) -----------------------------------------
+_NUMPY = Backend("numpy", np)
+
+
+@register("logsumexp", "numpy")
+def _logsumexp_kernel(rows: np.ndarray) -> np.ndarray:
+    """``logsumexp`` of rows (R, n): R float64 values."""
+    return logsumexp_rows(np.ascontiguousarray(rows))
+
+
+def _softmax_kernel(rows: np.ndarray, log: bool) -> np.ndarray:
+    """softmax or log_softmax of rows (R, n) in their dtype; rows with a non-finite max get their limit."""
+    flat = np.ascontiguousarray(rows)
+    out = np.empty(flat.shape, dtype=rows.dtype)
+    if softmax_rows(flat, out, log):  # some rows have a non-finite max
+        bad = ~np.isfinite(flat.max(axis=1))
+        out[bad] = _core.softmax_rows(_NUMPY, flat[bad], log)
+    return out
+
+
+@register("softmax", "numpy")
+def _softmax_only(rows: np.ndarray) -> np.ndarray:
+    return _softmax_kernel(rows, False)
+
+
+@register("log_softmax", "numpy")
+def _log_softmax_only(rows: np.ndarray) -> np.ndarray:
+    return _softmax_kernel(rows, True)

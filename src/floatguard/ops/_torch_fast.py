@@ -25,11 +25,13 @@ All functions take rows on the last axis and return results in the input dtype.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 
 from ._core import blocks
+from ._kernels import register
 
 BLOCK = 1 << 18  # float64 elements per block: 2 MiB, reused for every block
 
@@ -356,7 +358,7 @@ def softmax_fast(x: torch.Tensor, axis: Any, log: bool) -> torch.Tensor | None:
     """``softmax(x, axis)`` (or ``log_softmax``) of a CPU tensor along its last axis, on the kernels
     with the least Python in between; None when that does not apply (the caller takes the full path)."""
     nd = x.ndim
-    if nd == 0 or type(axis) is not int or (axis != -1 and axis != nd - 1):
+    if nd == 0 or type(axis) is not int or (axis != -1 and axis != nd - 1) or x.layout is not torch.strided:
         return None
     if not x.is_cpu or x.dtype not in _STORAGE or _kern is False or x.numel() == 0 or torch.compiler.is_compiling():
         return None
@@ -371,7 +373,8 @@ def softmax_fast(x: torch.Tensor, axis: Any, log: bool) -> torch.Tensor | None:
 def logsumexp_fast(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor | None:
     """``logsumexp(x, axis, keepdims)`` of a CPU tensor along its last axis, as :func:`softmax_fast`."""
     nd = x.ndim
-    if nd == 0 or type(axis) is not int or (axis != -1 and axis != nd - 1) or type(keepdims) is not bool:
+    if (nd == 0 or type(axis) is not int or (axis != -1 and axis != nd - 1) or type(keepdims) is not bool
+            or x.layout is not torch.strided):
         return None
     if not x.is_cpu or x.dtype not in _STORAGE or _kern is False or x.numel() == 0 or torch.compiler.is_compiling():
         return None
@@ -388,14 +391,14 @@ class LogSumExp(torch.autograd.Function):
     ``softmax(x)`` (0 on rows with no finite max)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, shape: Any = None) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, shape: Any = None) -> torch.Tensor:
         lse = _lse_any(x)
         ctx.save_for_backward(x, lse)  # the input (no copy) and R floats: what torch keeps
         out = lse.to(x.dtype)
         return out[:, None] if shape is None else out.view(shape)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         x, lse = ctx.saved_tensors
         kern = _on_kernels(x)
         if kern is not None and not torch.is_grad_enabled():
@@ -411,40 +414,31 @@ class LogSumExp(torch.autograd.Function):
         return g.reshape(-1, 1) * p, None
 
 
-class Softmax(torch.autograd.Function):
-    """``e / (1 + s)`` per row; gradient ``p * (g - sum(g p))``."""
+def _softmax_function(log: bool) -> Any:
+    """The autograd Function of softmax (``e / (1 + s)`` per row; gradient ``p * (g - sum(g p))``) or,
+    with ``log``, of log_softmax (``d - log1p(s)``; gradient ``g - p sum(g)``)."""
 
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out, finite = _softmax_any(x, log=False)
-        ctx.save_for_backward(out, finite)
-        return out
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+            out, finite = _softmax_any(x, log=log)
+            ctx.save_for_backward(out, finite)
+            return out
 
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        out, finite = ctx.saved_tensors
-        kern = _on_kernels(out)
-        if kern is not None and not torch.is_grad_enabled():
-            return _kernel_softmax_grad(kern, out, finite, g, log=False)
-        return _softmax_grad(out, finite, g)
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+            out, finite = ctx.saved_tensors
+            kern = _on_kernels(out)
+            if kern is not None and not torch.is_grad_enabled():
+                return _kernel_softmax_grad(kern, out, finite, g, log=log)
+            return (_log_softmax_grad if log else _softmax_grad)(out, finite, g)
+
+    Function.__name__ = Function.__qualname__ = "LogSoftmax" if log else "Softmax"
+    return Function
 
 
-class LogSoftmax(torch.autograd.Function):
-    """``d - log1p(s)`` per row; gradient ``g - p sum(g)``."""
-
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        out, finite = _softmax_any(x, log=True)
-        ctx.save_for_backward(out, finite)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-        out, finite = ctx.saved_tensors
-        kern = _on_kernels(out)
-        if kern is not None and not torch.is_grad_enabled():
-            return _kernel_softmax_grad(kern, out, finite, g, log=True)
-        return _log_softmax_grad(out, finite, g)
+Softmax = _softmax_function(log=False)
+LogSoftmax = _softmax_function(log=True)
 
 
 # -- under torch.compile ------------------------------------------------------------------
@@ -522,3 +516,82 @@ def softmax_grad_op(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, lo
 @softmax_grad_op.register_fake
 def _(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, log: bool) -> torch.Tensor:
     return torch.empty(out.shape, dtype=out.dtype, device=out.device)
+
+
+# -- the PyTorch kernels of the ops (see ._kernels) -----------------------------------------------
+KERNEL_DTYPES = tuple(_STORAGE)  # float32, float64, bfloat16, float16: what the numba kernels read
+register("logsumexp", "torch", stage="call", dtypes=KERNEL_DTYPES)(logsumexp_fast)
+
+
+@register("softmax", "torch", stage="call", dtypes=KERNEL_DTYPES)
+def _softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
+    return softmax_fast(x, axis, log=False)
+
+
+@register("log_softmax", "torch", stage="call", dtypes=KERNEL_DTYPES)
+def _log_softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
+    return softmax_fast(x, axis, log=True)
+
+
+@register("logsumexp", "torch")
+def _logsumexp_rows(rows: torch.Tensor) -> torch.Tensor:
+    """``logsumexp`` of rows (R, n) as (R, 1): :class:`LogSumExp`, a custom op under ``torch.compile``."""
+    return logsumexp_op(rows.contiguous()) if torch.compiler.is_compiling() else LogSumExp.apply(rows)
+
+
+def _has_values(x: torch.Tensor) -> bool:
+    return not x.is_meta  # meta tensors (a shape, no values) take the generic path
+
+
+def _softmax_rows(rows: torch.Tensor, log: bool) -> torch.Tensor:
+    if torch.compiler.is_compiling():  # a custom op: the same code, opaque to Dynamo (contiguous rows in and out)
+        return softmax_op(rows.contiguous(), log)[0]
+    return (LogSoftmax if log else Softmax).apply(rows)
+
+
+@register("softmax", "torch", predicate=_has_values)
+def _softmax_kernel(rows: torch.Tensor) -> torch.Tensor:
+    return _softmax_rows(rows, False)
+
+
+@register("log_softmax", "torch", predicate=_has_values)
+def _log_softmax_kernel(rows: torch.Tensor) -> torch.Tensor:
+    return _softmax_rows(rows, True)
+
+
+# elementwise ops: a lone CPU tensor goes straight to the fused kernels of ._torch_losses
+@functools.cache
+def _losses() -> Any:
+    """:mod:`._torch_losses` when its numba kernels can run, else None (imported once)."""
+    from . import _numba_losses
+
+    if not _numba_losses.AVAILABLE:
+        return None
+    from . import _torch_losses
+
+    return _torch_losses
+
+
+def _fused_ok(x: torch.Tensor) -> bool:
+    return x.is_cpu and x.layout is torch.strided and not torch.compiler.is_compiling() and _losses() is not None
+
+
+def _unary(code: int) -> Any:
+    def call(x: torch.Tensor) -> torch.Tensor | None:
+        return _losses().unary(x, code) if _fused_ok(x) else None
+
+    return call
+
+
+register("softplus", "torch", stage="call", dtypes=KERNEL_DTYPES)(_unary(0))
+register("log_sigmoid", "torch", stage="call", dtypes=KERNEL_DTYPES)(_unary(1))
+register("log1mexp", "torch", stage="call", dtypes=KERNEL_DTYPES)(_unary(2))
+
+
+@register("logaddexp", "torch", stage="call", dtypes=KERNEL_DTYPES)
+def _logaddexp_call(a: torch.Tensor, b: Any) -> torch.Tensor | None:
+    """Two CPU tensors of one shape and dtype: the fused logaddexp kernel."""
+    if (type(b) is type(a) and b.dtype == a.dtype and b.shape == a.shape and b.device == a.device
+            and b.layout == a.layout and _fused_ok(a)):
+        return _losses().logaddexp(a, b)
+    return None

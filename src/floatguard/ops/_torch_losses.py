@@ -11,6 +11,12 @@ that writes ``g (a softmax(x) - b)`` in the input dtype. Rows are split over
 A backward with ``create_graph=True`` (double backward) uses the same formula in
 differentiable torch ops instead, so higher derivatives stay exact.
 
+The z-loss (``z_loss (log Z)^2`` per row) is computed from the residuals
+(``log Z = m + log1p(s)``) after the kernels, and enters their backward as a
+per-row addition to the coefficient of ``softmax``; soft-capping runs inside
+the kernels (``cap > 0``). Under ``torch.compile`` the custom op
+``floatguard::cross_entropy_rows`` takes both (``softcap = 0``: none).
+
 Inputs: CPU tensors, float32, float64 or bfloat16 (read through their int16
 bits); float16 is computed through a float32 copy. Callers check
 :func:`usable` first and fall back to the generic path otherwise.
@@ -30,6 +36,7 @@ from . import _numba_losses as K
 
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 _PARALLEL_MIN = 1 << 16  # elements below which one thread does it all
+_EMPTY = np.empty(0)
 _pool: ThreadPoolExecutor | None = None
 
 
@@ -89,14 +96,17 @@ def _bad_target(func: str, target: torch.Tensor, row: int, n_cls: int) -> ValueE
     )
 
 
-def _reduce(loss: np.ndarray, den: float, reduction: str) -> np.ndarray:
+def _reduce(loss: np.ndarray, den: float, reduction: str, z: np.ndarray | None = None,
+            count: float = 0.0) -> np.ndarray:
+    """The reduced loss; with the z-loss rows ``z``, their sum (or their mean over the ``count`` rows not
+    ignored) is added to the cross-entropy's (whose mean divides by ``den``, the sum of the target weights)."""
     if reduction == "none":
-        return loss
+        return loss if z is None else loss + z
     total = loss.sum()
     if reduction != "mean":
-        return np.asarray(total)
-    with np.errstate(invalid="ignore"):  # every row ignored: 0/0 is NaN, as torch's mean, and no warning
-        return np.asarray(total / den)
+        return np.asarray(total if z is None else total + z.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):  # every row ignored: 0/0 is NaN, as torch's mean
+        return np.asarray(total / den if z is None else total / den + z.sum() / count)
 
 
 def _row_grad(g: torch.Tensor, rows: int, den: float, reduction: str) -> np.ndarray:
@@ -109,87 +119,132 @@ def _row_grad(g: torch.Tensor, rows: int, den: float, reduction: str) -> np.ndar
     return np.array([float(gd)])
 
 
+def _z_rows(z_loss: float, m: np.ndarray, lg: np.ndarray, alive: np.ndarray, loss: np.ndarray) -> np.ndarray | None:
+    """The z-loss ``coef (log Z)^2`` of each row, ``log Z = m + log1p(s)`` (0 on rows ignored or with a
+    non-finite max); None without z-loss. On a row with a non-finite max, where the cross-entropy is
+    ``-m``, the z-loss ``coef m^2 = +inf`` dominates: ``loss`` becomes ``|m|`` there (NaN stays NaN)."""
+    if not z_loss:
+        return None
+    lse = m + lg
+    np.abs(loss, out=loss, where=alive == 0)  # ignored rows are 0 already
+    return np.where(alive > 0, z_loss * (lse * lse), 0.0)
+
+
+def _z_grad(g: torch.Tensor, count: float, reduction: str, z_loss: float, m: np.ndarray, lg: np.ndarray,
+            alive: np.ndarray) -> np.ndarray:
+    """Per row, the z-loss's addition ``2 coef log Z g_r`` to the coefficient of ``softmax`` in the gradient
+    (``g_r`` the upstream gradient of the row's z-loss: ``g / count`` for a mean); empty without z-loss."""
+    if not z_loss:
+        return _EMPTY
+    gd = g.detach().to(torch.float64)
+    gz: np.ndarray | float
+    if reduction == "none":
+        gz = gd.reshape(-1).contiguous().numpy()
+    elif reduction == "mean":
+        gz = float(gd) / count if count else 0.0
+    else:
+        gz = float(gd)
+    return np.where(alive > 0, (2.0 * z_loss) * (m + lg) * gz, 0.0)
+
+
 def _empty(x: torch.Tensor) -> torch.Tensor:
     if x.dtype in (torch.float32, torch.float64):
         return torch.from_numpy(np.empty(tuple(x.shape), dtype=np.float32 if x.dtype == torch.float32 else np.float64))
     return torch.empty(x.shape, dtype=x.dtype)
 
 
+def _index_forward(xn: np.ndarray, tk: torch.Tensor, wn: np.ndarray, ignore_index: int | None, eps: float,
+                   cap: float) -> tuple[np.ndarray, ...]:
+    """:func:`._numba_losses.ce_index_forward` over row chunks: ``(loss, m, log1p(s), w_c, alive)`` per row."""
+    rows, n_cls = xn.shape
+    loss, m, lg, coef, alive = (np.empty(rows) for _ in range(5))
+    tn = tk.numpy()
+    ign = -100 if ignore_index is None else int(ignore_index)
+
+    def fwd(r0: int, r1: int) -> int:
+        bad = K.ce_index_forward(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, ign, ignore_index is not None, eps, cap,
+                                 loss[r0:r1], m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1])
+        return bad if bad < 0 else bad + r0
+
+    bad = [b for b in _run(fwd, rows, n_cls) if b >= 0]
+    if bad:
+        raise _bad_target("cross_entropy", tk, bad[0], n_cls)
+    return loss, m, lg, coef, alive
+
+
 class _CrossEntropy(torch.autograd.Function):
-    """Cross-entropy of rows ``(R, C)``: class indices ``(R,)`` or probabilities ``(R, C)``."""
+    """Cross-entropy of rows ``(R, C)``: class indices ``(R,)`` or probabilities ``(R, C)``; optionally the
+    z-loss ``z_loss (log Z)^2`` per row and soft-capped logits ``cap tanh(x / cap)`` (``cap = 0``: none)."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,
-        eps: float, reduction: str,
+        eps: float, reduction: str, z_loss: float, cap: float,
     ) -> torch.Tensor:
         xk = _kernel_input(x)
         rows, n_cls = xk.shape
         xn = _view(xk)
         wn = np.empty(0) if weight is None else weight.detach().to(torch.float64).contiguous().numpy()
-        loss, m, lg, coef, alive = (np.empty(rows) for _ in range(5))
         index = not target.dtype.is_floating_point
         if index:
             tk = target.detach().to(torch.int64).contiguous()
-            tn = tk.numpy()
-            ign = -100 if ignore_index is None else int(ignore_index)
-
-            def fwd(r0: int, r1: int) -> int:
-                bad = K.ce_index_forward(xn[r0:r1], tn[r0:r1], wn, weight is not None, ign, ignore_index is not None,
-                                         eps, loss[r0:r1], m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1])
-                return bad if bad < 0 else bad + r0
-
-            bad = [b for b in _run(fwd, rows, n_cls) if b >= 0]
-            if bad:
-                raise _bad_target("cross_entropy", tk, bad[0], n_cls)
+            loss, m, lg, coef, alive = _index_forward(xn, tk, wn, ignore_index, eps, cap)
             den = float(coef.sum())
+            count = float(rows) if ignore_index is None else float(np.count_nonzero(tk.numpy() != ignore_index))
         else:
             tk = _kernel_input(target)
             tn = _view(tk)
+            loss, m, lg, coef, alive = (np.empty(rows) for _ in range(5))
 
             def fwd_p(r0: int, r1: int) -> None:
-                K.ce_prob_forward(xn[r0:r1], tn[r0:r1], wn, weight is not None, eps,
+                K.ce_prob_forward(xn[r0:r1], tn[r0:r1], wn, weight is not None, eps, cap,
                                   loss[r0:r1], m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1])
 
             _run(fwd_p, rows, n_cls)
-            den = float(rows) if rows else float("nan")
+            den = count = float(rows) if rows else float("nan")
+        z = _z_rows(z_loss, m, lg, alive, loss)
         ctx.save_for_backward(x, target)
-        ctx.res = (xk if x.dtype == torch.float16 else None, tk, wn, m, lg, coef, alive, den, eps, reduction, index)
+        ctx.res = (xk if x.dtype == torch.float16 else None, tk, wn, m, lg, coef, alive, den, eps, reduction, index,
+                   z_loss, cap, count)
         ctx.weight = weight
-        out = _reduce(loss, den, reduction)
+        out = _reduce(loss, den, reduction, z, count)
         return torch.from_numpy(out).to(x.dtype)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         x, target = ctx.saved_tensors
-        xk, tk, wn, m, lg, coef, alive, den, eps, reduction, index = ctx.res
+        xk, tk, wn, m, lg, coef, alive, den, eps, reduction, index, z_loss, cap, count = ctx.res
         rows, n_cls = x.shape
         if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops
-            return _ce_grad_graph(x, target, ctx.weight, g, m, coef, alive, den, eps, reduction, index), *([None] * 5)
+            grad = _ce_grad_graph(x, target, ctx.weight, g, m, coef, alive, den, eps, reduction, index, z_loss, cap,
+                                  count)
+            return grad, *([None] * 7)
         xk = xk if xk is not None else x.detach().contiguous()
         out = _empty(xk)
         xn, on, gn = _view(xk), _view(out), _row_grad(g, rows, den, reduction)
+        zg = _z_grad(g, count, reduction, z_loss, m, lg, alive)
         tn = tk.numpy() if index else _view(tk)
         kern = K.ce_index_backward if index else K.ce_prob_backward
 
         def bwd(r0: int, r1: int) -> None:
             gr = gn if gn.size == 1 else gn[r0:r1]
-            kern(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, eps, gr, m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1],
-                 on[r0:r1])
+            kern(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, eps, cap, gr, zg if zg.size == 0 else zg[r0:r1], m[r0:r1],
+                 lg[r0:r1], coef[r0:r1], alive[r0:r1], on[r0:r1])
 
         _run(bwd, rows, n_cls)
-        return out.to(x.dtype), *([None] * 5)
+        return out.to(x.dtype), *([None] * 7)
 
 
 def _ce_grad_graph(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, g: torch.Tensor,
                    m: np.ndarray, coef: np.ndarray, alive: np.ndarray, den: float, eps: float, reduction: str,
-                   index: bool) -> torch.Tensor:
+                   index: bool, z_loss: float = 0.0, cap: float = 0.0, count: float = 0.0) -> torch.Tensor:
     """The gradient of :class:`_CrossEntropy` in differentiable torch ops (for double backward)."""
     from ._torch_fast import Softmax
 
     rows, n_cls = x.shape
     wd = torch.float64
-    p = Softmax.apply(x).to(wd)
+    y = cap * torch.tanh(x.to(wd) / cap) if cap else x
+    p = Softmax.apply(y).to(wd)
     gr = g.to(wd).reshape(-1, 1) if reduction == "none" else (g.to(wd) / den if reduction == "mean" else g.to(wd))
     w = torch.ones(n_cls, dtype=wd) if weight is None else weight.detach().to(wd)
     live = torch.from_numpy(alive)[:, None] > 0
@@ -201,18 +256,27 @@ def _ce_grad_graph(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     else:
         tw = ((1 - eps) * target.detach().to(wd) + eps / n_cls) * w
         grad = torch.from_numpy(coef)[:, None] * p - tw
-    return torch.where(live, gr * grad, 0.0).to(x.dtype)
+    total = gr * grad
+    if z_loss:  # d coef (log Z)^2 = 2 coef log Z softmax, times the z-loss's own upstream gradient
+        gz = g.to(wd).reshape(-1, 1) if reduction == "none" else (
+            (g.to(wd) / count if count else 0.0 * g.to(wd)) if reduction == "mean" else g.to(wd))
+        total = total + gz * (2.0 * z_loss) * torch.logsumexp(y.to(wd), dim=1, keepdim=True) * p
+    if cap:  # sech^2(x / cap) = 4 E / (1 + E)^2, E = exp(-2 |x / cap|): accurate where tanh rounds to 1
+        e = torch.exp(-2.0 * torch.abs(x.to(wd) / cap))
+        total = total * (4.0 * e / (1.0 + e) ** 2)
+    return torch.where(live, total, 0.0).to(x.dtype)
 
 
 def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,
-                  eps: float, reduction: str) -> torch.Tensor:
-    """Rows ``x`` (R, C), ``target`` (R,) indices or (R, C) probabilities: the loss (``reduction`` applied)."""
-    return _CrossEntropy.apply(x, target, weight, ignore_index, float(eps), reduction)
+                  eps: float, reduction: str, z_loss: float = 0.0, cap: float = 0.0) -> torch.Tensor:
+    """Rows ``x`` (R, C), ``target`` (R,) indices or (R, C) probabilities: the loss (``reduction`` applied),
+    plus the z-loss ``z_loss (log Z)^2`` per row, of the logits soft-capped to ``cap tanh(x / cap)`` when
+    ``cap > 0``."""
+    return _CrossEntropy.apply(x, target, weight, ignore_index, float(eps), reduction, float(z_loss), float(cap))
 
 
 # -- cross-entropy, the common case: class indices, no weight, no smoothing (the latency route) ---------
 _PLAIN = (torch.float32, torch.float64, torch.bfloat16)
-_EMPTY = np.empty(0)
 
 
 def _plain_forward(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> tuple[np.ndarray, float, float]:
@@ -256,7 +320,7 @@ class _CEPlain(torch.autograd.Function):
     """:class:`_CrossEntropy` for class indices without weight or smoothing, with fewer steps."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
                 reduction: str) -> torch.Tensor:
         res, total, count = _plain_forward(x, target, ignore_index)
         ctx.save_for_backward(x, target)
@@ -264,7 +328,7 @@ class _CEPlain(torch.autograd.Function):
         return _plain_out(x, res, total, count, reduction)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         x, target = ctx.saved_tensors
         res, count, reduction = ctx.res
         if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops
@@ -319,7 +383,7 @@ class _BCE(torch.autograd.Function):
     """``w (pw y softplus(-x) + (1 - y) softplus(x))`` elementwise, reduced; gradient with respect to ``x`` only."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, pos_weight: torch.Tensor | None,
         reduction: str,
     ) -> torch.Tensor:
@@ -346,7 +410,7 @@ class _BCE(torch.autograd.Function):
         return _bce_scalar(total, rows * n, reduction, x.dtype)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         x, y = ctx.saved_tensors
         wn, pn, reduction, count = ctx.res
         if torch.is_grad_enabled():  # create_graph: differentiable ops
@@ -412,13 +476,13 @@ class _BCEPlain(torch.autograd.Function):
     """:class:`_BCE` without weights, with fewer steps (the latency route)."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
         ctx.save_for_backward(x, y)
         ctx.reduction = reduction
         return _bce_plain_values(x, y, reduction)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         x, y = ctx.saved_tensors
         reduction = ctx.reduction
         count = x.numel()
@@ -460,13 +524,13 @@ def _unary_values(x: torch.Tensor, op: int) -> torch.Tensor:
 
 class _Unary(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, op: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, op: int) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.op = op
         return _unary_values(x, op)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, None]:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, None]:
         (x,) = ctx.saved_tensors
         op = ctx.op
         if torch.is_grad_enabled():  # create_graph: differentiable ops
@@ -516,12 +580,12 @@ def _lae_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class _LogAddExp(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(a, b)
         return _lae_values(a, b)
 
     @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a, b = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: differentiable ops
             from .elementwise import sigmoid
@@ -553,28 +617,49 @@ def logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 # they enter the graph whole, run eager's code and keep its checks; the fake versions give the shapes.
 @torch.library.custom_op("floatguard::cross_entropy_rows", mutates_args=())
 def cross_entropy_op(x: torch.Tensor, target: torch.Tensor, ignore_index: int, has_ignore: bool,
-                     reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`cross_entropy_plain` as a custom op: the loss and the residuals ``(5, R)`` (float64)."""
+                     reduction: str, z_loss: float = 0.0, softcap: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`cross_entropy_plain` as a custom op: the loss and the residuals ``(5, R)`` (float64); with
+    ``z_loss`` or ``softcap`` (0: none) the general kernel's rows (:func:`_featured_forward`)."""
     x, target = x.contiguous(), target.contiguous()
+    if z_loss or softcap:
+        return _featured_forward(x, target, ignore_index if has_ignore else None, reduction, z_loss, softcap)
     res, total, count = _plain_forward(x, target, ignore_index if has_ignore else None)
     return _plain_out(x, res, total, count, reduction), torch.from_numpy(res)
 
 
+def _featured_forward(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None, reduction: str,
+                      z_loss: float, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The custom op with z-loss or soft-capping: :func:`._numba_losses.ce_index_forward` (no weight, no
+    smoothing), its residuals in the layout of :func:`_plain_forward` (row 0 the cross-entropy alone)."""
+    loss, m, lg, coef, alive = _index_forward(_view(x), target, _EMPTY, ignore_index, 0.0, cap)
+    res = np.stack([loss, m, lg, coef, alive])
+    count = float(coef.sum())  # unweighted: 1 per row not ignored
+    z = _z_rows(z_loss, m, lg, alive, loss)
+    out = _reduce(loss, count, reduction, z, count)
+    return torch.from_numpy(np.asarray(out)).to(x.dtype), torch.from_numpy(res)
+
+
 @cross_entropy_op.register_fake
 def _(x: torch.Tensor, target: torch.Tensor, ignore_index: int, has_ignore: bool,
-      reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
+      reduction: str, z_loss: float = 0.0, softcap: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     shape = (x.shape[0],) if reduction == "none" else ()
     return x.new_empty(shape), x.new_empty((5, x.shape[0]), dtype=torch.float64)
 
 
 @torch.library.custom_op("floatguard::cross_entropy_rows_backward", mutates_args=())
 def cross_entropy_backward_op(x: torch.Tensor, target: torch.Tensor, res: torch.Tensor, g: torch.Tensor,
-                              reduction: str) -> torch.Tensor:
+                              reduction: str, z_loss: float = 0.0, softcap: float = 0.0) -> torch.Tensor:
     """The gradient of :func:`cross_entropy_op` with respect to ``x`` (upstream ``g``)."""
     x, target = x.contiguous(), target.contiguous()
     rn = res.contiguous().numpy()
     out = _empty(x)
     count = float(rn[3].sum())
+    if z_loss or softcap:
+        gn = _row_grad(g, x.shape[0], count, reduction)
+        zg = _z_grad(g, count, reduction, z_loss, rn[1], rn[2], rn[4])
+        K.ce_index_backward(_view(x), target.numpy(), _EMPTY, False, 0.0, softcap, gn, zg, rn[1], rn[2], rn[3],
+                            rn[4], _view(out))
+        return out
     if reduction == "none":
         gs, gn = 1.0, g.detach().to(torch.float64).reshape(-1).contiguous().numpy()
     else:
@@ -586,28 +671,29 @@ def cross_entropy_backward_op(x: torch.Tensor, target: torch.Tensor, res: torch.
 
 
 @cross_entropy_backward_op.register_fake
-def _(x: torch.Tensor, target: torch.Tensor, res: torch.Tensor, g: torch.Tensor, reduction: str) -> torch.Tensor:
+def _(x: torch.Tensor, target: torch.Tensor, res: torch.Tensor, g: torch.Tensor, reduction: str, z_loss: float = 0.0,
+      softcap: float = 0.0) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous, as the real output
 
 
 def _ce_op_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-    ctx.reduction = inputs[4]
+    ctx.args = inputs[4:7]  # reduction, z_loss, softcap
     ctx.save_for_backward(inputs[0], inputs[1], output[1])
 
 
 def _ce_op_backward(ctx: Any, g: torch.Tensor, _g_res: Any) -> tuple[Any, ...]:
     x, target, res = ctx.saved_tensors
-    return cross_entropy_backward_op(x, target, res, g, ctx.reduction), None, None, None, None
+    return cross_entropy_backward_op(x, target, res, g, *ctx.args), *([None] * 6)
 
 
 cross_entropy_op.register_autograd(_ce_op_backward, setup_context=_ce_op_setup)
 
 
 def cross_entropy_compiled(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
-                           reduction: str) -> torch.Tensor:
-    """:func:`cross_entropy_plain` under ``torch.compile``."""
+                           reduction: str, z_loss: float = 0.0, softcap: float = 0.0) -> torch.Tensor:
+    """:func:`cross_entropy_plain` under ``torch.compile`` (with z-loss and soft-capping: ``softcap`` 0 is none)."""
     return cross_entropy_op(x, target, 0 if ignore_index is None else ignore_index, ignore_index is not None,
-                            reduction)[0]
+                            reduction, float(z_loss), float(softcap))[0]
 
 
 # -- tensors on other devices (GPU): torch ops, the max split -----------------------------------------

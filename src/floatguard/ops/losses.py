@@ -9,6 +9,7 @@ losses work on logits with the log-domain identities
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from typing import Any
 
@@ -233,6 +234,8 @@ def cross_entropy(
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
     dim: int | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> Any:
     r"""Cross-entropy of ``target`` under ``softmax(logits)`` along ``axis``, from the logits.
 
@@ -253,6 +256,28 @@ def cross_entropy(
     ``(N, C, d1, ...)`` logits). A row whose max is not finite (all ``-inf``, a
     ``+inf``, a NaN) has loss ``-max`` (NaN for NaN) and gradient 0.
 
+    Two cures of output-logit divergence in large-model training, fused in the
+    same passes, forward and backward:
+
+    .. math:: x \leftarrow c \tanh(x / c), \qquad
+              \ell \leftarrow \ell + z \, (\log Z)^2, \quad \log Z = m + \mathrm{log1p}(s)
+
+    ``softcap`` ``c`` (Gemma 2) caps the logits before everything else (the loss,
+    ``log Z`` and the gradient, times ``sech^2(x / c)``, are the capped logits'); a
+    positive finite number. ``tanh`` maps ``+-inf`` logits to ``+-c`` (their limit,
+    with gradient 0), so a capped row is finite unless it holds a NaN, which
+    propagates. ``z_loss`` ``z`` (PaLM; ~1e-4) adds ``z (log Z)^2`` per row, with
+    gradient ``2 z log Z softmax``; finite and ``>= 0``. As in Liger Kernel's
+    ``lse_square_scale`` (and PaLM/T5X, which have no class weights) the z-loss
+    is not scaled by ``weight``, ``label_smoothing`` or the target: it is one
+    term per row not ignored, and the "mean" divides its sum by the number of
+    those rows (the cross-entropy's sum keeps its own divisor, the sum of the
+    target weights); for class probabilities both divide by the number of rows.
+    On a row whose max is not finite the z-loss ``z m^2`` is ``+inf``: with
+    ``z_loss > 0`` the row's loss is ``+inf`` (NaN for NaN), gradient 0.
+    Example: float64 logits ``[100, 0]``, class 0, ``z_loss=1e-4``: ``3.72e-44 + 1.0``
+    (the z-loss pulls ``log Z = 100`` toward 0, the cross-entropy alone does not).
+
     A confident correct prediction gives ``log1p(s)`` to the last bit (the
     loss of a well-trained model is small, and PyTorch's ``log(1 + s)`` rounds
     it to 0 in float32 once it is below 6e-8): for logits ``[0, -30]`` and class
@@ -263,15 +288,32 @@ def cross_entropy(
     array-API path below. Error: at most 1 ulp for float32/bfloat16/float16
     row losses, 2 ulp times the condition number in float64.
     """
-    route = _fast_plain(logits, target, weight, axis, dim, label_smoothing, ignore_index, reduction)
-    if route == 1:
-        return _fast_module().cross_entropy_plain(logits, target, ignore_index, reduction)
-    if route == 2:
-        from . import _torch_losses
+    if softcap is None and not z_loss:  # the features off: the latency route as before, no other work
+        route = _fast_plain(logits, target, weight, axis, dim, label_smoothing, ignore_index, reduction)
+        if route == 1:
+            return _fast_module().cross_entropy_plain(logits, target, ignore_index, reduction)
+        if route == 2:
+            from . import _torch_losses
 
-        return _torch_losses.cross_entropy_compiled(logits, target, ignore_index, reduction)
+            return _torch_losses.cross_entropy_compiled(logits, target, ignore_index, reduction)
     return _cross_entropy(logits, target, axis=axis, weight=weight, reduction=reduction,
-                          label_smoothing=label_smoothing, ignore_index=ignore_index, dim=dim)
+                          label_smoothing=label_smoothing, ignore_index=ignore_index, dim=dim, z_loss=z_loss,
+                          softcap=softcap)
+
+
+def _check_features(z_loss: Any, softcap: Any, func: str) -> tuple[float, float]:
+    """``z_loss`` (finite, >= 0) and ``softcap`` (None, or positive and finite; 0.0 stands for None)."""
+    z = check_real(z_loss, "z_loss", func)
+    if not (math.isfinite(z) and z >= 0.0):
+        raise ValueError(f"floatguard.{func}: argument 'z_loss' must be finite and >= 0, got {z_loss!r}")
+    if softcap is None:
+        return z, 0.0
+    cap = check_real(softcap, "softcap", func)
+    if not (math.isfinite(cap) and cap > 0.0):
+        raise ValueError(
+            f"floatguard.{func}: argument 'softcap' must be None or a positive finite number, got {softcap!r}"
+        )
+    return z, cap
 
 
 @quiet
@@ -285,11 +327,14 @@ def _cross_entropy(
     label_smoothing: float = 0.0,
     ignore_index: int | None = None,
     dim: int | None = None,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
 ) -> Any:
     """:func:`cross_entropy` off its latency route (checks, the fused kernels' general path, the generic path)."""
     func = "cross_entropy"
     axis = alias(axis, -1, dim, ("axis", "dim"), func)
     _check_reduction(reduction, func)
+    zc, cap = _check_features(z_loss, softcap, func)
     label_smoothing = check_real(label_smoothing, "label_smoothing", func)
     if ignore_index is not None and (isinstance(ignore_index, bool) or not hasattr(ignore_index, "__index__")):
         raise TypeError(f"floatguard.{func}: argument 'ignore_index' must be an int or None, got {ignore_index!r}")
@@ -297,9 +342,14 @@ def _cross_entropy(
         ignore_index = int(ignore_index)
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"floatguard.{func}: argument 'label_smoothing' must be in [0, 1], got {label_smoothing!r}")
+    if (zc or cap) and _fast_plain(logits, target, weight, axis, None, label_smoothing, ignore_index, reduction) == 2:
+        from . import _torch_losses  # under torch.compile: the custom op, with the features
+
+        return _torch_losses.cross_entropy_compiled(logits, target, ignore_index, reduction, zc, cap)
     fast = _fast_torch(logits, target, weight)
     if fast is not None:
-        out = _cross_entropy_torch_cpu(fast, logits, target, weight, axis, reduction, label_smoothing, ignore_index)
+        out = _cross_entropy_torch_cpu(fast, logits, target, weight, axis, reduction, label_smoothing, ignore_index,
+                                       zc, cap)
         if out is not None:
             return out
     be = namespace(("logits", logits), ("target", target), ("weight", weight), func=func)
@@ -308,6 +358,8 @@ def _cross_entropy(
     ax = normalize_axis(axis, x.ndim, "axis", func)
     dtype = x.dtype
     rows = xp.moveaxis(xp.astype(x, be.work_dtype(dtype), copy=False), ax, -1)
+    if cap:
+        rows = _softcap(be, rows, cap)
     n_cls = rows.shape[-1]
     w = None
     if weight is not None:
@@ -341,7 +393,7 @@ def _cross_entropy(
         if label_smoothing:
             smooth = -xp.sum(lsm if w is None else lsm * w, axis=-1) / n_cls
             nll = (1 - label_smoothing) * nll + label_smoothing * smooth
-        nll = xp.where(sh.finite[..., 0], nll, -m_row)
+        nll = xp.where(sh.finite[..., 0], nll, xp.abs(m_row) if zc else -m_row)
         if keep is not None:
             nll = xp.where(keep, nll, xp.zeros_like(nll))
         if w_t is not None:
@@ -362,13 +414,53 @@ def _cross_entropy(
         if w is not None:
             t = t * w
         lsm = xp.where((t == 0) & xp.isinf(lsm), xp.zeros_like(lsm), lsm)  # 0 * log(0) is 0
-        nll = xp.where(sh.finite[..., 0], -xp.sum(t * lsm, axis=-1), -m_row)
-    return xp.astype(_reduce(be, nll, reduction, count), dtype, copy=False)
+        nll = xp.where(sh.finite[..., 0], -xp.sum(t * lsm, axis=-1), xp.abs(m_row) if zc else -m_row)
+        keep = None
+    if not zc:
+        return xp.astype(_reduce(be, nll, reduction, count), dtype, copy=False)
+    # log Z on finite rows (0 elsewhere, before squaring: a where after would pass 0 * inf = NaN back)
+    live = sh.finite[..., 0] if keep is None else sh.finite[..., 0] & keep
+    lse = xp.where(live, xp.where(sh.finite, sh.m, xp.zeros_like(sh.m))[..., 0] + xp.log1p(sh.s[..., 0]),
+                   xp.zeros_like(m_row))
+    z = zc * (lse * lse)
+    if reduction == "none":
+        return xp.astype(nll + z, dtype, copy=False)
+    rows_kept = None if keep is None else xp.sum(xp.astype(keep, nll.dtype))
+    out = _reduce(be, nll, reduction, count) + _reduce(be, z, reduction, rows_kept)
+    return xp.astype(out, dtype, copy=False)
+
+
+def _softcap(be: Backend, x: Any, cap: float) -> Any:
+    r"""``cap tanh(x / cap)`` whose derivative under autodiff is ``sech^2(x / cap)`` to a few ulp.
+
+    .. math:: v = |x / c|, \quad e = e^{-2 v}, \quad \tanh v = \frac{1 - e}{1 + e}, \quad
+              \frac{d}{dv} \tanh v = \frac{2 e}{1 + e} + \frac{2 e (1 - e)}{(1 + e)^2}
+
+    Autodiff of ``tanh`` gives ``1 - tanh^2``, all of whose digits cancel once ``tanh`` rounds to 1
+    (``|x / c| > 19`` in float64; a float32 gradient is off by more than an ulp from ``|x / c| > 10``).
+    Differentiated, the quotient above is a sum of two positive terms, accurate everywhere; its value
+    is then replaced by the accurate ``tanh v`` through a stop-gradient correction (``tanh v - q`` is
+    exact, so the value is ``tanh v``). ``v = s x / c`` with ``s = -1`` for ``x < 0`` and ``+1``
+    otherwise (not ``|x|``: its derivative at 0 is 0), so ``+-inf`` give ``+-cap``. A NaN passes
+    through a ``where`` around the formula (worked on 0 there), so that its gradient is that of the
+    loss (0 on its row), not ``0 * NaN``.
+    """
+    xp = be.xp
+    u = x / cap
+    nan = xp.isnan(u)
+    one = xp.ones_like(u)
+    u0 = xp.where(nan, xp.zeros_like(u), u)
+    sign = xp.where(u0 < 0, -one, one)
+    v = u0 * sign
+    e = xp.exp(-2 * v)
+    q = (1 - e) / (1 + e)
+    t = q + be.stop_gradient(xp.tanh(v) - q)
+    return xp.where(nan, x, cap * (sign * t))
 
 
 def _cross_entropy_torch_cpu(
     fast: Any, logits: Any, target: Any, weight: Any, axis: int, reduction: str, eps: float,
-    ignore_index: int | None,
+    ignore_index: int | None, z_loss: float = 0.0, cap: float = 0.0,
 ) -> Any:
     """The fused kernels on CPU tensors; None where the generic path must answer (it raises the errors)."""
     func = "cross_entropy"
@@ -389,7 +481,7 @@ def _cross_entropy_torch_cpu(
     x2 = x.reshape(-1, n_cls)
     t2 = target.reshape(-1) if index else (target if ax == target.ndim - 1 else target.movedim(ax, -1)).reshape(
         -1, n_cls)
-    out = fast.cross_entropy(x2, t2, weight, ignore_index, eps, reduction)
+    out = fast.cross_entropy(x2, t2, weight, ignore_index, eps, reduction, z_loss, cap)
     if reduction == "none":
         out = out.reshape(x.shape[:-1])
     return out

@@ -23,6 +23,8 @@ def log_prod(p: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: boo
     float64; its log, -722.4, is an ordinary number. Zeros give ``-inf`` (not NaN),
     negative entries NaN. Summed in float64 for lower-precision inputs.
     Gradient: ``1 / p``. ``dim``, ``keepdim``: PyTorch's names of ``axis``, ``keepdims``.
+    Error: at most 1 ulp for float16, bfloat16 and float32 (a sum of logs in float64); float64
+    within 2 ulp times the condition number (``tests/ops/test_accuracy.py``).
 
     Examples
     --------
@@ -61,6 +63,18 @@ def log_matmul_exp(a: Any, b: Any) -> Any:
 
     ``-inf`` entries are log(0); a row of ``a`` or column of ``b`` of only ``-inf``
     gives ``-inf`` with a zero gradient, and so does an inner dimension of 0 (empty sums).
+
+    Error: at most 1 ulp for float16, bfloat16 and float32; float64 within 2 ulp times the
+    condition number (``tests/ops/test_accuracy.py``, against mpmath).
+
+    Examples
+    --------
+    >>> import numpy as np, floatguard as fg
+    >>> a, b = np.array([[1000.0, 1000.0]]), np.array([[1000.0], [1000.0]])
+    >>> np.log(np.exp(a) @ np.exp(b))   # naive: exp overflows  # doctest: +SKIP
+    array([[inf]])
+    >>> fg.log_matmul_exp(a, b)   # 2000 + log 2
+    array([[2000.69314718]])
     """
     be = namespace(("a", a), ("b", b), func="log_matmul_exp")
     xp = be.xp

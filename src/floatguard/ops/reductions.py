@@ -8,19 +8,26 @@ Non-finite inputs: ``-inf`` is log(0) (an entry that contributes nothing; a row
 of only ``-inf`` is an empty sum: logsumexp ``-inf``, softmax zeros, gradient
 0), ``+inf`` gives the limit (logsumexp ``+inf``, softmax shares the mass among
 the ``+inf`` entries), and NaN propagates to the whole row.
+
+Each op is defined once, here, and reads top to bottom: the plain call may go straight to a
+backend's kernel (:func:`._kernels.select_call`); else the arguments are checked, the reduced
+axes moved last and flattened to rows ``(R, n)``, and the rows go to the kernel the table
+holds for their backend and dtype (:func:`._kernels.select`: :mod:`._numpy_fast`,
+:mod:`._torch_fast`, :mod:`._jax_kernels`) or, where none applies, to the generic
+array-namespace code of :mod:`._core`; the result is rounded once to the input dtype.
 """
 
 from __future__ import annotations
 
 import math
-import sys
 import warnings
 from typing import Any
 
 import numpy as np
 
-from . import _complex, _numpy_fast
-from ._core import limit_weights, shifted
+from . import _complex
+from ._core import logsumexp_rows, shifted, softmax_rows
+from ._kernels import select, select_call
 from ._namespace import (
     Backend,
     alias,
@@ -37,18 +44,6 @@ from ._namespace import (
 )
 
 __all__ = ["log_softmax", "logcumsumexp", "logmeanexp", "logsumexp", "softmax"]
-
-
-def _torch_fast() -> Any:
-    from . import _torch_fast as mod  # imports torch: only reached with torch tensors
-
-    return mod
-
-
-def _jax_fast() -> Any:
-    from . import _jax_fast as mod  # imports jax: only reached with JAX arrays
-
-    return mod
 
 
 # -- shape plumbing -------------------------------------------------------------
@@ -218,12 +213,11 @@ def logsumexp(
     >>> round(float(fg.logsumexp(x)), 6)
     1001.104131
     """
-    # -- short path (owned by _torch_fast): a PyTorch tensor, one axis, no b/where/return_sign;
-    # logsumexp_fast returns None where it does not apply (device, dtype, axis, compiling)
-    if (type(x).__module__ == "torch" and b is None and where is None and return_sign is False
-            and (axis is None) != (dim is None) and (keepdim is None or keepdims is False)
-            and x.layout is sys.modules["torch"].strided):
-        val = _torch_fast().logsumexp_fast(x, dim if axis is None else axis, keepdims if keepdim is None else keepdim)
+    # a backend's kernel for the plain call (one axis, no b, where or sign); None: not applicable
+    fast = select_call("logsumexp", x)
+    if (fast is not None and b is None and where is None and return_sign is False
+            and (axis is None) != (dim is None) and (keepdim is None or keepdims is False)):
+        val = fast(x, dim if axis is None else axis, keepdims if keepdim is None else keepdim)
         if val is not None:
             return val
     axis = alias(axis, None, dim, ("axis", "dim"), "logsumexp")
@@ -236,94 +230,48 @@ def logsumexp(
     dtype = x.dtype
     shape = tuple(x.shape)
     axes = normalize_axes(axis, x.ndim, "axis", "logsumexp")
+    rows, rb, rmask = (None if v is None else _to_rows(xp, v, axes) for v in (x, b, mask))
     if is_complex_dtype(be, dtype):
-        val, sign = _complex.logsumexp_rows(
-            be, *(None if v is None else _to_rows(xp, v, axes) for v in (x, b, mask)), return_sign
-        )
-        val = _result(be, _from_rows(xp, val, shape, axes, keepdims), xp.real(x).dtype if return_sign else dtype,
-                      keep0d)
-        return (val, _result(be, _from_rows(xp, sign, shape, axes, keepdims), dtype, keep0d)) if return_sign else val
-    val, sign = _logsumexp_real(be, x, b, mask, axes, keepdims, return_sign)
-    if b is not None and not return_sign:
-        val = xp.where(sign < 0, xp.full_like(val, float("nan")), val)
-    val = _result(be, val, dtype, keep0d)
-    return (val, _result(be, sign, dtype, keep0d)) if return_sign else val
-
-
-def _logsumexp_real(
-    be: Backend, x: Any, b: Any, mask: Any, axes: tuple[int, ...], keepdims: bool, return_sign: bool
-) -> tuple[Any, Any]:
-    """Real logsumexp of ``x`` (at least 1-d, ``b`` and ``mask`` of its shape or None): value and sign."""
-    xp = be.xp
-    dtype = x.dtype
-    shape = tuple(x.shape)
-    xw = None  # the float64 copy: only the generic path needs it (and b, which takes that path)
-    if b is not None:
-        xw = _work(be, x)
-        b = xp.astype(b, xw.dtype)
-        nonzero = b != 0
-        mask = nonzero if mask is None else (mask & nonzero)
-    # the in-place paths need at least one row and one entry per row; empty input takes the generic one
-    nonempty = math.prod(shape) > 0
-    if be.name == "numpy" and b is None and nonempty:
-        rows = _to_rows(xp, x, axes)
-        if mask is not None:
-            rows = np.where(_to_rows(xp, mask, axes), rows, -np.inf)
-        flat = np.ascontiguousarray(rows).reshape(-1, rows.shape[-1])
-        val = _numpy_fast.logsumexp_rows(flat).reshape((*rows.shape[:-1], 1))
-        val = xp.astype(_from_rows(xp, val, shape, axes, keepdims), dtype, copy=False)
-        if return_sign:
-            return val, np.where(np.isnan(val), val, np.where(val > -np.inf, 1.0, 0.0)).astype(dtype)
-        return val, None
-    if be.name == "torch" and b is None and nonempty:
-        rows = _to_rows(xp, x, axes)
-        if mask is not None:
-            rows = xp.where(_to_rows(xp, mask, axes), rows, -float("inf"))
-        flat = xp.reshape(rows, (-1, rows.shape[-1]))
-        tf = _torch_fast()
-        val = tf.logsumexp_op(flat.contiguous()) if be.compiling() else tf.LogSumExp.apply(flat)
-        val = _from_rows(xp, xp.reshape(val, (*rows.shape[:-1], 1)), shape, axes, keepdims)
-        if return_sign:
-            sign = xp.where(val > -float("inf"), xp.ones_like(val), xp.zeros_like(val))
-            return val, xp.where(xp.isnan(val), val, sign)
-        return val, None
-    if be.name == "jax" and b is None and nonempty:
-        rows = _to_rows(xp, x, axes)
-        if mask is not None:
-            rows = xp.where(_to_rows(xp, mask, axes), rows, -float("inf"))
-        val = _jax_fast().logsumexp_rows(xp.reshape(rows, (-1, rows.shape[-1])))
-        val = xp.astype(xp.reshape(val, (*rows.shape[:-1], 1)), dtype)
-        val = _from_rows(xp, val, shape, axes, keepdims)
-        if return_sign:
-            # no literal 0 here: XLA would share it with the sums of the fast path, which slows them down
-            sign = xp.astype(val > -float("inf"), dtype)
-            return val, xp.where(xp.isnan(val), val, sign)
-        return val, None
-    if xw is None:
-        xw = _work(be, x)
-    rows = _to_rows(xp, xw, axes)
-    rmask = None if mask is None else _to_rows(xp, mask, axes)
-    sh = shifted(be, rows, rmask)
-    if b is None:
-        val = xp.where(sh.finite, sh.m + xp.log1p(sh.s), sh.m)
-        sign = xp.where(val > -float("inf"), xp.ones_like(val), xp.zeros_like(val))
-        sign = xp.where(xp.isnan(val), val, sign)
-    elif rows.shape[-1] == 0:  # empty sums: log 0 = -inf, sign 0
-        val, sign = sh.m, xp.zeros_like(sh.m)
+        val, sign = _complex.logsumexp_rows(be, rows, rb, rmask, return_sign)
+        val_dtype = xp.real(x).dtype if return_sign else dtype
+    elif b is None:
+        val = _lse_rows(be, rows if rmask is None else xp.where(rmask, rows, -float("inf")))
+        # the sign of a sum of exponentials: 1, 0 for an empty sum, NaN with the value (no literal 0 here:
+        # XLA would share it with the sums of JAX's kernel, which slows them down)
+        sign = xp.where(xp.isnan(val), val, xp.astype(val > -float("inf"), val.dtype))
+        val_dtype = dtype
     else:
-        val, sign = _weighted(be, sh, _to_rows(xp, b, axes))
-    val = xp.astype(_from_rows(xp, val, shape, axes, keepdims), dtype, copy=False)
-    sign = xp.astype(_from_rows(xp, sign, shape, axes, keepdims), dtype, copy=False)
-    return val, sign
+        val, sign = _weighted(be, rows, rb, rmask)
+        if not return_sign:  # a negative sum has no real log
+            val = xp.where(sign < 0, xp.full_like(val, float("nan")), val)
+        val_dtype = dtype
+    val = _result(be, _from_rows(xp, val, shape, axes, keepdims), val_dtype, keep0d)
+    return (val, _result(be, _from_rows(xp, sign, shape, axes, keepdims), dtype, keep0d)) if return_sign else val
 
 
-def _weighted(be: Backend, sh: Any, b: Any) -> tuple[Any, Any]:
-    """``log|sum b_i e^{x_i}|`` and its sign, with the max term taken out.
+def _lse_rows(be: Backend, rows: Any) -> Any:
+    """logsumexp of the last axis of ``rows`` (kept, length 1): the backend's kernel, or the generic path."""
+    xp = be.xp
+    lead = tuple(rows.shape[:-1])
+    flat = xp.reshape(rows, (math.prod(lead), rows.shape[-1]))
+    kernel = select("logsumexp", be.name, flat)
+    return xp.reshape(logsumexp_rows(be, flat) if kernel is None else kernel(flat), (*lead, 1))
+
+
+def _weighted(be: Backend, rows: Any, b: Any, mask: Any) -> tuple[Any, Any]:
+    """``log|sum b_i e^{x_i}|`` of the last axis of ``rows`` (kept) and its sign, with the max term taken out;
+    entries with ``b_i == 0`` or outside ``mask`` are left out. In the working dtype.
 
     ``sum b_i e_i = b_k (1 + q)`` with ``q = (sum_{i!=k} b_i e_i + b_k expm1(d_k)) / b_k``;
     ``log|1 + q|`` is ``log1p(q)`` for ``q > -1`` and ``log(-1 - q)`` below.
     """
     xp = be.xp
+    rows = _work(be, rows)
+    b = xp.astype(b, rows.dtype)
+    mask = (b != 0) if mask is None else (mask & (b != 0))
+    sh = shifted(be, rows, mask)
+    if rows.shape[-1] == 0:  # empty sums: log 0 = -inf, sign 0
+        return sh.m, xp.zeros_like(sh.m)
     zero_b = xp.zeros_like(b)
     b_k = xp.sum(xp.where(sh.is_k, b, zero_b), axis=-1, keepdims=True)
     rest = xp.sum(xp.where(sh.is_k, zero_b, b * sh.e), axis=-1, keepdims=True)
@@ -376,13 +324,7 @@ def softmax(x: Any, axis: int | tuple[int, ...] | None = -1, *, where: Any = Non
     >>> fg.softmax(x).round(4)
     array([0.3315, 0.5465, 0.122 ], dtype=float32)
     """
-    # -- short path (owned by _torch_fast): a PyTorch tensor, the last axis, no where; None: not applicable
-    if (type(x).__module__ == "torch" and where is None and (dim is None or axis == -1)
-            and x.layout is sys.modules["torch"].strided):
-        out = _torch_fast().softmax_fast(x, axis if dim is None else dim, log=False)
-        if out is not None:
-            return out
-    return _softmax(x, alias(axis, -1, dim, ("axis", "dim"), "softmax"), where, log=False)
+    return _softmax(x, axis, where, dim, log=False)
 
 
 @quiet
@@ -400,6 +342,9 @@ def log_softmax(
     ``axis`` may be a tuple or ``None`` as in :func:`softmax` (default ``-1``, SciPy's is
     ``None``). For complex input the imaginary part is not wrapped: its ``exp`` is the softmax.
 
+    Error: at most 1 ulp for float16, bfloat16 and float32; float64 within 2 ulp times the
+    condition number (``tests/ops/test_accuracy.py``, against mpmath).
+
     Examples
     --------
     >>> import numpy as np, floatguard as fg
@@ -407,45 +352,41 @@ def log_softmax(
     >>> float(fg.log_softmax(x)[0])      # -50 e^-30, to the last digit
     -4.678811484409142e-12
     """
-    # -- short path (owned by _torch_fast): a PyTorch tensor, the last axis, no where; None: not applicable
-    if (type(x).__module__ == "torch" and where is None and (dim is None or axis == -1)
-            and x.layout is sys.modules["torch"].strided):
-        out = _torch_fast().softmax_fast(x, axis if dim is None else dim, log=True)
-        if out is not None:
-            return out
-    return _softmax(x, alias(axis, -1, dim, ("axis", "dim"), "log_softmax"), where, log=True)
+    return _softmax(x, axis, where, dim, log=True)
 
 
-def _softmax_generic(be: Backend, rows: Any, mask: Any, log: bool) -> Any:
-    """softmax (``e / (1 + s)``) or log_softmax (``d - log1p(s)``) of the last axis, working dtype."""
-    xp = be.xp
-    sh = shifted(be, rows, mask)
-    w = limit_weights(be, rows, sh)
-    if not log:
-        return xp.where(sh.finite, sh.e / (1 + sh.s), w)
-    limit = xp.where(w > 0, xp.log(xp.where(w > 0, w, xp.ones_like(w))), xp.full_like(w, -float("inf")))
-    limit = xp.where(xp.isnan(w), w, limit)
-    return xp.where(sh.finite, sh.d - xp.log1p(sh.s), limit)
-
-
-def _softmax(x: Any, axis: int | tuple[int, ...] | None, where: Any, log: bool) -> Any:
+def _softmax(x: Any, axis: int | tuple[int, ...] | None, where: Any, dim: int | None, log: bool) -> Any:
+    """softmax or log_softmax over ``axis`` (one row per combination of the other axes)."""
     func = "log_softmax" if log else "softmax"
+    fast = select_call(func, x)  # a backend's kernel for the plain call (the last axis, no where)
+    if fast is not None and where is None and (dim is None or axis == -1):
+        out = fast(x, axis if dim is None else dim)
+        if out is not None:  # None: not applicable
+            return out
+    axis = alias(axis, -1, dim, ("axis", "dim"), func)
     be, x, _, mask = _inputs(func, x, None, where)
     xp = be.xp
     shape = tuple(x.shape)
-    if x.ndim == 0:  # a row of one entry, as torch.softmax and SciPy have it
-        x, _, mask, _ = _one_entry(be, x, None, mask, False)
+    x, _, mask, _ = _one_entry(be, x, None, mask, False)  # a 0-d input: a row of one entry (1)
     axes = normalize_axes(axis, x.ndim, "axis", func)
+    rows = _to_rows(xp, x, axes)
+    rmask = None if mask is None else _to_rows(xp, mask, axes)
     if is_complex_dtype(be, x.dtype):
-        out = _complex.softmax_rows(be, _to_rows(xp, x, axes), None if mask is None else _to_rows(xp, mask, axes), log)
-        out = _unrows(xp, xp.astype(out, x.dtype), tuple(x.shape), axes)
-    elif len(axes) == 1:
-        out = _softmax_rows(be, x, axes[0], mask, log)
-    else:  # several axes (None: all of them): one row per combination of the other axes
-        rows = _to_rows(xp, x, axes)
-        out = _softmax_rows(be, rows, rows.ndim - 1, None if mask is None else _to_rows(xp, mask, axes), log)
-        out = _unrows(xp, out, tuple(x.shape), axes)
+        out = _complex.softmax_rows(be, rows, rmask, log)
+    else:
+        if rmask is not None:  # masked entries are log(0)
+            rows = xp.where(rmask, rows, -float("inf"))
+        flat = xp.reshape(rows, (math.prod(rows.shape[:-1]), rows.shape[-1]))
+        kernel = select(func, be.name, flat)
+        out = xp.reshape(softmax_rows(be, flat, log) if kernel is None else kernel(flat), tuple(rows.shape))
+    out = _unrows(xp, xp.astype(out, x.dtype, copy=False), tuple(x.shape), axes)
     return _result(be, xp.reshape(out, shape) if len(shape) == 0 else out, x.dtype)
+
+
+def _softmax_generic(be: Backend, rows: Any, mask: Any, log: bool) -> Any:
+    """The generic softmax of rows, as :func:`._core.softmax_rows` (``mask``: entries kept). Only for
+    ``tests/ops/test_jax_fast.py``, which calls it by this name."""
+    return softmax_rows(be, rows if mask is None else be.xp.where(mask, rows, -float("inf")), log)
 
 
 def _unrows(xp: Any, rows: Any, shape: tuple[int, ...], axes: tuple[int, ...]) -> Any:
@@ -456,43 +397,6 @@ def _unrows(xp: Any, rows: Any, shape: tuple[int, ...], axes: tuple[int, ...]) -
     if order == tuple(range(len(shape))):
         return out
     return xp.permute_dims(out, tuple(order.index(i) for i in range(len(shape))))
-
-
-def _softmax_rows(be: Backend, x: Any, ax: int, mask: Any, log: bool) -> Any:
-    """softmax or log_softmax of ``x`` (at least 1-d) along axis ``ax``, entries outside ``mask`` left out."""
-    xp = be.xp
-    nonempty = math.prod(x.shape) > 0
-    if be.name == "numpy" and nonempty:
-        rows = np.moveaxis(x, ax, -1)
-        if mask is not None:
-            rows = np.where(np.moveaxis(mask, ax, -1), rows, -np.inf)
-        flat = np.ascontiguousarray(rows).reshape(-1, rows.shape[-1])
-        out = np.empty(flat.shape, dtype=x.dtype)
-        if _numpy_fast.softmax_rows(flat, out, log):  # some rows have a non-finite max
-            bad = ~np.isfinite(flat.max(axis=1))
-            out[bad] = _softmax_generic(be, flat[bad].astype(np.float64), None, log)
-        return np.moveaxis(out.reshape(rows.shape), -1, ax)
-    if be.name == "torch" and nonempty and not x.is_meta:  # meta tensors (no values): the generic path
-        rows = xp.moveaxis(x, ax, -1)
-        if mask is not None:
-            rows = xp.where(xp.moveaxis(mask, ax, -1), rows, -float("inf"))
-        flat = xp.reshape(rows, (-1, rows.shape[-1]))
-        tf = _torch_fast()
-        if be.compiling():  # a custom op: the same code, opaque to Dynamo (contiguous rows in and out)
-            out = tf.softmax_op(flat.contiguous(), log)[0]
-        else:
-            out = (tf.LogSoftmax if log else tf.Softmax).apply(flat)
-        return xp.moveaxis(xp.reshape(out, rows.shape), -1, ax)
-    if be.name == "jax" and nonempty:
-        rows = xp.moveaxis(x, ax, -1)
-        if mask is not None:
-            rows = xp.where(xp.moveaxis(mask, ax, -1), rows, -float("inf"))
-        fn = _jax_fast().log_softmax_rows if log else _jax_fast().softmax_rows
-        out = fn(xp.reshape(rows, (-1, rows.shape[-1])))
-        return xp.moveaxis(xp.reshape(xp.astype(out, x.dtype), rows.shape), -1, ax)
-    rows = xp.moveaxis(_work(be, x), ax, -1)
-    out = _softmax_generic(be, rows, None if mask is None else xp.moveaxis(mask, ax, -1), log)
-    return xp.astype(xp.moveaxis(out, -1, ax), x.dtype, copy=False)
 
 
 @quiet
@@ -512,6 +416,18 @@ def logmeanexp(x: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: b
     empty axis, or a row with nothing kept) is NaN, as ``np.mean`` of an empty slice
     (on NumPy arrays with the same ``RuntimeWarning``); a row of only ``-inf`` is
     ``-inf``. Integer and boolean inputs are promoted to the default float.
+
+    Error: at most 1 ulp for float16, bfloat16 and float32; float64 within 2 ulp times the
+    condition number (``tests/ops/test_accuracy.py``, against mpmath).
+
+    Examples
+    --------
+    >>> import numpy as np, floatguard as fg
+    >>> x = np.array([1000.0, 1000.0 + 1e-10])
+    >>> float(np.log(np.mean(np.exp(x))))   # naive: exp overflows  # doctest: +SKIP
+    inf
+    >>> float(fg.logmeanexp(x))   # 1000 + 5e-11
+    1000.00000000005
     """
     axis = alias(axis, None, dim, ("axis", "dim"), "logmeanexp")
     keepdims = check_flag(alias(keepdims, False, keepdim, ("keepdims", "keepdim"), "logmeanexp"),
@@ -555,6 +471,18 @@ def logcumsumexp(x: Any, axis: int = -1, *, dim: int | None = None) -> Any:
     per step (6.6 ulp after 1000 float64 steps). Leading ``-inf`` entries give
     ``-inf`` (empty prefix sums) with a zero gradient, where
     ``torch.logcumsumexp``'s gradient is NaN. ``dim`` is PyTorch's name of ``axis``.
+
+    Error: at most 1 ulp for float16, bfloat16 and float32; float64 within 2 ulp times the
+    condition number (``tests/ops/test_accuracy.py``, against mpmath).
+
+    Examples
+    --------
+    >>> import numpy as np, floatguard as fg
+    >>> x = np.array([1000.0, 1000.0, 1000.0])
+    >>> np.log(np.cumsum(np.exp(x)))   # naive: exp overflows  # doctest: +SKIP
+    array([inf, inf, inf])
+    >>> fg.logcumsumexp(x)   # 1000 + log(1, 2, 3)
+    array([1000.        , 1000.69314718, 1001.09861229])
     """
     axis = alias(axis, -1, dim, ("axis", "dim"), "logcumsumexp")
     be, x = _prepare(x, "logcumsumexp")

@@ -23,6 +23,18 @@ Scope, stated plainly:
 
 * PyTorch eager ops are checked one by one through a ``TorchDispatchMode``, forward and
   backward (``torch.utils.checkpoint``, module hooks and autocast included).
+* The forward of a module made only of torch's own modules, with submodules
+  (``nn.TransformerEncoder``, a ``nn.Sequential`` of ``nn.Linear``...; not a leaf alone, not
+  batch norm in training, not
+  ``nn.Softmax``/``nn.Sigmoid``/``nn.MultiheadAttention`` called directly) runs without the
+  mode and is checked at its outputs: every op inside has the same module path and user
+  line anyway. A suspect output (NaN, inf, near the max, all zeros) makes the module run
+  again under the mode from the same inputs and RNG state, which names the op as an
+  op-by-op run would; its backward ops are checked one by one as before (the cost, with
+  and without, is measured by ``benchmarks/sanitize_overhead.py``). ``detect(exact=True)``
+  (``floatguard run --exact``) checks every op as it runs, scattered underflow inside such
+  modules included. A module that overwrote its own input in place cannot be replayed and
+  is reported at its output.
 * ``torch.compile``: compiled regions stay compiled (the numerics do not change) and are
   checked at their outputs only — a compiled module (``torch.compile(model)``) at every
   call, a compiled function when it was compiled inside ``detect()`` (always the case
@@ -88,6 +100,10 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'floatguard.sanitize' has no attribute {name!r}")
     import importlib
 
+    if name == "guard":  # the step guard hooks into torch's optimizers
+        from ..errors import require
+
+        require("torch", feature="floatguard.guard")
     value = getattr(importlib.import_module(mod, __name__), name)
     globals()[name] = value
     return value

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import warnings
 from collections import Counter
+from dataclasses import replace
 from typing import Any, TextIO
 
 from ..events import Event, Report
@@ -121,15 +122,24 @@ class Session:
         """Record ``event`` and apply the action (may raise :class:`NumericalError`).
 
         A finding at a place already reported (same kind, op, phase, module, file and
-        line — a loop) only increments ``stats["repeats"]`` of the first event.
+        line — a loop) only counts in ``stats["repeats"]`` of the first event (replaced by one that counts it:
+        events are frozen).
         """
-        if event.rank is None:
-            event.rank = _dist_rank()
+        if event.rank is None and (rank := _dist_rank()) is not None:
+            event = replace(event, rank=rank)
         key = (event.kind, event.op, event.phase, event.file, event.line, event.module, event.severity)
         self.counts[event.kind] += 1
         seen = self._shown.get(key)
         if dedupe and seen is not None:
-            seen.stats["repeats"] = int(seen.stats.get("repeats", 0)) + 1
+            again = replace(seen, stats={**seen.stats, "repeats": int(seen.stats.get("repeats") or 0) + 1})
+            self._shown[key] = again
+            events = self.report.events
+            for i in range(len(events) - 1, -1, -1):
+                if events[i] is seen:
+                    events[i] = again
+                    break
+            if self.pending is not None and self.pending.event is seen:
+                self.pending.event = again
             return
         if event.origin == "propagated" and event.severity != "error":
             self._propagated += 1
@@ -158,7 +168,7 @@ class Session:
     # -- forked children --------------------------------------------------------------
     def _to_parent(self, event: Event) -> None:
         """In a forked child: append ``event`` (with the child's pid in its stats) to the spool folder."""
-        event.stats["pid"] = os.getpid()
+        event = replace(event, stats={**event.stats, "pid": os.getpid()})
         try:
             os.makedirs(self._spool, exist_ok=True)
             with open(os.path.join(self._spool, f"{os.getpid()}.jsonl"), "a", encoding="utf-8") as fh:

@@ -7,7 +7,7 @@ import functools
 import importlib.util
 import sys
 from collections.abc import Callable
-from typing import Any, TextIO, TypeVar
+from typing import Any, Literal, TextIO, TypedDict, TypeVar
 
 from ..events import Report
 from ._core import ACTIONS, LEVELS, Session
@@ -15,6 +15,20 @@ from ._core import ACTIONS, LEVELS, Session
 __all__ = ["detect"]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Options(TypedDict):
+    """The keyword options of :class:`detect`, kept to build a fresh one per decorated call."""
+
+    near_overflow: float | None
+    underflow: bool
+    torch: bool | None
+    numpy: bool
+    numpy_underflow: bool
+    stream: TextIO | None
+    quiet: bool
+    defer: bool | None
+    exact: bool
 
 
 class detect:
@@ -42,6 +56,12 @@ class detect:
             (end of the backward; in inference, of the forward; earlier past 256 ops)
             instead of once per op. ``None`` (default): deferred for tensors off the CPU (no host sync per
             CUDA op), op by op on the CPU; ``True``: deferred everywhere.
+        exact: at op level, check every op as it runs, inside torch's own modules too. By default
+            (``False``) a module made only of torch's modules, with submodules (``nn.TransformerEncoder``,
+            a ``nn.Sequential`` of ``nn.Linear``...), runs unobserved and is checked at its outputs; a suspect output
+            makes it run again under the op-level check (same inputs, same RNG state), which names the
+            op — the same finding at a fraction of the cost. ``True`` also judges scattered underflow
+            inside such modules.
 
     The findings are in :attr:`report` (``report.to_json()``); a raised
     :class:`NumericalError` carries them too.
@@ -50,7 +70,7 @@ class detect:
     def __init__(self, level: str = "op", action: str = "raise", *, near_overflow: float | None = 16.0,
                  underflow: bool = True, torch: bool | None = None, numpy: bool = True,
                  numpy_underflow: bool = False, stream: TextIO | None = None, quiet: bool = False,
-                 report: Report | None = None, defer: bool | None = None) -> None:
+                 report: Report | None = None, defer: bool | None = None, exact: bool = False) -> None:
         if level not in LEVELS:
             raise ValueError(f"detect: level must be one of {LEVELS}, got {level!r}")
         if action not in ACTIONS:
@@ -59,8 +79,9 @@ class detect:
             raise ValueError(f"detect: near_overflow must be >= 1 or None, got {near_overflow!r}")
         self.level = level
         self.action = action
-        self.options = {"near_overflow": near_overflow, "underflow": underflow, "torch": torch, "numpy": numpy,
-                        "numpy_underflow": numpy_underflow, "stream": stream, "quiet": quiet, "defer": defer}
+        self.options: _Options = {"near_overflow": near_overflow, "underflow": underflow, "torch": torch,
+                                  "numpy": numpy, "numpy_underflow": numpy_underflow, "stream": stream,
+                                  "quiet": quiet, "defer": defer, "exact": exact}
         self.report = report if report is not None else Report()
         self.session: Session | None = None
         self._stack: contextlib.ExitStack | None = None
@@ -75,9 +96,9 @@ class detect:
         if want is None:
             return sys.modules.get("torch") is not None  # None: blocked (import torch would fail)
         if want and importlib.util.find_spec("torch") is None:
-            from ..ops._namespace import OptionalDependencyError
+            from ..errors import missing
 
-            raise OptionalDependencyError("detect(torch=True) needs PyTorch: pip install 'floatguard[torch]'")
+            raise missing("torch", feature="detect(torch=True)")
         return bool(want)
 
     def __enter__(self) -> detect:
@@ -95,14 +116,14 @@ class detect:
                 from ._torch_ctx import TorchContext
 
                 stack.enter_context(TorchContext(self.session, self.level, near_overflow=o["near_overflow"],
-                                                 underflow=o["underflow"], defer=o["defer"]))
+                                                 underflow=o["underflow"], defer=o["defer"], exact=o["exact"]))
         except BaseException:
             stack.close()
             raise
         self._stack = stack
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         stack, self._stack = self._stack, None
         if stack is not None:
             stack.__exit__(exc_type, exc, tb)
@@ -121,7 +142,7 @@ class detect:
 
             o = self.options
             return guard(fn, action=self.action, near_overflow=o["near_overflow"], underflow=o["underflow"],
-                         stream=o["stream"], quiet=o["quiet"], report=self.report)  # type: ignore[no-any-return]
+                         stream=o["stream"], quiet=o["quiet"], report=self.report)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -43,7 +43,12 @@ def checkify_report(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[
     ``nan`` or ``div_by_zero``, the primitive as ``op`` (``jax.lax.log``), the user's
     file and line.
     """
-    from jax.experimental import checkify
+    try:
+        from jax.experimental import checkify
+    except ImportError as no_jax:
+        from ..errors import missing
+
+        raise missing("jax", feature="checkify_report") from no_jax
 
     err, out = checkify.checkify(fn, errors=checkify.float_checks)(*args, **kwargs)
     report = Report()

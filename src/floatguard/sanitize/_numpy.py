@@ -16,7 +16,7 @@ from __future__ import annotations
 import dis
 import linecache
 from types import CodeType, FrameType
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -99,9 +99,10 @@ class numpy_errstate:
         self.session.emit(ev, dedupe=True)
 
     def __enter__(self) -> numpy_errstate:
-        self._user, self._user_call = dict(np.geterr()), np.geterrcall()
+        self._user = {k: str(v) for k, v in np.geterr().items()}
+        self._user_call = np.geterrcall()
         kept = ("raise", "call", "log")  # the user's own handling, applied after ours
-        under = "call" if self.underflow or self._user.get("under") in kept else "ignore"
+        under: Literal["call", "ignore"] = "call" if self.underflow or self._user.get("under") in kept else "ignore"
         self._cm = np.errstate(over="call", invalid="call", divide="call", under=under, call=self._callback)
         self._cm.__enter__()
         return self

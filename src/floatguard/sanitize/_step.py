@@ -23,7 +23,8 @@ import contextlib
 import functools
 import random
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any, TextIO
 
 import torch
@@ -31,8 +32,11 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ..events import Event, Report
 from ._core import ACTIONS, NumericalError, Session
-from ._torch import ModuleTracker, StepChecker, first_bad, tensor_stats
-from ._torch_ctx import _world
+from ._module_tracker import ModuleTracker
+from ._numpy import numpy_errstate
+from ._step_check import StepChecker
+from ._tensor_stats import dtype_name, first_bad, tensor_stats
+from ._torch_ctx import TorchContext, _world
 
 __all__ = ["Guarded", "guard"]
 
@@ -63,6 +67,23 @@ def _set_rng_state(state: tuple[Any, ...]) -> None:
         sys.modules["numpy"].random.set_state(npst)
 
 
+@contextlib.contextmanager
+def _op_level(report: Report, *, near_overflow: float | None, underflow: bool) -> Iterator[None]:
+    """The replay's sanitizer: every PyTorch op and NumPy ufunc checked, findings only recorded in ``report``.
+
+    What ``detect("op", "record", quiet=True)`` installs, built here from its parts so that
+    ``detect`` (which wraps a function in :func:`guard` for ``level="step"``) and this module
+    do not import each other.
+    """
+    session = Session("record", report=report, quiet=True)
+    try:
+        with numpy_errstate(session, underflow=False), TorchContext(session, "op", near_overflow=near_overflow,
+                                                                    underflow=underflow, exact=True):
+            yield
+    finally:
+        session.collect_children()
+
+
 def _tensors_in(value: Any) -> list[Any]:
     if isinstance(value, torch.Tensor):
         return [value]
@@ -82,13 +103,14 @@ class Guarded:
                  state_every: int = 16, host_rng: bool = False) -> None:
         if action not in ACTIONS:
             raise ValueError(f"guard: action must be one of {ACTIONS}, got {action!r}")
-        functools.update_wrapper(self, step_fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, step_fn)
         self.step_fn = step_fn
         self.action = action
         self.scaler = scaler
         self.snapshot = snapshot
         self.host_rng = host_rng
-        self.options = {"near_overflow": near_overflow, "underflow": underflow, "stream": stream, "quiet": quiet}
+        self.near_overflow = near_overflow
+        self.underflow = underflow
         self.report = report if report is not None else Report()
         self.session = Session(action, report=self.report, stream=stream, quiet=quiet)
         self.modules = ModuleTracker()
@@ -112,8 +134,7 @@ class Guarded:
             # parameters and optimizer state, which finite gradients can only corrupt through an update
             ev = checker.check_params(optimizer, before=True)
             if ev is not None:
-                ev.step = self.step
-                self.session.emit(ev)
+                self.session.emit(replace(ev, step=self.step))
         bad = bool(first_bad([p.grad for g in optimizer.param_groups for p in g["params"]]))
         dist, _ = _world()
         if dist is not None:  # every rank stops the step if one rank's gradients are bad
@@ -201,11 +222,10 @@ class Guarded:
             t = results[loss_bad[0]].detach()
             bad = Event(kind="nan" if bool(torch.isnan(t).any()) else "overflow", source="sanitize",
                         message="the step's result (the loss) is not finite", phase="forward",
-                        dtype=str(t.dtype).removeprefix("torch."), shape=list(t.shape),
+                        dtype=dtype_name(t.dtype), shape=tuple(t.shape),
                         stats=tensor_stats(t, "loss"), step=self.step - 1)
             if self._stepped and not self.snapshot:  # the update is done: report, cannot replay
-                bad.hint = "pass snapshot=True to guard() to restore and replay such steps"
-                self.session.emit(bad)
+                self.session.emit(replace(bad, hint="pass snapshot=True to guard() to restore and replay such steps"))
                 return result
             return self._replay(saved, None, bad, args, kwargs)
         if self._scaler_skipped(saved):
@@ -213,8 +233,6 @@ class Guarded:
         return result
 
     def _replay(self, saved: dict[str, Any], optimizer: Any, bad: Event | None, args: Any, kwargs: Any) -> Any:
-        from ._detect import detect
-
         self._restore(saved)
         self.replays += 1
         scratch = Report()
@@ -224,9 +242,8 @@ class Guarded:
         failed: BaseException | None = None  # the replay raising (an exhausted data iterator): kept, re-raised
         try:
             # _BadStep: stopped again before the update (action="raise"); detect() still exits normally
-            with self.modules, detect("op", "record", report=scratch, quiet=True, numpy=True, torch=True,
-                                      near_overflow=self.options["near_overflow"],
-                                      underflow=self.options["underflow"]), contextlib.suppress(_BadStep):
+            with self.modules, _op_level(scratch, near_overflow=self.near_overflow,
+                                         underflow=self.underflow), contextlib.suppress(_BadStep):
                 result = self.step_fn(*args, **kwargs)
         except BaseException as exc:
             failed = exc
@@ -246,30 +263,31 @@ class Guarded:
         found = [e for e in scratch.events if e.severity == "error"]
         others = [e for e in scratch.events if e.severity != "error"]
         if found:
-            first = found[0]
-            first.message += f" (step {step}, found by replaying it at op level)"
+            first = replace(found[0], message=found[0].message + f" (step {step}, found by replaying it at op level)")
         else:
             first = bad
             if bad.severity == "error":
-                first.message += " (an op-level replay of the step did not reproduce it: nondeterministic?)"
-        for e in [first, *found[1:], *others]:
-            e.step = step
+                first = replace(bad, message=bad.message + " (an op-level replay of the step did not reproduce it: "
+                                "nondeterministic?)")
         if failed is not None:
-            first.stats["replay"] = f"the replay raised {type(failed).__name__}: {failed}"
-            first.message += f" (the op-level replay of the step raised {type(failed).__name__})"
+            first = replace(first, replay=f"the replay raised {type(failed).__name__}: {failed}",
+                            message=first.message + f" (the op-level replay of the step raised "
+                            f"{type(failed).__name__})")
+        first, *rest = [replace(e, step=step) for e in [first, *found[1:], *others]]
+        if failed is not None:
             if final:
-                for e in [first, *found[1:], *others]:
+                for e in [first, *rest]:
                     self.session.emit(e, dedupe=True)
             else:
-                first.severity = "error"
-                self.report.events[:0] = [first, *found[1:], *others]
+                first = replace(first, severity="error")
+                self.report.events[:0] = [first, *rest]
                 self.session.show(first)
             raise failed
         if final:
-            for e in [first, *found[1:], *others]:
+            for e in [first, *rest]:
                 self.session.emit(e, dedupe=True)
             return result
-        for e in [*found[1:], *others]:
+        for e in rest:
             self.report.add(e)
         self._agree_and_raise(first, named=bool(found))
         return result  # pragma: no cover - _agree_and_raise always raises here
@@ -289,39 +307,34 @@ class Guarded:
             best = min(range(world), key=lambda r: (gathered[r][0], r))
             if best != rank:
                 chosen = Event.from_dict(gathered[best][1])
-                chosen.message = f"rank {best} stopped: {chosen.message}"
+                chosen = replace(chosen, message=f"rank {best} stopped: {chosen.message}")
                 self.report.events.insert(0, chosen)
                 raise NumericalError(chosen, self.report)
-        chosen.severity = "error"
+        chosen = replace(chosen, severity="error")
         self.report.events.insert(0, chosen)
         self.session.show(chosen)
         raise NumericalError(chosen, self.report)
 
     def _attribute_skip(self, saved: dict[str, Any], args: Any, kwargs: Any, result: Any) -> Any:
         """Replay a step the GradScaler skipped and say which op overflowed (a warning)."""
-        from ._detect import detect
-
         scale0 = saved["scaler"][0]
         before = float(scale0.item()) if scale0 is not None else float(self.scaler._init_scale)
         self._restore(saved)
         scratch = Report()
-        with detect("op", "record", report=scratch, quiet=True, torch=True,
-                    near_overflow=self.options["near_overflow"], underflow=False):
+        with _op_level(scratch, near_overflow=self.near_overflow, underflow=False):
             result = self.step_fn(*args, **kwargs)
         hits = [e for e in scratch.events if e.kind in ("overflow", "nan", "div_by_zero")]
         after = float(self.scaler._scale.item())
         if hits:
             ev = hits[0]
             where = f" in module {ev.module}" if ev.module else ""
-            ev.message = (f"GradScaler skipped step {self.step - 1} (scale {before:g} -> {after:g}): "
-                          f"{ev.op} made {ev.kind} in {ev.dtype}{where}" +
-                          (f", in the gradient of {ev.forward_op}" if ev.forward_op else ""))
+            ev = replace(ev, message=(f"GradScaler skipped step {self.step - 1} (scale {before:g} -> {after:g}): "
+                                      f"{ev.op} made {ev.kind} in {ev.dtype}{where}" +
+                                      (f", in the gradient of {ev.forward_op}" if ev.forward_op else "")))
         else:
             ev = Event(kind="overflow", source="sanitize", message=f"GradScaler skipped step {self.step - 1} "
                        f"(scale {before:g} -> {after:g}); the replay found no op (nondeterministic?)")
-        ev.severity = "warning"
-        ev.step = self.step - 1
-        self.session.emit(ev)
+        self.session.emit(replace(ev, severity="warning", step=self.step - 1))
         return result
 
 
@@ -368,4 +381,4 @@ def guard(step_fn: Callable[..., Any] | None = None, *, action: str = "raise", s
             "host_rng": host_rng}
     if step_fn is None:
         return functools.partial(guard, **opts)
-    return Guarded(step_fn, **opts)  # type: ignore[arg-type]
+    return Guarded(step_fn, **opts)

@@ -5,14 +5,18 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
-from typing import Any
+from dataclasses import replace
+from typing import Any, cast
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from ..events import Event
 from ._core import NumericalError, Session
-from ._torch import ModuleTracker, OpSanitizer, StepChecker
+from ._module_checks import ModuleChecks
+from ._module_tracker import ModuleTracker
+from ._op_sanitizer import OpSanitizer
+from ._step_check import StepChecker
 
 __all__ = ["TorchContext", "agree_across_ranks"]
 
@@ -55,7 +59,7 @@ def agree_across_ranks(session: Session, local_bad: bool | None = None) -> None:
         err, session.pending = session.pending, None
         session.show(err.event)
         raise err
-    first.message = f"rank {first.rank} stopped: {first.message}"
+    first = replace(first, message=f"rank {first.rank} stopped: {first.message}")
     raise NumericalError(first, session.report)
 
 
@@ -86,15 +90,12 @@ def _acquire_patches(mode: OpSanitizer) -> None:
         if _patch_users > 1:
             return
         _patch_originals.clear()
-        try:
-            from torch.amp.grad_scaler import GradScaler
-        except ImportError:  # pragma: no cover
-            GradScaler = None
-        if GradScaler is not None:
-            orig_scale, orig_update = GradScaler.scale, GradScaler.update
-            scale, update = _scaler_wrappers(orig_scale, orig_update)
-            _patch_originals.extend([(GradScaler, "scale", orig_scale, scale),
-                                     (GradScaler, "update", orig_update, update)])
+        from torch.amp.grad_scaler import GradScaler
+
+        orig_scale, orig_update = GradScaler.scale, GradScaler.update
+        scale, update = _scaler_wrappers(orig_scale, orig_update)
+        _patch_originals.extend([(GradScaler, "scale", orig_scale, scale),
+                                 (GradScaler, "update", orig_update, update)])
         orig_compile = torch.compile
         _patch_originals.append((torch, "compile", orig_compile, _compile_wrapper(orig_compile)))
         for owner, name, _, ours in _patch_originals:
@@ -119,8 +120,9 @@ def _release_patches(mode: OpSanitizer) -> None:
             if getattr(owner, name, None) is ours:  # someone else patched it since: leave theirs in place
                 setattr(owner, name, orig)
         _patch_originals.clear()
-        if _patch_filter is not None and _patch_filter in warnings.filters:
-            warnings.filters.remove(_patch_filter)
+        filters = cast(list[Any], warnings.filters)  # a list at runtime; typeshed says Sequence
+        if _patch_filter is not None and _patch_filter in filters:
+            filters.remove(_patch_filter)
             warnings._filters_mutated()  # type: ignore[attr-defined]
         _patch_filter = None
 
@@ -183,14 +185,17 @@ class TorchContext:
     """Everything the PyTorch side of :func:`~floatguard.sanitize.detect` installs."""
 
     def __init__(self, session: Session, level: str = "op", *, near_overflow: float | None = 16.0,
-                 underflow: bool = True, defer: bool | None = None) -> None:
+                 underflow: bool = True, defer: bool | None = None, exact: bool = False) -> None:
         self.session = session
         self.level = level
         self.modules = ModuleTracker()
         self.mode: OpSanitizer | None = None
+        self.boundaries: ModuleChecks | None = None
         if level == "op":
             self.mode = OpSanitizer(session, self.modules, near_overflow=near_overflow, underflow=underflow,
                                     defer=defer)
+            if not exact:
+                self.boundaries = ModuleChecks(self.mode, self.modules)
         self.steps = StepChecker(session, self.modules)
         self._handles: list[Any] = []
         self._patched_mode: OpSanitizer | None = None
@@ -207,7 +212,8 @@ class TorchContext:
             ev = self.steps.check_grads(optimizer)
             if ev is not None:
                 if mode is not None:  # gradients made by compiled backward code
-                    ev.message += " (made inside a torch.compile'd region, which is checked only at its outputs)"
+                    ev = replace(ev, message=ev.message + " (made inside a torch.compile'd region, which is checked "
+                                 "only at its outputs)")
                 self.session.emit(ev)
         if self.distributed or self.session.pending is not None:  # every rank, once per step
             agree_across_ranks(self.session)
@@ -239,6 +245,8 @@ class TorchContext:
             self.modules.on_compiled_exit.append(self.mode.resume)
             self.modules.on_root_exit.append(self.mode.root_exit)
             self.modules.on_root_enter.append(self.mode.reinstate)
+            if self.boundaries is not None:
+                self.boundaries.install()
             self.mode.__enter__()
             self._mode_entered = True
         return self

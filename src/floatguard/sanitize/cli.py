@@ -23,6 +23,8 @@ import signal
 import sys
 import threading
 import traceback
+from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from ._core import ACTIONS, LEVELS, NumericalError
@@ -40,27 +42,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--near-overflow", type=float, default=16.0, metavar="F",
                         help="warn when a value comes within a factor F of its dtype's max (default 16; 0: off)")
     parser.add_argument("--no-underflow", action="store_true", help="do not judge underflow")
+    parser.add_argument("--exact", action="store_true",
+                        help="with --level op: check every op as it runs, inside torch's own modules too (by "
+                        "default those are checked at their outputs and replayed op by op when one goes bad)")
     parser.add_argument("--replay", action="store_true",
                         help="with --level step: when a step goes bad, run the script again at op level (in a new "
                         "process, stopping at the first finding) to name the op; the script must be deterministic "
                         "(seeded), and its side effects happen twice")
-    parser.add_argument("--monitor", action="store_true",
-                        help="also attach the training monitor (floatguard.monitor.attach_global)")
     parser.add_argument("-m", dest="module", metavar="MODULE", help="run a module, like python -m MODULE")
     parser.add_argument("script", nargs="?", help="the Python script to run")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the script")
-
-
-def _attach_monitor() -> tuple[Any, str | None]:
-    """``(handle, None)`` from ``floatguard.monitor.attach_global()``, or ``(None, why not)``."""
-    try:
-        from .. import monitor
-    except ImportError as exc:
-        return None, f"--monitor needs floatguard.monitor, which cannot be imported ({exc})"
-    attach = getattr(monitor, "attach_global", None)
-    if attach is None:
-        return None, "--monitor needs floatguard.monitor.attach_global(), which this installation does not provide"
-    return attach(), None
 
 
 def _print_user_traceback(exc: BaseException, script: str | None) -> None:
@@ -138,8 +129,14 @@ def _write_json(report: Any, path: str) -> str | None:
     return None
 
 
-def run(args: argparse.Namespace) -> int:
-    """Handler of ``floatguard run``: returns the exit status."""
+def run(args: argparse.Namespace, attach: Callable[[], tuple[Any, str | None]] | None = None) -> int:
+    """Handler of ``floatguard run``: returns the exit status.
+
+    ``attach``: started once the script is known to exist, before it runs; returns
+    ``(companion, None)`` or ``(None, why not)`` (exit status 2). The companion's
+    ``close()`` is called after the script and its findings join the report (the
+    top-level CLI passes the training monitor for ``--monitor``).
+    """
     from ._detect import detect
 
     script: str | None = args.script
@@ -162,15 +159,16 @@ def run(args: argparse.Namespace) -> int:
     has_torch = importlib.util.find_spec("torch") is not None
     if has_torch:
         import torch  # noqa: F401 - the sanitizer hooks into torch before the script imports it
-    monitor = None
-    if args.monitor:
-        monitor, problem = _attach_monitor()
+    companion = None
+    if attach is not None:
+        companion, problem = attach()
         if problem is not None:
             print(f"floatguard run: error: {problem}", file=sys.stderr)
             return 2
 
     near = args.near_overflow if args.near_overflow else None
-    det = detect(args.level, args.action, torch=has_torch, near_overflow=near, underflow=not args.no_underflow)
+    det = detect(args.level, args.action, torch=has_torch, near_overflow=near, underflow=not args.no_underflow,
+                 exact=getattr(args, "exact", False))
     old_argv, old_path0 = sys.argv[:], sys.path[0] if sys.path else None
     code = 0
     main_thread = threading.current_thread() is threading.main_thread()
@@ -208,8 +206,8 @@ def run(args: argparse.Namespace) -> int:
         if sys.path and old_path0 is not None and sys.path[0] != old_path0:
             del sys.path[0]
     report = det.report
-    if monitor is not None:  # its findings join the report (the same record shape)
-        close = getattr(monitor, "close", None)
+    if companion is not None:  # its findings join the report (the same record shape)
+        close = getattr(companion, "close", None)
         found = close() if close is not None else None
         for e in found or []:
             report.add(e)
@@ -239,7 +237,7 @@ def _replay(args: argparse.Namespace, script: str | None, module: str | None, sc
 
     from ..events import Report
 
-    cmd = [sys.executable, "-m", "floatguard", "run", "--level", "op", "--action", "raise"]
+    cmd = [sys.executable, "-m", "floatguard", "run", "--level", "op", "--exact", "--action", "raise"]
     cmd += ["--near-overflow", str(args.near_overflow or 0)] + (["--no-underflow"] if args.no_underflow else [])
     print("floatguard: a step went bad; replaying the script at op level to name the op (--replay)",
           file=sys.stderr, flush=True)
@@ -255,9 +253,8 @@ def _replay(args: argparse.Namespace, script: str | None, module: str | None, sc
     if not named:
         print("floatguard: the op-level replay found nothing (is the script deterministic? seed it)", file=sys.stderr)
         return 0
-    for e in found.events:
-        e.message += " (found by replaying the script at op level)"
-    report.events[:0] = found.events
+    report.events[:0] = [replace(e, message=e.message + " (found by replaying the script at op level)")
+                         for e in found.events]
     return proc.returncode or 1
 
 

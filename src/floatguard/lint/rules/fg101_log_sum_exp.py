@@ -5,9 +5,23 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 
-from ..analysis import Context, OpCall
+from ..analysis import Context, OpCall, is_pure
 from ..rule import Finding, Fix, Rule
-from ._common import arg_by_text, empty_guarded, exp_bounded, family, fg_ref, reduce_args, ref, shifted
+from ._bounds import empty_guarded, exp_bounded, shifted
+from ._common import (
+    arg_by_text,
+    dep_hint,
+    family,
+    fg_fix,
+    fg_ref,
+    int_axis,
+    numpy_ref,
+    paren,
+    reduce_args,
+    ref,
+    scipy_special_ref,
+    uses_floatguard,
+)
 
 
 def _exp_factor(ctx: Context, e: ast.expr | None, depth: int = 0) -> OpCall | None:
@@ -30,16 +44,43 @@ def _exp_factor(ctx: Context, e: ast.expr | None, depth: int = 0) -> OpCall | No
 
 
 class LogSumExp(Rule):
-    """``log(sum(exp(x)))`` overflows to inf once any ``x`` passes ~88 in float32 (709 in float64) and underflows to
+    """Checks for `log(sum(exp(x)))`, `log(mean(exp(x)))` and `log(exp(a) + exp(b))` written out.
+
+    ## What it does
+    Checks for `log(sum(exp(x)))`, `log(mean(exp(x)))` and `log(exp(a) + exp(b))` written out.
+
+    ## Why is this bad?
+    ``log(sum(exp(x)))`` overflows to inf once any ``x`` passes ~88 in float32 (709 in float64) and underflows to
     -inf when all are very negative; logsumexp shifts by the max first.
 
-    Bad:
-        lse = torch.log(torch.sum(torch.exp(scores), dim=-1))
-        z = np.log(np.exp(a) + np.exp(b))
+    ## Example
+    ```python
+    import numpy as np
+    import torch
 
-    Good:
-        lse = torch.logsumexp(scores, dim=-1)
-        z = np.logaddexp(a, b)
+    lse = torch.log(torch.sum(torch.exp(scores), dim=-1))
+    z = np.log(np.exp(a) + np.exp(b))
+    ```
+
+    ## Use instead
+    ```python
+    import numpy as np
+    import torch
+
+    lse = torch.logsumexp(scores, dim=-1)
+    z = np.logaddexp(a, b)
+    ```
+
+    ## Fix safety
+    The fix is safe when the `exp` is written inline: `logsumexp` (`torch.logsumexp`, `jax.nn.logsumexp`,
+    `scipy.special.logsumexp` where SciPy is imported, else NumPy's own `np.logaddexp.reduce`) and `logaddexp` are
+    the same function. It is unsafe when the `exp` is reached through a name (the intermediate may be used
+    elsewhere) and for the mean form, which re-spells the reduction as `logsumexp(x) - log(n)`.
+
+    ## References
+    - [torch.logsumexp](https://pytorch.org/docs/stable/generated/torch.logsumexp.html)
+    - [numpy.logaddexp](https://numpy.org/doc/stable/reference/generated/numpy.logaddexp.html)
+    - [jax.nn.logsumexp](https://jax.readthedocs.io/en/latest/_autosummary/jax.nn.logsumexp.html)
     """
 
     code = "FG101"
@@ -50,7 +91,7 @@ class LogSumExp(Rule):
         log = ctx.ops(node, "log")
         if log is None or log.x is None or empty_guarded(ctx, node):
             return
-        inner = log.x
+        inner: ast.expr | None = log.x
         flowed = False
         if isinstance(inner, ast.Name):
             inner, flowed = ctx.value(inner), True
@@ -75,8 +116,9 @@ class LogSumExp(Rule):
                 return
             mean = red.op == "mean"
             msg = f"log({red.op}(exp(x))) overflows for large x and underflows for very negative x"
-            hint = "use logmeanexp (floatguard.logmeanexp)" if mean else "use logsumexp, which shifts by the max"
-            yield Finding(node, msg, hint, self._fix(ctx, log, red, exp, flowed))
+            hint = "use logsumexp(x) - log(n)" if mean else "use logsumexp, which shifts by the max"
+            fix = self._fix(ctx, log, red, exp, flowed)
+            yield Finding(node, msg, dep_hint(hint, fix), fix)
             return
         match inner:
             case ast.BinOp(left=left, op=ast.Add(), right=right):
@@ -91,25 +133,60 @@ class LogSumExp(Rule):
 
     def _fix(self, ctx: Context, log: OpCall, red: OpCall, exp: OpCall, flowed: bool) -> Fix | None:
         axis, keep, extra = reduce_args(red)
-        if extra:
+        if extra or exp.x is None:
             return None
-        x = ctx.text(exp.x)
-        if red.op == "mean":
-            f, imports = fg_ref(ctx, "logmeanexp")
-            rest = "" if axis is None else f", axis={ctx.text(axis)}"
-            rest += "" if keep is None else f", keepdims={ctx.text(keep)}"
-            return Fix(log.node, f"{f}({x}{rest})", safe=False, imports=imports)
         fam = family(ctx, exp, red, log)
+        if red.op == "mean":
+            return self._mean_fix(ctx, log, exp.x, fam, axis, keep)
+        x = ctx.text(exp.x)
         if fam is None or fam == "math":
             return None
         if fam == "numpy":
-            # NumPy has no logsumexp of its own (logaddexp.reduce accumulates error): floatguard's is <= 1 ulp
-            f, imports = fg_ref(ctx, "logsumexp")
-            return Fix(log.node, f"{f}({x}{arg_by_text(ctx, fam, axis, keep)})", safe=not flowed, imports=imports)
+            if uses_floatguard(ctx):  # already a dependency: its logsumexp is <= 1 ulp
+                f, imports = fg_ref(ctx, "logsumexp")
+                return fg_fix(log.node, f"{f}({x}{arg_by_text(ctx, fam, axis, keep)})", imports, not flowed)
+            sp = scipy_special_ref(ctx, "logsumexp")
+            if sp is not None:
+                return Fix(log.node, f"{sp[0]}({x}{arg_by_text(ctx, fam, axis, keep)})", safe=not flowed,
+                           imports=sp[1])
+            # NumPy's own: logaddexp.reduce (its default axis is 0, sum's is None: always pass it)
+            f, imports = numpy_ref(ctx, "logaddexp")
+            rest = f", axis={ctx.text(axis) if axis is not None else 'None'}"
+            rest += "" if keep is None else f", keepdims={ctx.text(keep)}"
+            return Fix(log.node, f"{f}.reduce({x}{rest})", safe=not flowed, imports=imports)
         r = ref(ctx, fam, "logsumexp")
         if r is None:
             return None
         if fam == "torch" and axis is None:
             flat, imp = ctx.module_ref("torch")
-            return Fix(log.node, f"{r[0]}({flat}.flatten({x}), dim=0)", safe=not flowed, imports=r[1] + imp)
+            return Fix(log.node, f"{r[0]}({flat}.flatten({x}), dim=0)", safe=not flowed,
+                       imports=tuple(dict.fromkeys(r[1] + imp)))
         return Fix(log.node, f"{r[0]}({x}{arg_by_text(ctx, fam, axis, keep)})", safe=not flowed, imports=r[1])
+
+    def _mean_fix(self, ctx: Context, log: OpCall, xn: ast.expr, fam: str | None, axis: ast.expr | None,
+                  keep: ast.expr | None) -> Fix | None:
+        """``log(mean(exp(x)))`` = ``logsumexp(x) - log(n)`` in the file's framework (x read twice: only a name or
+        an attribute), else floatguard.logmeanexp. Unsafe: the reduction's arguments are re-spelled."""
+        x = ctx.text(xn)
+        if not uses_floatguard(ctx) and fam in ("torch", "numpy", "jax") and is_pure(xn) and int_axis(axis):
+            math_ref, imports = ctx.module_ref("math")
+            px = paren(ctx, xn)
+            n = f"{px}.shape[{ctx.text(axis)}]" if axis is not None else f"{px}.numel()" if fam == "torch" \
+                else f"{px}.size"
+            if fam == "numpy":
+                lse, imp = numpy_ref(ctx, "logaddexp")
+                call = f"{lse}.reduce({x}, axis={ctx.text(axis) if axis is not None else 'None'}"
+                call += ")" if keep is None else f", keepdims={ctx.text(keep)})"
+            else:
+                lse, imp = ref(ctx, fam, "logsumexp") or ("", ())
+                if fam == "torch" and axis is None:
+                    flat, imp2 = ctx.module_ref("torch")
+                    call, imp = f"{lse}({flat}.flatten({x}), dim=0)", imp + imp2
+                else:
+                    call = f"{lse}({x}{arg_by_text(ctx, fam, axis, keep)})"
+            text = f"{call} - {math_ref}.log({n})"
+            return Fix(log.node, text, safe=False, imports=tuple(dict.fromkeys(imp + imports)))
+        f, imports = fg_ref(ctx, "logmeanexp")
+        rest = "" if axis is None else f", axis={ctx.text(axis)}"
+        rest += "" if keep is None else f", keepdims={ctx.text(keep)}"
+        return fg_fix(log.node, f"{f}({x}{rest})", imports, safe=False)

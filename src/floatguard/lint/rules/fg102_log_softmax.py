@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall
 from ..rule import Finding, Fix, Rule
-from ._common import fg_call, log_of, reach
+from ._common import fg_call, fg_fix, log_of, reach, uses_floatguard
 
 _HAS_LOG_SOFTMAX = ("torch.", "jax.nn.", "tensorflow.nn.", "tensorflow.math.", "keras.ops.", "scipy.special.")
 
@@ -25,17 +25,44 @@ def swap_func(ctx: Context, o: OpCall, new: str) -> str | None:
 
 
 class LogSoftmax(Rule):
-    """``log(softmax(x))`` gives -inf (and NaN gradients) as soon as a probability underflows to 0; log_softmax
+    """Checks for `log(softmax(x))`, the log of a softmax's probabilities.
+
+    ## What it does
+    Checks for `log(softmax(x))`, the log of a softmax's probabilities.
+
+    ## Why is this bad?
+    ``log(softmax(x))`` gives -inf (and NaN gradients) as soon as a probability underflows to 0; log_softmax
     computes ``x - logsumexp(x)`` directly.
 
-    Bad:
-        logp = torch.log(F.softmax(logits, dim=-1))
-        probs = logits.softmax(-1)
-        loss = -(y * probs.log()).sum(-1)
+    ## Example
+    ```python
+    import torch
+    import torch.nn.functional as F
 
-    Good:
-        logp = F.log_softmax(logits, dim=-1)
-        loss = -(y * logits.log_softmax(-1)).sum(-1)
+    logp = torch.log(F.softmax(logits, dim=-1))
+    probs = logits.softmax(-1)
+    loss = -(y * probs.log()).sum(-1)
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+    import torch.nn.functional as F
+
+    logp = F.log_softmax(logits, dim=-1)
+    probs = logits.softmax(-1)
+    loss = -(y * logits.log_softmax(-1)).sum(-1)
+    ```
+
+    ## Fix safety
+    The fix is safe when the softmax is written inline: it renames the call (`F.softmax` -> `F.log_softmax`,
+    `x.softmax(d)` -> `x.log_softmax(d)`, `jax.nn.softmax` -> `jax.nn.log_softmax`) with the same arguments; unsafe
+    when the probabilities are reached through a name. Where the file already imports floatguard, the fix calls
+    `floatguard.log_softmax` (within one ulp).
+
+    ## References
+    - [torch.nn.functional.log_softmax](https://pytorch.org/docs/stable/generated/torch.nn.functional.log_softmax.html)
+    - [jax.nn.log_softmax](https://jax.readthedocs.io/en/latest/_autosummary/jax.nn.log_softmax.html)
     """
 
     code = "FG102"
@@ -56,14 +83,12 @@ class LogSoftmax(Rule):
             return None
         if sm.module_call or (sm.node.args and isinstance(sm.node.args[0], ast.Starred)):
             return None
-        if sm.family == "torch":
-            # torch.log_softmax is up to 2 bits worse than the naive form at some points and keeps only
-            # 9.6 of the bits lost to underflow (tests/lint/test_fix_accuracy.py); floatguard's is <= 1 ulp
+        if sm.family == "torch" and uses_floatguard(ctx):
+            # already a dependency: floatguard's log_softmax is <= 1 ulp (torch's up to 2 bits worse in places)
             dim = sm.arg(1, "dim")
-            if dim is None or sm.x is None or set(sm.kwargs) - {"dim", "input"}:
-                return None
-            text, imports = fg_call(ctx, "log_softmax", sm.x, dim)
-            return Fix(log.node, text, safe=how == "inline", imports=imports)
+            if dim is not None and sm.x is not None and not set(sm.kwargs) - {"dim", "input"}:
+                call, imports = fg_call(ctx, "log_softmax", sm.x, dim)
+                return fg_fix(log.node, call, imports, safe=how == "inline")
         if sm.method or (sm.qual.startswith(_HAS_LOG_SOFTMAX) and sm.qual.endswith(".softmax")):
             text = swap_func(ctx, sm, "log_softmax")
         else:

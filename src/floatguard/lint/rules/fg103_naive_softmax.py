@@ -7,19 +7,44 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall
 from ..rule import Finding, Fix, Rule
-from ._common import AXIS_KW, exp_bounded, family, fg_call, reduce_args, ref
+from ._bounds import exp_bounded
+from ._common import AXIS_KW, dep_hint, family, fg_call, fg_fix, reduce_args, ref, scipy_special_ref, uses_floatguard
 
 
 class NaiveSoftmax(Rule):
-    """``exp(x) / sum(exp(x))`` is inf/inf = NaN once any ``x`` passes ~88 in float32 and 0/0 when all are very
+    """Checks for `exp(x) / sum(exp(x))`, a softmax written out without the max-shift.
+
+    ## What it does
+    Checks for `exp(x) / sum(exp(x))`, a softmax written out without the max-shift.
+
+    ## Why is this bad?
+    ``exp(x) / sum(exp(x))`` is inf/inf = NaN once any ``x`` passes ~88 in float32 and 0/0 when all are very
     negative; softmax shifts by the max first.
 
-    Bad:
-        e = torch.exp(logits)
-        probs = e / e.sum(dim=-1, keepdim=True)
+    ## Example
+    ```python
+    import torch
 
-    Good:
-        probs = torch.softmax(logits, dim=-1)
+    e = torch.exp(logits)
+    probs = e / e.sum(dim=-1, keepdim=True)
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+
+    e = torch.exp(logits)
+    probs = torch.softmax(logits, dim=-1)
+    ```
+
+    ## Fix safety
+    The fix is safe when the numerator is written inline: `torch.softmax`, `jax.nn.softmax` or, where SciPy is
+    imported, `scipy.special.softmax`. NumPy has no softmax of its own: there the fix calls `floatguard.softmax`,
+    adds `import floatguard` and is unsafe (unless the file already imports floatguard).
+
+    ## References
+    - [torch.softmax](https://pytorch.org/docs/stable/generated/torch.softmax.html)
+    - [scipy.special.softmax](https://docs.scipy.org/doc/scipy/reference/generated/scipy.special.softmax.html)
     """
 
     code = "FG103"
@@ -49,8 +74,9 @@ class NaiveSoftmax(Rule):
             dexp = ctx.ops(ctx.value(den), "exp")
             if dexp is None or dexp.x is None or exp_bounded(ctx, node, dexp.x):
                 return
+        fix = self._fix(ctx, node, left, num, red) if same else None
         yield Finding(node, "exp(x) / sum(exp(x)) overflows to inf/inf = NaN for large x",
-                      "use softmax, which shifts by the max", self._fix(ctx, node, left, num, red) if same else None)
+                      dep_hint("use softmax, which shifts by the max", fix, "NumPy has no softmax"), fix)
 
     def _fix(self, ctx: Context, node: ast.BinOp, left: ast.expr, num: OpCall, red: OpCall) -> Fix | None:
         axis, keep, extra = reduce_args(red)
@@ -60,11 +86,18 @@ class NaiveSoftmax(Rule):
         if fam is None or fam == "math":
             return None
         inline = left is num.node
-        if fam in ("numpy", "torch"):
-            # torch.softmax can be 2.6 bits worse than the naive form; floatguard's is <= 1 ulp
-            assert num.x is not None
+        assert num.x is not None
+        if fam in ("numpy", "torch") and uses_floatguard(ctx):
+            # already a dependency: floatguard's softmax is <= 1 ulp (torch.softmax up to 2.6 bits worse)
             text, imports = fg_call(ctx, "softmax", num.x, axis)
-            return Fix(node, text, safe=inline, imports=imports)
+            return fg_fix(node, text, imports, safe=inline)
+        if fam == "numpy":
+            sp = scipy_special_ref(ctx, "softmax")
+            if sp is not None:
+                return Fix(node, f"{sp[0]}({ctx.text(num.x)}, axis={ctx.text(axis)})", safe=inline, imports=sp[1])
+            # NumPy has no softmax of its own
+            text, imports = fg_call(ctx, "softmax", num.x, axis)
+            return fg_fix(node, text, imports, safe=False)
         r = ref(ctx, fam, "softmax")
         if r is None:
             return None

@@ -7,39 +7,67 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall
 from ..rule import Finding, Fix, Rule
-from ._common import family, log_of, reach, ref
+from ._common import as_operand, family, has_scipy, log_of, neg_text, numpy_ref, reach, ref, scipy_special_ref
 
 
-def log_sigmoid_fix(ctx: Context, outer: ast.AST, via: ast.expr | None, sig: OpCall, negate: bool) -> Fix | None:
-    """``log_sigmoid(x)`` (or of ``-x``) in place of ``outer``, when the sigmoid's input is at hand."""
+def log_sigmoid_fix(ctx: Context, outer: ast.AST, via: ast.expr | None, sig: OpCall, negate: bool,
+                    safe: bool = True) -> Fix | None:
+    """``log_sigmoid(x)`` (or of ``-x``) in place of ``outer``, when the sigmoid's input is at hand: the framework's
+    own (``F.logsigmoid``, ``jax.nn.log_sigmoid``, ``scipy.special.log_expit``), in NumPy ``-logaddexp(0, -x)``."""
     how = reach(ctx, via, sig.node)
     if how is None or sig.module_call or sig.x is None:
         return None
-    fam = family(ctx, sig)
-    if sig.qual.startswith("scipy."):
-        fam = "scipy"
-    if fam == "scipy":
-        text, imports = ctx.module_ref("scipy.special")
-        r: tuple[str, tuple[str, ...]] | None = (f"{text}.log_expit", imports)
+    arg = neg_text(ctx, sig.x) if negate else ctx.text(sig.x)
+    safe = safe and how == "inline"
+    fam = "scipy" if sig.qual.startswith("scipy.") else family(ctx, sig)
+    r: tuple[str, tuple[str, ...]] | None
+    if fam == "scipy" or (fam == "numpy" and has_scipy(ctx)):
+        r = scipy_special_ref(ctx, "log_expit")
+    elif fam == "numpy":  # log(1 / (1 + exp(-x))) = -log(exp(0) + exp(-x))
+        f, imports = numpy_ref(ctx, "logaddexp")
+        minus = neg_text(ctx, sig.x) if not negate else ctx.text(sig.x)
+        return Fix(outer, as_operand(ctx, outer, f"-{f}(0, {minus})"), safe=safe, imports=imports)
     else:
         r = ref(ctx, fam, "log_sigmoid")
     if r is None:
         return None
-    from ._common import neg_text
-
-    arg = neg_text(ctx, sig.x) if negate else ctx.text(sig.x)
-    return Fix(outer, f"{r[0]}({arg})", safe=how == "inline", imports=r[1])
+    return Fix(outer, f"{r[0]}({arg})", safe=safe, imports=r[1])
 
 
 class LogSigmoid(Rule):
-    """``log(sigmoid(x))`` is -inf once ``sigmoid(x)`` underflows (x < -88 in float32, and inaccurate well before);
+    """Checks for `log(sigmoid(x))`, and `log(clamp(sigmoid(x), eps, 1 - eps))`.
+
+    ## What it does
+    Checks for `log(sigmoid(x))`, and `log(clamp(sigmoid(x), eps, 1 - eps))`.
+
+    ## Why is this bad?
+    ``log(sigmoid(x))`` is -inf once ``sigmoid(x)`` underflows (x < -88 in float32, and inaccurate well before);
     log_sigmoid computes ``-softplus(-x)`` directly.
 
-    Bad:
-        logp = torch.log(torch.sigmoid(z))
+    ## Example
+    ```python
+    import torch
+    import torch.nn.functional as F
 
-    Good:
-        logp = F.logsigmoid(z)
+    logp = torch.log(torch.sigmoid(z))
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+    import torch.nn.functional as F
+
+    logp = F.logsigmoid(z)
+    ```
+
+    ## Fix safety
+    The fix is safe for `log(sigmoid(x))` written inline: `F.logsigmoid`, `jax.nn.log_sigmoid`,
+    `scipy.special.log_expit` compute the same function. It is unsafe for the clamped form, whose value differs
+    where the clamp acts (that is the point: the gradient there is no longer 0).
+
+    ## References
+    - [torch.nn.functional.logsigmoid](https://pytorch.org/docs/stable/generated/torch.nn.functional.logsigmoid.html)
+    - [jax.nn.log_sigmoid](https://jax.readthedocs.io/en/latest/_autosummary/jax.nn.log_sigmoid.html)
     """
 
     code = "FG104"
@@ -68,8 +96,7 @@ class LogSigmoid(Rule):
         src = ctx.prob_source(clamp.x)
         if src is None or src[0] != "sigmoid" or src[1] is None:
             return
-        fix = log_sigmoid_fix(ctx, node, clamp.x, src[1], negate=False)
-        if fix is not None:
-            fix.safe = False  # differs from the clamped value where the sigmoid saturates
+        # unsafe: differs from the clamped value where the sigmoid saturates
+        fix = log_sigmoid_fix(ctx, node, clamp.x, src[1], negate=False, safe=False)
         yield Finding(node, "log of a clamped sigmoid: finite, but its gradient is 0 where the sigmoid saturates",
                       "use log_sigmoid (F.logsigmoid, jax.nn.log_sigmoid), exact and with a gradient everywhere", fix)

@@ -7,20 +7,44 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall
 from ..rule import Finding, Fix, Rule
-from ._common import exp_bounded, family, one_plus, ref
+from ._bounds import exp_bounded
+from ._common import family, one_plus, ref
 
 
 class Softplus(Rule):
-    """``log(1 + exp(x))`` overflows to inf for x > 88 in float32 and rounds to 0 for x < -17; softplus is exact at
+    """Checks for `log(1 + exp(x))` and `log1p(exp(x))` whose argument is not bounded.
+
+    ## What it does
+    Checks for `log(1 + exp(x))` and `log1p(exp(x))` whose argument is not bounded.
+
+    ## Why is this bad?
+    ``log(1 + exp(x))`` overflows to inf for x > 88 in float32 and rounds to 0 for x < -17; softplus is exact at
     both ends.
 
-    Bad:
-        y = torch.log(1 + torch.exp(x))
-        y = np.log1p(np.exp(-margin))
+    ## Example
+    ```python
+    import numpy as np
+    import torch
 
-    Good:
-        y = F.softplus(x)
-        y = np.logaddexp(0, -margin)
+    y = torch.log(1 + torch.exp(x))
+    y = np.log1p(np.exp(-margin))
+    ```
+
+    ## Use instead
+    ```python
+    import numpy as np
+    import torch
+
+    y = torch.nn.functional.softplus(x)
+    y = np.logaddexp(0, -margin)
+    ```
+
+    ## Fix safety
+    The fix is safe: `F.softplus`, `jax.nn.softplus` and NumPy's `np.logaddexp(0, x)` are the same function.
+
+    ## References
+    - [torch.nn.functional.softplus](https://pytorch.org/docs/stable/generated/torch.nn.functional.softplus.html)
+    - [numpy.logaddexp](https://numpy.org/doc/stable/reference/generated/numpy.logaddexp.html)
     """
 
     code = "FG105"  # exp arguments bounded by a where/if branch or a max-shift are not reported

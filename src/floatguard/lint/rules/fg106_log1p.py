@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall, const_value
 from ..rule import Finding, Fix, Rule
-from ._common import family, integer_valued, neg_text, one_minus, one_plus, paren, prob_like_name, ref
+from ._bounds import integer_valued
+from ._common import family, neg_text, one_minus, one_plus, paren, prob_like_name, ref
 
 _LOGS = ("numpy.log", "torch.log", "math.log", "jax.numpy.log", "tensorflow.math.log", "keras.ops.log")
 
@@ -26,16 +27,40 @@ def same_module_fix(ctx: Context, o: OpCall, op: str, arg: str) -> tuple[str, tu
 
 
 class Log1p(Rule):
-    """``log(1 + x)`` loses all digits of ``x`` below 2**-24 (float32) because ``1 + x`` rounds first; log1p keeps
+    """Checks for `log(1 + x)` and `log(1 - x)` where `x` may be small.
+
+    ## What it does
+    Checks for `log(1 + x)` and `log(1 - x)` where `x` may be small.
+
+    ## Why is this bad?
+    ``log(1 + x)`` loses all digits of ``x`` below 2**-24 (float32) because ``1 + x`` rounds first; log1p keeps
     them.
 
-    Bad:
-        y = torch.log(1 + rate)
-        z = np.log(1 - p)
+    ## Example
+    ```python
+    import numpy as np
+    import torch
 
-    Good:
-        y = torch.log1p(rate)
-        z = np.log1p(-p)
+    y = torch.log(1 + rate)
+    z = np.log(1 - x)
+    ```
+
+    ## Use instead
+    ```python
+    import numpy as np
+    import torch
+
+    y = torch.log1p(rate)
+    z = np.log1p(-x)
+    ```
+
+    ## Fix safety
+    The fix is safe: `log1p` of the same module (`torch.log1p`, `np.log1p`, `math.log1p`, `x.log1p()`) is the same
+    function.
+
+    ## References
+    - [numpy.log1p](https://numpy.org/doc/stable/reference/generated/numpy.log1p.html)
+    - [Goldberg, What every computer scientist should know about floating-point arithmetic](https://docs.oracle.com/cd/E19957-01/806-3568/ncg_goldberg.html)
     """
 
     code = "FG106"
@@ -60,7 +85,7 @@ class Log1p(Rule):
             return  # a constant or a count: 1 + x is exact or x is never small
         arg = neg_text(ctx, x) if negate else ctx.text(x)
         if log.method:
-            fix = Fix(node, f"{paren(ctx, x) if not negate else '(' + arg + ')'}.log1p()")
+            fix: Fix | None = Fix(node, f"{paren(ctx, x) if not negate else '(' + arg + ')'}.log1p()")
         else:
             r = same_module_fix(ctx, log, "log1p", arg)
             fix = Fix(node, r[0], imports=r[1]) if r is not None else None

@@ -12,14 +12,35 @@ from .fg106_log1p import same_module_fix
 
 
 class Expm1(Rule):
-    """``exp(x) - 1`` cancels catastrophically for small ``x`` (all digits lost below 2**-24 in float32); expm1
-    keeps them.
+    """Checks for `exp(x) - 1`, which cancels where `x` is small.
 
-    Bad:
-        g = torch.exp(t) - 1
+    ## What it does
+    Checks for `exp(x) - 1`, which cancels where `x` is small.
 
-    Good:
-        g = torch.expm1(t)
+    ## Why is this bad?
+    ``exp(x) - 1`` cancels catastrophically for small ``x`` (all digits lost below 2**-24 in float32); expm1 keeps
+    them.
+
+    ## Example
+    ```python
+    import torch
+
+    g = torch.exp(t) - 1
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+
+    g = torch.expm1(t)
+    ```
+
+    ## Fix safety
+    The fix is safe: `expm1` of the same module (`torch.expm1`, `np.expm1`, `x.expm1()`) is the same function.
+
+    ## References
+    - [numpy.expm1](https://numpy.org/doc/stable/reference/generated/numpy.expm1.html)
+    - [torch.expm1](https://pytorch.org/docs/stable/generated/torch.expm1.html)
     """
 
     code = "FG107"

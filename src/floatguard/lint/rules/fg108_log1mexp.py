@@ -6,19 +6,41 @@ import ast
 from collections.abc import Iterator
 
 from ..analysis import Context
-from ..rule import Finding, Fix, Rule
-from ._common import fg_ref, one_minus
+from ..rule import Finding, Rule
+from ._common import dep_hint, fg_fix, fg_ref, one_minus
 
 
 class Log1mExp(Rule):
-    """``log(1 - exp(x))`` (x < 0) cancels for x near 0 and rounds ``1 - exp(x)`` to 1 for x below -17; log1mexp
+    """Checks for `log(1 - exp(x))`, the log of a complement given as a log.
+
+    ## What it does
+    Checks for `log(1 - exp(x))`, the log of a complement given as a log.
+
+    ## Why is this bad?
+    ``log(1 - exp(x))`` (x < 0) cancels for x near 0 and rounds ``1 - exp(x)`` to 1 for x below -17; log1mexp
     switches between ``log(-expm1(x))`` and ``log1p(-exp(x))`` at -ln 2.
 
-    Bad:
-        log_surv = torch.log(1 - torch.exp(log_cdf))
+    ## Example
+    ```python
+    import torch
 
-    Good:
-        log_surv = floatguard.log1mexp(log_cdf)
+    log_surv = torch.log(1 - torch.exp(log_cdf))
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+    import floatguard
+
+    log_surv = floatguard.log1mexp(log_cdf)
+    ```
+
+    ## Fix safety
+    No framework has `log1mexp`: the fix calls `floatguard.log1mexp` and adds `import floatguard`, a new dependency,
+    so it is unsafe; where the file already imports floatguard it is safe.
+
+    ## References
+    - [Mächler, Accurately computing log(1 - exp(-|a|))](https://cran.r-project.org/web/packages/Rmpfr/vignettes/log1mexp-note.pdf)
     """
 
     code = "FG108"
@@ -34,6 +56,6 @@ class Log1mExp(Rule):
         if exp is None or exp.x is None:
             return
         f, imports = fg_ref(ctx, "log1mexp")
+        fix = fg_fix(node, f"{f}({ctx.text(exp.x)})", imports, safe=True)
         yield Finding(node, "log(1 - exp(x)) cancels near x = 0 and loses everything below x = -17",
-                      "use log1mexp (floatguard.log1mexp)", Fix(node, f"{f}({ctx.text(exp.x)})",
-                                                                 imports=imports))
+                      dep_hint("use log1mexp (floatguard.log1mexp)", fix, "no framework has log1mexp"), fix)

@@ -5,27 +5,61 @@ from __future__ import annotations
 import ast
 from collections.abc import Iterator
 
-from ..analysis import Context, OpCall
+from ..analysis import Context, OpCall, is_pure
 from ..rule import Finding, Fix, Rule
-from ._common import exp_bounded, family, fg_ref, is_const, neg_text, one_plus, ref
+from ._bounds import exp_bounded
+from ._common import (
+    dep_hint,
+    family,
+    fg_fix,
+    fg_ref,
+    is_const,
+    neg_text,
+    numpy_ref,
+    one_plus,
+    ref,
+    scipy_special_ref,
+    uses_floatguard,
+)
 
 
 class NaiveSigmoid(Rule):
-    """``1 / (1 + exp(-x))`` overflows in ``exp`` for x < -88 in float32 (a warning in NumPy, inf*0 = NaN gradients
+    """Checks for `1 / (1 + exp(-x))` and `exp(x) / (1 + exp(x))` written out where a gradient flows.
+
+    ## What it does
+    Checks for `1 / (1 + exp(-x))` and `exp(x) / (1 + exp(x))` written out where a gradient flows.
+
+    Not reported: ``1 / (1 + exp(-x))`` where nothing is differentiated (plain NumPy, ``math``, ``torch.no_grad()``,
+    a function with its own custom_jvp/vjp) since ``1 / (1 + inf)`` is the right 0 there; an exp whose argument is
+    <= 0 by construction (``-abs(x)``, ``u[u <= 0]``, a branch of ``where(x < t, ...)``).
+
+    ## Why is this bad?
+    ``1 / (1 + exp(-x))`` overflows in ``exp`` for x < -88 in float32 (a warning in NumPy, inf*0 = NaN gradients
     under autograd) and ``exp(x) / (1 + exp(x))`` is inf/inf = NaN for x > 88; sigmoid is finite everywhere.
 
-    Not reported: ``1 / (1 + exp(-x))`` where nothing is differentiated (plain NumPy, ``math``,
-    ``torch.no_grad()``, a function with its own custom_jvp/vjp) since ``1 / (1 + inf)`` is the right 0
-    there; an exp whose argument is <= 0 by construction (``-abs(x)``, ``u[u <= 0]``, a branch of
-    ``where(x < t, ...)``).
+    ## Example
+    ```python
+    import torch
 
-    Bad:
-        p = 1 / (1 + np.exp(-z))
-        p = torch.exp(z) / (1 + torch.exp(z))
+    p = 1 / (1 + torch.exp(-z))
+    q = torch.exp(z) / (1 + torch.exp(z))
+    ```
 
-    Good:
-        p = scipy.special.expit(z)
-        p = torch.sigmoid(z)
+    ## Use instead
+    ```python
+    import torch
+
+    p = torch.sigmoid(z)
+    q = torch.sigmoid(z)
+    ```
+
+    ## Fix safety
+    The fix is safe: `torch.sigmoid`, `jax.nn.sigmoid`, `scipy.special.expit` (where SciPy is imported) or, in NumPy
+    without SciPy, the two-branch form `exp(minimum(x, 0)) / (1 + exp(-abs(x)))` compute the same function.
+
+    ## References
+    - [torch.sigmoid](https://pytorch.org/docs/stable/generated/torch.sigmoid.html)
+    - [scipy.special.expit](https://docs.scipy.org/doc/scipy/reference/generated/scipy.special.expit.html)
     """
 
     code = "FG109"
@@ -56,16 +90,29 @@ class NaiveSigmoid(Rule):
             if num is None or num.x is None or ctx.text(num.x) != ctx.text(exp.x):
                 return
             arg = ctx.text(exp.x)
-        yield Finding(node, "hand-written sigmoid overflows in exp for large |x|", "use sigmoid / expit",
-                      self._fix(ctx, node, exp, arg))
+        fix = self._fix(ctx, node, exp, arg)
+        yield Finding(node, "hand-written sigmoid overflows in exp for large |x|",
+                      dep_hint("use sigmoid / expit", fix, "NumPy has no sigmoid"), fix)
 
     def _fix(self, ctx: Context, node: ast.BinOp, exp: OpCall, arg: str) -> Fix | None:
         fam = family(ctx, exp)
-        if fam in ("numpy", "torch"):
-            # torch.sigmoid and scipy's expit round sigmoid(-90) to 0 like the naive form, and torch's
-            # backward y * (1 - y) loses up to 12 bits; floatguard's sigmoid is <= 1 ulp, gradient included
+        if fam in ("numpy", "torch") and uses_floatguard(ctx):
+            # already a dependency: floatguard's sigmoid is <= 1 ulp, gradient included (torch.sigmoid rounds
+            # sigmoid(-90) to 0 and its backward y * (1 - y) loses up to 12 bits)
             f, imports = fg_ref(ctx, "sigmoid")
-            return Fix(node, f"{f}({arg})", imports=imports)
+            return fg_fix(node, f"{f}({arg})", imports, safe=True)
+        if fam == "numpy":
+            sp = scipy_special_ref(ctx, "expit")
+            if sp is not None:
+                return Fix(node, f"{sp[0]}({arg})", imports=sp[1])
+            if exp.x is not None and is_pure(exp.x):
+                # NumPy has no sigmoid: the two-branch form as one expression, exp of a non-positive number only
+                f, imports = numpy_ref(ctx, "exp")
+                m, _ = numpy_ref(ctx, "minimum")
+                a, _ = numpy_ref(ctx, "abs")
+                return Fix(node, f"{f}({m}({arg}, 0)) / (1 + {f}(-{a}({arg})))", imports=imports)
+            f, imports = fg_ref(ctx, "sigmoid")
+            return fg_fix(node, f"{f}({arg})", imports, safe=True)
         r = ref(ctx, fam, "sigmoid")
         if r is None:
             return None

@@ -11,17 +11,38 @@ from ._common import STABLE, family, prob_like_name, rest_args
 
 
 class ProductOfProbabilities(Rule):
-    """A product of many probabilities underflows to 0 (a few hundred factors of 0.1 in float64, 45 in float32), and
+    """Checks for `log(prod(p))`, running products of probabilities in a loop, and products of probabilities.
+
+    ## What it does
+    Checks for `log(prod(p))`, running products of probabilities in a loop, and products of probabilities.
+
+    Also reported, without a fix: a running product `likelihood *= probs[t, y[t]]` in a loop that starts at 1
+    (accumulate log-probabilities with `+` instead), and a product of probabilities.
+
+    ## Why is this bad?
+    A product of many probabilities underflows to 0 (a few hundred factors of 0.1 in float64, 45 in float32), and
     its log is then -inf; add logs instead.
 
-    Bad:
-        seq_logp = torch.log(torch.prod(step_probs, dim=-1))
-        for t in range(T):
-            likelihood *= probs[t, y[t]]
+    ## Example
+    ```python
+    import torch
 
-    Good:
-        seq_logp = torch.sum(torch.log(step_probs), dim=-1)
-        loglik = sum(log_probs[t, y[t]] for t in range(T))
+    seq_logp = torch.log(torch.prod(step_probs, dim=-1))
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+
+    seq_logp = torch.sum(torch.log(step_probs), dim=-1)
+    ```
+
+    ## Fix safety
+    The fix for `log(prod(p))` is safe: `sum(log(p))` over the same axis is the same function. Running products in a
+    loop are reported without one.
+
+    ## References
+    - [Log probability (Wikipedia)](https://en.wikipedia.org/wiki/Log_probability)
     """
 
     code = "FG110"

@@ -7,32 +7,54 @@ from collections.abc import Iterator
 
 from ..analysis import Context
 from ..rule import Finding, Rule
-from ._common import guarded, one_minus, prob_like_name
+from ._bounds import guarded
+from ._common import one_minus, prob_like_name
 
 
 class LogOfProbability(Rule):
-    """A hand-written loss that takes ``log`` of a probability with nothing keeping it from 0 gives -inf, then NaN
-    (``0 * -inf``) once a prediction saturates; compute the loss from the logits.
+    """Checks for `log(p)` of a probability with no clamp or eps in a loss.
 
-    The probability is often produced in another function or file (the model's
-    ``forward`` ends in a sigmoid or softmax), so the rule judges the ``log`` by what
-    guards it: an ``eps`` added, a clamp/clip (also inside a helper of the file), ``p[p > 0]``, or a
-    value that is positive by construction silence it. Where only a name says "probability"
-    (``proba``, ``predict_proba(X)``) and nothing is differentiated (NumPy), or the value is a
-    distribution object's own parameter (``self.probs`` outside a Module/Layer/Model/Loss),
-    ``log(0) = -inf`` is the exact answer and nothing is reported.
+    ## What it does
+    Checks for `log(p)` of a probability with no clamp or eps in a loss.
 
-    Bad:
-        def bce(p, y):
-            return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+    The probability is often produced in another function or file (the model's ``forward`` ends in a sigmoid or
+    softmax), so the rule judges the ``log`` by what guards it: an ``eps`` added, a clamp/clip (also inside a helper
+    of the file), ``p[p > 0]``, or a value that is positive by construction silence it. Where only a name says
+    "probability" (``proba``, ``predict_proba(X)``) and nothing is differentiated (NumPy), or the value is a
+    distribution object's own parameter (``self.probs`` outside a Module/Layer/Model/Loss), ``log(0) = -inf`` is the
+    exact answer and nothing is reported.
 
-        probs = model(x)              # forward() ends in softmax
-        loss = -torch.log(probs[range(n), y]).mean()
+    ## Why is this bad?
+    A hand-written loss that takes ``log`` of a probability with nothing keeping it from 0 gives -inf, then NaN (``0
+    * -inf``) once a prediction saturates; compute the loss from the logits.
 
-    Good:
-        loss = F.binary_cross_entropy_with_logits(logits, y)
-        loss = F.cross_entropy(logits, y)
-        loss = -(y * torch.log(p.clamp_min(1e-7))).sum()   # if only probabilities exist
+    ## Example
+    ```python
+    import torch
+
+    def bce(p, y):
+        return -(y * torch.log(p) + (1 - y) * torch.log(1 - p)).mean()
+
+    probs = model(x)              # forward() ends in softmax
+    loss = -torch.log(probs[range(n), y]).mean()
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+    import torch.nn.functional as F
+
+    loss = F.binary_cross_entropy_with_logits(logits, y)
+    loss = F.cross_entropy(logits, y)
+    loss = -(y * torch.log(p.clamp_min(1e-7))).sum()   # if only probabilities exist
+    ```
+
+    ## Fix safety
+    There is no fix: the stable form needs the logits, which the rule cannot always see.
+
+    ## References
+    - [torch.nn.functional.binary_cross_entropy_with_logits](https://pytorch.org/docs/stable/generated/torch.nn.functional.binary_cross_entropy_with_logits.html)
+    - [torch.nn.functional.cross_entropy](https://pytorch.org/docs/stable/generated/torch.nn.functional.cross_entropy.html)
     """
 
     code = "FG111"

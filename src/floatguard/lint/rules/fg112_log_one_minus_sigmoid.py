@@ -7,19 +7,42 @@ from collections.abc import Iterator
 
 from ..analysis import Context
 from ..rule import Finding, Rule
-from ._common import guarded, one_minus
+from ._bounds import guarded
+from ._common import one_minus
 from .fg104_log_sigmoid import log_sigmoid_fix
 
 
 class LogOneMinusSigmoid(Rule):
-    """``log(1 - sigmoid(x))`` is -inf once ``sigmoid(x)`` rounds to 1 (x > 17 in float32) and cancels well before;
-    it equals ``log_sigmoid(-x)``.
+    """Checks for `log(1 - sigmoid(x))`, the log of a sigmoid's complement.
 
-    Bad:
-        loss = -(y * torch.log(p) + (1 - y) * torch.log(1 - torch.sigmoid(z)))
+    ## What it does
+    Checks for `log(1 - sigmoid(x))`, the log of a sigmoid's complement.
 
-    Good:
-        loss = -(y * F.logsigmoid(z) + (1 - y) * F.logsigmoid(-z))
+    ## Why is this bad?
+    ``log(1 - sigmoid(x))`` is -inf once ``sigmoid(x)`` rounds to 1 (x > 17 in float32) and cancels well before; it
+    equals ``log_sigmoid(-x)``.
+
+    ## Example
+    ```python
+    import torch
+    import torch.nn.functional as F
+
+    loss = -(y * torch.log(p) + (1 - y) * torch.log(1 - torch.sigmoid(z)))
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+    import torch.nn.functional as F
+
+    loss = -(y * torch.log(p) + (1 - y) * F.logsigmoid(-z))
+    ```
+
+    ## Fix safety
+    The fix is safe when the sigmoid is written inline: `log_sigmoid(-x)` is the same function.
+
+    ## References
+    - [torch.nn.functional.logsigmoid](https://pytorch.org/docs/stable/generated/torch.nn.functional.logsigmoid.html)
     """
 
     code = "FG112"

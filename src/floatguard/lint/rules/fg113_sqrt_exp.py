@@ -11,15 +11,36 @@ from ._common import paren
 
 
 class SqrtExp(Rule):
-    """``sqrt(exp(x))`` overflows to inf for x > 88 in float32 although the result ``exp(x / 2)`` is finite up to
-    177 (the VAE ``std`` from ``logvar``).
+    """Checks for `sqrt(exp(x))` and `exp(x) ** 0.5`.
 
-    Bad:
-        std = torch.sqrt(torch.exp(logvar))
-        std = torch.exp(logvar) ** 0.5
+    ## What it does
+    Checks for `sqrt(exp(x))` and `exp(x) ** 0.5`.
 
-    Good:
-        std = torch.exp(0.5 * logvar)
+    ## Why is this bad?
+    ``sqrt(exp(x))`` overflows to inf for x > 88 in float32 although the result ``exp(x / 2)`` is finite up to 177
+    (the VAE ``std`` from ``logvar``).
+
+    ## Example
+    ```python
+    import torch
+
+    std = torch.sqrt(torch.exp(logvar))
+    std = torch.exp(logvar) ** 0.5
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+
+    std = torch.exp(0.5 * logvar)
+    std = torch.exp(0.5 * logvar)
+    ```
+
+    ## Fix safety
+    The fix is safe: `exp(0.5 * x)` is the same function.
+
+    ## References
+    - [torch.exp](https://pytorch.org/docs/stable/generated/torch.exp.html)
     """
 
     code = "FG113"

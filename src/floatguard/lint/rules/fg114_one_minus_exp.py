@@ -12,14 +12,34 @@ from .fg106_log1p import same_module_fix
 
 
 class OneMinusExp(Rule):
-    """``1 - exp(-x)`` cancels for small ``x``: a probability ``1 - exp(-rate * t)`` or a decay loses every digit
-    below 2**-24 in float32 (and is exactly 0 below that); ``-expm1(-x)`` keeps them.
+    """Checks for `1 - exp(x)` where `x` may be small.
 
-    Bad:
-        p_event = 1 - torch.exp(-rate * t)
+    ## What it does
+    Checks for `1 - exp(x)` where `x` may be small.
 
-    Good:
-        p_event = -torch.expm1(-rate * t)
+    ## Why is this bad?
+    ``1 - exp(-x)`` cancels for small ``x``: a probability ``1 - exp(-rate * t)`` or a decay loses every digit below
+    2**-24 in float32 (and is exactly 0 below that); ``-expm1(-x)`` keeps them.
+
+    ## Example
+    ```python
+    import torch
+
+    p_event = 1 - torch.exp(-rate * t)
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+
+    p_event = -torch.expm1(-rate * t)
+    ```
+
+    ## Fix safety
+    The fix is safe: `-expm1(x)` of the same module is the same function.
+
+    ## References
+    - [numpy.expm1](https://numpy.org/doc/stable/reference/generated/numpy.expm1.html)
     """
 
     code = "FG114"

@@ -7,24 +7,49 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall, const_value
 from ..rule import Finding, Fix, Rule
-from ._common import division_parts, guarded, reduce_args
+from ._bounds import guarded
+from ._common import division_parts, reduce_args
 
 
 class UnguardedNormalization(Rule):
-    """Dividing by a norm, a standard deviation or a sum of non-negative weights gives 0/0 = NaN the first time that
-    is 0 (a zero embedding, a constant feature, an all-masked row); add an eps or clamp the denominator.
+    """Checks for a division by a norm, a standard deviation or a sum of the same quantity with no eps, in
+    differentiated code.
+
+    ## What it does
+    Checks for a division by a norm, a standard deviation or a sum of the same quantity with no eps, in
+    differentiated code.
 
     Checked in code that is differentiated: loss functions, ``forward``, methods of Module/Layer classes.
 
-    Bad:
-        x = x / x.norm(dim=-1, keepdim=True)
-        z = (x - x.mean(0)) / x.std(0)
-        w = w / w.sum(dim=-1, keepdim=True)
+    Also reported, without a fix: `(x - x.mean(0)) / x.std(0)` and `w / w.sum(dim=-1, keepdim=True)` (add an eps or
+    `clamp_min`).
 
-    Good:
-        x = F.normalize(x, dim=-1)
-        z = (x - x.mean(0)) / (x.std(0) + 1e-6)
-        w = w / w.sum(dim=-1, keepdim=True).clamp_min(1e-12)
+    ## Why is this bad?
+    Dividing by a norm, a standard deviation or a sum of non-negative weights gives 0/0 = NaN the first time that is
+    0 (a zero embedding, a constant feature, an all-masked row); add an eps or clamp the denominator.
+
+    ## Example
+    ```python
+    import torch
+    import torch.nn.functional as F
+
+    x = x / x.norm(dim=-1, keepdim=True)
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+    import torch.nn.functional as F
+
+    x = F.normalize(x, dim=-1)
+    ```
+
+    ## Fix safety
+    The fix (`F.normalize` for `x / x.norm(dim=d, keepdim=True)`) is unsafe: it returns 0 instead of NaN for a zero
+    vector and clamps tiny norms at 1e-12. Divisions by a standard deviation or a sum are reported without one.
+
+    ## References
+    - [torch.nn.functional.normalize](https://pytorch.org/docs/stable/generated/torch.nn.functional.normalize.html)
     """
 
     code = "FG201"

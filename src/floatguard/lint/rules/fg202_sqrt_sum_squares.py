@@ -7,7 +7,8 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall, const_value
 from ..rule import Finding, Fix, Rule
-from ._common import AXIS_KW, guarded, reduce_args
+from ._bounds import guarded
+from ._common import AXIS_KW, reduce_args
 
 _AUTOGRAD = ("torch", "jax", "tf", "keras", "array")
 
@@ -29,18 +30,38 @@ def square_of(ctx: Context, node: ast.expr | None) -> ast.expr | None:
 
 
 class SqrtSumSquares(Rule):
-    """The gradient of ``sqrt(sum(x**2))`` is ``x / sqrt(...)``, 0/0 = NaN when the vector is 0 (identical points,
-    padding), even though the value 0 is fine; use a norm whose gradient is defined at 0 or add an eps inside
-    the sqrt.
+    """Checks for `sqrt(sum(x ** 2))` in differentiated code.
+
+    ## What it does
+    Checks for `sqrt(sum(x ** 2))` in differentiated code.
 
     Checked in code that is differentiated: loss functions, ``forward``, methods of Module/Layer classes.
 
-    Bad:
-        d = torch.sqrt(((a - b) ** 2).sum(-1))
+    ## Why is this bad?
+    The gradient of ``sqrt(sum(x**2))`` is ``x / sqrt(...)``, 0/0 = NaN when the vector is 0 (identical points,
+    padding), even though the value 0 is fine; use a norm whose gradient is defined at 0 or add an eps inside the
+    sqrt.
 
-    Good:
-        d = torch.linalg.vector_norm(a - b, dim=-1)
-        d = jnp.sqrt(jnp.sum((a - b) ** 2, -1) + 1e-12)
+    ## Example
+    ```python
+    import torch
+
+    d = torch.sqrt(((a - b) ** 2).sum(-1))
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+
+    d = torch.linalg.vector_norm(a - b, dim=-1)
+    ```
+
+    ## Fix safety
+    The fix is safe: `torch.linalg.vector_norm` has the same value, and its gradient at 0 is 0.
+
+    ## References
+    - [torch.linalg.vector_norm](https://pytorch.org/docs/stable/generated/torch.linalg.vector_norm.html)
+    - [JAX FAQ: gradients contain NaN where using where](https://jax.readthedocs.io/en/latest/faq.html#gradients-contain-nan-where-using-where)
     """
 
     code = "FG202"

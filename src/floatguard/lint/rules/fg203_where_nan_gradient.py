@@ -7,25 +7,47 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall, const_value, is_pure
 from ..rule import Finding, Fix, Rule
-from ._common import guarded, scalar_param, tally
+from ._bounds import guarded, scalar_param, tally
 
 
 class WhereNanGradient(Rule):
-    """``where(cond, log(x), y)`` still differentiates ``log(x)`` where ``cond`` is false, and ``0 * inf`` there
-    makes the gradient NaN; mask the input of the unsafe op, not its output.
+    """Checks for `where(cond, log(x), y)` (also `sqrt`, division) whose condition masks the unsafe op's input.
 
-    Opt-in (``--select FG203``): in mature code most such ``where`` calls sit in code nothing
-    differentiates (metrics, optimizer state), see ``benchmarks/lint_precision``. Not reported under
-    ``no_grad``, in functions with their own derivative, or when the divisor is a count or a scalar
-    hyperparameter (``beta: float = 1.0``).
+    ## What it does
+    Checks for `where(cond, log(x), y)` (also `sqrt`, division) whose condition masks the unsafe op's input.
 
-    Bad:
-        y = torch.where(x > 0, torch.log(x), torch.zeros_like(x))
-        r = jnp.where(d > 0, jnp.sqrt(d), 0.0)
+    Opt-in (``--select FG203``): in mature code most such ``where`` calls sit in code nothing differentiates
+    (metrics, optimizer state), see ``benchmarks/lint_precision``. Not reported under ``no_grad``, in functions with
+    their own derivative, or when the divisor is a count or a scalar hyperparameter (``beta: float = 1.0``).
 
-    Good:
-        y = torch.where(x > 0, torch.log(torch.where(x > 0, x, 1.0)), torch.zeros_like(x))
-        r = jnp.where(d > 0, jnp.sqrt(jnp.where(d > 0, d, 1.0)), 0.0)
+    ## Why is this bad?
+    ``where(cond, log(x), y)`` still differentiates ``log(x)`` where ``cond`` is false, and ``0 * inf`` there makes
+    the gradient NaN; mask the input of the unsafe op, not its output.
+
+    ## Example
+    ```python
+    import torch
+    import jax.numpy as jnp
+
+    y = torch.where(x > 0, torch.log(x), torch.zeros_like(x))
+    r = jnp.where(d > 0, jnp.sqrt(d), 0.0)
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+    import jax.numpy as jnp
+
+    y = torch.where(x > 0, torch.log(torch.where(x > 0, x, 1.0)), torch.zeros_like(x))
+    r = jnp.where(d > 0, jnp.sqrt(jnp.where(d > 0, d, 1.0)), 0.0)
+    ```
+
+    ## Fix safety
+    The fix is safe: masking the input with a second `where` keeps every selected value and makes the discarded
+    branch's gradient finite.
+
+    ## References
+    - [JAX FAQ: gradients contain NaN where using where](https://jax.readthedocs.io/en/latest/faq.html#gradients-contain-nan-where-using-where)
     """
 
     code = "FG203"

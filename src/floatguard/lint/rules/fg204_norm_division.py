@@ -7,26 +7,52 @@ from collections.abc import Iterator
 
 from ..analysis import Context
 from ..rule import Finding, Rule
-from ._common import division_parts, guarded
+from ._bounds import guarded
+from ._common import division_parts
 from .fg201_unguarded_normalization import normalize_fix
 
 _NONZERO_SOURCE = ("normal", "randn", "sample", "eigh", "eig", "svd", "qr", "uniform", "rand")
 
 
 class NormDivision(Rule):
-    """``x / norm(x)`` outside a model or loss (an optimizer step ``grad / grad.norm()``, a feature normalisation,
-    an eval metric) is 0/0 = NaN for a zero vector: a zero gradient, a padded row, a point cloud of identical
-    points. ``F.normalize`` (or ``+ eps``) returns 0 there. Inside differentiated code FG201 reports it.
+    """Checks for `x / norm(x)` outside a model or loss (an optimizer step, a feature normalisation).
 
-    Bad:
-        @torch.no_grad()
-        def normalized_step(p, lr):
-            p -= lr * p.grad / p.grad.norm()
+    ## What it does
+    Checks for `x / norm(x)` outside a model or loss (an optimizer step, a feature normalisation).
 
-    Good:
-        @torch.no_grad()
-        def normalized_step(p, lr):
-            p -= lr * p.grad / p.grad.norm().clamp_min(1e-12)
+    Also reported, without a fix: an optimizer step `p -= lr * p.grad / p.grad.norm()` under `torch.no_grad()`
+    (clamp the norm: `p.grad.norm().clamp_min(1e-12)`).
+
+    ## Why is this bad?
+    ``x / norm(x)`` outside a model or loss (an optimizer step ``grad / grad.norm()``, a feature normalisation, an
+    eval metric) is 0/0 = NaN for a zero vector: a zero gradient, a padded row, a point cloud of identical points.
+    ``F.normalize`` (or ``+ eps``) returns 0 there. Inside differentiated code FG201 reports it.
+
+    ## Example
+    ```python
+    import torch
+    import torch.nn.functional as F
+
+    @torch.no_grad()
+    def normalized(x):
+        return x / x.norm(dim=-1, keepdim=True)
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+    import torch.nn.functional as F
+
+    @torch.no_grad()
+    def normalized(x):
+        return F.normalize(x, dim=-1)
+    ```
+
+    ## Fix safety
+    The fix (`F.normalize`) is unsafe: it returns 0 instead of NaN for a zero vector.
+
+    ## References
+    - [torch.nn.functional.normalize](https://pytorch.org/docs/stable/generated/torch.nn.functional.normalize.html)
     """
 
     code = "FG204"
@@ -44,8 +70,8 @@ class NormDivision(Rule):
         o = ctx.ops(d, "norm")
         if o is None or o.x is None or o.family == "math" or guarded(ctx, den):
             return
-        x = ctx.text(ctx.strip_views(o.x))
-        if not any(ctx.text(ctx.strip_views(f)) == x for f in _factors(num)) or _nonzero(ctx, o.x):
+        x = ctx.text(ctx.strip_views(o.x) or o.x)
+        if not any(ctx.text(ctx.strip_views(f) or f) == x for f in _factors(num)) or _nonzero(ctx, o.x):
             return
         fix = normalize_fix(ctx, node, num, o)
         yield Finding(node, "division by its own norm with no eps: NaN for a zero vector",

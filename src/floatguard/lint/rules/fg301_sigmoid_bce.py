@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall
 from ..rule import Finding, Fix, Rule
-from ._common import fg_ref, reach
+from ._common import fg_fix, fg_ref, reach, rest_args, uses_floatguard
 
 
 def criterion_kind(ctx: Context, call: ast.Call) -> str | None:
@@ -29,18 +29,45 @@ def criterion_kind(ctx: Context, call: ast.Call) -> str | None:
 
 
 class SigmoidBCE(Rule):
-    """Binary cross-entropy on ``sigmoid(z)`` takes ``log`` of a probability that saturates: PyTorch clamps it at
-    -100 (wrong loss, zero gradient), Keras clips it at 1e-7; BCE with logits computes ``softplus`` terms
-    exactly.
+    """Checks for binary cross-entropy on sigmoid outputs (`F.binary_cross_entropy(torch.sigmoid(z), y)`, `nn.BCELoss`
+    after a final `Sigmoid`).
 
-    Bad:
-        loss = F.binary_cross_entropy(torch.sigmoid(logits), target)
-        criterion = nn.BCELoss()
-        loss = criterion(model(x), y)       # model ends in nn.Sigmoid()
+    ## What it does
+    Checks for binary cross-entropy on sigmoid outputs (`F.binary_cross_entropy(torch.sigmoid(z), y)`, `nn.BCELoss`
+    after a final `Sigmoid`).
 
-    Good:
-        loss = F.binary_cross_entropy_with_logits(logits, target)
-        criterion = nn.BCEWithLogitsLoss()  # and drop the final Sigmoid
+    ## Why is this bad?
+    Binary cross-entropy on ``sigmoid(z)`` takes ``log`` of a probability that saturates: PyTorch clamps it at -100
+    (wrong loss, zero gradient), Keras clips it at 1e-7; BCE with logits computes ``softplus`` terms exactly.
+
+    ## Example
+    ```python
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    loss = F.binary_cross_entropy(torch.sigmoid(logits), target)
+    criterion = nn.BCELoss()
+    loss = criterion(model(x), y)       # model ends in nn.Sigmoid()
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    loss = F.binary_cross_entropy_with_logits(logits, target)
+    criterion = nn.BCELoss()
+    loss = criterion(model(x), y)       # model ends in nn.Sigmoid()
+    ```
+
+    ## Fix safety
+    The fix is safe when the sigmoid is written inline: `F.binary_cross_entropy_with_logits` takes the same
+    arguments in the same places and computes the same loss without the clamp at -100.
+
+    ## References
+    - [torch.nn.functional.binary_cross_entropy_with_logits](https://pytorch.org/docs/stable/generated/torch.nn.functional.binary_cross_entropy_with_logits.html)
     """
 
     code = "FG301"
@@ -73,17 +100,24 @@ class SigmoidBCE(Rule):
         how = reach(ctx, inp, sig.node)
         if how is None or not isinstance(o.node.func, ast.Attribute) or not o.node.args:
             return None
-        # torch's binary_cross_entropy_with_logits loses up to 15 bits for moderately negative logits
-        # (log of 1 + exp(-|x|) without log1p); floatguard's is <= 1 ulp
-        names = ["target", "weight"]
-        rest = []
-        for i, a in enumerate(o.node.args[1:3]):
-            rest.append(ctx.text(a) if i == 0 else f"{names[i]}={ctx.text(a)}")
-        for k in o.node.keywords:
-            if k.arg not in ("target", "weight", "reduction"):
+        if uses_floatguard(ctx):
+            # already a dependency: floatguard's is <= 1 ulp (torch's loses up to 15 bits for moderately
+            # negative logits: log of 1 + exp(-|x|) without log1p)
+            names = ["target", "weight"]
+            rest = []
+            for i, a in enumerate(o.node.args[1:3]):
+                rest.append(ctx.text(a) if i == 0 else f"{names[i]}={ctx.text(a)}")
+            for k in o.node.keywords:
+                if k.arg not in ("target", "weight", "reduction"):
+                    return None
+                rest.append(f"{k.arg}={ctx.text(k.value)}" if k.arg != "target" else ctx.text(k.value))
+            if len(o.node.args) > 3 or not rest:
                 return None
-            rest.append(f"{k.arg}={ctx.text(k.value)}" if k.arg != "target" else ctx.text(k.value))
-        if len(o.node.args) > 3 or not rest:
-            return None
-        f, imports = fg_ref(ctx, "binary_cross_entropy_with_logits")
-        return Fix(o.node, f"{f}({', '.join([ctx.text(sig.x), *rest])})", safe=how == "inline", imports=imports)
+            f, imports = fg_ref(ctx, "binary_cross_entropy_with_logits")
+            return fg_fix(o.node, f"{f}({', '.join([ctx.text(sig.x), *rest])})", imports, safe=how == "inline")
+        # binary_cross_entropy(input, target, weight, size_average, reduce, reduction) and the with_logits form
+        # take the same arguments in the same places: rename and pass the logits
+        head = ctx.text(o.node.func.value)
+        rest = rest_args(ctx, o.node)
+        return Fix(o.node, f"{head}.binary_cross_entropy_with_logits({', '.join([ctx.text(sig.x), *rest])})",
+                   safe=how == "inline")

@@ -17,19 +17,38 @@ def _true(node: ast.expr | None) -> bool:
 
 
 class KerasFromLogits(Rule):
-    """Keras/TF losses must be told whether they get logits: ``from_logits=True`` on softmax/sigmoid outputs applies
+    """Checks for Keras/TF losses whose `from_logits` disagrees with the model's last activation.
+
+    ## What it does
+    Checks for Keras/TF losses whose `from_logits` disagrees with the model's last activation.
+
+    Also reported, without a fix: `from_logits=True` on a model whose last layer already applies softmax or sigmoid,
+    and the default `from_logits=False` on a linear last layer.
+
+    ## Why is this bad?
+    Keras/TF losses must be told whether they get logits: ``from_logits=True`` on softmax/sigmoid outputs applies
     the activation twice, and the default ``from_logits=False`` on a linear last layer treats logits as
     probabilities (clipped to [1e-7, 1 - 1e-7]).
 
-    Bad:
-        model = keras.Sequential([..., layers.Dense(10, activation="softmax")])
-        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        loss = tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=tf.nn.softmax(z))
+    ## Example
+    ```python
+    import tensorflow as tf
 
-    Good:
-        model = keras.Sequential([..., layers.Dense(10)])
-        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        loss = tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=z)
+    loss = tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=tf.nn.softmax(z))
+    ```
+
+    ## Use instead
+    ```python
+    import tensorflow as tf
+
+    loss = tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=z)
+    ```
+
+    ## Fix safety
+    The fix (pass the logits, not the softmax) is unsafe: it changes the loss.
+
+    ## References
+    - [keras.losses.SparseCategoricalCrossentropy](https://keras.io/api/losses/probabilistic_losses/#sparsecategoricalcrossentropy-class)
     """
 
     code = "FG303"

@@ -24,14 +24,36 @@ def big_constant(node: ast.expr | None) -> float | None:
 
 
 class Fp16OverflowConstant(Rule):
-    """A fill value such as ``-1e9`` is beyond float16's range (65504): under autocast or ``.half()`` it becomes
-    -inf (or an overflow error), and a fully masked row then gives NaN; use the dtype's own limit.
+    """Checks for fill values beyond float16's range (`-1e9`, `1e10`) in code that may run in half precision.
 
-    Bad:
-        scores = scores.masked_fill(mask == 0, -1e9)
+    ## What it does
+    Checks for fill values beyond float16's range (`-1e9`, `1e10`) in code that may run in half precision.
 
-    Good:
-        scores = scores.masked_fill(mask == 0, torch.finfo(scores.dtype).min)
+    ## Why is this bad?
+    A fill value such as ``-1e9`` is beyond float16's range (65504): under autocast or ``.half()`` it becomes -inf
+    (or an overflow error), and a fully masked row then gives NaN; use the dtype's own limit.
+
+    ## Example
+    ```python
+    import torch
+
+    # under torch.autocast
+    scores = scores.masked_fill(mask == 0, -1e9)
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+
+    # under torch.autocast
+    scores = scores.masked_fill(mask == 0, torch.finfo(scores.dtype).min)
+    ```
+
+    ## Fix safety
+    The fix (`torch.finfo(x.dtype).min`) is unsafe: the fill value changes in float32 too.
+
+    ## References
+    - [torch.finfo](https://pytorch.org/docs/stable/type_info.html#torch.finfo)
     """
 
     code = "FG401"
@@ -45,9 +67,10 @@ class Fp16OverflowConstant(Rule):
             return
         if isinstance(node, ast.Assign):
             match node:
-                case ast.Assign(targets=[ast.Subscript(value=recv)], value=value) if big_constant(value) is not None:
-                    if isinstance(recv, ast.Name | ast.Attribute) and _maskish(node.targets[0]):
-                        yield Finding(node, f"{ctx.text(value)} does not fit in float16 (max 65504)",
+                case ast.Assign(targets=[ast.Subscript(value=recv) as target], value=assigned) \
+                        if big_constant(assigned) is not None:
+                    if isinstance(recv, ast.Name | ast.Attribute) and _maskish(target):
+                        yield Finding(node, f"{ctx.text(assigned)} does not fit in float16 (max 65504)",
                                       "use torch.finfo(x.dtype).min / .max")
             return
         o = ctx.ops(node, "masked_fill", "where")

@@ -33,16 +33,36 @@ def _chain_top(ctx: Context, node: ast.AST) -> ast.AST:
 
 
 class FullyMaskedSoftmax(Rule):
-    """Masking with -inf before a softmax gives ``exp(-inf - (-inf))`` = NaN for a row whose every entry is masked
-    (an empty sequence, a padded query); use a masked softmax that returns zeros there.
+    """Checks for a softmax over scores masked with `-inf`.
 
-    Bad:
-        scores = scores.masked_fill(~mask, float("-inf"))
-        attn = scores.softmax(dim=-1)
+    ## What it does
+    Checks for a softmax over scores masked with `-inf`.
 
-    Good:
-        attn = floatguard.softmax(scores, axis=-1, where=mask)
-        # or: fill with torch.finfo(scores.dtype).min and zero the masked rows after
+    ## Why is this bad?
+    Masking with -inf before a softmax gives ``exp(-inf - (-inf))`` = NaN for a row whose every entry is masked (an
+    empty sequence, a padded query); use a masked softmax that returns zeros there.
+
+    ## Example
+    ```python
+    import torch
+
+    scores = scores.masked_fill(~mask, float("-inf"))
+    attn = scores.softmax(dim=-1)
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+
+    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    attn = scores.softmax(dim=-1) * mask.any(dim=-1, keepdim=True)
+    ```
+
+    ## Fix safety
+    There is no fix: whether a fully masked row should give zeros depends on the caller.
+
+    ## References
+    - [PyTorch issue 41508: softmax of all -inf gives NaN](https://github.com/pytorch/pytorch/issues/41508)
     """
 
     code = "FG402"

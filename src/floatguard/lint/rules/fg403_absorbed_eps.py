@@ -21,17 +21,38 @@ def _small(node: ast.expr | None) -> float | None:
 
 
 class AbsorbedEps(Rule):
-    """An eps that rounding swallows protects nothing: ``1e-8`` is 0 in float16, ``1e-50`` is 0 in float32, and
-    ``1e-10 + 1 - x`` rounds ``1 + 1e-10`` to 1 in float32 before ``x`` is subtracted; use a dtype-aware eps
-    and add it last.
+    """Checks for an eps that rounding absorbs: too small for the dtype, or added before a larger term.
 
-    Bad:
-        loss = -torch.log(p + 1e-8)            # under autocast / .half()
-        q = torch.log(1e-10 + 1 - p)
+    ## What it does
+    Checks for an eps that rounding absorbs: too small for the dtype, or added before a larger term.
 
-    Good:
-        loss = -torch.log(p + torch.finfo(p.dtype).tiny)
-        q = torch.log(1 - p + 1e-7)
+    Also reported, without a fix: an eps below the dtype's resolution in code that may run in half precision (`p +
+    1e-8` under autocast is `p`); use `torch.finfo(p.dtype).tiny` or `.eps`.
+
+    ## Why is this bad?
+    An eps that rounding swallows protects nothing: ``1e-8`` is 0 in float16, ``1e-50`` is 0 in float32, and ``1e-10
+    + 1 - x`` rounds ``1 + 1e-10`` to 1 in float32 before ``x`` is subtracted; use a dtype-aware eps and add it
+    last.
+
+    ## Example
+    ```python
+    import torch
+
+    q = torch.log(1e-10 + 1 - p)
+    ```
+
+    ## Use instead
+    ```python
+    import torch
+
+    q = torch.log(1 - p + 1e-10)
+    ```
+
+    ## Fix safety
+    The fix (add the eps last) is unsafe: the value changes in the last digits.
+
+    ## References
+    - [torch.finfo](https://pytorch.org/docs/stable/type_info.html#torch.finfo)
     """
 
     code = "FG403"

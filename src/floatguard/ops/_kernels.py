@@ -1,0 +1,153 @@
+"""One table of fast kernels per op, keyed by backend and dtype, chosen in one place.
+
+Each op is defined once (:mod:`.reductions`, :mod:`.elementwise`) against the array
+namespace of its input; that generic code is the fallback. A backend may attach fast
+kernels to an op, as ``torch.library`` attaches a kernel per dispatch key and JAX a
+lowering per platform::
+
+    @register("softmax", "torch", stage="rows", dtypes=(torch.float32, ...))
+    def _softmax_rows(rows): ...
+
+and the op asks :func:`select` once for the kernel of its input. Two stages:
+
+``"call"``
+    The plain call, before any argument work: ``fn(x, *args)`` gets the op's raw
+    arguments and returns the result, or None to decline (the op then takes its full path).
+    Keyed by the exact type of ``x`` (``torch.Tensor``), so that a small call costs a
+    dictionary lookup.
+``"rows"``
+    After the arguments are checked and the reduced axes moved last and flattened:
+    ``fn(rows)`` gets a non-empty ``(R, n)`` array and returns the op's value per row
+    (``logsumexp``: ``R`` values, in the input dtype or wider; ``softmax`` and
+    ``log_softmax``: ``(R, n)`` in the input dtype).
+
+A backend's kernels are registered by the module that holds them (:data:`PROVIDERS`),
+imported the first time an array of that backend asks: PyTorch and JAX are imported only
+when their arrays arrive.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+__all__ = ["OPS", "PROVIDERS", "Kernel", "kernels", "register", "select", "select_call"]
+
+Stage = Literal["call", "rows"]
+F = TypeVar("F", bound=Callable[..., Any])
+
+OPS = frozenset({
+    "logsumexp", "softmax", "log_softmax",  # rows and call kernels
+    "softplus", "log_sigmoid", "log1mexp", "logaddexp",  # call kernels (elementwise)
+})
+# the modules that register a backend's kernels, imported on the first array of that backend
+PROVIDERS: dict[str, tuple[str, ...]] = {
+    "numpy": ("floatguard.ops._numpy_fast",),
+    "torch": ("floatguard.ops._torch_fast",),
+    "jax": ("floatguard.ops._jax_kernels",),
+}
+_TENSOR_TYPES = {"torch": ("torch", "Tensor")}  # call kernels: the exact type of x, per backend
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A fast kernel of ``op`` on ``backend``: for inputs of one of ``dtypes`` (the backend's own
+    dtype objects; None: every dtype) where ``predicate(x)`` holds (None: always)."""
+
+    op: str
+    backend: str
+    stage: Stage
+    fn: Callable[..., Any]
+    dtypes: frozenset[Any] | None = None
+    predicate: Callable[[Any], bool] | None = None
+
+    def applies(self, x: Any) -> bool:
+        """Whether this kernel takes ``x`` (its dtype and predicate)."""
+        return (self.dtypes is None or x.dtype in self.dtypes) and (self.predicate is None or self.predicate(x))
+
+
+_TABLE: dict[tuple[str, str, Stage], list[Kernel]] = {}
+_LOADED: set[str] = set()
+_CALL: dict[tuple[str, type], tuple[Kernel, ...]] = {}  # (op, type of x) -> its call kernels
+
+
+def _check(op: str, backend: str, stage: str) -> None:
+    if op not in OPS:
+        raise ValueError(f"floatguard kernels: argument 'op' must be one of {sorted(OPS)}, got {op!r}")
+    if backend not in PROVIDERS:
+        raise ValueError(f"floatguard kernels: argument 'backend' must be one of {sorted(PROVIDERS)}, got {backend!r}")
+    if stage not in ("call", "rows"):
+        raise ValueError(f"floatguard kernels: argument 'stage' must be 'call' or 'rows', got {stage!r}")
+
+
+def register(
+    op: str,
+    backend: str,
+    *,
+    stage: Stage = "rows",
+    dtypes: Collection[Any] | None = None,
+    predicate: Callable[[Any], bool] | None = None,
+) -> Callable[[F], F]:
+    """Decorator: add the function as a ``stage`` kernel of ``op`` on ``backend`` (tried in the order
+    registered; the first that applies is chosen)."""
+    _check(op, backend, stage)
+
+    def add(fn: F) -> F:
+        _TABLE.setdefault((op, backend, stage), []).append(
+            Kernel(op, backend, stage, fn, None if dtypes is None else frozenset(dtypes), predicate))
+        _CALL.clear()
+        return fn
+
+    return add
+
+
+def _load(backend: str) -> None:
+    """Import the modules that register ``backend``'s kernels (once)."""
+    if backend in _LOADED:
+        return
+    _LOADED.add(backend)
+    for name in PROVIDERS[backend]:
+        importlib.import_module(name)
+
+
+def kernels(op: str, backend: str, stage: Stage = "rows") -> tuple[Kernel, ...]:
+    """The ``stage`` kernels of ``op`` on ``backend``, in the order they are tried."""
+    _check(op, backend, stage)
+    _load(backend)
+    return tuple(_TABLE.get((op, backend, stage), ()))
+
+
+def select(op: str, backend: str, x: Any) -> Callable[..., Any] | None:
+    """The ``rows`` kernel of ``op`` for the rows ``x`` on ``backend``, or None: the generic path
+    (always for empty rows: the kernels need at least one row and one entry per row)."""
+    if 0 in tuple(x.shape):
+        return None
+    for k in kernels(op, backend):
+        if k.applies(x):
+            return k.fn
+    return None
+
+
+def _call_kernels(op: str, tp: type) -> tuple[Kernel, ...]:
+    """The call kernels of ``op`` for inputs of exact type ``tp`` (none for a library not yet imported)."""
+    found: tuple[Kernel, ...] = ()
+    for backend, (module, name) in _TENSOR_TYPES.items():
+        lib = sys.modules.get(module)
+        if lib is not None and tp is getattr(lib, name, None):
+            found = kernels(op, backend, "call")
+    _CALL[(op, tp)] = found
+    return found
+
+
+def select_call(op: str, x: Any) -> Callable[..., Any] | None:
+    """The ``call`` kernel of ``op`` for ``x`` (a dictionary lookup on its type, then its dtype), or None."""
+    found = _CALL.get((op, type(x)))
+    if found is None:
+        found = _call_kernels(op, type(x))
+    for k in found:
+        if k.applies(x):
+            return k.fn
+    return None

@@ -1,0 +1,222 @@
+"""PyTorch path of :func:`~floatguard.ops.linear_cross_entropy`: token chunks, gradients in the forward.
+
+The (tokens × vocabulary) logits are computed ``chunk`` tokens at a time into one reused buffer
+of shape ``(chunk, V)``; each chunk's log-sum-exp is taken with the max shift, and, when a
+gradient is wanted for a scalar loss ("mean"/"sum"), the chunk's gradient with respect to its
+logits (``softmax - one-hot``, scaled) is formed in the same buffer while it is still in cache
+(Liger Kernel's approach). Then ``grad_hidden[chunk] = g @ W`` and ``grad_W += g.T @ h[chunk]``:
+three matrix products in all, as the unfused ``F.cross_entropy(h @ W.T, t)`` needs, and the
+backward only multiplies the stored gradients by the upstream scalar. A "none" reduction has a
+per-token upstream gradient that cannot be folded in beforehand; its backward recomputes each
+chunk's logits (four products, Cut Cross-Entropy's approach).
+
+The forward-gradient path saves one product of the four that recomputation in the backward needs
+(``tests/ops/test_linear_cross_entropy.py`` counts them), so it is used whenever it applies.
+
+bfloat16/float16 inputs are computed in float32 (a float32 copy of ``W``, float32 chunk logits
+and gradient accumulators), rounded once at the end; float64 in float64.
+
+CUDA tensors take the same chunked path (every op here runs on CUDA); a Triton kernel is not
+written yet (no GPU was available to test one), so its speed on GPU is unmeasured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["Options", "linear_cross_entropy"]
+
+_CHUNK_ELEMENTS = 1 << 22  # logits per chunk on CPU (16 MiB of float32: within the L3 cache)
+_CHUNK_ELEMENTS_CUDA = 1 << 26
+
+
+@dataclass(frozen=True)
+class Options:
+    """The loss's options, checked by the caller."""
+
+    ignore_index: int
+    label_smoothing: float
+    reduction: str
+    z_loss: float
+    softcap: float | None
+    chunk_size: int | None
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _chunk_rows(o: Options, n: int, v: int, device: torch.device) -> int:
+    if o.chunk_size is not None:
+        return max(1, min(n, o.chunk_size))
+    budget = _CHUNK_ELEMENTS_CUDA if device.type == "cuda" else _CHUNK_ELEMENTS
+    return max(1, min(n, budget // max(v, 1)))
+
+
+def _chunk(
+    hc: torch.Tensor, wc: torch.Tensor, bc: torch.Tensor | None, tc: torch.Tensor, o: Options,
+    buf: torch.Tensor, tbuf: torch.Tensor | None, scale: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Loss per token of one chunk and, when ``scale`` (per token) is given, the gradient of
+    ``sum(scale * loss)`` with respect to the chunk's raw logits, written over ``buf``."""
+    n, v = hc.shape[0], wc.shape[0]
+    x = buf[:n]
+    if bc is None:
+        torch.mm(hc, wc.t(), out=x)
+    else:
+        torch.addmm(bc, hc, wc.t(), out=x)
+    th = None
+    if o.softcap is not None and tbuf is not None:
+        th = tbuf[:n]
+        torch.div(x, o.softcap, out=th).tanh_()
+        torch.mul(th, o.softcap, out=x)
+    valid = tc != o.ignore_index
+    idx = torch.where(valid, tc, torch.zeros_like(tc))[:, None]
+    x_t = x.gather(1, idx)[:, 0]
+    eps = o.label_smoothing
+    mean_x = x.mean(1) if eps else None
+    m, at = x.max(1, keepdim=True)
+    x.sub_(m).exp_()
+    # s' = the sum without the max's own term (exactly 1), so that log Z - x_t = log1p(s') + (m - x_t)
+    # keeps its digits when the loss is tiny (a confident correct prediction)
+    x.scatter_(1, at, 0.0)
+    log1p_s = x.sum(1).log1p_()
+    x.scatter_(1, at, 1.0)
+    s = log1p_s.exp()
+    lse = m[:, 0] + log1p_s
+    loss = log1p_s + (m[:, 0] - x_t)
+    if mean_x is not None:
+        loss = (1 - eps) * loss + eps * (lse - mean_x)
+    if o.z_loss:
+        loss = loss + o.z_loss * lse.square()
+    loss = torch.where(valid, loss, torch.zeros_like(loss))
+    if scale is None:
+        return loss, None
+    r = torch.where(valid, scale, torch.zeros_like(scale))
+    factor = r / s if not o.z_loss else r * (1 + 2 * o.z_loss * lse) / s
+    x.mul_(factor[:, None])  # softmax (times the z-loss factor), scaled
+    x.scatter_add_(1, idx, (-(1 - eps) * r)[:, None])
+    if eps:
+        x.sub_((r * (eps / v))[:, None])
+    if th is not None:  # d(cap tanh(z / cap)) / dz = 1 - tanh^2
+        th.mul_(th)
+        x.addcmul_(x, th, value=-1)
+    return loss, x
+
+
+def _buffers(o: Options, rows: int, v: int, dtype: torch.dtype, device: torch.device
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    buf = torch.empty(rows, v, dtype=dtype, device=device)
+    tbuf = torch.empty(rows, v, dtype=dtype, device=device) if o.softcap is not None else None
+    return buf, tbuf
+
+
+def _loss_only(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: torch.Tensor, o: Options
+               ) -> torch.Tensor:
+    """Per-token losses in the work dtype, no gradient."""
+    n, v = h.shape[0], w.shape[0]
+    cd = _work_dtype(h.dtype)
+    wc, bc = w.to(cd), None if b is None else b.to(cd)
+    rows = _chunk_rows(o, n, v, h.device)
+    buf, tbuf = _buffers(o, rows, v, cd, h.device)
+    out = torch.empty(n, dtype=cd, device=h.device)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        out[r0:r1], _ = _chunk(h[r0:r1].to(cd), wc, bc, t[r0:r1], o, buf, tbuf, None)
+    return out
+
+
+def _grads(
+    h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: torch.Tensor, o: Options,
+    scale: torch.Tensor, need: tuple[bool, bool, bool],
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Per-token losses and the gradients of ``sum(scale * loss)`` (work dtype), chunk by chunk."""
+    n, v = h.shape[0], w.shape[0]
+    cd = _work_dtype(h.dtype)
+    wc, bc = w.to(cd), None if b is None else b.to(cd)
+    rows = _chunk_rows(o, n, v, h.device)
+    buf, tbuf = _buffers(o, rows, v, cd, h.device)
+    out = torch.empty(n, dtype=cd, device=h.device)
+    gh = torch.empty(n, h.shape[1], dtype=cd, device=h.device) if need[0] else None
+    gw = torch.zeros(v, h.shape[1], dtype=cd, device=h.device) if need[1] else None
+    gb = torch.zeros(v, dtype=cd, device=h.device) if need[2] else None
+    scale = scale.to(cd).expand(n)
+    for r0 in range(0, n, rows):
+        r1 = min(n, r0 + rows)
+        hc = h[r0:r1].to(cd)
+        loss, g = _chunk(hc, wc, bc, t[r0:r1], o, buf, tbuf, scale[r0:r1])
+        out[r0:r1] = loss
+        assert g is not None
+        if gh is not None:
+            torch.mm(g, wc, out=gh[r0:r1])
+        if gw is not None:
+            gw.addmm_(g.t(), hc)
+        if gb is not None:
+            gb.add_(g.sum(0))
+    return out, gh, gw, gb
+
+
+def _reduce(loss: torch.Tensor, t: torch.Tensor, o: Options) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reduced loss and the per-token weight of the reduction (``1/count`` for "mean")."""
+    if o.reduction == "none":
+        return loss, torch.ones((), dtype=loss.dtype, device=loss.device)
+    total = loss.sum()
+    if o.reduction == "sum":
+        return total, torch.ones((), dtype=loss.dtype, device=loss.device)
+    count = (t != o.ignore_index).sum().to(loss.dtype)
+    return total / count, 1 / count
+
+
+def _cast(g: torch.Tensor | None, like: torch.Tensor | None) -> torch.Tensor | None:
+    if g is None or like is None:
+        return None
+    return g if g.dtype == like.dtype else g.to(like.dtype)
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Forward computes the loss and (for a scalar loss) the gradients; backward scales them."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: torch.Tensor, o: Options,
+        need: tuple[bool, bool, bool],
+    ) -> torch.Tensor:
+        ctx.o, ctx.need = o, need
+        if o.reduction == "none":
+            ctx.save_for_backward(h, w, b, t)
+            return _loss_only(h, w, b, t, o).to(h.dtype)
+        # the scale of the reduction is known once the ignored tokens are counted
+        count = (t != o.ignore_index).sum().to(_work_dtype(h.dtype))
+        scale = 1 / count if o.reduction == "mean" else torch.ones_like(count)
+        loss, gh, gw, gb = _grads(h, w, b, t, o, scale, need)
+        ctx.grads = (_cast(gh, h), _cast(gw, w), _cast(gb, b))
+        return (loss.sum() * scale).to(h.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, go: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        o: Options = ctx.o
+        if o.reduction == "none":
+            h, w, b, t = ctx.saved_tensors
+            _, gh, gw, gb = _grads(h, w, b, t, o, go, ctx.need)
+            return _cast(gh, h), _cast(gw, w), _cast(gb, b), None, None, None
+        grads = ctx.grads  # kept: a retained graph may run this backward again
+        if go.numel() == 1 and bool(go == 1):  # loss.backward(): no scaled copy of the weight's gradient
+            return (*grads, None, None, None)
+        scaled = tuple(None if g is None else g * go.to(g.dtype) for g in grads)
+        return (*scaled, None, None, None)
+
+
+def linear_cross_entropy(
+    h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: torch.Tensor, o: Options
+) -> torch.Tensor:
+    """The loss of ``h`` (tokens, hidden) against ``t`` (tokens,), arguments already checked."""
+    need = (h.requires_grad, w.requires_grad, b is not None and b.requires_grad)
+    if torch.is_grad_enabled() and any(need):
+        out: torch.Tensor = _LinearCrossEntropy.apply(h, w, b, t, o, need)
+        return out
+    loss = _loss_only(h, w, b, t, o)
+    return _reduce(loss, t, o)[0].to(h.dtype)

@@ -1,0 +1,166 @@
+"""The float64 and float32 ``exp`` kernels of the compiled paths, for arguments ``d <= 0``.
+
+* :func:`_reduce` / :func:`_exp_reduced`: the table algorithm of glibc's ``exp`` (ARM
+  optimized-routines, Szabolcs Nagy), 0.51 ulp, in two halves so that a block's reduction
+  vectorizes (see :mod:`._numba_fast`); :func:`_exp_accurate` both halves inlined;
+* :func:`_exp_f32out`: table-free, degree 7 on ``|r| <= ln2/2``, relative ``2^-32`` (0 below
+  ``2^-1022``), vectorizes in full: for results rounded to float32 or bfloat16 (0.5 ulp + ``2^-8`` ulp);
+* :func:`_exp32`: float32 arithmetic for bfloat16 and float16 rows (relative ``~2^-22``);
+* :func:`_add`: Neumaier's compensated sum of two partial sums.
+"""
+
+from __future__ import annotations
+
+import decimal
+import math
+import struct
+
+import numpy as np
+
+from ._numba_bits import _CONTRACT, _as_float, _as_int, _f32_bits, _f32_from_bits, _inline, _njit
+
+TABLE_BITS = 7
+N = 1 << TABLE_BITS
+BLK = 128  # entries per reduction block of the table exp's sums: two small buffers that stay in L1
+
+# -- constants of exp ----------------------------------------------------------------------------
+SHIFT = float.fromhex("0x1.8p52")  # adding it rounds to an integer, kept in the low mantissa bits
+INV_LN2_N = float.fromhex("0x1.71547652b82fep0") * N
+NEG_LN2_HI_N = float.fromhex("-0x1.62e42fefa0000p-8")  # 36 significant bits: k * hi is exact
+NEG_LN2_LO_N = float.fromhex("-0x1.cf79abc9e3b3ap-47")
+C2 = float.fromhex("0x1.ffffffffffdbdp-2")
+C3 = float.fromhex("0x1.555555555543cp-3")
+C4 = float.fromhex("0x1.55555cf172b91p-5")
+C5 = float.fromhex("0x1.1111167a4d017p-7")
+EXTRA = 64  # the scale carries 2^64, taken out at the end: 2^(k div N) stays normal down to d = -746
+TWO_M_EXTRA = 2.0**-EXTRA
+
+
+def _table() -> tuple[np.ndarray, np.ndarray]:
+    """``T_j`` and the bits of ``H_j 2^EXTRA`` less ``j << (52 - TABLE_BITS)``, with ``2^(j/N) = H_j (1 + T_j)``."""
+    tail = np.empty(N)
+    sbits = np.empty(N, dtype=np.int64)
+    with decimal.localcontext() as ctx:
+        ctx.prec = 60
+        ln2 = decimal.Decimal(2).ln()
+        for j in range(N):
+            v = (ln2 * j / N).exp()
+            hi = float(v)  # correctly rounded
+            tail[j] = float((v - decimal.Decimal(hi)) / decimal.Decimal(hi))
+            sbits[j] = struct.unpack("<q", struct.pack("<d", hi))[0] - (j << (52 - TABLE_BITS)) + (EXTRA << 52)
+    return tail, sbits
+
+
+TAIL, SBITS = _table()
+
+
+# -- exp, in two halves ------------------------------------------------------------------------
+@_njit(_CONTRACT)
+def _reduce(d: float) -> tuple[float, int]:
+    """``d = k ln2/N + r``: returns ``r`` and the bits of ``k + SHIFT`` (``d`` clamped to >= -746)."""
+    d = d if d > -746.0 else -746.0  # also -inf: exp(-746) rounds to 0
+    kd = d * INV_LN2_N + SHIFT
+    ki = _as_int(kd)
+    kd -= SHIFT
+    return d + kd * NEG_LN2_HI_N + kd * NEG_LN2_LO_N, ki
+
+
+@_njit(_CONTRACT)
+def _exp_reduced(r: float, ki: int) -> float:
+    """``2^(k/N) exp(r)`` from the output of :func:`_reduce`."""
+    j = ki & (N - 1)
+    sbits = SBITS[j] + (ki << (52 - TABLE_BITS))  # the high bits of ki, the shifter's, shift out
+    r2 = r * r
+    tmp = TAIL[j] + r + r2 * (C2 + r * C3) + r2 * r2 * (C4 + r * C5)
+    scale = _as_float(sbits)
+    return (scale + scale * tmp) * TWO_M_EXTRA
+
+
+@_njit(_CONTRACT)
+def exp_nonpositive(d: np.ndarray, out: np.ndarray) -> None:
+    """``out = exp(d)`` for float64 ``d <= 0`` (``-inf`` allowed; NaN not): the kernel, for tests."""
+    for i in range(d.size):
+        r, ki = _reduce(d[i])
+        out[i] = _exp_reduced(r, ki)
+
+@_njit()
+def _add(total: float, comp: float, part: float) -> tuple[float, float]:
+    """Neumaier's compensated ``total + part`` (``part >= 0``)."""
+    t = total + part
+    if abs(total) >= part:
+        comp += (total - t) + part
+    else:
+        comp += (part - t) + total
+    return t, comp
+
+
+INV_LN2 = float.fromhex("0x1.71547652b82fep0")
+NEG_LN2_HI = float.fromhex("-0x1.62e42fefa39efp-1")
+NEG_LN2_LO = float.fromhex("-0x1.abc9e3b39803fp-56")
+# exp(r) = 1 + r + r^2 q(r), q of degree 5 fitted (least squares on Chebyshev nodes of |r| <= ln2/2,
+# against mpmath): relative error < 2^-32, 2^-8 of a float32 ulp. exp(0) is exactly 1.
+Q0, Q1, Q2, Q3, Q4, Q5 = (float.fromhex(h) for h in (
+    "0x1.0000000b9945ep-1", "0x1.555555675f239p-3", "0x1.5554e8d5a85a9p-5",
+    "0x1.1110c6120d9a1p-7", "0x1.6d4366531bd0dp-10", "0x1.a151bcd91932dp-13"))
+
+
+@_inline(_CONTRACT)
+def _exp_f32out(d: float) -> float:
+    """``exp(d)`` for ``d <= ~0`` to a relative 2^-32 (0 below 2^-1022, and for ``-inf``), for results
+    rounded to float32; vectorizes in full. ``d = k ln2 + r`` (``|r| <= ln2/2``, ``k`` by the shifter),
+    ``exp(r) = 1 + r + r^2 q(r)`` and ``2^k`` put together in the exponent bits."""
+    d = d if d > -746.0 else -746.0
+    kd = d * INV_LN2 + SHIFT
+    ki = _as_int(kd)
+    kd -= SHIFT
+    r = d + kd * NEG_LN2_HI + kd * NEG_LN2_LO
+    r2 = r * r
+    q = (Q0 + r * Q1) + r2 * ((Q2 + r * Q3) + r2 * (Q4 + r * Q5))
+    p = (1.0 + r) + r2 * q
+    e = (ki << 52) + (1023 << 52)
+    return p * _as_float(e) if kd >= -1022.0 else 0.0
+
+
+_reduce_inl = _inline(_CONTRACT)(getattr(_reduce, "py_func", _reduce))  # uncached copies, see above
+_exp_reduced_inl = _inline(_CONTRACT)(getattr(_exp_reduced, "py_func", _exp_reduced))
+_add_inl = _inline()(getattr(_add, "py_func", _add))
+
+
+@_inline(_CONTRACT)
+def _exp_accurate(d: float) -> float:
+    """The 0.51-ulp table ``exp`` of one value ``d <= ~0`` (``-inf`` gives 0)."""
+    r, ki = _reduce_inl(d)
+    return _exp_reduced_inl(r, ki)
+
+# -- float32 arithmetic for bfloat16 and float16 rows -------------------------------------------
+# Their outputs keep 8 or 11 bits: float32 arithmetic (16 lanes per AVX-512 vector, twice float64's)
+# leaves a relative error of a few 2^-24 before the one rounding to the output, under 2^-10 of an
+# ulp. ``_exp32`` is a float32 exp (Taylor degree 6 on |r| <= ln2/2: 2^-23, plus the roundings);
+# results below 2^-126 are scaled in two steps so that subnormals round once. Sums run in float32
+# over blocks of BLK16 entries (16 lanes, a few terms per lane: < 2^-19 relative) and in float64
+# across blocks, so their error does not grow with the row length. Conversions to and from the
+# 16-bit storage are 32-bit integer IR (bfloat16) and F16C's conversions (float16): see the intrinsics.
+F32 = np.float32
+LOG2E32, SHIFT32 = F32(1.4426950408889634), F32(12582912.0)  # 1.5 * 2^23
+LN2_HI32, LN2_LO32 = F32(0.693145751953125), F32(1.4286068203094173e-06)  # hi: 16 bits, k * hi exact
+E2, E3, E4, E5, E6 = (F32(1.0 / math.factorial(j)) for j in range(2, 7))
+ONE32, NEG104 = F32(1.0), F32(-104.0)  # exp(-104) < 2^-150: 0 in float32
+I1, I23, I127, I_SHIFT = np.int32(1), np.int32(23), np.int32(127), np.int32(0x4B400000)
+
+
+@_inline(_CONTRACT)
+def _exp32(d: np.float32) -> np.float32:
+    """float32 ``exp(d)`` for float32 ``d <= ~0`` (``-inf`` and below -104 give 0), relative error ~2^-22."""
+    d = d if d > NEG104 else NEG104
+    kd = d * LOG2E32 + SHIFT32
+    k = _f32_bits(kd) - I_SHIFT
+    kd = kd - SHIFT32
+    r = (d - kd * LN2_HI32) - kd * LN2_LO32
+    r2 = r * r
+    p = (ONE32 + r) + r2 * ((E2 + r * E3) + r2 * (E4 + r * E5 + r2 * E6))
+    k1 = k >> I1
+    s1 = _f32_from_bits((k1 + I127) << I23)  # int32 throughout: 16 lanes (an int64 constant would halve them)
+    s2 = _f32_from_bits((k - k1 + I127) << I23)
+    return (p * s1) * s2
+
+

@@ -1,0 +1,436 @@
+"""Kernels of the PyTorch path (:mod:`._torch_fast`): forward and fused backward, every storage dtype.
+
+Rows come in their storage dtype (float64, float32, bfloat16 / float16 viewed as int16 / uint16:
+see :mod:`._numba_bits`), so no float64 copy of a tensor is ever made. For float32 outputs the
+softmax and log_softmax kernels use :func:`._numba_exp._exp_f32out`; ``logsumexp`` (which can
+cancel: ``m + log1p(s)`` near 0) and every float64 output keep the 0.51-ulp table ``exp``;
+bfloat16 and float16 rows run in float32 arithmetic (see the comments there).
+
+Only the entry kernels (``torch_*``, ``ptr_*``) are cached; the helpers are :func:`._numba_bits._inline`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._numba_bits import (
+    _CONTRACT,
+    _SUM,
+    _encode,
+    _encode32,
+    _inline,
+    _load,
+    _load32,
+    _njit,
+    _row_max,
+    _voidptr,
+    carray,
+)
+from ._numba_exp import BLK, F32, _add_inl, _exp32, _exp_accurate, _exp_f32out
+
+
+@_inline(_SUM)
+def _sum_f32out(row: np.ndarray, m: float, e: np.ndarray) -> float:
+    """``e_i = exp(row_i - m)`` (:func:`._numba_exp._exp_f32out`) and their sum (the max term included:
+    exactly 1 each), for float32 rows."""
+    acc = 0.0
+    for i in range(row.size):
+        v = _exp_f32out(_load(row[i]) - m)
+        e[i] = v
+        acc += v
+    return acc
+
+
+@_inline(_SUM)
+def _rest_f32out(row: np.ndarray, m: float) -> tuple[float, np.int64]:
+    """``sum exp(row_i - m)`` (:func:`._numba_exp._exp_f32out`) over entries below the max, and the count
+    of entries at it, for float32 rows."""
+    acc = 0.0
+    ties = np.int64(0)
+    for i in range(row.size):
+        d = _load(row[i]) - m
+        at = d == 0.0
+        ties += np.int64(at)
+        acc += 0.0 if at else _exp_f32out(d)
+    return acc, ties
+
+
+@_inline(_SUM)
+def _rest_accurate_block(seg: np.ndarray, m: float) -> tuple[float, np.int64]:
+    acc = 0.0
+    ties = np.int64(0)
+    for i in range(seg.size):
+        d = _load(seg[i]) - m
+        at = d == 0.0
+        ties += np.int64(at)
+        acc += _exp_accurate(-np.inf if at else d)
+    return acc, ties
+
+
+@_inline()
+def _rest_accurate(row: np.ndarray, m: float) -> float:
+    """``s = sum_{i != k} exp(row_i - m)`` with the table exp; entries tied at the max add exactly 1."""
+    total, comp, ties = 0.0, 0.0, 0
+    for b0 in range(0, row.size, BLK):
+        part, t = _rest_accurate_block(row[b0 : b0 + BLK], m)
+        total, comp = _add_inl(total, comp, part)
+        ties += t
+    return (total + comp) + np.float64(ties - 1)
+
+
+@_inline(_CONTRACT)
+def _scale_out(e: np.ndarray, q: float, out: np.ndarray) -> None:
+    for i in range(e.size):
+        out[i] = _encode(e[i] * q, out)
+
+
+@_inline(_CONTRACT)
+def _log_out_ld(row: np.ndarray, m: float, log1p_s: float, out: np.ndarray) -> None:
+    for i in range(row.size):
+        out[i] = _encode((_load(row[i]) - m) - log1p_s, out)
+
+
+@_njit()
+def torch_softmax_fwd(x: np.ndarray, out: np.ndarray, finite: np.ndarray, log: bool) -> bool:
+    """softmax (``e / (1 + s)``) or log_softmax (``(x - m) - log1p(s)``) rows of float32, bfloat16 or
+    float16 ``x`` (storage dtype) into ``out`` (same dtype), short exp, one rounding per entry.
+
+    ``finite[r]`` says whether row ``r`` has a finite max; other rows are left untouched. Returns
+    whether every row has one.
+    """
+    r_count, n = x.shape
+    e = np.empty(n)
+    ok = True
+    for r in range(r_count):
+        row = x[r]
+        m = _row_max(row)
+        fin = np.isfinite(m)
+        finite[r] = fin
+        if not fin:
+            ok = False
+            continue
+        if log:
+            s, ties = _rest_f32out(row, m)
+            _log_out_ld(row, m, np.log1p(s + np.float64(ties - 1)), out[r])
+        else:
+            total = _sum_f32out(row, m, e)  # 1 + s, summed with the max term(s) inside
+            _scale_out(e, 1.0 / total, out[r])
+    return ok
+
+
+@_njit()
+def torch_logsumexp_fwd(x: np.ndarray, lse: np.ndarray) -> None:
+    """``lse[r] = m + log1p(s)`` (float64) of rows of any storage dtype, table exp; the max where not finite."""
+    for r in range(x.shape[0]):
+        row = x[r]
+        m = _row_max(row)
+        lse[r] = m + np.log1p(_rest_accurate(row, m)) if np.isfinite(m) else m
+
+
+@_inline(_SUM)
+def _dot_ld(a: np.ndarray, b: np.ndarray) -> float:
+    acc = 0.0
+    for i in range(a.size):
+        acc += _load(a[i]) * _load(b[i])
+    return acc
+
+
+@_inline(_SUM)
+def _sum_ld(a: np.ndarray) -> float:
+    acc = 0.0
+    for i in range(a.size):
+        acc += _load(a[i])
+    return acc
+
+
+@_inline(_CONTRACT)
+def _softmax_grad_row(p: np.ndarray, g: np.ndarray, dot: float, grad: np.ndarray) -> None:
+    for i in range(p.size):
+        pi = _load(p[i])
+        grad[i] = _encode(pi * (_load(g[i]) - dot), grad)
+
+
+@_inline(_CONTRACT)
+def _log_softmax_grad_row(o: np.ndarray, g: np.ndarray, total: float, grad: np.ndarray, short: bool) -> None:
+    if short:
+        for i in range(o.size):
+            grad[i] = _encode(_load(g[i]) - _exp_f32out(_load(o[i])) * total, grad)
+    else:
+        for i in range(o.size):
+            grad[i] = _encode(_load(g[i]) - _exp_accurate(_load(o[i])) * total, grad)
+
+
+@_inline(_CONTRACT)
+def _lse_grad_row(x: np.ndarray, lse: float, g: float, grad: np.ndarray, short: bool) -> None:
+    if short:
+        for i in range(x.size):
+            grad[i] = _encode(g * _exp_f32out(_load(x[i]) - lse), grad)
+    else:
+        for i in range(x.size):
+            grad[i] = _encode(g * _exp_accurate(_load(x[i]) - lse), grad)
+
+
+@_inline()
+def _zero_row(grad: np.ndarray) -> None:
+    for i in range(grad.size):
+        grad[i] = _encode(0.0, grad)
+
+
+@_njit()
+def torch_softmax_bwd(
+    out: np.ndarray, g: np.ndarray, finite: np.ndarray, grad: np.ndarray, log: bool, short: bool
+) -> None:
+    """Fused backward of softmax (``p (g - sum(g p))``) or log_softmax (``g - exp(o) sum(g)``), per row,
+    float64 in registers, one rounding to ``grad``'s dtype; 0 on rows where ``finite`` is False.
+
+    ``out``, ``g`` and ``grad`` share one storage dtype; ``short`` (not for float64) picks the short exp.
+    A ``finite`` of one entry holds for every row.
+    """
+    one = finite.size == 1
+    for r in range(out.shape[0]):
+        if not finite[0 if one else r]:
+            _zero_row(grad[r])
+        elif log:
+            _log_softmax_grad_row(out[r], g[r], _sum_ld(g[r]), grad[r], short)
+        else:
+            _softmax_grad_row(out[r], g[r], _dot_ld(g[r], out[r]), grad[r])
+
+
+@_njit()
+def torch_logsumexp_bwd(x: np.ndarray, lse: np.ndarray, g: np.ndarray, grad: np.ndarray, short: bool) -> None:
+    """``grad = g exp(x - lse)`` (the softmax), per row, from float64 ``lse`` and ``g``; 0 where ``lse``
+    is not finite. ``short`` (not for float64) picks the short exp."""
+    for r in range(x.shape[0]):
+        if np.isfinite(lse[r]):
+            _lse_grad_row(x[r], lse[r], g[r], grad[r], short)
+        else:
+            _zero_row(grad[r])
+
+
+BLK16 = 512  # float32 partial sums run over blocks this long, then go to a float64 sum
+# (each block is a helper on a slice: with the block loop in the same function LLVM does not vectorize)
+
+
+@_inline(_SUM)
+def _exp_sum32_blk(seg: np.ndarray, m: float, e: np.ndarray) -> np.float32:
+    acc = F32(0.0)
+    for i in range(seg.size):
+        v = _exp32(_load32(seg[i]) - m)
+        e[i] = v
+        acc += v
+    return acc
+
+
+@_inline()
+def _sum32_store(row: np.ndarray, m: float, e: np.ndarray) -> float:
+    """``e_i = exp(row_i - m)`` in float32 and their sum (float32 within blocks, float64 across)."""
+    total = 0.0
+    for b0 in range(0, row.size, BLK16):
+        total += np.float64(_exp_sum32_blk(row[b0 : b0 + BLK16], m, e[b0 : b0 + BLK16]))
+    return total
+
+
+@_inline(_SUM)
+def _rest32_blk(seg: np.ndarray, m: float) -> tuple[np.float32, np.int64]:
+    acc = F32(0.0)
+    ties = np.int64(0)
+    for i in range(seg.size):
+        d = _load32(seg[i]) - m
+        at = d == F32(0.0)
+        ties += np.int64(at)
+        acc += F32(0.0) if at else _exp32(d)
+    return acc, ties
+
+
+@_inline()
+def _rest32(row: np.ndarray, m: float) -> tuple[float, int]:
+    """``sum exp(row_i - m)`` (float32 exp and block sums, float64 across) over entries below the max,
+    and the ties."""
+    total = 0.0
+    ties = 0
+    for b0 in range(0, row.size, BLK16):
+        part, t = _rest32_blk(row[b0 : b0 + BLK16], m)
+        total += np.float64(part)
+        ties += t
+    return total, ties
+
+
+@_inline(_CONTRACT)
+def _scale_out32(e: np.ndarray, q: float, out: np.ndarray) -> None:
+    for i in range(e.size):
+        out[i] = _encode32(e[i] * q, out)
+
+
+@_inline(_CONTRACT)
+def _log_out32(row: np.ndarray, m: float, log1p_s: float, out: np.ndarray) -> None:
+    for i in range(row.size):
+        out[i] = _encode32((_load32(row[i]) - m) - log1p_s, out)
+
+
+@_njit()
+def torch_softmax_fwd16(x: np.ndarray, out: np.ndarray, finite: np.ndarray, log: bool) -> bool:
+    """:func:`torch_softmax_fwd` for bfloat16 / float16 rows, in float32 arithmetic (float64 sums)."""
+    r_count, n = x.shape
+    e = np.empty(n, dtype=np.float32)
+    ok = True
+    for r in range(r_count):
+        row = x[r]
+        m = _row_max(row)
+        fin = np.isfinite(m)
+        finite[r] = fin
+        if not fin:
+            ok = False
+            continue
+        m32 = F32(m)  # exact: the max is an entry
+        if log:
+            s, ties = _rest32(row, m32)
+            _log_out32(row, m32, F32(np.log1p(s + np.float64(ties - 1))), out[r])
+        else:
+            _scale_out32(e, F32(1.0 / _sum32_store(row, m32, e)), out[r])
+    return ok
+
+
+@_inline(_SUM)
+def _dot32_blk(a: np.ndarray, b: np.ndarray) -> np.float32:
+    acc = F32(0.0)
+    for i in range(a.size):
+        acc += _load32(a[i]) * _load32(b[i])  # the product of two 8- or 11-bit values: exact
+    return acc
+
+
+@_inline()
+def _dot32(a: np.ndarray, b: np.ndarray) -> float:
+    total = 0.0
+    for b0 in range(0, a.size, BLK16):
+        total += np.float64(_dot32_blk(a[b0 : b0 + BLK16], b[b0 : b0 + BLK16]))
+    return total
+
+
+@_inline(_SUM)
+def _sum32_blk(a: np.ndarray) -> np.float32:
+    acc = F32(0.0)
+    for i in range(a.size):
+        acc += _load32(a[i])
+    return acc
+
+
+@_inline()
+def _sum32(a: np.ndarray) -> float:
+    total = 0.0
+    for b0 in range(0, a.size, BLK16):
+        total += np.float64(_sum32_blk(a[b0 : b0 + BLK16]))
+    return total
+
+
+@_inline(_CONTRACT)
+def _softmax_grad32(p: np.ndarray, g: np.ndarray, dot: float, grad: np.ndarray) -> None:
+    for i in range(p.size):
+        grad[i] = _encode32(_load32(p[i]) * (_load32(g[i]) - dot), grad)
+
+
+@_inline(_CONTRACT)
+def _log_softmax_grad32(o: np.ndarray, g: np.ndarray, total: float, grad: np.ndarray) -> None:
+    for i in range(o.size):
+        grad[i] = _encode32(_load32(g[i]) - _exp32(_load32(o[i])) * total, grad)
+
+
+@_inline(_CONTRACT)
+def _lse_grad32(x: np.ndarray, lse: float, g: float, grad: np.ndarray) -> None:
+    for i in range(x.size):
+        grad[i] = _encode32(g * _exp32(F32(_load(x[i]) - lse)), grad)  # x - lse in float64, then rounded
+
+
+@_njit()
+def torch_softmax_bwd16(out: np.ndarray, g: np.ndarray, finite: np.ndarray, grad: np.ndarray, log: bool) -> None:
+    """:func:`torch_softmax_bwd` for bfloat16 / float16 rows, in float32 arithmetic (float64 sums)."""
+    one = finite.size == 1
+    for r in range(out.shape[0]):
+        if not finite[0 if one else r]:
+            _zero_row(grad[r])
+        elif log:
+            _log_softmax_grad32(out[r], g[r], F32(_sum32(g[r])), grad[r])
+        else:
+            _softmax_grad32(out[r], g[r], F32(_dot32(g[r], out[r])), grad[r])
+
+
+@_njit()
+def torch_logsumexp_bwd16(x: np.ndarray, lse: np.ndarray, g: np.ndarray, grad: np.ndarray) -> None:
+    """:func:`torch_logsumexp_bwd` for bfloat16 / float16 rows, float32 exp."""
+    for r in range(x.shape[0]):
+        if np.isfinite(lse[r]):
+            _lse_grad32(x[r], lse[r], F32(g[r]), grad[r])
+        else:
+            _zero_row(grad[r])
+
+
+# -- entry points on raw pointers (the per-call cost of a small tensor) -----------------------------
+# torch tensors pass ``data_ptr()`` and their shape: no NumPy views to make (~0.7 us each) and only
+# integers for numba to unbox. ``code`` is the storage dtype: 0 float32, 1 bfloat16, 2 float16,
+# 3 float64 (index into STORAGE_CODES); every entry compiles the kernel for each of them.
+STORAGE_CODES = ("float32", "bfloat16", "float16", "float64")
+
+
+
+@_njit()
+def ptr_softmax_fwd(code: int, xa: int, oa: int, fa: int, r: int, n: int, log: bool) -> bool:
+    """:func:`torch_softmax_fwd` on C-contiguous (r, n) rows at ``xa`` / ``oa``, ``finite`` (r,) at ``fa``
+    (codes 0, 1, 2 only: float64 takes the table-exp kernels)."""
+    fin = carray(_voidptr(fa), (r,), np.bool_)
+    if code == 0:
+        return torch_softmax_fwd(carray(_voidptr(xa), (r, n), np.float32), carray(_voidptr(oa), (r, n), np.float32),
+                                 fin, log)
+    if code == 1:
+        return torch_softmax_fwd16(carray(_voidptr(xa), (r, n), np.int16), carray(_voidptr(oa), (r, n), np.int16),
+                                   fin, log)
+    return torch_softmax_fwd16(carray(_voidptr(xa), (r, n), np.uint16), carray(_voidptr(oa), (r, n), np.uint16),
+                               fin, log)
+
+
+@_njit()
+def ptr_softmax_bwd(code: int, oa: int, ga: int, fa: int, nf: int, gra: int, r: int, n: int, log: bool) -> None:
+    """:func:`torch_softmax_bwd` on rows at ``oa`` (output), ``ga`` (incoming grad), ``gra`` (result) and
+    ``finite`` (``nf`` entries: 1 or r) at ``fa``."""
+    fin = carray(_voidptr(fa), (nf,), np.bool_)
+    s = (r, n)
+    if code == 0:
+        torch_softmax_bwd(carray(_voidptr(oa), s, np.float32), carray(_voidptr(ga), s, np.float32), fin,
+                          carray(_voidptr(gra), s, np.float32), log, True)
+    elif code == 1:
+        torch_softmax_bwd16(carray(_voidptr(oa), s, np.int16), carray(_voidptr(ga), s, np.int16), fin,
+                            carray(_voidptr(gra), s, np.int16), log)
+    elif code == 2:
+        torch_softmax_bwd16(carray(_voidptr(oa), s, np.uint16), carray(_voidptr(ga), s, np.uint16), fin,
+                            carray(_voidptr(gra), s, np.uint16), log)
+    else:
+        torch_softmax_bwd(carray(_voidptr(oa), s, np.float64), carray(_voidptr(ga), s, np.float64), fin,
+                          carray(_voidptr(gra), s, np.float64), log, False)
+
+
+@_njit()
+def ptr_logsumexp_fwd(code: int, xa: int, la: int, r: int, n: int) -> None:
+    """:func:`torch_logsumexp_fwd` of rows at ``xa`` into float64 ``lse`` (r,) at ``la``."""
+    lse = carray(_voidptr(la), (r,), np.float64)
+    if code == 0:
+        torch_logsumexp_fwd(carray(_voidptr(xa), (r, n), np.float32), lse)
+    elif code == 1:
+        torch_logsumexp_fwd(carray(_voidptr(xa), (r, n), np.int16), lse)
+    elif code == 2:
+        torch_logsumexp_fwd(carray(_voidptr(xa), (r, n), np.uint16), lse)
+    else:
+        torch_logsumexp_fwd(carray(_voidptr(xa), (r, n), np.float64), lse)
+
+
+@_njit()
+def ptr_logsumexp_bwd(code: int, xa: int, la: int, ga: int, gra: int, r: int, n: int) -> None:
+    """:func:`torch_logsumexp_bwd`: rows at ``xa`` and ``gra``, float64 ``lse`` and ``g`` (r,) at ``la``, ``ga``."""
+    lse = carray(_voidptr(la), (r,), np.float64)
+    g = carray(_voidptr(ga), (r,), np.float64)
+    s = (r, n)
+    if code == 0:
+        torch_logsumexp_bwd(carray(_voidptr(xa), s, np.float32), lse, g, carray(_voidptr(gra), s, np.float32), True)
+    elif code == 1:
+        torch_logsumexp_bwd16(carray(_voidptr(xa), s, np.int16), lse, g, carray(_voidptr(gra), s, np.int16))
+    elif code == 2:
+        torch_logsumexp_bwd16(carray(_voidptr(xa), s, np.uint16), lse, g, carray(_voidptr(gra), s, np.uint16))
+    else:
+        torch_logsumexp_bwd(carray(_voidptr(xa), s, np.float64), lse, g, carray(_voidptr(gra), s, np.float64), False)
