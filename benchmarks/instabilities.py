@@ -7,10 +7,18 @@ raised), the step at which the loss shows the failure and the lead time between 
 the final loss (mean of the last 20 steps) with and without the cure, and whether the
 cured run was silent.
 
-"The loss shows it" is the first step from which the uncured run's 10-step mean loss
-stays 5% above the cured run's for the rest of the run (for ``loss_spike``: the first
-step whose loss is 1.5x the cured run's); "never" when it does not. The lead is that step
-minus the step the finding was raised (positive: raised before the loss showed it).
+"The loss shows it" is measured two ways, each giving a lead (that step minus the step
+the finding was raised; positive: raised before the loss showed it):
+
+* **to a user** (the loss curve alone, no cured run to compare with): the first step at
+  which one of the monitor's loss-curve findings -- ``stalled_loss``, ``diverging_loss``,
+  ``stuck_at_chance``, ``oscillating_loss``, ``loss_spike``, ``nonfinite_loss`` -- is
+  raised (its ``detected_at``) on the uncured run; "never" when none is within the run.
+  This is when the monitor without the five new kinds would have said something.
+* **against the cured run** (hindsight): the first step from which the uncured run's
+  10-step mean loss stays 5% above the cured run's for the rest of the run (for
+  ``loss_spike``: the first step whose loss is 1.5x the cured run's); "never" when it
+  does not.
 
 Run ``python benchmarks/instabilities.py`` (a few minutes on one CPU thread);
 ``--quick`` is a smoke test (few steps; findings may not have time to appear).
@@ -32,8 +40,9 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "monitor"))
 import instability_programs as ip
 
-HEADERS = ["proxy", "kind", "cure", "began", "raised", "loss shows it", "lead (steps)", "final loss",
-           "final loss, cured", "cured silent"]
+HEADERS = ["proxy", "kind", "cure", "began", "raised", "loss shows it (user)", "lead", "loss shows it (vs cured)",
+           "lead", "final loss", "final loss, cured", "cured silent"]
+LOSS_CURVE = ("stalled_loss", "diverging_loss", "stuck_at_chance", "oscillating_loss", "loss_spike", "nonfinite_loss")
 STEPS = {"attention": 300, "attention_fused": 300, "logit_offset": 100, "bf16_sgd": 400, "adam_eps": 300,
          "loss_spike": 200}
 
@@ -63,11 +72,16 @@ def row(proxy: ip.Proxy, steps: int) -> list[str]:
     shows = loss_shows(plain.losses, cured.losses, proxy.kind == "loss_spike")
     raised = ev.stats.get("detected_at") if ev is not None else None
     lead = "-" if raised is None or shows is None else str(shows - int(raised))
+    curve = [int(e.stats["detected_at"]) for e in plain.monitor.findings if e.kind in LOSS_CURVE]
+    user = min(curve) if curve else None
+    lead_user = "-" if raised is None or user is None else str(user - int(raised))
     others = sorted({e.kind for e in plain.monitor.findings} - {proxy.kind})
     kind = (proxy.kind if ev is not None else f"({proxy.kind} missed)") + (f" + {', '.join(others)}" if others else "")
     silent = "yes" if not cured.monitor.findings else "no: " + ", ".join(e.kind for e in cured.monitor.findings)
     return [proxy.name, kind, proxy.cure, "-" if ev is None else str(ev.step), "-" if raised is None else str(raised),
-            "never" if shows is None else str(shows), lead, f"{_mean(plain.losses[-20:]):.3g}",
+            "never" if user is None else str(user), lead_user if user is not None or raised is None
+            else f">{steps - int(raised)}", "never" if shows is None else str(shows), lead,
+            f"{_mean(plain.losses[-20:]):.3g}",
             f"{_mean(cured.losses[-20:]):.3g}", silent]
 
 
@@ -84,8 +98,10 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
             continue
         rows.append(row(proxy, 40 if args.quick else STEPS.get(proxy.name, proxy.steps)))
     table = make_table("Transformer instabilities: found before the loss shows them, and cured", HEADERS, rows,
-                       caption=f"CPU, one thread, {time.perf_counter() - t0:.0f} s. 'loss shows it': the uncured "
-                               "10-step mean loss stays 5% above the cured run's from that step on (spike: 1.5x).",
+                       caption=f"CPU, one thread, {time.perf_counter() - t0:.0f} s. 'loss shows it (user)': the "
+                               "first loss-curve finding of the monitor on the uncured run (>N: none in the run); "
+                               "'(vs cured)': the uncured 10-step mean loss stays 5% above the cured run's from that "
+                               "step on (spike: 1.5x).",
                        text_columns=3)
     print_tables([table])
     return [table]

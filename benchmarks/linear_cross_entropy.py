@@ -6,6 +6,7 @@ ratios to ``F.cross_entropy(hidden @ weight.T, target)``) and peak extra memory 
 in a fresh subprocess: its ``ru_maxrss`` after the call minus before it, with the inputs made).
 
 * unfused: ``F.cross_entropy(hidden @ weight.T, target)`` (bfloat16 logits upcast to float32);
+  in bfloat16 its three products are bfloat16 products, as floatguard's are;
 * torchtune: ``CEWithChunkedOutputLoss``'s recipe: hidden split into 8 token chunks, each
   chunk's logits made and upcast to float32, ``F.cross_entropy(..., reduction="sum")`` per chunk;
 * floatguard: ``fg.linear_cross_entropy(hidden, weight, target)``.
@@ -14,6 +15,7 @@ JAX (float32, under ``jit``): forward and value-and-grad of ``fg.linear_cross_en
 ``-take(jax.nn.log_softmax(hidden @ weight.T), target).mean()``.
 
     python benchmarks/linear_cross_entropy.py [--tokens 4096] [--rounds 3] [--no-jax]
+        [--only float32|bfloat16|jax ...]   (a subset of the three tables, to split a long run)
 """
 
 from __future__ import annotations
@@ -171,14 +173,17 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--no-jax", action="store_true")
+    p.add_argument("--only", nargs="+", choices=("float32", "bfloat16", "jax"), default=None,
+                   help="run only these tables")
     p.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
     p.add_argument("--peak-child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.peak_child is not None:
         _peak_child(a.peak_child, a.tokens, a.dtype)
         return
-    tables = [torch_table(a.tokens, a.rounds, d) for d in ("float32", "bfloat16")]
-    if not a.no_jax:
+    only = a.only or ["float32", "bfloat16"] + ([] if a.no_jax else ["jax"])
+    tables = [torch_table(a.tokens, a.rounds, d) for d in ("float32", "bfloat16") if d in only]
+    if "jax" in only:
         tables.append(jax_table(a.tokens, a.rounds))
     print_tables(tables)
 

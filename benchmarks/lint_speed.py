@@ -7,13 +7,18 @@ package) with every core, and prints lines per second side by side with TorchFix
 lists every finding on ``torch/nn`` and the rate per 5,000 lines (target: at most
 one per 5,000 lines of mature code).
 
+Then cold and warm runs side by side with ruff, each a fresh process on the same tree (medians of
+interleaved rounds, wall and CPU seconds): ``ruff check --select ALL --no-cache`` (cold) and with its
+cache primed (warm), against ``floatguard lint --no-cache`` (cold) and with its per-file result cache
+primed (warm). Targets (issue 11, section 4): warm <= ruff's warm time, cold <= 3x ruff's cold time.
+
 Then ``--fix`` on one generated file (``--fix-blocks`` functions of 4 lines, each with one
 floatguard fix ``np.log(np.exp(z).sum())`` and one ruff fix ``f"x"``, F541): plain lint, ``--fix``
 and ``ruff check --select F541 --fix`` on copies of the same file, in subprocesses, medians
 of interleaved rounds. Target: ``--fix`` within 10x of plain lint.
 
     python benchmarks/lint_speed.py [--tree nn|all|PATH] [--jobs N] [--repeat 3] [--no-torchfix]
-                                    [--fix-blocks 50000] [--fix-rounds 3]
+                                    [--ruff-rounds 5] [--fix-blocks 50000] [--fix-rounds 3]
 """
 
 from __future__ import annotations
@@ -71,6 +76,64 @@ def time_torchfix(tree: Path, jobs: int, repeat: int) -> float | None:
     return best
 
 
+def _run_timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds of one subprocess; CPU is user + system time of the child and its workers."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run(cmd, capture_output=True, check=False, env=env)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def time_vs_ruff(tree: Path, jobs: int, rounds: int) -> None:
+    """Cold and warm ``floatguard lint`` beside cold and warm ``ruff check --select ALL``: medians of ``rounds``
+    interleaved rounds, each command a fresh process (start-up included, as a user runs it)."""
+    import statistics
+    import tempfile
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not os.path.exists(ruff):
+        print("\nruff: not installed (pip install ruff); no side-by-side timing")
+        return
+    env = {**os.environ, "RAYON_NUM_THREADS": str(jobs)}  # ruff's threads = floatguard's worker processes
+    with tempfile.TemporaryDirectory() as d:
+        # as an installed package runs: bytecode compiled once (kept out of the source tree), not on every start
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(Path(d) / "pycache")
+        rc, fc = Path(d) / "ruff_cache", Path(d) / "fg_cache"
+        fg = [sys.executable, "-m", "floatguard.lint", "--no-config", "--exit-zero", "-j", str(jobs)]
+        rf = [ruff, "check", "--isolated", "--select", "ALL", "--exit-zero", "-q"]
+        cmds = {
+            "ruff cold      ": [*rf, "--no-cache", str(tree)],
+            "ruff warm      ": [*rf, "--cache-dir", str(rc), str(tree)],
+            "floatguard cold": [*fg, "--no-cache", str(tree)],
+            "floatguard warm": [*fg, "--cache-dir", str(fc), str(tree)],
+        }
+        for name in ("ruff warm      ", "floatguard warm"):  # prime the caches
+            _run_timed(cmds[name], env)
+        wall: dict[str, list[float]] = {k: [] for k in cmds}
+        cpu: dict[str, list[float]] = {k: [] for k in cmds}
+        for _ in range(rounds):
+            for name, cmd in cmds.items():
+                w, c = _run_timed(cmd, env)
+                wall[name].append(w)
+                cpu[name].append(c)
+    mw = {k: statistics.median(v) for k, v in wall.items()}
+    mc = {k: statistics.median(v) for k, v in cpu.items()}
+    version = subprocess.run([ruff, "--version"], capture_output=True, text=True).stdout.strip()
+    print(f"\nside by side with {version}"
+          f" ({jobs} threads/processes; median of {rounds} interleaved rounds; fresh processes)")
+    for k in cmds:
+        print(f"  {k}: {mw[k]:6.2f} s wall  {mc[k]:6.2f} s CPU")
+    for what, ref, target in (("cold", "ruff cold      ", 3.0), ("warm", "ruff warm      ", 1.0)):
+        ours = f"floatguard {what}"
+        print(f"  {what}: floatguard / ruff = {mw[ours] / mw[ref]:.2f}x wall, {mc[ours] / mc[ref]:.2f}x CPU "
+              f"(target <= {target:g}x)")
+
+
 def fix_file(blocks: int, path: Path) -> None:
     parts = ["import numpy as np\n\n"]
     parts += [f"def f{i}(z):\n    a = f\"x\"\n    return np.log(np.exp(z).sum())\n\n" for i in range(blocks)]
@@ -116,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-torchfix", action="store_true")
+    ap.add_argument("--ruff-rounds", type=int, default=5, help="rounds of the side-by-side with ruff (0: skip)")
     ap.add_argument("--fix-blocks", type=int, default=50000, help="functions in the --fix file (0: skip)")
     ap.add_argument("--fix-rounds", type=int, default=3)
     args = ap.parse_args(argv)
@@ -144,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(events) / nn_lines * 5000:.2f} per 5,000 lines (target <= 1)")
     for e in events:
         print(f"  {Path(e.file or '').relative_to(root.parent)}:{e.line}:{e.col}: {e.code} {e.message}")
+    if args.ruff_rounds:
+        time_vs_ruff(tree, args.jobs, args.ruff_rounds)
     if args.fix_blocks:
         time_fix(args.fix_blocks, args.fix_rounds)
     return 0

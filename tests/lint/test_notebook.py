@@ -83,7 +83,8 @@ def test_a_fix_import_goes_after_a_cell_magic(tmp_path: Path, capsys: pytest.Cap
     nb = _notebook(tmp_path, [_cell("code", "%%time\nlse = x.exp().sum(-1).log()")])  # no import: the fix adds one
     assert _run(capsys, "--fix", str(nb))[0] == 0
     src = "".join(json.loads(nb.read_text())["cells"][0]["source"])
-    assert src == "%%time\nimport torch\nlse = torch.logsumexp(x, dim=-1)"  # the cell magic stays first
+    # the cell magic stays first; a blank line after the import block, as isort/ruff want it
+    assert src == "%%time\nimport torch\n\nlse = torch.logsumexp(x, dim=-1)"
 
 
 def test_unreadable_foreign_and_broken_notebooks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -307,3 +307,72 @@ def test_branch_kept_only_where_a_later_where_bounds_it() -> None:
         return torch.where(a > 20, a, rhs) + rhs
     """
     assert codes(src, "FG105") == [8]
+
+
+# -- bounded by construction (held-out round 1: botorch, arviz) ----------------------------------------------
+
+def test_masked_fill_inside_an_immediately_called_lambda_bounds_exp() -> None:
+    # botorch.utils.safe_math.log1pexp: the lambda's parameter is the masked tensor it is called with
+    src = """
+    import torch
+    def log1pexp(x):
+        mask = x <= 18
+        return torch.where(
+            mask,
+            (lambda z: z.exp().log1p())(x.masked_fill(~mask, 0)),
+            (lambda z: z + (-z).exp())(x.masked_fill(mask, 0)),
+        )
+    def wrong_side(x):
+        mask = x <= 18
+        return (lambda z: z.exp().log1p())(x.masked_fill(mask, 0))
+    def where_keeps_small(x):
+        y = torch.where(x > 20, 0.0, x)
+        return torch.log1p(torch.exp(y))
+    def where_keeps_large(x):
+        y = torch.where(x > 20, x, 0.0)
+        return torch.log1p(torch.exp(y))
+    """
+    assert codes(src, "FG105") == [12, 18]
+
+
+def test_exp_of_a_nonpositive_linspace_is_quiet() -> None:
+    # botorch.optim.stopping: exponentially decaying window weights
+    src = """
+    import torch
+    class Stop:
+        def __init__(self, eta=1.0, n=10):
+            weights = torch.exp(torch.linspace(-eta, 0, n))
+            self.weights = weights / weights.sum()
+            rising = torch.exp(torch.linspace(0, eta, n))
+            self.rising = rising / rising.sum()
+            later = torch.exp(torch.linspace(-eta, 1, n))
+            self.later = later / later.sum()
+    """
+    assert codes(src, "FG103") == [8, 10]
+
+
+def test_normalised_log_weights_from_a_helper_are_quiet() -> None:
+    # arviz-style importance weights: lw - logsumexp(lw) <= 0, returned by a helper (alone or in a tuple)
+    src = """
+    import numpy as np
+    from scipy.special import logsumexp
+    def _psis(lw):
+        lw = lw - logsumexp(lw)
+        return lw, 0.7
+    def _normalise(lw):
+        lw -= logsumexp(lw, axis=-1, keepdims=True)
+        return lw
+    def _raw(lw):
+        return lw - logsumexp(lw * 2)
+    def weights(draws):
+        a = np.exp(_psis(draws)[0])
+        a = a / np.sum(a)
+        b = np.exp(_normalise(draws))
+        b = b / np.sum(b)
+        c = np.exp(_raw(draws))
+        c = c / np.sum(c)
+        d = np.exp(_psis(draws)[1] * draws)
+        d = d / np.sum(d)
+        return a, b, c, d
+    """
+    assert codes(src, "FG103") == [18, 20]

@@ -4,8 +4,9 @@ leave alone."""
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 
-from floatguard.lint import fix_source, lint_source
+from floatguard.lint import fix_source, lint_paths, lint_source
 
 
 def found(src: str, *codes: str) -> list[tuple[int, str]]:
@@ -51,7 +52,7 @@ def test_division_by_its_own_norm_outside_a_model() -> None:
     def loss_fn(a):
         return a / a.norm(dim=-1, keepdim=True)
     """
-    assert found(src, "FG201", "FG204") == [(7, "FG204"), (9, "FG204"), (15, "FG201")]
+    assert found(src, "FG201", "FG204") == [(7, "FG201"), (9, "FG204"), (15, "FG201")]
 
 
 def test_fully_masked_softmax_through_a_method_chain() -> None:
@@ -103,3 +104,65 @@ def test_a_helper_of_the_module_is_the_op_it_wraps() -> None:
     assert found(src, "FG101", "FG102", "FG402") == [(10, "FG101"), (11, "FG402"), (14, "FG102")]
     new = fix_source(textwrap.dedent(src), codes=frozenset({"FG101"}))[0]
     assert "a = torch.logsumexp(z, dim=-1)" in new
+
+
+def test_a_gradient_over_its_own_norm_is_reported_in_optimizer_code() -> None:
+    src = """\
+    import torch
+    @torch.no_grad()
+    def step(params, lr):
+        for p in params:
+            grad = p.grad
+            d = grad / grad.norm(dim=-1, keepdim=True)
+            e = grad / (grad.norm() + 1e-8)
+            f = grad / grad.norm().clamp_min(1e-12)
+            h = p / p.norm()
+        return d, e, f, h
+    """
+    assert found(src, "FG201", "FG204") == [(6, "FG201"), (9, "FG204")]
+
+
+def test_a_multi_statement_helper_returning_an_op_of_its_argument_is_that_op() -> None:
+    src = """\
+    import torch
+    def _exp(x):
+        if x.dim() == 0:
+            raise ValueError("x must have a dimension")
+        out = torch.exp(x)
+        return out
+    def _shifted_exp(x):
+        x = x - x.amax(dim=-1, keepdim=True)
+        return torch.exp(x)
+    def loss_fn(z):
+        a = torch.log(torch.sum(_exp(z), dim=-1))
+        b = torch.log(torch.sum(_shifted_exp(z), dim=-1))
+        return a, b
+    """
+    assert found(src, "FG101") == [(11, "FG101")]
+
+
+def test_a_softmax_wrapper_of_another_module_of_the_package(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "nn").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "nn" / "__init__.py").write_text("")
+    (pkg / "utils.py").write_text(textwrap.dedent("""\
+        import torch
+        def masked_softmax(x, dim=-1):
+            \"\"\"The project's own softmax.\"\"\"
+            out = torch.softmax(x, dim=dim)
+            return out
+        def scaled(x, dim=-1):
+            return x * 2
+        """))
+    (pkg / "nn" / "attention.py").write_text(textwrap.dedent("""\
+        from ..utils import masked_softmax, scaled
+        def forward(scores, mask):
+            a = masked_softmax(scores.masked_fill(mask, float("-inf")))
+            s = scores.masked_fill(mask, float("-inf"))
+            b = scaled(s)
+            return a, b
+        """))
+    res = lint_paths([pkg], select=["FG402"])
+    got = [(Path(r.path).name, e.line) for r in res for e in r.events]
+    assert got == [("attention.py", 3)]

@@ -155,21 +155,50 @@ def test_float32_is_within_float32_rounding(bias: bool) -> None:
         assert _error(g, gr) <= 2 * _error(gu, gr) + 4 * eps32 * float(gr.abs().max())
 
 
-def test_bfloat16_accumulates_in_float32() -> None:
-    """bfloat16 in and out, but one rounding: each result within 1 bfloat16 ulp of the float64 value."""
-    h, w, b, t = _inputs(torch.bfloat16, bias=True, n=64, hd=64, v=700, scale=0.5)
+def _rel(g: Any, ref: Any) -> float:
+    return float((g.double() - ref).norm() / ref.norm())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bfloat16_is_as_accurate_as_the_unfused_bfloat16_product(seed: int) -> None:
+    """bfloat16 products (float32 accumulation inside the BLAS) as the unfused op does, the
+    softmax and its gradient in float32: the loss within 1 bfloat16 ulp of the float64 value; the
+    hidden and bias gradients as close to float64 as the unfused ones (the same rounded products;
+    the bias gradient is summed in float32); the weight gradient is summed over token chunks in
+    float32 from chunk products rounded to bfloat16 (no bfloat16 product with a float32 result on
+    the CPU), which costs at most 1.5x the unfused relative error (measured: about 1.25x)."""
+    h, w, b, t = _inputs(torch.bfloat16, bias=True, n=192, hd=64, v=700, scale=0.5, seed=seed)
     exact = [a.detach().double().requires_grad_() for a in (h, w, b)]
     ref = reference(exact[0], exact[1], t, bias=exact[2])
     g_ref = torch.autograd.grad(ref, exact)
+    unf = F.cross_entropy(F.linear(h, w, b).float(), t)
+    g_unf = torch.autograd.grad(unf, [h, w, b])
     out = fg.linear_cross_entropy(h, w, t, bias=b, chunk_size=16)
     assert out.dtype == torch.bfloat16
     bf16_ulp = 2**16  # in float32 ulps
     assert T.ulp_error(out.detach().double().numpy(), float(ref), np.float32) <= bf16_ulp
     g_out = torch.autograd.grad(out, [h, w, b])
-    for g, gr in zip(g_out, g_ref, strict=True):
-        assert g.dtype == torch.bfloat16
-        bound = 2.0**-8 * gr.abs() + 1e-5 * float(gr.abs().max())
-        assert bool(((g.double() - gr).abs() <= bound).all())
+    assert all(g.dtype == torch.bfloat16 for g in g_out)
+    (gh, gw, gb), (uh, uw, ub), (rh, rw, rb) = g_out, g_unf, g_ref
+    assert _rel(gh, rh) <= 1.02 * _rel(uh, rh)
+    assert _rel(gb, rb) <= 1.1 * _rel(ub, rb)
+    assert _rel(gw, rw) <= 1.5 * _rel(uw, rw)
+
+
+def test_bfloat16_products_stay_in_bfloat16() -> None:
+    """The three matrix products take bfloat16 operands (no float32 copy of the weight)."""
+    h, w, b, t = _inputs(torch.bfloat16, bias=True, n=64, hd=16, v=300)
+    dtypes: list[Any] = []
+
+    class _Products(TorchDispatchMode):
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+                dtypes.append(args[-1].dtype)
+            return func(*args, **(kwargs or {}))
+
+    with _Products():
+        fg.linear_cross_entropy(h, w, t, bias=b, chunk_size=16).backward()
+    assert dtypes and set(dtypes) == {torch.bfloat16}
 
 
 @settings(max_examples=40, deadline=None)

@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exit-zero", action="store_true", help="exit 0 even when findings are reported")
     parser.add_argument("--no-config", action="store_true", help="ignore [tool.floatguard.lint] in pyproject.toml")
     parser.add_argument("-j", "--jobs", type=int, default=None, help="worker processes (default: all cores)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="check every file again (default: results of unchanged files come from the cache)")
+    parser.add_argument("--cache-dir", default=None, metavar="DIR",
+                        help="where the cache is kept (default: .floatguard_cache in the project root)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,9 +72,14 @@ def run(args: argparse.Namespace) -> int:
         if args.select is not None:
             expand(args.select)
         expand(args.ignore)
+        cache_dir = None
+        if not args.no_cache:
+            from .cache import default_cache_dir
+
+            cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
         results = lint_paths(paths, select=args.select, ignore=tuple(args.ignore),
                              fix=("unsafe" if args.unsafe_fixes else "safe") if args.fix else None,
-                             jobs=args.jobs, use_config=not args.no_config)
+                             jobs=args.jobs, use_config=not args.no_config, cache_dir=cache_dir)
     except ConfigError as exc:
         err.write(f"floatguard lint: error: {exc}\n")
         return 2

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from .rules import all_rules
 
-__all__ = ["DEFAULT_LINE_LENGTH", "DEFAULT_PER_FILE_IGNORES", "Config", "ConfigError", "Style", "expand",
-           "find_config", "find_style"]
+__all__ = ["DEFAULT_LINE_LENGTH", "DEFAULT_PER_FILE_IGNORES", "Config", "ConfigError", "Style", "clear_caches",
+           "expand", "find_config", "find_style"]
 
 #: ruff's and black's default
 DEFAULT_LINE_LENGTH = 88
@@ -99,6 +99,11 @@ def _match(rel: str, pattern: str) -> bool:
 
 def expand(selectors: tuple[str, ...] | list[str]) -> set[str]:
     """Codes matched by selectors: ``"ALL"``, ``"FG"``, ``"FG1"``, ``"FG101"``; unknown ones raise ConfigError."""
+    return set(_expand(tuple(selectors)))
+
+
+@lru_cache(maxsize=256)
+def _expand(selectors: tuple[str, ...]) -> frozenset[str]:
     codes = [r.code for r in all_rules()]
     out: set[str] = set()
     for sel in selectors:
@@ -115,7 +120,7 @@ def expand(selectors: tuple[str, ...] | list[str]) -> set[str]:
         if not hit:
             raise ConfigError(f"unknown rule selector {sel!r} (codes are {codes[0]}..{codes[-1]})")
         out |= hit
-    return out
+    return frozenset(out)
 
 
 def _strs(value: object, key: str, where: Path) -> tuple[str, ...]:
@@ -176,8 +181,17 @@ class Style:
     first_party: frozenset[str] = frozenset()
 
 
-@lru_cache(maxsize=256)
 def _toml(path: Path) -> dict[str, object]:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return _toml_at(path, st.st_mtime_ns, st.st_size)
+
+
+@lru_cache(maxsize=256)
+def _toml_at(path: Path, mtime_ns: int, size: int) -> dict[str, object]:
+    """A TOML file's table, read once per version of the file (its modification time and size)."""
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
@@ -199,7 +213,8 @@ def _line_length(value: object, where: Path) -> int:
     return value
 
 
-def _modules(root: Path) -> set[str]:
+@lru_cache(maxsize=64)
+def _modules(root: Path) -> frozenset[str]:
     out: set[str] = set()
     for base in (root, root / "src"):
         try:
@@ -211,7 +226,39 @@ def _modules(root: Path) -> set[str]:
                 out.add(e.stem)
             elif e.name.isidentifier() and (e / "__init__.py").is_file():
                 out.add(e.name)
-    return out
+    return frozenset(out)
+
+
+@lru_cache(maxsize=4096)
+def _style_walk(d: Path) -> tuple[int | None, Path | None, tuple[str, ...]]:
+    """(the nearest line length, the project root and its known-first-party names) for directory ``d``,
+    built on its parent's answer (each directory is looked at once per process)."""
+    length: int | None = None
+    root: Path | None = None
+    known: list[str] = []
+    for name in (".ruff.toml", "ruff.toml", "pyproject.toml"):
+        f = d / name
+        if not f.is_file():
+            continue
+        data = _toml(f)
+        ruff = data if name != "pyproject.toml" else _table(data, "tool", "ruff")
+        if root is None and (name != "pyproject.toml" or data):
+            root = d
+            for tab, key in ((_table(ruff, "lint", "isort"), "known-first-party"),
+                             (_table(ruff, "isort"), "known-first-party"),
+                             (_table(data, "tool", "isort"), "known_first_party")):
+                known += _strs(tab.get(key, []), key, f)
+        if length is None:
+            for tab in (ruff, _table(data, "tool", "black")):
+                if "line-length" in tab:
+                    length = _line_length(tab["line-length"], f)
+                    break
+    if (length is None or root is None) and d.parent != d:
+        p_length, p_root, p_known = _style_walk(d.parent)
+        if root is None:
+            root, known = p_root, list(p_known)
+        length = length if length is not None else p_length
+    return length, root, tuple(known)
 
 
 @lru_cache(maxsize=1024)
@@ -221,31 +268,15 @@ def find_style(start: Path) -> Style:
     d = start.resolve()
     if d.is_file():
         d = d.parent
-    length: int | None = None
-    root: Path | None = None
-    known: list[str] = []
-    for parent in (d, *d.parents):
-        for name in (".ruff.toml", "ruff.toml", "pyproject.toml"):
-            f = parent / name
-            if not f.is_file():
-                continue
-            data = _toml(f)
-            ruff = data if name != "pyproject.toml" else _table(data, "tool", "ruff")
-            if root is None and (name != "pyproject.toml" or data):
-                root = parent
-                for tab, key in ((_table(ruff, "lint", "isort"), "known-first-party"),
-                                 (_table(ruff, "isort"), "known-first-party"),
-                                 (_table(data, "tool", "isort"), "known_first_party")):
-                    known += _strs(tab.get(key, []), key, f)
-            if length is None:
-                for tab in (ruff, _table(data, "tool", "black")):
-                    if "line-length" in tab:
-                        length = _line_length(tab["line-length"], f)
-                        break
-        if length is not None and root is not None:
-            break
-    first = frozenset(known) | frozenset(_modules(root) if root is not None else ())
+    length, root, known = _style_walk(d)
+    first = frozenset(known) | (_modules(root) if root is not None else frozenset())
     return Style(length or DEFAULT_LINE_LENGTH, first)
+
+
+def clear_caches() -> None:
+    """Forget the configuration and style read so far (files are read once per process otherwise)."""
+    for f in (find_style, _style_walk, _modules, find_config, _load):
+        f.cache_clear()
 
 
 @lru_cache(maxsize=1024)

@@ -136,18 +136,19 @@ def node_edit(index: LineIndex, node: ast.AST, replacement: str, line_length: in
 def wrap_call(index: LineIndex, start: int, end: int, text: str, call: ast.expr, limit: int) -> str:
     """``text`` (the call ``call``) as ruff format splits a call that does not fit ``limit`` columns.
 
-    Only where that is safe and what the formatter does: the replaced span lies on one line that fitted
-    before, the call ends the line (a trailing comment may follow) and is not inside an f-string. The
-    arguments go on one line indented one level deeper (``f(\n    a, b\n)``), else one per line with a
-    trailing comma; the text is left as it is when even that does not fit.
+    Only where that is safe and what the formatter does: the lines of the replaced span fitted before,
+    the call ends its line (a trailing comment may follow) and is not inside an f-string. The arguments
+    go on one line indented one level deeper (``f(\n    a, b\n)``), else one per line with a trailing
+    comma; the text is left as it is when even that does not fit.
     """
     n, _ = index.position(start)
-    line = index.lines[n - 1]
-    body = line.rstrip("\r\n")
-    nl = line[len(body):] or index.newline()
+    m, _ = index.position(end)
+    spanned = [ln.rstrip("\r\n") for ln in index.lines[n - 1:m]]
+    body, last = spanned[0], spanned[-1]
+    nl = index.lines[n - 1][len(body):] or index.newline()
     first = index.starts[n - 1]
-    head, tail = index.source[first:start], body[end - first:]
-    if end > first + len(body) or "\n" in text or "\r" in text or len(body) > limit \
+    head, tail = index.source[first:start], last[end - index.starts[m - 1]:]
+    if "\n" in text or "\r" in text or any(len(ln) > limit for ln in spanned) \
             or len(head) + len(text) + len(tail) <= limit:
         return text
     if not isinstance(call, ast.Call) or not (call.args or call.keywords) \

@@ -75,12 +75,29 @@ class FlowContext:
                 if i:
                     return sc.names[name.id][i - 1]
             is_fn = isinstance(scope, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+            if isinstance(scope, ast.Lambda) and not keys:
+                arg = self._lambda_arg(scope, name.id)
+                if arg is not None:
+                    return arg
             if scope is self.tree or (is_fn and (keys or _is_param(scope, name.id))):
                 return None
             scope = self.scope_of(scope)
             while isinstance(scope, ast.ClassDef):
                 scope = self.scope_of(scope)
             pos = (1 << 30, 0)
+
+    def _lambda_arg(self, lam: ast.Lambda, name: str) -> Binding | None:
+        """``(lambda z: z.exp())(x.masked_fill(m, 0))``: a parameter of a lambda called where it is written is
+        the argument it is called with."""
+        call = self.parent(lam)
+        if not isinstance(call, ast.Call) or call.func is not lam or call.keywords:
+            return None
+        params = [*lam.args.posonlyargs, *lam.args.args]
+        for i, a in enumerate(params):
+            if a.arg == name and i < len(call.args) and not isinstance(call.args[i], ast.Starred) and \
+                    not any(isinstance(c, ast.Starred) for c in call.args[:i]):
+                return Binding((lam.lineno, lam.col_offset), call.args[i])
+        return None
 
     def value(self, node: ast.expr | None, depth: int = 6) -> ast.expr | None:
         """Follow names back to the expression last assigned to them (in-place guards and unknowns stop)."""

@@ -5,6 +5,7 @@ import aliases of the file."""
 from __future__ import annotations
 
 import ast
+from pathlib import Path
 
 from .flow import FlowContext
 from .names import (
@@ -35,6 +36,7 @@ class OpContext(FlowContext):
         self.star: list[str] = []
         self._ops: dict[int, OpCall | None] = {}
         self._unwrapping: set[int] = set()
+        self._relimports: dict[str, tuple[Path, str]] | None = None
         self._collect_imports()
         self.frameworks = {family_of(_canonical(q) + ".") or "" for q in self.imports.values()}
         self.frameworks.discard("")
@@ -137,29 +139,72 @@ class OpContext(FlowContext):
         return None
 
     def _wrapper_op(self, func: ast.Name, call: ast.Call) -> OpCall | None:
-        """A call to a function of this module whose body is ``return op(x, ...)`` of its first parameter
-        (``def _exp(x): return torch.exp(x)``) is that op at the call site."""
-        fn = self.functions.get(func.id)
-        if fn is None or id(fn) in self._unwrapping or not call.args or isinstance(call.args[0], ast.Starred):
+        """A call to a function of this module (or one imported from a module of the same package,
+        ``from .utils import masked_softmax``) whose every ``return`` is ``op(x, ...)`` of its unmodified first
+        parameter (``def _exp(x): return torch.exp(x)``) is that op at the call site."""
+        if not call.args or isinstance(call.args[0], ast.Starred):
             return None
         b = self.binding(func)
-        if b is not None and b.value is not None:
+        if func.id in self.functions:
+            if b is not None and b.value is not None:
+                return None
+            found = self.wrapped_op(func.id)
+        else:
+            found = self._imported_wrapper(func.id) if b is not None and b.value is None else None
+        if found is None:
             return None
-        body = [st for st in fn.body if not (isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant))]
+        kwargs = {k.arg: k.value for k in call.keywords if k.arg is not None}
+        return OpCall(found[0], found[1], call, list(call.args), kwargs, qual=f"{func.id}", module_call=True)
+
+    def wrapped_op(self, name: str) -> tuple[str, str] | None:
+        """(op, family) when every return of this module's function ``name`` is that op of its first
+        parameter, unmodified in between."""
+        fn = self.functions.get(name)
+        if fn is None or id(fn) in self._unwrapping:
+            return None
         params = [*fn.args.posonlyargs, *fn.args.args]
-        if len(body) != 1 or not isinstance(body[0], ast.Return) or not isinstance(body[0].value, ast.Call) or \
-                not params:
+        rets = self.returns(fn)
+        if not params or not rets:
             return None
         self._unwrapping.add(id(fn))
         try:
-            inner = self.op(body[0].value)
+            kinds = set()
+            for r in rets:
+                inner = self.op(self.value(r))
+                if inner is None or inner.op not in _WRAPPABLE or not isinstance(inner.x, ast.Name) or \
+                        inner.x.id != params[0].arg or self.binding(inner.x) is not None:
+                    return None
+                kinds.add((inner.op, inner.family))
         finally:
             self._unwrapping.discard(id(fn))
-        if inner is None or inner.op not in _WRAPPABLE or not isinstance(inner.x, ast.Name) or \
-                inner.x.id != params[0].arg:
+        return kinds.pop() if len(kinds) == 1 else None
+
+    def _imported_wrapper(self, name: str) -> tuple[str, str] | None:
+        """:meth:`wrapped_op` of a function imported from a module of the same package."""
+        src = self._relative_imports().get(name)
+        if src is None:
             return None
-        kwargs = {k.arg: k.value for k in call.keywords if k.arg is not None}
-        return OpCall(inner.op, inner.family, call, list(call.args), kwargs, qual=f"{func.id}", module_call=True)
+        other = _sibling_context(src[0])
+        return other.wrapped_op(src[1]) if other is not None else None
+
+    def _relative_imports(self) -> dict[str, tuple[Path, str]]:
+        """``from .mod import f as g`` -> {``g``: (path of mod, ``f``)} for the modules of this package."""
+        if self._relimports is None:
+            self._relimports = {}
+            if self.path.endswith(".py") and " import " in self.source:
+                here = Path(self.path).parent
+                for node in self.tree.body:
+                    if isinstance(node, ast.ImportFrom) and node.level > 0 and node.module:
+                        base = here
+                        for _ in range(node.level - 1):
+                            base = base.parent
+                        target = base.joinpath(*node.module.split("."))
+                        for cand in (target.with_suffix(".py"), target / "__init__.py"):
+                            if cand.is_file():
+                                for a in node.names:
+                                    self._relimports[a.asname or a.name] = (cand, a.name)
+                                break
+        return self._relimports
 
     def _module_op(self, ctor: ast.AST | None, call: ast.Call) -> OpCall | None:
         if not isinstance(ctor, ast.Call):
@@ -207,3 +252,35 @@ class OpContext(FlowContext):
 
 def _has_nested_imports(source: str) -> bool:
     return "\n    import " in source or "\n    from " in source or "\n        import " in source
+
+
+_SIBLINGS: dict[Path, tuple[float, OpContext | None]] = {}
+#: a module of the same package larger than this is not read for its helpers
+_SIBLING_MAX_BYTES = 400_000
+
+
+def _sibling_context(path: Path) -> OpContext | None:
+    """The parsed module at ``path`` (cached by modification time; None when it cannot be read or parsed)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    hit = _SIBLINGS.get(path)
+    if hit is not None and hit[0] == st.st_mtime:
+        return hit[1]
+    ctx: OpContext | None = None
+    if st.st_size <= _SIBLING_MAX_BYTES:
+        try:
+            source = path.read_text(encoding="utf-8")
+            tree = ast.parse(source)
+        except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+            tree = None
+        if tree is not None:
+            ctx = OpContext(source, tree, str(path))
+            for parent in ast.walk(tree):
+                for child in ast.iter_child_nodes(parent):
+                    ctx.parents[id(child)] = parent
+    if len(_SIBLINGS) > 512:
+        _SIBLINGS.clear()
+    _SIBLINGS[path] = (st.st_mtime, ctx)
+    return ctx

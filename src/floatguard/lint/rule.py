@@ -2,8 +2,10 @@
 
 A rule is a class in ``floatguard/lint/rules/`` with a ``code``, a ``name``, its
 ``categories``, the AST node types it looks at (``nodes``) and a ``check`` method.
-Its docstring is its documentation: one sentence of why, a ``Bad:`` block and a
-``Good:`` block; ``floatguard lint --explain CODE`` prints it.
+Its docstring is its documentation, with ruff's headings in this order: ``## What it does``,
+``## Why is this bad?``, ``## Example``, ``## Use instead`` (exactly what ``--fix`` writes for the
+Example), ``## Fix safety`` and ``## References``; ``floatguard lint --explain CODE`` prints it
+(``tests/lint/test_rule_docs.py`` checks the headings and runs the examples).
 """
 
 from __future__ import annotations

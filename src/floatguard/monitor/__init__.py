@@ -19,6 +19,8 @@ renders the report; ``tensorboard=writer`` (anything with ``add_scalar``/``add_t
 and ``on_scalars=`` send the statistics (``floatguard/...``) and findings to the user's
 logger; ``replay=True`` re-runs a step whose loss went NaN under the sanitizer and names
 the first bad op, module and line in the finding (:mod:`.output`, :class:`Monitor`).
+The options can also travel as one value: ``Monitor(model, optimizer,
+config=MonitorConfig(log="run.jsonl", every=5))`` (:mod:`.config` documents each).
 
 Findings (``Event.kind``) are the names in :data:`KINDS`; :mod:`.rules` documents
 each rule's thresholds and their source. ``floatguard report run.jsonl -o
@@ -33,13 +35,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..errors import require
+from .config import MonitorConfig
 from .rules import KINDS, Thresholds
 
 if TYPE_CHECKING:
     from .attach import GlobalMonitor
     from .core import Monitor
 
-__all__ = ["KINDS", "Monitor", "Thresholds", "attach_global", "read_log"]
+__all__ = ["KINDS", "Monitor", "MonitorConfig", "Thresholds", "attach_global", "read_log"]
 
 
 def __getattr__(name: str) -> Any:  # torch is imported only when the monitor is used

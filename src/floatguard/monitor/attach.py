@@ -69,7 +69,7 @@ class GlobalMonitor:
             return attached._orig_backward(tensor, *args, **kwargs)
 
         backward.__doc__ = self._orig_backward.__doc__
-        torch.Tensor.backward = backward  # type: ignore[method-assign]
+        torch.Tensor.backward = backward  # type: ignore[method-assign,assignment]  # torch's stub: fixed arity
         self._patched_scaler = self._patch_scaler()
 
     # -- model discovery and the loss --------------------------------------------------------

@@ -27,7 +27,7 @@ try:
     from lightning.pytorch import Callback
 except ImportError:  # pragma: no cover - the older package name
     try:
-        from pytorch_lightning import Callback
+        from pytorch_lightning import Callback  # type: ignore[assignment]  # the same class, older package
     except ImportError as exc:
         raise missing("lightning", feature="floatguard.monitor.lightning") from exc
 

@@ -6,14 +6,14 @@ history, each raised, where the signal allows, before the loss shows the failure
 ==========================  ========================================================  ===========================
 kind                        signal                                                    published cure
 ==========================  ========================================================  ===========================
-``attention_logit_growth``  largest attention logit q·k/√d >= 100 on 3 samples         qk-layernorm (Dehghani et
-                            (fused attention: the bound ‖q‖‖k‖/√d)                    al. 2023), lower lr,
-                                                                                      soft-capping
+``attention_logit_growth``  largest attention logit q·k/√d >= 30 and x2 in 3 samples,  qk-layernorm (Dehghani et
+                            entropy halved (or >= 100), on 3 samples (fused: the      al. 2023), lower lr,
+                            bound ‖q‖‖k‖/√d)                                          soft-capping
 ``output_logit_divergence`` RMS of log Z = logsumexp(output logits) >= 50, 3 samples   z-loss 1e-4 (PaLM)
 ``update_rounded_away``     >= 50% of a bf16/fp16 weight's updates leave it unchanged  float32 master weights,
                             (measured before/after the step), 3 samples                Kahan/stochastic rounding
 ``adam_epsilon_dominates``  >= 50% of a layer's entries have sqrt(v̂) <= Adam's eps,    eps = 1e-15 (Wortsman et
-                            3 samples                                                 al. 2023)
+                            first sample                                               al. 2023)
 ``loss_spike``              one step's loss >= median + 3 (max - median) of the last   clipping, lower lr / beta2,
                             30 steps and >= 10% of the start loss                      the batch
 ==========================  ========================================================  ===========================

@@ -13,15 +13,21 @@ chunk's logits (four products, Cut Cross-Entropy's approach).
 The forward-gradient path saves one product of the four that recomputation in the backward needs
 (``tests/ops/test_linear_cross_entropy.py`` counts them), so it is used whenever it applies.
 
-bfloat16/float16 inputs are computed in float32 (a float32 copy of ``W``, float32 chunk logits
-and gradient accumulators), rounded once at the end; float64 in float64.
+bfloat16 inputs (and float16 on CUDA) keep the three products in their dtype, as the unfused op
+does (the BLAS accumulates in float32 and rounds once): the chunk's logits are made in bfloat16
+and widened to float32, the log-sum-exp and the gradient of the logits are float32, the gradient
+is rounded once to bfloat16 for ``g @ W`` and ``g.T @ h``, and the weight gradient is summed over
+the chunks in float32 (the bias gradient too), rounded once at the end. float16 on CPU goes
+through float32 products; float64 stays float64.
 
-CUDA tensors take the same chunked path (every op here runs on CUDA); a Triton kernel is not
-written yet (no GPU was available to test one), so its speed on GPU is unmeasured.
+CUDA tensors take the Triton kernels of :mod:`._lce_triton` when Triton imports (see
+``use_triton`` there), else this chunked path.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +37,7 @@ __all__ = ["Options", "linear_cross_entropy"]
 
 _CHUNK_ELEMENTS = 1 << 22  # logits per chunk on CPU (16 MiB of float32: within the L3 cache)
 _CHUNK_ELEMENTS_CUDA = 1 << 26
+_ACC_ROWS = 4096  # vocabulary rows per slice when a low-precision weight gradient joins its float32 sum
 
 
 @dataclass(frozen=True)
@@ -58,16 +65,24 @@ def _chunk_rows(o: Options, n: int, v: int, device: torch.device) -> int:
 
 def _chunk(
     hc: torch.Tensor, wc: torch.Tensor, bc: torch.Tensor | None, tc: torch.Tensor, o: Options,
-    buf: torch.Tensor, tbuf: torch.Tensor | None, scale: torch.Tensor | None,
+    bufs: _Buffers, scale: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Loss per token of one chunk and, when ``scale`` (per token) is given, the gradient of
-    ``sum(scale * loss)`` with respect to the chunk's raw logits, written over ``buf``."""
+    ``sum(scale * loss)`` with respect to the chunk's raw logits, written over ``bufs.x``.
+
+    With a low-precision buffer ``bufs.low`` the logits are one product in the input dtype
+    (float32 accumulation inside the BLAS, rounded once, as the unfused product) widened to
+    float32; everything after is float32."""
     n, v = hc.shape[0], wc.shape[0]
-    x = buf[:n]
+    x = bufs.x[:n]
+    z = x if bufs.low is None else bufs.low[:n]
     if bc is None:
-        torch.mm(hc, wc.t(), out=x)
+        torch.mm(hc, wc.t(), out=z)
     else:
-        torch.addmm(bc, hc, wc.t(), out=x)
+        torch.addmm(bc, hc, wc.t(), out=z)
+    if bufs.low is not None:
+        x.copy_(z)
+    tbuf = bufs.tanh
     th = None
     if o.softcap is not None and tbuf is not None:
         th = tbuf[:n]
@@ -107,11 +122,29 @@ def _chunk(
     return loss, x
 
 
-def _buffers(o: Options, rows: int, v: int, dtype: torch.dtype, device: torch.device
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    buf = torch.empty(rows, v, dtype=dtype, device=device)
-    tbuf = torch.empty(rows, v, dtype=dtype, device=device) if o.softcap is not None else None
-    return buf, tbuf
+@dataclass(frozen=True)
+class _Buffers:
+    """A chunk's reused buffers: logits in the work dtype, ``tanh`` of the soft cap (or None), and
+    the logits in the input dtype (low-precision inputs only, else None)."""
+
+    x: torch.Tensor
+    tanh: torch.Tensor | None
+    low: torch.Tensor | None
+
+
+def _low_precision(h: torch.Tensor) -> bool:
+    """Matrix products in the input dtype: bfloat16 (CPU and CUDA BLAS accumulate it in float32),
+    float16 on CUDA (float16 products on CPU are slow: those go through float32)."""
+    return h.dtype == torch.bfloat16 or (h.dtype == torch.float16 and h.device.type == "cuda")
+
+
+def _buffers(o: Options, rows: int, v: int, h: torch.Tensor) -> _Buffers:
+    cd, device = _work_dtype(h.dtype), h.device
+    return _Buffers(
+        torch.empty(rows, v, dtype=cd, device=device),
+        torch.empty(rows, v, dtype=cd, device=device) if o.softcap is not None else None,
+        torch.empty(rows, v, dtype=h.dtype, device=device) if _low_precision(h) else None,
+    )
 
 
 def _loss_only(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: torch.Tensor, o: Options
@@ -119,13 +152,14 @@ def _loss_only(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: torc
     """Per-token losses in the work dtype, no gradient."""
     n, v = h.shape[0], w.shape[0]
     cd = _work_dtype(h.dtype)
-    wc, bc = w.to(cd), None if b is None else b.to(cd)
+    pd = h.dtype if _low_precision(h) else cd  # the dtype of the matrix products
+    wc, bc = w.to(pd), None if b is None else b.to(pd)
     rows = _chunk_rows(o, n, v, h.device)
-    buf, tbuf = _buffers(o, rows, v, cd, h.device)
+    bufs = _buffers(o, rows, v, h)
     out = torch.empty(n, dtype=cd, device=h.device)
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
-        out[r0:r1], _ = _chunk(h[r0:r1].to(cd), wc, bc, t[r0:r1], o, buf, tbuf, None)
+        out[r0:r1], _ = _chunk(h[r0:r1].to(pd), wc, bc, t[r0:r1], o, bufs, None)
     return out
 
 
@@ -136,26 +170,39 @@ def _grads(
     """Per-token losses and the gradients of ``sum(scale * loss)`` (work dtype), chunk by chunk."""
     n, v = h.shape[0], w.shape[0]
     cd = _work_dtype(h.dtype)
-    wc, bc = w.to(cd), None if b is None else b.to(cd)
+    low = _low_precision(h)
+    pd = h.dtype if low else cd  # the dtype of the matrix products
+    wc, bc = w.to(pd), None if b is None else b.to(pd)
     rows = _chunk_rows(o, n, v, h.device)
-    buf, tbuf = _buffers(o, rows, v, cd, h.device)
+    bufs = _buffers(o, rows, v, h)
     out = torch.empty(n, dtype=cd, device=h.device)
-    gh = torch.empty(n, h.shape[1], dtype=cd, device=h.device) if need[0] else None
+    gh = torch.empty(n, h.shape[1], dtype=pd, device=h.device) if need[0] else None
     gw = torch.zeros(v, h.shape[1], dtype=cd, device=h.device) if need[1] else None
     gb = torch.zeros(v, dtype=cd, device=h.device) if need[2] else None
+    # low precision: each chunk's weight gradient (input dtype) is added to the float32 ``gw`` a
+    # slice of the vocabulary at a time, through two small buffers
+    sl = min(v, _ACC_ROWS)
+    gw_low = torch.empty(sl, h.shape[1], dtype=pd, device=h.device) if low and gw is not None else None
+    gw_wide = torch.empty(sl, h.shape[1], dtype=cd, device=h.device) if low and gw is not None else None
     scale = scale.to(cd).expand(n)
     for r0 in range(0, n, rows):
         r1 = min(n, r0 + rows)
-        hc = h[r0:r1].to(cd)
-        loss, g = _chunk(hc, wc, bc, t[r0:r1], o, buf, tbuf, scale[r0:r1])
+        hc = h[r0:r1].to(pd)
+        loss, g = _chunk(hc, wc, bc, t[r0:r1], o, bufs, scale[r0:r1])
         out[r0:r1] = loss
         assert g is not None
-        if gh is not None:
-            torch.mm(g, wc, out=gh[r0:r1])
-        if gw is not None:
-            gw.addmm_(g.t(), hc)
         if gb is not None:
             gb.add_(g.sum(0))
+        gp = g if bufs.low is None else bufs.low[: r1 - r0].copy_(g)  # rounded once, as unfused
+        if gh is not None:
+            torch.mm(gp, wc, out=gh[r0:r1])
+        if gw is not None and gw_low is not None and gw_wide is not None:
+            for s0 in range(0, v, sl):
+                s1 = min(v, s0 + sl)
+                torch.mm(gp[:, s0:s1].t(), hc, out=gw_low[: s1 - s0])
+                gw[s0:s1].add_(gw_wide[: s1 - s0].copy_(gw_low[: s1 - s0]))
+        elif gw is not None:
+            gw.addmm_(gp.t(), hc)
     return out, gh, gw, gb
 
 
@@ -210,10 +257,25 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (*scaled, None, None, None)
 
 
+def _triton_wanted(h: torch.Tensor) -> bool:
+    """A cheap first look (no import): CUDA, or CPU under ``FLOATGUARD_LCE_TRITON=1``, with Triton
+    installed; :func:`._lce_triton.use_triton` decides."""
+    if os.environ.get("FLOATGUARD_LCE_TRITON", "") == "0":
+        return False
+    if h.device.type != "cuda" and os.environ.get("FLOATGUARD_LCE_TRITON", "") != "1":
+        return False
+    return importlib.util.find_spec("triton") is not None
+
+
 def linear_cross_entropy(
     h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: torch.Tensor, o: Options
 ) -> torch.Tensor:
     """The loss of ``h`` (tokens, hidden) against ``t`` (tokens,), arguments already checked."""
+    if _triton_wanted(h):
+        from . import _lce_triton
+
+        if _lce_triton.use_triton(h):
+            return _lce_triton.linear_cross_entropy(h, w, b, t, o)
     need = (h.requires_grad, w.requires_grad, b is not None and b.requires_grad)
     if torch.is_grad_enabled() and any(need):
         out: torch.Tensor = _LinearCrossEntropy.apply(h, w, b, t, o, need)

@@ -81,13 +81,19 @@ def nonneg(ctx: Context, node: ast.expr | None, depth: int = 0) -> bool:
 
 def nonpositive(ctx: Context, node: ast.expr | None, depth: int = 0) -> bool:
     """Provably <= 0: ``-x**2``, ``-0.5 * (x / s) ** 2``, ``-abs(x)``, ``x.abs().neg()``, a log-softmax, the
-    elements ``u[u <= 0]`` a mask keeps."""
+    elements ``u[u <= 0]`` a mask keeps, log-weights minus their logsumexp (``lw - logsumexp(lw)``, also as
+    ``lw -= logsumexp(lw)``), ``linspace(-a, 0)``, and what a function of this file returns when every return is
+    one of those (``f(x)`` or ``f(x)[0]`` of a returned tuple)."""
     v = const_value(node)
     if v is not None:
         return v <= 0
     if depth > 4:
         return False
     if isinstance(node, ast.Name):
+        bd = ctx.binding(node)
+        if bd is not None and isinstance(bd.value, ast.AugAssign) and isinstance(bd.value.op, ast.Sub) and \
+                _logsumexp_of(ctx, bd.value.value, node):
+            return True
         nxt = ctx.value(node, depth=1)
         return nxt is not node and nonpositive(ctx, nxt, depth + 1)
     bound = mask_bound(ctx, node)
@@ -96,18 +102,109 @@ def nonpositive(ctx: Context, node: ast.expr | None, depth: int = 0) -> bool:
     match node:
         case ast.UnaryOp(op=ast.USub(), operand=inner):
             return nonneg(ctx, inner, depth + 1)
+        case ast.Subscript(value=ast.Call() as call, slice=ast.Constant(value=int() as i)):
+            helper = local_function(ctx, call)
+            if helper is None:
+                return False
+            rets = ctx.returns(helper)
+            return bool(rets) and all(isinstance(r, ast.Tuple) and i < len(r.elts) and
+                                      nonpositive(ctx, r.elts[i], depth + 2) for r in rets)
         case ast.Call():
             o = ctx.op(node)
             if o is not None and o.op == "neg":
                 return nonneg(ctx, o.x, depth + 1)
-            return o is not None and o.op in ("log_softmax", "log_sigmoid")
+            if o is not None:
+                return o.op in ("log_softmax", "log_sigmoid")
+            if _linspace_nonpositive(ctx, node):
+                return True
+            helper = local_function(ctx, node)
+            if helper is None:
+                return False
+            rets = ctx.returns(helper)
+            return bool(rets) and all(nonpositive(ctx, r, depth + 2) for r in rets)
         case ast.BinOp(left=a, op=ast.Mult() | ast.Div(), right=b):
             return (nonpositive(ctx, a) and nonneg(ctx, b)) or (nonneg(ctx, a) and nonpositive(ctx, b))
         case ast.BinOp(left=a, op=ast.Sub(), right=b):
-            return nonpositive(ctx, a) and nonneg(ctx, b)
+            return (nonpositive(ctx, a) and nonneg(ctx, b)) or _logsumexp_of(ctx, b, a)
         case ast.BinOp(left=a, op=ast.Add(), right=b):
             return nonpositive(ctx, a) and nonpositive(ctx, b)
     return False
+
+
+_LSE_NAME = re.compile(r"(^|_)(logsumexp|log_sum_exp|lse)$", re.IGNORECASE)
+
+
+def _logsumexp_of(ctx: Context, node: ast.expr | None, x: ast.expr) -> bool:
+    """``node`` is the logsumexp of ``x`` over all or some axes (``logsumexp(x, axis=-1, keepdims=True)``; also a
+    project's own ``_logsumexp``): ``x - logsumexp(x)`` is a normalised log-weight, <= 0."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return False
+    o = ctx.ops(node, "logsumexp")
+    if o is not None:
+        arg = o.x
+    else:
+        f = node.func
+        name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else ""
+        if not _LSE_NAME.search(name):
+            return False
+        arg = node.args[0]
+    return arg is not None and ctx.text(arg) == ctx.text(x)
+
+
+def _linspace_nonpositive(ctx: Context, call: ast.Call) -> bool:
+    """``linspace(-eta, 0, n)``: the points lie between a negated (or non-positive) start and a stop <= 0."""
+    q = ctx.qualname(call.func) or ""
+    if not q.endswith(".linspace") or len(call.args) < 2:
+        return False
+    start, stop = call.args[0], call.args[1]
+    v = const_value(stop)
+    if v is None or v > 0:
+        return False
+    sv = const_value(start)
+    return sv <= 0 if sv is not None else isinstance(start, ast.UnaryOp) and isinstance(start.op, ast.USub)
+
+
+def fill_bounded(ctx: Context, x: ast.expr | None) -> bool:
+    """``x`` is ``y.masked_fill(m, c)`` or ``where(m, y, c)`` that keeps ``y`` only where a comparison bounds it
+    above by :data:`EXP_SAFE` and fills the rest with a constant no larger (``x.masked_fill(~(x <= 18), 0)``)."""
+    v = ctx.value(x) if isinstance(x, ast.Name) else x
+    o = ctx.ops(v, "masked_fill", "where")
+    if o is None:
+        return False
+    if o.op == "masked_fill":
+        y, m, c = o.arg(0), o.arg(1, "mask"), o.arg(2, "value")
+        if y is None or m is None:
+            return False
+        cond, holds = _cond(ctx, m)
+        cv = const_value(c)
+        return cv is not None and cv <= EXP_SAFE and cond is not None and _bound_in(ctx, cond, y, not holds)
+    if len(o.node.args) != 3:
+        return False
+    cond, holds = _cond(ctx, o.node.args[0])
+    if cond is None:
+        return False
+    for branch, h in ((o.node.args[1], holds), (o.node.args[2], not holds)):
+        bv = const_value(branch)
+        if not ((bv is not None and bv <= EXP_SAFE) or _bound_in(ctx, cond, branch, h)):
+            return False
+    return True
+
+
+def _cond(ctx: Context, m: ast.expr) -> tuple[ast.expr | None, bool]:
+    """A mask as (comparison, whether the mask is true where the comparison holds): ``~mask`` with
+    ``mask = x <= 18`` is (``x <= 18``, False)."""
+    holds = True
+    for _ in range(4):
+        if isinstance(m, ast.UnaryOp) and isinstance(m.op, ast.Invert | ast.Not):
+            m, holds = m.operand, not holds
+        elif isinstance(m, ast.Name):
+            nxt = ctx.value(m, depth=1)
+            if nxt is None or nxt is m:
+                return None, holds
+            m = nxt
+        else:
+            break
+    return (m, holds) if isinstance(m, ast.Compare) else (None, holds)
 
 
 def shifted(node: ast.expr | None, ctx: Context | None = None) -> bool:
@@ -304,7 +401,7 @@ def exp_bounded(ctx: Context, site: ast.AST, x: ast.expr | None) -> bool:
     (``exp(log(p))``), a branch condition keeps it small, or the code only runs on an empty array."""
     if x is None:
         return False
-    if shifted(x, ctx) or nonpositive(ctx, x):
+    if shifted(x, ctx) or nonpositive(ctx, x) or fill_bounded(ctx, x):
         return True
     if ctx.ops(ctx.value(x) if isinstance(x, ast.Name) else x, "log", "log_softmax", "log_sigmoid") is not None:
         return True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 
 from ..analysis import Context, OpCall, const_value
@@ -66,7 +67,7 @@ class UnguardedNormalization(Rule):
         o = ctx.ops(d, "norm", "std", "sum")
         if o is None or o.x is None or o.family in ("math",) or guarded(ctx, den):
             return
-        if not ctx.in_model(node):
+        if not ctx.in_model(node) and not gradient_normalised(ctx, num, o):
             return  # outside differentiated code, x / x.norm() is FG204 (opt-in)
         if o.op == "sum":
             # only the normalisation of a quantity by its own total, which can be 0
@@ -78,6 +79,33 @@ class UnguardedNormalization(Rule):
         fix = normalize_fix(ctx, node, num, o) if o.op == "norm" else None
         yield Finding(node, f"division by {what} with no eps: NaN when it is 0",
                       "add an eps to the denominator or clamp it (F.normalize for unit vectors)", fix)
+
+
+_GRAD_NAME = re.compile(r"^(d_?)?grads?$|^grads?_|_grads?$|^g$", re.IGNORECASE)
+
+
+def gradient_normalised(ctx: Context, num: ast.expr, o: OpCall) -> bool:
+    """``p.grad / p.grad.norm()`` (``lr * grad / grad.norm()``): a gradient divided by its own norm. A zero
+    gradient is reachable (an unused parameter, a dead unit, a masked row), and then the update is NaN."""
+    if o.op != "norm" or o.x is None:
+        return False
+    x = o.x
+    match x:
+        case ast.Attribute(attr="grad"):
+            pass
+        case ast.Name(id=name) if _GRAD_NAME.search(name):
+            pass
+        case _:
+            return False
+    xt = ctx.text(x)
+    return any(ctx.text(f) == xt for f in factors(num))
+
+
+def factors(e: ast.expr) -> list[ast.expr]:
+    """``[lr, g]`` for ``lr * g``: the factors of a product (the expression itself otherwise)."""
+    if isinstance(e, ast.BinOp) and isinstance(e.op, ast.Mult):
+        return [*factors(e.left), *factors(e.right)]
+    return [e]
 
 
 def normalize_fix(ctx: Context, node: ast.AST, num: ast.expr, o: OpCall) -> Fix | None:

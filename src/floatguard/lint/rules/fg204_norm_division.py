@@ -9,7 +9,7 @@ from ..analysis import Context
 from ..rule import Finding, Rule
 from ._bounds import guarded
 from ._common import division_parts
-from .fg201_unguarded_normalization import normalize_fix
+from .fg201_unguarded_normalization import gradient_normalised, normalize_fix
 
 _NONZERO_SOURCE = ("normal", "randn", "sample", "eigh", "eig", "svd", "qr", "uniform", "rand")
 
@@ -68,8 +68,8 @@ class NormDivision(Rule):
             return
         num, den, d = parts
         o = ctx.ops(d, "norm")
-        if o is None or o.x is None or o.family == "math" or guarded(ctx, den):
-            return
+        if o is None or o.x is None or o.family == "math" or guarded(ctx, den) or gradient_normalised(ctx, num, o):
+            return  # a gradient over its norm is FG201
         x = ctx.text(ctx.strip_views(o.x) or o.x)
         if not any(ctx.text(ctx.strip_views(f) or f) == x for f in _factors(num)) or _nonzero(ctx, o.x):
             return

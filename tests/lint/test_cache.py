@@ -1,0 +1,206 @@
+"""The per-file result cache and the text pre-filter: faster, and never a different answer."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import floatguard.lint.engine as engine
+from floatguard.lint import lint_paths
+from floatguard.lint.cache import CACHE_DIR_NAME, Cache, default_cache_dir
+from floatguard.lint.cli import main
+from floatguard.lint.engine import analyse, iter_python_files, may_find
+
+BUGGY = "import torch\n\n\ndef f(x):\n    return torch.log(torch.sum(torch.exp(x), dim=-1))\n"
+OTHER = "import numpy as np\n\n\ndef g(z):\n    return np.log(1 + np.exp(z))\n"
+CORPUS = Path(__file__).parent / "corpus"
+
+
+def key(results: list[engine.FileResult]) -> list[tuple[str, int, list[dict[str, object]]]]:
+    return [(r.path, r.lines, [e.to_dict() for e in r.events]) for r in results]
+
+
+def tree(tmp_path: Path, n: int = 3) -> Path:
+    d = tmp_path / "src"
+    d.mkdir()
+    for i in range(n):
+        (d / f"m{i}.py").write_text(BUGGY if i % 2 == 0 else OTHER)
+    return d
+
+
+class Counting:
+    """Counts the files analysed (the cache's misses)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls: list[str] = []
+        real = engine.analyse
+
+        def counted(source: str, path: str, *args: object, **kwargs: object) -> object:
+            self.calls.append(path)
+            return real(source, path, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(engine, "analyse", counted)
+
+
+def test_a_hit_gives_the_same_results_without_checking_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, cache = tree(tmp_path), tmp_path / "cache"
+    plain = lint_paths([src], jobs=1, use_config=False)
+    count = Counting(monkeypatch)
+    first = lint_paths([src], jobs=1, use_config=False, cache_dir=cache)
+    assert key(first) == key(plain) and len(count.calls) == 3
+    assert sum(len(r.events) for r in plain) == 3  # FG101 twice, FG105 once: something worth caching
+    second = lint_paths([src], jobs=1, use_config=False, cache_dir=cache)
+    assert key(second) == key(plain) and len(count.calls) == 3  # nothing analysed again
+    assert (cache / ".gitignore").read_text().strip().endswith("*")
+
+
+def test_entries_are_invalidated_by_content_settings_and_version(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    src, cache = tree(tmp_path), tmp_path / "cache"
+    lint_paths([src], jobs=1, use_config=False, cache_dir=cache)
+    count = Counting(monkeypatch)
+    (src / "m0.py").write_text(BUGGY.replace("dim=-1", "dim=0"))  # content
+    res = lint_paths([src], jobs=1, use_config=False, cache_dir=cache)
+    assert [Path(p).name for p in count.calls] == ["m0.py"]
+    assert "dim=0" in res[0].events[0].fix.edits[0].text  # type: ignore[union-attr]
+    count.calls.clear()
+    res = lint_paths([src], jobs=1, use_config=False, cache_dir=cache, select=("FG105",))  # settings
+    assert len(count.calls) == 3 and [e.code for r in res for e in r.events] == ["FG105"]
+    count.calls.clear()
+    (tmp_path / "pyproject.toml").write_text("[tool.ruff]\nline-length = 40\n")  # the project's style
+    from floatguard.lint.config import clear_caches
+
+    clear_caches()
+    lint_paths([src], jobs=1, use_config=False, cache_dir=cache)
+    assert len(count.calls) == 3
+    clear_caches()
+    count.calls.clear()
+    monkeypatch.setattr("floatguard.lint.cache.linter_fingerprint", lambda: "another-version")  # the linter
+    res = lint_paths([src], jobs=1, use_config=False, cache_dir=cache)
+    assert len(count.calls) == 3 and (cache / "another-version").is_dir()
+
+
+def test_a_corrupted_entry_is_ignored_and_rewritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, cache = tree(tmp_path, 1), tmp_path / "cache"
+    good = lint_paths([src], jobs=1, use_config=False, cache_dir=cache)
+    (entry,) = [p for p in cache.rglob("*.json")]
+    for junk in (b"{not json", b"", b'{"key": "x", "lines": 1, "events": []}', b"[1, 2]",
+                 json.dumps({"key": entry.stem, "lines": 5, "events": [{"kind": 3}]}).encode()):
+        entry.write_bytes(junk)
+        count = Counting(monkeypatch)
+        assert key(lint_paths([src], jobs=1, use_config=False, cache_dir=cache)) == key(good)
+        assert len(count.calls) == 1  # checked again ...
+        assert json.loads(entry.read_bytes())["key"] == entry.stem  # ... and the entry written anew
+
+
+def test_an_unwritable_cache_is_not_an_error(tmp_path: Path) -> None:
+    src = tree(tmp_path, 1)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    res = lint_paths([src], jobs=1, use_config=False, cache_dir=blocker / "cache")  # a file where a dir should be
+    assert [e.code for r in res for e in r.events] == ["FG101"]
+
+
+def test_fix_runs_do_not_read_the_cache(tmp_path: Path) -> None:
+    src, cache = tree(tmp_path, 1), tmp_path / "cache"
+    lint_paths([src], jobs=1, use_config=False, cache_dir=cache)
+    (res,) = lint_paths([src], fix="safe", jobs=1, use_config=False, cache_dir=cache)
+    assert res.fixed == 1 and "torch.logsumexp" in (src / "m0.py").read_text()
+
+
+def test_concurrent_writers_share_a_cache(tmp_path: Path) -> None:
+    """Two runs at once over one tree and one cache: both right, no half-written entry, no temporary file."""
+    src = tree(tmp_path, 40)
+    cache = tmp_path / "cache"
+    code = ("import sys\nfrom floatguard.lint.cli import main\n"
+            "raise SystemExit(main([sys.argv[1], '--no-config', '--format', 'json', '-j', '2', '--cache-dir', "
+            "sys.argv[2]]))\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(src), str(cache)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    expected = [e.to_dict() for r in lint_paths([src], jobs=1, use_config=False) for e in r.events]
+    for p, (out, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 1, err
+        assert json.loads(out) == expected
+    entries = list(cache.rglob("*.json"))
+    assert len(entries) == 40 and not list(cache.rglob("*.tmp"))
+    for e in entries:
+        assert json.loads(e.read_bytes())["key"] == e.stem
+
+
+def test_cli_cache_in_the_project_root_and_no_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "pyproject.toml").write_text("[project]\nname = 'p'\n")
+    src = tree(tmp_path, 1)
+    sub = tmp_path / "docs"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+    assert default_cache_dir() == tmp_path / CACHE_DIR_NAME
+    assert main([str(src), "--no-cache"]) == 1
+    assert not (tmp_path / CACHE_DIR_NAME).exists()
+    uncached = capsys.readouterr().out
+    assert main([str(src)]) == 1
+    first = capsys.readouterr().out
+    assert first == uncached and (tmp_path / CACHE_DIR_NAME).is_dir()
+    assert main([str(src)]) == 1 and capsys.readouterr().out == first
+    other = tmp_path / "elsewhere"
+    assert main([str(src), "--cache-dir", str(other)]) == 1 and other.is_dir()
+    assert Cache(other).dir.is_dir()
+
+
+# -- the pre-filter ---------------------------------------------------------------------------------------------
+
+def test_the_prefilter_words_come_from_the_rules_op_names() -> None:
+    assert may_find("y = x.exp()") and may_find("from numpy import log") and may_find("F.softmax(a)")
+    assert not may_find("import torch\nimport numpy as np\n\ndef f(a, b):\n    return a + b\n")
+    assert not may_find("expected = logger.explog('exponent')")  # words, not substrings
+
+
+def _all_findings(files: list[Path], monkeypatch: pytest.MonkeyPatch, on: bool) -> list[tuple[str, int, str]]:
+    if not on:
+        monkeypatch.setattr(engine, "may_find", lambda source: True)
+    out = []
+    for f in files:
+        src = engine.decode_source(f.read_bytes())[0]
+        out += [(str(f), e.line or 0, e.code or "") for e in analyse(src, str(f))[0]]
+    monkeypatch.undo()
+    return out
+
+
+def _package_with_findings() -> Path:
+    import torch
+
+    return Path(torch.__file__).parent / "distributions"
+
+
+def test_the_prefilter_never_drops_a_finding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the rule corpus and on a copy of a real package: every rule, with and without the pre-filter."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(_package_with_findings(), pkg)
+    files = list(iter_python_files([CORPUS, pkg]))
+    skipped = [f for f in files if not may_find(f.read_text(encoding="utf-8", errors="replace"))]
+    assert len(files) > 50 and skipped  # it does skip files
+    with_filter = _all_findings(files, monkeypatch, on=True)
+    without = _all_findings(files, monkeypatch, on=False)
+    assert len(without) > 50
+    assert with_filter == without
+
+
+def test_a_skipped_file_still_reports_its_syntax_error() -> None:
+    events, _ = analyse("def f(:\n    pass\n", "x.py")
+    assert [e.code for e in events] == ["FG000"] and not may_find("def f(:\n    pass\n")
+
+
+def test_entries_are_keyed_by_the_path_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src, cache = tree(tmp_path, 1), tmp_path / "cache"
+    lint_paths([src], jobs=1, use_config=False, cache_dir=cache)
+    monkeypatch.chdir(src)
+    count = Counting(monkeypatch)
+    (res,) = lint_paths(["m0.py"], jobs=1, use_config=False, cache_dir=cache)
+    # the same text shown under another name: checked again, so its findings name the file as it is given
+    assert res.path == "m0.py" and res.events[0].file == "m0.py" and count.calls == ["m0.py"]
