@@ -18,8 +18,8 @@ The script installs the pinned packages into their own venv (``--no-deps``: only
 sources are read, nothing is imported), reruns the linter and prints, per rule, the
 findings now and how they were judged, next to the figures when the verdicts were written
 (the rows the old linter produced), for the packages the precision work was driven by and
-for four held-out packages judged only afterwards; then what changed: findings without a
-verdict, verdicts whose finding disappeared.
+for four held-out packages judged only afterwards (and seven more held out in round 2); then what
+changed: findings without a verdict, verdicts whose finding disappeared.
 
     python benchmarks/lint_precision/run.py [--venv /tmp/corpus] [--install] [--new-out FILE] [--select ALL]
 

@@ -6,6 +6,7 @@ The judge is ruff itself (installed with the dev tools): a file that ``ruff chec
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -222,3 +223,43 @@ def test_fixed_lines_are_what_ruff_format_writes(tmp_path: Path, arg: str, body:
     new = f.read_text()
     assert "logaddexp.reduce" in new and max(len(ln) for ln in new.splitlines()) <= 44
     assert ruff("format", "--diff", str(f), cwd=tmp_path).stdout == ""
+
+
+# -- a real package's own tests pass before and after --fix ----------------------------------------------------
+
+def _networkx() -> Path:
+    nx = pytest.importorskip("networkx")  # installed with the dev tools (a pure-Python package with its tests)
+    return Path(nx.__file__).parent
+
+
+NX_FIXED = ["generators/random_graphs.py", "algorithms/bipartite/generators.py"]
+NX_TESTS = ["generators/tests/test_random_graphs.py", "algorithms/bipartite/tests/test_generators.py"]
+
+
+def _nx_tests(root: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    code = "import networkx, sys; assert networkx.__file__.startswith(sys.argv[1]), networkx.__file__"
+    subprocess.run([sys.executable, "-c", code, str(root)], cwd=root, env=env, check=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:randomly", "-p", "no:cacheprovider",
+                           *(f"networkx/{t}" for t in NX_TESTS)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_a_real_packages_tests_pass_after_fix(tmp_path: Path) -> None:
+    """networkx's random-graph generators hold ``math.log(1.0 - seed.random())`` (FG106, safe fix ``log1p``):
+    fixed in a copy of the package, its own tests still pass, and the edits are the only change."""
+    shutil.copytree(_networkx(), tmp_path / "networkx", ignore=shutil.ignore_patterns("__pycache__"))
+    before = _nx_tests(tmp_path)
+    assert before.returncode == 0, before.stdout[-3000:]
+    files = [tmp_path / "networkx" / f for f in NX_FIXED]
+    old = [f.read_text() for f in files]
+    results = lint_paths(files, select=("FG106",), fix="safe")
+    assert sum(r.fixed for r in results) >= 4
+    for f, text in zip(files, old, strict=True):
+        new = f.read_text()
+        assert "log1p(" in new and new.count("\n") == text.count("\n")  # math is imported already: no new line
+        changed = [(a, b) for a, b in zip(text.splitlines(), new.splitlines(), strict=True) if a != b]
+        assert changed and all("math.log(" in a and "math.log1p(" in b for a, b in changed)
+    after = _nx_tests(tmp_path)
+    assert after.returncode == 0, after.stdout[-3000:]
+    assert after.stdout.splitlines()[-1].split(" in ")[0] == before.stdout.splitlines()[-1].split(" in ")[0]

@@ -302,6 +302,8 @@ META: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
                                          lambda: F.binary_cross_entropy_with_logits(X, P)),
     "cross_entropy": (lambda: fg.cross_entropy(X, IDX, label_smoothing=0.1),
                       lambda: F.cross_entropy(X, IDX, label_smoothing=0.1)),
+    "linear_cross_entropy": (lambda: fg.linear_cross_entropy(_meta(4, 5), _meta(3, 5), IDX),
+                             lambda: F.cross_entropy(_meta(4, 5) @ _meta(3, 5).T, IDX)),
     "log1mexp": (lambda: fg.log1mexp(X), lambda: torch.log(-torch.expm1(X))),
     "log_matmul_exp": (lambda: fg.log_matmul_exp(X, _meta(3, 5)), lambda: X @ _meta(3, 5)),
     "log_prod": (lambda: fg.log_prod(P, axis=1), lambda: torch.log(P).sum(1)),
@@ -327,7 +329,7 @@ META: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
 def test_every_public_op_is_covered() -> None:
     assert set(META) | {"default_eps"} == set(ops.__all__)
     assert set(UNARY) | set(BINARY) | {"logsumexp", "logmeanexp", "log_prod", "softmax", "log_softmax",
-                                       "logcumsumexp", "log_matmul_exp", "cross_entropy",
+                                       "logcumsumexp", "log_matmul_exp", "cross_entropy", "linear_cross_entropy",
                                        "binary_cross_entropy_with_logits", "default_eps"} == set(ops.__all__)
 
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -31,10 +32,10 @@ NAIVE_FROM = "log(exp(z).sum())"
 FIXED_FROM = "numpy.logaddexp.reduce(z, axis=None)"
 
 
-def _run_fn(src: str, name: str, *args: object) -> object:
-    ns: dict[str, object] = {}
+def _run_fn(src: str, name: str, *args: object) -> Any:  # what the executed code returns: anything
+    ns: dict[str, Any] = {}
     exec(compile(src, "<t>", "exec"), ns)
-    return ns[name](*args)  # type: ignore[operator]
+    return ns[name](*args)
 
 
 # -- 1. line mapping: lines are counted as ast counts them ------------------------------------------------

@@ -383,12 +383,6 @@ def _softmax(x: Any, axis: int | tuple[int, ...] | None, where: Any, dim: int | 
     return _result(be, xp.reshape(out, shape) if len(shape) == 0 else out, x.dtype)
 
 
-def _softmax_generic(be: Backend, rows: Any, mask: Any, log: bool) -> Any:
-    """The generic softmax of rows, as :func:`._core.softmax_rows` (``mask``: entries kept). Only for
-    ``tests/ops/test_jax_fast.py``, which calls it by this name."""
-    return softmax_rows(be, rows if mask is None else be.xp.where(mask, rows, -float("inf")), log)
-
-
 def _unrows(xp: Any, rows: Any, shape: tuple[int, ...], axes: tuple[int, ...]) -> Any:
     """Inverse of :func:`_to_rows` for an unreduced result (same number of entries as ``shape``)."""
     others = tuple(i for i in range(len(shape)) if i not in axes)

@@ -51,7 +51,8 @@ class StepChecker:
             return already
         i = bad[0]
         g = grads[i]
-        has_nan = bool(torch.isnan(stored_values(g)).any())
+        vals = stored_values(g)  # first_bad judged it, so its layout has stored values
+        has_nan = vals is not None and bool(torch.isnan(vals).any())
         kind = "nan" if has_nan else "overflow"
         names = ", ".join(self._name(params[j], j) for j in bad[:5]) + (" ..." if len(bad) > 5 else "")
         return Event(kind=kind, source="sanitize", phase="backward", op=None, module=self._name(params[i], i),

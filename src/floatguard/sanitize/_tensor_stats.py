@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from .._torch_util import stored_values
+
 __all__ = ["COMPLEX", "FLOAT8", "absmax", "dtype_name", "first_bad", "flatten", "has_zero", "is_float", "nonfinite",
            "stored_values", "taint", "tensor_stats"]
 
@@ -24,25 +26,6 @@ def dtype_name(dt: torch.dtype) -> str:
     """``torch.float16`` -> ``"float16"``."""
     return str(dt).removeprefix("torch.")
 
-
-_COMPRESSED = frozenset({torch.sparse_csr, torch.sparse_csc, torch.sparse_bsr, torch.sparse_bsc})
-
-
-def stored_values(t: Any) -> Any:
-    """The entries a tensor stores, as a strided tensor: ``t`` itself, or the values of a sparse tensor.
-
-    A sparse gradient (``nn.Embedding(..., sparse=True)``) is non-finite exactly where one
-    of its stored values is; the entries it does not store are zeros. Nested and other
-    layouts give None (not judged).
-    """
-    layout = t.layout
-    if layout is _strided:
-        return None if t.is_nested else t
-    if layout is torch.sparse_coo:
-        return t._values()
-    if layout in _COMPRESSED:
-        return t.values()
-    return None
 
 
 def tensor_stats(t: Any, prefix: str) -> dict[str, Any]:

@@ -29,8 +29,8 @@ class Log1mExp(Rule):
 
     ## Use instead
     ```python
-    import torch
     import floatguard
+    import torch
 
     log_surv = floatguard.log1mexp(log_cdf)
     ```
