@@ -43,7 +43,7 @@ import instability_programs as ip
 HEADERS = ["proxy", "kind", "cure", "began", "raised", "loss shows it (user)", "lead", "loss shows it (vs cured)",
            "lead", "final loss", "final loss, cured", "cured silent"]
 LOSS_CURVE = ("stalled_loss", "diverging_loss", "stuck_at_chance", "oscillating_loss", "loss_spike", "nonfinite_loss")
-STEPS = {"attention": 300, "attention_fused": 300, "logit_offset": 100, "bf16_sgd": 400, "adam_eps": 300,
+STEPS = {"attention": 300, "attention_fused": 300, "output_logits": 400, "bf16_sgd": 400, "adam_eps": 300,
          "loss_spike": 200}
 
 

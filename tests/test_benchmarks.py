@@ -149,3 +149,22 @@ def test_instabilities_quick(load, capsys) -> None:
     assert mod.loss_shows([1.0] * 5 + [2.0] * 5, [1.0] * 10, spike=False) == 5
     assert mod.loss_shows([1.0, 3.0, 1.0], [1.0, 1.0, 1.0], spike=True) == 1
     assert mod.loss_shows([1.0] * 4, [1.0] * 4, spike=False) is None
+
+
+def test_linear_cross_entropy_tiny(load, capsys) -> None:
+    mod = load("linear_cross_entropy")
+    t32, tjax = mod.main(["--tokens", "256", "--hidden", "32", "--vocab", "2000", "--rounds", "1",
+                          "--only", "float32", "jax"])
+    assert "PyTorch CPU, float32, 256 tokens x 32 hidden x 2000 vocabulary" in capsys.readouterr().out
+    assert _cells(t32, 0) == [mod.UNFUSED, "torchtune chunked", "floatguard"]
+    assert _cells(t32, 1)[0] == "1" and all(0 < float(c) < math.inf for c in _cells(t32, 1))
+    peaks = [_num(c) if c != "n/a" else None for c in _cells(t32, 3)]
+    if mod._reset_peak() is None:
+        assert peaks == [None] * 3
+    else:  # a child's own peak, not its parent's: ru_maxrss (inherited across exec) read 0 here
+        assert all(p is not None and p >= 0 for p in peaks) and peaks[0] is not None and peaks[0] > 0
+    ok = _cells(t32, 6)[2].split(" / ")
+    assert all(v in ("ok", "FAIL") for v in ok) and len(ok) == 2
+    assert _cells(tjax, 0) == ["unfused jax.nn", "floatguard"] * 2
+    assert _cells(tjax, 1) == ["forward", "forward", "value_and_grad", "value_and_grad"]
+    assert all(0 < float(c) < math.inf for c in _cells(tjax, 2))

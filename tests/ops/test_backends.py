@@ -305,6 +305,46 @@ def test_jit_cross_entropy() -> None:
     np.testing.assert_allclose(np.asarray(g), -sps.log_softmax(X, axis=1)[np.arange(3), TARGET], rtol=1e-13)
 
 
+H = _g.normal(size=(3, 5))
+W_HEAD = _g.normal(size=(4, 5))
+CLOSURE_OPS = [*OPS, ("linear_cross_entropy", lambda h, w, c: fg.linear_cross_entropy(h, w, c(TARGET)), [H, W_HEAD])]
+
+
+@pytest.mark.parametrize("x64", [True, False], ids=["x64", "no-x64"])
+@pytest.mark.parametrize(("fn", "inputs"), [o[1:] for o in CLOSURE_OPS], ids=[o[0] for o in CLOSURE_OPS])
+def test_jit_of_a_closure_over_every_argument(fn: Callable[..., Any], inputs: list[np.ndarray], x64: bool) -> None:
+    """``jax.jit`` of a function of no argument whose arrays (inputs, integer targets, masks) are captured
+    JAX arrays made outside: concrete constants, on which the ops' value checks still run (under jit their
+    own ops would be traced) and give the eager result."""
+    with jax.enable_x64(x64):
+        args = [jnp.asarray(a) for a in inputs]
+        consts: dict[int, Any] = {}
+
+        def const(a: np.ndarray) -> Any:
+            return consts.setdefault(id(a), jnp.asarray(a))  # made once, outside the jitted function
+
+        want = outputs(fn(*args, const))
+        got = outputs(jax.jit(lambda: fn(*args, const))())
+    for g, w in zip(got, want, strict=True):
+        assert g.dtype == w.dtype
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-13 if x64 else 1e-6, atol=0)
+
+
+def test_jit_checks_a_captured_target_and_skips_a_traced_one() -> None:
+    """A captured out-of-range class index is a constant: the range check runs and names the argument; a
+    traced target (a jit argument) has no values to check, as under torch.compile."""
+    xj = jnp.asarray(X)
+    bad = jnp.asarray([0, 4, 1])
+    with pytest.raises(ValueError, match=r"'target' has class indices outside \[0, 4\) \(e.g. 4\)"):
+        jax.jit(lambda v: fg.cross_entropy(v, bad))(xj)
+    ok = jnp.asarray([0, -1, 1])
+    got = jax.jit(lambda v: fg.cross_entropy(v, ok, ignore_index=-1, reduction="sum"))(xj)
+    want = -sps.log_softmax(X, axis=1)[[0, 2], [0, 1]].sum()
+    np.testing.assert_allclose(float(got), want, rtol=1e-13)
+    traced = jax.jit(lambda v, t: fg.cross_entropy(v, t, reduction="none"))(xj, jnp.asarray(TARGET))
+    np.testing.assert_allclose(np.asarray(traced), -sps.log_softmax(X, axis=1)[np.arange(3), TARGET], rtol=1e-13)
+
+
 @pytest.mark.parametrize(
     ("a", "b"),
     [

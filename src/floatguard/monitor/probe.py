@@ -24,11 +24,9 @@ module hooks, registered only while sampling): ``"net.3"`` for an ``nn.ReLU`` at
 from __future__ import annotations
 
 import contextlib
-import sys
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import CodeType
 from typing import Any
 
 import torch
@@ -49,7 +47,6 @@ _NLL = {F.nll_loss}
 _BCE_LOGITS = {F.binary_cross_entropy_with_logits}
 _LOG = {torch.log, torch.Tensor.log}
 _SDPA = {F.scaled_dot_product_attention}
-_FG_DEPTH = 8  # frames searched above a torch call for floatguard.cross_entropy (its fast paths are 2-5 deep)
 _CONV = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.BatchNorm1d, torch.nn.BatchNorm2d,
          torch.nn.BatchNorm3d)
 
@@ -103,7 +100,6 @@ class Probe(TorchFunctionMode):
         self._softmax_out: dict[int, weakref.ref[torch.Tensor]] = {}
         self._act_out: dict[int, tuple[weakref.ref[torch.Tensor], str]] = {}
         self._handles: list[Any] = []
-        self._fg_logits: weakref.ref[torch.Tensor] | None = None  # the last floatguard.cross_entropy input seen
         self._calls: dict[str, int] = {}
         self.order: list[str] = []  # parametrized modules in the order their forward began
         self._root_id = 0
@@ -182,45 +178,30 @@ class Probe(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         with contextlib.suppress(Exception):  # statistics must never break training
-            if not self._floatguard_loss(sys._getframe(1)):
+            if func is _fg_cross_entropy():
+                self._floatguard_loss(args, kwargs)
+            else:
                 self._observe(func, args, kwargs, out)
         return out
 
-    def _floatguard_loss(self, frame: Any) -> bool:
-        """Whether this torch call runs inside ``floatguard.cross_entropy`` (whose logits are then recorded once).
+    def _floatguard_loss(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Record the logits of ``floatguard.cross_entropy`` like ``F.cross_entropy``'s.
 
-        ``floatguard.cross_entropy`` is a Python function, not a torch one: this mode never
-        sees the call itself, only the torch calls its kernels make (attribute reads,
-        ``.numpy()``, ...). The first of them finds the op's frame above it and records its
-        ``logits`` (with ``axis``/``dim`` and, when given, ``softcap`` applied, as the
-        z-loss sees them), like ``F.cross_entropy``'s; its inner calls are not observed.
+        The op follows PyTorch's override protocol (``handle_torch_function``), so this mode
+        sees the call itself, with its arguments; the torch calls its kernels make run with
+        the mode off and are not observed. The logits are taken along ``axis``/``dim`` and,
+        when ``softcap`` is given, capped, as the z-loss sees them.
         """
-        code = _ce_code()
-        f = frame
-        for _ in range(_FG_DEPTH):
-            if f is None:
-                return False
-            if f.f_code is code:
-                break
-            f = f.f_back
-        else:
-            return False
-        loc = f.f_locals
-        x = loc.get("logits")
+        x = args[0] if args else kwargs.get("logits")
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            return True
-        ref = self._fg_logits
-        if ref is not None and ref() is x:
-            return True
-        self._fg_logits = weakref.ref(x)
-        d = loc.get("dim")
-        d = loc.get("axis", -1) if d is None else d
-        cap = loc.get("softcap")
+            return
+        d = kwargs.get("dim")
+        d = kwargs.get("axis", -1) if d is None else d
+        cap = kwargs.get("softcap")
         y = x.detach()
         if isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap > 0:
             y = cap * torch.tanh(y / cap)
         self._logits(y, "cross_entropy", int(d) if isinstance(d, int) else -1)
-        return True
 
     def _is_softmax_out(self, x: Any) -> bool:
         if not isinstance(x, torch.Tensor):
@@ -330,16 +311,16 @@ class Probe(TorchFunctionMode):
         self.attention[site] = st if prev is None else torch.where(st[0] >= prev[0], st, prev)
 
 
-_CE_CODE: list[CodeType] = []
+_FG_CE: list[Callable[..., Any]] = []
 
 
-def _ce_code() -> CodeType:
-    """The code object of ``floatguard.cross_entropy`` (imported on first use: the ops need NumPy only)."""
-    if not _CE_CODE:
+def _fg_cross_entropy() -> Callable[..., Any]:
+    """``floatguard.cross_entropy`` (imported on first use: the ops need NumPy only)."""
+    if not _FG_CE:
         from ..ops.losses import cross_entropy
 
-        _CE_CODE.append(cross_entropy.__code__)
-    return _CE_CODE[0]
+        _FG_CE.append(cross_entropy)
+    return _FG_CE[0]
 
 
 def _dim(args: tuple[Any, ...], kwargs: dict[str, Any], default: int) -> int:

@@ -14,6 +14,7 @@ JAX are imported only when an array of theirs arrives.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,10 @@ __all__ = [
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+# Tests only: CPU tensors take the path of tensors on other devices (CUDA, XPU, MPS: torch ops in float32,
+# no numba kernels), so that it is tested where no GPU is. Read by ._torch_fast and .losses at each call.
+FORCE_DEVICE_PATH: bool = os.environ.get("FLOATGUARD_FORCE_DEVICE_PATH", "") not in ("", "0")
 
 
 def _torch_compiling() -> bool:
@@ -111,6 +116,12 @@ class Backend:
         import jax
 
         return not isinstance(x, jax.core.Tracer)
+
+    def host(self, x: Any) -> Any:
+        """The values of a concrete ``x`` (see :meth:`is_concrete`) in an array whose operators run
+        eagerly: NumPy for JAX (under ``jax.jit`` even a captured constant's own ops are traced, and a
+        check on their result fails with ``TracerBoolConversionError``), ``x`` itself otherwise."""
+        return np.asarray(x) if self.name == "jax" else x
 
     def compiling(self) -> bool:
         """True while ``torch.compile`` traces a torch op: the ops then avoid what it cannot trace

@@ -8,7 +8,8 @@
   int16 / uint16 (numba has no 16-bit floats): :func:`_load` widens an entry to float64 in
   registers (exact), :func:`_encode` rounds a float64 to the storage dtype once (nearest even),
   :func:`_load32` / :func:`_encode32` do the same in float32; the dtype of the array picks the
-  conversion when numba compiles;
+  conversion when numba compiles, and :func:`_load_as` / :func:`_round_to` pick the float64 or the
+  float32 pair from the type of a value;
 * :func:`_row_max`, a row's max from order-preserving integer keys of its bits (vectorizes);
 * :func:`_voidptr` and ``carray``: arrays over a tensor's ``data_ptr()``.
 
@@ -95,6 +96,18 @@ def _load32(v: Any) -> Any:
 
 def _encode32(v: Any, like: Any) -> Any:
     """float32 ``v`` rounded (nearest even) to bfloat16 or float16 bits, the dtype of ``like``."""
+    raise NotImplementedError
+
+
+def _load_as(v: Any, like: Any) -> Any:
+    """An entry widened (exactly) to the type of the scalar ``like``: :func:`_load32` for a float32
+    ``like`` (16-bit entries only), else :func:`_load`. One kernel serves both working precisions."""
+    raise NotImplementedError
+
+
+def _round_to(v: Any, like: Any) -> Any:
+    """``v`` rounded once to the dtype of array ``like``: :func:`_encode32` for a float32 ``v`` (16-bit
+    ``like`` only), else :func:`_encode`."""
     raise NotImplementedError
 
 
@@ -307,6 +320,18 @@ if numba is not None:
         if like.dtype == types.int16:
             return lambda v, like: _bf16_of_f32(v)
         return lambda v, like: _half_of_f32(v)
+
+    @overload(_load_as)
+    def _load_as_impl(v, like):
+        if like == types.float32:
+            return lambda v, like: _load32(v)
+        return lambda v, like: _load(v)
+
+    @overload(_round_to)
+    def _round_to_impl(v, like):
+        if v == types.float32:
+            return lambda v, like: _encode32(v, like)
+        return lambda v, like: _encode(v, like)
 
 
 

@@ -54,8 +54,8 @@ only (their one floating-point reduction); never ``nnan``/``ninf``/``afn``.
 The kernels are modules of one job: :mod:`._numba_bits` (compile decorators, bit casts,
 16-bit storage), :mod:`._numba_exp` (the ``exp`` kernels), this module (the NumPy path's row
 kernels) and :mod:`._numba_torch` (the PyTorch path's forward and fused backward on every
-storage dtype, and ``ptr_*`` entry points on raw data pointers). Their names are importable
-from here, the one module the callers load.
+storage dtype, and ``ptr_*`` entry points on raw data pointers). The callers load this module
+alone: the PyTorch path's entry points and the storage-dtype helpers are importable from here.
 
 Without numba this module still imports (``AVAILABLE`` is False, the kernels are
 not usable) and callers use the NumPy path.
@@ -65,51 +65,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numba_bits import (  # noqa: F401  (re-exported: the kernels' one import point)
-    _CONTRACT,
-    _SUM,
-    AVAILABLE,
-    _as_float,
-    _as_int,
-    _encode,
-    _encode32,
-    _f32_bits,
-    _f32_from_bits,
-    _inline,
-    _load,
-    _load32,
-    _njit,
-    _row_max,
-    _voidptr,
-    carray,
-)
-from ._numba_exp import (  # noqa: F401
-    BLK,
-    TABLE_BITS,
-    N,
-    _add,
-    _add_inl,
-    _exp32,
-    _exp_accurate,
-    _exp_f32out,
-    _exp_reduced,
-    _exp_reduced_inl,
-    _reduce,
-    _reduce_inl,
-    exp_nonpositive,
-)
-from ._numba_torch import (  # noqa: F401
+from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _encode, _encode32, _load, _load32, _njit  # noqa: F401
+from ._numba_exp import BLK, _add, _exp_f32out, _exp_reduced, _reduce, exp_nonpositive  # noqa: F401
+from ._numba_torch import (  # noqa: F401  (the PyTorch path's entry points, loaded through this module)
     STORAGE_CODES,
-    _rest_accurate,
-    _rest_f32out,
     ptr_logsumexp_bwd,
     ptr_logsumexp_fwd,
     ptr_softmax_bwd,
     ptr_softmax_fwd,
-    torch_logsumexp_bwd,
-    torch_logsumexp_fwd,
-    torch_softmax_bwd,
-    torch_softmax_fwd,
 )
 
 ROW_BUFFER = 1 << 14  # softmax rows up to this length keep exp(x - m) in a buffer: one exp per entry
@@ -241,6 +204,3 @@ def softmax_rows(x: np.ndarray, m: np.ndarray, k: np.ndarray, out: np.ndarray, l
                 _div_block(rb, kb, denom, o[b0:b1], exact)
     return bad
 
-
-# ================================================================================================
-# Kernels of the PyTorch path (:mod:`._torch_fast`): forward and fused backward, every storage dtype

@@ -21,7 +21,9 @@ from ._numba_bits import (
     _inline,
     _load,
     _load32,
+    _load_as,
     _njit,
+    _round_to,
     _row_max,
     _voidptr,
     carray,
@@ -78,16 +80,20 @@ def _rest_accurate(row: np.ndarray, m: float) -> float:
     return (total + comp) + np.float64(ties - 1)
 
 
+# The output loops below serve both working precisions: float64 values (float32 / float64 rows) or
+# float32 ones (bfloat16 / float16 rows); the type of ``q``, ``m`` or ``dot`` picks the load and the rounding.
 @_inline(_CONTRACT)
 def _scale_out(e: np.ndarray, q: float, out: np.ndarray) -> None:
+    """``out_i = e_i q``, rounded once to ``out``'s dtype."""
     for i in range(e.size):
-        out[i] = _encode(e[i] * q, out)
+        out[i] = _round_to(e[i] * q, out)
 
 
 @_inline(_CONTRACT)
-def _log_out_ld(row: np.ndarray, m: float, log1p_s: float, out: np.ndarray) -> None:
+def _log_out(row: np.ndarray, m: float, log1p_s: float, out: np.ndarray) -> None:
+    """``out_i = (row_i - m) - log1p(s)``, rounded once to ``out``'s dtype."""
     for i in range(row.size):
-        out[i] = _encode((_load(row[i]) - m) - log1p_s, out)
+        out[i] = _round_to((_load_as(row[i], m) - m) - log1p_s, out)
 
 
 @_njit()
@@ -111,7 +117,7 @@ def torch_softmax_fwd(x: np.ndarray, out: np.ndarray, finite: np.ndarray, log: b
             continue
         if log:
             s, ties = _rest_f32out(row, m)
-            _log_out_ld(row, m, np.log1p(s + np.float64(ties - 1)), out[r])
+            _log_out(row, m, np.log1p(s + np.float64(ties - 1)), out[r])
         else:
             total = _sum_f32out(row, m, e)  # 1 + s, summed with the max term(s) inside
             _scale_out(e, 1.0 / total, out[r])
@@ -145,9 +151,9 @@ def _sum_ld(a: np.ndarray) -> float:
 
 @_inline(_CONTRACT)
 def _softmax_grad_row(p: np.ndarray, g: np.ndarray, dot: float, grad: np.ndarray) -> None:
+    """``grad_i = p_i (g_i - dot)``, in the precision of ``dot`` (see :func:`_scale_out`)."""
     for i in range(p.size):
-        pi = _load(p[i])
-        grad[i] = _encode(pi * (_load(g[i]) - dot), grad)
+        grad[i] = _round_to(_load_as(p[i], dot) * (_load_as(g[i], dot) - dot), grad)
 
 
 @_inline(_CONTRACT)
@@ -255,18 +261,6 @@ def _rest32(row: np.ndarray, m: float) -> tuple[float, int]:
     return total, ties
 
 
-@_inline(_CONTRACT)
-def _scale_out32(e: np.ndarray, q: float, out: np.ndarray) -> None:
-    for i in range(e.size):
-        out[i] = _encode32(e[i] * q, out)
-
-
-@_inline(_CONTRACT)
-def _log_out32(row: np.ndarray, m: float, log1p_s: float, out: np.ndarray) -> None:
-    for i in range(row.size):
-        out[i] = _encode32((_load32(row[i]) - m) - log1p_s, out)
-
-
 @_njit()
 def torch_softmax_fwd16(x: np.ndarray, out: np.ndarray, finite: np.ndarray, log: bool) -> bool:
     """:func:`torch_softmax_fwd` for bfloat16 / float16 rows, in float32 arithmetic (float64 sums)."""
@@ -284,9 +278,9 @@ def torch_softmax_fwd16(x: np.ndarray, out: np.ndarray, finite: np.ndarray, log:
         m32 = F32(m)  # exact: the max is an entry
         if log:
             s, ties = _rest32(row, m32)
-            _log_out32(row, m32, F32(np.log1p(s + np.float64(ties - 1))), out[r])
+            _log_out(row, m32, F32(np.log1p(s + np.float64(ties - 1))), out[r])
         else:
-            _scale_out32(e, F32(1.0 / _sum32_store(row, m32, e)), out[r])
+            _scale_out(e, F32(1.0 / _sum32_store(row, m32, e)), out[r])
     return ok
 
 
@@ -323,12 +317,6 @@ def _sum32(a: np.ndarray) -> float:
 
 
 @_inline(_CONTRACT)
-def _softmax_grad32(p: np.ndarray, g: np.ndarray, dot: float, grad: np.ndarray) -> None:
-    for i in range(p.size):
-        grad[i] = _encode32(_load32(p[i]) * (_load32(g[i]) - dot), grad)
-
-
-@_inline(_CONTRACT)
 def _log_softmax_grad32(o: np.ndarray, g: np.ndarray, total: float, grad: np.ndarray) -> None:
     for i in range(o.size):
         grad[i] = _encode32(_load32(g[i]) - _exp32(_load32(o[i])) * total, grad)
@@ -350,7 +338,7 @@ def torch_softmax_bwd16(out: np.ndarray, g: np.ndarray, finite: np.ndarray, grad
         elif log:
             _log_softmax_grad32(out[r], g[r], F32(_sum32(g[r])), grad[r])
         else:
-            _softmax_grad32(out[r], g[r], F32(_dot32(g[r], out[r])), grad[r])
+            _softmax_grad_row(out[r], g[r], F32(_dot32(g[r], out[r])), grad[r])
 
 
 @_njit()

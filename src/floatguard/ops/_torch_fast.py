@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from . import _namespace as _ns
 from ._core import blocks
 from ._kernels import register
 
@@ -202,9 +203,15 @@ def _kernels() -> Any:
 _CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}  # _numba_fast.STORAGE_CODES
 
 
+def on_device(x: torch.Tensor) -> bool:
+    """Whether ``x`` takes the path of tensors off the CPU (:func:`device_softmax`, :func:`device_logsumexp`):
+    not on the CPU, or any tensor while ``FLOATGUARD_FORCE_DEVICE_PATH`` is set (tests)."""
+    return not x.is_cpu or _ns.FORCE_DEVICE_PATH
+
+
 def _on_kernels(x: torch.Tensor) -> Any:
     """The kernels module when rows ``x`` can go to it (CPU, a kernel dtype, non-empty rows), else None."""
-    if not x.is_cpu or x.dtype not in _CODE or x.shape[-1] == 0:
+    if on_device(x) or x.dtype not in _CODE or x.shape[-1] == 0:
         return None
     return _kern or _kernels()
 
@@ -324,7 +331,7 @@ def device_softmax(x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tens
 
 
 def _grad_dtype(t: torch.Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 or t.is_cpu else torch.float32
+    return torch.float64 if t.dtype == torch.float64 or not on_device(t) else torch.float32
 
 
 # -- the autograd Functions -----------------------------------------------------------------
@@ -335,7 +342,7 @@ def _softmax_any(x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor
         got = _kernel_softmax(kern, x, log)
         if got is not None:
             return got
-    if not x.is_cpu:
+    if on_device(x):
         return device_softmax(x, log)
     return _softmax_forward(x, log)
 
@@ -349,7 +356,7 @@ def _lse_any(x: torch.Tensor) -> torch.Tensor:
         lse = torch.empty(r, dtype=torch.float64)
         if _kernel_call(kern.ptr_logsumexp_fwd, _CODE[x.dtype], x.data_ptr(), lse.data_ptr(), r, n):
             return lse
-    if not x.is_cpu:
+    if on_device(x):
         return device_logsumexp(x)[:, 0]
     return _lse_forward(x)[:, 0].to(torch.float64) if x.dtype != torch.float64 else _lse_forward(x)[:, 0]
 
@@ -360,7 +367,7 @@ def softmax_fast(x: torch.Tensor, axis: Any, log: bool) -> torch.Tensor | None:
     nd = x.ndim
     if nd == 0 or type(axis) is not int or (axis != -1 and axis != nd - 1) or x.layout is not torch.strided:
         return None
-    if not x.is_cpu or x.dtype not in _STORAGE or _kern is False or x.numel() == 0 or torch.compiler.is_compiling():
+    if on_device(x) or x.dtype not in _STORAGE or _kern is False or x.numel() == 0 or torch.compiler.is_compiling():
         return None
     rows = x if nd == 2 else x.reshape(-1, x.shape[-1])
     if x.requires_grad and torch.is_grad_enabled():
@@ -376,7 +383,7 @@ def logsumexp_fast(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor | 
     if (nd == 0 or type(axis) is not int or (axis != -1 and axis != nd - 1) or type(keepdims) is not bool
             or x.layout is not torch.strided):
         return None
-    if not x.is_cpu or x.dtype not in _STORAGE or _kern is False or x.numel() == 0 or torch.compiler.is_compiling():
+    if on_device(x) or x.dtype not in _STORAGE or _kern is False or x.numel() == 0 or torch.compiler.is_compiling():
         return None
     rows = x if nd == 2 else x.reshape(-1, x.shape[-1])
     if x.requires_grad and torch.is_grad_enabled():
@@ -573,7 +580,8 @@ def _losses() -> Any:
 
 
 def _fused_ok(x: torch.Tensor) -> bool:
-    return x.is_cpu and x.layout is torch.strided and not torch.compiler.is_compiling() and _losses() is not None
+    return (not on_device(x) and x.layout is torch.strided and not torch.compiler.is_compiling()
+            and _losses() is not None)
 
 
 def _unary(code: int) -> Any:

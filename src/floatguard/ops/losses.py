@@ -11,8 +11,10 @@ from __future__ import annotations
 import functools
 import math
 import sys
+from collections.abc import Callable
 from typing import Any
 
+from . import _namespace as _ns
 from ._core import shifted
 from ._namespace import Backend, alias, as_float, check_real, namespace, normalize_axis, quiet
 from .elementwise import _softplus
@@ -142,11 +144,31 @@ def _fast_torch(logits: Any, target: Any, weight: Any) -> Any:
         return None
     if logits.layout is not torch.strided or target.layout is not torch.strided:
         return None
-    if torch.compiler.is_compiling() or not logits.dtype.is_floating_point:
+    if torch.compiler.is_compiling() or not logits.dtype.is_floating_point or _ns.FORCE_DEVICE_PATH:
         return None
     from . import _torch_losses
 
     return _torch_losses if _torch_losses.usable(logits) else None
+
+
+def _device_torch(logits: Any, target: Any, weight: Any) -> Any:
+    """:mod:`._torch_losses` when its torch-op composition takes these arguments: tensors off the CPU (CUDA,
+    XPU, MPS; any tensor under ``FLOATGUARD_FORCE_DEVICE_PATH``) on one device, eager; else None."""
+    torch = sys.modules.get("torch")
+    if torch is None or type(logits) is not torch.Tensor or type(target) is not torch.Tensor:
+        return None
+    if (logits.is_cpu and not _ns.FORCE_DEVICE_PATH) or target.device != logits.device or target.requires_grad:
+        return None
+    if weight is not None and (type(weight) is not torch.Tensor or weight.requires_grad or weight.ndim != 1
+                               or weight.device != logits.device):
+        return None
+    if logits.ndim == 0 or logits.numel() == 0 or not logits.dtype.is_floating_point:
+        return None
+    if logits.layout is not torch.strided or target.layout is not torch.strided or torch.compiler.is_compiling():
+        return None
+    from . import _torch_losses
+
+    return _torch_losses
 
 
 def _fast_bce(logits: Any, targets: Any, weight: Any, pos_weight: Any) -> Any:
@@ -188,6 +210,7 @@ def _fast_plain(logits: Any, target: Any, weight: Any, axis: int, dim: int | Non
         and (dim is None or (type(dim) is int and axis == -1 and (dim == -1 or dim == 1))) and logits.ndim == 2
         and target.dtype is torch.int64 and target.ndim == 1 and target.shape[0] == logits.shape[0]
         and logits.dtype in (torch.float32, torch.float64, torch.bfloat16) and logits.is_cpu and target.is_cpu
+        and not _ns.FORCE_DEVICE_PATH
         and not target.requires_grad and (ignore_index is None or type(ignore_index) is int)
         and reduction in _REDUCTIONS and logits.layout is torch.strided and target.layout is torch.strided
     ):
@@ -207,11 +230,32 @@ def _fast_bce_plain(logits: Any, targets: Any, weight: Any, pos_weight: Any, red
         torch is not None and type(logits) is torch.Tensor and type(targets) is torch.Tensor
         and weight is None and pos_weight is None and logits.dtype is targets.dtype
         and logits.dtype in (torch.float32, torch.float64, torch.bfloat16) and logits.shape == targets.shape
-        and logits.is_cpu and targets.is_cpu and not targets.requires_grad and reduction in _REDUCTIONS
+        and logits.is_cpu and targets.is_cpu and not _ns.FORCE_DEVICE_PATH and not targets.requires_grad
+        and reduction in _REDUCTIONS
         and logits.layout is torch.strided and targets.layout is torch.strided and logits.is_contiguous()
         and logits.numel() > 0 and targets.is_contiguous() and not torch.compiler.is_compiling()
         and _fast_module().K.AVAILABLE
     )
+
+
+_TORCH_FUNCTION: list[tuple[type, Callable[[tuple[Any, ...]], bool]]] = []  # (torch.Tensor, has_torch_function)
+
+
+def _torch_function(logits: Any, target: Any, weight: Any) -> bool:
+    """Whether a torch call must go through ``__torch_function__`` (PyTorch's override protocol).
+
+    True when ``logits`` is a torch tensor and a ``TorchFunctionMode`` is active (the
+    monitor's probe, which reads the logits' log Z) or a tensor argument is a subclass
+    overriding ``__torch_function__``. One C call (~0.1 us); False without torch imported,
+    so NumPy and JAX inputs never import it.
+    """
+    if not _TORCH_FUNCTION:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return False
+        _TORCH_FUNCTION.append((torch.Tensor, torch.overrides.has_torch_function))
+    tensor, has = _TORCH_FUNCTION[0]
+    return isinstance(logits, tensor) and has((logits, target, weight))
 
 
 def _check_weight(be: Backend, weight: Any, n_cls: int, like: Any, func: str) -> Any:
@@ -287,7 +331,17 @@ def cross_entropy(
     backward, no (N, C) temporaries; ``floatguard[fast]``); everything else the
     array-API path below. Error: at most 1 ulp for float32/bfloat16/float16
     row losses, 2 ulp times the condition number in float64.
+
+    Torch tensors follow PyTorch's override protocol (``__torch_function__``): a
+    ``TorchFunctionMode`` sees the call as ``floatguard.cross_entropy`` with its
+    arguments (the monitor records the logits' log Z this way), a tensor subclass
+    may override it.
     """
+    if _torch_function(logits, target, weight):  # a Tensor subclass or a TorchFunctionMode (the monitor's probe)
+        return sys.modules["torch"].overrides.handle_torch_function(
+            cross_entropy, tuple(a for a in (logits, target, weight) if a is not None), logits, target, axis=axis,
+            weight=weight, reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index, dim=dim,
+            z_loss=z_loss, softcap=softcap)
     if softcap is None and not z_loss:  # the features off: the latency route as before, no other work
         route = _fast_plain(logits, target, weight, axis, dim, label_smoothing, ignore_index, reduction)
         if route == 1:
@@ -348,8 +402,14 @@ def _cross_entropy(
         return _torch_losses.cross_entropy_compiled(logits, target, ignore_index, reduction, zc, cap)
     fast = _fast_torch(logits, target, weight)
     if fast is not None:
-        out = _cross_entropy_torch_cpu(fast, logits, target, weight, axis, reduction, label_smoothing, ignore_index,
-                                       zc, cap)
+        out = _cross_entropy_torch(fast.cross_entropy, logits, target, weight, axis, reduction, label_smoothing,
+                                   ignore_index, zc, cap)
+        if out is not None:
+            return out
+    dev = _device_torch(logits, target, weight)
+    if dev is not None:  # tensors off the CPU: the torch-op composition, every feature
+        out = _cross_entropy_torch(dev.cross_entropy_device, logits, target, weight, axis, reduction,
+                                   label_smoothing, ignore_index, zc, cap)
         if out is not None:
             return out
     be = namespace(("logits", logits), ("target", target), ("weight", weight), func=func)
@@ -375,14 +435,15 @@ def _cross_entropy(
         _same_shape(target, batch_shape, "target",
                     "integer class indices of the shape of 'logits' without its class axis,", func)
         keep = None if ignore_index is None else target != ignore_index
-        if be.is_concrete(target):
-            bad = (target < 0) | (target >= n_cls)
-            if keep is not None:
-                bad = bad & keep
-            if bool(xp.any(bad)):
+        if be.is_concrete(target):  # a traced target (jax.jit argument) skips the check
+            tv = be.host(target)
+            bad = (tv < 0) | (tv >= n_cls)
+            if ignore_index is not None:
+                bad = bad & (tv != ignore_index)
+            if bool(bad.any()):
                 raise ValueError(
                     f"floatguard.{func}: argument 'target' has class indices outside [0, {n_cls}) "
-                    f"(e.g. {int(target[bad][0])}); set ignore_index for padding entries"
+                    f"(e.g. {int(tv[bad][0])}); set ignore_index for padding entries"
                 )
         idx = target if keep is None else xp.where(keep, target, xp.zeros_like(target))
         nll = -xp.take_along_axis(lsm, xp.expand_dims(idx, axis=-1), axis=-1)[..., 0]
@@ -458,11 +519,12 @@ def _softcap(be: Backend, x: Any, cap: float) -> Any:
     return xp.where(nan, x, cap * (sign * t))
 
 
-def _cross_entropy_torch_cpu(
-    fast: Any, logits: Any, target: Any, weight: Any, axis: int, reduction: str, eps: float,
+def _cross_entropy_torch(
+    kernel: Callable[..., Any], logits: Any, target: Any, weight: Any, axis: int, reduction: str, eps: float,
     ignore_index: int | None, z_loss: float = 0.0, cap: float = 0.0,
 ) -> Any:
-    """The fused kernels on CPU tensors; None where the generic path must answer (it raises the errors)."""
+    """``kernel`` (the fused CPU kernels, or the device composition) on the rows of torch tensors; None where the
+    generic path must answer (it raises the errors)."""
     func = "cross_entropy"
     ax = normalize_axis(axis, logits.ndim, "axis", func)
     n_cls = logits.shape[ax]
@@ -481,7 +543,7 @@ def _cross_entropy_torch_cpu(
     x2 = x.reshape(-1, n_cls)
     t2 = target.reshape(-1) if index else (target if ax == target.ndim - 1 else target.movedim(ax, -1)).reshape(
         -1, n_cls)
-    out = fast.cross_entropy(x2, t2, weight, ignore_index, eps, reduction, z_loss, cap)
+    out = kernel(x2, t2, weight, ignore_index, eps, reduction, z_loss, cap)
     if reduction == "none":
         out = out.reshape(x.shape[:-1])
     return out

@@ -33,7 +33,7 @@ import torch
 from ..events import Event
 from ._hints import hint_for
 from ._tensor_stats import dtype_name, flatten, tensor_stats
-from ._torch_shims import current_dispatch_mode, current_node, seq_nr
+from ._torch_shims import current_dispatch_mode, current_node, saved_tensors_hooks, seq_nr
 
 if TYPE_CHECKING:
     from ._module_tracker import ModuleTracker
@@ -118,6 +118,8 @@ class ModuleChecks:
         ok, rnd = self._eligible(module)
         if not ok:
             return
+        if mode.backward_checks is not None and saved_tensors_hooks(False) is not None:
+            mode.backward_checks.saved_hooks_seen = True  # checkpointing: its backward is checked op by op
         region = _Region(module, args, torch.get_rng_state() if rnd else None)
         region.starts.append(seq_nr())
         self._tls.region = region

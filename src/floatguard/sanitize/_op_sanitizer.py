@@ -31,7 +31,7 @@ import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -54,12 +54,25 @@ from ._tensor_stats import (
     taint,
     tensor_stats,
 )
-from ._torch_shims import current_dispatch_mode, current_node, is_compiling, node_op, pop_mode, push_mode, seq_nr
+from ._torch_shims import (
+    current_dispatch_mode,
+    current_node,
+    is_compiling,
+    node_op,
+    pop_mode,
+    push_mode,
+    saved_tensors_hooks,
+    seq_nr,
+)
 from ._underflow import UnderflowChecks, _Candidate
+
+if TYPE_CHECKING:
+    from ._backward_checks import BackwardChecks
 
 __all__ = ["OpSanitizer"]
 
 _is_compiling = is_compiling
+_saved_hooks = saved_tensors_hooks
 _Tensor = torch.Tensor
 _strided = torch.strided
 _INF = math.inf
@@ -104,6 +117,8 @@ class OpSanitizer(DeferredChecks, UnderflowChecks, TorchDispatchMode):
         self._bad: dict[int, weakref.ref[Any]] = {}
         self.paused = 0
         self.replaying = 0  # inside a module-boundary replay (see _module_checks)
+        self.backward_checks: BackwardChecks | None = None  # set: backward runs off the stack (_backward_checks)
+        self.in_backward = False  # a backward run by BackwardChecks is under way (the mode is off the stack)
         self._popped = False
         self.scaled = False  # inside a GradScaler-scaled backward: findings are warnings
         self.scaled_reported = False
@@ -144,7 +159,7 @@ class OpSanitizer(DeferredChecks, UnderflowChecks, TorchDispatchMode):
 
     def reinstate(self) -> None:
         """After an exception skipped :meth:`resume`: put the mode back (called when a model is entered)."""
-        if self._popped or self.paused:
+        if (self._popped or self.paused) and not self.in_backward:
             self.paused = 1
             self.resume()
 
@@ -181,6 +196,8 @@ class OpSanitizer(DeferredChecks, UnderflowChecks, TorchDispatchMode):
             self._last_nr = nr
             fwd = self._fwd
             fwd[nr - 1] = (pol.name, *self.modules.here())
+            if _saved_hooks(False) is not None and self.backward_checks is not None:
+                self.backward_checks.saved_hooks_seen = True  # checkpointing: its backward is checked op by op
             if len(fwd) > 200_000:
                 for k in list(fwd)[:100_000]:
                     del fwd[k]

@@ -12,6 +12,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from ..events import Event
+from ._backward_checks import BackwardChecks
 from ._core import NumericalError, Session
 from ._module_checks import ModuleChecks
 from ._module_tracker import ModuleTracker
@@ -98,6 +99,9 @@ def _acquire_patches(mode: OpSanitizer) -> None:
                                  (GradScaler, "update", orig_update, update)])
         orig_compile = torch.compile
         _patch_originals.append((torch, "compile", orig_compile, _compile_wrapper(orig_compile)))
+        autograd = torch.autograd
+        _patch_originals.extend([(autograd, "backward", autograd.backward, _backward_wrapper(autograd.backward, 0)),
+                                 (autograd, "grad", autograd.grad, _backward_wrapper(autograd.grad, 1))])
         for owner, name, _, ours in _patch_originals:
             setattr(owner, name, ours)
         # torch warns that global module hooks (ours) fire once more for a compiled module: they cope with it
@@ -149,6 +153,21 @@ def _scaler_wrappers(orig_scale: Any, orig_update: Any) -> tuple[Any, Any]:
     return scale, update
 
 
+def _backward_wrapper(orig: Any, kind: int) -> Any:
+    """torch.autograd.backward (``kind`` 0) / grad (1): the mode steps off the stack, nodes are hooked instead."""
+
+    @functools.wraps(orig)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        modes = _modes()
+        checks = modes[-1].backward_checks if modes else None
+        if checks is None:
+            return orig(*args, **kwargs)
+        tensors = args[0] if args else kwargs.get("tensors" if kind == 0 else "outputs")
+        return checks.run(orig, tensors, args, kwargs)
+
+    return run
+
+
 def _compile_wrapper(orig: Any) -> Any:
     """torch.compile: functions compiled inside a context are checked at their outputs."""
 
@@ -196,6 +215,7 @@ class TorchContext:
                                     defer=defer)
             if not exact:
                 self.boundaries = ModuleChecks(self.mode, self.modules)
+                self.mode.backward_checks = BackwardChecks(self.mode, self.modules)
         self.steps = StepChecker(session, self.modules)
         self._handles: list[Any] = []
         self._patched_mode: OpSanitizer | None = None

@@ -14,13 +14,15 @@ import torch
 from torch.utils._python_dispatch import _get_current_dispatch_mode, _pop_mode, _push_mode
 
 __all__ = ["current_dispatch_mode", "current_node", "is_compiling", "node_op", "pop_mode", "push_mode",
-           "queue_backward_callback", "seq_nr", "storage_key"]
+           "queue_backward_callback", "saved_tensors_hooks", "seq_nr", "storage_key"]
 
 seq_nr: Callable[[], int] = torch._C._autograd._get_sequence_nr
 """The sequence number the next autograd node will get (an op that made a node moved it)."""
 current_node: Callable[[], Any] = torch._C._current_autograd_node
 """The autograd node whose backward is running in this thread (None in forward)."""
 is_compiling: Callable[[], bool] = torch.compiler.is_compiling
+saved_tensors_hooks: Callable[[bool], Any] = torch._C._autograd._top_saved_tensors_default_hooks
+"""The innermost ``torch.autograd.graph.saved_tensors_hooks`` (pack, unpack) pair active now, or None."""
 current_dispatch_mode = _get_current_dispatch_mode
 pop_mode = _pop_mode
 push_mode = _push_mode

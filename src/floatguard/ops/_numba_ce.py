@@ -1,0 +1,506 @@
+"""Compiled (numba) cross-entropy kernels: forward and backward of rows of logits, by class index or
+class probabilities, with class weights, label smoothing, soft-capping and the z-loss; and the common
+case (class indices, nothing else) on a route of its own.
+
+Per row ``x`` of ``C`` logits (float32, float64 or bfloat16 bits: see :mod:`._numba_loss_dtypes`),
+everything in float64 registers:
+
+* pass 1: ``m = max_i x_i`` (vectorized) and a NaN/inf check (``sum (x_i - x_i)``);
+* pass 2: ``s = sum_{x_i < m} exp(x_i - m) + (#{x_i = m} - 1)``, the rest sum of
+  :mod:`._numba_fast` (the max term taken out, ties added exactly) with its
+  vectorized float64 ``exp`` (0.51 ulp) and compensated block sums; with label
+  smoothing also ``sum_i w_i (m - x_i)`` (non-negative terms: nothing cancels);
+* the row loss from ``L = log1p(s)``: ``nll_c = L + (m - x_c)``.
+
+Only per-row residuals are kept (``m``, ``L`` and the row's coefficients); the
+backward pass recomputes ``p_i = exp((x_i - m) - L)`` and writes
+``g (a p_i - b_i)`` in the input dtype, rounded once.
+
+Rows with a non-finite max (all ``-inf``, a ``+inf``, a NaN) are flagged
+(``alive = 0``): their loss is ``-m`` (NaN for NaN rows) and their gradient 0.
+
+Soft-capping (``cap > 0``, Gemma 2): each row is first mapped to ``cap tanh(x / cap)``
+in a float64 row buffer (no (N, C) temporary) and the passes above run on it; the
+backward writes the capped row's gradient to a second row buffer and multiplies it
+by ``sech^2(x / cap)`` when rounding it to the output. The z-loss (PaLM) needs no
+pass of its own: ``log Z = m + L`` is a residual, and its gradient ``2 coef log Z
+softmax`` is a per-row addition ``zg`` to the coefficient of ``p_i``.
+
+Without numba this module imports (``AVAILABLE`` is False) and callers use the generic path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _njit
+from ._numba_bits import _row_max as _key_max
+from ._numba_exp import BLK, _add, _exp_reduced, _reduce
+from ._numba_log import log1p as _log1p
+from ._numba_loss_dtypes import _exp_for, _ld, _st
+from ._numba_torch import _rest_accurate, _rest_f32out
+
+_MAX = {"contract", "reassoc", "nnan", "nsz"}  # the max of a row already checked for NaN: order-free
+
+
+# -- pass 1: max and check -------------------------------------------------------------------
+@_njit(_SUM)
+def _check(row: np.ndarray) -> float:
+    """``sum (x_i - x_i)``: NaN when some entry is NaN or infinite, else 0."""
+    acc = 0.0
+    for i in range(row.size):
+        v = _ld(row[i])
+        acc += v - v
+    return acc
+
+
+@_njit(_MAX)
+def _max_fast(row: np.ndarray) -> float:
+    m = -np.inf
+    for i in range(row.size):
+        v = _ld(row[i])
+        m = v if v > m else m
+    return m
+
+
+@_njit()
+def _max_careful(row: np.ndarray) -> float:
+    """Max with NaN propagation (rows with a non-finite entry)."""
+    m = -np.inf
+    for i in range(row.size):
+        v = _ld(row[i])
+        if v != v:
+            return v
+        m = v if v > m else m
+    return m
+
+
+@_njit()
+def _row_max(row: np.ndarray) -> float:
+    if _check(row) == 0.0:
+        return _max_fast(row)
+    return _max_careful(row)
+
+
+# -- pass 2: the rest sum ------------------------------------------------------------------------
+@_njit(_SUM)
+def _reduce_seg(seg: np.ndarray, m: float, rb: np.ndarray, kb: np.ndarray, nz: np.ndarray) -> int:
+    """Reduce ``seg - m`` for the exp; ``nz`` 0 at the max ties (their count returned), else 1."""
+    ties = 0
+    for i in range(seg.size):
+        d = _ld(seg[i]) - m
+        rb[i], kb[i] = _reduce(d)
+        tie = d == 0.0
+        nz[i] = 0.0 if tie else 1.0
+        ties += 1 if tie else 0
+    return ties
+
+
+@_njit(_SUM)
+def _sum_seg(rb: np.ndarray, kb: np.ndarray, nz: np.ndarray, n: int) -> float:
+    acc = 0.0
+    for i in range(n):
+        acc += _exp_reduced(rb[i], kb[i]) * nz[i]
+    return acc
+
+
+@_njit(_SUM)
+def _gap_sum(row: np.ndarray, m: float, w: np.ndarray, weighted: bool) -> float:
+    """``sum_i w_i (m - x_i)`` (``w = 1`` unweighted): non-negative terms, ``+inf`` for ``-inf`` logits."""
+    acc = 0.0
+    if weighted:
+        for i in range(row.size):
+            acc += w[i] * (m - _ld(row[i]))
+    else:
+        for i in range(row.size):
+            acc += m - _ld(row[i])
+    return acc
+
+
+@_njit()
+def _rest(row: np.ndarray, m: float, rb: np.ndarray, kb: np.ndarray, nz: np.ndarray) -> float:
+    """``s = sum_{i != k} exp(x_i - m)`` for a finite ``m``."""
+    n = row.size
+    total, comp = 0.0, 0.0
+    ties = 0
+    for b0 in range(0, n, BLK):
+        b1 = min(b0 + BLK, n)
+        ties += _reduce_seg(row[b0:b1], m, rb, kb, nz)
+        total, comp = _add(total, comp, _sum_seg(rb, kb, nz, b1 - b0))
+    return (total + comp) + (ties - 1)
+
+
+# -- soft-capping: y = cap tanh(x / cap), d y / d x = sech^2(x / cap) ---------------------------------
+@_njit()
+def _cap_row(row: np.ndarray, cap: float, out: np.ndarray) -> None:
+    """``out_i = cap tanh(x_i / cap)`` in float64 (``+-inf`` give ``+-cap``, NaN stays NaN)."""
+    for i in range(row.size):
+        out[i] = cap * np.tanh(_ld(row[i]) / cap)
+
+
+@_njit(_CONTRACT)
+def _cap_grad_row(row: np.ndarray, cap: float, gy: np.ndarray, out: np.ndarray) -> None:
+    """``out_i = gy_i sech^2(x_i / cap)``, rounded once to ``out``'s dtype.
+
+    ``sech^2 u = 4 E / (1 + E)^2`` with ``E = exp(-2 |u|)``: relative error of a few ulp for every ``u``,
+    where ``1 - tanh^2 u`` loses all its digits once ``tanh u`` rounds to 1 (``|u| > 19`` in float64).
+    """
+    for i in range(row.size):
+        e = np.exp(-2.0 * abs(_ld(row[i]) / cap))
+        q = 1.0 + e
+        _st(out, i, gy[i] * (4.0 * e / (q * q)))
+
+
+# -- cross-entropy forward ---------------------------------------------------------------------
+@_njit()
+def _index_row(row: np.ndarray, c: int, wc: float, w: np.ndarray, weighted: bool, w_total: float, eps: float,
+               rb: np.ndarray, kb: np.ndarray, nz: np.ndarray) -> tuple[float, float, float, float]:
+    """``(loss, m, log1p(s), alive)`` of one row of class ``c`` (see :func:`ce_index_forward`)."""
+    n = row.size
+    m = _row_max(row)
+    if not np.isfinite(m):
+        return -m, 0.0, 0.0, 0.0
+    lg = np.log1p(_rest(row, m, rb, kb, nz))
+    val = (1.0 - eps) * wc * (lg + (m - _ld(row[c]))) if eps != 1.0 else 0.0
+    if eps != 0.0:
+        val += eps / n * (w_total * lg + _gap_sum(row, m, w, weighted))
+    return val, m, lg, 1.0
+
+
+@_njit()
+def ce_index_forward(
+    x: np.ndarray, target: np.ndarray, w: np.ndarray, weighted: bool, ignore: int, has_ignore: bool, eps: float,
+    cap: float, loss: np.ndarray, m_out: np.ndarray, l_out: np.ndarray, wt_out: np.ndarray, alive: np.ndarray,
+) -> int:
+    """Row losses for class indices; returns the first row with a bad index, or -1.
+
+    ``loss = (1 - eps) w_c nll_c + eps / C sum_i w_i nll_i``; ``wt_out`` the row's
+    ``w_c`` (0 where ignored), the weight of the row in a mean. With ``cap > 0`` the
+    row is first soft-capped (:func:`_cap_row`, into a float64 row buffer) and
+    ``m``, ``log1p(s)`` are those of the capped row.
+    """
+    r_count, n = x.shape
+    rb = np.empty(BLK)
+    kb = np.empty(BLK, dtype=np.int64)
+    nz = np.empty(BLK)
+    buf = np.empty(n if cap > 0.0 else 0)
+    w_total = 0.0
+    if weighted:
+        for i in range(n):
+            w_total += w[i]
+    else:
+        w_total = float(n)
+    for r in range(r_count):
+        c = target[r]
+        if has_ignore and c == ignore:
+            loss[r] = 0.0
+            m_out[r] = 0.0
+            l_out[r] = 0.0
+            wt_out[r] = 0.0
+            alive[r] = 0.0
+            continue
+        if c < 0 or c >= n:
+            return r
+        wc = w[c] if weighted else 1.0
+        wt_out[r] = wc
+        if cap > 0.0:
+            _cap_row(x[r], cap, buf)
+            val, m, lg, al = _index_row(buf, c, wc, w, weighted, w_total, eps, rb, kb, nz)
+        else:
+            val, m, lg, al = _index_row(x[r], c, wc, w, weighted, w_total, eps, rb, kb, nz)
+        loss[r] = val
+        m_out[r] = m
+        l_out[r] = lg
+        alive[r] = al
+    return -1
+
+
+@_njit()
+def _prob_row(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: bool, eps: float, rb: np.ndarray,
+              kb: np.ndarray, nz: np.ndarray) -> tuple[float, float, float, float, float]:
+    """``(loss, m, log1p(s), sum t' w, alive)`` of one row of probabilities (see :func:`ce_prob_forward`)."""
+    n = row.size
+    m = _row_max(row)
+    tw = 0.0
+    acc = 0.0
+    fin = np.isfinite(m)
+    for i in range(n):
+        q = (1.0 - eps) * _ld(trow[i]) + eps / n
+        if weighted:
+            q *= w[i]
+        tw += q
+        if q != 0.0 and fin:
+            acc += q * (m - _ld(row[i]))
+    if not fin:
+        return -m, 0.0, 0.0, tw, 0.0
+    lg = np.log1p(_rest(row, m, rb, kb, nz))
+    return tw * lg + acc, m, lg, tw, 1.0
+
+
+@_njit()
+def ce_prob_forward(
+    x: np.ndarray, t: np.ndarray, w: np.ndarray, weighted: bool, eps: float, cap: float,
+    loss: np.ndarray, m_out: np.ndarray, l_out: np.ndarray, tw_out: np.ndarray, alive: np.ndarray,
+) -> None:
+    """Row losses for class probabilities: ``sum_i t'_i w_i nll_i`` with ``t' = (1 - eps) t + eps / C``.
+
+    A zero ``t'_i w_i`` drops its term even where ``nll_i`` is ``+inf``. ``tw_out = sum_i t'_i w_i``.
+    ``cap > 0``: the rows soft-capped first, as in :func:`ce_index_forward`.
+    """
+    r_count, n = x.shape
+    rb = np.empty(BLK)
+    kb = np.empty(BLK, dtype=np.int64)
+    nz = np.empty(BLK)
+    buf = np.empty(n if cap > 0.0 else 0)
+    for r in range(r_count):
+        if cap > 0.0:
+            _cap_row(x[r], cap, buf)
+            val, m, lg, tw, al = _prob_row(buf, t[r], w, weighted, eps, rb, kb, nz)
+        else:
+            val, m, lg, tw, al = _prob_row(x[r], t[r], w, weighted, eps, rb, kb, nz)
+        loss[r] = val
+        m_out[r] = m
+        l_out[r] = lg
+        tw_out[r] = tw
+        alive[r] = al
+
+
+# -- cross-entropy backward --------------------------------------------------------------------
+@_njit(_CONTRACT)
+def _p_block(seg: np.ndarray, shift: float, rb: np.ndarray, kb: np.ndarray) -> None:
+    for i in range(seg.size):
+        rb[i], kb[i] = _reduce(_ld(seg[i]) - shift)
+
+
+@_njit(_CONTRACT)
+def _grad_block(rb: np.ndarray, kb: np.ndarray, a: float, b: float, wseg: np.ndarray, weighted: bool,
+                out: np.ndarray) -> None:
+    """``out_i = a p_i - b w_i`` (``w = 1`` unweighted)."""
+    if weighted:
+        for i in range(out.size):
+            _st(out, i, a * _exp_reduced(rb[i], kb[i]) - b * wseg[i])
+    else:
+        for i in range(out.size):
+            _st(out, i, a * _exp_reduced(rb[i], kb[i]) - b)
+
+
+@_njit(_CONTRACT)
+def _grad_block_t(rb: np.ndarray, kb: np.ndarray, a: float, b: float, tseg: np.ndarray, wseg: np.ndarray,
+                  weighted: bool, out: np.ndarray) -> None:
+    """``out_i = a p_i - b t'_i w_i`` with ``t'_i = (1 - eps) t_i + eps / C`` folded in by the caller."""
+    if weighted:
+        for i in range(out.size):
+            _st(out, i, a * _exp_reduced(rb[i], kb[i]) - b * _ld(tseg[i]) * wseg[i])
+    else:
+        for i in range(out.size):
+            _st(out, i, a * _exp_reduced(rb[i], kb[i]) - b * _ld(tseg[i]))
+
+
+@_njit(_CONTRACT)
+def _grad_block_ts(rb: np.ndarray, kb: np.ndarray, a: float, b: float, c: float, tseg: np.ndarray,
+                   wseg: np.ndarray, weighted: bool, out: np.ndarray) -> None:
+    """``out_i = a p_i - (b t_i + c) w_i``: smoothed probabilities."""
+    if weighted:
+        for i in range(out.size):
+            _st(out, i, a * _exp_reduced(rb[i], kb[i]) - (b * _ld(tseg[i]) + c) * wseg[i])
+    else:
+        for i in range(out.size):
+            _st(out, i, a * _exp_reduced(rb[i], kb[i]) - (b * _ld(tseg[i]) + c))
+
+
+@_njit()
+def _zero_row(out: np.ndarray) -> None:
+    for i in range(out.size):
+        _st(out, i, 0.0)
+
+
+@_njit()
+def _index_row_grad(row: np.ndarray, c: int, wc: float, w: np.ndarray, weighted: bool, w_total: float, eps: float,
+                    gr: float, zr: float, m: float, lg: float, rb: np.ndarray, kb: np.ndarray, o: np.ndarray) -> None:
+    """One row of :func:`ce_index_backward` into ``o``."""
+    n = row.size
+    a = gr * ((1.0 - eps) * wc + eps * w_total / n) + zr
+    b = gr * eps / n
+    shift = m + lg
+    for b0 in range(0, n, BLK):
+        b1 = min(b0 + BLK, n)
+        _p_block(row[b0:b1], shift, rb, kb)
+        _grad_block(rb, kb, a, b, w[b0:b1] if weighted else w, weighted, o[b0:b1])
+    rb0, kb0 = _reduce((_ld(row[c]) - m) - lg)
+    p_c = _exp_reduced(rb0, kb0)
+    _st(o, c, a * p_c - b * (w[c] if weighted else 1.0) - gr * (1.0 - eps) * wc)
+
+
+@_njit()
+def ce_index_backward(
+    x: np.ndarray, target: np.ndarray, w: np.ndarray, weighted: bool, eps: float, cap: float, g: np.ndarray,
+    zg: np.ndarray, m_in: np.ndarray, l_in: np.ndarray, wt: np.ndarray, alive: np.ndarray, out: np.ndarray,
+) -> None:
+    """``out = g_r (a softmax(x) - eps / C w - (1 - eps) w_c onehot_c)`` with ``a = (1 - eps) w_c + eps W / C``,
+    plus ``zg_r softmax(x)`` (the z-loss's ``2 coef log Z`` times its upstream gradient; ``zg`` empty: none).
+
+    ``cap > 0``: the softmax is the capped row's and the row gradient is multiplied by ``sech^2(x / cap)``
+    (worked in a float64 row buffer, rounded once).
+    """
+    r_count, n = x.shape
+    rb = np.empty(BLK)
+    kb = np.empty(BLK, dtype=np.int64)
+    ybuf = np.empty(n if cap > 0.0 else 0)
+    gbuf = np.empty(n if cap > 0.0 else 0)
+    has_z = zg.size > 0
+    w_total = 0.0
+    if weighted:
+        for i in range(n):
+            w_total += w[i]
+    else:
+        w_total = float(n)
+    for r in range(r_count):
+        o = out[r]
+        gr = g[r] if g.size > 1 else g[0]
+        zr = zg[r] if has_z else 0.0
+        if alive[r] == 0.0 or (gr == 0.0 and zr == 0.0):
+            _zero_row(o)
+            continue
+        if cap > 0.0:
+            _cap_row(x[r], cap, ybuf)
+            _index_row_grad(ybuf, target[r], wt[r], w, weighted, w_total, eps, gr, zr, m_in[r], l_in[r], rb, kb,
+                            gbuf)
+            _cap_grad_row(x[r], cap, gbuf, o)
+        else:
+            _index_row_grad(x[r], target[r], wt[r], w, weighted, w_total, eps, gr, zr, m_in[r], l_in[r], rb, kb, o)
+
+
+@_njit()
+def _prob_row_grad(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: bool, eps: float, gr: float,
+                   zr: float, tw: float, m: float, lg: float, rb: np.ndarray, kb: np.ndarray, o: np.ndarray) -> None:
+    """One row of :func:`ce_prob_backward` into ``o``."""
+    n = row.size
+    a = gr * tw + zr
+    shift = m + lg
+    for b0 in range(0, n, BLK):
+        b1 = min(b0 + BLK, n)
+        _p_block(row[b0:b1], shift, rb, kb)
+        ws = w[b0:b1] if weighted else w
+        if eps == 0.0:
+            _grad_block_t(rb, kb, a, gr, trow[b0:b1], ws, weighted, o[b0:b1])
+        else:
+            _grad_block_ts(rb, kb, a, gr * (1.0 - eps), gr * eps / n, trow[b0:b1], ws, weighted, o[b0:b1])
+
+
+@_njit()
+def ce_prob_backward(
+    x: np.ndarray, t: np.ndarray, w: np.ndarray, weighted: bool, eps: float, cap: float, g: np.ndarray,
+    zg: np.ndarray, m_in: np.ndarray, l_in: np.ndarray, tw: np.ndarray, alive: np.ndarray, out: np.ndarray,
+) -> None:
+    """``out = g_r (sum(t' w) softmax(x) - t' w) + zg_r softmax(x)``; ``cap`` as in :func:`ce_index_backward`."""
+    r_count, n = x.shape
+    rb = np.empty(BLK)
+    kb = np.empty(BLK, dtype=np.int64)
+    ybuf = np.empty(n if cap > 0.0 else 0)
+    gbuf = np.empty(n if cap > 0.0 else 0)
+    has_z = zg.size > 0
+    for r in range(r_count):
+        o = out[r]
+        gr = g[r] if g.size > 1 else g[0]
+        zr = zg[r] if has_z else 0.0
+        if alive[r] == 0.0 or (gr == 0.0 and zr == 0.0):
+            _zero_row(o)
+            continue
+        if cap > 0.0:
+            _cap_row(x[r], cap, ybuf)
+            _prob_row_grad(ybuf, t[r], w, weighted, eps, gr, zr, tw[r], m_in[r], l_in[r], rb, kb, gbuf)
+            _cap_grad_row(x[r], cap, gbuf, o)
+        else:
+            _prob_row_grad(x[r], t[r], w, weighted, eps, gr, zr, tw[r], m_in[r], l_in[r], rb, kb, o)
+
+
+# -- cross-entropy, the common case: class indices, no weight, no smoothing --------------------------
+# Few arguments (numba's dispatch types each one), one packed residual array, and H1's inline row
+# helpers (an integer-key max, the rest sum without slices for short rows): the latency route.
+def _rest_for(row: np.ndarray, m: float) -> float:
+    """``s = sum_{i != k} exp(row_i - m)``: the 0.51-ulp table exp for float64 rows, the degree-7 exp
+    (relative 2^-32) for float32/bfloat16 (their loss is rounded to 24 or 8 bits)."""
+    return float(np.sum(np.exp(row - m))) - 1.0
+
+
+if AVAILABLE:
+    from numba import types
+    from numba.extending import overload
+
+    @overload(_rest_for, inline="always")
+    def _rest_for_impl(row, m):  # unannotated: numba compares signatures
+        if row.dtype == types.float64:
+            return lambda row, m: _rest_accurate(row, m)
+
+        def short(row, m):
+            acc, ties = _rest_f32out(row, m)
+            return acc + np.float64(ties - 1)
+
+        return short
+
+
+@_njit()
+def ce_plain_forward(x: np.ndarray, target: np.ndarray, ignore: int, has_ignore: bool,
+                     res: np.ndarray) -> tuple[int, float, float]:
+    """Rows ``(R, C)`` and class indices: ``res`` ``(5, R)`` gets the row losses ``log1p(s) + (m - x_c)``,
+    ``m``, ``log1p(s)``, the row's weight in a mean (0 if ignored) and ``alive`` (finite max).
+
+    Returns the first row whose index is outside ``[0, C)`` (or -1), the sum of the losses and the count of
+    rows not ignored. A row with a non-finite max has loss ``-m`` (NaN for NaN) and no gradient.
+    """
+    r_count, n = x.shape
+    total, comp, count = 0.0, 0.0, 0.0
+    plain = 0.0  # the non-finite rows' losses (+-inf, NaN), outside the compensated sum
+    for r in range(r_count):
+        c = target[r]
+        if has_ignore and c == ignore:
+            for j in range(5):
+                res[j, r] = 0.0
+            continue
+        if c < 0 or c >= n:
+            return r, 0.0, 0.0
+        row = x[r]
+        m = _key_max(row)
+        count += 1.0
+        res[3, r] = 1.0
+        if not np.isfinite(m):
+            res[0, r] = -m
+            res[1, r] = 0.0
+            res[2, r] = 0.0
+            res[4, r] = 0.0
+            plain += -m
+            continue
+        lg = _log1p(_rest_for(row, m))
+        v = lg + (m - _ld(row[c]))
+        res[0, r] = v
+        res[1, r] = m
+        res[2, r] = lg
+        res[4, r] = 1.0
+        total, comp = _add(total, comp, v)
+    return -1, (total + comp) + plain, count
+
+
+@_njit(_CONTRACT)
+def _plain_grad_row(row: np.ndarray, shift: float, gr: float, out: np.ndarray) -> None:
+    for i in range(row.size):
+        _st(out, i, gr * _exp_for(row, _ld(row[i]) - shift))
+
+
+@_njit()
+def ce_plain_backward(x: np.ndarray, target: np.ndarray, gs: float, g: np.ndarray, res: np.ndarray,
+                      out: np.ndarray) -> None:
+    """``out = g_r (softmax(x) - onehot_c)`` from :func:`ce_plain_forward`'s residuals; ``g_r = gs``, or
+    ``gs g[r]`` when ``g`` has one entry per row."""
+    r_count = x.shape[0]
+    per_row = g.size > 0
+    for r in range(r_count):
+        o = out[r]
+        gr = gs * g[r] if per_row else gs
+        if res[4, r] == 0.0 or gr == 0.0:
+            _zero_row(o)
+            continue
+        row = x[r]
+        m, lg = res[1, r], res[2, r]
+        _plain_grad_row(row, m + lg, gr, o)
+        c = target[r]
+        _st(o, c, gr * (_exp_for(row, (_ld(row[c]) - m) - lg) - 1.0))
