@@ -13,8 +13,13 @@ plain. Targets (issue 4): default <= 1.03, detailed <= 1.15.
 On CPU the benchmark runs on one thread (the timing noise of two threads on a shared
 machine exceeds the effect measured); on a GPU it synchronizes after every round.
 
+The transformer of ``nn.TransformerEncoderLayer`` takes PyTorch's fused attention (the
+probe measures q and k norms); the causal LM writes its attention by hand, so the probe
+reads every softmax input (largest logit, entropy) and the log Z of the LM head's
+(tokens x 1000) logits on sampled steps.
+
 Run ``python benchmarks/monitor_overhead.py`` (``--quick`` is a smoke test: small
-models, few steps; its ratios are not meaningful).
+models, few steps; its ratios are not meaningful; ``--only`` picks workloads).
 """
 
 
@@ -96,6 +101,58 @@ def _transformer(quick: bool, dev: torch.device) -> Workload:
                     lambda m: torch.optim.AdamW(m.parameters(), 1e-3), batches, F.cross_entropy)
 
 
+def _attention_lm(quick: bool, dev: torch.device) -> Workload:
+    """A causal LM with hand-written attention: the monitor's probe sees each softmax input (issue 15's statistics)."""
+    d, seq, bs, layers, heads, vocab = (32, 16, 4, 1, 2, 64) if quick else (128, 64, 32, 2, 4, 1000)
+
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, t, _ = x.shape
+            q, k, v = self.qkv(x).view(b, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4).unbind(0)
+            a = q @ k.transpose(-2, -1) / (d // heads) ** 0.5
+            a = a.masked_fill(torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1), float("-inf"))
+            return self.proj((torch.softmax(a, dim=-1) @ v).transpose(1, 2).reshape(b, t, d))
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ln1, self.ln2, self.attn = nn.LayerNorm(d), nn.LayerNorm(d), Attention()
+            self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x + self.attn(self.ln1(x))
+            return x + self.mlp(self.ln2(x))
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embed, self.pos = nn.Embedding(vocab, d), nn.Parameter(0.02 * torch.randn(seq, d))
+            self.blocks = nn.ModuleList([Block() for _ in range(layers)])
+            self.ln, self.head = nn.LayerNorm(d), nn.Linear(d, vocab)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.embed(x) + self.pos
+            for blk in self.blocks:
+                h = blk(h)
+            return self.head(self.ln(h)).reshape(-1, vocab)
+
+    g = torch.Generator().manual_seed(3)
+    batches = []
+    for _ in range(8):
+        tok = torch.randint(0, vocab, (bs, seq + 1), generator=g)
+        batches.append((tok[:, :-1].to(dev), tok[:, 1:].reshape(-1).to(dev)))
+    return Workload(f"Causal LM, hand-written attention, {layers}x d{d}, seq {seq}, batch {bs}, vocab {vocab}, "
+                    "AdamW", Net().to(dev), lambda m: torch.optim.AdamW(m.parameters(), 1e-3), batches,
+                    F.cross_entropy)
+
+
+WORKLOADS = {"mlp": _mlp, "cnn": _cnn, "transformer": _transformer, "attention_lm": _attention_lm}
+
+
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -155,6 +212,7 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
     parser.add_argument("--steps", type=int, default=None, help="steps per round (a multiple of 10)")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds per mode")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--only", nargs="+", choices=tuple(WORKLOADS), default=None, help="run only these workloads")
     args = parser.parse_args(argv)
     steps = args.steps or (10 if args.quick else 40)
     rounds = args.rounds or (2 if args.quick else 9)
@@ -163,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
         torch.set_num_threads(1)
     torch.manual_seed(0)
     rows = []
-    for make in (_mlp, _cnn, _transformer):
+    for name, make in WORKLOADS.items():
+        if args.only and name not in args.only:
+            continue
         wl = make(args.quick, dev)
         t = measure(wl, steps, rounds, dev)
         rd, rt = t["default"] / t["plain"], t["detailed"] / t["plain"]

@@ -91,21 +91,28 @@ def test_output_logit_divergence_is_raised_while_the_loss_looks_healthy() -> Non
     assert "z_loss=1e-4" in e.hint and "floatguard.cross_entropy" in e.hint
 
 
-def test_log_z_is_measured_exactly(tmp_path) -> None:
-    """The log record's log Z is the logsumexp of the logits cross_entropy received (mean and RMS)."""
+def _logz_step(tmp_path, loss_fn) -> tuple[dict, torch.Tensor]:
+    """One monitored step of ``loss_fn(logits, y)`` on a Linear(8, 5) whose logits have log Z far from 0:
+    the step's log record and the logits (float64)."""
     torch.manual_seed(0)
     model = torch.nn.Linear(8, 5)
     with torch.no_grad():
         model.bias.copy_(torch.tensor([3.0, -2.0, 40.0, 0.5, 1.0]))
     x, y = torch.randn(16, 8), torch.randint(0, 5, (16,))
     mon = Monitor(model, log=tmp_path / "run.jsonl", live=False)
-    loss = F.cross_entropy(model(x), y)
+    loss = loss_fn(model(x), y)
     loss.backward()
     mon.step(loss)
     mon.close()
     rec = next(json.loads(line) for line in (tmp_path / "run.jsonl").read_text().splitlines()
                if json.loads(line).get("type") == "step")
-    lz = torch.logsumexp(model(x).detach().double(), -1)
+    return rec, model(x).detach().double()
+
+
+def test_log_z_is_measured_exactly(tmp_path) -> None:
+    """The log record's log Z is the logsumexp of the logits cross_entropy received (mean and RMS)."""
+    rec, z = _logz_step(tmp_path, F.cross_entropy)
+    lz = torch.logsumexp(z, -1)
     assert rec["logz"][0] == pytest.approx(float(lz.mean()), rel=1e-4)
     assert rec["logz"][1] == pytest.approx(float(lz.square().mean().sqrt()), rel=1e-4)
 
@@ -115,19 +122,7 @@ def test_log_z_is_seen_through_floatguard_cross_entropy(tmp_path, kw) -> None:
     """floatguard.cross_entropy follows torch's override protocol: the probe records its logits' log Z (capped)."""
     import floatguard
 
-    torch.manual_seed(0)
-    model = torch.nn.Linear(8, 5)
-    with torch.no_grad():
-        model.bias.copy_(torch.tensor([3.0, -2.0, 40.0, 0.5, 1.0]))
-    x, y = torch.randn(16, 8), torch.randint(0, 5, (16,))
-    mon = Monitor(model, log=tmp_path / "run.jsonl", live=False)
-    loss = floatguard.cross_entropy(model(x), y, **kw)
-    loss.backward()
-    mon.step(loss)
-    mon.close()
-    rec = next(json.loads(line) for line in (tmp_path / "run.jsonl").read_text().splitlines()
-               if json.loads(line).get("type") == "step")
-    z = model(x).detach().double()
+    rec, z = _logz_step(tmp_path, lambda logits, y: floatguard.cross_entropy(logits, y, **kw))
     if "softcap" in kw:
         z = 30.0 * torch.tanh(z / 30.0)
     lz = torch.logsumexp(z, -1)

@@ -21,34 +21,29 @@ and the op asks :func:`select` once for the kernel of its input. Two stages:
     (``logsumexp``: ``R`` values, in the input dtype or wider; ``softmax`` and
     ``log_softmax``: ``(R, n)`` in the input dtype).
 
-A backend's kernels are registered by the module that holds them (:data:`PROVIDERS`),
+A backend's kernels are registered by the module that holds them (:func:`_load` names them),
 imported the first time an array of that backend asks: PyTorch and JAX are imported only
 when their arrays arrive.
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-__all__ = ["OPS", "PROVIDERS", "Kernel", "kernels", "register", "select", "select_call"]
+__all__ = ["BACKENDS", "OPS", "Kernel", "kernels", "register", "select", "select_call"]
 
 Stage = Literal["call", "rows"]
 F = TypeVar("F", bound=Callable[..., Any])
 
+BACKENDS = ("numpy", "torch", "jax")  # the kernels of each are registered by the module _load imports
 OPS = frozenset({
     "logsumexp", "softmax", "log_softmax",  # rows and call kernels
     "softplus", "log_sigmoid", "log1mexp", "logaddexp",  # call kernels (elementwise)
 })
 # the modules that register a backend's kernels, imported on the first array of that backend
-PROVIDERS: dict[str, tuple[str, ...]] = {
-    "numpy": ("floatguard.ops._numpy_fast",),
-    "torch": ("floatguard.ops._torch_fast",),
-    "jax": ("floatguard.ops._jax_kernels",),
-}
 _TENSOR_TYPES = {"torch": ("torch", "Tensor")}  # call kernels: the exact type of x, per backend
 
 
@@ -77,8 +72,8 @@ _CALL: dict[tuple[str, type], tuple[Kernel, ...]] = {}  # (op, type of x) -> its
 def _check(op: str, backend: str, stage: str) -> None:
     if op not in OPS:
         raise ValueError(f"floatguard kernels: argument 'op' must be one of {sorted(OPS)}, got {op!r}")
-    if backend not in PROVIDERS:
-        raise ValueError(f"floatguard kernels: argument 'backend' must be one of {sorted(PROVIDERS)}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"floatguard kernels: argument 'backend' must be one of {sorted(BACKENDS)}, got {backend!r}")
     if stage not in ("call", "rows"):
         raise ValueError(f"floatguard kernels: argument 'stage' must be 'call' or 'rows', got {stage!r}")
 
@@ -109,8 +104,14 @@ def _load(backend: str) -> None:
     if backend in _LOADED:
         return
     _LOADED.add(backend)
-    for name in PROVIDERS[backend]:
-        importlib.import_module(name)
+    # Import statements, not importlib: torch.compile traces an ``import`` (it runs it once while
+    # tracing) but breaks the graph on ``importlib.import_module``.
+    if backend == "torch":
+        from . import _torch_fast  # noqa: F401
+    elif backend == "jax":
+        from . import _jax_kernels  # noqa: F401
+    else:
+        from . import _numpy_fast  # noqa: F401
 
 
 def kernels(op: str, backend: str, stage: Stage = "rows") -> tuple[Kernel, ...]:
