@@ -3,9 +3,10 @@
 Three CPU training steps (forward, backward, Adam): an MLP, a CNN with batch norm and a
 small Transformer encoder with dropout. Each is timed plain, under
 ``floatguard.guard`` (step level: one fused check of the gradients per step, the loss,
-the RNG states), under ``floatguard.detect(level="op")`` (every op's outputs checked,
-forward and backward, except inside torch's own modules, which are checked at their
-outputs and replayed op by op when one goes bad), under ``detect(exact=True)`` (every op
+the RNG states), under ``floatguard.detect(level="op")`` (every op's outputs checked in
+forward, except inside torch's own modules, which are checked at their outputs and
+replayed op by op when one goes bad; in backward, each autograd node's gradients checked
+by a hook, a bad node replayed op by op), under ``detect(exact=True)`` (every op
 as it runs) and under ``torch.autograd.detect_anomaly(check_nan=True)``
 (NaN checks of backward outputs only, and a stack trace stored per op), all in one
 process on one thread. Times are CPU time of the calling thread per step (robust to

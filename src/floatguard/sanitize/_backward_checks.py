@@ -75,6 +75,18 @@ def _roots(tensors: Any) -> list[Any]:
     return out
 
 
+def _dense(g: Any, n: int) -> Any:
+    """``g``'s ``n`` values as one contiguous 1-D view (a weight's gradient is often transposed), or None."""
+    if g.is_contiguous():
+        return g.view(-1)
+    expect = 1
+    for size, stride in sorted(zip(g.shape, g.stride(), strict=True), key=lambda p: p[1]):
+        if size != 1 and stride != expect:
+            return None
+        expect *= size
+    return g.as_strided((n,), (1,), g.storage_offset())
+
+
 class BackwardChecks:
     """Checks the backward at autograd nodes while the mode is off the stack (see the module doc)."""
 
@@ -138,8 +150,10 @@ class BackwardChecks:
 
     # -- the hook ---------------------------------------------------------------------------------------------
     def _post(self, key: int, grad_inputs: tuple[Any, ...], grad_outputs: tuple[Any, ...]) -> None:
-        for g in grad_inputs:
-            if g is not None and self._suspect(g, grad_outputs):
+        for i, g in enumerate(grad_inputs):
+            if g is None or any(g is o for o in grad_outputs) or any(g is h for h in grad_inputs[:i]):
+                continue  # an incoming gradient passed on as it is (add): checked where it was made
+            if self._suspect(g, grad_outputs):
                 node = self._nodes.get(key)
                 if node is not None:
                     self._replay(node, grad_outputs, g)
@@ -162,17 +176,19 @@ class BackwardChecks:
         n = g.numel()
         if n == 0:
             return False
+        mode.checked += 1
         with torch.no_grad():
             if n == 1:
                 lo = hi = g.item()
-            elif n >= _DOT_MIN and dt in mode._dot_ok and g.is_contiguous():
-                flat = g.view(-1)
+            elif n >= _DOT_MIN and dt in mode._dot_ok and (flat := _dense(g, n)) is not None:
                 s = _dot(flat, flat).item()
-                if 0.0 < s < _INF:
+                if 0.0 < s < _INF:  # as the mode's check: a finite sum of squares bounds every |x| far below thr
                     return False
-                if s != 0.0:
-                    return True
-                lo = hi = 0.0 if not bool(g.any()) else 1.0
+                if s == 0.0:
+                    lo = hi = 0.0 if not bool(g.any()) else 1.0
+                else:  # NaN or inf in the sum: the values themselves may still be finite (large)
+                    a, b = torch.aminmax(g)
+                    lo, hi = a.item(), b.item()
             else:
                 a, b = torch.aminmax(g)
                 lo, hi = a.item(), b.item()
