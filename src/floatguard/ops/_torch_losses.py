@@ -17,6 +17,10 @@ per-row addition to the coefficient of ``softmax``; soft-capping runs inside
 the kernels (``cap > 0``). Under ``torch.compile`` the custom op
 ``floatguard::cross_entropy_rows`` takes both (``softcap = 0``: none).
 
+Tensors on other devices (CUDA, XPU, MPS) take :func:`cross_entropy_device`, the same
+semantics composed of torch ops in float32 (float64 for float64) with the max split, and
+per-row residuals as the kernels keep (tested on the CPU with ``FLOATGUARD_FORCE_DEVICE_PATH``).
+
 Inputs: CPU tensors, float32, float64 or bfloat16 (read through their int16
 bits); float16 is computed through a float32 copy. Callers check
 :func:`usable` first and fall back to the generic path otherwise.
@@ -791,7 +795,7 @@ class _CrossEntropyDevice(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
-        from ._torch_fast import Softmax
+        from ._torch_fast import LogSumExp, Softmax
 
         x, target, weight = ctx.saved_tensors
         m0, s, lse, coef, alive, keep, wt, den, count, eps, reduction, index, z_loss, cap = ctx.res
@@ -800,6 +804,8 @@ class _CrossEntropyDevice(torch.autograd.Function):
         xs = (x if graph else x.detach()).to(wd)
         y = _capped(xs, cap)
         p = torch.where(alive[:, None], Softmax.apply(y), 0.0) if graph else _device_probs(y, m0, s)
+        if graph and z_loss:  # log Z in the graph too: it depends on x
+            lse = torch.where(alive, LogSumExp.apply(y)[:, 0], 0.0)
         n_cls = x.shape[1]
         gw = g.to(wd)
         if reduction == "none":

@@ -328,9 +328,11 @@ def cross_entropy(
     0 the loss is ``9.36e-14``, where a float32 ``log(sum(exp))`` gives ``0``.
 
     CPU tensors take fused compiled kernels (one pass per row forward, one
-    backward, no (N, C) temporaries; ``floatguard[fast]``); everything else the
-    array-API path below. Error: at most 1 ulp for float32/bfloat16/float16
-    row losses, 2 ulp times the condition number in float64.
+    backward, no (N, C) temporaries; ``floatguard[fast]``); tensors on other devices
+    (CUDA, XPU, MPS) a composition of torch ops in float32 (float64 for float64) with
+    the same max split and every feature (``_torch_losses.cross_entropy_device``; its
+    speed on a GPU is not measured yet); everything else the array-API path below.
+    Error: at most 1 ulp for float32/bfloat16/float16 row losses, 2 ulp times the condition number in float64.
 
     Torch tensors follow PyTorch's override protocol (``__torch_function__``): a
     ``TorchFunctionMode`` sees the call as ``floatguard.cross_entropy`` with its
