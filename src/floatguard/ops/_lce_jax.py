@@ -23,7 +23,11 @@ from jax import lax
 
 __all__ = ["Options", "linear_cross_entropy"]
 
-_BLOCK_ELEMENTS = 1 << 22  # logits per block (16 MiB of float32)
+_BLOCK_ELEMENTS = 1 << 22  # logits per vocabulary block of the forward (16 MiB of float32)
+# logits per token chunk when the gradients are made in the forward (32 MiB of float32): fewer
+# additions of the (V, H) weight-gradient carry; value_and_grad at 2048 tokens x 32,000 vocabulary
+# 0.86x unfused jax.nn against 0.96x at 1 << 22 (benchmarks/linear_cross_entropy.py)
+_GRAD_ELEMENTS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -75,11 +79,16 @@ def _local(t: Any, off: Any, size: int) -> tuple[Any, Any]:
 
 def _online(carry: tuple[Any, Any], z: Any) -> tuple[Any, Any]:
     """One vocabulary block into the running max ``m`` and ``s'``, the running sum of ``exp(z - m)``
-    without the max's own term (1): ``log Z = m + log1p(s')`` keeps a tiny loss's digits."""
+    without the max's own term (1): ``log Z = m + log1p(s')`` keeps a tiny loss's digits.
+
+    The block's own term is left out by value (``z == max``; a tie adds its exact 1 back), not by
+    ``argmax``: one fused pass over the block instead of two, 0.91x unfused ``jax.nn`` forward
+    time at 2048 tokens x 32,000 vocabulary against 1.14x with ``argmax``."""
     m, s1 = carry
     bm = z.max(axis=1)
+    top = z == bm[:, None]
     e = jnp.exp(z - bm[:, None])
-    rest = jnp.where(jnp.arange(z.shape[1])[None, :] == z.argmax(axis=1)[:, None], 0, e).sum(axis=1)
+    rest = jnp.where(top, 0, e).sum(axis=1) + (top.sum(axis=1) - 1).astype(z.dtype)
     grows = bm > m
     s1 = jnp.where(grows, (s1 + 1) * jnp.exp(m - bm) + rest, s1 + (rest + 1) * jnp.exp(jnp.where(grows, 0, bm - m)))
     return jnp.maximum(m, bm), s1
@@ -131,7 +140,7 @@ def _token_grads(h: Any, w: Any, b: Any, t: Any, o: Options) -> tuple[Any, Any, 
     cd = _work_dtype(h.dtype)
     n, hd = h.shape
     v = w.shape[0]
-    c = max(1, min(n, o.chunk_size if o.chunk_size is not None else _BLOCK_ELEMENTS // max(v, 1)))
+    c = max(1, min(n, o.chunk_size if o.chunk_size is not None else _GRAD_ELEMENTS // max(v, 1)))
     valid = t != o.ignore_index
     r = valid.astype(cd)
     if o.reduction == "mean":
