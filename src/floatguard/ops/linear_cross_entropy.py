@@ -79,8 +79,9 @@ def linear_cross_entropy(
     softcap : float, optional
         Soft cap of the logits, ``cap * tanh(logit / cap)`` (30 in Gemma 2).
     chunk_size : int, optional
-        Rows of the logits alive at once: tokens per chunk (PyTorch) or vocabulary entries per
-        block (JAX, NumPy). Chosen from the sizes by default (about 2M logits on CPU).
+        How many logit rows are alive at once: tokens per chunk (PyTorch, and JAX gradients of a
+        scalar loss) or vocabulary entries per block (JAX forward and ``reduction="none"``,
+        NumPy). By default chosen from the sizes: about 4M logits alive on CPU, 64M on CUDA.
     """
     be = namespace(("hidden", hidden), ("weight", weight), ("target", target), ("bias", bias), func=_FUNC)
     o = _options(ignore_index, label_smoothing, reduction, z_loss, softcap, chunk_size)
