@@ -24,6 +24,13 @@ class _Env:
     skipped: list[str]
 
 
+def _section(title: str, why: str, naive_code: str, stable_code: str | None, rows: list[Any],
+             **extra: Any) -> dict[str, Any]:
+    """One section as :func:`floatguard.demo.run_demo` prints it: the failure and why it happens, the naive
+    code and floatguard's, one row per case, then any section-specific data."""
+    return {"title": title, "why": why, "naive_code": naive_code, "stable_code": stable_code, "rows": rows, **extra}
+
+
 def _naive_softmax(z: np.ndarray) -> np.ndarray:
     """The textbook softmax, max shift included."""
     e = np.exp(z - np.max(z))
@@ -41,17 +48,17 @@ def _section_exp(env: _Env) -> dict[str, Any]:
                  "exp_finite_nonzero": [math.log(f.subnormal) - math.log(2.0), math.log(f.max)]}
         for f in env.formats.values()
     }
-    return {
-        "title": "exp leaves every floating-point format",
-        "why": ("e^x is inf once x > ln(max) and 0 once x < ln(smallest subnormal / 2), only 11 and -17 in "
-                "float16, so any formula that exponentiates raw logits is one large input away from inf or 0."),
-        "naive_code": "np.exp(x)",
-        "stable_code": None,
-        "rows": rows,
-        "formats": formats,
-        "exact_1000": ex.text(ex.exp(ex.num(1000.0)), 17),
-        "exact_-1000": ex.text(ex.exp(ex.num(-1000.0)), 17),
-    }
+    return _section(
+        "exp leaves every floating-point format",
+        ("e^x is inf once x > ln(max) and 0 once x < ln(smallest subnormal / 2), only 11 and -17 in "
+         "float16, so any formula that exponentiates raw logits is one large input away from inf or 0."),
+        "np.exp(x)",
+        None,
+        rows,
+        formats=formats,
+        exact_1000=ex.text(ex.exp(ex.num(1000.0)), 17),
+        **{"exact_-1000": ex.text(ex.exp(ex.num(-1000.0)), 17)},
+    )
 
 
 def _section_logsumexp(env: _Env) -> dict[str, Any]:
@@ -65,14 +72,14 @@ def _section_logsumexp(env: _Env) -> dict[str, Any]:
         terms = np.exp(a - alpha)
         rows.append(_row(_list_text(z), fmt, ex, naive, fg.logsumexp(a), ex.lse(z), log_domain=True, inputs=z,
                          alpha=alpha, shifted=[float(v) for v in a - alpha], shifted_sum=float(np.sum(terms))))
-    return {
-        "title": "log-sum-exp: shift by the maximum",
-        "why": ("log Σ e^z = α + log Σ e^(z−α) with α = max z: every exponent is ≤ 0, so nothing overflows, and the "
-                "largest term is exactly 1, so the sum cannot underflow to 0."),
-        "naive_code": "np.log(np.sum(np.exp(z)))",
-        "stable_code": "fg.logsumexp(z)",
-        "rows": rows,
-    }
+    return _section(
+        "log-sum-exp: shift by the maximum",
+        ("log Σ e^z = α + log Σ e^(z−α) with α = max z: every exponent is ≤ 0, so nothing overflows, and the "
+         "largest term is exactly 1, so the sum cannot underflow to 0."),
+        "np.log(np.sum(np.exp(z)))",
+        "fg.logsumexp(z)",
+        rows,
+    )
 
 
 def _section_log_prod(env: _Env) -> dict[str, Any]:
@@ -88,14 +95,14 @@ def _section_log_prod(env: _Env) -> dict[str, Any]:
         rows.append(_row(f"600 p in [0.05, 0.5], {name}", fmt, ex, naive, fg.log_prod(p), exact, log_domain=True,
                          naive_text=f"{fmt.show(float(naive))} (∏p = {fmt.show(float(prod))})",
                          inputs=p.tolist(), product=float(prod)))
-    return {
-        "title": "Products of probabilities: add logs instead",
-        "why": ("600 probabilities multiply to less than the smallest float64 (about e^-745), so the product is 0 "
-                "and its log -inf, while the sum of their logs is an ordinary number."),
-        "naive_code": "np.log(np.prod(p))",
-        "stable_code": "fg.log_prod(p)",
-        "rows": rows,
-    }
+    return _section(
+        "Products of probabilities: add logs instead",
+        ("600 probabilities multiply to less than the smallest float64 (about e^-745), so the product is 0 "
+         "and its log -inf, while the sum of their logs is an ordinary number."),
+        "np.log(np.prod(p))",
+        "fg.log_prod(p)",
+        rows,
+    )
 
 
 def _section_safe_div(env: _Env) -> dict[str, Any]:
@@ -123,15 +130,15 @@ def _section_safe_div(env: _Env) -> dict[str, Any]:
         env.skipped.append(f"gradients of a/b vs safe_div at b = 0: torch is not importable ({env.torch_missing}); "
                            "`pip install 'floatguard[torch]'` adds them")
     eps = fg.default_eps(np.float32, "safe_div")
-    return {
-        "title": "Division by zero: guard the denominator",
-        "why": ("a/0 is inf and 0/0 is NaN, and the gradients 1/b and −a/b² are infinite at b = 0; safe_div "
-                f"divides by sign(b)·max(|b|, eps) (eps = {eps:.3g} for float32) so value and gradients stay finite."),
-        "naive_code": "a / b",
-        "stable_code": "fg.safe_div(a, b)",
-        "rows": rows,
-        "eps": eps,
-    }
+    return _section(
+        "Division by zero: guard the denominator",
+        ("a/0 is inf and 0/0 is NaN, and the gradients 1/b and −a/b² are infinite at b = 0; safe_div "
+         f"divides by sign(b)·max(|b|, eps) (eps = {eps:.3g} for float32) so value and gradients stay finite."),
+        "a / b",
+        "fg.safe_div(a, b)",
+        rows,
+        eps=eps,
+    )
 
 
 def _softmax_exact(ex: _Exact, z: Sequence[float]) -> list[Any]:
@@ -151,14 +158,14 @@ def _section_softmax(env: _Env) -> dict[str, Any]:
         stable = fg.softmax(a)
         rows.append(_row(f"{_list_text(z)} {name}", fmt, ex, naive, stable, _softmax_exact(ex, z), inputs=z,
                          stable_sum=float(np.sum(stable, dtype=np.float64))))
-    return {
-        "title": "softmax: inf / inf = NaN",
-        "why": ("float16 ends at 65504 = e^11.09, so e^12 is inf and inf/inf is NaN (float32 ends at e^88.7); "
-                "floatguard subtracts the max and computes in float64, rounding once."),
-        "naive_code": "e = np.exp(z); e / e.sum()",
-        "stable_code": "fg.softmax(z)",
-        "rows": rows,
-    }
+    return _section(
+        "softmax: inf / inf = NaN",
+        ("float16 ends at 65504 = e^11.09, so e^12 is inf and inf/inf is NaN (float32 ends at e^88.7); "
+         "floatguard subtracts the max and computes in float64, rounding once."),
+        "e = np.exp(z); e / e.sum()",
+        "fg.softmax(z)",
+        rows,
+    )
 
 
 def _section_log_softmax(env: _Env) -> dict[str, Any]:
@@ -173,14 +180,14 @@ def _section_log_softmax(env: _Env) -> dict[str, Any]:
         lse = ex.lse(z)
         rows.append(_row(f"[0, {low:g} ×50] {name}", fmt, ex, naive, fg.log_softmax(a),
                          [ex.sub(ex.num(v), lse) for v in z], log_domain=True, inputs=z))
-    return {
-        "title": "log_softmax: never take the log of a softmax",
-        "why": ("probabilities below the smallest subnormal (e^-17 in float16, e^-104 in float32) round to 0 and "
-                "log(0) = -inf; z − logsumexp(z) never forms the tiny probability."),
-        "naive_code": "np.log(softmax(z))",
-        "stable_code": "fg.log_softmax(z)",
-        "rows": rows,
-    }
+    return _section(
+        "log_softmax: never take the log of a softmax",
+        ("probabilities below the smallest subnormal (e^-17 in float16, e^-104 in float32) round to 0 and "
+         "log(0) = -inf; z − logsumexp(z) never forms the tiny probability."),
+        "np.log(softmax(z))",
+        "fg.log_softmax(z)",
+        rows,
+    )
 
 
 def _section_softplus(env: _Env) -> dict[str, Any]:
@@ -193,14 +200,14 @@ def _section_softplus(env: _Env) -> dict[str, Any]:
             naive = np.log(1 + np.exp(a))
         exact = ex.log1p(ex.exp(ex.num(x)))
         rows.append(_row(f"x = {x:g}, {name}", fmt, ex, naive, fg.softplus(a), exact, inputs=[x]))
-    return {
-        "title": "softplus: log(1 + e^x)",
-        "why": ("for large x, e^x overflows although the answer is about x; for negative x, 1 + e^x rounds toward 1 "
-                "and the digits of e^x are lost; max(x, 0) + log1p(e^−|x|) avoids both."),
-        "naive_code": "np.log(1 + np.exp(x))",
-        "stable_code": "fg.softplus(x)",
-        "rows": rows,
-    }
+    return _section(
+        "softplus: log(1 + e^x)",
+        ("for large x, e^x overflows although the answer is about x; for negative x, 1 + e^x rounds toward 1 "
+         "and the digits of e^x are lost; max(x, 0) + log1p(e^−|x|) avoids both."),
+        "np.log(1 + np.exp(x))",
+        "fg.softplus(x)",
+        rows,
+    )
 
 
 def _section_masked(env: _Env) -> dict[str, Any]:
@@ -217,14 +224,14 @@ def _section_masked(env: _Env) -> dict[str, Any]:
         _row("where=mask, mask all False", fmt, ex, naive, fg.softmax(scores, where=mask), zeros,
              exact_text="[0 ×3] (empty sum)", inputs=scores.tolist()),
     ]
-    return {
-        "title": "A fully masked attention row",
-        "why": ("with every key masked the scores are all -inf, and even the max-shifted softmax computes "
-                "-inf − (-inf) = NaN; floatguard treats the row as an empty sum: zeros, with gradient 0."),
-        "naive_code": "e = np.exp(z - z.max()); e / e.sum()",
-        "stable_code": "fg.softmax(z) / fg.softmax(scores, where=mask)",
-        "rows": rows,
-    }
+    return _section(
+        "A fully masked attention row",
+        ("with every key masked the scores are all -inf, and even the max-shifted softmax computes "
+         "-inf − (-inf) = NaN; floatguard treats the row as an empty sum: zeros, with gradient 0."),
+        "e = np.exp(z - z.max()); e / e.sum()",
+        "fg.softmax(z) / fg.softmax(scores, where=mask)",
+        rows,
+    )
 
 
 _SECTIONS: list[tuple[str, Callable[[_Env], dict[str, Any]]]] = [

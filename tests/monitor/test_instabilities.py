@@ -137,6 +137,35 @@ def test_update_rounded_away_is_measured_on_bfloat16_weights() -> None:
     assert "autocast" in e.hint and "Kahan" in e.hint
 
 
+def test_row_statistics_of_a_sample_match_the_whole_tensor() -> None:
+    """Past ENTRIES entries (ROWS rows at least) the entropy, gap and log Z come from a strided sample that
+    visits every query position; the largest attention logit stays exact (past a +inf: the sample's finite one)."""
+    from floatguard.monitor.transformer_stats import ENTRIES, attention_stats, logit_row_stats, row_sample
+
+    g = torch.Generator().manual_seed(0)
+    pos = torch.arange(64, dtype=torch.float32)
+    z = torch.randn(16, 4, 64, 64, generator=g) * (1 + pos[:, None] / 8)  # sharper rows at later queries
+    z = z.masked_fill(torch.ones(64, 64, dtype=torch.bool).triu(1), float("-inf"))
+    p = torch.softmax(z, -1)
+    rows = row_sample(z)
+    assert ENTRIES // 128 < rows.shape[0] <= ENTRIES // 64 < 4096
+    first_key = rows[:, 1:].isinf().sum(-1)  # masked keys of a sampled row: 63 - its query position
+    assert set(first_key.tolist()) == set(range(64)), "every query position is sampled"
+    m, ent, keys = attention_stats(z, p).tolist()
+    full_ent = float(-(p * p.clamp_min(1e-38).log()).sum(-1).mean())
+    assert m == float(z.amax()) and keys == 64 and ent == pytest.approx(full_ent, rel=0.05)
+    z[3, 1, 10, 2] = math.inf
+    assert float(attention_stats(z, p)[0]) == float(torch.where(rows.isfinite(), rows, 0).amax())
+
+    y = torch.randn(2048, 1000, generator=g) * 3 + torch.linspace(0, 60, 2048)[:, None]  # log Z grows with the row
+    gap, logz = logit_row_stats(row_sample(y))
+    lz = torch.logsumexp(y.double(), -1)
+    top = y.topk(2, -1).values
+    assert logz is not None and float(logz[0]) == pytest.approx(float(lz.mean()), rel=0.02)
+    assert float(logz[1]) == pytest.approx(float(lz.square().mean().sqrt()), rel=0.02)
+    assert float(gap) == pytest.approx(float((top[:, 0] - top[:, 1]).median()), rel=0.1)
+
+
 def test_rounded_away_fraction_matches_a_direct_count() -> None:
     """The fraction the monitor logs equals the entries that a bf16 SGD step leaves unchanged."""
     from floatguard.monitor.transformer_stats import rounded_away_counts

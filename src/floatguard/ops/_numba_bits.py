@@ -111,50 +111,33 @@ def _round_to(v: Any, like: Any) -> Any:
     raise NotImplementedError
 
 
-# -- bit casts between float64 and int64 --------------------------------------------------------
+# -- bit casts: float64 <-> int64, float32 <-> int32 -------------------------------------------------
+def _bitcast(name: str, to: Any, frm: Any, llvm_to: Any, doc: str) -> Any:
+    """An intrinsic that reads the bits of a ``frm`` value as a ``to`` value (LLVM ``bitcast``: no code)."""
+
+    def cast(typingctx: Any, x: Any) -> Any:
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return builder.bitcast(args[0], llvm_to)
+
+        return to(frm), codegen
+
+    cast.__name__ = cast.__qualname__ = name
+    cast.__doc__ = doc
+    return intrinsic(cast)
+
+
 if numba is not None:
-
-    @intrinsic
-    def _as_int(typingctx: Any, x: Any) -> Any:
-        """The bits of a float64 as an int64 (a no-op bitcast)."""
-
-        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-            return builder.bitcast(args[0], ir.IntType(64))
-
-        return types.int64(types.float64), codegen
-
-    @intrinsic
-    def _as_float(typingctx: Any, i: Any) -> Any:
-        """The float64 with the bits of an int64."""
-
-        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-            return builder.bitcast(args[0], ir.DoubleType())
-
-        return types.float64(types.int64), codegen
-
+    _as_int = _bitcast("_as_int", types.int64, types.float64, ir.IntType(64), "The bits of a float64 as an int64.")
+    _as_float = _bitcast("_as_float", types.float64, types.int64, ir.DoubleType(),
+                         "The float64 with the bits of an int64.")
+    _f32_bits = _bitcast("_f32_bits", types.int32, types.float32, ir.IntType(32), "The bits of a float32 as an int32.")
+    _f32_from_bits = _bitcast("_f32_from_bits", types.float32, types.int32, ir.FloatType(),
+                              "The float32 with the bits of an int32.")
 else:  # never called: only the names, for the plain-Python definitions below
-    _as_int = _as_float = None
+    _as_int = _as_float = _f32_bits = _f32_from_bits = None
 
 
 if numba is not None:
-
-    @intrinsic
-    def _f32_bits(typingctx: Any, x: Any) -> Any:
-        """The bits of a float32 as an int32."""
-
-        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-            return builder.bitcast(args[0], ir.IntType(32))
-
-        return types.int32(types.float32), codegen
-
-    @intrinsic
-    def _f32_from_bits(typingctx: Any, i: Any) -> Any:
-        """The float32 with the bits of an int32."""
-
-        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-            return builder.bitcast(args[0], ir.FloatType())
-
-        return types.float32(types.int32), codegen
 
     @intrinsic
     def _bf16_of_f32(typingctx: Any, x: Any) -> Any:

@@ -103,15 +103,6 @@ def _exp_for(a: np.ndarray, d: float) -> float:
     return float(np.exp(d))
 
 
-if AVAILABLE:
-
-    @overload(_exp_for, inline="always")
-    def _exp_for_impl(a, d):  # unannotated: numba compares signatures
-        if a.dtype == types.float64:
-            return lambda a, d: _exp_np(d)
-        return lambda a, d: _exp_f32out(d)
-
-
 def _log1p_for(a: np.ndarray, e: float) -> float:
     """``log1p(e)`` for ``0 <= e <= 1`` as the dtype of ``a`` needs: the 0.77-ulp :func:`._numba_log.log1p`
     for float64, the divide-free relative ``2^-44`` :func:`._numba_log.log1p_unit` for float32/bfloat16."""
@@ -123,16 +114,22 @@ def _recip_for(a: np.ndarray, d: float) -> float:
     return 1.0 / d
 
 
+@inline
+def _recip(d: float) -> float:
+    return 1.0 / d
+
+
+def _by_dtype(stub: Callable[..., float], accurate: Any, short: Any) -> None:
+    """Compile ``stub(a, v)`` as ``accurate(v)`` for a float64 array ``a``, else as ``short(v)``."""
+
+    @overload(stub, inline="always")
+    def impl(a, v):  # unannotated: numba compares signatures
+        if a.dtype == types.float64:
+            return lambda a, v: accurate(v)
+        return lambda a, v: short(v)
+
+
 if AVAILABLE:
-
-    @overload(_log1p_for, inline="always")
-    def _log1p_for_impl(a, e):  # unannotated: numba compares signatures
-        if a.dtype == types.float64:
-            return lambda a, e: _log1p(e)
-        return lambda a, e: log1p_unit(e)
-
-    @overload(_recip_for, inline="always")
-    def _recip_for_impl(a, d):  # unannotated: numba compares signatures
-        if a.dtype == types.float64:
-            return lambda a, d: 1.0 / d
-        return lambda a, d: recip_short(d)
+    _by_dtype(_exp_for, _exp_np, _exp_f32out)
+    _by_dtype(_log1p_for, _log1p, log1p_unit)
+    _by_dtype(_recip_for, _recip, recip_short)

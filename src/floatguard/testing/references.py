@@ -68,15 +68,20 @@ def _nonfinite_row(xs: Sequence[float]) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=256)
-@_precise
-def _lse(xs: tuple[float, ...]) -> Any:
+def _lse_row(xs: Sequence[Any], kind: str | None, *more: Any) -> Any:
+    """``m + log1p(s)`` of a row (plus the terms ``more``, added exactly) at the current precision; for a
+    row of :func:`_nonfinite_row` ``kind``, floatguard's contract: NaN, ``+inf``, or ``-inf`` when empty."""
     mp = _mp()
-    kind = _nonfinite_row(xs)
     if kind is not None:
         return {"nan": mp.nan, "+inf": mp.inf, "empty": mp.ninf}[kind]
     m, _, s, _, _ = _lse_parts(xs)
-    return _add(m, mp.log1p(s))
+    return _add(m, mp.log1p(s), *more)
+
+
+@functools.lru_cache(maxsize=256)
+@_precise
+def _lse(xs: tuple[float, ...]) -> Any:
+    return _lse_row(xs, _nonfinite_row(xs))
 
 
 @functools.lru_cache(maxsize=256)
@@ -213,12 +218,7 @@ def ref_logcumsumexp(x: Any) -> np.ndarray:
 @functools.lru_cache(maxsize=128)
 @_precise
 def _lme(xs: tuple[float, ...]) -> Any:
-    mp = _mp()
-    kind = _nonfinite_row(xs)
-    if kind is not None:
-        return {"nan": mp.nan, "+inf": mp.inf, "empty": mp.ninf}[kind]
-    m, _, s, _, _ = _lse_parts(xs)
-    return _add(m, mp.log1p(s), -mp.log(len(xs)))
+    return _lse_row(xs, _nonfinite_row(xs), -_mp().log(max(len(xs), 1)))
 
 
 def ref_logmeanexp(x: Any) -> Any:
@@ -278,12 +278,8 @@ def _lse_sum_pairs(a: tuple[float, ...], b: tuple[float, ...]) -> Any:
     sums = [u + v for u, v in zip(a, b, strict=True)]  # floats: only to classify non-finite terms
     kind = _nonfinite_row(sums)
     if kind is not None:
-        return {"nan": mp.nan, "+inf": mp.inf, "empty": mp.ninf}[kind]
-    terms = [mp.mpf(u) + mp.mpf(v) for u, v, t in zip(a, b, sums, strict=True) if t != -math.inf]
-    k = max(range(len(terms)), key=terms.__getitem__)
-    m = terms[k]
-    s = mp.fsum(mp.exp(t - m) for i, t in enumerate(terms) if i != k)
-    return _add(m, mp.log1p(s))
+        return _lse_row(sums, kind)
+    return _lse_row([mp.mpf(u) + mp.mpf(v) for u, v, t in zip(a, b, sums, strict=True) if t != -math.inf], None)
 
 
 # -- elementwise references (scalars in, mpf out) -----------------------------------------------
