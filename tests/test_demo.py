@@ -314,8 +314,9 @@ def test_demo_without_torch_jax_or_ml_dtypes():
     line = _line_of(program_source(torch=False), "np.exp(z) / np.exp(z).sum")
     assert "sanitizer: overflow in np.exp" in out and f"train.py:{line}" in out and "module '" not in out
     assert f"train.py:{line}:12" in out and "FG103 naive-softmax" in out
-    # NumPy has no softmax: the fix adds `import floatguard`, an unsafe fix the demo applies as --unsafe-fixes does
-    assert f"+ {line:>3}     return floatguard.softmax(z, axis=1)" in out and "+   2 import floatguard" in out
+    # NumPy has no softmax: the fix adds `import floatguard` (sorted into the imports as isort would), an unsafe
+    # fix the demo applies as --unsafe-fixes does
+    assert f"+ {line:>3}     return floatguard.softmax(z, axis=1)" in out and "+   1 import floatguard" in out
     assert "floatguard lint --fix --unsafe-fixes train.py" in out
     assert "sanitizer findings in the fixed run: 0" in out
     assert "monitor: " not in out and "skipped: the training monitor" in out and "floatguard[torch]" in out
