@@ -1,8 +1,12 @@
 """Run the rules over sources, files and trees (in parallel), honour ``# noqa``, apply fixes.
 
 One pass over each file's ``ast`` sets parent links and hands every node to the
-rules registered for its type. Files are spread over processes when there are
-many; a file is parsed with LibCST only when it is being fixed.
+rules registered for its type; a file whose text names none of the operations the
+rules know (:func:`may_find`) is parsed (for ``FG000``) but not walked. Files are
+spread over processes when there are many; with a cache (:mod:`.cache`) a file whose
+text and settings are unchanged is answered from it without a worker. Fixes are
+edits of the text (:mod:`.fixes`), their imports sorted into the import block and
+their lines wrapped to the project's line length (:class:`~.config.Style`).
 """
 
 from __future__ import annotations
