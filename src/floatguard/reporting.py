@@ -28,14 +28,17 @@ from rich.text import Text
 
 from .events import Event, Report, Stat
 
-__all__ = ["CSS", "detail_rows", "event_panel", "events_html", "load_events", "print_event", "print_report",
-           "print_summary"]
+__all__ = ["CSS", "detail_rows", "event_panel", "events_html", "fmt_value", "load_events", "print_event",
+           "print_report", "print_summary"]
 
 _STATS = ("min", "max", "absmax", "nan", "inf", "zeros", "subnormal", "numel", "value")
 _STYLE = {"error": "red", "warning": "yellow", "info": "blue"}
 
 
-def _fmt(v: object) -> str:
+def fmt_value(v: object) -> str:
+    """A statistic for a person: 4 significant digits, integers as integers, lists shortened."""
+    if isinstance(v, bool):
+        return str(v)
     if isinstance(v, float):
         if v != v:
             return "nan"
@@ -44,6 +47,8 @@ def _fmt(v: object) -> str:
         if v == int(v) and abs(v) < 1e6:
             return str(int(v))
         return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(fmt_value(x) for x in v[:6]) + (", ..." if len(v) > 6 else "") + "]"
     return str(v)
 
 
@@ -62,7 +67,7 @@ def _stats_table(stats: Mapping[str, Stat]) -> Table | None:
     for c in cols:
         table.add_column(c, justify="right")
     for who, g in groups.items():
-        table.add_row(who, *[_fmt(g[c]) if c in g else "" for c in cols])
+        table.add_row(who, *[fmt_value(g[c]) if c in g else "" for c in cols])
     return table
 
 
@@ -258,13 +263,14 @@ def _stats_html(stats: Mapping[str, Stat]) -> str:
             who, what = key.split(".", 1)
             groups.setdefault(who, {})[what] = v
         else:
-            flat.append(f"{html.escape(key)}={html.escape(_fmt(v))}")
+            flat.append(f"{html.escape(key)}={html.escape(fmt_value(v))}")
     out = f'<div class="ev">{", ".join(flat)}</div>' if flat else ""
     if groups:
         cols = [c for c in _STATS if any(c in g for g in groups.values())]
         out += ('<table class="ev"><tr><th>tensor</th>' + "".join(f"<th>{c}</th>" for c in cols) + "</tr>"
                 + "".join(f"<tr><td>{html.escape(who)}</td>"
-                          + "".join(f"<td>{html.escape(_fmt(g[c])) if c in g else ''}</td>" for c in cols) + "</tr>"
+                          + "".join(f"<td>{html.escape(fmt_value(g[c])) if c in g else ''}</td>" for c in cols)
+                          + "</tr>"
                           for who, g in groups.items()) + "</table>")
     return out
 

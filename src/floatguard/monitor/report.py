@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..events import Event
-from ..reporting import CSS, detail_rows
+from ..reporting import CSS, detail_rows, fmt_value
 from .chart import Envelope, Series, _finite, svg_chart
 from .log import RunLog, read_log
 
@@ -71,18 +71,8 @@ def _evidence(e: Event) -> str:
     for k, v in e.stats.items():
         if k in ("count",) or v is None:
             continue
-        parts.append(f"{k}={_fmt(v)}")
+        parts.append(f"{k}={fmt_value(v)}")
     return ", ".join(parts + [f"{k}: {v}" for k, v in detail_rows(e)])
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    if isinstance(v, list):
-        return "[" + ", ".join(_fmt(x) for x in v[:6]) + (", ..." if len(v) > 6 else "") + "]"
-    return str(v)
 
 
 # -- the page ------------------------------------------------------------------------------------------
@@ -196,7 +186,7 @@ def _threshold_notes() -> dict[str, str]:
 
 def _thresholds_html(th: dict[str, Any]) -> str:
     notes = _threshold_notes()
-    rows = "".join(f"<tr><td><code>{html.escape(str(k))}</code></td><td class=\"num\">{html.escape(_fmt(v))}</td>"
+    rows = "".join(f"<tr><td><code>{html.escape(str(k))}</code></td><td class=\"num\">{html.escape(fmt_value(v))}</td>"
                    f"<td>{html.escape(notes.get(str(k), ''))}</td></tr>" for k, v in th.items())
     return ('<h2 id="thresholds">Thresholds</h2><details><summary>The numbers each rule compares with '
             f"({len(th)})</summary><table class=\"th\"><tr><th>threshold</th><th>value</th><th>meaning</th></tr>"

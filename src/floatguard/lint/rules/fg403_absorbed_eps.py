@@ -12,7 +12,6 @@ from ._common import is_const
 FP16_TINY = 2.0**-24  # smallest float16 subnormal: anything below rounds to 0
 F32_HALF_ULP = 2.0**-24  # 1 + c == 1 in float32 for c <= this
 F32_TINY = 2.0**-149
-F64_HALF_ULP = 2.0**-53
 
 
 def _small(node: ast.expr | None) -> float | None:
