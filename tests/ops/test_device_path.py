@@ -4,7 +4,7 @@ Tensors not on the CPU cannot use the numba kernels: ``cross_entropy`` takes a
 ``torch.autograd.Function`` composed of torch ops in float32 (float64 for float64
 inputs) with the max split (:func:`floatguard.ops._torch_losses.cross_entropy_device`),
 and ``softmax`` / ``log_softmax`` / ``logsumexp`` take ``device_softmax`` /
-``device_logsumexp`` of :mod:`floatguard.ops._torch_fast`. ``FLOATGUARD_FORCE_DEVICE_PATH``
+``device_logsumexp`` of :mod:`floatguard.ops._torch_device`. ``FLOATGUARD_FORCE_DEVICE_PATH``
 (here the module flag it sets) sends CPU tensors down that path, so that it is checked
 for equality with the CPU kernels (float64: to rounding; float32 and 16-bit: against the
 float64 result in ulps), by ``gradcheck`` and ``gradgradcheck`` in float64, and for its
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 import floatguard as fg
-from floatguard.ops import _namespace, _torch_fast, _torch_losses
+from floatguard.ops import _namespace, _torch_losses, _torch_softmax
 from floatguard.testing import ulp_error
 
 INF = math.inf
@@ -213,13 +213,13 @@ def test_reductions_take_the_device_functions(op: str, device_path: None, monkey
     """Plain calls, 3-d inputs and calls recording a gradient all reach ``device_softmax`` / ``device_logsumexp``."""
     seen: list[str] = []
     for name in ("device_softmax", "device_logsumexp"):
-        real = getattr(_torch_fast, name)
+        real = getattr(_torch_softmax, name)  # the names its dispatch looks up
 
         def spy(*a: Any, _real: Any = real, _name: str = name) -> Any:
             seen.append(_name)
             return _real(*a)
 
-        monkeypatch.setattr(_torch_fast, name, spy)
+        monkeypatch.setattr(_torch_softmax, name, spy)
     x = _rows(torch.float32)
     OPS[op](x)
     OPS[op](x.reshape(3, 4, C))

@@ -157,7 +157,8 @@ def _device_torch(logits: Any, target: Any, weight: Any) -> Any:
     torch = sys.modules.get("torch")
     if torch is None or type(logits) is not torch.Tensor or type(target) is not torch.Tensor:
         return None
-    if (logits.is_cpu and not _ns.FORCE_DEVICE_PATH) or target.device != logits.device or target.requires_grad:
+    if (logits.is_cpu and not _ns.FORCE_DEVICE_PATH) or logits.is_meta or target.device != logits.device \
+            or target.requires_grad:  # meta tensors have no values to check: the generic path shapes them
         return None
     if weight is not None and (type(weight) is not torch.Tensor or weight.requires_grad or weight.ndim != 1
                                or weight.device != logits.device):

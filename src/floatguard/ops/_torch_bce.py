@@ -1,0 +1,145 @@
+r"""PyTorch CPU binary cross-entropy from logits: ``torch.autograd.Function``s over the numba kernels.
+
+.. math:: \ell = w \, (p_w \, y \, \mathrm{softplus}(-x) + (1 - y) \, \mathrm{softplus}(x))
+
+elementwise, reduced; one compiled pass forward (:func:`._numba_losses.bce_forward`) and one backward,
+rows split over threads. ``weight`` and ``pos_weight`` broadcast to ``x``. :func:`bce_plain` is the
+case without weights with fewer steps (the latency route).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _numba_losses as K
+from ._torch_rows import PARALLEL_MIN, empty_out, kernel_input, numpy_view, reduced_scalar, run_rows
+
+
+def _per_class(a: torch.Tensor | None, shape: tuple[int, ...]) -> np.ndarray:
+    """``a`` broadcast to ``shape`` as float64 rows ``(R, C)``, or ``(1, C)`` if it varies along the last axis only."""
+    if a is None:
+        return np.empty((0, 0))
+    a = a.detach().to(torch.float64)
+    n = shape[-1] if shape else 1
+    if a.ndim <= 1 or all(s == 1 for s in a.shape[:-1]):
+        return a.reshape(-1).expand(n).reshape(1, n).contiguous().numpy()
+    return a.broadcast_to(shape).reshape(-1, n).contiguous().numpy()
+
+
+class _BCE(torch.autograd.Function):
+    """``w (pw y softplus(-x) + (1 - y) softplus(x))`` elementwise, reduced; gradient with respect to ``x`` only."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, pos_weight: torch.Tensor | None,
+        reduction: str,
+    ) -> torch.Tensor:
+        shape = tuple(x.shape)
+        n = shape[-1] if shape else 1
+        xk, yk = kernel_input(x).reshape(-1, n), kernel_input(y).reshape(-1, n)
+        wn, pn = _per_class(weight, shape), _per_class(pos_weight, shape)
+        rows = xk.shape[0]
+        store = reduction == "none"
+        out = np.empty((rows, n) if store else (0, 0))
+        xn, yn = numpy_view(xk), numpy_view(yk)
+
+        def fwd(r0: int, r1: int) -> float:
+            return K.bce_forward(xn[r0:r1], yn[r0:r1], wn if wn.shape[0] <= 1 else wn[r0:r1],
+                                 pn if pn.shape[0] <= 1 else pn[r0:r1], out[r0:r1] if store else out, store)
+
+        total = sum(run_rows(fwd, rows, n))
+        if ctx is not None:  # None: called for the values alone (bce_plain)
+            ctx.save_for_backward(x, y)
+            ctx.res = (wn, pn, reduction, rows * n)
+            ctx.weights = (weight, pos_weight)
+        if store:
+            return torch.from_numpy(out).reshape(shape).to(x.dtype)
+        return reduced_scalar(total, rows * n, reduction, x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        x, y = ctx.saved_tensors
+        wn, pn, reduction, count = ctx.res
+        if torch.is_grad_enabled():  # create_graph: differentiable ops
+            from .elementwise import sigmoid
+
+            w, pw = ctx.weights
+            pos = y * sigmoid(-x) * (1 if pw is None else pw)
+            grad = (sigmoid(x) * (1 - y) - pos) * (1 if w is None else w)
+            scale = g / count if reduction == "mean" else g
+            return (grad * scale).to(x.dtype), None, None, None, None
+        shape = tuple(x.shape)
+        n = shape[-1] if shape else 1
+        xk, yk = kernel_input(x).reshape(-1, n), kernel_input(y).reshape(-1, n)
+        rows = xk.shape[0]
+        if reduction == "none":
+            gn = g.detach().to(torch.float64).reshape(-1, n).contiguous().numpy()
+        else:
+            gn = np.array([[float(g) / count if reduction == "mean" else float(g)]])
+        out = empty_out(xk)
+        xn, yn, on = numpy_view(xk), numpy_view(yk), numpy_view(out)
+
+        def bwd(r0: int, r1: int) -> None:
+            K.bce_backward(xn[r0:r1], yn[r0:r1], wn if wn.shape[0] <= 1 else wn[r0:r1],
+                           pn if pn.shape[0] <= 1 else pn[r0:r1], gn if gn.size == 1 else gn[r0:r1], on[r0:r1])
+
+        run_rows(bwd, rows, n)
+        return out.reshape(shape).to(x.dtype), None, None, None, None
+
+
+def binary_cross_entropy_with_logits(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None,
+                                     pos_weight: torch.Tensor | None, reduction: str) -> torch.Tensor:
+    """Elementwise BCE from logits ``x`` and targets ``y`` (same shape), ``reduction`` applied."""
+    return _BCE.apply(x, y, weight, pos_weight, reduction)
+
+
+_NO_WEIGHT = np.empty((0, 0))
+
+
+def bce_plain(x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
+    """:func:`binary_cross_entropy_with_logits` of contiguous float32/float64/bfloat16 ``x`` and ``y`` of one
+    shape and dtype, without weights; no ``autograd.Function`` when no gradient is recorded."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _BCEPlain.apply(x, y, reduction)
+    return _bce_plain_values(x, y, reduction)
+
+
+def _bce_plain_values(x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
+    shape = tuple(x.shape)
+    n = shape[-1] if shape else 1
+    xn, yn = numpy_view(x).reshape(-1, n), numpy_view(y).reshape(-1, n)
+    rows = xn.shape[0]
+    if reduction == "none" or rows * n >= PARALLEL_MIN:
+        return _BCE.forward(None, x, y, None, None, reduction)
+    total = K.bce_forward(xn, yn, _NO_WEIGHT, _NO_WEIGHT, _NO_WEIGHT, False)
+    return reduced_scalar(total, rows * n, reduction, x.dtype)
+
+
+class _BCEPlain(torch.autograd.Function):
+    """:class:`_BCE` without weights, with fewer steps (the latency route)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
+        ctx.save_for_backward(x, y)
+        ctx.reduction = reduction
+        return _bce_plain_values(x, y, reduction)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        x, y = ctx.saved_tensors
+        reduction = ctx.reduction
+        count = x.numel()
+        if torch.is_grad_enabled() or reduction == "none" or count >= PARALLEL_MIN:
+            ctx.res = (_NO_WEIGHT, _NO_WEIGHT, reduction, count)
+            ctx.weights = (None, None)
+            return *_BCE.backward(ctx, g)[:2], None
+        n = x.shape[-1] if x.ndim else 1
+        gv = float(g)
+        out = empty_out(x)
+        K.bce_backward(numpy_view(x).reshape(-1, n), numpy_view(y).reshape(-1, n), _NO_WEIGHT, _NO_WEIGHT,
+                       np.array([[gv / count if reduction == "mean" else gv]]), numpy_view(out).reshape(-1, n))
+        return out, None, None
+

@@ -1,0 +1,309 @@
+"""PyTorch CPU cross-entropy: ``torch.autograd.Function``s over the numba kernels.
+
+The generic array-API cross-entropy records a dozen ops per call and keeps their
+(N, C) temporaries for autograd. Here the forward is one compiled pass per row
+(:mod:`._numba_losses`) that keeps only per-row residuals (row max ``m``,
+``log1p(s)`` and the row's coefficients; the logits themselves are the one
+(N, C) tensor saved, as PyTorch keeps them too), and the backward is one pass
+that writes ``g (a softmax(x) - b)`` in the input dtype. Rows are split over
+threads (:func:`._torch_rows.run_rows`).
+
+A backward with ``create_graph=True`` (double backward) uses the same formula in
+differentiable torch ops instead, so higher derivatives stay exact.
+
+The z-loss (``z_loss (log Z)^2`` per row) is computed from the residuals
+(``log Z = m + log1p(s)``) after the kernels, and enters their backward as a
+per-row addition to the coefficient of ``softmax``; soft-capping runs inside
+the kernels (``cap > 0``). :func:`cross_entropy_plain` is the common case (class indices, no weight,
+no smoothing) with fewer steps; :mod:`._torch_ce_compile` holds it as a custom op for ``torch.compile``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _numba_losses as K
+from ._torch_rows import (
+    EMPTY,
+    PARALLEL_MIN,
+    bad_target,
+    empty_out,
+    kernel_input,
+    numpy_view,
+    reduced_scalar,
+    run_rows,
+)
+from ._torch_softmax import Softmax
+
+
+def capped(y: torch.Tensor, cap: float) -> torch.Tensor:
+    """``cap tanh(y / cap)`` (``cap = 0``: ``y``)."""
+    return cap * torch.tanh(y / cap) if cap else y
+
+
+def cap_grad(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """``sech^2(x / cap)``, the derivative of :func:`capped`, as ``4 E / (1 + E)^2`` with
+    ``E = exp(-2 |x / cap|)``: accurate where ``tanh`` rounds to 1."""
+    e = torch.exp(-2.0 * torch.abs(x / cap))
+    return 4.0 * e / (1.0 + e) ** 2
+
+
+def plain_grad_scale(g: torch.Tensor, count: float, reduction: str) -> tuple[float, np.ndarray]:
+    """The upstream gradient of :func:`cross_entropy_plain` as the kernel takes it: one scale (a sum or a
+    mean over ``count`` rows; a mean over no row passes no gradient on) or, unreduced, one per row."""
+    if reduction == "none":
+        return 1.0, g.detach().to(torch.float64).reshape(-1).contiguous().numpy()
+    gs = float(g)
+    if reduction == "mean":
+        gs = gs / count if count else 0.0
+    return gs, EMPTY
+
+
+def reduce_loss(loss: np.ndarray, den: float, reduction: str, z: np.ndarray | None = None,
+            count: float = 0.0) -> np.ndarray:
+    """The reduced loss; with the z-loss rows ``z``, their sum (or their mean over the ``count`` rows not
+    ignored) is added to the cross-entropy's (whose mean divides by ``den``, the sum of the target weights)."""
+    if reduction == "none":
+        return loss if z is None else loss + z
+    total = loss.sum()
+    if reduction != "mean":
+        return np.asarray(total if z is None else total + z.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):  # every row ignored: 0/0 is NaN, as torch's mean
+        return np.asarray(total / den if z is None else total / den + z.sum() / count)
+
+
+def row_grad(g: torch.Tensor, rows: int, den: float, reduction: str) -> np.ndarray:
+    """Upstream gradient per row, float64 (one entry when it is the same for every row)."""
+    gd = g.detach().to(torch.float64)
+    if reduction == "none":
+        return gd.reshape(-1).contiguous().numpy()
+    if reduction == "mean":  # a mean over no row (all ignored) has no gradient to pass on
+        return np.array([float(gd) / den if den else 0.0])
+    return np.array([float(gd)])
+
+
+def z_rows(z_loss: float, m: np.ndarray, lg: np.ndarray, alive: np.ndarray, loss: np.ndarray) -> np.ndarray | None:
+    """The z-loss ``coef (log Z)^2`` of each row, ``log Z = m + log1p(s)`` (0 on rows ignored or with a
+    non-finite max); None without z-loss. On a row with a non-finite max, where the cross-entropy is
+    ``-m``, the z-loss ``coef m^2 = +inf`` dominates: ``loss`` becomes ``|m|`` there (NaN stays NaN)."""
+    if not z_loss:
+        return None
+    lse = m + lg
+    np.abs(loss, out=loss, where=alive == 0)  # ignored rows are 0 already
+    return np.where(alive > 0, z_loss * (lse * lse), 0.0)
+
+
+def z_grad(g: torch.Tensor, count: float, reduction: str, z_loss: float, m: np.ndarray, lg: np.ndarray,
+            alive: np.ndarray) -> np.ndarray:
+    """Per row, the z-loss's addition ``2 coef log Z g_r`` to the coefficient of ``softmax`` in the gradient
+    (``g_r`` the upstream gradient of the row's z-loss: ``g / count`` for a mean); empty without z-loss."""
+    if not z_loss:
+        return EMPTY
+    gd = g.detach().to(torch.float64)
+    gz: np.ndarray | float
+    if reduction == "none":
+        gz = gd.reshape(-1).contiguous().numpy()
+    elif reduction == "mean":
+        gz = float(gd) / count if count else 0.0
+    else:
+        gz = float(gd)
+    return np.where(alive > 0, (2.0 * z_loss) * (m + lg) * gz, 0.0)
+
+
+def index_forward(xn: np.ndarray, tk: torch.Tensor, wn: np.ndarray, ignore_index: int | None, eps: float,
+                   cap: float) -> tuple[np.ndarray, ...]:
+    """:func:`._numba_losses.ce_index_forward` over row chunks: ``(loss, m, log1p(s), w_c, alive)`` per row."""
+    rows, n_cls = xn.shape
+    loss, m, lg, coef, alive = (np.empty(rows) for _ in range(5))
+    tn = tk.numpy()
+    ign = -100 if ignore_index is None else int(ignore_index)
+
+    def fwd(r0: int, r1: int) -> int:
+        bad = K.ce_index_forward(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, ign, ignore_index is not None, eps, cap,
+                                 loss[r0:r1], m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1])
+        return bad if bad < 0 else bad + r0
+
+    bad = [b for b in run_rows(fwd, rows, n_cls) if b >= 0]
+    if bad:
+        raise bad_target("cross_entropy", tk, bad[0], n_cls)
+    return loss, m, lg, coef, alive
+
+
+class _CrossEntropy(torch.autograd.Function):
+    """Cross-entropy of rows ``(R, C)``: class indices ``(R,)`` or probabilities ``(R, C)``; optionally the
+    z-loss ``z_loss (log Z)^2`` per row and soft-capped logits ``cap tanh(x / cap)`` (``cap = 0``: none)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,
+        eps: float, reduction: str, z_loss: float, cap: float,
+    ) -> torch.Tensor:
+        xk = kernel_input(x)
+        rows, n_cls = xk.shape
+        xn = numpy_view(xk)
+        wn = np.empty(0) if weight is None else weight.detach().to(torch.float64).contiguous().numpy()
+        index = not target.dtype.is_floating_point
+        if index:
+            tk = target.detach().to(torch.int64).contiguous()
+            loss, m, lg, coef, alive = index_forward(xn, tk, wn, ignore_index, eps, cap)
+            den = float(coef.sum())
+            count = float(rows) if ignore_index is None else float(np.count_nonzero(tk.numpy() != ignore_index))
+        else:
+            tk = kernel_input(target)
+            tn = numpy_view(tk)
+            loss, m, lg, coef, alive = (np.empty(rows) for _ in range(5))
+
+            def fwd_p(r0: int, r1: int) -> None:
+                K.ce_prob_forward(xn[r0:r1], tn[r0:r1], wn, weight is not None, eps, cap,
+                                  loss[r0:r1], m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1])
+
+            run_rows(fwd_p, rows, n_cls)
+            den = count = float(rows) if rows else float("nan")
+        z = z_rows(z_loss, m, lg, alive, loss)
+        ctx.save_for_backward(x, target)
+        ctx.res = (xk if x.dtype == torch.float16 else None, tk, wn, m, lg, coef, alive, den, eps, reduction, index,
+                   z_loss, cap, count)
+        ctx.weight = weight
+        out = reduce_loss(loss, den, reduction, z, count)
+        return torch.from_numpy(out).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        x, target = ctx.saved_tensors
+        xk, tk, wn, m, lg, coef, alive, den, eps, reduction, index, z_loss, cap, count = ctx.res
+        rows, n_cls = x.shape
+        if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops
+            grad = _ce_grad_graph(x, target, ctx.weight, g, m, coef, alive, den, eps, reduction, index, z_loss, cap,
+                                  count)
+            return grad, *([None] * 7)
+        xk = xk if xk is not None else x.detach().contiguous()
+        out = empty_out(xk)
+        xn, on, gn = numpy_view(xk), numpy_view(out), row_grad(g, rows, den, reduction)
+        zg = z_grad(g, count, reduction, z_loss, m, lg, alive)
+        tn = tk.numpy() if index else numpy_view(tk)
+        kern = K.ce_index_backward if index else K.ce_prob_backward
+
+        def bwd(r0: int, r1: int) -> None:
+            gr = gn if gn.size == 1 else gn[r0:r1]
+            kern(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, eps, cap, gr, zg if zg.size == 0 else zg[r0:r1], m[r0:r1],
+                 lg[r0:r1], coef[r0:r1], alive[r0:r1], on[r0:r1])
+
+        run_rows(bwd, rows, n_cls)
+        return out.to(x.dtype), *([None] * 7)
+
+
+def _ce_grad_graph(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, g: torch.Tensor,
+                   m: np.ndarray, coef: np.ndarray, alive: np.ndarray, den: float, eps: float, reduction: str,
+                   index: bool, z_loss: float = 0.0, cap: float = 0.0, count: float = 0.0) -> torch.Tensor:
+    """The gradient of :class:`_CrossEntropy` in differentiable torch ops (for double backward)."""
+    rows, n_cls = x.shape
+    wd = torch.float64
+    y = capped(x.to(wd), cap) if cap else x
+    p = Softmax.apply(y).to(wd)
+    gr = g.to(wd).reshape(-1, 1) if reduction == "none" else (g.to(wd) / den if reduction == "mean" else g.to(wd))
+    w = torch.ones(n_cls, dtype=wd) if weight is None else weight.detach().to(wd)
+    live = torch.from_numpy(alive)[:, None] > 0
+    if index:
+        wt = torch.from_numpy(coef)[:, None]
+        a = (1 - eps) * wt + eps * w.sum() / n_cls
+        hot = torch.zeros(rows, n_cls, dtype=wd).scatter_(1, target.clamp(0, n_cls - 1).to(torch.int64)[:, None], 1.0)
+        grad = a * p - eps / n_cls * w - (1 - eps) * wt * hot
+    else:
+        tw = ((1 - eps) * target.detach().to(wd) + eps / n_cls) * w
+        grad = torch.from_numpy(coef)[:, None] * p - tw
+    total = gr * grad
+    if z_loss:  # d coef (log Z)^2 = 2 coef log Z softmax, times the z-loss's own upstream gradient
+        gz = g.to(wd).reshape(-1, 1) if reduction == "none" else (
+            (g.to(wd) / count if count else 0.0 * g.to(wd)) if reduction == "mean" else g.to(wd))
+        total = total + gz * (2.0 * z_loss) * torch.logsumexp(y.to(wd), dim=1, keepdim=True) * p
+    if cap:
+        total = total * cap_grad(x.to(wd), cap)
+    return torch.where(live, total, 0.0).to(x.dtype)
+
+
+def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,
+                  eps: float, reduction: str, z_loss: float = 0.0, cap: float = 0.0) -> torch.Tensor:
+    """Rows ``x`` (R, C), ``target`` (R,) indices or (R, C) probabilities: the loss (``reduction`` applied),
+    plus the z-loss ``z_loss (log Z)^2`` per row, of the logits soft-capped to ``cap tanh(x / cap)`` when
+    ``cap > 0``."""
+    return _CrossEntropy.apply(x, target, weight, ignore_index, float(eps), reduction, float(z_loss), float(cap))
+
+
+# -- cross-entropy, the common case: class indices, no weight, no smoothing (the latency route) ---------
+def plain_forward(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> tuple[np.ndarray, float, float]:
+    """The residuals ``(5, R)`` of :func:`._numba_losses.ce_plain_forward`, the loss sum and the row count."""
+    rows, n_cls = x.shape
+    xn, tn = numpy_view(x), target.numpy()
+    res = np.empty((5, rows))
+    ign, has = (0, False) if ignore_index is None else (ignore_index, True)
+    if rows * n_cls < PARALLEL_MIN or torch.get_num_threads() <= 1:
+        bad, total, count = K.ce_plain_forward(xn, tn, ign, has, res)
+    else:
+        def fwd(r0: int, r1: int) -> tuple[int, float, float]:
+            b, t, c = K.ce_plain_forward(xn[r0:r1], tn[r0:r1], ign, has, res[:, r0:r1])
+            return (b + r0 if b >= 0 else b), t, c
+
+        parts = run_rows(fwd, rows, n_cls)
+        bads = [p[0] for p in parts if p[0] >= 0]
+        bad = bads[0] if bads else -1
+        total, count = math.fsum(p[1] for p in parts), sum(p[2] for p in parts)
+    if bad >= 0:
+        raise bad_target("cross_entropy", target, bad, n_cls)
+    return res, total, count
+
+
+def plain_out(x: torch.Tensor, res: np.ndarray, total: float, count: float, reduction: str) -> torch.Tensor:
+    if reduction == "none":
+        return torch.from_numpy(res[0]).to(x.dtype, copy=True)
+    return reduced_scalar(total, count, reduction, x.dtype)
+
+
+
+class _CEPlain(torch.autograd.Function):
+    """:class:`_CrossEntropy` for class indices without weight or smoothing, with fewer steps."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
+                reduction: str) -> torch.Tensor:
+        res, total, count = plain_forward(x, target, ignore_index)
+        ctx.save_for_backward(x, target)
+        ctx.res = (res, count, reduction)
+        return plain_out(x, res, total, count, reduction)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        x, target = ctx.saved_tensors
+        res, count, reduction = ctx.res
+        if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops
+            grad = _ce_grad_graph(x, target, None, g, res[1], res[3], res[4], count, 0.0, reduction, True)
+            return grad, None, None, None
+        rows, n_cls = x.shape
+        out = empty_out(x)
+        gs, gn = plain_grad_scale(g, count, reduction)
+        xn, tn, on = numpy_view(x), target.numpy(), numpy_view(out)
+
+        def bwd(r0: int, r1: int) -> None:
+            K.ce_plain_backward(xn[r0:r1], tn[r0:r1], gs, gn if gn.size == 0 else gn[r0:r1], res[:, r0:r1], on[r0:r1])
+
+        if rows * n_cls < PARALLEL_MIN:
+            K.ce_plain_backward(xn, tn, gs, gn, res, on)
+        else:
+            run_rows(bwd, rows, n_cls)
+        return out, None, None, None
+
+
+def cross_entropy_plain(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
+                        reduction: str) -> torch.Tensor:
+    """Rows ``x`` (R, C) (contiguous, float32/float64/bfloat16) and int64 indices ``target`` (R,): the loss.
+
+    Without a gradient to record no ``autograd.Function`` is built (its cost exceeds the kernel's at
+    small shapes).
+    """
+    if x.requires_grad and torch.is_grad_enabled():
+        return _CEPlain.apply(x, target, ignore_index, reduction)
+    res, total, count = plain_forward(x, target, ignore_index)
+    return plain_out(x, res, total, count, reduction)

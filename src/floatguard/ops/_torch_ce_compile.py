@@ -1,0 +1,94 @@
+"""PyTorch CPU cross-entropy under ``torch.compile``: the latency route as ``torch.library`` custom ops.
+
+Dynamo cannot trace the kernels (NumPy views, compiled code, a ValueError on values): as custom ops
+they enter the graph whole, run eager's code and keep its checks; the fake versions give the shapes.
+``floatguard::cross_entropy_rows`` takes the z-loss and soft-capping too (``softcap = 0``: none).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _numba_losses as K
+from ._torch_ce import index_forward, plain_forward, plain_grad_scale, plain_out, reduce_loss, row_grad, z_grad, z_rows
+from ._torch_rows import EMPTY, empty_out, numpy_view
+
+
+@torch.library.custom_op("floatguard::cross_entropy_rows", mutates_args=())
+def cross_entropy_op(x: torch.Tensor, target: torch.Tensor, ignore_index: int, has_ignore: bool,
+                     reduction: str, z_loss: float = 0.0, softcap: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`._torch_ce.cross_entropy_plain` as a custom op: the loss and the residuals ``(5, R)`` (float64); with
+    ``z_loss`` or ``softcap`` (0: none) the general kernel's rows (:func:`_featured_forward`)."""
+    x, target = x.contiguous(), target.contiguous()
+    if z_loss or softcap:
+        return _featured_forward(x, target, ignore_index if has_ignore else None, reduction, z_loss, softcap)
+    res, total, count = plain_forward(x, target, ignore_index if has_ignore else None)
+    return plain_out(x, res, total, count, reduction), torch.from_numpy(res)
+
+
+def _featured_forward(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None, reduction: str,
+                      z_loss: float, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The custom op with z-loss or soft-capping: :func:`._numba_losses.ce_index_forward` (no weight, no
+    smoothing), its residuals in the layout of :func:`plain_forward` (row 0 the cross-entropy alone)."""
+    loss, m, lg, coef, alive = index_forward(numpy_view(x), target, EMPTY, ignore_index, 0.0, cap)
+    res = np.stack([loss, m, lg, coef, alive])
+    count = float(coef.sum())  # unweighted: 1 per row not ignored
+    z = z_rows(z_loss, m, lg, alive, loss)
+    out = reduce_loss(loss, count, reduction, z, count)
+    return torch.from_numpy(np.asarray(out)).to(x.dtype), torch.from_numpy(res)
+
+
+@cross_entropy_op.register_fake
+def _(x: torch.Tensor, target: torch.Tensor, ignore_index: int, has_ignore: bool,
+      reduction: str, z_loss: float = 0.0, softcap: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    shape = (x.shape[0],) if reduction == "none" else ()
+    return x.new_empty(shape), x.new_empty((5, x.shape[0]), dtype=torch.float64)
+
+
+@torch.library.custom_op("floatguard::cross_entropy_rows_backward", mutates_args=())
+def cross_entropy_backward_op(x: torch.Tensor, target: torch.Tensor, res: torch.Tensor, g: torch.Tensor,
+                              reduction: str, z_loss: float = 0.0, softcap: float = 0.0) -> torch.Tensor:
+    """The gradient of :func:`cross_entropy_op` with respect to ``x`` (upstream ``g``)."""
+    x, target = x.contiguous(), target.contiguous()
+    rn = res.contiguous().numpy()
+    out = empty_out(x)
+    count = float(rn[3].sum())
+    if z_loss or softcap:
+        gn = row_grad(g, x.shape[0], count, reduction)
+        zg = z_grad(g, count, reduction, z_loss, rn[1], rn[2], rn[4])
+        K.ce_index_backward(numpy_view(x), target.numpy(), EMPTY, False, 0.0, softcap, gn, zg, rn[1], rn[2], rn[3],
+                            rn[4], numpy_view(out))
+        return out
+    gs, gn = plain_grad_scale(g, count, reduction)
+    K.ce_plain_backward(numpy_view(x), target.numpy(), gs, gn, rn, numpy_view(out))
+    return out
+
+
+@cross_entropy_backward_op.register_fake
+def _(x: torch.Tensor, target: torch.Tensor, res: torch.Tensor, g: torch.Tensor, reduction: str, z_loss: float = 0.0,
+      softcap: float = 0.0) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous, as the real output
+
+
+def _ce_op_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    ctx.args = inputs[4:7]  # reduction, z_loss, softcap
+    ctx.save_for_backward(inputs[0], inputs[1], output[1])
+
+
+def _ce_op_backward(ctx: Any, g: torch.Tensor, _g_res: Any) -> tuple[Any, ...]:
+    x, target, res = ctx.saved_tensors
+    return cross_entropy_backward_op(x, target, res, g, *ctx.args), *([None] * 6)
+
+
+cross_entropy_op.register_autograd(_ce_op_backward, setup_context=_ce_op_setup)
+
+
+def cross_entropy_compiled(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
+                           reduction: str, z_loss: float = 0.0, softcap: float = 0.0) -> torch.Tensor:
+    """:func:`._torch_ce.cross_entropy_plain` under ``torch.compile``, with the z-loss and soft-capping
+    (``softcap`` 0: none)."""
+    return cross_entropy_op(x, target, 0 if ignore_index is None else ignore_index, ignore_index is not None,
+                            reduction, float(z_loss), float(softcap))[0]

@@ -1,0 +1,83 @@
+"""softmax, log_softmax and logsumexp of PyTorch rows under ``torch.compile``: ``torch.library`` custom ops.
+
+Dynamo cannot trace the forward passes of :mod:`._torch_softmax` (NumPy views, compiled kernels,
+branches on values). As custom ops they enter the compiled graph whole and run the same code (the numba
+kernels where eager runs them), with the same analytic backward: the fused backward kernel as a third
+op (``floatguard::softmax_rows_grad``), torch ops under ``create_graph``; their fake versions give
+Dynamo the output shapes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._torch_softmax import ALL_FINITE, lse_any, softmax_any, softmax_backward
+
+
+@torch.library.custom_op("floatguard::logsumexp_rows", mutates_args=())
+def logsumexp_op(x: torch.Tensor) -> torch.Tensor:
+    """:class:`._torch_softmax.LogSumExp` as a custom op: rows ``(R, n)`` to ``(R, 1)``, by the same kernels
+    as eager."""
+    return lse_any(x)[:, None].to(x.dtype)
+
+
+@logsumexp_op.register_fake
+def _(x: torch.Tensor) -> torch.Tensor:
+    return x.new_empty((x.shape[0], 1))
+
+
+def _lse_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+    ctx.save_for_backward(inputs[0], output)
+
+
+def _lse_backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+    x, out = ctx.saved_tensors
+    return g * torch.where(torch.isfinite(out), softmax_op(x, False)[0], 0.0)
+
+
+logsumexp_op.register_autograd(_lse_backward, setup_context=_lse_setup)
+
+
+@torch.library.custom_op("floatguard::softmax_rows", mutates_args=())
+def softmax_op(x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """:class:`._torch_softmax.Softmax` (or ``LogSoftmax`` with ``log``) as a custom op; also returns
+    ``finite`` (R, 1). The same kernels as eager; the output is contiguous, as the fake one."""
+    out, finite = softmax_any(x.contiguous(), log)
+    if finite is ALL_FINITE:  # a custom op returns fresh tensors of the declared shape
+        finite = torch.ones((x.shape[0], 1), dtype=torch.bool, device=x.device)
+    return out, finite
+
+
+@softmax_op.register_fake
+def _(x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)  # contiguous, as the real output
+    return out, torch.empty((x.shape[0], 1), dtype=torch.bool, device=x.device)
+
+
+def _softmax_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    ctx.log = inputs[1]
+    ctx.save_for_backward(*output)
+
+
+def _softmax_backward(ctx: Any, g: torch.Tensor, _g_finite: Any) -> tuple[torch.Tensor, None]:
+    out, finite = ctx.saved_tensors
+    if torch.is_grad_enabled():  # double backward: differentiable torch ops
+        return softmax_backward(out, finite, g, ctx.log, graph=True), None
+    return softmax_grad_op(out, finite, g.to(out.dtype), ctx.log), None
+
+
+softmax_op.register_autograd(_softmax_backward, setup_context=_softmax_setup)
+
+
+@torch.library.custom_op("floatguard::softmax_rows_grad", mutates_args=())
+def softmax_grad_op(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, log: bool) -> torch.Tensor:
+    """The backward of :func:`softmax_op` (``p (g - sum(g p))``, or ``g - exp(o) sum(g)`` with ``log``):
+    the fused kernel of eager's backward, opaque to Dynamo. Not differentiable itself."""
+    return softmax_backward(out, finite, g, log)
+
+
+@softmax_grad_op.register_fake
+def _(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, log: bool) -> torch.Tensor:
+    return torch.empty(out.shape, dtype=out.dtype, device=out.device)

@@ -1,0 +1,102 @@
+"""Between PyTorch tensors and the numba kernels of the fused losses: NumPy views, row chunks, threads.
+
+The kernels (:mod:`._numba_losses`) take NumPy arrays: :func:`numpy_view` gives one without a copy
+(bfloat16 as its int16 bits; float16 goes through a float32 copy, :func:`kernel_input`), and
+:func:`run_rows` splits the rows over ``torch.get_num_threads()`` threads when the work is large
+enough (the kernels release the GIL).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _numba_losses as K
+
+DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+PARALLEL_MIN = 1 << 16  # elements below which one thread does it all
+EMPTY = np.empty(0)
+_pool: ThreadPoolExecutor | None = None
+
+
+def usable(x: torch.Tensor) -> bool:
+    """True when the compiled kernels can take ``x`` (numba present, CPU, a supported dtype)."""
+    return K.AVAILABLE and x.device.type == "cpu" and x.dtype in DTYPES
+
+
+def numpy_view(x: torch.Tensor) -> np.ndarray:
+    """A NumPy view of a contiguous float32/float64/bfloat16 tensor (bfloat16 as its int16 bits)."""
+    if x.dtype == torch.bfloat16:
+        return x.view(torch.int16).numpy()
+    return x.numpy()
+
+
+def kernel_input(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach()
+    if x.dtype == torch.float16:
+        x = x.float()
+    return x.contiguous()
+
+
+def grad_input(g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The upstream gradient as a contiguous tensor of ``dtype``; one entry when it is an expanded scalar
+    (``out.sum().backward()``), which the kernels broadcast (no (N,) copy of one number)."""
+    g = g.detach()
+    if g.numel() > 1 and all(st == 0 for st in g.stride()):
+        g = g.reshape(-1)[:1]
+    g = kernel_input(g)
+    return g if g.dtype == dtype else g.to(dtype)
+
+
+def _chunks(rows: int, cols: int) -> list[tuple[int, int]]:
+    threads = torch.get_num_threads()
+    if threads <= 1 or rows * cols < PARALLEL_MIN or rows < 2:
+        return [(0, rows)]
+    k = min(threads, rows)
+    bounds = [rows * i // k for i in range(k + 1)]
+    return list(itertools.pairwise(bounds))
+
+
+def run_rows(fn: Any, rows: int, cols: int) -> list[Any]:
+    """``fn(r0, r1)`` over row chunks, in threads when the work is large enough."""
+    global _pool
+    parts = _chunks(rows, cols)
+    if len(parts) == 1:
+        return [fn(0, rows)]
+    if _pool is None or _pool._max_workers < len(parts):
+        _pool = ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="floatguard")
+    return list(_pool.map(lambda p: fn(*p), parts))
+
+
+def bad_target(func: str, target: torch.Tensor, row: int, n_cls: int) -> ValueError:
+    return ValueError(
+        f"floatguard.{func}: argument 'target' has class indices outside [0, {n_cls}) "
+        f"(e.g. {int(target.reshape(-1)[row])}); set ignore_index for padding entries"
+    )
+
+
+def empty_out(x: torch.Tensor) -> torch.Tensor:
+    """An uninitialised output like ``x`` (float32/float64 allocated by NumPy, which asks for huge pages)."""
+    if x.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.empty(tuple(x.shape), dtype=np.float32 if x.dtype == torch.float32 else np.float64))
+    return torch.empty(x.shape, dtype=x.dtype)
+
+
+
+def scalar(val: float, dtype: torch.dtype) -> torch.Tensor:
+    """A 0-d tensor of ``val`` rounded once to ``dtype``, the cheapest way (``torch.tensor`` costs ~2 us)."""
+    if dtype == torch.float32:
+        return torch.from_numpy(np.array(val, np.float32))
+    if dtype == torch.float64:
+        return torch.from_numpy(np.array(val))
+    return torch.full((), val, dtype=torch.float64).to(dtype)
+
+
+def reduced_scalar(total: float, count: float, reduction: str, dtype: torch.dtype) -> torch.Tensor:
+    """The loss ``total`` reduced: itself for ``"sum"``, else its mean over ``count`` (NaN over none)."""
+    return scalar(total if reduction == "sum" else (total / count if count else math.nan), dtype)

@@ -1,0 +1,253 @@
+"""softmax, log_softmax and logsumexp of PyTorch rows as ``torch.autograd.Function``s: the kernels' route.
+
+Each op is one ``torch.autograd.Function`` whose forward runs the algorithm of the other backends and
+whose backward is the analytic gradient (0, never NaN, on rows with no finite entry). On CPU tensors
+(float32, float64, bfloat16, float16) both are numba kernels (:mod:`._numba_fast`, the ``fast`` extra)
+reading the tensors' storage in place; without them the torch ops of :mod:`._torch_sweep`; off the CPU
+those of :mod:`._torch_device`. Under ``create_graph`` the backward is differentiable torch ops, so
+double backward works. :func:`softmax_fast` and :func:`logsumexp_fast` are the short path of a plain
+call (one tensor, last axis): a few microseconds of Python.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ._torch_device import device_logsumexp, device_softmax, grad_dtype, on_device
+from ._torch_sweep import compiled_sweep, empty_like, fix_limits, lse_forward, softmax_forward
+
+
+def _softmax_grad(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``p * (g - sum(g p))``, 0 on rows with no finite max."""
+    wd = grad_dtype(out)
+    p = torch.where(finite, out.to(wd), 0.0)
+    gw = g.to(wd)
+    return (p * (gw - (gw * p).sum(dim=-1, keepdim=True))).to(out.dtype)
+
+
+def _log_softmax_grad(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``g - p sum(g)``, 0 on rows with no finite max."""
+    wd = grad_dtype(out)
+    p = torch.where(finite, torch.exp(out.to(wd)), 0.0)
+    gw = g.to(wd)
+    grad = gw - p * gw.sum(dim=-1, keepdim=True)
+    return torch.where(finite, grad, 0.0).to(out.dtype)
+
+
+# -- numba kernels on the tensors' storage -----------------------------------------------
+# bfloat16 and float16 go to the kernels as 16-bit integers (the dtype picks the conversion)
+_STORAGE = {torch.float32: None, torch.float64: None, torch.bfloat16: torch.int16, torch.float16: torch.uint16}
+KERNEL_DTYPES = tuple(_STORAGE)  # float32, float64, bfloat16, float16: what the numba kernels read
+_kern: Any = None  # the _numba_fast module, False without numba (or when it failed), None before the first look
+
+
+def _kernels() -> Any:
+    """:mod:`._numba_fast` when its kernels can run (imports numba once), else None."""
+    global _kern
+    if _kern is None:
+        import numpy as np
+
+        from . import _numpy_fast
+
+        _kern = _numpy_fast._kernels_for(np.dtype(np.float32)) or False
+    return _kern or None
+
+
+_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}  # _numba_fast.STORAGE_CODES
+
+
+def _on_kernels(x: torch.Tensor) -> Any:
+    """The kernels module when rows ``x`` can go to it (CPU, a kernel dtype, non-empty rows), else None."""
+    if on_device(x) or x.dtype not in _CODE or x.shape[-1] == 0:
+        return None
+    return _kern or _kernels()
+
+
+def _kernel_call(fn: Any, *args: Any) -> Any:
+    """Run a kernel and return its result; None (and the kernels off, with a warning) if numba fails."""
+    global _kern
+    try:
+        got = fn(*args)
+    except Exception as exc:  # numba cannot compile here: the torch ops still can
+        _kern = False
+        import warnings
+
+        warnings.warn(f"floatguard: numba kernels disabled, using torch ops ({exc!r})", RuntimeWarning, stacklevel=3)
+        return None
+    return True if got is None else got
+
+
+def _plain(x: torch.Tensor) -> torch.Tensor:
+    """``x`` detached and contiguous (itself when it already is: a few hundred ns less per call)."""
+    if x.requires_grad:
+        x = x.detach()
+    return x if x.is_contiguous() else x.contiguous()
+
+
+def _kernel_softmax(kern: Any, x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """softmax or log_softmax of rows ``x`` by the kernels, and ``finite`` (R, 1); None if they failed."""
+    x = _plain(x)
+    out = empty_like(x)
+    if x.dtype == torch.float64:  # float64: the table exp (the NumPy path's kernels, argmax by NumPy)
+        bad = compiled_sweep(x, out, log)
+        if bad is None:
+            return None
+        finite = torch.isfinite(x.max(dim=-1, keepdim=True).values) if bad else None
+    else:
+        r, n = x.shape
+        finite = torch.empty(r, dtype=torch.bool)
+        ok = _kernel_call(kern.ptr_softmax_fwd, _CODE[x.dtype], x.data_ptr(), out.data_ptr(), finite.data_ptr(),
+                          r, n, log)
+        if ok is None:
+            return None
+        finite = None if ok else finite[:, None]
+    if finite is None:
+        return out, ALL_FINITE
+    return fix_limits(x, out, finite, log), finite
+
+
+ALL_FINITE = torch.ones((1, 1), dtype=torch.bool)  # ``finite`` of rows that all have a finite max
+
+
+def _kernel_softmax_grad(
+    kern: Any, out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, log: bool
+) -> torch.Tensor:
+    """The fused backward of softmax / log_softmax (one kernel pass per row)."""
+    g = _plain(g if g.dtype == out.dtype else g.to(out.dtype))
+    out = _plain(out)
+    grad = empty_like(out)
+    fin = _plain(finite)  # (R, 1), or (1, 1) when every row is finite
+    r, n = out.shape
+    if _kernel_call(kern.ptr_softmax_bwd, _CODE[out.dtype], out.data_ptr(), g.data_ptr(), fin.data_ptr(), fin.numel(),
+                    grad.data_ptr(), r, n, log) is None:
+        return (_log_softmax_grad if log else _softmax_grad)(out, finite, g)
+    return grad
+
+
+def softmax_backward(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, log: bool,
+                     graph: bool = False) -> torch.Tensor:
+    """The gradient of softmax (``p (g - sum(g p))``) or, with ``log``, of log_softmax
+    (``g - exp(o) sum(g)``) from the output ``out`` and ``finite``: the fused kernel where it applies,
+    differentiable torch ops with ``graph`` (``create_graph``) or without the kernels."""
+    kern = None if graph else _on_kernels(out)
+    if kern is not None:
+        return _kernel_softmax_grad(kern, out, finite, g, log)
+    return (_log_softmax_grad if log else _softmax_grad)(out, finite, g)
+
+
+# -- the autograd Functions -----------------------------------------------------------------
+def softmax_any(x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax or log_softmax of rows ``x`` and ``finite`` (R, 1): kernels, device ops, or the torch sweep."""
+    kern = _on_kernels(x)
+    if kern is not None:
+        got = _kernel_softmax(kern, x, log)
+        if got is not None:
+            return got
+    if on_device(x):
+        return device_softmax(x, log)
+    return softmax_forward(x, log)
+
+
+def lse_any(x: torch.Tensor) -> torch.Tensor:
+    """float64 (CPU) or compute-dtype (other devices) logsumexp of rows ``x``, as (R,)."""
+    kern = _on_kernels(x)
+    if kern is not None:
+        x = _plain(x)
+        r, n = x.shape
+        lse = torch.empty(r, dtype=torch.float64)
+        if _kernel_call(kern.ptr_logsumexp_fwd, _CODE[x.dtype], x.data_ptr(), lse.data_ptr(), r, n):
+            return lse
+    if on_device(x):
+        return device_logsumexp(x)[:, 0]
+    return lse_forward(x)[:, 0].to(torch.float64) if x.dtype != torch.float64 else lse_forward(x)[:, 0]
+
+
+def _short_path(x: torch.Tensor, axis: Any) -> bool:
+    """Whether a call on ``x`` along ``axis`` can take the short path: the last axis of a non-empty strided
+    CPU tensor of a kernel dtype, kernels not known to be missing, eager."""
+    nd = x.ndim
+    if nd == 0 or type(axis) is not int or (axis != -1 and axis != nd - 1) or x.layout is not torch.strided:
+        return False
+    return not (on_device(x) or x.dtype not in _STORAGE or _kern is False or x.numel() == 0
+                or torch.compiler.is_compiling())
+
+
+def softmax_fast(x: torch.Tensor, axis: Any, log: bool) -> torch.Tensor | None:
+    """``softmax(x, axis)`` (or ``log_softmax``) of a CPU tensor along its last axis, on the kernels
+    with the least Python in between; None when that does not apply (the caller takes the full path)."""
+    if not _short_path(x, axis):
+        return None
+    nd = x.ndim
+    rows = x if nd == 2 else x.reshape(-1, x.shape[-1])
+    if x.requires_grad and torch.is_grad_enabled():
+        out = (LogSoftmax if log else Softmax).apply(rows)
+    else:
+        out = softmax_any(rows, log)[0]
+    return out if nd == 2 else out.view(x.shape)
+
+
+def logsumexp_fast(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor | None:
+    """``logsumexp(x, axis, keepdims)`` of a CPU tensor along its last axis, as :func:`softmax_fast`."""
+    if type(keepdims) is not bool or not _short_path(x, axis):
+        return None
+    nd = x.ndim
+    rows = x if nd == 2 else x.reshape(-1, x.shape[-1])
+    if x.requires_grad and torch.is_grad_enabled():
+        # the final shape made inside the Function: a view outside would add a node to the graph
+        return LogSumExp.apply(rows, (*x.shape[:-1], 1) if keepdims else x.shape[:-1])
+    lse = lse_any(rows).to(x.dtype)
+    return lse.view((*x.shape[:-1], 1) if keepdims else x.shape[:-1])
+
+
+class LogSumExp(torch.autograd.Function):
+    """``m + log1p(s)`` per row, as ``(R, 1)`` or in the given ``shape`` of ``R`` entries; gradient
+    ``softmax(x)`` (0 on rows with no finite max)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, shape: Any = None) -> torch.Tensor:
+        lse = lse_any(x)
+        ctx.save_for_backward(x, lse)  # the input (no copy) and R floats: what torch keeps
+        out = lse.to(x.dtype)
+        return out[:, None] if shape is None else out.view(shape)
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
+        x, lse = ctx.saved_tensors
+        kern = _on_kernels(x)
+        if kern is not None and not torch.is_grad_enabled():
+            xc = _plain(x)
+            grad = empty_like(xc)
+            g64 = _plain(g.reshape(-1).to(torch.float64))
+            r, n = xc.shape
+            if _kernel_call(kern.ptr_logsumexp_bwd, _CODE[x.dtype], xc.data_ptr(), lse.data_ptr(), g64.data_ptr(),
+                            grad.data_ptr(), r, n):
+                return grad, None
+        # double backward (create_graph), or no kernels: the softmax through Softmax, so that it is exact too
+        p = torch.where(torch.isfinite(lse)[:, None], Softmax.apply(x), 0.0)
+        return g.reshape(-1, 1) * p, None
+
+
+def _softmax_function(log: bool) -> Any:
+    """The autograd Function of softmax (``e / (1 + s)`` per row; gradient ``p * (g - sum(g p))``) or,
+    with ``log``, of log_softmax (``d - log1p(s)``; gradient ``g - p sum(g)``)."""
+
+    class Function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+            out, finite = softmax_any(x, log=log)
+            ctx.save_for_backward(out, finite)
+            return out
+
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+            out, finite = ctx.saved_tensors
+            return softmax_backward(out, finite, g, log, graph=torch.is_grad_enabled())
+
+    Function.__name__ = Function.__qualname__ = "LogSoftmax" if log else "Softmax"
+    return Function
+
+
+Softmax = _softmax_function(log=False)
+LogSoftmax = _softmax_function(log=True)
