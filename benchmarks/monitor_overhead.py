@@ -15,8 +15,10 @@ machine exceeds the effect measured); on a GPU it synchronizes after every round
 
 The transformer of ``nn.TransformerEncoderLayer`` takes PyTorch's fused attention (the
 probe measures q and k norms); the causal LM writes its attention by hand, so the probe
-reads every softmax input (largest logit, entropy) and the log Z of the LM head's
-(tokens x 1000) logits on sampled steps.
+reads every softmax input (largest logit over all of it; entropy on a fixed sample of
+rows) and the LM head's (tokens x 1000) logits (max |logit| over all of them; top-two
+gap and log Z on a fixed sample of rows, ``transformer_stats.row_sample``) on sampled
+steps.
 
 Run ``python benchmarks/monitor_overhead.py`` (``--quick`` is a smoke test: small
 models, few steps; its ratios are not meaningful; ``--only`` picks workloads).

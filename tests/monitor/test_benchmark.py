@@ -33,6 +33,7 @@ def test_monitor_overhead_quick(capsys: pytest.CaptureFixture[str]) -> None:
     assert [str(c.header) for c in table.columns] == ["workload", "plain ms", "default ms", "default ratio",
                                                      "detailed ms", "detailed ratio"]
     names = [str(c) for c in table.columns[0].cells]
-    assert len(names) == 3 and names[0].startswith("MLP") and names[2].startswith("Transformer")
+    assert len(names) == 4 and names[0].startswith("MLP") and names[2].startswith("Transformer")
+    assert names[3].startswith("Causal LM")  # hand-written attention: the probe's attention statistics
     for col in range(1, 6):
         assert all(0 < float(str(c)) < math.inf for c in table.columns[col].cells)

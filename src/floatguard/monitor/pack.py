@@ -88,10 +88,10 @@ def pack_probe(mon: Monitor, probe: Probe, packed: Packed) -> dict[str, Any]:
     if probe.logits:
         lg = next((g for g in probe.logits if not g.site.split(":")[-1].startswith("softmax")), probe.logits[0])
         probs = next((g.site for g in probe.logits if g.from_softmax), None)
-        gap = lg.gap if lg.gap is not None else torch.tensor(math.nan)
-        flags = torch.stack([g.probs for g in probe.logits if "softmax" not in g.site.split(":")[-1]
+        gap = lg.gap if lg.gap is not None else torch.full((), math.nan, device=dev)  # made on the device: no copy
+        flags = torch.stack([g.probs.to(dev) for g in probe.logits if "softmax" not in g.site.split(":")[-1]
                              or g.site.split(":")[-1].startswith("log_softmax")]
-                            or [torch.zeros((), dtype=torch.bool)])
+                            or [torch.zeros((), dtype=torch.bool, device=dev)])
         packed.add("logits", torch.stack([lg.absmax.to(mon._fdt).to(dev), gap.to(mon._fdt).to(dev),
                                          flags.any().to(mon._fdt).to(dev)]))
         if lg.logz is not None:

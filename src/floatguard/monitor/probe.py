@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from .transformer_stats import attention_stats, logz_stats, sdpa_stats
+from .transformer_stats import attention_stats, logit_row_stats, row_sample, sdpa_stats
 
 __all__ = ["Probe", "SiteStats"]
 
@@ -281,6 +281,8 @@ class Probe(TorchFunctionMode):
         self._act_out[id(y)] = (weakref.ref(y), site)
 
     def _logits(self, x: torch.Tensor, fname: str, dim: int, nll: bool = False) -> None:
+        """Max |logit| (exact: one pass), and on the rows of :func:`row_sample` the probability check, the
+        median top-two gap and log Z (:func:`logit_row_stats`; not for a softmax, whose input is no loss's)."""
         site = self._site(fname)
         y = x.detach()
         if y.ndim == 0 or y.numel() == 0:
@@ -288,21 +290,23 @@ class Probe(TorchFunctionMode):
         dim = dim % y.ndim
         c = int(y.shape[dim])
         from_sm = self._is_softmax_out(x)
-        yf = y.float()
-        probs = ((yf >= 0).all() & (yf <= 1).all() & ((yf.sum(dim) - 1).abs() <= 1e-3).all()) if c > 1 else \
-            yf.new_zeros((), dtype=torch.bool)
+        rows = row_sample(y, dim).float()
         if from_sm:
             probs = torch.ones((), dtype=torch.bool, device=y.device)
+        elif c > 1:  # every sampled row in [0, 1] and summing to 1: the input already is probabilities
+            lo_s, hi_s = torch.aminmax(rows)
+            probs = (lo_s >= 0) & (hi_s <= 1) & ((rows.sum(-1) - 1).abs() <= 1e-3).all()
+        else:
+            probs = torch.zeros((), dtype=torch.bool, device=y.device)
         if nll:  # nll_loss takes log-probabilities: nothing to learn about logits, only misuse
-            self.logits.append(LogitStats(site, yf.new_zeros(()), None, probs, c, _dtype_name(y), from_sm))
+            self.logits.append(LogitStats(site, rows.new_zeros(()), None, probs, c, _dtype_name(y), from_sm))
             return
-        gap = None
+        gap = logz = None
         if c >= 2:
-            top = yf.topk(2, dim=dim).values
-            gap = (top.select(dim, 0) - top.select(dim, 1)).flatten().median()
-        lo, hi = torch.aminmax(yf)
-        logz = logz_stats(yf, dim) if fname != "softmax" and c >= 2 else None
-        self.logits.append(LogitStats(site, torch.maximum(hi, -lo), gap, probs, c, _dtype_name(y), from_sm, logz))
+            gap, logz = logit_row_stats(rows, logz=fname != "softmax")
+        lo, hi = torch.aminmax(y)
+        self.logits.append(LogitStats(site, torch.maximum(hi, -lo).float(), gap, probs, c, _dtype_name(y), from_sm,
+                                      logz))
 
     def _attention(self, st: torch.Tensor) -> None:
         """Keep the statistics of one attention call under the module calling it (the largest of its calls)."""

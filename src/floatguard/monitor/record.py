@@ -18,11 +18,13 @@ __all__ = ["AttentionStats", "LayerMap", "StepRecord", "rounded"]
 
 
 def rounded(v: float) -> float:
-    """A float rounded to 5 significant digits for the log (NaN/inf kept)."""
+    """A float rounded to 5 significant digits for the log (NaN/inf kept; so is a value within 5e-5 of the
+    float64 maximum, which would round to inf)."""
     v = float(v)
     if not math.isfinite(v) or v == 0:
         return v
-    return float(f"{v:.5g}")
+    r = float(f"{v:.5g}")
+    return r if math.isfinite(r) else v
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ class AttentionStats:
     """One attention module's sampled statistics (:mod:`.transformer_stats`)."""
 
     max_logit: float  # largest softmax input, or the q/k bound of a fused attention
-    entropy: float  # mean row entropy (NaN: fused, not seen)
+    entropy: float  # mean row entropy, over a fixed sample of rows (NaN: fused, not seen)
     keys: int
 
     def sample(self) -> dict[str, Any]:
