@@ -436,6 +436,15 @@ def test_stuck_at_chance_fires_after_the_window_and_closes_on_recovery() -> None
     assert run.kinds == ["stuck_at_chance"]
 
 
+@pytest.mark.parametrize(("factor", "recovers"), [(0.88, True), (0.92, False)])
+def test_stuck_at_chance_recovers_twice_the_tolerance_below_chance(factor: float, recovers: bool) -> None:
+    run = Run(rules=[StuckAtChance], num_classes=10)
+    run.steps([LN10] * 100 + [factor * LN10] * 50)
+    assert run.kinds == ["stuck_at_chance"]
+    assert ("recovered_at" in run.one("stuck_at_chance").stats) == recovers
+    assert len(run.closed) == int(recovers)
+
+
 def test_stuck_at_chance_needs_half_the_run() -> None:
     run = Run(rules=[StuckAtChance], num_classes=10)
     run.steps([1.0] * 150 + [LN10] * 149)  # 149 of 299 steps at chance
@@ -609,10 +618,7 @@ def test_update_ratio_high_on_five_samples() -> None:
 
 def test_update_ratio_silent_inside_the_band_and_on_four_of_five() -> None:
     run = Run(rules=[UpdateRatio])
-    for t in range(30):
-        run.step(1.0, update=np.array([1.01e-6, 0.099, math.nan]))  # NaN: a layer without weights
-        if t % 4 == 3:
-            run.step(1.0, update=np.array([1e-3, 1e-3, math.nan]))
+    run.steps([1.0] * 30, update=np.array([1.01e-6, 0.099, math.nan]))  # NaN: a layer without weights
     for t in range(30):
         run.step(1.0, update=np.array([1e-3, 0.5 if t % 5 else 1e-3, 1e-9 if t % 5 else 1e-3]))
     assert run.new == []
