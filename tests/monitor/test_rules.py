@@ -642,9 +642,6 @@ def test_update_ratio_low_only_at_the_top_learning_rate_and_with_a_gradient() ->
     assert run.new == []
 
 
-@pytest.mark.xfail(strict=True, reason="rules/updates.py: UpdateRatio checks 'the layer has a gradient' on the "
-                   "current sample only, so a layer that had no gradient on 4 of the 5 samples is reported on the "
-                   "first sample it gets one (persistence of update_samples=5 not honoured, 'from step' too early)")
 def test_update_ratio_low_needs_five_samples_with_a_gradient() -> None:
     low = np.array([1e-7, 1e-3, 1e-3])
     run = Run(rules=[UpdateRatio])
@@ -800,9 +797,6 @@ def test_output_logit_divergence_silent_below_and_after_overconfident_logits() -
     assert run.kinds == ["overconfident_logits"]
 
 
-@pytest.mark.xfail(strict=True, reason="transformer_rules.py: OutputLogitDivergence.calm_until starts at 0, so a "
-                   "run (or resumed log) whose steps start after 0 and is never calm reports 'drifting from step 0', "
-                   "a step it never saw")
 def test_output_logit_divergence_begins_inside_the_run() -> None:
     run = Run(rules=[OutputLogitDivergence], start=1000)
     run.steps([1.0] * 3, logz=(50.0, 60.0, "loss:cross_entropy"))

@@ -139,7 +139,7 @@ class OutputLogitDivergence(Rule):
     def __init__(self) -> None:
         self.streak = _Streak()
         self.first: float | None = None
-        self.calm_until = 0  # the last sampled step with RMS log Z below half the threshold
+        self.calm_until: int | None = None  # the last sampled step with RMS log Z below half the threshold
 
     def check(self, s: State) -> list[Event]:
         lz = s.sample.get("logz") if s.sample else None
@@ -152,7 +152,8 @@ class OutputLogitDivergence(Rule):
             self.calm_until = s.step
         if self.streak.update(rms >= s.th.logz_rms, s.step) < s.th.patience:
             return []
-        began = self.calm_until if self.calm_until < self.streak.began else self.streak.began
+        calm = self.calm_until
+        began = calm if calm is not None and calm < self.streak.began else self.streak.began
         msg = (f"log Z of the output logits at {lz['site']} drifts from 0: its RMS over the tokens is {_g(rms)} "
                f"(mean {_g(lz['mean'])}, {_g(self.first)} at the start), drifting from step {began}")
         hint = ("Add PaLM's z-loss, coefficient 1e-4: loss = floatguard.cross_entropy(logits, target, "

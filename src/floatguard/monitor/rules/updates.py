@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import math
 from collections import deque
 
 import numpy as np
@@ -29,7 +28,8 @@ class UpdateRatio(Rule):
     kind = "update_ratio"
 
     def __init__(self) -> None:
-        self.hist: deque[tuple[np.ndarray, float | None, int]] = deque()
+        # (ratios, lr, step, which layers had a finite nonzero gradient at that sample: None if not measured)
+        self.hist: deque[tuple[np.ndarray, float | None, int, np.ndarray | None]] = deque()
         self.max_lr = 0.0
 
     def check(self, s: State) -> list[Event]:
@@ -39,7 +39,10 @@ class UpdateRatio(Rule):
         lr = s.sample.get("lr")
         if lr is not None:
             self.max_lr = max(self.max_lr, lr)
-        self.hist.append((r, lr, s.step))
+        rms = s.layer_rms  # a layer without a (finite, nonzero) gradient is not expected to move
+        with np.errstate(invalid="ignore"):
+            moving = None if rms is None else np.isfinite(np.asarray(rms, dtype=float)) & (np.asarray(rms) > 0)
+        self.hist.append((r, lr, s.step, moving))
         k = s.th.update_samples
         while len(self.hist) > k:
             self.hist.popleft()
@@ -53,8 +56,12 @@ class UpdateRatio(Rule):
             low = np.all(mat <= s.th.update_low, axis=0)
         lrs = [h[1] for h in self.hist]
         steady = all(v is None or v >= 0.99 * self.max_lr for v in lrs)
-        rms = s.layer_rms  # a layer without a (finite, nonzero) gradient is not expected to move
-        low_layers = [i for i in range(r.size) if low[i] and (rms is None or (math.isfinite(rms[i]) and rms[i] > 0))]
+        # low: a layer with a gradient on every sample of the window (persistence is over those samples)
+        had_grad = np.ones(r.size, dtype=bool)
+        for h in self.hist:
+            if h[3] is not None:
+                had_grad &= h[3]
+        low_layers = [i for i in range(r.size) if low[i] and had_grad[i]]
         if high.any():
             idx = [i for i in range(r.size) if high[i]]
             worst = max(idx, key=lambda i: r[i])
