@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import floatguard.lint.engine as engine
+from floatguard.events import Event
 from floatguard.lint import lint_paths
 from floatguard.lint.cache import CACHE_DIR_NAME, Cache, default_cache_dir
 from floatguard.lint.cli import main
@@ -204,3 +205,93 @@ def test_entries_are_keyed_by_the_path_shown(tmp_path: Path, monkeypatch: pytest
     (res,) = lint_paths(["m0.py"], jobs=1, use_config=False, cache_dir=cache)
     # the same text shown under another name: checked again, so its findings name the file as it is given
     assert res.path == "m0.py" and res.events[0].file == "m0.py" and count.calls == ["m0.py"]
+
+
+# -- findings that depend on other modules of the package -----------------------------------------------------
+
+NOT_A_SOFTMAX = "import torch\n\n\ndef helper(x):\n    return torch.abs(x)\n"
+SOFTMAX = "import torch\n\n\ndef _sm(x):\n    return torch.softmax(x, dim=-1)\n"
+VIA_CORE = "from .core import _sm\n\n\ndef helper(x):\n    return _sm(x)\n"
+LOG_OF_HELPER = "from .utils import helper\n\n\ndef f(x):\n    return torch.log(helper(x))\n"
+
+
+def _package(tmp_path: Path, **modules: str) -> Path:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name, text in modules.items():
+        (pkg / f"{name}.py").write_text(text)
+    return pkg
+
+
+def _codes(results: list[engine.FileResult], name: str) -> list[str]:
+    return [e.code or "" for r in results if Path(r.path).name == name for e in r.events]
+
+
+def test_editing_an_imported_helper_changes_the_cached_result(tmp_path: Path) -> None:
+    """``torch.log(helper(x))`` with utils.helper returning ``torch.softmax(x, dim=-1)`` is a log of a softmax
+    (FG102); editing utils.py alone must change main.py's cached result although main.py's bytes and the
+    settings are the same."""
+    pkg = _package(tmp_path, utils=SOFTMAX.replace("_sm", "helper"),
+                   main=LOG_OF_HELPER.replace("from .utils", "import torch\nfrom .utils"))
+    cache = tmp_path / "cache"
+    uncached = lint_paths([pkg], jobs=1, use_config=False)
+    assert _codes(uncached, "main.py") == ["FG102"]  # log(softmax(x)) through the helper of utils.py
+    assert key(lint_paths([pkg], jobs=1, use_config=False, cache_dir=cache)) == key(uncached)
+    assert key(lint_paths([pkg], jobs=1, use_config=False, cache_dir=cache)) == key(uncached)  # from the cache
+    (pkg / "utils.py").write_text(NOT_A_SOFTMAX)  # the helper is no longer a softmax: no finding
+    stopped = lint_paths([pkg], jobs=1, use_config=False, cache_dir=cache)
+    assert _codes(stopped, "main.py") == [] and key(stopped) == key(lint_paths([pkg], jobs=1, use_config=False))
+    (pkg / "utils.py").write_text(SOFTMAX.replace("_sm", "helper"))  # and back: the finding again
+    assert key(lint_paths([pkg], jobs=1, use_config=False, cache_dir=cache)) == key(uncached)
+
+
+def test_a_helper_two_modules_away_is_part_of_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """main.py -> utils.helper -> core._sm -> torch.softmax: an edit of core.py changes main.py's result."""
+    pkg = _package(tmp_path, core=SOFTMAX, utils=VIA_CORE,
+                   main=LOG_OF_HELPER.replace("from .utils", "import torch\nfrom .utils"))
+    cache = tmp_path / "cache"
+    assert _codes(lint_paths([pkg], jobs=1, use_config=False, cache_dir=cache), "main.py") == ["FG102"]
+    count = Counting(monkeypatch)
+    (pkg / "core.py").write_text(SOFTMAX.replace("torch.softmax(x, dim=-1)", "torch.tanh(x)"))
+    res = lint_paths([pkg], jobs=1, use_config=False, cache_dir=cache)
+    assert _codes(res, "main.py") == []
+    # core.py itself, and the two files that import from it (directly or not): nothing else is checked again
+    assert sorted(Path(p).name for p in count.calls) == ["core.py", "main.py", "utils.py"]
+
+
+def test_a_file_without_op_words_that_calls_a_package_helper_is_not_skipped(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """caller.py names no operation (the text test alone would skip it), but its helpers from utils.py are
+    ``torch.exp`` and ``torch.log``: ``1 / (1 + ex(-x))`` is a naive sigmoid and ``lg(1 + ex(x))`` a naive
+    softplus. The pre-filter must keep it: the same findings with and without it."""
+    utils = "import torch\n\n\ndef lg(x):\n    return torch.log(x)\n\n\ndef ex(x):\n    return torch.exp(x)\n"
+    caller = ("from .utils import ex, lg\n\n\ndef g(x):\n    return 1 / (1 + ex(-x))\n\n\n"
+              "def h(x):\n    return lg(1 + ex(x))\n")
+    assert not may_find(caller)
+    pkg = _package(tmp_path, utils=utils, caller=caller)
+    with_filter = [(Path(p).name, e.line, e.code) for p, e in _events(pkg)]
+    assert with_filter == [("caller.py", 5, "FG109"), ("caller.py", 9, "FG105")]
+    monkeypatch.setattr(engine, "may_find", lambda source: True)
+    assert with_filter == [(Path(p).name, e.line, e.code) for p, e in _events(pkg)]
+    # a file with neither op words nor a relative import is still skipped (not walked)
+    monkeypatch.undo()
+    walked: list[str] = []
+    monkeypatch.setattr(engine.Context, "__init__", _counting_init(walked))
+    analyse("import os\n\n\ndef f(x):\n    return os.path.join(x)\n", "plain.py")
+    analyse(caller, str(pkg / "caller.py"))
+    assert walked == [str(pkg / "caller.py")]
+
+
+def _counting_init(calls: list[str]) -> object:
+    real = engine.Context.__init__
+
+    def init(self: engine.Context, source: str, tree: object, path: str = "<string>") -> None:
+        calls.append(path)
+        real(self, source, tree, path)  # type: ignore[arg-type]
+
+    return init
+
+
+def _events(pkg: Path) -> list[tuple[str, Event]]:
+    return [(r.path, e) for r in lint_paths([pkg], jobs=1, use_config=False) for e in r.events]

@@ -120,16 +120,16 @@ def test_an_import_a_fix_adds_is_an_edit_in_every_format() -> None:
     (e,) = lint_source("def f(x):\n    return x.exp().sum(-1).log()\n")
     assert e.fix is not None and len(e.fix.edits) == 2
     main, imp = e.fix.edits
-    assert imp == Edit(1, 1, 1, 1, "import torch\n")
+    assert imp == Edit(1, 1, 1, 1, "import torch\n\n\n")  # two blank lines before the def, as ruff puts them
     assert (main.line, main.col) == (2, 12) and main.text == "torch.logsumexp(x, dim=-1)"
     (d,) = json.loads(render_json([e]))
     assert [Edit.from_dict(x) for x in d["fix"]["edits"]] == [main, imp]
     (res,) = json.loads(render_sarif([e]))["runs"][0]["results"]
     reps = res["fixes"][0]["artifactChanges"][0]["replacements"]
     assert [(r["deletedRegion"]["startLine"], r["deletedRegion"]["startColumn"], r["insertedContent"]["text"])
-            for r in reps] == [(2, 12, main.text), (1, 1, "import torch\n")]
+            for r in reps] == [(2, 12, main.text), (1, 1, "import torch\n\n\n")]
     text = render_text([e])
-    assert '2:12-2:33 -> "torch.logsumexp(x, dim=-1)"' in text and '1:1 + "import torch\\n"' in text
+    assert '2:12-2:33 -> "torch.logsumexp(x, dim=-1)"' in text and '1:1 + "import torch\\n\\n\\n"' in text
     assert "import torch" in render_github([e])
 
 

@@ -1,7 +1,8 @@
 """A per-file result cache, as ruff keeps one: a file whose text and settings are unchanged is not checked again.
 
 An entry is keyed by the SHA-256 of the file's bytes, the path it is shown as, the settings that decide its
-findings (the selected codes, the project's :class:`~floatguard.lint.config.Style`) and the linter itself
+findings (the selected codes, the project's :class:`~floatguard.lint.config.Style`, the path and bytes of every
+module of its package it imports helpers from, :func:`~floatguard.lint.resolve.sibling_files`) and the linter itself
 (``floatguard.__version__`` and a fingerprint of the ``floatguard.lint`` sources, so a development checkout
 never reads results of older rules). Entries are JSON files under ``<project root>/.floatguard_cache/``
 (``--cache-dir`` elsewhere, ``--no-cache`` to bypass), written atomically (a temporary file and
@@ -16,6 +17,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
@@ -62,10 +64,18 @@ class Cache:
         self.version = linter_fingerprint()
         self.dir = self.root / self.version
 
-    def key(self, data: bytes, shown: str, settings: str) -> str:
-        """The entry's name: a hash of the file's bytes, where it is shown, and the settings."""
+    def key(self, data: bytes, shown: str, settings: str, deps: Iterable[Path] = ()) -> str:
+        """The entry's name: a hash of the file's bytes, where it is shown, the settings, and the path and bytes
+        of each of ``deps`` (the other modules of its package whose helpers its findings depend on; a file that
+        cannot be read counts as such, so creating it changes the key too)."""
         h = hashlib.sha256(data)
         h.update(b"\0" + shown.encode("utf-8", "surrogateescape") + b"\0" + settings.encode())
+        for dep in deps:
+            h.update(b"\0dep\0" + str(dep).encode("utf-8", "surrogateescape") + b"\0")
+            try:
+                h.update(hashlib.sha256(dep.read_bytes()).digest())
+            except OSError:
+                h.update(b"unreadable")
         return h.hexdigest()
 
     def get(self, key: str) -> tuple[int, list[Event]] | None:

@@ -2,7 +2,8 @@
 
 One pass over each file's ``ast`` sets parent links and hands every node to the
 rules registered for its type; a file whose text names none of the operations the
-rules know (:func:`may_find`) is parsed (for ``FG000``) but not walked. Files are
+rules know (:func:`may_find`) and imports nothing from its own package (whose helpers may be operations,
+:mod:`.resolve`) is parsed (for ``FG000``) but not walked. Files are
 spread over processes when there are many; with a cache (:mod:`.cache`) a file whose
 text and settings are unchanged is answered from it without a worker. Fixes are
 edits of the text (:mod:`.fixes`), their imports sorted into the import block and
@@ -38,6 +39,7 @@ from .fixes import (
     split_lines,
 )
 from .notebook import Notebook
+from .resolve import relative_imports, sibling_files
 from .rule import Finding, Rule
 from .rules import all_rules
 
@@ -167,7 +169,7 @@ def _analyse(source: str, path: str, codes: frozenset[str] | None, tree: ast.Mod
             msg = getattr(exc, "msg", None) or str(exc)
             return [_fg000(path, line, col, f"SyntaxError: {msg}", "the file was not checked (and not fixed)")], []
     table = _dispatch(codes if codes is not None else _all_codes())
-    if not table or not may_find(source):
+    if not table or not (may_find(source) or relative_imports(tree, path, source)):
         return [], []
     ctx = Context(source, tree, path)
     nodes: list[ast.AST] = []
@@ -284,11 +286,11 @@ def fix_source(source: str, path: str = "<string>", *, codes: frozenset[str] | N
         if new == source:
             break
         try:
-            ast.parse(new)
+            tree = ast.parse(new)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             break
         source, total = new, total + len(chosen)
-        events, fixes = analyse(source, path, codes, style=style)
+        events, fixes = analyse(source, path, codes, tree=tree, style=style)  # parsed once, not twice
     return source, total, events
 
 
@@ -317,6 +319,12 @@ def _settings(codes: frozenset[str] | None, style: Style) -> str:
     return f"{chosen}|{style.line_length}|{','.join(sorted(style.first_party))}"
 
 
+def _siblings(data: bytes, shown: str) -> list[Path]:
+    """The modules of the file's package whose helpers can change its findings (:func:`.resolve.sibling_files`,
+    found as the check finds them: from the path the file is shown as); none without a relative import."""
+    return sibling_files(shown, data)
+
+
 def _cached(p: Path, shown: str, codes: frozenset[str] | None, style: Style,
             cache: Cache) -> tuple[FileResult | None, str | None]:
     """(the cached result of ``p``, or None; the entry's key, or None when the file cannot be read)."""
@@ -324,7 +332,7 @@ def _cached(p: Path, shown: str, codes: frozenset[str] | None, style: Style,
         data = p.read_bytes()
     except OSError:
         return None, None
-    key = cache.key(data, shown, _settings(codes, style))
+    key = cache.key(data, shown, _settings(codes, style), _siblings(data, shown))
     hit = cache.get(key)
     return (FileResult(shown, hit[1], lines=hit[0]) if hit is not None else None), key
 

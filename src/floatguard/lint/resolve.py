@@ -5,6 +5,7 @@ import aliases of the file."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 from .flow import FlowContext
@@ -21,7 +22,7 @@ from .names import (
     family_of,
 )
 
-__all__ = ["OpContext"]
+__all__ = ["OpContext", "may_import_siblings", "relative_imports", "sibling_files"]
 
 #: elementwise ops a one-line helper of the module may wrap (its call site is then that op)
 _WRAPPABLE = frozenset({"exp", "log", "sigmoid", "softmax", "log_softmax", "sqrt", "log1p", "expm1"})
@@ -37,6 +38,7 @@ class OpContext(FlowContext):
         self._ops: dict[int, OpCall | None] = {}
         self._unwrapping: set[int] = set()
         self._relimports: dict[str, tuple[Path, str]] | None = None
+        self._imported: dict[str, tuple[str, str] | None] = {}
         self._collect_imports()
         self.frameworks = {family_of(_canonical(q) + ".") or "" for q in self.imports.values()}
         self.frameworks.discard("")
@@ -180,30 +182,19 @@ class OpContext(FlowContext):
         return kinds.pop() if len(kinds) == 1 else None
 
     def _imported_wrapper(self, name: str) -> tuple[str, str] | None:
-        """:meth:`wrapped_op` of a function imported from a module of the same package."""
+        """:meth:`wrapped_op` of a function imported from a module of the same package (once per name)."""
+        if name in self._imported:
+            return self._imported[name]
         src = self._relative_imports().get(name)
-        if src is None:
-            return None
-        other = _sibling_context(src[0])
-        return other.wrapped_op(src[1]) if other is not None else None
+        other = _sibling_context(src[0]) if src is not None else None
+        found = other.wrapped_op(src[1]) if other is not None and src is not None else None
+        self._imported[name] = found
+        return found
 
     def _relative_imports(self) -> dict[str, tuple[Path, str]]:
         """``from .mod import f as g`` -> {``g``: (path of mod, ``f``)} for the modules of this package."""
         if self._relimports is None:
-            self._relimports = {}
-            if self.path.endswith(".py") and " import " in self.source:
-                here = Path(self.path).parent
-                for node in self.tree.body:
-                    if isinstance(node, ast.ImportFrom) and node.level > 0 and node.module:
-                        base = here
-                        for _ in range(node.level - 1):
-                            base = base.parent
-                        target = base.joinpath(*node.module.split("."))
-                        for cand in (target.with_suffix(".py"), target / "__init__.py"):
-                            if cand.is_file():
-                                for a in node.names:
-                                    self._relimports[a.asname or a.name] = (cand, a.name)
-                                break
+            self._relimports = relative_imports(self.tree, self.path, self.source)
         return self._relimports
 
     def _module_op(self, ctor: ast.AST | None, call: ast.Call) -> OpCall | None:
@@ -254,26 +245,144 @@ def _has_nested_imports(source: str) -> bool:
     return "\n    import " in source or "\n    from " in source or "\n        import " in source
 
 
-_SIBLINGS: dict[Path, tuple[float, OpContext | None]] = {}
+#: a relative import statement's text, ``from .utils import f``, ``from .. import m`` (spaces, tabs and
+#: backslash continuations between its words): (dots, module). Every statement that :func:`relative_imports`
+#: reads matches; so may text in a string or a comment (a file then only counts an extra dependency). No
+#: ``\b`` before ``from``: it would cost the search its literal prefix (15x slower).
+_WS = rb"(?:[ \t\f]|\\\r?\n)"
+_RELATIVE_IMPORT = re.compile(rb"from" + _WS + rb"+(\.+)" + _WS + rb"*([A-Za-z0-9_.\x80-\xff]*?)" + _WS
+                              + rb"*\bimport\b")
+_RELATIVE_IMPORT_STR = re.compile(_RELATIVE_IMPORT.pattern.decode().replace("A-Za-z0-9_.\\x80-\\xff", "\\w."))
+
+
+def may_import_siblings(source: str) -> bool:
+    """Whether ``source`` may import from a module of its own package (False: it certainly does not)."""
+    return _RELATIVE_IMPORT_STR.search(source) is not None
+
+
+def _module_file(here: Path, level: int, module: str) -> Path | None:
+    """The file of ``from <level dots><module> import ...`` in a module of the directory ``here``."""
+    base = here
+    for _ in range(level - 1):
+        base = base.parent
+    target = base.joinpath(*module.split("."))
+    for cand in (target.with_suffix(".py"), target / "__init__.py"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def relative_imports(tree: ast.Module, path: str, source: str | None = None) -> dict[str, tuple[Path, str]]:
+    """``from .mod import f as g`` at the top level of the module at ``path`` -> {``g``: (the file of ``mod``,
+    ``f``)}: the functions :class:`OpContext` looks into in the other modules of the package. Empty unless
+    ``path`` is a ``.py`` file (and, given ``source``, unless :func:`may_import_siblings`)."""
+    out: dict[str, tuple[Path, str]] = {}
+    if not path.endswith(".py") or (source is not None and not may_import_siblings(source)):
+        return out
+    here = Path(path).parent
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.level > 0 and node.module:
+            cand = _module_file(here, node.level, node.module)
+            if cand is not None:
+                for a in node.names:
+                    out[a.asname or a.name] = (cand, a.name)
+    return out
+
+
+def _imported_files(path: Path, data: bytes) -> list[Path]:
+    """The files the relative imports in a module's bytes name (:data:`_RELATIVE_IMPORT`): those
+    :func:`relative_imports` reads, and maybe more (nested imports, text in strings). Without a parse."""
+    here = path.parent
+    out: dict[Path, None] = {}
+    for dots, mod in _RELATIVE_IMPORT.findall(data):
+        if mod:
+            try:
+                f = _module_file(here, len(dots), mod.decode("utf-8").strip("."))
+            except (UnicodeDecodeError, ValueError):
+                continue
+            if f is not None:
+                out[f] = None
+    return list(out)
+
+
+#: how many modules of the package :func:`sibling_files` follows at most
+_MAX_SIBLINGS = 256
+
+
+def sibling_files(path: str, data: bytes) -> list[Path]:
+    """Every other file of the package whose text can change the findings of the module at ``path`` (whose bytes
+    are ``data``): the modules it imports functions from (:func:`relative_imports`), theirs in turn, and so on (a
+    helper may wrap a helper of a third module). In the order first reached; empty when it imports none. Found from
+    the text, without a parse (the per-file cache computes this for every file it answers)."""
+    if not path.endswith(".py"):
+        return []
+    start = Path(path)
+    seen: dict[Path, None] = {}
+    todo = _imported_files(start, data)
+    while todo and len(seen) < _MAX_SIBLINGS:
+        f = todo.pop(0)
+        if f in seen or f == start:
+            continue
+        seen[f] = None
+        try:
+            if f.stat().st_size > _SIBLING_MAX_BYTES:  # not read for helpers: its own imports do not matter
+                continue
+            more = f.read_bytes()
+        except OSError:
+            continue
+        todo += _imported_files(f, more)
+    return list(seen)
+
+
+_SIBLINGS: dict[Path, tuple[tuple[int, int], bytes, OpContext | None]] = {}
 #: a module of the same package larger than this is not read for its helpers
 _SIBLING_MAX_BYTES = 400_000
 
 
-def _sibling_context(path: Path) -> OpContext | None:
-    """The parsed module at ``path`` (cached by modification time; None when it cannot be read or parsed)."""
+def _read(path: Path) -> tuple[tuple[int, int], bytes] | None:
+    """(modification time and size, bytes) of a file (no bytes when it is too large to be read for helpers)."""
     try:
         st = path.stat()
+        data = path.read_bytes() if st.st_size <= _SIBLING_MAX_BYTES else b""
     except OSError:
         return None
-    hit = _SIBLINGS.get(path)
-    if hit is not None and hit[0] == st.st_mtime:
-        return hit[1]
+    return (st.st_mtime_ns, st.st_size), data
+
+
+def _fresh(path: Path) -> bool:
+    """The parsed module at ``path`` is as the file is now, and so is every module it imports helpers from,
+    transitively (its answers, cached in it, came from theirs); an edit within the clock's tick keeps the time,
+    so the bytes are compared too."""
+    seen: set[Path] = set()
+    todo = [path]
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        hit = _SIBLINGS.get(p)
+        if hit is None or _read(p) != (hit[0], hit[1]):
+            return False
+        if hit[2] is not None:
+            todo += [f for f, _ in hit[2]._relative_imports().values()]
+    return True
+
+
+def _sibling_context(path: Path) -> OpContext | None:
+    """The parsed module at ``path`` (None when it cannot be read or parsed), parsed again when it or a module
+    it imports helpers from (:func:`_fresh`) changed."""
+    if _fresh(path):
+        return _SIBLINGS[path][2]
+    now = _read(path)
+    if now is None:
+        return None
+    stamp, data = now
     ctx: OpContext | None = None
-    if st.st_size <= _SIBLING_MAX_BYTES:
+    if stamp[1] <= _SIBLING_MAX_BYTES:
         try:
-            source = path.read_text(encoding="utf-8")
+            source = data.decode("utf-8")
             tree = ast.parse(source)
-        except (OSError, UnicodeDecodeError, SyntaxError, ValueError):
+        except (UnicodeDecodeError, SyntaxError, ValueError, RecursionError, MemoryError):
             tree = None
         if tree is not None:
             ctx = OpContext(source, tree, str(path))
@@ -282,5 +391,5 @@ def _sibling_context(path: Path) -> OpContext | None:
                     ctx.parents[id(child)] = parent
     if len(_SIBLINGS) > 512:
         _SIBLINGS.clear()
-    _SIBLINGS[path] = (st.st_mtime, ctx)
+    _SIBLINGS[path] = (stamp, data, ctx)
     return ctx

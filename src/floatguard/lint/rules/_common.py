@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import re
+from dataclasses import dataclass
+from weakref import WeakKeyDictionary
 
 from ..analysis import Context, OpCall, const_value
 from ..rule import Fix
@@ -83,21 +85,45 @@ def ref(ctx: Context, fam: str | None, op: str) -> tuple[str, tuple[str, ...]] |
     return f"{text}.{name}", imports
 
 
+@dataclass(frozen=True, slots=True)
+class _FloatguardImports:
+    """How a file imports floatguard: the name of the module (``floatguard``, ``fg``), if imported, and the
+    names ``from floatguard import op as name`` binds (op -> name)."""
+
+    module: str | None
+    names: dict[str, str]
+
+
+#: each file's floatguard imports, found once per file (a fix asks for each finding)
+_FG_IMPORTS: WeakKeyDictionary[Context, _FloatguardImports] = WeakKeyDictionary()
+
+
+def _floatguard_imports(ctx: Context) -> _FloatguardImports:
+    found = _FG_IMPORTS.get(ctx)
+    if found is None:
+        module: str | None = None
+        names: dict[str, str] = {}
+        for node in ast.walk(ctx.tree) if "floatguard" in ctx.source else ():
+            match node:
+                case ast.Import(names=aliases):
+                    for a in aliases:
+                        if a.name == "floatguard" or (a.name.startswith("floatguard.") and a.asname is None):
+                            module = module or a.asname or "floatguard"
+                case ast.ImportFrom(module="floatguard", names=aliases, level=0):
+                    for a in aliases:
+                        names.setdefault(a.name, a.asname or a.name)
+        found = _FG_IMPORTS[ctx] = _FloatguardImports(module, names)
+    return found
+
+
 def floatguard_ref(ctx: Context, op: str) -> str | None:
     """How this file already names floatguard's ``op`` (``floatguard.op``, ``fg.op``, ``op`` after
     ``from floatguard import op``), or None when the file does not import floatguard."""
-    module: str | None = None
-    for node in ast.walk(ctx.tree):
-        match node:
-            case ast.Import(names=names):
-                for a in names:
-                    if a.name == "floatguard" or (a.name.startswith("floatguard.") and a.asname is None):
-                        module = module or a.asname or "floatguard"
-            case ast.ImportFrom(module="floatguard", names=names, level=0):
-                for a in names:
-                    if a.name == op:
-                        return a.asname or a.name
-    return None if module is None else f"{module}.{op}"
+    imports = _floatguard_imports(ctx)
+    name = imports.names.get(op)
+    if name is not None:
+        return name
+    return None if imports.module is None else f"{imports.module}.{op}"
 
 
 def uses_floatguard(ctx: Context) -> bool:
