@@ -49,4 +49,14 @@ def triplet_loss(a, p, n, margin=0.2):
 @torch.no_grad()
 def normalized_step(params, lr):
     for p in params:
-        p -= lr * p.grad / p.grad.norm()  # expect: FG204
+        p -= lr * p.grad / p.grad.norm()  # expect: FG201
+
+
+class UnitEmbedding(torch.nn.Module):
+    def forward(self, x):
+        return x / x.norm(dim=-1, keepdim=True)  # expect: FG201
+
+
+@torch.no_grad()
+def unit_features(x):
+    return x / x.norm(dim=-1, keepdim=True)  # expect: FG204
