@@ -13,13 +13,14 @@ a multiple of ``B`` has its last, shorter block done after the scan.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from ._lce_options import Options
 
 __all__ = ["Options", "linear_cross_entropy"]
 
@@ -28,18 +29,6 @@ _BLOCK_ELEMENTS = 1 << 22  # logits per vocabulary block of the forward (16 MiB 
 # additions of the (V, H) weight-gradient carry; value_and_grad at 2048 tokens x 32,000 vocabulary
 # 0.86x unfused jax.nn against 0.96x at 1 << 22 (benchmarks/linear_cross_entropy.py)
 _GRAD_ELEMENTS = 1 << 23
-
-
-@dataclass(frozen=True)
-class Options:
-    """The loss's options, checked by the caller (hashable: a static argument of the ``custom_vjp``)."""
-
-    ignore_index: int
-    label_smoothing: float
-    reduction: str
-    z_loss: float
-    softcap: float | None
-    chunk_size: int | None
 
 
 def _work_dtype(dtype: Any) -> Any:

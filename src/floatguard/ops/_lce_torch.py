@@ -33,23 +33,13 @@ from typing import Any
 
 import torch
 
+from ._lce_options import Options
+
 __all__ = ["Options", "linear_cross_entropy"]
 
 _CHUNK_ELEMENTS = 1 << 22  # logits per chunk on CPU (16 MiB of float32: within the L3 cache)
 _CHUNK_ELEMENTS_CUDA = 1 << 26
 _ACC_ROWS = 4096  # vocabulary rows per slice when a low-precision weight gradient joins its float32 sum
-
-
-@dataclass(frozen=True)
-class Options:
-    """The loss's options, checked by the caller."""
-
-    ignore_index: int
-    label_smoothing: float
-    reduction: str
-    z_loss: float
-    softcap: float | None
-    chunk_size: int | None
 
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ._lce_options import Options
 from ._namespace import Backend, check_real, namespace
 
 __all__ = ["linear_cross_entropy"]
@@ -91,31 +92,18 @@ def linear_cross_entropy(
     if be.name == "torch":
         from . import _lce_torch
 
-        out = _lce_torch.linear_cross_entropy(h2, weight, bias, t1, _lce_torch.Options(**o.__dict__))
+        out = _lce_torch.linear_cross_entropy(h2, weight, bias, t1, o)
     elif be.name == "jax":
         from . import _lce_jax
 
-        out = _lce_jax.linear_cross_entropy(h2, weight, bias, t1, _lce_jax.Options(**o.__dict__))
+        out = _lce_jax.linear_cross_entropy(h2, weight, bias, t1, o)
     else:
         out = _numpy(h2, weight, bias, t1, o)
     return be.xp.reshape(out, lead) if o.reduction == "none" else out
 
 
-class _Opts:
-    """The checked options (a plain record; each backend turns it into its own frozen one)."""
-
-    def __init__(self, ignore_index: int, label_smoothing: float, reduction: str, z_loss: float,
-                 softcap: float | None, chunk_size: int | None) -> None:
-        self.ignore_index = ignore_index
-        self.label_smoothing = label_smoothing
-        self.reduction = reduction
-        self.z_loss = z_loss
-        self.softcap = softcap
-        self.chunk_size = chunk_size
-
-
 def _options(ignore_index: Any, label_smoothing: Any, reduction: Any, z_loss: Any, softcap: Any,
-             chunk_size: Any) -> _Opts:
+             chunk_size: Any) -> Options:
     if reduction not in _REDUCTIONS:
         raise ValueError(f"floatguard.{_FUNC}: argument 'reduction' must be one of 'mean', 'sum', 'none', "
                          f"got {reduction!r}")
@@ -137,7 +125,7 @@ def _options(ignore_index: Any, label_smoothing: Any, reduction: Any, z_loss: An
                                    or chunk_size < 1):
         raise ValueError(f"floatguard.{_FUNC}: argument 'chunk_size' must be an int >= 1 or None, "
                          f"got {chunk_size!r}")
-    return _Opts(int(ignore_index), eps, reduction, z, cap, None if chunk_size is None else int(chunk_size))
+    return Options(int(ignore_index), eps, reduction, z, cap, None if chunk_size is None else int(chunk_size))
 
 
 def _dtype_kind(be: Backend, a: Any) -> str:
@@ -201,7 +189,7 @@ def _check_arrays(be: Backend, hidden: Any, weight: Any, target: Any, bias: Any,
     return lead
 
 
-def _numpy(h: Any, w: Any, b: Any, t: Any, o: _Opts) -> Any:
+def _numpy(h: Any, w: Any, b: Any, t: Any, o: Options) -> Any:
     """Loss on NumPy arrays in float64: vocabulary blocks, online log-sum-exp."""
     dtype = h.dtype
     h64, w64 = np.asarray(h, dtype=np.float64), np.asarray(w, dtype=np.float64)
