@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import gc
 import json
 import shutil
 import subprocess
@@ -11,11 +13,14 @@ from pathlib import Path
 import pytest
 
 import floatguard.lint.engine as engine
+import floatguard.lint.resolve as resolve
 from floatguard.events import Event
-from floatguard.lint import lint_paths
+from floatguard.lint import lint_paths, lint_source
 from floatguard.lint.cache import CACHE_DIR_NAME, Cache, default_cache_dir
 from floatguard.lint.cli import main
+from floatguard.lint.config import ConfigError
 from floatguard.lint.engine import analyse, iter_python_files, may_find
+from floatguard.lint.resolve import OpContext, _statements, walk
 
 BUGGY = "import torch\n\n\ndef f(x):\n    return torch.log(torch.sum(torch.exp(x), dim=-1))\n"
 OTHER = "import numpy as np\n\n\ndef g(z):\n    return np.log(1 + np.exp(z))\n"
@@ -50,12 +55,12 @@ class Counting:
 
 def test_a_hit_gives_the_same_results_without_checking_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src, cache = tree(tmp_path), tmp_path / "cache"
-    plain = lint_paths([src], jobs=1, use_config=False)
+    plain = lint_paths([src], jobs=1, use_config=False, select=("ALL",))
     count = Counting(monkeypatch)
-    first = lint_paths([src], jobs=1, use_config=False, cache_dir=cache)
+    first = lint_paths([src], jobs=1, use_config=False, cache_dir=cache, select=("ALL",))
     assert key(first) == key(plain) and len(count.calls) == 3
-    assert sum(len(r.events) for r in plain) == 3  # FG101 twice, FG105 once: something worth caching
-    second = lint_paths([src], jobs=1, use_config=False, cache_dir=cache)
+    assert sum(len(r.events) for r in plain) == 3  # FG101 twice, FG105 (opt-in) once: something worth caching
+    second = lint_paths([src], jobs=1, use_config=False, cache_dir=cache, select=("ALL",))
     assert key(second) == key(plain) and len(count.calls) == 3  # nothing analysed again
     assert (cache / ".gitignore").read_text().strip().endswith("*")
 
@@ -294,4 +299,177 @@ def _counting_init(calls: list[str]) -> object:
 
 
 def _events(pkg: Path) -> list[tuple[str, Event]]:
-    return [(r.path, e) for r in lint_paths([pkg], jobs=1, use_config=False) for e in r.events]
+    return [(r.path, e) for r in lint_paths([pkg], jobs=1, use_config=False, select=("ALL",)) for e in r.events]
+
+
+# -- the fast paths of a cold run: the same answers as the plain ones -----------------------------------------
+
+_SINGLETONS = (ast.expr_context, ast.operator, ast.unaryop, ast.boolop, ast.cmpop)
+
+
+def _sample_trees() -> list[ast.Module]:
+    """The rule corpus, the linter's own sources and a real package (torch.distributions)."""
+    lint_src = Path(engine.__file__).parent
+    files = list(iter_python_files([CORPUS, lint_src, _package_with_findings()]))
+    trees = [ast.parse(engine.decode_source(f.read_bytes())[0]) for f in files if f.suffix == ".py"]
+    assert len(trees) > 100
+    return trees
+
+
+NESTED_IMPORTS = """\
+import numpy as np
+try:
+    import torch as np
+except ImportError:
+    from jax import numpy as jnp
+else:
+    import scipy.special as sp
+finally:
+    import math
+with open(p) as fh:
+    from torch.nn import functional as F
+match x:
+    case 1:
+        import torch.nn.functional as F
+class C:
+    def f(self):
+        import numpy as np
+        return [lambda: 1 for _ in range(3)]
+for i in range(3):
+    if i:
+        from numpy import exp
+    while False:
+        from torch import exp
+    else:
+        import jax.numpy as np
+"""
+
+
+def test_walk_visits_every_node_once_with_its_parent() -> None:
+    """:func:`~floatguard.lint.resolve.walk` is ``ast.walk`` with ``ast.iter_child_nodes`` (the shared operator and
+    context singletons aside): every node once, each child's parent the node that holds it."""
+    for tree in [*_sample_trees(), ast.parse(NESTED_IMPORTS)]:
+        parents: dict[int, ast.AST] = {}
+        nodes = walk(tree, parents)
+        expected = [n for n in ast.walk(tree) if not isinstance(n, _SINGLETONS)]
+        assert sorted(map(id, nodes)) == sorted(map(id, expected)) and len(nodes) == len(set(map(id, nodes)))
+        for n in expected:
+            for child in ast.iter_child_nodes(n):
+                if not isinstance(child, _SINGLETONS):
+                    assert parents[id(child)] is n
+        assert len(parents) == len(nodes) - 1  # every node but the module has one
+        seen: set[int] = set()
+        for n in nodes:  # parents before children: the order the rules rely on
+            assert n is tree or id(parents[id(n)]) in seen
+            seen.add(id(n))
+        wanted = {ast.Call, ast.BinOp}  # the rules' node types only: the same nodes in the same order
+        assert walk(tree, {}, wanted) == [n for n in nodes if type(n) in wanted]
+
+
+def test_imports_are_read_in_the_order_of_ast_walk() -> None:
+    """Only statements are looked into for imports, in ``ast.walk``'s order (the import read last wins an
+    alias): the same imports in the same order, and so the same aliases."""
+    for tree in [*_sample_trees(), ast.parse(NESTED_IMPORTS)]:
+        imports = (ast.Import, ast.ImportFrom)
+        assert [n for n in _statements(tree) if isinstance(n, imports)] == \
+            [n for n in ast.walk(tree) if isinstance(n, imports)]
+    ctx = OpContext(NESTED_IMPORTS, ast.parse(NESTED_IMPORTS))
+    assert ctx.imports["np"] == "jax.numpy" and ctx.imports["F"] == "torch.nn.functional"  # the deepest, last
+    assert ctx.imports["exp"] == "torch.exp" and "sp" in ctx.imports and "jnp" in ctx.imports
+
+
+MODULE_OPS = """\
+import torch
+import torch.nn as nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.act = nn.Sigmoid()
+
+    def forward(self, x):
+        return torch.log(self.act(x))
+
+
+def g(x):
+    sm = nn.Softmax(dim=-1)
+    return torch.log(sm(x))
+"""
+
+
+def test_may_call_is_false_only_where_the_text_names_no_such_object() -> None:
+    """The text test before following a callee back: ``nn.Sigmoid()`` bound to a name or an attribute is still
+    found; a file that names no such module, or a loss, says so; a non-ASCII text always may."""
+    assert [e.code for e in lint_source(MODULE_OPS)] == ["FG104", "FG102"]
+    ctx = OpContext(MODULE_OPS, ast.parse(MODULE_OPS))
+    assert ctx.may_call("Sigmoid", "Softmax") and not ctx.may_call("BCELoss") and not ctx.may_call("no-such-kind")
+    plain = "import torch\n\n\ndef f(x):\n    return torch.log(x.sum())\n"
+    assert not OpContext(plain, ast.parse(plain)).may_call("Sigmoid", "Softmax", "LogSoftmax")
+    accented = plain.replace("def f(x)", "def f(x, é=1)")
+    assert OpContext(accented, ast.parse(accented)).may_call("Sigmoid")
+
+
+def test_the_text_test_of_may_call_never_drops_a_finding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rule on the rule corpus and a real package, with ``may_call`` as it is and always True: the same
+    findings (messages, positions and fixes)."""
+    files = [f for f in iter_python_files([CORPUS, _package_with_findings()]) if f.suffix == ".py"]
+    sources = [(str(f), engine.decode_source(f.read_bytes())[0]) for f in files]
+    skipped = [p for p, s in sources if not OpContext(s, ast.parse(s)).may_call("Sigmoid", "Softmax", "LogSoftmax")]
+    assert skipped  # the test is taken somewhere
+
+    def findings() -> list[dict[str, object]]:
+        return [e.to_dict() for p, s in sources for e in analyse(s, p)[0]]
+
+    fast = findings()
+    monkeypatch.setattr(OpContext, "may_call", lambda self, *kinds: True)
+    assert len(fast) > 50 and findings() == fast
+
+
+def test_a_text_is_parsed_once_for_the_check_and_for_its_helpers(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """utils.py is read for its helper when main.py is checked, and checked itself: one parse, one tree, the same
+    findings as parsing each time."""
+    pkg = _package(tmp_path, utils=SOFTMAX.replace("_sm", "helper"),
+                   main=LOG_OF_HELPER.replace("from .utils", "import torch\nfrom .utils"))
+    resolve._TREES.clear()
+    parsed: list[int] = []
+    real = ast.parse
+
+    def counting(source: str, *args: object, **kwargs: object) -> ast.Module:
+        parsed.append(len(source))
+        return real(source, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ast, "parse", counting)
+    once = key(lint_paths([pkg], jobs=1, use_config=False))
+    assert _codes(lint_paths([pkg], jobs=1, use_config=False), "main.py") == ["FG102"]
+    assert len(parsed) == 3  # __init__.py, main.py, utils.py: each once, although utils.py is needed twice
+    s = "x = 1\n"
+    assert resolve.parse(s) is resolve.parse(s) and resolve.parse(s) is not resolve.parse("x = 2\n")
+    for i in range(resolve._MAX_TREES + 5):
+        resolve.parse(f"x = {i}\n")
+    assert len(resolve._TREES) == resolve._MAX_TREES
+    monkeypatch.setattr(resolve, "_MAX_TREES", 0)  # nothing kept: every text parsed again, the same answers
+    resolve._TREES.clear()
+    assert key(lint_paths([pkg], jobs=1, use_config=False)) == once
+
+
+def test_a_run_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
+    """A run tunes the cyclic collector for its time only (also when it stops on an error)."""
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    seen: list[tuple[int, int, int]] = []
+    real = engine.lint_file
+
+    def spy(*args: object, **kwargs: object) -> engine.FileResult:
+        seen.append(gc.get_threshold())
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    src = tree(tmp_path, 2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "lint_file", spy)
+        lint_paths([src], jobs=1, use_config=False)
+    assert seen and all(t[0] == engine._GC_THRESHOLD for t in seen)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+    with pytest.raises(ConfigError):
+        lint_paths([src], jobs=1, use_config=False, select=("XX9",))
+    assert gc.get_threshold() == before and gc.get_freeze_count() == frozen

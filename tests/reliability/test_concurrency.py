@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 _FN = """
 def f{k}(z, w):
     a = np.log(np.exp(z).sum())
-    b = np.log(1 + np.exp(w))
+    b = np.log(np.sum(np.exp(w), axis=0))
     return a + b + {k}
 """
 # each child imports floatguard, says it is ready, and starts linting when told: both start together

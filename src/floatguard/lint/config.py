@@ -4,7 +4,7 @@ Keys (ruff's names)::
 
     [tool.floatguard.lint]
     select = ["FG1", "FG201"]           # code prefixes; "DEFAULT" (the default), "ALL" for every rule
-    extend-select = ["FG107"]           # added to select: the opt-in rules (FG106, FG107) this way
+    extend-select = ["FG201"]           # added to select: the opt-in rules (FG105, FG201, ...) this way
     ignore = ["FG106"]
     exclude = ["legacy/*"]
     [tool.floatguard.lint.per-file-ignores]       # replaces the default below
@@ -12,8 +12,9 @@ Keys (ruff's names)::
     [tool.floatguard.lint.extend-per-file-ignores]  # added to the default
     "scripts/*" = ["ALL"]
 
-``DEFAULT`` is every rule whose findings were judged worth a change on code it had never seen
-(``benchmarks/lint_precision``); ``--list-rules`` marks the others ``opt-in``.
+``DEFAULT`` is every rule whose findings were judged mostly worth a change on code it had never seen
+(``benchmarks/lint_precision``); ``--list-rules`` marks the others ``opt-in``: those whose findings there were
+mostly nits or wrong (confidence ``low``, e.g. FG201's division by a norm), and new rules not judged yet.
 
 Test code computes unstable expressions on purpose, so by default nothing is reported in
 test files: ``per-file-ignores`` defaults to ``ALL`` for ``tests/`` and ``test/`` directories,

@@ -13,6 +13,8 @@ their lines wrapped to the project's line length (:class:`~.config.Style`).
 from __future__ import annotations
 
 import ast
+import contextlib
+import gc
 import os
 import re
 import sys
@@ -39,7 +41,7 @@ from .fixes import (
     split_lines,
 )
 from .notebook import Notebook
-from .resolve import relative_imports, sibling_files
+from .resolve import parse, relative_imports, sibling_files, walk
 from .rule import Finding, Rule
 from .rules import all_rules
 
@@ -162,7 +164,7 @@ def _analyse(source: str, path: str, codes: frozenset[str] | None, tree: ast.Mod
              style: Style) -> tuple[list[Event], list[tuple[Event, FixEdits]]]:
     if tree is None:
         try:
-            tree = ast.parse(source, filename=path)
+            tree = parse(source, path)
         except (SyntaxError, ValueError) as exc:
             line = getattr(exc, "lineno", None) or 1
             col = getattr(exc, "offset", None) or 1
@@ -172,30 +174,11 @@ def _analyse(source: str, path: str, codes: frozenset[str] | None, tree: ast.Mod
     if not table or not (may_find(source) or relative_imports(tree, path, source)):
         return [], []
     ctx = Context(source, tree, path)
-    nodes: list[ast.AST] = []
-    parents = ctx.parents
-    stack: list[ast.AST] = [tree]
-    pop, push, visit, node_type, AST = stack.pop, stack.append, nodes.append, ast.AST, ast.AST
-    while stack:  # ast.iter_child_nodes, inlined: a third of the time of a file's check
-        node = pop()
-        visit(node)
-        for name in node._fields:
-            v = getattr(node, name, None)
-            if isinstance(v, AST):
-                parents[id(v)] = node
-                push(v)
-            elif v.__class__ is list:
-                for child in v:
-                    if isinstance(child, node_type):
-                        parents[id(child)] = node
-                        push(child)
     found: list[tuple[Rule, Finding]] = []
-    for node in nodes:
-        rules = table.get(type(node))
-        if rules:
-            for rule in rules:
-                for f in rule.check(node, ctx):
-                    found.append((rule, f))
+    for node in walk(tree, ctx.parents, table):  # every parent link first: a rule may look anywhere
+        for rule in table[node.__class__]:
+            for f in rule.check(node, ctx):
+                found.append((rule, f))
     if not found:
         return [], []
     lines = ctx.lines
@@ -466,6 +449,11 @@ def _job(args: tuple[str, frozenset[str], str | None, Style, str | None]) -> Fil
     return lint_file(path, codes=codes, fix=fix, style=style, cache=Cache(cache_dir) if cache_dir else None)
 
 
+def _worker_init() -> None:
+    """A worker process's set-up (forked workers have it from the parent already; the others, not)."""
+    _fewer_collections()
+
+
 # libraries whose worker threads make fork unsafe; JAX itself warns on fork
 _THREADED = ("jax", "torch", "tensorflow")
 
@@ -483,6 +471,38 @@ def _start_method(available: list[str], loaded: Iterable[str] | None = None) -> 
     return "forkserver" if "forkserver" in available else None
 
 
+#: the cyclic collector's first threshold while files are checked (Python's default: 700 allocations)
+_GC_THRESHOLD = 50_000
+
+
+def _fewer_collections() -> bool:
+    """Let the cyclic garbage collector run less often, and not scan the objects alive now (the imported modules;
+    unless something froze objects already), in a process that checks files; True when it froze them.
+
+    A parse allocates a node per token or so, and nodes hold no cycles (reference counting frees them); at the
+    default threshold the collector runs every 700 allocations and its full passes scan every tree and module
+    alive: a third of the time of parsing (torch/nn, 138 files: 0.28 s with, 0.18 s without).
+    """
+    froze = gc.get_freeze_count() == 0
+    if froze:
+        gc.freeze()
+    gc.set_threshold(_GC_THRESHOLD, *gc.get_threshold()[1:])
+    return froze
+
+
+@contextlib.contextmanager
+def _collections_tuned() -> Iterator[None]:
+    """:func:`_fewer_collections` for the time of a run; the collector's settings restored after."""
+    before = gc.get_threshold()
+    froze = _fewer_collections()
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        if froze:
+            gc.unfreeze()
+
+
 def lint_paths(paths: Iterable[str | os.PathLike[str]], *, select: tuple[str, ...] | None = None,
                ignore: tuple[str, ...] = (), fix: str | None = None, jobs: int | None = None,
                use_config: bool = True, cache_dir: str | os.PathLike[str] | None = None) -> list[FileResult]:
@@ -491,6 +511,13 @@ def lint_paths(paths: Iterable[str | os.PathLike[str]], *, select: tuple[str, ..
     ``cache_dir``: keep per-file results there (:class:`~floatguard.lint.cache.Cache`); files whose text and
     settings are unchanged since are not checked again (the command line's default; here off unless given).
     """
+    with _collections_tuned():
+        return _lint_paths(paths, select, ignore, fix, jobs, use_config, cache_dir)
+
+
+def _lint_paths(paths: Iterable[str | os.PathLike[str]], select: tuple[str, ...] | None, ignore: tuple[str, ...],
+                fix: str | None, jobs: int | None, use_config: bool,
+                cache_dir: str | os.PathLike[str] | None) -> list[FileResult]:
     work: list[tuple[str, frozenset[str], str | None, Style, str | None]] = []
     cache = Cache(cache_dir) if cache_dir is not None and fix is None else None
     done: dict[int, FileResult] = {}
@@ -509,7 +536,7 @@ def lint_paths(paths: Iterable[str | os.PathLike[str]], *, select: tuple[str, ..
     if jobs > 1 and len(todo) >= 16:
         import multiprocessing as mp
 
-        with mp.get_context(_start_method(mp.get_all_start_methods())).Pool(jobs) as pool:
+        with mp.get_context(_start_method(mp.get_all_start_methods())).Pool(jobs, _worker_init) as pool:
             fresh = pool.map(_job, todo, chunksize=max(1, min(16, len(todo) // (jobs * 8))))
     else:
         fresh = [_job(w) for w in todo]

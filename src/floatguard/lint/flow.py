@@ -29,6 +29,8 @@ class _Scope:
     node: ast.AST
     names: dict[str, list[Binding]] = field(default_factory=dict)
     keys: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    #: statements that write into the elements of a name (``d[d == 0] = 1``, ``np.putmask(d, m, 1)``), by position
+    writes: dict[str, list[tuple[tuple[int, int], ast.stmt]]] = field(default_factory=dict)
 
 
 class FlowContext:
@@ -60,6 +62,8 @@ class FlowContext:
             for name, lst in sc.names.items():
                 lst.sort(key=lambda b: b.pos)
                 sc.keys[name] = [b.pos for b in lst]
+            for w in sc.writes.values():
+                w.sort(key=lambda pw: pw[0])
             self._scopes[id(node)] = sc
         return sc
 
@@ -98,6 +102,41 @@ class FlowContext:
                     not any(isinstance(c, ast.Starred) for c in call.args[:i]):
                 return Binding((lam.lineno, lam.col_offset), call.args[i])
         return None
+
+    def element_writes(self, name: ast.Name) -> list[ast.stmt]:
+        """Statements of ``name``'s scope that write into the elements of the array it reads, after the assignment
+        in effect and before the read: ``d[d == 0] = 1``, ``d[:, 0] = x``, ``np.putmask(d, d == 0, 1)``."""
+        sc = self._scope(self.scope_of(name))
+        writes = sc.writes.get(name.id)
+        if not writes:
+            return []
+        pos = (name.lineno, name.col_offset)
+        keys = sc.keys.get(name.id) or []
+        i = bisect.bisect_left(keys, pos)
+        start = keys[i - 1] if i else (0, 0)
+        return [w for p, w in writes if start <= p < pos]
+
+    def lambda_values(self, name: ast.Name) -> list[ast.expr]:
+        """The values a parameter of a lambda takes where the lambda is mapped over written-out sequences:
+        ``map(lambda t: t / t.norm(), (qs, ks))`` gives ``[qs, ks]`` for ``t`` (empty when unknown)."""
+        lam = self.scope_of(name)
+        if not isinstance(lam, ast.Lambda) or name.id in self._scope(lam).keys:
+            return []
+        call = self.parent(lam)
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "map"
+                and call.args and call.args[0] is lam and not call.keywords):
+            return []
+        b = self.binding(call.func)
+        if b is not None:
+            return []  # map rebound in this file
+        params = [*lam.args.posonlyargs, *lam.args.args]
+        for i, a in enumerate(params):
+            if a.arg == name.id and i + 1 < len(call.args):
+                seq = call.args[i + 1]
+                if isinstance(seq, ast.Tuple | ast.List) and seq.elts and \
+                        not any(isinstance(e, ast.Starred) for e in seq.elts):
+                    return list(seq.elts)
+        return []
 
     def value(self, node: ast.expr | None, depth: int = 6) -> ast.expr | None:
         """Follow names back to the expression last assigned to them (in-place guards and unknowns stop)."""
@@ -231,6 +270,9 @@ def _index_scope(sc: _Scope) -> None:
     def bind(name: str, pos: tuple[int, int], value: ast.AST | None) -> None:
         names.setdefault(name, []).append(Binding(pos, value))
 
+    def write(name: str, stmt: ast.stmt) -> None:
+        sc.writes.setdefault(name, []).append((_end(stmt), stmt))
+
     root = sc.node
     stack: list[ast.AST] = list(root.body) if not isinstance(root, ast.Lambda) else []  # type: ignore[attr-defined]
     while stack:
@@ -241,6 +283,8 @@ def _index_scope(sc: _Scope) -> None:
                 for t in targets:
                     for name, whole in _targets(t):
                         bind(name.id, pos, value if whole else None)
+                    if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name):
+                        write(t.value.id, n)
             case ast.AnnAssign(target=ast.Name(id=name), value=value) if value is not None:
                 bind(name, _end(n), value)
             case ast.AugAssign(target=ast.Name(id=name)):
@@ -256,6 +300,9 @@ def _index_scope(sc: _Scope) -> None:
             case ast.Expr(value=ast.Call(func=ast.Attribute(value=ast.Name(id=name), attr=attr)) as call) \
                     if attr.endswith("_") and not attr.startswith("_"):
                 bind(name, _end(n), call)
+            case ast.Expr(value=ast.Call(func=ast.Attribute() | ast.Name() as f, args=[ast.Name(id=name), *_])) \
+                    if not (isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name) and f.value.id == name):
+                write(name, n)  # np.putmask(d, d == 0, 1), np.copyto(d, v, where=m)
             case ast.Import(names=aliases) | ast.ImportFrom(names=aliases):
                 for a in aliases:
                     bind((a.asname or a.name).split(".")[0], _end(n), None)

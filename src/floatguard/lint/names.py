@@ -6,7 +6,8 @@ from __future__ import annotations
 import ast
 from dataclasses import dataclass
 
-__all__ = ["KNOWN_ROOTS", "VIEW_FUNCS", "VIEW_METHODS", "OpCall", "const_value", "dotted_name", "family_of", "is_pure"]
+__all__ = ["DIV_FUNCS", "DIV_METHODS", "KNOWN_ROOTS", "VIEW_FUNCS", "VIEW_METHODS", "OpCall", "const_value",
+           "dotted_name", "family_of", "is_pure"]
 
 # ---------------------------------------------------------------------------
 # canonical names
@@ -133,15 +134,24 @@ VIEW_METHODS = frozenset({
     "view", "reshape", "squeeze", "unsqueeze", "flatten", "float", "double", "half", "contiguous", "to", "type",
     "clone", "detach", "permute", "transpose", "gather", "index_select", "t", "expand", "expand_as", "view_as",
     "reshape_as", "masked_select", "take_along_dim", "narrow", "select", "cpu", "cuda", "numpy", "astype", "squeeze_",
-    "unsqueeze_", "repeat", "chunk", "split", "take",
+    "unsqueeze_", "repeat", "chunk", "split", "take", "tile",
 })
 VIEW_FUNCS = frozenset({
     "torch.gather", "torch.squeeze", "torch.unsqueeze", "torch.flatten", "torch.take_along_dim", "torch.index_select",
     "torch.masked_select", "numpy.take_along_axis", "numpy.squeeze", "numpy.take", "jax.numpy.take_along_axis",
     "jax.numpy.squeeze", "tensorflow.gather", "tensorflow.squeeze", "tensorflow.reshape", "tensorflow.gather_nd",
     "torch.reshape", "numpy.reshape", "jax.numpy.reshape", "numpy.asarray", "numpy.array", "torch.as_tensor",
-    "jax.numpy.asarray", "jax.numpy.array",
+    "jax.numpy.asarray", "jax.numpy.array", "tensorflow.tile", "torch.tile", "numpy.tile", "jax.numpy.tile",
 })
+#: functions that divide their first argument by their second (``tf.div(y, s)`` is ``y / s``)
+DIV_FUNCS = frozenset({
+    "tensorflow.div", "tensorflow.divide", "tensorflow.truediv", "tensorflow.realdiv", "tensorflow.math.divide",
+    "tensorflow.math.truediv", "tensorflow.math.realdiv", "torch.div", "torch.divide", "torch.true_divide",
+    "numpy.divide", "numpy.true_divide", "jax.numpy.divide", "jax.numpy.true_divide", "keras.ops.divide",
+    "keras.ops.true_divide",
+})
+#: methods that divide their receiver by their argument (``x.div(y)`` is ``x / y``, ``x.div_(y)`` is ``x /= y``)
+DIV_METHODS = frozenset({"div", "divide", "true_divide", "div_", "divide_", "true_divide_"})
 #: methods that modify the receiver in place so that its log is safe afterwards
 INPLACE_GUARDS = frozenset({"clamp_", "clamp_min_", "clip_", "add_", "maximum_", "masked_fill_", "nan_to_num_"})
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import ast
 import re
 
-from .names import _QUAL_TO_OP, VIEW_FUNCS, VIEW_METHODS, OpCall, const_value
-from .resolve import OpContext
+from .names import _QUAL_TO_OP, DIV_FUNCS, DIV_METHODS, VIEW_FUNCS, VIEW_METHODS, OpCall, const_value
+from .resolve import OpContext, _sibling_context
 
 __all__ = ["Context"]
 
@@ -21,6 +21,41 @@ class Context(OpContext):
     def __init__(self, source: str, tree: ast.Module, path: str = "<string>") -> None:
         super().__init__(source, tree, path)
         self._half: bool | None = None
+        self._tf_graph: bool | None = None
+
+    # -- divisions ---------------------------------------------------------------------
+    def division(self, node: ast.AST | None) -> tuple[ast.expr, ast.expr] | None:
+        """``(numerator, denominator)`` of a division written as an operator or a call: ``a / b``, ``a /= b``,
+        ``tf.div(a, b)`` (``divide``, ``truediv``, ``realdiv``), ``torch.div(a, b)``, ``np.divide(a, b)``,
+        ``a.div(b)``, ``a.div_(b)``; None otherwise (and for ``torch.div(a, b, rounding_mode=...)``)."""
+        match node:
+            case ast.BinOp(left=num, op=ast.Div(), right=den) | ast.AugAssign(target=num, op=ast.Div(), value=den):
+                return num, den
+            case ast.Call(func=ast.Attribute(attr=attr, value=recv) as func, args=args, keywords=kws) \
+                    if attr in DIV_METHODS or attr in _DIV_LAST:
+                if any(k.arg is None or k.arg in ("rounding_mode", "out") for k in kws):
+                    return None
+                if attr in DIV_METHODS and len(args) == 1 and not kws and not isinstance(args[0], ast.Starred) \
+                        and self.qualname(func) is None:
+                    return recv, args[0]
+                return self._div_call(node)
+            case ast.Call(func=ast.Name(id=attr), keywords=kws) if attr in _DIV_LAST:
+                if any(k.arg is None or k.arg in ("rounding_mode", "out") for k in kws):
+                    return None
+                return self._div_call(node)
+        return None
+
+    def _div_call(self, node: ast.Call) -> tuple[ast.expr, ast.expr] | None:
+        """``(x, y)`` of ``tf.div(x, y)`` and the other functions of :data:`DIV_FUNCS`."""
+        if self.qualname(node.func) not in DIV_FUNCS:
+            return None
+        kw = {k.arg: k.value for k in node.keywords}
+        args = [a for a in node.args if not isinstance(a, ast.Starred)]
+        if len(args) != len(node.args) or len(args) > 2:
+            return None
+        num = args[0] if args else kw.get("x", kw.get("input", kw.get("x1")))
+        den = args[1] if len(args) > 1 else kw.get("y", kw.get("other", kw.get("x2")))
+        return (num, den) if num is not None and den is not None else None
 
     # -- where a probability comes from ---------------------------------------------
     def prob_source(self, node: ast.expr | None, depth: int = 0) -> tuple[str, OpCall | None, str] | None:
@@ -41,7 +76,7 @@ class Context(OpContext):
                 if o.op in ("sigmoid", "softmax"):
                     return o.op, o, how if not o.module_call else "flow"
                 return None
-            naive = self._naive_prob(base)
+            naive = self._naive_prob(base)  # also tf.div(e, reduce_sum(e)), not an op of its own
             if naive is not None:
                 return naive, None, how
             nxt = self._step_back(base)
@@ -57,25 +92,27 @@ class Context(OpContext):
 
     def _naive_prob(self, node: ast.expr) -> str | None:
         """``1 / (1 + exp(-x))`` is a sigmoid, ``exp(x) / sum(exp(x))`` a softmax."""
-        match node:
-            case ast.BinOp(left=num, op=ast.Div(), right=den):
-                if const_value(num) == 1.0 and isinstance(den, ast.BinOp) and isinstance(den.op, ast.Add) and any(
-                        self.ops(s, "exp") is not None for s in (den.left, den.right)):
-                    return "sigmoid"
-                if self.ops(self.value(num), "exp") is not None and self.ops(self.value(den), "sum") is not None:
-                    return "softmax"
+        div = self.division(node) if isinstance(node, ast.BinOp | ast.Call) else None
+        if div is None:
+            return None
+        num, den = div
+        if const_value(num) == 1.0 and isinstance(den, ast.BinOp) and isinstance(den.op, ast.Add) and any(
+                self.ops(s, "exp") is not None for s in (den.left, den.right)):
+            return "sigmoid"
+        if self.ops(self.value(num), "exp") is not None and self.ops(self.strip_views(den), "sum") is not None:
+            return "softmax"
         return None
 
     def _step_back(self, node: ast.expr) -> ast.expr | None:
         match node:
             case ast.Subscript(value=v):
                 return v
+            case ast.Call(func=f, args=[first, *_]) if self.qualname(f) in VIEW_FUNCS:
+                return first  # before methods: tf.reshape(p, s) is a view of p, not of tf
             case ast.Call(func=ast.Attribute(attr=a, value=v)) if a in VIEW_METHODS:
                 return v
             case ast.Attribute(attr="T" | "mT" | "data", value=v):
                 return v
-            case ast.Call(func=f, args=[first, *_]) if self.qualname(f) in VIEW_FUNCS:
-                return first
             case ast.Name():
                 b = self.binding(node)
                 if b is not None and isinstance(b.value, ast.expr):
@@ -91,6 +128,10 @@ class Context(OpContext):
             if func.id in self.functions and (b is None or b.value is None):
                 fn = self.functions[func.id]
                 return _kind_or_name(self._returns_prob(fn, depth), func.id)
+            if (b is None or b.value is None) and func.id not in self.imports:
+                kind = self._sibling_returns(func.id, depth)
+                if kind is not None:
+                    return kind, False
             if func.id not in self.imports or self.qualname(func) is None:
                 named = _prob_func_name(func.id)
                 if named is not None and b is None:
@@ -118,6 +159,15 @@ class Context(OpContext):
                         kind = self._returns_prob(item, depth)
                         return (kind, False) if kind is not None else None
         return None
+
+    def _sibling_returns(self, name: str, depth: int) -> str | None:
+        """What a function imported from a module of the same package returns (``from .model import VI_Block``,
+        or ``from model import *`` of a module next to this one): ``"softmax"``/``"sigmoid"`` or None."""
+        src = self._relative_imports().get(name)
+        other = _sibling_context(src[0], Context) if src is not None else None
+        if src is None or not isinstance(other, Context) or src[1] not in other.functions:
+            return None
+        return other._returns_prob(other.functions[src[1]], depth + 1)
 
     def _returns_prob(self, fn: ast.FunctionDef | ast.AsyncFunctionDef, depth: int) -> str | None:
         rets = self.returns(fn)
@@ -206,6 +256,14 @@ class Context(OpContext):
         return fam in ("numpy", "math") or self.no_grad(node) or self.custom_grad(node)
 
     @property
+    def tf_graph(self) -> bool:
+        """True when the file builds a TensorFlow 1.x graph (``tf.placeholder``, ``tf.Session``,
+        ``tf.get_variable``, ``tf.gradients``, ``.minimize(``): every TensorFlow op in it is then differentiated."""
+        if self._tf_graph is None:
+            self._tf_graph = "tf" in self.frameworks and bool(_TF_GRAPH.search(self.source))
+        return self._tf_graph
+
+    @property
     def half_precision(self) -> bool:
         """True when the file mentions float16 / half / autocast: code that may run in half precision."""
         if self._half is None:
@@ -213,12 +271,15 @@ class Context(OpContext):
         return self._half
 
 
+#: the last part of the names of :data:`DIV_FUNCS` (a cheap test before the qualified name is looked up)
+_DIV_LAST = frozenset(q.rsplit(".", 1)[1] for q in DIV_FUNCS)
 _MODEL_BASE = re.compile(r"Module$|Layer$|Model$|Loss$|^nn\.Module$")
 _SETUP_FUNCS = frozenset({"__init__", "reset_parameters", "extra_repr", "__repr__", "init_weights", "_init_weights"})
 _MODEL_FUNCS = frozenset({"forward", "__call__", "call", "training_step", "validation_step", "compute_loss",
                           "train_step", "loss_fn", "criterion"})
 _NO_GRAD = re.compile(r"(^|\.)(no_grad|inference_mode)\b")
 _CUSTOM_GRAD = re.compile(r"(^|\.)custom_(jvp|vjp|gradient)\b")
+_TF_GRAPH = re.compile(r"\b(placeholder|Session|get_variable|gradients)\(|\.minimize\(")
 _HALF = re.compile(r"(?<!b)float16|\.half\(|autocast|\bfp16\b|GradScaler|mixed_precision|torch\.half")
 
 

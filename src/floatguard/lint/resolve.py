@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Container
+from functools import lru_cache
 from pathlib import Path
 
 from .flow import FlowContext
@@ -22,8 +24,10 @@ from .names import (
     family_of,
 )
 
-__all__ = ["OpContext", "may_import_siblings", "relative_imports", "sibling_files"]
+__all__ = ["OpContext", "may_import_siblings", "parse", "relative_imports", "sibling_files", "walk"]
 
+#: not resolved yet (None is resolved: not an op)
+_UNKNOWN = OpCall("", "", ast.Call(func=ast.Name(id="_", ctx=ast.Load()), args=[], keywords=[]), [], {})
 #: elementwise ops a one-line helper of the module may wrap (its call site is then that op)
 _WRAPPABLE = frozenset({"exp", "log", "sigmoid", "softmax", "log_softmax", "sqrt", "log1p", "expm1"})
 
@@ -39,13 +43,16 @@ class OpContext(FlowContext):
         self._unwrapping: set[int] = set()
         self._relimports: dict[str, tuple[Path, str]] | None = None
         self._imported: dict[str, tuple[str, str] | None] = {}
+        self._may_call: dict[tuple[str, ...], bool] = {}
+        #: whether a call may be a module such as ``nn.Sigmoid()`` (False: the source names none of them)
+        self._module_ops = self.may_call(*_MODULE_KINDS)
         self._collect_imports()
         self.frameworks = {family_of(_canonical(q) + ".") or "" for q in self.imports.values()}
         self.frameworks.discard("")
 
     # -- imports -----------------------------------------------------------
     def _collect_imports(self) -> None:
-        for node in ast.walk(self.tree) if _has_nested_imports(self.source) else self.tree.body:
+        for node in _statements(self.tree) if _has_nested_imports(self.source) else self.tree.body:
             match node:
                 case ast.Import(names=names):
                     for a in names:
@@ -64,6 +71,19 @@ class OpContext(FlowContext):
                             self.star.append(mod)
                         else:
                             self.imports[a.asname or a.name] = f"{mod}.{a.name}"
+
+    def may_call(self, *kinds: str) -> bool:
+        """Whether the file can name an object of one of ``kinds`` (values of ``_QUAL_TO_OP``: ``"BCELoss"``,
+        ``"Sigmoid"``, ...): False when its text holds none of the last parts of their qualified names.
+
+        A cheap test to run before following a callee back through assignments (:meth:`value`, :meth:`self_attr`)
+        to see whether it is such an object: :meth:`qualname` only gives names that end in a word written in the
+        file (a name, an attribute, or the name an import brings in). A non-ASCII text always may (Python reads
+        its names NFKC-normalised)."""
+        hit = self._may_call.get(kinds)
+        if hit is None:
+            hit = self._may_call[kinds] = not self.source.isascii() or _words(kinds).search(self.source) is not None
+        return hit
 
     def qualname(self, node: ast.expr) -> str | None:
         """Canonical dotted name of a library object: ``F.softmax`` -> ``torch.nn.functional.softmax``."""
@@ -98,8 +118,9 @@ class OpContext(FlowContext):
         if not isinstance(node, ast.Call):
             return None
         key = id(node)
-        if key in self._ops:
-            return self._ops[key]
+        res = self._ops.get(key, _UNKNOWN)
+        if res is not _UNKNOWN:
+            return res
         res = self._op(node)
         self._ops[key] = res
         return res
@@ -115,7 +136,7 @@ class OpContext(FlowContext):
             if qual.split(".")[0] in KNOWN_ROOTS:
                 return None
         if isinstance(func, ast.Attribute):
-            if isinstance(func.value, ast.Name) and func.value.id == "self":
+            if self._module_ops and isinstance(func.value, ast.Name) and func.value.id == "self":
                 # self.sigmoid(x) where self.sigmoid = nn.Sigmoid()
                 mod = self._module_op(self.self_attr(node, func.attr), node)
                 if mod is not None:
@@ -130,7 +151,7 @@ class OpContext(FlowContext):
                 fam = "torch" if op in _TORCH_METHODS else "array"
                 return OpCall(op, fam, node, [func.value, *node.args], kwargs, method=True, qual="." + func.attr)
         elif isinstance(func, ast.Name):
-            mod = self._module_op(self.value(func), node)
+            mod = self._module_op(self.value(func), node) if self._module_ops else None
             if mod is not None:
                 return mod
             wrapped = self._wrapper_op(func, node)
@@ -146,13 +167,16 @@ class OpContext(FlowContext):
         parameter (``def _exp(x): return torch.exp(x)``) is that op at the call site."""
         if not call.args or isinstance(call.args[0], ast.Starred):
             return None
-        b = self.binding(func)
         if func.id in self.functions:
+            b = self.binding(func)
             if b is not None and b.value is not None:
                 return None
             found = self.wrapped_op(func.id)
+        elif func.id in self._relative_imports():  # else no helper (and no binding to look up)
+            b = self.binding(func)
+            found = self._imported_wrapper(func.id) if b is None or b.value is None else None  # None: import *
         else:
-            found = self._imported_wrapper(func.id) if b is not None and b.value is None else None
+            return None
         if found is None:
             return None
         kwargs = {k.arg: k.value for k in call.keywords if k.arg is not None}
@@ -186,7 +210,7 @@ class OpContext(FlowContext):
         if name in self._imported:
             return self._imported[name]
         src = self._relative_imports().get(name)
-        other = _sibling_context(src[0]) if src is not None else None
+        other = _sibling_context(src[0], type(self)) if src is not None else None
         found = other.wrapped_op(src[1]) if other is not None and src is not None else None
         self._imported[name] = found
         return found
@@ -202,7 +226,7 @@ class OpContext(FlowContext):
             return None
         q = self.qualname(ctor.func)
         kind = _QUAL_TO_OP.get(q or "")
-        op = {"Sigmoid": "sigmoid", "Softmax": "softmax", "LogSoftmax": "log_softmax"}.get(kind or "")
+        op = _MODULE_KINDS.get(kind or "")
         if op is None:
             return None
         kwargs = {k.arg: k.value for k in ctor.keywords if k.arg is not None}
@@ -221,12 +245,12 @@ class OpContext(FlowContext):
             match node:
                 case ast.Subscript(value=v):
                     node = v
+                case ast.Call(func=f, args=[first, *_]) if self.qualname(f) in VIEW_FUNCS:
+                    node = first  # before methods: tf.reshape(x, s) is a view of x, not of tf
                 case ast.Call(func=ast.Attribute(attr=a, value=v)) if a in VIEW_METHODS:
                     node = v
                 case ast.Attribute(attr="T" | "mT" | "data", value=v):
                     node = v
-                case ast.Call(func=f, args=[first, *_]) if self.qualname(f) in VIEW_FUNCS:
-                    node = first
                 case ast.Name():
                     b = self.binding(node)
                     if b is None or not isinstance(b.value, ast.expr):
@@ -239,6 +263,82 @@ class OpContext(FlowContext):
                 case _:
                     return node
         return node
+
+
+#: fields that never hold a node worth a visit: names and numbers, and the shared singletons of the operators and
+#: expression contexts (``ast.Load()``, ``ast.Add()``: one object for the whole process, so no parent of theirs means
+#: anything, and no rule looks at them)
+_LEAF_FIELDS = frozenset({"ctx", "op", "ops", "id", "attr", "arg", "name", "asname", "module", "level", "kind",
+                          "type_comment", "conversion", "is_async", "simple"})
+_CHILD_FIELDS: dict[type[ast.AST], tuple[str, ...]] = {ast.Constant: ()}  # a constant's value is never a node
+
+
+def _child_fields(t: type[ast.AST]) -> tuple[str, ...]:
+    fields = _CHILD_FIELDS[t] = tuple(f for f in t._fields if f not in _LEAF_FIELDS)
+    return fields
+
+
+def walk(tree: ast.AST, parents: dict[int, ast.AST],
+         types: Container[type[ast.AST]] | None = None) -> list[ast.AST]:
+    """Every node under ``tree`` (the operator and context singletons aside; only those of ``types`` if given),
+    parents before children, and the parent of each in ``parents`` (by ``id``): :func:`ast.walk` and
+    :func:`ast.iter_child_nodes`, inlined, with the fields that can hold a node looked up once per node type."""
+    nodes: list[ast.AST] = []
+    stack: list[ast.AST] = [tree]
+    pop, push, visit, AST = stack.pop, stack.append, nodes.append, ast.AST
+    table = _CHILD_FIELDS
+    while stack:
+        node = pop()
+        if types is None or node.__class__ in types:
+            visit(node)
+        fields = table.get(node.__class__)
+        if fields is None:
+            fields = _child_fields(node.__class__)
+        for name in fields:
+            v = getattr(node, name, None)
+            if isinstance(v, AST):
+                parents[id(v)] = node
+                push(v)
+            elif v.__class__ is list:
+                for child in v:
+                    if isinstance(child, AST):
+                        parents[id(child)] = node
+                        push(child)
+    return nodes
+
+
+def _statements(tree: ast.Module) -> list[ast.AST]:
+    """The statements of a module at every depth (and the handlers and match cases that hold some), in the order
+    :func:`ast.walk` visits them (breadth first); expressions, which hold no statement, are not looked into."""
+    out: list[ast.AST] = list(tree.body)
+    holders = (ast.stmt, ast.excepthandler, ast.match_case)
+    i = 0
+    while i < len(out):
+        node = out[i]
+        i += 1
+        for name in _BLOCK_FIELDS.get(node.__class__, ()):
+            out += [c for c in getattr(node, name) if isinstance(c, holders)]
+    return out
+
+
+#: the fields that hold statements, handlers or match cases, by node type, in ``_fields`` order
+_BLOCK_FIELDS: dict[type[ast.AST], tuple[str, ...]] = {
+    t: tuple(f for f in t._fields if f in ("body", "orelse", "finalbody", "handlers", "cases"))
+    for t in (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.For, ast.AsyncFor, ast.While, ast.If, ast.With,
+              ast.AsyncWith, ast.Try, ast.TryStar, ast.Match, ast.ExceptHandler, ast.match_case)
+}
+
+
+#: modules whose call is an op (``self.act = nn.Sigmoid()`` ... ``self.act(x)``): their kind in ``_QUAL_TO_OP`` -> op
+_MODULE_KINDS = {"Sigmoid": "sigmoid", "Softmax": "softmax", "LogSoftmax": "log_softmax"}
+
+
+@lru_cache(maxsize=64)
+def _words(kinds: tuple[str, ...]) -> re.Pattern[str]:
+    """The last parts of the qualified names of ``kinds`` in ``_QUAL_TO_OP`` (``_canonical`` rewrites prefixes
+    only, so a name keeps its last part), as one pattern; one that matches nothing when there are none."""
+    words = {q.rsplit(".", 1)[-1] for q, kind in _QUAL_TO_OP.items() if kind in kinds}
+    return re.compile("|".join(sorted(map(re.escape, words))) or "(?!)")
 
 
 def _has_nested_imports(source: str) -> bool:
@@ -257,7 +357,15 @@ _RELATIVE_IMPORT_STR = re.compile(_RELATIVE_IMPORT.pattern.decode().replace("A-Z
 
 def may_import_siblings(source: str) -> bool:
     """Whether ``source`` may import from a module of its own package (False: it certainly does not)."""
-    return _RELATIVE_IMPORT_STR.search(source) is not None
+    return _RELATIVE_IMPORT_STR.search(source) is not None or (
+        "*" in source and _STAR_IMPORT_STR.search(source) is not None)
+
+
+#: ``from model import *`` (no dots; a module next to the importer, :func:`_star_sibling`): the module
+_STAR_IMPORT = re.compile(rb"from" + _WS + rb"+([A-Za-z_\x80-\xff][A-Za-z0-9_.\x80-\xff]*)" + _WS + rb"+import"
+                          + _WS + rb"*\*")
+_STAR_IMPORT_STR = re.compile(_STAR_IMPORT.pattern.decode().replace("A-Za-z0-9_.\\x80-\\xff", "\\w.")
+                              .replace("A-Za-z_\\x80-\\xff", "^\\W\\d"))
 
 
 def _module_file(here: Path, level: int, module: str) -> Path | None:
@@ -286,7 +394,38 @@ def relative_imports(tree: ast.Module, path: str, source: str | None = None) -> 
             if cand is not None:
                 for a in node.names:
                     out[a.asname or a.name] = (cand, a.name)
+    for node in tree.body:  # star imports last: a name imported by name wins
+        if isinstance(node, ast.ImportFrom) and node.module and [a.name for a in node.names] == ["*"]:
+            star = _module_file(here, node.level, node.module) if node.level else _star_sibling(here, node.module)
+            if star is not None:
+                for name in _module_functions(star):
+                    out.setdefault(name, (star, name))
     return out
+
+
+def _star_sibling(here: Path, module: str) -> Path | None:
+    """The module next to the importing file that ``from <module> import *`` names (no dots): ``model.py`` for
+    ``model``, or for ``pkg.sub.model`` when the directory is ``.../pkg/sub`` (a script run from the root)."""
+    parts = module.split(".")
+    if parts[0] in KNOWN_ROOTS:
+        return None
+    if len(parts) > 1 and list(here.resolve().parts[-(len(parts) - 1):]) != parts[:-1]:
+        return None
+    cand = here / f"{parts[-1]}.py"
+    return cand if cand.is_file() else None
+
+
+def _module_functions(path: Path) -> list[str]:
+    """The names of the top-level functions of the module at ``path`` (what its ``import *`` brings in)."""
+    got = _read(path)
+    if got is None or not got[1]:
+        return []
+    try:
+        tree = parse(got[1].decode("utf-8"), str(path))
+    except (UnicodeDecodeError, SyntaxError, ValueError, RecursionError, MemoryError):
+        return []
+    return [n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+            and not n.name.startswith("_")]
 
 
 def _imported_files(path: Path, data: bytes) -> list[Path]:
@@ -302,6 +441,13 @@ def _imported_files(path: Path, data: bytes) -> list[Path]:
                 continue
             if f is not None:
                 out[f] = None
+    for mod in _STAR_IMPORT.findall(data):  # from model import *: a module next to this one
+        try:
+            f = _star_sibling(here, mod.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, OSError):
+            continue
+        if f is not None:
+            out[f] = None
     return list(out)
 
 
@@ -332,6 +478,24 @@ def sibling_files(path: str, data: bytes) -> list[Path]:
             continue
         todo += _imported_files(f, more)
     return list(seen)
+
+
+#: the trees of the texts parsed last, by text: a module of the package is parsed once to be checked and once more
+#: for its helpers otherwise (the checker never changes a tree)
+_TREES: dict[str, ast.Module] = {}
+_MAX_TREES = 32
+
+
+def parse(source: str, filename: str = "<unknown>") -> ast.Module:
+    """``ast.parse(source, filename)``, or the same text's tree when it was among the last parsed (:data:`_TREES`)."""
+    tree = _TREES.get(source)
+    if tree is None:
+        tree = ast.parse(source, filename=filename)
+        while _TREES and len(_TREES) >= _MAX_TREES:
+            del _TREES[next(iter(_TREES))]
+        if _MAX_TREES > 0:
+            _TREES[source] = tree
+    return tree
 
 
 _SIBLINGS: dict[Path, tuple[tuple[int, int], bytes, OpContext | None]] = {}
@@ -368,10 +532,11 @@ def _fresh(path: Path) -> bool:
     return True
 
 
-def _sibling_context(path: Path) -> OpContext | None:
+def _sibling_context(path: Path, cls: type[OpContext] = OpContext) -> OpContext | None:
     """The parsed module at ``path`` (None when it cannot be read or parsed), parsed again when it or a module
-    it imports helpers from (:func:`_fresh`) changed."""
-    if _fresh(path):
+    it imports helpers from (:func:`_fresh`) changed, or when it was read as a class other than ``cls`` (the
+    provenance asks a sibling's functions what they return)."""
+    if _fresh(path) and isinstance(_SIBLINGS[path][2], cls | type(None)):
         return _SIBLINGS[path][2]
     now = _read(path)
     if now is None:
@@ -381,14 +546,12 @@ def _sibling_context(path: Path) -> OpContext | None:
     if stamp[1] <= _SIBLING_MAX_BYTES:
         try:
             source = data.decode("utf-8")
-            tree = ast.parse(source)
+            tree = parse(source, str(path))
         except (UnicodeDecodeError, SyntaxError, ValueError, RecursionError, MemoryError):
             tree = None
         if tree is not None:
-            ctx = OpContext(source, tree, str(path))
-            for parent in ast.walk(tree):
-                for child in ast.iter_child_nodes(parent):
-                    ctx.parents[id(child)] = parent
+            ctx = cls(source, tree, str(path))
+            walk(tree, ctx.parents)
     if len(_SIBLINGS) > 512:
         _SIBLINGS.clear()
     _SIBLINGS[path] = (stamp, data, ctx)

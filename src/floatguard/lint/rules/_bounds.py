@@ -251,6 +251,8 @@ def guarded(ctx: Context, node: ast.expr | None, depth: int = 0) -> bool:
                                                                    and guarded(ctx, right, depth + 1))
         case ast.BinOp(op=ast.Mult(), left=left, right=right):
             return guarded(ctx, left, depth + 1) and guarded(ctx, right, depth + 1)
+        case ast.BinOp(op=ast.Pow(), left=left):
+            return guarded(ctx, left, depth + 1)
         case ast.BinOp(op=ast.Div(), left=left, right=right):
             return guarded(ctx, left, depth + 1) and (const_value(right) is not None or (
                 guarded(ctx, right, depth + 1) and not any(ctx.ops(n, "exp") for n in ast.walk(right))))
@@ -269,7 +271,11 @@ def guarded(ctx: Context, node: ast.expr | None, depth: int = 0) -> bool:
                     return True
                 if o.op in ("sum", "mean"):
                     return guarded(ctx, o.x, depth + 1)
+                if o.op == "pow":
+                    return guarded(ctx, o.x, depth + 1)  # a power of a value that cannot be 0
                 if o.op == "norm":  # the norm of where(small, unit, v): the double-where trick
+                    if nonzero_array(ctx, o.x):
+                        return True  # zeros replaced above, positive by construction, the identity, a Gram matrix
                     nv = ctx.value(o.x) if isinstance(o.x, ast.Name) else o.x
                     w = ctx.ops(nv, "where")
                     return w is not None and len(w.node.args) == 3 and any(
@@ -300,13 +306,217 @@ def guarded(ctx: Context, node: ast.expr | None, depth: int = 0) -> bool:
             value = ctx.self_attr(node, attr)
             return value is not None and guarded(ctx, value, depth + 1)
         case ast.Name():
-            if ctx.inplace_guarded(node):
+            if ctx.inplace_guarded(node) or zeros_replaced(ctx, node):
                 return True
+            b = ctx.binding(node)
+            if b is not None and isinstance(b.value, ast.AugAssign) and isinstance(b.value.op, ast.Add) and \
+                    eps_like(ctx, b.value.value):
+                return True  # d += eps
+            if b is None:
+                vals = ctx.lambda_values(node)
+                if vals and all(guarded(ctx, v, depth + 1) for v in vals):
+                    return True
             nxt = ctx.value(node)
             if nxt is None or nxt is node:
                 return False
             return guarded(ctx, nxt, depth + 1)
     return False
+
+
+def _zero_mask(ctx: Context, mask: ast.expr | None) -> bool:
+    """An index mask that selects zeros or tiny values: ``d == 0``, ``s.sum(-1) == 0.0``, ``x < eps``,
+    ``x <= 0`` (also through a name, ``abs(x) < eps`` included)."""
+    if isinstance(mask, ast.Name):
+        mask = ctx.value(mask, depth=2)
+    match mask:
+        case ast.Compare(left=left, ops=[op], comparators=[right]):
+            if isinstance(op, ast.Eq):
+                return const_value(left) == 0 or const_value(right) == 0
+            if isinstance(op, ast.Lt | ast.LtE):  # x < eps, x <= 0 (x < 0 keeps the zeros)
+                return _small_bound(ctx, right, isinstance(op, ast.LtE))
+            if isinstance(op, ast.Gt | ast.GtE):  # eps > x, 0 >= x
+                return _small_bound(ctx, left, isinstance(op, ast.GtE))
+    return False
+
+
+def _small_bound(ctx: Context, b: ast.expr, inclusive: bool) -> bool:
+    """``x < b`` (``x <= b`` when ``inclusive``) holds at ``x = 0``: ``b`` is an eps, or 0 inclusive."""
+    c = const_value(b)
+    if c is not None:
+        return 0 < c < 1 or (inclusive and c == 0)
+    return eps_like(ctx, b)
+
+
+def _nonzero_fill(ctx: Context, v: ast.expr | None) -> bool:
+    """A fill value that is not 0: a non-zero constant or an eps."""
+    c = const_value(v)
+    return c != 0 if c is not None else eps_like(ctx, v)
+
+
+def zeros_replaced(ctx: Context, name: ast.Name) -> bool:
+    """The zeros (or tiny values) of ``name`` were replaced in place above the read: ``qs[qs == 0] = eps``,
+    ``denom[s.sum(-1) == 0] = 1``, ``x[x < eps] = eps``, ``np.putmask(d, d == 0, 1)``."""
+    for w in ctx.element_writes(name):
+        match w:
+            case ast.Assign(targets=[ast.Subscript(slice=mask)], value=v):
+                if _zero_mask(ctx, mask) and _nonzero_fill(ctx, v):
+                    return True
+            case ast.Expr(value=ast.Call(func=f, args=[_, mask, v])) if (ctx.qualname(f) or "").endswith(".putmask"):
+                if _zero_mask(ctx, mask) and _nonzero_fill(ctx, v):
+                    return True
+    return False
+
+
+_EYE_FUNCS = ("eye", "identity")
+_MATMUL_FUNCS = ("matmul", "mm", "bmm", "dot")
+_PASS_METHODS = frozenset({"type_as", "to", "type", "float", "double", "half", "contiguous", "detach", "clone",
+                           "view", "reshape", "permute", "transpose", "t", "unsqueeze", "squeeze", "flatten"})
+
+
+def _matmul_operands(ctx: Context, node: ast.expr) -> tuple[ast.expr, ast.expr] | None:
+    """``(a, b)`` of ``a @ b``, ``matmul(a, b)`` (also ``mm``, ``bmm``, ``dot``) and ``a.matmul(b)``."""
+    match node:
+        case ast.BinOp(left=a, op=ast.MatMult(), right=b):
+            return a, b
+        case ast.Call(func=ast.Attribute(attr=attr, value=recv), args=[b]) if attr in _MATMUL_FUNCS and \
+                not (ctx.qualname(node.func) or "").count("."):
+            return recv, b
+        case ast.Call(func=f, args=[a, b]):
+            q = ctx.qualname(f) or ""
+            if q.split(".")[0] in ("torch", "numpy", "jax") and q.rsplit(".", 1)[-1] in _MATMUL_FUNCS:
+                return a, b
+    return None
+
+
+def _through_views(ctx: Context, node: ast.expr | None) -> ast.expr | None:
+    """The array a value reshapes, casts or transposes (``torch.eye(c).type_as(s)`` -> ``torch.eye(c)``)."""
+    for _ in range(8):
+        match node:
+            case ast.Call(func=ast.Attribute(attr=a, value=v)) if a in _PASS_METHODS and \
+                    ctx.qualname(node.func) is None:
+                node = v
+            case ast.Attribute(attr="T" | "mT", value=v):
+                node = v
+            case _:
+                return node
+    return node
+
+
+def positive(ctx: Context, node: ast.expr | None, depth: int = 0) -> bool:
+    """Every element > 0 by construction: exp, softmax, sigmoid, softplus, ones, positive constants, and sums,
+    products, powers, matrix products and reductions of those (``(1 + d ** 2) ** -0.5`` included)."""
+    v = const_value(node)
+    if v is not None:
+        return v > 0
+    if node is None or depth > 6:
+        return False
+    node = _through_views(ctx, node)
+    match node:
+        case ast.Name():
+            vals = ctx.lambda_values(node) if ctx.binding(node) is None else []
+            if vals:
+                return all(positive(ctx, x, depth + 1) for x in vals)
+            nxt = ctx.value(node, depth=1)
+            return nxt is not node and positive(ctx, nxt, depth + 1)
+        case ast.BinOp(left=a, op=ast.Add(), right=b):
+            return (positive(ctx, a, depth + 1) and nonneg(ctx, b)) or (nonneg(ctx, a) and positive(ctx, b, depth + 1))
+        case ast.BinOp(left=a, op=ast.Mult() | ast.Div() | ast.MatMult(), right=b):
+            return positive(ctx, a, depth + 1) and positive(ctx, b, depth + 1)
+        case ast.BinOp(left=a, op=ast.Pow()):
+            return positive(ctx, a, depth + 1)
+        case ast.Call():
+            mm = _matmul_operands(ctx, node)
+            if mm is not None:
+                return positive(ctx, mm[0], depth + 1) and positive(ctx, mm[1], depth + 1)
+            o = ctx.op(node)
+            if o is None:
+                return False
+            if o.op in ("exp", "softmax", "sigmoid", "softplus", "ones"):
+                return True
+            if o.op in ("pow", "sum", "mean"):
+                return positive(ctx, o.x, depth + 1)
+    return False
+
+
+def nonzero_array(ctx: Context, node: ast.expr | None, depth: int = 0) -> bool:
+    """Not all zero by construction, so its norm is > 0: zeros replaced in place above (``qs[qs == 0] = eps``),
+    every element positive (:func:`positive`), the identity (``eye``), or a Gram matrix ``x.T @ x`` of such a
+    value (the Gram matrix of softmax outputs)."""
+    if node is None or depth > 6:
+        return False
+    if positive(ctx, node):
+        return True
+    node = _through_views(ctx, node)
+    match node:
+        case ast.Name():
+            if zeros_replaced(ctx, node):
+                return True
+            vals = ctx.lambda_values(node) if ctx.binding(node) is None else []
+            if vals:
+                return all(nonzero_array(ctx, x, depth + 1) for x in vals)
+            nxt = ctx.value(node, depth=1)
+            return nxt is not node and nonzero_array(ctx, nxt, depth + 1)
+        case ast.Call(func=f):
+            q = ctx.qualname(f) or ""
+            if q.split(".")[0] in ("torch", "numpy", "jax", "tensorflow") and q.rsplit(".", 1)[-1] in _EYE_FUNCS:
+                return True
+            mm = _matmul_operands(ctx, node)
+            if mm is not None:
+                return _gram(ctx, mm[0], mm[1]) and nonzero_array(ctx, mm[1], depth + 1)
+        case ast.BinOp(op=ast.MatMult(), left=a, right=b):
+            return _gram(ctx, a, b) and nonzero_array(ctx, b, depth + 1)
+    return False
+
+
+def _gram(ctx: Context, a: ast.expr, b: ast.expr) -> bool:
+    """``a`` is a transpose of ``b`` (``x.T``, ``x.transpose(1, 2)``, ``x.mT``, ``x.t()``): ``a @ b`` is a Gram
+    matrix, 0 only when ``b`` is."""
+    is_t = (isinstance(a, ast.Attribute) and a.attr in ("T", "mT")) or (
+        isinstance(a, ast.Call) and isinstance(a.func, ast.Attribute) and a.func.attr in ("transpose", "t", "permute"))
+    base = _through_views(ctx, a)
+    return is_t and base is not None and ctx.text(base) == ctx.text(b)
+
+
+def clamp_bounds(ctx: Context, x: ast.expr | None) -> tuple[float | None, float | None]:
+    """The constant ``(lower, upper)`` bounds a clamp puts on ``x`` (inline or on a line above):
+    ``torch.clamp(z, -50, 50)``, ``np.clip(z, -50, 50)``, ``z.clamp(max=50)``, ``z.clamp_(min=-50)``."""
+    v = ctx.value(x) if isinstance(x, ast.Name) else x
+    if not isinstance(v, ast.Call):
+        return None, None
+    f = v.func
+    if isinstance(f, ast.Attribute) and f.attr in ("clamp_", "clip_") and ctx.qualname(f) is None:
+        lo = v.args[0] if v.args else _kw(v, "min")
+        hi = v.args[1] if len(v.args) > 1 else _kw(v, "max")
+    else:
+        o = ctx.ops(v, "clamp")
+        if o is None:
+            return None, None
+        if (isinstance(f, ast.Attribute) and f.attr == "clamp_min") or (ctx.qualname(f) or "").endswith("clamp_min"):
+            return _bound_value(ctx, o.arg(1, "min")), None
+        lo = o.arg(1, "min", "a_min", "clip_value_min")
+        hi = o.arg(2, "max", "a_max", "clip_value_max")
+    return _bound_value(ctx, lo), _bound_value(ctx, hi)
+
+
+def _kw(call: ast.Call, name: str) -> ast.expr | None:
+    """The keyword argument ``name`` of ``call``."""
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def _bound_value(ctx: Context, node: ast.expr | None) -> float | None:
+    if isinstance(node, ast.Name):
+        return param_default(ctx, node)
+    return const_value(node)
+
+
+def clamped_exponent(ctx: Context, x: ast.expr) -> bool:
+    """``exp(x)`` of a clamped exponent cannot overflow: ``z = clamp(z, -50, 50); exp(z)``, or ``exp(-z)`` with
+    ``z`` clamped from below."""
+    if isinstance(x, ast.UnaryOp) and isinstance(x.op, ast.USub):
+        lo, _ = clamp_bounds(ctx, x.operand)
+        return lo is not None and lo >= -EXP_SAFE
+    _, hi = clamp_bounds(ctx, x)
+    return hi is not None and hi <= EXP_SAFE
 
 
 def local_function(ctx: Context, call: ast.Call) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
@@ -401,7 +611,7 @@ def exp_bounded(ctx: Context, site: ast.AST, x: ast.expr | None) -> bool:
     (``exp(log(p))``), a branch condition keeps it small, or the code only runs on an empty array."""
     if x is None:
         return False
-    if shifted(x, ctx) or nonpositive(ctx, x) or fill_bounded(ctx, x):
+    if shifted(x, ctx) or nonpositive(ctx, x) or fill_bounded(ctx, x) or clamped_exponent(ctx, x):
         return True
     if ctx.ops(ctx.value(x) if isinstance(x, ast.Name) else x, "log", "log_softmax", "log_sigmoid") is not None:
         return True

@@ -206,16 +206,20 @@ def fg_call(ctx: Context, op: str, x: ast.expr, axis: ast.expr | None, extra: st
 
 
 def division_parts(ctx: Context, node: ast.AST) -> tuple[ast.expr, ast.expr, ast.expr | None] | None:
-    """``(numerator, denominator, the denominator's defining call)`` of ``a / b`` or ``a /= b``
-    whose numerator is not a constant; the call is ``b`` itself or the value a name ``b`` was given."""
-    match node:
-        case ast.BinOp(left=num, op=ast.Div(), right=den) | ast.AugAssign(target=num, op=ast.Div(), value=den):
-            pass
-        case _:
-            return None
+    """``(numerator, denominator, the denominator's defining call)`` of a division (``a / b``, ``a /= b``,
+    ``tf.div(a, b)``, ``torch.div(a, b)``, ``a.div(b)``, ``np.divide(a, b)``: :meth:`Context.division`) whose
+    numerator is not a constant; the call is ``b`` itself or the value a name ``b`` was given, through views that
+    keep its values (``tf.reshape(tf.tile(s, n), shape)``, ``s.unsqueeze(-1)``)."""
+    parts = ctx.division(node)
+    if parts is None:
+        return None
+    num, den = parts
     if const_value(num) is not None:
         return None
     d = den if isinstance(den, ast.Call) else ctx.value(den) if isinstance(den, ast.Name) else None
+    if isinstance(d, ast.Call) and ctx.op(d) is None:
+        inner = ctx.strip_views(d)
+        d = inner if isinstance(inner, ast.Call) else d
     return num, den, d
 
 
@@ -231,6 +235,26 @@ def one_plus(node: ast.expr | None) -> ast.expr | None:
                 return right
             if is_const(right, 1.0):
                 return left
+    return None
+
+
+#: functions that add their two arguments (``torch.add(x, 1)`` is ``x + 1``)
+_ADD_FUNCS = frozenset({"torch.add", "numpy.add", "jax.numpy.add", "tensorflow.add", "tensorflow.math.add",
+                        "keras.ops.add"})
+
+
+def plus_one(ctx: Context, node: ast.expr | None) -> ast.expr | None:
+    """``e`` when ``node`` adds 1 to ``e``: ``1 + e``, ``e + 1``, ``e.add(1)``, ``e.add_(1)``, ``torch.add(e, 1)``
+    (``tf.add``, ``np.add``; either order)."""
+    inner = one_plus(node)
+    if inner is not None or not isinstance(node, ast.Call) or node.keywords:
+        return inner
+    match node:
+        case ast.Call(func=ast.Attribute(attr="add" | "add_", value=recv) as f, args=[one]) if \
+                is_const(one, 1.0) and ctx.qualname(f) is None:
+            return recv
+        case ast.Call(func=f, args=[a, b]) if ctx.qualname(f) in _ADD_FUNCS:
+            return b if is_const(a, 1.0) else a if is_const(b, 1.0) else None
     return None
 
 

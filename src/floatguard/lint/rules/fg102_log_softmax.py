@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall
 from ..rule import Finding, Fix, Rule
+from ._bounds import guarded
 from ._common import fg_call, fg_fix, log_of, reach, uses_floatguard
 
 _HAS_LOG_SOFTMAX = ("torch.", "jax.nn.", "tensorflow.nn.", "tensorflow.math.", "keras.ops.", "scipy.special.")
@@ -28,7 +29,8 @@ class LogSoftmax(Rule):
     """Checks for `log(softmax(x))`, the log of a softmax's probabilities.
 
     ## What it does
-    Checks for `log(softmax(x))`, the log of a softmax's probabilities.
+    Checks for `log(softmax(x))`, the log of a softmax's probabilities, also reached through names and through
+    an attribute the class sets once (`self.y_conv = tf.nn.softmax(h)`, then `tf.log(self.y_conv)`).
 
     ## Why is this bad?
     ``log(softmax(x))`` gives -inf (and NaN gradients) as soon as a probability underflows to 0; log_softmax
@@ -70,12 +72,35 @@ class LogSoftmax(Rule):
     categories = ("underflow", "gradient")
 
     def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
-        found = log_of(ctx, node, "softmax")
+        found = log_of(ctx, node, "softmax") or self._through_attribute(ctx, node)
         if found is None:
             return
         log, sm = found
         yield Finding(node, "log of softmax underflows to -inf when a probability rounds to 0",
                       "use log_softmax on the logits", self._fix(ctx, log, sm))
+
+    def _through_attribute(self, ctx: Context, node: ast.AST) -> tuple[OpCall, OpCall] | None:
+        """``log(self.probs)`` where the class sets ``self.probs = softmax(...)`` once (TF 1.x models keep their
+        graph's tensors as attributes: ``self.y_conv = tf.nn.softmax(...)`` in ``__init__``)."""
+        log = ctx.ops(node, "log")
+        if log is None or log.x is None:
+            return None
+        attr = ctx.strip_views(log.x)
+        if not (isinstance(attr, ast.Attribute) and isinstance(attr.value, ast.Name) and attr.value.id == "self"):
+            return None
+        cls = ctx.enclosing_class(node)
+        if cls is None or guarded(ctx, log.x):
+            return None
+        sets = [sub.value for sub in ast.walk(cls) if isinstance(sub, ast.Assign | ast.AnnAssign | ast.AugAssign)
+                and any(isinstance(t, ast.Attribute) and t.attr == attr.attr and isinstance(t.value, ast.Name)
+                        and t.value.id == "self"
+                        for t in (sub.targets if isinstance(sub, ast.Assign) else [sub.target]))]
+        if len(sets) != 1 or not isinstance(sets[0], ast.Call):
+            return None  # set more than once (or by a tuple / augmented assignment): no single value to trust
+        src = ctx.prob_source(sets[0])
+        if src is None or src[0] != "softmax" or src[1] is None or src[2] != "inline":
+            return None
+        return log, src[1]
 
     def _fix(self, ctx: Context, log: OpCall, sm: OpCall) -> Fix | None:
         how = reach(ctx, log.x, sm.node)

@@ -17,6 +17,9 @@ class NaiveSoftmax(Rule):
     ## What it does
     Checks for `exp(x) / sum(exp(x))`, a softmax written out without the max-shift.
 
+    The division may be a call (`tf.div(e, s)`, `torch.div`, `e.div(s)`, `np.divide`) and the sum tiled or
+    reshaped to the shape of `e` (`tf.tile(tf.reduce_sum(e, 3, keep_dims=True), ...)`).
+
     ## Why is this bad?
     ``exp(x) / sum(exp(x))`` is inf/inf = NaN once any ``x`` passes ~88 in float32 and 0/0 when all are very
     negative; softmax shifts by the max first.
@@ -51,18 +54,17 @@ class NaiveSoftmax(Rule):
     confidence = "medium"
     name = "naive-softmax"
     categories = ("overflow", "nan")
-    nodes = (ast.BinOp,)
+    nodes = (ast.BinOp, ast.Call)
 
     def check(self, node: ast.AST, ctx: Context) -> Iterator[Finding]:
-        match node:
-            case ast.BinOp(left=left, op=ast.Div(), right=right):
-                pass
-            case _:
-                return
+        div = ctx.division(node) if isinstance(node, ast.BinOp | ast.Call) else None
+        if div is None:
+            return
+        left, right = div
         num = ctx.ops(ctx.value(left), "exp")
         if num is None or num.x is None or exp_bounded(ctx, node, num.x):
             return
-        red = ctx.ops(ctx.value(right), "sum")
+        red = ctx.ops(ctx.strip_views(right), "sum")  # also tiled or reshaped: tf.tile(reduce_sum(e), n)
         if red is None:
             return
         den = red.x
@@ -78,7 +80,7 @@ class NaiveSoftmax(Rule):
         yield Finding(node, "exp(x) / sum(exp(x)) overflows to inf/inf = NaN for large x",
                       dep_hint("use softmax, which shifts by the max", fix, "NumPy has no softmax"), fix)
 
-    def _fix(self, ctx: Context, node: ast.BinOp, left: ast.expr, num: OpCall, red: OpCall) -> Fix | None:
+    def _fix(self, ctx: Context, node: ast.AST, left: ast.expr, num: OpCall, red: OpCall) -> Fix | None:
         axis, keep, extra = reduce_args(red)
         if extra or axis is None or keep is None or not (isinstance(keep, ast.Constant) and keep.value is True):
             return None

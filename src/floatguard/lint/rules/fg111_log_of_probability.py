@@ -67,6 +67,9 @@ class LogOfProbability(Rule):
         if log is None or log.x is None or log.family == "math":
             return
         arg = log.x
+        inner = ctx.op(arg)
+        if inner is not None and inner.op == "abs" and inner.x is not None:
+            arg = inner.x  # log(abs(p)): abs does not keep p away from 0
         q = one_minus(arg)
         target = q if q is not None else arg
         if guarded(ctx, arg) or (q is not None and guarded(ctx, q)):

@@ -23,6 +23,10 @@ class NormDivision(Rule):
     Also reported, without a fix: an optimizer step `p -= lr * p.grad / p.grad.norm()` under `torch.no_grad()`
     (clamp the norm: `p.grad.norm().clamp_min(1e-12)`).
 
+    Opt-in (``--select FG204``): on 16 mature packages it had never seen (``benchmarks/lint_precision``) its 21
+    findings were judged 2 true, 10 nits and 9 false: most vectors normalised in library code are never 0
+    (eigenvectors, null-space vectors, rows selected as non-zero just above).
+
     ## Why is this bad?
     ``x / norm(x)`` outside a model or loss (an optimizer step ``grad / grad.norm()``, a feature normalisation, an
     eval metric) is 0/0 = NaN for a zero vector: a zero gradient, a padded row, a point cloud of identical points.
