@@ -255,6 +255,36 @@ def test_bce_within_one_ulp_of_mpmath(dtype: torch.dtype) -> None:
     assert got.dtype == dtype and T.max_ulp(got, ref, dtype) <= 1.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_bce_gradient_written_by_the_forward(dtype: torch.dtype, reduction: str) -> None:
+    """``loss.backward()`` takes the gradient the forward wrote for ``g = 1``: the float64 gradient rounded once
+    (extreme logits and targets, a NaN); a second backward and ``g != 1`` compute it again."""
+    x = torch.tensor(RNG.normal(size=(7, 33)) * 6).to(dtype)
+    y = torch.tensor(RNG.random((7, 33))).to(dtype)
+    x[0, :4] = torch.tensor([80.0, -80.0, 0.0, 1e-3])
+    y[0, :4] = torch.tensor([1.0, 0.0, 0.5, 1.0])
+    x[1, 5] = math.nan
+    from scipy.special import expit
+
+    xd, yd = x.double().numpy(), y.double().numpy()  # sigmoid(80) - 1 without torch's cancellation
+    want = (expit(xd) * (1 - yd) - yd * expit(-xd)) / (xd.size if reduction == "mean" else 1)
+    xl = x.clone().requires_grad_()
+    loss = fg.binary_cross_entropy_with_logits(xl, y, reduction=reduction)
+    loss.backward(retain_graph=True)
+    assert xl.grad is not None and xl.grad.dtype == dtype and math.isnan(float(xl.grad[1, 5]))
+    keep = np.ones((7, 33), bool)
+    keep[1] = False
+    got = xl.grad.double().numpy()
+    assert float(np.max(T.ulp_error(torch.tensor(got[keep]).to(dtype), want[keep], dtype))) <= 0.5 + 2**-8
+    once = xl.grad.clone()
+    loss.backward(retain_graph=True)  # computed again by the backward kernel, added to the first
+    assert torch.equal(torch.nan_to_num(xl.grad - once), torch.nan_to_num(once))
+    xl.grad = None
+    (loss * 4).backward()  # g = 4: the backward kernel
+    assert torch.equal(torch.nan_to_num(xl.grad), torch.nan_to_num(4 * once))
+
+
 def test_bce_gradcheck_and_extremes() -> None:
     x = _logits((3, 4)).requires_grad_()
     y = torch.tensor(RNG.uniform(0, 1, (3, 4)))
@@ -331,6 +361,80 @@ def test_ce_plain_gradient_is_the_float64_one_rounded_once(dtype: torch.dtype) -
     assert xl.grad is not None and xd.grad is not None and xl.grad.dtype == dtype
     err = T.ulp_error(xl.grad, xd.grad.numpy().astype(np.float64), dtype)
     assert float(np.max(err)) <= 0.5 + 2**-8
+
+
+def _ce_grad_reference(x: torch.Tensor, t: torch.Tensor, scale: float, ignore: int) -> np.ndarray:
+    """``scale (softmax(x) - onehot_t)`` per row in 50 digits (``1 - p_t`` as the sum of the other ``p_i``: no
+    cancellation), 0 on ignored rows and rows with a non-finite max."""
+    import mpmath
+
+    xs = x.double().numpy()
+    out = np.zeros(xs.shape)
+    with mpmath.workdps(50):
+        for r, row in enumerate(xs):
+            c = int(t[r])
+            if c == ignore or not np.isfinite(row.max()):
+                continue
+            e = [mpmath.exp(mpmath.mpf(float(v)) - mpmath.mpf(float(row.max()))) for v in row]
+            tot = mpmath.fsum(e)
+            for i, ei in enumerate(e):
+                rest = mpmath.fsum(e[:c] + e[c + 1:])
+                out[r, i] = float(scale * (-rest / tot if i == c else ei / tot))
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_ce_plain_gradient_written_by_the_forward(dtype: torch.dtype, reduction: str) -> None:
+    """``loss.backward()`` takes the gradient the forward wrote for ``g = 1``: the exact gradient rounded once
+    (ignored rows, a -inf row, a confident row whose target is the max: ``p_t - 1 = -s / (1 + s)``, tied maxima);
+    a second backward and ``g != 1`` compute it again, and the sums stay right."""
+    x = torch.tensor(RNG.normal(size=(12, 40)) * 3)
+    t = torch.tensor(RNG.integers(0, 40, 12))
+    x[2] = -INF
+    t[3] = -100
+    x[4, 9], t[4] = 40.0, 9  # s ~ 1e-16: the target's gradient is -s / (1 + s), no cancellation
+    x[5, 3] = x[5, 11] = x[5].max() + 1.0
+    t[5] = 11
+    x = x.to(dtype)
+    kept = 11  # rows not ignored (the -inf row counts, as in torch's mean)
+    want = _ce_grad_reference(x, t, 1.0 / kept if reduction == "mean" else 1.0, -100)
+    xl = x.clone().requires_grad_()
+    loss = fg.cross_entropy(xl, t, ignore_index=-100, reduction=reduction)
+    loss.backward(retain_graph=True)
+    assert xl.grad is not None and xl.grad.dtype == dtype
+    err = T.ulp_error(xl.grad, want, dtype)
+    assert float(np.max(err)) <= 0.5 + 2**-8
+    assert torch.all(xl.grad[2] == 0) and torch.all(xl.grad[3] == 0)
+    once = xl.grad.clone()
+    loss.backward(retain_graph=True)  # computed again by the backward kernel, added to the first
+    assert float(np.max(T.ulp_error(xl.grad - once, want, dtype))) <= 0.5 + 2**-8
+    xl.grad = None
+    (loss * 4).backward()  # g = 4: the backward kernel, 4 times the gradient (a power of 2: exact)
+    assert float(np.max(T.ulp_error(xl.grad, 4 * want, dtype))) <= 0.5 + 2**-8
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_losses_written_gradients_do_not_depend_on_the_thread_count(dtype: torch.dtype) -> None:
+    """Rows split over threads (more than PARALLEL_MIN entries) give the same loss and gradient, bit for bit."""
+    x = torch.tensor(RNG.normal(size=(90, 1000)) * 4).to(dtype)
+    t = torch.tensor(RNG.integers(0, 1000, 90))
+    t[7] = -100
+    y = torch.tensor(RNG.random((90, 1000))).to(dtype)
+    threads = torch.get_num_threads()
+    got = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+            la = fg.cross_entropy(a, t, ignore_index=-100)
+            lb = fg.binary_cross_entropy_with_logits(b, y)
+            (la + lb).backward()
+            got.append((la.detach(), lb.detach(), a.grad, b.grad))
+    finally:
+        torch.set_num_threads(threads)
+    for u, v in zip(*got, strict=True):
+        assert torch.equal(u, v)
 
 
 def test_ce_plain_no_grad_route_and_reductions_of_nonfinite_rows() -> None:

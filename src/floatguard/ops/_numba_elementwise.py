@@ -124,6 +124,32 @@ def bce_backward(x: np.ndarray, y: np.ndarray, w: np.ndarray, pw: np.ndarray, g:
         _bce_grad_row(x[r], y[r], _row_or_ones(w, r, ones), _row_or_ones(pw, r, ones), gr, gs, out[r])
 
 
+@_njit(_SUM)
+def _bce_row_grad(xr: np.ndarray, yr: np.ndarray, gs: float, o: np.ndarray) -> float:
+    """One row of :func:`bce_forward_grad`: the sum of the row's losses; ``o`` its gradient."""
+    acc = 0.0
+    for i in range(xr.size):
+        xv, yv = _ld(xr[i]), _ld(yr[i])
+        acc += _bce_value(xr, xv, yv, 1.0, 1.0)
+        sig, sig_neg = _sigmoid_pair(xr, xv)  # the same exp(-|x|) as the loss's: computed once
+        _st(o, i, select(xv == xv, sig * (1.0 - yv) - sig_neg * yv, xv) * gs)
+    return acc
+
+
+@_njit()
+def bce_forward_grad(x: np.ndarray, y: np.ndarray, gs: float, grad: np.ndarray) -> float:
+    """:func:`bce_forward` without weights (the sum of the losses) that also writes ``grad``, the gradient
+    :func:`bce_backward` gives for ``g = gs``: ``gs (sigmoid(x) (1 - y) - y sigmoid(-x))``, rounded once.
+
+    ``loss.backward()`` of a mean or a sum passes 1, and the backward hands this over instead of computing
+    every ``exp(-|x|)`` a second time.
+    """
+    total, comp = 0.0, 0.0
+    for r in range(x.shape[0]):
+        total, comp = _add2(total, comp, _bce_row_grad(x[r], y[r], gs, grad[r]))
+    return total + comp
+
+
 @_njit(_CONTRACT)
 def _softplus_loop(x: np.ndarray, out: np.ndarray) -> None:
     for i in range(x.size):

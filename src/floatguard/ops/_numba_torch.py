@@ -28,7 +28,7 @@ from ._numba_bits import (
     _voidptr,
     carray,
 )
-from ._numba_exp import BLK, F32, _add_inl, _exp32, _exp_accurate, _exp_f32out
+from ._numba_exp import BLK, F32, ONE32, _add_inl, _exp32, _exp_accurate, _exp_f32out
 
 
 @_inline(_SUM)
@@ -237,27 +237,27 @@ def _sum32_store(row: np.ndarray, m: float, e: np.ndarray) -> float:
 
 
 @_inline(_SUM)
-def _rest32_blk(seg: np.ndarray, m: float) -> tuple[np.float32, np.int64]:
+def _rest32_blk(seg: np.ndarray, m: float) -> tuple[np.float32, np.float32]:
     acc = F32(0.0)
-    ties = np.int64(0)
+    ties = F32(0.0)  # counted in float32 (exact below 2^24): an int64 counter halves the vector lanes
     for i in range(seg.size):
         d = _load32(seg[i]) - m
         at = d == F32(0.0)
-        ties += np.int64(at)
+        ties += ONE32 if at else F32(0.0)
         acc += F32(0.0) if at else _exp32(d)
     return acc, ties
 
 
 @_inline()
-def _rest32(row: np.ndarray, m: float) -> tuple[float, int]:
+def _rest32(row: np.ndarray, m: float) -> tuple[float, float]:
     """``sum exp(row_i - m)`` (float32 exp and block sums, float64 across) over entries below the max,
-    and the ties."""
+    and the ties (a whole float64)."""
     total = 0.0
-    ties = 0
+    ties = 0.0
     for b0 in range(0, row.size, BLK16):
         part, t = _rest32_blk(row[b0 : b0 + BLK16], m)
         total += np.float64(part)
-        ties += t
+        ties += np.float64(t)
     return total, ties
 
 

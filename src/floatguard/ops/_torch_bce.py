@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from . import _numba_losses as K
+from ._numba_elementwise import bce_forward_grad
 from ._torch_rows import PARALLEL_MIN, empty_out, kernel_input, numpy_view, reduced_scalar, run_rows
 
 
@@ -118,19 +119,44 @@ def _bce_plain_values(x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch
     return reduced_scalar(total, rows * n, reduction, x.dtype)
 
 
+_FUSED_GRAD = (torch.float32, torch.bfloat16)  # the dtypes whose forward writes the gradient of g = 1
+
+
 class _BCEPlain(torch.autograd.Function):
-    """:class:`_BCE` without weights, with fewer steps (the latency route)."""
+    """:class:`_BCE` without weights, with fewer steps (the latency route).
+
+    A mean or a sum of float32/bfloat16 elements is the backward of a training step
+    (``loss.backward()``, ``g = 1``): the forward writes that gradient with the loss
+    (:func:`._numba_elementwise.bce_forward_grad`), the backward hands it over when ``g`` is 1 (once).
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch.Tensor:
         ctx.save_for_backward(x, y)
         ctx.reduction = reduction
+        ctx.grad = None
+        count = x.numel()
+        if reduction != "none" and x.dtype in _FUSED_GRAD and ctx.needs_input_grad[0]:  # not in evaluation
+            n = x.shape[-1] if x.ndim else 1
+            grad = empty_out(x)
+            xn, yn, gn = (numpy_view(a).reshape(-1, n) for a in (x, y, grad))
+            gs = 1.0 / count if reduction == "mean" else 1.0
+
+            def fwd(r0: int, r1: int) -> float:
+                return bce_forward_grad(xn[r0:r1], yn[r0:r1], gs, gn[r0:r1])
+
+            total = sum(run_rows(fwd, xn.shape[0], n))  # as _BCE.forward adds its chunks
+            ctx.grad = grad
+            return reduced_scalar(total, count, reduction, x.dtype)
         return _bce_plain_values(x, y, reduction)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         x, y = ctx.saved_tensors
         reduction = ctx.reduction
+        ready, ctx.grad = ctx.grad, None
+        if ready is not None and not torch.is_grad_enabled() and float(g) == 1.0:
+            return ready, None, None
         count = x.numel()
         if torch.is_grad_enabled() or reduction == "none" or count >= PARALLEL_MIN:
             ctx.res = (_NO_WEIGHT, _NO_WEIGHT, reduction, count)

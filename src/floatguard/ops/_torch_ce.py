@@ -16,6 +16,8 @@ The z-loss (``z_loss (log Z)^2`` per row) is computed from the residuals
 per-row addition to the coefficient of ``softmax``; soft-capping runs inside
 the kernels (``cap > 0``). :func:`cross_entropy_plain` is the common case (class indices, no weight,
 no smoothing) with fewer steps; :mod:`._torch_ce_compile` holds it as a custom op for ``torch.compile``.
+On that route a float32/bfloat16 mean or sum also writes, in the forward, the gradient of ``loss.backward()``
+(``g = 1``) from the exps it already has, and the backward hands it over: one exp per logit per step, not two.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 
 from . import _numba_losses as K
+from ._numba_ce import ce_plain_forward_grad
 from ._torch_rows import (
     EMPTY,
     PARALLEL_MIN,
@@ -263,13 +266,56 @@ def plain_out(x: torch.Tensor, res: np.ndarray, total: float, count: float, redu
 
 
 
+def plain_forward_grad(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
+                       reduction: str) -> tuple[np.ndarray, float, float, torch.Tensor]:
+    """:func:`plain_forward` of float32/bfloat16 rows that also returns the gradient for an upstream gradient
+    of 1 (:func:`._numba_ce.ce_plain_forward_grad`); row chunks over threads as :func:`plain_forward`."""
+    rows, n_cls = x.shape
+    xn, tn = numpy_view(x), target.numpy()
+    res = np.empty((5, rows))
+    grad = empty_out(x)
+    gn = numpy_view(grad)
+    ign, has = (0, False) if ignore_index is None else (ignore_index, True)
+    gs = -1.0 if reduction == "mean" else 1.0  # -1: the kernel counts the rows of the mean itself
+    if rows * n_cls < PARALLEL_MIN or torch.get_num_threads() <= 1:
+        bad, total, count = ce_plain_forward_grad(xn, tn, ign, has, res, gs, gn)
+    else:
+        if gs < 0.0:  # the mean's 1 / count over every chunk
+            kept = rows if ignore_index is None else int(np.count_nonzero(tn != ignore_index))
+            gs = 1.0 / kept if kept else 0.0
+
+        def fwd(r0: int, r1: int) -> tuple[int, float, float]:
+            b, t, c = ce_plain_forward_grad(xn[r0:r1], tn[r0:r1], ign, has, res[:, r0:r1], gs, gn[r0:r1])
+            return (b + r0 if b >= 0 else b), t, c
+
+        parts = run_rows(fwd, rows, n_cls)
+        bads = [p[0] for p in parts if p[0] >= 0]
+        bad = bads[0] if bads else -1
+        total, count = math.fsum(p[1] for p in parts), sum(p[2] for p in parts)
+    if bad >= 0:
+        raise bad_target("cross_entropy", target, bad, n_cls)
+    return res, total, count, grad
+
+
+_FUSED_GRAD = (torch.float32, torch.bfloat16)  # the dtypes whose forward writes the gradient of g = 1
+
+
 class _CEPlain(torch.autograd.Function):
-    """:class:`_CrossEntropy` for class indices without weight or smoothing, with fewer steps."""
+    """:class:`_CrossEntropy` for class indices without weight or smoothing, with fewer steps.
+
+    A mean or a sum of float32/bfloat16 rows is the backward of a training step
+    (``loss.backward()``, ``g = 1``): the forward writes that gradient with the loss (every exp computed
+    once), and the backward hands it over when ``g`` is 1 (once: a second backward computes it again).
+    """
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
                 reduction: str) -> torch.Tensor:
-        res, total, count = plain_forward(x, target, ignore_index)
+        ctx.grad = None
+        if reduction != "none" and x.dtype in _FUSED_GRAD and ctx.needs_input_grad[0]:  # not in evaluation
+            res, total, count, ctx.grad = plain_forward_grad(x, target, ignore_index, reduction)
+        else:
+            res, total, count = plain_forward(x, target, ignore_index)
         ctx.save_for_backward(x, target)
         ctx.res = (res, count, reduction)
         return plain_out(x, res, total, count, reduction)
@@ -278,6 +324,9 @@ class _CEPlain(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         x, target = ctx.saved_tensors
         res, count, reduction = ctx.res
+        ready, ctx.grad = ctx.grad, None
+        if ready is not None and not torch.is_grad_enabled() and float(g) == 1.0:
+            return ready, None, None, None
         if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops
             grad = _ce_grad_graph(x, target, None, g, res[1], res[3], res[4], count, 0.0, reduction, True)
             return grad, None, None, None
