@@ -25,6 +25,7 @@ compile jax``).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -229,11 +230,12 @@ def jax_pairs(quick: bool) -> Iterator[Pair]:
     """jax.jit: forward, and the forward with the backward of a fixed cotangent (``jax.vjp``), under the
     ``jax_enable_x64`` setting of this process (see :func:`jax_rows`)."""
     x64 = "x64 on" if jax.config.jax_enable_x64 else "x64 off"
-    shape = (64, 128) if quick else (4096, 2048)
+    # an LM head's or classifier's logits, attention scores (batch, heads, queries, keys), a small batch
+    shapes = [(64, 128), (32, 10)] if quick else [(4096, 2048), (4, 8, 256, 256), (32, 10)]
     peers = {"log_softmax": (jax.nn.log_softmax, "jax.nn.log_softmax"), "softmax": (jax.nn.softmax, "jax.nn.softmax"),
              "logsumexp": (jax.nn.logsumexp, "jax.nn.logsumexp")}
     rng = np.random.default_rng(0)
-    for op, (peer, name) in peers.items():
+    for shape, (op, (peer, name)) in itertools.product(shapes, peers.items()):
         fgop = getattr(fg, op)
         for dtype in ("float32", "bfloat16"):
             x = jnp.asarray(rng.standard_normal(shape) * 4, dtype=getattr(jnp, dtype))

@@ -309,11 +309,17 @@ def _forward32(x: jax.Array, op: str) -> tuple[jax.Array, jax.Array, jax.Array]:
     (XLA 0.10 on CPU): hence ``max(s, 0)`` for ``log1p`` (``s = -1`` on ``-inf`` rows) and ``m`` for the
     flag of ``+inf`` rows. Rows are not cut into pieces: this fusion takes any length.
 
-    Measured at 4096×2048 (``benchmarks/training_speed.py``, no x64, a noisy machine): float32 1.0 to
-    1.4x jax.nn's time, forward and with ``jax.vjp`` (one fusion as jax.nn's; the extra min, multiply
-    and sum per entry cost the difference); bfloat16 0.4x with ``jax.vjp`` but 1.2 to 1.7x forward,
-    where jax.nn rounds ``x - max`` to bfloat16 before its ``exp`` (an error of ``|x - max| 2^-9``
-    relative, several bfloat16 ulps), which this path does not.
+    Measured (``benchmarks/training_speed.py`` and side-by-side CPU-time medians, no x64, a shared machine) at
+    4096×2048 and 4×8×256×256: forward 1.1 to 1.6x jax.nn's time in float32 and 1.4 to 2.5x in bfloat16, where
+    jax.nn rounds ``x - max`` to bfloat16 before its ``exp`` (an error of ``|x - max| 2^-9`` relative, several
+    bfloat16 ulps), which this path does not; with ``jax.vjp`` 0.95 to 1.3x in float32 (1.9x for logsumexp on
+    attention rows), bfloat16 0.3 to 0.5x at 4096×2048 and 1.1 to 1.5x on attention rows; 1.0 to 1.05x at 32×10. The
+    gap is work per entry, not passes: jax.nn's formula (max, ``exp(x - max)``, sum) in this one fusion runs at 0.95
+    to 1.05x; the mask that takes the max term out (a multiply and a min) adds about 0.12x, the tie count (a min and
+    a second sum) 0.15 to 0.3x, ``min(x, MAX)`` a few percent. Cheaper combinations are ruled out by YNNPACK, which
+    runs a fusion 5 to 9 times slower once a per-row sum has two users, or passes through ``log``, a product or a
+    ``max`` before meeting the other sum (e.g. the tie count as ``sum(exp(d)) - sum(mask)``, or ``max(s_mask,
+    sum(exp(d)) - 1)``); a separate max pass (as jax.nn's) or selects (XLA's own loop emitter) measured no faster.
     """
     top, big, n = _top(x), _big(jnp.float32), x.shape[-1]
     m = jnp.max(x, axis=-1, keepdims=True).astype(jnp.float32)
@@ -339,23 +345,30 @@ def _rows32(x: jax.Array, op: str) -> tuple[jax.Array, jax.Array, jax.Array]:
 def _rows32_jvp(op: str, primals: tuple[jax.Array], tangents: tuple[jax.Array]) -> tuple[Any, Any]:
     """The tangent rule of :func:`_rows_jvp` in float32, written so that XLA fuses it with the forward.
 
-    ``p = exp(d - l)`` (``d`` as in :func:`_forward32`) times a flag ``f`` per row, 1 on rows with a finite
-    max and 0 on ``-inf`` and ``+inf`` rows, made without compare or select from the clipped max ``a``
-    (``f`` is also 0 on a row whose max is exactly ``MAX``, a limit case). ``f`` enters as ``l - log(f)``,
-    ``+inf`` where ``f = 0``, so that ``p`` is one ``exp`` of one broadcast row value. NaN rows give NaN
-    tangents here, as jax.nn's (zeroing them takes a select over the data, a pass of its own).
+    ``p = exp(d) r`` with ``r = exp(-l) f``: ``exp(d)`` is the forward's own (``d`` written exactly as in
+    :func:`_forward32`, so XLA computes it once for the sum and for ``p``, the residual jax.nn keeps), and
+    ``r`` is one factor per row, applied after the sum (``sum(p dx) = r sum(exp(d) dx)``, so that the
+    gradient of logsumexp and log_softmax takes one multiply per entry). ``f`` is a flag, 1 on rows with a
+    finite max and 0 on ``-inf`` and ``+inf`` rows, made without compare or select from the clipped max
+    ``a`` (``f`` is also 0 on a row whose max is exactly ``MAX``, a limit case); ``exp(d)`` is in
+    ``[0, 1]`` (``d <= 0``), so ``f = 0`` gives tangents 0, never NaN. (``p`` was ``exp(d - (l - log f))``,
+    a second ``exp`` per entry: 1.05 to 1.25 times this rule's ``jax.vjp`` time at 4096×2048 and
+    4×8×256×256, side by side.) NaN rows give NaN tangents here, as jax.nn's (zeroing them takes a select
+    over the data, a pass of its own).
     """
     (x,), (dx,) = primals, tangents
     out, m, l = _rows32(x, op)  # noqa: E741
     top, big = _top(x), _big(jnp.float32)
     a = -jnp.minimum(-jnp.minimum(m, top), top)
     f = jnp.minimum((a + top) * big, 1) * jnp.minimum((top - a) * big, 1)
-    p = jnp.exp((jnp.minimum(x.astype(jnp.float32), top) - a) - (l - jnp.log(f)))
+    e = jnp.exp(jnp.minimum(x.astype(jnp.float32), top) - a)
+    r = jnp.exp(-l) * f
     dxt = dx.astype(jnp.float32)
-    inner = jnp.sum(p * dxt, axis=-1, keepdims=True)
+    inner = r * jnp.sum(e * dxt, axis=-1, keepdims=True)  # r after the sum: one multiply per entry in jax.grad
     if op == "logsumexp":
         dout = inner
     elif op == "softmax":
+        p = e * r
         dout = p * dxt - p * inner
     else:
         dout = f * dxt - inner
