@@ -5,21 +5,88 @@ The stable ops are importable straight from the package::
     import floatguard as fg
     fg.logsumexp(x, axis=-1)
 
-The sanitizer (``fg.detect``, ``fg.guard``, ``fg.NumericalError``) and the
-training monitor (``fg.Monitor``) are imported on first use, so ``import
-floatguard`` stays light (NumPy and rich only).
+The ops (``floatguard.ops``, which imports NumPy), the sanitizer (``fg.detect``,
+``fg.guard``, ``fg.NumericalError``) and the training monitor (``fg.Monitor``)
+are imported on first use (PEP 562), so ``import floatguard`` stays light and
+the linter (``floatguard lint``) never imports NumPy.
 """
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import OptionalDependencyError
 from .events import Event, Report
-from .ops import *  # noqa: F403
-from .ops import __all__ as _ops_all
+
+if TYPE_CHECKING:  # the names the module __getattr__ below gives, for type checkers
+    from .monitor import Monitor
+    from .ops import (
+        binary_cross_entropy_with_logits,
+        cross_entropy,
+        default_eps,
+        linear_cross_entropy,
+        log1mexp,
+        log_matmul_exp,
+        log_prod,
+        log_sigmoid,
+        log_softmax,
+        logaddexp,
+        logcumsumexp,
+        logmeanexp,
+        logsubexp,
+        logsumexp,
+        safe_div,
+        safe_log,
+        safe_sqrt,
+        sigmoid,
+        softmax,
+        softplus,
+        softplus_inverse,
+        xlog1py,
+        xlogy,
+    )
+    from .sanitize import NumericalError, NumericalWarning, checkify_report, detect, guard
 
 __version__ = "0.1.0"
 
-_LAZY = {
+#: the ops of floatguard.ops (a test checks that they are its __all__), the sanitizer and the monitor are
+#: imported on first use (``_LAZY``)
+__all__ = [
+    "Event",
+    "Monitor",
+    "NumericalError",
+    "NumericalWarning",
+    "OptionalDependencyError",
+    "Report",
+    "__version__",
+    "binary_cross_entropy_with_logits",
+    "checkify_report",
+    "cross_entropy",
+    "default_eps",
+    "detect",
+    "guard",
+    "linear_cross_entropy",
+    "log1mexp",
+    "log_matmul_exp",
+    "log_prod",
+    "log_sigmoid",
+    "log_softmax",
+    "logaddexp",
+    "logcumsumexp",
+    "logmeanexp",
+    "logsubexp",
+    "logsumexp",
+    "safe_div",
+    "safe_log",
+    "safe_sqrt",
+    "sigmoid",
+    "softmax",
+    "softplus",
+    "softplus_inverse",
+    "xlog1py",
+    "xlogy",
+]
+
+#: where the names imported on first use live: the ops unless listed here
+_ELSEWHERE = {
     "detect": "floatguard.sanitize",
     "guard": "floatguard.sanitize",
     "NumericalError": "floatguard.sanitize",
@@ -27,8 +94,8 @@ _LAZY = {
     "checkify_report": "floatguard.sanitize",
     "Monitor": "floatguard.monitor",
 }
-
-__all__ = [*_ops_all, *_LAZY, "Event", "OptionalDependencyError", "Report", "__version__"]
+_EAGER = frozenset({"Event", "OptionalDependencyError", "Report", "__version__"})
+_LAZY = {name: _ELSEWHERE.get(name, "floatguard.ops") for name in __all__ if name not in _EAGER}
 
 
 def __getattr__(name: str) -> Any:
@@ -40,3 +107,7 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -16,6 +16,7 @@ import floatguard.lint.engine as engine
 import floatguard.lint.resolve as resolve
 from floatguard.events import Event
 from floatguard.lint import lint_paths, lint_source
+from floatguard.lint.astwalk import children
 from floatguard.lint.cache import CACHE_DIR_NAME, Cache, default_cache_dir
 from floatguard.lint.cli import main
 from floatguard.lint.config import ConfigError
@@ -366,6 +367,68 @@ def test_walk_visits_every_node_once_with_its_parent() -> None:
         assert walk(tree, {}, wanted) == [n for n in nodes if type(n) in wanted]
 
 
+def test_children_are_iter_child_nodes_without_the_singletons() -> None:
+    """:func:`~floatguard.lint.astwalk.children` gives the nodes of :func:`ast.iter_child_nodes` in its order, the
+    shared operator and context singletons aside, for every node of the sample trees."""
+    for tree in [*_sample_trees(), ast.parse(NESTED_IMPORTS)]:
+        for n in ast.walk(tree):
+            assert children(n) == [c for c in ast.iter_child_nodes(n) if not isinstance(c, _SINGLETONS)]
+
+
+def _class_attrs_by_ast_walk(cls: ast.ClassDef) -> dict[str, ast.expr]:
+    """``self.x = ...`` assignments in ``cls`` as :meth:`FlowContext.class_attrs` read them with ``ast.walk``."""
+    attrs: dict[str, ast.expr] = {}
+    for sub in ast.walk(cls):
+        if isinstance(sub, ast.Assign) and len(sub.targets) == 1:
+            t = sub.targets[0]
+            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
+                attrs[t.attr] = sub.value
+    return attrs
+
+
+def _returns_by_iter_child_nodes(func: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.expr]:
+    out: list[ast.expr] = []
+    stack: list[ast.AST] = list(func.body)
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ast.Return) and n.value is not None:
+            out.append(n.value)
+        elif not isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
+            stack.extend(ast.iter_child_nodes(n))
+    return out
+
+
+TWICE = """class C:
+    def __init__(self):
+        self.act = nn.Sigmoid()
+        if cond:
+            self.act = nn.Softmax()
+    def g(self):
+        def h():
+            return 1
+        try:
+            return self.act(x)
+        except E:
+            return None
+"""
+
+
+def test_class_attrs_and_returns_keep_the_order_of_the_plain_walks() -> None:
+    """A class's ``self.x = ...`` (the last one in ``ast.walk``'s order wins) and a function's returns are the same
+    values, in the same order, as with ``ast.walk`` / ``ast.iter_child_nodes``."""
+    for tree in [*_sample_trees(), ast.parse(TWICE)]:
+        ctx = OpContext("", tree)
+        for n in ast.walk(tree):
+            if isinstance(n, ast.ClassDef):
+                assert ctx.class_attrs(n) == _class_attrs_by_ast_walk(n)
+            elif isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef):
+                assert ctx.returns(n) == _returns_by_iter_child_nodes(n)
+    cls = ast.parse(TWICE).body[0]
+    assert isinstance(cls, ast.ClassDef)
+    assert ast.unparse(OpContext("", ast.Module(body=[cls], type_ignores=[])).class_attrs(cls)["act"]) == \
+        "nn.Softmax()"
+
+
 def test_imports_are_read_in_the_order_of_ast_walk() -> None:
     """Only statements are looked into for imports, in ``ast.walk``'s order (the import read last wins an
     alias): the same imports in the same order, and so the same aliases."""
@@ -401,7 +464,7 @@ def g(x):
 def test_may_call_is_false_only_where_the_text_names_no_such_object() -> None:
     """The text test before following a callee back: ``nn.Sigmoid()`` bound to a name or an attribute is still
     found; a file that names no such module, or a loss, says so; a non-ASCII text always may."""
-    assert [e.code for e in lint_source(MODULE_OPS)] == ["FG104", "FG102"]
+    assert [e.code for e in lint_source(MODULE_OPS)] == ["FG117", "FG102"]
     ctx = OpContext(MODULE_OPS, ast.parse(MODULE_OPS))
     assert ctx.may_call("Sigmoid", "Softmax") and not ctx.may_call("BCELoss") and not ctx.may_call("no-such-kind")
     plain = "import torch\n\n\ndef f(x):\n    return torch.log(x.sum())\n"
@@ -473,3 +536,70 @@ def test_a_run_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         lint_paths([src], jobs=1, use_config=False, select=("XX9",))
     assert gc.get_threshold() == before and gc.get_freeze_count() == frozen
+
+
+def test_paths_are_resolved_as_path_resolve_does(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """:meth:`Config._rel` reads directories' resolutions from a cache: the same answer as ``Path.resolve()`` for
+    files, links to files, files under linked directories, relative paths and ``..`` (and after
+    :func:`clear_caches`, a directory link moved to another target)."""
+    from floatguard.lint.config import Config, _resolved, clear_caches
+
+    (tmp_path / "proj" / "pkg" / "tests").mkdir(parents=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "proj" / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "proj" / "pkg" / "tests" / "t.py").write_text("x = 1\n")
+    (tmp_path / "other" / "b.py").write_text("x = 1\n")
+    (tmp_path / "proj" / "link.py").symlink_to(tmp_path / "other" / "b.py")
+    (tmp_path / "proj" / "dirlink").symlink_to(tmp_path / "proj" / "pkg")
+    (tmp_path / "proj" / "away").symlink_to(tmp_path / "other")
+    monkeypatch.chdir(tmp_path / "proj")
+    clear_caches()
+    paths = [Path(p) for p in ("pkg/a.py", "link.py", "dirlink/a.py", "dirlink/tests/t.py", "away/b.py",
+                               "pkg/../link.py", "dirlink/../pkg/a.py", "../other/b.py", "missing/c.py", "..", ".")]
+    paths += [tmp_path / "proj" / p for p in paths]
+    cfg = Config(root=tmp_path / "proj")
+
+    def rel(path: Path) -> str:  # what _rel computed before its cache
+        for base in (cfg.root, Path.cwd()):
+            if base is not None:
+                try:
+                    return path.resolve().relative_to(base.resolve()).as_posix()
+                except ValueError:
+                    pass
+        return path.as_posix()
+
+    for p in paths:
+        assert _resolved(p, str(Path.cwd())) == p.resolve(), p
+        assert cfg._rel(p) == rel(p), p
+    assert cfg._rel(Path("dirlink/tests/t.py")) == "pkg/tests/t.py"
+    assert "FG101" not in cfg.codes_for(Path("dirlink/tests/t.py"), ("ALL",))  # tests/: quiet by default
+    (tmp_path / "proj" / "dirlink").unlink()
+    (tmp_path / "proj" / "dirlink").symlink_to(tmp_path / "other")
+    clear_caches()
+    assert _resolved(Path("dirlink/b.py"), str(Path.cwd())) == (tmp_path / "other" / "b.py").resolve()
+    assert cfg._rel(Path("dirlink/b.py")) == rel(Path("dirlink/b.py")) == "dirlink/b.py"  # outside both bases
+    clear_caches()
+
+
+def test_the_linter_imports_no_numpy_and_the_package_names_stay(tmp_path: Path) -> None:
+    """``floatguard`` gives its ops on first use (PEP 562): a lint run never imports NumPy (0.1 s of every cold
+    run), and every public name is still there, the ops' names exactly ``floatguard.ops.__all__``."""
+    f = tmp_path / "m.py"
+    f.write_text(BUGGY)
+    code = ("import sys, runpy; sys.argv = ['floatguard', '--no-config', '--no-cache', '--exit-zero', '-j', '1', "
+            f"{str(f)!r}]\ntry:\n    runpy.run_module('floatguard.lint', run_name='__main__')\nexcept SystemExit:\n"
+            "    pass\nprint('numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "FG101" in out and out.split()[-1] == "False"
+    import floatguard
+    import floatguard.ops
+
+    lazy_ops = {name for name, module in floatguard._LAZY.items() if module == "floatguard.ops"}
+    assert lazy_ops == set(floatguard.ops.__all__)
+    namespace: dict[str, object] = {}
+    exec("from floatguard import *", namespace)
+    for name in floatguard.__all__:
+        assert name in dir(floatguard) and namespace[name] is getattr(floatguard, name)
+    assert floatguard.logsumexp is floatguard.ops.logsumexp
+    with pytest.raises(AttributeError, match="no attribute 'logsumexpp'"):
+        floatguard.logsumexpp  # noqa: B018

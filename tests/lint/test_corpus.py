@@ -1,6 +1,6 @@
 """The labelled corpus: buggy programs of the kind posted when a loss goes NaN, and clean ones.
 
-Each expected finding is a ``# expect: FG111`` (or ``# expect: FG104, FG112``) comment on
+Each expected finding is a ``# expect: FG111`` (or ``# expect: FG117, FG112``) comment on
 the line where it must be reported. Recall over all expectations must be >= 90%; no
 finding may appear where none is expected (in the buggy files as in the clean ones).
 """

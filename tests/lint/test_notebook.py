@@ -25,7 +25,7 @@ CELLS = [
     _cell("code", "p = torch.log(torch.softmax(x, dim=0))\n%timeit x + 1\nfiles = !ls\nfor i in range(2):\n"
                   "    !echo hi\n    q = np.log(np.sum(np.exp(x.numpy())))\ntorch.softmax?"),
     _cell("code", "%%bash\necho log(sum(exp(x)))\n"),
-    _cell("code", "%%time\nr = torch.log(torch.sigmoid(x))  # noqa: FG104\ns = torch.log(torch.sigmoid(x))"),
+    _cell("code", "%%time\nr = torch.log(torch.sigmoid(x))  # noqa: FG117\ns = torch.log(torch.sigmoid(x))"),
 ]
 
 
@@ -45,19 +45,19 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 
 def test_findings_are_located_by_cell_across_ipython_syntax(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     nb = _notebook(tmp_path)
-    code, out = _run(capsys, str(nb))
+    code, out = _run(capsys, "--select", "DEFAULT,FG117", str(nb))  # FG117 (log of sigmoid) is opt-in
     assert code == 1
     # torch and np come from the first cell; magics, shell escapes and help queries are not syntax errors;
     # the markdown and the %%bash cell are not Python; the noqa comment holds
     assert [ln for ln in out.splitlines() if not ln.startswith("    fix ")][:3] == [
         f"{nb}:cell 3:1:5: FG102 log of softmax underflows to -inf when a probability rounds to 0",
         f"{nb}:cell 3:6:9: FG101 log(sum(exp(x))) overflows for large x and underflows for very negative x",
-        f"{nb}:cell 5:3:5: FG104 log of sigmoid underflows to -inf for very negative inputs",
+        f"{nb}:cell 5:3:5: FG117 log of sigmoid underflows to -inf for very negative inputs",
     ]
     assert "Found 3 errors." in out
-    (res,) = lint_paths([tmp_path])  # directories: notebooks are walked too
+    (res,) = lint_paths([tmp_path], select=("DEFAULT", "FG117"))  # directories: notebooks are walked too
     found = [(e.cell, e.line, e.code) for e in res.events]
-    assert found == [(3, 1, "FG102"), (3, 6, "FG101"), (5, 3, "FG104")]
+    assert found == [(3, 1, "FG102"), (3, 6, "FG101"), (5, 3, "FG117")]
     assert res.events[0].end_line == 1
     assert res.events[0].location == f"{nb}:cell 3:1:5"  # what every reporter (floatguard report) shows
 
@@ -65,14 +65,14 @@ def test_findings_are_located_by_cell_across_ipython_syntax(tmp_path: Path, caps
 def test_fix_rewrites_only_the_cells_it_fixes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     nb = _notebook(tmp_path)
     before = json.loads(nb.read_text())
-    code, out = _run(capsys, "--fix", str(nb))
+    code, out = _run(capsys, "--fix", "--select", "DEFAULT,FG117", str(nb))
     assert code == 0 and "3 fixed, 0 remaining" in out
     after = json.loads(nb.read_text())
     src = ["".join(c["source"]) for c in after["cells"]]
     # the notebook's own frameworks' ops: no import added (the first cell is untouched, below)
     assert src[2] == ("p = torch.log_softmax(x, dim=0)\n%timeit x + 1\nfiles = !ls\nfor i in range(2):\n"
                       "    !echo hi\n    q = np.logaddexp.reduce(x.numpy(), axis=None)\ntorch.softmax?")
-    assert src[4].endswith("# noqa: FG104\ns = torch.nn.functional.logsigmoid(x)")
+    assert src[4].endswith("# noqa: FG117\ns = torch.nn.functional.logsigmoid(x)")
     for i in (0, 1, 3):  # untouched: the imports, the markdown and the bash cell
         assert after["cells"][i] == before["cells"][i]
     assert {k: v for k, v in after.items() if k != "cells"} == {k: v for k, v in before.items() if k != "cells"}
@@ -122,7 +122,7 @@ def test_a_continued_shell_escape_is_not_a_syntax_error(tmp_path: Path, newline:
 
 def test_a_notebook_fix_is_located_in_cells(tmp_path: Path) -> None:
     nb = _notebook(tmp_path, [_cell("code", "import torch\nx = 1"), _cell("code", "y = torch.log(torch.sigmoid(x))")])
-    (res,) = lint_paths([nb], select=("FG104",))
+    (res,) = lint_paths([nb], select=("FG117",))
     (e,) = res.events
     assert (e.cell, e.line, e.col, e.end_line) == (2, 1, 5, 1) and e.fix is not None
     assert [(d.cell, d.line, d.col, d.end_line, d.end_col) for d in e.fix.edits] == [(2, 1, 5, 1, 32)]

@@ -30,6 +30,7 @@ Command-line ``--select`` replaces ``select``; ``--ignore`` adds to ``ignore``.
 from __future__ import annotations
 
 import fnmatch
+import os
 import tomllib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -80,14 +81,30 @@ class Config:
         return any(_match(rel, pat) for pat in self.exclude)
 
     def _rel(self, path: Path) -> str:
-        p = path.resolve()
-        for base in (self.root, Path.cwd()):
+        """``path`` relative to the project root, else to the working directory (both resolved), else as given."""
+        cwd = os.getcwd()
+        p = _resolved(path, cwd)
+        for base in (self.root, cwd):
             if base is not None:
                 try:
-                    return p.relative_to(base.resolve()).as_posix()
+                    return p.relative_to(_resolved_dir(os.path.join(cwd, base))).as_posix()
                 except ValueError:
                     pass
         return path.as_posix()
+
+
+def _resolved(path: Path, cwd: str) -> Path:
+    """``path.resolve()`` (``cwd`` the working directory), with its directory's resolution read from a cache: only
+    a file that is itself a symbolic link (or a name such as ``..``) is resolved whole."""
+    if path.name in ("", ".", "..") or path.is_symlink():
+        return path.resolve()
+    return _resolved_dir(os.path.join(cwd, path.parent)) / path.name
+
+
+@lru_cache(maxsize=4096)
+def _resolved_dir(directory: str) -> Path:
+    """An absolute directory, resolved (symbolic links followed), once per process (:func:`clear_caches`)."""
+    return Path(directory).resolve()
 
 
 def _match(rel: str, pattern: str) -> bool:
@@ -276,7 +293,7 @@ def find_style(start: Path) -> Style:
 
 def clear_caches() -> None:
     """Forget the configuration and style read so far (files are read once per process otherwise)."""
-    for f in (find_style, _style_walk, _modules, find_config, _load):
+    for f in (find_style, _style_walk, _modules, find_config, _load, _resolved_dir):
         f.cache_clear()
 
 

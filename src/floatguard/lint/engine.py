@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..events import SEVERITIES, Edit, Event, Fix, Severity
 from .analysis import Context, char_col
+from .astwalk import walk
 from .cache import Cache
 from .config import Config, Style, find_config, find_style
 from .fixes import (
@@ -41,7 +42,7 @@ from .fixes import (
     split_lines,
 )
 from .notebook import Notebook
-from .resolve import parse, relative_imports, sibling_files, walk
+from .resolve import parse, relative_imports, sibling_files
 from .rule import Finding, Rule
 from .rules import all_rules
 

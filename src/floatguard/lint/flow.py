@@ -8,6 +8,7 @@ import bisect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from .astwalk import children, statements
 from .fixes import split_lines
 from .names import INPLACE_GUARDS
 
@@ -203,7 +204,7 @@ class FlowContext:
         attrs = self._self_attrs.get(id(cls))
         if attrs is None:
             attrs = {}
-            for sub in ast.walk(cls):
+            for sub in statements(cls):  # ast.walk's order (the last assignment wins): statements only
                 if isinstance(sub, ast.Assign) and len(sub.targets) == 1:
                     t = sub.targets[0]
                     if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self":
@@ -219,7 +220,7 @@ class FlowContext:
             if isinstance(n, ast.Return) and n.value is not None:
                 out.append(n.value)
             elif not isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda):
-                stack.extend(ast.iter_child_nodes(n))
+                stack += children(n)
         return out
 
     @property
@@ -313,7 +314,7 @@ def _index_scope(sc: _Scope) -> None:
                 continue
         if isinstance(n, ast.ExceptHandler) and n.name:
             bind(n.name, (n.lineno, n.col_offset), None)
-        stack.extend(ast.iter_child_nodes(n))
+        stack += children(n)
 
 
 def segment(lines: list[str], node: ast.AST) -> str:

@@ -92,8 +92,8 @@ def nonpositive(ctx: Context, node: ast.expr | None, depth: int = 0) -> bool:
     if isinstance(node, ast.Name):
         bd = ctx.binding(node)
         if bd is not None and isinstance(bd.value, ast.AugAssign) and isinstance(bd.value.op, ast.Sub) and \
-                _logsumexp_of(ctx, bd.value.value, node):
-            return True
+                (_logsumexp_of(ctx, bd.value.value, node) or max_of(ctx, bd.value.value, node)):
+            return True  # lw -= logsumexp(lw); w -= w.max()
         nxt = ctx.value(node, depth=1)
         return nxt is not node and nonpositive(ctx, nxt, depth + 1)
     bound = mask_bound(ctx, node)
@@ -125,7 +125,7 @@ def nonpositive(ctx: Context, node: ast.expr | None, depth: int = 0) -> bool:
         case ast.BinOp(left=a, op=ast.Mult() | ast.Div(), right=b):
             return (nonpositive(ctx, a) and nonneg(ctx, b)) or (nonneg(ctx, a) and nonpositive(ctx, b))
         case ast.BinOp(left=a, op=ast.Sub(), right=b):
-            return (nonpositive(ctx, a) and nonneg(ctx, b)) or _logsumexp_of(ctx, b, a)
+            return (nonpositive(ctx, a) and nonneg(ctx, b)) or _logsumexp_of(ctx, b, a) or max_of(ctx, b, a)
         case ast.BinOp(left=a, op=ast.Add(), right=b):
             return nonpositive(ctx, a) and nonpositive(ctx, b)
     return False
@@ -149,6 +149,61 @@ def _logsumexp_of(ctx: Context, node: ast.expr | None, x: ast.expr) -> bool:
             return False
         arg = node.args[0]
     return arg is not None and ctx.text(arg) == ctx.text(x)
+
+
+def max_of(ctx: Context, node: ast.expr | None, x: ast.expr) -> bool:
+    """``node`` is a max that ``x`` takes part in, so ``x - node <= 0``: a reduction over all or some axes
+    (``w.max()``, ``np.max(w, axis=0, keepdims=True)``, ``w.amax(-1, keepdim=True)``, ``w.max(-1, keepdim=True)[0]``
+    or ``.values``) or an elementwise max with ``x`` among its arguments (``torch.max(x, y)``, ``np.maximum``,
+    ``max(x, y)``), followed through names."""
+    if isinstance(node, ast.Name):
+        node = ctx.value(node)
+    match node:
+        case ast.Subscript(value=v, slice=ast.Constant(value=0)) | ast.Attribute(value=v, attr="values"):
+            node = v
+    o = ctx.ops(node, "max", "maximum")
+    if o is None or o.x is None:
+        return False
+    xt = ctx.text(x)
+    return ctx.text(o.x) == xt or any(ctx.text(a) == xt for a in o.node.args)
+
+
+def elementwise_max_args(ctx: Context, node: ast.expr | None, depth: int = 0) -> list[str] | None:
+    """The source texts of the terms an elementwise max is taken over (``torch.max(a, b)``, ``np.maximum(a, b)``,
+    ``max(a, b)``, nested: ``torch.maximum(torch.maximum(a, b), c)``), followed through names; None otherwise."""
+    if node is None or depth > 4:
+        return None
+    if isinstance(node, ast.Name):
+        node = ctx.value(node)
+    o = ctx.ops(node, "max", "maximum")
+    if o is None or o.x is None or o.node.keywords:
+        return None
+    recv = o.node.args[:1] != [o.x]  # a method: x.max(y)
+    args: list[ast.expr] = [o.x, *o.node.args] if recv else list(o.node.args)
+    if len(args) < 2 or any(isinstance(a, ast.Starred) or const_value(a) is not None for a in args):
+        return None  # a reduction (x.max(-1), torch.max(x, 1)) or a clamp (max(x, 0))
+    out: list[str] = []
+    for a in args:
+        inner = elementwise_max_args(ctx, a, depth + 1) if isinstance(a, ast.Call) else None
+        out += inner if inner is not None else [ctx.text(a)]
+    return out
+
+
+def log_value(ctx: Context, x: ast.expr | None, depth: int = 0) -> bool:
+    """``x`` is a log: ``log(p)`` (a log-softmax, a log-sigmoid) computed above, or what a function of this file
+    returns when every return is such a log (``def _cov(x): ...; return diag.log()``): ``exp(x)`` undoes it and
+    cannot overflow beyond the value the log was taken of."""
+    if x is None or depth > 4:
+        return False
+    v = ctx.value(x) if isinstance(x, ast.Name) else x
+    if ctx.ops(v, "log", "log_softmax", "log_sigmoid") is not None:
+        return True
+    if isinstance(v, ast.Call) and ctx.op(v) is None:
+        helper = local_function(ctx, v)
+        if helper is not None:
+            rets = ctx.returns(helper)
+            return bool(rets) and all(log_value(ctx, r, depth + 1) for r in rets)
+    return False
 
 
 def _linspace_nonpositive(ctx: Context, call: ast.Call) -> bool:
@@ -608,12 +663,13 @@ def empty_guarded(ctx: Context, site: ast.AST) -> bool:
 
 def exp_bounded(ctx: Context, site: ast.AST, x: ast.expr | None) -> bool:
     """``exp(x)`` at ``site`` cannot overflow: ``x`` is max-shifted or <= 0, it undoes a log computed just above
-    (``exp(log(p))``), a branch condition keeps it small, or the code only runs on an empty array."""
+    (``exp(log(p))``, also a log a helper of this file returns), a branch condition keeps it small, or the code
+    only runs on an empty array."""
     if x is None:
         return False
     if shifted(x, ctx) or nonpositive(ctx, x) or fill_bounded(ctx, x) or clamped_exponent(ctx, x):
         return True
-    if ctx.ops(ctx.value(x) if isinstance(x, ast.Name) else x, "log", "log_softmax", "log_sigmoid") is not None:
+    if log_value(ctx, x):
         return True
     return branch_bounded(ctx, site, x) or empty_guarded(ctx, site)
 

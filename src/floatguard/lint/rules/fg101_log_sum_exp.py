@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from ..analysis import Context, OpCall, is_pure
 from ..rule import Finding, Fix, Rule
-from ._bounds import empty_guarded, exp_bounded, shifted
+from ._bounds import elementwise_max_args, empty_guarded, exp_bounded, shifted
 from ._common import (
     arg_by_text,
     dep_hint,
@@ -43,11 +43,41 @@ def _exp_factor(ctx: Context, e: ast.expr | None, depth: int = 0) -> OpCall | No
     return None
 
 
+def _add_terms(e: ast.expr) -> list[ast.expr]:
+    """The terms of a chain of additions ``a + b + c``."""
+    if isinstance(e, ast.BinOp) and isinstance(e.op, ast.Add):
+        return _add_terms(e.left) + _add_terms(e.right)
+    return [e]
+
+
+def _max_shifted(ctx: Context, terms: list[ast.expr]) -> bool:
+    """``exp(a - m) + exp(b - m)`` with ``m = max(a, b)`` (``torch.max``, ``np.maximum``, nested maxima): the
+    hand-written stable log-add-exp. One term is ``exp(0) = 1`` and none exceeds 1, so the sum lies in
+    ``[1, n]``: no overflow, no log of 0."""
+    shifts: set[str] = set()
+    bases: set[str] = set()
+    m: ast.expr | None = None
+    for t in terms:
+        e = ctx.ops(t, "exp")
+        x = ctx.value(e.x) if e is not None and isinstance(e.x, ast.Name) else e.x if e is not None else None
+        if not isinstance(x, ast.BinOp) or not isinstance(x.op, ast.Sub):
+            return False
+        shifts.add(ctx.text(x.right))
+        bases.add(ctx.text(x.left))
+        m = x.right
+    args = elementwise_max_args(ctx, m) if len(shifts) == 1 else None
+    return args is not None and set(args) == bases
+
+
 class LogSumExp(Rule):
     """Checks for `log(sum(exp(x)))`, `log(mean(exp(x)))` and `log(exp(a) + exp(b))` written out.
 
     ## What it does
     Checks for `log(sum(exp(x)))`, `log(mean(exp(x)))` and `log(exp(a) + exp(b))` written out.
+
+    Not reported: the stable form written out, `m + log(exp(a - m) + exp(b - m))` with `m = max(a, b)`
+    (`torch.max`, `np.maximum`, `jnp.maximum`, `max`), or a sum of `exp(x - m)` shifted by a max; an `exp` that
+    undoes a log, also one a function of the module returns (`def _cov(x): ...; return v.log()`).
 
     ## Why is this bad?
     ``log(sum(exp(x)))`` overflows to inf once any ``x`` passes ~88 in float32 (709 in float64) and underflows to
@@ -123,7 +153,7 @@ class LogSumExp(Rule):
         match inner:
             case ast.BinOp(left=left, op=ast.Add(), right=right):
                 a, b = ctx.ops(left, "exp"), ctx.ops(right, "exp")
-                if a is None or b is None or a.x is None or b.x is None:
+                if a is None or b is None or a.x is None or b.x is None or _max_shifted(ctx, _add_terms(inner)):
                     return
                 fix = None
                 r = ref(ctx, family(ctx, log, a), "logaddexp")

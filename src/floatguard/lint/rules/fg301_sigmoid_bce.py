@@ -12,6 +12,8 @@ from ._common import fg_fix, fg_ref, reach, rest_args, uses_floatguard
 
 def criterion_kind(ctx: Context, call: ast.Call) -> str | None:
     """``"BCELoss"`` / ``"CrossEntropyLoss"`` / ``"NLLLoss"`` when ``call`` calls such a loss module."""
+    if not ctx.may_call("BCELoss", "CrossEntropyLoss", "NLLLoss"):  # the file names none: follow nothing back
+        return None
     func = call.func
     ctor: ast.AST | None = None
     if isinstance(func, ast.Call):

@@ -78,7 +78,8 @@ class KerasFromLogits(Rule):
                               "pass the logits, or drop from_logits=True")
             return
         # loss object called directly: SparseCategoricalCrossentropy(from_logits=True)(y, softmax(z))
-        ctor = func if isinstance(func, ast.Call) else ctx.value(func) if isinstance(func, ast.Name) else None
+        ctor = func if isinstance(func, ast.Call) else ctx.value(func) \
+            if isinstance(func, ast.Name) and ctx.may_call("KerasCE") else None
         if isinstance(ctor, ast.Call) and self._keras_loss(ctx, ctor) == "logits" and len(node.args) >= 2:
             src = ctx.prob_source(node.args[1])
             if src is not None:

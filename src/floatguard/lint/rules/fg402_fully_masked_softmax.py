@@ -32,11 +32,79 @@ def _chain_top(ctx: Context, node: ast.AST) -> ast.AST:
         return node
 
 
+#: methods that keep a mask's pattern of rows: devices, dtypes, views, broadcasts
+_MASK_KEEPS = frozenset({"to", "cuda", "cpu", "bool", "detach", "contiguous", "view", "reshape", "expand",
+                         "expand_as", "unsqueeze", "type_as", "clone"})
+
+
+def _strict_upper(ctx: Context, call: ast.Call) -> bool:
+    """``triu(ones, diagonal=k)`` with ``k >= 1`` (``torch.triu(o, 1)``, ``o.triu(diagonal=1)``): true only above
+    the diagonal, so column 0 of every row is kept."""
+    f = call.func
+    q = ctx.qualname(f) or ""
+    if q.split(".")[-1] == "triu" and q.split(".")[0] in ("torch", "numpy", "jax"):
+        base, diag = (call.args[0] if call.args else None), (call.args[1] if len(call.args) > 1 else None)
+    elif isinstance(f, ast.Attribute) and f.attr == "triu" and not q:
+        base, diag = f.value, (call.args[0] if call.args else None)
+    else:
+        return False
+    diag = diag if diag is not None else next((k.value for k in call.keywords if k.arg == "diagonal"), None)
+    d = const_value(diag)
+    if d is None or d < 1:
+        return False
+    base = ctx.value(base) if isinstance(base, ast.Name) else base
+    return ctx.ops(base, "ones") is not None
+
+
+def _class_member(ctx: Context, cls: ast.ClassDef, attr: str) -> list[ast.expr]:
+    """What ``obj.attr`` reads for an instance of ``cls``: a property's returns, else ``self.attr = ...``."""
+    for item in cls.body:
+        if isinstance(item, ast.FunctionDef) and item.name == attr and any(
+                isinstance(d, ast.Name) and d.id in ("property", "cached_property") for d in item.decorator_list):
+            return ctx.returns(item)
+    v = ctx.class_attrs(cls).get(attr)
+    return [v] if v is not None else []
+
+
+def keeps_every_row(ctx: Context, mask: ast.expr | None, depth: int = 0) -> bool:
+    """A causal mask that leaves every row a key: ``triu(ones, diagonal=1)`` (inline, through names, devices,
+    views and row selections, or as the ``mask`` property/attribute of a small class of the module such as a
+    ``TriangularCausalMask``). Masking with it cannot give a fully masked row."""
+    if mask is None or depth > 16:
+        return False
+    match mask:
+        case ast.Name():
+            v = ctx.value(mask, depth=1)
+            return v is not mask and keeps_every_row(ctx, v, depth + 1)
+        case ast.Subscript(value=v):  # rows or batches selected (attn_mask[:, 0], mask[None, None, :])
+            return keeps_every_row(ctx, v, depth + 1)
+        case ast.Attribute(value=ast.Name(id="self"), attr=attr):
+            v = ctx.self_attr(mask, attr)
+            return v is not None and keeps_every_row(ctx, v, depth + 1)
+        case ast.Attribute(value=obj, attr=attr):
+            inst = ctx.value(obj) if isinstance(obj, ast.Name) else obj
+            b = ctx.binding(inst.func) if isinstance(inst, ast.Call) and isinstance(inst.func, ast.Name) else None
+            if isinstance(inst, ast.Call) and isinstance(inst.func, ast.Name) and inst.func.id in ctx.classes and \
+                    (b is None or b.value is None):  # a class of this module, not rebound
+                vals = _class_member(ctx, ctx.classes[inst.func.id], attr)
+                return bool(vals) and all(keeps_every_row(ctx, v, depth + 1) for v in vals)
+        case ast.Call(func=ast.Attribute(value=recv, attr=meth)) if meth in _MASK_KEEPS and \
+                ctx.qualname(mask.func) is None:
+            return keeps_every_row(ctx, recv, depth + 1)
+        case ast.Call():
+            return _strict_upper(ctx, mask)
+    return False
+
+
 class FullyMaskedSoftmax(Rule):
     """Checks for a softmax over scores masked with `-inf`.
 
     ## What it does
     Checks for a softmax over scores masked with `-inf`.
+
+    Not reported: a causal mask, `triu(ones, diagonal=1)` inline, through names and views, or as the `mask`
+    property or attribute of a small class of the module (a `TriangularCausalMask`): every row keeps its
+    diagonal, so no row is fully masked.
 
     ## Why is this bad?
     Masking with -inf before a softmax gives ``exp(-inf - (-inf))`` = NaN for a row whose every entry is masked (an
@@ -81,7 +149,7 @@ class FullyMaskedSoftmax(Rule):
             if len(o.node.args) != 3 or not any(is_neg_inf(a) for a in o.node.args[1:]):
                 return
             mask = o.node.args[0]
-        if mask is not None and _CAUSAL.search(ctx.text(mask)):
+        if mask is not None and (_CAUSAL.search(ctx.text(mask)) or keeps_every_row(ctx, mask)):
             return
         top = _chain_top(ctx, node)
         parent = ctx.parent(top)

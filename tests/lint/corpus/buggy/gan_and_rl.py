@@ -26,7 +26,7 @@ class Policy(nn.Module):
 def d_step(D_net, real, fake):
     d_real = torch.sigmoid(D_net(real))
     d_fake = torch.sigmoid(D_net(fake))
-    return -torch.mean(torch.log(d_real) + torch.log(1.0 - d_fake))  # expect: FG104, FG112
+    return -torch.mean(torch.log(d_real) + torch.log(1.0 - d_fake))  # expect: FG117, FG112
 
 
 def g_step(G, z):
@@ -42,8 +42,13 @@ def reinforce(state, action, reward):
 
 
 def word2vec_neg_sampling(pos_score, neg_score):
-    return -(torch.log(torch.sigmoid(pos_score)) + torch.log(torch.sigmoid(-neg_score)).sum())  # expect: FG104
+    return -(torch.log(torch.sigmoid(pos_score)) + torch.log(torch.sigmoid(-neg_score)).sum())  # expect: FG117
 
 
 def kl_divergence(p, q):
     return (p * torch.log(p / q)).sum()  # expect: FG111
+
+
+def asymmetric_loss(logits, y, eps=1e-8):
+    xs_pos = torch.sigmoid(logits)
+    return -(y * torch.log(xs_pos.clamp(min=eps))).sum()  # expect: FG104

@@ -24,7 +24,7 @@ def sigmoid(x):
 
 def bce(params, x, y):
     p = jax.nn.sigmoid(predict(params, x))
-    return -jnp.mean(y * jnp.log(p) + (1 - y) * jnp.log(1 - p))  # expect: FG104, FG112
+    return -jnp.mean(y * jnp.log(p) + (1 - y) * jnp.log(1 - p))  # expect: FG117, FG112
 
 
 def pair_lse(a, b):

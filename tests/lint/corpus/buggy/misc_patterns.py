@@ -40,7 +40,7 @@ def numpy_bce(z, y):
     from scipy.special import expit
 
     p = expit(z)
-    return -(y * np.log(p) + (1 - y) * np.log(1 - p))  # expect: FG104, FG112
+    return -(y * np.log(p) + (1 - y) * np.log(1 - p))  # expect: FG117, FG112
 
 
 def std_from_logvar(logvar):
