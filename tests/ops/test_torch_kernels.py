@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -139,8 +140,9 @@ def test_any_float64_rounds_within_half_an_ulp(v: float) -> None:
 
 
 # -- the exp of float32 outputs ----------------------------------------------------------------------------
-def test_float32_output_exp_is_within_2e_minus_31_relative() -> None:
-    """The degree-7 exp of the float32 kernels: 2^-32 by its fit, 2^-8 of a float32 ulp."""
+def test_float32_output_exp_is_within_2e_minus_34_relative() -> None:
+    """The short exp of the float32 kernels (``2^(k/2)`` by a select, degree 6): 2^-35 by its fit, 2^-11
+    of a float32 ulp; exactly 1 at 0, 0 below -746 and for ``-inf``."""
     import numba
 
     @numba.njit
@@ -148,16 +150,64 @@ def test_float32_output_exp_is_within_2e_minus_31_relative() -> None:
         for i in range(d.size):
             out[i] = _numba_fast._exp_f32out(d[i])
 
-    d = np.concatenate([np.linspace(-0.35, 0.0, 301), np.linspace(-0.7, -0.3, 301), -RNG.uniform(0, 708, 400)])
+    half_ln2 = math.log(2) / 2  # the reduction's boundaries, where r reaches +-ln2/4
+    edges = np.concatenate([np.nextafter(-j * half_ln2 + half_ln2 / 2, 0.0) + np.array([-1e-12, 0.0, 1e-12])
+                            for j in range(0, 40)])
+    d = np.concatenate([np.linspace(-0.35, 0.0, 301), np.linspace(-0.7, -0.3, 301), -RNG.uniform(0, 708, 400),
+                        edges[edges <= 0.0], -RNG.uniform(0, 20, 400)])
     out = np.empty_like(d)
     mid(d, out)
     assert out[300] == 1.0  # exp(0) exactly
     with mpmath.workdps(40):
         rel = [abs(mpmath.mpf(o) / mpmath.exp(mpmath.mpf(x)) - 1) for o, x in zip(out, d, strict=True)]
-    assert max(rel) < 2.0**-31
+    assert max(rel) < 2.0**-34
     z = np.array([-INF, -746.0, -800.0, -1e300])
     mid(z, out[:4])
     assert np.all(out[:4] == 0.0)
+
+
+@functools.cache
+def _row_max32_kernel() -> Any:
+    import numba
+
+    from floatguard.ops import _numba_torch
+
+    inner = _numba_torch._row_max32
+
+    @numba.njit
+    def call(row: np.ndarray) -> float:
+        return inner(row)
+
+    return call
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(width=32), min_size=1, max_size=70))
+def test_float32_row_max_in_32bit_lanes_is_the_max_of_the_row(vals: list[float]) -> None:
+    """``_row_max32`` (the float32 forward's max, int32 keys): the row's max as float64, NaN when the row
+    holds one, ``+0`` over ``-0``; lengths up to 70 run the vector body and its remainder."""
+    row = np.array(vals, dtype=np.float32)
+    got = _row_max32_kernel()(row)
+    if np.isnan(row).any():
+        assert math.isnan(got)
+    else:
+        want = max(row.astype(np.float64).tolist(), key=lambda v: (v, math.copysign(1.0, v)))
+        assert got == want and math.copysign(1.0, got) == math.copysign(1.0, want)
+
+
+def test_float32_row_max_finds_a_nan_or_the_max_anywhere() -> None:
+    kern = _row_max32_kernel()
+    for n in (1, 15, 16, 17, 40, 300):
+        for pos in range(n):
+            row = -RNG.uniform(1, 2, n).astype(np.float32)
+            row[pos] = np.nan
+            assert math.isnan(kern(row))
+            row[pos] = 3.0
+            assert kern(row) == 3.0
+            row[:] = -INF
+            row[pos] = -np.float32(1e-45)  # the smallest subnormal
+            assert kern(row) == np.float64(-np.float32(1e-45))
+        assert kern(np.full(n, -INF, np.float32)) == -INF
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)

@@ -11,13 +11,17 @@ Only the entry kernels (``torch_*``, ``ptr_*``) are cached; the helpers are :fun
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ._numba_bits import (
     _CONTRACT,
     _SUM,
+    AVAILABLE,
     _encode,
     _encode32,
+    _f32_from_bits,
     _inline,
     _load,
     _load32,
@@ -27,8 +31,60 @@ from ._numba_bits import (
     _row_max,
     _voidptr,
     carray,
+    intrinsic,
 )
 from ._numba_exp import BLK, F32, ONE32, _add_inl, _exp32, _exp_accurate, _exp_f32out
+
+# -- the max of a float32 row, in 32-bit lanes ------------------------------------------------------
+# :func:`._numba_bits._row_max` keys every dtype as int64 (8 lanes); numba's typing widens int32
+# arithmetic to int64 too, so the float32 steps are LLVM IR on i32 (16 lanes): 0.7x its time.
+if AVAILABLE:
+    from llvmlite import ir
+    from numba import types
+
+    _I32 = ir.IntType(32)
+
+    def _c32(v: int) -> Any:
+        return ir.Constant(_I32, v)
+
+    @intrinsic
+    def _max_key32(typingctx: Any, km: Any, v: Any) -> Any:
+        """``max(km, key(v))``, ``key`` the float32 bits with the magnitude flipped when negative: the order
+        of the values (NaNs beyond the infinities)."""
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            b = builder.bitcast(args[1], _I32)
+            k = builder.xor(b, builder.and_(builder.ashr(b, _c32(31)), _c32(0x7FFFFFFF)))
+            return builder.select(builder.icmp_signed(">", k, args[0]), k, args[0])
+
+        return types.int32(types.int32, types.float32), codegen
+
+    @intrinsic
+    def _or_nan32(typingctx: Any, flag: Any, v: Any) -> Any:
+        """``flag | isnan(v)`` as an int32, from the bits of a float32."""
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            mag = builder.and_(builder.bitcast(args[1], _I32), _c32(0x7FFFFFFF))
+            return builder.or_(args[0], builder.zext(builder.icmp_signed(">", mag, _c32(0x7F800000)), _I32))
+
+        return types.int32(types.int32, types.float32), codegen
+else:  # never called
+    _max_key32 = _or_nan32 = None
+
+_KMIN32, _ZERO32, _MAG32 = np.int32(-(2**31)), np.int32(0), np.int32(0x7FFFFFFF)
+
+
+@_inline()
+def _row_max32(row: np.ndarray) -> float:
+    """:func:`._numba_bits._row_max` of a float32 row (NaN if the row holds one), in 32-bit lanes."""
+    km = _KMIN32
+    nan = _ZERO32
+    for i in range(row.size):
+        km = _max_key32(km, row[i])
+        nan = _or_nan32(nan, row[i])
+    if nan != _ZERO32:
+        return np.nan
+    return np.float64(_f32_from_bits(np.int32(km ^ ((km >> 31) & _MAG32))))
 
 
 @_inline(_SUM)
@@ -98,8 +154,8 @@ def _log_out(row: np.ndarray, m: float, log1p_s: float, out: np.ndarray) -> None
 
 @_njit()
 def torch_softmax_fwd(x: np.ndarray, out: np.ndarray, finite: np.ndarray, log: bool) -> bool:
-    """softmax (``e / (1 + s)``) or log_softmax (``(x - m) - log1p(s)``) rows of float32, bfloat16 or
-    float16 ``x`` (storage dtype) into ``out`` (same dtype), short exp, one rounding per entry.
+    """softmax (``e / (1 + s)``) or log_softmax (``(x - m) - log1p(s)``) rows of float32 ``x`` into
+    ``out`` (float32), short exp, one rounding per entry (16-bit rows: :func:`torch_softmax_fwd16`).
 
     ``finite[r]`` says whether row ``r`` has a finite max; other rows are left untouched. Returns
     whether every row has one.
@@ -109,7 +165,7 @@ def torch_softmax_fwd(x: np.ndarray, out: np.ndarray, finite: np.ndarray, log: b
     ok = True
     for r in range(r_count):
         row = x[r]
-        m = _row_max(row)
+        m = _row_max32(row)
         fin = np.isfinite(m)
         finite[r] = fin
         if not fin:
