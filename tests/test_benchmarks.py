@@ -129,12 +129,15 @@ def test_training_speed_quick(load, capsys) -> None:
     ops = set(_cells(table, 1))
     assert {"cross_entropy", "softmax", "log_softmax", "logsumexp", "bce_with_logits", "softplus", "log_sigmoid",
             "logaddexp", "log1mexp", "log_softmax (jit)"} <= ops
-    assert _cells(table, 2).count("fwd") == 9 + 12  # latency: every op forward; JAX: 3 ops x 2 dtypes x x64 off/on
+    # latency: every op forward; JAX: 2 shapes (--quick) x 3 ops x 2 dtypes x x64 off/on
+    assert _cells(table, 2).count("fwd") == 9 + 24
     for section, ratio, target, ok in zip(sections, _cells(table, 7), _cells(table, 8), _cells(table, 9),
                                           strict=True):
         assert 0 < float(ratio) < math.inf
         assert target == ("≤ 2.0" if section == "latency" else "≤ 1.0")
-        assert ok == ("ok" if float(ratio) <= float(target[2:]) else "FAIL")
+        bound = float(target[2:])
+        if float(ratio) != bound:  # a ratio shown as exactly the bound was rounded from either side of it
+            assert ok == ("ok" if float(ratio) < bound else "FAIL")
 
 
 def test_instabilities_quick(load, capsys) -> None:
