@@ -27,7 +27,9 @@ NumPy and starts in about 0.1 s CPU, 0.3x ruff's whole run; FG301/FG303 asking `
 callee back; ``flow.py`` walking by the per-type field tables of ``lint/astwalk.py``; ``Config`` resolving each
 directory once): the trees before and after interleaved in one run with ruff, three runs of 9 rounds on a machine
 at load 8-10: cold 4.1-4.4x -> 2.9-3.3x ruff's wall and 3.4-3.6x -> 2.40-2.49x its CPU; warm 0.9-1.1x -> 0.49-0.58x
-wall and 0.83-0.87x -> 0.45x CPU. This script alone, after: cold 2.74x wall, 2.36x CPU; warm 0.43x wall, 0.44x CPU.
+wall and 0.83-0.87x -> 0.45x CPU. This script alone, after: cold 2.74x wall, 2.36x CPU; warm 0.43x wall, 0.44x CPU;
+on a quiet machine (load < 1, ``--jobs 2 --ruff-rounds 11``, three runs): cold 1.60-1.63x wall, 2.18-2.22x CPU;
+warm 0.48-0.51x wall, 0.39-0.42x CPU.
 The same findings before and after (the 23 packages and ``torch/nn``, ``--select ALL``: 191 findings, equal in
 path, line, column, code and message).
 
