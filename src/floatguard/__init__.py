@@ -98,12 +98,18 @@ _EAGER = frozenset({"Event", "OptionalDependencyError", "Report", "__version__"}
 _LAZY = {name: _ELSEWHERE.get(name, "floatguard.ops") for name in __all__ if name not in _EAGER}
 
 
+#: subpackages reachable as attributes before their first import (``fg.ops.logsumexp``, as when the ops were eager)
+_SUBMODULES = frozenset({"ops", "sanitize", "monitor", "lint", "testing", "reporting"})
+
+
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f"floatguard.{name}")  # the import binds it here too
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'floatguard' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value

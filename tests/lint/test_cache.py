@@ -603,3 +603,8 @@ def test_the_linter_imports_no_numpy_and_the_package_names_stay(tmp_path: Path) 
     assert floatguard.logsumexp is floatguard.ops.logsumexp
     with pytest.raises(AttributeError, match="no attribute 'logsumexpp'"):
         floatguard.logsumexpp  # noqa: B018
+    # a subpackage is an attribute before anything imported it, as when the ops were imported eagerly
+    fresh = ("import sys, floatguard as fg; assert 'floatguard.ops' not in sys.modules; "
+             "assert fg.ops.logsumexp is fg.logsumexp and fg.sanitize.detect is fg.detect; print('ok')")
+    assert subprocess.run([sys.executable, "-c", fresh], capture_output=True, text=True,
+                          check=True).stdout.strip() == "ok"
