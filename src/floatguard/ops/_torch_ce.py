@@ -239,23 +239,7 @@ def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
 # -- cross-entropy, the common case: class indices, no weight, no smoothing (the latency route) ---------
 def plain_forward(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> tuple[np.ndarray, float, float]:
     """The residuals ``(5, R)`` of :func:`._numba_losses.ce_plain_forward`, the loss sum and the row count."""
-    rows, n_cls = x.shape
-    xn, tn = numpy_view(x), target.numpy()
-    res = np.empty((5, rows))
-    ign, has = (0, False) if ignore_index is None else (ignore_index, True)
-    if rows * n_cls < PARALLEL_MIN or torch.get_num_threads() <= 1:
-        bad, total, count = K.ce_plain_forward(xn, tn, ign, has, res)
-    else:
-        def fwd(r0: int, r1: int) -> tuple[int, float, float]:
-            b, t, c = K.ce_plain_forward(xn[r0:r1], tn[r0:r1], ign, has, res[:, r0:r1])
-            return (b + r0 if b >= 0 else b), t, c
-
-        parts = run_rows(fwd, rows, n_cls)
-        bads = [p[0] for p in parts if p[0] >= 0]
-        bad = bads[0] if bads else -1
-        total, count = math.fsum(p[1] for p in parts), sum(p[2] for p in parts)
-    if bad >= 0:
-        raise bad_target("cross_entropy", target, bad, n_cls)
+    res, total, count, _ = _plain_rows(x, target, ignore_index, None)
     return res, total, count
 
 
@@ -269,23 +253,38 @@ def plain_out(x: torch.Tensor, res: np.ndarray, total: float, count: float, redu
 def plain_forward_grad(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
                        reduction: str) -> tuple[np.ndarray, float, float, torch.Tensor]:
     """:func:`plain_forward` of float32/bfloat16 rows that also returns the gradient for an upstream gradient
-    of 1 (:func:`._numba_ce.ce_plain_forward_grad`); row chunks over threads as :func:`plain_forward`."""
+    of 1 (:func:`._numba_ce.ce_plain_forward_grad`)."""
+    res, total, count, grad = _plain_rows(x, target, ignore_index, reduction)
+    assert grad is not None
+    return res, total, count, grad
+
+
+def _plain_rows(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
+                reduction: str | None) -> tuple[np.ndarray, float, float, torch.Tensor | None]:
+    """Both forwards: row chunks over threads, the first bad target raised; with a ``reduction`` the kernel also
+    writes the gradient of ``g = 1`` into a new tensor."""
     rows, n_cls = x.shape
     xn, tn = numpy_view(x), target.numpy()
     res = np.empty((5, rows))
-    grad = empty_out(x)
-    gn = numpy_view(grad)
     ign, has = (0, False) if ignore_index is None else (ignore_index, True)
+    grad = None if reduction is None else empty_out(x)
+    gn = None if grad is None else numpy_view(grad)
     gs = -1.0 if reduction == "mean" else 1.0  # -1: the kernel counts the rows of the mean itself
-    if rows * n_cls < PARALLEL_MIN or torch.get_num_threads() <= 1:
-        bad, total, count = ce_plain_forward_grad(xn, tn, ign, has, res, gs, gn)
+    if rows * n_cls < PARALLEL_MIN or torch.get_num_threads() <= 1:  # the latency route: no slices
+        if gn is None:
+            bad, total, count = K.ce_plain_forward(xn, tn, ign, has, res)
+        else:
+            bad, total, count = ce_plain_forward_grad(xn, tn, ign, has, res, gs, gn)
     else:
         if gs < 0.0:  # the mean's 1 / count over every chunk
             kept = rows if ignore_index is None else int(np.count_nonzero(tn != ignore_index))
             gs = 1.0 / kept if kept else 0.0
 
         def fwd(r0: int, r1: int) -> tuple[int, float, float]:
-            b, t, c = ce_plain_forward_grad(xn[r0:r1], tn[r0:r1], ign, has, res[:, r0:r1], gs, gn[r0:r1])
+            if gn is None:
+                b, t, c = K.ce_plain_forward(xn[r0:r1], tn[r0:r1], ign, has, res[:, r0:r1])
+            else:
+                b, t, c = ce_plain_forward_grad(xn[r0:r1], tn[r0:r1], ign, has, res[:, r0:r1], gs, gn[r0:r1])
             return (b + r0 if b >= 0 else b), t, c
 
         parts = run_rows(fwd, rows, n_cls)
