@@ -675,10 +675,12 @@ def test_causal_triu_mask_leaves_every_row_a_key() -> None:
             d = torch.softmax(s4, dim=-1)
             inv = ~torch.ones(8, 8, dtype=torch.bool).triu(1)
             s5 = scores.masked_fill(inv, float("-inf"))
-            return a, b, c, d, torch.softmax(s5, dim=-1)
+            e = torch.softmax(scores.masked_fill(fut[:, 1:], float("-inf")), dim=-1)
+            return a, b, c, d, torch.softmax(s5, dim=-1), e
     """
-    # reported: triu with the diagonal (row 0 fully masked), and the inverted causal mask (the last row)
-    assert codes(src, "FG402") == [39, 42]
+    # reported: triu with the diagonal (row 0 fully masked), the inverted causal mask (the last row), and the
+    # causal mask without its first column (row 0 is then all True)
+    assert codes(src, "FG402") == [39, 42, 43]
 
 
 def test_plain_log_of_sigmoid_is_opt_in_and_the_clamped_form_is_default() -> None:

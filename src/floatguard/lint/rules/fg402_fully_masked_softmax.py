@@ -76,8 +76,12 @@ def keeps_every_row(ctx: Context, mask: ast.expr | None, depth: int = 0) -> bool
         case ast.Name():
             v = ctx.value(mask, depth=1)
             return v is not mask and keeps_every_row(ctx, v, depth + 1)
-        case ast.Subscript(value=v):  # rows or batches selected (attn_mask[:, 0], mask[None, None, :])
-            return keeps_every_row(ctx, v, depth + 1)
+        case ast.Subscript(value=v, slice=idx):  # rows or batches selected, the columns (last axis) all kept
+            last = idx.elts[-1] if isinstance(idx, ast.Tuple) and idx.elts else None
+            columns_kept = not isinstance(idx, ast.Tuple) or (
+                isinstance(last, ast.Slice) and last.lower is None and last.upper is None and last.step is None) or (
+                isinstance(last, ast.Constant) and last.value is Ellipsis)
+            return columns_kept and keeps_every_row(ctx, v, depth + 1)
         case ast.Attribute(value=ast.Name(id="self"), attr=attr):
             v = ctx.self_attr(mask, attr)
             return v is not None and keeps_every_row(ctx, v, depth + 1)
