@@ -77,3 +77,60 @@ def test_bce_elements_of_float32_logits_to_a_relative_2_to_minus_34() -> None:
     worst = int(np.argmax(rel))
     assert rel[worst] < 2.0**-34, f"relative {rel[worst]:.3g} at x = {x[0, worst]!r}, y = {y[0, worst]!r}"
     assert total == pytest.approx(float(sum(ref)), rel=1e-12)
+
+
+def _specials() -> np.ndarray:
+    return np.array([np.inf, -np.inf, np.nan], dtype=np.float32)
+
+
+@pytest.mark.parametrize("scalar_g", [True, False], ids=["g_scalar", "g_full"])
+@pytest.mark.parametrize(("op", "sign"), [(0, 1.0), (1, -1.0)], ids=["softplus", "log_sigmoid"])
+def test_float32_sigmoid_backward_within_half_ulp_and_a_sliver(op: int, sign: float, scalar_g: bool) -> None:
+    """``unary_backward``'s ``g sigmoid(+-x)`` for float32 (``g = 1``: the sigmoid itself, rounded once): the
+    short ``exp`` (``2^-35``) and the divide-free ``1 / (1 + e)`` (``2^-36.6``) keep it within the bound; the
+    subnormal sigmoids of ``|x|`` near 100, the ends (``sigmoid(+-inf)`` is 1 and 0) and NaN included."""
+    x = np.concatenate([_hard_inputs(), _specials()])
+    g = np.ones(1 if scalar_g else x.size, dtype=np.float32)
+    out = np.empty_like(x)
+    E.unary_backward(x, g, out, op)
+    ref = T.vectorize(T.ref_sigmoid)(sign * x[:-1].astype(np.float64))
+    err = np.asarray(T.ulp_error(out[:-1], ref, "float32"), dtype=float)
+    worst = int(np.argmax(err))
+    assert err[worst] <= BOUND, f"{err[worst]:.6f} ulp at x = {x[worst]!r}"
+    assert np.isnan(out[-1])
+    assert out[-3] == (1.0 if op == 0 else 0.0) and out[-2] == (0.0 if op == 0 else 1.0)
+
+
+@pytest.mark.parametrize(("op", "sign"), [(0, 1.0), (1, -1.0)], ids=["softplus", "log_sigmoid"])
+def test_bfloat16_sigmoid_backward_within_half_ulp_and_a_sliver(op: int, sign: float) -> None:
+    bits = _bf16_bits(np.concatenate([_hard_inputs(), _specials()[:2]]))
+    out = np.empty_like(bits)
+    E.unary_backward(bits, _bf16_bits(np.ones(bits.size, dtype=np.float32)), out, op)
+    got = _from_bf16_bits(out).astype(np.float64)
+    ref = T.vectorize(T.ref_sigmoid)(sign * _from_bf16_bits(bits).astype(np.float64))
+    err = np.asarray(T.ulp_error(got, ref, "bfloat16"), dtype=float)
+    worst = int(np.argmax(err))
+    assert err[worst] <= BOUND, f"{err[worst]:.6f} ulp at bits {int(bits[worst])}"
+
+
+def test_float32_bce_and_logaddexp_backward_within_half_ulp_and_a_sliver() -> None:
+    """The other users of the float32 ``1 / (1 + e)``: BCE's ``sigmoid(x) (1 - y) - y sigmoid(-x)`` for
+    ``y`` in {0, 1} (one sigmoid, rounded once) and logaddexp's ``sigmoid(a - b)``, ``sigmoid(b - a)``."""
+    x = _hard_inputs().reshape(1, -1)
+    y = np.random.default_rng(4).choice(np.array([0.0, 1.0], dtype=np.float32), x.shape)
+    out = np.empty_like(x)
+    E.bce_backward(x, y, np.zeros((0, 0)), np.zeros((0, 0)), np.ones((1, 1)), out)
+    xd = x[0].astype(np.float64)
+    ref = np.where(y[0] == 0.0, T.vectorize(T.ref_sigmoid)(xd), -T.vectorize(T.ref_sigmoid)(-xd))
+    err = np.asarray(T.ulp_error(out[0], ref, "float32"), dtype=float)
+    assert err.max() <= BOUND, f"bce: {err.max():.6f} ulp at x = {x[0, int(np.argmax(err))]!r}"
+
+    rng = np.random.default_rng(9)
+    a = rng.uniform(-100.0, 100.0, 4000).astype(np.float32)
+    b = (a + rng.uniform(-30.0, 30.0, 4000)).astype(np.float32)
+    ga, gb = np.empty_like(a), np.empty_like(a)
+    E.logaddexp_backward(a, b, np.ones(1, dtype=np.float32), ga, gb)
+    diff = a.astype(np.float64) - b.astype(np.float64)  # exact: both float32
+    for got, ref in ((ga, T.vectorize(T.ref_sigmoid)(diff)), (gb, T.vectorize(T.ref_sigmoid)(-diff))):
+        err = np.asarray(T.ulp_error(got, ref, "float32"), dtype=float)
+        assert err.max() <= BOUND, f"logaddexp: {err.max():.6f} ulp at a = {a[int(np.argmax(err))]!r}"

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._numba_bits import _CONTRACT, AVAILABLE, _njit
 from ._numba_exp import _exp_f32out, _exp_reduced_inl, _reduce_inl
-from ._numba_log import inline, log1p_unit, recip_short
+from ._numba_log import inline, log1p_unit, recip_unit
 from ._numba_log import log1p as _log1p
 from ._numba_log import select as _select_intrinsic
 
@@ -110,7 +110,9 @@ def _log1p_for(a: np.ndarray, e: float) -> float:
 
 
 def _recip_for(a: np.ndarray, d: float) -> float:
-    """``1 / d`` (``1 <= d <= 2``): a float64 divide for float64 ``a``, else float32's and a Newton step."""
+    """``1 / d`` (``1 <= d <= 2``, or NaN): a float64 divide for float64 ``a``, else the divide-free relative
+    ``2^-36.6`` :func:`._numba_log.recip_unit` (with the short exp's ``2^-35``, a float32 or bfloat16 sigmoid
+    within ``0.5 + 2^-10.5`` ulp)."""
     return 1.0 / d
 
 
@@ -132,4 +134,4 @@ def _by_dtype(stub: Callable[..., float], accurate: Any, short: Any) -> None:
 if AVAILABLE:
     _by_dtype(_exp_for, _exp_np, _exp_f32out)
     _by_dtype(_log1p_for, _log1p, log1p_unit)
-    _by_dtype(_recip_for, _recip, recip_short)
+    _by_dtype(_recip_for, _recip, recip_unit)
