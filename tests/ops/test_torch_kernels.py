@@ -210,6 +210,63 @@ def test_float32_row_max_finds_a_nan_or_the_max_anywhere() -> None:
         assert kern(np.full(n, -INF, np.float32)) == -INF
 
 
+@functools.cache
+def _row_max16_kernel() -> Any:
+    import numba
+
+    from floatguard.ops import _numba_torch
+
+    inner = _numba_torch._row_max16
+
+    @numba.njit
+    def call(row: np.ndarray) -> float:
+        return inner(row)
+
+    return call
+
+
+def _max16_want(row: torch.Tensor) -> float:
+    """The max of a 16-bit row as float64 (NaN if it holds one), ``+0`` over ``-0``."""
+    vals = row.double().tolist()
+    if any(math.isnan(v) for v in vals):
+        return math.nan
+    return max(vals, key=lambda v: (v, math.copysign(1.0, v)))
+
+
+def _same(got: float, want: float) -> bool:
+    if math.isnan(want):
+        return math.isnan(got)
+    return got == want and math.copysign(1.0, got) == math.copysign(1.0, want)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(-(2**15), 2**15 - 1), min_size=1, max_size=140),
+       st.sampled_from([torch.bfloat16, torch.float16]))
+def test_16bit_row_max_in_16bit_lanes_is_the_max_of_the_row(bits: list[int], dtype: torch.dtype) -> None:
+    """``_row_max16`` (the bfloat16/float16 softmax's max, int16 keys, 32 lanes): any bit patterns (NaNs,
+    infinities, subnormals, signed zeros); lengths up to 140 run the vector body and its remainder."""
+    _, npt = VIEW[dtype]
+    raw = np.array(bits, dtype=np.int64).astype(np.int16)
+    row = torch.from_numpy(raw.copy()).view(dtype)
+    assert _same(_row_max16_kernel()(raw.view(npt)), _max16_want(row))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_16bit_row_max_finds_a_nan_or_the_max_anywhere(dtype: torch.dtype) -> None:
+    ti, npt = VIEW[dtype]
+    kern = _row_max16_kernel()
+    for n in (1, 31, 32, 33, 64, 97, 300):
+        for pos in range(n):
+            row = (-torch.from_numpy(RNG.uniform(1, 2, n))).to(dtype)
+            for v in (math.nan, -math.nan, INF, 3.0):
+                row[pos] = v
+                assert _same(kern(row.view(ti).numpy().view(npt)), _max16_want(row)), (n, pos, v)
+            row[:] = -INF
+            row.view(ti)[pos] = -(2**15) + 1  # bits 0x8001: the smallest negative subnormal
+            assert _same(kern(row.view(ti).numpy().view(npt)), _max16_want(row))
+        assert kern(torch.full((n,), -INF, dtype=dtype).view(ti).numpy().view(npt)) == -INF
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_float32_conversions_of_the_16bit_kernels_match_torch(dtype: torch.dtype) -> None:
     """``_load32`` / ``_encode32`` (32-bit integer IR, F16C): every 16-bit pattern widens exactly, and
