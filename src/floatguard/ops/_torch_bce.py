@@ -16,7 +16,15 @@ import torch
 
 from . import _numba_losses as K
 from ._numba_elementwise import bce_forward_grad
-from ._torch_rows import PARALLEL_MIN, empty_out, kernel_input, numpy_view, reduced_scalar, run_rows
+from ._torch_rows import (
+    PARALLEL_MIN,
+    empty_out,
+    kernel_input,
+    numpy_view,
+    reduced_scalar,
+    run_rows,
+    written_gradient,
+)
 
 
 def _per_class(a: torch.Tensor | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -154,8 +162,9 @@ class _BCEPlain(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         x, y = ctx.saved_tensors
         reduction = ctx.reduction
-        ready, ctx.grad = ctx.grad, None
-        if ready is not None and not torch.is_grad_enabled() and float(g) == 1.0:
+        ready = written_gradient(ctx.grad, g)  # the forward's gradient, when it is the one for this g
+        ctx.grad = None
+        if ready is not None:
             return ready, None, None
         count = x.numel()
         if torch.is_grad_enabled() or reduction == "none" or count >= PARALLEL_MIN:

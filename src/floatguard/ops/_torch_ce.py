@@ -39,6 +39,7 @@ from ._torch_rows import (
     numpy_view,
     reduced_scalar,
     run_rows,
+    written_gradient,
 )
 from ._torch_softmax import Softmax
 
@@ -323,8 +324,9 @@ class _CEPlain(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         x, target = ctx.saved_tensors
         res, count, reduction = ctx.res
-        ready, ctx.grad = ctx.grad, None
-        if ready is not None and not torch.is_grad_enabled() and float(g) == 1.0:
+        ready = written_gradient(ctx.grad, g)  # the forward's gradient, when it is the one for this g
+        ctx.grad = None
+        if ready is not None:
             return ready, None, None, None
         if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops
             grad = _ce_grad_graph(x, target, None, g, res[1], res[3], res[4], count, 0.0, reduction, True)

@@ -100,3 +100,21 @@ def scalar(val: float, dtype: torch.dtype) -> torch.Tensor:
 def reduced_scalar(total: float, count: float, reduction: str, dtype: torch.dtype) -> torch.Tensor:
     """The loss ``total`` reduced: itself for ``"sum"``, else its mean over ``count`` (NaN over none)."""
     return scalar(total if reduction == "sum" else (total / count if count else math.nan), dtype)
+
+
+def written_gradient(ready: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor | None:
+    """The gradient a forward wrote for ``g = 1`` (``ready``), for the upstream gradient ``g`` of a scalar loss,
+    or None when it must be computed again (``create_graph``, or a ``g`` the scaling would round).
+
+    A power of two (``1``; a loss scale ``2^k``; ``1 / 2^k`` of gradient accumulation; their negatives) only moves
+    exponents, so ``g * ready`` is what the kernel writes for that ``g`` (a result in the subnormal range rounds
+    once more there: within an ulp).
+    """
+    if ready is None or torch.is_grad_enabled():
+        return None
+    gv = float(g)
+    if gv == 1.0:
+        return ready
+    if math.isfinite(gv) and abs(math.frexp(gv)[0]) == 0.5:
+        return ready.mul_(gv)
+    return None
