@@ -109,23 +109,15 @@ def log1p_array(x: np.ndarray, out: np.ndarray) -> None:
 
 
 # -- the short versions, for float32/bfloat16 results: no float64 divide -------------------------
-# A float64 divide costs ~2 cycles an element even in SIMD (the FMAs of a polynomial ~0.06): these
-# replace it by a float32 one (twice as many lanes, far cheaper) and a Newton step, or (log1p_unit) by none.
+# A float64 divide costs ~2 cycles an element even in SIMD (the FMAs of a polynomial ~0.06): the kernels below
+# replace it by polynomials and a correction step (an earlier float32 divide with a Newton step, ``recip_short``,
+# was slower still: a divide and two conversions).
 SQRT2 = float.fromhex("0x1.6a09e667f3bcdp0")
-
-
-@inline
-def recip_short(d: float) -> float:
-    """``1 / d`` for normal ``d`` within float32's range, to a relative ``2^-46``: the float32 quotient
-    ``y`` (relative error ``< 2^-23`` with the rounding of ``d``) and one Newton step ``y + y (1 - d y)``
-    (the error squares)."""
-    y = np.float64(np.float32(1.0) / np.float32(d))
-    return y + y * (1.0 - d * y)
 
 
 # 1 / d on [1, 2] without a divide: a degree-3 fit (minimax of the relative error |1 - d y|, 2^-9.17) and one
 # step of order 4, y (1 + eps) (1 + eps^2) with eps = 1 - d y, which takes the error to eps^4 (2^-36.7): 7
-# multiply-adds in place of recip_short's float32 divide, its two conversions and its Newton step. With the short
+# multiply-adds in place of a float32 divide, its two conversions and its Newton step. With the short
 # exp's 2^-35 a float32 sigmoid stays within 0.5 + 2^-10.5 ulp. The float32 sigmoid backward (softplus /
 # log_sigmoid, 4M entries, one thread, Zen 4) took 0.89x the time; a degree-4 fit with a Horner step of order 4
 # (2^-46.8, 8 multiply-adds, one longer chain) only 0.95x.
@@ -154,8 +146,8 @@ def recip_unit(d: float) -> float:
 # f - hfsq + s (hfsq + R(z)) with R of degree 7 is the same sum arranged for a float64 result; a float32 result
 # needs ~2^-35. And 1 / (2 + f) without a divide: a degree-3 fit in f (relative 2^-13.1 on the range of f) and one
 # step y (1 + eps + eps^2 + eps^3), eps = 1 - (2 + f) y, which takes the error to eps^4 (2^-52). On Zen 4 softplus's
-# loop is bound by its zmm float64 multiply-adds (8 lanes, one a cycle) and by recip_short's float32 divide with its
-# two conversions: fdlibm's sum with recip_short took 28 multiply-adds and the divide a vector of 8, this 26 and no
+# loop is bound by its zmm float64 multiply-adds (8 lanes, one a cycle) and by a float32 divide with its
+# two conversions: fdlibm's sum with that divide took 28 multiply-adds and the divide a vector of 8, this 26 and no
 # divide (float32 softplus forward, 4M entries, one thread: 0.82x the time; the short sum alone with the divide 0.87x).
 LN2 = float.fromhex("0x1.62e42fefa39efp-1")
 P1, P2, P3, P4, P5 = (float.fromhex(h) for h in (
@@ -196,13 +188,6 @@ def log1p_unit_array(x: np.ndarray, out: np.ndarray) -> None:
     """``out = log1p_unit(x)`` on float64 arrays in ``[0, 1]`` (for tests)."""
     for i in range(x.size):
         out[i] = log1p_unit(x[i])
-
-
-@_njit(_CONTRACT)
-def recip_short_array(x: np.ndarray, out: np.ndarray) -> None:
-    """``out = recip_short(x)`` on float64 arrays (for tests)."""
-    for i in range(x.size):
-        out[i] = recip_short(x[i])
 
 
 @_njit(_CONTRACT)
