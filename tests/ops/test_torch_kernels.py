@@ -340,6 +340,37 @@ def test_forward_within_one_ulp_of_mpmath(op: str, dtype: torch.dtype) -> None:
         assert T.max_ulp(got[r], exact, name) <= bound, (op, dtype, r)
 
 
+@pytest.mark.parametrize("n", [2, 33, 256, 2048])
+def test_float32_log_softmax_near_the_one_pass_threshold_is_within_half_an_ulp_and_a_sliver(n: int) -> None:
+    """The float32 log_softmax takes ``s`` as ``(1 + s) - 1`` from one sum unless ``s < n 2^-24``, where it sums
+    again without the max term. Rows whose ``s`` falls either side of that threshold (and far below it),
+    with ties and entries below -700 (exp clamped there): every entry within 0.5 + 2^-6 ulp of mpmath,
+    the largest, ``-log1p(s)``, included; softmax within the same, entries below -700 exactly 0."""
+    rows = []
+    for scale in (2.0**-40, 2.0**-8, 0.5, 0.99, 1.01, 2.0, 2.0**8):
+        t = -math.log(scale * n * 2.0**-24 / max(n - 1, 1))  # (n - 1) e^-t = scale n 2^-24
+        row = np.full(n, -t)
+        row[0] = 0.0
+        row[1:] += np.linspace(-0.01, 0.01, n - 1)  # distinct entries near -t
+        rows.append(row)
+    tie = np.full(n, -25.0)
+    tie[:2] = 3.0  # two entries at the max: s >= 1, the one pass
+    rows.append(tie)
+    far = np.full(n, -30.0)
+    far[0] = 1.0
+    far[1::2] = -1e4  # below -700: their exp is clamped to exp(-700)
+    rows.append(far)
+    x = torch.tensor(np.array(rows), dtype=torch.float32)
+    for op in ("log_softmax", "softmax"):
+        call, ref = OPS[op]
+        got = call(x)
+        for r in range(x.shape[0]):
+            exact = ref(x[r].double().numpy())
+            assert T.max_ulp(got[r], exact, "float32") <= 0.5 + 2.0**-6, (op, n, r)
+        if op == "softmax":
+            assert torch.equal(got[-1, 1::2], torch.zeros_like(got[-1, 1::2]))
+
+
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 def test_long_and_many_rows_match_the_float64_values(op: str, dtype: torch.dtype) -> None:
