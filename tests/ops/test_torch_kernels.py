@@ -166,6 +166,54 @@ def test_float32_output_exp_is_within_2e_minus_34_relative() -> None:
     assert np.all(out[:4] == 0.0)
 
 
+def test_float32_lane_exp_of_the_log_softmax_backward_is_within_0_85_ulp() -> None:
+    """The float32 exp of the float32 log_softmax backward (degree-6 minimax, the reduction's rounding put
+    back after the polynomial): within 0.85 ulp of mpmath over [-104, 0], subnormal results included,
+    exactly 1 at 0, 0 below -104, for -inf and NaN."""
+    import numba
+
+    from floatguard.ops._numba_torch import _exp32_acc
+
+    @numba.njit
+    def run(d: np.ndarray, out: np.ndarray) -> None:
+        for i in range(d.size):
+            out[i] = _exp32_acc(d[i])
+
+    ln2 = math.log(2)
+    edges = np.concatenate([(-(j + 0.5) * ln2) * (1 + np.array([-1e-7, 0.0, 1e-7])) for j in range(150)])
+    d = np.concatenate([-RNG.uniform(0, 104, 3000), -RNG.uniform(0, 1, 1000), -RNG.uniform(85, 104, 1000),
+                        edges[edges > -104]]).astype(np.float32)
+    out = np.empty_like(d)
+    run(d, out)
+    with mpmath.workdps(40):
+        err = [T.ulp_error(o, mpmath.exp(mpmath.mpf(float(x))), "float32") for o, x in zip(out, d, strict=True)]
+    assert max(err) <= 0.85
+    z = np.array([0.0, -104.0, -200.0, -INF, np.nan], np.float32)
+    run(z, out[:5])
+    assert out[0] == 1.0 and np.all(out[1:5] == 0.0)
+
+
+def test_float32_log_softmax_gradient_within_its_bound_of_mpmath() -> None:
+    """float32 log_softmax backward (float32 lanes): ``g_i - exp(o_i) sum(g)`` within ``0.5 + 1.35 kappa_i``
+    ulp of the exact gradient at the (rounded) output, ``kappa_i = max(1, exp(o_i) |sum(g)| / |grad_i|)``."""
+    x = torch.from_numpy(_rows()).float()
+    x[4] = torch.from_numpy(RNG.standard_normal(33) * 3).float()  # -inf rows have no gradient to check
+    g = torch.from_numpy(RNG.uniform(-1.5, 1.5, x.shape)).float()
+    g[0, 3] = 0.0
+    leaf = x.clone().requires_grad_()
+    o = fg.log_softmax(leaf, dim=-1)
+    o.backward(g)
+    got = leaf.grad.numpy()
+    with mpmath.workdps(40):
+        for r in range(x.shape[0]):
+            total = sum(mpmath.mpf(float(v)) for v in g[r])
+            for i in range(x.shape[1]):
+                p = mpmath.exp(mpmath.mpf(float(o[r, i])))
+                exact = mpmath.mpf(float(g[r, i])) - p * total
+                kappa = max(1.0, float(p * abs(total) / abs(exact))) if exact != 0 else 1.0
+                assert T.ulp_error(np.float32(got[r, i]), exact, "float32") <= 0.5 + 1.35 * kappa, (r, i)
+
+
 @functools.cache
 def _row_max32_kernel() -> Any:
     import numba
