@@ -172,7 +172,7 @@ def test_float32_lane_exp_of_the_log_softmax_backward_is_within_0_85_ulp() -> No
     exactly 1 at 0, 0 below -104, for -inf and NaN."""
     import numba
 
-    from floatguard.ops._numba_torch import _exp32_acc
+    from floatguard.ops._numba_exp import _exp32_acc
 
     @numba.njit
     def run(d: np.ndarray, out: np.ndarray) -> None:

@@ -6,6 +6,9 @@
 * :func:`_exp_f32out`: no table (``2^(k/2)`` by a select), degree 6 on ``|r| <= ln2/4``, relative ``2^-35``
   (0 below ``2^-1022``), vectorizes in full: for results rounded to float32 or bfloat16 (0.5 ulp + ``2^-11`` ulp);
 * :func:`_exp32`: float32 arithmetic for bfloat16 and float16 rows (relative ``~2^-22``);
+* :func:`_exp32_acc`: float32 arithmetic within 0.83 ulp (the float32 log_softmax backward);
+* :func:`_exp_neg32_parts`: float32 ``exp(-a) = s (1 + p)`` with ``s`` and the pair ``1, p`` kept apart (for
+  the float32 sigmoid backward), and :func:`fma32`, an explicit float32 ``fma``;
 * :func:`_add`: Neumaier's compensated sum of two partial sums.
 """
 
@@ -14,10 +17,12 @@ from __future__ import annotations
 import decimal
 import math
 import struct
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from ._numba_bits import _CONTRACT, _as_float, _as_int, _f32_bits, _f32_from_bits, _inline, _njit
+from ._numba_bits import _CONTRACT, AVAILABLE, _as_float, _as_int, _f32_bits, _f32_from_bits, _inline, _njit, intrinsic
 
 TABLE_BITS = 7
 N = 1 << TABLE_BITS
@@ -171,3 +176,73 @@ def _exp32(d: np.float32) -> np.float32:
     return (p * s1) * s2
 
 
+
+# -- float32 exp(-a) as s (1 + p), kept apart: the float32 sigmoid backward --------------------------
+# exp(-a) = 2^-k exp(r), r = -a + k ln2 (k by the shifter; k LN2_HI32 exact for k <= 127, so one rounding
+# of r: 2^-26 for |r| <= ln2/2), exp(r) = 1 + p, p = r + r^2 q(r), q of degree 4 fitted in float32
+# coefficients (iterated weighted least squares on Chebyshev nodes of |r| <= 0.3471, against mpmath):
+# |p - expm1(r)| < 2^-28.2 exp(r). The caller keeps 1 + p unrounded (the pair 1, p) and s = 2^-k apart.
+M0, M1, M2, M3, M4 = (F32(float.fromhex(h)) for h in (
+    "0x1.fffffcp-2", "0x1.55549p-3", "0x1.5558a2p-5", "0x1.123adap-7", "0x1.6a5e6ap-10"))
+
+
+@_inline(_CONTRACT)
+def _exp_neg32_parts(a: np.float32) -> tuple[np.float32, np.float32]:
+    r"""``exp(-a) = s (1 + p)`` for float32 ``0 <= a <= 80``: ``s = 2^-k`` (normal) and ``p = expm1(r)``,
+    ``|r| <= ln2/2``, to ``2^-24`` of ``1 + p`` (see the error budget of
+    :func:`._numba_elementwise._g_sigmoid32`); ``a`` beyond 80, inf or NaN give garbage (callers check).
+
+    .. math:: e^{-a} = 2^{-k} e^{r}, \quad r = -a + k \ln 2, \qquad e^{r} = 1 + r + r^2 q(r)
+    """
+    kd = SHIFT32 - a * LOG2E32
+    k = _f32_bits(kd) - I_SHIFT  # -k, as int32
+    kd = kd - SHIFT32
+    r = (-a - kd * LN2_HI32) - kd * LN2_LO32
+    r2 = r * r
+    q = (M0 + r * M1) + r2 * ((M2 + r * M3) + r2 * M4)
+    return _f32_from_bits((k + I127) << I23), r + r2 * q
+
+
+# -- float32 exp(d) within 0.83 ulp: the float32 log_softmax backward (16 lanes) ----------------------
+# A gradient has the budget of 2 ulp (times the condition number where g_i - p_i sum(g) cancels), so the
+# exp of a saved log_softmax output o <= 0 (a float32, exact) runs in float32 lanes, twice float64's: the
+# reduction of :func:`_exp_neg32_parts` with the rounding of r put back after the polynomial (M0..M4),
+# and 1 + (r + r^2 q) rounded once: within 0.83 ulp (against mpmath); 2^k in two steps so that a subnormal
+# result rounds once (as :func:`_exp32`), 0 below -104.
+@_inline(_CONTRACT)
+def _exp32_acc(d: np.float32) -> np.float32:
+    """float32 ``exp(d)`` of a float32 ``d <= 0`` within 0.83 ulp (``-inf``, NaN and below -104 give 0)."""
+    d = d if d > NEG104 else NEG104
+    kd = d * LOG2E32 + SHIFT32
+    k = _f32_bits(kd) - I_SHIFT
+    kd = kd - SHIFT32
+    rh = d - kd * LN2_HI32  # exact
+    r = rh - kd * LN2_LO32
+    tail = (rh - r) - kd * LN2_LO32  # what rounding r lost, added after the polynomial
+    r2 = r * r
+    p = ONE32 + (r + (r2 * ((M0 + r * M1) + r2 * ((M2 + r * M3) + r2 * M4)) + tail))
+    k1 = k >> I1
+    s1 = _f32_from_bits((k1 + I127) << I23)
+    s2 = _f32_from_bits((k - k1 + I127) << I23)
+    return (p * s1) * s2
+
+
+def _fma32_py(a: np.float32, b: np.float32, c: np.float32) -> np.float32:
+    """``a b + c`` rounded once, in plain Python (float64 products of float32 are exact): numba absent."""
+    return np.float32(float(a) * float(b) + float(c))
+
+
+fma32: Callable[..., Any] = _fma32_py
+if AVAILABLE:
+    from numba import types as _types
+
+    @intrinsic
+    def _fma32(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
+        """float32 ``fma(a, b, c)``, one rounding (explicit: fast-math ``contract`` may or may not fuse)."""
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return builder.fma(args[0], args[1], args[2])
+
+        return _types.float32(_types.float32, _types.float32, _types.float32), codegen
+
+    fma32 = _fma32

@@ -23,7 +23,6 @@ from ._numba_bits import (
     _as_int,
     _encode,
     _encode32,
-    _f32_bits,
     _f32_from_bits,
     _inline,
     _load,
@@ -41,15 +40,7 @@ from ._numba_bits import (
 from ._numba_exp import (
     BLK,
     F32,
-    I1,
-    I23,
-    I127,
-    I_SHIFT,
     INV_LN2_2,
-    LN2_HI32,
-    LN2_LO32,
-    LOG2E32,
-    NEG104,
     NEG_LN2_2,
     ONE32,
     ONE_BITS,
@@ -59,10 +50,10 @@ from ._numba_exp import (
     Q5,
     Q6,
     SHIFT,
-    SHIFT32,
     SQRT2_BITS,
     _add_inl,
     _exp32,
+    _exp32_acc,
     _exp_accurate,
     _exp_f32out,
 )
@@ -334,39 +325,12 @@ def _softmax_grad_row(p: np.ndarray, g: np.ndarray, dot: float, grad: np.ndarray
         grad[i] = _round_to(_load_as(p[i], dot) * (_load_as(g[i], dot) - dot), grad)
 
 
-# -- a float32 exp for the float32 log_softmax backward (16 lanes) ------------------------------------
-# A gradient has the budget of 2 ulp (times the condition number where g_i - p_i sum(g) cancels), so the
-# exp of the saved output o <= 0 (a float32, exact) runs in float32 lanes, twice float64's: Cody-Waite with
-# a 16-bit ln2 (o - k hi exact), a degree-6 minimax fitted in float32 coefficients on |r| <= ln2/2 (2^-28
-# relative, against mpmath), and 1 + (r + r^2 q) rounded once: within 0.75 ulp; 2^k in two steps so that
-# a subnormal result rounds once (as _exp32), 0 below -104.
-A2, A3, A4, A5, A6 = (F32(float.fromhex(h)) for h in (
-    "0x1.fffffcp-2", "0x1.555492p-3", "0x1.5558f2p-5", "0x1.1239d4p-7", "0x1.6a2448p-10"))
-
-
-@_inline(_CONTRACT)
-def _exp32_acc(d: np.float32) -> np.float32:
-    """float32 ``exp(d)`` of a float32 ``d <= 0`` within 0.75 ulp (``-inf``, NaN and below -104 give 0)."""
-    d = d if d > NEG104 else NEG104
-    kd = d * LOG2E32 + SHIFT32
-    k = _f32_bits(kd) - I_SHIFT
-    kd = kd - SHIFT32
-    rh = d - kd * LN2_HI32  # exact
-    r = rh - kd * LN2_LO32
-    tail = (rh - r) - kd * LN2_LO32  # what rounding r lost, added after the polynomial
-    r2 = r * r
-    p = ONE32 + (r + (r2 * ((A2 + r * A3) + r2 * ((A4 + r * A5) + r2 * A6)) + tail))
-    k1 = k >> I1
-    s1 = _f32_from_bits((k1 + I127) << I23)
-    s2 = _f32_from_bits((k - k1 + I127) << I23)
-    return (p * s1) * s2
-
-
 @_inline(_CONTRACT)
 def _log_softmax_grad_row(o: np.ndarray, g: np.ndarray, total: float, grad: np.ndarray, short: bool) -> None:
-    """``grad_i = g_i - exp(o_i) sum(g)``, one rounding. ``short`` (float32 rows): in float32 lanes,
-    :func:`_exp32_acc` and ``sum(g)`` rounded to float32, so ``grad_i`` is within ``0.5 + 1.25 kappa_i`` ulp,
-    ``kappa_i = exp(o_i) |sum(g)| / |grad_i|`` (1 where nothing cancels); float64 otherwise."""
+    """``grad_i = g_i - exp(o_i) sum(g)``, one rounding. ``short`` (float32 rows): in float32 lanes, the
+    0.83-ulp :func:`._numba_exp._exp32_acc` and ``sum(g)`` rounded to float32, so ``grad_i`` is within
+    ``0.5 + 1.33 kappa_i`` ulp, ``kappa_i = exp(o_i) |sum(g)| / |grad_i|`` (at most 1 where nothing cancels);
+    float64 otherwise."""
     if short:
         t32 = F32(total)
         for i in range(o.size):
