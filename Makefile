@@ -33,6 +33,7 @@ test: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/accuracy.py
+	$(BIN)/python benchmarks/gradient_accuracy.py
 	$(BIN)/python benchmarks/paper_bhh2021.py
 	$(BIN)/python benchmarks/ops_speed.py
 	$(BIN)/python benchmarks/training_speed.py

@@ -107,6 +107,19 @@ def test_accuracy_quick(load, capsys) -> None:
     assert grads["floatguard.logsumexp (torch)"] == grads["floatguard.logsumexp (JAX)"] == "0.0 (all 4)"
 
 
+def test_gradient_accuracy_quick(load, capsys) -> None:
+    mod = load("gradient_accuracy")
+    *per_dtype, misses = mod.main(["--quick"])
+    assert "Gradient (VJP) error in ulps (float32)" in capsys.readouterr().out
+    assert [_header(t)[1] for t in per_dtype] == ["floatguard (torch)"] * 3
+    for table in per_dtype:
+        assert _cells(table, 0) == [op.name for op in mod.OPS]
+        assert not any("✗" in c for c in _cells(table, 1))  # floatguard (torch) within 2 ulp × max(1, κ)
+    assert _cells(misses, 3) == ["none: every floatguard gradient is within its bound"]
+    pt64 = dict(zip(_cells(per_dtype[2], 0), _cells(per_dtype[2], 2), strict=True))
+    assert "✗" in pt64["softplus"]  # the peers' misses are shown (torch's float64 softplus' at large x)
+
+
 def test_ops_speed_quick(load, capsys) -> None:
     mod = load("ops_speed")
     tables = mod.main(["--quick", "--repeats", "1"])

@@ -150,15 +150,26 @@ class _AccurateJaxNumpy:
     within 1 ulp. ``expm1`` uses Kahan's ``(u - 1) x / log(u)`` with
     ``u = exp(x)`` for ``|x| < 1``: within 1.9 ulp (limited by XLA's ``exp``,
     1.3 ulp).
+
+    Both are ``jax.custom_jvp`` functions with the analytic derivatives ``exp(x)`` and
+    ``1 / (1 + x)`` rather than the derivatives of their corrections (which cancel:
+    ``(log(u) - x) / x^2`` in Kahan's ratio near 0).
     """
 
     def __init__(self, jnp: Any) -> None:
+        import jax
+
         self._jnp = jnp
+        self._jax = jax
+        self.expm1 = jax.custom_jvp(self._expm1)
+        self.expm1.defjvp(lambda primals, tangents: (self.expm1(primals[0]), jnp.exp(primals[0]) * tangents[0]))
+        self.log1p = jax.custom_jvp(self._log1p)
+        self.log1p.defjvp(lambda primals, tangents: (self.log1p(primals[0]), tangents[0] / (1 + primals[0])))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._jnp, name)
 
-    def log1p(self, x: Any) -> Any:
+    def _log1p(self, x: Any) -> Any:
         jnp = self._jnp
         u = 1 + x
         special = (u == 0) | jnp.isinf(u) | (u == 1)
@@ -167,13 +178,15 @@ class _AccurateJaxNumpy:
         # u == 1: log1p(x) = x to working precision; u == 0 or inf: log(u) is exact (-inf, inf)
         return jnp.where(u == 1, x, jnp.where(special, jnp.log(u), corrected))
 
-    def expm1(self, x: Any) -> Any:
+    def _expm1(self, x: Any) -> Any:
         jnp = self._jnp
         u = jnp.exp(x)
         um1 = u - 1
         kahan = (jnp.abs(x) < 1) & (u != 1) & (um1 != -1)
         xs = jnp.where(kahan, x, 0.5)  # the unused branch sees a safe value: no NaN gradient
-        us = jnp.exp(xs)
+        # the barrier keeps XLA from folding log(exp(xs)) to xs under jit, which drops the correction
+        # (the ratio becomes u - 1: expm1(-1.5e-16) 30% off)
+        us = self._jax.lax.optimization_barrier(jnp.exp(xs))
         ratio = (us - 1) * xs / jnp.log(us)
         # u == 1: expm1(x) = x to working precision; u - 1 == -1: the limit -1
         return jnp.where(kahan, ratio, jnp.where(u == 1, x, um1))

@@ -17,7 +17,8 @@ mpmath is a development dependency, imported on first use::
     pip install 'floatguard[dev]'
 
 The package is split by job: :mod:`.ulp` (errors in ulps), :mod:`.references` (the mpmath
-references), :mod:`.conditions` (condition numbers); every public name is importable from
+references), :mod:`.conditions` (condition numbers), :mod:`.gradients`
+(mpmath references and condition numbers of the gradients); every public name is importable from
 ``floatguard.testing`` itself.
 """
 
@@ -43,6 +44,28 @@ from .conditions import (
     cond_softplus_inverse,
     cond_xlog1py,
     cond_xlogy,
+)
+from .gradients import (
+    cond_grad_bce_with_logits,
+    cond_grad_cross_entropy,
+    cond_grad_log1mexp,
+    cond_grad_log_sigmoid,
+    cond_grad_log_softmax,
+    cond_grad_logaddexp,
+    cond_grad_logsumexp,
+    cond_grad_sigmoid,
+    cond_grad_softmax,
+    cond_grad_softplus,
+    grad_bce_with_logits,
+    grad_cross_entropy,
+    grad_log1mexp,
+    grad_log_sigmoid,
+    grad_log_softmax,
+    grad_logaddexp,
+    grad_logsumexp,
+    grad_sigmoid,
+    grad_softmax,
+    grad_softplus,
 )
 from .references import (
     ref_bce_with_logits,
@@ -71,6 +94,16 @@ __all__ = [
     "cond_bce_with_logits",
     "cond_cross_entropy_row",
     "cond_elementwise",
+    "cond_grad_bce_with_logits",
+    "cond_grad_cross_entropy",
+    "cond_grad_log1mexp",
+    "cond_grad_log_sigmoid",
+    "cond_grad_log_softmax",
+    "cond_grad_logaddexp",
+    "cond_grad_logsumexp",
+    "cond_grad_sigmoid",
+    "cond_grad_softmax",
+    "cond_grad_softplus",
     "cond_log1mexp",
     "cond_log_matmul_exp",
     "cond_log_prod",
@@ -88,6 +121,16 @@ __all__ = [
     "cond_xlog1py",
     "cond_xlogy",
     "dtype_info",
+    "grad_bce_with_logits",
+    "grad_cross_entropy",
+    "grad_log1mexp",
+    "grad_log_sigmoid",
+    "grad_log_softmax",
+    "grad_logaddexp",
+    "grad_logsumexp",
+    "grad_sigmoid",
+    "grad_softmax",
+    "grad_softplus",
     "max_ulp",
     "ref_bce_with_logits",
     "ref_cross_entropy_row",
