@@ -2,7 +2,7 @@
 
 Rows come in their storage dtype (float64, float32, bfloat16 / float16 viewed as int16 / uint16:
 see :mod:`._numba_bits`), so no float64 copy of a tensor is ever made. For float32 outputs the
-softmax and log_softmax kernels use :func:`_exp_row` (:func:`._numba_exp._exp_f32out`, clamped, with
+softmax and log_softmax kernels use :func:`._numba_exp._exp_row` (``_exp_f32out`` clamped, with
 no select); ``logsumexp`` (which can cancel: ``m + log1p(s)`` near 0) and every float64 output keep
 the 0.51-ulp table ``exp``; bfloat16 and float16 rows run in float32 arithmetic (see the comments there).
 
@@ -19,8 +19,6 @@ from ._numba_bits import (
     _CONTRACT,
     _SUM,
     AVAILABLE,
-    _as_float,
-    _as_int,
     _encode,
     _encode32,
     _f32_from_bits,
@@ -40,22 +38,13 @@ from ._numba_bits import (
 from ._numba_exp import (
     BLK,
     F32,
-    INV_LN2_2,
-    NEG_LN2_2,
     ONE32,
-    ONE_BITS,
-    Q2,
-    Q3,
-    Q4,
-    Q5,
-    Q6,
-    SHIFT,
-    SQRT2_BITS,
     _add_inl,
     _exp32,
     _exp32_acc,
     _exp_accurate,
     _exp_f32out,
+    _exp_row,
 )
 
 # -- the max of a float32 row, in 32-bit lanes ------------------------------------------------------
@@ -149,33 +138,9 @@ def _row_max16(row: np.ndarray) -> float:
     return _unkey(np.int64(km), row[0])
 
 
-# -- exp of a row with a finite max, for float32 results -------------------------------------------
-# :func:`._numba_exp._exp_f32out` less its underflow select: d is clamped to -700 instead, so an entry
-# further below the max (or -inf) gives exp(-700) ~ 1e-304 where it gave 0. In a softmax row that is
-# e / (1 + s) with 1 + s >= 1, 0 once rounded to float32; in a sum that holds the max term (exactly 1)
-# it changes nothing. Two vector ops of the ~16 on the FMA ports fewer per entry: 0.88-0.9x the pass.
-_D_MIN = -700.0  # 2^(k/2) stays normal (k >= -2020), so no select is needed
-
-
-@_inline(_CONTRACT)
-def _exp_row(d: float) -> float:
-    """``exp(d)`` for ``d <= ~0`` to a relative 2^-35 (:func:`._numba_exp._exp_f32out`'s algorithm, exactly 1
-    at 0), ``exp(-700)`` below ``-700``: only for terms of a row sum and softmax entries rounded to float32."""
-    d = d if d > _D_MIN else _D_MIN
-    kd = d * INV_LN2_2 + SHIFT
-    ki = _as_int(kd)
-    kd -= SHIFT
-    r = d + kd * NEG_LN2_2
-    r2 = r * r
-    q = (Q2 + r * Q3) + r2 * ((Q4 + r * Q5) + r2 * Q6)
-    p = r + r2 * q
-    s = _as_float((SQRT2_BITS if (ki & 1) != 0 else ONE_BITS) + (ki << 51))
-    return s + s * p
-
-
 @_inline(_SUM)
 def _sum_f32out(row: np.ndarray, m: float, e: np.ndarray) -> float:
-    """``e_i = exp(row_i - m)`` (:func:`_exp_row`) and their sum (the max term included: exactly 1 each),
+    """``e_i = exp(row_i - m)`` (:func:`._numba_exp._exp_row`) and their sum (the max term included: exactly 1 each),
     for float32 rows with a finite max."""
     acc = 0.0
     for i in range(row.size):
@@ -187,7 +152,7 @@ def _sum_f32out(row: np.ndarray, m: float, e: np.ndarray) -> float:
 
 @_inline(_SUM)
 def _sum_all_f32out(row: np.ndarray, m: float) -> float:
-    """``1 + s = sum exp(row_i - m)`` (:func:`_exp_row`), the max term(s) included, for float32 rows."""
+    """``1 + s = sum exp(row_i - m)`` (:func:`._numba_exp._exp_row`), the max term(s) included, for float32 rows."""
     acc = 0.0
     for i in range(row.size):
         acc += _exp_row(_load(row[i]) - m)
