@@ -160,22 +160,30 @@ def _sum_all_f32out(row: np.ndarray, m: float) -> float:
 
 
 @_inline()
-def _log1p_rest(row: np.ndarray, m: float) -> float:
-    """``log1p(s)``, ``s = sum_{i != k} exp(row_i - m)``, for the log_softmax of a float32 row.
+def _log1p_rest(row: np.ndarray, m: float, exact: bool) -> tuple[float, bool]:
+    """``log1p(s)``, ``s = sum_{i != k} exp(row_i - m)``, for the log_softmax of a float32 row, and whether the
+    next row should be summed without the max term straight away.
 
-    ``s`` is first taken as ``(1 + s) - 1`` from one sum with no tie test (:func:`_sum_all_f32out`: the max
-    term is exactly 1, ties add exactly 1 each, and the subtraction is exact). Its error is the terms'
-    ``2^-35 s`` plus the roundings of the one partial sum (of the 8-lane reduction) that holds the 1: at most
-    ``n/8`` additions of ``2^-53`` each. Below ``s = n 2^-24`` that could exceed ``2^-32 s`` (a confident row,
-    whose largest output ``-log1p(s)`` is near 0 and needs ``s`` relative): those rows are summed again
-    without the max term (:func:`_rest_f32out`, every term relative to ``s``). Otherwise the error of ``s``,
+    ``s`` is taken as ``(1 + s) - 1`` from one sum with no tie test (:func:`_sum_all_f32out`: the max term is
+    exactly 1, ties add exactly 1 each, and the subtraction is exact). Its error is the terms' ``2^-35 s`` plus
+    the roundings of the one partial sum (of the 8-lane reduction) that holds the 1: at most ``n/8`` additions
+    of ``2^-53`` each. Below ``s = n 2^-24`` that could exceed ``2^-32 s`` (a confident row, whose largest
+    output ``-log1p(s)`` is near 0 and needs ``s`` relative): such a row is summed without the max term
+    (:func:`_rest_f32out`, every term relative to ``s``, a tie test per entry). Otherwise the error of ``s``,
     and of ``log1p(s)``, stays under ``2^-32`` relative: 2^-8 ulp of the float32 result.
+
+    Confident rows come in batches (a trained classifier): after one, the next row takes the exact sum first
+    (``exact``), and the one sum again only once a row is not confident, so a batch of them costs one pass
+    per row, not two.
     """
-    s = _sum_all_f32out(row, m) - 1.0
-    if s < np.float64(row.size) * 2.0**-24:
-        rest, ties = _rest_f32out(row, m)
-        s = rest + np.float64(ties - 1)
-    return np.log1p(s)
+    thr = np.float64(row.size) * 2.0**-24
+    if not exact:
+        s = _sum_all_f32out(row, m) - 1.0
+        if s >= thr:
+            return np.log1p(s), False
+    rest, ties = _rest_f32out(row, m)
+    s = rest + np.float64(ties - 1)
+    return np.log1p(s), s < thr
 
 
 @_inline(_SUM)
@@ -242,6 +250,7 @@ def torch_softmax_fwd(x: np.ndarray, out: np.ndarray, finite: np.ndarray, log: b
     r_count, n = x.shape
     e = np.empty(n)
     ok = True
+    exact = False  # log: the last row was confident (see _log1p_rest)
     for r in range(r_count):
         row = x[r]
         m = _row_max32(row)
@@ -251,7 +260,8 @@ def torch_softmax_fwd(x: np.ndarray, out: np.ndarray, finite: np.ndarray, log: b
             ok = False
             continue
         if log:
-            _log_out(row, m, _log1p_rest(row, m), out[r])
+            l1p, exact = _log1p_rest(row, m, exact)
+            _log_out(row, m, l1p, out[r])
         else:
             total = _sum_f32out(row, m, e)  # 1 + s, summed with the max term(s) inside
             _scale_out(e, 1.0 / total, out[r])
