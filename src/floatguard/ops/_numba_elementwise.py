@@ -259,6 +259,20 @@ def _g_sigmoid32_block_scalar(x: np.ndarray, gv: np.float32, out: np.ndarray, ne
     return m
 
 
+@_njit()
+def _block_bits(x: np.ndarray, g: np.ndarray, scalar: bool) -> np.int32:
+    """The largest of ``|x|``'s bits and (unless ``scalar``) ``|g|``'s less G32_OFF: what the lanes' blocks return."""
+    m = np.int32(0)
+    for i in range(x.size):
+        b = np.int32(_f32_bits(x[i]) & ABS32)
+        m = select(b > m, b, m)
+    if not scalar:
+        for i in range(g.size):
+            c = np.int32((_f32_bits(g[i]) & ABS32) - G32_OFF)
+            m = select(c > m, c, m)
+    return m
+
+
 @_njit(_CONTRACT)
 def _sigmoid_grad64(x: np.ndarray, g: np.ndarray, out: np.ndarray, neg: bool) -> None:
     """``out = g sigmoid(+-x)`` in float64 registers, rounded once; ``g`` of one entry stands for all."""
@@ -282,18 +296,24 @@ def _sigmoid_grad32(x: np.ndarray, g: np.ndarray, out: np.ndarray, neg: bool) ->
     n = x.size
     scalar = g.size == 1
     gv = g[0] if scalar else ONE32
-    g_ok = (np.int32(_f32_bits(gv) & ABS32) < np.int32(0x7F800000)) if scalar else True
+    if scalar and not np.int32(_f32_bits(gv) & ABS32) < np.int32(0x7F800000):
+        _sigmoid_grad64(x, g, out, neg)
+        return
+    # after a block that needed float64 the next goes there first, and back to the lanes once a cheap pass
+    # over its bits finds it in range: blocks alike cost one pass, not two
+    wide = False
     for i0 in range(0, n, BLOCK32):
         i1 = min(i0 + BLOCK32, n)
         xs, os = x[i0:i1], out[i0:i1]
-        if scalar:
-            m = _g_sigmoid32_block_scalar(xs, gv, os, neg)
-            if m > X32_MAX_BITS or not g_ok:
-                _sigmoid_grad64(xs, g, os, neg)
-        else:
-            gs = g[i0:i1]
-            if _g_sigmoid32_block(xs, gs, os, neg) > X32_MAX_BITS:
-                _sigmoid_grad64(xs, gs, os, neg)
+        gs = g if scalar else g[i0:i1]
+        if wide:
+            _sigmoid_grad64(xs, gs, os, neg)
+            wide = _block_bits(xs, gs, scalar) > X32_MAX_BITS
+            continue
+        m = _g_sigmoid32_block_scalar(xs, gv, os, neg) if scalar else _g_sigmoid32_block(xs, gs, os, neg)
+        if m > X32_MAX_BITS:
+            _sigmoid_grad64(xs, gs, os, neg)
+            wide = True
 
 
 def _sigmoid_grad_lanes(x: np.ndarray, g: np.ndarray, out: np.ndarray, neg: bool) -> bool:
