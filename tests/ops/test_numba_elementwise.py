@@ -176,6 +176,30 @@ def test_float32_sigmoid_backward_special_gradients(op: int, sign: float) -> Non
     np.testing.assert_array_equal(out[:2], [1.5, 1.5])
 
 
+@pytest.mark.parametrize("scalar_g", [False, True])
+def test_float32_sigmoid_backward_blocks_switch_between_lanes_and_float64(scalar_g: bool) -> None:
+    """A block with an entry out of the lanes' range goes through the float64 loop, and so does the next one
+    first; a block in range returns to the lanes. Each block's result is that of the path it takes."""
+    rng = np.random.default_rng(8)
+    b = E.BLOCK32
+    x = (rng.standard_normal(5 * b + 77) * 3).astype(np.float32)
+    x[b + 5] = 100.0  # block 1 out of range; 2 in range but taken in float64 after it; 3 back in the lanes
+    x[4 * b + 9] = -np.inf  # block 4 out of range; the partial block 5 after it in float64
+    g = rng.uniform(0.5, 1.5, 1 if scalar_g else x.size).astype(np.float32)
+    out = np.empty_like(x)
+    E.unary_backward(x, g, out, 0)
+    wide, lanes = np.empty_like(x), np.empty_like(x)
+    E._sigmoid_grad64(x, g, wide, False)
+    if scalar_g:
+        E._g_sigmoid32_block_scalar(x, g[0], lanes, False)
+    else:
+        E._g_sigmoid32_block(x, g, lanes, False)
+    for k, want in enumerate((lanes, wide, wide, lanes, wide, wide)):
+        sl = slice(k * b, (k + 1) * b)
+        assert not np.array_equal(lanes[sl], wide[sl], equal_nan=True), k  # the two paths differ in each block
+        assert np.array_equal(out[sl], want[sl], equal_nan=True), k
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.floats(width=32, allow_nan=False), st.floats(width=32, allow_nan=False,
                                                                            allow_infinity=False)),
