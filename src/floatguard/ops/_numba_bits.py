@@ -341,6 +341,24 @@ if numba is not None:
 
         return types.voidptr(types.int64), codegen
 
+    @intrinsic
+    def fma(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
+        """``fma(a, b, c)`` of three float32 or three float64, one rounding (explicit: fast-math ``contract``
+        may or may not fuse a product and a sum, and error-free transformations need the fused one)."""
+        if not (a == b == c and a in (types.float32, types.float64)):
+            return None
+
+        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
+            return builder.fma(args[0], args[1], args[2])
+
+        return a(a, a, a), codegen
+
     carray = numba.carray
 else:
     _voidptr = carray = None
+
+    def fma(a: Any, b: Any, c: Any) -> Any:
+        """``a b + c`` rounded once (numba absent: exact rationals; never called on the kernels' paths)."""
+        from fractions import Fraction
+
+        return type(a)(Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c)))

@@ -3,7 +3,8 @@ log1mexp and logaddexp, forward and backward, and a raw-pointer entry for small 
 
 Elements are float32, float64 or bfloat16 bits (see :mod:`._numba_loss_dtypes`), computed in float64
 registers and rounded once to the output's dtype; the float32 backward of softplus / log_sigmoid instead
-runs in float32 lanes with error-free pairs (within 1.5 ulp, see :func:`_g_sigmoid32`).
+runs in float32 lanes with error-free pairs (within 1.5 ulp, see :func:`_g_sigmoid32`), and the float64
+BCE gradient (float64 registers leave it no spare bits) carries its roundings as pairs (:func:`_bce_grad_row64`).
 
 Without numba this module imports (the kernels are plain functions, never called) and callers use the
 generic path.
@@ -16,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _f32_bits, _njit, carray
+from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _f32_bits, _njit, carray, fma
 from ._numba_bits import _voidptr as _voidptr_intrinsic
-from ._numba_exp import _exp_neg32_parts, fma32
+from ._numba_exp import _exp_neg32_parts
 from ._numba_log import inline
 from ._numba_log import log1p as _log1p
 from ._numba_loss_dtypes import _exp_for, _exp_np, _ld, _log1p_for, _recip_for, _st, select
@@ -114,16 +115,85 @@ def _bce_grad_row(xr: np.ndarray, yr: np.ndarray, wr: np.ndarray, pr: np.ndarray
         _st(o, i, select(xv == xv, v, xv) * (gs * gr[i]))
 
 
+@_njit()  # no ``contract``: a fused ``p1 - p2`` would break the exact error terms below
+def _bce_grad_row64(xr: np.ndarray, yr: np.ndarray, wr: np.ndarray, pr: np.ndarray, gr: np.ndarray, gs: float,
+                    gl: float, o: np.ndarray) -> None:
+    """float64 :func:`_bce_grad_row` (``g = (gs + gl) gr``) with one rounding at the end.
+
+    The three or four roundings of the float64 formula (``1 + e``, ``1 / (1 + e)``, ``1 / N``, the products),
+    each up to an ulp of the result, are carried as pairs instead: ``1 + e = h + l`` exactly (Fast2Sum),
+    ``1 / (1 + e) = q0 + dq`` with ``dq = q0 (1 - h q0 - l q0)`` (one Newton step on the fma residual),
+    ``e / (1 + e)`` from the exact product ``e q0``; the terms ``sigmoid(x) (1 - y)`` and
+    ``pw y sigmoid(-x)`` as exact products plus their low parts, their difference by TwoSum, and the scale
+    ``w g`` as a pair (``gs + gl`` is ``g / N`` to ``2^-106``). Left: the 0.51-ulp ``exp`` (at most 1.02 ulp of
+    ``sigmoid(-|x|)``, 0.26 of ``sigmoid(|x|)``), the roundings of ``1 - y`` and ``pw y`` (counted by the
+    condition number) and the final one: within ``1.6 ulp * max(1, kappa)``.
+    """
+    for i in range(xr.size):
+        xv, yv = xr[i], _ld(yr[i])
+        e = _exp_for(xr, -abs(xv))
+        h = 1.0 + e
+        lo = e - (h - 1.0)  # 1 + e = h + lo exactly (1 >= e)
+        q0 = 1.0 / h
+        dq = q0 * (fma(-h, q0, 1.0) - lo * q0)  # 1 / (1 + e) = q0 + dq (relative 2^-104)
+        eq = e * q0
+        deq = fma(e, q0, -eq) + e * dq  # e / (1 + e) = eq + deq
+        pos = xv > 0.0
+        s_hi, s_lo = select(pos, q0, eq), select(pos, dq, deq)  # sigmoid(x)
+        n_hi, n_lo = select(pos, eq, q0), select(pos, deq, dq)  # sigmoid(-x)
+        a = 1.0 - yv
+        b = yv * pr[i]
+        p1 = s_hi * a
+        p2 = n_hi * b
+        e1 = fma(s_hi, a, -p1) + s_lo * a
+        e2 = fma(n_hi, b, -p2) + n_lo * b
+        v_hi = p1 - p2
+        t = v_hi - p1
+        v_lo = ((p1 - (v_hi - t)) - (p2 + t)) + (e1 - e2)  # TwoSum's error plus the low parts
+        sc = gs * gr[i]  # exact: gr[i] is 1, or gs is 1 and gl 0
+        w_hi = wr[i] * sc
+        w_lo = fma(wr[i], sc, -w_hi) + wr[i] * (gl * gr[i])  # w g = w_hi + w_lo
+        low = v_hi * w_lo + v_lo * w_hi
+        low = select(low == low, low, 0.0)  # an infinite w or g: the plain product's inf or NaN
+        o[i] = select(xv == xv, fma(v_hi, w_hi, low), xv)
+
+
+def _bce_grad_rows(xr: np.ndarray, yr: np.ndarray, wr: np.ndarray, pr: np.ndarray, gr: np.ndarray, gs: float,
+                   gl: float, o: np.ndarray) -> None:
+    """:func:`_bce_grad_row64` for float64 rows, else :func:`_bce_grad_row` (rounded once to 24 bits or fewer
+    from float64 registers, ``gl`` unused)."""
+
+
+if AVAILABLE:
+    from numba import types as _types
+    from numba.extending import overload as _overload
+
+    @_overload(_bce_grad_rows)
+    def _bce_grad_rows_impl(xr, yr, wr, pr, gr, gs, gl, o):  # unannotated: numba compares signatures
+        if xr.dtype == _types.float64:
+            return lambda xr, yr, wr, pr, gr, gs, gl, o: _bce_grad_row64(xr, yr, wr, pr, gr, gs, gl, o)
+        return lambda xr, yr, wr, pr, gr, gs, gl, o: _bce_grad_row(xr, yr, wr, pr, gr, gs, o)
+
+
 @_njit()
-def bce_backward(x: np.ndarray, y: np.ndarray, w: np.ndarray, pw: np.ndarray, g: np.ndarray, out: np.ndarray) -> None:
-    """``out = g w (sigmoid(x) (1 - y) - pw y sigmoid(-x))``; ``g`` is ``(R, C)`` or ``(1, 1)``."""
+def bce_backward(x: np.ndarray, y: np.ndarray, w: np.ndarray, pw: np.ndarray, g: np.ndarray, out: np.ndarray,
+                 div: float = 1.0) -> None:
+    """``out = g w (sigmoid(x) (1 - y) - pw y sigmoid(-x)) / div``; ``g`` is ``(R, C)`` (``div`` 1) or ``(1, 1)``.
+
+    A float64 ``out`` carries ``g / div`` as a pair (the mean's ``1 / N`` not rounded on its own) and is
+    within ``2 ulp * max(1, kappa)`` (:func:`_bce_grad_row64`).
+    """
     r_count, n = x.shape
     scalar = g.size == 1
     ones = np.ones(n)
-    gs = g[0, 0] if scalar else 1.0
+    gv = g[0, 0] if scalar else 1.0
+    gs = gv / div
+    gl = fma(-gs, div, gv) / div  # g / div = gs + gl
+    if not abs(gl) < np.inf:  # g or g / div infinite or NaN
+        gl = 0.0
     for r in range(r_count):
         gr = ones if scalar else g[r]
-        _bce_grad_row(x[r], y[r], _row_or_ones(w, r, ones), _row_or_ones(pw, r, ones), gr, gs, out[r])
+        _bce_grad_rows(x[r], y[r], _row_or_ones(w, r, ones), _row_or_ones(pw, r, ones), gr, gs, gl, out[r])
 
 
 @_njit(_SUM)
@@ -222,15 +292,15 @@ def _g_sigmoid32(xv: np.float32, gv: np.float32, neg: bool) -> np.float32:
     """
     pos = select(neg, xv < ZERO32, xv > ZERO32)
     s, p = _exp_neg32_parts(abs(xv))
-    e_hi = fma32(s, p, s)
-    e_lo = fma32(s, p, s - e_hi)
+    e_hi = fma(s, p, s)
+    e_lo = fma(s, p, s - e_hi)
     h_hi = ONE32 + e_hi
     h_lo = (e_hi - (h_hi - ONE32)) + e_lo
     n_hi = select(pos, ONE32, e_hi)
     q0 = n_hi / h_hi
-    rem = (fma32(-q0, h_hi, n_hi) + select(pos, ZERO32, e_lo)) - q0 * h_lo
+    rem = (fma(-q0, h_hi, n_hi) + select(pos, ZERO32, e_lo)) - q0 * h_lo
     q_lo = rem * select(pos, q0, ONE32 - q0)  # 1 / h: q0, or 1 - e / h
-    return fma32(gv, q0, gv * q_lo)
+    return fma(gv, q0, gv * q_lo)
 
 
 @_njit(_CONTRACT)

@@ -9,7 +9,7 @@
 * :func:`_exp32`: float32 arithmetic for bfloat16 and float16 rows (relative ``~2^-22``);
 * :func:`_exp32_acc`: float32 arithmetic within 0.83 ulp (the float32 log_softmax backward);
 * :func:`_exp_neg32_parts`: float32 ``exp(-a) = s (1 + p)`` with ``s`` and the pair ``1, p`` kept apart (for
-  the float32 sigmoid backward), and :func:`fma32`, an explicit float32 ``fma``;
+  the float32 sigmoid backward);
 * :func:`_add`: Neumaier's compensated sum of two partial sums.
 """
 
@@ -18,12 +18,10 @@ from __future__ import annotations
 import decimal
 import math
 import struct
-from collections.abc import Callable
-from typing import Any
 
 import numpy as np
 
-from ._numba_bits import _CONTRACT, AVAILABLE, _as_float, _as_int, _f32_bits, _f32_from_bits, _inline, _njit, intrinsic
+from ._numba_bits import _CONTRACT, _as_float, _as_int, _f32_bits, _f32_from_bits, _inline, _njit
 
 TABLE_BITS = 7
 N = 1 << TABLE_BITS
@@ -249,24 +247,3 @@ def _exp32_acc(d: np.float32) -> np.float32:
     r2 = r * r
     p = ONE32 + (r + (r2 * ((M0 + r * M1) + r2 * ((M2 + r * M3) + r2 * M4)) + tail))
     return _scale32(p, k)
-
-
-def _fma32_py(a: np.float32, b: np.float32, c: np.float32) -> np.float32:
-    """``a b + c`` rounded once, in plain Python (float64 products of float32 are exact): numba absent."""
-    return np.float32(float(a) * float(b) + float(c))
-
-
-fma32: Callable[..., Any] = _fma32_py
-if AVAILABLE:
-    from numba import types as _types
-
-    @intrinsic
-    def _fma32(typingctx: Any, a: Any, b: Any, c: Any) -> Any:
-        """float32 ``fma(a, b, c)``, one rounding (explicit: fast-math ``contract`` may or may not fuse)."""
-
-        def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
-            return builder.fma(args[0], args[1], args[2])
-
-        return _types.float32(_types.float32, _types.float32, _types.float32), codegen
-
-    fma32 = _fma32

@@ -78,8 +78,8 @@ class _BCE(torch.autograd.Function):
             w, pw = ctx.weights
             pos = y * sigmoid(-x) * (1 if pw is None else pw)
             grad = (sigmoid(x) * (1 - y) - pos) * (1 if w is None else w)
-            scale = g / count if reduction == "mean" else g
-            return (grad * scale).to(x.dtype), None, None, None, None
+            grad = grad * g  # exact for g = 1 (loss.backward): then one rounding for the mean, not two
+            return (grad / count if reduction == "mean" else grad).to(x.dtype), None, None, None, None
         shape = tuple(x.shape)
         n = shape[-1] if shape else 1
         xk, yk = kernel_input(x).reshape(-1, n), kernel_input(y).reshape(-1, n)
@@ -87,13 +87,15 @@ class _BCE(torch.autograd.Function):
         if reduction == "none":
             gn = g.detach().to(torch.float64).reshape(-1, n).contiguous().numpy()
         else:
-            gn = np.array([[float(g) / count if reduction == "mean" else float(g)]])
+            gn = np.array([[float(g)]])
+        div = float(count) if reduction == "mean" else 1.0  # divided in the kernel: g / N carried as a pair
         out = empty_out(xk)
         xn, yn, on = numpy_view(xk), numpy_view(yk), numpy_view(out)
 
         def bwd(r0: int, r1: int) -> None:
             K.bce_backward(xn[r0:r1], yn[r0:r1], wn if wn.shape[0] <= 1 else wn[r0:r1],
-                           pn if pn.shape[0] <= 1 else pn[r0:r1], gn if gn.size == 1 else gn[r0:r1], on[r0:r1])
+                           pn if pn.shape[0] <= 1 else pn[r0:r1], gn if gn.size == 1 else gn[r0:r1], on[r0:r1],
+                           div)
 
         run_rows(bwd, rows, n)
         return out.reshape(shape).to(x.dtype), None, None, None, None
@@ -175,6 +177,6 @@ class _BCEPlain(torch.autograd.Function):
         gv = float(g)
         out = empty_out(x)
         K.bce_backward(numpy_view(x).reshape(-1, n), numpy_view(y).reshape(-1, n), _NO_WEIGHT, _NO_WEIGHT,
-                       np.array([[gv / count if reduction == "mean" else gv]]), numpy_view(out).reshape(-1, n))
+                       np.array([[gv]]), numpy_view(out).reshape(-1, n), float(count) if reduction == "mean" else 1.0)
         return out, None, None
 
