@@ -112,9 +112,6 @@ def log1p_array(x: np.ndarray, out: np.ndarray) -> None:
 # A float64 divide costs ~2 cycles an element even in SIMD (the FMAs of a polynomial ~0.06): the kernels below
 # replace it by polynomials and a correction step (an earlier float32 divide with a Newton step, ``recip_short``,
 # was slower still: a divide and two conversions).
-SQRT2 = float.fromhex("0x1.6a09e667f3bcdp0")
-
-
 # 1 / d on [1, 2] without a divide: a degree-3 fit (minimax of the relative error |1 - d y|, 2^-9.17) and one
 # step of order 4, y (1 + eps) (1 + eps^2) with eps = 1 - d y, which takes the error to eps^4 (2^-36.7): 7
 # multiply-adds in place of a float32 divide, its two conversions and its Newton step. With the short
@@ -141,46 +138,39 @@ def recip_unit(d: float) -> float:
     return y + y * (eps * eps)
 
 
-# log(1 + f) = 2 atanh(s) = 2 s + s z P(z), z = s^2 <= (3 - 2 sqrt(2))^2 = 0.0295: P of degree 4 fitted (iterated
-# weighted least squares, a near-minimax of the error relative to 2s, against mpmath), 2^-44.9 relative. fdlibm's
-# f - hfsq + s (hfsq + R(z)) with R of degree 7 is the same sum arranged for a float64 result; a float32 result
-# needs ~2^-35. And 1 / (2 + f) without a divide: a degree-3 fit in f (relative 2^-13.1 on the range of f) and one
-# step y (1 + eps + eps^2 + eps^3), eps = 1 - (2 + f) y, which takes the error to eps^4 (2^-52). On Zen 4 softplus's
-# loop is bound by its zmm float64 multiply-adds (8 lanes, one a cycle) and by a float32 divide with its
-# two conversions: fdlibm's sum with that divide took 28 multiply-adds and the divide a vector of 8, this 26 and no
-# divide (float32 softplus forward, 4M entries, one thread: 0.82x the time; the short sum alone with the divide 0.87x).
-LN2 = float.fromhex("0x1.62e42fefa39efp-1")
-P1, P2, P3, P4, P5 = (float.fromhex(h) for h in (
-    "0x1.555555561e314p-1", "0x1.999996a985b71p-2", "0x1.249411d177178p-2", "0x1.c62b1f3a0f6d6p-3",
-    "0x1.9114e6baacd1fp-3"))
-R0, R1, R2, R3 = (float.fromhex(h) for h in (
-    "0x1.fff4b7d45f81cp-2", "-0x1.0065425dee18cp-2", "0x1.066aabe54ae27p-3", "-0x1.d40aeb3c30a7ep-5"))
+# log1p(e) on 0 <= e <= 1, for float32 and bfloat16 results (softplus's log1p(exp(-|x|)), the BCE loss): e P(e) with
+# P(e) = log1p(e) / e = 1 + e Q(e), Q of degree 11 (a near-minimax of the relative error on [0, 1], iterated weighted
+# least squares on Chebyshev nodes against mpmath: 2^-35.5; P is analytic up to its branch point at -1, so each degree
+# gains a factor 3 + sqrt(8)). No reduction, no 1 + e to round (e + e^2 Q(e) is relative to e however small, and e
+# itself where e^2 underflows), no reciprocal: 13 multiply-adds. The atanh form it replaces (u = 1 + e = 2^k (1 + f),
+# s = f / (2 + f) by a divide-free reciprocal, 2 s + s z P(z) and the rounding error of u) took 26 and reached 2^-44,
+# more than a float32 result needs: on Zen 4 softplus's loop is bound by its zmm float64 multiply-adds (8 lanes, one
+# a cycle), and the float32 softplus forward (4M entries, one thread) takes 0.72x its time with this one.
+L1P = tuple(float.fromhex(h) for h in (
+    "-0x1.ffffffb3db68fp-2", "0x1.55554064a321dp-2", "-0x1.fffbf3283a007p-3", "0x1.9966c2da423f1p-3",
+    "-0x1.53d9bd24115a1p-3", "0x1.1d5ef5fe3ed7cp-3", "-0x1.cfde106343066p-4", "0x1.53ce07225be41p-4",
+    "-0x1.9921b5842c5f3p-5", "0x1.6b221c0ff1d62p-6", "-0x1.99f31c2ff0b9dp-8", "0x1.b1fd3243c29f8p-11",
+))
+K0, K1, K2, K3, K4, K5, K6, K7, K8, K9, K10, K11 = L1P
 
 
 @inline
 def log1p_unit(e: float) -> float:
-    r"""``log1p(e)`` for ``0 <= e <= 1`` to a relative ``2^-44``, without a divide (softplus's
-    ``log1p(exp(-|x|))``, rounded to float32 or bfloat16 after).
+    r"""``log1p(e)`` for ``0 <= e <= 1`` to a relative ``2^-35.5`` (``e`` itself where ``e^2`` underflows),
+    without a divide: for results rounded to float32 or bfloat16 (softplus's ``log1p(exp(-|x|))``), 2^-11 of
+    their ulp.
 
-    .. math:: u = 1 + e = 2^k (1 + f), \; k \in \{0, 1\}, \qquad
-              \mathrm{log1p}(e) = k \ln 2 + 2 s + s^3 P(s^2) + c (2 - u), \quad s = \frac{f}{2 + f}
+    .. math:: \mathrm{log1p}(e) = e + e^2 Q(e), \qquad 1 + e\,Q(e) \approx \frac{\log(1 + e)}{e}
+              \;(Q \text{ of degree 11})
 
-    ``f = u - 1`` or ``u / 2 - 1`` (exact), ``1 / (2 + f)`` from a polynomial and one step of order 4
-    (relative ``2^-52``), ``P`` of degree 4 (``2^-44.9``), and the rounding error ``c = e - (u - 1)`` of
-    ``u`` (exact, ``|c| <= 2^-53``) divided by ``u`` as ``c (2 - u)``: ``|1/u - (2 - u)| = (u - 1)^2 / u =
-    e^2 / u``, so the slip is below ``2^-53 e^2``. ``k ln 2`` in one float64 (relative ``2^-54``).
+    ``Q`` evaluated in Estrin's pairs (a shorter dependency chain than Horner's).
     """
-    u = 1.0 + e
-    big = u > SQRT2
-    f = select(big, 0.5 * u - 1.0, u - 1.0)
-    c = (e - (u - 1.0)) * (2.0 - u)
-    y = R0 + f * (R1 + f * (R2 + f * R3))
-    eps = 1.0 - (2.0 + f) * y
-    s = f * y
-    s = s + s * (eps + eps * (eps + eps * eps))
-    z = s * s
-    p = P1 + z * (P2 + z * (P3 + z * (P4 + z * P5)))
-    return (s * z * p + ((s + s) + c)) + select(big, LN2, 0.0)
+    e2 = e * e
+    e4 = e2 * e2
+    r0 = (K0 + e * K1) + e2 * (K2 + e * K3)
+    r1 = (K4 + e * K5) + e2 * (K6 + e * K7)
+    r2 = (K8 + e * K9) + e2 * (K10 + e * K11)
+    return e + e2 * (r0 + e4 * (r1 + e4 * r2))
 
 
 @_njit(_CONTRACT)

@@ -105,7 +105,7 @@ def _exp_for(a: np.ndarray, d: float) -> float:
 
 def _log1p_for(a: np.ndarray, e: float) -> float:
     """``log1p(e)`` for ``0 <= e <= 1`` as the dtype of ``a`` needs: the 0.77-ulp :func:`._numba_log.log1p`
-    for float64, the divide-free relative ``2^-44`` :func:`._numba_log.log1p_unit` for float32/bfloat16."""
+    for float64, the divide-free relative ``2^-35.5`` :func:`._numba_log.log1p_unit` for float32/bfloat16."""
     return float(np.log1p(e))
 
 
