@@ -271,7 +271,8 @@ def _update(worst: Worst, got: np.ndarray, exact: np.ndarray, kappa: np.ndarray,
     if ftz:  # XLA on CPU flushes subnormals: below the smallest normal its resolution is that number
         tiny = float(np.finfo(np.float32 if dtype == "float32" else np.float64).tiny)
         ex = np.asarray(exact, dtype=np.float64)
-        err = np.where((np.abs(ex) < tiny) & (np.abs(got - ex) <= tiny), 0.0, err)
+        with np.errstate(invalid="ignore"):  # inf - inf where both are infinite
+            err = np.where((np.abs(ex) < tiny) & (np.abs(got - ex) <= tiny), 0.0, err)
     with np.errstate(all="ignore"):
         per = np.where(err == 0, 0.0, err / np.fmax(1.0, kappa))
     per = np.where(np.isnan(per), math.inf, per)
