@@ -267,15 +267,7 @@ class GradMeasure:
 def _update(worst: Worst, got: np.ndarray, exact: np.ndarray, kappa: np.ndarray, dtype: str, label: str,
             inputs: Inputs, ftz: bool = False) -> None:
     got = np.asarray(got).reshape(np.shape(exact))
-    err = np.asarray(fgt.ulp_error(got, exact, dtype), dtype=np.float64)
-    if ftz:  # XLA on CPU flushes subnormals: below the smallest normal its resolution is that number
-        tiny = float(np.finfo(np.float32 if dtype == "float32" else np.float64).tiny)
-        ex = np.asarray(exact, dtype=np.float64)
-        with np.errstate(invalid="ignore"):  # inf - inf where both are infinite
-            err = np.where((np.abs(ex) < tiny) & (np.abs(got - ex) <= tiny), 0.0, err)
-    with np.errstate(all="ignore"):
-        per = np.where(err == 0, 0.0, err / np.fmax(1.0, kappa))
-    per = np.where(np.isnan(per), math.inf, per)
+    err, per = fgt.grad_ulp_error(got, exact, kappa, dtype, ftz)
     if not err.size:
         return
     j = int(np.argmax(per))

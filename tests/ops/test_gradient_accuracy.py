@@ -124,15 +124,8 @@ def worst(got: list[np.ndarray], exact: list[np.ndarray], kappa: list[np.ndarray
     normal counts as exact."""
     out = 0.0
     for g, e, k in zip(got, exact, kappa, strict=True):
-        g = g.reshape(e.shape)
-        err = np.asarray(fgt.ulp_error(g, e, dtype), dtype=np.float64)
-        if ftz:
-            tiny = float(np.finfo(np.float32 if dtype == "float32" else np.float64).tiny)
-            ex = np.asarray(e, dtype=np.float64)
-            err = np.where((np.abs(ex) < tiny) & (np.abs(g - ex) <= tiny), 0.0, err)
-        with np.errstate(all="ignore"):
-            err = np.where(err == 0, 0.0, err / np.fmax(1.0, k))
-        out = max(out, float(np.nan_to_num(err, nan=np.inf).max(initial=0.0)))
+        per = fgt.grad_ulp_error(g, e, k, dtype, ftz)[1]
+        out = max(out, float(per.max(initial=0.0)))
     return out
 
 

@@ -1,6 +1,6 @@
 """The float32 / bfloat16 elementwise kernels of :mod:`floatguard.ops._numba_elementwise` against mpmath.
 
-Their float64 registers hold ``exp`` to a relative ``2^-35`` and ``log1p`` to ``2^-44`` (the short helpers of
+Their float64 registers hold ``exp`` to a relative ``2^-35`` and ``log1p`` to ``2^-35.5`` (the short helpers of
 ``_numba_exp`` / ``_numba_log``), so a result rounded once to float32 is within ``0.5 + 2^-10`` ulp: a sloppier
 helper (a ``log1p`` of ``2^-30``, say) shows up here as ``0.5 + 2^-6``. The float32 sigmoid backward runs in
 float32 lanes instead: within 1.5 ulp of mpmath's ``g sigmoid(+-x)`` (its error budget in the kernel module).
@@ -24,7 +24,7 @@ from floatguard import testing as T
 from floatguard.ops import _numba_elementwise as E
 
 BOUND = 0.5 + 2.0**-10
-X_SWITCH = -math.log(math.sqrt(2.0) - 1.0)  # |x| where 1 + exp(-|x|) crosses sqrt(2): log1p's k switch
+X_SWITCH = -math.log(math.sqrt(2.0) - 1.0)  # |x| where 1 + exp(-|x|) crosses sqrt(2): an old log1p's k switch
 
 
 def _hard_inputs() -> np.ndarray:

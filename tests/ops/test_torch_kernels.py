@@ -215,12 +215,13 @@ def test_float32_log_softmax_gradient_within_its_bound_of_mpmath() -> None:
 
 
 @functools.cache
-def _row_max32_kernel() -> Any:
+def _row_max_kernel(name: str) -> Any:
+    """A compiled call of the inlined row max ``_numba_torch.<name>`` (``_row_max32`` or ``_row_max16``)."""
     import numba
 
     from floatguard.ops import _numba_torch
 
-    inner = _numba_torch._row_max32
+    inner = getattr(_numba_torch, name)
 
     @numba.njit
     def call(row: np.ndarray) -> float:
@@ -235,7 +236,7 @@ def test_float32_row_max_in_32bit_lanes_is_the_max_of_the_row(vals: list[float])
     """``_row_max32`` (the float32 forward's max, int32 keys): the row's max as float64, NaN when the row
     holds one, ``+0`` over ``-0``; lengths up to 70 run the vector body and its remainder."""
     row = np.array(vals, dtype=np.float32)
-    got = _row_max32_kernel()(row)
+    got = _row_max_kernel("_row_max32")(row)
     if np.isnan(row).any():
         assert math.isnan(got)
     else:
@@ -244,7 +245,7 @@ def test_float32_row_max_in_32bit_lanes_is_the_max_of_the_row(vals: list[float])
 
 
 def test_float32_row_max_finds_a_nan_or_the_max_anywhere() -> None:
-    kern = _row_max32_kernel()
+    kern = _row_max_kernel("_row_max32")
     for n in (1, 15, 16, 17, 40, 300):
         for pos in range(n):
             row = -RNG.uniform(1, 2, n).astype(np.float32)
@@ -256,21 +257,6 @@ def test_float32_row_max_finds_a_nan_or_the_max_anywhere() -> None:
             row[pos] = -np.float32(1e-45)  # the smallest subnormal
             assert kern(row) == np.float64(-np.float32(1e-45))
         assert kern(np.full(n, -INF, np.float32)) == -INF
-
-
-@functools.cache
-def _row_max16_kernel() -> Any:
-    import numba
-
-    from floatguard.ops import _numba_torch
-
-    inner = _numba_torch._row_max16
-
-    @numba.njit
-    def call(row: np.ndarray) -> float:
-        return inner(row)
-
-    return call
 
 
 def _max16_want(row: torch.Tensor) -> float:
@@ -296,13 +282,13 @@ def test_16bit_row_max_in_16bit_lanes_is_the_max_of_the_row(bits: list[int], dty
     _, npt = VIEW[dtype]
     raw = np.array(bits, dtype=np.int64).astype(np.int16)
     row = torch.from_numpy(raw.copy()).view(dtype)
-    assert _same(_row_max16_kernel()(raw.view(npt)), _max16_want(row))
+    assert _same(_row_max_kernel("_row_max16")(raw.view(npt)), _max16_want(row))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_16bit_row_max_finds_a_nan_or_the_max_anywhere(dtype: torch.dtype) -> None:
     ti, npt = VIEW[dtype]
-    kern = _row_max16_kernel()
+    kern = _row_max_kernel("_row_max16")
     for n in (1, 31, 32, 33, 64, 97, 300):
         for pos in range(n):
             row = (-torch.from_numpy(RNG.uniform(1, 2, n))).to(dtype)

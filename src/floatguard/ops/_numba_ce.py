@@ -475,6 +475,41 @@ if AVAILABLE:
         return lambda row, m, lg, gr, out: _plain_grad_row(row, m + lg, gr, out)
 
 
+@_inline()
+def _row_start(x: np.ndarray, target: np.ndarray, r: int, ignore: int, has_ignore: bool,
+               res: np.ndarray) -> tuple[int, float]:
+    """The start of a row of :func:`ce_plain_forward` (and :func:`ce_plain_forward_grad`): its state and max.
+
+    -1: its class outside ``[0, C)``; 0: ignored (``res`` zeroed); 1: a non-finite max ``m`` (loss ``-m``, weight
+    1, no gradient); 2: a finite max ``m``, to go on with (weight 1).
+    """
+    c = target[r]
+    if has_ignore and c == ignore:
+        for j in range(5):
+            res[j, r] = 0.0
+        return 0, 0.0
+    if c < 0 or c >= x.shape[1]:
+        return -1, 0.0
+    m = _key_max(x[r])
+    res[3, r] = 1.0
+    if np.isfinite(m):
+        return 2, m
+    res[0, r] = -m
+    res[1, r] = 0.0
+    res[2, r] = 0.0
+    res[4, r] = 0.0
+    return 1, m
+
+
+@_inline()
+def _row_loss(res: np.ndarray, r: int, v: float, m: float, lg: float) -> None:
+    """``res[:, r]`` of a row with a finite max: its loss ``v``, ``m``, ``log1p(s)``, alive."""
+    res[0, r] = v
+    res[1, r] = m
+    res[2, r] = lg
+    res[4, r] = 1.0
+
+
 @_njit()
 def ce_plain_forward(x: np.ndarray, target: np.ndarray, ignore: int, has_ignore: bool,
                      res: np.ndarray) -> tuple[int, float, float]:
@@ -484,34 +519,22 @@ def ce_plain_forward(x: np.ndarray, target: np.ndarray, ignore: int, has_ignore:
     Returns the first row whose index is outside ``[0, C)`` (or -1), the sum of the losses and the count of
     rows not ignored. A row with a non-finite max has loss ``-m`` (NaN for NaN) and no gradient.
     """
-    r_count, n = x.shape
+    r_count = x.shape[0]
     total, comp, count = 0.0, 0.0, 0.0
     plain = 0.0  # the non-finite rows' losses (+-inf, NaN), outside the compensated sum
     for r in range(r_count):
-        c = target[r]
-        if has_ignore and c == ignore:
-            for j in range(5):
-                res[j, r] = 0.0
-            continue
-        if c < 0 or c >= n:
+        state, m = _row_start(x, target, r, ignore, has_ignore, res)
+        if state < 0:
             return r, 0.0, 0.0
-        row = x[r]
-        m = _key_max(row)
-        count += 1.0
-        res[3, r] = 1.0
-        if not np.isfinite(m):
-            res[0, r] = -m
-            res[1, r] = 0.0
-            res[2, r] = 0.0
-            res[4, r] = 0.0
+        count += 1.0 if state > 0 else 0.0
+        if state == 1:
             plain += -m
+        if state < 2:
             continue
+        row = x[r]
         lg = _log1p(_rest_for(row, m))
-        v = lg + (m - _ld(row[c]))
-        res[0, r] = v
-        res[1, r] = m
-        res[2, r] = lg
-        res[4, r] = 1.0
+        v = lg + (m - _ld(row[target[r]]))
+        _row_loss(res, r, v, m, lg)
         total, comp = _add(total, comp, v)
     return -1, (total + comp) + plain, count
 
@@ -654,36 +677,24 @@ def ce_plain_forward_grad(x: np.ndarray, target: np.ndarray, ignore: int, has_ig
     total, comp, count = 0.0, 0.0, 0.0
     plain = 0.0
     for r in range(r_count):
-        c = target[r]
-        o = grad[r]
-        if has_ignore and c == ignore:
-            for j in range(5):
-                res[j, r] = 0.0
-            _zero_row(o)
-            continue
-        if c < 0 or c >= n:
+        state, m = _row_start(x, target, r, ignore, has_ignore, res)
+        if state < 0:
             return r, 0.0, 0.0
-        row = x[r]
-        m = _key_max(row)
-        count += 1.0
-        res[3, r] = 1.0
-        if not np.isfinite(m):
-            res[0, r] = -m
-            res[1, r] = 0.0
-            res[2, r] = 0.0
-            res[4, r] = 0.0
+        o = grad[r]
+        count += 1.0 if state > 0 else 0.0
+        if state == 1:
             plain += -m
+        if state < 2:
             _zero_row(o)
             continue
+        row = x[r]
+        c = target[r]
         acc, ties = _rest_store_for(row, m, e)
         s = acc + (ties - 1.0)
         lg = _log1p(s)
         xc = _ld(row[c])
         v = lg + (m - xc)
-        res[0, r] = v
-        res[1, r] = m
-        res[2, r] = lg
-        res[4, r] = 1.0
+        _row_loss(res, r, v, m, lg)
         total, comp = _add(total, comp, v)
         q = gs / (1.0 + s)
         _scale_for(e, q, o)

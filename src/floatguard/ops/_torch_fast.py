@@ -37,7 +37,7 @@ import torch
 from ._kernels import register
 from ._torch_custom_ops import logsumexp_op, softmax_grad_op, softmax_op
 from ._torch_device import device_logsumexp, device_softmax, on_device
-from ._torch_softmax import KERNEL_DTYPES, LogSoftmax, LogSumExp, Softmax, logsumexp_fast, softmax_fast
+from ._torch_softmax import KERNEL_DTYPES, LogSoftmax, LogSumExp, Softmax, logsumexp_fast, plain_call, softmax_fast
 
 __all__ = [
     "KERNEL_DTYPES", "LogSoftmax", "LogSumExp", "Softmax", "device_logsumexp", "device_softmax", "logsumexp_fast",
@@ -48,8 +48,7 @@ def _compiled_plain(x: torch.Tensor, axis: Any) -> bool:
     """Whether ``torch.compile`` is tracing a plain call (the last axis of a non-empty strided CPU tensor):
     then the custom op is called straight away, so that Dynamo traces (and guards) a few lines, not the
     generic path (157 guards against 40: its cache lookup took 0.1 ms a call)."""
-    return (torch.compiler.is_compiling() and type(axis) is int and x.ndim > 0 and (axis == -1 or axis == x.ndim - 1)
-            and x.layout is torch.strided and x.numel() > 0 and not on_device(x))
+    return torch.compiler.is_compiling() and plain_call(x, axis)
 
 
 @register("logsumexp", "torch", stage="call", dtypes=KERNEL_DTYPES)

@@ -164,14 +164,19 @@ def lse_any(x: torch.Tensor) -> torch.Tensor:
     return lse_forward(x)[:, 0].to(torch.float64) if x.dtype != torch.float64 else lse_forward(x)[:, 0]
 
 
-def _short_path(x: torch.Tensor, axis: Any) -> bool:
-    """Whether a call on ``x`` along ``axis`` can take the short path: the last axis of a non-empty strided
-    CPU tensor of a kernel dtype, kernels not known to be missing, eager."""
+def plain_call(x: torch.Tensor, axis: Any) -> bool:
+    """Whether a call on ``x`` along ``axis`` is plain: the last axis of a non-empty strided CPU tensor."""
     nd = x.ndim
     if nd == 0 or type(axis) is not int or (axis != -1 and axis != nd - 1) or x.layout is not torch.strided:
         return False
-    return not (on_device(x) or x.dtype not in _STORAGE or _kern is False or x.numel() == 0
-                or torch.compiler.is_compiling())
+    return not (on_device(x) or x.numel() == 0)
+
+
+def _short_path(x: torch.Tensor, axis: Any) -> bool:
+    """Whether a call on ``x`` along ``axis`` can take the short path: a plain call (:func:`plain_call`) on a
+    kernel dtype, kernels not known to be missing, eager."""
+    return (plain_call(x, axis) and x.dtype in _STORAGE and _kern is not False
+            and not torch.compiler.is_compiling())
 
 
 def softmax_fast(x: torch.Tensor, axis: Any, log: bool) -> torch.Tensor | None:

@@ -66,6 +66,7 @@ from .gradients import (
     grad_sigmoid,
     grad_softmax,
     grad_softplus,
+    grad_ulp_error,
 )
 from .references import (
     ref_bce_with_logits,
@@ -131,6 +132,7 @@ __all__ = [
     "grad_sigmoid",
     "grad_softmax",
     "grad_softplus",
+    "grad_ulp_error",
     "max_ulp",
     "ref_bce_with_logits",
     "ref_cross_entropy_row",

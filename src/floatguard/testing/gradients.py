@@ -44,6 +44,7 @@ import numpy as np
 from ._precision import _add, _mp, _obj_array, _precise, to_float64
 from .conditions import _np_lse, _softmax_conds
 from .references import _lse_parts, _nonfinite_row, ref_sigmoid
+from .ulp import ulp_error
 
 __all__ = [
     "cond_grad_bce_with_logits",
@@ -66,6 +67,7 @@ __all__ = [
     "grad_sigmoid",
     "grad_softmax",
     "grad_softplus",
+    "grad_ulp_error",
 ]
 
 
@@ -364,3 +366,22 @@ def cond_grad_log1mexp(x: Any) -> np.ndarray:
     with np.errstate(all="ignore"):
         k = np.abs(_fin(x64) / np.expm1(np.where(x64 < 0, _fin(x64), -1.0)))
     return np.where(x64 < 0, k, 0.0) + 1.0
+
+
+def grad_ulp_error(got: Any, exact: Any, kappa: Any, dtype: Any, ftz: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The error of a computed gradient in ulps of ``dtype``, and the same over ``max(1, kappa)`` (the gradient
+    bound is 2 of those); a NaN ratio counts as infinite.
+
+    ``ftz``: the results of a platform that flushes subnormals (XLA on CPU): below the smallest normal its
+    resolution is that number, so an exact subnormal that came out within it counts as exact.
+    """
+    got = np.asarray(got).reshape(np.shape(exact))
+    err = np.asarray(ulp_error(got, exact, dtype), dtype=np.float64)
+    if ftz:
+        tiny = float(np.finfo(np.float32 if np.dtype(dtype) == np.float32 else np.float64).tiny)
+        ex = np.asarray(exact, dtype=np.float64)
+        with np.errstate(invalid="ignore"):  # inf - inf where both are infinite
+            err = np.where((np.abs(ex) < tiny) & (np.abs(got - ex) <= tiny), 0.0, err)
+    with np.errstate(all="ignore"):
+        per = np.where(err == 0, 0.0, err / np.fmax(1.0, np.asarray(kappa, dtype=np.float64)))
+    return err, np.where(np.isnan(per), math.inf, per)
