@@ -114,11 +114,11 @@ def test_fast_path_is_taken(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(_jax_fast, name, spy)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 5)), dtype=jnp.float32)
-    call(op, x)
+    call(op, x)  # the plain call: the array as it is (the call stage)
     jax.jit(lambda v: call(op, v))(x)
     mask = jnp.asarray(np.random.default_rng(2).random((2, 3, 5)) < 0.7)
-    call(op, x, where=mask)
-    assert calls == [(6, 5)] * 3
+    call(op, x, where=mask)  # anything else: rows (R, n)
+    assert calls == [(2, 3, 5), (2, 3, 5), (6, 5)]
 
 
 def test_logsumexp_variants_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,11 +129,89 @@ def test_logsumexp_variants_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) 
     fg.logsumexp(x)
     fg.logsumexp(x, axis=(0, 2), keepdims=True)
     _, sign = fg.logsumexp(x, axis=1, return_sign=True)
-    assert calls == [(1, 24), (3, 8), (8, 3)]
+    fg.logsumexp(x, axis=-1)
+    assert calls == [(1, 24), (3, 8), (8, 3), (2, 3, 4)]
     np.testing.assert_array_equal(np.asarray(sign), np.ones((2, 4)))
     # weights b take the generic path
     fg.logsumexp(x, axis=1, b=jnp.ones_like(x))
-    assert len(calls) == 3
+    assert len(calls) == 4
+
+
+def _nd(n: int, seed: int, dtype: str) -> Any:
+    """Rows of length ``n`` (random, adversarial, non-finite) as a (2, R/2, n) array of ``dtype``."""
+    r = rows(n, seed=seed)
+    r = r[: len(r) // 2 * 2]
+    return jnp.asarray(r.reshape(2, -1, n), dtype=getattr(jnp, dtype))
+
+
+# 300: one pass; 4099 (prime): pieces, padded with -inf (the float64 work); 1: one entry
+_SETTINGS = [(True, d) for d in ("float32", "float64", "bfloat16", "float16")] + [
+    (False, d) for d in ("float32", "bfloat16", "float16")]
+
+
+@pytest.mark.parametrize(("enable_x64", "dtype", "n"), [(*s, n) for s in _SETTINGS for n in (300, 4099)]
+                         + [(True, "float64", 1), (False, "float32", 1)])
+@pytest.mark.parametrize("op", OPS)
+def test_plain_call_matches_the_rows_path(op: str, dtype: str, n: int, enable_x64: bool) -> None:
+    """The call stage (the array as it is, any rank) gives the rows path's values and gradients: the last axis
+    as an integer against the same axis as a tuple (reshaped to rows), eager and jitted, with and without x64."""
+    with jax.enable_x64(enable_x64):
+        x = _nd(n, 11, dtype)
+        last = (x.ndim - 1,)
+        if op == "logsumexp":
+            def f(v: Any, axis: Any) -> Any:
+                return fg.logsumexp(v, axis=axis)
+        else:
+            def f(v: Any, axis: Any) -> Any:
+                return getattr(fg, op)(v, axis=axis)
+        c = jnp.asarray(np.random.default_rng(12).uniform(0.5, 1.5, x.shape[:-1] if op == "logsumexp" else x.shape),
+                        dtype=x.dtype)
+        bound = 4.0 if x.dtype == jnp.float64 else 1.0
+        for mode in ("eager", "jit") if dtype == "float32" else ("jit",):  # eager: op by op, the same rule
+            wrap = jax.jit if mode == "jit" else (lambda fn: fn)
+            got, want = wrap(lambda v: f(v, -1))(x), wrap(lambda v: f(v, last))(x)
+            assert got.dtype == want.dtype == x.dtype and got.shape == want.shape
+            err = ulps(got, want, dtype)
+            assert float(err.max()) <= bound, (mode, np.argwhere(err > bound)[:5])
+            gg = wrap(lambda v: jax.vjp(lambda u: f(u, -1), v)[1](c)[0])(x)
+            gw = wrap(lambda v: jax.vjp(lambda u: f(u, last), v)[1](c)[0])(x)
+            assert gg.dtype == x.dtype and gg.shape == x.shape
+            err = ulps(gg, gw, dtype)
+            assert float(err.max()) <= bound, (mode, "grad", np.argwhere(err > bound)[:5])
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_plain_call_stage_declines_what_is_not_plain(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the last axis as an integer of a non-empty real floating JAX array takes the call stage;
+    the rest (other axes, tuples, ``True``, empty and integer arrays, NumPy arrays) the full path."""
+    name = {"logsumexp": "logsumexp_rows", "softmax": "softmax_rows", "log_softmax": "log_softmax_rows"}[op]
+    calls = []
+    real = getattr(_jax_fast, name)
+    monkeypatch.setattr(_jax_fast, name, lambda v: calls.append(tuple(v.shape)) or real(v))
+    x = jnp.asarray(np.random.default_rng(13).normal(size=(2, 3, 4)), dtype=jnp.float32)
+    f = getattr(fg, op)
+    f(x, axis=2)
+    f(x, axis=np.int64(-1))
+    assert calls == [(2, 3, 4)] * 2
+    f(x, axis=0)
+    f(x, axis=(2,))
+    assert calls[2:] == [(12, 2), (6, 4)]
+    with pytest.raises(Exception, match="axis"):
+        f(x, axis=True)
+    assert len(calls) == 4
+    f(jnp.zeros((2, 0), jnp.float32), axis=-1)
+    f(jnp.arange(6).reshape(2, 3), axis=-1)  # integers: promoted on the full path
+    f(np.ones((2, 3)), axis=-1)  # NumPy: its own kernels
+    assert all(len(c) == 2 for c in calls[4:])
+
+
+def test_logsumexp_plain_call_keeps_its_dims() -> None:
+    x = jnp.asarray(np.random.default_rng(14).normal(size=(2, 3, 4)), dtype=jnp.float32)
+    assert fg.logsumexp(x, axis=-1).shape == (2, 3)
+    assert fg.logsumexp(x, axis=-1, keepdims=True).shape == (2, 3, 1)
+    assert fg.logsumexp(x, dim=-1, keepdim=True).shape == (2, 3, 1)
+    assert fg.logsumexp(x[0, 0], axis=0).shape == ()
+    np.testing.assert_array_equal(np.asarray(fg.logsumexp(x, axis=-1)), np.asarray(fg.logsumexp(x, axis=(2,))))
 
 
 def test_return_sign_of_empty_and_nan_rows() -> None:

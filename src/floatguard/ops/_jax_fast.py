@@ -7,8 +7,9 @@ max, products, ``exp`` and ``log`` but no compare or select: each ``where``
 over the data is written out to memory and read back, 3.5 to 13 times slower
 than ``jax.nn`` under ``jax.jit`` (``benchmarks/ops_speed.py``).
 
-Here each op is a ``jax.custom_jvp`` function of rows ``(R, n)`` (the last axis
-is reduced) whose passes over the data use only those operations. In the
+Here each op is a ``jax.custom_jvp`` function of rows: the last axis of an array of
+any rank (``(R, n)`` from the rows stage, the array as it is from a plain call, see
+:mod:`._jax_kernels`) whose passes over the data use only those operations. In the
 working dtype (float64 for float32 and float64 inputs where available, as the
 generic path; float32 for float16 and bfloat16, see :func:`_work_dtype`), with ``m`` the
 row max, ``MAX`` the largest finite value of the input dtype and ``BIG`` the
@@ -171,7 +172,7 @@ def _row_stats(x: jax.Array, wd: Any) -> tuple[jax.Array, jax.Array, jax.Array, 
 
 
 def _stats(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Array]:
-    """``m``, ``a``, ``d`` and ``s`` of the rows ``(R, n)`` of ``x``; ``d`` is None for long rows.
+    """``m``, ``a``, ``d`` and ``s`` of the rows of ``x`` (its last axis, any rank); ``d`` is None for long rows.
 
     A row longer than ``MAX_PIECE`` is cut into pieces (a reshape, no copy) that are
     reduced in one fused pass, and the per-piece ``(m_j, s_j)`` are combined like the
@@ -179,16 +180,16 @@ def _stats(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array | None, jax.Ar
     (number of pieces at the max - 1)``, every term rounded once relative to itself.
     """
     wd = _work_dtype(x.dtype)
-    r, n = x.shape
+    lead, n = tuple(x.shape[:-1]), x.shape[-1]
     size = _piece(n)
     if size == n:
         return _row_stats(x, wd)
     if size == 0:
         size = MAX_PIECE
-        x = jnp.pad(x, ((0, 0), (0, -n % size)), constant_values=-np.inf)
-    pieces = x.shape[1] // size
-    m_j, a_j, _, s_j = _row_stats(x.reshape(r * pieces, size), wd)
-    m_j, a_j, s_j = (v.reshape(r, pieces) for v in (m_j, a_j, s_j))
+        x = jnp.pad(x, ((0, 0),) * len(lead) + ((0, -n % size),), constant_values=-np.inf)
+    pieces = x.shape[-1] // size
+    m_j, a_j, _, s_j = _row_stats(x.reshape(*lead, pieces, size), wd)
+    m_j, a_j, s_j = (v.reshape(*lead, pieces) for v in (m_j, a_j, s_j))
     big = _big(wd)
     m = _small_max(m_j)
     a = _small_max(a_j)

@@ -13,8 +13,8 @@ and the op asks :func:`select` once for the kernel of its input. Two stages:
 ``"call"``
     The plain call, before any argument work: ``fn(x, *args)`` gets the op's raw
     arguments and returns the result, or None to decline (the op then takes its full path).
-    Keyed by the exact type of ``x`` (``torch.Tensor``), so that a small call costs a
-    dictionary lookup.
+    Keyed by the type of ``x`` (exactly ``torch.Tensor``; any ``jax.Array``, tracers
+    included), so that a small call costs a dictionary lookup.
 ``"rows"``
     After the arguments are checked and the reduced axes moved last and flattened:
     ``fn(rows)`` gets a non-empty ``(R, n)`` array and returns the op's value per row
@@ -44,7 +44,9 @@ OPS = frozenset({
     "softplus", "log_sigmoid", "log1mexp", "logaddexp",  # call kernels (elementwise)
 })
 # the modules that register a backend's kernels, imported on the first array of that backend
-_TENSOR_TYPES = {"torch": ("torch", "Tensor")}  # call kernels: the exact type of x, per backend
+# call kernels: the exact type of x (torch: subclasses such as FakeTensor take the full path), or any
+# instance of the array type (jax.Array: its concrete arrays and the tracers of jit, grad and vmap)
+_TENSOR_TYPES = {"torch": ("torch", "Tensor", True), "jax": ("jax", "Array", False)}
 
 
 @dataclass(frozen=True)
@@ -132,14 +134,16 @@ def select(op: str, backend: str, x: Any) -> Callable[..., Any] | None:
     return None
 
 
-def _call_kernels(op: str, tp: type) -> tuple[Kernel, ...]:
-    """The call kernels of ``op`` for inputs of exact type ``tp`` (none for a library not yet imported)."""
+def _call_kernels(op: str, x: Any) -> tuple[Kernel, ...]:
+    """The call kernels of ``op`` for inputs of the type of ``x`` (none for a library not yet imported),
+    remembered for that type (an instance check on one instance holds for every instance of its type)."""
     found: tuple[Kernel, ...] = ()
-    for backend, (module, name) in _TENSOR_TYPES.items():
+    for backend, (module, name, exact) in _TENSOR_TYPES.items():
         lib = sys.modules.get(module)
-        if lib is not None and tp is getattr(lib, name, None):
+        tp = None if lib is None else getattr(lib, name, None)
+        if tp is not None and (type(x) is tp if exact else isinstance(x, tp)):
             found = kernels(op, backend, "call")
-    _CALL[(op, tp)] = found
+    _CALL[(op, type(x))] = found
     return found
 
 
@@ -147,7 +151,7 @@ def select_call(op: str, x: Any) -> Callable[..., Any] | None:
     """The ``call`` kernel of ``op`` for ``x`` (a dictionary lookup on its type, then its dtype), or None."""
     found = _CALL.get((op, type(x)))
     if found is None:
-        found = _call_kernels(op, type(x))
+        found = _call_kernels(op, x)
     for k in found:
         if k.applies(x):
             return k.fn
