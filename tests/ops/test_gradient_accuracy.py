@@ -143,6 +143,27 @@ def test_jax_gradient_within_bound(case: Case, dtype: str) -> None:
     assert worst(_jax_grads(case, inputs, w, dtype), exact, kappa, dtype, ftz=True) <= 2.0
 
 
+# JAX's default float32 work (no x64) runs the one-pass path in float32 arithmetic throughout. Its
+# softmax tangent scales exp(x - max) by 1 / (1 + s) from the forward (it was exp(-log1p(s)), two
+# roundings more): on 208 random rows of 100 the worst err / kappa went from 3.06 to 2.85 (3 rows of 208
+# above 2, was 6). The bound of 2 ulp x kappa is not met there in general: float32 p and the float32
+# sum of the backward carry about 1.5 ulp each (see the note of issue 10); the test holds it to 3, and
+# to 2 the ops whose gradients keep it. Rows 112 and 141 were at 3.04 and 3.06.
+NORMAL100 = [np.random.default_rng(k).standard_normal(100) for k in (*range(20, 28), 112, 141)]
+ROW_OPS = {c[0].split("-")[0]: c for c in CASES if c[0].endswith("-0")}
+
+
+@pytest.mark.parametrize(("op", "bound"), [("logsumexp", 2.0), ("softmax", 3.0), ("log_softmax", 2.0)])
+def test_jax_float32_row_gradients_without_x64(op: str, bound: float) -> None:
+    name, f, ref, cond, _, loss = ROW_OPS[op]
+    for i, row in enumerate([*NORMAL100, DOMINANT, SPREAD, WITH_INF]):
+        case = (f"{name}-{i}", f, ref, cond, [row], loss)
+        inputs, w, exact, kappa = _setup(case, "float32")
+        with jax.enable_x64(False):
+            got = _jax_grads(case, inputs, w, "float32")
+        assert worst(got, exact, kappa, "float32", ftz=True) <= bound, (op, i)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float64"])
 def test_torch_log1mexp_gradient_near_zero(dtype: str) -> None:
     inputs, w, exact, kappa = _setup(NEAR0_CASE, dtype)

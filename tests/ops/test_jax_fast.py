@@ -504,6 +504,22 @@ def test_float32_hessian_of_logsumexp(no_x64: None) -> None:
     np.testing.assert_allclose(h, np.diag(p) - np.outer(p, p), rtol=1e-5, atol=1e-7)
 
 
+def test_float32_hessian_of_softmax(no_x64: None) -> None:
+    """The second derivative goes through the tangent of the softmax's scale ``q = 1 / (1 + s)`` too."""
+    x = np.random.default_rng(22).normal(size=5).astype(np.float32)
+    w = np.random.default_rng(23).uniform(0.5, 1.5, 5)
+    h = np.asarray(jax.jit(jax.hessian(lambda v: jnp.sum(jnp.asarray(w, jnp.float32) * fg.softmax(v))))(
+        jnp.asarray(x)))
+    xd = x.astype(np.float64)
+
+    def grad(v: np.ndarray) -> np.ndarray:  # the float64 gradient of sum(w * softmax(v))
+        q = np.exp(v - np.log(np.sum(np.exp(v))))
+        return q * (w - w @ q)
+
+    num = np.stack([(grad(xd + e) - grad(xd - e)) / 2e-6 for e in np.eye(5) * 1e-6], axis=1)  # central differences
+    np.testing.assert_allclose(h, num, rtol=1e-4, atol=1e-6)
+
+
 def _exps_per_entry(f: Callable[..., Any], x: Any, c: Any) -> int:
     """How many ``exp`` over the data (shape of ``x``, in float32) the compiled ``jax.vjp`` of ``f`` holds."""
     txt = jax.jit(lambda v, c: jax.vjp(f, v)[1](c)[0]).lower(x, c).compile().as_text()
