@@ -298,7 +298,7 @@ def _rows_jvp(op: str, fused: bool, primals: tuple[jax.Array], tangents: tuple[j
 
 
 # -- the float32 working dtype: one pass, as jax.nn's --------------------------------------
-def _forward32(x: jax.Array, op: str) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _forward32(x: jax.Array, op: str) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """``(result, m, l, q)`` of ``op`` worked in float32 (no x64, or half precision input), in one fused pass;
     ``q = 1 / (1 + s)`` per row, the softmax's scale (for its tangent rule, :func:`_rows32_jvp`).
 
