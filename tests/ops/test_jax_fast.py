@@ -144,12 +144,13 @@ def _nd(n: int, seed: int, dtype: str) -> Any:
     return jnp.asarray(r.reshape(2, -1, n), dtype=getattr(jnp, dtype))
 
 
-# 300: one pass; 4099 (prime): pieces, padded with -inf (the float64 work); 1: one entry
+# 300: one pass; 4099 (prime): pieces, padded with -inf (the float64 work), one pass (float32); 1: one entry
 _SETTINGS = [(True, d) for d in ("float32", "float64", "bfloat16", "float16")] + [
     (False, d) for d in ("float32", "bfloat16", "float16")]
 
 
-@pytest.mark.parametrize(("enable_x64", "dtype", "n"), [(*s, n) for s in _SETTINGS for n in (300, 4099)]
+@pytest.mark.parametrize(("enable_x64", "dtype", "n"), [(*s, 300) for s in _SETTINGS]
+                         + [(True, "float32", 4099), (True, "float64", 4099), (False, "float32", 4099)]
                          + [(True, "float64", 1), (False, "float32", 1)])
 @pytest.mark.parametrize("op", OPS)
 def test_plain_call_matches_the_rows_path(op: str, dtype: str, n: int, enable_x64: bool) -> None:
@@ -167,7 +168,7 @@ def test_plain_call_matches_the_rows_path(op: str, dtype: str, n: int, enable_x6
         c = jnp.asarray(np.random.default_rng(12).uniform(0.5, 1.5, x.shape[:-1] if op == "logsumexp" else x.shape),
                         dtype=x.dtype)
         bound = 4.0 if x.dtype == jnp.float64 else 1.0
-        for mode in ("eager", "jit") if dtype == "float32" else ("jit",):  # eager: op by op, the same rule
+        for mode in ("eager", "jit") if (dtype, n) == ("float32", 300) else ("jit",):  # eager: op by op
             wrap = jax.jit if mode == "jit" else (lambda fn: fn)
             got, want = wrap(lambda v: f(v, -1))(x), wrap(lambda v: f(v, last))(x)
             assert got.dtype == want.dtype == x.dtype and got.shape == want.shape
