@@ -113,12 +113,15 @@ def test_fast_path_is_taken(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
         return real(x)
 
     monkeypatch.setattr(_jax_fast, name, spy)
-    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 5)), dtype=jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3, 5)), dtype=jnp.bfloat16)
     call(op, x)  # the plain call: the array as it is (the call stage)
     jax.jit(lambda v: call(op, v))(x)
     mask = jnp.asarray(np.random.default_rng(2).random((2, 3, 5)) < 0.7)
     call(op, x, where=mask)  # anything else: rows (R, n)
-    assert calls == [(2, 3, 5), (2, 3, 5), (6, 5)]
+    call(op, x.astype(jnp.float32))  # float32 worked in float32: the call stage on rows
+    with jax.enable_x64(True):
+        call(op, x.astype(jnp.float32))  # worked in float64: as it is
+    assert calls == [(2, 3, 5), (2, 3, 5), (6, 5), (6, 5), (2, 3, 5)]
 
 
 def test_logsumexp_variants_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,7 +132,7 @@ def test_logsumexp_variants_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) 
     fg.logsumexp(x)
     fg.logsumexp(x, axis=(0, 2), keepdims=True)
     _, sign = fg.logsumexp(x, axis=1, return_sign=True)
-    fg.logsumexp(x, axis=-1)
+    fg.logsumexp(x.astype(jnp.float16), axis=-1)
     assert calls == [(1, 24), (3, 8), (8, 3), (2, 3, 4)]
     np.testing.assert_array_equal(np.asarray(sign), np.ones((2, 4)))
     # weights b take the generic path
@@ -189,7 +192,7 @@ def test_plain_call_stage_declines_what_is_not_plain(op: str, monkeypatch: pytes
     calls = []
     real = getattr(_jax_fast, name)
     monkeypatch.setattr(_jax_fast, name, lambda v: calls.append(tuple(v.shape)) or real(v))
-    x = jnp.asarray(np.random.default_rng(13).normal(size=(2, 3, 4)), dtype=jnp.float32)
+    x = jnp.asarray(np.random.default_rng(13).normal(size=(2, 3, 4)), dtype=jnp.bfloat16)
     f = getattr(fg, op)
     f(x, axis=2)
     f(x, axis=np.int64(-1))

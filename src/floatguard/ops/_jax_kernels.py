@@ -5,8 +5,10 @@ Two stages, one algorithm:
 * ``call``: the plain call (the last axis of a real floating array, no ``where`` or ``b``) goes to
   :mod:`._jax_fast` with the array as it is, of any rank: no reshape to rows around the custom
   function. XLA fuses the two differently: on attention scores (4×8×256×256) the bfloat16 forward
-  took 0.7x the time of the reshaped path and its ``jax.vjp`` 0.6x, the float32 ``jax.vjp`` under
-  ``jax_enable_x64`` 0.4x (``benchmarks/training_speed.py``);
+  took 0.7-0.8x the time of the reshaped path and its ``jax.vjp`` 0.6-0.8x, the float32 ``jax.vjp``
+  under ``jax_enable_x64`` 0.35x for softmax and log_softmax (``benchmarks/training_speed.py`` and
+  side-by-side medians). float32 worked in float32 (no x64) is the exception: there rows are 1.0x
+  with ``jax.vjp`` and 0.87-0.98x forward, so that case keeps the reshape;
 * ``rows``: every other call, after the reduced axes are moved last and flattened to ``(R, n)``.
 
 Each returns the op per row in the input dtype (the op rounds once to it). Imported on the first
@@ -16,8 +18,10 @@ JAX array an op gets.
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from . import _jax_fast
@@ -38,22 +42,31 @@ def _last(x: Any, axis: Any) -> bool:
     return axis in (-1, x.ndim - 1)
 
 
+def _apply(fn: Callable[[Any], Any], x: Any) -> Any:
+    """``fn`` of the last axis of ``x`` (``(..., n)`` to ``(..., k)``): on ``x`` as it is, or on its rows for
+    float32 worked in float32 (see the module docstring)."""
+    if x.ndim <= 2 or x.dtype != jnp.float32 or jax.config.read("jax_enable_x64"):
+        return fn(x)
+    out = fn(jnp.reshape(x, (-1, x.shape[-1])))
+    return jnp.reshape(out, (*x.shape[:-1], out.shape[-1]))
+
+
 @register("logsumexp", "jax", stage="call", dtypes=DTYPES)
 def _logsumexp_call(x: Any, axis: Any, keepdims: Any) -> Any:
     if type(keepdims) is not bool or not _last(x, axis):
         return None
-    lse = _jax_fast.logsumexp_rows(x)
+    lse = _apply(_jax_fast.logsumexp_rows, x)
     return lse if keepdims else jnp.squeeze(lse, -1)
 
 
 @register("softmax", "jax", stage="call", dtypes=DTYPES)
 def _softmax_call(x: Any, axis: Any) -> Any:
-    return _jax_fast.softmax_rows(x) if _last(x, axis) else None
+    return _apply(_jax_fast.softmax_rows, x) if _last(x, axis) else None
 
 
 @register("log_softmax", "jax", stage="call", dtypes=DTYPES)
 def _log_softmax_call(x: Any, axis: Any) -> Any:
-    return _jax_fast.log_softmax_rows(x) if _last(x, axis) else None
+    return _apply(_jax_fast.log_softmax_rows, x) if _last(x, axis) else None
 
 
 @register("logsumexp", "jax")
