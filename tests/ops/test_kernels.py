@@ -33,6 +33,37 @@ def test_torch_call_kernels_are_keyed_by_dtype() -> None:
     assert _kernels.select_call("softplus", np.zeros(3)) is None  # NumPy has no call kernel
 
 
+def test_call_kernels_are_remembered_by_type_and_dtype_unless_a_predicate_decides(monkeypatch: Any) -> None:
+    monkeypatch.setattr(_kernels, "_TABLE", {})
+    monkeypatch.setattr(_kernels, "_CALL", {})
+    monkeypatch.setattr(_kernels, "_CALL_FN", {})
+    monkeypatch.setattr(_kernels, "_LOADED", {"torch"})
+
+    @_kernels.register("softplus", "torch", stage="call", dtypes=(torch.float32,))
+    def f32(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    x = torch.zeros(3)
+    assert _kernels.select_call("softplus", x) is f32
+    assert _kernels.select_call("softplus", x.double()) is None
+    assert set(_kernels._CALL_FN) == {("softplus", torch.Tensor, dt) for dt in (torch.float32, torch.float64)}
+
+    @_kernels.register("softplus", "torch", stage="call", predicate=lambda t: t.ndim == 2)
+    def two_d(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    assert not _kernels._CALL_FN  # a registration forgets the choices
+    assert _kernels.select_call("softplus", x.double()) is None  # 1-d: the predicate says no
+    assert _kernels.select_call("softplus", torch.zeros(2, 2).double()) is two_d  # not remembered by dtype alone
+    assert not _kernels._CALL_FN
+
+    class Odd:
+        def __init__(self) -> None:
+            self.dtype: list[int] = []  # unhashable
+
+    assert _kernels.select_call("softplus", Odd()) is None
+
+
 def test_select_picks_the_first_kernel_that_applies_and_else_the_generic_path(monkeypatch: Any) -> None:
     table: dict[Any, list[_kernels.Kernel]] = {}
     monkeypatch.setattr(_kernels, "_TABLE", table)

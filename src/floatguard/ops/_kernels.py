@@ -69,6 +69,7 @@ class Kernel:
 _TABLE: dict[tuple[str, str, Stage], list[Kernel]] = {}
 _LOADED: set[str] = set()
 _CALL: dict[tuple[str, type], tuple[Kernel, ...]] = {}  # (op, type of x) -> its call kernels
+_CALL_FN: dict[tuple[str, type, Any], Callable[..., Any] | None] = {}  # (op, type, dtype) -> the chosen kernel
 
 
 def _check(op: str, backend: str, stage: str) -> None:
@@ -96,6 +97,7 @@ def register(
         _TABLE.setdefault((op, backend, stage), []).append(
             Kernel(op, backend, stage, fn, None if dtypes is None else frozenset(dtypes), predicate))
         _CALL.clear()
+        _CALL_FN.clear()
         return fn
 
     return add
@@ -148,11 +150,19 @@ def _call_kernels(op: str, x: Any) -> tuple[Kernel, ...]:
 
 
 def select_call(op: str, x: Any) -> Callable[..., Any] | None:
-    """The ``call`` kernel of ``op`` for ``x`` (a dictionary lookup on its type, then its dtype), or None."""
-    found = _CALL.get((op, type(x)))
+    """The ``call`` kernel of ``op`` for ``x``, or None: one dictionary lookup on its type and dtype once seen
+    (a small call's budget is a few microseconds), else the kernels of its type tried in order."""
+    key = (op, type(x), getattr(x, "dtype", None))
+    try:
+        return _CALL_FN[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable dtype attribute: no kernel takes it
+        return None
+    found = _CALL.get(key[:2])
     if found is None:
         found = _call_kernels(op, x)
-    for k in found:
-        if k.applies(x):
-            return k.fn
-    return None
+    chosen = next((k.fn for k in found if k.applies(x)), None)
+    if all(k.predicate is None for k in found):  # the choice depends on the type and dtype alone
+        _CALL_FN[key] = chosen
+    return chosen
