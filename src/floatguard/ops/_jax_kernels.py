@@ -21,7 +21,6 @@ import operator
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from . import _jax_fast
@@ -45,7 +44,7 @@ def _last(x: Any, axis: Any) -> bool:
 def _apply(fn: Callable[[Any], Any], x: Any) -> Any:
     """``fn`` of the last axis of ``x`` (``(..., n)`` to ``(..., k)``): on ``x`` as it is, or on its rows for
     float32 worked in float32 (see the module docstring)."""
-    if x.ndim <= 2 or x.dtype != jnp.float32 or jax.config.read("jax_enable_x64"):
+    if x.ndim <= 2 or x.dtype != jnp.float32 or _jax_fast._work_dtype(x.dtype) != jnp.float32:
         return fn(x)
     out = fn(jnp.reshape(x, (-1, x.shape[-1])))
     return jnp.reshape(out, (*x.shape[:-1], out.shape[-1]))

@@ -25,8 +25,7 @@ def _flat_run(fn: Any, size: int) -> None:
 _F64 = {torch.float32: False, torch.float64: True}  # the ``f64`` argument of the ``ptr_*`` kernels
 
 
-def unary_values(x: torch.Tensor, op: int) -> torch.Tensor:
-    """softplus, log_sigmoid or log1mexp (``op``) of a CPU tensor, no autograd: the kernels' values."""
+def _unary_values(x: torch.Tensor, op: int) -> torch.Tensor:
     f64 = _F64.get(x.dtype)
     if f64 is not None and x.numel() < PARALLEL_MIN and x.is_contiguous():  # latency: the shortest route
         out = torch.empty_like(x)
@@ -44,7 +43,7 @@ class _Unary(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, op: int) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.op = op
-        return unary_values(x, op)
+        return _unary_values(x, op)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, None]:
@@ -79,7 +78,7 @@ def unary(x: torch.Tensor, op: int) -> torch.Tensor:
     """softplus, log_sigmoid or log1mexp of a CPU tensor (``op``), through the compiled kernels."""
     if x.requires_grad and torch.is_grad_enabled():
         return _Unary.apply(x, op)
-    return unary_values(x, op)
+    return _unary_values(x, op)
 
 
 def _lae_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

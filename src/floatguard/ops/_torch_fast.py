@@ -113,20 +113,19 @@ def _elementwise() -> Any:
     return _torch_elementwise
 
 
-def _fused_ok(x: torch.Tensor) -> bool:
-    """Whether ``x`` goes to the fused kernels: a strided CPU tensor (:func:`on_device` inlined: a small call
-    has a few microseconds), not while ``torch.compile`` traces, with the kernels available."""
-    return (x.is_cpu and x.layout is torch.strided and not _ns.FORCE_DEVICE_PATH
-            and not torch.compiler.is_compiling() and _elementwise() is not None)
+def _fused(x: torch.Tensor) -> Any:
+    """:mod:`._torch_elementwise` when ``x`` goes to the fused kernels (a strided CPU tensor, not while
+    ``torch.compile`` traces, the kernels available), else None. :func:`on_device` inlined: a small call has a
+    few microseconds."""
+    if x.is_cpu and x.layout is torch.strided and not _ns.FORCE_DEVICE_PATH and not torch.compiler.is_compiling():
+        return _elementwise()
+    return None
 
 
 def _unary(code: int) -> Any:
     def call(x: torch.Tensor) -> torch.Tensor | None:
-        if not _fused_ok(x):
-            return None
-        if x.requires_grad and torch.is_grad_enabled():
-            return _elementwise().unary(x, code)
-        return _elementwise().unary_values(x, code)  # one Python call less on the common route
+        kern = _fused(x)
+        return None if kern is None else kern.unary(x, code)
 
     return call
 
@@ -139,9 +138,10 @@ register("log1mexp", "torch", stage="call", dtypes=KERNEL_DTYPES)(_unary(2))
 @register("logaddexp", "torch", stage="call", dtypes=KERNEL_DTYPES)
 def _logaddexp_call(a: torch.Tensor, b: Any) -> torch.Tensor | None:
     """Two CPU tensors of one shape and dtype: the fused logaddexp kernel."""
-    # dtype objects are singletons; a CPU ``a`` (checked by _fused_ok) and ``b.is_cpu``: one device, without
+    # dtype objects are singletons; a CPU ``a`` (checked by _fused) and ``b.is_cpu``: one device, without
     # building two device objects (0.4 µs of a small call)
-    if (type(b) is type(a) and b.dtype is a.dtype and b.is_cpu and b.layout is torch.strided and b.shape == a.shape
-            and _fused_ok(a)):
-        return _elementwise().logaddexp(a, b)
+    if type(b) is type(a) and b.dtype is a.dtype and b.is_cpu and b.layout is torch.strided and b.shape == a.shape:
+        kern = _fused(a)
+        if kern is not None:
+            return kern.logaddexp(a, b)
     return None
