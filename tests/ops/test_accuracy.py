@@ -43,6 +43,8 @@ COMBOS = [
     ("torch", "float16"),
     ("torch", "float32"),
     ("torch", "float64"),
+    ("jax", "bfloat16"),
+    ("jax", "float16"),
     ("jax", "float32"),
     ("jax", "float64"),
 ]
@@ -482,8 +484,13 @@ def _describe(err: np.ndarray, bound: np.ndarray, args: tuple[np.ndarray, ...], 
     return "\n".join(lines)
 
 
+def _tiny(dtype: str) -> float:
+    """The smallest normal number of the precision XLA computes ``dtype`` in (bfloat16 and float16 in float32)."""
+    return float(np.finfo(np.float64 if dtype == "float64" else np.float32).tiny)
+
+
 def _flush(a: np.ndarray, dtype: str) -> np.ndarray:
-    tiny = float(np.finfo(np.float32 if dtype == "float32" else np.float64).tiny)
+    tiny = _tiny(dtype)
     return np.where(np.abs(a) < tiny, np.copysign(0.0, a), a)
 
 
@@ -498,7 +505,7 @@ def _jax_platform(err: np.ndarray, bound: np.ndarray, cond: Any, got: np.ndarray
        float32 ulp, which only matters for a condition number above 2^27.
     """
     exact = np.asarray(ref, dtype=object).astype(np.float64)
-    tiny = float(np.finfo(np.float32 if dtype == "float32" else np.float64).tiny)
+    tiny = _tiny(dtype)
     flushed = (got == 0) & (np.abs(exact) < tiny)
     err = np.where(flushed, 0.0, err)
     if dtype == "float32" and cond is not None:
