@@ -165,12 +165,12 @@ def _log1p_rest(row: np.ndarray, m: float, exact: bool) -> tuple[float, bool]:
     next row should be summed without the max term straight away.
 
     ``s`` is taken as ``(1 + s) - 1`` from one sum with no tie test (:func:`_sum_all_f32out`: the max term is
-    exactly 1, ties add exactly 1 each, and the subtraction is exact). Its error is the terms' ``2^-35 s`` plus
-    the roundings of the one partial sum (of the 8-lane reduction) that holds the 1: at most ``n/8`` additions
-    of ``2^-53`` each. Below ``s = n 2^-24`` that could exceed ``2^-32 s`` (a confident row, whose largest
-    output ``-log1p(s)`` is near 0 and needs ``s`` relative): such a row is summed without the max term
-    (:func:`_rest_f32out`, every term relative to ``s``, a tie test per entry). Otherwise the error of ``s``,
-    and of ``log1p(s)``, stays under ``2^-32`` relative: 2^-8 ulp of the float32 result.
+    exactly 1, ties add exactly 1 each, and the subtraction is exact). Its error is the terms' ``2^-29.27 s``
+    (:func:`._numba_exp._exp_row`) plus the roundings of the one partial sum (of the 8-lane reduction) that holds
+    the 1: at most ``n/8`` additions of ``2^-53`` each. Below ``s = n 2^-24`` that could exceed ``2^-32 s`` (a
+    confident row, whose largest output ``-log1p(s)`` is near 0 and needs ``s`` relative): such a row is summed
+    without the max term (:func:`_rest_f32out`, every term relative to ``s``, a tie test per entry). Otherwise
+    the error of ``s``, and of ``log1p(s)``, stays under ``2^-29`` relative: 2^-5 ulp of the float32 result.
 
     Confident rows come in batches (a trained classifier): after one, the next row takes the exact sum first
     (``exact``), and the one sum again only once a row is not confident, so a batch of them costs one pass
