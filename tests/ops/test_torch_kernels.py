@@ -566,7 +566,9 @@ def test_without_the_kernels_the_torch_ops_give_the_same_results(dtype: torch.dt
         val2 = OPS[op][0](x)
         grad2 = _grad(op, x, torch.ones_like(val2))
         torch.testing.assert_close(val2.double(), val.double(), rtol=eps, atol=torch.finfo(dtype).tiny)
-        torch.testing.assert_close(grad2.double(), grad.double(), rtol=4 * eps, atol=4 * eps * float(grad.abs().max()))
+        # the softmax gradient of a cotangent of ones is 0 up to the roundings of sum(g p): its scale is g's, 1
+        scale = 1.0 if op == "softmax" else float(grad.abs().max())
+        torch.testing.assert_close(grad2.double(), grad.double(), rtol=4 * eps, atol=4 * eps * scale)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

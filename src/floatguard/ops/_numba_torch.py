@@ -72,12 +72,13 @@ if AVAILABLE:
         return types.int32(types.int32, types.float32), codegen
 
     @intrinsic
-    def _or_nan32(typingctx: Any, flag: Any, v: Any) -> Any:
-        """``flag | isnan(v)`` as an int32, from the bits of a float32."""
+    def _max_mag32(typingctx: Any, mm: Any, v: Any) -> Any:
+        """``max(mm, |v|)`` of the magnitude bits of a float32 (a NaN has the largest ones); a row holds a NaN
+        when the max is above the bits of ``inf``. (An or of ``isnan`` flags took 1.4x the max pass's time.)"""
 
         def codegen(context: Any, builder: Any, sig: Any, args: Any) -> Any:
             mag = builder.and_(builder.bitcast(args[1], _I32), _c32(0x7FFFFFFF))
-            return builder.or_(args[0], builder.zext(builder.icmp_signed(">", mag, _c32(0x7F800000)), _I32))
+            return builder.select(builder.icmp_signed(">", mag, args[0]), mag, args[0])
 
         return types.int32(types.int32, types.float32), codegen
 
@@ -105,9 +106,9 @@ if AVAILABLE:
 
         return types.int16(types.int16, v), codegen
 else:  # never called
-    _max_key32 = _or_nan32 = _max_key16 = _max_mag16 = None
+    _max_key32 = _max_mag32 = _max_key16 = _max_mag16 = None
 
-_KMIN32, _ZERO32, _MAG32 = np.int32(-(2**31)), np.int32(0), np.int32(0x7FFFFFFF)
+_KMIN32, _ZERO32, _MAG32, _INF32 = np.int32(-(2**31)), np.int32(0), np.int32(0x7FFFFFFF), np.int32(0x7F800000)
 _KMIN16, _ZERO16 = np.int16(-(2**15)), np.int16(0)
 
 
@@ -115,11 +116,11 @@ _KMIN16, _ZERO16 = np.int16(-(2**15)), np.int16(0)
 def _row_max32(row: np.ndarray) -> float:
     """:func:`._numba_bits._row_max` of a float32 row (NaN if the row holds one), in 32-bit lanes."""
     km = _KMIN32
-    nan = _ZERO32
+    mm = _ZERO32
     for i in range(row.size):
         km = _max_key32(km, row[i])
-        nan = _or_nan32(nan, row[i])
-    if nan != _ZERO32:
+        mm = _max_mag32(mm, row[i])
+    if mm > _INF32:
         return np.nan
     return np.float64(_f32_from_bits(np.int32(km ^ ((km >> 31) & _MAG32))))
 
