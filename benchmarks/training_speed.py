@@ -197,6 +197,7 @@ def training_pairs(quick: bool) -> Iterator[Pair]:
         ("softplus", (4096, 1024), ("float32",)),
         ("log_sigmoid", (4096, 1024), ("float32",)),
         ("logaddexp", (4096, 1024), ("float32",)),
+        ("log1mexp", (4096, 1024), ("float32",)),
     ]
     for op, shape, dtypes in sizes:
         if quick:

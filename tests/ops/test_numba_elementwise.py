@@ -249,3 +249,63 @@ def test_float32_bce_and_logaddexp_backward_within_half_ulp_and_a_sliver() -> No
     for got, ref in ((ga, T.vectorize(T.ref_sigmoid)(diff)), (gb, T.vectorize(T.ref_sigmoid)(-diff))):
         err = np.asarray(T.ulp_error(got, ref, "float32"), dtype=float)
         assert err.max() <= BOUND, f"logaddexp: {err.max():.6f} ulp at a = {a[int(np.argmax(err))]!r}"
+
+
+# -- log1mexp: float32 / bfloat16 take the vectorized body (float64 keeps libm) ----------------------------
+LOG1MEXP_BOUND = 0.5 + 2.0**-9  # expm1 to 2^-34, fdlibm's log / log1p below 1 ulp of float64: 2^-33 relative
+
+
+def _log1mexp_inputs() -> np.ndarray:
+    rng = np.random.default_rng(23)
+    ln2 = math.log(2.0)
+    return np.concatenate([
+        -np.abs(_hard_inputs()),
+        -ln2 + rng.uniform(-1e-5, 1e-5, 600),  # the switch between the branches
+        -(ln2 / 2.0) * rng.integers(1, 3, 400) + rng.uniform(-1e-6, 1e-6, 400),  # the half steps of expm1
+        -(2.0 ** rng.uniform(-149.0, -1.0, 800)),  # tiny |x|: log(-x) to the float32 subnormals
+        rng.uniform(-104.0, -1.0, 800),
+    ]).astype(np.float32)
+
+
+def _log1mexp_grad_ref(x: float) -> object:
+    return -1 / mpmath.expm1(-mpmath.mpf(x))
+
+
+def test_float32_log1mexp_and_its_gradient_within_half_ulp_and_a_sliver() -> None:
+    x = _log1mexp_inputs()
+    x = x[x < 0]
+    out, grad = np.empty_like(x), np.empty_like(x)
+    E.unary_forward(x, out, 2)
+    E.unary_backward(x, np.ones(1, dtype=np.float32), grad, 2)
+    xd = x.astype(np.float64)
+    for name, got, ref in ((
+        "log1mexp", out, T.vectorize(T.ref_log1mexp)(xd)), ("gradient", grad, T.vectorize(_log1mexp_grad_ref)(xd))):
+        err = np.asarray(T.ulp_error(got, ref, "float32"), dtype=float)
+        worst = int(np.argmax(err))
+        assert err[worst] <= LOG1MEXP_BOUND, f"{name}: {err[worst]:.6f} ulp at x = {x[worst]!r}"
+
+
+def test_bfloat16_log1mexp_and_its_gradient_within_half_ulp_and_a_sliver() -> None:
+    bits = _bf16_bits(_log1mexp_inputs())
+    bits = bits[_from_bf16_bits(bits) < 0]
+    out, grad = np.empty_like(bits), np.empty_like(bits)
+    E.unary_forward(bits, out, 2)
+    E.unary_backward(bits, _bf16_bits(np.ones(bits.size, dtype=np.float32)), grad, 2)
+    xd = _from_bf16_bits(bits).astype(np.float64)
+    for name, got, ref in ((
+        "log1mexp", out, T.vectorize(T.ref_log1mexp)(xd)), ("gradient", grad, T.vectorize(_log1mexp_grad_ref)(xd))):
+        err = np.asarray(T.ulp_error(_from_bf16_bits(got).astype(np.float64), ref, "bfloat16"), dtype=float)
+        worst = int(np.argmax(err))
+        assert err[worst] <= LOG1MEXP_BOUND, f"{name}: {err[worst]:.6f} ulp at bits {int(bits[worst])}"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_log1mexp_special_values(dtype: type) -> None:
+    """0 gives -inf (gradient -inf), -inf gives 0 (gradient 0), NaN and x > 0 give NaN: float32 (vectorized
+    body) and float64 (libm) alike."""
+    x = np.array([0.0, -0.0, -np.inf, np.nan, 0.5, np.inf], dtype=dtype)
+    out, grad = np.empty_like(x), np.empty_like(x)
+    E.unary_forward(x, out, 2)
+    E.unary_backward(x, np.ones(1, dtype=dtype), grad, 2)
+    assert out[:3].tolist() == [-np.inf, -np.inf, 0.0] and np.isnan(out[3:]).all()
+    assert grad[:3].tolist() == [-np.inf, -np.inf, 0.0] and np.isnan(grad[3:]).all()

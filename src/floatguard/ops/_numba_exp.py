@@ -7,6 +7,7 @@
   (0 below ``2^-1022``), vectorizes in full: for results rounded to float32 or bfloat16 (0.5 ulp + ``2^-11`` ulp);
   :func:`_exp_row` the same clamped at -700 with no underflow select and degree 5 (relative ``2^-29.27``: the
   terms and entries of a float32 softmax/log_softmax row with a finite max);
+* :func:`_expm1_small`: ``expm1`` on ``[-ln2, 0]`` from the same polynomial (relative ``2^-34``);
 * :func:`_exp32`: float32 arithmetic for bfloat16 and float16 rows (relative ``~2^-22``);
 * :func:`_exp32_acc`: float32 arithmetic within 0.83 ulp (the float32 log_softmax backward);
 * :func:`_exp_neg32_parts`: float32 ``exp(-a) = s (1 + p)`` with ``s`` and the pair ``1, p`` kept apart (for
@@ -143,6 +144,16 @@ def _exp_half_steps(d: float) -> tuple[float, float]:
     r2 = r * r
     q = (Q2 + r * Q3) + r2 * ((Q4 + r * Q5) + r2 * Q6)
     return s + s * (r + r2 * q), kd
+
+
+@_inline(_CONTRACT)
+def _expm1_small(d: float) -> float:
+    """``expm1(d)`` for ``-ln2 <= d <= 0`` to a relative 2^-34: ``s (r + r^2 q(r)) + (s - 1)`` of
+    :func:`_exp_half_steps` (``s`` is 1, sqrt(2)/2 or 1/2 there: ``s - 1`` exact, no cancellation)."""
+    r, s, _ = _half_steps(d)
+    r2 = r * r
+    q = (Q2 + r * Q3) + r2 * ((Q4 + r * Q5) + r2 * Q6)
+    return s * (r + r2 * q) + (s - 1.0)
 
 
 @_inline(_CONTRACT)

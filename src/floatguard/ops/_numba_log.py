@@ -76,10 +76,25 @@ def _log1p_finite(x: float) -> float:
     """``log1p(x)`` for finite ``x > -1`` (``-1 < x < 2^1023``): the kernel, without special cases."""
     u = 1.0 + x
     bits = _as_int(u)
+    k = (((bits >> 32) + _OFFSET) >> 20) - 0x3FF
+    c = select(k >= 2, 1.0 - (u - x), x - (u - 1.0))
+    c = select(k < 54, c / u, 0.0)  # beyond 2^54 the correction is below ulp (and c / u could underflow)
+    return _log_kernel(u, c)
+
+
+@inline
+def log_positive(u: float) -> float:
+    """``log(u)`` for a normal positive finite float64 ``u`` (no special cases): the kernel of :func:`log1p`
+    with nothing to carry, below 1 ulp (fdlibm's ``log``)."""
+    return _log_kernel(u, 0.0)
+
+
+@inline
+def _log_kernel(u: float, c: float) -> float:
+    """``log(u) + c`` for a normal positive ``u`` and a small correction ``c`` (fdlibm, see the module docstring)."""
+    bits = _as_int(u)
     hu = (bits >> 32) + _OFFSET
     k = (hu >> 20) - 0x3FF
-    c = 1.0 - (u - x) if k >= 2 else x - (u - 1.0)
-    c = c / u if k < 54 else 0.0  # beyond 2^54 the correction is below ulp (and c / u could underflow)
     hu = (hu & 0x000FFFFF) + 0x3FE6A09E
     f = _as_float((hu << 32) | (bits & _LOW32)) - 1.0
     hfsq = 0.5 * f * f
