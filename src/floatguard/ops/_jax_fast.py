@@ -417,10 +417,38 @@ def _rows32_jvp(op: str, primals: tuple[jax.Array], tangents: tuple[jax.Array]) 
     return (out, m, l, q), (dout.astype(out.dtype), jnp.zeros_like(m), inner, -q * inner)
 
 
+def _lse32_plain(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """:func:`_forward32` of logsumexp without ``min(x, MAX)``: a ``+inf`` entry makes ``s`` NaN, and the result
+    of a ``+inf`` row is set to ``+inf`` by per-row selects (a logsumexp has no entries to share the mass among).
+
+    For the forward alone: 0.88-0.93x :func:`_forward32`'s time (4096×2048 and 4×8×256×256, float32 and bfloat16,
+    side by side); in ``jax.vjp`` the selects (and the clamp of ``exp(d)`` the tangent would need) made XLA split
+    the fusion, 1.4-4x the time, so the rule (:func:`_rows32_jvp`) takes its primal from :func:`_rows32`.
+    """
+    top, big, n = _top(x), _big(jnp.float32), x.shape[-1]
+    m = jnp.max(x, axis=-1, keepdims=True).astype(jnp.float32)
+    a = -jnp.minimum(-jnp.minimum(m, top), top)
+    d = x.astype(jnp.float32) - a
+    g = d * -big
+    s = _sum(jnp.minimum(jnp.exp(d), g)) + ((n - 1) - _sum(jnp.minimum(g, 1)))
+    inf = m == jnp.inf
+    l = jnp.where(inf, 0.0, jnp.log1p(jnp.maximum(s, 0)))  # noqa: E741
+    q = jnp.where(inf, 1.0, 1 / jnp.maximum(1 + s, 1))
+    return jnp.where(inf, m, m + l).astype(x.dtype), m, l, q
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1,))
+def _lse32(x: jax.Array, op: str) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    return _lse32_plain(x)
+
+
+_lse32.defjvp(_rows32_jvp)
+
+
 def _dispatch(x: jax.Array, op: str) -> jax.Array:
     """``op`` of the rows of ``x``: one pass in float32 where that is the working dtype, else :func:`_rows`."""
     if _work_dtype(x.dtype) == jnp.float32:
-        return _rows32(x, op)[0]
+        return (_lse32 if op == "logsumexp" else _rows32)(x, op)[0]
     return _rows(x, op, True)[0]
 
 
