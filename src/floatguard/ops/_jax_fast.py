@@ -234,7 +234,7 @@ def _forward(x: jax.Array, op: str, fused: bool) -> tuple[jax.Array, jax.Array, 
     first pass around the tangent's passes and write its pieces out. (The softmax of a float32 or
     half precision input with short rows is :func:`_softmax_total`, forward and tangent alike.)
     """
-    if op == "softmax" and x.dtype != jnp.float64 and _piece(x.shape[-1]) == x.shape[-1]:
+    if op == "softmax" and x.dtype != jnp.float64 and x.shape[-1] <= MAX_PIECE:
         return _softmax_total(x)
     m, a, d, s = _stats(x)
     l = _log1p(s)  # noqa: E741
@@ -268,6 +268,8 @@ def _softmax_total(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     Float32 input under x64, side by side: forward 1.68 -> 1.45x jax.nn at 4096×2048 and 1.74 -> 1.33x
     on attention rows (4×8×256×256), ``jax.vjp`` 2.00 -> 1.81x and 1.95 -> 1.88x.
     """
+    # min(x, MAX) before the conversion to the working dtype: written as _shift32 does (the same values), XLA shares
+    # the conversion with the float64 tangent's pass, and the x64 float32 jax.vjp took 1.7x the time
     wd, top = _work_dtype(x.dtype), _top(x)
     m = jnp.max(x, axis=-1, keepdims=True).astype(wd)
     a = -jnp.minimum(-jnp.minimum(m, top), top)
@@ -353,25 +355,39 @@ def _forward32(x: jax.Array, op: str) -> tuple[jax.Array, jax.Array, jax.Array, 
     66.9): in float32 work the rounding of ``x - max`` before the ``exp`` dominates both. bfloat16 results
     stay within 0.5 ulp (jax.nn: 73 ulp).
     """
-    top, big, n = _top(x), _big(jnp.float32), x.shape[-1]
-    m = jnp.max(x, axis=-1, keepdims=True).astype(jnp.float32)
-    a = -jnp.minimum(-jnp.minimum(m, top), top)  # m clipped to [-MAX, MAX]; not a clamp, which XLA cannot fuse
-    d = jnp.minimum(x.astype(jnp.float32), top) - a
-    if op == "softmax":
-        # 1 + s summed with the max term(s) inside (each exactly 1): no mask, no tie count (see the docstring).
-        # >= 1 on finite rows, the count of +inf entries on +inf rows, 0 on -inf rows (e = 0 there).
+    top, big = _top(x), _big(jnp.float32)
+    if op == "softmax":  # 1 + s with the max term(s) inside: no mask, no tie count (see the docstring)
+        m, d = _shift32(x, True)
         e = jnp.exp(d)
+        # >= 1 on finite rows, the count of +inf entries on +inf rows, 0 -> 1 on -inf rows (e = 0 there)
         total = jnp.maximum(_sum(e), 1)
         q = 1 / total
         return (e * q).astype(x.dtype), m, jnp.log(total), q
-    g = d * -big
-    s = _sum(jnp.minimum(jnp.exp(d), g)) + ((n - 1) - _sum(jnp.minimum(g, 1)))
+    m, d, s = _stats32(x, True)
     l = jnp.log1p(jnp.maximum(s, 0))  # noqa: E741  (0 on -inf rows: the result is then m or d, -inf)
     q = 1 / jnp.maximum(1 + s, 1)  # 1 / (1 + s) on finite rows, 1 / count on +inf rows, 1 on -inf rows
     if op == "logsumexp":
         return (m + l).astype(x.dtype), m, l, q
     t = jnp.maximum(m, top) - top  # +inf on +inf rows, else 0 (see _forward)
     return (d * (1 + jnp.minimum(t * t, big)) - l).astype(x.dtype), m, l, q
+
+
+def _shift32(x: jax.Array, clamp: bool) -> tuple[jax.Array, jax.Array]:
+    """``m`` and ``d = min(x, MAX) - a`` (``x - a`` without ``clamp``), ``a = clip(m)``, in float32: the pass of
+    :func:`_forward32`, whose tangent rule writes ``d`` the same way so that XLA computes it once."""
+    top = _top(x)
+    m = jnp.max(x, axis=-1, keepdims=True).astype(jnp.float32)
+    a = -jnp.minimum(-jnp.minimum(m, top), top)  # m clipped to [-MAX, MAX]; not a clamp, which XLA cannot fuse
+    xw = x.astype(jnp.float32)
+    return m, (jnp.minimum(xw, top) if clamp else xw) - a
+
+
+def _stats32(x: jax.Array, clamp: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``m``, ``d`` and ``s`` of the rows of ``x`` in float32, one fused pass (see :func:`_forward32`)."""
+    m, d = _shift32(x, clamp)
+    g = d * -_big(jnp.float32)
+    s = _sum(jnp.minimum(jnp.exp(d), g)) + ((x.shape[-1] - 1) - _sum(jnp.minimum(g, 1)))
+    return m, d, s
 
 
 @partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -425,12 +441,7 @@ def _lse32_plain(x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array, jax.Arr
     side by side); in ``jax.vjp`` the selects (and the clamp of ``exp(d)`` the tangent would need) made XLA split
     the fusion, 1.4-4x the time, so the rule (:func:`_rows32_jvp`) takes its primal from :func:`_rows32`.
     """
-    top, big, n = _top(x), _big(jnp.float32), x.shape[-1]
-    m = jnp.max(x, axis=-1, keepdims=True).astype(jnp.float32)
-    a = -jnp.minimum(-jnp.minimum(m, top), top)
-    d = x.astype(jnp.float32) - a
-    g = d * -big
-    s = _sum(jnp.minimum(jnp.exp(d), g)) + ((n - 1) - _sum(jnp.minimum(g, 1)))
+    m, _, s = _stats32(x, False)
     inf = m == jnp.inf
     l = jnp.where(inf, 0.0, jnp.log1p(jnp.maximum(s, 0)))  # noqa: E741
     q = jnp.where(inf, 1.0, 1 / jnp.maximum(1 + s, 1))

@@ -141,9 +141,14 @@ def _exp_half_steps(d: float) -> tuple[float, float]:
     """``(exp(d), kd)`` for ``-1400 <= d <= ~0``, ``kd = round(2 d / ln2)`` (:func:`_half_steps`),
     ``exp(r) = 1 + r + r^2 q(r)``, ``exp(d) = s + s (r + r^2 q(r))``; relative 2^-35 while ``kd >= -2044``."""
     r, s, kd = _half_steps(d)
+    return s + s * _expm1_reduced(r), kd
+
+
+@_inline(_CONTRACT)
+def _expm1_reduced(r: float) -> float:
+    """``exp(r) - 1 = r + r^2 q(r)`` for ``|r| <= ln2/4``, ``q`` of degree 4 (Q2..Q6): relative 2^-35."""
     r2 = r * r
-    q = (Q2 + r * Q3) + r2 * ((Q4 + r * Q5) + r2 * Q6)
-    return s + s * (r + r2 * q), kd
+    return r + r2 * ((Q2 + r * Q3) + r2 * ((Q4 + r * Q5) + r2 * Q6))
 
 
 @_inline(_CONTRACT)
@@ -151,9 +156,7 @@ def _expm1_small(d: float) -> float:
     """``expm1(d)`` for ``-ln2 <= d <= 0`` to a relative 2^-34: ``s (r + r^2 q(r)) + (s - 1)`` of
     :func:`_exp_half_steps` (``s`` is 1, sqrt(2)/2 or 1/2 there: ``s - 1`` exact, no cancellation)."""
     r, s, _ = _half_steps(d)
-    r2 = r * r
-    q = (Q2 + r * Q3) + r2 * ((Q4 + r * Q5) + r2 * Q6)
-    return s * (r + r2 * q) + (s - 1.0)
+    return s * _expm1_reduced(r) + (s - 1.0)
 
 
 @_inline(_CONTRACT)

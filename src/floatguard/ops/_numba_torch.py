@@ -307,7 +307,7 @@ def _softmax_grad_row32(p: np.ndarray, g: np.ndarray, dot: float, grad: np.ndarr
     (float64) rounded to float32 once: three roundings, so ``grad_i`` is within ``1 + 0.5 kappa'_i`` ulp,
     ``kappa'_i = |dot| / |g_i - dot|`` (the half ulp of ``dot`` that the subtraction exposes), inside the
     bound ``2 max(1, kappa_i)`` (``kappa_i >= (|g_i| + |dot|) / |g_i - dot|``, see
-    :mod:`floatguard.testing.gradients`). 0.75-0.8x the float64 pass's time."""
+    :mod:`floatguard.testing.gradients`). 0.63-0.86x the float64 backward's time (8192×256, 1024×2048)."""
     d32 = F32(dot)
     for i in range(p.size):
         grad[i] = p[i] * (g[i] - d32)
