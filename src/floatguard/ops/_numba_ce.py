@@ -163,7 +163,7 @@ def _index_row(row: np.ndarray, c: int, wc: float, w: np.ndarray, weighted: bool
     m = _row_max(row)
     if not np.isfinite(m):
         return -m, 0.0, 0.0, 0.0
-    lg = np.log1p(_rest(row, m, rb, kb, nz))
+    lg = np.log1p(_rest_any(row, m, rb, kb, nz))
     val = (1.0 - eps) * wc * (lg + (m - _ld(row[c]))) if eps != 1.0 else 0.0
     if eps != 0.0:
         val += eps / n * (w_total * lg + _gap_sum(row, m, w, weighted))
@@ -236,7 +236,7 @@ def _prob_row(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: bool, 
             acc += q * (m - _ld(row[i]))
     if not fin:
         return -m, 0.0, 0.0, tw, 0.0
-    lg = np.log1p(_rest(row, m, rb, kb, nz))
+    lg = np.log1p(_rest_any(row, m, rb, kb, nz))
     return tw * lg + acc, m, lg, tw, 1.0
 
 
@@ -311,6 +311,76 @@ def _grad_block_ts(rb: np.ndarray, kb: np.ndarray, a: float, b: float, c: float,
             _st(out, i, a * _exp_reduced(rb[i], kb[i]) - (b * _ld(tseg[i]) + c))
 
 
+@_inline()
+def _grad_rows_blocked(row: np.ndarray, shift: float, a: float, b: float, w: np.ndarray, weighted: bool,
+                       rb: np.ndarray, kb: np.ndarray, o: np.ndarray) -> None:
+    """``o_i = a p_i - b w_i``, ``p_i = exp(x_i - shift)`` by the table exp, in blocks (float64 rows)."""
+    n = row.size
+    for b0 in range(0, n, BLK):
+        b1 = min(b0 + BLK, n)
+        _p_block(row[b0:b1], shift, rb, kb)
+        _grad_block(rb, kb, a, b, w[b0:b1] if weighted else w, weighted, o[b0:b1])
+
+
+@_inline(_CONTRACT)
+def _grad_rows_short(row: np.ndarray, shift: float, a: float, b: float, w: np.ndarray, weighted: bool,
+                     o: np.ndarray) -> None:
+    """``o_i = a p_i - b w_i`` with the short exp (float32/bfloat16 rows: relative 2^-35, rounded once)."""
+    if weighted:
+        for i in range(row.size):
+            _st(o, i, a * _exp_f32out(_ld(row[i]) - shift) - b * w[i])
+    else:
+        for i in range(row.size):
+            _st(o, i, a * _exp_f32out(_ld(row[i]) - shift) - b)
+
+
+@_inline()
+def _grad_rows_t_blocked(row: np.ndarray, shift: float, a: float, b: float, c: float, trow: np.ndarray,
+                         w: np.ndarray, weighted: bool, rb: np.ndarray, kb: np.ndarray, o: np.ndarray) -> None:
+    """``o_i = a p_i - (b t_i + c) w_i`` by the table exp, in blocks (float64 rows)."""
+    n = row.size
+    for b0 in range(0, n, BLK):
+        b1 = min(b0 + BLK, n)
+        _p_block(row[b0:b1], shift, rb, kb)
+        ws = w[b0:b1] if weighted else w
+        if c == 0.0:
+            _grad_block_t(rb, kb, a, b, trow[b0:b1], ws, weighted, o[b0:b1])
+        else:
+            _grad_block_ts(rb, kb, a, b, c, trow[b0:b1], ws, weighted, o[b0:b1])
+
+
+@_inline(_CONTRACT)
+def _grad_rows_t_short(row: np.ndarray, shift: float, a: float, b: float, c: float, trow: np.ndarray,
+                       w: np.ndarray, weighted: bool, o: np.ndarray) -> None:
+    """``o_i = a p_i - (b t_i + c) w_i`` with the short exp (float32/bfloat16 rows)."""
+    if weighted:
+        for i in range(row.size):
+            _st(o, i, a * _exp_f32out(_ld(row[i]) - shift) - (b * _ld(trow[i]) + c) * w[i])
+    else:
+        for i in range(row.size):
+            _st(o, i, a * _exp_f32out(_ld(row[i]) - shift) - (b * _ld(trow[i]) + c))
+
+
+def _rest_any(row: np.ndarray, m: float, rb: np.ndarray, kb: np.ndarray, nz: np.ndarray) -> float:
+    """``s = sum_{i != k} exp(x_i - m)`` of the general kernels: :func:`_rest` (the 0.51-ulp table exp,
+    compensated blocks) for float64 rows and the float64 buffer of a soft-capped row; :func:`_rest_for`'s short
+    sums for float32 and bfloat16 rows, whose losses are rounded to 24 bits or fewer (as the common case's)."""
+    return _rest(row, m, rb, kb, nz)
+
+
+def _grad_rows_any(row: np.ndarray, shift: float, a: float, b: float, w: np.ndarray, weighted: bool,
+                   rb: np.ndarray, kb: np.ndarray, o: np.ndarray) -> None:
+    """``o_i = a exp(x_i - shift) - b w_i`` (``w = 1`` unweighted), rounded once: :func:`_grad_rows_blocked` for
+    float64 rows, :func:`_grad_rows_short` for float32 and bfloat16 ones."""
+    _grad_rows_blocked(row, shift, a, b, w, weighted, rb, kb, o)
+
+
+def _grad_rows_t_any(row: np.ndarray, shift: float, a: float, b: float, c: float, trow: np.ndarray, w: np.ndarray,
+                     weighted: bool, rb: np.ndarray, kb: np.ndarray, o: np.ndarray) -> None:
+    """``o_i = a exp(x_i - shift) - (b t_i + c) w_i``, rounded once, by the row's dtype (as :func:`_grad_rows_any`)."""
+    _grad_rows_t_blocked(row, shift, a, b, c, trow, w, weighted, rb, kb, o)
+
+
 @_njit()
 def _zero_row(out: np.ndarray) -> None:
     for i in range(out.size):
@@ -324,11 +394,7 @@ def _index_row_grad(row: np.ndarray, c: int, wc: float, w: np.ndarray, weighted:
     n = row.size
     a = gr * ((1.0 - eps) * wc + eps * w_total / n) + zr
     b = gr * eps / n
-    shift = m + lg
-    for b0 in range(0, n, BLK):
-        b1 = min(b0 + BLK, n)
-        _p_block(row[b0:b1], shift, rb, kb)
-        _grad_block(rb, kb, a, b, w[b0:b1] if weighted else w, weighted, o[b0:b1])
+    _grad_rows_any(row, m + lg, a, b, w, weighted, rb, kb, o)
     rb0, kb0 = _reduce((_ld(row[c]) - m) - lg)
     p_c = _exp_reduced(rb0, kb0)
     _st(o, c, a * p_c - b * (w[c] if weighted else 1.0) - gr * (1.0 - eps) * wc)
@@ -379,15 +445,10 @@ def _prob_row_grad(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: b
     """One row of :func:`ce_prob_backward` into ``o``."""
     n = row.size
     a = gr * tw + zr
-    shift = m + lg
-    for b0 in range(0, n, BLK):
-        b1 = min(b0 + BLK, n)
-        _p_block(row[b0:b1], shift, rb, kb)
-        ws = w[b0:b1] if weighted else w
-        if eps == 0.0:
-            _grad_block_t(rb, kb, a, gr, trow[b0:b1], ws, weighted, o[b0:b1])
-        else:
-            _grad_block_ts(rb, kb, a, gr * (1.0 - eps), gr * eps / n, trow[b0:b1], ws, weighted, o[b0:b1])
+    if eps == 0.0:
+        _grad_rows_t_any(row, m + lg, a, gr, 0.0, trow, w, weighted, rb, kb, o)
+    else:
+        _grad_rows_t_any(row, m + lg, a, gr * (1.0 - eps), gr * eps / n, trow, w, weighted, rb, kb, o)
 
 
 @_njit()
@@ -473,6 +534,27 @@ if AVAILABLE:
         if row.dtype == types.int16:
             return lambda row, m, lg, gr, out: _grad_row32(row, np.float32(m), np.float32(lg), np.float32(gr), out)
         return lambda row, m, lg, gr, out: _plain_grad_row(row, m + lg, gr, out)
+
+    @overload(_rest_any, inline="always")
+    def _rest_any_impl(row, m, rb, kb, nz):  # unannotated: numba compares signatures
+        if row.dtype == types.float64:
+            return lambda row, m, rb, kb, nz: _rest(row, m, rb, kb, nz)
+        return lambda row, m, rb, kb, nz: _rest_for(row, m)
+
+    @overload(_grad_rows_any, inline="always")
+    def _grad_rows_any_impl(row, shift, a, b, w, weighted, rb, kb, o):  # unannotated: numba compares signatures
+        if row.dtype == types.float64:
+            return lambda row, shift, a, b, w, weighted, rb, kb, o: _grad_rows_blocked(
+                row, shift, a, b, w, weighted, rb, kb, o)
+        return lambda row, shift, a, b, w, weighted, rb, kb, o: _grad_rows_short(row, shift, a, b, w, weighted, o)
+
+    @overload(_grad_rows_t_any, inline="always")
+    def _grad_rows_t_any_impl(row, shift, a, b, c, trow, w, weighted, rb, kb, o):  # unannotated: see above
+        if row.dtype == types.float64:
+            return lambda row, shift, a, b, c, trow, w, weighted, rb, kb, o: _grad_rows_t_blocked(
+                row, shift, a, b, c, trow, w, weighted, rb, kb, o)
+        return lambda row, shift, a, b, c, trow, w, weighted, rb, kb, o: _grad_rows_t_short(
+            row, shift, a, b, c, trow, w, weighted, o)
 
 
 @_inline()
