@@ -554,3 +554,131 @@ def test_ce_torch_op_rows_against_float64(dtype: torch.dtype, reduction: str) ->
     budget = 8.0 if dtype == torch.float32 else 1.0  # float32 math; low precision: one rounding of it
     assert float(np.max(np.where(np.isinf(want.numpy()), 0.0, ulps))) <= budget
     assert torch.equal(torch.isinf(got), torch.isinf(want))
+
+
+# --------------------------------------------------------------------------------------------
+# the general route's forward that writes the gradient (weights, label smoothing, probabilities)
+# --------------------------------------------------------------------------------------------
+def _ce_general_grad_reference(x: torch.Tensor, t: torch.Tensor, w: np.ndarray, eps: float, gs: float,
+                               ignore: int = -100) -> tuple[np.ndarray, np.ndarray]:
+    """The exact gradient of a weighted, smoothed cross-entropy for the upstream gradient ``gs`` per row
+    (mpmath, 50 digits; ``p_c - 1`` as ``-rest / total``), and the magnitude of the terms that cancel in it."""
+    import mpmath
+
+    xs = T.to_float64(x)
+    n = xs.shape[1]
+    soft = t.dtype.is_floating_point
+    ts = t.double().numpy() if soft else t.numpy()
+    out, terms = np.zeros(xs.shape), np.zeros(xs.shape)
+    big_w = mpmath.fsum(w)
+    with mpmath.workdps(50):
+        for r, row in enumerate(xs):
+            if (not soft and int(ts[r]) == ignore) or not np.isfinite(row.max()):
+                continue
+            e = [mpmath.exp(mpmath.mpf(float(v)) - mpmath.mpf(float(row.max()))) for v in row]
+            tot = mpmath.fsum(e)
+            if soft:
+                tq = [((1 - mpmath.mpf(eps)) * mpmath.mpf(float(ts[r, i])) + mpmath.mpf(eps) / n) * w[i]
+                      for i in range(n)]
+                big_t = mpmath.fsum(tq)
+                for i in range(n):
+                    out[r, i] = float(gs * (big_t * e[i] / tot - tq[i]))
+                    terms[r, i] = float(gs * (big_t * e[i] / tot + tq[i]))
+                continue
+            c = int(ts[r])
+            a = (1 - mpmath.mpf(eps)) * w[c] + mpmath.mpf(eps) * big_w / n
+            for i in range(n):
+                p = e[i] / tot
+                if i == c:
+                    pc1 = -mpmath.fsum(e[:c] + e[c + 1:]) / tot
+                    val = (1 - mpmath.mpf(eps)) * w[c] * pc1 + mpmath.mpf(eps) / n * (big_w * p - w[c])
+                    terms[r, i] = float(gs * ((1 - eps) * w[c] * abs(pc1) + eps / n * (big_w * p + w[c])))
+                else:
+                    val = a * p - mpmath.mpf(eps) / n * w[i]
+                    terms[r, i] = float(gs * (a * p + eps / n * w[i]))
+                out[r, i] = float(gs * val)
+    return out, terms
+
+
+def _within_one_rounding(got: torch.Tensor, want: np.ndarray, terms: np.ndarray, dtype: torch.dtype) -> None:
+    """One rounding of the exact gradient, plus the short exp's 2^-33 of the terms that cancel in it."""
+    bits = 24 if dtype == torch.float32 else 8
+    ulp = np.ldexp(1.0, np.frexp(np.abs(want))[1] - bits).clip(min=np.ldexp(1.0, -149 if bits == 24 else -133))
+    err = T.ulp_error(got, want, dtype)
+    bad = np.argwhere(~(err <= 0.5 + 2**-8 + 2**-33 * terms / ulp))
+    assert bad.size == 0, [(int(r), int(c), float(got[r, c]), want[r, c], err[r, c]) for r, c in bad[:5]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize(("weighted", "eps"), [(True, 0.0), (False, 0.1), (True, 0.2)])
+def test_ce_general_gradient_written_by_the_forward(dtype: torch.dtype, reduction: str, weighted: bool,
+                                                    eps: float) -> None:
+    """Class indices with weights and/or label smoothing: ``loss.backward()`` takes the gradient the forward
+    wrote (ignored rows, a -inf row, a confident row whose target is the max, tied maxima all included); a
+    second backward computes it again with the backward kernel, ``g = 4`` scales it exactly."""
+    x = torch.tensor(RNG.normal(size=(12, 40)) * 3)
+    t = torch.tensor(RNG.integers(0, 40, 12))
+    x[2] = -INF
+    t[3] = -100
+    x[4, 9], t[4] = 40.0, 9
+    x[5, 3] = x[5, 11] = x[5].max() + 1.0
+    t[5] = 11
+    x = x.to(dtype)
+    wt = torch.tensor(RNG.uniform(0.5, 2.0, 40)).to(dtype) if weighted else None
+    w = wt.double().numpy() if wt is not None else np.ones(40)
+    kept = [r for r in range(12) if r != 3]
+    gs = 1.0 / float(np.sum(w[t.numpy()[kept]])) if reduction == "mean" else 1.0
+    want, terms = _ce_general_grad_reference(x, t, w, eps, gs)
+    xl = x.clone().requires_grad_()
+    loss = fg.cross_entropy(xl, t, weight=wt, ignore_index=-100, label_smoothing=eps, reduction=reduction)
+    loss.backward(retain_graph=True)
+    assert xl.grad is not None and xl.grad.dtype == dtype
+    _within_one_rounding(xl.grad, want, terms, dtype)
+    assert torch.all(xl.grad[2] == 0) and torch.all(xl.grad[3] == 0)
+    once = xl.grad.clone()
+    xl.grad = None
+    loss.backward(retain_graph=True)  # the backward kernel this time
+    _within_one_rounding(xl.grad, want, terms, dtype)
+    xl.grad = None
+    (loss * 4).backward()
+    assert torch.equal(xl.grad, 4 * once)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_ce_probabilities_gradient_written_by_the_forward(dtype: torch.dtype, reduction: str) -> None:
+    """Class probabilities (weights, label smoothing, a -inf row, a row of one-hot targets): the written gradient
+    and the backward kernel's are each within one rounding of the exact one."""
+    x = (torch.tensor(RNG.normal(size=(10, 30)) * 3)).to(dtype)
+    x[1] = -INF
+    p = torch.softmax(torch.tensor(RNG.normal(size=(10, 30))), 1)
+    p[2] = 0.0
+    p[2, 5] = 1.0
+    p = p.to(dtype)
+    wt = torch.tensor(RNG.uniform(0.5, 2.0, 30)).to(dtype)
+    gs = 1.0 / 10 if reduction == "mean" else 1.0
+    want, terms = _ce_general_grad_reference(x, p, wt.double().numpy(), 0.1, gs)
+    xl = x.clone().requires_grad_()
+    loss = fg.cross_entropy(xl, p, weight=wt, label_smoothing=0.1, reduction=reduction)
+    loss.backward(retain_graph=True)
+    assert xl.grad is not None and xl.grad.dtype == dtype
+    _within_one_rounding(xl.grad, want, terms, dtype)
+    assert torch.all(xl.grad[1] == 0)
+    xl.grad = None
+    loss.backward()
+    _within_one_rounding(xl.grad, want, terms, dtype)
+
+
+def test_ce_general_fused_route_checks_targets_and_empty_means() -> None:
+    """The forward that writes the gradient raises on a bad class index (naming the argument) and, with every
+    row ignored, gives torch's NaN mean and a zero gradient."""
+    x = torch.randn(4, 6, requires_grad=True)
+    with pytest.raises(ValueError, match="'target'"):
+        fg.cross_entropy(x, torch.tensor([0, 6, 1, 2]), label_smoothing=0.1)
+    t = torch.full((4,), -100)
+    loss = fg.cross_entropy(x, t, ignore_index=-100, label_smoothing=0.1, weight=torch.rand(6) + 0.5)
+    ref = F.cross_entropy(x.detach(), t, ignore_index=-100, label_smoothing=0.1)
+    assert math.isnan(float(loss)) and math.isnan(float(ref))
+    loss.backward()
+    assert x.grad is not None and torch.all(x.grad == 0)

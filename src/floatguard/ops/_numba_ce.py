@@ -5,16 +5,17 @@ case (class indices, nothing else) on a route of its own.
 Per row ``x`` of ``C`` logits (float32, float64 or bfloat16 bits: see :mod:`._numba_loss_dtypes`),
 everything in float64 registers:
 
-* pass 1: ``m = max_i x_i`` (vectorized) and a NaN/inf check (``sum (x_i - x_i)``);
-* pass 2: ``s = sum_{x_i < m} exp(x_i - m) + (#{x_i = m} - 1)``, the rest sum of
-  :mod:`._numba_fast` (the max term taken out, ties added exactly) with its
-  vectorized float64 ``exp`` (0.51 ulp) and compensated block sums; with label
+* pass 1: ``m = max_i x_i`` (one vectorized integer pass over order-preserving keys; NaN if the row holds one);
+* pass 2: ``s = sum_{x_i < m} exp(x_i - m) + (#{x_i = m} - 1)``, the rest sum (the max term taken out,
+  ties added exactly): for float64 rows with the vectorized table ``exp`` (0.51 ulp) and compensated
+  block sums, for float32 and bfloat16 rows with the short exp of the common case (relative 2^-35,
+  float64 sums; bfloat16 in float32 lanes), whose losses are rounded to 24 bits or fewer; with label
   smoothing also ``sum_i w_i (m - x_i)`` (non-negative terms: nothing cancels);
 * the row loss from ``L = log1p(s)``: ``nll_c = L + (m - x_c)``.
 
 Only per-row residuals are kept (``m``, ``L`` and the row's coefficients); the
-backward pass recomputes ``p_i = exp((x_i - m) - L)`` and writes
-``g (a p_i - b_i)`` in the input dtype, rounded once. The common case of float32 and
+backward pass recomputes ``p_i = exp((x_i - m) - L)`` (the table exp for float64 rows, the short one
+otherwise) and writes ``g (a p_i - b_i)`` in the input dtype, rounded once. The common case of float32 and
 bfloat16 rows has a forward that writes the gradient of ``g = 1`` too
 (:func:`ce_plain_forward_grad`, from the exps of its sum, kept in a row buffer).
 
@@ -43,46 +44,7 @@ from ._numba_log import select
 from ._numba_loss_dtypes import _exp_for, _ld, _st
 from ._numba_torch import BLK16, _rest32, _rest_accurate, _rest_f32out, _scale_out
 
-_MAX = {"contract", "reassoc", "nnan", "nsz"}  # the max of a row already checked for NaN: order-free
-
-
-# -- pass 1: max and check -------------------------------------------------------------------
-@_njit(_SUM)
-def _check(row: np.ndarray) -> float:
-    """``sum (x_i - x_i)``: NaN when some entry is NaN or infinite, else 0."""
-    acc = 0.0
-    for i in range(row.size):
-        v = _ld(row[i])
-        acc += v - v
-    return acc
-
-
-@_njit(_MAX)
-def _max_fast(row: np.ndarray) -> float:
-    m = -np.inf
-    for i in range(row.size):
-        v = _ld(row[i])
-        m = v if v > m else m
-    return m
-
-
-@_njit()
-def _max_careful(row: np.ndarray) -> float:
-    """Max with NaN propagation (rows with a non-finite entry)."""
-    m = -np.inf
-    for i in range(row.size):
-        v = _ld(row[i])
-        if v != v:
-            return v
-        m = v if v > m else m
-    return m
-
-
-@_njit()
-def _row_max(row: np.ndarray) -> float:
-    if _check(row) == 0.0:
-        return _max_fast(row)
-    return _max_careful(row)
+# -- pass 1: the row max, :func:`._numba_bits._row_max` (one integer pass, NaN if the row holds one) -------
 
 
 # -- pass 2: the rest sum ------------------------------------------------------------------------
@@ -160,7 +122,7 @@ def _index_row(row: np.ndarray, c: int, wc: float, w: np.ndarray, weighted: bool
                rb: np.ndarray, kb: np.ndarray, nz: np.ndarray) -> tuple[float, float, float, float]:
     """``(loss, m, log1p(s), alive)`` of one row of class ``c`` (see :func:`ce_index_forward`)."""
     n = row.size
-    m = _row_max(row)
+    m = _key_max(row)
     if not np.isfinite(m):
         return -m, 0.0, 0.0, 0.0
     lg = np.log1p(_rest_any(row, m, rb, kb, nz))
@@ -223,7 +185,7 @@ def _prob_row(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: bool, 
               kb: np.ndarray, nz: np.ndarray) -> tuple[float, float, float, float, float]:
     """``(loss, m, log1p(s), sum t' w, alive)`` of one row of probabilities (see :func:`ce_prob_forward`)."""
     n = row.size
-    m = _row_max(row)
+    m = _key_max(row)
     tw = 0.0
     acc = 0.0
     fin = np.isfinite(m)
@@ -395,9 +357,10 @@ def _index_row_grad(row: np.ndarray, c: int, wc: float, w: np.ndarray, weighted:
     a = gr * ((1.0 - eps) * wc + eps * w_total / n) + zr
     b = gr * eps / n
     _grad_rows_any(row, m + lg, a, b, w, weighted, rb, kb, o)
-    rb0, kb0 = _reduce((_ld(row[c]) - m) - lg)
-    p_c = _exp_reduced(rb0, kb0)
-    _st(o, c, a * p_c - b * (w[c] if weighted else 1.0) - gr * (1.0 - eps) * wc)
+    # a p_c - b w_c - gr (1 - eps) w_c, with p_c - 1 of _pc_minus_1_for: expm1 for float32/bfloat16 rows, where
+    # a confident row's p_c - 1 ~ -s would cancel (float64 rows keep exp - 1, as the device composition)
+    pc1 = _pc_minus_1_for(row, (_ld(row[c]) - m) - lg)
+    _st(o, c, gr * (1.0 - eps) * wc * pc1 + (a - gr * (1.0 - eps) * wc) * (pc1 + 1.0) - b * (w[c] if weighted else 1.0))
 
 
 @_njit()

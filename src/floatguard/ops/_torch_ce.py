@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _numba_ce_fused as KF
 from . import _numba_losses as K
 from ._numba_ce import ce_plain_forward_grad
 from ._torch_rows import (
@@ -137,6 +138,34 @@ def index_forward(xn: np.ndarray, tk: torch.Tensor, wn: np.ndarray, ignore_index
     return loss, m, lg, coef, alive
 
 
+def index_forward_grad(xn: np.ndarray, xk: torch.Tensor, tk: torch.Tensor, wn: np.ndarray, ignore_index: int | None,
+                       eps: float, reduction: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                            torch.Tensor]:
+    """:func:`._numba_ce_fused.ce_index_forward_grad` over row chunks: :func:`index_forward`'s residuals and the
+    gradient of ``loss.backward()`` (a sum, or a mean over the target weights of the rows kept)."""
+    rows, n_cls = xn.shape
+    tn = tk.numpy()
+    keep = np.ones(rows, bool) if ignore_index is None else tn != ignore_index
+    bad = np.flatnonzero(keep & ((tn < 0) | (tn >= n_cls)))
+    if bad.size:
+        raise bad_target("cross_entropy", tk, int(bad[0]), n_cls)
+    # the row weights as the kernel writes them (0 where ignored), summed in the same order: the mean's den
+    coef = np.where(keep, wn[np.where(keep, tn, 0)] if wn.size else 1.0, 0.0)
+    den = float(coef.sum())
+    gs = (1.0 / den if den else 0.0) if reduction == "mean" else 1.0
+    loss, m, lg, alive = (np.empty(rows) for _ in range(4))
+    grad = empty_out(xk)
+    gn = numpy_view(grad)
+    ign = -100 if ignore_index is None else int(ignore_index)
+
+    def fwd(r0: int, r1: int) -> None:
+        KF.ce_index_forward_grad(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, ign, ignore_index is not None, eps, gs,
+                                loss[r0:r1], m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1], gn[r0:r1])
+
+    run_rows(fwd, rows, n_cls)
+    return loss, m, lg, coef, alive, grad
+
+
 class _CrossEntropy(torch.autograd.Function):
     """Cross-entropy of rows ``(R, C)``: class indices ``(R,)`` or probabilities ``(R, C)``; optionally the
     z-loss ``z_loss (log Z)^2`` per row and soft-capped logits ``cap tanh(x / cap)`` (``cap = 0``: none)."""
@@ -151,22 +180,39 @@ class _CrossEntropy(torch.autograd.Function):
         xn = numpy_view(xk)
         wn = np.empty(0) if weight is None else weight.detach().to(torch.float64).contiguous().numpy()
         index = not target.dtype.is_floating_point
+        # a training step's loss: the forward also writes the gradient of loss.backward() (see _numba_ce_fused)
+        fused = (reduction != "none" and x.dtype in _FUSED_GRAD and ctx.needs_input_grad[0] and not z_loss
+                 and not cap)
+        ctx.grad = None
         if index:
             tk = target.detach().to(torch.int64).contiguous()
-            loss, m, lg, coef, alive = index_forward(xn, tk, wn, ignore_index, eps, cap)
+            if fused:
+                loss, m, lg, coef, alive, ctx.grad = index_forward_grad(xn, xk, tk, wn, ignore_index, eps,
+                                                                        reduction)
+            else:
+                loss, m, lg, coef, alive = index_forward(xn, tk, wn, ignore_index, eps, cap)
             den = float(coef.sum())
             count = float(rows) if ignore_index is None else float(np.count_nonzero(tk.numpy() != ignore_index))
         else:
             tk = kernel_input(target)
             tn = numpy_view(tk)
             loss, m, lg, coef, alive = (np.empty(rows) for _ in range(5))
+            den = count = float(rows) if rows else float("nan")
+            if fused:
+                ctx.grad = empty_out(xk)
+                gn = numpy_view(ctx.grad)
+                gs = 1.0 / den if reduction == "mean" else 1.0
 
-            def fwd_p(r0: int, r1: int) -> None:
-                K.ce_prob_forward(xn[r0:r1], tn[r0:r1], wn, weight is not None, eps, cap,
-                                  loss[r0:r1], m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1])
+                def fwd_p(r0: int, r1: int) -> None:
+                    KF.ce_prob_forward_grad(xn[r0:r1], tn[r0:r1], wn, weight is not None, eps, gs, loss[r0:r1],
+                                           m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1], gn[r0:r1])
+            else:
+
+                def fwd_p(r0: int, r1: int) -> None:
+                    K.ce_prob_forward(xn[r0:r1], tn[r0:r1], wn, weight is not None, eps, cap,
+                                      loss[r0:r1], m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1])
 
             run_rows(fwd_p, rows, n_cls)
-            den = count = float(rows) if rows else float("nan")
         z = z_rows(z_loss, m, lg, alive, loss)
         ctx.save_for_backward(x, target)
         ctx.res = (xk if x.dtype == torch.float16 else None, tk, wn, m, lg, coef, alive, den, eps, reduction, index,
@@ -179,6 +225,10 @@ class _CrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         x, target = ctx.saved_tensors
         xk, tk, wn, m, lg, coef, alive, den, eps, reduction, index, z_loss, cap, count = ctx.res
+        ready = written_gradient(ctx.grad, g)  # the forward's gradient, when it is the one for this g
+        ctx.grad = None
+        if ready is not None:
+            return ready, *([None] * 7)
         rows, n_cls = x.shape
         if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops
             grad = _ce_grad_graph(x, target, ctx.weight, g, m, coef, alive, den, eps, reduction, index, z_loss, cap,
