@@ -145,6 +145,14 @@ def _torch_ops(quick: bool) -> list[tuple[str, str, Callable[..., Any], Callable
         ("log_sigmoid", "unary", fg.log_sigmoid, F.logsigmoid, "F.logsigmoid"),
         ("logaddexp", "binary", fg.logaddexp, torch.logaddexp, "torch.logaddexp"),
         ("log1mexp", "neg", fg.log1mexp, _log1mexp_torch, "torch where/log/expm1/log1p"),
+        # the cross-entropy's other arguments, each on the route a user's call takes
+        ("cross_entropy, label_smoothing=0.1", "ce", lambda x, t: fg.cross_entropy(x, t, label_smoothing=0.1),
+         lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1), "F.cross_entropy(label_smoothing=0.1)"),
+        ("cross_entropy, weight", "ce_weight", lambda x, t, w: fg.cross_entropy(x, t, weight=w),
+         lambda x, t, w: F.cross_entropy(x, t, weight=w), "F.cross_entropy(weight=w)"),
+        ("cross_entropy, probabilities", "ce_prob", fg.cross_entropy, F.cross_entropy, "F.cross_entropy"),
+        ("cross_entropy, reduction='none'", "ce_none", lambda x, t: fg.cross_entropy(x, t, reduction="none"),
+         lambda x, t: F.cross_entropy(x, t, reduction="none"), "F.cross_entropy(reduction='none')"),
     ]
 
 
@@ -153,9 +161,14 @@ def _torch_pair(section: str, op: str, kind: str, fgf: Callable[..., Any], tf: C
     """A pair of calls of ``fgf`` and ``tf`` on the same tensors (forward, or forward and backward)."""
     rng = np.random.default_rng(seed)
     rest: tuple[Any, ...] = ()
-    if kind == "ce":
+    if kind in ("ce", "ce_weight", "ce_none"):
         leaves = [_leaf(shape, dtype, rng)]
         rest = (torch.from_numpy(rng.integers(0, shape[-1], shape[:-1])),)
+        if kind == "ce_weight":
+            rest += (torch.from_numpy(rng.uniform(0.5, 1.5, shape[-1])).to(TDTYPES[dtype]),)
+    elif kind == "ce_prob":  # soft labels (distillation, mixup): a softmax over the classes
+        leaves = [_leaf(shape, dtype, rng)]
+        rest = (torch.softmax(torch.from_numpy(rng.standard_normal(shape)), -1).to(TDTYPES[dtype]),)
     elif kind == "bce":
         leaves = [_leaf(shape, dtype, rng)]
         rest = (torch.from_numpy(rng.random(shape)).to(TDTYPES[dtype]),)
@@ -165,9 +178,9 @@ def _torch_pair(section: str, op: str, kind: str, fgf: Callable[..., Any], tf: C
         leaves = [(-torch.from_numpy(rng.exponential(1.0, shape) + 1e-3)).to(TDTYPES[dtype]).requires_grad_(True)]
     else:
         leaves = [_leaf(shape, dtype, rng)]
-    out_shape = shape[:-1] if kind == "lse" else shape
+    out_shape = shape[:-1] if kind in ("lse", "ce_none") else shape
     g = None
-    if kind not in ("ce", "bce"):  # the losses return a scalar mean
+    if kind not in ("ce", "bce", "ce_weight", "ce_prob"):  # the losses return a scalar mean
         g = torch.from_numpy(rng.uniform(0.5, 1.5, out_shape)).to(TDTYPES[dtype])
     if backward:
         fg_call, t_call = _train_step(fgf, leaves, g, *rest), _train_step(tf, leaves, g, *rest)
@@ -198,6 +211,11 @@ def training_pairs(quick: bool) -> Iterator[Pair]:
         ("log_sigmoid", (4096, 1024), ("float32",)),
         ("logaddexp", (4096, 1024), ("float32",)),
         ("log1mexp", (4096, 1024), ("float32",)),
+        ("cross_entropy, label_smoothing=0.1", (2048, 32000), ("float32", "bfloat16")),
+        ("cross_entropy, label_smoothing=0.1", (256, 1000), ("float32", "bfloat16")),
+        ("cross_entropy, weight", (256, 1000), ("float32", "bfloat16")),
+        ("cross_entropy, probabilities", (256, 1000), ("float32", "bfloat16")),
+        ("cross_entropy, reduction='none'", (256, 1000), ("float32", "bfloat16")),
     ]
     for op, shape, dtypes in sizes:
         if quick:

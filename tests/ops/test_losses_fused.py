@@ -616,7 +616,7 @@ def test_ce_general_gradient_written_by_the_forward(dtype: torch.dtype, reductio
                                                     eps: float) -> None:
     """Class indices with weights and/or label smoothing: ``loss.backward()`` takes the gradient the forward
     wrote (ignored rows, a -inf row, a confident row whose target is the max, tied maxima all included); a
-    second backward computes it again with the backward kernel, ``g = 4`` scales it exactly."""
+    second backward computes it again with the backward kernel; on a new forward ``g = 4`` scales it exactly."""
     x = torch.tensor(RNG.normal(size=(12, 40)) * 3)
     t = torch.tensor(RNG.integers(0, 40, 12))
     x[2] = -INF
@@ -638,10 +638,11 @@ def test_ce_general_gradient_written_by_the_forward(dtype: torch.dtype, reductio
     assert torch.all(xl.grad[2] == 0) and torch.all(xl.grad[3] == 0)
     once = xl.grad.clone()
     xl.grad = None
-    loss.backward(retain_graph=True)  # the backward kernel this time
+    loss.backward()  # the backward kernel this time (the written gradient is handed over once)
     _within_one_rounding(xl.grad, want, terms, dtype)
     xl.grad = None
-    (loss * 4).backward()
+    loss = fg.cross_entropy(xl, t, weight=wt, ignore_index=-100, label_smoothing=eps, reduction=reduction)
+    (loss * 4).backward()  # a power of two scales the written gradient exactly
     assert torch.equal(xl.grad, 4 * once)
 
 
@@ -682,3 +683,33 @@ def test_ce_general_fused_route_checks_targets_and_empty_means() -> None:
     assert math.isnan(float(loss)) and math.isnan(float(ref))
     loss.backward()
     assert x.grad is not None and torch.all(x.grad == 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_ce_features_latency_route_matches_the_recorded_one(dtype: torch.dtype, reduction: str) -> None:
+    """Weights, label smoothing and probabilities without a gradient to record skip ``autograd.Function`` (the
+    latency route): the same losses bit for bit as with one, and its bad input raises the same errors."""
+    x = torch.tensor(RNG.normal(size=(9, 13)) * 3).to(dtype)
+    t = torch.tensor(RNG.integers(0, 13, 9))
+    t[2] = -100
+    w = torch.tensor(RNG.uniform(0.5, 2.0, 13), dtype=torch.float32)
+    p = torch.softmax(torch.tensor(RNG.normal(size=(9, 13))), 1).to(dtype)
+    calls = [
+        lambda v: fg.cross_entropy(v, t, weight=w, ignore_index=-100, reduction=reduction),
+        lambda v: fg.cross_entropy(v, t, label_smoothing=0.2, ignore_index=-100, reduction=reduction),
+        lambda v: fg.cross_entropy(v, p, weight=w.double(), label_smoothing=0.1, reduction=reduction),
+    ]
+    for call in calls:
+        lean = call(x)
+        recorded = call(x.clone().requires_grad_())
+        assert lean.dtype == dtype and torch.equal(lean, recorded.detach())
+        want = F.cross_entropy(x.double(), t if call is not calls[2] else p.double(),
+                               weight=w.double() if call is not calls[1] else None, ignore_index=-100,
+                               label_smoothing=0.2 if call is calls[1] else (0.1 if call is calls[2] else 0.0),
+                               reduction=reduction)
+        torch.testing.assert_close(lean.double(), want, rtol=2e-2 if dtype == torch.bfloat16 else 1e-6, atol=0.0)
+    with pytest.raises(ValueError, match="'target'"):
+        fg.cross_entropy(x, torch.tensor([0] * 8 + [13]), weight=w)
+    with pytest.raises(ValueError, match="'label_smoothing'"):
+        fg.cross_entropy(x, t, label_smoothing=1.5)

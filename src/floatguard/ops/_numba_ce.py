@@ -180,23 +180,31 @@ def ce_index_forward(
     return -1
 
 
-@_njit()
-def _prob_row(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: bool, eps: float, rb: np.ndarray,
-              kb: np.ndarray, nz: np.ndarray) -> tuple[float, float, float, float, float]:
-    """``(loss, m, log1p(s), sum t' w, alive)`` of one row of probabilities (see :func:`ce_prob_forward`)."""
+@_inline(_SUM)
+def _target_sums(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: bool, eps: float,
+                 m: float) -> tuple[float, float]:
+    """``(sum_i t'_i w_i, sum_i t'_i w_i (m - x_i))`` of a row of probabilities, ``t' = (1 - eps) t + eps / C``
+    (``w = 1`` unweighted): non-negative terms, a zero ``t'_i w_i`` dropping its term even where ``x_i`` is
+    ``-inf`` (a select, so that the loop vectorizes); the second sum is meaningless for a non-finite ``m``."""
     n = row.size
-    m = _key_max(row)
     tw = 0.0
     acc = 0.0
-    fin = np.isfinite(m)
     for i in range(n):
         q = (1.0 - eps) * _ld(trow[i]) + eps / n
         if weighted:
             q *= w[i]
         tw += q
-        if q != 0.0 and fin:
-            acc += q * (m - _ld(row[i]))
-    if not fin:
+        acc += select(q != 0.0, q * (m - _ld(row[i])), 0.0)
+    return tw, acc
+
+
+@_njit()
+def _prob_row(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: bool, eps: float, rb: np.ndarray,
+              kb: np.ndarray, nz: np.ndarray) -> tuple[float, float, float, float, float]:
+    """``(loss, m, log1p(s), sum t' w, alive)`` of one row of probabilities (see :func:`ce_prob_forward`)."""
+    m = _key_max(row)
+    tw, acc = _target_sums(row, trow, w, weighted, eps, m)
+    if not np.isfinite(m):
         return -m, 0.0, 0.0, tw, 0.0
     lg = np.log1p(_rest_any(row, m, rb, kb, nz))
     return tw * lg + acc, m, lg, tw, 1.0

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._numba_bits import _CONTRACT, _inline, _njit
 from ._numba_bits import _row_max as _key_max
-from ._numba_ce import _gap_sum, _rest_store_for, _row_buffer, _zero_row
+from ._numba_ce import _gap_sum, _rest_store_for, _row_buffer, _target_sums, _zero_row
 from ._numba_log import log1p as _log1p
 from ._numba_loss_dtypes import _ld, _st
 
@@ -127,18 +127,9 @@ def ce_prob_forward_grad(
     for r in range(r_count):
         row, trow, o = x[r], t[r], grad[r]
         m = _key_max(row)
-        fin = np.isfinite(m)
-        tw = 0.0
-        acc = 0.0
-        for i in range(n):
-            qi = (1.0 - eps) * _ld(trow[i]) + eps / n
-            if weighted:
-                qi *= w[i]
-            tw += qi
-            if qi != 0.0 and fin:
-                acc += qi * (m - _ld(row[i]))
+        tw, acc = _target_sums(row, trow, w, weighted, eps, m)
         tw_out[r] = tw
-        if not fin:
+        if not np.isfinite(m):
             loss[r] = -m
             m_out[r] = 0.0
             l_out[r] = 0.0

@@ -40,6 +40,7 @@ from ._torch_rows import (
     numpy_view,
     reduced_scalar,
     run_rows,
+    scalar,
     written_gradient,
 )
 from ._torch_softmax import Softmax
@@ -123,9 +124,15 @@ def index_forward(xn: np.ndarray, tk: torch.Tensor, wn: np.ndarray, ignore_index
                    cap: float) -> tuple[np.ndarray, ...]:
     """:func:`._numba_losses.ce_index_forward` over row chunks: ``(loss, m, log1p(s), w_c, alive)`` per row."""
     rows, n_cls = xn.shape
-    loss, m, lg, coef, alive = (np.empty(rows) for _ in range(5))
+    loss, m, lg, coef, alive = np.empty((5, rows))
     tn = tk.numpy()
     ign = -100 if ignore_index is None else int(ignore_index)
+    if rows * n_cls < PARALLEL_MIN:  # one thread: no chunks (a small call's cost is mostly this function's)
+        bad0 = K.ce_index_forward(xn, tn, wn, wn.size > 0, ign, ignore_index is not None, eps, cap, loss, m, lg,
+                                  coef, alive)
+        if bad0 >= 0:
+            raise bad_target("cross_entropy", tk, bad0, n_cls)
+        return loss, m, lg, coef, alive
 
     def fwd(r0: int, r1: int) -> int:
         bad = K.ce_index_forward(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, ign, ignore_index is not None, eps, cap,
@@ -166,6 +173,62 @@ def index_forward_grad(xn: np.ndarray, xk: torch.Tensor, tk: torch.Tensor, wn: n
     return loss, m, lg, coef, alive, grad
 
 
+def weight64(weight: torch.Tensor | None) -> np.ndarray:
+    """The class weights as a new float64 NumPy array (empty for none): NumPy's copy of a float32/float64 weight
+    costs a fifth of ``Tensor.to``'s, which a small call notices."""
+    if weight is None:
+        return EMPTY
+    if weight.dtype in (torch.float32, torch.float64) and not weight.requires_grad:
+        return weight.numpy().astype(np.float64)
+    return weight.detach().to(torch.float64).contiguous().numpy()
+
+
+def rows_forward(xk: torch.Tensor, target: torch.Tensor, wn: np.ndarray, ignore_index: int | None, eps: float,
+                 reduction: str, cap: float, fused: bool) -> tuple[Any, ...]:
+    """The forward kernels over the rows ``xk`` (:func:`kernel_input`): ``(loss, m, lg, coef, alive, den, count, tk,
+    grad)`` per row and for the reduction; ``grad`` the gradient of ``loss.backward()`` where ``fused`` (float32 or
+    bfloat16, a mean or a sum, no soft-capping: :mod:`._numba_ce_fused`), else None."""
+    rows, n_cls = xk.shape
+    xn = numpy_view(xk)
+    grad = None
+    if not target.dtype.is_floating_point:
+        tk = target if target.dtype is torch.int64 and target.is_contiguous() else target.to(torch.int64).contiguous()
+        if fused:
+            loss, m, lg, coef, alive, grad = index_forward_grad(xn, xk, tk, wn, ignore_index, eps, reduction)
+        else:
+            loss, m, lg, coef, alive = index_forward(xn, tk, wn, ignore_index, eps, cap)
+        den = float(coef.sum())
+        count = float(rows) if ignore_index is None else float(np.count_nonzero(tk.numpy() != ignore_index))
+        return loss, m, lg, coef, alive, den, count, tk, grad
+    tk = kernel_input(target)
+    tn = numpy_view(tk)
+    loss, m, lg, coef, alive = (np.empty(rows) for _ in range(5))
+    den = count = float(rows) if rows else float("nan")
+    weighted = wn.size > 0
+    if fused:
+        grad = empty_out(xk)
+        gn = numpy_view(grad)
+        gs = 1.0 / den if reduction == "mean" else 1.0
+
+        def fwd_p(r0: int, r1: int) -> None:
+            KF.ce_prob_forward_grad(xn[r0:r1], tn[r0:r1], wn, weighted, eps, gs, loss[r0:r1], m[r0:r1], lg[r0:r1],
+                                    coef[r0:r1], alive[r0:r1], gn[r0:r1])
+    else:
+
+        def fwd_p(r0: int, r1: int) -> None:
+            K.ce_prob_forward(xn[r0:r1], tn[r0:r1], wn, weighted, eps, cap, loss[r0:r1], m[r0:r1], lg[r0:r1],
+                              coef[r0:r1], alive[r0:r1])
+
+    run_rows(fwd_p, rows, n_cls)
+    return loss, m, lg, coef, alive, den, count, tk, grad
+
+
+def _loss_out(loss: np.ndarray, den: float, reduction: str, z: np.ndarray | None, count: float,
+              dtype: torch.dtype) -> torch.Tensor:
+    out = reduce_loss(loss, den, reduction, z, count)
+    return torch.from_numpy(out).to(dtype) if reduction == "none" else scalar(float(out), dtype)
+
+
 class _CrossEntropy(torch.autograd.Function):
     """Cross-entropy of rows ``(R, C)``: class indices ``(R,)`` or probabilities ``(R, C)``; optionally the
     z-loss ``z_loss (log Z)^2`` per row and soft-capped logits ``cap tanh(x / cap)`` (``cap = 0``: none)."""
@@ -176,50 +239,18 @@ class _CrossEntropy(torch.autograd.Function):
         eps: float, reduction: str, z_loss: float, cap: float,
     ) -> torch.Tensor:
         xk = kernel_input(x)
-        rows, n_cls = xk.shape
-        xn = numpy_view(xk)
-        wn = np.empty(0) if weight is None else weight.detach().to(torch.float64).contiguous().numpy()
-        index = not target.dtype.is_floating_point
+        wn = weight64(weight)
         # a training step's loss: the forward also writes the gradient of loss.backward() (see _numba_ce_fused)
         fused = (reduction != "none" and x.dtype in _FUSED_GRAD and ctx.needs_input_grad[0] and not z_loss
                  and not cap)
-        ctx.grad = None
-        if index:
-            tk = target.detach().to(torch.int64).contiguous()
-            if fused:
-                loss, m, lg, coef, alive, ctx.grad = index_forward_grad(xn, xk, tk, wn, ignore_index, eps,
-                                                                        reduction)
-            else:
-                loss, m, lg, coef, alive = index_forward(xn, tk, wn, ignore_index, eps, cap)
-            den = float(coef.sum())
-            count = float(rows) if ignore_index is None else float(np.count_nonzero(tk.numpy() != ignore_index))
-        else:
-            tk = kernel_input(target)
-            tn = numpy_view(tk)
-            loss, m, lg, coef, alive = (np.empty(rows) for _ in range(5))
-            den = count = float(rows) if rows else float("nan")
-            if fused:
-                ctx.grad = empty_out(xk)
-                gn = numpy_view(ctx.grad)
-                gs = 1.0 / den if reduction == "mean" else 1.0
-
-                def fwd_p(r0: int, r1: int) -> None:
-                    KF.ce_prob_forward_grad(xn[r0:r1], tn[r0:r1], wn, weight is not None, eps, gs, loss[r0:r1],
-                                           m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1], gn[r0:r1])
-            else:
-
-                def fwd_p(r0: int, r1: int) -> None:
-                    K.ce_prob_forward(xn[r0:r1], tn[r0:r1], wn, weight is not None, eps, cap,
-                                      loss[r0:r1], m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1])
-
-            run_rows(fwd_p, rows, n_cls)
+        loss, m, lg, coef, alive, den, count, tk, ctx.grad = rows_forward(xk, target, wn, ignore_index, eps,
+                                                                          reduction, cap, fused)
         z = z_rows(z_loss, m, lg, alive, loss)
         ctx.save_for_backward(x, target)
-        ctx.res = (xk if x.dtype == torch.float16 else None, tk, wn, m, lg, coef, alive, den, eps, reduction, index,
-                   z_loss, cap, count)
+        ctx.res = (xk if x.dtype == torch.float16 else None, tk, wn, m, lg, coef, alive, den, eps, reduction,
+                   not target.dtype.is_floating_point, z_loss, cap, count)
         ctx.weight = weight
-        out = reduce_loss(loss, den, reduction, z, count)
-        return torch.from_numpy(out).to(x.dtype)
+        return _loss_out(loss, den, reduction, z, count, x.dtype)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
@@ -277,6 +308,17 @@ def _ce_grad_graph(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
     if cap:
         total = total * cap_grad(x.to(wd), cap)
     return torch.where(live, total, 0.0).to(x.dtype)
+
+
+def cross_entropy_features(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                           ignore_index: int | None, eps: float, reduction: str) -> torch.Tensor:
+    """:func:`cross_entropy` without z-loss or soft-capping, from :func:`.losses.cross_entropy`'s latency route
+    (contiguous rows ``(R, C)``, checked there): no ``autograd.Function`` where no gradient is recorded."""
+    if x.requires_grad and torch.is_grad_enabled():
+        return _CrossEntropy.apply(x, target, weight, ignore_index, eps, reduction, 0.0, 0.0)
+    loss, _, _, _, _, den, count, _, _ = rows_forward(kernel_input(x), target, weight64(weight), ignore_index, eps,
+                                                      reduction, 0.0, False)
+    return _loss_out(loss, den, reduction, None, count, x.dtype)
 
 
 def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,

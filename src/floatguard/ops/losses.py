@@ -223,6 +223,38 @@ def _fast_plain(logits: Any, target: Any, weight: Any, axis: int, dim: int | Non
     return int(logits.is_contiguous() and target.is_contiguous() and _fast_module().K.AVAILABLE)
 
 
+def _fast_features(logits: Any, target: Any, weight: Any, axis: int, dim: int | None, eps: Any,
+                   ignore_index: Any, reduction: str) -> bool:
+    """Whether :func:`cross_entropy` with class weights, label smoothing or class probabilities (no z-loss or
+    soft-capping) can go straight to the fused kernels: contiguous CPU rows ``(R, C)`` as :func:`_fast_plain`'s,
+    int64 indices ``(R,)`` or probabilities of the logits' shape and dtype, a 1-D float32/float64 weight of ``C``
+    entries without grad, ``0 <= label_smoothing <= 1``; anything else takes the checked path (and its errors)."""
+    torch = sys.modules.get("torch")
+    if not (
+        torch is not None and type(logits) is torch.Tensor and type(target) is torch.Tensor
+        and type(eps) in (float, int) and 0.0 <= eps <= 1.0 and type(axis) is int and (axis == -1 or axis == 1)
+        and (dim is None or (type(dim) is int and axis == -1 and (dim == -1 or dim == 1))) and logits.ndim == 2
+        and logits.shape[0] > 0 and logits.shape[1] > 0
+        and logits.dtype in (torch.float32, torch.float64, torch.bfloat16) and logits.is_cpu and target.is_cpu
+        and not _ns.FORCE_DEVICE_PATH and not target.requires_grad and reduction in _REDUCTIONS
+        and logits.layout is torch.strided and target.layout is torch.strided
+        and logits.is_contiguous() and target.is_contiguous()
+    ):
+        return False
+    if weight is not None and not (
+        type(weight) is torch.Tensor and weight.ndim == 1 and weight.shape[0] == logits.shape[1]
+        and weight.dtype in (torch.float32, torch.float64) and weight.is_cpu and not weight.requires_grad
+        and weight.layout is torch.strided
+    ):
+        return False
+    if target.dtype is torch.int64:
+        ok = (target.ndim == 1 and target.shape[0] == logits.shape[0]
+              and (ignore_index is None or type(ignore_index) is int))
+    else:
+        ok = target.dtype is logits.dtype and target.shape == logits.shape and ignore_index in (None, -100)
+    return ok and not torch.compiler.is_compiling() and bool(_fast_module().K.AVAILABLE)
+
+
 def _fast_bce_plain(logits: Any, targets: Any, weight: Any, pos_weight: Any, reduction: str) -> bool:
     """Whether BCE can go straight to the fused kernels: contiguous CPU tensors of one shape and dtype
     (float32/float64/bfloat16), no weights (checked before ``quiet``, as :func:`_fast_plain`)."""
@@ -353,6 +385,9 @@ def cross_entropy(
             from . import _torch_losses
 
             return _torch_losses.cross_entropy_compiled(logits, target, ignore_index, reduction)
+        if _fast_features(logits, target, weight, axis, dim, label_smoothing, ignore_index, reduction):
+            return _fast_module().cross_entropy_features(logits, target, weight, ignore_index,
+                                                         float(label_smoothing), reduction)
     return _cross_entropy(logits, target, axis=axis, weight=weight, reduction=reduction,
                           label_smoothing=label_smoothing, ignore_index=ignore_index, dim=dim, z_loss=z_loss,
                           softcap=softcap)
