@@ -141,9 +141,11 @@ def test_training_speed_quick(load, capsys) -> None:
     assert set(sections) == {"training", "latency", "jax"}  # --quick leaves out torch.compile
     ops = set(_cells(table, 1))
     assert {"cross_entropy", "softmax", "log_softmax", "logsumexp", "bce_with_logits", "softplus", "log_sigmoid",
-            "logaddexp", "log1mexp", "log_softmax (jit)"} <= ops
-    # latency: every op forward; JAX: 2 shapes (--quick) x 3 ops x 2 dtypes x x64 off/on
-    assert _cells(table, 2).count("fwd") == 9 + 24
+            "logaddexp", "log1mexp", "log_softmax (jit)", "cross_entropy, label_smoothing=0.1",
+            "cross_entropy, weight", "cross_entropy, probabilities", "cross_entropy, reduction='none'"} <= ops
+    # latency: every op forward (9, and the cross-entropy's 4 other arguments); JAX: 2 shapes (--quick) x 3 ops
+    # x 2 dtypes x x64 off/on
+    assert _cells(table, 2).count("fwd") == 13 + 24
     for section, ratio, target, ok in zip(sections, _cells(table, 7), _cells(table, 8), _cells(table, 9),
                                           strict=True):
         assert 0 < float(ratio) < math.inf
