@@ -223,7 +223,7 @@ def rows_forward(xk: torch.Tensor, target: torch.Tensor, wn: np.ndarray, ignore_
     return loss, m, lg, coef, alive, den, count, tk, grad
 
 
-def _loss_out(loss: np.ndarray, den: float, reduction: str, z: np.ndarray | None, count: float,
+def loss_out(loss: np.ndarray, den: float, reduction: str, z: np.ndarray | None, count: float,
               dtype: torch.dtype) -> torch.Tensor:
     out = reduce_loss(loss, den, reduction, z, count)
     return torch.from_numpy(out).to(dtype) if reduction == "none" else scalar(float(out), dtype)
@@ -250,7 +250,7 @@ class _CrossEntropy(torch.autograd.Function):
         ctx.res = (xk if x.dtype == torch.float16 else None, tk, wn, m, lg, coef, alive, den, eps, reduction,
                    not target.dtype.is_floating_point, z_loss, cap, count)
         ctx.weight = weight
-        return _loss_out(loss, den, reduction, z, count, x.dtype)
+        return loss_out(loss, den, reduction, z, count, x.dtype)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
@@ -318,7 +318,7 @@ def cross_entropy_features(x: torch.Tensor, target: torch.Tensor, weight: torch.
         return _CrossEntropy.apply(x, target, weight, ignore_index, eps, reduction, 0.0, 0.0)
     loss, _, _, _, _, den, count, _, _ = rows_forward(kernel_input(x), target, weight64(weight), ignore_index, eps,
                                                       reduction, 0.0, False)
-    return _loss_out(loss, den, reduction, None, count, x.dtype)
+    return loss_out(loss, den, reduction, None, count, x.dtype)
 
 
 def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,

@@ -24,7 +24,12 @@ from __future__ import annotations
 from . import _numba_losses as K
 from ._torch_bce import bce_plain, binary_cross_entropy_with_logits
 from ._torch_ce import cross_entropy, cross_entropy_features, cross_entropy_plain
-from ._torch_ce_compile import cross_entropy_backward_op, cross_entropy_compiled, cross_entropy_op
+from ._torch_ce_compile import (
+    cross_entropy_backward_op,
+    cross_entropy_compiled,
+    cross_entropy_features_compiled,
+    cross_entropy_op,
+)
 from ._torch_ce_device import cross_entropy_device, cross_entropy_rows_torch
 from ._torch_elementwise import LOG1MEXP, LOG_SIGMOID, SOFTPLUS, logaddexp, unary
 from ._torch_rows import usable
@@ -32,6 +37,7 @@ from ._torch_rows import usable
 __all__ = [
     "LOG1MEXP", "LOG_SIGMOID", "SOFTPLUS", "K", "bce_plain", "binary_cross_entropy_with_logits", "cross_entropy",
     "cross_entropy_backward_op", "cross_entropy_compiled", "cross_entropy_device", "cross_entropy_features",
+    "cross_entropy_features_compiled",
     "cross_entropy_op",
     "cross_entropy_plain", "cross_entropy_rows_torch", "logaddexp", "unary", "usable",
 ]

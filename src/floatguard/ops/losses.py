@@ -224,11 +224,12 @@ def _fast_plain(logits: Any, target: Any, weight: Any, axis: int, dim: int | Non
 
 
 def _fast_features(logits: Any, target: Any, weight: Any, axis: int, dim: int | None, eps: Any,
-                   ignore_index: Any, reduction: str) -> bool:
+                   ignore_index: Any, reduction: str) -> int:
     """Whether :func:`cross_entropy` with class weights, label smoothing or class probabilities (no z-loss or
     soft-capping) can go straight to the fused kernels: contiguous CPU rows ``(R, C)`` as :func:`_fast_plain`'s,
     int64 indices ``(R,)`` or probabilities of the logits' shape and dtype, a 1-D float32/float64 weight of ``C``
-    entries without grad, ``0 <= label_smoothing <= 1``; anything else takes the checked path (and its errors)."""
+    entries without grad, ``0 <= label_smoothing <= 1``; anything else takes the checked path (and its errors).
+    1: eager (contiguous tensors), 2: under ``torch.compile`` (the custom op), 0: no."""
     torch = sys.modules.get("torch")
     if not (
         torch is not None and type(logits) is torch.Tensor and type(target) is torch.Tensor
@@ -238,21 +239,26 @@ def _fast_features(logits: Any, target: Any, weight: Any, axis: int, dim: int | 
         and logits.dtype in (torch.float32, torch.float64, torch.bfloat16) and logits.is_cpu and target.is_cpu
         and not _ns.FORCE_DEVICE_PATH and not target.requires_grad and reduction in _REDUCTIONS
         and logits.layout is torch.strided and target.layout is torch.strided
-        and logits.is_contiguous() and target.is_contiguous()
     ):
-        return False
+        return 0
     if weight is not None and not (
         type(weight) is torch.Tensor and weight.ndim == 1 and weight.shape[0] == logits.shape[1]
         and weight.dtype in (torch.float32, torch.float64) and weight.is_cpu and not weight.requires_grad
         and weight.layout is torch.strided
     ):
-        return False
+        return 0
     if target.dtype is torch.int64:
         ok = (target.ndim == 1 and target.shape[0] == logits.shape[0]
               and (ignore_index is None or type(ignore_index) is int))
     else:
         ok = target.dtype is logits.dtype and target.shape == logits.shape and ignore_index in (None, -100)
-    return ok and not torch.compiler.is_compiling() and bool(_fast_module().K.AVAILABLE)
+    if not ok:
+        return 0
+    if torch.compiler.is_compiling():
+        from . import _numba_losses
+
+        return 2 if _numba_losses.AVAILABLE else 0
+    return int(logits.is_contiguous() and target.is_contiguous() and _fast_module().K.AVAILABLE)
 
 
 def _fast_bce_plain(logits: Any, targets: Any, weight: Any, pos_weight: Any, reduction: str) -> bool:
@@ -385,9 +391,15 @@ def cross_entropy(
             from . import _torch_losses
 
             return _torch_losses.cross_entropy_compiled(logits, target, ignore_index, reduction)
-        if _fast_features(logits, target, weight, axis, dim, label_smoothing, ignore_index, reduction):
+        route = _fast_features(logits, target, weight, axis, dim, label_smoothing, ignore_index, reduction)
+        if route == 1:
             return _fast_module().cross_entropy_features(logits, target, weight, ignore_index,
                                                          float(label_smoothing), reduction)
+        if route == 2:
+            from . import _torch_losses
+
+            return _torch_losses.cross_entropy_features_compiled(logits, target, weight, ignore_index,
+                                                                 float(label_smoothing), reduction)
     return _cross_entropy(logits, target, axis=axis, weight=weight, reduction=reduction,
                           label_smoothing=label_smoothing, ignore_index=ignore_index, dim=dim, z_loss=z_loss,
                           softcap=softcap)
