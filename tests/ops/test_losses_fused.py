@@ -472,16 +472,20 @@ def test_losses_written_gradients_do_not_depend_on_the_thread_count(dtype: torch
     t = torch.tensor(RNG.integers(0, 1000, 90))
     t[7] = -100
     y = torch.tensor(RNG.random((90, 1000))).to(dtype)
+    w = torch.tensor(RNG.uniform(0.5, 2.0, 1000))
     threads = torch.get_num_threads()
     got = []
     try:
         for n in (1, 2):
             torch.set_num_threads(n)
             a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+            c, d = x.clone().requires_grad_(), x.clone().requires_grad_()
             la = fg.cross_entropy(a, t, ignore_index=-100)
             lb = fg.binary_cross_entropy_with_logits(b, y)
-            (la + lb).backward()
-            got.append((la.detach(), lb.detach(), a.grad, b.grad))
+            lc = fg.cross_entropy(c, t, ignore_index=-100, weight=w, label_smoothing=0.1)  # _numba_ce_fused
+            ld = fg.cross_entropy(d, torch.softmax(y.double(), 1).to(dtype), weight=w, reduction="sum")
+            (la + lb + lc + ld).backward()
+            got.append((la.detach(), lb.detach(), lc.detach(), ld.detach(), a.grad, b.grad, c.grad, d.grad))
     finally:
         torch.set_num_threads(threads)
     for u, v in zip(*got, strict=True):

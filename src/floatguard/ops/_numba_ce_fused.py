@@ -61,9 +61,20 @@ def ce_index_forward_grad(
     grad: np.ndarray,
 ) -> int:
     """:func:`._numba_ce.ce_index_forward` of float32 or bfloat16 rows (no soft-capping) that also writes
-    ``grad``, the gradient of the loss for the upstream gradient ``gs`` per row (see the module docstring);
-    returns the first row with a bad index, or -1."""
+    ``grad``, the gradient of the loss for the upstream gradient ``gs`` per row (see the module docstring;
+    ``gs < 0`` stands for the mean's ``1 / den``, summed here first); returns the first row with a bad index,
+    or -1."""
     r_count, n = x.shape
+    if gs < 0.0:  # the mean's 1 / den, den the target weights of the rows kept (the index check comes with it)
+        den = 0.0
+        for r in range(r_count):
+            c = target[r]
+            if has_ignore and c == ignore:
+                continue
+            if c < 0 or c >= n:
+                return r
+            den += w[c] if weighted else 1.0
+        gs = 1.0 / den if den != 0.0 else 0.0
     w_total = 0.0
     if weighted:
         for i in range(n):

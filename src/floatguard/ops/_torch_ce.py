@@ -15,9 +15,12 @@ The z-loss (``z_loss (log Z)^2`` per row) is computed from the residuals
 (``log Z = m + log1p(s)``) after the kernels, and enters their backward as a
 per-row addition to the coefficient of ``softmax``; soft-capping runs inside
 the kernels (``cap > 0``). :func:`cross_entropy_plain` is the common case (class indices, no weight,
-no smoothing) with fewer steps; :mod:`._torch_ce_compile` holds it as a custom op for ``torch.compile``.
-On that route a float32/bfloat16 mean or sum also writes, in the forward, the gradient of ``loss.backward()``
-(``g = 1``) from the exps it already has, and the backward hands it over: one exp per logit per step, not two.
+no smoothing) with fewer steps; :func:`cross_entropy_features` the latency route of class weights, label
+smoothing and probabilities (no ``autograd.Function`` where no gradient is recorded); :mod:`._torch_ce_compile`
+holds both as custom ops for ``torch.compile``. A float32/bfloat16 mean or sum whose logits require grad also
+writes, in the forward, the gradient of ``loss.backward()`` (``g = 1``) from the exps it already has
+(:func:`._numba_ce.ce_plain_forward_grad`, :mod:`._numba_ce_fused` with weights, smoothing or probabilities;
+no z-loss or soft-capping), and the backward hands it over: one exp per logit per step, not two.
 """
 
 from __future__ import annotations
@@ -152,6 +155,16 @@ def index_forward_grad(xn: np.ndarray, xk: torch.Tensor, tk: torch.Tensor, wn: n
     gradient of ``loss.backward()`` (a sum, or a mean over the target weights of the rows kept)."""
     rows, n_cls = xn.shape
     tn = tk.numpy()
+    ign = -100 if ignore_index is None else int(ignore_index)
+    grad = empty_out(xk)
+    gn = numpy_view(grad)
+    if rows * n_cls < PARALLEL_MIN:  # one thread: the kernel sums the mean's den itself (a small call's cost)
+        loss, m, lg, coef, alive = np.empty((5, rows))
+        bad0 = KF.ce_index_forward_grad(xn, tn, wn, wn.size > 0, ign, ignore_index is not None, eps,
+                                        -1.0 if reduction == "mean" else 1.0, loss, m, lg, coef, alive, gn)
+        if bad0 >= 0:
+            raise bad_target("cross_entropy", tk, bad0, n_cls)
+        return loss, m, lg, coef, alive, grad
     keep = np.ones(rows, bool) if ignore_index is None else tn != ignore_index
     bad = np.flatnonzero(keep & ((tn < 0) | (tn >= n_cls)))
     if bad.size:
@@ -161,9 +174,6 @@ def index_forward_grad(xn: np.ndarray, xk: torch.Tensor, tk: torch.Tensor, wn: n
     den = float(coef.sum())
     gs = (1.0 / den if den else 0.0) if reduction == "mean" else 1.0
     loss, m, lg, alive = (np.empty(rows) for _ in range(4))
-    grad = empty_out(xk)
-    gn = numpy_view(grad)
-    ign = -100 if ignore_index is None else int(ignore_index)
 
     def fwd(r0: int, r1: int) -> None:
         KF.ce_index_forward_grad(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, ign, ignore_index is not None, eps, gs,
