@@ -26,7 +26,7 @@ import numpy as np
 
 from ._numba_bits import _CONTRACT, _inline, _njit
 from ._numba_bits import _row_max as _key_max
-from ._numba_ce import _gap_sum, _rest_store_for, _row_buffer, _target_sums, _zero_row
+from ._numba_ce import _gap_sum, _rest_store_for, _row_buffer, _scale_for, _target_sums, _zero_row
 from ._numba_log import log1p as _log1p
 from ._numba_loss_dtypes import _ld, _st
 
@@ -119,7 +119,11 @@ def ce_index_forward_grad(
         alive[r] = 1.0
         q = 1.0 / (1.0 + s)
         b = gs * eps / n
-        _write_w(e, gs * ((1.0 - eps) * wc + eps * w_total / n) * q, b, w, weighted, o)
+        a = gs * ((1.0 - eps) * wc + eps * w_total / n) * q
+        if b == 0.0:  # no smoothing: a e_i, in float32 lanes for bfloat16 rows (as the common case)
+            _scale_for(e, a, o)
+        else:
+            _write_w(e, a, b, w, weighted, o)
         pc1 = -(s * q) if xc == m else np.float64(e[c]) * q - 1.0  # p_c - 1
         _st(o, c, gs * ((1.0 - eps) * wc * pc1) + b * (w_total * (pc1 + 1.0) - wc))
     return -1
