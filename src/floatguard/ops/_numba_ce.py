@@ -199,6 +199,15 @@ def _target_sums(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: boo
 
 
 @_njit()
+def ce_index_forward_res(x: np.ndarray, target: np.ndarray, w: np.ndarray, weighted: bool, ignore: int,
+                         has_ignore: bool, eps: float, res: np.ndarray) -> int:
+    """:func:`ce_index_forward` (no soft-capping) with its five outputs the rows of ``res`` ``(5, R)``: fewer
+    arguments for numba's dispatch, which a small call notices."""
+    return ce_index_forward(x, target, w, weighted, ignore, has_ignore, eps, 0.0, res[0], res[1], res[2], res[3],
+                            res[4])
+
+
+@_njit()
 def _prob_row(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: bool, eps: float, rb: np.ndarray,
               kb: np.ndarray, nz: np.ndarray) -> tuple[float, float, float, float, float]:
     """``(loss, m, log1p(s), sum t' w, alive)`` of one row of probabilities (see :func:`ce_prob_forward`)."""

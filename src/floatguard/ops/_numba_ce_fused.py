@@ -159,3 +159,12 @@ def ce_prob_forward_grad(
         l_out[r] = lg
         alive[r] = 1.0
         _write_t(e, gs * tw / (1.0 + s), gs * (1.0 - eps), gs * eps / n, trow, w, weighted, o)
+
+
+@_njit()
+def ce_index_forward_grad_res(x: np.ndarray, target: np.ndarray, w: np.ndarray, weighted: bool, ignore: int,
+                              has_ignore: bool, eps: float, gs: float, res: np.ndarray, grad: np.ndarray) -> int:
+    """:func:`ce_index_forward_grad` with its five row outputs the rows of ``res`` ``(5, R)`` (a small call's
+    dispatch)."""
+    return ce_index_forward_grad(x, target, w, weighted, ignore, has_ignore, eps, gs, res[0], res[1], res[2],
+                                 res[3], res[4], grad)

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _numba_ce as KC
 from . import _numba_ce_fused as KF
 from . import _numba_losses as K
 from ._numba_ce import ce_plain_forward_grad
@@ -127,15 +128,16 @@ def index_forward(xn: np.ndarray, tk: torch.Tensor, wn: np.ndarray, ignore_index
                    cap: float) -> tuple[np.ndarray, ...]:
     """:func:`._numba_losses.ce_index_forward` over row chunks: ``(loss, m, log1p(s), w_c, alive)`` per row."""
     rows, n_cls = xn.shape
-    loss, m, lg, coef, alive = np.empty((5, rows))
     tn = tk.numpy()
     ign = -100 if ignore_index is None else int(ignore_index)
-    if rows * n_cls < PARALLEL_MIN:  # one thread: no chunks (a small call's cost is mostly this function's)
-        bad0 = K.ce_index_forward(xn, tn, wn, wn.size > 0, ign, ignore_index is not None, eps, cap, loss, m, lg,
-                                  coef, alive)
+    if rows * n_cls < PARALLEL_MIN and not cap:  # one thread: no chunks (a small call's cost is mostly this one's)
+        res = np.empty((5, rows))
+        bad0 = KC.ce_index_forward_res(xn, tn, wn, wn.size > 0, ign, ignore_index is not None, eps, res)
         if bad0 >= 0:
             raise bad_target("cross_entropy", tk, bad0, n_cls)
-        return loss, m, lg, coef, alive
+        return tuple(res)
+
+    loss, m, lg, coef, alive = np.empty((5, rows))
 
     def fwd(r0: int, r1: int) -> int:
         bad = K.ce_index_forward(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, ign, ignore_index is not None, eps, cap,
@@ -159,12 +161,12 @@ def index_forward_grad(xn: np.ndarray, xk: torch.Tensor, tk: torch.Tensor, wn: n
     grad = empty_out(xk)
     gn = numpy_view(grad)
     if rows * n_cls < PARALLEL_MIN:  # one thread: the kernel sums the mean's den itself (a small call's cost)
-        loss, m, lg, coef, alive = np.empty((5, rows))
-        bad0 = KF.ce_index_forward_grad(xn, tn, wn, wn.size > 0, ign, ignore_index is not None, eps,
-                                        -1.0 if reduction == "mean" else 1.0, loss, m, lg, coef, alive, gn)
+        res = np.empty((5, rows))
+        bad0 = KF.ce_index_forward_grad_res(xn, tn, wn, wn.size > 0, ign, ignore_index is not None, eps,
+                                            -1.0 if reduction == "mean" else 1.0, res, gn)
         if bad0 >= 0:
             raise bad_target("cross_entropy", tk, bad0, n_cls)
-        return loss, m, lg, coef, alive, grad
+        return res[0], res[1], res[2], res[3], res[4], grad
     keep = np.ones(rows, bool) if ignore_index is None else tn != ignore_index
     bad = np.flatnonzero(keep & ((tn < 0) | (tn >= n_cls)))
     if bad.size:
@@ -235,6 +237,15 @@ def rows_forward(xk: torch.Tensor, target: torch.Tensor, wn: np.ndarray, ignore_
 
 def loss_out(loss: np.ndarray, den: float, reduction: str, z: np.ndarray | None, count: float,
               dtype: torch.dtype) -> torch.Tensor:
+    """:func:`reduce_loss` as a tensor of ``dtype``; a sum or mean without z-loss in Python floats (NumPy's
+    ``errstate`` costs a small call more than its kernel), with NumPy's ``x / 0``."""
+    if reduction != "none" and z is None:
+        total = float(loss.sum())
+        if reduction == "sum":
+            return scalar(total, dtype)
+        if den:
+            return scalar(total / den, dtype)
+        return scalar(math.nan if total == 0.0 or total != total else math.copysign(math.inf, total), dtype)
     out = reduce_loss(loss, den, reduction, z, count)
     return torch.from_numpy(out).to(dtype) if reduction == "none" else scalar(float(out), dtype)
 
