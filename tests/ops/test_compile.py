@@ -123,8 +123,8 @@ def test_class_indices_are_still_checked_under_compile():
         f(x, torch.tensor([0, 2, 3, 0]))
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
-@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(("dtype", "reduction"), [(torch.float32, "mean"), (torch.bfloat16, "sum"),
+                                                  (torch.float64, "none")], ids=str)
 def test_cross_entropy_features_compile_to_one_graph_with_the_eager_values_and_gradients(dtype, reduction):
     """Class weights, label smoothing and probabilities enter the graph as ``floatguard::cross_entropy_features``
     (traced as torch ops they took 7 to 11 times the compiled F.cross_entropy): eager's losses bit for bit,
