@@ -95,6 +95,26 @@ def _rest(row: np.ndarray, m: float, rb: np.ndarray, kb: np.ndarray, nz: np.ndar
     return (total + comp) + (ties - 1)
 
 
+@_inline()
+def _w_total(w: np.ndarray, weighted: bool, n: int) -> float:
+    """``W = sum_i w_i`` of the class weights (``n`` unweighted)."""
+    if not weighted:
+        return float(n)
+    acc = 0.0
+    for i in range(n):
+        acc += w[i]
+    return acc
+
+
+@_inline()
+def _no_row(r: int, v: float, loss: np.ndarray, m_out: np.ndarray, l_out: np.ndarray, alive: np.ndarray) -> None:
+    """The residuals of a row that is ignored (``v = 0``) or has a non-finite max (``v = -m``): no gradient."""
+    loss[r] = v
+    m_out[r] = 0.0
+    l_out[r] = 0.0
+    alive[r] = 0.0
+
+
 # -- soft-capping: y = cap tanh(x / cap), d y / d x = sech^2(x / cap) ---------------------------------
 @_njit()
 def _cap_row(row: np.ndarray, cap: float, out: np.ndarray) -> None:
@@ -149,20 +169,12 @@ def ce_index_forward(
     kb = np.empty(BLK, dtype=np.int64)
     nz = np.empty(BLK)
     buf = np.empty(n if cap > 0.0 else 0)
-    w_total = 0.0
-    if weighted:
-        for i in range(n):
-            w_total += w[i]
-    else:
-        w_total = float(n)
+    w_total = _w_total(w, weighted, n)
     for r in range(r_count):
         c = target[r]
         if has_ignore and c == ignore:
-            loss[r] = 0.0
-            m_out[r] = 0.0
-            l_out[r] = 0.0
+            _no_row(r, 0.0, loss, m_out, l_out, alive)
             wt_out[r] = 0.0
-            alive[r] = 0.0
             continue
         if c < 0 or c >= n:
             return r
@@ -397,12 +409,7 @@ def ce_index_backward(
     ybuf = np.empty(n if cap > 0.0 else 0)
     gbuf = np.empty(n if cap > 0.0 else 0)
     has_z = zg.size > 0
-    w_total = 0.0
-    if weighted:
-        for i in range(n):
-            w_total += w[i]
-    else:
-        w_total = float(n)
+    w_total = _w_total(w, weighted, n)
     for r in range(r_count):
         o = out[r]
         gr = g[r] if g.size > 1 else g[0]

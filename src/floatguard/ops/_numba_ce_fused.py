@@ -26,9 +26,26 @@ import numpy as np
 
 from ._numba_bits import _CONTRACT, _inline, _njit
 from ._numba_bits import _row_max as _key_max
-from ._numba_ce import _gap_sum, _rest_store_for, _row_buffer, _scale_for, _target_sums, _zero_row
+from ._numba_ce import (
+    _gap_sum,
+    _no_row,
+    _rest_store_for,
+    _row_buffer,
+    _scale_for,
+    _target_sums,
+    _w_total,
+    _zero_row,
+)
 from ._numba_log import log1p as _log1p
 from ._numba_loss_dtypes import _ld, _st
+
+
+@_inline()
+def _rest_log(row: np.ndarray, m: float, e: np.ndarray) -> tuple[float, float]:
+    """``(s, log1p(s))`` of a row with a finite max ``m``, its ``e_i = exp(x_i - m)`` kept in ``e``."""
+    acc, ties = _rest_store_for(row, m, e)
+    s = acc + (ties - 1.0)
+    return s, _log1p(s)
 
 
 @_inline(_CONTRACT)
@@ -75,22 +92,14 @@ def ce_index_forward_grad(
                 return r
             den += w[c] if weighted else 1.0
         gs = 1.0 / den if den != 0.0 else 0.0
-    w_total = 0.0
-    if weighted:
-        for i in range(n):
-            w_total += w[i]
-    else:
-        w_total = float(n)
+    w_total = _w_total(w, weighted, n)
     e = _row_buffer(x, n)
     for r in range(r_count):
         c = target[r]
         o = grad[r]
         if has_ignore and c == ignore:
-            loss[r] = 0.0
-            m_out[r] = 0.0
-            l_out[r] = 0.0
+            _no_row(r, 0.0, loss, m_out, l_out, alive)
             wt_out[r] = 0.0
-            alive[r] = 0.0
             _zero_row(o)
             continue
         if c < 0 or c >= n:
@@ -100,15 +109,10 @@ def ce_index_forward_grad(
         row = x[r]
         m = _key_max(row)
         if not np.isfinite(m):
-            loss[r] = -m
-            m_out[r] = 0.0
-            l_out[r] = 0.0
-            alive[r] = 0.0
+            _no_row(r, -m, loss, m_out, l_out, alive)
             _zero_row(o)
             continue
-        acc, ties = _rest_store_for(row, m, e)
-        s = acc + (ties - 1.0)
-        lg = _log1p(s)
+        s, lg = _rest_log(row, m, e)
         xc = _ld(row[c])
         val = (1.0 - eps) * wc * (lg + (m - xc)) if eps != 1.0 else 0.0
         if eps != 0.0:
@@ -145,15 +149,10 @@ def ce_prob_forward_grad(
         tw, acc = _target_sums(row, trow, w, weighted, eps, m)
         tw_out[r] = tw
         if not np.isfinite(m):
-            loss[r] = -m
-            m_out[r] = 0.0
-            l_out[r] = 0.0
-            alive[r] = 0.0
+            _no_row(r, -m, loss, m_out, l_out, alive)
             _zero_row(o)
             continue
-        sacc, ties = _rest_store_for(row, m, e)
-        s = sacc + (ties - 1.0)
-        lg = _log1p(s)
+        s, lg = _rest_log(row, m, e)
         loss[r] = tw * lg + acc
         m_out[r] = m
         l_out[r] = lg
