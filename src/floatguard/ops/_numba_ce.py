@@ -1,6 +1,7 @@
 """Compiled (numba) cross-entropy kernels: forward and backward of rows of logits, by class index or
-class probabilities, with class weights, label smoothing, soft-capping and the z-loss; and the common
-case (class indices, nothing else) on a route of its own.
+class probabilities, with class weights, label smoothing, soft-capping and the z-loss. The common case
+(class indices, nothing else) has a route of its own (:mod:`._numba_ce_plain`); the row steps that depend on
+the dtype are :mod:`._numba_ce_rows`'; the forwards that also write the gradient, :mod:`._numba_ce_fused`.
 
 Per row ``x`` of ``C`` logits (float32, float64 or bfloat16 bits: see :mod:`._numba_loss_dtypes`),
 everything in float64 registers:
@@ -17,7 +18,7 @@ Only per-row residuals are kept (``m``, ``L`` and the row's coefficients); the
 backward pass recomputes ``p_i = exp((x_i - m) - L)`` (the table exp for float64 rows, the short one
 otherwise) and writes ``g (a p_i - b_i)`` in the input dtype, rounded once. The common case of float32 and
 bfloat16 rows has a forward that writes the gradient of ``g = 1`` too
-(:func:`ce_plain_forward_grad`, from the exps of its sum, kept in a row buffer).
+(:func:`._numba_ce_plain.ce_plain_forward_grad`, from the exps of its sum, kept in a row buffer).
 
 Rows with a non-finite max (all ``-inf``, a ``+inf``, a NaN) are flagged
 (``alive = 0``): their loss is ``-m`` (NaN for NaN rows) and their gradient 0.
@@ -36,13 +37,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _encode32, _inline, _load32, _njit
+from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _inline, _njit
 from ._numba_bits import _row_max as _key_max
-from ._numba_exp import BLK, F32, ONE32, _add, _exp32, _exp_f32out, _exp_reduced, _reduce
-from ._numba_log import log1p as _log1p
+from ._numba_ce_rows import (
+    _pc_minus_1_for,
+    _rest_for,
+    _zero_row,
+)
+from ._numba_exp import BLK, _add, _exp_f32out, _exp_reduced, _reduce
 from ._numba_log import select
-from ._numba_loss_dtypes import _exp_for, _ld, _st
-from ._numba_torch import BLK16, _rest32, _rest_accurate, _rest_f32out, _scale_out
+from ._numba_loss_dtypes import _ld, _st
 
 # -- pass 1: the row max, :func:`._numba_bits._row_max` (one integer pass, NaN if the row holds one) -------
 
@@ -373,12 +377,6 @@ def _grad_rows_t_any(row: np.ndarray, shift: float, a: float, b: float, c: float
 
 
 @_njit()
-def _zero_row(out: np.ndarray) -> None:
-    for i in range(out.size):
-        _st(out, i, 0.0)
-
-
-@_njit()
 def _index_row_grad(row: np.ndarray, c: int, wc: float, w: np.ndarray, weighted: bool, w_total: float, eps: float,
                     gr: float, zr: float, m: float, lg: float, rb: np.ndarray, kb: np.ndarray, o: np.ndarray) -> None:
     """One row of :func:`ce_index_backward` into ``o``."""
@@ -465,62 +463,9 @@ def ce_prob_backward(
             _prob_row_grad(x[r], t[r], w, weighted, eps, gr, zr, tw[r], m_in[r], l_in[r], rb, kb, o)
 
 
-# -- cross-entropy, the common case: class indices, no weight, no smoothing --------------------------
-# Few arguments (numba's dispatch types each one), one packed residual array, and H1's inline row
-# helpers (an integer-key max, the rest sum without slices for short rows): the latency route.
-def _rest_for(row: np.ndarray, m: float) -> float:
-    """``s = sum_{i != k} exp(row_i - m)``: the 0.51-ulp table exp for float64 rows, the degree-7 exp
-    (relative 2^-32) for float32 (its loss is rounded to 24 bits), float32 arithmetic for bfloat16
-    (int16 bits: 16 lanes, relative ~2^-21, 2^-13 of a bfloat16 ulp; float64 sums across blocks)."""
-    return float(np.sum(np.exp(row - m))) - 1.0
-
-
-def _pc_minus_1_for(row: np.ndarray, d: float) -> float:
-    """``p_c - 1 = expm1(d)``, ``d = (x_c - m) - log1p(s)``, without cancellation where ``p_c`` is near 1 for
-    float32/bfloat16 rows (the gradient :func:`ce_plain_forward_grad` writes); float64 rows keep ``exp(d) - 1``,
-    which the device composition (:mod:`._torch_ce_device`) matches and ``test_device_path`` compares."""
-    return float(np.expm1(d))
-
-
-def _grad_row_for(row: np.ndarray, m: float, lg: float, gr: float, out: np.ndarray) -> None:
-    """``out_i = gr exp((row_i - m) - lg)`` rounded once: float64 registers for float32/float64 rows,
-    float32 arithmetic for bfloat16 ones (int16 bits; relative ~2^-21 before the rounding to 8 bits)."""
-    out[:] = gr * np.exp((row - m) - lg)
-
-
 if AVAILABLE:
     from numba import types
     from numba.extending import overload
-
-    @overload(_rest_for, inline="always")
-    def _rest_for_impl(row, m):  # unannotated: numba compares signatures
-        if row.dtype == types.float64:
-            return lambda row, m: _rest_accurate(row, m)
-        if row.dtype == types.int16:
-
-            def short16(row, m):
-                acc, ties = _rest32(row, np.float32(m))  # the max is an entry: exact in float32
-                return acc + np.float64(ties - 1)
-
-            return short16
-
-        def short(row, m):
-            acc, ties = _rest_f32out(row, m)
-            return acc + np.float64(ties - 1)
-
-        return short
-
-    @overload(_pc_minus_1_for, inline="always")
-    def _pc_minus_1_for_impl(row, d):  # unannotated: numba compares signatures
-        if row.dtype == types.float64:
-            return lambda row, d: _exp_for(row, d) - 1.0
-        return lambda row, d: np.expm1(d)
-
-    @overload(_grad_row_for, inline="always")
-    def _grad_row_for_impl(row, m, lg, gr, out):  # unannotated: numba compares signatures
-        if row.dtype == types.int16:
-            return lambda row, m, lg, gr, out: _grad_row32(row, np.float32(m), np.float32(lg), np.float32(gr), out)
-        return lambda row, m, lg, gr, out: _plain_grad_row(row, m + lg, gr, out)
 
     @overload(_rest_any, inline="always")
     def _rest_any_impl(row, m, rb, kb, nz):  # unannotated: numba compares signatures
@@ -542,230 +487,3 @@ if AVAILABLE:
                 row, shift, a, b, c, trow, w, weighted, rb, kb, o)
         return lambda row, shift, a, b, c, trow, w, weighted, rb, kb, o: _grad_rows_t_short(
             row, shift, a, b, c, trow, w, weighted, o)
-
-
-@_inline()
-def _row_start(x: np.ndarray, target: np.ndarray, r: int, ignore: int, has_ignore: bool,
-               res: np.ndarray) -> tuple[int, float]:
-    """The start of a row of :func:`ce_plain_forward` (and :func:`ce_plain_forward_grad`): its state and max.
-
-    -1: its class outside ``[0, C)``; 0: ignored (``res`` zeroed); 1: a non-finite max ``m`` (loss ``-m``, weight
-    1, no gradient); 2: a finite max ``m``, to go on with (weight 1).
-    """
-    c = target[r]
-    if has_ignore and c == ignore:
-        for j in range(5):
-            res[j, r] = 0.0
-        return 0, 0.0
-    if c < 0 or c >= x.shape[1]:
-        return -1, 0.0
-    m = _key_max(x[r])
-    res[3, r] = 1.0
-    if np.isfinite(m):
-        return 2, m
-    res[0, r] = -m
-    res[1, r] = 0.0
-    res[2, r] = 0.0
-    res[4, r] = 0.0
-    return 1, m
-
-
-@_inline()
-def _row_loss(res: np.ndarray, r: int, v: float, m: float, lg: float) -> None:
-    """``res[:, r]`` of a row with a finite max: its loss ``v``, ``m``, ``log1p(s)``, alive."""
-    res[0, r] = v
-    res[1, r] = m
-    res[2, r] = lg
-    res[4, r] = 1.0
-
-
-@_njit()
-def ce_plain_forward(x: np.ndarray, target: np.ndarray, ignore: int, has_ignore: bool,
-                     res: np.ndarray) -> tuple[int, float, float]:
-    """Rows ``(R, C)`` and class indices: ``res`` ``(5, R)`` gets the row losses ``log1p(s) + (m - x_c)``,
-    ``m``, ``log1p(s)``, the row's weight in a mean (0 if ignored) and ``alive`` (finite max).
-
-    Returns the first row whose index is outside ``[0, C)`` (or -1), the sum of the losses and the count of
-    rows not ignored. A row with a non-finite max has loss ``-m`` (NaN for NaN) and no gradient.
-    """
-    r_count = x.shape[0]
-    total, comp, count = 0.0, 0.0, 0.0
-    plain = 0.0  # the non-finite rows' losses (+-inf, NaN), outside the compensated sum
-    for r in range(r_count):
-        state, m = _row_start(x, target, r, ignore, has_ignore, res)
-        if state < 0:
-            return r, 0.0, 0.0
-        count += 1.0 if state > 0 else 0.0
-        if state == 1:
-            plain += -m
-        if state < 2:
-            continue
-        row = x[r]
-        lg = _log1p(_rest_for(row, m))
-        v = lg + (m - _ld(row[target[r]]))
-        _row_loss(res, r, v, m, lg)
-        total, comp = _add(total, comp, v)
-    return -1, (total + comp) + plain, count
-
-
-@_njit(_CONTRACT)
-def _plain_grad_row(row: np.ndarray, shift: float, gr: float, out: np.ndarray) -> None:
-    for i in range(row.size):
-        _st(out, i, gr * _exp_for(row, _ld(row[i]) - shift))
-
-
-@_inline(_CONTRACT)
-def _grad_row32(row: np.ndarray, m: np.float32, lg: np.float32, gr: np.float32, out: np.ndarray) -> None:
-    """``out_i = gr exp((row_i - m) - lg)`` of bfloat16 bits in float32 arithmetic (16 lanes): ``row_i - m``
-    of two 8-bit values is exact or off by ``2^-24 |d|``, so the exp's relative error stays ~2^-21."""
-    for i in range(row.size):
-        out[i] = _encode32(gr * _exp32((_load32(row[i]) - m) - lg), out)
-
-
-@_njit()
-def ce_plain_backward(x: np.ndarray, target: np.ndarray, gs: float, g: np.ndarray, res: np.ndarray,
-                      out: np.ndarray) -> None:
-    """``out = g_r (softmax(x) - onehot_c)`` from :func:`ce_plain_forward`'s residuals; ``g_r = gs``, or
-    ``gs g[r]`` when ``g`` has one entry per row."""
-    r_count = x.shape[0]
-    per_row = g.size > 0
-    for r in range(r_count):
-        o = out[r]
-        gr = gs * g[r] if per_row else gs
-        if res[4, r] == 0.0 or gr == 0.0:
-            _zero_row(o)
-            continue
-        row = x[r]
-        m, lg = res[1, r], res[2, r]
-        _grad_row_for(row, m, lg, gr, o)
-        c = target[r]
-        _st(o, c, gr * _pc_minus_1_for(row, (_ld(row[c]) - m) - lg))
-
-
-# -- cross-entropy, the common case, the gradient written by the forward ----------------------------
-# ``loss.backward()`` of a mean or a sum passes the gradient 1: the forward, which has every
-# ``e_i = exp(x_i - m)`` of a row in a row buffer once it has the row's sum, writes ``g (softmax - onehot)``
-# for ``g = 1`` (times the mean's ``1 / count``) at once, and the backward hands it over instead of
-# computing every exp a second time (Liger Kernel's fused cross-entropy does the same on GPUs).
-@_inline(_SUM)
-def _rest_store(row: np.ndarray, m: float, e: np.ndarray) -> tuple[float, float]:
-    """:func:`._numba_torch._rest_f32out` (float32 rows) that also keeps ``e_i = exp(row_i - m)`` (1 at the max)."""
-    acc = 0.0
-    ties = 0.0
-    for i in range(row.size):
-        d = _ld(row[i]) - m
-        at = d == 0.0
-        v = _exp_f32out(d)  # exactly 1 at d = 0
-        e[i] = v
-        ties += select(at, 1.0, 0.0)
-        acc += select(at, 0.0, v)
-    return acc, ties
-
-
-@_inline(_SUM)
-def _rest_store32_blk(seg: np.ndarray, m: np.float32, e: np.ndarray) -> tuple[np.float32, np.float32]:
-    acc = F32(0.0)
-    ties = F32(0.0)
-    for i in range(seg.size):
-        d = _load32(seg[i]) - m
-        at = d == F32(0.0)
-        v = _exp32(d)  # exactly 1 at d = 0
-        e[i] = v
-        ties += select(at, ONE32, F32(0.0))
-        acc += select(at, F32(0.0), v)
-    return acc, ties
-
-
-@_inline()
-def _rest_store32(row: np.ndarray, m: np.float32, e: np.ndarray) -> tuple[float, float]:
-    """:func:`._numba_torch._rest32` (bfloat16 bits, float32 arithmetic) that also keeps ``e_i`` (float32)."""
-    total = 0.0
-    ties = 0.0
-    for b0 in range(0, row.size, BLK16):
-        part, t = _rest_store32_blk(row[b0 : b0 + BLK16], m, e[b0 : b0 + BLK16])
-        total += np.float64(part)
-        ties += np.float64(t)
-    return total, ties
-
-
-def _rest_store_for(row: np.ndarray, m: float, e: np.ndarray) -> tuple[float, float]:
-    """``(sum_{x_i < m} e_i, #{x_i = m})`` with ``e_i = exp(row_i - m)`` kept in ``e``: float64 registers for
-    float32 rows (``e`` float64), float32 arithmetic for bfloat16 ones (``e`` float32)."""
-    e[:] = np.exp(row - m)
-    return float(np.sum(e[row < m])), float(np.sum(row == m))
-
-
-def _row_buffer(x: np.ndarray, n: int) -> np.ndarray:
-    """The ``e`` buffer of :func:`_rest_store_for` for rows like ``x``'s."""
-    return np.empty(n)
-
-
-def _scale_for(e: np.ndarray, q: float, out: np.ndarray) -> None:
-    """``out_i = e_i q`` rounded once (in float32 for a float32 ``e``)."""
-    out[:] = e * q
-
-
-if AVAILABLE:
-
-    @overload(_rest_store_for, inline="always")
-    def _rest_store_for_impl(row, m, e):  # unannotated: numba compares signatures
-        if row.dtype == types.int16:
-            return lambda row, m, e: _rest_store32(row, np.float32(m), e)
-        return lambda row, m, e: _rest_store(row, m, e)
-
-    @overload(_row_buffer, inline="always")
-    def _row_buffer_impl(x, n):  # unannotated: numba compares signatures
-        if x.dtype == types.int16:
-            return lambda x, n: np.empty(n, dtype=np.float32)
-        return lambda x, n: np.empty(n)
-
-    @overload(_scale_for, inline="always")
-    def _scale_for_impl(e, q, out):  # unannotated: numba compares signatures
-        if e.dtype == types.float32:
-            return lambda e, q, out: _scale_out(e, np.float32(q), out)
-        return lambda e, q, out: _scale_out(e, q, out)
-
-
-@_njit()
-def ce_plain_forward_grad(x: np.ndarray, target: np.ndarray, ignore: int, has_ignore: bool, res: np.ndarray,
-                          gs: float, grad: np.ndarray) -> tuple[int, float, float]:
-    """:func:`ce_plain_forward` of float32 or bfloat16 rows that also writes ``grad = gs (softmax(x) - onehot_c)``
-    (0 on rows ignored or with a non-finite max): the gradient :func:`ce_plain_backward` gives for ``g = gs``.
-
-    ``gs < 0`` stands for the mean's ``1 / count`` (the rows not ignored, counted first). ``p_i = e_i / (1 + s)``
-    from the kept ``e_i`` (the exps of the loss, 2^-32 relative for float32 rows, ~2^-21 for bfloat16), rounded
-    once; the target entry ``p_c - 1`` as ``-s / (1 + s)`` where ``x_c`` is the max (no cancellation).
-    """
-    r_count, n = x.shape
-    if gs < 0.0:
-        kept = 0.0
-        for r in range(r_count):
-            kept += 0.0 if (has_ignore and target[r] == ignore) else 1.0
-        gs = 1.0 / kept if kept else 0.0
-    e = _row_buffer(x, n)
-    total, comp, count = 0.0, 0.0, 0.0
-    plain = 0.0
-    for r in range(r_count):
-        state, m = _row_start(x, target, r, ignore, has_ignore, res)
-        if state < 0:
-            return r, 0.0, 0.0
-        o = grad[r]
-        count += 1.0 if state > 0 else 0.0
-        if state == 1:
-            plain += -m
-        if state < 2:
-            _zero_row(o)
-            continue
-        row = x[r]
-        c = target[r]
-        acc, ties = _rest_store_for(row, m, e)
-        s = acc + (ties - 1.0)
-        lg = _log1p(s)
-        xc = _ld(row[c])
-        v = lg + (m - xc)
-        _row_loss(res, r, v, m, lg)
-        total, comp = _add(total, comp, v)
-        q = gs / (1.0 + s)
-        _scale_for(e, q, o)
-        _st(o, c, -(s * q) if xc == m else np.float64(e[c]) * q - gs)
-    return -1, (total + comp) + plain, count

@@ -1,5 +1,5 @@
 """Cross-entropy forwards that also write the gradient of ``loss.backward()``: class weights, label
-smoothing, class probabilities (the common case has its own, :func:`._numba_ce.ce_plain_forward_grad`).
+smoothing, class probabilities (the common case has its own, :func:`._numba_ce_plain.ce_plain_forward_grad`).
 
 A mean or a sum of float32/bfloat16 logits that require grad is a training step's loss: its
 backward passes the gradient 1 (times a power of two under loss scaling). The forward has every
@@ -26,16 +26,8 @@ import numpy as np
 
 from ._numba_bits import _CONTRACT, _inline, _njit
 from ._numba_bits import _row_max as _key_max
-from ._numba_ce import (
-    _gap_sum,
-    _no_row,
-    _rest_store_for,
-    _row_buffer,
-    _scale_for,
-    _target_sums,
-    _w_total,
-    _zero_row,
-)
+from ._numba_ce import _gap_sum, _no_row, _target_sums, _w_total
+from ._numba_ce_rows import _rest_store_for, _row_buffer, _scale_for, _zero_row
 from ._numba_log import log1p as _log1p
 from ._numba_loss_dtypes import _ld, _st
 

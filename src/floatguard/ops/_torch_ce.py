@@ -19,7 +19,7 @@ no smoothing) with fewer steps; :func:`cross_entropy_features` the latency route
 smoothing and probabilities (no ``autograd.Function`` where no gradient is recorded); :mod:`._torch_ce_compile`
 holds both as custom ops for ``torch.compile``. A float32/bfloat16 mean or sum whose logits require grad also
 writes, in the forward, the gradient of ``loss.backward()`` (``g = 1``) from the exps it already has
-(:func:`._numba_ce.ce_plain_forward_grad`, :mod:`._numba_ce_fused` with weights, smoothing or probabilities;
+(:func:`._numba_ce_plain.ce_plain_forward_grad`, :mod:`._numba_ce_fused` with weights, smoothing or probabilities;
 no z-loss or soft-capping), and the backward hands it over: one exp per logit per step, not two.
 """
 
@@ -34,7 +34,7 @@ import torch
 from . import _numba_ce as KC
 from . import _numba_ce_fused as KF
 from . import _numba_losses as K
-from ._numba_ce import ce_plain_forward_grad
+from ._numba_ce_plain import ce_plain_forward_grad
 from ._torch_rows import (
     EMPTY,
     PARALLEL_MIN,
@@ -367,7 +367,7 @@ def plain_out(x: torch.Tensor, res: np.ndarray, total: float, count: float, redu
 def plain_forward_grad(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
                        reduction: str) -> tuple[np.ndarray, float, float, torch.Tensor]:
     """:func:`plain_forward` of float32/bfloat16 rows that also returns the gradient for an upstream gradient
-    of 1 (:func:`._numba_ce.ce_plain_forward_grad`)."""
+    of 1 (:func:`._numba_ce_plain.ce_plain_forward_grad`)."""
     res, total, count, grad = _plain_rows(x, target, ignore_index, reduction)
     assert grad is not None
     return res, total, count, grad

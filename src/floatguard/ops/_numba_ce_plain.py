@@ -1,0 +1,163 @@
+"""Compiled (numba) cross-entropy, the common case: class indices, no weight, no smoothing, on a route of its
+own (few arguments, one packed residual array): the forward, the backward, and the forward that also writes the
+gradient of ``loss.backward()``. The row steps by dtype are :mod:`._numba_ce_rows`'; the general kernels (weights,
+label smoothing, probabilities, soft-capping, z-loss) are :mod:`._numba_ce`.
+
+Without numba this module imports (``AVAILABLE`` is False) and callers use the generic path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._numba_bits import _inline, _njit
+from ._numba_bits import _row_max as _key_max
+from ._numba_ce_rows import (
+    _grad_row_for,
+    _pc_minus_1_for,
+    _rest_for,
+    _rest_store_for,
+    _row_buffer,
+    _scale_for,
+    _zero_row,
+)
+from ._numba_exp import _add
+from ._numba_log import log1p as _log1p
+from ._numba_loss_dtypes import _ld, _st
+
+
+# -- cross-entropy, the common case: class indices, no weight, no smoothing --------------------------
+# Few arguments (numba's dispatch types each one), one packed residual array, and H1's inline row
+# helpers (an integer-key max, the rest sum without slices for short rows): the latency route.
+@_inline()
+def _row_start(x: np.ndarray, target: np.ndarray, r: int, ignore: int, has_ignore: bool,
+               res: np.ndarray) -> tuple[int, float]:
+    """The start of a row of :func:`ce_plain_forward` (and :func:`ce_plain_forward_grad`): its state and max.
+
+    -1: its class outside ``[0, C)``; 0: ignored (``res`` zeroed); 1: a non-finite max ``m`` (loss ``-m``, weight
+    1, no gradient); 2: a finite max ``m``, to go on with (weight 1).
+    """
+    c = target[r]
+    if has_ignore and c == ignore:
+        for j in range(5):
+            res[j, r] = 0.0
+        return 0, 0.0
+    if c < 0 or c >= x.shape[1]:
+        return -1, 0.0
+    m = _key_max(x[r])
+    res[3, r] = 1.0
+    if np.isfinite(m):
+        return 2, m
+    res[0, r] = -m
+    res[1, r] = 0.0
+    res[2, r] = 0.0
+    res[4, r] = 0.0
+    return 1, m
+
+
+@_inline()
+def _row_loss(res: np.ndarray, r: int, v: float, m: float, lg: float) -> None:
+    """``res[:, r]`` of a row with a finite max: its loss ``v``, ``m``, ``log1p(s)``, alive."""
+    res[0, r] = v
+    res[1, r] = m
+    res[2, r] = lg
+    res[4, r] = 1.0
+
+
+@_njit()
+def ce_plain_forward(x: np.ndarray, target: np.ndarray, ignore: int, has_ignore: bool,
+                     res: np.ndarray) -> tuple[int, float, float]:
+    """Rows ``(R, C)`` and class indices: ``res`` ``(5, R)`` gets the row losses ``log1p(s) + (m - x_c)``,
+    ``m``, ``log1p(s)``, the row's weight in a mean (0 if ignored) and ``alive`` (finite max).
+
+    Returns the first row whose index is outside ``[0, C)`` (or -1), the sum of the losses and the count of
+    rows not ignored. A row with a non-finite max has loss ``-m`` (NaN for NaN) and no gradient.
+    """
+    r_count = x.shape[0]
+    total, comp, count = 0.0, 0.0, 0.0
+    plain = 0.0  # the non-finite rows' losses (+-inf, NaN), outside the compensated sum
+    for r in range(r_count):
+        state, m = _row_start(x, target, r, ignore, has_ignore, res)
+        if state < 0:
+            return r, 0.0, 0.0
+        count += 1.0 if state > 0 else 0.0
+        if state == 1:
+            plain += -m
+        if state < 2:
+            continue
+        row = x[r]
+        lg = _log1p(_rest_for(row, m))
+        v = lg + (m - _ld(row[target[r]]))
+        _row_loss(res, r, v, m, lg)
+        total, comp = _add(total, comp, v)
+    return -1, (total + comp) + plain, count
+
+
+@_njit()
+def ce_plain_backward(x: np.ndarray, target: np.ndarray, gs: float, g: np.ndarray, res: np.ndarray,
+                      out: np.ndarray) -> None:
+    """``out = g_r (softmax(x) - onehot_c)`` from :func:`ce_plain_forward`'s residuals; ``g_r = gs``, or
+    ``gs g[r]`` when ``g`` has one entry per row."""
+    r_count = x.shape[0]
+    per_row = g.size > 0
+    for r in range(r_count):
+        o = out[r]
+        gr = gs * g[r] if per_row else gs
+        if res[4, r] == 0.0 or gr == 0.0:
+            _zero_row(o)
+            continue
+        row = x[r]
+        m, lg = res[1, r], res[2, r]
+        _grad_row_for(row, m, lg, gr, o)
+        c = target[r]
+        _st(o, c, gr * _pc_minus_1_for(row, (_ld(row[c]) - m) - lg))
+
+
+# -- cross-entropy, the common case, the gradient written by the forward ----------------------------
+# ``loss.backward()`` of a mean or a sum passes the gradient 1: the forward, which has every
+# ``e_i = exp(x_i - m)`` of a row in a row buffer once it has the row's sum, writes ``g (softmax - onehot)``
+# for ``g = 1`` (times the mean's ``1 / count``) at once, and the backward hands it over instead of
+# computing every exp a second time (Liger Kernel's fused cross-entropy does the same on GPUs).
+@_njit()
+def ce_plain_forward_grad(x: np.ndarray, target: np.ndarray, ignore: int, has_ignore: bool, res: np.ndarray,
+                          gs: float, grad: np.ndarray) -> tuple[int, float, float]:
+    """:func:`ce_plain_forward` of float32 or bfloat16 rows that also writes ``grad = gs (softmax(x) - onehot_c)``
+    (0 on rows ignored or with a non-finite max): the gradient :func:`ce_plain_backward` gives for ``g = gs``.
+
+    ``gs < 0`` stands for the mean's ``1 / count`` (the rows not ignored, counted first). ``p_i = e_i / (1 + s)``
+    from the kept ``e_i`` (the exps of the loss, 2^-32 relative for float32 rows, ~2^-21 for bfloat16), rounded
+    once; the target entry ``p_c - 1`` as ``-s / (1 + s)`` where ``x_c`` is the max (no cancellation).
+    """
+    r_count, n = x.shape
+    if gs < 0.0:
+        kept = 0.0
+        for r in range(r_count):
+            kept += 0.0 if (has_ignore and target[r] == ignore) else 1.0
+        gs = 1.0 / kept if kept else 0.0
+    e = _row_buffer(x, n)
+    total, comp, count = 0.0, 0.0, 0.0
+    plain = 0.0
+    for r in range(r_count):
+        state, m = _row_start(x, target, r, ignore, has_ignore, res)
+        if state < 0:
+            return r, 0.0, 0.0
+        o = grad[r]
+        count += 1.0 if state > 0 else 0.0
+        if state == 1:
+            plain += -m
+        if state < 2:
+            _zero_row(o)
+            continue
+        row = x[r]
+        c = target[r]
+        acc, ties = _rest_store_for(row, m, e)
+        s = acc + (ties - 1.0)
+        lg = _log1p(s)
+        xc = _ld(row[c])
+        v = lg + (m - xc)
+        _row_loss(res, r, v, m, lg)
+        total, comp = _add(total, comp, v)
+        q = gs / (1.0 + s)
+        _scale_for(e, q, o)
+        _st(o, c, -(s * q) if xc == m else np.float64(e[c]) * q - gs)
+    return -1, (total + comp) + plain, count

@@ -1,0 +1,174 @@
+"""The cross-entropy kernels' row steps that depend on the storage dtype: the rest sum, the gradient row,
+``p_c - 1``, and the exps a forward keeps for the gradient it writes (float64 rows: the 0.51-ulp table exp;
+float32: the short float64 exp; bfloat16 bits: float32 lanes), each a stub that numba compiles, per dtype, as
+one of the functions below (``overload``). :mod:`._numba_ce` and :mod:`._numba_ce_fused` build their kernels
+from them.
+
+Without numba this module imports and only the plain-Python stubs exist (never called).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _encode32, _inline, _load32, _njit
+from ._numba_exp import F32, ONE32, _exp32, _exp_f32out
+from ._numba_log import select
+from ._numba_loss_dtypes import _exp_for, _ld, _st
+from ._numba_torch import BLK16, _rest32, _rest_accurate, _rest_f32out, _scale_out
+
+
+@_njit()
+def _zero_row(out: np.ndarray) -> None:
+    for i in range(out.size):
+        _st(out, i, 0.0)
+
+
+def _rest_for(row: np.ndarray, m: float) -> float:
+    """``s = sum_{i != k} exp(row_i - m)``: the 0.51-ulp table exp for float64 rows, the degree-7 exp
+    (relative 2^-32) for float32 (its loss is rounded to 24 bits), float32 arithmetic for bfloat16
+    (int16 bits: 16 lanes, relative ~2^-21, 2^-13 of a bfloat16 ulp; float64 sums across blocks)."""
+    return float(np.sum(np.exp(row - m))) - 1.0
+
+
+def _pc_minus_1_for(row: np.ndarray, d: float) -> float:
+    """``p_c - 1 = expm1(d)``, ``d = (x_c - m) - log1p(s)``, without cancellation where ``p_c`` is near 1 for
+    float32/bfloat16 rows (the gradient :func:`ce_plain_forward_grad` writes); float64 rows keep ``exp(d) - 1``,
+    which the device composition (:mod:`._torch_ce_device`) matches and ``test_device_path`` compares."""
+    return float(np.expm1(d))
+
+
+def _grad_row_for(row: np.ndarray, m: float, lg: float, gr: float, out: np.ndarray) -> None:
+    """``out_i = gr exp((row_i - m) - lg)`` rounded once: float64 registers for float32/float64 rows,
+    float32 arithmetic for bfloat16 ones (int16 bits; relative ~2^-21 before the rounding to 8 bits)."""
+    out[:] = gr * np.exp((row - m) - lg)
+
+
+@_njit(_CONTRACT)
+def _plain_grad_row(row: np.ndarray, shift: float, gr: float, out: np.ndarray) -> None:
+    for i in range(row.size):
+        _st(out, i, gr * _exp_for(row, _ld(row[i]) - shift))
+
+
+@_inline(_CONTRACT)
+def _grad_row32(row: np.ndarray, m: np.float32, lg: np.float32, gr: np.float32, out: np.ndarray) -> None:
+    """``out_i = gr exp((row_i - m) - lg)`` of bfloat16 bits in float32 arithmetic (16 lanes): ``row_i - m``
+    of two 8-bit values is exact or off by ``2^-24 |d|``, so the exp's relative error stays ~2^-21."""
+    for i in range(row.size):
+        out[i] = _encode32(gr * _exp32((_load32(row[i]) - m) - lg), out)
+
+
+if AVAILABLE:
+    from numba import types
+    from numba.extending import overload
+
+    @overload(_rest_for, inline="always")
+    def _rest_for_impl(row, m):  # unannotated: numba compares signatures
+        if row.dtype == types.float64:
+            return lambda row, m: _rest_accurate(row, m)
+        if row.dtype == types.int16:
+
+            def short16(row, m):
+                acc, ties = _rest32(row, np.float32(m))  # the max is an entry: exact in float32
+                return acc + np.float64(ties - 1)
+
+            return short16
+
+        def short(row, m):
+            acc, ties = _rest_f32out(row, m)
+            return acc + np.float64(ties - 1)
+
+        return short
+
+    @overload(_pc_minus_1_for, inline="always")
+    def _pc_minus_1_for_impl(row, d):  # unannotated: numba compares signatures
+        if row.dtype == types.float64:
+            return lambda row, d: _exp_for(row, d) - 1.0
+        return lambda row, d: np.expm1(d)
+
+    @overload(_grad_row_for, inline="always")
+    def _grad_row_for_impl(row, m, lg, gr, out):  # unannotated: numba compares signatures
+        if row.dtype == types.int16:
+            return lambda row, m, lg, gr, out: _grad_row32(row, np.float32(m), np.float32(lg), np.float32(gr), out)
+        return lambda row, m, lg, gr, out: _plain_grad_row(row, m + lg, gr, out)
+
+
+@_inline(_SUM)
+def _rest_store(row: np.ndarray, m: float, e: np.ndarray) -> tuple[float, float]:
+    """:func:`._numba_torch._rest_f32out` (float32 rows) that also keeps ``e_i = exp(row_i - m)`` (1 at the max)."""
+    acc = 0.0
+    ties = 0.0
+    for i in range(row.size):
+        d = _ld(row[i]) - m
+        at = d == 0.0
+        v = _exp_f32out(d)  # exactly 1 at d = 0
+        e[i] = v
+        ties += select(at, 1.0, 0.0)
+        acc += select(at, 0.0, v)
+    return acc, ties
+
+
+@_inline(_SUM)
+def _rest_store32_blk(seg: np.ndarray, m: np.float32, e: np.ndarray) -> tuple[np.float32, np.float32]:
+    acc = F32(0.0)
+    ties = F32(0.0)
+    for i in range(seg.size):
+        d = _load32(seg[i]) - m
+        at = d == F32(0.0)
+        v = _exp32(d)  # exactly 1 at d = 0
+        e[i] = v
+        ties += select(at, ONE32, F32(0.0))
+        acc += select(at, F32(0.0), v)
+    return acc, ties
+
+
+@_inline()
+def _rest_store32(row: np.ndarray, m: np.float32, e: np.ndarray) -> tuple[float, float]:
+    """:func:`._numba_torch._rest32` (bfloat16 bits, float32 arithmetic) that also keeps ``e_i`` (float32)."""
+    total = 0.0
+    ties = 0.0
+    for b0 in range(0, row.size, BLK16):
+        part, t = _rest_store32_blk(row[b0 : b0 + BLK16], m, e[b0 : b0 + BLK16])
+        total += np.float64(part)
+        ties += np.float64(t)
+    return total, ties
+
+
+def _rest_store_for(row: np.ndarray, m: float, e: np.ndarray) -> tuple[float, float]:
+    """``(sum_{x_i < m} e_i, #{x_i = m})`` with ``e_i = exp(row_i - m)`` kept in ``e``: float64 registers for
+    float32 rows (``e`` float64), float32 arithmetic for bfloat16 ones (``e`` float32)."""
+    e[:] = np.exp(row - m)
+    return float(np.sum(e[row < m])), float(np.sum(row == m))
+
+
+def _row_buffer(x: np.ndarray, n: int) -> np.ndarray:
+    """The ``e`` buffer of :func:`_rest_store_for` for rows like ``x``'s."""
+    return np.empty(n)
+
+
+def _scale_for(e: np.ndarray, q: float, out: np.ndarray) -> None:
+    """``out_i = e_i q`` rounded once (in float32 for a float32 ``e``)."""
+    out[:] = e * q
+
+
+if AVAILABLE:
+
+    @overload(_rest_store_for, inline="always")
+    def _rest_store_for_impl(row, m, e):  # unannotated: numba compares signatures
+        if row.dtype == types.int16:
+            return lambda row, m, e: _rest_store32(row, np.float32(m), e)
+        return lambda row, m, e: _rest_store(row, m, e)
+
+    @overload(_row_buffer, inline="always")
+    def _row_buffer_impl(x, n):  # unannotated: numba compares signatures
+        if x.dtype == types.int16:
+            return lambda x, n: np.empty(n, dtype=np.float32)
+        return lambda x, n: np.empty(n)
+
+    @overload(_scale_for, inline="always")
+    def _scale_for_impl(e, q, out):  # unannotated: numba compares signatures
+        if e.dtype == types.float32:
+            return lambda e, q, out: _scale_out(e, np.float32(q), out)
+        return lambda e, q, out: _scale_out(e, q, out)
+
+
