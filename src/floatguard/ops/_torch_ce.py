@@ -281,25 +281,35 @@ class _CrossEntropy(torch.autograd.Function):
         ctx.grad = None
         if ready is not None:
             return ready, *([None] * 7)
-        rows, n_cls = x.shape
         if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops
             grad = _ce_grad_graph(x, target, ctx.weight, g, m, coef, alive, den, eps, reduction, index, z_loss, cap,
                                   count)
             return grad, *([None] * 7)
         xk = xk if xk is not None else x.detach().contiguous()
-        out = empty_out(xk)
-        xn, on, gn = numpy_view(xk), numpy_view(out), row_grad(g, rows, den, reduction)
-        zg = z_grad(g, count, reduction, z_loss, m, lg, alive)
-        tn = tk.numpy() if index else numpy_view(tk)
-        kern = K.ce_index_backward if index else K.ce_prob_backward
-
-        def bwd(r0: int, r1: int) -> None:
-            gr = gn if gn.size == 1 else gn[r0:r1]
-            kern(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, eps, cap, gr, zg if zg.size == 0 else zg[r0:r1], m[r0:r1],
-                 lg[r0:r1], coef[r0:r1], alive[r0:r1], on[r0:r1])
-
-        run_rows(bwd, rows, n_cls)
+        out = rows_backward(xk, tk, wn, (m, lg, coef, alive), den, count, g, eps, reduction, z_loss, cap)
         return out.to(x.dtype), *([None] * 7)
+
+
+def rows_backward(xk: torch.Tensor, tk: torch.Tensor, wn: np.ndarray, res: tuple[np.ndarray, ...], den: float,
+                  count: float, g: torch.Tensor, eps: float, reduction: str, z_loss: float, cap: float) -> torch.Tensor:
+    """The backward kernels over the rows ``xk`` for the upstream gradient ``g``: ``res`` the forward's ``(m,
+    log1p(s), coef, alive)`` per row, ``tk`` its targets (int64 indices, or :func:`kernel_input` probabilities)."""
+    m, lg, coef, alive = res
+    rows, n_cls = xk.shape
+    index = not tk.dtype.is_floating_point
+    out = empty_out(xk)
+    xn, on, gn = numpy_view(xk), numpy_view(out), row_grad(g, rows, den, reduction)
+    zg = z_grad(g, count, reduction, z_loss, m, lg, alive)
+    tn = tk.numpy() if index else numpy_view(tk)
+    kern = K.ce_index_backward if index else K.ce_prob_backward
+
+    def bwd(r0: int, r1: int) -> None:
+        gr = gn if gn.size == 1 else gn[r0:r1]
+        kern(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, eps, cap, gr, zg if zg.size == 0 else zg[r0:r1], m[r0:r1],
+             lg[r0:r1], coef[r0:r1], alive[r0:r1], on[r0:r1])
+
+    run_rows(bwd, rows, n_cls)
+    return out
 
 
 def _ce_grad_graph(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, g: torch.Tensor,

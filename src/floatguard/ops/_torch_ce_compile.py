@@ -24,6 +24,7 @@ from ._torch_ce import (
     plain_out,
     reduce_loss,
     row_grad,
+    rows_backward,
     rows_forward,
     weight64,
     z_grad,
@@ -129,21 +130,13 @@ def _(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore
 
 def _features_backward_rows(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, res: torch.Tensor,
                             g: torch.Tensor, eps: float, reduction: str) -> torch.Tensor:
-    """The general backward kernels (as :class:`._torch_ce._CrossEntropy`'s) for the residuals ``res``."""
-    xk = kernel_input(x)
+    """:func:`._torch_ce.rows_backward` (as :class:`._torch_ce._CrossEntropy`'s) for the residuals ``res``."""
     rn = res.contiguous().numpy()
-    wn = weight64(weight)
-    out = empty_out(xk)
-    rows = xk.shape[0]
-    if target.dtype.is_floating_point:
-        tn = numpy_view(kernel_input(target))
-        gn = row_grad(g, rows, float(rows), reduction)
-        K.ce_prob_backward(numpy_view(xk), tn, wn, wn.size > 0, eps, 0.0, gn, EMPTY, rn[1], rn[2], rn[3], rn[4],
-                           numpy_view(out))
-    else:
-        gn = row_grad(g, rows, float(rn[3].sum()), reduction)
-        K.ce_index_backward(numpy_view(xk), target.contiguous().numpy(), wn, wn.size > 0, eps, 0.0, gn, EMPTY,
-                            rn[1], rn[2], rn[3], rn[4], numpy_view(out))
+    index = not target.dtype.is_floating_point
+    tk = target.contiguous() if index else kernel_input(target)
+    den = float(rn[3].sum()) if index else float(x.shape[0])  # a mean's: the target weights, or the rows
+    out = rows_backward(kernel_input(x), tk, weight64(weight), (rn[1], rn[2], rn[3], rn[4]), den, den, g, eps,
+                        reduction, 0.0, 0.0)
     return out.to(x.dtype)
 
 

@@ -198,22 +198,19 @@ def _fast_module() -> Any:
     return _torch_losses
 
 
-def _fast_plain(logits: Any, target: Any, weight: Any, axis: int, dim: int | None, eps: float,
-                ignore_index: Any, reduction: str) -> int:
-    """Whether :func:`cross_entropy` can go straight to the fused kernel of its most common case: CPU
-    float32/float64/bfloat16 rows ``(R, C)``, int64 class indices ``(R,)``, no weight, no smoothing; checked
-    before anything else (``quiet``'s ``np.errstate`` alone costs more than the kernel). 1: eager (contiguous
-    tensors), 2: under ``torch.compile`` (the custom op), 0: no."""
+def _rows_route(logits: Any, target: Any, axis: Any, dim: Any, reduction: str) -> int:
+    """What :func:`cross_entropy`'s two latency routes check alike, before anything else (``quiet``'s
+    ``np.errstate`` alone costs more than the kernel): torch CPU float32/float64/bfloat16 rows ``(R, C)`` on the
+    last axis, a target tensor without grad, a known reduction. 1: eager (contiguous tensors), 2: under
+    ``torch.compile`` (the custom ops), 0: no."""
     torch = sys.modules.get("torch")
     if not (
         torch is not None and type(logits) is torch.Tensor and type(target) is torch.Tensor
-        and weight is None and type(eps) in (float, int) and not eps and type(axis) is int and (axis == -1 or axis == 1)
+        and type(axis) is int and (axis == -1 or axis == 1)
         and (dim is None or (type(dim) is int and axis == -1 and (dim == -1 or dim == 1))) and logits.ndim == 2
-        and target.dtype is torch.int64 and target.ndim == 1 and target.shape[0] == logits.shape[0]
         and logits.dtype in (torch.float32, torch.float64, torch.bfloat16) and logits.is_cpu and target.is_cpu
-        and not _ns.FORCE_DEVICE_PATH
-        and not target.requires_grad and (ignore_index is None or type(ignore_index) is int)
-        and reduction in _REDUCTIONS and logits.layout is torch.strided and target.layout is torch.strided
+        and not _ns.FORCE_DEVICE_PATH and not target.requires_grad and reduction in _REDUCTIONS
+        and logits.layout is torch.strided and target.layout is torch.strided
     ):
         return 0
     if torch.compiler.is_compiling():
@@ -223,24 +220,32 @@ def _fast_plain(logits: Any, target: Any, weight: Any, axis: int, dim: int | Non
     return int(logits.is_contiguous() and target.is_contiguous() and _fast_module().K.AVAILABLE)
 
 
+def _fast_plain(logits: Any, target: Any, weight: Any, axis: int, dim: int | None, eps: float,
+                ignore_index: Any, reduction: str) -> int:
+    """:func:`_rows_route` for the fused kernel of the most common case: int64 class indices ``(R,)``, no weight,
+    no smoothing."""
+    if weight is not None or type(eps) not in (float, int) or eps or not (
+            ignore_index is None or type(ignore_index) is int):
+        return 0
+    route = _rows_route(logits, target, axis, dim, reduction)
+    if route and target.dtype is sys.modules["torch"].int64 and target.ndim == 1 \
+            and target.shape[0] == logits.shape[0]:
+        return route
+    return 0
+
+
 def _fast_features(logits: Any, target: Any, weight: Any, axis: int, dim: int | None, eps: Any,
                    ignore_index: Any, reduction: str) -> int:
-    """Whether :func:`cross_entropy` with class weights, label smoothing or class probabilities (no z-loss or
-    soft-capping) can go straight to the fused kernels: contiguous CPU rows ``(R, C)`` as :func:`_fast_plain`'s,
-    int64 indices ``(R,)`` or probabilities of the logits' shape and dtype, a 1-D float32/float64 weight of ``C``
-    entries without grad, ``0 <= label_smoothing <= 1``; anything else takes the checked path (and its errors).
-    1: eager (contiguous tensors), 2: under ``torch.compile`` (the custom op), 0: no."""
-    torch = sys.modules.get("torch")
-    if not (
-        torch is not None and type(logits) is torch.Tensor and type(target) is torch.Tensor
-        and type(eps) in (float, int) and 0.0 <= eps <= 1.0 and type(axis) is int and (axis == -1 or axis == 1)
-        and (dim is None or (type(dim) is int and axis == -1 and (dim == -1 or dim == 1))) and logits.ndim == 2
-        and logits.shape[0] > 0 and logits.shape[1] > 0
-        and logits.dtype in (torch.float32, torch.float64, torch.bfloat16) and logits.is_cpu and target.is_cpu
-        and not _ns.FORCE_DEVICE_PATH and not target.requires_grad and reduction in _REDUCTIONS
-        and logits.layout is torch.strided and target.layout is torch.strided
-    ):
+    """:func:`_rows_route` for class weights, label smoothing or class probabilities (no z-loss or soft-capping):
+    int64 indices ``(R,)`` or probabilities of the logits' shape and dtype, a 1-D float32/float64 CPU weight of
+    ``C`` entries without grad, ``0 <= label_smoothing <= 1``, no empty axis; anything else takes the checked
+    path (and its errors)."""
+    if type(eps) not in (float, int) or not 0.0 <= eps <= 1.0:
         return 0
+    route = _rows_route(logits, target, axis, dim, reduction)
+    if not route or logits.shape[0] == 0 or logits.shape[1] == 0:
+        return 0
+    torch = sys.modules["torch"]
     if weight is not None and not (
         type(weight) is torch.Tensor and weight.ndim == 1 and weight.shape[0] == logits.shape[1]
         and weight.dtype in (torch.float32, torch.float64) and weight.is_cpu and not weight.requires_grad
@@ -252,13 +257,7 @@ def _fast_features(logits: Any, target: Any, weight: Any, axis: int, dim: int | 
               and (ignore_index is None or type(ignore_index) is int))
     else:
         ok = target.dtype is logits.dtype and target.shape == logits.shape and ignore_index in (None, -100)
-    if not ok:
-        return 0
-    if torch.compiler.is_compiling():
-        from . import _numba_losses
-
-        return 2 if _numba_losses.AVAILABLE else 0
-    return int(logits.is_contiguous() and target.is_contiguous() and _fast_module().K.AVAILABLE)
+    return route if ok else 0
 
 
 def _fast_bce_plain(logits: Any, targets: Any, weight: Any, pos_weight: Any, reduction: str) -> bool:
