@@ -445,6 +445,39 @@ def test_ce_plain_gradient_written_by_the_forward(dtype: torch.dtype, reduction:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_ce_plain_unreduced_gradient_scales_the_rows_the_forward_wrote(dtype: torch.dtype) -> None:
+    """``reduction='none'``: the forward writes ``R = softmax - onehot`` and the backward scales its rows by
+    ``g_r`` (two roundings: within 1.5 ulp of the exact gradient; exact where ``g_r`` is a power of two, where it
+    equals the recomputed backward bit for bit). Rows ignored or with a non-finite max get 0 whatever their
+    ``g_r`` (inf, NaN), as torch's; a second backward computes the gradient again (one rounding)."""
+    x = torch.tensor(RNG.normal(size=(12, 40)) * 3)
+    t = torch.tensor(RNG.integers(0, 40, 12))
+    x[2] = -INF
+    t[3] = -100
+    x[4, 9], t[4] = 40.0, 9
+    x[5, 3] = x[5, 11] = x[5].max() + 1.0
+    t[5] = 11
+    x = x.to(dtype)
+    g = torch.tensor(RNG.uniform(0.5, 1.5, 12)).to(dtype)
+    g[2], g[3], g[6], g[7], g[8] = math.nan, INF, 0.0, 0.25, -8.0
+    want = _ce_grad_reference(x, t, 1.0, -100) * g.double().numpy()[:, None]
+    want[[2, 3]] = 0.0
+    xl = x.clone().requires_grad_()
+    loss = fg.cross_entropy(xl, t, ignore_index=-100, reduction="none")
+    loss.backward(g, retain_graph=True)
+    assert xl.grad is not None and xl.grad.dtype == dtype
+    first = xl.grad
+    assert float(np.max(T.ulp_error(first, want, dtype))) <= 1.5
+    assert torch.all(first[[2, 3, 6]] == 0)
+    xl.grad = None
+    loss.backward(g)  # the backward kernel: one rounding
+    again = xl.grad
+    assert again is not None
+    assert float(np.max(T.ulp_error(again, want, dtype))) <= 0.5 + 2**-8
+    assert torch.equal(first[[7, 8]], again[[7, 8]])  # g_r = 1/4, -8: exact scalings of one rounding
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("scale", [0.125, 4.0, -2.0, 65536.0, 3.0])
 def test_written_gradients_follow_a_scaled_loss(dtype: torch.dtype, scale: float) -> None:
     """A scaled loss (gradient accumulation's ``loss / 8``, a loss scale ``2^16``, a negated loss) takes the

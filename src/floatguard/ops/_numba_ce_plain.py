@@ -19,6 +19,7 @@ from ._numba_ce_rows import (
     _rest_store_for,
     _row_buffer,
     _scale_for,
+    _scale_row_for,
     _zero_row,
 )
 from ._numba_exp import _add
@@ -111,6 +112,21 @@ def ce_plain_backward(x: np.ndarray, target: np.ndarray, gs: float, g: np.ndarra
         _grad_row_for(row, m, lg, gr, o)
         c = target[r]
         _st(o, c, gr * _pc_minus_1_for(row, (_ld(row[c]) - m) - lg))
+
+
+@_njit()
+def ce_plain_scale_rows(grad: np.ndarray, g: np.ndarray, res: np.ndarray) -> None:
+    """``grad_r *= g_r`` in place, each entry rounded once: the backward of an unreduced forward that wrote
+    ``R = softmax(x) - onehot_c`` (:func:`ce_plain_forward_grad` with ``gs = 1``). Rows ignored or with a
+    non-finite max (``res[4] == 0``) and rows with ``g_r == 0`` are set to 0, as :func:`ce_plain_backward`
+    gives them whatever ``g_r`` (also ``inf`` or NaN: their loss is a constant)."""
+    for r in range(grad.shape[0]):
+        o = grad[r]
+        gr = float(g[r])
+        if res[4, r] == 0.0 or gr == 0.0:
+            _zero_row(o)
+            continue
+        _scale_row_for(o, gr)
 
 
 # -- cross-entropy, the common case, the gradient written by the forward ----------------------------

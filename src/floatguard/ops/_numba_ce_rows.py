@@ -151,7 +151,32 @@ def _scale_for(e: np.ndarray, q: float, out: np.ndarray) -> None:
     out[:] = e * q
 
 
+@_inline(_CONTRACT)
+def _scale_row64(o: np.ndarray, gr: float) -> None:
+    for i in range(o.size):
+        _st(o, i, gr * _ld(o[i]))
+
+
+@_inline(_CONTRACT)
+def _scale_row32(o: np.ndarray, gr: np.float32) -> None:
+    for i in range(o.size):
+        o[i] = _encode32(gr * _load32(o[i]), o)
+
+
+def _scale_row_for(o: np.ndarray, gr: float) -> None:
+    """``o_i = gr o_i`` in place, rounded once: float64 registers for float32/float64 rows, float32 lanes for
+    bfloat16 bits (the product of two 8-bit significands is exact in float32; ``gr`` a bfloat16 upstream
+    gradient)."""
+    o[:] = o * gr
+
+
 if AVAILABLE:
+
+    @overload(_scale_row_for, inline="always")
+    def _scale_row_for_impl(o, gr):  # unannotated: numba compares signatures
+        if o.dtype == types.int16:
+            return lambda o, gr: _scale_row32(o, np.float32(gr))
+        return lambda o, gr: _scale_row64(o, gr)
 
     @overload(_rest_store_for, inline="always")
     def _rest_store_for_impl(row, m, e):  # unannotated: numba compares signatures
