@@ -215,12 +215,27 @@ def _target_sums(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: boo
 
 
 @_njit()
+def res_sums(res: np.ndarray, target: np.ndarray, ignore: int, has_ignore: bool) -> tuple[float, float, float]:
+    """``(sum of the row losses, sum of the target weights, rows not ignored)`` of a small call's residuals
+    ``res`` ``(5, R)``, summed in row order (the mean's ``den``; the reduction needs no NumPy call after)."""
+    total, den, count = 0.0, 0.0, 0.0
+    for r in range(res.shape[1]):
+        total += res[0, r]
+        den += res[3, r]
+        count += 0.0 if (has_ignore and target[r] == ignore) else 1.0
+    return total, den, count
+
+
+@_njit()
 def ce_index_forward_res(x: np.ndarray, target: np.ndarray, w: np.ndarray, weighted: bool, ignore: int,
-                         has_ignore: bool, eps: float, res: np.ndarray) -> int:
-    """:func:`ce_index_forward` (no soft-capping) with its five outputs the rows of ``res`` ``(5, R)``: fewer
-    arguments for numba's dispatch, which a small call notices."""
-    return ce_index_forward(x, target, w, weighted, ignore, has_ignore, eps, 0.0, res[0], res[1], res[2], res[3],
-                            res[4])
+                         has_ignore: bool, eps: float, res: np.ndarray) -> tuple[int, float, float, float]:
+    """:func:`ce_index_forward` (no soft-capping) with its five outputs the rows of ``res`` ``(5, R)`` (fewer
+    arguments for numba's dispatch, which a small call notices) and :func:`res_sums`: ``(bad row or -1, total,
+    den, count)``."""
+    bad = ce_index_forward(x, target, w, weighted, ignore, has_ignore, eps, 0.0, res[0], res[1], res[2], res[3],
+                           res[4])
+    total, den, count = res_sums(res, target, ignore, has_ignore)
+    return bad, total, den, count
 
 
 @_njit()

@@ -26,7 +26,7 @@ import numpy as np
 
 from ._numba_bits import _CONTRACT, _inline, _njit
 from ._numba_bits import _row_max as _key_max
-from ._numba_ce import _gap_sum, _no_row, _target_sums, _w_total
+from ._numba_ce import _gap_sum, _no_row, _target_sums, _w_total, res_sums
 from ._numba_ce_rows import _rest_store_for, _row_buffer, _scale_for, _zero_row
 from ._numba_log import log1p as _log1p
 from ._numba_loss_dtypes import _ld, _st
@@ -154,8 +154,11 @@ def ce_prob_forward_grad(
 
 @_njit()
 def ce_index_forward_grad_res(x: np.ndarray, target: np.ndarray, w: np.ndarray, weighted: bool, ignore: int,
-                              has_ignore: bool, eps: float, gs: float, res: np.ndarray, grad: np.ndarray) -> int:
+                              has_ignore: bool, eps: float, gs: float, res: np.ndarray,
+                              grad: np.ndarray) -> tuple[int, float, float, float]:
     """:func:`ce_index_forward_grad` with its five row outputs the rows of ``res`` ``(5, R)`` (a small call's
-    dispatch)."""
-    return ce_index_forward_grad(x, target, w, weighted, ignore, has_ignore, eps, gs, res[0], res[1], res[2],
-                                 res[3], res[4], grad)
+    dispatch) and :func:`._numba_ce.res_sums`: ``(bad row or -1, total, den, count)``."""
+    bad = ce_index_forward_grad(x, target, w, weighted, ignore, has_ignore, eps, gs, res[0], res[1], res[2],
+                                res[3], res[4], grad)
+    total, den, count = res_sums(res, target, ignore, has_ignore)
+    return bad, total, den, count

@@ -124,18 +124,23 @@ def z_grad(g: torch.Tensor, count: float, reduction: str, z_loss: float, m: np.n
     return np.where(alive > 0, (2.0 * z_loss) * (m + lg) * gz, 0.0)
 
 
+Sums = tuple[float, float, float] | None  # (loss total, den, count) of a small call, summed by its kernel
+
+
 def index_forward(xn: np.ndarray, tk: torch.Tensor, wn: np.ndarray, ignore_index: int | None, eps: float,
-                   cap: float) -> tuple[np.ndarray, ...]:
-    """:func:`._numba_losses.ce_index_forward` over row chunks: ``(loss, m, log1p(s), w_c, alive)`` per row."""
+                   cap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, Sums]:
+    """:func:`._numba_losses.ce_index_forward` over row chunks: ``(loss, m, log1p(s), w_c, alive)`` per row, and
+    for a small call (one chunk) the kernel's :data:`Sums` (else None: the caller sums)."""
     rows, n_cls = xn.shape
     tn = tk.numpy()
     ign = -100 if ignore_index is None else int(ignore_index)
     if rows * n_cls < PARALLEL_MIN and not cap:  # one thread: no chunks (a small call's cost is mostly this one's)
         res = np.empty((5, rows))
-        bad0 = KC.ce_index_forward_res(xn, tn, wn, wn.size > 0, ign, ignore_index is not None, eps, res)
+        bad0, total, den, count = KC.ce_index_forward_res(xn, tn, wn, wn.size > 0, ign, ignore_index is not None,
+                                                          eps, res)
         if bad0 >= 0:
             raise bad_target("cross_entropy", tk, bad0, n_cls)
-        return tuple(res)
+        return res[0], res[1], res[2], res[3], res[4], (total, den, count)
 
     loss, m, lg, coef, alive = np.empty((5, rows))
 
@@ -147,14 +152,14 @@ def index_forward(xn: np.ndarray, tk: torch.Tensor, wn: np.ndarray, ignore_index
     bad = [b for b in run_rows(fwd, rows, n_cls) if b >= 0]
     if bad:
         raise bad_target("cross_entropy", tk, bad[0], n_cls)
-    return loss, m, lg, coef, alive
+    return loss, m, lg, coef, alive, None
 
 
 def index_forward_grad(xn: np.ndarray, xk: torch.Tensor, tk: torch.Tensor, wn: np.ndarray, ignore_index: int | None,
                        eps: float, reduction: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-                                                            torch.Tensor]:
-    """:func:`._numba_ce_fused.ce_index_forward_grad` over row chunks: :func:`index_forward`'s residuals and the
-    gradient of ``loss.backward()`` (a sum, or a mean over the target weights of the rows kept)."""
+                                                            Sums, torch.Tensor]:
+    """:func:`._numba_ce_fused.ce_index_forward_grad` over row chunks: :func:`index_forward`'s residuals and sums,
+    and the gradient of ``loss.backward()`` (a sum, or a mean over the target weights of the rows kept)."""
     rows, n_cls = xn.shape
     tn = tk.numpy()
     ign = -100 if ignore_index is None else int(ignore_index)
@@ -162,11 +167,11 @@ def index_forward_grad(xn: np.ndarray, xk: torch.Tensor, tk: torch.Tensor, wn: n
     gn = numpy_view(grad)
     if rows * n_cls < PARALLEL_MIN:  # one thread: the kernel sums the mean's den itself (a small call's cost)
         res = np.empty((5, rows))
-        bad0 = KF.ce_index_forward_grad_res(xn, tn, wn, wn.size > 0, ign, ignore_index is not None, eps,
-                                            -1.0 if reduction == "mean" else 1.0, res, gn)
+        bad0, total, den, count = KF.ce_index_forward_grad_res(xn, tn, wn, wn.size > 0, ign, ignore_index is not None,
+                                                               eps, -1.0 if reduction == "mean" else 1.0, res, gn)
         if bad0 >= 0:
             raise bad_target("cross_entropy", tk, bad0, n_cls)
-        return res[0], res[1], res[2], res[3], res[4], grad
+        return res[0], res[1], res[2], res[3], res[4], (total, den, count), grad
     keep = np.ones(rows, bool) if ignore_index is None else tn != ignore_index
     bad = np.flatnonzero(keep & ((tn < 0) | (tn >= n_cls)))
     if bad.size:
@@ -182,7 +187,7 @@ def index_forward_grad(xn: np.ndarray, xk: torch.Tensor, tk: torch.Tensor, wn: n
                                 loss[r0:r1], m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1], gn[r0:r1])
 
     run_rows(fwd, rows, n_cls)
-    return loss, m, lg, coef, alive, grad
+    return loss, m, lg, coef, alive, None, grad
 
 
 def weight64(weight: torch.Tensor | None) -> np.ndarray:
@@ -198,20 +203,24 @@ def weight64(weight: torch.Tensor | None) -> np.ndarray:
 def rows_forward(xk: torch.Tensor, target: torch.Tensor, wn: np.ndarray, ignore_index: int | None, eps: float,
                  reduction: str, cap: float, fused: bool) -> tuple[Any, ...]:
     """The forward kernels over the rows ``xk`` (:func:`kernel_input`): ``(loss, m, lg, coef, alive, den, count, tk,
-    grad)`` per row and for the reduction; ``grad`` the gradient of ``loss.backward()`` where ``fused`` (float32 or
-    bfloat16, a mean or a sum, no soft-capping: :mod:`._numba_ce_fused`), else None."""
+    grad, total)`` per row and for the reduction; ``grad`` the gradient of ``loss.backward()`` where ``fused``
+    (float32 or bfloat16, a mean or a sum, no soft-capping: :mod:`._numba_ce_fused`), else None; ``total`` the sum
+    of ``loss`` where the kernel summed it (a small call of class indices), else None."""
     rows, n_cls = xk.shape
     xn = numpy_view(xk)
     grad = None
     if not target.dtype.is_floating_point:
         tk = target if target.dtype is torch.int64 and target.is_contiguous() else target.to(torch.int64).contiguous()
         if fused:
-            loss, m, lg, coef, alive, grad = index_forward_grad(xn, xk, tk, wn, ignore_index, eps, reduction)
+            loss, m, lg, coef, alive, sums, grad = index_forward_grad(xn, xk, tk, wn, ignore_index, eps, reduction)
         else:
-            loss, m, lg, coef, alive = index_forward(xn, tk, wn, ignore_index, eps, cap)
+            loss, m, lg, coef, alive, sums = index_forward(xn, tk, wn, ignore_index, eps, cap)
+        if sums is not None:
+            total, den, count = sums
+            return loss, m, lg, coef, alive, den, count, tk, grad, total
         den = float(coef.sum())
         count = float(rows) if ignore_index is None else float(np.count_nonzero(tk.numpy() != ignore_index))
-        return loss, m, lg, coef, alive, den, count, tk, grad
+        return loss, m, lg, coef, alive, den, count, tk, grad, None
     tk = kernel_input(target)
     tn = numpy_view(tk)
     loss, m, lg, coef, alive = (np.empty(rows) for _ in range(5))
@@ -232,15 +241,16 @@ def rows_forward(xk: torch.Tensor, target: torch.Tensor, wn: np.ndarray, ignore_
                               coef[r0:r1], alive[r0:r1])
 
     run_rows(fwd_p, rows, n_cls)
-    return loss, m, lg, coef, alive, den, count, tk, grad
+    return loss, m, lg, coef, alive, den, count, tk, grad, None
 
 
 def loss_out(loss: np.ndarray, den: float, reduction: str, z: np.ndarray | None, count: float,
-              dtype: torch.dtype) -> torch.Tensor:
+              dtype: torch.dtype, total: float | None = None) -> torch.Tensor:
     """:func:`reduce_loss` as a tensor of ``dtype``; a sum or mean without z-loss in Python floats (NumPy's
-    ``errstate`` costs a small call more than its kernel), with NumPy's ``x / 0``."""
+    ``errstate`` costs a small call more than its kernel), with NumPy's ``x / 0``; ``total`` the sum of ``loss``
+    where the kernel summed it."""
     if reduction != "none" and z is None:
-        total = float(loss.sum())
+        total = float(loss.sum()) if total is None else total
         if reduction == "sum":
             return scalar(total, dtype)
         if den:
@@ -264,14 +274,14 @@ class _CrossEntropy(torch.autograd.Function):
         # a training step's loss: the forward also writes the gradient of loss.backward() (see _numba_ce_fused)
         fused = (reduction != "none" and x.dtype in _FUSED_GRAD and ctx.needs_input_grad[0] and not z_loss
                  and not cap)
-        loss, m, lg, coef, alive, den, count, tk, ctx.grad = rows_forward(xk, target, wn, ignore_index, eps,
-                                                                          reduction, cap, fused)
+        loss, m, lg, coef, alive, den, count, tk, ctx.grad, total = rows_forward(xk, target, wn, ignore_index, eps,
+                                                                                 reduction, cap, fused)
         z = z_rows(z_loss, m, lg, alive, loss)
         ctx.save_for_backward(x, target)
         ctx.res = (xk if x.dtype == torch.float16 else None, tk, wn, m, lg, coef, alive, den, eps, reduction,
                    not target.dtype.is_floating_point, z_loss, cap, count)
         ctx.weight = weight
-        return loss_out(loss, den, reduction, z, count, x.dtype)
+        return loss_out(loss, den, reduction, z, count, x.dtype, total)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
@@ -347,9 +357,9 @@ def cross_entropy_features(x: torch.Tensor, target: torch.Tensor, weight: torch.
     (contiguous rows ``(R, C)``, checked there): no ``autograd.Function`` where no gradient is recorded."""
     if x.requires_grad and torch.is_grad_enabled():
         return _CrossEntropy.apply(x, target, weight, ignore_index, eps, reduction, 0.0, 0.0)
-    loss, _, _, _, _, den, count, _, _ = rows_forward(kernel_input(x), target, weight64(weight), ignore_index, eps,
-                                                      reduction, 0.0, False)
-    return loss_out(loss, den, reduction, None, count, x.dtype)
+    loss, _, _, _, _, den, count, _, _, total = rows_forward(kernel_input(x), target, weight64(weight), ignore_index,
+                                                             eps, reduction, 0.0, False)
+    return loss_out(loss, den, reduction, None, count, x.dtype, total)
 
 
 def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,

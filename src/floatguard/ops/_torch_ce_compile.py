@@ -49,7 +49,7 @@ def _featured_forward(x: torch.Tensor, target: torch.Tensor, ignore_index: int |
                       z_loss: float, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The custom op with z-loss or soft-capping: :func:`._numba_losses.ce_index_forward` (no weight, no
     smoothing), its residuals in the layout of :func:`plain_forward` (row 0 the cross-entropy alone)."""
-    loss, m, lg, coef, alive = index_forward(numpy_view(x), target, EMPTY, ignore_index, 0.0, cap)
+    loss, m, lg, coef, alive, _ = index_forward(numpy_view(x), target, EMPTY, ignore_index, 0.0, cap)
     res = np.stack([loss, m, lg, coef, alive])
     count = float(coef.sum())  # unweighted: 1 per row not ignored
     z = z_rows(z_loss, m, lg, alive, loss)
@@ -115,10 +115,11 @@ def cross_entropy_features_op(x: torch.Tensor, target: torch.Tensor, weight: tor
                               has_ignore: bool, eps: float, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`._torch_ce.cross_entropy_features` as a custom op: the loss and the residuals ``(5, R)`` (float64:
     the row losses, ``m``, ``log1p(s)``, the row weights (``sum t' w`` for probabilities) and ``alive``)."""
-    loss, m, lg, coef, alive, den, count, _, _ = rows_forward(
+    loss, m, lg, coef, alive, den, count, _, _, total = rows_forward(
         kernel_input(x), target.contiguous(), weight64(weight), ignore_index if has_ignore else None, eps,
         reduction, 0.0, False)
-    return loss_out(loss, den, reduction, None, count, x.dtype), torch.from_numpy(np.stack([loss, m, lg, coef, alive]))
+    out = loss_out(loss, den, reduction, None, count, x.dtype, total)
+    return out, torch.from_numpy(np.stack([loss, m, lg, coef, alive]))
 
 
 @cross_entropy_features_op.register_fake
