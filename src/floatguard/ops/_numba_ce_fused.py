@@ -27,7 +27,7 @@ import numpy as np
 from ._numba_bits import _CONTRACT, _inline, _njit
 from ._numba_bits import _row_max as _key_max
 from ._numba_ce import _gap_sum, _no_row, _target_sums, _w_total, res_sums
-from ._numba_ce_rows import _rest_store_for, _row_buffer, _scale_for, _zero_row
+from ._numba_ce_rows import _rest_store_for, _rest_store_gap_for, _row_buffer, _scale_for, _zero_row
 from ._numba_log import log1p as _log1p
 from ._numba_loss_dtypes import _ld, _st
 
@@ -104,11 +104,17 @@ def ce_index_forward_grad(
             _no_row(r, -m, loss, m_out, l_out, alive)
             _zero_row(o)
             continue
-        s, lg = _rest_log(row, m, e)
+        if eps != 0.0 and not weighted:  # the gap sum in the pass of the exps
+            acc, ties, gap = _rest_store_gap_for(row, m, e)
+            s = acc + (ties - 1.0)
+            lg = _log1p(s)
+        else:
+            s, lg = _rest_log(row, m, e)
+            gap = _gap_sum(row, m, w, weighted) if eps != 0.0 else 0.0
         xc = _ld(row[c])
         val = (1.0 - eps) * wc * (lg + (m - xc)) if eps != 1.0 else 0.0
         if eps != 0.0:
-            val += eps / n * (w_total * lg + _gap_sum(row, m, w, weighted))
+            val += eps / n * (w_total * lg + gap)
         loss[r] = val
         m_out[r] = m
         l_out[r] = lg

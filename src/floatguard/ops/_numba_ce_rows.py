@@ -134,6 +134,61 @@ def _rest_store32(row: np.ndarray, m: np.float32, e: np.ndarray) -> tuple[float,
     return total, ties
 
 
+@_inline(_SUM)
+def _rest_store_gap(row: np.ndarray, m: float, e: np.ndarray) -> tuple[float, float, float]:
+    """:func:`_rest_store` that also sums ``m - row_i`` (the unweighted label smoothing's gap sum)."""
+    acc = 0.0
+    ties = 0.0
+    gap = 0.0
+    for i in range(row.size):
+        d = _ld(row[i]) - m
+        at = d == 0.0
+        v = _exp_f32out(d)  # exactly 1 at d = 0
+        e[i] = v
+        ties += select(at, 1.0, 0.0)
+        acc += select(at, 0.0, v)
+        gap -= d
+    return acc, ties, gap
+
+
+@_inline(_SUM)
+def _rest_store32_gap_blk(seg: np.ndarray, m: np.float32, e: np.ndarray) -> tuple[np.float32, np.float32,
+                                                                                   np.float32]:
+    acc = F32(0.0)
+    ties = F32(0.0)
+    gap = F32(0.0)
+    for i in range(seg.size):
+        d = _load32(seg[i]) - m
+        at = d == F32(0.0)
+        v = _exp32(d)  # exactly 1 at d = 0
+        e[i] = v
+        ties += select(at, ONE32, F32(0.0))
+        acc += select(at, F32(0.0), v)
+        gap -= d
+    return acc, ties, gap
+
+
+@_inline()
+def _rest_store32_gap(row: np.ndarray, m: np.float32, e: np.ndarray) -> tuple[float, float, float]:
+    """:func:`_rest_store32` that also sums ``m - row_i`` (float32 lanes over blocks of ``BLK16``: ``row_i - m`` of
+    two bfloat16 values is exact or off by ``2^-24`` relative; the block sums go to float64)."""
+    total = 0.0
+    ties = 0.0
+    gap = 0.0
+    for b0 in range(0, row.size, BLK16):
+        part, t, gp = _rest_store32_gap_blk(row[b0 : b0 + BLK16], m, e[b0 : b0 + BLK16])
+        total += np.float64(part)
+        ties += np.float64(t)
+        gap += np.float64(gp)
+    return total, ties, gap
+
+
+def _rest_store_gap_for(row: np.ndarray, m: float, e: np.ndarray) -> tuple[float, float, float]:
+    """:func:`_rest_store_for` and ``sum_i (m - row_i)`` in the same pass (``+inf`` for a ``-inf`` entry)."""
+    e[:] = np.exp(row - m)
+    return float(np.sum(e[row < m])), float(np.sum(row == m)), float(np.sum(m - row))
+
+
 def _rest_store_for(row: np.ndarray, m: float, e: np.ndarray) -> tuple[float, float]:
     """``(sum_{x_i < m} e_i, #{x_i = m})`` with ``e_i = exp(row_i - m)`` kept in ``e``: float64 registers for
     float32 rows (``e`` float64), float32 arithmetic for bfloat16 ones (``e`` float32)."""
@@ -177,6 +232,12 @@ if AVAILABLE:
         if o.dtype == types.int16:
             return lambda o, gr: _scale_row32(o, np.float32(gr))
         return lambda o, gr: _scale_row64(o, gr)
+
+    @overload(_rest_store_gap_for, inline="always")
+    def _rest_store_gap_for_impl(row, m, e):  # unannotated: numba compares signatures
+        if row.dtype == types.int16:
+            return lambda row, m, e: _rest_store32_gap(row, np.float32(m), e)
+        return lambda row, m, e: _rest_store_gap(row, m, e)
 
     @overload(_rest_store_for, inline="always")
     def _rest_store_for_impl(row, m, e):  # unannotated: numba compares signatures
