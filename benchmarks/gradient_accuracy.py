@@ -75,6 +75,33 @@ def _ce_groups(quick: bool) -> Groups:
     return out
 
 
+def _ce_weight(c: int) -> np.ndarray:
+    """Class weights of the weighted cross-entropy rows: uniform in [0.5, 2], seeded."""
+    return np.random.default_rng(11).uniform(0.5, 2.0, c)
+
+
+def _ce_weight_groups(quick: bool) -> Groups:
+    """The cases of :func:`_ce_groups` with class weights (a third input)."""
+    return {name: [(x, t, _ce_weight(x.shape[1])) for x, t in cases] for name, cases in _ce_groups(quick).items()}
+
+
+def _ce_prob_targets(x: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Probability targets of :func:`_ce_groups`' two rows: random (seeded) over the finite logits, and 1/4 on
+    the most likely class, 3/4 on the least likely."""
+    dense = np.where(np.isfinite(x[0]), np.random.default_rng(13).uniform(0.0, 1.0, x.shape[1]), 0.0)
+    peaked = np.zeros(x.shape[1])
+    peaked[t[0]], peaked[t[1]] = 0.25, 0.75
+    return np.stack([dense / dense.sum(), peaked])
+
+
+def _ce_prob_groups(quick: bool) -> Groups:
+    return {name: [(x, _ce_prob_targets(x, t)) for x, t in cases] for name, cases in _ce_groups(quick).items()}
+
+
+def _ce_prob_weight_groups(quick: bool) -> Groups:
+    return {name: [(x, p, _ce_weight(x.shape[1])) for x, p in cases] for name, cases in _ce_prob_groups(quick).items()}
+
+
 def _log1mexp_groups(quick: bool) -> Groups:
     n = 60 if quick else 300
     return {
@@ -91,6 +118,27 @@ def _ce_torch(x: Any, t: Any) -> Any:
 
 def _ce_jax(x: Any, t: Any) -> Any:  # optax's softmax_cross_entropy_with_integer_labels, mean
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(x), t[:, None], axis=1))
+
+
+def _ce_jax_q(x: Any, q: Any, den: Any) -> Any:
+    """``-sum(q log_softmax(x)) / den``: optax's ``softmax_cross_entropy`` of the (weighted) target
+    distribution ``q`` on jax.nn, PyTorch's divisor ``den``."""
+    return -jnp.sum(q * jax.nn.log_softmax(x)) / den
+
+
+def _ce_jax_args(x: Any, t: Any, w: Any = None, eps: float = 0.0, reduction: str = "mean") -> Any:
+    """PyTorch's cross-entropy with ``weight`` ``w`` and ``label_smoothing`` ``eps`` composed on jax.nn: the
+    target ``(1 - eps) t + eps / C`` (optax's ``smooth_labels``; ``t`` one-hot for class indices) times ``w``; the
+    mean divides by ``sum w[t]`` for indices (the row count without ``w``), by the row count for probabilities."""
+    n, c = x.shape
+    probs = t.ndim == 2
+    dist = t if probs else jax.nn.one_hot(t, c, dtype=x.dtype)
+    if eps:
+        dist = (1 - eps) * dist + eps / c
+    q = dist if w is None else dist * w
+    if reduction == "sum":
+        return _ce_jax_q(x, q, 1)
+    return _ce_jax_q(x, q, n if probs or w is None else jnp.sum(w[t]))
 
 
 def _bce_jax(x: Any, y: Any) -> Any:  # optax's sigmoid_binary_cross_entropy, mean
@@ -127,6 +175,27 @@ def _x(f: Callable[..., Any]) -> Callable[[Inputs, Any], list[np.ndarray]]:
     return lambda inp, w: [f(inp[0])]
 
 
+def _ce_op(name: str, groups: Callable[[bool], Groups], eps: float = 0.0, reduction: str = "mean") -> GradOp:
+    """A cross-entropy row with ``label_smoothing`` ``eps`` and ``reduction``; its cases are ``(x, target)`` or
+    ``(x, target, weight)``."""
+
+    def kw(inp: Inputs) -> dict[str, Any]:
+        return {"weight": inp[2] if len(inp) > 2 else None, "label_smoothing": eps, "reduction": reduction}
+
+    def fg_ce(x: Any, t: Any, w: Any = None) -> Any:
+        return fg.cross_entropy(x, t, weight=w, label_smoothing=eps, reduction=reduction)
+
+    def torch_ce(x: Any, t: Any, w: Any = None) -> Any:
+        return F.cross_entropy(x, t, weight=w, label_smoothing=eps, reduction=reduction)
+
+    def jax_ce(x: Any, t: Any, w: Any = None) -> Any:
+        return _ce_jax_args(x, t, w, eps, reduction)
+
+    return GradOp(name, groups, lambda inp, w: [fgt.grad_cross_entropy(inp[0], inp[1], **kw(inp))],
+                  lambda inp, w: [fgt.cond_grad_cross_entropy(inp[0], inp[1], **kw(inp))],
+                  (fg_ce, torch_ce), (fg_ce, jax_ce), loss=True)
+
+
 OPS: list[GradOp] = [
     GradOp("logsumexp", _row_groups, _one(fgt.grad_logsumexp), _one(fgt.cond_grad_logsumexp),
            (lambda x: fg.logsumexp(x, axis=-1), lambda x: torch.logsumexp(x, dim=-1)),
@@ -139,6 +208,11 @@ OPS: list[GradOp] = [
            (lambda x: fg.log_softmax(x, axis=-1), jax.nn.log_softmax)),
     GradOp("cross_entropy (mean)", _ce_groups, _loss(fgt.grad_cross_entropy), _loss(fgt.cond_grad_cross_entropy),
            (fg.cross_entropy, _ce_torch), (fg.cross_entropy, _ce_jax), loss=True),
+    _ce_op("cross_entropy (weight, mean)", _ce_weight_groups),
+    _ce_op("cross_entropy (label_smoothing=0.1, mean)", _ce_groups, eps=0.1),
+    _ce_op("cross_entropy (weight + label_smoothing=0.1, sum)", _ce_weight_groups, eps=0.1, reduction="sum"),
+    _ce_op("cross_entropy (probabilities, mean)", _ce_prob_groups),
+    _ce_op("cross_entropy (probabilities + weight + label_smoothing=0.1, mean)", _ce_prob_weight_groups, eps=0.1),
     GradOp("softplus", _softplus_groups, _one(fgt.grad_softplus), _x(fgt.cond_grad_softplus),
            (fg.softplus, F.softplus), (fg.softplus, jax.nn.softplus)),
     GradOp("log_sigmoid", _log_sigmoid_groups, _one(fgt.grad_log_sigmoid), _x(fgt.cond_grad_log_sigmoid),
@@ -317,7 +391,8 @@ def gradient_tables(quick: bool = False) -> list[Table]:
             "seeded, 1 for the mean losses). κ = condition of the gradient entry under relative perturbations of "
             "the inputs + cancellation of the backward formula on the forward's rounded output, e.g. softmax "
             f"(|w_i| + Σ|w_j p_j|) / |w_i − ⟨w,p⟩|. Bound: {bound}; ✗: floatguard (or the peer) misses it. "
-            "JAX CE/BCE: optax's formulas on jax.nn; JAX: an exact subnormal within the smallest normal counts as "
+            "JAX CE/BCE: optax's formulas on jax.nn (CE with weight, smoothing or probabilities: PyTorch's "
+            "semantics, optax's smooth_labels); JAX: an exact subnormal within the smallest normal counts as "
             "exact (XLA flushes subnormals); —: no such op or dtype.",
         ))
     miss_table = make_table(

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import floatguard as fg
 from floatguard import testing as fgt
@@ -37,6 +38,33 @@ FAR = np.linspace(-50, -0.7, 25)
 
 ROWS = [SPREAD, NORMAL, OFFSET, WITH_INF]
 
+# cross-entropy with weight, label smoothing, probability targets: four rows of 21 (the dominant row with the
+# most and the least likely class as target), class weights in [0.5, 2], probability targets random and peaked
+_c = np.random.default_rng(17)
+CE_X = np.stack([SPREAD[:21], NORMAL[:21], DOMINANT, DOMINANT])
+CE_T = np.array([3, 7, 0, 5])
+CE_W = _c.uniform(0.5, 2.0, 21)
+CE_P = np.stack([_c.dirichlet(np.ones(21)), np.eye(21)[5] * 0.75 + np.eye(21)[0] * 0.25,
+                 np.eye(21)[0] * 0.875 + 1 / 168, np.eye(21)[5] * 0.875 + 1 / 168])
+
+CE_ARGS: list[tuple[str, dict[str, Any], list[np.ndarray]]] = [  # (name, keywords, inputs: x, target[, weight])
+    ("weight", {}, [CE_X, CE_T, CE_W]),
+    ("smoothing", {"label_smoothing": 0.1}, [CE_X, CE_T]),
+    ("weight-smoothing-sum", {"label_smoothing": 0.1, "reduction": "sum"}, [CE_X, CE_T, CE_W]),
+    ("probabilities", {}, [CE_X, CE_P]),
+    ("probabilities-weight-smoothing", {"label_smoothing": 0.1}, [CE_X, CE_P, CE_W]),
+]
+
+
+def _ce(**kw: Any) -> Callable[..., Any]:
+    """floatguard's cross-entropy with the keywords ``kw`` of ``(x, target[, weight])``."""
+    return lambda x, t, w=None: fg.cross_entropy(x, t, weight=w, **kw)
+
+
+def _ce_kw(a: list[np.ndarray], kw: dict[str, Any]) -> dict[str, Any]:
+    return {"weight": a[2] if len(a) > 2 else None, **kw}
+
+
 Case = tuple[str, Callable[..., Any], Callable[..., Any], Callable[..., Any], list[np.ndarray], bool]
 # (name, floatguard op, reference(inputs, w) -> list, cond(inputs, w) -> list, inputs, loss)
 CASES: list[Case] = [
@@ -48,6 +76,9 @@ CASES: list[Case] = [
        lambda a, w: [fgt.cond_grad_log_softmax(a[0], w)], [r], False) for i, r in enumerate([*ROWS, DOMINANT])],
     ("cross_entropy", fg.cross_entropy, lambda a, w: [fgt.grad_cross_entropy(*a)],
      lambda a, w: [fgt.cond_grad_cross_entropy(*a)], [np.stack([SPREAD[:20], NORMAL[:20]]), np.array([3, 7])], True),
+    *[(f"cross_entropy-{name}", _ce(**kw), lambda a, w, kw=kw: [fgt.grad_cross_entropy(a[0], a[1], **_ce_kw(a, kw))],
+       lambda a, w, kw=kw: [fgt.cond_grad_cross_entropy(a[0], a[1], **_ce_kw(a, kw))], inputs, True)
+      for name, kw, inputs in CE_ARGS],
     ("softplus", fg.softplus, lambda a, w: [fgt.grad_softplus(a[0], w)],
      lambda a, w: [fgt.cond_grad_softplus(a[0])], [GRID], False),
     ("log_sigmoid", fg.log_sigmoid, lambda a, w: [fgt.grad_log_sigmoid(a[0], w)],
@@ -224,3 +255,51 @@ def test_reference_matches_closed_forms() -> None:
     assert [float(v) for v in fgt.grad_logaddexp(np.array([-np.inf]), np.array([-np.inf]), np.ones(1))[0]] == [0.0]
     np.testing.assert_allclose(np.array(fgt.grad_log1mexp(-x[1:] - 1, w[1:]), dtype=float),
                                -w[1:] / np.expm1(x[1:] + 1), rtol=1e-14)
+
+
+CE_CASES = [c for c in CASES if c[0].startswith("cross_entropy-")]
+
+
+@pytest.mark.parametrize(("name", "kw", "inputs"), CE_ARGS, ids=[a[0] for a in CE_ARGS])
+def test_cross_entropy_reference_matches_torch_float64(name: str, kw: dict[str, Any], inputs: list[np.ndarray]) -> None:
+    """The mpmath cross-entropy gradients (weight, smoothing, probabilities, reductions) agree with torch's float64
+    autograd to 1e-10 on random well-conditioned rows (the reference is the truth; this checks the semantics)."""
+    del name
+    rng = np.random.default_rng(23)
+    n, c = 4, 9
+    for _ in range(3):
+        x = rng.standard_normal((n, c)) * 3
+        t = rng.dirichlet(np.ones(c), n) if inputs[1].ndim == 2 else rng.integers(0, c, n)
+        w = rng.uniform(0.5, 2.0, c) if len(inputs) > 2 else None
+        xt = torch.tensor(x, requires_grad=True)
+        F.cross_entropy(xt, torch.as_tensor(t), weight=None if w is None else torch.tensor(w), **kw).backward()
+        ref = np.array(fgt.grad_cross_entropy(x, t, weight=w, **kw), dtype=np.float64)
+        np.testing.assert_allclose(fgt.to_float64(xt.grad), ref, rtol=1e-10, atol=0)
+
+
+def test_cross_entropy_reference_arguments() -> None:
+    """The extended references keep the plain one (class indices, mean) and name the bad argument."""
+    x, t = CE_X, CE_T
+    plain = np.array(fgt.grad_cross_entropy(x, t), dtype=np.float64)
+    ones = np.array(fgt.grad_cross_entropy(x, t, weight=np.ones(21), label_smoothing=0.0), dtype=np.float64)
+    np.testing.assert_array_equal(plain, ones)  # sum of unit weights = N
+    onehot = np.array(fgt.grad_cross_entropy(x, np.eye(21)[t]), dtype=np.float64)  # probabilities, one-hot
+    np.testing.assert_allclose(onehot, plain, rtol=1e-15)
+    summed = np.array(fgt.grad_cross_entropy(x, t, reduction="sum"), dtype=np.float64)
+    np.testing.assert_allclose(summed, 4 * plain, rtol=1e-15)
+    np.testing.assert_array_equal(fgt.cond_grad_cross_entropy(x, t), fgt.cond_grad_cross_entropy(x, t, weight=None))
+    for kwargs, word in [({"target": t[:2]}, "target"), ({"target": np.ones((4, 20))}, "target"),
+                         ({"weight": np.ones(20)}, "weight"), ({"label_smoothing": 1.5}, "label_smoothing"),
+                         ({"reduction": "none"}, "reduction"), ({"target": np.array([0, 1, 2, 21])}, "target")]:
+        args = {"target": t, **kwargs}
+        for f in (fgt.grad_cross_entropy, fgt.cond_grad_cross_entropy):
+            with pytest.raises(ValueError, match=word):
+                f(x, **args)
+
+
+@pytest.mark.parametrize("case", CE_CASES, ids=[c[0] for c in CE_CASES])
+def test_jax_float32_cross_entropy_gradients_without_x64(case: Case) -> None:
+    inputs, w, exact, kappa = _setup(case, "float32")
+    with jax.enable_x64(False):
+        got = _jax_grads(case, inputs, w, "float32")
+    assert worst(got, exact, kappa, "float32", ftz=True) <= 2.0

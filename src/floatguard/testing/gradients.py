@@ -7,7 +7,9 @@ inputs ``x`` and cotangent ``w`` (an object array of mpf, at least
 
 * ``logsumexp``: ``w p`` (``p = softmax(x)``, ``w`` a scalar);
 * ``softmax``: ``p (w - <w, p>)``; ``log_softmax``: ``w - p sum(w)``;
-* ``cross_entropy`` (class indices, mean over ``N`` rows): ``(p - onehot) / N``;
+* ``cross_entropy``: ``(Q p - q) / D`` with ``q = w ((1 - eps) t + eps / C)`` (``t`` one-hot or
+  probabilities, ``w`` the class weights, ``eps`` the label smoothing), ``Q = sum q``, ``D`` the divisor of the
+  reduction (``(p - onehot) / N`` for the plain mean of class indices);
 * ``softplus``: ``w sigmoid(x)``; ``log_sigmoid``: ``w sigmoid(-x)``; ``sigmoid``: ``w s (1 - s)``;
 * ``logaddexp``: ``(w sigmoid(a - b), w sigmoid(b - a))``;
 * ``binary_cross_entropy_with_logits`` (mean): ``(sigmoid(x) - y) / N``;
@@ -27,8 +29,10 @@ The condition number of a gradient entry ``g_i`` is ``kappa_i = kappa_in + kappa
   ``(|a| + |b|) / |a - b|`` for a subtraction ``a - b`` that cancels:
   ``(|w_i| + sum_j |w_j p_j|) / |w_i - <w, p>|`` for softmax,
   ``(|w_i| + p_i |sum w| max(1, |log p_i|)) / |w_i - p_i sum w|`` for log_softmax,
-  ``(p + 1) / (1 - p)`` at the target of cross_entropy (plus the ``1 + |lse|``), ``(1 + s) / (1 - s)`` for sigmoid,
-  ``(s + |y|) / |s - y|`` for the BCE; 1 where nothing cancels.
+  ``(Q p + |q|) / |Q p - q|`` for cross_entropy (``(p + 1) / (1 - p)`` at a plain target; plus the
+  ``1 + |lse|``), ``(1 + s) / (1 - s)`` for sigmoid,
+  ``(s + |y|) / |s - y|`` for the BCE; 1 where nothing cancels. The weighted mean of the cross-entropy adds
+  ``sum_r |w[t_r]| / |sum_r w[t_r]|``, the condition of its divisor.
 
 They are evaluated in float64 with NumPy (a couple of correct digits is all they need).
 """
@@ -129,25 +133,115 @@ def grad_log_softmax(x: Any, w: Any) -> np.ndarray:
     return _obj_array(_grad_rows(xs, tuple(np.broadcast_to(to_float64(w), (len(xs),)).tolist()), "log_softmax"))
 
 
-@_precise
-def _grad_ce_row(xs: tuple[float, ...], c: int, n: int) -> list[Any]:
-    mp = _mp()
-    e, p, _ = _probs(xs)
-    if not math.isfinite(xs[c]):
-        raise ValueError("floatguard.testing: the target logit must be finite")
-    rest = mp.fsum(ei for i, ei in enumerate(e) if i != c)  # 1 - p_c = rest / (1 + s), no cancellation
-    total = rest + e[c]
-    return [(-rest / total if i == c else pi) / n for i, pi in enumerate(p)]
-
-
-def grad_cross_entropy(x: Any, target: Any) -> np.ndarray:
-    """``d/dx mean_r CE(x_r, t_r) = (softmax(x_r) - onehot(t_r)) / N`` of rows ``x`` (N, C): object array."""
+def _ce_args(
+    x: Any, target: Any, weight: Any, label_smoothing: float, reduction: str, name: str
+) -> tuple[np.ndarray, np.ndarray, bool, np.ndarray]:
+    """``(x, target, probabilities?, weight)`` of a cross-entropy reference, checked: ``x`` (N, C); ``target``
+    class indices (N,) or probabilities (N, C) (a floating array of ``x``'s shape); ``weight`` (C,) (ones if
+    None)."""
     x64 = to_float64(x)
-    t = np.asarray(target).reshape(-1)
-    if x64.ndim != 2 or t.shape != (x64.shape[0],):
-        raise ValueError("floatguard.testing.grad_cross_entropy: need x (N, C) and target (N,)")
-    rows = [_grad_ce_row(_row(r), int(c), x64.shape[0]) for r, c in zip(x64, t.tolist(), strict=True)]
-    return _obj_array([v for r in rows for v in r], x64.shape)
+    if x64.ndim != 2:
+        raise ValueError(f"floatguard.testing.{name}: need x (N, C), got shape {x64.shape}")
+    n, c = x64.shape
+    if hasattr(target, "detach"):  # torch, without importing it
+        target = target.detach().cpu()
+        target = (target.double() if target.is_floating_point() else target).numpy()
+    t = np.asarray(target)
+    probs = t.ndim == 2
+    if probs:
+        if t.shape != x64.shape or t.dtype.kind in "biu":
+            raise ValueError(
+                f"floatguard.testing.{name}: need target (N,) class indices or (N, C) probabilities "
+                f"like x {x64.shape}, got {t.dtype} {t.shape}"
+            )
+        t = to_float64(t)
+    else:
+        t = t.reshape(-1)
+        if t.shape != (n,):
+            raise ValueError(
+                f"floatguard.testing.{name}: need target (N,) class indices or (N, C) probabilities "
+                f"like x {x64.shape}, got shape {np.shape(target)}"
+            )
+        if t.size and (np.min(t) < 0 or np.max(t) >= c):
+            raise ValueError(f"floatguard.testing.{name}: target class indices must lie in [0, {c})")
+    w = np.ones(c) if weight is None else to_float64(weight)
+    if w.shape != (c,):
+        raise ValueError(f"floatguard.testing.{name}: need weight (C,) = ({c},), got shape {w.shape}")
+    if not 0.0 <= float(label_smoothing) <= 1.0:
+        raise ValueError(f"floatguard.testing.{name}: label_smoothing must lie in [0, 1], got {label_smoothing}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"floatguard.testing.{name}: reduction must be 'mean' or 'sum', got {reduction!r}")
+    return x64, t, probs, w
+
+
+def _others(v: list[Any]) -> list[Any]:
+    """``sum_{i != j} v_i`` for every ``j``, from prefix and suffix sums (no ``total - v_j`` to cancel; the one
+    addition checked, for signed ``v``)."""
+    mp = _mp()
+    pre, suf = [mp.zero] * (len(v) + 1), [mp.zero] * (len(v) + 1)
+    for i, vi in enumerate(v):
+        pre[i + 1] = pre[i] + vi
+    for i in range(len(v) - 1, -1, -1):
+        suf[i] = suf[i + 1] + v[i]
+    return [_add(pre[j], suf[j + 1]) for j in range(len(v))]
+
+
+@_precise
+def _grad_ce_row(
+    xs: tuple[float, ...], t: tuple[float, ...], w: tuple[float, ...], eps: float, den: tuple[float, ...]
+) -> list[Any]:
+    """``d/dx -sum_i q_i log softmax(x)_i / D`` of one row, ``q_i = w_i ((1 - eps) t_i + eps / C)`` (``t`` the
+    one-hot target or the probabilities), ``D = sum(den)``: ``(Q p_j - q_j) / D`` with ``Q = sum q``, evaluated as
+    ``(p_j sum_{i != j} q_i - q_j sum_{i != j} e_i / sum e) / D`` (``1 - p_j = rest / total``: nothing cancels but
+    the one subtraction, checked)."""
+    mp = _mp()
+    d = mp.fsum(mp.mpf(v) for v in den)
+    if _nonfinite_row(xs) == "empty":  # floatguard's contract: a row without a finite max has gradient 0
+        return [mp.zero] * len(xs)
+    if d == 0:
+        return [mp.nan] * len(xs)
+    e, p, _ = _probs(xs)
+    ep = mp.mpf(eps)
+    q = [
+        mp.mpf(wi) * ((1 - ep) * mp.mpf(ti) + ep / len(xs)) if ep else mp.mpf(wi) * mp.mpf(ti)
+        for wi, ti in zip(w, t, strict=True)
+    ]
+    total = mp.fsum(e)
+    return [_add(pj * qo, -qj * eo / total) / d for pj, qj, qo, eo in zip(p, q, _others(q), _others(e), strict=True)]
+
+
+def grad_cross_entropy(
+    x: Any, target: Any, *, weight: Any = None, label_smoothing: float = 0.0, reduction: str = "mean"
+) -> np.ndarray:
+    """``d/dx`` of ``cross_entropy(x, target, weight=, label_smoothing=, reduction=)`` of rows ``x`` (N, C):
+    object array of mpf (N, C).
+
+    PyTorch's semantics: ``target`` class indices (N,) (the mean of ``(softmax(x_r) - onehot(t_r))`` without
+    ``weight`` and smoothing) or probabilities (N, C) (a floating array of ``x``'s shape); the loss of row ``r``
+    is ``-sum_i w_i q_ri log softmax(x_r)_i`` with ``q_r = (1 - eps) t_r + eps / C`` (``t_r`` one-hot for an
+    index), gradient ``(sum_i w_i q_ri) p_rj - w_j q_rj``; ``"mean"`` divides by ``sum_r w[t_r]`` for indices
+    (``N`` without ``weight``), by ``N`` for probabilities; ``"sum"`` by 1. ``ValueError`` (naming the argument)
+    on a bad shape, class index, smoothing or reduction, or a target logit that is not finite.
+    """
+    x64, t, probs, w = _ce_args(x, target, weight, label_smoothing, reduction, "grad_cross_entropy")
+    n, c = x64.shape
+    xs = [_row(r) for r in x64]
+    if probs:
+        ts = [tuple(r.tolist()) for r in t]
+    else:
+        ks = [int(k) for k in t.tolist()]
+        if any(not math.isfinite(row[k]) for row, k in zip(xs, ks, strict=True)):
+            raise ValueError("floatguard.testing.grad_cross_entropy: the target logit must be finite")
+        ts = [tuple(float(i == k) for i in range(c)) for k in ks]
+    if reduction == "sum":
+        den: tuple[float, ...] = (1.0,)
+    elif probs or weight is None:
+        den = (float(n),)
+    else:
+        den = tuple(w[t.astype(np.int64)].tolist())
+    wt = tuple(w.tolist())
+    grads = [_grad_ce_row(row, tr, wt, float(label_smoothing), den) for row, tr in zip(xs, ts, strict=True)]
+    return _obj_array([v for g in grads for v in g], x64.shape)
 
 
 # -- elementwise ops ----------------------------------------------------------------------------
@@ -297,18 +391,31 @@ def cond_grad_log_softmax(x: Any, w: Any) -> np.ndarray:
     return k_in + _ratio(np.abs(w64) + p * abs(total) * np.maximum(1.0, logp), g)
 
 
-def cond_grad_cross_entropy(x: Any, target: Any) -> np.ndarray:
-    """Per entry of ``(p - onehot) / N``: ``(p_j (cond_softmax_j + 1 + |lse|) + [j = t]) / |p_j - [j = t]|``."""
-    x64 = to_float64(x)
-    t = np.asarray(target).reshape(-1)
+def cond_grad_cross_entropy(
+    x: Any, target: Any, *, weight: Any = None, label_smoothing: float = 0.0, reduction: str = "mean"
+) -> np.ndarray:
+    """Per entry of ``(Q p_j - q_j) / D`` (see :func:`grad_cross_entropy`; ``(p - onehot) / N`` without weight
+    and smoothing): ``(|q|_1 p_j (cond_softmax_j + 1 + |lse|) + |q_j|) / |Q p_j - q_j|``, plus
+    ``sum_r |w[t_r]| / |sum_r w[t_r]|`` for the divisor of the weighted mean of class indices."""
+    x64, t, probs, w = _ce_args(x, target, weight, label_smoothing, reduction, "cond_grad_cross_entropy")
+    eps = float(label_smoothing)
+    n, c = x64.shape
     out = np.empty_like(x64)
-    for r, (row, c) in enumerate(zip(x64, t.tolist(), strict=True)):
+    for r, row in enumerate(x64):
+        if probs:
+            tr = t[r]
+        else:
+            tr = np.zeros(c)
+            tr[int(t[r])] = 1.0
+        q = w * ((1 - eps) * tr + eps / c)
         p = _np_probs(row)
-        onehot = np.zeros_like(p)
-        onehot[c] = 1.0
-        g = p - onehot
+        g = np.sum(q) * p - q
         lse = float(_np_lse(row))
-        out[r] = _ratio(p * (_softmax_conds(row, log=False) + 1.0 + abs(lse)) + onehot, g)
+        lse = abs(lse) if math.isfinite(lse) else 0.0
+        out[r] = _ratio(np.sum(np.abs(q)) * p * (_softmax_conds(row, log=False) + 1.0 + lse) + np.abs(q), g)
+    if reduction == "mean" and not probs and weight is not None:
+        wt = w[t.astype(np.int64)]
+        out += _ratio(np.sum(np.abs(wt)), np.sum(wt)) if n else 0.0
     return out
 
 
