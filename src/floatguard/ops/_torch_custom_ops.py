@@ -13,31 +13,47 @@ from typing import Any
 
 import torch
 
-from ._torch_softmax import ALL_FINITE, lse_any, softmax_any, softmax_backward
+from ._torch_softmax import ALL_FINITE, lse_any, lse_backward, softmax_any, softmax_backward
 
 
 @torch.library.custom_op("floatguard::logsumexp_rows", mutates_args=())
-def logsumexp_op(x: torch.Tensor) -> torch.Tensor:
-    """:class:`._torch_softmax.LogSumExp` as a custom op: rows ``(R, n)`` to ``(R, 1)``, by the same kernels
-    as eager."""
-    return lse_any(x)[:, None].to(x.dtype)
+def logsumexp_op(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:class:`._torch_softmax.LogSumExp` as a custom op: rows ``(R, n)`` to ``(R, 1)`` in the input dtype, and the
+    float64 ``lse`` (R,) its backward reads (as eager's), by the same kernels as eager."""
+    lse = lse_any(x)
+    return lse[:, None].to(x.dtype, copy=True), lse  # a copy for float64 too: outputs may not alias
 
 
 @logsumexp_op.register_fake
-def _(x: torch.Tensor) -> torch.Tensor:
-    return x.new_empty((x.shape[0], 1))
+def _(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return x.new_empty((x.shape[0], 1)), x.new_empty((x.shape[0],), dtype=torch.float64)
 
 
-def _lse_setup(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-    ctx.save_for_backward(inputs[0], output)
+def _lse_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    ctx.save_for_backward(inputs[0], output[1])
 
 
-def _lse_backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-    x, out = ctx.saved_tensors
-    return g * torch.where(torch.isfinite(out), softmax_op(x, False)[0], 0.0)
+def _lse_backward(ctx: Any, g: torch.Tensor, _g_lse: Any) -> torch.Tensor:
+    x, lse = ctx.saved_tensors
+    if torch.is_grad_enabled():  # double backward: differentiable torch ops
+        return lse_backward(x, lse, g)
+    return logsumexp_grad_op(x, lse, g)
 
 
 logsumexp_op.register_autograd(_lse_backward, setup_context=_lse_setup)
+
+
+@torch.library.custom_op("floatguard::logsumexp_rows_grad", mutates_args=())
+def logsumexp_grad_op(x: torch.Tensor, lse: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The backward of :func:`logsumexp_op`, ``g exp(x - lse)`` in one kernel pass as eager's (it used to be
+    the softmax op, a max and a scaling pass more, then a select and a product: 2.8x the compiled
+    ``torch.logsumexp``'s step at 1024×2048). Not differentiable itself."""
+    return lse_backward(x, lse, g)
+
+
+@logsumexp_grad_op.register_fake
+def _(x: torch.Tensor, lse: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
 @torch.library.custom_op("floatguard::softmax_rows", mutates_args=())

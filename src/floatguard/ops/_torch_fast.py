@@ -55,7 +55,7 @@ def _compiled_plain(x: torch.Tensor, axis: Any) -> bool:
 @register("logsumexp", "torch", stage="call", dtypes=KERNEL_DTYPES)
 def _logsumexp_call(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor | None:
     if type(keepdims) is bool and _compiled_plain(x, axis):
-        lse = logsumexp_op(x.reshape(-1, x.shape[-1]).contiguous())
+        lse = logsumexp_op(x.reshape(-1, x.shape[-1]).contiguous())[0]
         return lse.reshape((*x.shape[:-1], 1) if keepdims else x.shape[:-1])
     return logsumexp_fast(x, axis, keepdims)
 
@@ -77,7 +77,7 @@ def _log_softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
 @register("logsumexp", "torch")
 def _logsumexp_rows(rows: torch.Tensor) -> torch.Tensor:
     """``logsumexp`` of rows (R, n) as (R, 1): :class:`LogSumExp`, a custom op under ``torch.compile``."""
-    return logsumexp_op(rows.contiguous()) if torch.compiler.is_compiling() else LogSumExp.apply(rows)
+    return logsumexp_op(rows.contiguous())[0] if torch.compiler.is_compiling() else LogSumExp.apply(rows)
 
 
 def _has_values(x: torch.Tensor) -> bool:

@@ -220,18 +220,24 @@ class LogSumExp(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
         x, lse = ctx.saved_tensors
-        kern = _on_kernels(x)
-        if kern is not None and not torch.is_grad_enabled():
-            xc = _plain(x)
-            grad = empty_like(xc)
-            g64 = _plain(g.reshape(-1).to(torch.float64))
-            r, n = xc.shape
-            if _kernel_call(kern.ptr_logsumexp_bwd, _CODE[x.dtype], xc.data_ptr(), lse.data_ptr(), g64.data_ptr(),
-                            grad.data_ptr(), r, n):
-                return grad, None
-        # double backward (create_graph), or no kernels: the softmax through Softmax, so that it is exact too
-        p = torch.where(torch.isfinite(lse)[:, None], Softmax.apply(x), 0.0)
-        return g.reshape(-1, 1) * p, None
+        return lse_backward(x, lse, g), None
+
+
+def lse_backward(x: torch.Tensor, lse: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The gradient ``g softmax(x)`` of :class:`LogSumExp` (0 on rows with no finite max) from its float64 ``lse``
+    (R,): one kernel pass, ``g exp(x - lse)``; under ``create_graph`` (or without kernels) through
+    :class:`Softmax`, differentiable and exact too."""
+    kern = _on_kernels(x)
+    if kern is not None and not torch.is_grad_enabled():
+        xc = _plain(x)
+        grad = empty_like(xc)
+        g64 = _plain(g.reshape(-1).to(torch.float64))
+        r, n = xc.shape
+        if _kernel_call(kern.ptr_logsumexp_bwd, _CODE[x.dtype], xc.data_ptr(), lse.data_ptr(), g64.data_ptr(),
+                        grad.data_ptr(), r, n):
+            return grad
+    p = torch.where(torch.isfinite(lse)[:, None], Softmax.apply(x), 0.0)
+    return g.reshape(-1, 1) * p
 
 
 def _softmax_function(log: bool) -> Any:
