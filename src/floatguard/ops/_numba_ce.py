@@ -217,13 +217,18 @@ def _target_sums(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: boo
 @_njit()
 def res_sums(res: np.ndarray, target: np.ndarray, ignore: int, has_ignore: bool) -> tuple[float, float, float]:
     """``(sum of the row losses, sum of the target weights, rows not ignored)`` of a small call's residuals
-    ``res`` ``(5, R)``, summed in row order (the mean's ``den``; the reduction needs no NumPy call after)."""
-    total, den, count = 0.0, 0.0, 0.0
+    ``res`` ``(5, R)``, summed in row order (the mean's ``den``; the reduction needs no NumPy call after). The
+    losses of rows with a finite max compensated, the others (``+-inf``, NaN) apart, as
+    :func:`._numba_ce_plain.ce_plain_forward` sums them: the same total for the same rows."""
+    total, comp, plain, den, count = 0.0, 0.0, 0.0, 0.0, 0.0
     for r in range(res.shape[1]):
-        total += res[0, r]
+        if res[4, r] != 0.0:
+            total, comp = _add(total, comp, res[0, r])
+        else:
+            plain += res[0, r]
         den += res[3, r]
         count += 0.0 if (has_ignore and target[r] == ignore) else 1.0
-    return total, den, count
+    return (total + comp) + plain, den, count
 
 
 @_njit()
