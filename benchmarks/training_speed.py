@@ -235,7 +235,9 @@ def compile_pairs(quick: bool) -> Iterator[Pair]:
     """Compiled floatguard against the compiled framework op, forward and backward."""
     ops = {o[0]: o[1:] for o in _torch_ops(quick)}
     sizes = [("softmax", (4, 8, 256, 256)), ("log_softmax", (1024, 2048)), ("cross_entropy", (2048, 32000)),
-             ("cross_entropy, label_smoothing=0.1", (2048, 32000)), ("cross_entropy, label_smoothing=0.1", (256, 1000))]
+             ("cross_entropy, label_smoothing=0.1", (2048, 32000)), ("cross_entropy, label_smoothing=0.1", (256, 1000)),
+             ("bce_with_logits", (4096, 1000)), ("softplus", (4096, 1024)), ("log_sigmoid", (4096, 1024)),
+             ("logaddexp", (4096, 1024)), ("log1mexp", (4096, 1024)), ("logsumexp", (1024, 2048))]
     for op, shape in sizes:
         if quick:
             shape = tuple(max(2, s // 16) for s in shape)

@@ -2,8 +2,9 @@
 
 Dynamo cannot trace the eager fast path of logsumexp/softmax/log_softmax (compiled
 NumPy kernels through zero-copy views, branches on values): under compilation it is
-called as custom ops (``floatguard::logsumexp_rows``, ``floatguard::softmax_rows``),
-and the other ops trace through the generic array-API code, which Inductor fuses.
+called as custom ops (``floatguard::logsumexp_rows``, ``floatguard::softmax_rows``; the
+cross-entropy's, BCE's and the elementwise ops' likewise), and the other ops trace through
+the generic array-API code, which Inductor fuses.
 """
 
 from __future__ import annotations
@@ -200,3 +201,84 @@ def test_large_compiled_features_recompute_the_gradient(monkeypatch: pytest.Monk
     assert not calls
     eps = torch.finfo(torch.float32).eps
     torch.testing.assert_close(xc.grad, xe.grad, rtol=2 * eps, atol=2 * eps * float(xe.grad.abs().max()))
+
+
+def _elementwise_inputs(dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(12, 7, generator=g, dtype=torch.float64) * 4
+    neg = -torch.rand(12, 7, generator=g, dtype=torch.float64) * 3 - 1e-3
+    neg[0, :3] = torch.tensor([0.0, -math.inf, -1e-30])
+    a, b = x.clone(), torch.randn(12, 7, generator=g, dtype=torch.float64) * 4
+    a[1, 1] = b[1, 1] = -math.inf  # no gradient
+    a[2, 2] = math.inf
+    y = torch.rand(12, 7, generator=g, dtype=torch.float64)
+    y[3] = (y[3] > 0.5).to(torch.float64)
+    ins = {"softplus": x.T, "log_sigmoid": x, "log1mexp": neg, "a": a, "b": b, "bce": x, "bce_w": x}  # x.T: strided
+    return {k: v.to(dtype).requires_grad_() for k, v in ins.items()} | {"y": y.to(dtype)}
+
+
+def _elementwise_ops(t: dict[str, torch.Tensor], reduction: str) -> dict[str, torch.Tensor]:
+    w = torch.linspace(0.5, 1.5, 7, dtype=torch.float64)
+    return {
+        "softplus": fg.softplus(t["softplus"]),
+        "log_sigmoid": fg.log_sigmoid(t["log_sigmoid"]),
+        "log1mexp": fg.log1mexp(t["log1mexp"]),
+        "logaddexp": fg.logaddexp(t["a"], t["b"]),
+        "bce": fg.binary_cross_entropy_with_logits(t["bce"], t["y"], reduction=reduction),
+        "bce_w": fg.binary_cross_entropy_with_logits(t["bce_w"], t["y"], weight=w, pos_weight=w.flip(0),
+                                                     reduction=reduction),
+    }
+
+
+@pytest.mark.parametrize(("dtype", "reduction"), [(torch.float32, "mean"), (torch.bfloat16, "sum"),
+                                                  (torch.float64, "none")], ids=str)
+def test_elementwise_ops_and_bce_compile_to_custom_ops_with_the_eager_bits(dtype, reduction):
+    """softplus, log_sigmoid, log1mexp, logaddexp and BCE enter the graph as the custom ops of
+    ``_torch_elementwise_compile`` (traced as float64 torch ops they took 7.5 to 25 times the compiled framework
+    op): eager's kernels forward and backward, so eager's values and gradients bit for bit, for a random upstream
+    gradient too. BCE of float32/bfloat16, a mean or a sum: the compiled forward writes the gradient as eager's
+    does; its backward ``g grad`` is eager's for ``g`` a power of two, within 1.5 ulp else (eager rounds once)."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("inductor")
+    compiled = torch.compile(_elementwise_ops, backend=counter, fullgraph=True)
+    tc, te = _elementwise_inputs(dtype), _elementwise_inputs(dtype)
+    got, want = compiled(tc, reduction), _elementwise_ops(te, reduction)
+    ops = {str(n.target) for n in counter.graphs[0].graph.nodes if n.op == "call_function"}
+    assert {f"floatguard.{o}.default" for o in ("unary", "logaddexp", "bce")} <= ops
+    assert ("floatguard.bce_written.default" in ops) == (reduction != "none")
+    gen = torch.Generator().manual_seed(8)
+    cots = [torch.rand(v.shape, generator=gen).to(dtype) + 0.5 for v in want.values()]
+    leaves = [k for k in tc if k != "y"]
+    for k in want:
+        assert got[k].dtype == dtype and torch.equal(got[k], want[k]), k
+    for cot in (cots, [c if c.ndim else torch.ones((), dtype=dtype) for c in cots]):
+        gc = torch.autograd.grad(list(got.values()), [tc[k] for k in leaves], cot, retain_graph=True)
+        ge = torch.autograd.grad(list(want.values()), [te[k] for k in leaves], cot, retain_graph=True)
+        for k, u, v in zip(leaves, gc, ge, strict=True):
+            if k == "bce" and reduction != "none" and cot is cots:  # g grad against eager's one rounding
+                eps = torch.finfo(dtype).eps
+                torch.testing.assert_close(u, v, rtol=1.5 * eps, atol=1.5 * eps * float(v.abs().max()))
+            else:
+                assert torch.equal(u, v), k
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_the_elementwise_custom_ops_pass_opcheck():
+    from floatguard.ops import _torch_elementwise_compile as C
+
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(5, 4, generator=g, dtype=torch.float64)
+    y = torch.rand(5, 4, generator=g, dtype=torch.float64)
+    w = torch.rand(4, generator=g, dtype=torch.float64) + 0.5
+    for op in (0, 1, 2):
+        torch.library.opcheck(C.unary_op, ((-x.abs() if op == 2 else x).reshape(-1).requires_grad_(), op))
+    torch.library.opcheck(C.logaddexp_op, (x.reshape(-1).requires_grad_(), y.reshape(-1).requires_grad_()))
+    torch.library.opcheck(C.unary_backward_op, (x.reshape(-1), y.reshape(-1), 0))
+    torch.library.opcheck(C.logaddexp_backward_op, (x.reshape(-1), y.reshape(-1), w[:1].expand(20)))
+    xg = x.clone().requires_grad_()
+    torch.library.opcheck(C.bce_op, (xg, y, None, None, "mean"))
+    torch.library.opcheck(C.bce_op, (xg, y, w, w.flip(0), "none"))
+    torch.library.opcheck(C.bce_backward_op, (x, y, w, None, torch.rand((5, 4), generator=g), "none"))
+    torch.library.opcheck(C.bce_written_op, (xg.detach().float().requires_grad_(), y.float(), "mean"))

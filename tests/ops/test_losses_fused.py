@@ -393,6 +393,20 @@ def test_ce_plain_gradient_is_the_float64_one_rounded_once(dtype: torch.dtype) -
     assert float(np.max(err)) <= 0.5 + 2**-8
 
 
+def _special_rows(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """12 rows of 40 logits (``dtype``) and their class indices, with the rows a written gradient must get right:
+    a -inf row (2), an ignored one (3, ``-100``), a confident row whose target is the max (4: ``s ~ 1e-16``, the
+    target's gradient ``-s / (1 + s)``, no cancellation) and tied maxima (5)."""
+    x = torch.tensor(RNG.normal(size=(12, 40)) * 3)
+    t = torch.tensor(RNG.integers(0, 40, 12))
+    x[2] = -INF
+    t[3] = -100
+    x[4, 9], t[4] = 40.0, 9
+    x[5, 3] = x[5, 11] = x[5].max() + 1.0
+    t[5] = 11
+    return x.to(dtype), t
+
+
 def _ce_grad_reference(x: torch.Tensor, t: torch.Tensor, scale: float, ignore: int) -> np.ndarray:
     """``scale (softmax(x) - onehot_t)`` per row in 50 digits (``1 - p_t`` as the sum of the other ``p_i``: no
     cancellation), 0 on ignored rows and rows with a non-finite max."""
@@ -419,14 +433,7 @@ def test_ce_plain_gradient_written_by_the_forward(dtype: torch.dtype, reduction:
     """``loss.backward()`` takes the gradient the forward wrote for ``g = 1``: the exact gradient rounded once
     (ignored rows, a -inf row, a confident row whose target is the max: ``p_t - 1 = -s / (1 + s)``, tied maxima);
     a second backward and ``g != 1`` compute it again, and the sums stay right."""
-    x = torch.tensor(RNG.normal(size=(12, 40)) * 3)
-    t = torch.tensor(RNG.integers(0, 40, 12))
-    x[2] = -INF
-    t[3] = -100
-    x[4, 9], t[4] = 40.0, 9  # s ~ 1e-16: the target's gradient is -s / (1 + s), no cancellation
-    x[5, 3] = x[5, 11] = x[5].max() + 1.0
-    t[5] = 11
-    x = x.to(dtype)
+    x, t = _special_rows(dtype)
     kept = 11  # rows not ignored (the -inf row counts, as in torch's mean)
     want = _ce_grad_reference(x, t, 1.0 / kept if reduction == "mean" else 1.0, -100)
     xl = x.clone().requires_grad_()
@@ -450,14 +457,7 @@ def test_ce_plain_unreduced_gradient_scales_the_rows_the_forward_wrote(dtype: to
     ``g_r`` (two roundings: within 1.5 ulp of the exact gradient; exact where ``g_r`` is a power of two, where it
     equals the recomputed backward bit for bit). Rows ignored or with a non-finite max get 0 whatever their
     ``g_r`` (inf, NaN), as torch's; a second backward computes the gradient again (one rounding)."""
-    x = torch.tensor(RNG.normal(size=(12, 40)) * 3)
-    t = torch.tensor(RNG.integers(0, 40, 12))
-    x[2] = -INF
-    t[3] = -100
-    x[4, 9], t[4] = 40.0, 9
-    x[5, 3] = x[5, 11] = x[5].max() + 1.0
-    t[5] = 11
-    x = x.to(dtype)
+    x, t = _special_rows(dtype)
     g = torch.tensor(RNG.uniform(0.5, 1.5, 12)).to(dtype)
     g[2], g[3], g[6], g[7], g[8] = math.nan, INF, 0.0, 0.25, -8.0
     want = _ce_grad_reference(x, t, 1.0, -100) * g.double().numpy()[:, None]
@@ -662,14 +662,7 @@ def test_ce_general_gradient_written_by_the_forward(dtype: torch.dtype, reductio
     """Class indices with weights and/or label smoothing: ``loss.backward()`` takes the gradient the forward
     wrote (ignored rows, a -inf row, a confident row whose target is the max, tied maxima all included); a
     second backward computes it again with the backward kernel; on a new forward ``g = 4`` scales it exactly."""
-    x = torch.tensor(RNG.normal(size=(12, 40)) * 3)
-    t = torch.tensor(RNG.integers(0, 40, 12))
-    x[2] = -INF
-    t[3] = -100
-    x[4, 9], t[4] = 40.0, 9
-    x[5, 3] = x[5, 11] = x[5].max() + 1.0
-    t[5] = 11
-    x = x.to(dtype)
+    x, t = _special_rows(dtype)
     wt = torch.tensor(RNG.uniform(0.5, 2.0, 40)).to(dtype) if weighted else None
     w = wt.double().numpy() if wt is not None else np.ones(40)
     kept = [r for r in range(12) if r != 3]

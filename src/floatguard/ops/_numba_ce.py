@@ -41,12 +41,12 @@ from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _inline, _njit
 from ._numba_bits import _row_max as _key_max
 from ._numba_ce_rows import (
     _pc_minus_1_for,
-    _rest_for,
     _zero_row,
 )
 from ._numba_exp import BLK, _add, _exp_f32out, _exp_reduced, _reduce
 from ._numba_log import select
 from ._numba_loss_dtypes import _ld, _st
+from ._numba_torch import _rest_for
 
 # -- pass 1: the row max, :func:`._numba_bits._row_max` (one integer pass, NaN if the row holds one) -------
 

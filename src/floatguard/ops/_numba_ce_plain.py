@@ -15,7 +15,6 @@ from ._numba_bits import _row_max as _key_max
 from ._numba_ce_rows import (
     _grad_row_for,
     _pc_minus_1_for,
-    _rest_for,
     _rest_store_for,
     _row_buffer,
     _scale_for,
@@ -25,6 +24,7 @@ from ._numba_ce_rows import (
 from ._numba_exp import _add
 from ._numba_log import log1p as _log1p
 from ._numba_loss_dtypes import _ld, _st
+from ._numba_torch import _rest_for
 
 
 # -- cross-entropy, the common case: class indices, no weight, no smoothing --------------------------

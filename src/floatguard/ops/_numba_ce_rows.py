@@ -1,4 +1,5 @@
-"""The cross-entropy kernels' row steps that depend on the storage dtype: the rest sum, the gradient row,
+"""The cross-entropy kernels' row steps that depend on the storage dtype (the rest sum is logsumexp's,
+:func:`._numba_torch._rest_for`): the gradient row,
 ``p_c - 1``, and the exps a forward keeps for the gradient it writes (float64 rows: the 0.51-ulp table exp;
 float32: the short float64 exp; bfloat16 bits: float32 lanes), each a stub that numba compiles, per dtype, as
 one of the functions below (``overload``). :mod:`._numba_ce` and :mod:`._numba_ce_fused` build their kernels
@@ -15,20 +16,13 @@ from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _encode32, _inline, _load32
 from ._numba_exp import F32, ONE32, _exp32, _exp_f32out
 from ._numba_log import select
 from ._numba_loss_dtypes import _exp_for, _ld, _st
-from ._numba_torch import BLK16, _rest32, _rest_accurate, _rest_f32out, _scale_out
+from ._numba_torch import BLK16, _scale_out
 
 
 @_njit()
 def _zero_row(out: np.ndarray) -> None:
     for i in range(out.size):
         _st(out, i, 0.0)
-
-
-def _rest_for(row: np.ndarray, m: float) -> float:
-    """``s = sum_{i != k} exp(row_i - m)``: the 0.51-ulp table exp for float64 rows, the degree-7 exp
-    (relative 2^-32) for float32 (its loss is rounded to 24 bits), float32 arithmetic for bfloat16
-    (int16 bits: 16 lanes, relative ~2^-21, 2^-13 of a bfloat16 ulp; float64 sums across blocks)."""
-    return float(np.sum(np.exp(row - m))) - 1.0
 
 
 def _pc_minus_1_for(row: np.ndarray, d: float) -> float:
@@ -62,24 +56,6 @@ if AVAILABLE:
     from numba import types
     from numba.extending import overload
 
-    @overload(_rest_for, inline="always")
-    def _rest_for_impl(row, m):  # unannotated: numba compares signatures
-        if row.dtype == types.float64:
-            return lambda row, m: _rest_accurate(row, m)
-        if row.dtype == types.int16:
-
-            def short16(row, m):
-                acc, ties = _rest32(row, np.float32(m))  # the max is an entry: exact in float32
-                return acc + np.float64(ties - 1)
-
-            return short16
-
-        def short(row, m):
-            acc, ties = _rest_f32out(row, m)
-            return acc + np.float64(ties - 1)
-
-        return short
-
     @overload(_pc_minus_1_for, inline="always")
     def _pc_minus_1_for_impl(row, d):  # unannotated: numba compares signatures
         if row.dtype == types.float64:
@@ -93,50 +69,14 @@ if AVAILABLE:
         return lambda row, m, lg, gr, out: _plain_grad_row(row, m + lg, gr, out)
 
 
-@_inline(_SUM)
-def _rest_store(row: np.ndarray, m: float, e: np.ndarray) -> tuple[float, float]:
-    """:func:`._numba_torch._rest_f32out` (float32 rows) that also keeps ``e_i = exp(row_i - m)`` (1 at the max)."""
-    acc = 0.0
-    ties = 0.0
-    for i in range(row.size):
-        d = _ld(row[i]) - m
-        at = d == 0.0
-        v = _exp_f32out(d)  # exactly 1 at d = 0
-        e[i] = v
-        ties += select(at, 1.0, 0.0)
-        acc += select(at, 0.0, v)
-    return acc, ties
 
 
-@_inline(_SUM)
-def _rest_store32_blk(seg: np.ndarray, m: np.float32, e: np.ndarray) -> tuple[np.float32, np.float32]:
-    acc = F32(0.0)
-    ties = F32(0.0)
-    for i in range(seg.size):
-        d = _load32(seg[i]) - m
-        at = d == F32(0.0)
-        v = _exp32(d)  # exactly 1 at d = 0
-        e[i] = v
-        ties += select(at, ONE32, F32(0.0))
-        acc += select(at, F32(0.0), v)
-    return acc, ties
-
-
-@_inline()
-def _rest_store32(row: np.ndarray, m: np.float32, e: np.ndarray) -> tuple[float, float]:
-    """:func:`._numba_torch._rest32` (bfloat16 bits, float32 arithmetic) that also keeps ``e_i`` (float32)."""
-    total = 0.0
-    ties = 0.0
-    for b0 in range(0, row.size, BLK16):
-        part, t = _rest_store32_blk(row[b0 : b0 + BLK16], m, e[b0 : b0 + BLK16])
-        total += np.float64(part)
-        ties += np.float64(t)
-    return total, ties
 
 
 @_inline(_SUM)
 def _rest_store_gap(row: np.ndarray, m: float, e: np.ndarray) -> tuple[float, float, float]:
-    """:func:`_rest_store` that also sums ``m - row_i`` (the unweighted label smoothing's gap sum)."""
+    """:func:`._numba_torch._rest_f32out` (float32 rows) that also keeps ``e_i = exp(row_i - m)`` (1 at the max)
+    and sums ``m - row_i`` (the unweighted label smoothing's gap sum; dead code, dropped, where unused)."""
     acc = 0.0
     ties = 0.0
     gap = 0.0
@@ -170,8 +110,9 @@ def _rest_store32_gap_blk(seg: np.ndarray, m: np.float32, e: np.ndarray) -> tupl
 
 @_inline()
 def _rest_store32_gap(row: np.ndarray, m: np.float32, e: np.ndarray) -> tuple[float, float, float]:
-    """:func:`_rest_store32` that also sums ``m - row_i`` (float32 lanes over blocks of ``BLK16``: ``row_i - m`` of
-    two bfloat16 values is exact or off by ``2^-24`` relative; the block sums go to float64)."""
+    """:func:`._numba_torch._rest32` (bfloat16 bits, float32 arithmetic) that also keeps ``e_i`` (float32) and sums
+    ``m - row_i`` (float32 lanes over blocks of ``BLK16``: ``row_i - m`` of two bfloat16 values is exact or off by
+    ``2^-24`` relative; the block sums go to float64)."""
     total = 0.0
     ties = 0.0
     gap = 0.0
@@ -242,8 +183,8 @@ if AVAILABLE:
     @overload(_rest_store_for, inline="always")
     def _rest_store_for_impl(row, m, e):  # unannotated: numba compares signatures
         if row.dtype == types.int16:
-            return lambda row, m, e: _rest_store32(row, np.float32(m), e)
-        return lambda row, m, e: _rest_store(row, m, e)
+            return lambda row, m, e: _rest_store32_gap(row, np.float32(m), e)[:2]
+        return lambda row, m, e: _rest_store_gap(row, m, e)[:2]
 
     @overload(_row_buffer, inline="always")
     def _row_buffer_impl(x, n):  # unannotated: numba compares signatures

@@ -4,7 +4,9 @@ r"""PyTorch CPU binary cross-entropy from logits: ``torch.autograd.Function``s o
 
 elementwise, reduced; one compiled pass forward (:func:`._numba_losses.bce_forward`) and one backward,
 rows split over threads. ``weight`` and ``pos_weight`` broadcast to ``x``. :func:`bce_plain` is the
-case without weights with fewer steps (the latency route).
+case without weights with fewer steps (the latency route). The loss and gradient functions
+(:func:`bce_values`, :func:`bce_grad`, :func:`bce_plain_written`) serve the autograd Functions here and the
+custom ops of :mod:`._torch_elementwise_compile` (``torch.compile``) alike.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from ._torch_rows import (
 )
 
 
-def _per_class(a: torch.Tensor | None, shape: tuple[int, ...]) -> np.ndarray:
+def per_class(a: torch.Tensor | None, shape: tuple[int, ...]) -> np.ndarray:
     """``a`` broadcast to ``shape`` as float64 rows ``(R, C)``, or ``(1, C)`` if it varies along the last axis only."""
     if a is None:
         return np.empty((0, 0))
@@ -49,7 +51,7 @@ class _BCE(torch.autograd.Function):
         shape = tuple(x.shape)
         n = shape[-1] if shape else 1
         xk, yk = kernel_input(x).reshape(-1, n), kernel_input(y).reshape(-1, n)
-        wn, pn = _per_class(weight, shape), _per_class(pos_weight, shape)
+        wn, pn = per_class(weight, shape), per_class(pos_weight, shape)
         rows = xk.shape[0]
         store = reduction == "none"
         out = np.empty((rows, n) if store else (0, 0))
@@ -73,38 +75,58 @@ class _BCE(torch.autograd.Function):
         x, y = ctx.saved_tensors
         wn, pn, reduction, count = ctx.res
         if torch.is_grad_enabled():  # create_graph: differentiable ops
-            from .elementwise import sigmoid
-
             w, pw = ctx.weights
-            pos = y * sigmoid(-x) * (1 if pw is None else pw)
-            grad = (sigmoid(x) * (1 - y) - pos) * (1 if w is None else w)
-            grad = grad * g  # exact for g = 1 (loss.backward): then one rounding for the mean, not two
-            return (grad / count if reduction == "mean" else grad).to(x.dtype), None, None, None, None
-        shape = tuple(x.shape)
-        n = shape[-1] if shape else 1
-        xk, yk = kernel_input(x).reshape(-1, n), kernel_input(y).reshape(-1, n)
-        rows = xk.shape[0]
-        if reduction == "none":
-            gn = g.detach().to(torch.float64).reshape(-1, n).contiguous().numpy()
-        else:
-            gn = np.array([[float(g)]])
-        div = float(count) if reduction == "mean" else 1.0  # divided in the kernel: g / N carried as a pair
-        out = empty_out(xk)
-        xn, yn, on = numpy_view(xk), numpy_view(yk), numpy_view(out)
+            return bce_grad_graph(x, y, w, pw, g, reduction), None, None, None, None
+        return bce_grad(x, y, wn, pn, g, reduction, count), None, None, None, None
 
-        def bwd(r0: int, r1: int) -> None:
-            K.bce_backward(xn[r0:r1], yn[r0:r1], wn if wn.shape[0] <= 1 else wn[r0:r1],
-                           pn if pn.shape[0] <= 1 else pn[r0:r1], gn if gn.size == 1 else gn[r0:r1], on[r0:r1],
-                           div)
 
-        run_rows(bwd, rows, n)
-        return out.reshape(shape).to(x.dtype), None, None, None, None
+def bce_grad_graph(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None, pw: torch.Tensor | None,
+                   g: torch.Tensor, reduction: str) -> torch.Tensor:
+    """The gradient of the loss with respect to ``x`` under ``create_graph``: differentiable torch ops."""
+    from .elementwise import sigmoid
+
+    pos = y * sigmoid(-x) * (1 if pw is None else pw)
+    grad = (sigmoid(x) * (1 - y) - pos) * (1 if w is None else w)
+    grad = grad * g  # exact for g = 1 (loss.backward): then one rounding for the mean, not two
+    return (grad / x.numel() if reduction == "mean" else grad).to(x.dtype)
+
+
+def bce_grad(x: torch.Tensor, y: torch.Tensor, wn: np.ndarray, pn: np.ndarray, g: torch.Tensor, reduction: str,
+             count: int) -> torch.Tensor:
+    """The gradient of the loss with respect to ``x`` for the upstream ``g``: the backward kernel (``wn``, ``pn``
+    from :func:`per_class`; ``count`` the elements), a new tensor."""
+    shape = tuple(x.shape)
+    n = shape[-1] if shape else 1
+    xk, yk = kernel_input(x).reshape(-1, n), kernel_input(y).reshape(-1, n)
+    rows = xk.shape[0]
+    if reduction == "none":
+        gn = g.detach().to(torch.float64).reshape(-1, n).contiguous().numpy()
+    else:
+        gn = np.array([[float(g)]])
+    div = float(count) if reduction == "mean" else 1.0  # divided in the kernel: g / N carried as a pair
+    out = empty_out(xk)
+    xn, yn, on = numpy_view(xk), numpy_view(yk), numpy_view(out)
+
+    def bwd(r0: int, r1: int) -> None:
+        K.bce_backward(xn[r0:r1], yn[r0:r1], wn if wn.shape[0] <= 1 else wn[r0:r1],
+                       pn if pn.shape[0] <= 1 else pn[r0:r1], gn if gn.size == 1 else gn[r0:r1], on[r0:r1],
+                       div)
+
+    run_rows(bwd, rows, n)
+    return out.reshape(shape).to(x.dtype)
 
 
 def binary_cross_entropy_with_logits(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None,
                                      pos_weight: torch.Tensor | None, reduction: str) -> torch.Tensor:
     """Elementwise BCE from logits ``x`` and targets ``y`` (same shape), ``reduction`` applied."""
     return _BCE.apply(x, y, weight, pos_weight, reduction)
+
+
+def bce_values(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, pos_weight: torch.Tensor | None,
+               reduction: str) -> torch.Tensor:
+    """The loss of :func:`binary_cross_entropy_with_logits` alone (no autograd): a new tensor."""
+    result: torch.Tensor = _BCE.forward(None, x, y, weight, pos_weight, reduction)
+    return result
 
 
 _NO_WEIGHT = np.empty((0, 0))
@@ -145,19 +167,9 @@ class _BCEPlain(torch.autograd.Function):
         ctx.save_for_backward(x, y)
         ctx.reduction = reduction
         ctx.grad = None
-        count = x.numel()
         if reduction != "none" and x.dtype in _FUSED_GRAD and ctx.needs_input_grad[0]:  # not in evaluation
-            n = x.shape[-1] if x.ndim else 1
-            grad = empty_out(x)
-            xn, yn, gn = (numpy_view(a).reshape(-1, n) for a in (x, y, grad))
-            gs = 1.0 / count if reduction == "mean" else 1.0
-
-            def fwd(r0: int, r1: int) -> float:
-                return bce_forward_grad(xn[r0:r1], yn[r0:r1], gs, gn[r0:r1])
-
-            total = sum(run_rows(fwd, xn.shape[0], n))  # as _BCE.forward adds its chunks
-            ctx.grad = grad
-            return reduced_scalar(total, count, reduction, x.dtype)
+            loss, ctx.grad = bce_plain_written(x, y, reduction)
+            return loss
         return _bce_plain_values(x, y, reduction)
 
     @staticmethod
@@ -169,10 +181,10 @@ class _BCEPlain(torch.autograd.Function):
         if ready is not None:
             return ready, None, None
         count = x.numel()
-        if torch.is_grad_enabled() or reduction == "none" or count >= PARALLEL_MIN:
-            ctx.res = (_NO_WEIGHT, _NO_WEIGHT, reduction, count)
-            ctx.weights = (None, None)
-            return *_BCE.backward(ctx, g)[:2], None
+        if torch.is_grad_enabled():  # create_graph: differentiable ops
+            return bce_grad_graph(x, y, None, None, g, reduction), None, None
+        if reduction == "none" or count >= PARALLEL_MIN:
+            return bce_grad(x, y, _NO_WEIGHT, _NO_WEIGHT, g, reduction, count), None, None
         n = x.shape[-1] if x.ndim else 1
         gv = float(g)
         out = empty_out(x)
@@ -180,3 +192,18 @@ class _BCEPlain(torch.autograd.Function):
                        np.array([[gv]]), numpy_view(out).reshape(-1, n), float(count) if reduction == "mean" else 1.0)
         return out, None, None
 
+
+def bce_plain_written(x: torch.Tensor, y: torch.Tensor, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss (a mean or a sum) of contiguous ``x``, ``y`` without weights, and the gradient of
+    ``loss.backward()`` (``g = 1``) that :func:`._numba_elementwise.bce_forward_grad` writes with it."""
+    count = x.numel()
+    n = x.shape[-1] if x.ndim else 1
+    grad = empty_out(x)
+    xn, yn, gn = (numpy_view(a).reshape(-1, n) for a in (x, y, grad))
+    gs = 1.0 / count if reduction == "mean" else 1.0
+
+    def fwd(r0: int, r1: int) -> float:
+        return bce_forward_grad(xn[r0:r1], yn[r0:r1], gs, gn[r0:r1])
+
+    total = sum(run_rows(fwd, xn.shape[0], n))  # as _BCE.forward adds its chunks
+    return reduced_scalar(total, count, reduction, x.dtype), grad

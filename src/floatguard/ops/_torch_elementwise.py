@@ -3,7 +3,9 @@
 One compiled pass forward and one backward (:mod:`._numba_elementwise`); small contiguous float32 and
 float64 tensors go by raw pointers (the latency route), others through NumPy views split over threads.
 Under ``create_graph`` the backward is differentiable torch ops. Reached from the kernel table
-(:mod:`._torch_fast` registers them).
+(:mod:`._torch_fast` registers them). The values and gradients are plain functions (:func:`unary_values`,
+:func:`unary_grad`, ...) that the autograd Functions here and the custom ops of
+:mod:`._torch_elementwise_compile` (``torch.compile``) both call.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def _flat_run(fn: Any, size: int) -> None:
 _F64 = {torch.float32: False, torch.float64: True}  # the ``f64`` argument of the ``ptr_*`` kernels
 
 
-def _unary_values(x: torch.Tensor, op: int) -> torch.Tensor:
+def unary_values(x: torch.Tensor, op: int) -> torch.Tensor:
+    """softplus, log_sigmoid or log1mexp (``op``) of ``x`` by the forward kernels: a new tensor."""
     f64 = _F64.get(x.dtype)
     if f64 is not None and x.numel() < PARALLEL_MIN and x.is_contiguous():  # latency: the shortest route
         out = torch.empty_like(x)
@@ -38,50 +41,60 @@ def _unary_values(x: torch.Tensor, op: int) -> torch.Tensor:
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
+def unary_grad_graph(x: torch.Tensor, g: torch.Tensor, op: int) -> torch.Tensor:
+    """The gradient of :func:`unary_values` under ``create_graph``: differentiable torch ops."""
+    from .elementwise import sigmoid
+
+    if op == LOG1MEXP:
+        xd = x.to(torch.float64)
+        d = torch.where(xd > 0, torch.nan, -1.0 / (torch.expm1(-xd) + 0.0))
+    else:
+        d = sigmoid(x if op == SOFTPLUS else -x)
+    return (g * d).to(x.dtype)
+
+
+def unary_grad(x: torch.Tensor, g: torch.Tensor, op: int) -> torch.Tensor:
+    """The gradient of :func:`unary_values` for the upstream ``g``: the backward kernels, a new tensor."""
+    f64 = _F64.get(x.dtype)
+    if f64 is not None and x.numel() < PARALLEL_MIN and x.is_contiguous():  # latency: the shortest route
+        if g.dtype != x.dtype or g.shape != x.shape or not g.is_contiguous():
+            g = grad_input(g, x.dtype).expand(x.shape).contiguous()
+        out = torch.empty_like(x)
+        K.ptr_unary(f64, x.data_ptr(), g.data_ptr(), out.data_ptr(), x.numel(), op, True)
+        return out
+    xk = kernel_input(x)
+    gk = grad_input(g, xk.dtype)
+    out = empty_out(xk)
+    xn, gn, on = numpy_view(xk).reshape(-1), numpy_view(gk).reshape(-1), numpy_view(out).reshape(-1)
+    _flat_run(lambda r0, r1: K.unary_backward(xn[r0:r1], gn if gn.size == 1 else gn[r0:r1], on[r0:r1], op),
+              xn.size)
+    return out.to(x.dtype)
+
+
 class _Unary(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, op: int) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.op = op
-        return _unary_values(x, op)
+        return unary_values(x, op)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, None]:
         (x,) = ctx.saved_tensors
-        op = ctx.op
         if torch.is_grad_enabled():  # create_graph: differentiable ops
-            from .elementwise import sigmoid
-
-            if op == LOG1MEXP:
-                xd = x.to(torch.float64)
-                d = torch.where(xd > 0, torch.nan, -1.0 / (torch.expm1(-xd) + 0.0))
-            else:
-                d = sigmoid(x if op == SOFTPLUS else -x)
-            return (g * d).to(x.dtype), None
-        f64 = _F64.get(x.dtype)
-        if f64 is not None and x.numel() < PARALLEL_MIN and x.is_contiguous():  # latency: the shortest route
-            if g.dtype != x.dtype or g.shape != x.shape or not g.is_contiguous():
-                g = grad_input(g, x.dtype).expand(x.shape).contiguous()
-            out = torch.empty_like(x)
-            K.ptr_unary(f64, x.data_ptr(), g.data_ptr(), out.data_ptr(), x.numel(), op, True)
-            return out, None
-        xk = kernel_input(x)
-        gk = grad_input(g, xk.dtype)
-        out = empty_out(xk)
-        xn, gn, on = numpy_view(xk).reshape(-1), numpy_view(gk).reshape(-1), numpy_view(out).reshape(-1)
-        _flat_run(lambda r0, r1: K.unary_backward(xn[r0:r1], gn if gn.size == 1 else gn[r0:r1], on[r0:r1], op),
-                  xn.size)
-        return out.to(x.dtype), None
+            return unary_grad_graph(x, g, ctx.op), None
+        return unary_grad(x, g, ctx.op), None
 
 
 def unary(x: torch.Tensor, op: int) -> torch.Tensor:
     """softplus, log_sigmoid or log1mexp of a CPU tensor (``op``), through the compiled kernels."""
     if x.requires_grad and torch.is_grad_enabled():
         return _Unary.apply(x, op)
-    return _unary_values(x, op)
+    return unary_values(x, op)
 
 
-def _lae_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def logaddexp_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``logaddexp`` of ``a`` and ``b`` (one shape and dtype) by the forward kernel: a new tensor."""
     f64 = _F64.get(a.dtype)
     if f64 is not None and a.numel() < PARALLEL_MIN and a.is_contiguous() and b.is_contiguous():  # latency
         out = torch.empty_like(a)
@@ -94,35 +107,45 @@ def _lae_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out if out.dtype == a.dtype else out.to(a.dtype)
 
 
+def logaddexp_grad_graph(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`logaddexp_values` under ``create_graph``: differentiable torch ops."""
+    from .elementwise import sigmoid
+
+    both = (a == -torch.inf) & (b == -torch.inf)
+    sa = torch.where(both, 0.0, sigmoid(torch.where(both, 0.0, a - b)))
+    sb = torch.where(both, 0.0, sigmoid(torch.where(both, 0.0, b - a)))
+    return (g * sa).to(a.dtype), (g * sb).to(b.dtype)
+
+
+def logaddexp_grad(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients of :func:`logaddexp_values` for the upstream ``g``: the backward kernel, two new tensors."""
+    ak, bk = kernel_input(a), kernel_input(b)
+    gk = grad_input(g, ak.dtype)
+    ga, gb = empty_out(ak), empty_out(ak)
+    an, bn, gn = numpy_view(ak).reshape(-1), numpy_view(bk).reshape(-1), numpy_view(gk).reshape(-1)
+    gan, gbn = numpy_view(ga).reshape(-1), numpy_view(gb).reshape(-1)
+    _flat_run(lambda r0, r1: K.logaddexp_backward(an[r0:r1], bn[r0:r1], gn if gn.size == 1 else gn[r0:r1],
+                                                      gan[r0:r1], gbn[r0:r1]),
+              an.size)
+    return ga.to(a.dtype), gb.to(b.dtype)
+
+
 class _LogAddExp(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(a, b)
-        return _lae_values(a, b)
+        return logaddexp_values(a, b)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         a, b = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: differentiable ops
-            from .elementwise import sigmoid
-
-            both = (a == -torch.inf) & (b == -torch.inf)
-            sa = torch.where(both, 0.0, sigmoid(torch.where(both, 0.0, a - b)))
-            sb = torch.where(both, 0.0, sigmoid(torch.where(both, 0.0, b - a)))
-            return (g * sa).to(a.dtype), (g * sb).to(b.dtype)
-        ak, bk = kernel_input(a), kernel_input(b)
-        gk = grad_input(g, ak.dtype)
-        ga, gb = empty_out(ak), empty_out(ak)
-        an, bn, gn = numpy_view(ak).reshape(-1), numpy_view(bk).reshape(-1), numpy_view(gk).reshape(-1)
-        gan, gbn = numpy_view(ga).reshape(-1), numpy_view(gb).reshape(-1)
-        _flat_run(lambda r0, r1: K.logaddexp_backward(an[r0:r1], bn[r0:r1], gn if gn.size == 1 else gn[r0:r1],
-                                                          gan[r0:r1], gbn[r0:r1]),
-                  an.size)
-        return ga.to(a.dtype), gb.to(b.dtype)
+            return logaddexp_grad_graph(a, b, g)
+        return logaddexp_grad(a, b, g)
 
 
 def logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``logaddexp`` of two CPU tensors of one shape and dtype, through the compiled kernels."""
     if (a.requires_grad or b.requires_grad) and torch.is_grad_enabled():
         return _LogAddExp.apply(a, b)
-    return _lae_values(a, b)
+    return logaddexp_values(a, b)

@@ -100,7 +100,8 @@ def _log_softmax_kernel(rows: torch.Tensor) -> torch.Tensor:
     return _softmax_rows(rows, True)
 
 
-# elementwise ops: a lone CPU tensor goes straight to the fused kernels of ._torch_elementwise
+# elementwise ops: a lone CPU tensor goes straight to the fused kernels of ._torch_elementwise (custom ops of
+# ._torch_elementwise_compile under torch.compile)
 @functools.cache
 def _elementwise() -> Any:
     """:mod:`._torch_elementwise` when its numba kernels can run, else None (imported once)."""
@@ -114,11 +115,18 @@ def _elementwise() -> Any:
 
 
 def _fused(x: torch.Tensor) -> Any:
-    """:mod:`._torch_elementwise` when ``x`` goes to the fused kernels (a strided CPU tensor, not while
-    ``torch.compile`` traces, the kernels available), else None. :func:`on_device` inlined: a small call has a
-    few microseconds."""
-    if x.is_cpu and x.layout is torch.strided and not _ns.FORCE_DEVICE_PATH and not torch.compiler.is_compiling():
-        return _elementwise()
+    """:mod:`._torch_elementwise` when ``x`` goes to the fused kernels (a strided CPU tensor, the kernels
+    available), else None; while ``torch.compile`` traces, :mod:`._torch_elementwise_compile` (the same
+    functions as custom ops). :func:`on_device` inlined: a small call has a few microseconds."""
+    if x.is_cpu and x.layout is torch.strided and not _ns.FORCE_DEVICE_PATH:
+        if not torch.compiler.is_compiling():
+            return _elementwise()
+        from . import _numba_losses  # import statements: Dynamo runs them (functools.cache it would trace)
+
+        if _numba_losses.AVAILABLE:
+            from . import _torch_elementwise_compile
+
+            return _torch_elementwise_compile
     return None
 
 

@@ -79,8 +79,13 @@ def binary_cross_entropy_with_logits(
     reduction : {"mean", "sum", "none"}
         As in PyTorch: "mean" divides the sum by the number of elements.
     """
-    if _fast_bce_plain(logits, targets, weight, pos_weight, reduction):
+    route = _fast_bce_plain(logits, targets, weight, pos_weight, reduction)
+    if route == 1:
         return _fast_module().bce_plain(logits, targets, reduction)
+    if route == 2:
+        from . import _torch_elementwise_compile
+
+        return _torch_elementwise_compile.bce(logits, targets, weight, pos_weight, reduction)
     return _bce(logits, targets, weight=weight, pos_weight=pos_weight, reduction=reduction)
 
 
@@ -177,17 +182,23 @@ def _fast_bce(logits: Any, targets: Any, weight: Any, pos_weight: Any) -> Any:
     fast = _fast_torch(logits, targets, None)
     if fast is None or targets.shape != logits.shape or not targets.dtype.is_floating_point or not logits.numel():
         return None
+    return fast if _bce_weights_fit(logits, weight, pos_weight) else None
+
+
+def _bce_weights_fit(logits: Any, weight: Any, pos_weight: Any) -> bool:
+    """Whether the kernels take ``weight`` and ``pos_weight``: None, or CPU floating tensors without grad that
+    broadcast to ``logits``."""
     for a in (weight, pos_weight):
         if a is None:
             continue
         if type(a) is not type(logits) or a.requires_grad or a.device.type != "cpu" or not a.dtype.is_floating_point:
-            return None
+            return False
         if a.layout is not logits.layout:
-            return None
+            return False
         pairs = zip(a.shape[::-1], logits.shape[::-1], strict=False)
         if a.ndim > logits.ndim or any(s not in (1, t) for s, t in pairs):
-            return None
-    return fast
+            return False
+    return True
 
 
 @functools.cache
@@ -260,19 +271,39 @@ def _fast_features(logits: Any, target: Any, weight: Any, axis: int, dim: int | 
     return route if ok else 0
 
 
-def _fast_bce_plain(logits: Any, targets: Any, weight: Any, pos_weight: Any, reduction: str) -> bool:
-    """Whether BCE can go straight to the fused kernels: contiguous CPU tensors of one shape and dtype
-    (float32/float64/bfloat16), no weights (checked before ``quiet``, as :func:`_fast_plain`)."""
+def _fast_bce_plain(logits: Any, targets: Any, weight: Any, pos_weight: Any, reduction: str) -> int:
+    """Whether BCE can go straight to the fused kernels (checked before ``quiet``, as :func:`_fast_plain`):
+    1 for contiguous CPU tensors of one shape and dtype (float32/float64/bfloat16), no weights, eager; 2 under
+    ``torch.compile`` (the custom ops, :func:`_compiled_bce`); 0: no."""
     torch = sys.modules.get("torch")
-    return (
-        torch is not None and type(logits) is torch.Tensor and type(targets) is torch.Tensor
-        and weight is None and pos_weight is None and logits.dtype is targets.dtype
+    if torch is None or type(logits) is not torch.Tensor or type(targets) is not torch.Tensor:
+        return 0
+    if (
+        weight is None and pos_weight is None and logits.dtype is targets.dtype
         and logits.dtype in (torch.float32, torch.float64, torch.bfloat16) and logits.shape == targets.shape
         and logits.is_cpu and targets.is_cpu and not _ns.FORCE_DEVICE_PATH and not targets.requires_grad
         and reduction in _REDUCTIONS
         and logits.layout is torch.strided and targets.layout is torch.strided and logits.is_contiguous()
         and logits.numel() > 0 and targets.is_contiguous() and not torch.compiler.is_compiling()
         and _fast_module().K.AVAILABLE
+    ):
+        return 1
+    return 2 if torch.compiler.is_compiling() and _compiled_bce(torch, logits, targets, weight, pos_weight,
+                                                                reduction) else 0
+
+
+def _compiled_bce(torch: Any, logits: Any, targets: Any, weight: Any, pos_weight: Any, reduction: str) -> bool:
+    """Whether the custom ops of :mod:`._torch_elementwise_compile` take a BCE call under ``torch.compile``: what
+    :func:`_fast_bce` takes eager (strided CPU tensors of one shape, no grad on the targets and weights)."""
+    from . import _numba_losses
+
+    return (
+        _numba_losses.AVAILABLE and reduction in _REDUCTIONS and logits.is_cpu and targets.is_cpu
+        and not _ns.FORCE_DEVICE_PATH and logits.layout is torch.strided and targets.layout is torch.strided
+        and not targets.requires_grad and logits.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+        and targets.dtype.is_floating_point and targets.shape == logits.shape and logits.numel() > 0
+        and ((weight is None and pos_weight is None) or (logits.ndim > 0 and _bce_weights_fit(logits, weight,
+                                                                                                pos_weight)))
     )
 
 
