@@ -357,6 +357,26 @@ def test_logaddexp_kernel_within_one_ulp() -> None:
         assert T.max_ulp(fg.logaddexp(ta, tb), ref, dtype) <= 1.0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_logaddexp_results_near_zero_are_computed_again(dtype: torch.dtype) -> None:
+    """The short exp and log1p leave ``log1p(e)`` within ``2^-34`` of itself; where ``max + log1p(e)`` cancels to
+    near 0 the kernel counts the entry and computes it again with float64's functions (over several blocks of the
+    short pass, the cancelling entries among others): within ``0.5 + 2^-8`` ulp, plus float64's 2 ulp times the
+    condition number where that cancellation goes deeper than float64 (results of 1e-11 from inputs of 0.7)."""
+    rng = np.random.default_rng(3)
+    u = -rng.uniform(1e-3, 1.0, 6000)
+    a = np.concatenate([u, -np.log(2) + rng.normal(0, 1e-4, 3000), rng.normal(0, 4, 3000)])
+    b = np.concatenate([np.log(-np.expm1(u)), -np.log(2) + rng.normal(0, 1e-4, 3000), rng.normal(0, 4, 3000)])
+    order = rng.permutation(a.size)
+    ta, tb = torch.tensor(a[order]).to(dtype), torch.tensor(b[order]).to(dtype)
+    ref = T.vectorize(T.ref_logaddexp)(T.to_float64(ta), T.to_float64(tb))
+    assert np.sum(np.abs(ref.astype(float)) < 1e-2) > 1000  # the cancelling entries are there
+    err = T.ulp_error(fg.logaddexp(ta, tb), ref, dtype)
+    kappa = T.vectorize(T.cond_logaddexp)(T.to_float64(ta), T.to_float64(tb)).astype(float)
+    f64_ulps = 2.0**-52 / torch.finfo(dtype).eps
+    assert np.all(err <= 0.5 + 2**-8 + 2 * f64_ulps * kappa)
+
+
 @pytest.mark.parametrize("name", ["softplus", "log_sigmoid", "log1mexp", "logaddexp"])
 def test_elementwise_gradients(name: str) -> None:
     x = torch.tensor(RNG.normal(size=(3, 4)) * 4)
