@@ -567,8 +567,9 @@ def logaddexp_forward(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         if _lae_short(a[b0:b1], b[b0:b1], out[b0:b1], bad) > 0.0:
             # by their indices: over every entry with a test, LLVM computes the fix for all (masked stores)
             for i in np.flatnonzero(bad[: b1 - b0]):
-                _, hi, lo, _ = _hi_lo(_ld(a[b0 + i]), _ld(b[b0 + i]))
-                _st(out, b0 + i, hi + _log1p(_exp_np(lo - hi)))
+                j = b0 + int(i)
+                _, hi, lo, _ = _hi_lo(_ld(a[j]), _ld(b[j]))
+                _st(out, j, hi + _log1p(_exp_np(lo - hi)))
 
 
 @_njit(_CONTRACT)
