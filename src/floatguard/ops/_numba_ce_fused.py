@@ -64,6 +64,22 @@ def _write_t(e: np.ndarray, a: float, b: float, c: float, trow: np.ndarray, w: n
 
 
 @_njit()
+def mean_den(target: np.ndarray, w: np.ndarray, weighted: bool, ignore: int, has_ignore: bool,
+             n: int) -> tuple[int, float]:
+    """``(first row with a bad index or -1, den)``: ``den`` the target weights of the rows kept, summed in row
+    order (as :func:`._numba_ce.res_sums` sums the row weights the forward writes: the same den)."""
+    den = 0.0
+    for r in range(target.size):
+        c = target[r]
+        if has_ignore and c == ignore:
+            continue
+        if c < 0 or c >= n:
+            return r, 0.0
+        den += w[c] if weighted else 1.0
+    return -1, den
+
+
+@_njit()
 def ce_index_forward_grad(
     x: np.ndarray, target: np.ndarray, w: np.ndarray, weighted: bool, ignore: int, has_ignore: bool, eps: float,
     gs: float, loss: np.ndarray, m_out: np.ndarray, l_out: np.ndarray, wt_out: np.ndarray, alive: np.ndarray,
@@ -75,14 +91,9 @@ def ce_index_forward_grad(
     or -1."""
     r_count, n = x.shape
     if gs < 0.0:  # the mean's 1 / den, den the target weights of the rows kept (the index check comes with it)
-        den = 0.0
-        for r in range(r_count):
-            c = target[r]
-            if has_ignore and c == ignore:
-                continue
-            if c < 0 or c >= n:
-                return r
-            den += w[c] if weighted else 1.0
+        bad, den = mean_den(target, w, weighted, ignore, has_ignore, n)
+        if bad >= 0:
+            return bad
         gs = 1.0 / den if den != 0.0 else 0.0
     w_total = _w_total(w, weighted, n)
     e = _row_buffer(x, n)

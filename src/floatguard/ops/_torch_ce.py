@@ -124,25 +124,24 @@ def z_grad(g: torch.Tensor, count: float, reduction: str, z_loss: float, m: np.n
     return np.where(alive > 0, (2.0 * z_loss) * (m + lg) * gz, 0.0)
 
 
-Sums = tuple[float, float, float] | None  # (loss total, den, count) of a small call, summed by its kernel
+Sums = tuple[float, float, float]  # (loss total, den, count) of the rows, in the kernel's order (res_sums)
 
 
 def index_forward(xn: np.ndarray, tk: torch.Tensor, wn: np.ndarray, ignore_index: int | None, eps: float,
                    cap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, Sums]:
-    """:func:`._numba_losses.ce_index_forward` over row chunks: ``(loss, m, log1p(s), w_c, alive)`` per row, and
-    for a small call (one chunk) the kernel's :data:`Sums` (else None: the caller sums)."""
+    """:func:`._numba_losses.ce_index_forward` over row chunks: ``(loss, m, log1p(s), w_c, alive)`` per row and
+    their :data:`Sums` (:func:`._numba_ce.res_sums`: the same for one chunk or several)."""
     rows, n_cls = xn.shape
     tn = tk.numpy()
     ign = -100 if ignore_index is None else int(ignore_index)
+    res = np.empty((5, rows))
     if rows * n_cls < PARALLEL_MIN and not cap:  # one thread: no chunks (a small call's cost is mostly this one's)
-        res = np.empty((5, rows))
         bad0, total, den, count = KC.ce_index_forward_res(xn, tn, wn, wn.size > 0, ign, ignore_index is not None,
                                                           eps, res)
         if bad0 >= 0:
             raise bad_target("cross_entropy", tk, bad0, n_cls)
         return res[0], res[1], res[2], res[3], res[4], (total, den, count)
-
-    loss, m, lg, coef, alive = np.empty((5, rows))
+    loss, m, lg, coef, alive = res
 
     def fwd(r0: int, r1: int) -> int:
         bad = K.ce_index_forward(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, ign, ignore_index is not None, eps, cap,
@@ -152,7 +151,7 @@ def index_forward(xn: np.ndarray, tk: torch.Tensor, wn: np.ndarray, ignore_index
     bad = [b for b in run_rows(fwd, rows, n_cls) if b >= 0]
     if bad:
         raise bad_target("cross_entropy", tk, bad[0], n_cls)
-    return loss, m, lg, coef, alive, None
+    return loss, m, lg, coef, alive, KC.res_sums(res, tn, ign, ignore_index is not None)
 
 
 def index_forward_grad(xn: np.ndarray, xk: torch.Tensor, tk: torch.Tensor, wn: np.ndarray, ignore_index: int | None,
@@ -172,22 +171,21 @@ def index_forward_grad(xn: np.ndarray, xk: torch.Tensor, tk: torch.Tensor, wn: n
         if bad0 >= 0:
             raise bad_target("cross_entropy", tk, bad0, n_cls)
         return res[0], res[1], res[2], res[3], res[4], (total, den, count), grad
-    keep = np.ones(rows, bool) if ignore_index is None else tn != ignore_index
-    bad = np.flatnonzero(keep & ((tn < 0) | (tn >= n_cls)))
-    if bad.size:
-        raise bad_target("cross_entropy", tk, int(bad[0]), n_cls)
-    # the row weights as the kernel writes them (0 where ignored), summed in the same order: the mean's den
-    coef = np.where(keep, wn[np.where(keep, tn, 0)] if wn.size else 1.0, 0.0)
-    den = float(coef.sum())
+    # the check of the indices and the mean's den in the kernel's arithmetic (one pass over the targets), so
+    # that chunks give the small call's results bit for bit
+    bad0, den = KF.mean_den(tn, wn, wn.size > 0, ign, ignore_index is not None, n_cls)
+    if bad0 >= 0:
+        raise bad_target("cross_entropy", tk, bad0, n_cls)
     gs = (1.0 / den if den else 0.0) if reduction == "mean" else 1.0
-    loss, m, lg, alive = (np.empty(rows) for _ in range(4))
+    res = np.empty((5, rows))
+    loss, m, lg, coef, alive = res
 
     def fwd(r0: int, r1: int) -> None:
         KF.ce_index_forward_grad(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, ign, ignore_index is not None, eps, gs,
                                 loss[r0:r1], m[r0:r1], lg[r0:r1], coef[r0:r1], alive[r0:r1], gn[r0:r1])
 
     run_rows(fwd, rows, n_cls)
-    return loss, m, lg, coef, alive, None, grad
+    return loss, m, lg, coef, alive, KC.res_sums(res, tn, ign, ignore_index is not None), grad
 
 
 def weight64(weight: torch.Tensor | None) -> np.ndarray:
@@ -205,7 +203,7 @@ def rows_forward(xk: torch.Tensor, target: torch.Tensor, wn: np.ndarray, ignore_
     """The forward kernels over the rows ``xk`` (:func:`kernel_input`): ``(loss, m, lg, coef, alive, den, count, tk,
     grad, total)`` per row and for the reduction; ``grad`` the gradient of ``loss.backward()`` where ``fused``
     (float32 or bfloat16, a mean or a sum, no soft-capping: :mod:`._numba_ce_fused`), else None; ``total`` the sum
-    of ``loss`` where the kernel summed it (a small call of class indices), else None."""
+    of ``loss`` for class indices (:func:`._numba_ce.res_sums`), else None."""
     rows, n_cls = xk.shape
     xn = numpy_view(xk)
     grad = None
@@ -215,12 +213,8 @@ def rows_forward(xk: torch.Tensor, target: torch.Tensor, wn: np.ndarray, ignore_
             loss, m, lg, coef, alive, sums, grad = index_forward_grad(xn, xk, tk, wn, ignore_index, eps, reduction)
         else:
             loss, m, lg, coef, alive, sums = index_forward(xn, tk, wn, ignore_index, eps, cap)
-        if sums is not None:
-            total, den, count = sums
-            return loss, m, lg, coef, alive, den, count, tk, grad, total
-        den = float(coef.sum())
-        count = float(rows) if ignore_index is None else float(np.count_nonzero(tk.numpy() != ignore_index))
-        return loss, m, lg, coef, alive, den, count, tk, grad, None
+        total, den, count = sums
+        return loss, m, lg, coef, alive, den, count, tk, grad, total
     tk = kernel_input(target)
     tn = numpy_view(tk)
     loss, m, lg, coef, alive = (np.empty(rows) for _ in range(5))
