@@ -401,7 +401,11 @@ def cross_entropy(
     (CUDA, XPU, MPS) a composition of torch ops in float32 (float64 for float64) with
     the same max split and every feature (``_torch_losses.cross_entropy_device``; its
     speed on a GPU is not measured yet); everything else the array-API path below.
-    Error: at most 1 ulp for float32/bfloat16/float16 row losses, 2 ulp times the condition number in float64.
+    Error: at most 1 ulp for float32/bfloat16/float16 row losses, 2 ulp times the condition number in float64;
+    gradients within 2 ulp times their condition number (``benchmarks/gradient_accuracy.py``). On CPU tensors a
+    float32/bfloat16 training step writes the gradient in the forward (a mean or a sum: ``g = 1`` and powers of two
+    exact, other ``g`` computed again; ``reduction='none'``: ``softmax - onehot`` kept and scaled by each row's
+    ``g``, two roundings, within 1.5 ulp).
 
     Torch tensors follow PyTorch's override protocol (``__torch_function__``): a
     ``TorchFunctionMode`` sees the call as ``floatguard.cross_entropy`` with its
