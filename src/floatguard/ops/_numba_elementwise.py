@@ -539,19 +539,19 @@ def _lae_accurate(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         _st(out, i, select(lo == lo, select(fin, res, hi), lo))
 
 
-@_njit(_SUM)  # its one reduction counts (0 or 1 a term): reassociation is exact
-def _lae_short(a: np.ndarray, b: np.ndarray, out: np.ndarray, bad: np.ndarray) -> float:
+@_njit(_CONTRACT)  # an integer count: it vectorizes without reassociating the exp's and log1p's float steps
+def _lae_short(a: np.ndarray, b: np.ndarray, out: np.ndarray, bad: np.ndarray) -> np.int64:
     """:func:`logaddexp_forward` by the short exp and log1p (``l = log1p(e)`` within ``2^-34 l``); ``bad[i]`` is 1
     where ``hi + l`` cancels (``|hi + l| < l / 4``, ``hi < 0``: the error exceeds ``2^-32`` of the result), and the
     return value their number."""
-    count = 0.0
+    count = np.int64(0)
     for i in range(a.size):
         _, hi, lo, fin = _hi_lo(_ld(a[i]), _ld(b[i]))
         lg = _log1p_for(a, _exp_for(a, select(fin, lo - hi, 0.0)))
         res = hi + lg
         c = abs(res) * 4.0 < lg
         bad[i] = np.uint8(c)
-        count += select(c, 1.0, 0.0)
+        count += np.int64(c)
         _st(out, i, select(lo == lo, select(fin, res, hi), lo))
     return count
 
@@ -571,7 +571,7 @@ def logaddexp_forward(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     bad = np.empty(min(a.size, LAE_BLOCK), dtype=np.uint8)
     for b0 in range(0, a.size, LAE_BLOCK):
         b1 = min(b0 + LAE_BLOCK, a.size)
-        if _lae_short(a[b0:b1], b[b0:b1], out[b0:b1], bad) > 0.0:
+        if _lae_short(a[b0:b1], b[b0:b1], out[b0:b1], bad) > 0:
             # by their indices: over every entry with a test, LLVM computes the fix for all (masked stores)
             for i in np.flatnonzero(bad[: b1 - b0]):
                 j = b0 + int(i)
