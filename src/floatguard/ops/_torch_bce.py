@@ -19,6 +19,7 @@ import torch
 from . import _numba_losses as K
 from ._numba_elementwise import bce_forward_grad
 from ._torch_rows import (
+    FUSED_GRAD,
     PARALLEL_MIN,
     empty_out,
     kernel_input,
@@ -151,9 +152,6 @@ def _bce_plain_values(x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch
     return reduced_scalar(total, rows * n, reduction, x.dtype)
 
 
-_FUSED_GRAD = (torch.float32, torch.bfloat16)  # the dtypes whose forward writes the gradient of g = 1
-
-
 class _BCEPlain(torch.autograd.Function):
     """:class:`_BCE` without weights, with fewer steps (the latency route).
 
@@ -167,7 +165,7 @@ class _BCEPlain(torch.autograd.Function):
         ctx.save_for_backward(x, y)
         ctx.reduction = reduction
         ctx.grad = None
-        if reduction != "none" and x.dtype in _FUSED_GRAD and ctx.needs_input_grad[0]:  # not in evaluation
+        if reduction != "none" and x.dtype in FUSED_GRAD and ctx.needs_input_grad[0]:  # not in evaluation
             loss, ctx.grad = bce_plain_written(x, y, reduction)
             return loss
         return _bce_plain_values(x, y, reduction)

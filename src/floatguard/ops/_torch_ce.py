@@ -37,6 +37,7 @@ from . import _numba_losses as K
 from ._numba_ce_plain import ce_plain_forward_grad, ce_plain_scale_rows
 from ._torch_rows import (
     EMPTY,
+    FUSED_GRAD,
     PARALLEL_MIN,
     bad_target,
     empty_out,
@@ -266,7 +267,7 @@ class _CrossEntropy(torch.autograd.Function):
         xk = kernel_input(x)
         wn = weight64(weight)
         # a training step's loss: the forward also writes the gradient of loss.backward() (see _numba_ce_fused)
-        fused = (reduction != "none" and x.dtype in _FUSED_GRAD and ctx.needs_input_grad[0] and not z_loss
+        fused = (reduction != "none" and x.dtype in FUSED_GRAD and ctx.needs_input_grad[0] and not z_loss
                  and not cap)
         loss, m, lg, coef, alive, den, count, tk, ctx.grad, total = rows_forward(xk, target, wn, ignore_index, eps,
                                                                                  reduction, cap, fused)
@@ -424,9 +425,6 @@ def _plain_rows(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
     return res, total, count, grad
 
 
-_FUSED_GRAD = (torch.float32, torch.bfloat16)  # the dtypes whose forward writes the gradient of g = 1
-
-
 class _CEPlain(torch.autograd.Function):
     """:class:`_CrossEntropy` for class indices without weight or smoothing, with fewer steps.
 
@@ -446,7 +444,7 @@ class _CEPlain(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
                 reduction: str) -> torch.Tensor:
         ctx.grad = None
-        if x.dtype in _FUSED_GRAD and ctx.needs_input_grad[0]:  # not in evaluation
+        if x.dtype in FUSED_GRAD and ctx.needs_input_grad[0]:  # not in evaluation
             res, total, count, ctx.grad = plain_forward_grad(x, target, ignore_index, reduction)
         else:
             res, total, count = plain_forward(x, target, ignore_index)

@@ -30,7 +30,7 @@ from ._torch_ce import (
     z_grad,
     z_rows,
 )
-from ._torch_rows import EMPTY, empty_out, numpy_view
+from ._torch_rows import EMPTY, FUSED_GRAD, empty_out, numpy_view
 
 
 @torch.library.custom_op("floatguard::cross_entropy_rows", mutates_args=())
@@ -241,5 +241,5 @@ def cross_entropy_features_compiled(x: torch.Tensor, target: torch.Tensor, weigh
 def _written(x: torch.Tensor, reduction: str) -> bool:
     """Whether a compiled call takes :func:`cross_entropy_features_written_op`: float32/bfloat16 logits of at most
     ``WRITTEN_MAX_BYTES`` that require grad, a mean or a sum (see :func:`cross_entropy_features_compiled`)."""
-    return (reduction != "none" and x.dtype in (torch.float32, torch.bfloat16) and x.requires_grad
+    return (reduction != "none" and x.dtype in FUSED_GRAD and x.requires_grad
             and torch.is_grad_enabled() and x.numel() * x.element_size() <= WRITTEN_MAX_BYTES)

@@ -8,9 +8,9 @@ graph whole and run eager's kernels, forward and backward (the backward a second
 ops under ``create_graph``), so they give eager's values and gradients bit for bit (BCE's written gradient:
 below); the fake versions give the shapes. Elementwise ops take the flattened tensor (one contiguous
 layout whatever the input's strides) and return a new one: a custom op may not return or alias its input.
-Measured (one thread): softplus and log_sigmoid 0.7-0.9x the compiled framework op, BCE 0.96x; logaddexp 1.8x
-and log1mexp 1.5x, held by their forward kernels (15.5 and 12.4 ms at 4096×1024 float32, softplus's 4.6; the
-compiled torch step: 12 ms).
+Measured (one thread, ``benchmarks/training_speed.py``, three runs): softplus and log_sigmoid 0.77-0.90x the
+compiled framework op, BCE 0.94-1.02x; logaddexp 1.28-1.42x and log1mexp 1.05-1.37x, held by their kernels in
+float64 registers (logaddexp: forward 9.8 ms, backward 8.7 ms at 4096×1024 float32; the compiled torch step 12 ms).
 
 Binary cross-entropy without weights of float32/bfloat16 logits that require grad, a mean or a sum, takes
 :func:`bce_written_op`, whose forward writes the gradient of ``loss.backward()`` as eager's does
@@ -39,6 +39,7 @@ from ._torch_elementwise import (
     unary_grad_graph,
     unary_values,
 )
+from ._torch_rows import FUSED_GRAD
 
 
 def _like(x: torch.Tensor) -> torch.Tensor:
@@ -199,14 +200,11 @@ def _written_backward(ctx: Any, g: torch.Tensor, _g_grad: Any) -> tuple[Any, Non
 
 bce_written_op.register_autograd(_written_backward, setup_context=_written_setup)
 
-_WRITTEN = (torch.float32, torch.bfloat16)
-
-
 def bce(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, pos_weight: torch.Tensor | None,
         reduction: str) -> torch.Tensor:
     """:func:`.losses.binary_cross_entropy_with_logits` under ``torch.compile``: a training step's loss
     (:func:`bce_written_op`), else :func:`bce_op`."""
-    if (weight is None and pos_weight is None and reduction != "none" and x.dtype in _WRITTEN and y.dtype is x.dtype
+    if (weight is None and pos_weight is None and reduction != "none" and x.dtype in FUSED_GRAD and y.dtype is x.dtype
             and x.requires_grad and torch.is_grad_enabled()):
         return bce_written_op(x, y, reduction)[0]
     return bce_op(x, y, weight, pos_weight, reduction)

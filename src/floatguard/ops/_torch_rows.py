@@ -21,6 +21,7 @@ from . import _numba_losses as K
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 PARALLEL_MIN = 1 << 16  # elements below which one thread does it all
 EMPTY = np.empty(0)
+FUSED_GRAD = (torch.float32, torch.bfloat16)  # the dtypes whose forward writes the gradient of g = 1
 _pool: ThreadPoolExecutor | None = None
 
 
