@@ -577,7 +577,7 @@ def _g_log1mexp32_block(x: np.ndarray, g: np.ndarray, out: np.ndarray, scalar: b
             c = np.int32((_f32_bits(gv) & ABS32) - G32_OFF)
             hi = select(c > hi, c, hi)
             out[i] = _g_log1mexp32(xv, gv)
-    return hi <= X32_MAX_BITS and lo >= X32_MIN_BITS
+    return bool(hi <= X32_MAX_BITS) and bool(lo >= X32_MIN_BITS)
 
 
 @_njit()
