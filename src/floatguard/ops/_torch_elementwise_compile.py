@@ -9,8 +9,10 @@ ops under ``create_graph``), so they give eager's values and gradients bit for b
 below); the fake versions give the shapes. Elementwise ops take the flattened tensor (one contiguous
 layout whatever the input's strides) and return a new one: a custom op may not return or alias its input.
 Measured (one thread, ``benchmarks/training_speed.py``, three runs): softplus and log_sigmoid 0.77-0.90x the
-compiled framework op, BCE 0.94-1.02x; logaddexp 1.28-1.42x and log1mexp 1.05-1.37x, held by their kernels in
-float64 registers (logaddexp: forward 9.8 ms, backward 8.7 ms at 4096×1024 float32; the compiled torch step 12 ms).
+compiled framework op, BCE 0.94-1.02x; logaddexp and log1mexp above 1 (1.28-1.42x and 1.05-1.37x with their
+float64 backward kernels; 1.1-1.25x and 1.1-1.16x with the float32 lanes' backward, whose kernels take 4.9 and 2.6 ms
+at 4096×1024), held by their forward kernels, float64 registers for a value within half an ulp and a sliver (10-11 ms;
+the compiled torch step 12 ms).
 
 Binary cross-entropy without weights of float32/bfloat16 logits that require grad, a mean or a sum, takes
 :func:`bce_written_op`, whose forward writes the gradient of ``loss.backward()`` as eager's does
