@@ -17,25 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _f32_bits, _f32_from_bits, _njit, carray, fma
+from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _f32_bits, _njit, carray, fma
 from ._numba_bits import _voidptr as _voidptr_intrinsic
-from ._numba_exp import (
-    I23,
-    I127,
-    I_SHIFT,
-    LN2_HI32,
-    LN2_LO32,
-    LOG2E32,
-    M0,
-    M1,
-    M2,
-    M3,
-    M4,
-    SHIFT32,
-    _exp_f32out,
-    _exp_neg32_parts,
-    _expm1_small,
-)
+from ._numba_exp import _exp_f32out, _exp_neg32_parts, _exp_neg32_split, _expm1_small
 from ._numba_log import inline, log_positive
 from ._numba_log import log1p as _log1p
 from ._numba_loss_dtypes import _by_dtype, _exp_for, _exp_np, _ld, _log1p_for, _recip_for, _st, select
@@ -486,20 +470,26 @@ def _sigmoid_grad_lanes(x: np.ndarray, g: np.ndarray, out: np.ndarray, neg: bool
     return False
 
 
-if AVAILABLE:
+def _float32_lanes(stub: Callable[..., bool], kernel: Any) -> None:
+    """Compile ``stub(*args)`` as ``kernel(*args)`` returning True where every array among ``args`` is float32, else
+    as False: the dispatch of a float32-lanes kernel (the other dtypes keep their float64 loops)."""
     from numba import types
     from numba.extending import overload
 
-    @overload(_sigmoid_grad_lanes)
-    def _sigmoid_grad_lanes_impl(x, g, out, neg):  # unannotated: numba compares signatures
-        if x.dtype == types.float32 and g.dtype == types.float32 and out.dtype == types.float32:
+    @overload(stub)
+    def impl(*args):  # unannotated: numba compares signatures
+        if all(v.dtype == types.float32 for v in args if isinstance(v, types.Array)):
 
-            def lanes(x, g, out, neg):
-                _sigmoid_grad32(x, g, out, neg)
+            def lanes(*args):
+                kernel(*args)
                 return True
 
             return lanes
-        return lambda x, g, out, neg: False
+        return lambda *args: False
+
+
+if AVAILABLE:
+    _float32_lanes(_sigmoid_grad_lanes, _sigmoid_grad32)
 
 
 @_njit(_CONTRACT)
@@ -511,9 +501,9 @@ def _sigmoid_grad_loop(x: np.ndarray, g: np.ndarray, out: np.ndarray, neg: bool)
 
 
 # -- the float32 log1mexp backward in float32 lanes ---------------------------------------------------
-# ``g d/dx log(1 - e^x) = -g q``, ``q = e / D``, ``e = e^x``, ``D = 1 - e`` (``x <= 0``), from the reduction of
-# :func:`._numba_exp._exp_neg32_parts` kept unrounded: ``e = s (1 + P)``, ``s = 2^-k`` and ``P = r + w`` (``w =
-# r^2 q(r)``, and the rounding of ``r`` added back to it, as :func:`._numba_exp._exp32_acc` does) as an exact pair.
+# ``g d/dx log(1 - e^x) = -g q``, ``q = e / D``, ``e = e^x``, ``D = 1 - e`` (``x <= 0``), from the exp's reduction
+# kept unrounded (:func:`._numba_exp._exp_neg32_split`): ``e = s (1 + P)``, ``s = 2^-k`` and ``P = r + w`` (``w =
+# r^2 q(r)`` and the rounding of ``r``) as an exact pair.
 # Then ``N = s + s P`` and ``D = (1 - s) - s P`` (``1 - s`` a pair too, for ``k > 24``) are exact pairs of the same
 # ``P`` with ``N + D = 1``: near 0 (``k = 0``) ``D = -P`` keeps its relative accuracy where ``1 - e`` would cancel.
 # ``q0 = N_hi / D_hi``, its residual by fma, ``q_lo = rem / D = rem (1 + q0)`` (``1 / D = 1 + q``), and
@@ -528,18 +518,9 @@ X32_MIN_BITS = np.int32(0x00800000)  # the bits of 2^-126: -x below it (or negat
 
 @inline
 def _g_log1mexp32(xv: np.float32, gv: np.float32) -> np.float32:
-    t = -xv
-    kd = SHIFT32 - t * LOG2E32
-    k = _f32_bits(kd) - I_SHIFT  # -k, as int32
-    kd = kd - SHIFT32
-    rh = -t - kd * LN2_HI32  # exact
-    r = rh - kd * LN2_LO32
-    tail = (rh - r) - kd * LN2_LO32
-    r2 = r * r
-    w = r2 * ((M0 + r * M1) + r2 * ((M2 + r * M3) + r2 * M4)) + tail
+    s, r, w = _exp_neg32_split(-xv)
     p_hi = r + w
     p_lo = w - (p_hi - r)  # P = r + w exactly (|r| > |w|)
-    s = _f32_from_bits((k + I127) << I23)
     sp = s * p_hi  # exact: s a power of two
     n_hi = s + sp
     n_lo = (sp - (n_hi - s)) + s * p_lo
@@ -599,17 +580,7 @@ def _log1mexp_grad_lanes(x: np.ndarray, g: np.ndarray, out: np.ndarray) -> bool:
 
 
 if AVAILABLE:
-
-    @overload(_log1mexp_grad_lanes)
-    def _log1mexp_grad_lanes_impl(x, g, out):  # unannotated: numba compares signatures
-        if x.dtype == types.float32 and g.dtype == types.float32 and out.dtype == types.float32:
-
-            def lanes(x, g, out):
-                _log1mexp_grad32(x, g, out)
-                return True
-
-            return lanes
-        return lambda x, g, out: False
+    _float32_lanes(_log1mexp_grad_lanes, _log1mexp_grad32)
 
 
 @_njit(_CONTRACT)
@@ -783,17 +754,7 @@ def _lae_grad_lanes(a: np.ndarray, b: np.ndarray, g: np.ndarray, ga: np.ndarray,
 
 
 if AVAILABLE:
-
-    @overload(_lae_grad_lanes)
-    def _lae_grad_lanes_impl(a, b, g, ga, gb):  # unannotated: numba compares signatures
-        if all(v.dtype == types.float32 for v in (a, b, g, ga, gb)):
-
-            def lanes(a, b, g, ga, gb):
-                _lae_grad32_blocks(a, b, g, ga, gb)
-                return True
-
-            return lanes
-        return lambda a, b, g, ga, gb: False
+    _float32_lanes(_lae_grad_lanes, _lae_grad32_blocks)
 
 
 @_njit(_CONTRACT)

@@ -246,6 +246,22 @@ M0, M1, M2, M3, M4 = (F32(float.fromhex(h)) for h in (
 
 
 @_inline(_CONTRACT)
+def _q32(r: np.float32, r2: np.float32) -> np.float32:
+    """``q(r)`` of ``expm1(r) = r + r^2 q(r)`` (M0..M4), ``r2 = r^2``."""
+    return (M0 + r * M1) + r2 * ((M2 + r * M3) + r2 * M4)
+
+
+@_inline(_CONTRACT)
+def _neg32_steps(a: np.float32) -> tuple[np.float32, np.float32, np.float32]:
+    """``s = 2^-k`` (normal), ``kd = -k`` (a float32) and ``rh = -a + k LN2_HI32`` (exact) of float32 ``0 <= a <= 80``:
+    ``exp(-a) = s exp(rh - kd LN2_LO32)``."""
+    kd = SHIFT32 - a * LOG2E32
+    k = _f32_bits(kd) - I_SHIFT  # -k, as int32
+    kd = kd - SHIFT32
+    return _f32_from_bits((k + I127) << I23), kd, -a - kd * LN2_HI32
+
+
+@_inline(_CONTRACT)
 def _exp_neg32_parts(a: np.float32) -> tuple[np.float32, np.float32]:
     r"""``exp(-a) = s (1 + p)`` for float32 ``0 <= a <= 80``: ``s = 2^-k`` (normal) and ``p = expm1(r)``,
     ``|r| <= ln2/2``, to ``2^-24`` of ``1 + p`` (see the error budget of
@@ -253,13 +269,23 @@ def _exp_neg32_parts(a: np.float32) -> tuple[np.float32, np.float32]:
 
     .. math:: e^{-a} = 2^{-k} e^{r}, \quad r = -a + k \ln 2, \qquad e^{r} = 1 + r + r^2 q(r)
     """
-    kd = SHIFT32 - a * LOG2E32
-    k = _f32_bits(kd) - I_SHIFT  # -k, as int32
-    kd = kd - SHIFT32
-    r = (-a - kd * LN2_HI32) - kd * LN2_LO32
+    s, kd, rh = _neg32_steps(a)
+    r = rh - kd * LN2_LO32
     r2 = r * r
-    q = (M0 + r * M1) + r2 * ((M2 + r * M3) + r2 * M4)
-    return _f32_from_bits((k + I127) << I23), r + r2 * q
+    return s, r + r2 * _q32(r, r2)
+
+
+@_inline(_CONTRACT)
+def _exp_neg32_split(a: np.float32) -> tuple[np.float32, np.float32, np.float32]:
+    """``exp(-a) = s (1 + r + w)`` for float32 ``0 <= a <= 80``, ``1 + r + w`` unrounded: ``s = 2^-k`` (normal), ``r``
+    the reduced argument rounded once and ``w = r^2 q(r)`` plus what that rounding lost (as :func:`_exp32_acc`), so
+    that ``r + w`` is ``expm1`` of the exact reduced argument to the fit's ``2^-28.2`` and ``w``'s float32 roundings
+    (the float32 log1mexp backward, :func:`._numba_elementwise._g_log1mexp32`)."""
+    s, kd, rh = _neg32_steps(a)
+    r = rh - kd * LN2_LO32
+    tail = (rh - r) - kd * LN2_LO32
+    r2 = r * r
+    return s, r, r2 * _q32(r, r2) + tail
 
 
 # -- float32 exp(d) within 0.83 ulp: the float32 log_softmax backward (16 lanes) ----------------------
@@ -277,5 +303,5 @@ def _exp32_acc(d: np.float32) -> np.float32:
     r = rh - kd * LN2_LO32
     tail = (rh - r) - kd * LN2_LO32  # what rounding r lost, added after the polynomial
     r2 = r * r
-    p = ONE32 + (r + (r2 * ((M0 + r * M1) + r2 * ((M2 + r * M3) + r2 * M4)) + tail))
+    p = ONE32 + (r + (r2 * _q32(r, r2) + tail))
     return _scale32(p, k)
