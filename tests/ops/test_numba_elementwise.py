@@ -108,12 +108,23 @@ def _lane_inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return x, g
 
 
+def _scaled_ulps(out: np.ndarray, g: np.ndarray, d: object) -> np.ndarray:
+    """``|out - g d|`` in float32 ulps, ``d`` mpmath values (``g`` of one entry: for all); an exact ``g d`` that
+    rounds beyond float32's range must be an infinity of its sign (0 ulp), else inf."""
+    gg = np.broadcast_to(g, out.shape).tolist()
+    ref = np.array([mpmath.mpf(float(u)) * v for u, v in zip(gg, d, strict=True)], dtype=object)
+    top = (2 - mpmath.mpf(2) ** -24) * mpmath.mpf(2) ** 127  # the float32 max plus half its ulp
+    big = np.array([abs(v) >= top for v in ref], dtype=bool)
+    sign = np.array([1.0 if v > 0 else -1.0 for v in ref[big]])
+    err = np.zeros(out.size)
+    err[big] = np.where(np.isinf(out[big]) & (np.sign(out[big]) == sign), 0.0, np.inf)
+    err[~big] = np.asarray(T.ulp_error(out[~big], ref[~big], "float32"), dtype=float)
+    return err
+
+
 def _grad_ulps(out: np.ndarray, x: np.ndarray, g: np.ndarray, sign: float) -> np.ndarray:
     """``|out - g sigmoid(sign x)|`` in float32 ulps, against mpmath (``g`` of one entry: for all)."""
-    sig = T.vectorize(T.ref_sigmoid)(sign * x.astype(np.float64))
-    gg = np.broadcast_to(g, x.shape)
-    ref = np.array([mpmath.mpf(float(a)) * b for a, b in zip(gg.tolist(), sig, strict=True)], dtype=object)
-    return np.asarray(T.ulp_error(out, ref, "float32"), dtype=float)
+    return _scaled_ulps(out, g, T.vectorize(T.ref_sigmoid)(sign * x.astype(np.float64)))
 
 
 @SIGNS
@@ -246,13 +257,8 @@ def test_float32_bce_backward_within_half_ulp_and_a_sliver() -> None:
 def _lae_grad_ulps(ga: np.ndarray, gb: np.ndarray, a: np.ndarray, b: np.ndarray, g: np.ndarray) -> np.ndarray:
     """The larger of ``|ga - g sigmoid(a - b)|`` and ``|gb - g sigmoid(b - a)|`` per entry, in float32 ulps."""
     diff = a.astype(np.float64) - b.astype(np.float64)  # exact: both float32 (finite here)
-    gg = np.broadcast_to(g, a.shape).tolist()
-    errs = []
-    for got, sign in ((ga, 1.0), (gb, -1.0)):
-        sig = T.vectorize(T.ref_sigmoid)(sign * diff)
-        ref = np.array([mpmath.mpf(float(u)) * v for u, v in zip(gg, sig, strict=True)], dtype=object)
-        errs.append(np.asarray(T.ulp_error(got, ref, "float32"), dtype=float))
-    return np.maximum(*errs)
+    sig = T.vectorize(T.ref_sigmoid)
+    return np.maximum(_scaled_ulps(ga, g, sig(diff)), _scaled_ulps(gb, g, sig(-diff)))
 
 
 def _lae_lane_inputs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -381,18 +387,8 @@ def test_float32_log1mexp_within_half_ulp_and_a_sliver_and_its_gradient_within_o
 
 
 def _log1mexp_grad_ulps(out: np.ndarray, x: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """``|out - g d/dx log1mexp(x)|`` in float32 ulps against mpmath; an exact result that rounds beyond float32's
-    range must be an infinity of its sign (0 ulp), else inf."""
-    gg = np.broadcast_to(g, x.shape).tolist()
-    ref = np.array([mpmath.mpf(float(u)) * _log1mexp_grad_ref(float(v)) for u, v in zip(gg, x.tolist(), strict=True)],
-                   dtype=object)
-    top = (2 - mpmath.mpf(2) ** -24) * mpmath.mpf(2) ** 127  # the float32 max plus half its ulp
-    big = np.array([abs(v) >= top for v in ref], dtype=bool)
-    sign = np.array([1.0 if v > 0 else -1.0 for v in ref[big]])
-    err = np.zeros(x.size)
-    err[big] = np.where(np.isinf(out[big]) & (np.sign(out[big]) == sign), 0.0, np.inf)
-    err[~big] = np.asarray(T.ulp_error(out[~big], ref[~big], "float32"), dtype=float)
-    return err
+    """``|out - g d/dx log1mexp(x)|`` in float32 ulps against mpmath (overflowing results: see :func:`_scaled_ulps`)."""
+    return _scaled_ulps(out, g, [_log1mexp_grad_ref(float(v)) for v in x.tolist()])
 
 
 @pytest.mark.parametrize("scalar_g", [False, True], ids=["g_full", "g_scalar"])
