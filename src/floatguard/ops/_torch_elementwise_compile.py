@@ -10,7 +10,7 @@ below); the fake versions give the shapes. Elementwise ops take the flattened te
 layout whatever the input's strides) and return a new one: a custom op may not return or alias its input.
 Measured (one thread, ``benchmarks/training_speed.py``, three runs): softplus and log_sigmoid 0.77-0.90x the
 compiled framework op, BCE 0.94-1.02x; logaddexp and log1mexp above 1 (1.28-1.42x and 1.05-1.37x with their
-float64 backward kernels; 1.1-1.25x and 1.1-1.16x with the float32 lanes' backward, whose kernels take 4.9 and 2.6 ms
+float64 backward kernels; 1.18-1.26x and 0.87-1.23x with the float32 lanes' backward, whose kernels take 4.9 and 2.6 ms
 at 4096×1024), held by their forward kernels, float64 registers for a value within half an ulp and a sliver (10-11 ms;
 the compiled torch step 12 ms).
 
