@@ -65,7 +65,9 @@ def test_attention_logit_growth_names_the_module_and_the_collapse() -> None:
 def test_healthy_sharp_attention_is_silent(lr: float, qk_norm: bool) -> None:
     """Runs that learn one-hot attention (logits ~30, grown from ~1-3) are not growth without bound."""
     run = ip.healthy_attention(lr, qk_norm)
-    assert sum(run.losses[-20:]) / 20 < 0.1, "the run learns"
+    # learns: from ln(16) ~ 2.8 to 0.0-0.1 (the level moves with torch's thread count: 0.06 on two threads,
+    # 0.10 on one at seed 0, lr 1e-2), a run that does not learn stays near 2.8
+    assert sum(run.losses[-20:]) / 20 < 0.05 * run.losses[0], "the run learns"
     assert not [e for e in run.monitor.findings if e.kind == "attention_logit_growth"]
 
 

@@ -456,8 +456,15 @@ def _lse32(x: jax.Array, op: str) -> tuple[jax.Array, jax.Array, jax.Array, jax.
 _lse32.defjvp(_rows32_jvp)
 
 
+@partial(jax.jit, static_argnums=(1,))
 def _dispatch(x: jax.Array, op: str) -> jax.Array:
-    """``op`` of the rows of ``x``: one pass in float32 where that is the working dtype, else :func:`_rows`."""
+    """``op`` of the rows of ``x``: one pass in float32 where that is the working dtype, else :func:`_rows`.
+
+    Jitted as jax.nn's ops are: an eager call is then one XLA executable, compiled once per shape, dtype and
+    x64 setting (op by op, the custom reductions of :func:`_sum` were traced and compiled again at every
+    call: 40 ms for one logsumexp of 256×1000 float32 under x64, the first call 1 s); under an outer
+    ``jax.jit`` it is inlined.
+    """
     if _work_dtype(x.dtype) == jnp.float32:
         return (_lse32 if op == "logsumexp" else _rows32)(x, op)[0]
     return _rows(x, op, True)[0]

@@ -36,6 +36,7 @@ from ._namespace import (
     check_array_like,
     check_flag,
     is_complex_dtype,
+    jit_on_jax,
     namespace,
     normalize_axes,
     normalize_axis,
@@ -258,6 +259,7 @@ def _lse_rows(be: Backend, rows: Any) -> Any:
     return xp.reshape(logsumexp_rows(be, flat) if kernel is None else kernel(flat), (*lead, 1))
 
 
+@jit_on_jax()
 def _weighted(be: Backend, rows: Any, b: Any, mask: Any) -> tuple[Any, Any]:
     """``log|sum b_i e^{x_i}|`` of the last axis of ``rows`` (kept) and its sign, with the max term taken out;
     entries with ``b_i == 0`` or outside ``mask`` are left out. In the working dtype.
@@ -435,12 +437,23 @@ def logmeanexp(x: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: b
     axes = normalize_axes(axis, x.ndim, "axis", "logmeanexp")
     shape = tuple(x.shape)
     rmask = None if mask is None else _to_rows(xp, mask, axes)
-    sh = shifted(be, _to_rows(xp, xw, axes), rmask)
+    val, empty = _logmeanexp_rows(be, _to_rows(xp, xw, axes), rmask)
+    if be.name == "numpy" and bool(np.any(empty)):
+        warnings.warn("Mean of empty slice", RuntimeWarning, stacklevel=3)
+    return _result(be, _from_rows(xp, val, shape, axes, keepdims), x.dtype, keep0d)
+
+
+@jit_on_jax()
+def _logmeanexp_rows(be: Backend, rows: Any, rmask: Any) -> tuple[Any, Any]:
+    """:func:`logmeanexp` of the last axis of ``rows`` (kept) in their (working) dtype, entries outside ``rmask``
+    (or None) left out, and where nothing was kept."""
+    xp = be.xp
+    sh = shifted(be, rows, rmask)
     if rmask is None:
-        n = xp.full_like(sh.m, float(math.prod([x.shape[a] for a in axes])))
+        n = xp.full_like(sh.m, float(rows.shape[-1]))
         em1 = xp.expm1(sh.d)
     else:
-        n = xp.sum(xp.astype(rmask, xw.dtype), axis=-1, keepdims=True)
+        n = xp.sum(xp.astype(rmask, rows.dtype), axis=-1, keepdims=True)
         em1 = xp.where(rmask, xp.expm1(sh.d), xp.zeros_like(sh.d))
     safe_n = xp.where(n > 0, n, xp.ones_like(n))
     # (1 + s) / n - 1 = mean(expm1(d_i)): terms of one sign, no cancellation near a 0 result;
@@ -450,10 +463,7 @@ def logmeanexp(x: Any, axis: int | tuple[int, ...] | None = None, *, keepdims: b
     val = sh.m + xp.where(near, xp.log1p(xp.where(near, t, xp.zeros_like(t))), xp.log((1 + sh.s) / safe_n))
     val = xp.where(sh.finite, val, sh.m)
     empty = n == 0
-    val = xp.where(empty, xp.full_like(val, float("nan")), val)
-    if be.name == "numpy" and bool(np.any(empty)):
-        warnings.warn("Mean of empty slice", RuntimeWarning, stacklevel=3)
-    return _result(be, _from_rows(xp, val, shape, axes, keepdims), x.dtype, keep0d)
+    return xp.where(empty, xp.full_like(val, float("nan")), val), empty
 
 
 @quiet
@@ -487,6 +497,7 @@ def logcumsumexp(x: Any, axis: int = -1, *, dim: int | None = None) -> Any:
     return be.xp.astype(_scan_logcumsumexp(be, xw, ax), x.dtype, copy=False)
 
 
+@jit_on_jax(2)
 def _scan_logcumsumexp(be: Backend, x: Any, ax: int) -> Any:
     """Hillis-Steele scan over pairs (max ``m``, sum ``s`` of the other shifted terms).
 
