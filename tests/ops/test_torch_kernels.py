@@ -405,6 +405,44 @@ def test_float32_log_softmax_near_the_one_pass_threshold_is_within_half_an_ulp_a
             assert torch.equal(got[-1, 1::2], torch.zeros_like(got[-1, 1::2]))
 
 
+def test_float32_logsumexp_one_sum_and_its_gradient_are_within_half_an_ulp_and_a_sliver() -> None:
+    """The float32 logsumexp takes ``s`` as ``(1 + s) - 1`` from one sum with no tie test (exp clamped at -700),
+    and sums again with the table exp where the result is near 0 (``|lse| < s / (1 + s) + n 2^-24``); its
+    backward ``g exp(x - lse)`` clamps at -700 with no underflow select. Rows of every kind: spread and offset
+    rows, ties at the max, entries below -700 and ``-inf``, confident rows (``s`` tiny), results near 0 on
+    either side of that threshold (``m < 0`` against ``log1p(s)``, and exactly 0). Values and gradients within
+    0.5 + 2^-8 ulp of mpmath; gradient entries more than 700 below ``lse`` a zero of ``g``'s sign."""
+    rng = np.random.default_rng(5)
+    n = 300
+    rows = [rng.standard_normal(n) * sc + sh for sc in (0.01, 1.0, 4.0, 30.0) for sh in (0.0, -4.0, 9.0)]
+    tie = np.full(n, -20.0)
+    tie[:5] = 2.5
+    far = rng.standard_normal(n) - 3.0
+    far[0] = 1.0
+    far[1::3] = -1e4
+    far[2::7] = -INF
+    rows += [tie, far, np.full(n, -math.log(n))]  # the last: lse exactly 0
+    for s in (2.0**-40, 2.0**-20, 1e-3):  # confident rows, m chosen so that lse is small or cancels
+        for m in (0.0, -s * 0.99, -s * 1.01, -s * 0.5, 1.0):
+            row = np.full(n, math.log(s / (n - 1)))
+            row[1:] += np.linspace(-1e-3, 1e-3, n - 1)
+            row[0] = 0.0
+            rows.append(row + m)
+    x = torch.tensor(np.array(rows), dtype=torch.float32, requires_grad=True)
+    got = fg.logsumexp(x, dim=-1)
+    g = torch.tensor(rng.uniform(0.5, 1.5, len(rows)) * np.where(np.arange(len(rows)) % 2 == 0, 1.0, -1.0),
+                     dtype=torch.float32)
+    got.backward(g)
+    for r in range(len(rows)):
+        xr = x[r].detach().double().numpy()
+        assert T.max_ulp(got[r : r + 1].detach(), np.array([T.ref_logsumexp(xr)]), "float32") <= 0.5 + 2.0**-8, r
+        exact = T.ref_softmax(xr) * mpmath.mpf(float(g[r]))
+        assert T.max_ulp(x.grad[r], exact, "float32") <= 0.5 + 2.0**-8, r
+    far_grad, far_g = x.grad[13], float(g[13])  # the row `far`, and its g (negative: odd row)
+    assert far_g < 0 and torch.equal(far_grad[1::3], torch.zeros(len(far_grad[1::3])))
+    assert all(math.copysign(1.0, float(v)) == -1.0 for v in far_grad[1::3])
+
+
 @pytest.mark.parametrize("op", ["softmax", "log_softmax"])
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 def test_long_and_many_rows_match_the_float64_values(op: str, dtype: torch.dtype) -> None:
