@@ -542,6 +542,41 @@ def test_non_finite_rows_give_their_limits_and_zero_gradients(dtype: torch.dtype
         assert torch.isfinite(g[3]).all() and g[3, 1] == (1.0 if op == "log_softmax" else 0.0)
 
 
+@pytest.mark.parametrize("rows", [7, _torch_softmax.FLAG_ROWS + 3])
+def test_non_finite_rows_among_many_take_their_limits_in_threads(rows: int) -> None:
+    """The forward kernel's per-row flags go to a shared scratch (up to ``FLAG_ROWS`` rows, never read: a call with
+    a non-finite row takes the flags from torch's max): rows with ``-inf``, ``+inf`` and NaN maxima placed anywhere,
+    below and above that size, in four threads at once, give the limits of the test above and, elsewhere, the
+    values of a call in which every row is finite."""
+    rng = np.random.default_rng(rows)
+
+    def batch(seed: int) -> tuple[torch.Tensor, list[int]]:
+        x = torch.tensor(np.random.default_rng(seed).standard_normal((rows, 9)), dtype=torch.float32)
+        bad = sorted(rng.choice(rows, 3, replace=False).tolist())
+        x[bad[0]] = -INF
+        x[bad[1], 4] = INF
+        x[bad[2], 2] = math.nan
+        return x, bad
+
+    def check(seed: int) -> None:
+        x, bad = batch(seed)
+        for log in (False, True):
+            call = fg.log_softmax if log else fg.softmax
+            got = call(x, dim=-1)
+            keep = [r for r in range(rows) if r not in bad]
+            torch.testing.assert_close(got[keep], call(x[keep], dim=-1), rtol=0, atol=0)
+            assert torch.equal(got[bad[0]], torch.full((9,), -INF if log else 0.0))
+            one = torch.zeros(9)
+            one[4] = 1.0
+            assert torch.equal(got[bad[1]], torch.log(one) if log else one)
+            assert torch.isnan(got[bad[2]]).all()
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(check, range(12)))
+
+
 @pytest.mark.parametrize("shape", [(3, 0), (0, 5), (2, 0, 4)])
 def test_empty_shapes_match_torch(shape: tuple[int, ...]) -> None:
     x = torch.randn(shape)
