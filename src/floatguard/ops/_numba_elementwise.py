@@ -657,15 +657,39 @@ def logaddexp_forward(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     if _short_for(a, 0.0) == 0.0:
         _lae_accurate(a, b, out)
         return
-    bad = np.empty(min(a.size, LAE_BLOCK), dtype=np.uint8)
+    size = min(a.size, LAE_BLOCK)
+    bad = np.empty(size, dtype=np.uint8)
+    idx = np.empty(0, dtype=np.int64)  # the buffers of _lae_fix, made on the first block that needs them
+    hb, db = np.empty(0), np.empty(0)
     for b0 in range(0, a.size, LAE_BLOCK):
         b1 = min(b0 + LAE_BLOCK, a.size)
         if _lae_short(a[b0:b1], b[b0:b1], out[b0:b1], bad) > 0:
             # by their indices: over every entry with a test, LLVM computes the fix for all (masked stores)
-            for i in np.flatnonzero(bad[: b1 - b0]):
-                j = b0 + int(i)
-                _, hi, lo, _ = _hi_lo(_ld(a[j]), _ld(b[j]))
-                _st(out, j, hi + _log1p(_exp_np(lo - hi)))
+            if idx.size == 0:
+                idx, hb, db = np.empty(size, dtype=np.int64), np.empty(size), np.empty(size)
+            n = 0
+            for i in range(b1 - b0):
+                if bad[i]:
+                    idx[n] = b0 + i
+                    n += 1
+            _lae_fix(a, b, idx, n, out, hb, db)
+
+
+@_njit()  # no contract, as the loop it replaced: the same bits
+def _lae_fix(a: np.ndarray, b: np.ndarray, idx: np.ndarray, n: int, out: np.ndarray, hb: np.ndarray,
+             db: np.ndarray) -> None:
+    """The flagged entries ``idx[:n]`` of :func:`logaddexp_forward` again by the table exp and the float64 ``log1p``:
+    gathered, computed in a loop LLVM vectorizes, scattered (one at a time they took 2.5 of the float32 forward's
+    19 ms at 4096×1024 on an AVX2 VM, 0.75% of its entries)."""
+    for t in range(n):
+        j = idx[t]
+        _, hi, lo, _ = _hi_lo(_ld(a[j]), _ld(b[j]))
+        hb[t] = hi
+        db[t] = lo - hi
+    for t in range(n):
+        db[t] = hb[t] + _log1p(_exp_np(db[t]))
+    for t in range(n):
+        _st(out, idx[t], db[t])
 
 
 @_njit(_CONTRACT)
