@@ -282,3 +282,25 @@ def test_the_elementwise_custom_ops_pass_opcheck():
     torch.library.opcheck(C.bce_op, (xg, y, w, w.flip(0), "none"))
     torch.library.opcheck(C.bce_backward_op, (x, y, w, None, torch.rand((5, 4), generator=g), "none"))
     torch.library.opcheck(C.bce_written_op, (xg.detach().float().requires_grad_(), y.float(), "mean"))
+
+
+def test_ops_compiled_one_after_another_in_a_new_process() -> None:
+    """Compiling ``logaddexp`` and then ``logsumexp`` in one process: the kernel tables' caches, keyed by types, were
+    traced by Dynamo and guarded by position; the second op's first call (a kernel module registering on first use
+    clears them) raised ``StopIteration`` from the guard. A new process: the caches' state is the point."""
+    import subprocess
+    import sys
+
+    code = """
+import torch, floatguard as fg
+a = torch.randn(16, 8, requires_grad=True); b = torch.randn(16, 8, requires_grad=True)
+torch.compile(fg.logaddexp, dynamic=False)(a, b).sum().backward()
+ga = a.grad.clone(); a.grad = None
+torch.compile(lambda v: fg.logsumexp(v, dim=-1), dynamic=False)(a).sum().backward()
+torch.compile(lambda v: fg.softmax(v, dim=-1), dynamic=False)(a).sum()
+torch.testing.assert_close(a.grad, torch.softmax(a.detach(), -1))
+torch.testing.assert_close(ga, torch.sigmoid(a.detach() - b.detach()))
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

@@ -136,7 +136,7 @@ def select(op: str, backend: str, x: Any) -> Callable[..., Any] | None:
     return None
 
 
-def _call_kernels(op: str, x: Any) -> tuple[Kernel, ...]:
+def _call_kernels(op: str, x: Any, remember: bool = True) -> tuple[Kernel, ...]:
     """The call kernels of ``op`` for inputs of the type of ``x`` (none for a library not yet imported),
     remembered for that type (an instance check on one instance holds for every instance of its type)."""
     found: tuple[Kernel, ...] = ()
@@ -145,13 +145,27 @@ def _call_kernels(op: str, x: Any) -> tuple[Kernel, ...]:
         tp = None if lib is None else getattr(lib, name, None)
         if tp is not None and (type(x) is tp if exact else isinstance(x, tp)):
             found = kernels(op, backend, "call")
-    _CALL[(op, type(x))] = found
+    if remember:
+        _CALL[(op, type(x))] = found
     return found
+
+
+def _tracing() -> bool:
+    """Whether ``torch.compile`` (Dynamo) is tracing this call."""
+    torch = sys.modules.get("torch")
+    return torch is not None and bool(torch.compiler.is_compiling())
 
 
 def select_call(op: str, x: Any) -> Callable[..., Any] | None:
     """The ``call`` kernel of ``op`` for ``x``, or None: one dictionary lookup on its type and dtype once seen
-    (a small call's budget is a few microseconds), else the kernels of its type tried in order."""
+    (a small call's budget is a few microseconds), else the kernels of its type tried in order.
+
+    While ``torch.compile`` traces, the two caches are neither read nor written: their keys hold types, so Dynamo
+    guards them by position, and a later registration (a kernel module imported on first use) clears them, after
+    which the compiled function's guard raised ``StopIteration`` (compiling ``logaddexp`` and then ``logsumexp``
+    in one process) where it should have failed and recompiled."""
+    if _tracing():
+        return next((k.fn for k in _call_kernels(op, x, remember=False) if k.applies(x)), None)
     key = (op, type(x), getattr(x, "dtype", None))
     try:
         return _CALL_FN[key]
