@@ -29,7 +29,7 @@ test: $(VENV)/.dev
 	$(BIN)/python -m mypy
 	@# the docs site (docs/hooks.py generates the rule, op and CLI pages and the report screenshots)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -d "$$(mktemp -d)/site"
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/python -m pytest -n 2 --dist worksteal -q
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/accuracy.py

@@ -297,7 +297,6 @@ a = torch.randn(16, 8, requires_grad=True); b = torch.randn(16, 8, requires_grad
 torch.compile(fg.logaddexp, dynamic=False)(a, b).sum().backward()
 ga = a.grad.clone(); a.grad = None
 torch.compile(lambda v: fg.logsumexp(v, dim=-1), dynamic=False)(a).sum().backward()
-torch.compile(lambda v: fg.softmax(v, dim=-1), dynamic=False)(a).sum()
 torch.testing.assert_close(a.grad, torch.softmax(a.detach(), -1))
 torch.testing.assert_close(ga, torch.sigmoid(a.detach() - b.detach()))
 print("ok")

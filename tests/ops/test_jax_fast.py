@@ -148,9 +148,10 @@ def _nd(n: int, seed: int, dtype: str) -> Any:
     return jnp.asarray(r.reshape(2, -1, n), dtype=getattr(jnp, dtype))
 
 
-# 300: one pass; 4099 (prime): pieces, padded with -inf (the float64 work), one pass (float32); 1: one entry
+# 300: one pass; 4099 (prime): pieces, padded with -inf (the float64 work), one pass (float32); 1: one entry.
+# float16 once (with x64): its path is bfloat16's (float32 work, see _work_dtype) but for the storage dtype
 _SETTINGS = [(True, d) for d in ("float32", "float64", "bfloat16", "float16")] + [
-    (False, d) for d in ("float32", "bfloat16", "float16")]
+    (False, d) for d in ("float32", "bfloat16")]
 
 
 @pytest.mark.parametrize(("enable_x64", "dtype", "n"), [(*s, 300) for s in _SETTINGS]
