@@ -33,6 +33,8 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
+from ._namespace import _torch_compiling
+
 __all__ = ["BACKENDS", "OPS", "Kernel", "kernels", "register", "select", "select_call"]
 
 Stage = Literal["call", "rows"]
@@ -150,12 +152,6 @@ def _call_kernels(op: str, x: Any, remember: bool = True) -> tuple[Kernel, ...]:
     return found
 
 
-def _tracing() -> bool:
-    """Whether ``torch.compile`` (Dynamo) is tracing this call."""
-    torch = sys.modules.get("torch")
-    return torch is not None and bool(torch.compiler.is_compiling())
-
-
 def select_call(op: str, x: Any) -> Callable[..., Any] | None:
     """The ``call`` kernel of ``op`` for ``x``, or None: one dictionary lookup on its type and dtype once seen
     (a small call's budget is a few microseconds), else the kernels of its type tried in order.
@@ -164,7 +160,7 @@ def select_call(op: str, x: Any) -> Callable[..., Any] | None:
     guards them by position, and a later registration (a kernel module imported on first use) clears them, after
     which the compiled function's guard raised ``StopIteration`` (compiling ``logaddexp`` and then ``logsumexp``
     in one process) where it should have failed and recompiled."""
-    if _tracing():
+    if _torch_compiling():
         return next((k.fn for k in _call_kernels(op, x, remember=False) if k.applies(x)), None)
     key = (op, type(x), getattr(x, "dtype", None))
     try:

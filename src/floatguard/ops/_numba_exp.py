@@ -181,6 +181,14 @@ def _exp_row(d: float) -> float:
     return s + s * (r + r2 * ((R2 + r * R3) + r2 * (R4 + r * R5)))
 
 
+@_inline(_CONTRACT)
+def _exp_clamped(d: float) -> float:
+    """``exp(d)`` for ``d <= ~0`` to a relative 2^-35 (:func:`_exp_half_steps`), ``d`` clamped at -700 with no
+    underflow select: ``exp(-700)`` (1e-304) for anything below, for results rounded to float32 or 16 bits where
+    that is 0 (a logsumexp's backward, ``|g| exp(-700) < 2^-880``) or beside a 1 in a row sum."""
+    return _exp_half_steps(d if d > -700.0 else -700.0)[0]
+
+
 _reduce_inl = _inline(_CONTRACT)(getattr(_reduce, "py_func", _reduce))  # uncached copies, see above
 _exp_reduced_inl = _inline(_CONTRACT)(getattr(_exp_reduced, "py_func", _exp_reduced))
 _add_inl = _inline()(getattr(_add, "py_func", _add))

@@ -43,8 +43,8 @@ from ._numba_exp import (
     _exp32,
     _exp32_acc,
     _exp_accurate,
+    _exp_clamped,
     _exp_f32out,
-    _exp_half_steps,
     _exp_row,
 )
 
@@ -305,12 +305,11 @@ if AVAILABLE:
 @_inline(_SUM)
 def _sum_all_f32acc(row: np.ndarray, m: float) -> float:
     """``1 + s = sum exp(row_i - m)`` of a float32 row, the max term(s) included (exactly 1 each, no tie test),
-    the terms by the 2^-35 short exp (:func:`._numba_exp._exp_half_steps`) clamped at -700 with no underflow
-    select (``exp(-700)`` for an entry further below the max: nothing, beside the 1)."""
+    the terms by the 2^-35 short exp clamped at -700 with no underflow select
+    (:func:`._numba_exp._exp_clamped`: ``exp(-700)`` for an entry further below the max, nothing beside the 1)."""
     acc = 0.0
     for i in range(row.size):
-        d = _load(row[i]) - m
-        acc += _exp_half_steps(d if d > -700.0 else -700.0)[0]
+        acc += _exp_clamped(_load(row[i]) - m)
     return acc
 
 
@@ -407,8 +406,7 @@ def _lse_grad_row(x: np.ndarray, lse: float, g: float, grad: np.ndarray, short: 
     rounds to a zero of ``g``'s sign in these dtypes, as the exact value does."""
     if short:
         for i in range(x.size):
-            d = _load(x[i]) - lse
-            grad[i] = _encode(g * _exp_half_steps(d if d > -700.0 else -700.0)[0], grad)
+            grad[i] = _encode(g * _exp_clamped(_load(x[i]) - lse), grad)
     else:
         for i in range(x.size):
             grad[i] = _encode(g * _exp_accurate(_load(x[i]) - lse), grad)
