@@ -182,7 +182,8 @@ def _log1p_rest(row: np.ndarray, m: float, exact: bool) -> tuple[float, bool]:
     if not exact:
         s = _sum_all_f32out(row, m) - 1.0
         if s >= thr:
-            return np.log1p(s), False
+            u = 1.0 + s
+            return np.log(u) + (s - (u - 1.0)), False
     rest, ties = _rest_f32out(row, m)
     s = rest + np.float64(ties - 1)
     return np.log1p(s), s < thr
@@ -250,7 +251,7 @@ def torch_softmax_fwd(x: np.ndarray, out: np.ndarray, finite: np.ndarray, log: b
     whether every row has one.
     """
     r_count, n = x.shape
-    e = np.empty(n)
+    e = np.empty(0 if log else n)
     ok = True
     exact = False  # log: the last row was confident (see _log1p_rest)
     for r in range(r_count):

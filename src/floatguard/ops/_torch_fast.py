@@ -62,16 +62,18 @@ def _logsumexp_call(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor |
 
 @register("softmax", "torch", stage="call", dtypes=KERNEL_DTYPES)
 def _softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
-    if _compiled_plain(x, axis):
+    out = softmax_fast(x, axis, log=False)  # eager (None while Dynamo traces)
+    if out is None and _compiled_plain(x, axis):
         return softmax_op(x.reshape(-1, x.shape[-1]).contiguous(), False)[0].reshape(x.shape)
-    return softmax_fast(x, axis, log=False)
+    return out
 
 
 @register("log_softmax", "torch", stage="call", dtypes=KERNEL_DTYPES)
 def _log_softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
-    if _compiled_plain(x, axis):
+    out = softmax_fast(x, axis, log=True)  # eager (None while Dynamo traces)
+    if out is None and _compiled_plain(x, axis):
         return softmax_op(x.reshape(-1, x.shape[-1]).contiguous(), True)[0].reshape(x.shape)
-    return softmax_fast(x, axis, log=True)
+    return out
 
 
 @register("logsumexp", "torch")

@@ -92,11 +92,14 @@ def compiled_sweep(x: torch.Tensor, out: torch.Tensor | None, log: bool = False)
     return _numpy_fast.softmax_rows(xn, out.numpy(), log)
 
 
+EMPTY_LIKE_MIN = 1 << 17  # entries from which empty_like asks NumPy (huge pages)
+
+
 def empty_like(x: torch.Tensor) -> torch.Tensor:
     """An uninitialised output like ``x``; on the CPU allocated by NumPy, which asks the kernel for
     huge pages (torch does not): first-touch page faults of a 32 MiB output cost torch ~10 ms.
     Small outputs (under 1 MiB) come from torch, which is quicker to call."""
-    if x.numel() >= 1 << 17 and x.is_cpu and x.dtype in _NUMPY_DTYPES:
+    if x.numel() >= EMPTY_LIKE_MIN and x.is_cpu and x.dtype in _NUMPY_DTYPES:
         import numpy as np
 
         return torch.from_numpy(np.empty(tuple(x.shape), dtype=_NUMPY_DTYPES[x.dtype]))
