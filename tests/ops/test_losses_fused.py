@@ -498,6 +498,63 @@ def test_ce_plain_unreduced_gradient_scales_the_rows_the_forward_wrote(dtype: to
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("wdtype", [torch.float32, torch.float64], ids=str)
+def test_ce_weighted_indices_take_the_plain_kernels(dtype: torch.dtype, reduction: str, wdtype: torch.dtype) -> None:
+    """Class weights on the plain route (its kernels read a float32 or float64 weight in place): the loss within
+    an ulp of torch's float64 one, the gradient the forward wrote ``w_c (softmax - onehot)`` (over the weights of
+    the rows kept for a mean) rounded once (twice, scaled by ``g_r``, unreduced), a recomputed backward rounded
+    once; and the same values as the general route (a strided weight takes it)."""
+    x, t = _special_rows(dtype)
+    w = torch.tensor(RNG.uniform(0.25, 2.0, 40)).to(wdtype)
+    wd, tn = w.double().numpy(), t.numpy()
+    kept = tn != -100
+    scale = wd[np.where(kept, tn, 0)] * kept  # w_c per row, 0 where ignored
+    g = torch.tensor(RNG.uniform(0.5, 1.5, 12)).to(dtype) if reduction == "none" else torch.tensor(1.0, dtype=dtype)
+    if reduction == "mean":
+        scale = scale / scale.sum()  # the -inf row counts in the mean's weights, as in torch
+    elif reduction == "none":
+        scale = scale * g.double().numpy()
+    want = _ce_grad_reference(x, t, 1.0, -100) * scale[:, None]
+    xl = x.clone().requires_grad_()
+    loss = fg.cross_entropy(xl, t, weight=w, ignore_index=-100, reduction=reduction)
+    xs = T.to_float64(x)
+    ref = np.array([0.0 if not kept[i] else INF if i == 2 else  # the -inf row: -max, no gradient
+                    float(wd[tn[i]] * T.ref_cross_entropy_row(xs[i], int(tn[i]))) for i in range(12)])
+    if reduction != "none":
+        ref = np.array(ref.sum() / (float(wd[tn[kept]].sum()) if reduction == "mean" else 1.0))
+    assert loss.dtype == dtype and float(np.max(T.ulp_error(loss.detach(), ref, dtype))) <= 1.0
+    loss.backward(g, retain_graph=True)
+    assert xl.grad is not None and xl.grad.dtype == dtype
+    assert float(np.max(T.ulp_error(xl.grad, want, dtype))) <= (1.5 if reduction == "none" else 0.5 + 2**-8)
+    assert torch.all(xl.grad[2] == 0) and torch.all(xl.grad[3] == 0)
+    xl.grad = None
+    loss.backward(g)  # the backward kernel: one rounding
+    assert float(np.max(T.ulp_error(xl.grad, want, dtype))) <= 0.5 + 2**-8
+    strided = torch.stack([w, w], 1)[:, 0]  # not contiguous: the general route
+    xg = x.clone().requires_grad_()
+    general = fg.cross_entropy(xg, t, weight=strided, ignore_index=-100, reduction=reduction)
+    torch.testing.assert_close(loss.detach(), general.detach(), rtol=0, atol=0)
+    general.backward(g)
+    assert float(np.max(T.ulp_error(xg.grad, want, dtype))) <= 0.5 + 2**-8
+
+
+def test_ce_weighted_mean_over_no_weight_is_that_of_the_general_route() -> None:
+    """A mean whose target weights sum to 0: ``0 / 0`` is NaN, a non-finite row's loss over 0 its infinity, on the
+    plain route as on the general one."""
+    x = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]])
+    t = torch.tensor([0, 1])
+    w = torch.tensor([0.0, 0.0, 1.0])
+    strided = torch.stack([w, w], 1)[:, 0]
+    for xi in (x, torch.tensor([[1.0, 2.0, 3.0], [-INF, -INF, -INF]])):
+        for v in (xi, xi.double()):
+            got = fg.cross_entropy(v, t, weight=w.to(v.dtype))
+            general = fg.cross_entropy(v, t, weight=strided.to(v.dtype))
+            assert got.dtype == v.dtype and torch.equal(got.isnan(), general.isnan())
+            assert got.isnan() or got == general
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("scale", [0.125, 4.0, -2.0, 65536.0, 3.0])
 def test_written_gradients_follow_a_scaled_loss(dtype: torch.dtype, scale: float) -> None:
     """A scaled loss (gradient accumulation's ``loss / 8``, a loss scale ``2^16``, a negated loss) takes the

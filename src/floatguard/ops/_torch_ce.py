@@ -34,13 +34,14 @@ import torch
 from . import _numba_ce as KC
 from . import _numba_ce_fused as KF
 from . import _numba_losses as K
-from ._numba_ce_plain import ce_plain_forward_grad, ce_plain_scale_rows
+from ._numba_ce_plain import ce_plain_forward_grad, ce_plain_scale_rows, ptr_ce_plain_forward
 from ._torch_rows import (
     EMPTY,
     FUSED_GRAD,
     PARALLEL_MIN,
     bad_target,
     empty_out,
+    from_float64,
     kernel_input,
     numpy_view,
     reduced_scalar,
@@ -252,7 +253,7 @@ def loss_out(loss: np.ndarray, den: float, reduction: str, z: np.ndarray | None,
             return scalar(total / den, dtype)
         return scalar(math.nan if total == 0.0 or total != total else math.copysign(math.inf, total), dtype)
     out = reduce_loss(loss, den, reduction, z, count)
-    return torch.from_numpy(out).to(dtype) if reduction == "none" else scalar(float(out), dtype)
+    return from_float64(out, dtype) if reduction == "none" else scalar(float(out), dtype)
 
 
 class _CrossEntropy(torch.autograd.Function):
@@ -365,55 +366,87 @@ def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
     return _CrossEntropy.apply(x, target, weight, ignore_index, float(eps), reduction, float(z_loss), float(cap))
 
 
-# -- cross-entropy, the common case: class indices, no weight, no smoothing (the latency route) ---------
-def plain_forward(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None) -> tuple[np.ndarray, float, float]:
-    """The residuals ``(5, R)`` of :func:`._numba_losses.ce_plain_forward`, the loss sum and the row count."""
-    res, total, count, _ = _plain_rows(x, target, ignore_index, None)
+# -- cross-entropy, the common case: class indices, no smoothing (the latency route) ---------------------
+def plain_weight(weight: torch.Tensor | None) -> np.ndarray:
+    """Class weights as the plain kernels read them: a NumPy view of a float32/float64 weight (no copy: a small
+    call's budget), :data:`EMPTY` for none."""
+    return EMPTY if weight is None else weight.detach().numpy()
+
+
+def plain_forward(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
+                  weight: torch.Tensor | None = None) -> tuple[np.ndarray, float, float]:
+    """The residuals ``(5, R)`` of :func:`._numba_losses.ce_plain_forward`, the loss sum and the mean's divisor
+    (the row count, or the sum of the target weights with class ``weight``: contiguous float32/float64)."""
+    res, total, count, _ = _plain_rows(x, target, ignore_index, None, weight)
     return res, total, count
 
 
 def plain_out(x: torch.Tensor, res: np.ndarray, total: float, count: float, reduction: str) -> torch.Tensor:
+    """The loss of :func:`plain_forward`'s rows, reduced: a mean over no weight is ``x / 0`` (NaN for ``0 / 0``,
+    as :func:`loss_out`'s)."""
     if reduction == "none":
-        return torch.from_numpy(res[0]).to(x.dtype, copy=True)
+        return from_float64(res[0], x.dtype)
+    if reduction == "mean" and not count and total == total and total != 0.0:
+        return scalar(math.copysign(math.inf, total), x.dtype)
     return reduced_scalar(total, count, reduction, x.dtype)
 
 
 
-def plain_forward_grad(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
-                       reduction: str) -> tuple[np.ndarray, float, float, torch.Tensor]:
+def plain_forward_grad(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None, reduction: str,
+                       weight: torch.Tensor | None = None) -> tuple[np.ndarray, float, float, torch.Tensor]:
     """:func:`plain_forward` of float32/bfloat16 rows that also returns the gradient for an upstream gradient
     of 1 (:func:`._numba_ce_plain.ce_plain_forward_grad`)."""
-    res, total, count, grad = _plain_rows(x, target, ignore_index, reduction)
+    res, total, count, grad = _plain_rows(x, target, ignore_index, reduction, weight)
     assert grad is not None
     return res, total, count, grad
 
 
-def _plain_rows(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
-                reduction: str | None) -> tuple[np.ndarray, float, float, torch.Tensor | None]:
+_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float64: 3}  # the storage codes of ptr_ce_plain_forward
+
+
+def _plain_rows(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None, reduction: str | None,
+                weight: torch.Tensor | None) -> tuple[np.ndarray, float, float, torch.Tensor | None]:
     """Both forwards: row chunks over threads, the first bad target raised; with a ``reduction`` the kernel also
-    writes the gradient of ``g = 1`` into a new tensor."""
+    writes the gradient of ``g = 1`` into a new tensor. A small call without gradient reads the tensors in place
+    (:func:`._numba_ce_plain.ptr_ce_plain_forward`)."""
     rows, n_cls = x.shape
-    xn, tn = numpy_view(x), target.numpy()
     res = np.empty((5, rows))
     ign, has = (0, False) if ignore_index is None else (ignore_index, True)
+    if reduction is None and (rows * n_cls < PARALLEL_MIN or torch.get_num_threads() <= 1):
+        if weight is None:
+            wa, w64 = 0, True
+        else:
+            wa, w64 = weight.data_ptr(), weight.dtype == torch.float64
+        bad, total, count = ptr_ce_plain_forward(_CODE[x.dtype], x.data_ptr(), target.data_ptr(), wa, w64, rows,
+                                                 n_cls, ign, has, res)
+        if bad >= 0:
+            raise bad_target("cross_entropy", target, bad, n_cls)
+        return res, total, count, None
+    xn, tn = numpy_view(x), target.numpy()
+    wn = plain_weight(weight)
     grad = None if reduction is None else empty_out(x)
     gn = None if grad is None else numpy_view(grad)
     gs = -1.0 if reduction == "mean" else 1.0  # -1: the kernel counts the rows of the mean itself
     if rows * n_cls < PARALLEL_MIN or torch.get_num_threads() <= 1:  # the latency route: no slices
         if gn is None:
-            bad, total, count = K.ce_plain_forward(xn, tn, ign, has, res)
+            bad, total, count = K.ce_plain_forward(xn, tn, wn, ign, has, res)
         else:
-            bad, total, count = ce_plain_forward_grad(xn, tn, ign, has, res, gs, gn)
+            bad, total, count = ce_plain_forward_grad(xn, tn, wn, ign, has, res, gs, gn)
     else:
-        if gs < 0.0:  # the mean's 1 / count over every chunk
-            kept = rows if ignore_index is None else int(np.count_nonzero(tn != ignore_index))
+        if gs < 0.0:  # the mean's 1 / den over every chunk
+            if wn.size:
+                bad, kept = KF.mean_den(tn, wn, True, ign, has, n_cls)
+                if bad >= 0:
+                    raise bad_target("cross_entropy", target, bad, n_cls)
+            else:
+                kept = rows if ignore_index is None else int(np.count_nonzero(tn != ignore_index))
             gs = 1.0 / kept if kept else 0.0
 
         def fwd(r0: int, r1: int) -> tuple[int, float, float]:
             if gn is None:
-                b, t, c = K.ce_plain_forward(xn[r0:r1], tn[r0:r1], ign, has, res[:, r0:r1])
+                b, t, c = K.ce_plain_forward(xn[r0:r1], tn[r0:r1], wn, ign, has, res[:, r0:r1])
             else:
-                b, t, c = ce_plain_forward_grad(xn[r0:r1], tn[r0:r1], ign, has, res[:, r0:r1], gs, gn[r0:r1])
+                b, t, c = ce_plain_forward_grad(xn[r0:r1], tn[r0:r1], wn, ign, has, res[:, r0:r1], gs, gn[r0:r1])
             return (b + r0 if b >= 0 else b), t, c
 
         parts = run_rows(fwd, rows, n_cls)
@@ -426,7 +459,7 @@ def _plain_rows(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
 
 
 class _CEPlain(torch.autograd.Function):
-    """:class:`_CrossEntropy` for class indices without weight or smoothing, with fewer steps.
+    """:class:`_CrossEntropy` for class indices without smoothing (class weights or none), with fewer steps.
 
     A mean or a sum of float32/bfloat16 rows is the backward of a training step
     (``loss.backward()``, ``g = 1``): the forward writes that gradient with the loss (every exp computed
@@ -441,31 +474,31 @@ class _CEPlain(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
-                reduction: str) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                ignore_index: int | None, reduction: str) -> torch.Tensor:
         ctx.grad = None
         if x.dtype in FUSED_GRAD and ctx.needs_input_grad[0]:  # not in evaluation
-            res, total, count, ctx.grad = plain_forward_grad(x, target, ignore_index, reduction)
+            res, total, count, ctx.grad = plain_forward_grad(x, target, ignore_index, reduction, weight)
         else:
-            res, total, count = plain_forward(x, target, ignore_index)
+            res, total, count = plain_forward(x, target, ignore_index, weight)
         ctx.save_for_backward(x, target)
-        ctx.res = (res, count, reduction)
+        ctx.res = (res, count, reduction, weight)
         return plain_out(x, res, total, count, reduction)
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         x, target = ctx.saved_tensors
-        res, count, reduction = ctx.res
+        res, count, reduction, weight = ctx.res
         if reduction == "none":
             ready = _scaled_rows(ctx.grad, g, res)
         else:
             ready = written_gradient(ctx.grad, g)  # the forward's gradient, when it is the one for this g
         ctx.grad = None
         if ready is not None:
-            return ready, None, None, None
+            return ready, None, None, None, None
         if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops
-            grad = _ce_grad_graph(x, target, None, g, res[1], res[3], res[4], count, 0.0, reduction, True)
-            return grad, None, None, None
+            grad = _ce_grad_graph(x, target, weight, g, res[1], res[3], res[4], count, 0.0, reduction, True)
+            return grad, None, None, None, None
         rows, n_cls = x.shape
         out = empty_out(x)
         gs, gn = plain_grad_scale(g, count, reduction)
@@ -478,7 +511,7 @@ class _CEPlain(torch.autograd.Function):
             K.ce_plain_backward(xn, tn, gs, gn, res, on)
         else:
             run_rows(bwd, rows, n_cls)
-        return out, None, None, None
+        return out, None, None, None, None
 
 
 def _scaled_rows(ready: torch.Tensor | None, g: torch.Tensor, res: np.ndarray) -> torch.Tensor | None:
@@ -492,13 +525,14 @@ def _scaled_rows(ready: torch.Tensor | None, g: torch.Tensor, res: np.ndarray) -
 
 
 def cross_entropy_plain(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
-                        reduction: str) -> torch.Tensor:
-    """Rows ``x`` (R, C) (contiguous, float32/float64/bfloat16) and int64 indices ``target`` (R,): the loss.
+                        reduction: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Rows ``x`` (R, C) (contiguous, float32/float64/bfloat16), int64 indices ``target`` (R,) and optional class
+    weights (float32/float64 (C,), contiguous, no grad): the loss.
 
     Without a gradient to record no ``autograd.Function`` is built (its cost exceeds the kernel's at
     small shapes).
     """
     if x.requires_grad and torch.is_grad_enabled():
-        return _CEPlain.apply(x, target, ignore_index, reduction)
-    res, total, count = plain_forward(x, target, ignore_index)
+        return _CEPlain.apply(x, target, weight, ignore_index, reduction)
+    res, total, count = plain_forward(x, target, ignore_index, weight)
     return plain_out(x, res, total, count, reduction)

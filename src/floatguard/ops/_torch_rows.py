@@ -89,6 +89,16 @@ def empty_out(x: torch.Tensor) -> torch.Tensor:
 
 
 
+def from_float64(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """A new tensor of ``dtype`` from the float64 array ``a``, each entry rounded once: NumPy's ``astype`` for
+    float32 (1.5 us against ``Tensor.to``'s 4.3 on 32 entries, a small call's budget), a copy for float64."""
+    if dtype == torch.float32:
+        return torch.from_numpy(a.astype(np.float32))
+    if dtype == torch.float64:
+        return torch.from_numpy(a.copy())
+    return torch.from_numpy(a).to(dtype)
+
+
 def scalar(val: float, dtype: torch.dtype) -> torch.Tensor:
     """A 0-d tensor of ``val`` rounded once to ``dtype``, the cheapest way (``torch.tensor`` costs ~2 us)."""
     if dtype == torch.float32:

@@ -233,15 +233,26 @@ def _rows_route(logits: Any, target: Any, axis: Any, dim: Any, reduction: str) -
 
 def _fast_plain(logits: Any, target: Any, weight: Any, axis: int, dim: int | None, eps: float,
                 ignore_index: Any, reduction: str) -> int:
-    """:func:`_rows_route` for the fused kernel of the most common case: int64 class indices ``(R,)``, no weight,
-    no smoothing."""
-    if weight is not None or type(eps) not in (float, int) or eps or not (
-            ignore_index is None or type(ignore_index) is int):
+    """:func:`_rows_route` for the fused kernel of the most common case: int64 class indices ``(R,)``, no
+    smoothing; class weights (eager only: 1) a contiguous float32/float64 CPU tensor of ``C`` entries without
+    grad."""
+    if type(eps) not in (float, int) or eps or not (ignore_index is None or type(ignore_index) is int):
         return 0
     route = _rows_route(logits, target, axis, dim, reduction)
-    if route and target.dtype is sys.modules["torch"].int64 and target.ndim == 1 \
-            and target.shape[0] == logits.shape[0]:
+    if not route or target.dtype is not sys.modules["torch"].int64 or target.ndim != 1:
+        return 0
+    rows, n_cls = logits.shape
+    if target.shape[0] != rows:
+        return 0
+    if weight is None:
         return route
+    torch = sys.modules["torch"]
+    if route == 1 and (
+        type(weight) is torch.Tensor and weight.ndim == 1 and weight.shape[0] == n_cls
+        and weight.dtype in (torch.float32, torch.float64) and weight.is_cpu and not weight.requires_grad
+        and weight.layout is torch.strided and weight.is_contiguous()
+    ):
+        return 1
     return 0
 
 
@@ -420,7 +431,7 @@ def cross_entropy(
     if softcap is None and not z_loss:  # the features off: the latency route as before, no other work
         route = _fast_plain(logits, target, weight, axis, dim, label_smoothing, ignore_index, reduction)
         if route == 1:
-            return _fast_module().cross_entropy_plain(logits, target, ignore_index, reduction)
+            return _fast_module().cross_entropy_plain(logits, target, ignore_index, reduction, weight)
         if route == 2:
             from . import _torch_losses
 
