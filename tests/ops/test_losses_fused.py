@@ -539,6 +539,37 @@ def test_ce_weighted_indices_take_the_plain_kernels(dtype: torch.dtype, reductio
     assert float(np.max(T.ulp_error(xg.grad, want, dtype))) <= 0.5 + 2**-8
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("wdtype", [None, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_ce_small_calls_without_grad_read_the_tensors_in_place(dtype: torch.dtype, wdtype: torch.dtype | None,
+                                                               reduction: str) -> None:
+    """A call without gradient reads logits, targets and weights in place (``ptr_ce_plain_forward``,
+    ``ptr_ce_prob_forward``): class indices and probabilities give torch's float64 loss rounded once (within an
+    ulp), a row with a -inf logit and one confident row included, and the value the autograd route computes."""
+    x = torch.tensor(RNG.normal(size=(12, 7)) * 3)
+    x[3, 2] = -INF
+    x[5, 4] = 30.0  # confident: s ~ 1e-13
+    t = torch.tensor(RNG.integers(0, 7, 12))
+    t[3] = t[5] = 0  # row 5's target not its max: torch's float64 loses a tiny loss's digits (the reference here)
+    p = torch.softmax(torch.tensor(RNG.normal(size=(12, 7))), 1)
+    p[3, 2] = 0.0  # a zero probability drops the -inf logit's term
+    w = None if wdtype is None else torch.tensor(RNG.uniform(0.25, 2.0, 7)).to(wdtype)
+    for target, ref_target in ((t, t), (p.to(dtype), p.to(dtype).double())):
+        xr = x.to(dtype).double().clone()
+        xr[3, 2] = -1e4  # torch's 0 * -inf is NaN where floatguard drops the term: the same loss
+        want = F.cross_entropy(xr, ref_target, weight=None if w is None else w.double(), reduction=reduction)
+        with torch.no_grad():
+            got = fg.cross_entropy(x.to(dtype), target, weight=w, reduction=reduction)
+        assert got.dtype == dtype and got.shape == want.shape
+        if dtype == torch.float64:
+            torch.testing.assert_close(got, want, rtol=1e-13, atol=1e-14)
+        else:
+            assert float(np.max(T.ulp_error(got, want.numpy(), dtype))) <= 1.0
+        with_grad = fg.cross_entropy(x.to(dtype).clone().requires_grad_(), target, weight=w, reduction=reduction)
+        torch.testing.assert_close(got, with_grad.detach(), rtol=1e-15 if dtype == torch.float64 else 0, atol=0)
+
+
 def test_ce_weighted_mean_over_no_weight_is_that_of_the_general_route() -> None:
     """A mean whose target weights sum to 0: ``0 / 0`` is NaN, a non-finite row's loss over 0 its infinity, on the
     plain route as on the general one."""

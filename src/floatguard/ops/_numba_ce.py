@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _inline, _njit
+from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _inline, _njit, _voidptr, carray
 from ._numba_bits import _row_max as _key_max
 from ._numba_ce_rows import (
     _pc_minus_1_for,
@@ -281,6 +281,43 @@ def ce_prob_forward(
         l_out[r] = lg
         tw_out[r] = tw
         alive[r] = al
+
+
+@_njit()
+def _prob_res(x: np.ndarray, t: np.ndarray, w: np.ndarray, eps: float, res: np.ndarray) -> float:
+    """:func:`ce_prob_forward` (no soft-capping) into the rows of ``res`` ``(5, R)``; the sum of the row losses
+    (those of rows with a finite max compensated, as :func:`res_sums`)."""
+    ce_prob_forward(x, t, w, w.size > 0, eps, 0.0, res[0], res[1], res[2], res[3], res[4])
+    total, comp, plain = 0.0, 0.0, 0.0
+    for r in range(res.shape[1]):
+        if res[4, r] != 0.0:
+            total, comp = _add(total, comp, res[0, r])
+        else:
+            plain += res[0, r]
+    return (total + comp) + plain
+
+
+@_njit()
+def ptr_ce_prob_forward(code: int, xa: int, ta: int, wa: int, w64: bool, r: int, n: int, eps: float,
+                        res: np.ndarray) -> float:
+    """:func:`_prob_res` on tensors' storage (a small call's route, as
+    :func:`._numba_ce_plain.ptr_ce_plain_forward`): C-contiguous logits and probabilities ``(r, n)`` of one dtype at
+    ``xa`` and ``ta`` (``code`` 0 float32, 1 bfloat16 bits, 3 float64), class weights ``(n,)`` at ``wa`` (float64
+    with ``w64``, else float32; ``wa = 0``: none)."""
+    s = (r, n)
+    if wa == 0 or w64:
+        w = carray(_voidptr(wa), (n if wa else 0,), np.float64)
+        if code == 0:
+            return _prob_res(carray(_voidptr(xa), s, np.float32), carray(_voidptr(ta), s, np.float32), w, eps, res)
+        if code == 1:
+            return _prob_res(carray(_voidptr(xa), s, np.int16), carray(_voidptr(ta), s, np.int16), w, eps, res)
+        return _prob_res(carray(_voidptr(xa), s, np.float64), carray(_voidptr(ta), s, np.float64), w, eps, res)
+    w32 = carray(_voidptr(wa), (n,), np.float32)
+    if code == 0:
+        return _prob_res(carray(_voidptr(xa), s, np.float32), carray(_voidptr(ta), s, np.float32), w32, eps, res)
+    if code == 1:
+        return _prob_res(carray(_voidptr(xa), s, np.int16), carray(_voidptr(ta), s, np.int16), w32, eps, res)
+    return _prob_res(carray(_voidptr(xa), s, np.float64), carray(_voidptr(ta), s, np.float64), w32, eps, res)
 
 
 # -- cross-entropy backward --------------------------------------------------------------------

@@ -353,6 +353,14 @@ def cross_entropy_features(x: torch.Tensor, target: torch.Tensor, weight: torch.
     (contiguous rows ``(R, C)``, checked there): no ``autograd.Function`` where no gradient is recorded."""
     if x.requires_grad and torch.is_grad_enabled():
         return _CrossEntropy.apply(x, target, weight, ignore_index, eps, reduction, 0.0, 0.0)
+    rows, n_cls = x.shape
+    if target.dtype.is_floating_point and (weight is None or weight.is_contiguous()) and (
+            rows * n_cls < PARALLEL_MIN or torch.get_num_threads() <= 1):  # probabilities, one thread: in place
+        res = np.empty((5, rows))
+        wa, w64 = (0, True) if weight is None else (weight.data_ptr(), weight.dtype == torch.float64)
+        total = KC.ptr_ce_prob_forward(_CODE[x.dtype], x.data_ptr(), target.data_ptr(), wa, w64, rows, n_cls, eps,
+                                       res)
+        return loss_out(res[0], float(rows), reduction, None, float(rows), x.dtype, total)
     loss, _, _, _, _, den, count, _, _, total = rows_forward(kernel_input(x), target, weight64(weight), ignore_index,
                                                              eps, reduction, 0.0, False)
     return loss_out(loss, den, reduction, None, count, x.dtype, total)
