@@ -48,9 +48,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 FORCE_DEVICE_PATH: bool = os.environ.get("FLOATGUARD_FORCE_DEVICE_PATH", "") not in ("", "0")
 
 
+_is_compiling: Callable[[], bool] | None = None  # torch.compiler.is_compiling, once torch is imported
+
+
 def _torch_compiling() -> bool:
-    torch = sys.modules.get("torch")
-    return torch is not None and bool(torch.compiler.is_compiling())
+    """Whether ``torch.compile`` is tracing (False before torch is imported); checked on every op call, so the
+    function is looked up once."""
+    global _is_compiling
+    if _is_compiling is None:
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return False
+        _is_compiling = torch.compiler.is_compiling
+    return bool(_is_compiling())
 
 
 def quiet(fn: F) -> F:
