@@ -113,9 +113,10 @@ def _kernel_rows(kern: Any, x: torch.Tensor, log: bool, code: int, r: int, n: in
         if not bad:
             return out, ALL_FINITE
     else:
-        fa = _FLAGS_AT if r <= FLAG_ROWS else torch.empty(r, dtype=torch.bool).data_ptr()
+        flags = _FLAGS if r <= FLAG_ROWS else torch.empty(r, dtype=torch.bool)  # held until the kernel returns
         try:
-            ok = kern.ptr_softmax_fwd(code, x.data_ptr(), out.data_ptr(), fa, r, n, log)
+            ok = kern.ptr_softmax_fwd(code, x.data_ptr(), out.data_ptr(),
+                                      _FLAGS_AT if r <= FLAG_ROWS else flags.data_ptr(), r, n, log)
         except Exception as exc:  # numba cannot compile here: the torch ops still can
             _kernels_failed(exc)
             return None
