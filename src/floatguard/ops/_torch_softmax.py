@@ -300,13 +300,14 @@ def _softmax_function(log: bool) -> Any:
         @staticmethod
         def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
             out, finite = softmax_any(x, log=log)
-            ctx.save_for_backward(out, finite)
+            ctx.save_for_backward(out)
+            ctx.finite = finite  # a bool tensor of ours, no graph: an attribute (each saved tensor costs a small call)
             return out
 
         @staticmethod
         def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
-            out, finite = ctx.saved_tensors
-            return softmax_backward(out, finite, g, log, graph=torch.is_grad_enabled())
+            (out,) = ctx.saved_tensors
+            return softmax_backward(out, ctx.finite, g, log, graph=torch.is_grad_enabled())
 
     Function.__name__ = Function.__qualname__ = "LogSoftmax" if log else "Softmax"
     return Function
