@@ -42,6 +42,7 @@ from ._numba_bits import _row_max as _key_max
 from ._numba_ce_rows import (
     _pc_minus_1_for,
     _zero_row,
+    weights64,
 )
 from ._numba_exp import BLK, _add, _exp_f32out, _exp_reduced, _reduce
 from ._numba_log import select
@@ -301,23 +302,15 @@ def _prob_res(x: np.ndarray, t: np.ndarray, w: np.ndarray, eps: float, res: np.n
 def ptr_ce_prob_forward(code: int, xa: int, ta: int, wa: int, w64: bool, r: int, n: int, eps: float,
                         res: np.ndarray) -> float:
     """:func:`_prob_res` on tensors' storage (a small call's route, as
-    :func:`._numba_ce_plain.ptr_ce_plain_forward`): C-contiguous logits and probabilities ``(r, n)`` of one dtype at
-    ``xa`` and ``ta`` (``code`` 0 float32, 1 bfloat16 bits, 3 float64), class weights ``(n,)`` at ``wa`` (float64
-    with ``w64``, else float32; ``wa = 0``: none)."""
+    :func:`._numba_ce_plain.ptr_ce_plain_forward`, whose weights it takes alike): C-contiguous logits and
+    probabilities ``(r, n)`` of one dtype at ``xa`` and ``ta`` (``code`` 0 float32, 1 bfloat16 bits, 3 float64)."""
     s = (r, n)
-    if wa == 0 or w64:
-        w = carray(_voidptr(wa), (n if wa else 0,), np.float64)
-        if code == 0:
-            return _prob_res(carray(_voidptr(xa), s, np.float32), carray(_voidptr(ta), s, np.float32), w, eps, res)
-        if code == 1:
-            return _prob_res(carray(_voidptr(xa), s, np.int16), carray(_voidptr(ta), s, np.int16), w, eps, res)
-        return _prob_res(carray(_voidptr(xa), s, np.float64), carray(_voidptr(ta), s, np.float64), w, eps, res)
-    w32 = carray(_voidptr(wa), (n,), np.float32)
+    w = weights64(wa, w64, n)
     if code == 0:
-        return _prob_res(carray(_voidptr(xa), s, np.float32), carray(_voidptr(ta), s, np.float32), w32, eps, res)
+        return _prob_res(carray(_voidptr(xa), s, np.float32), carray(_voidptr(ta), s, np.float32), w, eps, res)
     if code == 1:
-        return _prob_res(carray(_voidptr(xa), s, np.int16), carray(_voidptr(ta), s, np.int16), w32, eps, res)
-    return _prob_res(carray(_voidptr(xa), s, np.float64), carray(_voidptr(ta), s, np.float64), w32, eps, res)
+        return _prob_res(carray(_voidptr(xa), s, np.int16), carray(_voidptr(ta), s, np.int16), w, eps, res)
+    return _prob_res(carray(_voidptr(xa), s, np.float64), carray(_voidptr(ta), s, np.float64), w, eps, res)
 
 
 # -- cross-entropy backward --------------------------------------------------------------------

@@ -20,6 +20,7 @@ from ._numba_ce_rows import (
     _scale_for,
     _scale_row_for,
     _zero_row,
+    weights64,
 )
 from ._numba_exp import _add
 from ._numba_log import log1p as _log1p
@@ -106,21 +107,15 @@ def ptr_ce_plain_forward(code: int, xa: int, ta: int, wa: int, w64: bool, r: int
     """:func:`ce_plain_forward` on tensors' storage (a small call's route: a NumPy view of a tensor costs ~1 us,
     and numba's dispatch of each array more than of an int): C-contiguous rows ``(r, n)`` at ``xa`` (``code`` 0
     float32, 1 bfloat16 bits, 3 float64), int64 indices ``(r,)`` at ``ta``, class weights ``(n,)`` at ``wa``
-    (float64 with ``w64``, else float32; ``wa = 0``: none)."""
+    (float64 with ``w64``, else float32, widened here: the kernels are compiled for float64 weights alone;
+    ``wa = 0``: none)."""
     t = carray(_voidptr(ta), (r,), np.int64)
-    if wa == 0 or w64:
-        w = carray(_voidptr(wa), (n if wa else 0,), np.float64)
-        if code == 0:
-            return ce_plain_forward(carray(_voidptr(xa), (r, n), np.float32), t, w, ignore, has_ignore, res)
-        if code == 1:
-            return ce_plain_forward(carray(_voidptr(xa), (r, n), np.int16), t, w, ignore, has_ignore, res)
-        return ce_plain_forward(carray(_voidptr(xa), (r, n), np.float64), t, w, ignore, has_ignore, res)
-    w32 = carray(_voidptr(wa), (n,), np.float32)
+    w = weights64(wa, w64, n)
     if code == 0:
-        return ce_plain_forward(carray(_voidptr(xa), (r, n), np.float32), t, w32, ignore, has_ignore, res)
+        return ce_plain_forward(carray(_voidptr(xa), (r, n), np.float32), t, w, ignore, has_ignore, res)
     if code == 1:
-        return ce_plain_forward(carray(_voidptr(xa), (r, n), np.int16), t, w32, ignore, has_ignore, res)
-    return ce_plain_forward(carray(_voidptr(xa), (r, n), np.float64), t, w32, ignore, has_ignore, res)
+        return ce_plain_forward(carray(_voidptr(xa), (r, n), np.int16), t, w, ignore, has_ignore, res)
+    return ce_plain_forward(carray(_voidptr(xa), (r, n), np.float64), t, w, ignore, has_ignore, res)
 
 
 @_njit()

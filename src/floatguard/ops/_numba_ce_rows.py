@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _encode32, _inline, _load32, _njit
+from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _encode32, _inline, _load32, _njit, _voidptr, carray
 from ._numba_exp import F32, ONE32, _exp32, _exp_f32out
 from ._numba_log import select
 from ._numba_loss_dtypes import _exp_for, _ld, _st
@@ -199,3 +199,16 @@ if AVAILABLE:
         return lambda e, q, out: _scale_out(e, q, out)
 
 
+@_njit()
+def weights64(wa: int, w64: bool, n: int) -> np.ndarray:
+    """The class weights ``(n,)`` at ``wa`` as float64: in place when they are (``w64``), a float64 copy of
+    float32 ones; none (an empty array) for ``wa = 0``."""
+    if wa == 0:
+        return carray(_voidptr(wa), (0,), np.float64)
+    if w64:
+        return carray(_voidptr(wa), (n,), np.float64)
+    w32 = carray(_voidptr(wa), (n,), np.float32)
+    w = np.empty(n)
+    for i in range(n):
+        w[i] = w32[i]
+    return w

@@ -376,9 +376,9 @@ def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
 
 # -- cross-entropy, the common case: class indices, no smoothing (the latency route) ---------------------
 def plain_weight(weight: torch.Tensor | None) -> np.ndarray:
-    """Class weights as the plain kernels read them: a NumPy view of a float32/float64 weight (no copy: a small
-    call's budget), :data:`EMPTY` for none."""
-    return EMPTY if weight is None else weight.detach().numpy()
+    """Class weights as the plain kernels' array route reads them: float64 (a view of a float64 weight; the
+    kernels are compiled for float64 weights alone), :data:`EMPTY` for none."""
+    return EMPTY if weight is None else weight.detach().numpy().astype(np.float64, copy=False)
 
 
 def plain_forward(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
