@@ -289,12 +289,19 @@ def _prob_res(x: np.ndarray, t: np.ndarray, w: np.ndarray, eps: float, res: np.n
     """:func:`ce_prob_forward` (no soft-capping) into the rows of ``res`` ``(5, R)``; the sum of the row losses
     (those of rows with a finite max compensated, as :func:`res_sums`)."""
     ce_prob_forward(x, t, w, w.size > 0, eps, 0.0, res[0], res[1], res[2], res[3], res[4])
+    return loss_total(res[0], res[4])
+
+
+@_njit()
+def loss_total(loss: np.ndarray, alive: np.ndarray) -> float:
+    """The sum of the row losses, those of rows with a finite max (``alive``) compensated and the others (``+-inf``,
+    NaN) apart, as :func:`res_sums` sums them: one total for every route of the same rows."""
     total, comp, plain = 0.0, 0.0, 0.0
-    for r in range(res.shape[1]):
-        if res[4, r] != 0.0:
-            total, comp = _add(total, comp, res[0, r])
+    for r in range(loss.size):
+        if alive[r] != 0.0:
+            total, comp = _add(total, comp, loss[r])
         else:
-            plain += res[0, r]
+            plain += loss[r]
     return (total + comp) + plain
 
 

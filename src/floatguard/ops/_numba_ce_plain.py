@@ -210,3 +210,17 @@ def ce_plain_forward_grad(x: np.ndarray, target: np.ndarray, w: np.ndarray, igno
         _scale_for(e, q, o)
         _st(o, c, -(s * q) if xc == m else np.float64(e[c]) * q - gw)
     return -1, (total + comp) + plain, count
+
+
+@_njit()
+def ptr_ce_plain_forward_grad(code: int, xa: int, ta: int, wa: int, w64: bool, r: int, n: int, ignore: int,
+                              has_ignore: bool, res: np.ndarray, gs: float, ga: int) -> tuple[int, float, float]:
+    """:func:`ce_plain_forward_grad` on tensors' storage, as :func:`ptr_ce_plain_forward`: float32 (``code`` 0) or
+    bfloat16 bits (1) rows, the gradient written to ``(r, n)`` of their dtype at ``ga``."""
+    t = carray(_voidptr(ta), (r,), np.int64)
+    w = weights64(wa, w64, n)
+    if code == 0:
+        return ce_plain_forward_grad(carray(_voidptr(xa), (r, n), np.float32), t, w, ignore, has_ignore, res, gs,
+                                     carray(_voidptr(ga), (r, n), np.float32))
+    return ce_plain_forward_grad(carray(_voidptr(xa), (r, n), np.int16), t, w, ignore, has_ignore, res, gs,
+                                 carray(_voidptr(ga), (r, n), np.int16))

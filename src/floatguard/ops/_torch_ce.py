@@ -34,7 +34,12 @@ import torch
 from . import _numba_ce as KC
 from . import _numba_ce_fused as KF
 from . import _numba_losses as K
-from ._numba_ce_plain import ce_plain_forward_grad, ce_plain_scale_rows, ptr_ce_plain_forward
+from ._numba_ce_plain import (
+    ce_plain_forward_grad,
+    ce_plain_scale_rows,
+    ptr_ce_plain_forward,
+    ptr_ce_plain_forward_grad,
+)
 from ._torch_rows import (
     EMPTY,
     FUSED_GRAD,
@@ -50,6 +55,7 @@ from ._torch_rows import (
     written_gradient,
 )
 from ._torch_softmax import Softmax
+from ._torch_sweep import EMPTY_LIKE_MIN
 
 
 def capped(y: torch.Tensor, cap: float) -> torch.Tensor:
@@ -205,7 +211,7 @@ def rows_forward(xk: torch.Tensor, target: torch.Tensor, wn: np.ndarray, ignore_
     """The forward kernels over the rows ``xk`` (:func:`kernel_input`): ``(loss, m, lg, coef, alive, den, count, tk,
     grad, total)`` per row and for the reduction; ``grad`` the gradient of ``loss.backward()`` where ``fused``
     (float32 or bfloat16, a mean or a sum, no soft-capping: :mod:`._numba_ce_fused`), else None; ``total`` the sum
-    of ``loss`` for class indices (:func:`._numba_ce.res_sums`), else None."""
+    of ``loss`` (:func:`._numba_ce.res_sums`, :func:`._numba_ce.loss_total`: compensated, as the latency route's)."""
     rows, n_cls = xk.shape
     xn = numpy_view(xk)
     grad = None
@@ -237,7 +243,7 @@ def rows_forward(xk: torch.Tensor, target: torch.Tensor, wn: np.ndarray, ignore_
                               coef[r0:r1], alive[r0:r1])
 
     run_rows(fwd_p, rows, n_cls)
-    return loss, m, lg, coef, alive, den, count, tk, grad, None
+    return loss, m, lg, coef, alive, den, count, tk, grad, KC.loss_total(loss, alive)
 
 
 def loss_out(loss: np.ndarray, den: float, reduction: str, z: np.ndarray | None, count: float,
@@ -420,47 +426,48 @@ def _plain_rows(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
     rows, n_cls = x.shape
     res = np.empty((5, rows))
     ign, has = (0, False) if ignore_index is None else (ignore_index, True)
-    if reduction is None and (rows * n_cls < PARALLEL_MIN or torch.get_num_threads() <= 1):
+    if rows * n_cls < PARALLEL_MIN or torch.get_num_threads() <= 1:  # one chunk: the tensors read in place
         if weight is None:
             wa, w64 = 0, True
         else:
             wa, w64 = weight.data_ptr(), weight.dtype == torch.float64
-        bad, total, count = ptr_ce_plain_forward(_CODE[x.dtype], x.data_ptr(), target.data_ptr(), wa, w64, rows,
-                                                 n_cls, ign, has, res)
+        grad = None
+        if reduction is None:
+            bad, total, count = ptr_ce_plain_forward(_CODE[x.dtype], x.data_ptr(), target.data_ptr(), wa, w64, rows,
+                                                     n_cls, ign, has, res)
+        else:
+            grad = torch.empty_like(x) if rows * n_cls < EMPTY_LIKE_MIN else empty_out(x)
+            bad, total, count = ptr_ce_plain_forward_grad(
+                _CODE[x.dtype], x.data_ptr(), target.data_ptr(), wa, w64, rows, n_cls, ign, has, res,
+                -1.0 if reduction == "mean" else 1.0, grad.data_ptr())  # -1: the kernel sums the mean's den
         if bad >= 0:
             raise bad_target("cross_entropy", target, bad, n_cls)
-        return res, total, count, None
-    xn, tn = numpy_view(x), target.numpy()
+        return res, total, count, grad
+    xn, tn = numpy_view(x), target.numpy()  # row chunks over threads
     wn = plain_weight(weight)
     grad = None if reduction is None else empty_out(x)
     gn = None if grad is None else numpy_view(grad)
-    gs = -1.0 if reduction == "mean" else 1.0  # -1: the kernel counts the rows of the mean itself
-    if rows * n_cls < PARALLEL_MIN or torch.get_num_threads() <= 1:  # the latency route: no slices
-        if gn is None:
-            bad, total, count = K.ce_plain_forward(xn, tn, wn, ign, has, res)
+    gs = 1.0
+    if reduction == "mean":  # the mean's 1 / den over every chunk
+        if wn.size:
+            bad, kept = KF.mean_den(tn, wn, True, ign, has, n_cls)
+            if bad >= 0:
+                raise bad_target("cross_entropy", target, bad, n_cls)
         else:
-            bad, total, count = ce_plain_forward_grad(xn, tn, wn, ign, has, res, gs, gn)
-    else:
-        if gs < 0.0:  # the mean's 1 / den over every chunk
-            if wn.size:
-                bad, kept = KF.mean_den(tn, wn, True, ign, has, n_cls)
-                if bad >= 0:
-                    raise bad_target("cross_entropy", target, bad, n_cls)
-            else:
-                kept = rows if ignore_index is None else int(np.count_nonzero(tn != ignore_index))
-            gs = 1.0 / kept if kept else 0.0
+            kept = rows if ignore_index is None else int(np.count_nonzero(tn != ignore_index))
+        gs = 1.0 / kept if kept else 0.0
 
-        def fwd(r0: int, r1: int) -> tuple[int, float, float]:
-            if gn is None:
-                b, t, c = K.ce_plain_forward(xn[r0:r1], tn[r0:r1], wn, ign, has, res[:, r0:r1])
-            else:
-                b, t, c = ce_plain_forward_grad(xn[r0:r1], tn[r0:r1], wn, ign, has, res[:, r0:r1], gs, gn[r0:r1])
-            return (b + r0 if b >= 0 else b), t, c
+    def fwd(r0: int, r1: int) -> tuple[int, float, float]:
+        if gn is None:
+            b, t, c = K.ce_plain_forward(xn[r0:r1], tn[r0:r1], wn, ign, has, res[:, r0:r1])
+        else:
+            b, t, c = ce_plain_forward_grad(xn[r0:r1], tn[r0:r1], wn, ign, has, res[:, r0:r1], gs, gn[r0:r1])
+        return (b + r0 if b >= 0 else b), t, c
 
-        parts = run_rows(fwd, rows, n_cls)
-        bads = [p[0] for p in parts if p[0] >= 0]
-        bad = bads[0] if bads else -1
-        total, count = math.fsum(p[1] for p in parts), sum(p[2] for p in parts)
+    parts = run_rows(fwd, rows, n_cls)
+    bads = [p[0] for p in parts if p[0] >= 0]
+    bad = bads[0] if bads else -1
+    total, count = math.fsum(p[1] for p in parts), sum(p[2] for p in parts)
     if bad >= 0:
         raise bad_target("cross_entropy", target, bad, n_cls)
     return res, total, count, grad
