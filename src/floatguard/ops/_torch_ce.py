@@ -49,12 +49,11 @@ from ._torch_rows import (
     from_float64,
     kernel_input,
     numpy_view,
-    reduced_scalar,
     run_rows,
     scalar,
     written_gradient,
 )
-from ._torch_softmax import Softmax
+from ._torch_softmax import STORAGE_CODE, Softmax
 from ._torch_sweep import EMPTY_LIKE_MIN
 
 
@@ -363,9 +362,9 @@ def cross_entropy_features(x: torch.Tensor, target: torch.Tensor, weight: torch.
     if target.dtype.is_floating_point and (weight is None or weight.is_contiguous()) and (
             rows * n_cls < PARALLEL_MIN or torch.get_num_threads() <= 1):  # probabilities, one thread: in place
         res = np.empty((5, rows))
-        wa, w64 = (0, True) if weight is None else (weight.data_ptr(), weight.dtype == torch.float64)
-        total = KC.ptr_ce_prob_forward(_CODE[x.dtype], x.data_ptr(), target.data_ptr(), wa, w64, rows, n_cls, eps,
-                                       res)
+        wa, w64 = weight_at(weight)
+        total = KC.ptr_ce_prob_forward(STORAGE_CODE[x.dtype], x.data_ptr(), target.data_ptr(), wa, w64, rows,
+                                       n_cls, eps, res)
         return loss_out(res[0], float(rows), reduction, None, float(rows), x.dtype, total)
     loss, _, _, _, _, den, count, _, _, total = rows_forward(kernel_input(x), target, weight64(weight), ignore_index,
                                                              eps, reduction, 0.0, False)
@@ -387,6 +386,12 @@ def plain_weight(weight: torch.Tensor | None) -> np.ndarray:
     return EMPTY if weight is None else weight.detach().numpy().astype(np.float64, copy=False)
 
 
+def weight_at(weight: torch.Tensor | None) -> tuple[int, bool]:
+    """Class weights as the kernels on tensors' storage take them: ``(address, float64?)``, ``(0, True)`` for
+    none (a contiguous float32/float64 tensor, checked by the caller's route)."""
+    return (0, True) if weight is None else (weight.data_ptr(), weight.dtype == torch.float64)
+
+
 def plain_forward(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
                   weight: torch.Tensor | None = None) -> tuple[np.ndarray, float, float]:
     """The residuals ``(5, R)`` of :func:`._numba_losses.ce_plain_forward`, the loss sum and the mean's divisor
@@ -396,13 +401,8 @@ def plain_forward(x: torch.Tensor, target: torch.Tensor, ignore_index: int | Non
 
 
 def plain_out(x: torch.Tensor, res: np.ndarray, total: float, count: float, reduction: str) -> torch.Tensor:
-    """The loss of :func:`plain_forward`'s rows, reduced: a mean over no weight is ``x / 0`` (NaN for ``0 / 0``,
-    as :func:`loss_out`'s)."""
-    if reduction == "none":
-        return from_float64(res[0], x.dtype)
-    if reduction == "mean" and not count and total == total and total != 0.0:
-        return scalar(math.copysign(math.inf, total), x.dtype)
-    return reduced_scalar(total, count, reduction, x.dtype)
+    """The loss of :func:`plain_forward`'s rows, reduced as :func:`loss_out` (the mean's divisor ``count``)."""
+    return loss_out(res[0], count, reduction, None, count, x.dtype, total)
 
 
 
@@ -415,9 +415,6 @@ def plain_forward_grad(x: torch.Tensor, target: torch.Tensor, ignore_index: int 
     return res, total, count, grad
 
 
-_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float64: 3}  # the storage codes of ptr_ce_plain_forward
-
-
 def _plain_rows(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None, reduction: str | None,
                 weight: torch.Tensor | None) -> tuple[np.ndarray, float, float, torch.Tensor | None]:
     """Both forwards: row chunks over threads, the first bad target raised; with a ``reduction`` the kernel also
@@ -427,18 +424,15 @@ def _plain_rows(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
     res = np.empty((5, rows))
     ign, has = (0, False) if ignore_index is None else (ignore_index, True)
     if rows * n_cls < PARALLEL_MIN or torch.get_num_threads() <= 1:  # one chunk: the tensors read in place
-        if weight is None:
-            wa, w64 = 0, True
-        else:
-            wa, w64 = weight.data_ptr(), weight.dtype == torch.float64
+        wa, w64 = weight_at(weight)
         grad = None
         if reduction is None:
-            bad, total, count = ptr_ce_plain_forward(_CODE[x.dtype], x.data_ptr(), target.data_ptr(), wa, w64, rows,
-                                                     n_cls, ign, has, res)
+            bad, total, count = ptr_ce_plain_forward(STORAGE_CODE[x.dtype], x.data_ptr(), target.data_ptr(), wa, w64,
+                                                     rows, n_cls, ign, has, res)
         else:
             grad = torch.empty_like(x) if rows * n_cls < EMPTY_LIKE_MIN else empty_out(x)
             bad, total, count = ptr_ce_plain_forward_grad(
-                _CODE[x.dtype], x.data_ptr(), target.data_ptr(), wa, w64, rows, n_cls, ign, has, res,
+                STORAGE_CODE[x.dtype], x.data_ptr(), target.data_ptr(), wa, w64, rows, n_cls, ign, has, res,
                 -1.0 if reduction == "mean" else 1.0, grad.data_ptr())  # -1: the kernel sums the mean's den
         if bad >= 0:
             raise bad_target("cross_entropy", target, bad, n_cls)

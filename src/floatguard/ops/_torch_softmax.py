@@ -57,12 +57,12 @@ def _kernels() -> Any:
     return _kern or None
 
 
-_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}  # _numba_fast.STORAGE_CODES
+STORAGE_CODE = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2, torch.float64: 3}  # _numba_fast.STORAGE_CODES
 
 
 def _on_kernels(x: torch.Tensor) -> Any:
     """The kernels module when rows ``x`` can go to it (CPU, a kernel dtype, non-empty rows), else None."""
-    if on_device(x) or x.dtype not in _CODE or x.shape[-1] == 0:
+    if on_device(x) or x.dtype not in STORAGE_CODE or x.shape[-1] == 0:
         return None
     return _kern or _kernels()
 
@@ -98,7 +98,7 @@ def _kernel_softmax(kern: Any, x: torch.Tensor, log: bool) -> tuple[torch.Tensor
     if x.requires_grad:
         x = x.detach()
     r, n = x.shape
-    return _kernel_rows(kern, x if x.is_contiguous() else x.contiguous(), log, _CODE[x.dtype], r, n)
+    return _kernel_rows(kern, x if x.is_contiguous() else x.contiguous(), log, STORAGE_CODE[x.dtype], r, n)
 
 
 def _kernel_rows(kern: Any, x: torch.Tensor, log: bool, code: int, r: int, n: int
@@ -152,7 +152,7 @@ def _kernel_softmax_grad(
     r, n = out.shape
     grad = torch.empty_like(out) if r * n < EMPTY_LIKE_MIN else empty_like(out)
     try:
-        kern.ptr_softmax_bwd(_CODE[out.dtype], out.data_ptr(), g.data_ptr(), finite.data_ptr(), finite.numel(),
+        kern.ptr_softmax_bwd(STORAGE_CODE[out.dtype], out.data_ptr(), g.data_ptr(), finite.data_ptr(), finite.numel(),
                              grad.data_ptr(), r, n, log)
     except Exception as exc:  # numba cannot compile here: the torch ops still can
         _kernels_failed(exc)
@@ -191,7 +191,7 @@ def lse_any(x: torch.Tensor) -> torch.Tensor:
         x = _plain(x)
         r, n = x.shape
         lse = torch.empty(r, dtype=torch.float64)
-        if _kernel_call(kern.ptr_logsumexp_fwd, _CODE[x.dtype], x.data_ptr(), lse.data_ptr(), r, n):
+        if _kernel_call(kern.ptr_logsumexp_fwd, STORAGE_CODE[x.dtype], x.data_ptr(), lse.data_ptr(), r, n):
             return lse
     if on_device(x):
         return device_logsumexp(x)[:, 0]
@@ -227,7 +227,7 @@ def softmax_fast(x: torch.Tensor, axis: Any, log: bool) -> torch.Tensor | None:
         kern = _kernels()
         if not kern:
             return None
-    code = _CODE.get(x.dtype)
+    code = STORAGE_CODE.get(x.dtype)
     shape = x.shape
     nd = len(shape)
     if code is None or nd == 0 or (axis != -1 and axis != nd - 1):
@@ -285,7 +285,7 @@ def lse_backward(x: torch.Tensor, lse: torch.Tensor, g: torch.Tensor) -> torch.T
         grad = empty_like(xc)
         g64 = _plain(g.reshape(-1).to(torch.float64))
         r, n = xc.shape
-        if _kernel_call(kern.ptr_logsumexp_bwd, _CODE[x.dtype], xc.data_ptr(), lse.data_ptr(), g64.data_ptr(),
+        if _kernel_call(kern.ptr_logsumexp_bwd, STORAGE_CODE[x.dtype], xc.data_ptr(), lse.data_ptr(), g64.data_ptr(),
                         grad.data_ptr(), r, n):
             return grad
     p = torch.where(torch.isfinite(lse)[:, None], Softmax.apply(x), 0.0)
