@@ -1,0 +1,174 @@
+"""Compile the fused CPU kernels into numba's on-disk cache ahead of their first call.
+
+``python -m floatguard.ops.precompile`` (or :func:`precompile`): numba compiles each
+kernel for each signature (dtype, layout) on its first call, 10 to 25 seconds in all
+on a new machine, and caches it beside the package, where every later process loads it
+in milliseconds. A container image or a CI job can pay that once, in a step of its own
+or beside other work (``make test`` runs it while ``mypy`` checks the types, so that
+the test workers find the kernels in the cache instead of each compiling them).
+
+It calls the ops themselves, on small NumPy arrays and PyTorch tensors (where torch is
+installed) in the dtypes people compute in, forward and backward: the signatures a
+program meets are those it compiles. Without numba there is nothing to compile and it
+returns 0.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import (
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    log1mexp,
+    log_sigmoid,
+    log_softmax,
+    logaddexp,
+    logcumsumexp,
+    logmeanexp,
+    logsubexp,
+    logsumexp,
+    sigmoid,
+    softmax,
+    softplus,
+    softplus_inverse,
+    xlog1py,
+    xlogy,
+)
+
+__all__ = ["precompile"]
+
+# a small call (one thread, the tensors read in place) and one large enough for the row chunks over threads and the
+# kernels on NumPy views; compiling is the cost, not running
+SHAPES = ((6, 11), (96, 1000))
+
+
+def _signatures() -> int:
+    """How many (kernel, signature) pairs numba holds for floatguard's kernel modules."""
+    import numba.core.registry
+
+    count = 0
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("floatguard.ops._numba"):
+            continue
+        for obj in vars(mod).values():
+            if isinstance(obj, numba.core.registry.CPUDispatcher):
+                count += len(obj.signatures)
+    return count
+
+
+class _Data(NamedTuple):
+    """The arguments of one step of the matrix: logits ``x``, class indices ``t``, probabilities ``p``, values in
+    ``[0, 1)`` ``y`` and class weights ``w``."""
+
+    x: Any
+    t: Any
+    p: Any
+    y: Any
+    w: Any
+
+
+_Call = Callable[[Any, _Data], Any]  # (the logits, or a view of them; the rest) -> the op's result
+
+# the NumPy ops: reductions, losses and elementwise ops
+NUMPY_CALLS: tuple[_Call, ...] = (
+    lambda x, d: logsumexp(x[0]),  # a vector
+    lambda x, d: logsumexp(x),
+    lambda x, d: logsumexp(x, axis=-1),
+    lambda x, d: logsumexp(x, axis=-1, b=d.y),
+    lambda x, d: softmax(x, axis=-1),
+    lambda x, d: log_softmax(x, axis=-1),
+    lambda x, d: logmeanexp(x, axis=-1),
+    lambda x, d: logcumsumexp(x, axis=-1),
+    lambda x, d: log_sigmoid(x),
+    lambda x, d: sigmoid(x),
+    lambda x, d: softplus(x),
+    lambda x, d: log1mexp(-np.abs(x) - 0.125),
+    lambda x, d: softplus_inverse(np.abs(x) + 0.125),
+    lambda x, d: logaddexp(x, d.y),
+    lambda x, d: logsubexp(np.abs(x) + 1, -d.y),
+    lambda x, d: xlogy(x, d.y),
+    lambda x, d: xlog1py(x, d.y),
+    *(lambda x, d, r=r: cross_entropy(x, d.t, reduction=r) for r in ("mean", "sum", "none")),
+    *(lambda x, d, r=r: cross_entropy(x, d.p, reduction=r) for r in ("mean", "sum", "none")),
+    *(lambda x, d, r=r: binary_cross_entropy_with_logits(x, d.y, reduction=r) for r in ("mean", "sum", "none")),
+    lambda x, d: cross_entropy(x, d.t, label_smoothing=0.1),
+    lambda x, d: cross_entropy(x, d.t, weight=d.w),
+)
+
+# the PyTorch ops, each called without and with a backward pass
+TORCH_CALLS: tuple[_Call, ...] = (
+    lambda x, d: logsumexp(x, axis=-1),
+    lambda x, d: softmax(x, axis=-1),
+    lambda x, d: log_softmax(x, axis=-1),
+    lambda x, d: log_sigmoid(x),
+    lambda x, d: sigmoid(x),
+    lambda x, d: softplus(x),
+    lambda x, d: log1mexp(-x.abs() - 0.125),
+    lambda x, d: logaddexp(x, d.y),
+    *(lambda x, d, r=r: cross_entropy(x, d.t, reduction=r) for r in ("mean", "sum", "none")),
+    *(lambda x, d, r=r: cross_entropy(x, d.p, reduction=r) for r in ("mean", "none")),
+    lambda x, d: cross_entropy(x, d.t, label_smoothing=0.1),
+    lambda x, d: cross_entropy(x, d.t, weight=d.w),
+    lambda x, d: cross_entropy(x, d.t, ignore_index=0),
+    *(lambda x, d, r=r: binary_cross_entropy_with_logits(x, d.y, reduction=r) for r in ("mean", "none")),
+)
+
+
+def _run_numpy() -> None:
+    """The NumPy calls in float16, float32 and float64, on contiguous arrays and on strided views."""
+    rng = np.random.default_rng(0)
+    for dtype, (rows, cols), strided in itertools.product((np.float16, np.float32, np.float64), SHAPES, (False, True)):
+        x = (rng.standard_normal((rows, 2 * cols if strided else cols)) * 3).astype(dtype)
+        x = x[:, ::2] if strided else x  # a view with a stride: numba's other array layout
+        d = _Data(x, rng.integers(0, cols, rows), rng.dirichlet(np.ones(cols), rows).astype(dtype),
+                  rng.random((rows, cols)).astype(dtype), np.linspace(0.5, 1.5, cols).astype(dtype))
+        for call in NUMPY_CALLS:
+            call(x, d)
+
+
+def _run_torch(torch: Any) -> None:
+    """The PyTorch calls in float32, bfloat16, float16 and float64, without and with a backward pass."""
+    gen = torch.Generator().manual_seed(0)
+    for dtype, (rows, cols) in itertools.product((torch.float32, torch.bfloat16, torch.float16, torch.float64), SHAPES):
+        x0 = torch.randn(rows, cols, generator=gen, dtype=torch.float64).mul_(3)
+        p = torch.softmax(torch.randn(rows, cols, generator=gen, dtype=torch.float64), -1)
+        d = _Data(x0.to(dtype), torch.randint(0, cols, (rows,), generator=gen), p.to(dtype),
+                  torch.rand(rows, cols, generator=gen, dtype=torch.float64).to(dtype),
+                  torch.linspace(0.5, 1.5, cols, dtype=dtype))
+        for call, grad in itertools.product(TORCH_CALLS, (False, True)):
+            x = x0.to(dtype, copy=True).requires_grad_(grad)
+            out = call(x, d)
+            if grad:
+                out.sum().backward()
+
+
+def precompile(*, verbose: bool = False) -> int:
+    """Compile the kernels the ops call on NumPy arrays and PyTorch tensors into numba's cache.
+
+    Returns how many kernel signatures were compiled or loaded (0 without numba).
+    """
+    if importlib.util.find_spec("numba") is None:
+        return 0
+    start = time.perf_counter()
+    _run_numpy()
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        _run_torch(torch)
+    count = _signatures()
+    if verbose:
+        print(f"floatguard: {count} kernel signatures compiled or loaded from the cache "
+              f"in {time.perf_counter() - start:.1f} s")
+    return count
+
+
+if __name__ == "__main__":
+    precompile(verbose=True)
