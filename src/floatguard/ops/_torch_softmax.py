@@ -94,9 +94,8 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
 
 
 def _kernel_softmax(kern: Any, x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """softmax or log_softmax of rows ``x`` by the kernels, and ``finite`` (R, 1); None if they failed."""
-    if x.requires_grad:
-        x = x.detach()
+    """softmax or log_softmax of rows ``x`` by the kernels, and ``finite`` (R, 1); None if they failed. (Not detached:
+    the kernel reads the storage, and the callers run without grad mode.)"""
     r, n = x.shape
     return _kernel_rows(kern, x if x.is_contiguous() else x.contiguous(), log, STORAGE_CODE[x.dtype], r, n)
 
@@ -238,7 +237,7 @@ def softmax_fast(x: torch.Tensor, axis: Any, log: bool) -> torch.Tensor | None:
         return None
     rows = x if nd == 2 else x.reshape(r, n)
     if x.requires_grad and torch.is_grad_enabled():
-        out = (LogSoftmax if log else Softmax).apply(rows)
+        out = (LogSoftmax if log else Softmax).apply(rows, code)
     else:
         got = _kernel_rows(kern, rows if rows.is_contiguous() else rows.contiguous(), log, code, r, n)
         out = softmax_forward(rows, log)[0] if got is None else got[0]
@@ -298,16 +297,21 @@ def _softmax_function(log: bool) -> Any:
 
     class Function(torch.autograd.Function):
         @staticmethod
-        def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-            out, finite = softmax_any(x, log=log)
+        def forward(ctx: Any, x: torch.Tensor, code: int = -1) -> torch.Tensor:
+            if code >= 0:  # from softmax_fast: CPU rows of the storage dtype ``code``, the kernels loaded
+                r, n = x.shape
+                got = _kernel_rows(_kern, x if x.is_contiguous() else x.contiguous(), log, code, r, n)
+                out, finite = softmax_forward(x, log) if got is None else got
+            else:
+                out, finite = softmax_any(x, log=log)
             ctx.save_for_backward(out)
             ctx.finite = finite  # a bool tensor of ours, no graph: an attribute (each saved tensor costs a small call)
             return out
 
         @staticmethod
-        def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor, None]:
             (out,) = ctx.saved_tensors
-            return softmax_backward(out, ctx.finite, g, log, graph=torch.is_grad_enabled())
+            return softmax_backward(out, ctx.finite, g, log, graph=torch.is_grad_enabled()), None
 
     Function.__name__ = Function.__qualname__ = "LogSoftmax" if log else "Softmax"
     return Function

@@ -101,6 +101,8 @@ NUMPY_CALLS: tuple[_Call, ...] = (
     *(lambda x, d, r=r: binary_cross_entropy_with_logits(x, d.y, reduction=r) for r in ("mean", "sum", "none")),
     lambda x, d: cross_entropy(x, d.t, label_smoothing=0.1),
     lambda x, d: cross_entropy(x, d.t, weight=d.w),
+    lambda x, d: cross_entropy(x, d.t, z_loss=1e-4),
+    lambda x, d: cross_entropy(x, d.p, softcap=30.0),
 )
 
 # the PyTorch ops, each called without and with a backward pass
@@ -118,6 +120,8 @@ TORCH_CALLS: tuple[_Call, ...] = (
     lambda x, d: cross_entropy(x, d.t, label_smoothing=0.1),
     lambda x, d: cross_entropy(x, d.t, weight=d.w),
     lambda x, d: cross_entropy(x, d.t, ignore_index=0),
+    lambda x, d: cross_entropy(x, d.t, z_loss=1e-4),
+    lambda x, d: cross_entropy(x, d.p, softcap=30.0),
     *(lambda x, d, r=r: binary_cross_entropy_with_logits(x, d.y, reduction=r) for r in ("mean", "none")),
 )
 
