@@ -287,16 +287,22 @@ def test_the_elementwise_custom_ops_pass_opcheck():
 def test_ops_compiled_one_after_another_in_a_new_process() -> None:
     """Compiling ``logaddexp`` and then ``logsumexp`` in one process: the kernel tables' caches, keyed by types, were
     traced by Dynamo and guarded by position; the second op's first call (a kernel module registering on first use
-    clears them) raised ``StopIteration`` from the guard. A new process: the caches' state is the point."""
+    clears them) raised ``StopIteration`` from the guard. A new process: the caches' state is the point. Each
+    compiled function is called twice and must not recompile: the first call in a process loads the kernels while
+    Dynamo traces, and state read then and changed after (the set of loaded backends, the cached ``is_compiling``)
+    failed the guards of the second call."""
     import subprocess
     import sys
 
     code = """
 import torch, floatguard as fg
+torch._dynamo.config.error_on_recompile = True
 a = torch.randn(16, 8, requires_grad=True); b = torch.randn(16, 8, requires_grad=True)
-torch.compile(fg.logaddexp, dynamic=False)(a, b).sum().backward()
+f = torch.compile(fg.logaddexp, dynamic=False)
+f(a, b).sum().backward(); f(a, b)
 ga = a.grad.clone(); a.grad = None
-torch.compile(lambda v: fg.logsumexp(v, dim=-1), dynamic=False)(a).sum().backward()
+g = torch.compile(lambda v: fg.logsumexp(v, dim=-1), dynamic=False)
+g(a).sum().backward(); g(a)
 torch.testing.assert_close(a.grad, torch.softmax(a.detach(), -1))
 torch.testing.assert_close(ga, torch.sigmoid(a.detach() - b.detach()))
 print("ok")

@@ -165,7 +165,11 @@ def select_call(op: str, x: Any) -> Callable[..., Any] | None:
     32×10 ``softplus`` took 320 us against the compiled ``F.softplus``'s 25), and a recompile whenever the program
     imported a module."""
     if _torch_compiling():
-        return next((k.fn for k in kernels(op, "torch", "call") if k.applies(x)), None)
+        # the import registers the torch kernels (Dynamo runs it while tracing); not _load, whose set of loaded
+        # backends, read before and changed after, failed the guard of the first call compiled (one recompile)
+        from . import _torch_fast  # noqa: F401
+
+        return next((k.fn for k in _TABLE.get((op, "torch", "call"), ()) if k.applies(x)), None)
     key = (op, type(x), getattr(x, "dtype", None))
     try:
         return _CALL_FN[key]
