@@ -50,8 +50,8 @@ FORCE_DEVICE_PATH: bool = os.environ.get("FLOATGUARD_FORCE_DEVICE_PATH", "") not
 
 # torch.compiler.is_compiling, once torch is imported: at once when it already is (else the first call that
 # torch.compile traces would read None here and set it, failing the guard of its own compiled code: a recompile)
-_is_compiling: Callable[[], bool] | None = (sys.modules["torch"].compiler.is_compiling if "torch" in sys.modules
-                                            else None)
+_is_compiling: Callable[[], bool] | None = getattr(getattr(sys.modules.get("torch"), "compiler", None), "is_compiling",
+                                                  None)
 
 
 def _torch_compiling() -> bool:
