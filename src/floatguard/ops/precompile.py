@@ -24,24 +24,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import (
-    binary_cross_entropy_with_logits,
-    cross_entropy,
-    log1mexp,
-    log_sigmoid,
-    log_softmax,
-    logaddexp,
-    logcumsumexp,
-    logmeanexp,
-    logsubexp,
-    logsumexp,
-    sigmoid,
-    softmax,
-    softplus,
-    softplus_inverse,
-    xlog1py,
-    xlogy,
-)
+from . import elementwise as E
+from . import losses as L
+from . import reductions as R
 
 __all__ = ["precompile"]
 
@@ -77,52 +62,38 @@ class _Data(NamedTuple):
 
 _Call = Callable[[Any, _Data], Any]  # (the logits, or a view of them; the rest) -> the op's result
 
-# the NumPy ops: reductions, losses and elementwise ops
-NUMPY_CALLS: tuple[_Call, ...] = (
-    lambda x, d: logsumexp(x[0]),  # a vector
-    lambda x, d: logsumexp(x),
-    lambda x, d: logsumexp(x, axis=-1),
-    lambda x, d: logsumexp(x, axis=-1, b=d.y),
-    lambda x, d: softmax(x, axis=-1),
-    lambda x, d: log_softmax(x, axis=-1),
-    lambda x, d: logmeanexp(x, axis=-1),
-    lambda x, d: logcumsumexp(x, axis=-1),
-    lambda x, d: log_sigmoid(x),
-    lambda x, d: sigmoid(x),
-    lambda x, d: softplus(x),
-    lambda x, d: log1mexp(-np.abs(x) - 0.125),
-    lambda x, d: softplus_inverse(np.abs(x) + 0.125),
-    lambda x, d: logaddexp(x, d.y),
-    lambda x, d: logsubexp(np.abs(x) + 1, -d.y),
-    lambda x, d: xlogy(x, d.y),
-    lambda x, d: xlog1py(x, d.y),
-    *(lambda x, d, r=r: cross_entropy(x, d.t, reduction=r) for r in ("mean", "sum", "none")),
-    *(lambda x, d, r=r: cross_entropy(x, d.p, reduction=r) for r in ("mean", "sum", "none")),
-    *(lambda x, d, r=r: binary_cross_entropy_with_logits(x, d.y, reduction=r) for r in ("mean", "sum", "none")),
-    lambda x, d: cross_entropy(x, d.t, label_smoothing=0.1),
-    lambda x, d: cross_entropy(x, d.t, weight=d.w),
-    lambda x, d: cross_entropy(x, d.t, z_loss=1e-4),
-    lambda x, d: cross_entropy(x, d.p, softcap=30.0),
+# the calls of both libraries (PyTorch's without and with a backward pass): reductions, losses, elementwise ops
+CALLS: tuple[_Call, ...] = (
+    lambda x, d: R.logsumexp(x, axis=-1),
+    lambda x, d: R.softmax(x, axis=-1),
+    lambda x, d: R.log_softmax(x, axis=-1),
+    lambda x, d: E.log_sigmoid(x),
+    lambda x, d: E.sigmoid(x),
+    lambda x, d: E.softplus(x),
+    lambda x, d: E.log1mexp(-abs(x) - 0.125),
+    lambda x, d: E.logaddexp(x, d.y),
+    *(lambda x, d, r=r: L.cross_entropy(x, d.t, reduction=r) for r in ("mean", "sum", "none")),
+    *(lambda x, d, r=r: L.cross_entropy(x, d.p, reduction=r) for r in ("mean", "sum", "none")),
+    *(lambda x, d, r=r: L.binary_cross_entropy_with_logits(x, d.y, reduction=r) for r in ("mean", "sum", "none")),
+    lambda x, d: L.cross_entropy(x, d.t, label_smoothing=0.1),
+    lambda x, d: L.cross_entropy(x, d.t, weight=d.w),
+    lambda x, d: L.cross_entropy(x, d.t, ignore_index=0),
+    lambda x, d: L.cross_entropy(x, d.t, z_loss=1e-4),
+    lambda x, d: L.cross_entropy(x, d.p, softcap=30.0),
 )
 
-# the PyTorch ops, each called without and with a backward pass
-TORCH_CALLS: tuple[_Call, ...] = (
-    lambda x, d: logsumexp(x, axis=-1),
-    lambda x, d: softmax(x, axis=-1),
-    lambda x, d: log_softmax(x, axis=-1),
-    lambda x, d: log_sigmoid(x),
-    lambda x, d: sigmoid(x),
-    lambda x, d: softplus(x),
-    lambda x, d: log1mexp(-x.abs() - 0.125),
-    lambda x, d: logaddexp(x, d.y),
-    *(lambda x, d, r=r: cross_entropy(x, d.t, reduction=r) for r in ("mean", "sum", "none")),
-    *(lambda x, d, r=r: cross_entropy(x, d.p, reduction=r) for r in ("mean", "none")),
-    lambda x, d: cross_entropy(x, d.t, label_smoothing=0.1),
-    lambda x, d: cross_entropy(x, d.t, weight=d.w),
-    lambda x, d: cross_entropy(x, d.t, ignore_index=0),
-    lambda x, d: cross_entropy(x, d.t, z_loss=1e-4),
-    lambda x, d: cross_entropy(x, d.p, softcap=30.0),
-    *(lambda x, d, r=r: binary_cross_entropy_with_logits(x, d.y, reduction=r) for r in ("mean", "none")),
+# NumPy's besides: a vector, every axis, weights b, and the ops that run on NumPy kernels alone
+NUMPY_CALLS: tuple[_Call, ...] = (
+    *CALLS,
+    lambda x, d: R.logsumexp(x[0]),
+    lambda x, d: R.logsumexp(x),
+    lambda x, d: R.logsumexp(x, axis=-1, b=d.y),
+    lambda x, d: R.logmeanexp(x, axis=-1),
+    lambda x, d: R.logcumsumexp(x, axis=-1),
+    lambda x, d: E.softplus_inverse(abs(x) + 0.125),
+    lambda x, d: E.logsubexp(abs(x) + 1, -d.y),
+    lambda x, d: E.xlogy(x, d.y),
+    lambda x, d: E.xlog1py(x, d.y),
 )
 
 
@@ -147,7 +118,7 @@ def _run_torch(torch: Any) -> None:
         d = _Data(x0.to(dtype), torch.randint(0, cols, (rows,), generator=gen), p.to(dtype),
                   torch.rand(rows, cols, generator=gen, dtype=torch.float64).to(dtype),
                   torch.linspace(0.5, 1.5, cols, dtype=dtype))
-        for call, grad in itertools.product(TORCH_CALLS, (False, True)):
+        for call, grad in itertools.product(CALLS, (False, True)):
             x = x0.to(dtype, copy=True).requires_grad_(grad)
             out = call(x, d)
             if grad:
