@@ -1,4 +1,7 @@
-"""``python -m floatguard.ops.precompile``: the ops' calls that compile the numba kernels ahead of use."""
+"""``python -m floatguard.ops.precompile``: the ops' calls that compile the numba kernels ahead of use.
+
+Not skipped without numba: it is in the test environment (``floatguard[dev]`` takes ``fast``), and ``make test``
+runs this module's command."""
 
 from __future__ import annotations
 
@@ -6,8 +9,6 @@ import importlib.util
 from typing import Any
 
 import pytest
-
-pytest.importorskip("numba")
 
 from floatguard.ops import _numba_torch, precompile
 

@@ -138,7 +138,7 @@ def select(op: str, backend: str, x: Any) -> Callable[..., Any] | None:
     return None
 
 
-def _call_kernels(op: str, x: Any, remember: bool = True) -> tuple[Kernel, ...]:
+def _call_kernels(op: str, x: Any) -> tuple[Kernel, ...]:
     """The call kernels of ``op`` for inputs of the type of ``x`` (none for a library not yet imported),
     remembered for that type (an instance check on one instance holds for every instance of its type)."""
     found: tuple[Kernel, ...] = ()
@@ -147,8 +147,7 @@ def _call_kernels(op: str, x: Any, remember: bool = True) -> tuple[Kernel, ...]:
         tp = None if lib is None else getattr(lib, name, None)
         if tp is not None and (type(x) is tp if exact else isinstance(x, tp)):
             found = kernels(op, backend, "call")
-    if remember:
-        _CALL[(op, type(x))] = found
+    _CALL[(op, type(x))] = found
     return found
 
 
