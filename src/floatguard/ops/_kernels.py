@@ -112,12 +112,18 @@ def _load(backend: str) -> None:
     _LOADED.add(backend)
     # Import statements, not importlib: torch.compile traces an ``import`` (it runs it once while
     # tracing) but breaks the graph on ``importlib.import_module``.
-    if backend == "torch":
-        from . import _torch_fast  # noqa: F401
-    elif backend == "jax":
-        from . import _jax_kernels  # noqa: F401
-    else:
-        from . import _numpy_fast  # noqa: F401
+    try:
+        if backend == "torch":
+            from . import _torch_fast  # noqa: F401
+        elif backend == "jax":
+            from . import _jax_kernels  # noqa: F401
+        else:
+            from . import _numpy_fast  # noqa: F401
+    except BaseException:
+        # not loaded: the error reaches the caller, and the next call tries again (marked loaded, the backend's
+        # ops would have taken the generic path for the rest of the process, silently)
+        _LOADED.discard(backend)
+        raise
 
 
 def kernels(op: str, backend: str, stage: Stage = "rows") -> tuple[Kernel, ...]:

@@ -126,12 +126,16 @@ def _kernel_rows(kern: Any, x: torch.Tensor, log: bool, code: int, r: int, n: in
     return fix_limits(x, out, finite, log), finite
 
 
-ALL_FINITE = torch.ones((1, 1), dtype=torch.bool)  # ``finite`` of rows that all have a finite max
-# Where the forward kernel writes its per-row flags for up to 4096 rows: never read (a call with a row whose max is
-# not finite takes the flags from torch's max), so calls in several threads may share it. A new bool tensor per
-# call took 1.3 us of a 32×10 softmax's ~12 (AVX2 VM).
-FLAG_ROWS = 4096
-_FLAGS = torch.empty(FLAG_ROWS, dtype=torch.bool)
+# Module-level tensors are made with functorch off: this module is imported by the first torch call of an op, which
+# may run under a torch.func transform, where a new tensor would be a wrapper with no storage (and a data_ptr that
+# raises): the import failed, and the ops lost their kernels for the rest of the process.
+with torch._C._DisableFuncTorch():
+    ALL_FINITE = torch.ones((1, 1), dtype=torch.bool)  # ``finite`` of rows that all have a finite max
+    # Where the forward kernel writes its per-row flags for up to 4096 rows: never read (a call with a row whose max
+    # is not finite takes the flags from torch's max), so calls in several threads may share it. A new bool tensor
+    # per call took 1.3 us of a 32×10 softmax's ~12 (AVX2 VM).
+    FLAG_ROWS = 4096
+    _FLAGS = torch.empty(FLAG_ROWS, dtype=torch.bool)
 _FLAGS_AT = _FLAGS.data_ptr()
 
 

@@ -17,12 +17,13 @@ Cross-Entropy of Wijmans et al. 2024), so only one block exists at once:
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
 
 from ._lce_options import Options
-from ._namespace import Backend, check_real, namespace
+from ._namespace import Backend, check_real, namespace, torch_transformed
 
 __all__ = ["linear_cross_entropy"]
 
@@ -90,9 +91,12 @@ def linear_cross_entropy(
     h2 = be.xp.reshape(hidden, (-1, hidden.shape[-1]))
     t1 = be.xp.reshape(target, (-1,))
     if be.name == "torch":
-        from . import _lce_torch
+        if torch_transformed(sys.modules["torch"]):
+            out = _composed(h2, weight, bias, t1, o)
+        else:
+            from . import _lce_torch
 
-        out = _lce_torch.linear_cross_entropy(h2, weight, bias, t1, o)
+            out = _lce_torch.linear_cross_entropy(h2, weight, bias, t1, o)
     elif be.name == "jax":
         from . import _lce_jax
 
@@ -181,12 +185,29 @@ def _check_arrays(be: Backend, hidden: Any, weight: Any, target: Any, bias: Any,
         raise ValueError(f"floatguard.{_FUNC}: arguments 'hidden' ({hidden.device}), 'weight' ({weight.device}) "
                          f"and 'target' ({target.device}) must be on one device")
     if be.is_concrete(target):  # JAX: a concrete array read through NumPy (its own ops would trace under jit)
-        tv = np.asarray(target) if be.name == "jax" else target
+        tv = be.host(target)
         bad = ((tv < 0) | (tv >= n_cls)) & (tv != ignore_index)
         if bool(bad.any()):
             raise ValueError(f"floatguard.{_FUNC}: argument 'target' has class indices outside [0, {n_cls}) "
                              f"(e.g. {int(tv[bad][0])}); set ignore_index for padding entries")
     return lead
+
+
+def _composed(h: Any, w: Any, b: Any, t: Any, o: Options) -> Any:
+    """The loss under a ``torch.func`` transform (:func:`._namespace.torch_transformed`), whose wrapped tensors the
+    fused path's autograd Function cannot take: the logits in full, in the fused path's accumulation dtype
+    (float32 for 16-bit inputs, float64 for float64), and :func:`.cross_entropy` on them. The unfused loss's
+    memory; its values and gradients those of the fused path within rounding."""
+    from .losses import cross_entropy
+
+    torch = sys.modules["torch"]
+    wd = torch.float64 if h.dtype == torch.float64 else torch.float32
+    z = h.to(wd) @ w.to(wd).T
+    if b is not None:
+        z = z + b.to(wd)
+    loss = cross_entropy(z, t, ignore_index=o.ignore_index, label_smoothing=o.label_smoothing,
+                         reduction=o.reduction, z_loss=o.z_loss, softcap=o.softcap)
+    return loss.to(h.dtype)
 
 
 def _numpy(h: Any, w: Any, b: Any, t: Any, o: Options) -> Any:

@@ -141,7 +141,8 @@ def _is_integer(be: Backend, a: Any) -> bool:
 def _fast_torch(logits: Any, target: Any, weight: Any) -> Any:
     """The fused CPU kernels' module when they can take these arguments, else None (the generic path)."""
     torch = sys.modules.get("torch")
-    if torch is None or type(logits) is not torch.Tensor or type(target) is not torch.Tensor:
+    if torch is None or type(logits) is not torch.Tensor or type(target) is not torch.Tensor \
+            or _ns.torch_transformed(torch):
         return None
     if weight is not None and (type(weight) is not torch.Tensor or weight.requires_grad or weight.ndim != 1):
         return None
@@ -160,7 +161,8 @@ def _device_torch(logits: Any, target: Any, weight: Any) -> Any:
     """:mod:`._torch_losses` when its torch-op composition takes these arguments: tensors off the CPU (CUDA,
     XPU, MPS; any tensor under ``FLOATGUARD_FORCE_DEVICE_PATH``) on one device, eager; else None."""
     torch = sys.modules.get("torch")
-    if torch is None or type(logits) is not torch.Tensor or type(target) is not torch.Tensor:
+    if torch is None or type(logits) is not torch.Tensor or type(target) is not torch.Tensor \
+            or _ns.torch_transformed(torch):
         return None
     if (logits.is_cpu and not _ns.FORCE_DEVICE_PATH) or logits.is_meta or target.device != logits.device \
             or target.requires_grad:  # meta tensors have no values to check: the generic path shapes them
@@ -221,7 +223,7 @@ def _rows_route(logits: Any, target: Any, axis: Any, dim: Any, reduction: str) -
         and (dim is None or (type(dim) is int and axis == -1 and (dim == -1 or dim == 1))) and logits.ndim == 2
         and logits.dtype in (torch.float32, torch.float64, torch.bfloat16) and logits.is_cpu and target.is_cpu
         and not _ns.FORCE_DEVICE_PATH and not target.requires_grad and reduction in _REDUCTIONS
-        and logits.layout is torch.strided and target.layout is torch.strided
+        and logits.layout is torch.strided and target.layout is torch.strided and not _ns.torch_transformed(torch)
     ):
         return 0
     if torch.compiler.is_compiling():
@@ -287,7 +289,8 @@ def _fast_bce_plain(logits: Any, targets: Any, weight: Any, pos_weight: Any, red
     1 for contiguous CPU tensors of one shape and dtype (float32/float64/bfloat16), no weights, eager; 2 under
     ``torch.compile`` (the custom ops, :func:`_compiled_bce`); 0: no."""
     torch = sys.modules.get("torch")
-    if torch is None or type(logits) is not torch.Tensor or type(targets) is not torch.Tensor:
+    if torch is None or type(logits) is not torch.Tensor or type(targets) is not torch.Tensor \
+            or _ns.torch_transformed(torch):
         return 0
     if (
         weight is None and pos_weight is None and logits.dtype is targets.dtype
@@ -512,7 +515,8 @@ def _cross_entropy(
     x = as_float(be, logits, "logits", func)
     ax = normalize_axis(axis, x.ndim, "axis", func)
     dtype = x.dtype
-    rows = xp.moveaxis(xp.astype(x, be.work_dtype(dtype), copy=False), ax, -1)
+    # axes as tuples: torch.vmap has no batching rule for moveaxis.int
+    rows = xp.moveaxis(xp.astype(x, be.work_dtype(dtype), copy=False), (ax,), (-1,))
     if cap:
         rows = _softcap(be, rows, cap)
     n_cls = rows.shape[-1]
@@ -565,7 +569,7 @@ def _cross_entropy(
             )
         t = as_float(be, target, "target", func)
         _same_shape(t, tuple(x.shape), "target", "class probabilities of the shape of 'logits',", func)
-        t = xp.moveaxis(xp.astype(t, rows.dtype, copy=False), ax, -1)
+        t = xp.moveaxis(xp.astype(t, rows.dtype, copy=False), (ax,), (-1,))
         if label_smoothing:
             t = (1 - label_smoothing) * t + label_smoothing / n_cls
         if w is not None:

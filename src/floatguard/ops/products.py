@@ -118,7 +118,7 @@ def log_matmul_exp(a: Any, b: Any) -> Any:
     # where some row max or column max is +inf / NaN, the result is the limit
     nonfinite = ~(fa & fb)
     if be.is_concrete(dot) and not be.compiling():
-        if bool(xp.any(suspect)) or bool(xp.any(nonfinite)):
+        if bool(xp.any(be.host(suspect))) or bool(xp.any(be.host(nonfinite))):
             exact = _exact(be, aw, bw)
             c = xp.where(suspect | nonfinite, exact, c)
     else:  # traced (jax.jit, torch.compile): no data-dependent branch, so always blend in the exact form

@@ -508,7 +508,7 @@ def _scan_logcumsumexp(be: Backend, x: Any, ax: int) -> Any:
     ``concat``, so autodiff goes through it.
     """
     xp = be.xp
-    m = xp.moveaxis(x, ax, -1)
+    m = xp.moveaxis(x, (ax,), (-1,))  # tuples: torch.vmap has no rule for moveaxis.int
     s = xp.zeros_like(m)
     n = m.shape[-1]
     shift = 1
@@ -528,4 +528,4 @@ def _scan_logcumsumexp(be: Backend, x: Any, ax: int) -> Any:
         shift *= 2
     # prefixes with no finite max (all -inf, a +inf, a NaN) are constants: zero gradient, never NaN
     out = xp.where(xp.isfinite(m), m + xp.log1p(s), be.stop_gradient(m))
-    return xp.moveaxis(out, -1, ax)
+    return xp.moveaxis(out, (-1,), (ax,))
