@@ -1,8 +1,8 @@
-"""The ops under ``torch.func`` transforms: ``grad``, ``vmap``, ``jvp``, ``jacrev``, ``hessian``.
+"""The ops under ``torch.func`` transforms (``grad``, ``vmap``, ``jvp``, ``jacrev``, ``hessian``) and ``jit.trace``.
 
 The eager fast paths (numba kernels reading tensor storage, plain ``torch.autograd.Function`` classes)
 cannot run on functorch's wrapped tensors; under a transform every op takes its generic path
-(``_namespace.torch_transformed``). Each transform's result is compared with what the same op gives
+(``_namespace.torch_generic_only``). Each transform's result is compared with what the same op gives
 eagerly, on its fast path, through ``torch.autograd``: per-sample gradients (``vmap(grad)``) against a
 loop, ``jvp`` and ``jacrev`` against the Jacobian of ``torch.autograd.functional``, ``hessian`` against
 its double backward.
@@ -156,6 +156,24 @@ def test_loss_per_sample_gradients_match_a_loop(name: str, dtype: Any) -> None:
     batch = _eager_grad(lambda v: loss(v, ROWS), x)
     torch.testing.assert_close(torch.func.grad(lambda v: loss(v, ROWS))(x), batch, **close)
     torch.testing.assert_close(torch.func.jacrev(lambda v: loss(v, ROWS))(x), batch, **close)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_a_jit_trace_records_the_ops_and_computes_new_inputs() -> None:
+    """``torch.jit.trace`` records torch ops only: the kernels' results used to enter the trace as constants (numba
+    refused the traced arguments). The trace now records the generic path and gives eager's values on inputs it
+    was not traced with, gradients included."""
+
+    def model(x: Any, target: Any) -> Any:
+        return (fg.log_softmax(x, axis=-1).square().mean() + fg.softplus(x).mean() + fg.logsumexp(x, axis=-1).mean()
+                + fg.logaddexp(x, x.flip(-1)).mean() + fg.cross_entropy(x, target)
+                + fg.binary_cross_entropy_with_logits(x, torch.sigmoid(x.flip(0))))
+
+    traced = torch.jit.trace(model, (_x(torch.float32), TARGET))
+    x, target = 3 * _x(torch.float32).flip(1), TARGET.flip(0)
+    torch.testing.assert_close(traced(x, target), model(x, target), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(_eager_grad(lambda v: traced(v, target), x), _eager_grad(lambda v: model(v, target), x),
+                               rtol=1e-6, atol=1e-7)
 
 
 def test_cross_entropy_checks_class_indices_under_vmap() -> None:

@@ -39,7 +39,7 @@ __all__ = [
     "namespace",
     "promoted_dtype",
     "quiet",
-    "torch_transformed",
+    "torch_generic_only",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -67,18 +67,19 @@ def _torch_compiling() -> bool:
     return bool(_is_compiling())
 
 
-def torch_transformed(torch: Any) -> bool:
-    """Whether a ``torch.func`` transform is running (``grad``, ``vmap``, ``jvp``, ``jacrev``, ``jacfwd``,
-    ``hessian``, ``vjp``, ``functional_call`` under them): ``torch`` is the imported module (the callers hold a
-    torch tensor).
+def torch_generic_only(torch: Any) -> bool:
+    """Whether torch ops must take their generic path: a ``torch.func`` transform is running (``grad``, ``vmap``,
+    ``jvp``, ``jacrev``, ``jacfwd``, ``hessian``, ``vjp``), or ``torch.jit.trace`` is recording. ``torch`` is the
+    imported module (the callers hold a torch tensor).
 
     Under a transform the tensors are functorch wrappers with no storage of their own, which the fused kernels
     cannot read (``data_ptr`` raises), and the ops' ``torch.autograd.Function`` classes are refused by functorch
-    (they have no ``setup_context``, ``vmap`` or ``jvp`` rules). Every fast path of a torch op (the kernel table's
-    torch kernels, the losses' routes, the device paths) declines then, and the op takes its generic path: torch
-    ops, which every transform composes with, to the same accuracy. One C call (~20 ns); ``torch.compile`` folds it
-    to a constant while tracing."""
-    return bool(torch._C._are_functorch_transforms_active())
+    (they have no ``setup_context``, ``vmap`` or ``jvp`` rules); a trace records torch ops only, and the kernels'
+    results would enter it as constants (numba refused the traced arguments). Every fast path of a torch op (the
+    kernel table's torch kernels, the losses' routes, the device paths) declines then, and the op takes its generic
+    path: torch ops, which every transform composes with and a trace records, to the same accuracy. Two C calls
+    (~0.1 us); ``torch.compile`` folds them to constants while tracing."""
+    return bool(torch._C._are_functorch_transforms_active()) or torch._C._get_tracing_state() is not None
 
 
 def quiet(fn: F) -> F:

@@ -54,7 +54,7 @@ def _compiled_plain(x: torch.Tensor, axis: Any) -> bool:
 
 @register("logsumexp", "torch", stage="call", dtypes=KERNEL_DTYPES)
 def _logsumexp_call(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor | None:
-    if _ns.torch_transformed(torch):  # torch.func: the generic path (see _namespace.torch_transformed)
+    if _ns.torch_generic_only(torch):  # torch.func: the generic path (see _namespace.torch_generic_only)
         return None
     if type(keepdims) is bool and _compiled_plain(x, axis):
         lse = logsumexp_op(x.reshape(-1, x.shape[-1]).contiguous())[0]
@@ -64,7 +64,7 @@ def _logsumexp_call(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor |
 
 @register("softmax", "torch", stage="call", dtypes=KERNEL_DTYPES)
 def _softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
-    if _ns.torch_transformed(torch):
+    if _ns.torch_generic_only(torch):
         return None
     out = softmax_fast(x, axis, log=False)  # eager (None while Dynamo traces)
     if out is None and _compiled_plain(x, axis):
@@ -74,7 +74,7 @@ def _softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
 
 @register("log_softmax", "torch", stage="call", dtypes=KERNEL_DTYPES)
 def _log_softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
-    if _ns.torch_transformed(torch):
+    if _ns.torch_generic_only(torch):
         return None
     out = softmax_fast(x, axis, log=True)  # eager (None while Dynamo traces)
     if out is None and _compiled_plain(x, axis):
@@ -83,7 +83,7 @@ def _log_softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
 
 
 def _untransformed(x: torch.Tensor) -> bool:
-    return not _ns.torch_transformed(torch)  # under torch.func: the generic path
+    return not _ns.torch_generic_only(torch)  # under torch.func: the generic path
 
 
 @register("logsumexp", "torch", predicate=_untransformed)
@@ -94,7 +94,7 @@ def _logsumexp_rows(rows: torch.Tensor) -> torch.Tensor:
 
 def _has_values(x: torch.Tensor) -> bool:
     # meta tensors (a shape, no values) take the generic path, as tensors under torch.func
-    return not x.is_meta and not _ns.torch_transformed(torch)
+    return not x.is_meta and not _ns.torch_generic_only(torch)
 
 
 def _softmax_rows(rows: torch.Tensor, log: bool) -> torch.Tensor:
@@ -131,7 +131,7 @@ def _fused(x: torch.Tensor) -> Any:
     """:mod:`._torch_elementwise` when ``x`` goes to the fused kernels (a strided CPU tensor, the kernels
     available), else None; while ``torch.compile`` traces, :mod:`._torch_elementwise_compile` (the same
     functions as custom ops). :func:`on_device` inlined: a small call has a few microseconds."""
-    if x.is_cpu and x.layout is torch.strided and not _ns.FORCE_DEVICE_PATH and not _ns.torch_transformed(torch):
+    if x.is_cpu and x.layout is torch.strided and not _ns.FORCE_DEVICE_PATH and not _ns.torch_generic_only(torch):
         if not torch.compiler.is_compiling():
             return _elementwise()
         from . import _numba_losses  # import statements: Dynamo runs them (functools.cache it would trace)

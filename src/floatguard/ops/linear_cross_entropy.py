@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ._lce_options import Options
-from ._namespace import Backend, check_real, namespace, torch_transformed
+from ._namespace import Backend, check_real, namespace, torch_generic_only
 
 __all__ = ["linear_cross_entropy"]
 
@@ -91,7 +91,7 @@ def linear_cross_entropy(
     h2 = be.xp.reshape(hidden, (-1, hidden.shape[-1]))
     t1 = be.xp.reshape(target, (-1,))
     if be.name == "torch":
-        if torch_transformed(sys.modules["torch"]):
+        if torch_generic_only(sys.modules["torch"]):
             out = _composed(h2, weight, bias, t1, o)
         else:
             from . import _lce_torch
@@ -194,7 +194,7 @@ def _check_arrays(be: Backend, hidden: Any, weight: Any, target: Any, bias: Any,
 
 
 def _composed(h: Any, w: Any, b: Any, t: Any, o: Options) -> Any:
-    """The loss under a ``torch.func`` transform (:func:`._namespace.torch_transformed`), whose wrapped tensors the
+    """The loss under a ``torch.func`` transform (:func:`._namespace.torch_generic_only`), whose wrapped tensors the
     fused path's autograd Function cannot take: the logits in full, in the fused path's accumulation dtype
     (float32 for 16-bit inputs, float64 for float64), and :func:`.cross_entropy` on them. The unfused loss's
     memory; its values and gradients those of the fused path within rounding."""

@@ -142,7 +142,7 @@ def _fast_torch(logits: Any, target: Any, weight: Any) -> Any:
     """The fused CPU kernels' module when they can take these arguments, else None (the generic path)."""
     torch = sys.modules.get("torch")
     if torch is None or type(logits) is not torch.Tensor or type(target) is not torch.Tensor \
-            or _ns.torch_transformed(torch):
+            or _ns.torch_generic_only(torch):
         return None
     if weight is not None and (type(weight) is not torch.Tensor or weight.requires_grad or weight.ndim != 1):
         return None
@@ -162,7 +162,7 @@ def _device_torch(logits: Any, target: Any, weight: Any) -> Any:
     XPU, MPS; any tensor under ``FLOATGUARD_FORCE_DEVICE_PATH``) on one device, eager; else None."""
     torch = sys.modules.get("torch")
     if torch is None or type(logits) is not torch.Tensor or type(target) is not torch.Tensor \
-            or _ns.torch_transformed(torch):
+            or _ns.torch_generic_only(torch):
         return None
     if (logits.is_cpu and not _ns.FORCE_DEVICE_PATH) or logits.is_meta or target.device != logits.device \
             or target.requires_grad:  # meta tensors have no values to check: the generic path shapes them
@@ -223,7 +223,7 @@ def _rows_route(logits: Any, target: Any, axis: Any, dim: Any, reduction: str) -
         and (dim is None or (type(dim) is int and axis == -1 and (dim == -1 or dim == 1))) and logits.ndim == 2
         and logits.dtype in (torch.float32, torch.float64, torch.bfloat16) and logits.is_cpu and target.is_cpu
         and not _ns.FORCE_DEVICE_PATH and not target.requires_grad and reduction in _REDUCTIONS
-        and logits.layout is torch.strided and target.layout is torch.strided and not _ns.torch_transformed(torch)
+        and logits.layout is torch.strided and target.layout is torch.strided and not _ns.torch_generic_only(torch)
     ):
         return 0
     if torch.compiler.is_compiling():
@@ -290,7 +290,7 @@ def _fast_bce_plain(logits: Any, targets: Any, weight: Any, pos_weight: Any, red
     ``torch.compile`` (the custom ops, :func:`_compiled_bce`); 0: no."""
     torch = sys.modules.get("torch")
     if torch is None or type(logits) is not torch.Tensor or type(targets) is not torch.Tensor \
-            or _ns.torch_transformed(torch):
+            or _ns.torch_generic_only(torch):
         return 0
     if (
         weight is None and pos_weight is None and logits.dtype is targets.dtype
