@@ -79,6 +79,9 @@ def binary_cross_entropy_with_logits(
     reduction : {"mean", "sum", "none"}
         As in PyTorch: "mean" divides the sum by the number of elements.
     """
+    cast = _autocast(logits, targets, weight, pos_weight)
+    if cast is not None:
+        logits, targets, weight, pos_weight = cast
     route = _fast_bce_plain(logits, targets, weight, pos_weight, reduction)
     if route == 1:
         return _fast_module().bce_plain(logits, targets, reduction)
@@ -321,6 +324,24 @@ def _compiled_bce(torch: Any, logits: Any, targets: Any, weight: Any, pos_weight
     )
 
 
+def _autocast(*arrays: Any) -> tuple[Any, ...] | None:
+    """The arguments of a loss as PyTorch's autocast gives them to its own losses, or None (nothing to do).
+
+    Inside a ``torch.autocast`` region for the device of the first argument (the logits), ``F.cross_entropy`` and
+    ``F.binary_cross_entropy_with_logits`` run in float32 on CPU and CUDA alike (their autocast policy, ``fp32``):
+    every floating tensor argument but a float64 one is cast to float32, and the loss comes out float32. The
+    drop-ins do the same: under autocast a bfloat16 model's loss is a float32 number, not one rounded to 8 bits.
+    Outside autocast: one C call (~0.1 us)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch._C._is_any_autocast_enabled():
+        return None
+    x = arrays[0]
+    if not isinstance(x, torch.Tensor) or not torch.is_autocast_enabled(x.device.type):
+        return None
+    return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype is not torch.float64
+                 else a for a in arrays)
+
+
 _TORCH_FUNCTION: list[tuple[type, Callable[[tuple[Any, ...]], bool]]] = []  # (torch.Tensor, has_torch_function)
 
 
@@ -431,6 +452,9 @@ def cross_entropy(
             cross_entropy, tuple(a for a in (logits, target, weight) if a is not None), logits, target, axis=axis,
             weight=weight, reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index, dim=dim,
             z_loss=z_loss, softcap=softcap)
+    cast = _autocast(logits, target, weight)
+    if cast is not None:
+        logits, target, weight = cast
     if softcap is None and not z_loss:  # the features off: the latency route as before, no other work
         route = _fast_plain(logits, target, weight, axis, dim, label_smoothing, ignore_index, reduction)
         if route == 1:

@@ -1,0 +1,83 @@
+"""The losses inside ``torch.autocast``: PyTorch's own losses run in float32 there (their ``fp32`` policy); so do
+floatguard's drop-ins, so that a bfloat16 model's loss is a float32 number as with ``F.cross_entropy``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import floatguard as fg  # noqa: E402
+
+F = torch.nn.functional
+N, C = 12, 7
+TARGET = torch.arange(N) % C
+WEIGHT = torch.linspace(0.5, 2.0, C)
+PROBS = torch.softmax(torch.linspace(-3, 3, N * C).reshape(N, C), -1).to(torch.bfloat16)  # a bfloat16 soft target
+LABELS = (torch.arange(N * C).reshape(N, C) % 3 == 0).float()
+
+# name -> (floatguard's loss, PyTorch's) of the logits
+LOSSES: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "cross_entropy": (lambda z: fg.cross_entropy(z, TARGET), lambda z: F.cross_entropy(z, TARGET)),
+    "cross_entropy_weight_smoothing": (
+        lambda z: fg.cross_entropy(z, TARGET, weight=WEIGHT, label_smoothing=0.1, reduction="sum"),
+        lambda z: F.cross_entropy(z, TARGET, weight=WEIGHT, label_smoothing=0.1, reduction="sum")),
+    "cross_entropy_probs": (lambda z: fg.cross_entropy(z, PROBS), lambda z: F.cross_entropy(z, PROBS)),
+    "cross_entropy_none": (lambda z: fg.cross_entropy(z, TARGET, reduction="none"),
+                           lambda z: F.cross_entropy(z, TARGET, reduction="none")),
+    "cross_entropy_zloss": (lambda z: fg.cross_entropy(z, TARGET, z_loss=1e-3), None),
+    "bce": (lambda z: fg.binary_cross_entropy_with_logits(z, LABELS),
+            lambda z: F.binary_cross_entropy_with_logits(z, LABELS)),
+    "bce_pos_weight": (lambda z: fg.binary_cross_entropy_with_logits(z, LABELS, pos_weight=WEIGHT, reduction="sum"),
+                       lambda z: F.binary_cross_entropy_with_logits(z, LABELS, pos_weight=WEIGHT, reduction="sum")),
+}
+
+
+def _step(loss: Callable[[Any], Any], autocast: bool) -> tuple[Any, Any]:
+    """A linear layer's training step on a fixed batch: the loss and the layer's weight gradient."""
+    layer = torch.nn.Linear(5, C)
+    with torch.no_grad():
+        layer.weight.copy_(torch.linspace(-2, 2, 5 * C).reshape(C, 5))
+        layer.bias.copy_(torch.linspace(-1, 1, C))
+    x = torch.linspace(-1.5, 1.5, N * 5).reshape(N, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        out = loss(layer(x))
+    out.sum().backward()
+    return out.detach(), layer.weight.grad
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_a_loss_under_autocast_is_float32_as_pytorchs(name: str) -> None:
+    mine, theirs = LOSSES[name]
+    value, grad = _step(mine, autocast=True)
+    assert value.dtype == torch.float32
+    # the bfloat16 logits widened to float32, then the float32 loss: exactly the loss of the widened logits
+    layer_out = torch.nn.Linear(5, C)
+    with torch.no_grad():
+        layer_out.weight.copy_(torch.linspace(-2, 2, 5 * C).reshape(C, 5))
+        layer_out.bias.copy_(torch.linspace(-1, 1, C))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = layer_out(torch.linspace(-1.5, 1.5, N * 5).reshape(N, 5))
+        widened = mine(logits.float())
+    torch.testing.assert_close(value, widened, rtol=0, atol=0)
+    if theirs is not None:
+        ref_value, ref_grad = _step(theirs, autocast=True)
+        assert ref_value.dtype == value.dtype
+        torch.testing.assert_close(value, ref_value, rtol=2e-6, atol=1e-6)
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
+
+
+def test_outside_autocast_a_bfloat16_loss_stays_bfloat16() -> None:
+    logits = torch.linspace(-3, 3, N * C).reshape(N, C).to(torch.bfloat16)
+    assert fg.cross_entropy(logits, TARGET).dtype == torch.bfloat16
+    assert fg.binary_cross_entropy_with_logits(logits, LABELS.to(torch.bfloat16)).dtype == torch.bfloat16
+
+
+def test_float64_logits_stay_float64_under_autocast() -> None:
+    """Autocast's float32 policy leaves float64 arguments alone (PyTorch's rule)."""
+    logits = torch.linspace(-3, 3, N * C, dtype=torch.float64).reshape(N, C)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fg.cross_entropy(logits, TARGET).dtype == torch.float64 == F.cross_entropy(logits, TARGET).dtype
