@@ -474,9 +474,13 @@ def test_ce_plain_gradient_written_by_the_forward(dtype: torch.dtype, reduction:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_ce_plain_unreduced_gradient_scales_the_rows_the_forward_wrote(dtype: torch.dtype) -> None:
     """``reduction='none'``: the forward writes ``R = softmax - onehot`` and the backward scales its rows by
-    ``g_r`` (two roundings: within 1.5 ulp of the exact gradient; exact where ``g_r`` is a power of two, where it
-    equals the recomputed backward bit for bit). Rows ignored or with a non-finite max get 0 whatever their
-    ``g_r`` (inf, NaN), as torch's; a second backward computes the gradient again (one rounding)."""
+    ``g_r`` (two roundings: within 1.5 ulp of the exact gradient; exact where ``g_r`` is a power of two: ``g_r``
+    times the rows the forward wrote, bit for bit). Rows ignored or with a non-finite max get 0 whatever their
+    ``g_r`` (inf, NaN), as torch's; a second backward computes the gradient again (one rounding).
+
+    (The rows of a power of two used to be compared with the second backward's: the forward's ``R`` is within an
+    ulp but not always the correctly rounded one, and 5 of 300 seeds of the module's generator, which the order of
+    the tests under xdist picks, failed there.)"""
     x, t = _special_rows(dtype)
     g = torch.tensor(RNG.uniform(0.5, 1.5, 12)).to(dtype)
     g[2], g[3], g[6], g[7], g[8] = math.nan, INF, 0.0, 0.25, -8.0
@@ -494,7 +498,11 @@ def test_ce_plain_unreduced_gradient_scales_the_rows_the_forward_wrote(dtype: to
     again = xl.grad
     assert again is not None
     assert float(np.max(T.ulp_error(again, want, dtype))) <= 0.5 + 2**-8
-    assert torch.equal(first[[7, 8]], again[[7, 8]])  # g_r = 1/4, -8: exact scalings of one rounding
+    xl.grad = None
+    fg.cross_entropy(xl, t, ignore_index=-100, reduction="none").backward(torch.ones_like(g))  # g = 1: R itself
+    written = xl.grad
+    assert written is not None
+    assert torch.equal(first[[7, 8]], written[[7, 8]] * g[[7, 8], None])  # g_r = 1/4, -8: exact scalings of R
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)

@@ -45,6 +45,12 @@ __all__ = [
     "logsumexp_op", "on_device", "softmax_fast", "softmax_grad_op", "softmax_op",
 ]
 
+# under a torch.func transform or a torch.jit trace the ops take their generic path (_namespace.torch_generic_only);
+# the call kernels check it inline, with the C functions bound here (a small call's budget is a few microseconds)
+_functorch_active = torch._C._are_functorch_transforms_active
+_tracing_state = torch._C._get_tracing_state
+
+
 def _compiled_plain(x: torch.Tensor, axis: Any) -> bool:
     """Whether ``torch.compile`` is tracing a plain call (the last axis of a non-empty strided CPU tensor):
     then the custom op is called straight away, so that Dynamo traces (and guards) a few lines, not the
@@ -54,7 +60,7 @@ def _compiled_plain(x: torch.Tensor, axis: Any) -> bool:
 
 @register("logsumexp", "torch", stage="call", dtypes=KERNEL_DTYPES)
 def _logsumexp_call(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor | None:
-    if _ns.torch_generic_only(torch):  # torch.func: the generic path (see _namespace.torch_generic_only)
+    if _functorch_active() or _tracing_state() is not None:
         return None
     if type(keepdims) is bool and _compiled_plain(x, axis):
         lse = logsumexp_op(x.reshape(-1, x.shape[-1]).contiguous())[0]
@@ -64,7 +70,7 @@ def _logsumexp_call(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor |
 
 @register("softmax", "torch", stage="call", dtypes=KERNEL_DTYPES)
 def _softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
-    if _ns.torch_generic_only(torch):
+    if _functorch_active() or _tracing_state() is not None:
         return None
     out = softmax_fast(x, axis, log=False)  # eager (None while Dynamo traces)
     if out is None and _compiled_plain(x, axis):
@@ -74,7 +80,7 @@ def _softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
 
 @register("log_softmax", "torch", stage="call", dtypes=KERNEL_DTYPES)
 def _log_softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
-    if _ns.torch_generic_only(torch):
+    if _functorch_active() or _tracing_state() is not None:
         return None
     out = softmax_fast(x, axis, log=True)  # eager (None while Dynamo traces)
     if out is None and _compiled_plain(x, axis):
@@ -83,7 +89,7 @@ def _log_softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
 
 
 def _untransformed(x: torch.Tensor) -> bool:
-    return not _ns.torch_generic_only(torch)  # under torch.func: the generic path
+    return not _ns.torch_generic_only(torch)  # under torch.func or a trace: the generic path
 
 
 @register("logsumexp", "torch", predicate=_untransformed)
@@ -131,7 +137,8 @@ def _fused(x: torch.Tensor) -> Any:
     """:mod:`._torch_elementwise` when ``x`` goes to the fused kernels (a strided CPU tensor, the kernels
     available), else None; while ``torch.compile`` traces, :mod:`._torch_elementwise_compile` (the same
     functions as custom ops). :func:`on_device` inlined: a small call has a few microseconds."""
-    if x.is_cpu and x.layout is torch.strided and not _ns.FORCE_DEVICE_PATH and not _ns.torch_generic_only(torch):
+    if x.is_cpu and x.layout is torch.strided and not _ns.FORCE_DEVICE_PATH and not _functorch_active() \
+            and _tracing_state() is None:
         if not torch.compiler.is_compiling():
             return _elementwise()
         from . import _numba_losses  # import statements: Dynamo runs them (functools.cache it would trace)

@@ -79,10 +79,10 @@ def binary_cross_entropy_with_logits(
     reduction : {"mean", "sum", "none"}
         As in PyTorch: "mean" divides the sum by the number of elements.
     """
-    cast = _autocast(logits, targets, weight, pos_weight)
-    if cast is not None:
-        logits, targets, weight, pos_weight = cast
-    route = _fast_bce_plain(logits, targets, weight, pos_weight, reduction)
+    state = _torch_state(logits, targets, weight)  # BCE takes no part in the override protocol
+    if state & _AUTOCAST:
+        logits, targets, weight, pos_weight = _autocast(logits, targets, weight, pos_weight)
+    route = 0 if state & _GENERIC else _fast_bce_plain(logits, targets, weight, pos_weight, reduction)
     if route == 1:
         return _fast_module().bce_plain(logits, targets, reduction)
     if route == 2:
@@ -226,10 +226,12 @@ def _rows_route(logits: Any, target: Any, axis: Any, dim: Any, reduction: str) -
         and (dim is None or (type(dim) is int and axis == -1 and (dim == -1 or dim == 1))) and logits.ndim == 2
         and logits.dtype in (torch.float32, torch.float64, torch.bfloat16) and logits.is_cpu and target.is_cpu
         and not _ns.FORCE_DEVICE_PATH and not target.requires_grad and reduction in _REDUCTIONS
-        and logits.layout is torch.strided and target.layout is torch.strided and not _ns.torch_generic_only(torch)
+        and logits.layout is torch.strided and target.layout is torch.strided
     ):
         return 0
     if torch.compiler.is_compiling():
+        if _ns.torch_generic_only(torch):  # eager calls were sent to the generic path by cross_entropy's entry
+            return 0
         from . import _numba_losses
 
         return 2 if _numba_losses.AVAILABLE else 0
@@ -292,8 +294,7 @@ def _fast_bce_plain(logits: Any, targets: Any, weight: Any, pos_weight: Any, red
     1 for contiguous CPU tensors of one shape and dtype (float32/float64/bfloat16), no weights, eager; 2 under
     ``torch.compile`` (the custom ops, :func:`_compiled_bce`); 0: no."""
     torch = sys.modules.get("torch")
-    if torch is None or type(logits) is not torch.Tensor or type(targets) is not torch.Tensor \
-            or _ns.torch_generic_only(torch):
+    if torch is None or type(logits) is not torch.Tensor or type(targets) is not torch.Tensor:
         return 0
     if (
         weight is None and pos_weight is None and logits.dtype is targets.dtype
@@ -324,42 +325,57 @@ def _compiled_bce(torch: Any, logits: Any, targets: Any, weight: Any, pos_weight
     )
 
 
-def _autocast(*arrays: Any) -> tuple[Any, ...] | None:
-    """The arguments of a loss as PyTorch's autocast gives them to its own losses, or None (nothing to do).
+def _autocast(*arrays: Any) -> tuple[Any, ...]:
+    """The arguments of a loss as PyTorch's autocast gives them to its own losses (in an autocast region: see
+    :func:`_torch_state`).
 
     Inside a ``torch.autocast`` region for the device of the first argument (the logits), ``F.cross_entropy`` and
     ``F.binary_cross_entropy_with_logits`` run in float32 on CPU and CUDA alike (their autocast policy, ``fp32``):
     every floating tensor argument but a float64 one is cast to float32, and the loss comes out float32. The
-    drop-ins do the same: under autocast a bfloat16 model's loss is a float32 number, not one rounded to 8 bits.
-    Outside autocast: one C call (~0.1 us)."""
-    torch = sys.modules.get("torch")
-    if torch is None or not torch._C._is_any_autocast_enabled():
-        return None
-    x = arrays[0]
-    if not isinstance(x, torch.Tensor) or not torch.is_autocast_enabled(x.device.type):
-        return None
+    drop-ins do the same: under autocast a bfloat16 model's loss is a float32 number, not one rounded to 8 bits."""
+    torch = sys.modules["torch"]
+    if not torch.is_autocast_enabled(arrays[0].device.type):  # a region for another device
+        return arrays
     return tuple(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype is not torch.float64
                  else a for a in arrays)
 
 
-_TORCH_FUNCTION: list[tuple[type, Callable[[tuple[Any, ...]], bool]]] = []  # (torch.Tensor, has_torch_function)
+_OVERRIDE, _GENERIC, _AUTOCAST = 1, 2, 4  # the bits of _torch_state
+# torch.Tensor and the C functions _torch_state calls, bound once torch is imported
+_tensor: Any = None
+_has_torch_function: Any = None
+_functorch_active: Any = None
+_tracing_state: Any = None
+_any_autocast: Any = None
 
 
-def _torch_function(logits: Any, target: Any, weight: Any) -> bool:
-    """Whether a torch call must go through ``__torch_function__`` (PyTorch's override protocol).
+def _torch_state(logits: Any, target: Any, weight: Any) -> int:
+    """What a loss call must do before its routes, as bits: 0 for a plain call (and for the arrays of other
+    libraries, which never import torch), else
 
-    True when ``logits`` is a torch tensor and a ``TorchFunctionMode`` is active (the
-    monitor's probe, which reads the logits' log Z) or a tensor argument is a subclass
-    overriding ``__torch_function__``. One C call (~0.1 us); False without torch imported,
-    so NumPy and JAX inputs never import it.
-    """
-    if not _TORCH_FUNCTION:
+    - ``_OVERRIDE`` (alone): go through ``__torch_function__``, PyTorch's override protocol: a ``TorchFunctionMode``
+      is active (the monitor's probe, which reads the logits' log Z) or a tensor argument is a subclass overriding
+      it;
+    - ``_GENERIC``: take the generic path (a ``torch.func`` transform or a ``torch.jit`` trace is running, see
+      :func:`._namespace.torch_generic_only`);
+    - ``_AUTOCAST``: an autocast region is active (:func:`_autocast`).
+
+    Three C calls (~0.2 us) for a plain call: part of the small call's budget."""
+    global _tensor, _has_torch_function, _functorch_active, _tracing_state, _any_autocast
+    if _tensor is None:
         torch = sys.modules.get("torch")
         if torch is None:
-            return False
-        _TORCH_FUNCTION.append((torch.Tensor, torch.overrides.has_torch_function))
-    tensor, has = _TORCH_FUNCTION[0]
-    return isinstance(logits, tensor) and has((logits, target, weight))
+            return 0
+        _has_torch_function = torch.overrides.has_torch_function
+        _functorch_active = torch._C._are_functorch_transforms_active
+        _tracing_state, _any_autocast = torch._C._get_tracing_state, torch._C._is_any_autocast_enabled
+        _tensor = torch.Tensor
+    if not isinstance(logits, _tensor):
+        return 0
+    if _has_torch_function((logits, target, weight)):
+        return _OVERRIDE
+    state = _GENERIC if _functorch_active() or _tracing_state() is not None else 0
+    return state | _AUTOCAST if _any_autocast() else state
 
 
 def _check_weight(be: Backend, weight: Any, n_cls: int, like: Any, func: str) -> Any:
@@ -447,14 +463,19 @@ def cross_entropy(
     arguments (the monitor records the logits' log Z this way), a tensor subclass
     may override it.
     """
-    if _torch_function(logits, target, weight):  # a Tensor subclass or a TorchFunctionMode (the monitor's probe)
-        return sys.modules["torch"].overrides.handle_torch_function(
-            cross_entropy, tuple(a for a in (logits, target, weight) if a is not None), logits, target, axis=axis,
-            weight=weight, reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index, dim=dim,
-            z_loss=z_loss, softcap=softcap)
-    cast = _autocast(logits, target, weight)
-    if cast is not None:
-        logits, target, weight = cast
+    state = _torch_state(logits, target, weight)
+    if state:
+        if state == _OVERRIDE:  # a Tensor subclass or a TorchFunctionMode (the monitor's probe)
+            return sys.modules["torch"].overrides.handle_torch_function(
+                cross_entropy, tuple(a for a in (logits, target, weight) if a is not None), logits, target, axis=axis,
+                weight=weight, reduction=reduction, label_smoothing=label_smoothing, ignore_index=ignore_index,
+                dim=dim, z_loss=z_loss, softcap=softcap)
+        if state & _AUTOCAST:
+            logits, target, weight = _autocast(logits, target, weight)
+        if state & _GENERIC:
+            return _cross_entropy(logits, target, axis=axis, weight=weight, reduction=reduction,
+                                  label_smoothing=label_smoothing, ignore_index=ignore_index, dim=dim, z_loss=z_loss,
+                                  softcap=softcap)
     if softcap is None and not z_loss:  # the features off: the latency route as before, no other work
         route = _fast_plain(logits, target, weight, axis, dim, label_smoothing, ignore_index, reduction)
         if route == 1:
