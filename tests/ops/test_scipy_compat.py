@@ -245,3 +245,51 @@ def test_bce_of_empty_tensors_matches_torch(shape: tuple[int, ...]) -> None:
         assert torch.allclose(got.nan_to_num(), want.nan_to_num())
         got = fg.binary_cross_entropy_with_logits(x, x, reduction=reduction, pos_weight=torch.ones(shape[-1:]))
         assert got.shape == want.shape
+
+
+_WIDE_LONGDOUBLE = np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant
+
+
+def _ld_ulps(got: np.ndarray, want: list[mpmath.mpf]) -> float:
+    """The worst error of ``got`` (longdouble) against ``want`` in units of the longdouble spacing of each value."""
+    worst = 0.0
+    for g, w in zip(np.ravel(got), want, strict=True):
+        spacing = np.spacing(abs(np.longdouble(mpmath.nstr(w, 40))))
+        diff = mpmath.mpf(np.format_float_scientific(g, precision=30)) - w
+        worst = max(worst, float(abs(diff) / mpmath.mpf(np.format_float_scientific(spacing, precision=30))))
+    return worst
+
+
+@pytest.mark.skipif(not _WIDE_LONGDOUBLE, reason="this platform's long double is float64 (nothing wider to keep)")
+def test_longdouble_is_computed_in_long_double() -> None:
+    """SciPy computes a ``longdouble`` input in long double; floatguard computed it in float64 and returned the
+    float64 answer in the long double dtype (2^11 ulps off, and an ``exp(-1005)`` term flushed to 0)."""
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((4, 9)) * 8).astype(np.longdouble)
+    x[0, 0], x[1, :4] = 1000.0, 0.25  # a dominant entry; ties at the max
+    with mpmath.workdps(500):  # the max entry's log_softmax is -1.5e-433: v - log Z needs ~450 digits
+        rows = [[mpmath.mpf(np.format_float_scientific(v, precision=30)) for v in r] for r in x]
+        lse = [mpmath.log(mpmath.fsum(mpmath.exp(v) for v in r)) for r in rows]
+        flat = [v for r in rows for v in r]
+        other = [v for r in rows[::-1] for v in r]
+        cases = {
+            "logsumexp": (fg.logsumexp(x, axis=-1), lse),
+            "log_softmax": (fg.log_softmax(x, axis=-1), [v - m for r, m in zip(rows, lse, strict=True) for v in r]),
+            "softmax": (fg.softmax(x[1:], axis=-1), [mpmath.exp(v - m) for r, m in zip(rows[1:], lse[1:],
+                                                                                         strict=True) for v in r]),
+            "softplus": (fg.softplus(x[1:]), [mpmath.log1p(mpmath.exp(v)) for v in flat[9:]]),
+            "log_sigmoid": (fg.log_sigmoid(x[1:]), [-mpmath.log1p(mpmath.exp(-v)) for v in flat[9:]]),
+            "logaddexp": (fg.logaddexp(x[1:], x[::-1][:-1]), [mpmath.log(mpmath.exp(a) + mpmath.exp(b))
+                                                             for a, b in zip(flat[9:], other[:27], strict=True)]),
+        }
+        # the reductions within 4 ulp; softmax and the elementwise ops within 2 ulp times a bound of their condition
+        # number (|x_i - log Z| for softmax, |x| for exp-like tails: NumPy's long double exp and log1p are not
+        # correctly rounded); float64 work was off by 2^11 ulp
+        kappa = max(float(abs(v - m)) for r, m in zip(rows[1:], lse[1:], strict=True) for v in r)
+        for name, (got, want) in cases.items():
+            assert got.dtype == np.longdouble, name
+            assert _ld_ulps(got, want) <= (4.0 if name in ("logsumexp", "log_softmax") else 2 * kappa), name
+    tiny = np.array([0.0, -1005.0], dtype=np.longdouble)
+    assert fg.softmax(tiny)[1] > 0 and fg.softmax(tiny)[1] == sp.softmax(tiny)[1]
+    assert fg.logsumexp(x, axis=-1) == pytest.approx(sp.logsumexp(x, axis=-1), rel=float(2 * np.finfo(
+        np.longdouble).eps))

@@ -49,6 +49,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 FORCE_DEVICE_PATH: bool = os.environ.get("FLOATGUARD_FORCE_DEVICE_PATH", "") not in ("", "0")
 
 
+# NumPy's long double where it is wider than float64 (else None: it is float64, and work_dtype's float64 covers it)
+_LONGDOUBLE = np.dtype(np.longdouble) if np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant else None
+
 # torch.compiler.is_compiling, once torch is imported: at once when it already is (else the first call that
 # torch.compile traces would read None here and set it, failing the guard of its own compiled code: a recompile)
 _is_compiling: Callable[[], bool] | None = getattr(getattr(sys.modules.get("torch"), "compiler", None), "is_compiling",
@@ -147,9 +150,13 @@ class Backend:
 
         float16, bfloat16 and float32 inputs are computed in float64 and rounded
         once at the end; that is what makes the <= 1 ulp bound hold. JAX
-        without ``jax_enable_x64`` has no float64: there float32 is used.
+        without ``jax_enable_x64`` has no float64: there float32 is used. NumPy's
+        ``longdouble``, where it is wider than float64 (x86: 64-bit significand), is
+        computed in itself, as SciPy does (rounding it to float64 lost its extra bits).
         """
         xp = self.xp
+        if self.name == "numpy" and dtype == _LONGDOUBLE:
+            return np.longdouble
         if self.name == "jax":
             import jax
 

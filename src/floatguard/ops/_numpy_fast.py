@@ -195,7 +195,12 @@ def _softmax_compiled(kern: Any, x: np.ndarray, out: np.ndarray, log: bool) -> A
 _NUMPY = Backend("numpy", np)
 
 
-@register("logsumexp", "numpy")
+def _not_long(rows: np.ndarray) -> bool:
+    """The kernels compute in float64: a ``longdouble`` wider than it takes the generic path, in itself."""
+    return rows.dtype != np.longdouble or np.finfo(np.longdouble).nmant <= 52
+
+
+@register("logsumexp", "numpy", predicate=_not_long)
 def _logsumexp_kernel(rows: np.ndarray) -> np.ndarray:
     """``logsumexp`` of rows (R, n): R float64 values."""
     return logsumexp_rows(np.ascontiguousarray(rows))
@@ -211,11 +216,11 @@ def _softmax_kernel(rows: np.ndarray, log: bool) -> np.ndarray:
     return out
 
 
-@register("softmax", "numpy")
+@register("softmax", "numpy", predicate=_not_long)
 def _softmax_only(rows: np.ndarray) -> np.ndarray:
     return _softmax_kernel(rows, False)
 
 
-@register("log_softmax", "numpy")
+@register("log_softmax", "numpy", predicate=_not_long)
 def _log_softmax_only(rows: np.ndarray) -> np.ndarray:
     return _softmax_kernel(rows, True)
