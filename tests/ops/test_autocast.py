@@ -81,3 +81,25 @@ def test_float64_logits_stay_float64_under_autocast() -> None:
     logits = torch.linspace(-3, 3, N * C, dtype=torch.float64).reshape(N, C)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert fg.cross_entropy(logits, TARGET).dtype == torch.float64 == F.cross_entropy(logits, TARGET).dtype
+
+
+class _PassThrough(torch.overrides.TorchFunctionMode):
+    """A mode that sees every torch call and changes nothing (as the monitor's probe does)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        return func(*args, **(kwargs or {}))
+
+
+def test_autocast_and_torch_func_apply_under_a_torch_function_mode() -> None:
+    """A ``TorchFunctionMode`` (the monitor's probe) does not hide autocast or a ``torch.func`` transform from the
+    losses: BCE, which takes no part in the override protocol, checked them only when no mode was active."""
+    logits = torch.linspace(-3, 3, N * C).reshape(N, C)
+    with _PassThrough(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fg.binary_cross_entropy_with_logits(logits.bfloat16(), LABELS).dtype == torch.float32
+        assert fg.cross_entropy(logits.bfloat16(), TARGET).dtype == torch.float32
+    for loss in (lambda v: fg.binary_cross_entropy_with_logits(v, LABELS), lambda v: fg.cross_entropy(v, TARGET)):
+        with _PassThrough():
+            got = torch.func.grad(loss)(logits)
+        leaf = logits.clone().requires_grad_(True)
+        loss(leaf).backward()
+        torch.testing.assert_close(got, leaf.grad, rtol=1e-6, atol=1e-7)

@@ -79,7 +79,7 @@ def binary_cross_entropy_with_logits(
     reduction : {"mean", "sum", "none"}
         As in PyTorch: "mean" divides the sum by the number of elements.
     """
-    state = _torch_state(logits, targets, weight)  # BCE takes no part in the override protocol
+    state = _torch_state(logits, targets, weight, protocol=False)  # BCE takes no part in the override protocol
     if state & _AUTOCAST:
         logits, targets, weight, pos_weight = _autocast(logits, targets, weight, pos_weight)
     route = 0 if state & _GENERIC else _fast_bce_plain(logits, targets, weight, pos_weight, reduction)
@@ -349,13 +349,13 @@ _tracing_state: Any = None
 _any_autocast: Any = None
 
 
-def _torch_state(logits: Any, target: Any, weight: Any) -> int:
+def _torch_state(logits: Any, target: Any, weight: Any, protocol: bool = True) -> int:
     """What a loss call must do before its routes, as bits: 0 for a plain call (and for the arrays of other
     libraries, which never import torch), else
 
-    - ``_OVERRIDE`` (alone): go through ``__torch_function__``, PyTorch's override protocol: a ``TorchFunctionMode``
-      is active (the monitor's probe, which reads the logits' log Z) or a tensor argument is a subclass overriding
-      it;
+    - ``_OVERRIDE`` (alone; only for an op that takes part in the protocol, ``protocol``): go through
+      ``__torch_function__``, PyTorch's override protocol: a ``TorchFunctionMode`` is active (the monitor's probe,
+      which reads the logits' log Z) or a tensor argument is a subclass overriding it;
     - ``_GENERIC``: take the generic path (a ``torch.func`` transform or a ``torch.jit`` trace is running, see
       :func:`._namespace.torch_generic_only`);
     - ``_AUTOCAST``: an autocast region is active (:func:`_autocast`).
@@ -372,7 +372,7 @@ def _torch_state(logits: Any, target: Any, weight: Any) -> int:
         _tensor = torch.Tensor
     if not isinstance(logits, _tensor):
         return 0
-    if _has_torch_function((logits, target, weight)):
+    if protocol and _has_torch_function((logits, target, weight)):
         return _OVERRIDE
     state = _GENERIC if _functorch_active() or _tracing_state() is not None else 0
     return state | _AUTOCAST if _any_autocast() else state
