@@ -616,3 +616,29 @@ def test_mixed_precision_elementwise_promotes() -> None:
     assert out.dtype == np.float64
     out = fg.logaddexp(np.ones(3, dtype=np.float32), 2.0)
     assert out.dtype == np.float32
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax"])
+def test_dtype_casts_the_input_first_as_pytorch(op: str) -> None:
+    """``dtype=`` (PyTorch's: ``F.softmax(scores, dim=-1, dtype=torch.float32)`` in attention code) casts the input
+    before the op: the result is the op of the cast input, bit for bit, and the gradient reaches a bfloat16 input
+    through the cast, as PyTorch's."""
+    f, ref = getattr(fg, op), getattr(F, op)
+    x = torch.tensor(rng(5).normal(size=(6, 9)) * 4, dtype=torch.float32).bfloat16()
+    got = f(x, dim=-1, dtype=torch.float32)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, f(x.float(), dim=-1))
+    torch.testing.assert_close(got, ref(x, dim=-1, dtype=torch.float32), rtol=2e-6, atol=1e-6)
+    leaf, leaf_ref = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    weights = torch.linspace(0.5, 1.5, 54).reshape(6, 9)
+    (f(leaf, dim=-1, dtype=torch.float32) * weights).sum().backward()
+    (ref(leaf_ref, dim=-1, dtype=torch.float32) * weights).sum().backward()
+    assert leaf.grad is not None and leaf.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(leaf.grad, leaf_ref.grad)
+    ints = np.array([[1, 2, 3], [0, 0, 5]])
+    assert np.array_equal(f(ints, dtype=np.float32), f(ints.astype(np.float32)))
+    for bad in (torch.int64, "float32", np.float32):
+        with pytest.raises(TypeError, match="argument 'dtype'"):
+            f(x, dtype=bad)
+    with pytest.raises(TypeError, match="argument 'dtype'"):
+        f(ints, dtype=np.int32)

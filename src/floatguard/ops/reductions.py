@@ -20,6 +20,7 @@ array-namespace code of :mod:`._core`; the result is rounded once to the input d
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from typing import Any
 
@@ -299,7 +300,8 @@ def _weighted(be: Backend, rows: Any, b: Any, mask: Any) -> tuple[Any, Any]:
 
 
 @quiet
-def softmax(x: Any, axis: int | tuple[int, ...] | None = -1, *, where: Any = None, dim: int | None = None) -> Any:
+def softmax(x: Any, axis: int | tuple[int, ...] | None = -1, *, where: Any = None, dim: int | None = None,
+            dtype: Any = None) -> Any:
     r"""Softmax along ``axis``: :math:`e^{x_i} / \sum_j e^{x_j}`, never NaN.
 
     Computed as :math:`e^{x_i - m} / (1 + s)` with :math:`m = \max_j x_j` and
@@ -313,6 +315,8 @@ def softmax(x: Any, axis: int | tuple[int, ...] | None = -1, *, where: Any = Non
     ``where`` masks entries (they get probability 0). A row with every entry
     masked or ``-inf`` gives zeros and a zero gradient (where PyTorch attention
     gives NaN). ``+inf`` entries share the probability mass equally (the limit).
+    ``dtype`` is PyTorch's: the input is cast to it first and the result has it
+    (``F.softmax(scores, dim=-1, dtype=torch.float32)`` of attention code).
 
     Error: at most 1 ulp for float16, bfloat16 and float32; float64 within
     2 ulp times the condition number.
@@ -326,12 +330,12 @@ def softmax(x: Any, axis: int | tuple[int, ...] | None = -1, *, where: Any = Non
     >>> fg.softmax(x).round(4)
     array([0.3315, 0.5465, 0.122 ], dtype=float32)
     """
-    return _softmax(x, axis, where, dim, log=False)
+    return _softmax(x, axis, where, dim, dtype, log=False)
 
 
 @quiet
 def log_softmax(
-    x: Any, axis: int | tuple[int, ...] | None = -1, *, where: Any = None, dim: int | None = None
+    x: Any, axis: int | tuple[int, ...] | None = -1, *, where: Any = None, dim: int | None = None, dtype: Any = None
 ) -> Any:
     r"""Log of the softmax along ``axis``: :math:`x_i - \log \sum_j e^{x_j}`.
 
@@ -340,7 +344,7 @@ def log_softmax(
     ``[0, -30, ..., -30]`` they are off by about 10^7 ulp in float32).
 
     Masked and ``-inf`` entries give ``-inf``; a row with nothing left gives
-    ``-inf`` everywhere and a zero gradient. ``dim`` is PyTorch's name of ``axis``;
+    ``-inf`` everywhere and a zero gradient. ``dim`` and ``dtype`` are PyTorch's (see :func:`softmax`);
     ``axis`` may be a tuple or ``None`` as in :func:`softmax` (default ``-1``, SciPy's is
     ``None``). For complex input the imaginary part is not wrapped: its ``exp`` is the softmax.
 
@@ -354,12 +358,14 @@ def log_softmax(
     >>> float(fg.log_softmax(x)[0])      # -50 e^-30, to the last digit
     -4.678811484409142e-12
     """
-    return _softmax(x, axis, where, dim, log=True)
+    return _softmax(x, axis, where, dim, dtype, log=True)
 
 
-def _softmax(x: Any, axis: int | tuple[int, ...] | None, where: Any, dim: int | None, log: bool) -> Any:
+def _softmax(x: Any, axis: int | tuple[int, ...] | None, where: Any, dim: int | None, dtype: Any, log: bool) -> Any:
     """softmax or log_softmax over ``axis`` (one row per combination of the other axes)."""
     func = "log_softmax" if log else "softmax"
+    if dtype is not None:
+        x = _cast(x, dtype, func)
     fast = select_call(func, x)  # a backend's kernel for the plain call (the last axis, no where)
     if fast is not None and where is None and (dim is None or axis == -1):
         out = fast(x, axis if dim is None else dim)
@@ -383,6 +389,25 @@ def _softmax(x: Any, axis: int | tuple[int, ...] | None, where: Any, dim: int | 
         out = xp.reshape(softmax_rows(be, flat, log) if kernel is None else kernel(flat), tuple(rows.shape))
     out = _unrows(xp, xp.astype(out, x.dtype, copy=False), tuple(x.shape), axes)
     return _result(be, xp.reshape(out, shape) if len(shape) == 0 else out, x.dtype)
+
+
+def _cast(x: Any, dtype: Any, func: str) -> Any:
+    """``x`` cast to ``dtype``, a floating or complex dtype of its library (PyTorch's ``dtype=`` argument)."""
+    be = namespace(("x", x), func=func)
+    if be.name == "torch":
+        torch = sys.modules["torch"]
+        ok = isinstance(dtype, torch.dtype) and (dtype.is_floating_point or dtype.is_complex)
+    else:
+        try:
+            ok = bool(be.xp.issubdtype(be.xp.dtype(dtype), be.xp.inexact))
+        except TypeError:
+            ok = False
+    if not ok:
+        raise TypeError(f"floatguard.{func}: argument 'dtype' must be a floating or complex dtype of the array's "
+                        f"library ({be.name}), got {dtype!r}")
+    if be.name == "torch":
+        return x.to(dtype)
+    return be.xp.asarray(x).astype(dtype)
 
 
 def _unrows(xp: Any, rows: Any, shape: tuple[int, ...], axes: tuple[int, ...]) -> Any:
