@@ -103,3 +103,38 @@ def test_autocast_and_torch_func_apply_under_a_torch_function_mode() -> None:
         leaf = logits.clone().requires_grad_(True)
         loss(leaf).backward()
         torch.testing.assert_close(got, leaf.grad, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_linear_cross_entropy_under_autocast_is_linear_then_a_float32_loss(reduction: str) -> None:
+    """An autocast LM: a bfloat16 ``hidden`` and the float32 ``lm_head.weight``. PyTorch runs
+    ``F.cross_entropy(lm_head(hidden), target)`` with the linear layer in bfloat16 and the loss in float32; the
+    fused op casts as the linear layer does and returns the float32 loss (it was a dtype ``TypeError``), without
+    rounding it to bfloat16 first."""
+    body, head = torch.nn.Linear(8, 16), torch.nn.Linear(16, 40, bias=True)
+    with torch.no_grad():
+        for p in (*body.parameters(), *head.parameters()):
+            p.copy_(torch.linspace(-0.5, 0.5, p.numel()).reshape(p.shape).flip(-1) * (2 + p.ndim))
+    x = torch.linspace(-2, 2, 24 * 8).reshape(24, 8)
+    target = torch.arange(24) * 7 % 40
+    grads = []
+    for fused in (True, False):
+        head.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            hidden = body(x)
+            if fused:
+                loss = fg.linear_cross_entropy(hidden, head.weight, target, bias=head.bias, reduction=reduction)
+            else:
+                loss = F.cross_entropy(head(hidden), target, reduction=reduction)
+        assert loss.dtype == torch.float32
+        loss.sum().backward()
+        grads.append((loss.detach(), head.weight.grad.clone()))
+        if fused:
+            with torch.no_grad():  # the same bfloat16 operands outside autocast: the loss rounded to bfloat16
+                plain = fg.linear_cross_entropy(hidden.detach(), head.weight.bfloat16(), target,
+                                                bias=head.bias.bfloat16(), reduction=reduction)
+            assert plain.dtype == torch.bfloat16 and torch.equal(loss.detach().bfloat16(), plain)
+    (mine, mine_grad), (theirs, theirs_grad) = grads
+    # PyTorch rounds the logits to bfloat16 before its float32 loss; the fused op keeps them in float32
+    torch.testing.assert_close(mine, theirs, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(mine_grad, theirs_grad, rtol=5e-2, atol=2e-2)

@@ -219,18 +219,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: torch.Tensor, o: Options,
-        need: tuple[bool, bool, bool],
+        need: tuple[bool, bool, bool], out_dtype: torch.dtype,
     ) -> torch.Tensor:
         ctx.o, ctx.need = o, need
         if o.reduction == "none":
             ctx.save_for_backward(h, w, b, t)
-            return _loss_only(h, w, b, t, o).to(h.dtype)
+            return _loss_only(h, w, b, t, o).to(out_dtype)
         # the scale of the reduction is known once the ignored tokens are counted
         count = (t != o.ignore_index).sum().to(_work_dtype(h.dtype))
         scale = 1 / count if o.reduction == "mean" else torch.ones_like(count)
         loss, gh, gw, gb = _grads(h, w, b, t, o, scale, need)
         ctx.grads = (_cast(gh, h), _cast(gw, w), _cast(gb, b))
-        return (loss.sum() * scale).to(h.dtype)
+        return (loss.sum() * scale).to(out_dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -239,12 +239,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if o.reduction == "none":
             h, w, b, t = ctx.saved_tensors
             _, gh, gw, gb = _grads(h, w, b, t, o, go, ctx.need)
-            return _cast(gh, h), _cast(gw, w), _cast(gb, b), None, None, None
+            return _cast(gh, h), _cast(gw, w), _cast(gb, b), None, None, None, None
         grads = ctx.grads  # kept: a retained graph may run this backward again
         if go.numel() == 1 and bool(go == 1):  # loss.backward(): no scaled copy of the weight's gradient
-            return (*grads, None, None, None)
+            return (*grads, None, None, None, None)
         scaled = tuple(None if g is None else g * go.to(g.dtype) for g in grads)
-        return (*scaled, None, None, None)
+        return (*scaled, None, None, None, None)
 
 
 def _triton_wanted(h: torch.Tensor) -> bool:
@@ -258,17 +258,20 @@ def _triton_wanted(h: torch.Tensor) -> bool:
 
 
 def linear_cross_entropy(
-    h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: torch.Tensor, o: Options
+    h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: torch.Tensor, o: Options,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """The loss of ``h`` (tokens, hidden) against ``t`` (tokens,), arguments already checked."""
+    """The loss of ``h`` (tokens, hidden) against ``t`` (tokens,), arguments already checked, in ``out_dtype``
+    (``h``'s by default; float32 under autocast)."""
+    out_dtype = out_dtype or h.dtype
     if _triton_wanted(h):
         from . import _lce_triton
 
         if _lce_triton.use_triton(h):
-            return _lce_triton.linear_cross_entropy(h, w, b, t, o)
+            return _lce_triton.linear_cross_entropy(h, w, b, t, o, out_dtype)
     need = (h.requires_grad, w.requires_grad, b is not None and b.requires_grad)
     if torch.is_grad_enabled() and any(need):
-        out: torch.Tensor = _LinearCrossEntropy.apply(h, w, b, t, o, need)
+        out: torch.Tensor = _LinearCrossEntropy.apply(h, w, b, t, o, need, out_dtype)
         return out
     loss = _loss_only(h, w, b, t, o)
-    return _reduce(loss, t, o)[0].to(h.dtype)
+    return _reduce(loss, t, o)[0].to(out_dtype)

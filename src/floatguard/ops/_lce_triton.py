@@ -224,12 +224,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: torch.Tensor, o: Options,
-                need: tuple[bool, bool, bool]) -> torch.Tensor:
+                need: tuple[bool, bool, bool], out_dtype: torch.dtype) -> torch.Tensor:
         lse, loss = _forward(h, w, b, t, o)
         out, scale = _reduce(loss, t, o)
         ctx.o, ctx.need = o, need
         ctx.save_for_backward(h, w, b, t, lse, scale)
-        return out.to(h.dtype)
+        return out.to(out_dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -238,17 +238,19 @@ class _LinearCrossEntropy(torch.autograd.Function):
         o: Options = ctx.o
         r = torch.where(t != o.ignore_index, (go.float() * scale).expand(t.shape), 0.0).contiguous()
         gh, gw, gb = _backward(h, w, b, t, o, lse, r, ctx.need)
-        return gh, gw, gb, None, None, None
+        return gh, gw, gb, None, None, None, None
 
 
-def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: torch.Tensor, o: Options
-                         ) -> torch.Tensor:
-    """The loss of ``h`` (tokens, hidden) against ``t`` (tokens,), arguments already checked."""
+def linear_cross_entropy(h: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, t: torch.Tensor, o: Options,
+                         out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The loss of ``h`` (tokens, hidden) against ``t`` (tokens,), arguments already checked, in ``out_dtype``
+    (``h``'s by default; float32 under autocast)."""
+    out_dtype = out_dtype or h.dtype
     h, w, t = h.contiguous(), w.contiguous(), t.contiguous()
     b = None if b is None else b.contiguous()
     need = (h.requires_grad, w.requires_grad, b is not None and b.requires_grad)
     if torch.is_grad_enabled() and any(need):
-        out: torch.Tensor = _LinearCrossEntropy.apply(h, w, b, t, o, need)
+        out: torch.Tensor = _LinearCrossEntropy.apply(h, w, b, t, o, need, out_dtype)
         return out
     _, loss = _forward(h, w, b, t, o)
-    return _reduce(loss, t, o)[0].to(h.dtype)
+    return _reduce(loss, t, o)[0].to(out_dtype)

@@ -65,6 +65,8 @@ def linear_cross_entropy(
     and the memory beyond the inputs and gradients is one block. Values and gradients equal the
     unfused float64 computation within the rounding of the input dtype (float32 and bfloat16
     accumulate in float32, float64 in float64); tested in ``tests/ops/test_linear_cross_entropy.py``.
+    Inside ``torch.autocast`` the arguments are cast as ``F.linear``'s (to the autocast dtype) and the
+    loss is float32, as ``F.cross_entropy(lm_head(hidden), target)`` gives it there.
 
     Parameters
     ----------
@@ -87,16 +89,19 @@ def linear_cross_entropy(
     """
     be = namespace(("hidden", hidden), ("weight", weight), ("target", target), ("bias", bias), func=_FUNC)
     o = _options(ignore_index, label_smoothing, reduction, z_loss, softcap, chunk_size)
+    out_dtype = None
+    if be.name == "torch":
+        hidden, weight, bias, out_dtype = _autocast(hidden, weight, bias)
     lead = _check_arrays(be, hidden, weight, target, bias, o.ignore_index)
     h2 = be.xp.reshape(hidden, (-1, hidden.shape[-1]))
     t1 = be.xp.reshape(target, (-1,))
     if be.name == "torch":
         if torch_generic_only(sys.modules["torch"]):
-            out = _composed(h2, weight, bias, t1, o)
+            out = _composed(h2, weight, bias, t1, o, out_dtype)
         else:
             from . import _lce_torch
 
-            out = _lce_torch.linear_cross_entropy(h2, weight, bias, t1, o)
+            out = _lce_torch.linear_cross_entropy(h2, weight, bias, t1, o, out_dtype)
     elif be.name == "jax":
         from . import _lce_jax
 
@@ -193,11 +198,32 @@ def _check_arrays(be: Backend, hidden: Any, weight: Any, target: Any, bias: Any,
     return lead
 
 
-def _composed(h: Any, w: Any, b: Any, t: Any, o: Options) -> Any:
+def _autocast(hidden: Any, weight: Any, bias: Any) -> tuple[Any, Any, Any, Any]:
+    """``hidden``, ``weight``, ``bias`` and the loss's dtype (None: ``hidden``'s) as PyTorch's autocast would run
+    ``F.cross_entropy(F.linear(hidden, weight, bias), target)``: inside an autocast region for ``hidden``'s device
+    the linear layer's floating arguments but float64 ones are cast to the autocast dtype (a bfloat16 ``hidden``
+    with the float32 ``lm_head.weight`` of an autocast model) and the loss is float32 (cross-entropy's policy), here
+    without rounding it to the autocast dtype first. Outside autocast the arguments are returned unchanged."""
+    torch = sys.modules["torch"]
+    if not torch._C._is_any_autocast_enabled() or not isinstance(hidden, torch.Tensor) \
+            or not torch.is_autocast_enabled(hidden.device.type):
+        return hidden, weight, bias, None
+    low = torch.get_autocast_dtype(hidden.device.type)
+
+    def cast(a: Any) -> Any:
+        ok = isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype is not torch.float64
+        return a.to(low) if ok else a
+
+    hidden, weight, bias = cast(hidden), cast(weight), cast(bias)
+    return hidden, weight, bias, None if hidden.dtype is torch.float64 else torch.float32
+
+
+def _composed(h: Any, w: Any, b: Any, t: Any, o: Options, out_dtype: Any) -> Any:
     """The loss under a ``torch.func`` transform (:func:`._namespace.torch_generic_only`), whose wrapped tensors the
     fused path's autograd Function cannot take: the logits in full, in the fused path's accumulation dtype
     (float32 for 16-bit inputs, float64 for float64), and :func:`.cross_entropy` on them. The unfused loss's
-    memory; its values and gradients those of the fused path within rounding."""
+    memory; its values and gradients those of the fused path within rounding. The loss in ``out_dtype`` (None:
+    ``h``'s; float32 under autocast, see :func:`_autocast`)."""
     from .losses import cross_entropy
 
     torch = sys.modules["torch"]
@@ -207,7 +233,7 @@ def _composed(h: Any, w: Any, b: Any, t: Any, o: Options) -> Any:
         z = z + b.to(wd)
     loss = cross_entropy(z, t, ignore_index=o.ignore_index, label_smoothing=o.label_smoothing,
                          reduction=o.reduction, z_loss=o.z_loss, softcap=o.softcap)
-    return loss.to(h.dtype)
+    return loss.to(out_dtype or h.dtype)
 
 
 def _numpy(h: Any, w: Any, b: Any, t: Any, o: Options) -> Any:
