@@ -311,6 +311,34 @@ print("ok")
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
 
 
+def test_the_first_compiled_function_of_a_process_compiles_once() -> None:
+    """State the ops fill at their first call, read while ``torch.compile`` traced that call, was guarded as empty and
+    failed the guard of the second call (a recompile): the losses' cache of torch objects (``cross_entropy``, BCE),
+    the kernels module of ``softmax``, the torch backend of the generic path (``logcumsumexp``, ``logmeanexp``,
+    ``linear_cross_entropy``, ...) and the set of loaded backends (``log_matmul_exp``). A new process, floatguard
+    imported before torch (isort's order), one compiled function over all of them, eager calls in between."""
+    import subprocess
+    import sys
+
+    code = """
+import floatguard as fg
+import torch
+torch._dynamo.config.error_on_recompile = True
+x = torch.randn(16, 8, requires_grad=True); t = torch.randint(0, 8, (16,))
+def step(v):
+    return (fg.cross_entropy(v, t) + fg.binary_cross_entropy_with_logits(v, torch.sigmoid(v.detach()))
+            + fg.softmax(v, axis=-1).square().sum() + fg.logcumsumexp(v, axis=-1).sum() + fg.logmeanexp(v, axis=0).sum()
+            + fg.log_matmul_exp(v, v.T).sum() + fg.linear_cross_entropy(v, torch.eye(8), t) + fg.softplus(v).sum())
+f = torch.compile(step, dynamic=False, backend="eager")  # Dynamo's guards are the point, not Inductor
+f(x).backward(); f(x).backward()
+fg.cross_entropy(x.detach(), t); fg.softmax(x.detach()); fg.logcumsumexp(x.detach()); fg.log_matmul_exp(x.detach(), x.T)
+f(x).backward()
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
 def test_importing_a_module_after_compiling_recompiles_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     """The compiled function's guards do not cover ``sys.modules``: importing a module later (a program does, at any
     step) keeps the compiled code. The ops used to look every library up there, and a missing one (JAX) made Dynamo

@@ -138,7 +138,15 @@ def select(op: str, backend: str, x: Any) -> Callable[..., Any] | None:
     (always for empty rows: the kernels need at least one row and one entry per row)."""
     if 0 in tuple(x.shape):
         return None
-    for k in kernels(op, backend):
+    if backend == "torch" and _torch_compiling():
+        # as in select_call: an import statement, not _load, whose set of loaded backends Dynamo would guard (read
+        # empty while it traced the first call of a process, then filled: a recompile at the second call)
+        from . import _torch_fast  # noqa: F401
+
+        table: Collection[Kernel] = _TABLE.get((op, "torch", "rows"), ())
+    else:
+        table = kernels(op, backend)
+    for k in table:
         if k.applies(x):
             return k.fn
     return None

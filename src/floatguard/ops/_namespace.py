@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from ..errors import OptionalDependencyError, missing
+from ..errors import OptionalDependencyError
 
 __all__ = [
     "Backend",
@@ -281,20 +281,6 @@ def _jax_namespace() -> Any:
     return _JAX_XP
 
 
-_TORCH: Backend | None = None
-
-
-def _torch_backend() -> Backend:
-    """The PyTorch backend, made once (``torch.compile`` then traces only the global's read)."""
-    global _TORCH
-    try:  # an import statement: torch.compile can trace it (not __import__)
-        from array_api_compat import torch as xp_torch
-    except ImportError as exc:  # pragma: no cover - exercised only without the extra
-        raise missing("array_api_compat", "torch", feature="floatguard's ops on PyTorch tensors") from exc
-    _TORCH = Backend("torch", xp_torch)
-    return _TORCH
-
-
 def _backend_of(x: Any) -> Backend | None:
     """Backend owning ``x``, or None for Python scalars / lists."""
     if isinstance(x, (np.ndarray, np.generic)):
@@ -304,7 +290,9 @@ def _backend_of(x: Any) -> Backend | None:
         import torch
 
         if isinstance(x, torch.Tensor):
-            return _TORCH if _TORCH is not None else _torch_backend()
+            from . import _torch_namespace  # an import statement: see that module
+
+            return _torch_namespace.BACKEND
     if mod.startswith(("jax", "jaxlib")) and "jax" in sys.modules:
         import jax
 

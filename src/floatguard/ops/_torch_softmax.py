@@ -222,8 +222,10 @@ def softmax_fast(x: torch.Tensor, axis: Any, log: bool) -> torch.Tensor | None:
 
     :func:`_short_path` and :func:`softmax_any` inlined, each attribute read once: a 32×10 call spent 6 of its
     9 us in Python (AVX2 VM)."""
-    if (_kern is False or type(axis) is not int or x.layout is not torch.strided or not x.is_cpu
-            or _ns.FORCE_DEVICE_PATH or torch.compiler.is_compiling()):
+    # is_compiling first: while Dynamo traces, _kern (None until the first eager call) is not read, or its guard
+    # failed once the kernels were loaded (a recompile of a compiled function whose first op was softmax)
+    if (torch.compiler.is_compiling() or _kern is False or type(axis) is not int or x.layout is not torch.strided
+            or not x.is_cpu or _ns.FORCE_DEVICE_PATH):
         return None
     kern = _kern
     if kern is None:
