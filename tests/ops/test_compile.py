@@ -360,3 +360,29 @@ def test_importing_a_module_after_compiling_recompiles_nothing(monkeypatch: pyte
     monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     compiled(x, y)
     assert counter.frame_count == frames
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["non-strict", "strict"])
+def test_torch_export_with_a_dynamic_batch(strict: bool) -> None:
+    """``torch.export`` (non-strict by default: the Python runs on fake tensors): the kernels module imported under
+    its fake mode failed (a module-level tensor without storage), the class-index check branched on values, the
+    override protocol went through export's own function modes, and ``take_along_dim`` specialized the dynamic
+    batch to the example's. The exported program now takes other batch sizes with eager's values, and a bad class
+    index still raises."""
+
+    class Head(torch.nn.Module):
+        def forward(self, z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return (fg.cross_entropy(z, t) + fg.cross_entropy(z, t, label_smoothing=0.1, ignore_index=3)
+                    + fg.cross_entropy(z, t, z_loss=1e-3, softcap=5.0) + fg.log_softmax(z, axis=-1).mean()
+                    + fg.softplus(z).mean() + fg.logsumexp(z, axis=-1).mean()
+                    + fg.binary_cross_entropy_with_logits(z, torch.sigmoid(z.flip(0))))
+
+    g = torch.Generator().manual_seed(4)
+    z, t = torch.randn(8, 7, generator=g), torch.randint(0, 7, (8,), generator=g)
+    batch = torch.export.Dim("batch", min=2, max=1024)
+    exported = torch.export.export(Head(), (z, t), dynamic_shapes=({0: batch}, {0: batch}), strict=strict).module()
+    for n in (3, 50):
+        zn, tn = torch.randn(n, 7, generator=g), torch.randint(0, 7, (n,), generator=g)
+        torch.testing.assert_close(exported(zn, tn), Head()(zn, tn))
+    with pytest.raises((ValueError, RuntimeError), match="class indices outside"):
+        exported(z, torch.full((8,), 9))

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import _disable_current_modes
 
 from . import _namespace as _ns
 from ._torch_device import device_logsumexp, device_softmax, grad_dtype, on_device
@@ -126,10 +127,11 @@ def _kernel_rows(kern: Any, x: torch.Tensor, log: bool, code: int, r: int, n: in
     return fix_limits(x, out, finite, log), finite
 
 
-# Module-level tensors are made with functorch off: this module is imported by the first torch call of an op, which
-# may run under a torch.func transform, where a new tensor would be a wrapper with no storage (and a data_ptr that
-# raises): the import failed, and the ops lost their kernels for the rest of the process.
-with torch._C._DisableFuncTorch():
+# Module-level tensors are made with functorch and the dispatch modes off: this module is imported by the first torch
+# call of an op, which may run under a torch.func transform or torch.export's fake tensor mode, where a new tensor
+# would be a wrapper or a fake with no storage (and a data_ptr that raises): the import failed there (and under a
+# transform the ops lost their kernels for the rest of the process).
+with torch._C._DisableFuncTorch(), _disable_current_modes():
     ALL_FINITE = torch.ones((1, 1), dtype=torch.bool)  # ``finite`` of rows that all have a finite max
     # Where the forward kernel writes its per-row flags for up to 4096 rows: never read (a call with a row whose max
     # is not finite takes the flags from torch's max), so calls in several threads may share it. A new bool tensor

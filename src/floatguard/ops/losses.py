@@ -360,11 +360,24 @@ def _torch_state(logits: Any, target: Any, weight: Any, protocol: bool = True) -
     torch = sys.modules.get("torch")
     if torch is None or not isinstance(logits, torch.Tensor):
         return 0
-    if protocol and torch.overrides.has_torch_function((logits, target, weight)):
+    # not while torch.export traces: its own function modes are active then, and going through them specialized the
+    # exported program's dynamic batch size to the example's
+    if protocol and torch.overrides.has_torch_function((logits, target, weight)) \
+            and not torch.compiler.is_exporting():
         return _OVERRIDE
     c = torch._C
     state = _GENERIC if c._are_functorch_transforms_active() or c._get_tracing_state() is not None else 0
     return state | _AUTOCAST if c._is_any_autocast_enabled() else state
+
+
+def _take_last(be: Backend, x: Any, idx: Any) -> Any:
+    """``x[..., idx]`` per row: the entries of ``x``'s last axis at the (valid, non-negative) indices ``idx``.
+
+    ``gather`` on torch: ``take_along_dim`` (array-api-compat's ``take_along_axis``) specialized the dynamic batch
+    size of a ``torch.export`` to the example's."""
+    if be.name == "torch":
+        return x.gather(-1, idx[..., None])[..., 0]
+    return be.xp.take_along_axis(x, be.xp.expand_dims(idx, axis=-1), axis=-1)[..., 0]
 
 
 def _check_weight(be: Backend, weight: Any, n_cls: int, like: Any, func: str) -> Any:
@@ -567,7 +580,13 @@ def _cross_entropy(
         _same_shape(target, batch_shape, "target",
                     "integer class indices of the shape of 'logits' without its class axis,", func)
         keep = None if ignore_index is None else target != ignore_index
-        if be.is_concrete(target):  # a traced target (jax.jit argument) skips the check
+        if be.compiling():  # torch.compile, torch.export: a runtime assertion in the graph, no branch on values
+            bad = (target < 0) | (target >= n_cls)
+            if ignore_index is not None:
+                bad = bad & (target != ignore_index)
+            sys.modules["torch"]._assert_async(~bad.any(), f"floatguard.{func}: argument 'target' has class indices "
+                                               f"outside [0, {n_cls}); set ignore_index for padding entries")
+        elif be.is_concrete(target):  # a traced target (jax.jit argument) skips the check
             tv = be.host(target)
             bad = (tv < 0) | (tv >= n_cls)
             if ignore_index is not None:
@@ -585,7 +604,7 @@ def _cross_entropy(
             nll = _smoothed_nll(be, sh, idx, w, w_t, label_smoothing)
         else:
             lsm = xp.where(sh.finite, sh.d - xp.log1p(sh.s), sh.m + xp.zeros_like(rows))
-            nll = -xp.take_along_axis(lsm, xp.expand_dims(idx, axis=-1), axis=-1)[..., 0]
+            nll = -_take_last(be, lsm, idx)
             if w_t is not None:
                 nll = w_t * nll
         nll = xp.where(sh.finite[..., 0], nll, xp.abs(m_row) if zc else -m_row)
@@ -664,7 +683,7 @@ def _smoothed_nll(be: Backend, sh: Shifted, idx: Any, w: Any, w_t: Any, eps: flo
     xp = be.xp
     n_cls = sh.d.shape[-1]
     lg = xp.log1p(sh.s[..., 0])
-    d_c = xp.take_along_axis(sh.d, xp.expand_dims(idx, axis=-1), axis=-1)[..., 0]
+    d_c = _take_last(be, sh.d, idx)
     if w is None:
         return lg - (1 - eps) * d_c - (eps / n_cls) * xp.sum(sh.d, axis=-1)
     coef = (1 - eps) * w_t + (eps / n_cls) * xp.sum(w)
