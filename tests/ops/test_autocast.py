@@ -7,10 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-import floatguard as fg  # noqa: E402
+import floatguard as fg
 
 F = torch.nn.functional
 N, C = 12, 7

@@ -17,11 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import torch
 
-torch = pytest.importorskip("torch")
-
-import floatguard as fg  # noqa: E402
-from floatguard.ops import _kernels  # noqa: E402
+import floatguard as fg
+from floatguard.ops import _kernels
 
 F = torch.nn.functional
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")  # torch's own

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import OptionalDependencyError
 
 __all__ = [
+    "WIDE_LONGDOUBLE",
     "Backend",
     "OptionalDependencyError",
     "as_float",
@@ -49,8 +50,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 FORCE_DEVICE_PATH: bool = os.environ.get("FLOATGUARD_FORCE_DEVICE_PATH", "") not in ("", "0")
 
 
-# NumPy's long double where it is wider than float64 (else None: it is float64, and work_dtype's float64 covers it)
-_LONGDOUBLE = np.dtype(np.longdouble) if np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant else None
+# NumPy's long double where it is wider than float64 (else None: it is float64, and work_dtype's float64 covers it);
+# work_dtype computes it in itself, and the NumPy kernels (float64 work) decline it
+WIDE_LONGDOUBLE = np.dtype(np.longdouble) if np.finfo(np.longdouble).nmant > np.finfo(np.float64).nmant else None
 
 # torch.compiler.is_compiling, once torch is imported: at once when it already is (else the first call that
 # torch.compile traces would read None here and set it, failing the guard of its own compiled code: a recompile)
@@ -155,7 +157,7 @@ class Backend:
         computed in itself, as SciPy does (rounding it to float64 lost its extra bits).
         """
         xp = self.xp
-        if self.name == "numpy" and dtype == _LONGDOUBLE:
+        if self.name == "numpy" and dtype == WIDE_LONGDOUBLE:
             return np.longdouble
         if self.name == "jax":
             import jax

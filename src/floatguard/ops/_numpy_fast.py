@@ -31,7 +31,7 @@ import numpy as np
 from . import _core
 from ._core import blocks
 from ._kernels import register
-from ._namespace import Backend
+from ._namespace import WIDE_LONGDOUBLE, Backend
 
 # elements of float64 per block: 2^15 * 8 B = 256 KiB, half of a typical L2
 BLOCK = 1 << 15
@@ -197,7 +197,7 @@ _NUMPY = Backend("numpy", np)
 
 def _not_long(rows: np.ndarray) -> bool:
     """The kernels compute in float64: a ``longdouble`` wider than it takes the generic path, in itself."""
-    return rows.dtype != np.longdouble or np.finfo(np.longdouble).nmant <= 52
+    return rows.dtype != WIDE_LONGDOUBLE
 
 
 @register("logsumexp", "numpy", predicate=_not_long)
