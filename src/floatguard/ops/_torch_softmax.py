@@ -18,6 +18,7 @@ import torch
 from torch.utils._python_dispatch import _disable_current_modes
 
 from . import _namespace as _ns
+from . import _torch_columns as _columns
 from ._torch_device import device_logsumexp, device_softmax, grad_dtype, on_device
 from ._torch_sweep import EMPTY_LIKE_MIN, compiled_sweep, empty_like, fix_limits, lse_forward, softmax_forward
 
@@ -237,8 +238,10 @@ def softmax_fast(x: torch.Tensor, axis: Any, log: bool) -> torch.Tensor | None:
     code = STORAGE_CODE.get(x.dtype)
     shape = x.shape
     nd = len(shape)
-    if code is None or nd == 0 or (axis != -1 and axis != nd - 1):
+    if code is None or nd == 0:
         return None
+    if axis != -1 and axis != nd - 1:  # a middle axis: the column kernels, on the tensor as it lies
+        return _columns.softmax(x, axis + nd if axis < 0 else axis, log) if code != 3 else None
     n = shape[-1]
     r = shape[0] if nd == 2 else math.prod(shape[:-1])
     if r == 0 or n == 0:
@@ -254,7 +257,13 @@ def softmax_fast(x: torch.Tensor, axis: Any, log: bool) -> torch.Tensor | None:
 
 def logsumexp_fast(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor | None:
     """``logsumexp(x, axis, keepdims)`` of a CPU tensor along its last axis, as :func:`softmax_fast`."""
-    if type(keepdims) is not bool or not _short_path(x, axis):
+    if type(keepdims) is not bool:
+        return None
+    if not _short_path(x, axis):
+        nd = x.ndim
+        if (type(axis) is int and -nd <= axis < nd - 1 and x.dtype in _columns.CODES and _kern is not False
+                and not torch.compiler.is_compiling() and not _ns.FORCE_DEVICE_PATH):
+            return _columns.logsumexp(x, axis + nd if axis < 0 else axis, keepdims)
         return None
     nd = x.ndim
     rows = x if nd == 2 else x.reshape(-1, x.shape[-1])

@@ -548,7 +548,7 @@ def _cross_entropy(
     fast = _fast_torch(logits, target, weight)
     if fast is not None:
         out = _cross_entropy_torch(fast.cross_entropy, logits, target, weight, axis, reduction, label_smoothing,
-                                   ignore_index, zc, cap)
+                                   ignore_index, zc, cap, columns=True)
         if out is not None:
             return out
     dev = _device_torch(logits, target, weight)
@@ -720,10 +720,11 @@ def _softcap(be: Backend, x: Any, cap: float) -> Any:
 
 def _cross_entropy_torch(
     kernel: Callable[..., Any], logits: Any, target: Any, weight: Any, axis: int, reduction: str, eps: float,
-    ignore_index: int | None, z_loss: float = 0.0, cap: float = 0.0,
+    ignore_index: int | None, z_loss: float = 0.0, cap: float = 0.0, columns: bool = False,
 ) -> Any:
     """``kernel`` (the fused CPU kernels, or the device composition) on the rows of torch tensors; None where the
-    generic path must answer (it raises the errors)."""
+    generic path must answer (it raises the errors). ``columns``: class indices along a middle axis without
+    smoothing, z-loss or cap go to the column kernels first (no transposing copy, :mod:`._torch_columns`)."""
     func = "cross_entropy"
     ax = normalize_axis(axis, logits.ndim, "axis", func)
     n_cls = logits.shape[ax]
@@ -738,6 +739,12 @@ def _cross_entropy_torch(
             return None
     elif tuple(target.shape) != tuple(logits.shape) or (ignore_index is not None and ignore_index != -100):
         return None
+    if columns and index and ax < logits.ndim - 1 and not (eps or z_loss or cap):
+        from . import _torch_columns
+
+        out = _torch_columns.cross_entropy(logits, target, weight, ignore_index, reduction, ax)
+        if out is not None:
+            return out
     x = logits if ax == logits.ndim - 1 else logits.movedim(ax, -1)
     x2 = x.reshape(-1, n_cls)
     t2 = target.reshape(-1) if index else (target if ax == target.ndim - 1 else target.movedim(ax, -1)).reshape(

@@ -109,6 +109,21 @@ def _run_numpy() -> None:
             call(x, d)
 
 
+def _cols(x: Any) -> Any:
+    """The first 10 columns of rows ``x`` as ``(rows, 2, 5)``: a class axis in the middle (the column kernels)."""
+    return x[:, :10].reshape(-1, 2, 5)
+
+
+# PyTorch's besides: reductions and the cross-entropy along a middle axis (``dim=1`` of ``(N, C, H, W)``)
+TORCH_CALLS: tuple[_Call, ...] = (
+    *CALLS,
+    lambda x, d: R.softmax(_cols(x), axis=1),
+    lambda x, d: R.log_softmax(_cols(x), axis=1),
+    lambda x, d: R.logsumexp(_cols(x), axis=1),
+    lambda x, d: L.cross_entropy(_cols(x), d.t[:, None].expand(-1, 5) % 2, axis=1),
+)
+
+
 def _run_torch(torch: Any) -> None:
     """The PyTorch calls in float32, bfloat16, float16 and float64, without and with a backward pass."""
     gen = torch.Generator().manual_seed(0)
@@ -118,7 +133,7 @@ def _run_torch(torch: Any) -> None:
         d = _Data(x0.to(dtype), torch.randint(0, cols, (rows,), generator=gen), p.to(dtype),
                   torch.rand(rows, cols, generator=gen, dtype=torch.float64).to(dtype),
                   torch.linspace(0.5, 1.5, cols, dtype=dtype))
-        for call, grad in itertools.product(CALLS, (False, True)):
+        for call, grad in itertools.product(TORCH_CALLS, (False, True)):
             x = x0.to(dtype, copy=True).requires_grad_(grad)
             out = call(x, d)
             if grad:

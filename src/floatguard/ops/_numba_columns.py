@@ -1,0 +1,507 @@
+"""Kernels of softmax, log_softmax, logsumexp and cross-entropy along a middle axis: ``(O, C, I)`` layouts.
+
+A class axis that is not the last (PyTorch's ``(N, C, H, W)`` segmentation logits, a softmax over
+``dim=1``) has its ``C`` entries of a row ``I`` apart in memory. The row kernels (:mod:`._numba_torch`,
+:mod:`._numba_ce_rows`) need the rows contiguous: moving the axis last is a transposing copy each way
+(for ``8×21×128×128`` float32 the two copies took longer than the loss), and rows of a few dozen entries
+are short for a loop over the row. Here the loops run over the positions instead: for a block of ``CB``
+positions of one ``o``, each of the ``C`` slices ``x[o, c, j0:j0 + CB]`` is contiguous, and every step
+(the max, the sum, the output) is one loop over it with a per-position accumulator, which LLVM vectorizes
+as it does the rows' loops. A row's values never leave the block, which stays in L1/L2.
+
+The arithmetic is the row kernels' (float64 registers for every storage dtype, one rounding per output):
+``m`` the max (on the storage bits: NaN found as in :func:`._numba_torch._row_max32`), ``s = sum of
+exp(x - m)`` over the entries below the max by the 2^-35 short exp (:func:`._numba_exp._exp_f32out`) plus
+one per other entry at the max (a tie test per entry, no argmax), ``log1p(s)`` by the vectorized
+:func:`._numba_log.log1p`. Outputs are float32, bfloat16 or float16 (float64 rows keep the row path and
+its 0.51-ulp table exp). A block holding a position whose max is not finite (a ``+inf``, a NaN, or every
+entry ``-inf``) makes the kernel return False before writing its outputs' limits: the caller then takes the
+row path, which has those semantics.
+
+Only the entry kernels (``ptr_cols_*``) are cached; the helpers are inlined.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._numba_bits import (
+    _CONTRACT,
+    AVAILABLE,
+    _encode,
+    _f32_from_bits,
+    _inline,
+    _load,
+    _nan_bits,
+    _njit,
+    _unkey,
+    _voidptr,
+    carray,
+)
+from ._numba_exp import _exp_accurate, _exp_clamped, _exp_f32out, _exp_row
+from ._numba_log import log1p, select
+from ._numba_torch import (
+    _INF32,
+    _KMIN16,
+    _KMIN32,
+    _MAG32,
+    _ZERO16,
+    _ZERO32,
+    _max_key16,
+    _max_key32,
+    _max_mag16,
+    _max_mag32,
+)
+
+CB = 2048  # positions per block at most: a block's float64 buffers stay in L1, its C slices in L2 (see _block)
+
+
+@_inline()
+def _block(n_cls: int) -> int:
+    """Positions per block: ``CB``, fewer where the block's ``C`` slices would pass 256 KiB (float32). Long slices keep
+    the hardware prefetchers streaming (blocks of 256 ran 1.3-1.5x slower at ``C = 21``)."""
+    return max(64, min(CB, (1 << 16) // n_cls))
+
+
+# -- the max of each position, on the storage bits ----------------------------------------------------
+@_inline()
+def _max_blk32(seg: np.ndarray, km: np.ndarray, mm: np.ndarray) -> None:
+    for j in range(seg.size):
+        km[j] = _max_key32(km[j], seg[j])
+        mm[j] = _max_mag32(mm[j], seg[j])
+
+
+@_inline()
+def _max_blk16(seg: np.ndarray, km: np.ndarray, mm: np.ndarray) -> None:
+    for j in range(seg.size):
+        km[j] = _max_key16(km[j], seg[j])
+        mm[j] = _max_mag16(mm[j], seg[j])
+
+
+@_inline()
+def _maxes32(xo: np.ndarray, j0: int, nb: int, m: np.ndarray) -> bool:
+    """``m[:nb]`` = the max of positions ``j0 .. j0 + nb`` of float32 ``xo`` (C, I); False if one is not finite."""
+    km = np.full(nb, _KMIN32)
+    mm = np.full(nb, _ZERO32)
+    for c in range(xo.shape[0]):
+        _max_blk32(xo[c, j0 : j0 + nb], km, mm)
+    ok = True
+    for j in range(nb):
+        k = km[j]
+        v = np.float64(_f32_from_bits(np.int32(k ^ ((k >> 31) & _MAG32))))
+        if mm[j] > _INF32 or not np.isfinite(v):
+            ok = False
+        m[j] = v
+    return ok
+
+
+@_inline()
+def _maxes16(xo: np.ndarray, j0: int, nb: int, m: np.ndarray) -> bool:
+    """:func:`_maxes32` of bfloat16 (int16) or float16 (uint16) bits."""
+    km = np.full(nb, _KMIN16)
+    mm = np.full(nb, _ZERO16)
+    for c in range(xo.shape[0]):
+        _max_blk16(xo[c, j0 : j0 + nb], km, mm)
+    like = xo[0, 0]
+    ok = True
+    for j in range(nb):
+        v = _unkey(np.int64(km[j]), like)
+        if _nan_bits(xo.dtype.type(mm[j])) or not np.isfinite(v):
+            ok = False
+        m[j] = v
+    return ok
+
+
+def _maxes(xo: np.ndarray, j0: int, nb: int, m: np.ndarray) -> bool:
+    """The max of each position of a block (float64 ``m``); False when one is not finite (overloaded by dtype)."""
+    raise NotImplementedError  # pragma: no cover  (numba code only)
+
+
+if AVAILABLE:
+    from numba import types as _types
+    from numba.extending import overload as _overload
+
+    @_overload(_maxes, inline="always")
+    def _maxes_impl(xo, j0, nb, m):  # unannotated: numba compares signatures
+        if xo.dtype == _types.float32:
+            return lambda xo, j0, nb, m: _maxes32(xo, j0, nb, m)
+        return lambda xo, j0, nb, m: _maxes16(xo, j0, nb, m)
+
+
+# -- the sum without the max term ------------------------------------------------------------------------
+@_inline(_CONTRACT)
+def _rest_blk(seg: np.ndarray, m: np.ndarray, acc: np.ndarray, ties: np.ndarray) -> None:
+    for j in range(seg.size):
+        d = _load(seg[j]) - m[j]
+        at = d == 0.0
+        ties[j] += select(at, 1.0, 0.0)
+        acc[j] += select(at, 0.0, _exp_f32out(d))
+
+
+@_inline(_CONTRACT)
+def _all_blk(seg: np.ndarray, m: np.ndarray, acc: np.ndarray) -> None:
+    for j in range(seg.size):
+        acc[j] += _exp_clamped(_load(seg[j]) - m[j])
+
+
+@_inline(_CONTRACT)
+def _total_blk(seg: np.ndarray, m: np.ndarray, acc: np.ndarray) -> None:
+    for j in range(seg.size):
+        acc[j] += _exp_row(_load(seg[j]) - m[j])
+
+
+@_inline()
+def _stats(xo: np.ndarray, j0: int, nb: int, m: np.ndarray, s: np.ndarray) -> bool:
+    """``m`` and ``s`` (the sum without the max term, ties adding 1 each) of positions ``j0 .. j0 + nb``; False
+    (and nothing else computed) when a position has no finite max.
+
+    ``s`` is ``(1 + s) - 1`` of one sum with the max term(s) inside (the 2^-35 short exp, no tie test), as the row
+    kernels' log_softmax: its error is the terms' ``2^-35 s`` plus ``C`` roundings of ``2^-53`` beside the 1. A block
+    with a position below ``s = C 2^-24`` (a confident one, whose ``log1p(s)`` needs ``s`` relative) is summed again
+    without the max term, a tie test per entry (0.8x the time of summing every block that way, C = 21)."""
+    if not _maxes(xo, j0, nb, m):
+        return False
+    mb = m[:nb]
+    sb = s[:nb]
+    sb[:] = 0.0
+    n_cls = xo.shape[0]
+    for c in range(n_cls):
+        _all_blk(xo[c, j0 : j0 + nb], mb, sb)
+    thr = np.float64(n_cls) * 2.0**-24
+    low = False
+    for j in range(nb):
+        sb[j] -= 1.0
+        low |= sb[j] < thr
+    if low:
+        ties = np.zeros(nb)
+        sb[:] = 0.0
+        for c in range(n_cls):
+            _rest_blk(xo[c, j0 : j0 + nb], mb, sb, ties)
+        for j in range(nb):
+            sb[j] += ties[j] - 1.0
+    return True
+
+
+@_inline()
+def _totals(xo: np.ndarray, j0: int, nb: int, m: np.ndarray, tot: np.ndarray) -> bool:
+    """``m`` and ``1 + s`` (every term, the max term(s) inside: exactly 1 each) of positions ``j0 .. j0 + nb`` by
+    :func:`._numba_exp._exp_row`, for softmax (relative to ``1 + s``: no tie test); False as :func:`_stats`."""
+    if not _maxes(xo, j0, nb, m):
+        return False
+    tb = tot[:nb]
+    tb[:] = 0.0
+    for c in range(xo.shape[0]):
+        _total_blk(xo[c, j0 : j0 + nb], m[:nb], tb)
+    return True
+
+
+@_inline(_CONTRACT)
+def _log1p_blk(s: np.ndarray, out: np.ndarray) -> None:
+    for j in range(s.size):
+        out[j] = log1p(s[j])
+
+
+# -- softmax, log_softmax, logsumexp: forward ----------------------------------------------------------
+@_inline(_CONTRACT)
+def _softmax_blk(seg: np.ndarray, m: np.ndarray, q: np.ndarray, out: np.ndarray) -> None:
+    for j in range(seg.size):
+        out[j] = _encode(_exp_row(_load(seg[j]) - m[j]) * q[j], out)
+
+
+@_inline(_CONTRACT)
+def _log_softmax_blk(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, out: np.ndarray) -> None:
+    for j in range(seg.size):
+        out[j] = _encode((_load(seg[j]) - m[j]) - l1p[j], out)
+
+
+@_njit()
+def cols_softmax(x: np.ndarray, out: np.ndarray, log: bool, o0: int, o1: int) -> bool:
+    """softmax (``exp(x - m) / (1 + s)``) or log_softmax (``(x - m) - log1p(s)``) over axis 1 of ``x`` (O, C, I)
+    into ``out`` (same dtype), one rounding per entry; False (``out`` partly written) if a position has no
+    finite max."""
+    _, n_cls, n_in = x.shape
+    cb = _block(n_cls)
+    m = np.empty(cb)
+    s = np.empty(cb)
+    v = np.empty(cb)
+    for o in range(o0, o1):
+        xo = x[o]
+        oo = out[o]
+        for j0 in range(0, n_in, cb):
+            nb = min(cb, n_in - j0)
+            mb = m[:nb]
+            vb = v[:nb]
+            if log:
+                if not _stats(xo, j0, nb, m, s):
+                    return False
+                _log1p_blk(s[:nb], vb)
+                for c in range(n_cls):
+                    _log_softmax_blk(xo[c, j0 : j0 + nb], mb, vb, oo[c, j0 : j0 + nb])
+            else:
+                if not _totals(xo, j0, nb, m, s):
+                    return False
+                for j in range(nb):
+                    vb[j] = 1.0 / s[j]
+                for c in range(n_cls):
+                    _softmax_blk(xo[c, j0 : j0 + nb], mb, vb, oo[c, j0 : j0 + nb])
+    return True
+
+
+@_njit()
+def cols_logsumexp(x: np.ndarray, lse: np.ndarray, o0: int, o1: int) -> bool:
+    """``lse[o, j] = m + log1p(s)`` (float64) over axis 1 of ``x`` (O, C, I); False if a position has no finite
+    max. A result near 0 (``|lse| < s / (1 + s) + C 2^-24``, where ``m < 0`` cancels ``log1p(s)``) is summed again
+    with the 0.51-ulp table exp, as the row kernel does."""
+    _, n_cls, n_in = x.shape
+    cb = _block(n_cls)
+    m = np.empty(cb)
+    s = np.empty(cb)
+    v = np.empty(cb)
+    thr = np.float64(n_cls) * 2.0**-24
+    for o in range(o0, o1):
+        xo = x[o]
+        lo = lse[o]
+        for j0 in range(0, n_in, cb):
+            nb = min(cb, n_in - j0)
+            if not _stats(xo, j0, nb, m, s):
+                return False
+            _log1p_blk(s[:nb], v[:nb])
+            for j in range(nb):
+                r = m[j] + v[j]
+                if abs(r) < s[j] / (1.0 + s[j]) + thr:  # cancellation: the accurate sum
+                    acc = 0.0
+                    ties = 0.0
+                    for c in range(n_cls):
+                        d = _load(xo[c, j0 + j]) - m[j]
+                        if d == 0.0:
+                            ties += 1.0
+                        else:
+                            acc += _exp_accurate(d)
+                    r = m[j] + np.log1p(acc + (ties - 1.0))
+                lo[j0 + j] = r
+    return True
+
+
+# -- backward ------------------------------------------------------------------------------------------
+@_inline(_CONTRACT)
+def _dot_blk(p: np.ndarray, g: np.ndarray, acc: np.ndarray) -> None:
+    for j in range(p.size):
+        acc[j] += _load(p[j]) * _load(g[j])
+
+
+@_inline(_CONTRACT)
+def _sum_blk(g: np.ndarray, acc: np.ndarray) -> None:
+    for j in range(g.size):
+        acc[j] += _load(g[j])
+
+
+@_inline(_CONTRACT)
+def _softmax_grad_blk(p: np.ndarray, g: np.ndarray, dot: np.ndarray, grad: np.ndarray) -> None:
+    for j in range(p.size):
+        grad[j] = _encode(_load(p[j]) * (_load(g[j]) - dot[j]), grad)
+
+
+@_inline(_CONTRACT)
+def _log_softmax_grad_blk(o: np.ndarray, g: np.ndarray, tot: np.ndarray, grad: np.ndarray) -> None:
+    for j in range(o.size):
+        grad[j] = _encode(_load(g[j]) - _exp_f32out(_load(o[j])) * tot[j], grad)
+
+
+@_njit()
+def cols_softmax_bwd(out: np.ndarray, g: np.ndarray, grad: np.ndarray, log: bool, o0: int, o1: int) -> None:
+    """The backward of :func:`cols_softmax` from its output: ``p (g - sum(g p))`` or ``g - exp(o) sum(g)`` over
+    axis 1, sums in float64, one rounding per entry (every position has a finite max)."""
+    _, n_cls, n_in = out.shape
+    cb = _block(n_cls)
+    acc = np.empty(cb)
+    for o in range(o0, o1):
+        po, go, ro = out[o], g[o], grad[o]
+        for j0 in range(0, n_in, cb):
+            nb = min(cb, n_in - j0)
+            ab = acc[:nb]
+            ab[:] = 0.0
+            if log:
+                for c in range(n_cls):
+                    _sum_blk(go[c, j0 : j0 + nb], ab)
+                for c in range(n_cls):
+                    _log_softmax_grad_blk(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], ab, ro[c, j0 : j0 + nb])
+            else:
+                for c in range(n_cls):
+                    _dot_blk(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], ab)
+                for c in range(n_cls):
+                    _softmax_grad_blk(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], ab, ro[c, j0 : j0 + nb])
+
+
+@_inline(_CONTRACT)
+def _lse_grad_blk(seg: np.ndarray, lse: np.ndarray, g: np.ndarray, grad: np.ndarray) -> None:
+    for j in range(seg.size):
+        grad[j] = _encode(g[j] * _exp_clamped(_load(seg[j]) - lse[j]), grad)
+
+
+@_njit()
+def cols_logsumexp_bwd(x: np.ndarray, lse: np.ndarray, g: np.ndarray, grad: np.ndarray, o0: int, o1: int) -> None:
+    """``grad = g exp(x - lse)`` over axis 1, from float64 ``lse`` and ``g`` (O, I) (every ``lse`` finite)."""
+    _, n_cls, n_in = x.shape
+    cb = _block(n_cls)
+    for o in range(o0, o1):
+        for j0 in range(0, n_in, cb):
+            nb = min(cb, n_in - j0)
+            lb = lse[o, j0 : j0 + nb]
+            gb = g[o, j0 : j0 + nb]
+            for c in range(n_cls):
+                _lse_grad_blk(x[o, c, j0 : j0 + nb], lb, gb, grad[o, c, j0 : j0 + nb])
+
+
+# -- cross-entropy of class indices ----------------------------------------------------------------------
+@_njit()
+def cols_ce_fwd(x: np.ndarray, t: np.ndarray, w: np.ndarray, ignore: int, has_ignore: bool, m: np.ndarray,
+                l1p: np.ndarray, s: np.ndarray, loss: np.ndarray, wt: np.ndarray, o0: int, o1: int) -> int:
+    """Cross-entropy of class indices ``t`` (O, I) over axis 1 of ``x`` (O, C, I): per position ``m``, ``l1p =
+    log1p(s)``, ``s`` (for the backward), ``loss = w_t (l1p + (m - x_t))`` and ``wt = w_t`` (float64; both 0 at
+    ``ignore``; ``w`` empty for no class weights). Returns 0, or 1 if a position has no finite max, 2 if an index
+    is out of range (the caller's row path then answers, with its semantics and errors)."""
+    _, n_cls, n_in = x.shape
+    cb = _block(n_cls)
+    weighted = w.size > 0
+    for o in range(o0, o1):
+        xo = x[o]
+        for j0 in range(0, n_in, cb):
+            nb = min(cb, n_in - j0)
+            mb = m[o, j0 : j0 + nb]
+            sb = s[o, j0 : j0 + nb]
+            if not _stats(xo, j0, nb, mb, sb):
+                return 1
+            lb = l1p[o, j0 : j0 + nb]
+            _log1p_blk(sb, lb)
+            for j in range(nb):
+                k = t[o, j0 + j]
+                if has_ignore and k == ignore:
+                    loss[o, j0 + j] = 0.0
+                    wt[o, j0 + j] = 0.0
+                    continue
+                if k < 0 or k >= n_cls:
+                    return 2
+                wk = w[k] if weighted else 1.0
+                wt[o, j0 + j] = wk
+                loss[o, j0 + j] = wk * (lb[j] + (mb[j] - _load(xo[k, j0 + j])))
+    return 0
+
+
+@_inline(_CONTRACT)
+def _ce_grad_blk(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, scale: np.ndarray, grad: np.ndarray) -> None:
+    for j in range(seg.size):
+        grad[j] = _encode(scale[j] * _exp_f32out((_load(seg[j]) - m[j]) - l1p[j]), grad)
+
+
+@_njit()
+def cols_ce_bwd(x: np.ndarray, t: np.ndarray, m: np.ndarray, l1p: np.ndarray, s: np.ndarray, scale: np.ndarray,
+                grad: np.ndarray, o0: int, o1: int) -> None:
+    """``grad = scale (softmax(x) - onehot(t))`` over axis 1 (``scale`` per position, 0 where ignored), one rounding
+    per entry. At the target, ``p - 1`` is ``-s / (1 + s)`` when the target is at the max (``p`` near 1 would cancel)
+    and ``p - 1`` from the entry otherwise (``p <= 1/2`` there)."""
+    _, n_cls, n_in = x.shape
+    cb = _block(n_cls)
+    for o in range(o0, o1):
+        xo = x[o]
+        ro = grad[o]
+        for j0 in range(0, n_in, cb):
+            nb = min(cb, n_in - j0)
+            mb = m[o, j0 : j0 + nb]
+            lb = l1p[o, j0 : j0 + nb]
+            sb = scale[o, j0 : j0 + nb]
+            for c in range(n_cls):
+                _ce_grad_blk(xo[c, j0 : j0 + nb], mb, lb, sb, ro[c, j0 : j0 + nb])
+            for j in range(nb):
+                sc = sb[j]
+                if sc == 0.0:
+                    continue
+                k = t[o, j0 + j]
+                d = _load(xo[k, j0 + j]) - mb[j]
+                if d == 0.0:
+                    sj = s[o, j0 + j]
+                    pm1 = -sj / (1.0 + sj)
+                else:
+                    pm1 = _exp_f32out(d - lb[j]) - 1.0
+                ro[k, j0 + j] = _encode(sc * pm1, ro)
+
+
+# -- entry points on raw pointers --------------------------------------------------------------------------
+# ``code``: 0 float32, 1 bfloat16 (int16 bits), 2 float16 (uint16 bits), as :data:`._numba_torch.STORAGE_CODES`;
+# ``dims`` = (O, C, I); each entry works on ``o0 <= o < o1`` (the caller's threads take disjoint ranges).
+@_njit()
+def ptr_cols_softmax(code: int, xa: int, oa: int, dims: tuple[int, int, int], log: bool, o0: int, o1: int) -> bool:
+    if code == 0:
+        return cols_softmax(carray(_voidptr(xa), dims, np.float32), carray(_voidptr(oa), dims, np.float32), log,
+                            o0, o1)
+    if code == 1:
+        return cols_softmax(carray(_voidptr(xa), dims, np.int16), carray(_voidptr(oa), dims, np.int16), log, o0, o1)
+    return cols_softmax(carray(_voidptr(xa), dims, np.uint16), carray(_voidptr(oa), dims, np.uint16), log, o0, o1)
+
+
+@_njit()
+def ptr_cols_softmax_bwd(code: int, oa: int, ga: int, gra: int, dims: tuple[int, int, int], log: bool, o0: int,
+                         o1: int) -> None:
+    if code == 0:
+        cols_softmax_bwd(carray(_voidptr(oa), dims, np.float32), carray(_voidptr(ga), dims, np.float32),
+                         carray(_voidptr(gra), dims, np.float32), log, o0, o1)
+    elif code == 1:
+        cols_softmax_bwd(carray(_voidptr(oa), dims, np.int16), carray(_voidptr(ga), dims, np.int16),
+                         carray(_voidptr(gra), dims, np.int16), log, o0, o1)
+    else:
+        cols_softmax_bwd(carray(_voidptr(oa), dims, np.uint16), carray(_voidptr(ga), dims, np.uint16),
+                         carray(_voidptr(gra), dims, np.uint16), log, o0, o1)
+
+
+@_njit()
+def ptr_cols_logsumexp(code: int, xa: int, lse: np.ndarray, dims: tuple[int, int, int], o0: int, o1: int) -> bool:
+    """:func:`cols_logsumexp` into float64 ``lse`` (O, I)."""
+    if code == 0:
+        return cols_logsumexp(carray(_voidptr(xa), dims, np.float32), lse, o0, o1)
+    if code == 1:
+        return cols_logsumexp(carray(_voidptr(xa), dims, np.int16), lse, o0, o1)
+    return cols_logsumexp(carray(_voidptr(xa), dims, np.uint16), lse, o0, o1)
+
+
+@_njit()
+def ptr_cols_logsumexp_bwd(code: int, xa: int, lse: np.ndarray, g: np.ndarray, gra: int, dims: tuple[int, int, int],
+                           o0: int, o1: int) -> None:
+    """:func:`cols_logsumexp_bwd`, float64 ``lse`` and ``g`` (O, I)."""
+    if code == 0:
+        cols_logsumexp_bwd(carray(_voidptr(xa), dims, np.float32), lse, g, carray(_voidptr(gra), dims, np.float32),
+                           o0, o1)
+    elif code == 1:
+        cols_logsumexp_bwd(carray(_voidptr(xa), dims, np.int16), lse, g, carray(_voidptr(gra), dims, np.int16), o0,
+                           o1)
+    else:
+        cols_logsumexp_bwd(carray(_voidptr(xa), dims, np.uint16), lse, g, carray(_voidptr(gra), dims, np.uint16),
+                           o0, o1)
+
+
+@_njit()
+def ptr_cols_ce_fwd(code: int, xa: int, t: np.ndarray, w: np.ndarray, ignore: int, has_ignore: bool,
+                    stats: np.ndarray, dims: tuple[int, int, int], o0: int, o1: int) -> int:
+    """:func:`cols_ce_fwd` of int64 indices ``t`` (O, I); ``stats`` (5, O, I) float64 gets ``m``, ``l1p``, ``s``,
+    ``loss`` and ``wt``."""
+    if code == 0:
+        return cols_ce_fwd(carray(_voidptr(xa), dims, np.float32), t, w, ignore, has_ignore, stats[0], stats[1],
+                           stats[2], stats[3], stats[4], o0, o1)
+    if code == 1:
+        return cols_ce_fwd(carray(_voidptr(xa), dims, np.int16), t, w, ignore, has_ignore, stats[0], stats[1],
+                           stats[2], stats[3], stats[4], o0, o1)
+    return cols_ce_fwd(carray(_voidptr(xa), dims, np.uint16), t, w, ignore, has_ignore, stats[0], stats[1],
+                       stats[2], stats[3], stats[4], o0, o1)
+
+
+@_njit()
+def ptr_cols_ce_bwd(code: int, xa: int, t: np.ndarray, stats: np.ndarray, scale: np.ndarray, gra: int,
+                    dims: tuple[int, int, int], o0: int, o1: int) -> None:
+    """:func:`cols_ce_bwd` from the ``stats`` of :func:`ptr_cols_ce_fwd` and ``scale`` (O, I) float64."""
+    if code == 0:
+        cols_ce_bwd(carray(_voidptr(xa), dims, np.float32), t, stats[0], stats[1], stats[2], scale,
+                    carray(_voidptr(gra), dims, np.float32), o0, o1)
+    elif code == 1:
+        cols_ce_bwd(carray(_voidptr(xa), dims, np.int16), t, stats[0], stats[1], stats[2], scale,
+                    carray(_voidptr(gra), dims, np.int16), o0, o1)
+    else:
+        cols_ce_bwd(carray(_voidptr(xa), dims, np.uint16), t, stats[0], stats[1], stats[2], scale,
+                    carray(_voidptr(gra), dims, np.uint16), o0, o1)

@@ -1,0 +1,232 @@
+"""softmax, log_softmax, logsumexp and cross-entropy of PyTorch CPU tensors along a middle axis.
+
+A tensor ``(N, C, H, W)`` reduced over ``dim=1`` (segmentation logits and their ``F.cross_entropy``, a
+softmax over channels) is read as ``(O, C, I)`` where it lies: :mod:`._numba_columns` vectorizes over
+the ``I`` positions, with no transposing copy of the input or of the gradient (moving the axis last and
+back took longer than the loss itself, and AccumulateGrad copied the permuted gradient once more). The
+kernels run first, outside autograd; when one reports a position whose max is not finite (or a class
+index out of range), the caller takes the row path, which has the semantics and the errors of those
+cases. Each op's ``autograd.Function`` then only keeps what its backward kernel reads: the output
+(softmax, log_softmax), the input and float64 ``lse`` (logsumexp), the input and per-position
+statistics (cross-entropy). Under ``create_graph`` the backward is differentiable torch ops.
+
+float32, bfloat16 and float16 tensors; float64 keeps the row path (its 0.51-ulp table exp).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._torch_rows import run_rows
+
+CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_kern: Any = None  # the _numba_columns module, False where the kernels cannot run
+
+
+def _kernels() -> Any:
+    global _kern
+    if _kern is None:
+        from . import _numba_bits
+
+        if _numba_bits.AVAILABLE:
+            from . import _numba_columns
+
+            _kern = _numba_columns
+        else:
+            _kern = False
+    return _kern or None
+
+
+def columns(x: torch.Tensor, axis: int) -> tuple[int, int, int] | None:
+    """``(O, C, I)`` of a CPU tensor reduced over ``axis`` (normalized) when the column kernels take it: a middle
+    axis (something after it), a kernel dtype, no empty axis; else None."""
+    nd = x.ndim
+    if not (0 <= axis < nd - 1) or x.dtype not in CODES or x.layout is not torch.strided or not x.is_cpu:
+        return None
+    shape = x.shape
+    dims = (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
+    if 0 in dims or dims[2] == 1:
+        return None
+    return dims
+
+
+def _run(fn: Any, dims: tuple[int, int, int]) -> list[Any]:
+    return run_rows(fn, dims[0], dims[1] * dims[2])
+
+
+# -- softmax and log_softmax ---------------------------------------------------------------------------
+def softmax(x: torch.Tensor, axis: int, log: bool) -> torch.Tensor | None:
+    """softmax (log_softmax with ``log``) of ``x`` over ``axis`` by the column kernels; None where they decline."""
+    dims = columns(x, axis)
+    kern = _kernels() if dims is not None else None
+    if kern is None or dims is None:
+        return None
+    xd = x.detach().contiguous()
+    out = torch.empty_like(xd)
+    code, xa, oa = CODES[x.dtype], xd.data_ptr(), out.data_ptr()
+    if not all(_run(lambda o0, o1: kern.ptr_cols_softmax(code, xa, oa, dims, log, o0, o1), dims)):
+        return None
+    if x.requires_grad and torch.is_grad_enabled():
+        return _Softmax.apply(x, (out,), axis, log, dims)
+    return out
+
+
+class _Softmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor], axis: int, log: bool,
+                dims: tuple[int, int, int]) -> torch.Tensor:
+        (out,) = holder
+        ctx.save_for_backward(out)
+        ctx.axis, ctx.log, ctx.dims = axis, log, dims
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        (out,) = ctx.saved_tensors
+        axis, log, dims = ctx.axis, ctx.log, ctx.dims
+        if torch.is_grad_enabled():  # create_graph: differentiable torch ops (every position has a finite max)
+            wd = torch.float32 if out.dtype != torch.float64 else out.dtype
+            o, gw = out.to(wd), g.to(wd)
+            if log:
+                grad = gw - torch.exp(o) * gw.sum(dim=axis, keepdim=True)
+            else:
+                grad = o * (gw - (gw * o).sum(dim=axis, keepdim=True))
+            return grad.to(out.dtype), None, None, None, None
+        kern = _kernels()
+        gc = g.to(out.dtype).contiguous()
+        grad = torch.empty_like(out)
+        code, oa, ga, gra = CODES[out.dtype], out.data_ptr(), gc.data_ptr(), grad.data_ptr()
+        _run(lambda o0, o1: kern.ptr_cols_softmax_bwd(code, oa, ga, gra, dims, log, o0, o1), dims)
+        return grad, None, None, None, None
+
+
+# -- logsumexp --------------------------------------------------------------------------------------------
+def logsumexp(x: torch.Tensor, axis: int, keepdims: bool) -> torch.Tensor | None:
+    """logsumexp of ``x`` over ``axis`` by the column kernels; None where they decline."""
+    dims = columns(x, axis)
+    kern = _kernels() if dims is not None else None
+    if kern is None or dims is None:
+        return None
+    xd = x.detach().contiguous()
+    lse = np.empty((dims[0], dims[2]))
+    code, xa = CODES[x.dtype], xd.data_ptr()
+    if not all(_run(lambda o0, o1: kern.ptr_cols_logsumexp(code, xa, lse, dims, o0, o1), dims)):
+        return None
+    shape = list(x.shape)
+    if keepdims:
+        shape[axis] = 1
+    else:
+        del shape[axis]
+    out = torch.from_numpy(lse).to(x.dtype).view(shape)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _LogSumExp.apply(x, (out, xd), lse, axis, dims)
+    return out
+
+
+class _LogSumExp(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor, torch.Tensor], lse: np.ndarray, axis: int,
+                dims: tuple[int, int, int]) -> torch.Tensor:
+        out, xd = holder
+        ctx.save_for_backward(x)  # for create_graph; the kernel reads the contiguous copy
+        ctx.xd, ctx.lse, ctx.axis, ctx.dims = xd, lse, axis, dims
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        (x,) = ctx.saved_tensors
+        xd, dims = ctx.xd, ctx.dims
+        if torch.is_grad_enabled():  # create_graph: the softmax in differentiable float64 ops
+            keep = list(x.shape)
+            keep[ctx.axis] = 1
+            p = torch.softmax(x.to(torch.float64), dim=ctx.axis)
+            return (g.to(torch.float64).reshape(keep) * p).to(x.dtype), None, None, None, None
+        kern = _kernels()
+        g64 = np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
+        grad = torch.empty_like(xd)
+        code, xa, gra, lse = CODES[xd.dtype], xd.data_ptr(), grad.data_ptr(), ctx.lse
+        _run(lambda o0, o1: kern.ptr_cols_logsumexp_bwd(code, xa, lse, g64, gra, dims, o0, o1), dims)
+        return grad, None, None, None, None
+
+
+# -- cross-entropy of class indices ------------------------------------------------------------------------
+def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,
+                  reduction: str, axis: int) -> torch.Tensor | None:
+    """Cross-entropy of class indices ``target`` (the shape of ``x`` without ``axis``, checked by the caller) over
+    ``axis`` by the column kernels, class ``weight`` (C,) or None; None where they decline (the row path answers,
+    with its errors)."""
+    dims = columns(x, axis)
+    kern = _kernels() if dims is not None else None
+    if kern is None or dims is None:
+        return None
+    xd = x.detach().contiguous()
+    t = target.detach().to(torch.int64).contiguous().numpy().reshape(dims[0], dims[2])
+    w = np.empty(0) if weight is None else weight.detach().to(torch.float64).contiguous().numpy()
+    stats = np.empty((5, dims[0], dims[2]))
+    code, xa = CODES[x.dtype], xd.data_ptr()
+    ign, has_ign = (0, False) if ignore_index is None else (int(ignore_index), True)
+    if max(_run(lambda o0, o1: kern.ptr_cols_ce_fwd(code, xa, t, w, ign, has_ign, stats, dims, o0, o1), dims)):
+        return None
+    loss, wt = stats[3], stats[4]
+    den = 1.0
+    if reduction == "none":
+        out = torch.from_numpy(loss).to(x.dtype).view(target.shape)
+    else:
+        total = float(loss.sum())
+        if reduction == "mean":
+            den = float(wt.sum())
+            total = total / den if den else math.nan  # a mean over no entry is NaN, as PyTorch's
+        out = torch.tensor(total, dtype=x.dtype)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _CrossEntropy.apply(x, (out, xd), t, stats, den, reduction, axis, dims, weight)
+    return out
+
+
+class _CrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor, torch.Tensor], t: np.ndarray,
+                stats: np.ndarray, den: float, reduction: str, axis: int, dims: tuple[int, int, int],
+                weight: torch.Tensor | None) -> torch.Tensor:
+        out, xd = holder
+        ctx.save_for_backward(x)  # for create_graph; the kernel reads the contiguous copy
+        ctx.xd, ctx.t, ctx.stats, ctx.den, ctx.reduction, ctx.axis, ctx.dims, ctx.weight = (
+            xd, t, stats, den, reduction, axis, dims, weight)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        (x,) = ctx.saved_tensors
+        xd, dims, stats, reduction = ctx.xd, ctx.dims, ctx.stats, ctx.reduction
+        wt = stats[4]
+        if torch.is_grad_enabled():  # create_graph: differentiable float64 torch ops
+            return (_grad_graph(x, ctx.t, wt, g, ctx.den, reduction, ctx.axis, dims), *([None] * 8))
+        if reduction == "none":
+            scale = g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy() * wt
+        else:
+            gv = float(g)
+            scale = wt * (gv / ctx.den if reduction == "mean" else gv)
+        kern = _kernels()
+        grad = torch.empty_like(xd)
+        code, xa, gra, t = CODES[xd.dtype], xd.data_ptr(), grad.data_ptr(), ctx.t
+        scale = np.ascontiguousarray(scale)
+        _run(lambda o0, o1: kern.ptr_cols_ce_bwd(code, xa, t, stats, scale, gra, dims, o0, o1), dims)
+        return (grad, *([None] * 8))
+
+
+def _grad_graph(x: torch.Tensor, t: np.ndarray, wt: np.ndarray, g: torch.Tensor, den: float, reduction: str,
+                axis: int, dims: tuple[int, int, int]) -> torch.Tensor:
+    """``scale (softmax(x) - onehot(t))`` over ``axis`` in differentiable float64 ops (double backward)."""
+    wd = torch.float64
+    x3 = x.to(wd).reshape(dims)
+    p = torch.softmax(x3, dim=1)
+    hot = torch.zeros_like(p).scatter_(1, torch.from_numpy(t).clamp(0, dims[1] - 1)[:, None, :], 1.0)
+    w = torch.from_numpy(wt)
+    if reduction == "none":
+        scale = g.to(wd).reshape(dims[0], dims[2]) * w
+    else:
+        scale = (g.to(wd) / den if reduction == "mean" else g.to(wd)) * w
+    return (scale[:, None, :] * (p - hot)).reshape(x.shape).to(x.dtype)

@@ -1,0 +1,283 @@
+"""softmax, log_softmax, logsumexp and cross_entropy of torch CPU tensors along a middle axis (``dim=1`` of
+``(N, C, H, W)``): the column kernels (:mod:`floatguard.ops._torch_columns`) against the row path on the same
+values moved to the last axis, float64 references, PyTorch's semantics, and their fallbacks."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import floatguard as fg
+from floatguard.ops import _torch_columns
+
+DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+SHAPES = [((3, 5, 7, 9), 1), ((2, 21, 300), 1), ((4, 3, 2, 6, 5), 2), ((2, 150, 40), -2), ((5, 2, 130), 1)]
+
+
+def mantissa_ulps(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> float:
+    """Largest distance of ``got`` from ``want`` (float64) in ulps of ``dtype`` at ``want``'s binade."""
+    nmant = {torch.float32: 23, torch.bfloat16: 7, torch.float16: 10}[dtype]
+    g, w = got.detach().double(), want.detach().double()
+    e = torch.floor(torch.log2(torch.clamp(w.abs(), min=torch.finfo(dtype).tiny)))
+    d = torch.where(g == w, 0.0, (g - w).abs() / 2.0 ** (e - nmant))
+    return float(d.max())
+
+
+def data(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0, scale: float = 4.0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    return torch.from_numpy(rng.standard_normal(shape) * scale).to(dtype)
+
+
+@pytest.fixture
+def spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the column ops that answered (not None) during the test."""
+    seen: list[str] = []
+    for name in ("softmax", "logsumexp", "cross_entropy"):
+        orig = getattr(_torch_columns, name)
+
+        def wrapped(*a: Any, _orig: Any = orig, _name: str = name, **k: Any) -> Any:
+            out = _orig(*a, **k)
+            if out is not None:
+                seen.append(_name)
+            return out
+
+        monkeypatch.setattr(_torch_columns, name, wrapped)
+    return seen
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "axis"), SHAPES)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_forward_within_an_ulp_of_float64(op: str, shape: tuple[int, ...], axis: int, dtype: torch.dtype,
+                                          spy: list[str]) -> None:
+    x = data(shape, dtype)
+    x[(0,) * x.ndim] = -float("inf")  # an entry at -inf in a row with a finite max
+    got = getattr(fg, op)(x, axis=axis)
+    want = getattr(torch, op)(x.double(), axis)
+    assert got.dtype == dtype and got.shape == want.shape
+    assert mantissa_ulps(got, want, dtype) <= 1.0
+    assert spy == ["logsumexp" if op == "logsumexp" else "softmax"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_matches_the_row_path(op: str, dtype: torch.dtype, spy: list[str]) -> None:
+    """The same values through the row kernels (the axis moved last): the same results but for rare last-bit
+    differences (the row kernels sum some rows with the max term inside)."""
+    x = data((4, 21, 33, 10), dtype, seed=1)
+    got = getattr(fg, op)(x, axis=1)
+    rows = getattr(fg, op)(x.movedim(1, -1).contiguous(), axis=-1)
+    want = rows if op == "logsumexp" else rows.movedim(-1, 1)
+    assert spy == ["logsumexp" if op == "logsumexp" else "softmax"]
+    diff = got.double() != want.double()
+    assert float(diff.double().mean()) < 0.01
+    assert mantissa_ulps(got, want.double(), dtype) <= 1.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_gradients_match_float64(op: str, dtype: torch.dtype, spy: list[str]) -> None:
+    x = data((3, 7, 5, 11), dtype, seed=2).requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    out = getattr(fg, op)(x, axis=1)
+    g = data(tuple(out.shape), torch.float64, seed=3, scale=1.0)
+    out.backward(g.to(dtype))
+    getattr(torch, op)(x64, 1).backward(g.to(dtype).double())
+    assert spy
+    assert x.grad is not None and x.grad.dtype == dtype and x.grad.is_contiguous()
+    tol = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=tol, atol=tol * float(x64.grad.abs().max()))
+
+
+def test_float32_backward_is_the_float64_formula_rounded_once() -> None:
+    """softmax's ``p (g - sum(g p))`` and log_softmax's ``g - exp(o) sum(g)`` from the float32 output, worked in
+    float64 and rounded once (where ``g_i`` and ``sum(g p)`` cancel, the rounding of the output itself dominates:
+    the condition number, as in the row kernels)."""
+    x = data((2, 9, 400), torch.float32, seed=4).requires_grad_()
+    g = data((2, 9, 400), torch.float32, seed=5, scale=1.0)
+    for op in ("softmax", "log_softmax"):
+        x.grad = None
+        out = getattr(fg, op)(x, axis=1)
+        out.backward(g)
+        o, g64 = out.detach().double(), g.double()
+        if op == "softmax":
+            want = o * (g64 - (g64 * o).sum(1, keepdim=True))
+        else:
+            want = g64 - torch.exp(o) * g64.sum(1, keepdim=True)
+        assert x.grad is not None
+        assert mantissa_ulps(x.grad, want, torch.float32) <= 1.0
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_confident_rows_and_ties(op: str) -> None:
+    """Positions with a tiny rest sum (log1p needs it to the last bit), ties at the max, and a logsumexp near 0
+    (``m < 0`` cancels ``log1p(s)``)."""
+    x = torch.full((2, 6, 50), -40.0)
+    x[:, 0] = 0.0  # s = 5 exp(-40): log_softmax of the max entry -1.06e-17, not 0
+    x[1, 1, :25] = 0.0  # two entries tied at the max
+    x[0, :, 40:] = torch.tensor([-0.6931, -0.6932, -5.0, -7.0, -9.0, -11.0])[:, None]  # logsumexp ~ 0
+    got = getattr(fg, op)(x, axis=1)
+    assert mantissa_ulps(got, _mpmath(op, x), torch.float32) <= 1.0
+
+
+def _mpmath(op: str, x: torch.Tensor) -> torch.Tensor:
+    """``op`` over axis 1 of a float32 (O, C, I) tensor, in mpmath (60 digits), as float64."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 60
+    a = x.double().numpy()
+    n_out, n_cls, n_in = a.shape
+    out = np.empty((n_out, n_in) if op == "logsumexp" else a.shape)
+    for o in range(n_out):
+        for j in range(n_in):
+            lse = mpmath.log(mpmath.fsum(mpmath.exp(mpmath.mpf(float(v))) for v in a[o, :, j]))
+            if op == "logsumexp":
+                out[o, j] = float(lse)
+            for c in range(n_cls if op != "logsumexp" else 0):
+                ls = mpmath.mpf(float(a[o, c, j])) - lse
+                out[o, c, j] = float(ls if op == "log_softmax" else mpmath.exp(ls))
+    return torch.from_numpy(out)
+
+
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), "all -inf"])
+def test_positions_with_no_finite_max_take_the_row_path(op: str, bad: Any, spy: list[str]) -> None:
+    x = data((2, 5, 300), torch.float32, seed=6).requires_grad_()
+    with torch.no_grad():
+        if bad == "all -inf":
+            x[1, :, 7] = -float("inf")
+        else:
+            x[1, 2, 7] = bad
+    got = getattr(fg, op)(x, axis=1)
+    want = getattr(fg, op)(x.detach().movedim(1, -1).contiguous(), axis=-1)
+    want = want if op == "logsumexp" else want.movedim(-1, 1)
+    assert spy == []
+    torch.testing.assert_close(got.detach(), want, equal_nan=True, rtol=0, atol=0)
+    got.sum().backward() if op != "softmax" else (got * torch.arange(5.0)[:, None]).sum().backward()
+    assert x.grad is not None and torch.all(x.grad[1, :, 7] == 0)  # the gradient of such a row is 0
+    assert torch.isfinite(x.grad).all()
+
+
+def test_double_backward() -> None:
+    for op in ("softmax", "log_softmax", "logsumexp"):
+        x = data((2, 4, 6), torch.float32, seed=7).requires_grad_()
+        x64 = x.detach().double().requires_grad_()
+        (gx,) = torch.autograd.grad((getattr(fg, op)(x, axis=1) ** 2).sum(), x, create_graph=True)
+        (gx64,) = torch.autograd.grad((getattr(torch, op)(x64, 1) ** 2).sum(), x64, create_graph=True)
+        v = data(tuple(x.shape), torch.float64, seed=16, scale=1.0)  # not a plain sum: softmax's sums to 1
+        (hx,) = torch.autograd.grad((gx * v.float()).sum(), x)
+        (hx64,) = torch.autograd.grad((gx64 * v).sum(), x64)
+        torch.testing.assert_close(hx.double(), hx64, rtol=1e-4, atol=1e-5)
+
+
+def test_non_contiguous_input_and_keepdims() -> None:
+    x = data((4, 30, 6, 5), torch.float32, seed=8).permute(0, 3, 1, 2)  # (4, 5, 30, 6), axis 2 strided
+    torch.testing.assert_close(fg.softmax(x, axis=2), torch.softmax(x.double(), 2).float())
+    got = fg.logsumexp(x, axis=1, keepdims=True)
+    assert got.shape == (4, 1, 30, 6)
+    torch.testing.assert_close(got, torch.logsumexp(x.double(), 1, keepdim=True).float())
+
+
+# -- cross-entropy ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ignore", [None, 255])
+def test_cross_entropy_matches_pytorch_in_float64(dtype: torch.dtype, reduction: str, weighted: bool,
+                                                  ignore: int | None, spy: list[str]) -> None:
+    n_cls = 21
+    x = data((3, n_cls, 17, 13), dtype, seed=9).requires_grad_()
+    t = torch.from_numpy(np.random.default_rng(10).integers(0, n_cls, (3, 17, 13)))
+    if ignore is not None:
+        t[0, :5] = ignore
+    w = torch.from_numpy(np.random.default_rng(11).random(n_cls) + 0.5).float() if weighted else None
+    kw: dict[str, Any] = {} if ignore is None else {"ignore_index": ignore}
+    loss = fg.cross_entropy(x, t, axis=1, weight=w, reduction=reduction, **kw)
+    x64 = x.detach().double().requires_grad_()
+    want = F.cross_entropy(x64, t, weight=None if w is None else w.double(), reduction=reduction,
+                           ignore_index=-100 if ignore is None else ignore)
+    assert spy == ["cross_entropy"]
+    assert loss.dtype == dtype and loss.shape == want.shape
+    assert mantissa_ulps(loss, want, dtype) <= 1.0
+    g = torch.rand(want.shape, dtype=torch.float64) + 0.5 if reduction == "none" else torch.tensor(0.75)
+    loss.backward(g.to(dtype))
+    want.backward(g.to(dtype).double())
+    assert x.grad is not None and x.grad.dtype == dtype
+    if dtype == torch.float32:
+        assert mantissa_ulps(x.grad, x64.grad, dtype) <= 2.0 or torch.allclose(x.grad.double(), x64.grad, atol=1e-12)
+    else:
+        torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-2, atol=1e-2 * float(x64.grad.abs().max()))
+    if ignore is not None:
+        assert torch.all(x.grad[0, :, :5] == 0)
+
+
+def test_cross_entropy_confident_target_gradient() -> None:
+    """At a target that holds the max with ``p`` near 1, ``p - 1 = -s / (1 + s)``: relative, not absolute."""
+    x = torch.full((2, 4, 8), -30.0)
+    x[:, 2] = 0.0
+    x.requires_grad_()
+    t = torch.full((2, 8), 2)
+    fg.cross_entropy(x, t, axis=1, reduction="sum").backward()
+    s = 3 * math.exp(-30.0)  # (PyTorch's float64 p - 1 is off by 2^-11 relative here: it rounds p first)
+    want = torch.full((2, 4, 8), math.exp(-30.0) / (1 + s), dtype=torch.float64)
+    want[:, 2] = -s / (1 + s)
+    assert x.grad is not None
+    assert mantissa_ulps(x.grad, want, torch.float32) <= 1.0
+    loss = fg.cross_entropy(x.detach(), t, axis=1, reduction="none")
+    assert mantissa_ulps(loss, torch.full((2, 8), math.log1p(s), dtype=torch.float64), torch.float32) <= 1.0
+
+
+def test_cross_entropy_mean_over_no_entry_is_nan() -> None:
+    x = data((2, 3, 5), torch.float32).requires_grad_()
+    t = torch.full((2, 5), -100)
+    loss = fg.cross_entropy(x, t, axis=1, ignore_index=-100)
+    assert torch.isnan(loss)
+    assert torch.isnan(F.cross_entropy(x.detach(), t))
+
+
+def test_cross_entropy_bad_index_raises_naming_target(spy: list[str]) -> None:
+    x = data((2, 3, 5), torch.float32)
+    t = torch.zeros((2, 5), dtype=torch.int64)
+    t[1, 3] = 7
+    with pytest.raises(ValueError, match="target"):
+        fg.cross_entropy(x, t, axis=1)
+    assert spy == []
+
+
+def test_cross_entropy_non_finite_position_takes_the_row_path(spy: list[str]) -> None:
+    x = data((2, 3, 5), torch.float32)
+    x[0, 1, 2] = float("nan")
+    t = torch.zeros((2, 5), dtype=torch.int64)
+    loss = fg.cross_entropy(x, t, axis=1, reduction="none")
+    assert spy == []
+    assert torch.isnan(loss[0, 2]) and torch.isfinite(loss[1]).all()
+
+
+def test_cross_entropy_double_backward() -> None:
+    x = data((2, 5, 6), torch.float32, seed=12).requires_grad_()
+    t = torch.from_numpy(np.random.default_rng(13).integers(0, 5, (2, 6)))
+    x64 = x.detach().double().requires_grad_()
+    (gx,) = torch.autograd.grad(fg.cross_entropy(x, t, axis=1), x, create_graph=True)
+    (gx64,) = torch.autograd.grad(F.cross_entropy(x64, t), x64, create_graph=True)
+    (hx,) = torch.autograd.grad((gx**2).sum(), x)
+    (hx64,) = torch.autograd.grad((gx64**2).sum(), x64)
+    torch.testing.assert_close(hx.double(), hx64, rtol=1e-4, atol=1e-7)
+
+
+def test_threads_split_the_outer_axis(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With several threads the kernels run on disjoint ranges of the outer axis: the same results."""
+    x = data((6, 21, 64, 64), torch.float32, seed=14)
+    t = torch.from_numpy(np.random.default_rng(15).integers(0, 21, (6, 64, 64)))
+    one = [fg.softmax(x, axis=1), fg.logsumexp(x, axis=1), fg.cross_entropy(x, t, axis=1, reduction="none")]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        many = [fg.softmax(x, axis=1), fg.logsumexp(x, axis=1), fg.cross_entropy(x, t, axis=1, reduction="none")]
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, many, strict=True):
+        assert torch.equal(a, b)
