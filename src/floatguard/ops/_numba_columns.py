@@ -29,16 +29,18 @@ from ._numba_bits import (
     _CONTRACT,
     AVAILABLE,
     _encode,
+    _encode32,
     _f32_from_bits,
     _inline,
     _load,
+    _load32,
     _nan_bits,
     _njit,
     _unkey,
     _voidptr,
     carray,
 )
-from ._numba_exp import _exp_accurate, _exp_clamped, _exp_f32out, _exp_row
+from ._numba_exp import F32, _exp32, _exp_accurate, _exp_clamped, _exp_f32out, _exp_row
 from ._numba_log import log1p, select
 from ._numba_torch import (
     _INF32,
@@ -150,6 +152,47 @@ def _total_blk(seg: np.ndarray, m: np.ndarray, acc: np.ndarray) -> None:
         acc[j] += _exp_row(_load(seg[j]) - m[j])
 
 
+@_inline(_CONTRACT)
+def _rest_blk16(seg: np.ndarray, m: np.ndarray, acc: np.ndarray, ties: np.ndarray) -> None:
+    for j in range(seg.size):
+        d = _load32(seg[j]) - m[j]
+        at = d == F32(0.0)
+        ties[j] += F32(1.0) if at else F32(0.0)
+        acc[j] += F32(0.0) if at else _exp32(d)
+
+
+def _sum_all(xo: np.ndarray, j0: int, nb: int, mb: np.ndarray, sb: np.ndarray, exact: bool) -> float:
+    """``sb = 1 + s`` of a block: for float32 rows one sum with the max term(s) inside by the 2^-35 short exp
+    (``exact``: :func:`._numba_exp._exp_row`, for softmax); for 16-bit rows the terms below the max apart from the
+    ties, in float32 lanes (as the row kernels' 16-bit paths). Returns the ``s`` below which the block is summed again
+    without the max term (see :func:`_stats`)."""
+    raise NotImplementedError  # pragma: no cover  (numba code only)
+
+
+@_inline()
+def _sum_all32(xo: np.ndarray, j0: int, nb: int, mb: np.ndarray, sb: np.ndarray, exact: bool) -> float:
+    for c in range(xo.shape[0]):
+        if exact:
+            _total_blk(xo[c, j0 : j0 + nb], mb, sb)
+        else:
+            _all_blk(xo[c, j0 : j0 + nb], mb, sb)
+    return np.float64(xo.shape[0]) * 2.0**-24
+
+
+@_inline()
+def _sum_all16(xo: np.ndarray, j0: int, nb: int, mb: np.ndarray, sb: np.ndarray, exact: bool) -> float:
+    m32 = np.empty(nb, dtype=np.float32)
+    a32 = np.zeros(nb, dtype=np.float32)
+    t32 = np.zeros(nb, dtype=np.float32)  # ties counted in float32: exact below 2^24
+    for j in range(nb):
+        m32[j] = F32(mb[j])  # exact: the max is an entry
+    for c in range(xo.shape[0]):
+        _rest_blk16(xo[c, j0 : j0 + nb], m32, a32, t32)
+    for j in range(nb):
+        sb[j] = np.float64(a32[j]) + np.float64(t32[j])  # 1 + s, the terms below the max summed apart
+    return -1.0  # s is relative already: never summed again
+
+
 @_inline()
 def _stats(xo: np.ndarray, j0: int, nb: int, m: np.ndarray, s: np.ndarray) -> bool:
     """``m`` and ``s`` (the sum without the max term, ties adding 1 each) of positions ``j0 .. j0 + nb``; False
@@ -158,16 +201,15 @@ def _stats(xo: np.ndarray, j0: int, nb: int, m: np.ndarray, s: np.ndarray) -> bo
     ``s`` is ``(1 + s) - 1`` of one sum with the max term(s) inside (the 2^-35 short exp, no tie test), as the row
     kernels' log_softmax: its error is the terms' ``2^-35 s`` plus ``C`` roundings of ``2^-53`` beside the 1. A block
     with a position below ``s = C 2^-24`` (a confident one, whose ``log1p(s)`` needs ``s`` relative) is summed again
-    without the max term, a tie test per entry (0.8x the time of summing every block that way, C = 21)."""
+    without the max term, a tie test per entry (0.8x the time of summing every block that way, C = 21). 16-bit rows
+    sum without the max term from the start (:func:`_sum_all16`)."""
     if not _maxes(xo, j0, nb, m):
         return False
     mb = m[:nb]
     sb = s[:nb]
     sb[:] = 0.0
     n_cls = xo.shape[0]
-    for c in range(n_cls):
-        _all_blk(xo[c, j0 : j0 + nb], mb, sb)
-    thr = np.float64(n_cls) * 2.0**-24
+    thr = _sum_all(xo, j0, nb, mb, sb, False)
     low = False
     for j in range(nb):
         sb[j] -= 1.0
@@ -190,8 +232,7 @@ def _totals(xo: np.ndarray, j0: int, nb: int, m: np.ndarray, tot: np.ndarray) ->
         return False
     tb = tot[:nb]
     tb[:] = 0.0
-    for c in range(xo.shape[0]):
-        _total_blk(xo[c, j0 : j0 + nb], m[:nb], tb)
+    _sum_all(xo, j0, nb, m[:nb], tb, True)
     return True
 
 
@@ -214,6 +255,61 @@ def _log_softmax_blk(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, out: np.nd
         out[j] = _encode((_load(seg[j]) - m[j]) - l1p[j], out)
 
 
+@_inline(_CONTRACT)
+def _softmax_blk16(seg: np.ndarray, m: np.ndarray, q: np.ndarray, out: np.ndarray) -> None:
+    for j in range(seg.size):
+        out[j] = _encode32(_exp32(_load32(seg[j]) - m[j]) * q[j], out)
+
+
+@_inline(_CONTRACT)
+def _log_softmax_blk16(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, out: np.ndarray) -> None:
+    for j in range(seg.size):
+        out[j] = _encode32((_load32(seg[j]) - m[j]) - l1p[j], out)
+
+
+def _outputs(xo: np.ndarray, oo: np.ndarray, j0: int, nb: int, mb: np.ndarray, vb: np.ndarray, log: bool) -> None:
+    """The output pass of one block of :func:`cols_softmax` (``vb``: ``log1p(s)``, or ``1 / (1 + s)``), overloaded by
+    dtype: float64 lanes for float32 rows, float32 lanes for 16-bit ones."""
+    raise NotImplementedError  # pragma: no cover  (numba code only)
+
+
+@_inline()
+def _outputs32(xo: np.ndarray, oo: np.ndarray, j0: int, nb: int, mb: np.ndarray, vb: np.ndarray, log: bool) -> None:
+    for c in range(xo.shape[0]):
+        if log:
+            _log_softmax_blk(xo[c, j0 : j0 + nb], mb, vb, oo[c, j0 : j0 + nb])
+        else:
+            _softmax_blk(xo[c, j0 : j0 + nb], mb, vb, oo[c, j0 : j0 + nb])
+
+
+@_inline()
+def _outputs16(xo: np.ndarray, oo: np.ndarray, j0: int, nb: int, mb: np.ndarray, vb: np.ndarray, log: bool) -> None:
+    m32 = np.empty(nb, dtype=np.float32)
+    v32 = np.empty(nb, dtype=np.float32)
+    for j in range(nb):
+        m32[j], v32[j] = F32(mb[j]), F32(vb[j])
+    for c in range(xo.shape[0]):
+        if log:
+            _log_softmax_blk16(xo[c, j0 : j0 + nb], m32, v32, oo[c, j0 : j0 + nb])
+        else:
+            _softmax_blk16(xo[c, j0 : j0 + nb], m32, v32, oo[c, j0 : j0 + nb])
+
+
+if AVAILABLE:
+
+    @_overload(_sum_all, inline="always")
+    def _sum_all_impl(xo, j0, nb, mb, sb, exact):  # unannotated: numba compares signatures
+        if xo.dtype == _types.float32:
+            return lambda xo, j0, nb, mb, sb, exact: _sum_all32(xo, j0, nb, mb, sb, exact)
+        return lambda xo, j0, nb, mb, sb, exact: _sum_all16(xo, j0, nb, mb, sb, exact)
+
+    @_overload(_outputs, inline="always")
+    def _outputs_impl(xo, oo, j0, nb, mb, vb, log):  # unannotated: numba compares signatures
+        if xo.dtype == _types.float32:
+            return lambda xo, oo, j0, nb, mb, vb, log: _outputs32(xo, oo, j0, nb, mb, vb, log)
+        return lambda xo, oo, j0, nb, mb, vb, log: _outputs16(xo, oo, j0, nb, mb, vb, log)
+
+
 @_njit()
 def cols_softmax(x: np.ndarray, out: np.ndarray, log: bool, o0: int, o1: int) -> bool:
     """softmax (``exp(x - m) / (1 + s)``) or log_softmax (``(x - m) - log1p(s)``) over axis 1 of ``x`` (O, C, I)
@@ -229,21 +325,17 @@ def cols_softmax(x: np.ndarray, out: np.ndarray, log: bool, o0: int, o1: int) ->
         oo = out[o]
         for j0 in range(0, n_in, cb):
             nb = min(cb, n_in - j0)
-            mb = m[:nb]
             vb = v[:nb]
             if log:
                 if not _stats(xo, j0, nb, m, s):
                     return False
                 _log1p_blk(s[:nb], vb)
-                for c in range(n_cls):
-                    _log_softmax_blk(xo[c, j0 : j0 + nb], mb, vb, oo[c, j0 : j0 + nb])
             else:
                 if not _totals(xo, j0, nb, m, s):
                     return False
                 for j in range(nb):
                     vb[j] = 1.0 / s[j]
-                for c in range(n_cls):
-                    _softmax_blk(xo[c, j0 : j0 + nb], mb, vb, oo[c, j0 : j0 + nb])
+            _outputs(xo, oo, j0, nb, m[:nb], vb, log)
     return True
 
 
@@ -307,6 +399,69 @@ def _log_softmax_grad_blk(o: np.ndarray, g: np.ndarray, tot: np.ndarray, grad: n
         grad[j] = _encode(_load(g[j]) - _exp_f32out(_load(o[j])) * tot[j], grad)
 
 
+# bfloat16 and float16 rows: the entries in float32 lanes (twice float64's), the per-position values rounded to
+# float32 once per block; 8 or 11 output bits against float32's 24 (as the row kernels' 16-bit paths)
+@_inline(_CONTRACT)
+def _softmax_grad_blk16(p: np.ndarray, g: np.ndarray, dot: np.ndarray, grad: np.ndarray) -> None:
+    for j in range(p.size):
+        grad[j] = _encode32(_load32(p[j]) * (_load32(g[j]) - dot[j]), grad)
+
+
+@_inline(_CONTRACT)
+def _log_softmax_grad_blk16(o: np.ndarray, g: np.ndarray, tot: np.ndarray, grad: np.ndarray) -> None:
+    for j in range(o.size):
+        grad[j] = _encode32(_load32(g[j]) - _exp32(_load32(o[j])) * tot[j], grad)
+
+
+@_inline()
+def _softmax_bwd32(po: np.ndarray, go: np.ndarray, ro: np.ndarray, j0: int, nb: int, ab: np.ndarray,
+                   log: bool) -> None:
+    n_cls = po.shape[0]
+    if log:
+        for c in range(n_cls):
+            _sum_blk(go[c, j0 : j0 + nb], ab)
+        for c in range(n_cls):
+            _log_softmax_grad_blk(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], ab, ro[c, j0 : j0 + nb])
+    else:
+        for c in range(n_cls):
+            _dot_blk(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], ab)
+        for c in range(n_cls):
+            _softmax_grad_blk(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], ab, ro[c, j0 : j0 + nb])
+
+
+@_inline()
+def _softmax_bwd16(po: np.ndarray, go: np.ndarray, ro: np.ndarray, j0: int, nb: int, ab: np.ndarray,
+                   log: bool) -> None:
+    n_cls = po.shape[0]
+    a32 = np.empty(nb, dtype=np.float32)
+    if log:
+        for c in range(n_cls):
+            _sum_blk(go[c, j0 : j0 + nb], ab)
+        for j in range(nb):
+            a32[j] = F32(ab[j])
+        for c in range(n_cls):
+            _log_softmax_grad_blk16(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], a32, ro[c, j0 : j0 + nb])
+    else:
+        for c in range(n_cls):
+            _dot_blk(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], ab)
+        for j in range(nb):
+            a32[j] = F32(ab[j])
+        for c in range(n_cls):
+            _softmax_grad_blk16(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], a32, ro[c, j0 : j0 + nb])
+
+
+def _softmax_bwd_block(po: np.ndarray, go: np.ndarray, ro: np.ndarray, j0: int, nb: int, ab: np.ndarray,
+                       log: bool) -> None:
+    """One block of :func:`cols_softmax_bwd` (overloaded by dtype: float64 lanes for float32, float32 for 16 bits)."""
+    raise NotImplementedError  # pragma: no cover  (numba code only)
+
+
+def _ce_bwd_block(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray,
+                  sb: np.ndarray) -> None:
+    """The vector pass of one block of :func:`cols_ce_bwd` (overloaded by dtype as :func:`_softmax_bwd_block`)."""
+    raise NotImplementedError  # pragma: no cover  (numba code only)
+
+
 @_njit()
 def cols_softmax_bwd(out: np.ndarray, g: np.ndarray, grad: np.ndarray, log: bool, o0: int, o1: int) -> None:
     """The backward of :func:`cols_softmax` from its output: ``p (g - sum(g p))`` or ``g - exp(o) sum(g)`` over
@@ -320,16 +475,7 @@ def cols_softmax_bwd(out: np.ndarray, g: np.ndarray, grad: np.ndarray, log: bool
             nb = min(cb, n_in - j0)
             ab = acc[:nb]
             ab[:] = 0.0
-            if log:
-                for c in range(n_cls):
-                    _sum_blk(go[c, j0 : j0 + nb], ab)
-                for c in range(n_cls):
-                    _log_softmax_grad_blk(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], ab, ro[c, j0 : j0 + nb])
-            else:
-                for c in range(n_cls):
-                    _dot_blk(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], ab)
-                for c in range(n_cls):
-                    _softmax_grad_blk(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], ab, ro[c, j0 : j0 + nb])
+            _softmax_bwd_block(po, go, ro, j0, nb, ab, log)
 
 
 @_inline(_CONTRACT)
@@ -393,6 +539,46 @@ def _ce_grad_blk(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, scale: np.ndar
         grad[j] = _encode(scale[j] * _exp_f32out((_load(seg[j]) - m[j]) - l1p[j]), grad)
 
 
+@_inline(_CONTRACT)
+def _ce_grad_blk16(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, scale: np.ndarray, grad: np.ndarray) -> None:
+    for j in range(seg.size):
+        grad[j] = _encode32(scale[j] * _exp32((_load32(seg[j]) - m[j]) - l1p[j]), grad)
+
+
+@_inline()
+def _ce_bwd32(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray,
+              sb: np.ndarray) -> None:
+    for c in range(xo.shape[0]):
+        _ce_grad_blk(xo[c, j0 : j0 + nb], mb, lb, sb, ro[c, j0 : j0 + nb])
+
+
+@_inline()
+def _ce_bwd16(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray,
+              sb: np.ndarray) -> None:
+    m32 = np.empty(nb, dtype=np.float32)
+    l32 = np.empty(nb, dtype=np.float32)
+    s32 = np.empty(nb, dtype=np.float32)
+    for j in range(nb):
+        m32[j], l32[j], s32[j] = F32(mb[j]), F32(lb[j]), F32(sb[j])
+    for c in range(xo.shape[0]):
+        _ce_grad_blk16(xo[c, j0 : j0 + nb], m32, l32, s32, ro[c, j0 : j0 + nb])
+
+
+if AVAILABLE:
+
+    @_overload(_softmax_bwd_block, inline="always")
+    def _softmax_bwd_block_impl(po, go, ro, j0, nb, ab, log):  # unannotated: numba compares signatures
+        if po.dtype == _types.float32:
+            return lambda po, go, ro, j0, nb, ab, log: _softmax_bwd32(po, go, ro, j0, nb, ab, log)
+        return lambda po, go, ro, j0, nb, ab, log: _softmax_bwd16(po, go, ro, j0, nb, ab, log)
+
+    @_overload(_ce_bwd_block, inline="always")
+    def _ce_bwd_block_impl(xo, ro, j0, nb, mb, lb, sb):  # unannotated: numba compares signatures
+        if xo.dtype == _types.float32:
+            return lambda xo, ro, j0, nb, mb, lb, sb: _ce_bwd32(xo, ro, j0, nb, mb, lb, sb)
+        return lambda xo, ro, j0, nb, mb, lb, sb: _ce_bwd16(xo, ro, j0, nb, mb, lb, sb)
+
+
 @_njit()
 def cols_ce_bwd(x: np.ndarray, t: np.ndarray, m: np.ndarray, l1p: np.ndarray, s: np.ndarray, scale: np.ndarray,
                 grad: np.ndarray, o0: int, o1: int) -> None:
@@ -409,8 +595,7 @@ def cols_ce_bwd(x: np.ndarray, t: np.ndarray, m: np.ndarray, l1p: np.ndarray, s:
             mb = m[o, j0 : j0 + nb]
             lb = l1p[o, j0 : j0 + nb]
             sb = scale[o, j0 : j0 + nb]
-            for c in range(n_cls):
-                _ce_grad_blk(xo[c, j0 : j0 + nb], mb, lb, sb, ro[c, j0 : j0 + nb])
+            _ce_bwd_block(xo, ro, j0, nb, mb, lb, sb)
             for j in range(nb):
                 sc = sb[j]
                 if sc == 0.0:
