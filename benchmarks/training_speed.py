@@ -153,6 +153,13 @@ def _torch_ops(quick: bool) -> list[tuple[str, str, Callable[..., Any], Callable
         ("cross_entropy, probabilities", "ce_prob", fg.cross_entropy, F.cross_entropy, "F.cross_entropy"),
         ("cross_entropy, reduction='none'", "ce_none", lambda x, t: fg.cross_entropy(x, t, reduction="none"),
          lambda x, t: F.cross_entropy(x, t, reduction="none"), "F.cross_entropy(reduction='none')"),
+        # the class axis in the middle: segmentation logits (N, C, H, W), a softmax over channels
+        ("cross_entropy, dim=1", "ce_mid", lambda x, t: fg.cross_entropy(x, t, axis=1), F.cross_entropy,
+         "F.cross_entropy"),
+        ("softmax, dim=1", "row", lambda x: fg.softmax(x, dim=1), lambda x: torch.softmax(x, dim=1),
+         "torch.softmax(dim=1)"),
+        ("log_softmax, dim=1", "row", lambda x: fg.log_softmax(x, dim=1), lambda x: F.log_softmax(x, dim=1),
+         "F.log_softmax(dim=1)"),
     ]
 
 
@@ -166,6 +173,9 @@ def _torch_pair(section: str, op: str, kind: str, fgf: Callable[..., Any], tf: C
         rest = (torch.from_numpy(rng.integers(0, shape[-1], shape[:-1])),)
         if kind == "ce_weight":
             rest += (torch.from_numpy(rng.uniform(0.5, 1.5, shape[-1])).to(TDTYPES[dtype]),)
+    elif kind == "ce_mid":  # class indices of the shape of the logits without their axis 1
+        leaves = [_leaf(shape, dtype, rng)]
+        rest = (torch.from_numpy(rng.integers(0, shape[1], (shape[0], *shape[2:]))),)
     elif kind == "ce_prob":  # soft labels (distillation, mixup): a softmax over the classes
         leaves = [_leaf(shape, dtype, rng)]
         rest = (torch.softmax(torch.from_numpy(rng.standard_normal(shape)), -1).to(TDTYPES[dtype]),)
@@ -180,7 +190,7 @@ def _torch_pair(section: str, op: str, kind: str, fgf: Callable[..., Any], tf: C
         leaves = [_leaf(shape, dtype, rng)]
     out_shape = shape[:-1] if kind in ("lse", "ce_none") else shape
     g = None
-    if kind not in ("ce", "bce", "ce_weight", "ce_prob"):  # the losses return a scalar mean
+    if kind not in ("ce", "bce", "ce_weight", "ce_prob", "ce_mid"):  # the losses return a scalar mean
         g = torch.from_numpy(rng.uniform(0.5, 1.5, out_shape)).to(TDTYPES[dtype])
     if backward:
         fg_call, t_call = _train_step(fgf, leaves, g, *rest), _train_step(tf, leaves, g, *rest)
@@ -216,6 +226,9 @@ def training_pairs(quick: bool) -> Iterator[Pair]:
         ("cross_entropy, weight", (256, 1000), ("float32", "bfloat16")),
         ("cross_entropy, probabilities", (256, 1000), ("float32", "bfloat16")),
         ("cross_entropy, reduction='none'", (256, 1000), ("float32", "bfloat16")),
+        ("cross_entropy, dim=1", (8, 21, 128, 128), ("float32", "bfloat16")),  # segmentation (VOC's 21 classes)
+        ("softmax, dim=1", (8, 21, 128, 128), ("float32", "bfloat16")),
+        ("log_softmax, dim=1", (8, 21, 128, 128), ("float32", "bfloat16")),
     ]
     for op, shape, dtypes in sizes:
         if quick:
@@ -227,6 +240,8 @@ def training_pairs(quick: bool) -> Iterator[Pair]:
 def latency_pairs(quick: bool) -> Iterator[Pair]:
     """One call on a 32×10 batch, forward and forward plus backward."""
     for op, kind, fgf, tf, peer in _torch_ops(quick):
+        if "dim=1" in op:  # on 32×10, dim=1 is the last axis: the rows above
+            continue
         for backward in (False, True):
             yield _torch_pair("latency", op, kind, fgf, tf, peer, (32, 10), "float32", backward)
 

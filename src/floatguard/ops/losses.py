@@ -419,7 +419,8 @@ def cross_entropy(
     add 0 and are left out of the mean; a mean over no entry is NaN, as in
     PyTorch. ``dim`` is an alias of ``axis``; the class axis defaults to the last
     (PyTorch's ``F.cross_entropy`` takes dimension 1: pass ``axis=1`` for
-    ``(N, C, d1, ...)`` logits). A row whose max is not finite (all ``-inf``, a
+    ``(N, C, d1, ...)`` logits, which CPU tensors read in place, see
+    ``_torch_columns``). A row whose max is not finite (all ``-inf``, a
     ``+inf``, a NaN) has loss ``-max`` (NaN for NaN) and gradient 0.
 
     Two cures of output-logit divergence in large-model training, fused in the
