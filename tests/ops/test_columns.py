@@ -94,10 +94,10 @@ def test_gradients_match_float64(op: str, dtype: torch.dtype, spy: list[str]) ->
     torch.testing.assert_close(x.grad.double(), x64.grad, rtol=tol, atol=tol * float(x64.grad.abs().max()))
 
 
-def test_float32_backward_is_the_float64_formula_rounded_once() -> None:
-    """softmax's ``p (g - sum(g p))`` and log_softmax's ``g - exp(o) sum(g)`` from the float32 output, worked in
-    float64 and rounded once (where ``g_i`` and ``sum(g p)`` cancel, the rounding of the output itself dominates:
-    the condition number, as in the row kernels)."""
+def test_float32_backward_within_its_condition_bound() -> None:
+    """softmax's ``p (g - sum(g p))`` and log_softmax's ``g - exp(o) sum(g)`` from the float32 output: the sums in
+    float64, the entries in float32 lanes, as the row kernels: within the gradients' bound, 2 ulp times
+    ``max(1, kappa)``, ``kappa`` the condition number of the subtraction, of the float64 formula."""
     x = data((2, 9, 400), torch.float32, seed=4).requires_grad_()
     g = data((2, 9, 400), torch.float32, seed=5, scale=1.0)
     for op in ("softmax", "log_softmax"):
@@ -106,11 +106,18 @@ def test_float32_backward_is_the_float64_formula_rounded_once() -> None:
         out.backward(g)
         o, g64 = out.detach().double(), g.double()
         if op == "softmax":
-            want = o * (g64 - (g64 * o).sum(1, keepdim=True))
+            dot = (g64 * o).sum(1, keepdim=True)
+            want = o * (g64 - dot)
+            kappa = (g64.abs() + dot.abs()) / (g64 - dot).abs()
         else:
-            want = g64 - torch.exp(o) * g64.sum(1, keepdim=True)
+            total = g64.sum(1, keepdim=True)
+            want = g64 - torch.exp(o) * total
+            kappa = (g64.abs() + torch.exp(o) * total.abs()) / want.abs()
         assert x.grad is not None
-        assert mantissa_ulps(x.grad, want, torch.float32) <= 1.0
+        e = torch.floor(torch.log2(want.abs().clamp(min=2.0**-149)))
+        err = (x.grad.double() - want).abs() / 2.0 ** torch.clamp(e - 23, min=-149)
+        assert bool((err <= 2 * torch.clamp(kappa, min=1.0)).all())
+        assert float(err.median()) <= 0.5
 
 
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
@@ -186,7 +193,7 @@ def test_non_contiguous_input_and_keepdims() -> None:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("ignore", [None, 255])
+@pytest.mark.parametrize("ignore", [None, 255, 3])  # 3: a class of the range, ignored
 def test_cross_entropy_matches_pytorch_in_float64(dtype: torch.dtype, reduction: str, weighted: bool,
                                                   ignore: int | None, spy: list[str]) -> None:
     n_cls = 21
@@ -194,6 +201,7 @@ def test_cross_entropy_matches_pytorch_in_float64(dtype: torch.dtype, reduction:
     t = torch.from_numpy(np.random.default_rng(10).integers(0, n_cls, (3, 17, 13)))
     if ignore is not None:
         t[0, :5] = ignore
+        assert bool((t == ignore).sum() >= 65)
     w = torch.from_numpy(np.random.default_rng(11).random(n_cls) + 0.5).float() if weighted else None
     kw: dict[str, Any] = {} if ignore is None else {"ignore_index": ignore}
     loss = fg.cross_entropy(x, t, axis=1, weight=w, reduction=reduction, **kw)
@@ -212,7 +220,7 @@ def test_cross_entropy_matches_pytorch_in_float64(dtype: torch.dtype, reduction:
     else:
         torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-2, atol=1e-2 * float(x64.grad.abs().max()))
     if ignore is not None:
-        assert torch.all(x.grad[0, :, :5] == 0)
+        assert torch.all(x.grad.movedim(1, -1)[t == ignore] == 0)
 
 
 def test_cross_entropy_confident_target_gradient() -> None:

@@ -40,7 +40,7 @@ from ._numba_bits import (
     _voidptr,
     carray,
 )
-from ._numba_exp import F32, _exp32, _exp_accurate, _exp_clamped, _exp_f32out, _exp_row
+from ._numba_exp import F32, _exp32, _exp32_acc, _exp_accurate, _exp_clamped, _exp_f32out, _exp_row
 from ._numba_log import log1p, select
 from ._numba_torch import (
     _INF32,
@@ -163,7 +163,8 @@ def _rest_blk16(seg: np.ndarray, m: np.ndarray, acc: np.ndarray, ties: np.ndarra
 
 def _sum_all(xo: np.ndarray, j0: int, nb: int, mb: np.ndarray, sb: np.ndarray, exact: bool) -> float:
     """``sb = 1 + s`` of a block: for float32 rows one sum with the max term(s) inside by the 2^-35 short exp
-    (``exact``: :func:`._numba_exp._exp_row`, for softmax); for 16-bit rows the terms below the max apart from the
+    (``exact``: the 2^-29.27 :func:`._numba_exp._exp_row`, for softmax, log_softmax and the cross-entropy, as the row
+    kernels; logsumexp, which can cancel near 0, keeps 2^-35); for 16-bit rows the terms below the max apart from the
     ties, in float32 lanes (as the row kernels' 16-bit paths). Returns the ``s`` below which the block is summed again
     without the max term (see :func:`_stats`)."""
     raise NotImplementedError  # pragma: no cover  (numba code only)
@@ -194,22 +195,23 @@ def _sum_all16(xo: np.ndarray, j0: int, nb: int, mb: np.ndarray, sb: np.ndarray,
 
 
 @_inline()
-def _stats(xo: np.ndarray, j0: int, nb: int, m: np.ndarray, s: np.ndarray) -> bool:
+def _stats(xo: np.ndarray, j0: int, nb: int, m: np.ndarray, s: np.ndarray, short: bool) -> bool:
     """``m`` and ``s`` (the sum without the max term, ties adding 1 each) of positions ``j0 .. j0 + nb``; False
     (and nothing else computed) when a position has no finite max.
 
-    ``s`` is ``(1 + s) - 1`` of one sum with the max term(s) inside (the 2^-35 short exp, no tie test), as the row
-    kernels' log_softmax: its error is the terms' ``2^-35 s`` plus ``C`` roundings of ``2^-53`` beside the 1. A block
-    with a position below ``s = C 2^-24`` (a confident one, whose ``log1p(s)`` needs ``s`` relative) is summed again
-    without the max term, a tie test per entry (0.8x the time of summing every block that way, C = 21). 16-bit rows
-    sum without the max term from the start (:func:`_sum_all16`)."""
+    ``s`` is ``(1 + s) - 1`` of one sum with the max term(s) inside (no tie test; ``short``: the 2^-29.27 exp, else
+    the 2^-35 one), as the row kernels' log_softmax: its error is the terms' ``2^-29.27 s`` (``2^-35 s``) plus ``C``
+    roundings of ``2^-53`` beside the 1. A block with a position below ``s = C 2^-24`` (a confident one, whose
+    ``log1p(s)`` needs ``s`` relative) is summed again without the max term, a tie test per entry (0.8x the time of
+    summing every block that way, C = 21). 16-bit rows sum without the max term from the start (:func:`_sum_all16`).
+    """
     if not _maxes(xo, j0, nb, m):
         return False
     mb = m[:nb]
     sb = s[:nb]
     sb[:] = 0.0
     n_cls = xo.shape[0]
-    thr = _sum_all(xo, j0, nb, mb, sb, False)
+    thr = _sum_all(xo, j0, nb, mb, sb, short)
     low = False
     for j in range(nb):
         sb[j] -= 1.0
@@ -256,12 +258,6 @@ def _log_softmax_blk(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, out: np.nd
 
 
 @_inline(_CONTRACT)
-def _softmax_blk16(seg: np.ndarray, m: np.ndarray, q: np.ndarray, out: np.ndarray) -> None:
-    for j in range(seg.size):
-        out[j] = _encode32(_exp32(_load32(seg[j]) - m[j]) * q[j], out)
-
-
-@_inline(_CONTRACT)
 def _log_softmax_blk16(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, out: np.ndarray) -> None:
     for j in range(seg.size):
         out[j] = _encode32((_load32(seg[j]) - m[j]) - l1p[j], out)
@@ -288,14 +284,69 @@ def _outputs16(xo: np.ndarray, oo: np.ndarray, j0: int, nb: int, mb: np.ndarray,
     v32 = np.empty(nb, dtype=np.float32)
     for j in range(nb):
         m32[j], v32[j] = F32(mb[j]), F32(vb[j])
-    for c in range(xo.shape[0]):
-        if log:
-            _log_softmax_blk16(xo[c, j0 : j0 + nb], m32, v32, oo[c, j0 : j0 + nb])
-        else:
-            _softmax_blk16(xo[c, j0 : j0 + nb], m32, v32, oo[c, j0 : j0 + nb])
+    for c in range(xo.shape[0]):  # log_softmax only: 16-bit softmax is _softmax_block16
+        _log_softmax_blk16(xo[c, j0 : j0 + nb], m32, v32, oo[c, j0 : j0 + nb])
+
+
+def _softmax_block(xo: np.ndarray, oo: np.ndarray, j0: int, nb: int, m: np.ndarray, s: np.ndarray,
+                   ebuf: np.ndarray) -> bool:
+    """The softmax of one block of :func:`cols_softmax`; False if a position has no finite max (overloaded by dtype:
+    float32 rows sum and write by the degree-5 exp, an exp per entry in each pass; 16-bit rows keep ``exp(x - m)``
+    of the block in ``ebuf``, float32, and write ``e / (1 + s)`` from it: one exp per entry)."""
+    raise NotImplementedError  # pragma: no cover  (numba code only)
+
+
+@_inline()
+def _softmax_block32(xo: np.ndarray, oo: np.ndarray, j0: int, nb: int, m: np.ndarray, s: np.ndarray,
+                     ebuf: np.ndarray) -> bool:
+    if not _totals(xo, j0, nb, m, s):
+        return False
+    for j in range(nb):
+        s[j] = 1.0 / s[j]
+    _outputs32(xo, oo, j0, nb, m[:nb], s[:nb], False)
+    return True
+
+
+@_inline(_CONTRACT)
+def _exp_store_blk16(seg: np.ndarray, m: np.ndarray, e: np.ndarray, acc: np.ndarray) -> None:
+    for j in range(seg.size):
+        v = _exp32(_load32(seg[j]) - m[j])
+        e[j] = v
+        acc[j] += v
+
+
+@_inline(_CONTRACT)
+def _scale_blk16(e: np.ndarray, q: np.ndarray, out: np.ndarray) -> None:
+    for j in range(out.size):
+        out[j] = _encode32(e[j] * q[j], out)
+
+
+@_inline()
+def _softmax_block16(xo: np.ndarray, oo: np.ndarray, j0: int, nb: int, m: np.ndarray, s: np.ndarray,
+                     ebuf: np.ndarray) -> bool:
+    if not _maxes(xo, j0, nb, m):
+        return False
+    m32 = np.empty(nb, dtype=np.float32)
+    a32 = np.zeros(nb, dtype=np.float32)
+    for j in range(nb):
+        m32[j] = F32(m[j])
+    n_cls = xo.shape[0]
+    for c in range(n_cls):
+        _exp_store_blk16(xo[c, j0 : j0 + nb], m32, ebuf[c, :nb], a32)
+    for j in range(nb):
+        a32[j] = F32(1.0) / a32[j]  # 1 + s >= 1: the max term(s) inside, exactly 1 each
+    for c in range(n_cls):
+        _scale_blk16(ebuf[c, :nb], a32, oo[c, j0 : j0 + nb])
+    return True
 
 
 if AVAILABLE:
+
+    @_overload(_softmax_block, inline="always")
+    def _softmax_block_impl(xo, oo, j0, nb, m, s, ebuf):  # unannotated: numba compares signatures
+        if xo.dtype == _types.float32:
+            return lambda xo, oo, j0, nb, m, s, ebuf: _softmax_block32(xo, oo, j0, nb, m, s, ebuf)
+        return lambda xo, oo, j0, nb, m, s, ebuf: _softmax_block16(xo, oo, j0, nb, m, s, ebuf)
 
     @_overload(_sum_all, inline="always")
     def _sum_all_impl(xo, j0, nb, mb, sb, exact):  # unannotated: numba compares signatures
@@ -320,6 +371,7 @@ def cols_softmax(x: np.ndarray, out: np.ndarray, log: bool, o0: int, o1: int) ->
     m = np.empty(cb)
     s = np.empty(cb)
     v = np.empty(cb)
+    ebuf = np.empty((0 if log else n_cls, cb), dtype=np.float32)  # 16-bit softmax: exp(x - m) of a block
     for o in range(o0, o1):
         xo = x[o]
         oo = out[o]
@@ -327,15 +379,12 @@ def cols_softmax(x: np.ndarray, out: np.ndarray, log: bool, o0: int, o1: int) ->
             nb = min(cb, n_in - j0)
             vb = v[:nb]
             if log:
-                if not _stats(xo, j0, nb, m, s):
+                if not _stats(xo, j0, nb, m, s, True):
                     return False
                 _log1p_blk(s[:nb], vb)
-            else:
-                if not _totals(xo, j0, nb, m, s):
-                    return False
-                for j in range(nb):
-                    vb[j] = 1.0 / s[j]
-            _outputs(xo, oo, j0, nb, m[:nb], vb, log)
+                _outputs(xo, oo, j0, nb, m[:nb], vb, log)
+            elif not _softmax_block(xo, oo, j0, nb, m, s, ebuf):
+                return False
     return True
 
 
@@ -355,7 +404,7 @@ def cols_logsumexp(x: np.ndarray, lse: np.ndarray, o0: int, o1: int) -> bool:
         lo = lse[o]
         for j0 in range(0, n_in, cb):
             nb = min(cb, n_in - j0)
-            if not _stats(xo, j0, nb, m, s):
+            if not _stats(xo, j0, nb, m, s, False):
                 return False
             _log1p_blk(s[:nb], v[:nb])
             for j in range(nb):
@@ -387,18 +436,6 @@ def _sum_blk(g: np.ndarray, acc: np.ndarray) -> None:
         acc[j] += _load(g[j])
 
 
-@_inline(_CONTRACT)
-def _softmax_grad_blk(p: np.ndarray, g: np.ndarray, dot: np.ndarray, grad: np.ndarray) -> None:
-    for j in range(p.size):
-        grad[j] = _encode(_load(p[j]) * (_load(g[j]) - dot[j]), grad)
-
-
-@_inline(_CONTRACT)
-def _log_softmax_grad_blk(o: np.ndarray, g: np.ndarray, tot: np.ndarray, grad: np.ndarray) -> None:
-    for j in range(o.size):
-        grad[j] = _encode(_load(g[j]) - _exp_f32out(_load(o[j])) * tot[j], grad)
-
-
 # bfloat16 and float16 rows: the entries in float32 lanes (twice float64's), the per-position values rounded to
 # float32 once per block; 8 or 11 output bits against float32's 24 (as the row kernels' 16-bit paths)
 @_inline(_CONTRACT)
@@ -413,20 +450,39 @@ def _log_softmax_grad_blk16(o: np.ndarray, g: np.ndarray, tot: np.ndarray, grad:
         grad[j] = _encode32(_load32(g[j]) - _exp32(_load32(o[j])) * tot[j], grad)
 
 
+@_inline(_CONTRACT)
+def _softmax_grad_blk32(p: np.ndarray, g: np.ndarray, dot: np.ndarray, grad: np.ndarray) -> None:
+    for j in range(p.size):
+        grad[j] = p[j] * (g[j] - dot[j])
+
+
+@_inline(_CONTRACT)
+def _log_softmax_grad_blk32(o: np.ndarray, g: np.ndarray, tot: np.ndarray, grad: np.ndarray) -> None:
+    for j in range(o.size):
+        grad[j] = g[j] - _exp32_acc(o[j]) * tot[j]
+
+
 @_inline()
 def _softmax_bwd32(po: np.ndarray, go: np.ndarray, ro: np.ndarray, j0: int, nb: int, ab: np.ndarray,
                    log: bool) -> None:
+    """float32 rows: the sums in float64, then rounded to float32 once per position, and the entries in float32 lanes,
+    as the row kernels (:func:`._numba_torch._softmax_grad_row32`, within ``1 + 0.5 kappa'`` ulp, and
+    :func:`._numba_torch._log_softmax_grad_row`, within ``0.5 + 1.33 kappa`` ulp: inside the bound of 2 ulp times the
+    condition number)."""
     n_cls = po.shape[0]
-    if log:
-        for c in range(n_cls):
+    a32 = np.empty(nb, dtype=np.float32)
+    for c in range(n_cls):
+        if log:
             _sum_blk(go[c, j0 : j0 + nb], ab)
-        for c in range(n_cls):
-            _log_softmax_grad_blk(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], ab, ro[c, j0 : j0 + nb])
-    else:
-        for c in range(n_cls):
+        else:
             _dot_blk(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], ab)
-        for c in range(n_cls):
-            _softmax_grad_blk(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], ab, ro[c, j0 : j0 + nb])
+    for j in range(nb):
+        a32[j] = F32(ab[j])
+    for c in range(n_cls):
+        if log:
+            _log_softmax_grad_blk32(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], a32, ro[c, j0 : j0 + nb])
+        else:
+            _softmax_grad_blk32(po[c, j0 : j0 + nb], go[c, j0 : j0 + nb], a32, ro[c, j0 : j0 + nb])
 
 
 @_inline()
@@ -457,7 +513,7 @@ def _softmax_bwd_block(po: np.ndarray, go: np.ndarray, ro: np.ndarray, j0: int, 
 
 
 def _ce_bwd_block(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray,
-                  sb: np.ndarray) -> None:
+                  sb: np.ndarray, pb: np.ndarray, tb: np.ndarray) -> None:
     """The vector pass of one block of :func:`cols_ce_bwd` (overloaded by dtype as :func:`_softmax_bwd_block`)."""
     raise NotImplementedError  # pragma: no cover  (numba code only)
 
@@ -499,6 +555,14 @@ def cols_logsumexp_bwd(x: np.ndarray, lse: np.ndarray, g: np.ndarray, grad: np.n
 
 
 # -- cross-entropy of class indices ----------------------------------------------------------------------
+@_inline(_CONTRACT)
+def _pick_blk(seg: np.ndarray, tb: np.ndarray, c: int, xt: np.ndarray) -> None:
+    """``xt[j] = seg[j]`` where the target of position ``j`` is ``c``: the target logits gathered by a vector pass
+    over the classes instead of a strided load per position."""
+    for j in range(seg.size):
+        xt[j] = select(tb[j] == c, _load(seg[j]), xt[j])
+
+
 @_njit()
 def cols_ce_fwd(x: np.ndarray, t: np.ndarray, w: np.ndarray, ignore: int, has_ignore: bool, m: np.ndarray,
                 l1p: np.ndarray, s: np.ndarray, loss: np.ndarray, wt: np.ndarray, o0: int, o1: int) -> int:
@@ -509,59 +573,83 @@ def cols_ce_fwd(x: np.ndarray, t: np.ndarray, w: np.ndarray, ignore: int, has_ig
     _, n_cls, n_in = x.shape
     cb = _block(n_cls)
     weighted = w.size > 0
+    xt = np.empty(cb)
     for o in range(o0, o1):
         xo = x[o]
         for j0 in range(0, n_in, cb):
             nb = min(cb, n_in - j0)
             mb = m[o, j0 : j0 + nb]
             sb = s[o, j0 : j0 + nb]
-            if not _stats(xo, j0, nb, mb, sb):
+            if not _stats(xo, j0, nb, mb, sb, True):
                 return 1
             lb = l1p[o, j0 : j0 + nb]
             _log1p_blk(sb, lb)
+            tb = t[o, j0 : j0 + nb]
+            xb = xt[:nb]
+            xb[:] = 0.0
+            for c in range(n_cls):
+                _pick_blk(xo[c, j0 : j0 + nb], tb, c, xb)
+            wb = wt[o, j0 : j0 + nb]
+            bad = 0
             for j in range(nb):
-                k = t[o, j0 + j]
-                if has_ignore and k == ignore:
-                    loss[o, j0 + j] = 0.0
-                    wt[o, j0 + j] = 0.0
-                    continue
-                if k < 0 or k >= n_cls:
-                    return 2
-                wk = w[k] if weighted else 1.0
-                wt[o, j0 + j] = wk
-                loss[o, j0 + j] = wk * (lb[j] + (mb[j] - _load(xo[k, j0 + j])))
+                k = tb[j]
+                out = (k < 0) | (k >= n_cls)
+                ign = has_ignore & (k == ignore)
+                off = ign | out
+                bad += np.int64(out) - np.int64(out & ign)
+                wk = w[min(max(k, 0), n_cls - 1)] if weighted else 1.0
+                wb[j] = select(off, 0.0, wk)
+            if bad:
+                return 2
+            lo = loss[o, j0 : j0 + nb]
+            for j in range(nb):
+                lo[j] = wb[j] * (lb[j] + (mb[j] - xb[j]))
     return 0
 
 
 @_inline(_CONTRACT)
-def _ce_grad_blk(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, scale: np.ndarray, grad: np.ndarray) -> None:
+def _ce_grad_blk(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, scale: np.ndarray, pm1: np.ndarray,
+                 tb: np.ndarray, c: int, grad: np.ndarray) -> None:
+    """``grad = scale (p - [c == t])``; at the target ``p - 1``, which is ``pm1 = -s / (1 + s)`` where the target is at
+    the max (``p`` near 1 would cancel) and ``p - 1`` from the entry otherwise (``p <= 1/2`` there)."""
     for j in range(seg.size):
-        grad[j] = _encode(scale[j] * _exp_f32out((_load(seg[j]) - m[j]) - l1p[j]), grad)
+        d = _load(seg[j]) - m[j]
+        e = _exp_f32out(d - l1p[j])
+        v = select(tb[j] == c, select(d == 0.0, pm1[j], e - 1.0), e)
+        grad[j] = _encode(scale[j] * v, grad)
 
 
 @_inline(_CONTRACT)
-def _ce_grad_blk16(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, scale: np.ndarray, grad: np.ndarray) -> None:
+def _ce_grad_blk16(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, scale: np.ndarray, pm1: np.ndarray,
+                   tb: np.ndarray, c: int, grad: np.ndarray) -> None:
+    c32 = np.int32(c)
     for j in range(seg.size):
-        grad[j] = _encode32(scale[j] * _exp32((_load32(seg[j]) - m[j]) - l1p[j]), grad)
+        d = _load32(seg[j]) - m[j]
+        e = _exp32(d - l1p[j])
+        v = select(tb[j] == c32, select(d == F32(0.0), pm1[j], e - F32(1.0)), e)
+        grad[j] = _encode32(scale[j] * v, grad)
 
 
 @_inline()
-def _ce_bwd32(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray,
-              sb: np.ndarray) -> None:
+def _ce_bwd32(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray, sb: np.ndarray,
+              pb: np.ndarray, tb: np.ndarray) -> None:
     for c in range(xo.shape[0]):
-        _ce_grad_blk(xo[c, j0 : j0 + nb], mb, lb, sb, ro[c, j0 : j0 + nb])
+        _ce_grad_blk(xo[c, j0 : j0 + nb], mb, lb, sb, pb, tb, c, ro[c, j0 : j0 + nb])
 
 
 @_inline()
-def _ce_bwd16(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray,
-              sb: np.ndarray) -> None:
+def _ce_bwd16(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray, sb: np.ndarray,
+              pb: np.ndarray, tb: np.ndarray) -> None:
     m32 = np.empty(nb, dtype=np.float32)
     l32 = np.empty(nb, dtype=np.float32)
     s32 = np.empty(nb, dtype=np.float32)
+    p32 = np.empty(nb, dtype=np.float32)
+    t32 = np.empty(nb, dtype=np.int32)
     for j in range(nb):
-        m32[j], l32[j], s32[j] = F32(mb[j]), F32(lb[j]), F32(sb[j])
+        m32[j], l32[j], s32[j], p32[j] = F32(mb[j]), F32(lb[j]), F32(sb[j]), F32(pb[j])
+        t32[j] = np.int32(min(max(tb[j], -1), xo.shape[0]))
     for c in range(xo.shape[0]):
-        _ce_grad_blk16(xo[c, j0 : j0 + nb], m32, l32, s32, ro[c, j0 : j0 + nb])
+        _ce_grad_blk16(xo[c, j0 : j0 + nb], m32, l32, s32, p32, t32, c, ro[c, j0 : j0 + nb])
 
 
 if AVAILABLE:
@@ -573,41 +661,37 @@ if AVAILABLE:
         return lambda po, go, ro, j0, nb, ab, log: _softmax_bwd16(po, go, ro, j0, nb, ab, log)
 
     @_overload(_ce_bwd_block, inline="always")
-    def _ce_bwd_block_impl(xo, ro, j0, nb, mb, lb, sb):  # unannotated: numba compares signatures
+    def _ce_bwd_block_impl(xo, ro, j0, nb, mb, lb, sb, pb, tb):  # unannotated: numba compares signatures
         if xo.dtype == _types.float32:
-            return lambda xo, ro, j0, nb, mb, lb, sb: _ce_bwd32(xo, ro, j0, nb, mb, lb, sb)
-        return lambda xo, ro, j0, nb, mb, lb, sb: _ce_bwd16(xo, ro, j0, nb, mb, lb, sb)
+            return lambda xo, ro, j0, nb, mb, lb, sb, pb, tb: _ce_bwd32(xo, ro, j0, nb, mb, lb, sb, pb, tb)
+        return lambda xo, ro, j0, nb, mb, lb, sb, pb, tb: _ce_bwd16(xo, ro, j0, nb, mb, lb, sb, pb, tb)
 
 
 @_njit()
-def cols_ce_bwd(x: np.ndarray, t: np.ndarray, m: np.ndarray, l1p: np.ndarray, s: np.ndarray, scale: np.ndarray,
-                grad: np.ndarray, o0: int, o1: int) -> None:
-    """``grad = scale (softmax(x) - onehot(t))`` over axis 1 (``scale`` per position, 0 where ignored), one rounding
-    per entry. At the target, ``p - 1`` is ``-s / (1 + s)`` when the target is at the max (``p`` near 1 would cancel)
-    and ``p - 1`` from the entry otherwise (``p <= 1/2`` there)."""
+def cols_ce_bwd(x: np.ndarray, t: np.ndarray, m: np.ndarray, l1p: np.ndarray, s: np.ndarray, wt: np.ndarray,
+                coef: float, g: np.ndarray, grad: np.ndarray, o0: int, o1: int) -> None:
+    """``grad = scale (softmax(x) - onehot(t))`` over axis 1, ``scale = coef wt`` per position (times ``g`` (O, I) when
+    it is not empty: ``reduction='none'``), 0 where ignored; one rounding per entry (see :func:`_ce_grad_blk`)."""
     _, n_cls, n_in = x.shape
     cb = _block(n_cls)
+    sc = np.empty(cb)
+    pm1 = np.empty(cb)
+    per = g.size > 0
     for o in range(o0, o1):
         xo = x[o]
         ro = grad[o]
         for j0 in range(0, n_in, cb):
             nb = min(cb, n_in - j0)
-            mb = m[o, j0 : j0 + nb]
-            lb = l1p[o, j0 : j0 + nb]
-            sb = scale[o, j0 : j0 + nb]
-            _ce_bwd_block(xo, ro, j0, nb, mb, lb, sb)
+            sb, pb = sc[:nb], pm1[:nb]
+            wb, ssb = wt[o, j0 : j0 + nb], s[o, j0 : j0 + nb]
             for j in range(nb):
-                sc = sb[j]
-                if sc == 0.0:
-                    continue
-                k = t[o, j0 + j]
-                d = _load(xo[k, j0 + j]) - mb[j]
-                if d == 0.0:
-                    sj = s[o, j0 + j]
-                    pm1 = -sj / (1.0 + sj)
-                else:
-                    pm1 = _exp_f32out(d - lb[j]) - 1.0
-                ro[k, j0 + j] = _encode(sc * pm1, ro)
+                sb[j] = coef * wb[j]
+                pb[j] = -ssb[j] / (1.0 + ssb[j])
+            if per:
+                gb = g[o, j0 : j0 + nb]
+                for j in range(nb):
+                    sb[j] *= gb[j]
+            _ce_bwd_block(xo, ro, j0, nb, m[o, j0 : j0 + nb], l1p[o, j0 : j0 + nb], sb, pb, t[o, j0 : j0 + nb])
 
 
 # -- entry points on raw pointers --------------------------------------------------------------------------
@@ -678,15 +762,16 @@ def ptr_cols_ce_fwd(code: int, xa: int, t: np.ndarray, w: np.ndarray, ignore: in
 
 
 @_njit()
-def ptr_cols_ce_bwd(code: int, xa: int, t: np.ndarray, stats: np.ndarray, scale: np.ndarray, gra: int,
+def ptr_cols_ce_bwd(code: int, xa: int, t: np.ndarray, stats: np.ndarray, coef: float, g: np.ndarray, gra: int,
                     dims: tuple[int, int, int], o0: int, o1: int) -> None:
-    """:func:`cols_ce_bwd` from the ``stats`` of :func:`ptr_cols_ce_fwd` and ``scale`` (O, I) float64."""
+    """:func:`cols_ce_bwd` from the ``stats`` of :func:`ptr_cols_ce_fwd` (``wt`` its last), ``coef`` and ``g`` (O, I)
+    float64 (empty but for ``reduction='none'``)."""
     if code == 0:
-        cols_ce_bwd(carray(_voidptr(xa), dims, np.float32), t, stats[0], stats[1], stats[2], scale,
+        cols_ce_bwd(carray(_voidptr(xa), dims, np.float32), t, stats[0], stats[1], stats[2], stats[4], coef, g,
                     carray(_voidptr(gra), dims, np.float32), o0, o1)
     elif code == 1:
-        cols_ce_bwd(carray(_voidptr(xa), dims, np.int16), t, stats[0], stats[1], stats[2], scale,
+        cols_ce_bwd(carray(_voidptr(xa), dims, np.int16), t, stats[0], stats[1], stats[2], stats[4], coef, g,
                     carray(_voidptr(gra), dims, np.int16), o0, o1)
     else:
-        cols_ce_bwd(carray(_voidptr(xa), dims, np.uint16), t, stats[0], stats[1], stats[2], scale,
+        cols_ce_bwd(carray(_voidptr(xa), dims, np.uint16), t, stats[0], stats[1], stats[2], stats[4], coef, g,
                     carray(_voidptr(gra), dims, np.uint16), o0, o1)

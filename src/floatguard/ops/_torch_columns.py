@@ -24,6 +24,7 @@ import torch
 from ._torch_rows import run_rows
 
 CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
+_EMPTY = np.empty((0, 0))
 _kern: Any = None  # the _numba_columns module, False where the kernels cannot run
 
 
@@ -205,15 +206,13 @@ class _CrossEntropy(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: differentiable float64 torch ops
             return (_grad_graph(x, ctx.t, wt, g, ctx.den, reduction, ctx.axis, dims), *([None] * 8))
         if reduction == "none":
-            scale = g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy() * wt
+            coef, gn = 1.0, np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
         else:
-            gv = float(g)
-            scale = wt * (gv / ctx.den if reduction == "mean" else gv)
+            coef, gn = float(g) / ctx.den if reduction == "mean" else float(g), _EMPTY
         kern = _kernels()
         grad = torch.empty_like(xd)
         code, xa, gra, t = CODES[xd.dtype], xd.data_ptr(), grad.data_ptr(), ctx.t
-        scale = np.ascontiguousarray(scale)
-        _run(lambda o0, o1: kern.ptr_cols_ce_bwd(code, xa, t, stats, scale, gra, dims, o0, o1), dims)
+        _run(lambda o0, o1: kern.ptr_cols_ce_bwd(code, xa, t, stats, coef, gn, gra, dims, o0, o1), dims)
         return (grad, *([None] * 8))
 
 

@@ -110,8 +110,9 @@ def _run_numpy() -> None:
 
 
 def _cols(x: Any) -> Any:
-    """The first 10 columns of rows ``x`` as ``(rows, 2, 5)``: a class axis in the middle (the column kernels)."""
-    return x[:, :10].reshape(-1, 2, 5)
+    """The first ``2k`` columns of rows ``x`` as ``(rows, 2, k)``: a class axis in the middle (the column kernels)."""
+    k = x.shape[1] // 2
+    return x[:, : 2 * k].reshape(-1, 2, k)
 
 
 # PyTorch's besides: reductions and the cross-entropy along a middle axis (``dim=1`` of ``(N, C, H, W)``)
@@ -120,7 +121,7 @@ TORCH_CALLS: tuple[_Call, ...] = (
     lambda x, d: R.softmax(_cols(x), axis=1),
     lambda x, d: R.log_softmax(_cols(x), axis=1),
     lambda x, d: R.logsumexp(_cols(x), axis=1),
-    lambda x, d: L.cross_entropy(_cols(x), d.t[:, None].expand(-1, 5) % 2, axis=1),
+    lambda x, d: L.cross_entropy(_cols(x), d.t[:, None].expand(-1, x.shape[1] // 2) % 2, axis=1),
 )
 
 
