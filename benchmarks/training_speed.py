@@ -252,7 +252,9 @@ def compile_pairs(quick: bool) -> Iterator[Pair]:
     sizes = [("softmax", (4, 8, 256, 256)), ("log_softmax", (1024, 2048)), ("cross_entropy", (2048, 32000)),
              ("cross_entropy, label_smoothing=0.1", (2048, 32000)), ("cross_entropy, label_smoothing=0.1", (256, 1000)),
              ("bce_with_logits", (4096, 1000)), ("softplus", (4096, 1024)), ("log_sigmoid", (4096, 1024)),
-             ("logaddexp", (4096, 1024)), ("log1mexp", (4096, 1024)), ("logsumexp", (1024, 2048))]
+             ("logaddexp", (4096, 1024)), ("log1mexp", (4096, 1024)), ("logsumexp", (1024, 2048)),
+             ("cross_entropy, dim=1", (8, 21, 128, 128)), ("softmax, dim=1", (8, 21, 128, 128)),
+             ("log_softmax, dim=1", (8, 21, 128, 128))]
     for op, shape in sizes:
         if quick:
             shape = tuple(max(2, s // 16) for s in shape)

@@ -30,7 +30,7 @@ def mantissa_ulps(got: torch.Tensor, want: torch.Tensor, dtype: torch.dtype) -> 
 
 def data(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0, scale: float = 4.0) -> torch.Tensor:
     rng = np.random.default_rng(seed)
-    return torch.from_numpy(rng.standard_normal(shape) * scale).to(dtype)
+    return torch.from_numpy(np.asarray(rng.standard_normal(shape) * scale)).to(dtype)
 
 
 @pytest.fixture
@@ -288,3 +288,64 @@ def test_threads_split_the_outer_axis(monkeypatch: pytest.MonkeyPatch) -> None:
         torch.set_num_threads(threads)
     for a, b in zip(one, many, strict=True):
         assert torch.equal(a, b)
+
+
+# -- torch.compile: custom ops ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compiled_ops_match_eager(dtype: torch.dtype) -> None:
+    """Under ``torch.compile(fullgraph=True)`` the middle-axis ops are the column kernels' custom ops: the eager
+    values and gradients, no graph break."""
+    torch._dynamo.reset()
+    x = data((2, 6, 5, 7), dtype, seed=17)
+    t = torch.from_numpy(np.random.default_rng(18).integers(0, 6, (2, 5, 7)))
+    w = torch.linspace(0.5, 1.5, 6)
+
+    def f(v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (fg.softmax(v, dim=1), fg.log_softmax(v, axis=-3), fg.logsumexp(v, axis=1),
+                fg.logsumexp(v, axis=1, keepdims=True), fg.cross_entropy(v, t, axis=1),
+                fg.cross_entropy(v, t, axis=1, weight=w, ignore_index=2, reduction="none"))
+
+    def loss(outs: tuple[torch.Tensor, ...], g: list[torch.Tensor]) -> torch.Tensor:
+        return sum(((o.float() * gi).sum() for o, gi in zip(outs, g, strict=True)), torch.tensor(0.0))
+
+    xe = x.clone().requires_grad_()
+    eager = f(xe)
+    g = [data(tuple(o.shape), torch.float32, seed=19 + i, scale=1.0) for i, o in enumerate(eager)]
+    loss(eager, g).backward()
+    xc = x.clone().requires_grad_()
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")(xc)
+    loss(compiled, g).backward()
+    for a, b in zip(compiled, eager, strict=True):
+        torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
+    assert xc.grad is not None and xe.grad is not None
+    torch.testing.assert_close(xc.grad, xe.grad)
+
+
+def test_compiled_ops_fall_back_to_the_row_path() -> None:
+    """Positions with no finite max and bad indices inside the compiled custom ops: the row path's values, zero
+    gradients on those positions, its error naming ``target``."""
+    torch._dynamo.reset()
+    x = data((2, 4, 9), torch.float32, seed=20)
+    x[1, :, 3] = -float("inf")
+    x[0, 2, 5] = float("inf")
+    t = torch.from_numpy(np.random.default_rng(21).integers(0, 4, (2, 9)))
+
+    def f(v: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return fg.softmax(v, dim=1), fg.logsumexp(v, axis=1), fg.cross_entropy(v, tt, axis=1, reduction="none")
+
+    cf = torch.compile(f, fullgraph=True, backend="aot_eager")
+    xc = x.clone().requires_grad_()
+    outs = cf(xc, t)
+    want = f(x, t)
+    for a, b in zip(outs, want, strict=True):
+        torch.testing.assert_close(a, b, equal_nan=True)
+    sum((o.nan_to_num(0.0, 0.0, 0.0)).sum() for o in outs).backward()
+    xe = x.clone().requires_grad_()
+    sum((o.nan_to_num(0.0, 0.0, 0.0)).sum() for o in f(xe, t)).backward()
+    assert xc.grad is not None and torch.isfinite(xc.grad).all()
+    assert torch.all(xc.grad[1, :, 3] == 0) and torch.all(xc.grad[0, :, 5] == 0)
+    torch.testing.assert_close(xc.grad, xe.grad)
+    bad = t.clone()
+    bad[0, 0] = 11
+    with pytest.raises(ValueError, match="target"):
+        cf(x, bad)

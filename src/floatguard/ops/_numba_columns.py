@@ -599,7 +599,7 @@ def cols_ce_fwd(x: np.ndarray, t: np.ndarray, w: np.ndarray, ignore: int, has_ig
                 for j in range(nb):
                     xb[j] = _load(xo[min(max(tb[j], 0), n_cls - 1), j0 + j])
             wb = wt[o, j0 : j0 + nb]
-            bad = 0
+            bad = np.int64(0)
             for j in range(nb):
                 k = tb[j]
                 out = (k < 0) | (k >= n_cls)

@@ -60,8 +60,9 @@ def _run(fn: Any, dims: tuple[int, int, int]) -> list[Any]:
 
 
 # -- softmax and log_softmax ---------------------------------------------------------------------------
-def softmax(x: torch.Tensor, axis: int, log: bool) -> torch.Tensor | None:
-    """softmax (log_softmax with ``log``) of ``x`` over ``axis`` by the column kernels; None where they decline."""
+def softmax_raw(x: torch.Tensor, axis: int, log: bool) -> torch.Tensor | None:
+    """softmax (log_softmax with ``log``) of ``x`` over ``axis`` by the column kernels, no autograd (a new contiguous
+    tensor); None where they decline."""
     dims = columns(x, axis)
     kern = _kernels() if dims is not None else None
     if kern is None or dims is None:
@@ -71,43 +72,55 @@ def softmax(x: torch.Tensor, axis: int, log: bool) -> torch.Tensor | None:
     code, xa, oa = CODES[x.dtype], xd.data_ptr(), out.data_ptr()
     if not all(_run(lambda o0, o1: kern.ptr_cols_softmax(code, xa, oa, dims, log, o0, o1), dims)):
         return None
-    if x.requires_grad and torch.is_grad_enabled():
-        return _Softmax.apply(x, (out,), axis, log, dims)
+    return out
+
+
+def softmax_grad(out: torch.Tensor, g: torch.Tensor, axis: int, log: bool) -> torch.Tensor:
+    """The gradient of :func:`softmax_raw` from its output (every position with a finite max): the backward kernel;
+    under ``create_graph`` differentiable torch ops."""
+    if torch.is_grad_enabled():
+        wd = torch.float32 if out.dtype != torch.float64 else out.dtype
+        o, gw = out.to(wd), g.to(wd)
+        if log:
+            grad = gw - torch.exp(o) * gw.sum(dim=axis, keepdim=True)
+        else:
+            grad = o * (gw - (gw * o).sum(dim=axis, keepdim=True))
+        return grad.to(out.dtype)
+    dims = columns(out, axis)
+    kern = _kernels()
+    assert dims is not None and kern is not None
+    gc = g.to(out.dtype).contiguous()
+    grad = torch.empty_like(out)
+    code, oa, ga, gra = CODES[out.dtype], out.data_ptr(), gc.data_ptr(), grad.data_ptr()
+    _run(lambda o0, o1: kern.ptr_cols_softmax_bwd(code, oa, ga, gra, dims, log, o0, o1), dims)
+    return grad
+
+
+def softmax(x: torch.Tensor, axis: int, log: bool) -> torch.Tensor | None:
+    """softmax (log_softmax with ``log``) of ``x`` over ``axis`` by the column kernels; None where they decline."""
+    out = softmax_raw(x, axis, log)
+    if out is not None and x.requires_grad and torch.is_grad_enabled():
+        return _Softmax.apply(x, (out,), axis, log)
     return out
 
 
 class _Softmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor], axis: int, log: bool,
-                dims: tuple[int, int, int]) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor], axis: int, log: bool) -> torch.Tensor:
         (out,) = holder
         ctx.save_for_backward(out)
-        ctx.axis, ctx.log, ctx.dims = axis, log, dims
+        ctx.axis, ctx.log = axis, log
         return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         (out,) = ctx.saved_tensors
-        axis, log, dims = ctx.axis, ctx.log, ctx.dims
-        if torch.is_grad_enabled():  # create_graph: differentiable torch ops (every position has a finite max)
-            wd = torch.float32 if out.dtype != torch.float64 else out.dtype
-            o, gw = out.to(wd), g.to(wd)
-            if log:
-                grad = gw - torch.exp(o) * gw.sum(dim=axis, keepdim=True)
-            else:
-                grad = o * (gw - (gw * o).sum(dim=axis, keepdim=True))
-            return grad.to(out.dtype), None, None, None, None
-        kern = _kernels()
-        gc = g.to(out.dtype).contiguous()
-        grad = torch.empty_like(out)
-        code, oa, ga, gra = CODES[out.dtype], out.data_ptr(), gc.data_ptr(), grad.data_ptr()
-        _run(lambda o0, o1: kern.ptr_cols_softmax_bwd(code, oa, ga, gra, dims, log, o0, o1), dims)
-        return grad, None, None, None, None
+        return softmax_grad(out, g, ctx.axis, ctx.log), None, None, None
 
 
 # -- logsumexp --------------------------------------------------------------------------------------------
-def logsumexp(x: torch.Tensor, axis: int, keepdims: bool) -> torch.Tensor | None:
-    """logsumexp of ``x`` over ``axis`` by the column kernels; None where they decline."""
+def logsumexp_raw(x: torch.Tensor, axis: int) -> np.ndarray | None:
+    """float64 logsumexp (O, I) of ``x`` over ``axis`` by the column kernels; None where they decline."""
     dims = columns(x, axis)
     kern = _kernels() if dims is not None else None
     if kern is None or dims is None:
@@ -117,49 +130,68 @@ def logsumexp(x: torch.Tensor, axis: int, keepdims: bool) -> torch.Tensor | None
     code, xa = CODES[x.dtype], xd.data_ptr()
     if not all(_run(lambda o0, o1: kern.ptr_cols_logsumexp(code, xa, lse, dims, o0, o1), dims)):
         return None
-    shape = list(x.shape)
+    return lse
+
+
+def reduced_shape(shape: Any, axis: int, keepdims: bool) -> list[int]:
+    out = list(shape)
     if keepdims:
-        shape[axis] = 1
+        out[axis] = 1
     else:
-        del shape[axis]
-    out = torch.from_numpy(lse).to(x.dtype).view(shape)
+        del out[axis]
+    return out
+
+
+def logsumexp_grad(x: torch.Tensor, lse: np.ndarray, g: torch.Tensor, axis: int) -> torch.Tensor:
+    """``g exp(x - lse)`` over ``axis`` (every ``lse`` finite): the backward kernel; under ``create_graph`` the
+    softmax in differentiable float64 ops (``x`` then the input itself)."""
+    keep = reduced_shape(x.shape, axis, True)
+    if torch.is_grad_enabled():
+        p = torch.softmax(x.to(torch.float64), dim=axis)
+        return (g.to(torch.float64).reshape(keep) * p).to(x.dtype)
+    dims = columns(x, axis)
+    kern = _kernels()
+    assert dims is not None and kern is not None
+    xd = x.detach().contiguous()
+    g64 = np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
+    grad = torch.empty_like(xd)
+    code, xa, gra = CODES[xd.dtype], xd.data_ptr(), grad.data_ptr()
+    _run(lambda o0, o1: kern.ptr_cols_logsumexp_bwd(code, xa, lse, g64, gra, dims, o0, o1), dims)
+    return grad
+
+
+def logsumexp(x: torch.Tensor, axis: int, keepdims: bool) -> torch.Tensor | None:
+    """logsumexp of ``x`` over ``axis`` by the column kernels; None where they decline."""
+    lse = logsumexp_raw(x, axis)
+    if lse is None:
+        return None
+    out = torch.from_numpy(lse).to(x.dtype).view(reduced_shape(x.shape, axis, keepdims))
     if x.requires_grad and torch.is_grad_enabled():
-        return _LogSumExp.apply(x, (out, xd), lse, axis, dims)
+        return _LogSumExp.apply(x, (out,), lse, axis)
     return out
 
 
 class _LogSumExp(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor, torch.Tensor], lse: np.ndarray, axis: int,
-                dims: tuple[int, int, int]) -> torch.Tensor:
-        out, xd = holder
-        ctx.save_for_backward(x)  # for create_graph; the kernel reads the contiguous copy
-        ctx.xd, ctx.lse, ctx.axis, ctx.dims = xd, lse, axis, dims
+    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor], lse: np.ndarray, axis: int) -> torch.Tensor:
+        (out,) = holder
+        ctx.save_for_backward(x)
+        ctx.lse, ctx.axis = lse, axis
         return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         (x,) = ctx.saved_tensors
-        xd, dims = ctx.xd, ctx.dims
-        if torch.is_grad_enabled():  # create_graph: the softmax in differentiable float64 ops
-            keep = list(x.shape)
-            keep[ctx.axis] = 1
-            p = torch.softmax(x.to(torch.float64), dim=ctx.axis)
-            return (g.to(torch.float64).reshape(keep) * p).to(x.dtype), None, None, None, None
-        kern = _kernels()
-        g64 = np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
-        grad = torch.empty_like(xd)
-        code, xa, gra, lse = CODES[xd.dtype], xd.data_ptr(), grad.data_ptr(), ctx.lse
-        _run(lambda o0, o1: kern.ptr_cols_logsumexp_bwd(code, xa, lse, g64, gra, dims, o0, o1), dims)
-        return grad, None, None, None, None
+        return logsumexp_grad(x, ctx.lse, g, ctx.axis), None, None, None
 
 
 # -- cross-entropy of class indices ------------------------------------------------------------------------
-def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,
-                  reduction: str, axis: int) -> torch.Tensor | None:
-    """Cross-entropy of class indices ``target`` (the shape of ``x`` without ``axis``, checked by the caller) over
-    ``axis`` by the column kernels, class ``weight`` (C,) or None; None where they decline (the row path answers,
-    with its errors)."""
+def cross_entropy_raw(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,
+                      reduction: str, axis: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray, float] | None:
+    """The loss of class indices ``target`` (the shape of ``x`` without ``axis``, checked by the caller) over ``axis``
+    by the column kernels, class ``weight`` (C,) or None, and what the backward reads: the indices (O, I), the
+    per-position statistics and the mean's divisor; None where they decline (the row path answers, with its
+    errors)."""
     dims = columns(x, axis)
     kern = _kernels() if dims is not None else None
     if kern is None or dims is None:
@@ -182,43 +214,60 @@ def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
             den = float(wt.sum())
             total = total / den if den else math.nan  # a mean over no entry is NaN, as PyTorch's
         out = torch.tensor(total, dtype=x.dtype)
+    return out, t, stats, den
+
+
+def cross_entropy_grad(x: torch.Tensor, t: np.ndarray, stats: np.ndarray, den: float, reduction: str,
+                       g: torch.Tensor, axis: int) -> torch.Tensor:
+    """The gradient of :func:`cross_entropy_raw`: the backward kernel; under ``create_graph`` differentiable float64
+    torch ops (``x`` then the input itself)."""
+    dims = columns(x, axis)
+    assert dims is not None
+    if torch.is_grad_enabled():
+        return _grad_graph(x, t, stats[4], g, den, reduction, dims)
+    if reduction == "none":
+        coef, gn = 1.0, np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
+    else:
+        coef, gn = float(g) / den if reduction == "mean" else float(g), _EMPTY
+    kern = _kernels()
+    xd = x.detach().contiguous()
+    grad = torch.empty_like(xd)
+    code, xa, gra = CODES[xd.dtype], xd.data_ptr(), grad.data_ptr()
+    _run(lambda o0, o1: kern.ptr_cols_ce_bwd(code, xa, t, stats, coef, gn, gra, dims, o0, o1), dims)
+    return grad
+
+
+def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,
+                  reduction: str, axis: int) -> torch.Tensor | None:
+    """Cross-entropy of class indices over ``axis`` by the column kernels (:func:`cross_entropy_raw`); None where they
+    decline."""
+    got = cross_entropy_raw(x, target, weight, ignore_index, reduction, axis)
+    if got is None:
+        return None
+    out, t, stats, den = got
     if x.requires_grad and torch.is_grad_enabled():
-        return _CrossEntropy.apply(x, (out, xd), t, stats, den, reduction, axis, dims, weight)
+        return _CrossEntropy.apply(x, (out,), t, stats, den, reduction, axis)
     return out
 
 
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor, torch.Tensor], t: np.ndarray,
-                stats: np.ndarray, den: float, reduction: str, axis: int, dims: tuple[int, int, int],
-                weight: torch.Tensor | None) -> torch.Tensor:
-        out, xd = holder
-        ctx.save_for_backward(x)  # for create_graph; the kernel reads the contiguous copy
-        ctx.xd, ctx.t, ctx.stats, ctx.den, ctx.reduction, ctx.axis, ctx.dims, ctx.weight = (
-            xd, t, stats, den, reduction, axis, dims, weight)
+    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor], t: np.ndarray, stats: np.ndarray,
+                den: float, reduction: str, axis: int) -> torch.Tensor:
+        (out,) = holder
+        ctx.save_for_backward(x)
+        ctx.t, ctx.stats, ctx.den, ctx.reduction, ctx.axis = t, stats, den, reduction, axis
         return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         (x,) = ctx.saved_tensors
-        xd, dims, stats, reduction = ctx.xd, ctx.dims, ctx.stats, ctx.reduction
-        wt = stats[4]
-        if torch.is_grad_enabled():  # create_graph: differentiable float64 torch ops
-            return (_grad_graph(x, ctx.t, wt, g, ctx.den, reduction, ctx.axis, dims), *([None] * 8))
-        if reduction == "none":
-            coef, gn = 1.0, np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
-        else:
-            coef, gn = float(g) / ctx.den if reduction == "mean" else float(g), _EMPTY
-        kern = _kernels()
-        grad = torch.empty_like(xd)
-        code, xa, gra, t = CODES[xd.dtype], xd.data_ptr(), grad.data_ptr(), ctx.t
-        _run(lambda o0, o1: kern.ptr_cols_ce_bwd(code, xa, t, stats, coef, gn, gra, dims, o0, o1), dims)
-        return (grad, *([None] * 8))
+        return (cross_entropy_grad(x, ctx.t, ctx.stats, ctx.den, ctx.reduction, g, ctx.axis), *([None] * 6))
 
 
 def _grad_graph(x: torch.Tensor, t: np.ndarray, wt: np.ndarray, g: torch.Tensor, den: float, reduction: str,
-                axis: int, dims: tuple[int, int, int]) -> torch.Tensor:
-    """``scale (softmax(x) - onehot(t))`` over ``axis`` in differentiable float64 ops (double backward)."""
+                dims: tuple[int, int, int]) -> torch.Tensor:
+    """``scale (softmax(x) - onehot(t))`` over the class axis in differentiable float64 ops (double backward)."""
     wd = torch.float64
     x3 = x.to(wd).reshape(dims)
     p = torch.softmax(x3, dim=1)

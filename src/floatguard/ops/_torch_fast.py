@@ -58,6 +58,21 @@ def _compiled_plain(x: torch.Tensor, axis: Any) -> bool:
     return torch.compiler.is_compiling() and plain_call(x, axis)
 
 
+def _compiled_columns(x: torch.Tensor, axis: Any) -> int | None:
+    """The normalized axis when ``torch.compile`` is tracing a call over a middle axis that the column kernels take
+    (a float32/bfloat16/float16 CPU tensor, something after the axis): their custom ops
+    (:mod:`._torch_columns_compile`) are called then; else None."""
+    if not torch.compiler.is_compiling() or type(axis) is not int or _ns.FORCE_DEVICE_PATH:
+        return None
+    nd = x.ndim
+    ax = axis + nd if axis < 0 else axis
+    if not 0 <= ax < nd - 1:
+        return None
+    from . import _torch_columns_compile
+
+    return ax if _torch_columns_compile.usable(x, ax) else None
+
+
 @register("logsumexp", "torch", stage="call", dtypes=KERNEL_DTYPES)
 def _logsumexp_call(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor | None:
     if _functorch_active() or _tracing_state() is not None:
@@ -65,7 +80,23 @@ def _logsumexp_call(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor |
     if type(keepdims) is bool and _compiled_plain(x, axis):
         lse = logsumexp_op(x.reshape(-1, x.shape[-1]).contiguous())[0]
         return lse.reshape((*x.shape[:-1], 1) if keepdims else x.shape[:-1])
+    ax = _compiled_columns(x, axis) if type(keepdims) is bool else None
+    if ax is not None:
+        from . import _torch_columns_compile
+
+        return _torch_columns_compile.logsumexp(x, ax, keepdims)
     return logsumexp_fast(x, axis, keepdims)
+
+
+def _softmax_compiled(x: torch.Tensor, axis: Any, log: bool) -> torch.Tensor | None:
+    if _compiled_plain(x, axis):
+        return softmax_op(x.reshape(-1, x.shape[-1]).contiguous(), log)[0].reshape(x.shape)
+    ax = _compiled_columns(x, axis)
+    if ax is not None:
+        from . import _torch_columns_compile
+
+        return _torch_columns_compile.softmax(x, ax, log)
+    return None
 
 
 @register("softmax", "torch", stage="call", dtypes=KERNEL_DTYPES)
@@ -73,9 +104,7 @@ def _softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
     if _functorch_active() or _tracing_state() is not None:
         return None
     out = softmax_fast(x, axis, log=False)  # eager (None while Dynamo traces)
-    if out is None and _compiled_plain(x, axis):
-        return softmax_op(x.reshape(-1, x.shape[-1]).contiguous(), False)[0].reshape(x.shape)
-    return out
+    return _softmax_compiled(x, axis, False) if out is None else out
 
 
 @register("log_softmax", "torch", stage="call", dtypes=KERNEL_DTYPES)
@@ -83,9 +112,7 @@ def _log_softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
     if _functorch_active() or _tracing_state() is not None:
         return None
     out = softmax_fast(x, axis, log=True)  # eager (None while Dynamo traces)
-    if out is None and _compiled_plain(x, axis):
-        return softmax_op(x.reshape(-1, x.shape[-1]).contiguous(), True)[0].reshape(x.shape)
-    return out
+    return _softmax_compiled(x, axis, True) if out is None else out
 
 
 def _untransformed(x: torch.Tensor) -> bool:

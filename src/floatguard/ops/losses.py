@@ -182,6 +182,30 @@ def _device_torch(logits: Any, target: Any, weight: Any) -> Any:
     return _torch_losses
 
 
+def _compiled_columns(logits: Any, target: Any, weight: Any, axis: int) -> int | None:
+    """The normalized class axis when ``torch.compile`` is tracing a cross-entropy of class indices over a middle axis
+    that the column kernels take (:mod:`._torch_columns_compile`): CPU tensors, the target of the logits' shape
+    without the axis, a 1-D floating weight of ``C`` entries without grad or none; else None."""
+    torch = sys.modules.get("torch")
+    if torch is None or type(logits) is not torch.Tensor or type(target) is not torch.Tensor \
+            or not torch.compiler.is_compiling() or _ns.FORCE_DEVICE_PATH or type(axis) is not int:
+        return None
+    nd = logits.ndim
+    ax = axis + nd if axis < 0 else axis
+    if not 0 <= ax < nd - 1 or target.dtype.is_floating_point or target.dtype.is_complex \
+            or target.dtype is torch.bool or not target.is_cpu or target.requires_grad:
+        return None
+    if tuple(target.shape) != tuple(logits.shape[:ax]) + tuple(logits.shape[ax + 1:]):
+        return None
+    if weight is not None and (type(weight) is not torch.Tensor or weight.ndim != 1 or weight.requires_grad
+                               or tuple(weight.shape) != (logits.shape[ax],) or not weight.dtype.is_floating_point
+                               or not weight.is_cpu):
+        return None
+    from . import _torch_columns_compile
+
+    return ax if _torch_columns_compile.usable(logits, ax) else None
+
+
 def _fast_bce(logits: Any, targets: Any, weight: Any, pos_weight: Any) -> Any:
     """The fused kernels' module for CPU tensors of one shape (weights broadcast to it, no gradient), else None."""
     fast = _fast_torch(logits, targets, None)
@@ -546,6 +570,12 @@ def _cross_entropy(
         from . import _torch_losses  # under torch.compile: the custom op, with the features
 
         return _torch_losses.cross_entropy_compiled(logits, target, ignore_index, reduction, zc, cap)
+    if not (label_smoothing or zc or cap):
+        ax = _compiled_columns(logits, target, weight, axis)
+        if ax is not None:  # under torch.compile, a class axis in the middle: the column kernels' custom op
+            from . import _torch_columns_compile
+
+            return _torch_columns_compile.cross_entropy(logits, target, weight, ignore_index, reduction, ax)
     fast = _fast_torch(logits, target, weight)
     if fast is not None:
         out = _cross_entropy_torch(fast.cross_entropy, logits, target, weight, axis, reduction, label_smoothing,
