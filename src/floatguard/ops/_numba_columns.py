@@ -289,21 +289,53 @@ def _outputs16(xo: np.ndarray, oo: np.ndarray, j0: int, nb: int, mb: np.ndarray,
 
 def _softmax_block(xo: np.ndarray, oo: np.ndarray, j0: int, nb: int, m: np.ndarray, s: np.ndarray,
                    ebuf: np.ndarray) -> bool:
-    """The softmax of one block of :func:`cols_softmax`; False if a position has no finite max (overloaded by dtype:
-    float32 rows sum and write by the degree-5 exp, an exp per entry in each pass; 16-bit rows keep ``exp(x - m)``
-    of the block in ``ebuf``, float32, and write ``e / (1 + s)`` from it: one exp per entry)."""
+    """The softmax of one block of :func:`cols_softmax`; False if a position has no finite max. ``exp(x - m)`` of the
+    block is kept in ``ebuf`` (float64 by the degree-5 exp for float32 rows, float32 lanes for 16-bit ones) and
+    ``e / (1 + s)`` written from it: one exp per entry (two took 1.25x the forward's time)."""
     raise NotImplementedError  # pragma: no cover  (numba code only)
+
+
+@_inline(_CONTRACT)
+def _exp_store_blk(seg: np.ndarray, m: np.ndarray, e: np.ndarray, acc: np.ndarray) -> None:
+    for j in range(seg.size):
+        v = _exp_row(_load(seg[j]) - m[j])
+        e[j] = v
+        acc[j] += v
+
+
+@_inline(_CONTRACT)
+def _scale_blk(e: np.ndarray, q: np.ndarray, out: np.ndarray) -> None:
+    for j in range(out.size):
+        out[j] = _encode(e[j] * q[j], out)
 
 
 @_inline()
 def _softmax_block32(xo: np.ndarray, oo: np.ndarray, j0: int, nb: int, m: np.ndarray, s: np.ndarray,
                      ebuf: np.ndarray) -> bool:
-    if not _totals(xo, j0, nb, m, s):
+    if not _maxes(xo, j0, nb, m):
         return False
+    n_cls = xo.shape[0]
+    mb = m[:nb]
+    sb = s[:nb]
+    sb[:] = 0.0
+    for c in range(n_cls):
+        _exp_store_blk(xo[c, j0 : j0 + nb], mb, ebuf[c, :nb], sb)
     for j in range(nb):
-        s[j] = 1.0 / s[j]
-    _outputs32(xo, oo, j0, nb, m[:nb], s[:nb], False)
+        sb[j] = 1.0 / sb[j]  # 1 + s >= 1: the max term(s) inside, exactly 1 each
+    for c in range(n_cls):
+        _scale_blk(ebuf[c, :nb], sb, oo[c, j0 : j0 + nb])
     return True
+
+
+def _ebuf_width(x: np.ndarray) -> int:
+    """How many times the input's bytes an entry of :func:`_ebuf` takes: 2 for float32 rows (a float64 buffer), 1
+    for 16-bit ones (float32 lanes; half the block measured 1.05x the softmax's time)."""
+    raise NotImplementedError  # pragma: no cover  (numba code only)
+
+
+def _ebuf(x: np.ndarray, n_cls: int, cb: int) -> np.ndarray:
+    """The buffer of a softmax block's ``exp(x - m)``: float64 for float32 rows, float32 for 16-bit ones."""
+    raise NotImplementedError  # pragma: no cover  (numba code only)
 
 
 @_inline(_CONTRACT)
@@ -341,6 +373,18 @@ def _softmax_block16(xo: np.ndarray, oo: np.ndarray, j0: int, nb: int, m: np.nda
 
 if AVAILABLE:
 
+    @_overload(_ebuf_width, inline="always")
+    def _ebuf_width_impl(x):  # unannotated: numba compares signatures
+        if x.dtype == _types.float32:
+            return lambda x: 2
+        return lambda x: 1
+
+    @_overload(_ebuf, inline="always")
+    def _ebuf_impl(x, n_cls, cb):  # unannotated: numba compares signatures
+        if x.dtype == _types.float32:
+            return lambda x, n_cls, cb: np.empty((n_cls, cb))
+        return lambda x, n_cls, cb: np.empty((n_cls, cb), dtype=np.float32)
+
     @_overload(_softmax_block, inline="always")
     def _softmax_block_impl(xo, oo, j0, nb, m, s, ebuf):  # unannotated: numba compares signatures
         if xo.dtype == _types.float32:
@@ -366,11 +410,11 @@ def cols_softmax(x: np.ndarray, out: np.ndarray, log: bool, o0: int, o1: int) ->
     into ``out`` (same dtype), one rounding per entry; False (``out`` partly written) if a position has no
     finite max."""
     _, n_cls, n_in = x.shape
-    cb = _block(n_cls)
+    cb = _block(n_cls if log else _ebuf_width(x) * n_cls)  # softmax: a smaller block for a float64 buffer
     m = np.empty(cb)
     s = np.empty(cb)
     v = np.empty(cb)
-    ebuf = np.empty((0 if log else n_cls, cb), dtype=np.float32)  # 16-bit softmax: exp(x - m) of a block
+    ebuf = _ebuf(x, 0 if log else n_cls, cb)
     for o in range(o0, o1):
         xo = x[o]
         oo = out[o]
