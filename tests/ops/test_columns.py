@@ -275,15 +275,27 @@ def test_cross_entropy_double_backward() -> None:
     torch.testing.assert_close(hx.double(), hx64, rtol=1e-4, atol=1e-7)
 
 
-def test_threads_split_the_outer_axis(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With several threads the kernels run on disjoint ranges of the outer axis: the same results."""
-    x = data((6, 21, 64, 64), torch.float32, seed=14)
-    t = torch.from_numpy(np.random.default_rng(15).integers(0, 21, (6, 64, 64)))
-    one = [fg.softmax(x, axis=1), fg.logsumexp(x, axis=1), fg.cross_entropy(x, t, axis=1, reduction="none")]
+@pytest.mark.parametrize("batch", [6, 1])  # ranges of the outer axis; of the positions within each (one image)
+def test_threads_split_the_work(batch: int) -> None:
+    """With several threads the kernels run on disjoint parts of the positions: the same results, forward and
+    backward."""
+    x = data((batch, 21, 64, 64), torch.float32, seed=14)
+    t = torch.from_numpy(np.random.default_rng(15).integers(0, 21, (batch, 64, 64)))
+
+    def run() -> list[torch.Tensor]:
+        xr = x.clone().requires_grad_()
+        outs = [fg.softmax(xr, axis=1), fg.log_softmax(xr, axis=1), fg.logsumexp(xr, axis=1),
+                fg.cross_entropy(xr, t, axis=1, reduction="none")]
+        sum((o * (i + 1)).sum() for i, o in enumerate(outs)).backward()
+        assert xr.grad is not None
+        return [o.detach() for o in outs] + [xr.grad]
+
     threads = torch.get_num_threads()
     try:
+        torch.set_num_threads(1)
+        one = run()
         torch.set_num_threads(3)
-        many = [fg.softmax(x, axis=1), fg.logsumexp(x, axis=1), fg.cross_entropy(x, t, axis=1, reduction="none")]
+        many = run()
     finally:
         torch.set_num_threads(threads)
     for a, b in zip(one, many, strict=True):

@@ -9,16 +9,19 @@ positions of one ``o``, each of the ``C`` slices ``x[o, c, j0:j0 + CB]`` is cont
 (the max, the sum, the output) is one loop over it with a per-position accumulator, which LLVM vectorizes
 as it does the rows' loops. A row's values never leave the block, which stays in L1/L2.
 
-The arithmetic is the row kernels' (float64 registers for every storage dtype, one rounding per output):
-``m`` the max (on the storage bits: NaN found as in :func:`._numba_torch._row_max32`), ``s = sum of
-exp(x - m)`` over the entries below the max by the 2^-35 short exp (:func:`._numba_exp._exp_f32out`) plus
-one per other entry at the max (a tie test per entry, no argmax), ``log1p(s)`` by the vectorized
-:func:`._numba_log.log1p`. Outputs are float32, bfloat16 or float16 (float64 rows keep the row path and
-its 0.51-ulp table exp). A block holding a position whose max is not finite (a ``+inf``, a NaN, or every
-entry ``-inf``) makes the kernel return False before writing its outputs' limits: the caller then takes the
+The arithmetic is the row kernels': ``m`` the max (on the storage bits, NaN found as in
+:func:`._numba_torch._row_max32`); for float32 rows float64 registers, ``1 + s`` summed with the max term(s)
+inside by the short exps of :mod:`._numba_exp` and summed again without it (a tie test per entry) only in a block
+with a confident position, ``log1p(s)`` by the vectorized :func:`._numba_log.log1p`, one rounding per output, the
+backward's entries in float32 lanes from float64 sums; for bfloat16 and float16 rows float32 lanes throughout, the
+ties counted apart. The cross-entropy gathers the targets' logits and writes their ``p - 1`` (``-s / (1 + s)`` at
+the max) in its vector passes over the classes where there are few of them, per position above. Float64 rows keep
+the row path and its 0.51-ulp table exp. A block holding a position whose max is not finite (a ``+inf``, a NaN, or
+every entry ``-inf``) makes the kernel return False before writing its outputs' limits: the caller then takes the
 row path, which has those semantics.
 
-Only the entry kernels (``ptr_cols_*``) are cached; the helpers are inlined.
+The cross-entropy's kernels are :mod:`._numba_columns_ce`. Only the entry kernels (``ptr_cols_*``) are cached;
+the helpers are inlined.
 """
 
 from __future__ import annotations
@@ -405,11 +408,11 @@ if AVAILABLE:
 
 
 @_njit()
-def cols_softmax(x: np.ndarray, out: np.ndarray, log: bool, o0: int, o1: int) -> bool:
+def cols_softmax(x: np.ndarray, out: np.ndarray, log: bool, o0: int, o1: int, i0: int, i1: int) -> bool:
     """softmax (``exp(x - m) / (1 + s)``) or log_softmax (``(x - m) - log1p(s)``) over axis 1 of ``x`` (O, C, I)
     into ``out`` (same dtype), one rounding per entry; False (``out`` partly written) if a position has no
     finite max."""
-    _, n_cls, n_in = x.shape
+    _, n_cls, _ = x.shape
     cb = _block(n_cls if log else _ebuf_width(x) * n_cls)  # softmax: a smaller block for a float64 buffer
     m = np.empty(cb)
     s = np.empty(cb)
@@ -418,8 +421,8 @@ def cols_softmax(x: np.ndarray, out: np.ndarray, log: bool, o0: int, o1: int) ->
     for o in range(o0, o1):
         xo = x[o]
         oo = out[o]
-        for j0 in range(0, n_in, cb):
-            nb = min(cb, n_in - j0)
+        for j0 in range(i0, i1, cb):
+            nb = min(cb, i1 - j0)
             vb = v[:nb]
             if log:
                 if not _stats(xo, j0, nb, m, s, True):
@@ -432,11 +435,11 @@ def cols_softmax(x: np.ndarray, out: np.ndarray, log: bool, o0: int, o1: int) ->
 
 
 @_njit()
-def cols_logsumexp(x: np.ndarray, lse: np.ndarray, o0: int, o1: int) -> bool:
+def cols_logsumexp(x: np.ndarray, lse: np.ndarray, o0: int, o1: int, i0: int, i1: int) -> bool:
     """``lse[o, j] = m + log1p(s)`` (float64) over axis 1 of ``x`` (O, C, I); False if a position has no finite
     max. A result near 0 (``|lse| < s / (1 + s) + C 2^-24``, where ``m < 0`` cancels ``log1p(s)``) is summed again
     with the 0.51-ulp table exp, as the row kernel does."""
-    _, n_cls, n_in = x.shape
+    _, n_cls, _ = x.shape
     cb = _block(n_cls)
     m = np.empty(cb)
     s = np.empty(cb)
@@ -445,8 +448,8 @@ def cols_logsumexp(x: np.ndarray, lse: np.ndarray, o0: int, o1: int) -> bool:
     for o in range(o0, o1):
         xo = x[o]
         lo = lse[o]
-        for j0 in range(0, n_in, cb):
-            nb = min(cb, n_in - j0)
+        for j0 in range(i0, i1, cb):
+            nb = min(cb, i1 - j0)
             if not _stats(xo, j0, nb, m, s, False):
                 return False
             _log1p_blk(s[:nb], v[:nb])
@@ -555,23 +558,27 @@ def _softmax_bwd_block(po: np.ndarray, go: np.ndarray, ro: np.ndarray, j0: int, 
     raise NotImplementedError  # pragma: no cover  (numba code only)
 
 
-def _ce_bwd_block(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray,
-                  sb: np.ndarray, pb: np.ndarray, tb: np.ndarray) -> None:
-    """The vector pass of one block of :func:`cols_ce_bwd` (overloaded by dtype as :func:`_softmax_bwd_block`)."""
-    raise NotImplementedError  # pragma: no cover  (numba code only)
+if AVAILABLE:
+
+    @_overload(_softmax_bwd_block, inline="always")
+    def _softmax_bwd_block_impl(po, go, ro, j0, nb, ab, log):  # unannotated: numba compares signatures
+        if po.dtype == _types.float32:
+            return lambda po, go, ro, j0, nb, ab, log: _softmax_bwd32(po, go, ro, j0, nb, ab, log)
+        return lambda po, go, ro, j0, nb, ab, log: _softmax_bwd16(po, go, ro, j0, nb, ab, log)
 
 
 @_njit()
-def cols_softmax_bwd(out: np.ndarray, g: np.ndarray, grad: np.ndarray, log: bool, o0: int, o1: int) -> None:
+def cols_softmax_bwd(out: np.ndarray, g: np.ndarray, grad: np.ndarray, log: bool, o0: int, o1: int, i0: int,
+                     i1: int) -> None:
     """The backward of :func:`cols_softmax` from its output: ``p (g - sum(g p))`` or ``g - exp(o) sum(g)`` over
     axis 1, sums in float64, one rounding per entry (every position has a finite max)."""
-    _, n_cls, n_in = out.shape
+    _, n_cls, _ = out.shape
     cb = _block(n_cls)
     acc = np.empty(cb)
     for o in range(o0, o1):
         po, go, ro = out[o], g[o], grad[o]
-        for j0 in range(0, n_in, cb):
-            nb = min(cb, n_in - j0)
+        for j0 in range(i0, i1, cb):
+            nb = min(cb, i1 - j0)
             ab = acc[:nb]
             ab[:] = 0.0
             _softmax_bwd_block(po, go, ro, j0, nb, ab, log)
@@ -584,269 +591,77 @@ def _lse_grad_blk(seg: np.ndarray, lse: np.ndarray, g: np.ndarray, grad: np.ndar
 
 
 @_njit()
-def cols_logsumexp_bwd(x: np.ndarray, lse: np.ndarray, g: np.ndarray, grad: np.ndarray, o0: int, o1: int) -> None:
+def cols_logsumexp_bwd(x: np.ndarray, lse: np.ndarray, g: np.ndarray, grad: np.ndarray, o0: int, o1: int, i0: int,
+                       i1: int) -> None:
     """``grad = g exp(x - lse)`` over axis 1, from float64 ``lse`` and ``g`` (O, I) (every ``lse`` finite)."""
-    _, n_cls, n_in = x.shape
+    _, n_cls, _ = x.shape
     cb = _block(n_cls)
     for o in range(o0, o1):
-        for j0 in range(0, n_in, cb):
-            nb = min(cb, n_in - j0)
+        for j0 in range(i0, i1, cb):
+            nb = min(cb, i1 - j0)
             lb = lse[o, j0 : j0 + nb]
             gb = g[o, j0 : j0 + nb]
             for c in range(n_cls):
                 _lse_grad_blk(x[o, c, j0 : j0 + nb], lb, gb, grad[o, c, j0 : j0 + nb])
 
 
-# -- cross-entropy of class indices ----------------------------------------------------------------------
-# Up to this many classes the target's logit and one-hot take vector passes over the classes; above, a strided
-# load and a fixed-up entry per position cost less (8×150×64×64: the passes took 1.3x the forward's time)
-PICK_MAX = 32
-PICK_FWD = 4  # the forward's gather of the target logits: a pass over the classes cost more than loads from C = 8
-
-
-@_inline(_CONTRACT)
-def _pick_blk(seg: np.ndarray, tb: np.ndarray, c: int, xt: np.ndarray) -> None:
-    """``xt[j] = seg[j]`` where the target of position ``j`` is ``c``: the target logits gathered by a vector pass
-    over the classes instead of a strided load per position."""
-    for j in range(seg.size):
-        xt[j] = select(tb[j] == c, _load(seg[j]), xt[j])
-
-
-@_njit()
-def cols_ce_fwd(x: np.ndarray, t: np.ndarray, w: np.ndarray, ignore: int, has_ignore: bool, m: np.ndarray,
-                l1p: np.ndarray, s: np.ndarray, loss: np.ndarray, wt: np.ndarray, o0: int, o1: int) -> int:
-    """Cross-entropy of class indices ``t`` (O, I) over axis 1 of ``x`` (O, C, I): per position ``m``, ``l1p =
-    log1p(s)``, ``s`` (for the backward), ``loss = w_t (l1p + (m - x_t))`` and ``wt = w_t`` (float64; both 0 at
-    ``ignore``; ``w`` empty for no class weights). Returns 0, or 1 if a position has no finite max, 2 if an index
-    is out of range (the caller's row path then answers, with its semantics and errors)."""
-    _, n_cls, n_in = x.shape
-    cb = _block(n_cls)
-    weighted = w.size > 0
-    xt = np.empty(cb)
-    for o in range(o0, o1):
-        xo = x[o]
-        for j0 in range(0, n_in, cb):
-            nb = min(cb, n_in - j0)
-            mb = m[o, j0 : j0 + nb]
-            sb = s[o, j0 : j0 + nb]
-            if not _stats(xo, j0, nb, mb, sb, True):
-                return 1
-            lb = l1p[o, j0 : j0 + nb]
-            _log1p_blk(sb, lb)
-            tb = t[o, j0 : j0 + nb]
-            xb = xt[:nb]
-            if n_cls <= PICK_FWD:
-                xb[:] = 0.0
-                for c in range(n_cls):
-                    _pick_blk(xo[c, j0 : j0 + nb], tb, c, xb)
-            else:  # a strided load per position: less than a pass over the classes
-                for j in range(nb):
-                    xb[j] = _load(xo[min(max(tb[j], 0), n_cls - 1), j0 + j])
-            wb = wt[o, j0 : j0 + nb]
-            bad = np.int64(0)
-            for j in range(nb):
-                k = tb[j]
-                out = (k < 0) | (k >= n_cls)
-                ign = has_ignore & (k == ignore)
-                bad += np.int64(out) - np.int64(out & ign)
-                wb[j] = select(ign | out, 0.0, 1.0)
-            if weighted:  # apart: the gather would keep the loop above from vectorizing
-                for j in range(nb):
-                    wb[j] *= w[min(max(tb[j], 0), n_cls - 1)]
-            if bad:
-                return 2
-            lo = loss[o, j0 : j0 + nb]
-            for j in range(nb):
-                lo[j] = wb[j] * (lb[j] + (mb[j] - xb[j]))
-    return 0
-
-
-@_inline(_CONTRACT)
-def _ce_grad_blk(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, scale: np.ndarray, pm1: np.ndarray,
-                 tb: np.ndarray, c: int, grad: np.ndarray) -> None:
-    """``grad = scale (p - [c == t])``; at the target ``p - 1``, which is ``pm1 = -s / (1 + s)`` where the target is at
-    the max (``p`` near 1 would cancel) and ``p - 1`` from the entry otherwise (``p <= 1/2`` there)."""
-    if c < 0:  # no one-hot here: the caller writes the targets' entries
-        for j in range(seg.size):
-            grad[j] = _encode(scale[j] * _exp_f32out((_load(seg[j]) - m[j]) - l1p[j]), grad)
-        return
-    for j in range(seg.size):
-        d = _load(seg[j]) - m[j]
-        e = _exp_f32out(d - l1p[j])
-        v = select(tb[j] == c, select(d == 0.0, pm1[j], e - 1.0), e)
-        grad[j] = _encode(scale[j] * v, grad)
-
-
-@_inline(_CONTRACT)
-def _ce_grad_blk16(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, scale: np.ndarray, pm1: np.ndarray,
-                   tb: np.ndarray, c: int, grad: np.ndarray) -> None:
-    if c < 0:  # no one-hot here: the caller writes the targets' entries
-        for j in range(seg.size):
-            grad[j] = _encode32(scale[j] * _exp32((_load32(seg[j]) - m[j]) - l1p[j]), grad)
-        return
-    c32 = np.int32(c)
-    for j in range(seg.size):
-        d = _load32(seg[j]) - m[j]
-        e = _exp32(d - l1p[j])
-        v = select(tb[j] == c32, select(d == F32(0.0), pm1[j], e - F32(1.0)), e)
-        grad[j] = _encode32(scale[j] * v, grad)
-
-
-@_inline()
-def _ce_bwd32(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray, sb: np.ndarray,
-              pb: np.ndarray, tb: np.ndarray) -> None:
-    n_cls = xo.shape[0]
-    for c in range(n_cls):
-        _ce_grad_blk(xo[c, j0 : j0 + nb], mb, lb, sb, pb, tb, c if n_cls <= PICK_MAX else -1, ro[c, j0 : j0 + nb])
-
-
-@_inline()
-def _ce_bwd16(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray, sb: np.ndarray,
-              pb: np.ndarray, tb: np.ndarray) -> None:
-    m32 = np.empty(nb, dtype=np.float32)
-    l32 = np.empty(nb, dtype=np.float32)
-    s32 = np.empty(nb, dtype=np.float32)
-    p32 = np.empty(nb, dtype=np.float32)
-    t32 = np.empty(nb, dtype=np.int32)
-    for j in range(nb):
-        m32[j], l32[j], s32[j], p32[j] = F32(mb[j]), F32(lb[j]), F32(sb[j]), F32(pb[j])
-        t32[j] = np.int32(min(max(tb[j], -1), xo.shape[0]))
-    n_cls = xo.shape[0]
-    for c in range(n_cls):
-        _ce_grad_blk16(xo[c, j0 : j0 + nb], m32, l32, s32, p32, t32, c if n_cls <= PICK_MAX else -1,
-                       ro[c, j0 : j0 + nb])
-
-
-if AVAILABLE:
-
-    @_overload(_softmax_bwd_block, inline="always")
-    def _softmax_bwd_block_impl(po, go, ro, j0, nb, ab, log):  # unannotated: numba compares signatures
-        if po.dtype == _types.float32:
-            return lambda po, go, ro, j0, nb, ab, log: _softmax_bwd32(po, go, ro, j0, nb, ab, log)
-        return lambda po, go, ro, j0, nb, ab, log: _softmax_bwd16(po, go, ro, j0, nb, ab, log)
-
-    @_overload(_ce_bwd_block, inline="always")
-    def _ce_bwd_block_impl(xo, ro, j0, nb, mb, lb, sb, pb, tb):  # unannotated: numba compares signatures
-        if xo.dtype == _types.float32:
-            return lambda xo, ro, j0, nb, mb, lb, sb, pb, tb: _ce_bwd32(xo, ro, j0, nb, mb, lb, sb, pb, tb)
-        return lambda xo, ro, j0, nb, mb, lb, sb, pb, tb: _ce_bwd16(xo, ro, j0, nb, mb, lb, sb, pb, tb)
-
-
-@_njit()
-def cols_ce_bwd(x: np.ndarray, t: np.ndarray, m: np.ndarray, l1p: np.ndarray, s: np.ndarray, wt: np.ndarray,
-                coef: float, g: np.ndarray, grad: np.ndarray, o0: int, o1: int) -> None:
-    """``grad = scale (softmax(x) - onehot(t))`` over axis 1, ``scale = coef wt`` per position (times ``g`` (O, I) when
-    it is not empty: ``reduction='none'``), 0 where ignored; one rounding per entry (see :func:`_ce_grad_blk`)."""
-    _, n_cls, n_in = x.shape
-    cb = _block(n_cls)
-    sc = np.empty(cb)
-    pm1 = np.empty(cb)
-    per = g.size > 0
-    for o in range(o0, o1):
-        xo = x[o]
-        ro = grad[o]
-        for j0 in range(0, n_in, cb):
-            nb = min(cb, n_in - j0)
-            sb, pb = sc[:nb], pm1[:nb]
-            wb, ssb = wt[o, j0 : j0 + nb], s[o, j0 : j0 + nb]
-            for j in range(nb):
-                sb[j] = coef * wb[j]
-                pb[j] = -ssb[j] / (1.0 + ssb[j])
-            if per:
-                gb = g[o, j0 : j0 + nb]
-                for j in range(nb):
-                    sb[j] *= gb[j]
-            mb, lb, tb = m[o, j0 : j0 + nb], l1p[o, j0 : j0 + nb], t[o, j0 : j0 + nb]
-            _ce_bwd_block(xo, ro, j0, nb, mb, lb, sb, pb, tb)
-            if n_cls <= PICK_MAX:
-                continue
-            for j in range(nb):  # the targets' entries: p - 1 (see _ce_grad_blk)
-                if sb[j] == 0.0:
-                    continue
-                k = tb[j]
-                d = _load(xo[k, j0 + j]) - mb[j]
-                v = pb[j] if d == 0.0 else _exp_f32out(d - lb[j]) - 1.0
-                ro[k, j0 + j] = _encode(sb[j] * v, ro)
-
-
 # -- entry points on raw pointers --------------------------------------------------------------------------
 # ``code``: 0 float32, 1 bfloat16 (int16 bits), 2 float16 (uint16 bits), as :data:`._numba_torch.STORAGE_CODES`;
 # ``dims`` = (O, C, I); each entry works on ``o0 <= o < o1`` (the caller's threads take disjoint ranges).
 @_njit()
-def ptr_cols_softmax(code: int, xa: int, oa: int, dims: tuple[int, int, int], log: bool, o0: int, o1: int) -> bool:
+def ptr_cols_softmax(code: int, xa: int, oa: int, dims: tuple[int, int, int], log: bool, o0: int, o1: int, i0: int,
+                     i1: int) -> bool:
     if code == 0:
         return cols_softmax(carray(_voidptr(xa), dims, np.float32), carray(_voidptr(oa), dims, np.float32), log,
-                            o0, o1)
+                            o0, o1, i0, i1)
     if code == 1:
-        return cols_softmax(carray(_voidptr(xa), dims, np.int16), carray(_voidptr(oa), dims, np.int16), log, o0, o1)
-    return cols_softmax(carray(_voidptr(xa), dims, np.uint16), carray(_voidptr(oa), dims, np.uint16), log, o0, o1)
+        return cols_softmax(carray(_voidptr(xa), dims, np.int16), carray(_voidptr(oa), dims, np.int16), log, o0, o1,
+                            i0, i1)
+    return cols_softmax(carray(_voidptr(xa), dims, np.uint16), carray(_voidptr(oa), dims, np.uint16), log, o0, o1, i0,
+                        i1)
 
 
 @_njit()
 def ptr_cols_softmax_bwd(code: int, oa: int, ga: int, gra: int, dims: tuple[int, int, int], log: bool, o0: int,
-                         o1: int) -> None:
+                         o1: int, i0: int, i1: int) -> None:
     if code == 0:
         cols_softmax_bwd(carray(_voidptr(oa), dims, np.float32), carray(_voidptr(ga), dims, np.float32),
-                         carray(_voidptr(gra), dims, np.float32), log, o0, o1)
+                         carray(_voidptr(gra), dims, np.float32), log, o0, o1, i0, i1)
     elif code == 1:
         cols_softmax_bwd(carray(_voidptr(oa), dims, np.int16), carray(_voidptr(ga), dims, np.int16),
-                         carray(_voidptr(gra), dims, np.int16), log, o0, o1)
+                         carray(_voidptr(gra), dims, np.int16), log, o0, o1, i0, i1)
     else:
         cols_softmax_bwd(carray(_voidptr(oa), dims, np.uint16), carray(_voidptr(ga), dims, np.uint16),
-                         carray(_voidptr(gra), dims, np.uint16), log, o0, o1)
+                         carray(_voidptr(gra), dims, np.uint16), log, o0, o1, i0, i1)
 
 
 @_njit()
-def ptr_cols_logsumexp(code: int, xa: int, lse: np.ndarray, dims: tuple[int, int, int], o0: int, o1: int) -> bool:
+def ptr_cols_logsumexp(code: int, xa: int, lse: np.ndarray, dims: tuple[int, int, int], o0: int, o1: int, i0: int,
+                       i1: int) -> bool:
     """:func:`cols_logsumexp` into float64 ``lse`` (O, I)."""
     if code == 0:
-        return cols_logsumexp(carray(_voidptr(xa), dims, np.float32), lse, o0, o1)
+        return cols_logsumexp(carray(_voidptr(xa), dims, np.float32), lse, o0, o1, i0, i1)
     if code == 1:
-        return cols_logsumexp(carray(_voidptr(xa), dims, np.int16), lse, o0, o1)
-    return cols_logsumexp(carray(_voidptr(xa), dims, np.uint16), lse, o0, o1)
+        return cols_logsumexp(carray(_voidptr(xa), dims, np.int16), lse, o0, o1, i0, i1)
+    return cols_logsumexp(carray(_voidptr(xa), dims, np.uint16), lse, o0, o1, i0, i1)
 
 
 @_njit()
 def ptr_cols_logsumexp_bwd(code: int, xa: int, lse: np.ndarray, g: np.ndarray, gra: int, dims: tuple[int, int, int],
-                           o0: int, o1: int) -> None:
+                           o0: int, o1: int, i0: int, i1: int) -> None:
     """:func:`cols_logsumexp_bwd`, float64 ``lse`` and ``g`` (O, I)."""
     if code == 0:
         cols_logsumexp_bwd(carray(_voidptr(xa), dims, np.float32), lse, g, carray(_voidptr(gra), dims, np.float32),
-                           o0, o1)
+                           o0, o1, i0, i1)
     elif code == 1:
         cols_logsumexp_bwd(carray(_voidptr(xa), dims, np.int16), lse, g, carray(_voidptr(gra), dims, np.int16), o0,
-                           o1)
+                           o1, i0, i1)
     else:
         cols_logsumexp_bwd(carray(_voidptr(xa), dims, np.uint16), lse, g, carray(_voidptr(gra), dims, np.uint16),
-                           o0, o1)
+                           o0, o1, i0, i1)
 
 
-@_njit()
-def ptr_cols_ce_fwd(code: int, xa: int, t: np.ndarray, w: np.ndarray, ignore: int, has_ignore: bool,
-                    stats: np.ndarray, dims: tuple[int, int, int], o0: int, o1: int) -> int:
-    """:func:`cols_ce_fwd` of int64 indices ``t`` (O, I); ``stats`` (5, O, I) float64 gets ``m``, ``l1p``, ``s``,
-    ``loss`` and ``wt``."""
-    if code == 0:
-        return cols_ce_fwd(carray(_voidptr(xa), dims, np.float32), t, w, ignore, has_ignore, stats[0], stats[1],
-                           stats[2], stats[3], stats[4], o0, o1)
-    if code == 1:
-        return cols_ce_fwd(carray(_voidptr(xa), dims, np.int16), t, w, ignore, has_ignore, stats[0], stats[1],
-                           stats[2], stats[3], stats[4], o0, o1)
-    return cols_ce_fwd(carray(_voidptr(xa), dims, np.uint16), t, w, ignore, has_ignore, stats[0], stats[1],
-                       stats[2], stats[3], stats[4], o0, o1)
+from ._numba_columns_ce import ptr_cols_ce_bwd, ptr_cols_ce_fwd  # noqa: E402  (the callers load this module alone)
 
-
-@_njit()
-def ptr_cols_ce_bwd(code: int, xa: int, t: np.ndarray, stats: np.ndarray, coef: float, g: np.ndarray, gra: int,
-                    dims: tuple[int, int, int], o0: int, o1: int) -> None:
-    """:func:`cols_ce_bwd` from the ``stats`` of :func:`ptr_cols_ce_fwd` (``wt`` its last), ``coef`` and ``g`` (O, I)
-    float64 (empty but for ``reduction='none'``)."""
-    if code == 0:
-        cols_ce_bwd(carray(_voidptr(xa), dims, np.float32), t, stats[0], stats[1], stats[2], stats[4], coef, g,
-                    carray(_voidptr(gra), dims, np.float32), o0, o1)
-    elif code == 1:
-        cols_ce_bwd(carray(_voidptr(xa), dims, np.int16), t, stats[0], stats[1], stats[2], stats[4], coef, g,
-                    carray(_voidptr(gra), dims, np.int16), o0, o1)
-    else:
-        cols_ce_bwd(carray(_voidptr(xa), dims, np.uint16), t, stats[0], stats[1], stats[2], stats[4], coef, g,
-                    carray(_voidptr(gra), dims, np.uint16), o0, o1)
+__all__ = ["ptr_cols_ce_bwd", "ptr_cols_ce_fwd", "ptr_cols_logsumexp", "ptr_cols_logsumexp_bwd", "ptr_cols_softmax",
+           "ptr_cols_softmax_bwd"]

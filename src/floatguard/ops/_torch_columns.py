@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._torch_rows import run_rows
+from ._torch_rows import PARALLEL_MIN, run_rows
 
 CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _EMPTY = np.empty((0, 0))
@@ -56,7 +56,18 @@ def columns(x: torch.Tensor, axis: int) -> tuple[int, int, int] | None:
 
 
 def _run(fn: Any, dims: tuple[int, int, int]) -> list[Any]:
-    return run_rows(fn, dims[0], dims[1] * dims[2])
+    """``fn(o0, o1, i0, i1)`` over parts of the ``(O, I)`` positions, in threads when the work is large enough: ranges
+    of ``O``, or of ``I`` within each ``o`` where ``O`` is smaller than the thread count (a batch of one image)."""
+    n_out, n_cls, n_in = dims
+    threads = torch.get_num_threads()
+    if threads <= 1 or n_out * n_cls * n_in < PARALLEL_MIN:
+        return [fn(0, n_out, 0, n_in)]
+    if n_out >= threads:
+        return run_rows(lambda a, b: fn(a, b, 0, n_in), n_out, n_cls * n_in)
+    k = -(-threads // n_out)
+    parts = [(o, o + 1, n_in * i // k, n_in * (i + 1) // k) for o in range(n_out) for i in range(k)]
+    return [r for chunk in run_rows(lambda a, b: [fn(*p) for p in parts[a:b]], len(parts), n_cls * n_in // k)
+            for r in chunk]
 
 
 # -- softmax and log_softmax ---------------------------------------------------------------------------
@@ -70,7 +81,7 @@ def softmax_raw(x: torch.Tensor, axis: int, log: bool) -> torch.Tensor | None:
     xd = x.detach().contiguous()
     out = torch.empty_like(xd)
     code, xa, oa = CODES[x.dtype], xd.data_ptr(), out.data_ptr()
-    if not all(_run(lambda o0, o1: kern.ptr_cols_softmax(code, xa, oa, dims, log, o0, o1), dims)):
+    if not all(_run(lambda o0, o1, i0, i1: kern.ptr_cols_softmax(code, xa, oa, dims, log, o0, o1, i0, i1), dims)):
         return None
     return out
 
@@ -92,7 +103,7 @@ def softmax_grad(out: torch.Tensor, g: torch.Tensor, axis: int, log: bool) -> to
     gc = g.to(out.dtype).contiguous()
     grad = torch.empty_like(out)
     code, oa, ga, gra = CODES[out.dtype], out.data_ptr(), gc.data_ptr(), grad.data_ptr()
-    _run(lambda o0, o1: kern.ptr_cols_softmax_bwd(code, oa, ga, gra, dims, log, o0, o1), dims)
+    _run(lambda o0, o1, i0, i1: kern.ptr_cols_softmax_bwd(code, oa, ga, gra, dims, log, o0, o1, i0, i1), dims)
     return grad
 
 
@@ -128,7 +139,7 @@ def logsumexp_raw(x: torch.Tensor, axis: int) -> np.ndarray | None:
     xd = x.detach().contiguous()
     lse = np.empty((dims[0], dims[2]))
     code, xa = CODES[x.dtype], xd.data_ptr()
-    if not all(_run(lambda o0, o1: kern.ptr_cols_logsumexp(code, xa, lse, dims, o0, o1), dims)):
+    if not all(_run(lambda o0, o1, i0, i1: kern.ptr_cols_logsumexp(code, xa, lse, dims, o0, o1, i0, i1), dims)):
         return None
     return lse
 
@@ -156,7 +167,7 @@ def logsumexp_grad(x: torch.Tensor, lse: np.ndarray, g: torch.Tensor, axis: int)
     g64 = np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
     grad = torch.empty_like(xd)
     code, xa, gra = CODES[xd.dtype], xd.data_ptr(), grad.data_ptr()
-    _run(lambda o0, o1: kern.ptr_cols_logsumexp_bwd(code, xa, lse, g64, gra, dims, o0, o1), dims)
+    _run(lambda o0, o1, i0, i1: kern.ptr_cols_logsumexp_bwd(code, xa, lse, g64, gra, dims, o0, o1, i0, i1), dims)
     return grad
 
 
@@ -202,7 +213,9 @@ def cross_entropy_raw(x: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     stats = np.empty((5, dims[0], dims[2]))
     code, xa = CODES[x.dtype], xd.data_ptr()
     ign, has_ign = (0, False) if ignore_index is None else (int(ignore_index), True)
-    if max(_run(lambda o0, o1: kern.ptr_cols_ce_fwd(code, xa, t, w, ign, has_ign, stats, dims, o0, o1), dims)):
+    status = _run(
+        lambda o0, o1, i0, i1: kern.ptr_cols_ce_fwd(code, xa, t, w, ign, has_ign, stats, dims, o0, o1, i0, i1), dims)
+    if max(status):
         return None
     loss, wt = stats[3], stats[4]
     den = 1.0
@@ -233,7 +246,7 @@ def cross_entropy_grad(x: torch.Tensor, t: np.ndarray, stats: np.ndarray, den: f
     xd = x.detach().contiguous()
     grad = torch.empty_like(xd)
     code, xa, gra = CODES[xd.dtype], xd.data_ptr(), grad.data_ptr()
-    _run(lambda o0, o1: kern.ptr_cols_ce_bwd(code, xa, t, stats, coef, gn, gra, dims, o0, o1), dims)
+    _run(lambda o0, o1, i0, i1: kern.ptr_cols_ce_bwd(code, xa, t, stats, coef, gn, gra, dims, o0, o1, i0, i1), dims)
     return grad
 
 
