@@ -37,7 +37,7 @@ def data(shape: tuple[int, ...], dtype: torch.dtype, seed: int = 0, scale: float
 def spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Names of the column ops that answered (not None) during the test."""
     seen: list[str] = []
-    for name in ("softmax", "logsumexp", "cross_entropy"):
+    for name in ("softmax", "logsumexp", "cross_entropy", "cross_entropy_probs"):
         orig = getattr(_torch_columns, name)
 
         def wrapped(*a: Any, _orig: Any = orig, _name: str = name, **k: Any) -> Any:
@@ -361,3 +361,43 @@ def test_compiled_ops_fall_back_to_the_row_path() -> None:
     bad[0, 0] = 11
     with pytest.raises(ValueError, match="target"):
         cf(x, bad)
+
+
+# -- cross-entropy of class probabilities ------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize(("weighted", "eps"), [(False, 0.0), (True, 0.0), (False, 0.1), (True, 0.2)])
+def test_cross_entropy_probabilities_match_pytorch_in_float64(dtype: torch.dtype, reduction: str, weighted: bool,
+                                                              eps: float, spy: list[str]) -> None:
+    n_cls = 7
+    x = data((3, n_cls, 11, 5), dtype, seed=22).requires_grad_()
+    y = torch.softmax(data((3, n_cls, 11, 5), torch.float64, seed=23), 1).to(dtype)
+    y[0, :, 0, 0] = 0.0
+    y[0, 3, 0, 0] = 1.0  # a one-hot row: zero probabilities beside a -inf logit add nothing (with eps, +inf)
+    with torch.no_grad():
+        x[0, 5, 0, 0] = -float("inf") if eps == 0.0 else x[0, 5, 0, 0]
+    w = torch.from_numpy(np.random.default_rng(24).random(n_cls) + 0.5).float() if weighted else None
+    loss = fg.cross_entropy(x, y, axis=1, weight=w, reduction=reduction, label_smoothing=eps)
+    x64 = x.detach().double().requires_grad_()
+    want = F.cross_entropy(x64.nan_to_num(neginf=-1e300), y.double(), weight=None if w is None else w.double(),
+                           reduction=reduction, label_smoothing=eps)
+    assert spy == ["cross_entropy_probs"]
+    assert loss.dtype == dtype and loss.shape == want.shape
+    assert mantissa_ulps(loss, want, dtype) <= 1.0
+    g = torch.rand(want.shape, dtype=torch.float64) + 0.5 if reduction == "none" else torch.tensor(1.25)
+    loss.backward(g.to(dtype))
+    want.backward(g.to(dtype).double())
+    assert x.grad is not None and x.grad.dtype == dtype
+    tol = {torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 2e-3}[dtype]
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=tol, atol=tol * float(x64.grad.abs().max()))
+
+
+def test_cross_entropy_probabilities_double_backward() -> None:
+    x = data((2, 5, 6), torch.float32, seed=25).requires_grad_()
+    y = torch.softmax(data((2, 5, 6), torch.float32, seed=26), 1)
+    x64 = x.detach().double().requires_grad_()
+    (gx,) = torch.autograd.grad(fg.cross_entropy(x, y, axis=1, label_smoothing=0.1), x, create_graph=True)
+    (gx64,) = torch.autograd.grad(F.cross_entropy(x64, y.double(), label_smoothing=0.1), x64, create_graph=True)
+    (hx,) = torch.autograd.grad((gx**2).sum(), x)
+    (hx64,) = torch.autograd.grad((gx64**2).sum(), x64)
+    torch.testing.assert_close(hx.double(), hx64, rtol=1e-4, atol=1e-7)

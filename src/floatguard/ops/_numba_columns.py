@@ -661,7 +661,12 @@ def ptr_cols_logsumexp_bwd(code: int, xa: int, lse: np.ndarray, g: np.ndarray, g
                            o0, o1, i0, i1)
 
 
-from ._numba_columns_ce import ptr_cols_ce_bwd, ptr_cols_ce_fwd  # noqa: E402  (the callers load this module alone)
+from ._numba_columns_ce import (  # noqa: E402  (the callers load this module alone)
+    ptr_cols_ce_bwd,
+    ptr_cols_ce_fwd,
+    ptr_cols_ce_prob_bwd,
+    ptr_cols_ce_prob_fwd,
+)
 
-__all__ = ["ptr_cols_ce_bwd", "ptr_cols_ce_fwd", "ptr_cols_logsumexp", "ptr_cols_logsumexp_bwd", "ptr_cols_softmax",
-           "ptr_cols_softmax_bwd"]
+__all__ = ["ptr_cols_ce_bwd", "ptr_cols_ce_fwd", "ptr_cols_ce_prob_bwd", "ptr_cols_ce_prob_fwd", "ptr_cols_logsumexp",
+           "ptr_cols_logsumexp_bwd", "ptr_cols_softmax", "ptr_cols_softmax_bwd"]

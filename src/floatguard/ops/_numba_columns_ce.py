@@ -192,6 +192,92 @@ def cols_ce_bwd(x: np.ndarray, t: np.ndarray, m: np.ndarray, l1p: np.ndarray, s:
                 ro[k, j0 + j] = _encode(sb[j] * v, ro)
 
 
+# -- class probabilities (soft labels, label smoothing: ``t' = (1 - eps) y + eps / C``) --------------------------
+@_inline(_CONTRACT)
+def _prob_sums_blk(seg: np.ndarray, yseg: np.ndarray, wc: float, omeps: float, eps_c: float, m: np.ndarray,
+                   a: np.ndarray, b: np.ndarray) -> None:
+    """``a += w_c t'_c`` and ``b += w_c t'_c (m - x_c)`` (>= 0, no cancellation; a zero ``w_c t'_c`` adds 0 even
+    beside an ``x_c = -inf``, as the row kernels)."""
+    for j in range(seg.size):
+        tw = wc * (omeps * _load(yseg[j]) + eps_c)
+        a[j] += tw
+        b[j] += select(tw == 0.0, 0.0, tw * (m[j] - _load(seg[j])))
+
+
+@_njit()
+def cols_ce_prob_fwd(x: np.ndarray, y: np.ndarray, w: np.ndarray, eps: float, m: np.ndarray, l1p: np.ndarray,
+                     s: np.ndarray, loss: np.ndarray, tw: np.ndarray, o0: int, o1: int, i0: int, i1: int) -> int:
+    """Cross-entropy of class probabilities ``y`` (the layout of ``x``, (O, C, I)) over axis 1: per position ``m``,
+    ``l1p = log1p(s)``, ``s``, ``tw = sum_c w_c t'_c`` and ``loss = tw l1p + sum_c w_c t'_c (m - x_c)``. Returns 0, or
+    1 if a position has no finite max."""
+    _, n_cls, _ = x.shape
+    cb = _block(2 * n_cls)
+    weighted = w.size > 0
+    omeps, eps_c = 1.0 - eps, eps / n_cls
+    bb = np.empty(cb)
+    for o in range(o0, o1):
+        xo, yo = x[o], y[o]
+        for j0 in range(i0, i1, cb):
+            nb = min(cb, i1 - j0)
+            mb = m[o, j0 : j0 + nb]
+            sb = s[o, j0 : j0 + nb]
+            if not _stats(xo, j0, nb, mb, sb, True):
+                return 1
+            lb = l1p[o, j0 : j0 + nb]
+            _log1p_blk(sb, lb)
+            ab = tw[o, j0 : j0 + nb]
+            ab[:] = 0.0
+            bv = bb[:nb]
+            bv[:] = 0.0
+            for c in range(n_cls):
+                _prob_sums_blk(xo[c, j0 : j0 + nb], yo[c, j0 : j0 + nb], w[c] if weighted else 1.0, omeps, eps_c, mb,
+                               ab, bv)
+            lo = loss[o, j0 : j0 + nb]
+            for j in range(nb):
+                lo[j] = ab[j] * lb[j] + bv[j]
+    return 0
+
+
+@_inline(_CONTRACT)
+def _prob_grad_blk(seg: np.ndarray, yseg: np.ndarray, m: np.ndarray, l1p: np.ndarray, sa: np.ndarray,
+                   sc: np.ndarray, wc: float, omeps: float, eps_c: float, grad: np.ndarray) -> None:
+    for j in range(seg.size):
+        p = _exp_f32out((_load(seg[j]) - m[j]) - l1p[j])
+        grad[j] = _encode(sa[j] * p - sc[j] * (wc * (omeps * _load(yseg[j]) + eps_c)), grad)
+
+
+@_njit()
+def cols_ce_prob_bwd(x: np.ndarray, y: np.ndarray, w: np.ndarray, eps: float, m: np.ndarray, l1p: np.ndarray,
+                     tw: np.ndarray, coef: float, g: np.ndarray, grad: np.ndarray, o0: int, o1: int, i0: int,
+                     i1: int) -> None:
+    """``grad = scale (tw softmax(x) - w t')`` over axis 1, ``scale = coef`` per position (times ``g`` (O, I) when it
+    is not empty: ``reduction='none'``), one rounding per entry."""
+    _, n_cls, _ = x.shape
+    cb = _block(3 * n_cls)
+    weighted = w.size > 0
+    omeps, eps_c = 1.0 - eps, eps / n_cls
+    sc = np.empty(cb)
+    sa = np.empty(cb)
+    per = g.size > 0
+    for o in range(o0, o1):
+        xo, yo, ro = x[o], y[o], grad[o]
+        for j0 in range(i0, i1, cb):
+            nb = min(cb, i1 - j0)
+            scb, sab, twb = sc[:nb], sa[:nb], tw[o, j0 : j0 + nb]
+            for j in range(nb):
+                scb[j] = coef
+            if per:
+                gb = g[o, j0 : j0 + nb]
+                for j in range(nb):
+                    scb[j] *= gb[j]
+            for j in range(nb):
+                sab[j] = scb[j] * twb[j]
+            mb, lb = m[o, j0 : j0 + nb], l1p[o, j0 : j0 + nb]
+            for c in range(n_cls):
+                _prob_grad_blk(xo[c, j0 : j0 + nb], yo[c, j0 : j0 + nb], mb, lb, sab, scb,
+                               w[c] if weighted else 1.0, omeps, eps_c, ro[c, j0 : j0 + nb])
+
+
 # -- entry points on raw pointers (``code`` and ``dims`` as :mod:`._numba_columns`'s) ---------------------------
 @_njit()
 def ptr_cols_ce_fwd(code: int, xa: int, t: np.ndarray, w: np.ndarray, ignore: int, has_ignore: bool,
@@ -222,3 +308,36 @@ def ptr_cols_ce_bwd(code: int, xa: int, t: np.ndarray, stats: np.ndarray, coef: 
     else:
         cols_ce_bwd(carray(_voidptr(xa), dims, np.uint16), t, stats[0], stats[1], stats[2], stats[4], coef, g,
                     carray(_voidptr(gra), dims, np.uint16), o0, o1, i0, i1)
+
+
+@_njit()
+def ptr_cols_ce_prob_fwd(code: int, xa: int, ya: int, w: np.ndarray, eps: float, stats: np.ndarray,
+                         dims: tuple[int, int, int], o0: int, o1: int, i0: int, i1: int) -> int:
+    """:func:`cols_ce_prob_fwd` of probabilities at ``ya`` (the dtype and layout of ``x``); ``stats`` (5, O, I) gets
+    ``m``, ``l1p``, ``s``, ``loss`` and ``tw``."""
+    if code == 0:
+        return cols_ce_prob_fwd(carray(_voidptr(xa), dims, np.float32), carray(_voidptr(ya), dims, np.float32), w,
+                                eps, stats[0], stats[1], stats[2], stats[3], stats[4], o0, o1, i0, i1)
+    if code == 1:
+        return cols_ce_prob_fwd(carray(_voidptr(xa), dims, np.int16), carray(_voidptr(ya), dims, np.int16), w, eps,
+                                stats[0], stats[1], stats[2], stats[3], stats[4], o0, o1, i0, i1)
+    return cols_ce_prob_fwd(carray(_voidptr(xa), dims, np.uint16), carray(_voidptr(ya), dims, np.uint16), w, eps,
+                            stats[0], stats[1], stats[2], stats[3], stats[4], o0, o1, i0, i1)
+
+
+@_njit()
+def ptr_cols_ce_prob_bwd(code: int, xa: int, ya: int, w: np.ndarray, eps: float, stats: np.ndarray, coef: float,
+                         g: np.ndarray, gra: int, dims: tuple[int, int, int], o0: int, o1: int, i0: int,
+                         i1: int) -> None:
+    """:func:`cols_ce_prob_bwd` from the ``stats`` of :func:`ptr_cols_ce_prob_fwd`."""
+    if code == 0:
+        cols_ce_prob_bwd(carray(_voidptr(xa), dims, np.float32), carray(_voidptr(ya), dims, np.float32), w, eps,
+                         stats[0], stats[1], stats[4], coef, g, carray(_voidptr(gra), dims, np.float32), o0, o1, i0,
+                         i1)
+    elif code == 1:
+        cols_ce_prob_bwd(carray(_voidptr(xa), dims, np.int16), carray(_voidptr(ya), dims, np.int16), w, eps,
+                         stats[0], stats[1], stats[4], coef, g, carray(_voidptr(gra), dims, np.int16), o0, o1, i0, i1)
+    else:
+        cols_ce_prob_bwd(carray(_voidptr(xa), dims, np.uint16), carray(_voidptr(ya), dims, np.uint16), w, eps,
+                         stats[0], stats[1], stats[4], coef, g, carray(_voidptr(gra), dims, np.uint16), o0, o1, i0,
+                         i1)

@@ -291,3 +291,71 @@ def _grad_graph(x: torch.Tensor, t: np.ndarray, wt: np.ndarray, g: torch.Tensor,
     else:
         scale = (g.to(wd) / den if reduction == "mean" else g.to(wd)) * w
     return (scale[:, None, :] * (p - hot)).reshape(x.shape).to(x.dtype)
+
+
+# -- cross-entropy of class probabilities --------------------------------------------------------------------
+def cross_entropy_probs(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, eps: float, reduction: str,
+                        axis: int) -> torch.Tensor | None:
+    """Cross-entropy of class probabilities ``y`` (the shape and dtype of ``x``) over ``axis`` with label smoothing
+    ``eps`` by the column kernels; None where they decline (a position with no finite max: the row path)."""
+    dims = columns(x, axis)
+    kern = _kernels() if dims is not None else None
+    if kern is None or dims is None or y.dtype != x.dtype or y.shape != x.shape:
+        return None
+    xd = x.detach().contiguous()
+    yd = y.detach().contiguous()
+    w = np.empty(0) if weight is None else weight.detach().to(torch.float64).contiguous().numpy()
+    stats = np.empty((5, dims[0], dims[2]))
+    code, xa, ya = CODES[x.dtype], xd.data_ptr(), yd.data_ptr()
+    status = _run(lambda o0, o1, i0, i1: kern.ptr_cols_ce_prob_fwd(code, xa, ya, w, eps, stats, dims, o0, o1, i0, i1),
+                  dims)
+    if max(status):
+        return None
+    loss = stats[3]
+    den = float(dims[0] * dims[2])  # probabilities: the mean over the positions, as PyTorch's
+    if reduction == "none":
+        out = torch.from_numpy(loss).to(x.dtype).view(reduced_shape(x.shape, axis, False))
+    else:
+        total = float(loss.sum())
+        out = torch.tensor(total / den if reduction == "mean" else total, dtype=x.dtype)
+    if x.requires_grad and torch.is_grad_enabled():
+        return _CrossEntropyProbs.apply(x, (out,), yd, w, eps, stats, den, reduction, axis)
+    return out
+
+
+class _CrossEntropyProbs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor], y: torch.Tensor, w: np.ndarray, eps: float,
+                stats: np.ndarray, den: float, reduction: str, axis: int) -> torch.Tensor:
+        (out,) = holder
+        ctx.save_for_backward(x, y)
+        ctx.args = (w, eps, stats, den, reduction, axis)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
+        x, y = ctx.saved_tensors
+        w, eps, stats, den, reduction, axis = ctx.args
+        dims = columns(x, axis)
+        assert dims is not None
+        if torch.is_grad_enabled():  # create_graph: differentiable float64 torch ops
+            keep = reduced_shape(x.shape, axis, True)
+            wd = torch.float64
+            wc = torch.ones(dims[1], dtype=wd) if w.size == 0 else torch.from_numpy(w)
+            wc = wc.reshape([-1] + [1] * (x.ndim - axis - 1))
+            t = ((1 - eps) * y.to(wd) + eps / dims[1]) * wc
+            gw = g.to(wd) / den if reduction == "mean" else g.to(wd)
+            gw = gw.reshape(keep) if reduction == "none" else gw
+            grad = gw * (t.sum(dim=axis, keepdim=True) * torch.softmax(x.to(wd), dim=axis) - t)
+            return (grad.to(x.dtype), *([None] * 8))
+        if reduction == "none":
+            coef, gn = 1.0, np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
+        else:
+            coef, gn = float(g) / den if reduction == "mean" else float(g), _EMPTY
+        kern = _kernels()
+        xd = x.detach().contiguous()
+        grad = torch.empty_like(xd)
+        code, xa, ya, gra = CODES[xd.dtype], xd.data_ptr(), y.data_ptr(), grad.data_ptr()
+        _run(lambda o0, o1, i0, i1: kern.ptr_cols_ce_prob_bwd(code, xa, ya, w, eps, stats, coef, gn, gra, dims, o0, o1,
+                                                              i0, i1), dims)
+        return (grad, *([None] * 8))
