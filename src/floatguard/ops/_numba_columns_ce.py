@@ -34,18 +34,31 @@ def _pick_blk(seg: np.ndarray, tb: np.ndarray, c: int, xt: np.ndarray) -> None:
         xt[j] = select(tb[j] == c, _load(seg[j]), xt[j])
 
 
+@_inline(_CONTRACT)
+def _smooth_blk(seg: np.ndarray, wc: float, m: np.ndarray, b: np.ndarray) -> None:
+    """``b += w_c (m - x_c)``: the label smoothing's sum over the classes (>= 0)."""
+    for j in range(seg.size):
+        b[j] += wc * (m[j] - _load(seg[j]))
+
+
 @_njit()
-def cols_ce_fwd(x: np.ndarray, t: np.ndarray, w: np.ndarray, ignore: int, has_ignore: bool, m: np.ndarray,
-                l1p: np.ndarray, s: np.ndarray, loss: np.ndarray, wt: np.ndarray, o0: int, o1: int, i0: int,
-                i1: int) -> int:
+def cols_ce_fwd(x: np.ndarray, t: np.ndarray, w: np.ndarray, ignore: int, has_ignore: bool, eps: float,
+                m: np.ndarray, l1p: np.ndarray, s: np.ndarray, loss: np.ndarray, wt: np.ndarray, alive: np.ndarray,
+                o0: int, o1: int, i0: int, i1: int) -> int:
     """Cross-entropy of class indices ``t`` (O, I) over axis 1 of ``x`` (O, C, I): per position ``m``, ``l1p =
-    log1p(s)``, ``s`` (for the backward), ``loss = w_t (l1p + (m - x_t))`` and ``wt = w_t`` (float64; both 0 at
-    ``ignore``; ``w`` empty for no class weights). Returns 0, or 1 if a position has no finite max, 2 if an index
-    is out of range (the caller's row path then answers, with its semantics and errors)."""
+    log1p(s)``, ``s`` (for the backward), ``wt = w_t`` and the loss, ``w_t (l1p + (m - x_t))`` or, with label smoothing
+    ``eps`` (PyTorch's), ``(1 - eps) w_t (l1p + (m - x_t)) + eps / C sum_c w_c (l1p + (m - x_c))`` and ``alive`` (1, 0
+    where ignored: the smoothing term is not weighted by ``w_t``); all 0 at ``ignore``; ``w`` empty for no class
+    weights. Returns 0, or 1 if a position has no finite max, 2 if an index is out of range (the caller's row path
+    then answers, with its semantics and errors)."""
     _, n_cls, _ = x.shape
     cb = _block(n_cls)
     weighted = w.size > 0
     xt = np.empty(cb)
+    bsm = np.empty(cb)
+    wsum = 0.0
+    for c in range(n_cls):
+        wsum += w[c] if weighted else 1.0
     for o in range(o0, o1):
         xo = x[o]
         for j0 in range(i0, i1, cb):
@@ -79,117 +92,168 @@ def cols_ce_fwd(x: np.ndarray, t: np.ndarray, w: np.ndarray, ignore: int, has_ig
             if bad:
                 return 2
             lo = loss[o, j0 : j0 + nb]
+            if eps == 0.0:
+                for j in range(nb):
+                    lo[j] = wb[j] * (lb[j] + (mb[j] - xb[j]))
+                continue
+            bb = bsm[:nb]
+            bb[:] = 0.0
+            for c in range(n_cls):
+                _smooth_blk(xo[c, j0 : j0 + nb], w[c] if weighted else 1.0, mb, bb)
+            ab = alive[o, j0 : j0 + nb]
             for j in range(nb):
-                lo[j] = wb[j] * (lb[j] + (mb[j] - xb[j]))
+                k = tb[j]
+                ab[j] = select((has_ignore & (k == ignore)) | (k < 0) | (k >= n_cls), 0.0, 1.0)
+                lo[j] = ((1.0 - eps) * wb[j] * (lb[j] + (mb[j] - xb[j]))
+                         + select(ab[j] == 0.0, 0.0, (eps / n_cls) * (wsum * lb[j] + bb[j])))
     return 0
 
 
 def _ce_bwd_block(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray,
-                  sb: np.ndarray, pb: np.ndarray, tb: np.ndarray) -> None:
+                  sb: np.ndarray, pb: np.ndarray, tb: np.ndarray, se: np.ndarray, w: np.ndarray, wsum: float) -> None:
     """The vector pass of one block of :func:`cols_ce_bwd` (overloaded by dtype as :func:`_softmax_bwd_block`)."""
     raise NotImplementedError  # pragma: no cover  (numba code only)
 
 
 @_inline(_CONTRACT)
 def _ce_grad_blk(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, scale: np.ndarray, pm1: np.ndarray,
-                 tb: np.ndarray, c: int, grad: np.ndarray) -> None:
-    """``grad = scale (p - [c == t])``; at the target ``p - 1``, which is ``pm1 = -s / (1 + s)`` where the target is at
-    the max (``p`` near 1 would cancel) and ``p - 1`` from the entry otherwise (``p <= 1/2`` there)."""
-    if c < 0:  # no one-hot here: the caller writes the targets' entries
+                 tb: np.ndarray, c: int, se: np.ndarray, wsum: float, wc: float, grad: np.ndarray) -> None:
+    """``grad = scale (p - [c == t]) + se (W p - w_c)`` (the second term: label smoothing, ``se = 0`` without); at the
+    target ``p - 1``, which is ``pm1 = -s / (1 + s)`` where the target is at the max (``p`` near 1 would cancel) and
+    ``p - 1`` from the entry otherwise (``p <= 1/2`` there). ``c < 0``: no one-hot (the caller writes the targets'
+    entries)."""
+    if wsum == 0.0:  # no smoothing
+        if c < 0:
+            for j in range(seg.size):
+                grad[j] = _encode(scale[j] * _exp_f32out((_load(seg[j]) - m[j]) - l1p[j]), grad)
+            return
         for j in range(seg.size):
-            grad[j] = _encode(scale[j] * _exp_f32out((_load(seg[j]) - m[j]) - l1p[j]), grad)
+            d = _load(seg[j]) - m[j]
+            e = _exp_f32out(d - l1p[j])
+            v = select(tb[j] == c, select(d == 0.0, pm1[j], e - 1.0), e)
+            grad[j] = _encode(scale[j] * v, grad)
         return
     for j in range(seg.size):
         d = _load(seg[j]) - m[j]
         e = _exp_f32out(d - l1p[j])
         v = select(tb[j] == c, select(d == 0.0, pm1[j], e - 1.0), e)
-        grad[j] = _encode(scale[j] * v, grad)
+        grad[j] = _encode(scale[j] * v + se[j] * (wsum * e - wc), grad)
 
 
 @_inline(_CONTRACT)
 def _ce_grad_blk16(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, scale: np.ndarray, pm1: np.ndarray,
-                   tb: np.ndarray, c: int, grad: np.ndarray) -> None:
-    if c < 0:  # no one-hot here: the caller writes the targets' entries
+                   tb: np.ndarray, c: int, se: np.ndarray, wsum: np.float32, wc: np.float32,
+                   grad: np.ndarray) -> None:
+    if wsum == F32(0.0):
+        if c < 0:
+            for j in range(seg.size):
+                grad[j] = _encode32(scale[j] * _exp32((_load32(seg[j]) - m[j]) - l1p[j]), grad)
+            return
+        c32 = np.int32(c)
         for j in range(seg.size):
-            grad[j] = _encode32(scale[j] * _exp32((_load32(seg[j]) - m[j]) - l1p[j]), grad)
+            d = _load32(seg[j]) - m[j]
+            e = _exp32(d - l1p[j])
+            v = select(tb[j] == c32, select(d == F32(0.0), pm1[j], e - F32(1.0)), e)
+            grad[j] = _encode32(scale[j] * v, grad)
         return
     c32 = np.int32(c)
     for j in range(seg.size):
         d = _load32(seg[j]) - m[j]
         e = _exp32(d - l1p[j])
         v = select(tb[j] == c32, select(d == F32(0.0), pm1[j], e - F32(1.0)), e)
-        grad[j] = _encode32(scale[j] * v, grad)
+        grad[j] = _encode32(scale[j] * v + se[j] * (wsum * e - wc), grad)
 
 
 @_inline()
 def _ce_bwd32(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray, sb: np.ndarray,
-              pb: np.ndarray, tb: np.ndarray) -> None:
+              pb: np.ndarray, tb: np.ndarray, se: np.ndarray, w: np.ndarray, wsum: float) -> None:
     n_cls = xo.shape[0]
+    weighted = w.size > 0
     for c in range(n_cls):
-        _ce_grad_blk(xo[c, j0 : j0 + nb], mb, lb, sb, pb, tb, c if n_cls <= PICK_MAX else -1, ro[c, j0 : j0 + nb])
+        _ce_grad_blk(xo[c, j0 : j0 + nb], mb, lb, sb, pb, tb, c if n_cls <= PICK_MAX else -1, se, wsum,
+                     w[c] if weighted else 1.0, ro[c, j0 : j0 + nb])
 
 
 @_inline()
 def _ce_bwd16(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray, sb: np.ndarray,
-              pb: np.ndarray, tb: np.ndarray) -> None:
+              pb: np.ndarray, tb: np.ndarray, se: np.ndarray, w: np.ndarray, wsum: float) -> None:
     m32 = np.empty(nb, dtype=np.float32)
     l32 = np.empty(nb, dtype=np.float32)
     s32 = np.empty(nb, dtype=np.float32)
     p32 = np.empty(nb, dtype=np.float32)
+    e32 = np.empty(nb, dtype=np.float32)
     t32 = np.empty(nb, dtype=np.int32)
     for j in range(nb):
-        m32[j], l32[j], s32[j], p32[j] = F32(mb[j]), F32(lb[j]), F32(sb[j]), F32(pb[j])
+        m32[j], l32[j], s32[j], p32[j], e32[j] = F32(mb[j]), F32(lb[j]), F32(sb[j]), F32(pb[j]), F32(se[j])
         t32[j] = np.int32(min(max(tb[j], -1), xo.shape[0]))
     n_cls = xo.shape[0]
+    weighted = w.size > 0
     for c in range(n_cls):
-        _ce_grad_blk16(xo[c, j0 : j0 + nb], m32, l32, s32, p32, t32, c if n_cls <= PICK_MAX else -1,
-                       ro[c, j0 : j0 + nb])
+        _ce_grad_blk16(xo[c, j0 : j0 + nb], m32, l32, s32, p32, t32, c if n_cls <= PICK_MAX else -1, e32, F32(wsum),
+                       F32(w[c] if weighted else 1.0), ro[c, j0 : j0 + nb])
 
 
 if AVAILABLE:
 
     @_overload(_ce_bwd_block, inline="always")
-    def _ce_bwd_block_impl(xo, ro, j0, nb, mb, lb, sb, pb, tb):  # unannotated: numba compares signatures
+    def _ce_bwd_block_impl(xo, ro, j0, nb, mb, lb, sb, pb, tb, se, w, wsum):  # unannotated: numba compares signatures
         if xo.dtype == _types.float32:
-            return lambda xo, ro, j0, nb, mb, lb, sb, pb, tb: _ce_bwd32(xo, ro, j0, nb, mb, lb, sb, pb, tb)
-        return lambda xo, ro, j0, nb, mb, lb, sb, pb, tb: _ce_bwd16(xo, ro, j0, nb, mb, lb, sb, pb, tb)
+            return lambda xo, ro, j0, nb, mb, lb, sb, pb, tb, se, w, wsum: _ce_bwd32(xo, ro, j0, nb, mb, lb, sb, pb, tb,
+                                                                                     se, w, wsum)
+        return lambda xo, ro, j0, nb, mb, lb, sb, pb, tb, se, w, wsum: _ce_bwd16(xo, ro, j0, nb, mb, lb, sb, pb, tb, se,
+                                                                                 w, wsum)
 
 
 @_njit()
 def cols_ce_bwd(x: np.ndarray, t: np.ndarray, m: np.ndarray, l1p: np.ndarray, s: np.ndarray, wt: np.ndarray,
-                coef: float, g: np.ndarray, grad: np.ndarray, o0: int, o1: int, i0: int, i1: int) -> None:
-    """``grad = scale (softmax(x) - onehot(t))`` over axis 1, ``scale = coef wt`` per position (times ``g`` (O, I) when
-    it is not empty: ``reduction='none'``), 0 where ignored; one rounding per entry (see :func:`_ce_grad_blk`)."""
+                alive: np.ndarray, w: np.ndarray, eps: float, coef: float, g: np.ndarray, grad: np.ndarray, o0: int,
+                o1: int, i0: int, i1: int) -> None:
+    """``grad = scale (softmax(x) - onehot(t))`` over axis 1, ``scale = coef (1 - eps) wt`` per position (times ``g``
+    (O, I) when it is not empty: ``reduction='none'``), plus the label smoothing's ``coef eps / C (W softmax(x) - w)``
+    (``W = sum w``) where ``alive``; 0 where ignored; one rounding per entry (see :func:`_ce_grad_blk`)."""
     _, n_cls, _ = x.shape
     cb = _block(n_cls)
     sc = np.empty(cb)
     pm1 = np.empty(cb)
+    sev = np.zeros(cb)
     per = g.size > 0
+    weighted = w.size > 0
+    wsum = 0.0
+    if eps > 0.0:
+        for c in range(n_cls):
+            wsum += w[c] if weighted else 1.0
     for o in range(o0, o1):
         xo = x[o]
         ro = grad[o]
         for j0 in range(i0, i1, cb):
             nb = min(cb, i1 - j0)
-            sb, pb = sc[:nb], pm1[:nb]
+            sb, pb, seb = sc[:nb], pm1[:nb], sev[:nb]
             wb, ssb = wt[o, j0 : j0 + nb], s[o, j0 : j0 + nb]
             for j in range(nb):
-                sb[j] = coef * wb[j]
+                sb[j] = coef * (1.0 - eps) * wb[j]
                 pb[j] = -ssb[j] / (1.0 + ssb[j])
+            if eps > 0.0:
+                ab = alive[o, j0 : j0 + nb]
+                for j in range(nb):
+                    seb[j] = coef * (eps / n_cls) * ab[j]
             if per:
                 gb = g[o, j0 : j0 + nb]
                 for j in range(nb):
                     sb[j] *= gb[j]
+                    seb[j] *= gb[j]
             mb, lb, tb = m[o, j0 : j0 + nb], l1p[o, j0 : j0 + nb], t[o, j0 : j0 + nb]
-            _ce_bwd_block(xo, ro, j0, nb, mb, lb, sb, pb, tb)
+            _ce_bwd_block(xo, ro, j0, nb, mb, lb, sb, pb, tb, seb, w, wsum)
             if n_cls <= PICK_MAX:
                 continue
             for j in range(nb):  # the targets' entries: p - 1 (see _ce_grad_blk)
-                if sb[j] == 0.0:
+                if sb[j] == 0.0 and seb[j] == 0.0:
                     continue
                 k = tb[j]
                 d = _load(xo[k, j0 + j]) - mb[j]
-                v = pb[j] if d == 0.0 else _exp_f32out(d - lb[j]) - 1.0
-                ro[k, j0 + j] = _encode(sb[j] * v, ro)
+                e = _exp_f32out(d - lb[j])
+                v = pb[j] if d == 0.0 else e - 1.0
+                smooth = seb[j] * (wsum * e - (w[k] if weighted else 1.0)) if wsum != 0.0 else 0.0
+                ro[k, j0 + j] = _encode(sb[j] * v + smooth, ro)
 
 
 # -- class probabilities (soft labels, label smoothing: ``t' = (1 - eps) y + eps / C``) --------------------------
@@ -280,34 +344,36 @@ def cols_ce_prob_bwd(x: np.ndarray, y: np.ndarray, w: np.ndarray, eps: float, m:
 
 # -- entry points on raw pointers (``code`` and ``dims`` as :mod:`._numba_columns`'s) ---------------------------
 @_njit()
-def ptr_cols_ce_fwd(code: int, xa: int, t: np.ndarray, w: np.ndarray, ignore: int, has_ignore: bool,
+def ptr_cols_ce_fwd(code: int, xa: int, t: np.ndarray, w: np.ndarray, ignore: int, has_ignore: bool, eps: float,
                     stats: np.ndarray, dims: tuple[int, int, int], o0: int, o1: int, i0: int, i1: int) -> int:
     """:func:`cols_ce_fwd` of int64 indices ``t`` (O, I); ``stats`` (5, O, I) float64 gets ``m``, ``l1p``, ``s``,
-    ``loss`` and ``wt``."""
+    ``loss`` and ``wt`` (6 with label smoothing: and ``alive``)."""
+    alive = stats[5] if stats.shape[0] > 5 else stats[4]
     if code == 0:
-        return cols_ce_fwd(carray(_voidptr(xa), dims, np.float32), t, w, ignore, has_ignore, stats[0], stats[1],
-                           stats[2], stats[3], stats[4], o0, o1, i0, i1)
+        return cols_ce_fwd(carray(_voidptr(xa), dims, np.float32), t, w, ignore, has_ignore, eps, stats[0], stats[1],
+                           stats[2], stats[3], stats[4], alive, o0, o1, i0, i1)
     if code == 1:
-        return cols_ce_fwd(carray(_voidptr(xa), dims, np.int16), t, w, ignore, has_ignore, stats[0], stats[1],
-                           stats[2], stats[3], stats[4], o0, o1, i0, i1)
-    return cols_ce_fwd(carray(_voidptr(xa), dims, np.uint16), t, w, ignore, has_ignore, stats[0], stats[1],
-                       stats[2], stats[3], stats[4], o0, o1, i0, i1)
+        return cols_ce_fwd(carray(_voidptr(xa), dims, np.int16), t, w, ignore, has_ignore, eps, stats[0], stats[1],
+                           stats[2], stats[3], stats[4], alive, o0, o1, i0, i1)
+    return cols_ce_fwd(carray(_voidptr(xa), dims, np.uint16), t, w, ignore, has_ignore, eps, stats[0], stats[1],
+                       stats[2], stats[3], stats[4], alive, o0, o1, i0, i1)
 
 
 @_njit()
-def ptr_cols_ce_bwd(code: int, xa: int, t: np.ndarray, stats: np.ndarray, coef: float, g: np.ndarray, gra: int,
-                    dims: tuple[int, int, int], o0: int, o1: int, i0: int, i1: int) -> None:
-    """:func:`cols_ce_bwd` from the ``stats`` of :func:`ptr_cols_ce_fwd` (``wt`` its last), ``coef`` and ``g`` (O, I)
-    float64 (empty but for ``reduction='none'``)."""
+def ptr_cols_ce_bwd(code: int, xa: int, t: np.ndarray, stats: np.ndarray, w: np.ndarray, eps: float, coef: float,
+                    g: np.ndarray, gra: int, dims: tuple[int, int, int], o0: int, o1: int, i0: int, i1: int) -> None:
+    """:func:`cols_ce_bwd` from the ``stats`` of :func:`ptr_cols_ce_fwd`, ``coef`` and ``g`` (O, I) float64 (empty
+    but for ``reduction='none'``)."""
+    alive = stats[5] if stats.shape[0] > 5 else stats[4]
     if code == 0:
-        cols_ce_bwd(carray(_voidptr(xa), dims, np.float32), t, stats[0], stats[1], stats[2], stats[4], coef, g,
-                    carray(_voidptr(gra), dims, np.float32), o0, o1, i0, i1)
+        cols_ce_bwd(carray(_voidptr(xa), dims, np.float32), t, stats[0], stats[1], stats[2], stats[4], alive, w, eps,
+                    coef, g, carray(_voidptr(gra), dims, np.float32), o0, o1, i0, i1)
     elif code == 1:
-        cols_ce_bwd(carray(_voidptr(xa), dims, np.int16), t, stats[0], stats[1], stats[2], stats[4], coef, g,
-                    carray(_voidptr(gra), dims, np.int16), o0, o1, i0, i1)
+        cols_ce_bwd(carray(_voidptr(xa), dims, np.int16), t, stats[0], stats[1], stats[2], stats[4], alive, w, eps,
+                    coef, g, carray(_voidptr(gra), dims, np.int16), o0, o1, i0, i1)
     else:
-        cols_ce_bwd(carray(_voidptr(xa), dims, np.uint16), t, stats[0], stats[1], stats[2], stats[4], coef, g,
-                    carray(_voidptr(gra), dims, np.uint16), o0, o1, i0, i1)
+        cols_ce_bwd(carray(_voidptr(xa), dims, np.uint16), t, stats[0], stats[1], stats[2], stats[4], alive, w, eps,
+                    coef, g, carray(_voidptr(gra), dims, np.uint16), o0, o1, i0, i1)
 
 
 @_njit()

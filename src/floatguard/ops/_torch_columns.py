@@ -198,11 +198,12 @@ class _LogSumExp(torch.autograd.Function):
 
 # -- cross-entropy of class indices ------------------------------------------------------------------------
 def cross_entropy_raw(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,
-                      reduction: str, axis: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray, float] | None:
+                      reduction: str, axis: int, eps: float = 0.0,
+                      ) -> tuple[torch.Tensor, np.ndarray, np.ndarray, float, np.ndarray] | None:
     """The loss of class indices ``target`` (the shape of ``x`` without ``axis``, checked by the caller) over ``axis``
-    by the column kernels, class ``weight`` (C,) or None, and what the backward reads: the indices (O, I), the
-    per-position statistics and the mean's divisor; None where they decline (the row path answers, with its
-    errors)."""
+    by the column kernels, class ``weight`` (C,) or None, label smoothing ``eps``, and what the backward reads: the
+    indices (O, I), the per-position statistics, the mean's divisor and the weights (float64, empty for none); None
+    where they decline (the row path answers, with its errors)."""
     dims = columns(x, axis)
     kern = _kernels() if dims is not None else None
     if kern is None or dims is None:
@@ -210,11 +211,12 @@ def cross_entropy_raw(x: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     xd = x.detach().contiguous()
     t = target.detach().to(torch.int64).contiguous().numpy().reshape(dims[0], dims[2])
     w = np.empty(0) if weight is None else weight.detach().to(torch.float64).contiguous().numpy()
-    stats = np.empty((5, dims[0], dims[2]))
+    stats = np.empty((6 if eps else 5, dims[0], dims[2]))
     code, xa = CODES[x.dtype], xd.data_ptr()
     ign, has_ign = (0, False) if ignore_index is None else (int(ignore_index), True)
     status = _run(
-        lambda o0, o1, i0, i1: kern.ptr_cols_ce_fwd(code, xa, t, w, ign, has_ign, stats, dims, o0, o1, i0, i1), dims)
+        lambda o0, o1, i0, i1: kern.ptr_cols_ce_fwd(code, xa, t, w, ign, has_ign, eps, stats, dims, o0, o1, i0, i1),
+        dims)
     if max(status):
         return None
     loss, wt = stats[3], stats[4]
@@ -227,17 +229,17 @@ def cross_entropy_raw(x: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
             den = float(wt.sum())
             total = total / den if den else math.nan  # a mean over no entry is NaN, as PyTorch's
         out = torch.tensor(total, dtype=x.dtype)
-    return out, t, stats, den
+    return out, t, stats, den, w
 
 
 def cross_entropy_grad(x: torch.Tensor, t: np.ndarray, stats: np.ndarray, den: float, reduction: str,
-                       g: torch.Tensor, axis: int) -> torch.Tensor:
+                       g: torch.Tensor, axis: int, w: np.ndarray, eps: float = 0.0) -> torch.Tensor:
     """The gradient of :func:`cross_entropy_raw`: the backward kernel; under ``create_graph`` differentiable float64
     torch ops (``x`` then the input itself)."""
     dims = columns(x, axis)
     assert dims is not None
     if torch.is_grad_enabled():
-        return _grad_graph(x, t, stats[4], g, den, reduction, dims)
+        return _grad_graph(x, t, stats, w, eps, g, den, reduction, dims)
     if reduction == "none":
         coef, gn = 1.0, np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
     else:
@@ -246,51 +248,59 @@ def cross_entropy_grad(x: torch.Tensor, t: np.ndarray, stats: np.ndarray, den: f
     xd = x.detach().contiguous()
     grad = torch.empty_like(xd)
     code, xa, gra = CODES[xd.dtype], xd.data_ptr(), grad.data_ptr()
-    _run(lambda o0, o1, i0, i1: kern.ptr_cols_ce_bwd(code, xa, t, stats, coef, gn, gra, dims, o0, o1, i0, i1), dims)
+    _run(lambda o0, o1, i0, i1: kern.ptr_cols_ce_bwd(code, xa, t, stats, w, eps, coef, gn, gra, dims, o0, o1, i0, i1),
+         dims)
     return grad
 
 
 def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,
-                  reduction: str, axis: int) -> torch.Tensor | None:
+                  reduction: str, axis: int, eps: float = 0.0) -> torch.Tensor | None:
     """Cross-entropy of class indices over ``axis`` by the column kernels (:func:`cross_entropy_raw`); None where they
     decline."""
-    got = cross_entropy_raw(x, target, weight, ignore_index, reduction, axis)
+    got = cross_entropy_raw(x, target, weight, ignore_index, reduction, axis, eps)
     if got is None:
         return None
-    out, t, stats, den = got
+    out, t, stats, den, w = got
     if x.requires_grad and torch.is_grad_enabled():
-        return _CrossEntropy.apply(x, (out,), t, stats, den, reduction, axis)
+        return _CrossEntropy.apply(x, (out,), t, stats, den, reduction, axis, w, eps)
     return out
 
 
 class _CrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor], t: np.ndarray, stats: np.ndarray,
-                den: float, reduction: str, axis: int) -> torch.Tensor:
+                den: float, reduction: str, axis: int, w: np.ndarray, eps: float) -> torch.Tensor:
         (out,) = holder
         ctx.save_for_backward(x)
-        ctx.t, ctx.stats, ctx.den, ctx.reduction, ctx.axis = t, stats, den, reduction, axis
+        ctx.args = (t, stats, den, reduction, axis, w, eps)
         return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         (x,) = ctx.saved_tensors
-        return (cross_entropy_grad(x, ctx.t, ctx.stats, ctx.den, ctx.reduction, g, ctx.axis), *([None] * 6))
+        t, stats, den, reduction, axis, w, eps = ctx.args
+        return (cross_entropy_grad(x, t, stats, den, reduction, g, axis, w, eps), *([None] * 8))
 
 
-def _grad_graph(x: torch.Tensor, t: np.ndarray, wt: np.ndarray, g: torch.Tensor, den: float, reduction: str,
-                dims: tuple[int, int, int]) -> torch.Tensor:
-    """``scale (softmax(x) - onehot(t))`` over the class axis in differentiable float64 ops (double backward)."""
+def _grad_graph(x: torch.Tensor, t: np.ndarray, stats: np.ndarray, w: np.ndarray, eps: float, g: torch.Tensor,
+                den: float, reduction: str, dims: tuple[int, int, int]) -> torch.Tensor:
+    """``coef ((1 - eps) w_t (softmax(x) - onehot(t)) + eps / C alive (W softmax(x) - w))`` over the class axis in
+    differentiable float64 ops (double backward)."""
     wd = torch.float64
+    n_cls = dims[1]
     x3 = x.to(wd).reshape(dims)
     p = torch.softmax(x3, dim=1)
-    hot = torch.zeros_like(p).scatter_(1, torch.from_numpy(t).clamp(0, dims[1] - 1)[:, None, :], 1.0)
-    w = torch.from_numpy(wt)
+    hot = torch.zeros_like(p).scatter_(1, torch.from_numpy(t).clamp(0, n_cls - 1)[:, None, :], 1.0)
     if reduction == "none":
-        scale = g.to(wd).reshape(dims[0], dims[2]) * w
+        coef = g.to(wd).reshape(dims[0], dims[2])
     else:
-        scale = (g.to(wd) / den if reduction == "mean" else g.to(wd)) * w
-    return (scale[:, None, :] * (p - hot)).reshape(x.shape).to(x.dtype)
+        coef = g.to(wd) / den if reduction == "mean" else g.to(wd)
+    grad = (coef * (1 - eps) * torch.from_numpy(stats[4]))[:, None, :] * (p - hot)
+    if eps:
+        wc = torch.ones(n_cls, dtype=wd) if w.size == 0 else torch.from_numpy(w)
+        smooth = wc.sum() * p - wc[None, :, None]
+        grad = grad + (coef * (eps / n_cls) * torch.from_numpy(stats[5]))[:, None, :] * smooth
+    return grad.reshape(x.shape).to(x.dtype)
 
 
 # -- cross-entropy of class probabilities --------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import _torch_columns as C
@@ -146,7 +147,7 @@ def cross_entropy_op(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
     assert dims is not None
     got = C.cross_entropy_raw(x, target, weight, ign, reduction, axis)
     if got is not None:
-        out, _, stats, den = got
+        out, _, stats, den, _ = got
         return out, torch.from_numpy(stats), torch.tensor([den, 0.0], dtype=torch.float64)
     from .losses import cross_entropy
 
@@ -191,7 +192,8 @@ def cross_entropy_grad_op(x: torch.Tensor, target: torch.Tensor, weight: torch.T
     assert dims is not None
     if status == 0.0:
         t = target.detach().to(torch.int64).contiguous().numpy().reshape(dims[0], dims[2])
-        return C.cross_entropy_grad(x, t, stats.numpy(), den, reduction, g, axis)
+        w = np.empty(0) if weight is None else weight.detach().to(torch.float64).contiguous().numpy()
+        return C.cross_entropy_grad(x, t, stats.numpy(), den, reduction, g, axis, w)
     n_cls = x.shape[axis]
     x64 = x.detach().to(torch.float64)
     fin = torch.isfinite(x64.amax(dim=axis, keepdim=True))

@@ -754,9 +754,8 @@ def _cross_entropy_torch(
     ignore_index: int | None, z_loss: float = 0.0, cap: float = 0.0, columns: bool = False,
 ) -> Any:
     """``kernel`` (the fused CPU kernels, or the device composition) on the rows of torch tensors; None where the
-    generic path must answer (it raises the errors). ``columns``: class indices (without smoothing) or probabilities
-    along a middle axis, without z-loss or cap, go to the column kernels first (no transposing copy,
-    :mod:`._torch_columns`)."""
+    generic path must answer (it raises the errors). ``columns``: class indices or probabilities along a middle axis,
+    without z-loss or cap, go to the column kernels first (no transposing copy, :mod:`._torch_columns`)."""
     func = "cross_entropy"
     ax = normalize_axis(axis, logits.ndim, "axis", func)
     n_cls = logits.shape[ax]
@@ -771,11 +770,11 @@ def _cross_entropy_torch(
             return None
     elif tuple(target.shape) != tuple(logits.shape) or (ignore_index is not None and ignore_index != -100):
         return None
-    if columns and ax < logits.ndim - 1 and not (z_loss or cap) and (eps == 0.0 or not index):
+    if columns and ax < logits.ndim - 1 and not (z_loss or cap):
         from . import _torch_columns
 
         if index:
-            out = _torch_columns.cross_entropy(logits, target, weight, ignore_index, reduction, ax)
+            out = _torch_columns.cross_entropy(logits, target, weight, ignore_index, reduction, ax, float(eps))
         else:
             out = _torch_columns.cross_entropy_probs(logits, target, weight, float(eps), reduction, ax)
         if out is not None:
