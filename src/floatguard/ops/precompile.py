@@ -122,6 +122,7 @@ COLUMN_CALLS: tuple[_Call, ...] = (
     lambda x, d: R.log_softmax(_cols(x), axis=1),
     lambda x, d: R.logsumexp(_cols(x), axis=1),
     lambda x, d: L.cross_entropy(_cols(x), d.t[:, None].expand(-1, x.shape[1] // 2) % 2, axis=1),
+    lambda x, d: L.cross_entropy(_cols(x), _cols(d.p), axis=1),
 )
 
 
