@@ -189,6 +189,19 @@ def test_non_contiguous_input_and_keepdims() -> None:
     torch.testing.assert_close(got, torch.logsumexp(x.double(), 1, keepdim=True).float())
 
 
+def test_channels_last_takes_the_row_path(spy: list[str]) -> None:
+    """A ``channels_last`` tensor has its class axis innermost: moved last it is rows with no copy, and the gradient
+    comes back in the input's layout."""
+    x = data((2, 5, 6, 7), torch.float32, seed=27).to(memory_format=torch.channels_last).requires_grad_()
+    t = torch.from_numpy(np.random.default_rng(28).integers(0, 5, (2, 6, 7)))
+    out = fg.log_softmax(x, dim=1)
+    loss = fg.cross_entropy(x, t, axis=1)
+    assert spy == []
+    torch.testing.assert_close(out, torch.log_softmax(x.detach().double(), 1).float())
+    loss.backward()
+    assert x.grad is not None and x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
 # -- cross-entropy ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])

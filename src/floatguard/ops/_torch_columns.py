@@ -44,9 +44,12 @@ def _kernels() -> Any:
 
 def columns(x: torch.Tensor, axis: int) -> tuple[int, int, int] | None:
     """``(O, C, I)`` of a CPU tensor reduced over ``axis`` (normalized) when the column kernels take it: a middle
-    axis (something after it), a kernel dtype, no empty axis; else None."""
+    axis (something after it), a kernel dtype, no empty axis, and not the axis of stride 1 (``channels_last``
+    ``(N, C, H, W)``: moved last, it is rows already, which the row kernels read with no copy); else None."""
     nd = x.ndim
     if not (0 <= axis < nd - 1) or x.dtype not in CODES or x.layout is not torch.strided or not x.is_cpu:
+        return None
+    if x.stride(axis) == 1 and x.shape[axis] > 1:
         return None
     shape = x.shape
     dims = (math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1:]))
