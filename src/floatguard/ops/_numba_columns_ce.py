@@ -34,6 +34,16 @@ def _pick_blk(seg: np.ndarray, tb: np.ndarray, c: int, xt: np.ndarray) -> None:
         xt[j] = select(tb[j] == c, _load(seg[j]), xt[j])
 
 
+@_inline()
+def _position_stats(xo: np.ndarray, o: int, j0: int, nb: int, m: np.ndarray, s: np.ndarray, l1p: np.ndarray) -> bool:
+    """``m``, ``s`` and ``l1p = log1p(s)`` (O, I) of the positions ``j0 .. j0 + nb`` of ``o``; False if one has no
+    finite max."""
+    if not _stats(xo, j0, nb, m[o, j0 : j0 + nb], s[o, j0 : j0 + nb], True):
+        return False
+    _log1p_blk(s[o, j0 : j0 + nb], l1p[o, j0 : j0 + nb])
+    return True
+
+
 @_inline(_CONTRACT)
 def _smooth_blk(seg: np.ndarray, wc: float, m: np.ndarray, b: np.ndarray) -> None:
     """``b += w_c (m - x_c)``: the label smoothing's sum over the classes (>= 0)."""
@@ -63,12 +73,9 @@ def cols_ce_fwd(x: np.ndarray, t: np.ndarray, w: np.ndarray, ignore: int, has_ig
         xo = x[o]
         for j0 in range(i0, i1, cb):
             nb = min(cb, i1 - j0)
-            mb = m[o, j0 : j0 + nb]
-            sb = s[o, j0 : j0 + nb]
-            if not _stats(xo, j0, nb, mb, sb, True):
+            if not _position_stats(xo, o, j0, nb, m, s, l1p):
                 return 1
-            lb = l1p[o, j0 : j0 + nb]
-            _log1p_blk(sb, lb)
+            mb, lb = m[o, j0 : j0 + nb], l1p[o, j0 : j0 + nb]
             tb = t[o, j0 : j0 + nb]
             xb = xt[:nb]
             if n_cls <= PICK_FWD:
@@ -283,12 +290,9 @@ def cols_ce_prob_fwd(x: np.ndarray, y: np.ndarray, w: np.ndarray, eps: float, m:
         xo, yo = x[o], y[o]
         for j0 in range(i0, i1, cb):
             nb = min(cb, i1 - j0)
-            mb = m[o, j0 : j0 + nb]
-            sb = s[o, j0 : j0 + nb]
-            if not _stats(xo, j0, nb, mb, sb, True):
+            if not _position_stats(xo, o, j0, nb, m, s, l1p):
                 return 1
-            lb = l1p[o, j0 : j0 + nb]
-            _log1p_blk(sb, lb)
+            mb, lb = m[o, j0 : j0 + nb], l1p[o, j0 : j0 + nb]
             ab = tw[o, j0 : j0 + nb]
             ab[:] = 0.0
             bv = bb[:nb]

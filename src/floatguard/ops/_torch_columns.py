@@ -114,22 +114,8 @@ def softmax(x: torch.Tensor, axis: int, log: bool) -> torch.Tensor | None:
     """softmax (log_softmax with ``log``) of ``x`` over ``axis`` by the column kernels; None where they decline."""
     out = softmax_raw(x, axis, log)
     if out is not None and x.requires_grad and torch.is_grad_enabled():
-        return _Softmax.apply(x, (out,), axis, log)
+        return _Computed.apply(x, (out,), (_OUT,), lambda o, g: softmax_grad(o, g, axis, log))
     return out
-
-
-class _Softmax(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor], axis: int, log: bool) -> torch.Tensor:
-        (out,) = holder
-        ctx.save_for_backward(out)
-        ctx.axis, ctx.log = axis, log
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
-        (out,) = ctx.saved_tensors
-        return softmax_grad(out, g, ctx.axis, ctx.log), None, None, None
 
 
 # -- logsumexp --------------------------------------------------------------------------------------------
@@ -181,22 +167,8 @@ def logsumexp(x: torch.Tensor, axis: int, keepdims: bool) -> torch.Tensor | None
         return None
     out = torch.from_numpy(lse).to(x.dtype).view(reduced_shape(x.shape, axis, keepdims))
     if x.requires_grad and torch.is_grad_enabled():
-        return _LogSumExp.apply(x, (out,), lse, axis)
+        return _Computed.apply(x, (out,), (x,), lambda xs, g: logsumexp_grad(xs, lse, g, axis))
     return out
-
-
-class _LogSumExp(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor], lse: np.ndarray, axis: int) -> torch.Tensor:
-        (out,) = holder
-        ctx.save_for_backward(x)
-        ctx.lse, ctx.axis = lse, axis
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
-        (x,) = ctx.saved_tensors
-        return logsumexp_grad(x, ctx.lse, g, ctx.axis), None, None, None
 
 
 # -- cross-entropy of class indices ------------------------------------------------------------------------
@@ -265,24 +237,9 @@ def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | 
         return None
     out, t, stats, den, w = got
     if x.requires_grad and torch.is_grad_enabled():
-        return _CrossEntropy.apply(x, (out,), t, stats, den, reduction, axis, w, eps)
+        return _Computed.apply(x, (out,), (x,),
+                               lambda xs, g: cross_entropy_grad(xs, t, stats, den, reduction, g, axis, w, eps))
     return out
-
-
-class _CrossEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor], t: np.ndarray, stats: np.ndarray,
-                den: float, reduction: str, axis: int, w: np.ndarray, eps: float) -> torch.Tensor:
-        (out,) = holder
-        ctx.save_for_backward(x)
-        ctx.args = (t, stats, den, reduction, axis, w, eps)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
-        (x,) = ctx.saved_tensors
-        t, stats, den, reduction, axis, w, eps = ctx.args
-        return (cross_entropy_grad(x, t, stats, den, reduction, g, axis, w, eps), *([None] * 8))
 
 
 def _grad_graph(x: torch.Tensor, t: np.ndarray, stats: np.ndarray, w: np.ndarray, eps: float, g: torch.Tensor,
@@ -332,43 +289,56 @@ def cross_entropy_probs(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor |
         total = float(loss.sum())
         out = torch.tensor(total / den if reduction == "mean" else total, dtype=x.dtype)
     if x.requires_grad and torch.is_grad_enabled():
-        return _CrossEntropyProbs.apply(x, (out,), yd, w, eps, stats, den, reduction, axis)
+        return _Computed.apply(x, (out,), (x, yd),
+                               lambda xs, ys, g: _probs_grad(xs, ys, g, w, eps, stats, den, reduction, axis))
     return out
 
 
-class _CrossEntropyProbs(torch.autograd.Function):
+def _probs_grad(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, w: np.ndarray, eps: float, stats: np.ndarray,
+                den: float, reduction: str, axis: int) -> torch.Tensor:
+    """The gradient of :func:`cross_entropy_probs`, ``scale (tw softmax(x) - w t')``: the backward kernel; under
+    ``create_graph`` differentiable float64 torch ops."""
+    dims = columns(x, axis)
+    assert dims is not None
+    if torch.is_grad_enabled():
+        keep = reduced_shape(x.shape, axis, True)
+        wd = torch.float64
+        wc = torch.ones(dims[1], dtype=wd) if w.size == 0 else torch.from_numpy(w)
+        wc = wc.reshape([-1] + [1] * (x.ndim - axis - 1))
+        t = ((1 - eps) * y.to(wd) + eps / dims[1]) * wc
+        gw = g.to(wd) / den if reduction == "mean" else g.to(wd)
+        gw = gw.reshape(keep) if reduction == "none" else gw
+        return (gw * (t.sum(dim=axis, keepdim=True) * torch.softmax(x.to(wd), dim=axis) - t)).to(x.dtype)
+    if reduction == "none":
+        coef, gn = 1.0, np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
+    else:
+        coef, gn = float(g) / den if reduction == "mean" else float(g), _EMPTY
+    kern = _kernels()
+    xd = x.detach().contiguous()
+    grad = torch.empty_like(xd)
+    code, xa, ya, gra = CODES[xd.dtype], xd.data_ptr(), y.data_ptr(), grad.data_ptr()
+    _run(lambda o0, o1, i0, i1: kern.ptr_cols_ce_prob_bwd(code, xa, ya, w, eps, stats, coef, gn, gra, dims, o0, o1,
+                                                          i0, i1), dims)
+    return grad
+
+
+# -- the autograd Function of an output computed outside autograd ------------------------------------------------
+_OUT = object()  # in ``keep``: the output itself
+
+
+class _Computed(torch.autograd.Function):
+    """The output ``holder[0]`` that a column kernel computed before autograd saw it, and its gradient
+    ``grad(*kept, g)``: ``keep`` names the tensors the backward reads (the input, the output as ``_OUT``, the class
+    probabilities), saved for it (an in-place change of the input in between raises, as for any saved tensor)."""
+
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor], y: torch.Tensor, w: np.ndarray, eps: float,
-                stats: np.ndarray, den: float, reduction: str, axis: int) -> torch.Tensor:
+    def forward(ctx: Any, x: torch.Tensor, holder: tuple[torch.Tensor], keep: tuple[Any, ...],
+                grad: Any) -> torch.Tensor:
         (out,) = holder
-        ctx.save_for_backward(x, y)
-        ctx.args = (w, eps, stats, den, reduction, axis)
+        ctx.save_for_backward(*(out if k is _OUT else k for k in keep))
+        ctx.grad = grad
         return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
-        x, y = ctx.saved_tensors
-        w, eps, stats, den, reduction, axis = ctx.args
-        dims = columns(x, axis)
-        assert dims is not None
-        if torch.is_grad_enabled():  # create_graph: differentiable float64 torch ops
-            keep = reduced_shape(x.shape, axis, True)
-            wd = torch.float64
-            wc = torch.ones(dims[1], dtype=wd) if w.size == 0 else torch.from_numpy(w)
-            wc = wc.reshape([-1] + [1] * (x.ndim - axis - 1))
-            t = ((1 - eps) * y.to(wd) + eps / dims[1]) * wc
-            gw = g.to(wd) / den if reduction == "mean" else g.to(wd)
-            gw = gw.reshape(keep) if reduction == "none" else gw
-            grad = gw * (t.sum(dim=axis, keepdim=True) * torch.softmax(x.to(wd), dim=axis) - t)
-            return (grad.to(x.dtype), *([None] * 8))
-        if reduction == "none":
-            coef, gn = 1.0, np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
-        else:
-            coef, gn = float(g) / den if reduction == "mean" else float(g), _EMPTY
-        kern = _kernels()
-        xd = x.detach().contiguous()
-        grad = torch.empty_like(xd)
-        code, xa, ya, gra = CODES[xd.dtype], xd.data_ptr(), y.data_ptr(), grad.data_ptr()
-        _run(lambda o0, o1, i0, i1: kern.ptr_cols_ce_prob_bwd(code, xa, ya, w, eps, stats, coef, gn, gra, dims, o0, o1,
-                                                              i0, i1), dims)
-        return (grad, *([None] * 8))
+        return ctx.grad(*ctx.saved_tensors, g), None, None, None
