@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import mpmath
 import numpy as np
 import pytest
 import torch
@@ -134,7 +135,6 @@ def test_confident_rows_and_ties(op: str) -> None:
 
 def _mpmath(op: str, x: torch.Tensor) -> torch.Tensor:
     """``op`` over axis 1 of a float32 (O, C, I) tensor, in mpmath (60 digits), as float64."""
-    mpmath = pytest.importorskip("mpmath")
     mpmath.mp.dps = 60
     a = x.double().numpy()
     n_out, n_cls, n_in = a.shape
