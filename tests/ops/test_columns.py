@@ -331,7 +331,8 @@ def test_compiled_ops_match_eager(dtype: torch.dtype) -> None:
     def f(v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (fg.softmax(v, dim=1), fg.log_softmax(v, axis=-3), fg.logsumexp(v, axis=1),
                 fg.logsumexp(v, axis=1, keepdims=True), fg.cross_entropy(v, t, axis=1),
-                fg.cross_entropy(v, t, axis=1, weight=w, ignore_index=2, reduction="none"))
+                fg.cross_entropy(v, t, axis=1, weight=w, ignore_index=2, reduction="none"),
+                fg.cross_entropy(v, t, axis=1, weight=w, label_smoothing=0.1))
 
     def loss(outs: tuple[torch.Tensor, ...], g: list[torch.Tensor]) -> torch.Tensor:
         return sum(((o.float() * gi).sum() for o, gi in zip(outs, g, strict=True)), torch.tensor(0.0))
@@ -359,7 +360,8 @@ def test_compiled_ops_fall_back_to_the_row_path() -> None:
     t = torch.from_numpy(np.random.default_rng(21).integers(0, 4, (2, 9)))
 
     def f(v: torch.Tensor, tt: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return fg.softmax(v, dim=1), fg.logsumexp(v, axis=1), fg.cross_entropy(v, tt, axis=1, reduction="none")
+        return (fg.softmax(v, dim=1), fg.logsumexp(v, axis=1), fg.cross_entropy(v, tt, axis=1, reduction="none"),
+                fg.cross_entropy(v, tt, axis=1, reduction="none", label_smoothing=0.2))
 
     cf = torch.compile(f, fullgraph=True, backend="aot_eager")
     xc = x.clone().requires_grad_()

@@ -139,42 +139,45 @@ def logsumexp(x: torch.Tensor, axis: int, keepdims: bool) -> torch.Tensor:
 # -- cross-entropy of class indices ------------------------------------------------------------------------------
 @torch.library.custom_op("floatguard::cross_entropy_columns", mutates_args=())
 def cross_entropy_op(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int,
-                     has_ignore: bool, reduction: str, axis: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The loss, the per-position statistics (5, O, I) and ``info = (den, status)``: status 0 when the column
-    kernels answered, 1 when the row path did (its errors raised here); the backward reads them."""
+                     has_ignore: bool, reduction: str, axis: int,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The loss (label smoothing ``eps``), the per-position statistics (5 or, with ``eps``, 6, O, I) and ``info = (den,
+    status)``: status 0 when the column kernels answered, 1 when the row path did (its errors raised here); the
+    backward reads them."""
     ign = ignore_index if has_ignore else None
     dims = C.columns(x, axis)
     assert dims is not None
-    got = C.cross_entropy_raw(x, target, weight, ign, reduction, axis)
+    got = C.cross_entropy_raw(x, target, weight, ign, reduction, axis, eps)
     if got is not None:
         out, _, stats, den, _ = got
         return out, torch.from_numpy(stats), torch.tensor([den, 0.0], dtype=torch.float64)
     from .losses import cross_entropy
 
     with torch.no_grad():
-        out = cross_entropy(x.detach(), target, axis=axis, weight=weight, reduction=reduction, ignore_index=ign)
-    return (out.clone(), torch.empty((5, dims[0], dims[2]), dtype=torch.float64),
+        out = cross_entropy(x.detach(), target, axis=axis, weight=weight, reduction=reduction, ignore_index=ign,
+                            label_smoothing=eps)
+    return (out.clone(), torch.empty((6 if eps else 5, dims[0], dims[2]), dtype=torch.float64),
             torch.tensor([math.nan, 1.0], dtype=torch.float64))
 
 
 @cross_entropy_op.register_fake
 def _(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int, has_ignore: bool,
-      reduction: str, axis: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+      reduction: str, axis: int, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     shape = list(target.shape) if reduction == "none" else []
     no, ni = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1:])
-    return (x.new_empty(shape), x.new_empty((5, no, ni), dtype=torch.float64),
+    return (x.new_empty(shape), x.new_empty((6 if eps else 5, no, ni), dtype=torch.float64),
             x.new_empty((2,), dtype=torch.float64))
 
 
 def _ce_setup(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, ...]) -> None:
-    x, target, weight, ignore_index, has_ignore, reduction, axis = inputs
-    ctx.args = (ignore_index, has_ignore, reduction, axis)
+    x, target, weight, ignore_index, has_ignore, reduction, axis, eps = inputs
+    ctx.args = (ignore_index, has_ignore, reduction, axis, eps)
     ctx.save_for_backward(x, target, weight, output[1], output[2])
 
 
 def _ce_backward(ctx: Any, g: torch.Tensor, _g_stats: Any, _g_info: Any) -> tuple[Any, ...]:
     x, target, weight, stats, info = ctx.saved_tensors
-    return (cross_entropy_grad_op(x, target, weight, stats, info, g, *ctx.args), *([None] * 6))
+    return (cross_entropy_grad_op(x, target, weight, stats, info, g, *ctx.args), *([None] * 7))
 
 
 cross_entropy_op.register_autograd(_ce_backward, setup_context=_ce_setup)
@@ -183,17 +186,18 @@ cross_entropy_op.register_autograd(_ce_backward, setup_context=_ce_setup)
 @torch.library.custom_op("floatguard::cross_entropy_columns_grad", mutates_args=())
 def cross_entropy_grad_op(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, stats: torch.Tensor,
                           info: torch.Tensor, g: torch.Tensor, ignore_index: int, has_ignore: bool, reduction: str,
-                          axis: int) -> torch.Tensor:
+                          axis: int, eps: float) -> torch.Tensor:
     """The backward of :func:`cross_entropy_op`: the column kernel; where the row path answered the forward, its
-    gradient in float64 torch ops (``w_t (softmax - onehot)`` scaled as the reduction asks, 0 on positions with no
-    finite max, as the row path's). (No autograd here: a custom op runs below the autograd dispatch key.)"""
+    gradient in float64 torch ops (``(1 - eps) w_t (softmax - onehot) + eps / C (W softmax - w)`` scaled as the
+    reduction asks, 0 on positions with no finite max, as the row path's). (No autograd here: a custom op runs below
+    the autograd dispatch key.)"""
     den, status = (float(v) for v in info)
     dims = C.columns(x, axis)
     assert dims is not None
     if status == 0.0:
         t = target.detach().to(torch.int64).contiguous().numpy().reshape(dims[0], dims[2])
         w = np.empty(0) if weight is None else weight.detach().to(torch.float64).contiguous().numpy()
-        return C.cross_entropy_grad(x, t, stats.numpy(), den, reduction, g, axis, w)
+        return C.cross_entropy_grad(x, t, stats.numpy(), den, reduction, g, axis, w, eps)
     n_cls = x.shape[axis]
     x64 = x.detach().to(torch.float64)
     fin = torch.isfinite(x64.amax(dim=axis, keepdim=True))
@@ -203,25 +207,28 @@ def cross_entropy_grad_op(x: torch.Tensor, target: torch.Tensor, weight: torch.T
     if has_ignore:
         keep &= tk != ignore_index
     tc = tk.clamp(0, n_cls - 1)
-    wt = torch.ones_like(x64[(slice(None),) * axis + (0,)]) if weight is None else weight.to(torch.float64)[tc]
-    wt = torch.where(keep, wt, 0.0)
+    wc = torch.ones(n_cls, dtype=torch.float64) if weight is None else weight.to(torch.float64)
+    wt = torch.where(keep, wc[tc], 0.0)
     gw = g.to(torch.float64)
-    scale = wt * (gw / wt.sum() if reduction == "mean" else gw)
+    coef = torch.where(keep, gw / wt.sum() if reduction == "mean" else gw, 0.0)
     hot = torch.nn.functional.one_hot(tc, n_cls).movedim(-1, axis).to(torch.float64)
-    grad = (p - hot) * scale.unsqueeze(axis)
+    grad = (p - hot) * ((1 - eps) * wt * coef).unsqueeze(axis)
+    if eps:
+        wb = wc.reshape([-1] + [1] * (x.ndim - axis - 1))
+        grad = grad + (eps / n_cls * coef).unsqueeze(axis) * (wc.sum() * p - wb)
     return torch.where(fin, grad, 0.0).to(x.dtype).contiguous()
 
 
 @cross_entropy_grad_op.register_fake
 def _(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, stats: torch.Tensor, info: torch.Tensor,
-      g: torch.Tensor, ignore_index: int, has_ignore: bool, reduction: str, axis: int) -> torch.Tensor:
+      g: torch.Tensor, ignore_index: int, has_ignore: bool, reduction: str, axis: int, eps: float) -> torch.Tensor:
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
 def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,
-                  reduction: str, axis: int) -> torch.Tensor:
+                  reduction: str, axis: int, eps: float = 0.0) -> torch.Tensor:
     return cross_entropy_op(x, target, weight, 0 if ignore_index is None else ignore_index,
-                            ignore_index is not None, reduction, axis)[0]
+                            ignore_index is not None, reduction, axis, float(eps))[0]
 
 
 def usable(x: torch.Tensor, axis: int) -> bool:

@@ -570,12 +570,13 @@ def _cross_entropy(
         from . import _torch_losses  # under torch.compile: the custom op, with the features
 
         return _torch_losses.cross_entropy_compiled(logits, target, ignore_index, reduction, zc, cap)
-    if not (label_smoothing or zc or cap):
+    if not (zc or cap):
         ax = _compiled_columns(logits, target, weight, axis)
         if ax is not None:  # under torch.compile, a class axis in the middle: the column kernels' custom op
             from . import _torch_columns_compile
 
-            return _torch_columns_compile.cross_entropy(logits, target, weight, ignore_index, reduction, ax)
+            return _torch_columns_compile.cross_entropy(logits, target, weight, ignore_index, reduction, ax,
+                                                        label_smoothing)
     fast = _fast_torch(logits, target, weight)
     if fast is not None:
         out = _cross_entropy_torch(fast.cross_entropy, logits, target, weight, axis, reduction, label_smoothing,
