@@ -188,27 +188,32 @@ def test_plain_call_matches_the_rows_path(op: str, dtype: str, n: int, enable_x6
 
 @pytest.mark.parametrize("op", OPS)
 def test_plain_call_stage_declines_what_is_not_plain(op: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Only the last axis as an integer of a non-empty real floating JAX array takes the call stage;
-    the rest (other axes, tuples, ``True``, empty and integer arrays, NumPy arrays) the full path."""
+    """An axis as an integer of a non-empty real floating JAX array takes the call stage (the last one always, another
+    one where the array is worked in float32: reduced where it lies); the rest (tuples, ``True``, empty and integer
+    arrays, NumPy arrays, another axis worked in float64) the full path."""
     name = {"logsumexp": "logsumexp_rows", "softmax": "softmax_rows", "log_softmax": "log_softmax_rows"}[op]
     calls = []
     real = getattr(_jax_fast, name)
-    monkeypatch.setattr(_jax_fast, name, lambda v: calls.append(tuple(v.shape)) or real(v))
+    monkeypatch.setattr(_jax_fast, name, lambda v, axis=-1: calls.append((tuple(v.shape), axis)) or real(v, axis))
     x = jnp.asarray(np.random.default_rng(13).normal(size=(2, 3, 4)), dtype=jnp.bfloat16)
     f = getattr(fg, op)
     f(x, axis=2)
     f(x, axis=np.int64(-1))
-    assert calls == [(2, 3, 4)] * 2
+    assert calls == [((2, 3, 4), -1)] * 2
     f(x, axis=0)
     f(x, axis=(2,))
-    assert calls[2:] == [(12, 2), (6, 4)]
+    assert calls[2:] == [((2, 3, 4), 0), ((6, 4), -1)]
+    with jax.enable_x64(True):
+        f(x.astype(jnp.float32), axis=0)  # float32 worked in float64: moved last, as rows
+    assert calls[4] == ((12, 2), -1)
+    del calls[4:]
     with pytest.raises(Exception, match="axis"):
         f(x, axis=True)
     assert len(calls) == 4
     f(jnp.zeros((2, 0), jnp.float32), axis=-1)
     f(jnp.arange(6).reshape(2, 3), axis=-1)  # integers: promoted on the full path
     f(np.ones((2, 3)), axis=-1)  # NumPy: its own kernels
-    assert all(len(c) == 2 for c in calls[4:])
+    assert all(len(shape) == 2 for shape, _ in calls[4:])
 
 
 def test_logsumexp_plain_call_keeps_its_dims() -> None:
@@ -547,3 +552,37 @@ def test_float32_vjp_takes_one_exp_per_entry_as_jax_nn(op: str, dtype: str, shap
     mine = _exps_per_entry(lambda v: fg.logsumexp(v, axis=-1) if op == "logsumexp" else getattr(fg, op)(v), x, c)
     peer = _exps_per_entry(lambda v: getattr(jax.nn, op)(v, axis=-1), x, c)
     assert mine == peer == 1, (mine, peer)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("op", OPS)
+def test_a_middle_axis_is_reduced_where_it_lies(op: str, dtype: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worked in float32, a middle axis (``dim=1`` of ``(N, C, H, W)``) goes to the one-pass path as it lies, not
+    moved last: the moved-last rows' values and gradients, and non-finite rows keep their limits."""
+    with jax.enable_x64(False):
+        x = np.random.default_rng(21).normal(size=(3, 7, 5, 6)) * 3
+        x[0, :, 1, 2] = -INF
+        x[1, 3, 2, 2] = INF
+        x[2, 0, 0, 0] = -INF
+        xj = jnp.asarray(x, dtype=dtype)
+        moved = jnp.moveaxis(xj, 1, -1)
+        f = (lambda v, a: fg.logsumexp(v, axis=a)) if op == "logsumexp" else (lambda v, a: getattr(fg, op)(v, axis=a))
+        seen: list[int] = []
+        orig = _jax_fast._dispatch
+        monkeypatch.setattr(_jax_fast, "_dispatch", lambda v, o, axis=-1: seen.append(axis) or orig(v, o, axis))
+        got = jax.jit(lambda v: f(v, 1))(xj)
+        assert seen == [1]
+        want = jax.jit(lambda v: f(v, -1))(moved)
+        want = want if op == "logsumexp" else jnp.moveaxis(want, -1, 1)
+        assert got.dtype == xj.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(np.isnan(np.asarray(got, np.float64)), np.isnan(np.asarray(want, np.float64)))
+        err = ulps(got, want, dtype)
+        assert float(err.max()) <= 1.0, np.argwhere(err > 1.0)[:5]
+        c = jnp.asarray(np.random.default_rng(22).uniform(0.5, 1.5, got.shape), dtype=xj.dtype)
+        gg = jax.jit(lambda v: jax.vjp(lambda u: f(u, 1), v)[1](c)[0])(xj)
+        cm = c if op == "logsumexp" else jnp.moveaxis(c, 1, -1)
+        gw = jnp.moveaxis(jax.jit(lambda v: jax.vjp(lambda u: f(u, -1), v)[1](cm)[0])(moved), -1, 1)
+        # the sums run in another order: last bits, which a softmax gradient's cancellation magnifies on small entries
+        g64, w64 = np.asarray(gg, np.float64), np.asarray(gw, np.float64)
+        tol = 1e-6 if dtype == "float32" else 1e-2
+        np.testing.assert_allclose(g64, w64, rtol=tol, atol=tol * float(np.abs(w64).max()))

@@ -50,22 +50,48 @@ def _apply(fn: Callable[[Any], Any], x: Any) -> Any:
     return jnp.reshape(out, (*x.shape[:-1], out.shape[-1]))
 
 
+def _middle(x: Any, axis: Any) -> int | None:
+    """The normalized ``axis`` when it names another axis than the last of ``x`` (an integer in range, not a bool),
+    ``x`` has entries and is worked in float32 (:func:`._jax_fast.works_in_float32`): reduced where it lies."""
+    if isinstance(axis, bool) or x.ndim < 2 or x.size == 0 or not _jax_fast.works_in_float32(x.dtype):
+        return None
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        return None
+    if not -x.ndim <= axis < x.ndim - 1:
+        return None
+    return axis % x.ndim
+
+
 @register("logsumexp", "jax", stage="call", dtypes=DTYPES)
 def _logsumexp_call(x: Any, axis: Any, keepdims: Any) -> Any:
-    if type(keepdims) is not bool or not _last(x, axis):
+    if type(keepdims) is not bool:
         return None
+    if not _last(x, axis):
+        ax = _middle(x, axis)
+        if ax is None:
+            return None
+        lse = _jax_fast.logsumexp_rows(x, ax)
+        return lse if keepdims else jnp.squeeze(lse, ax)
     lse = _apply(_jax_fast.logsumexp_rows, x)
     return lse if keepdims else jnp.squeeze(lse, -1)
 
 
 @register("softmax", "jax", stage="call", dtypes=DTYPES)
 def _softmax_call(x: Any, axis: Any) -> Any:
-    return _apply(_jax_fast.softmax_rows, x) if _last(x, axis) else None
+    if _last(x, axis):
+        return _apply(_jax_fast.softmax_rows, x)
+    ax = _middle(x, axis)
+    return None if ax is None else _jax_fast.softmax_rows(x, ax)
 
 
 @register("log_softmax", "jax", stage="call", dtypes=DTYPES)
 def _log_softmax_call(x: Any, axis: Any) -> Any:
-    return _apply(_jax_fast.log_softmax_rows, x) if _last(x, axis) else None
+    if _last(x, axis):
+        return _apply(_jax_fast.log_softmax_rows, x)
+    ax = _middle(x, axis)
+    return None if ax is None else _jax_fast.log_softmax_rows(x, ax)
 
 
 @register("logsumexp", "jax")
