@@ -58,6 +58,14 @@ def columns(x: torch.Tensor, axis: int) -> tuple[int, int, int] | None:
     return dims
 
 
+def _upstream(g: torch.Tensor, den: float, reduction: str, dims: tuple[int, int, int]) -> tuple[float, np.ndarray]:
+    """The loss's upstream gradient as the cross-entropy kernels take it: a factor (``g / den`` for a mean, ``g`` for a
+    sum) and no array, or 1 and ``g`` per position (O, I) float64 for ``reduction='none'``."""
+    if reduction == "none":
+        return 1.0, np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
+    return (float(g) / den if reduction == "mean" else float(g)), _EMPTY
+
+
 def _run(fn: Any, dims: tuple[int, int, int]) -> list[Any]:
     """``fn(o0, o1, i0, i1)`` over parts of the ``(O, I)`` positions, in threads when the work is large enough: ranges
     of ``O``, or of ``I`` within each ``o`` where ``O`` is smaller than the thread count (a batch of one image)."""
@@ -215,10 +223,7 @@ def cross_entropy_grad(x: torch.Tensor, t: np.ndarray, stats: np.ndarray, den: f
     assert dims is not None
     if torch.is_grad_enabled():
         return _grad_graph(x, t, stats, w, eps, g, den, reduction, dims)
-    if reduction == "none":
-        coef, gn = 1.0, np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
-    else:
-        coef, gn = float(g) / den if reduction == "mean" else float(g), _EMPTY
+    coef, gn = _upstream(g, den, reduction, dims)
     kern = _kernels()
     xd = x.detach().contiguous()
     grad = torch.empty_like(xd)
@@ -309,10 +314,7 @@ def _probs_grad(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, w: np.ndarray
         gw = g.to(wd) / den if reduction == "mean" else g.to(wd)
         gw = gw.reshape(keep) if reduction == "none" else gw
         return (gw * (t.sum(dim=axis, keepdim=True) * torch.softmax(x.to(wd), dim=axis) - t)).to(x.dtype)
-    if reduction == "none":
-        coef, gn = 1.0, np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
-    else:
-        coef, gn = float(g) / den if reduction == "mean" else float(g), _EMPTY
+    coef, gn = _upstream(g, den, reduction, dims)
     kern = _kernels()
     xd = x.detach().contiguous()
     grad = torch.empty_like(xd)
