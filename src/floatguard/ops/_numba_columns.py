@@ -118,7 +118,7 @@ def _maxes16(xo: np.ndarray, j0: int, nb: int, m: np.ndarray) -> bool:
 
 def _maxes(xo: np.ndarray, j0: int, nb: int, m: np.ndarray) -> bool:
     """The max of each position of a block (float64 ``m``); False when one is not finite (overloaded by dtype)."""
-    raise NotImplementedError  # pragma: no cover  (numba code only)
+    return (_maxes32 if xo.dtype == np.float32 else _maxes16)(xo, j0, nb, m)
 
 
 if AVAILABLE:
@@ -169,7 +169,7 @@ def _sum_all(xo: np.ndarray, j0: int, nb: int, mb: np.ndarray, sb: np.ndarray, e
     kernels; logsumexp, which can cancel near 0, keeps 2^-35); for 16-bit rows the terms below the max apart from the
     ties, in float32 lanes (as the row kernels' 16-bit paths). Returns the ``s`` below which the block is summed again
     without the max term (see :func:`_stats`)."""
-    raise NotImplementedError  # pragma: no cover  (numba code only)
+    return (_sum_all32 if xo.dtype == np.float32 else _sum_all16)(xo, j0, nb, mb, sb, exact)
 
 
 @_inline()
@@ -268,7 +268,7 @@ def _log_softmax_blk16(seg: np.ndarray, m: np.ndarray, l1p: np.ndarray, out: np.
 def _outputs(xo: np.ndarray, oo: np.ndarray, j0: int, nb: int, mb: np.ndarray, vb: np.ndarray, log: bool) -> None:
     """The output pass of one block of :func:`cols_softmax` (``vb``: ``log1p(s)``, or ``1 / (1 + s)``), overloaded by
     dtype: float64 lanes for float32 rows, float32 lanes for 16-bit ones."""
-    raise NotImplementedError  # pragma: no cover  (numba code only)
+    (_outputs32 if xo.dtype == np.float32 else _outputs16)(xo, oo, j0, nb, mb, vb, log)
 
 
 @_inline()
@@ -295,7 +295,7 @@ def _softmax_block(xo: np.ndarray, oo: np.ndarray, j0: int, nb: int, m: np.ndarr
     """The softmax of one block of :func:`cols_softmax`; False if a position has no finite max. ``exp(x - m)`` of the
     block is kept in ``ebuf`` (float64 by the degree-5 exp for float32 rows, float32 lanes for 16-bit ones) and
     ``e / (1 + s)`` written from it: one exp per entry (two took 1.25x the forward's time)."""
-    raise NotImplementedError  # pragma: no cover  (numba code only)
+    return (_softmax_block32 if xo.dtype == np.float32 else _softmax_block16)(xo, oo, j0, nb, m, s, ebuf)
 
 
 @_inline(_CONTRACT)
@@ -333,12 +333,12 @@ def _softmax_block32(xo: np.ndarray, oo: np.ndarray, j0: int, nb: int, m: np.nda
 def _ebuf_width(x: np.ndarray) -> int:
     """How many times the input's bytes an entry of :func:`_ebuf` takes: 2 for float32 rows (a float64 buffer), 1
     for 16-bit ones (float32 lanes; half the block measured 1.05x the softmax's time)."""
-    raise NotImplementedError  # pragma: no cover  (numba code only)
+    return 2 if x.dtype == np.float32 else 1
 
 
 def _ebuf(x: np.ndarray, n_cls: int, cb: int) -> np.ndarray:
     """The buffer of a softmax block's ``exp(x - m)``: float64 for float32 rows, float32 for 16-bit ones."""
-    raise NotImplementedError  # pragma: no cover  (numba code only)
+    return np.empty((n_cls, cb), dtype=np.float64 if x.dtype == np.float32 else np.float32)
 
 
 @_inline(_CONTRACT)
@@ -555,7 +555,7 @@ def _softmax_bwd16(po: np.ndarray, go: np.ndarray, ro: np.ndarray, j0: int, nb: 
 def _softmax_bwd_block(po: np.ndarray, go: np.ndarray, ro: np.ndarray, j0: int, nb: int, ab: np.ndarray,
                        log: bool) -> None:
     """One block of :func:`cols_softmax_bwd` (overloaded by dtype: float64 lanes for float32, float32 for 16 bits)."""
-    raise NotImplementedError  # pragma: no cover  (numba code only)
+    (_softmax_bwd32 if po.dtype == np.float32 else _softmax_bwd16)(po, go, ro, j0, nb, ab, log)
 
 
 if AVAILABLE:

@@ -119,7 +119,7 @@ def cols_ce_fwd(x: np.ndarray, t: np.ndarray, w: np.ndarray, ignore: int, has_ig
 def _ce_bwd_block(xo: np.ndarray, ro: np.ndarray, j0: int, nb: int, mb: np.ndarray, lb: np.ndarray,
                   sb: np.ndarray, pb: np.ndarray, tb: np.ndarray, se: np.ndarray, w: np.ndarray, wsum: float) -> None:
     """The vector pass of one block of :func:`cols_ce_bwd` (overloaded by dtype as :func:`_softmax_bwd_block`)."""
-    raise NotImplementedError  # pragma: no cover  (numba code only)
+    (_ce_bwd32 if xo.dtype == np.float32 else _ce_bwd16)(xo, ro, j0, nb, mb, lb, sb, pb, tb, se, w, wsum)
 
 
 @_inline(_CONTRACT)
