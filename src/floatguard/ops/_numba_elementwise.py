@@ -19,7 +19,7 @@ import numpy as np
 
 from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _f32_bits, _njit, carray, fma
 from ._numba_bits import _voidptr as _voidptr_intrinsic
-from ._numba_exp import _exp_f32out, _exp_neg32_parts, _exp_neg32_split, _expm1_small
+from ._numba_exp import _exp_neg32_parts, _exp_neg32_split, _expm1_reduced, _half_steps
 from ._numba_log import inline, log_positive
 from ._numba_log import log1p as _log1p
 from ._numba_loss_dtypes import _by_dtype, _exp_for, _exp_np, _ld, _log1p_for, _recip_for, _st, select
@@ -274,8 +274,13 @@ def _one_minus_exp(v: float) -> tuple[bool, float, float]:
     """``(near, y, e)`` for ``v <= 0``: ``near = v > -ln2``; ``y = 1 - e^v`` (``-expm1(v)``, +0 at 0) where
     ``near``, else ``e = e^v`` (0 below -746, and for ``-inf`` and NaN)."""
     near = v > -LN2
-    y = 0.0 - _expm1_small(select(near, v, 0.0))
-    e = _exp_f32out(select(near, -1.0, v))
+    # one reduction and one polynomial for both: expm1(v) = s q + (s - 1) (exactly _expm1_small where near), e^v =
+    # s + s q (exactly _exp_f32out elsewhere), bit for bit as the two calls they replace; each branch reads only its
+    # own value. Float32 forward at 4096×1024, side by side: 19.8 -> 16.8 ms; bfloat16 backward 13-16 -> 10.8 ms
+    r, s, kd = _half_steps(select(v > -746.0, v, -746.0))  # also -inf (e = 0) and NaN (selected away by the callers)
+    q = _expm1_reduced(r)
+    y = 0.0 - (s * q + (s - 1.0))
+    e = select(kd >= -2044.0, s + s * q, 0.0)
     return near, y, e
 
 
