@@ -63,7 +63,7 @@ softmax_op.register_autograd(_softmax_backward, setup_context=_softmax_setup)
 @torch.library.custom_op("floatguard::softmax_columns_grad", mutates_args=())
 def softmax_grad_op(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, axis: int, log: bool) -> torch.Tensor:
     """The backward of :func:`softmax_op`: the column kernel; 0 on positions with no finite max."""
-    if bool(finite.all()):
+    if bool(finite.numpy().all()):  # NumPy's: torch's one-thread all() took 0.13 ms of 131,072 flags (8×21×128×128)
         return C.softmax_grad(out, g, axis, log)
     wd = torch.float64
     o, gw = out.to(wd), g.to(wd)
@@ -117,11 +117,11 @@ logsumexp_op.register_autograd(_lse_backward, setup_context=_lse_setup)
 @torch.library.custom_op("floatguard::logsumexp_columns_grad", mutates_args=())
 def logsumexp_grad_op(x: torch.Tensor, lse: torch.Tensor, g: torch.Tensor, axis: int) -> torch.Tensor:
     """``g exp(x - lse)`` over ``axis``: the column kernel; 0 on positions whose ``lse`` is not finite."""
-    fin = torch.isfinite(lse)
-    if bool(fin.all()):
+    if bool(np.isfinite(lse.detach().numpy()).all()):  # NumPy's (see softmax_grad_op)
         dims = C.columns(x, axis)
         assert dims is not None
         return C.logsumexp_grad(x, lse.reshape(dims[0], dims[2]).contiguous().numpy(), g, axis)
+    fin = torch.isfinite(lse)
     p = torch.exp(x.to(torch.float64) - torch.where(fin, lse, 0.0))
     return torch.where(fin, g.to(torch.float64) * p, 0.0).to(x.dtype)
 
