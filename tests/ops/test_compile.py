@@ -10,6 +10,7 @@ the generic array-API code, which Inductor fuses.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 
@@ -386,3 +387,82 @@ def test_torch_export_with_a_dynamic_batch(strict: bool) -> None:
         torch.testing.assert_close(exported(zn, tn), Head()(zn, tn))
     with pytest.raises((ValueError, RuntimeError), match="class indices outside"):
         exported(z, torch.full((8,), 9))
+
+
+def test_compiled_graphs_carry_the_custom_ops_revision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.compile's on-disk AOTAutograd cache keys a graph by what Dynamo traced, where a custom op is its name and
+    arguments, not its schema: after an upgrade that gave ``floatguard::softmax_columns`` an output, the old entry was
+    found and the step failed in Inductor's code. Every route to the custom ops stamps the traced graph with their
+    revision (``floatguard::revision(x, REV)``): the same revision finds the cache entry, another misses it, and the
+    stamp leaves no op to run in the compiled code."""
+    import uuid
+
+    from torch._dynamo.utils import counters
+
+    from floatguard.ops import _torch_revision
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 5, generator=g)
+    x4 = torch.randn(2, 5, 3, 4, generator=g)
+    t = torch.randint(0, 5, (6,), generator=g)
+    routes = {
+        "softmax rows": lambda: fg.softmax(x, dim=-1),
+        "logsumexp rows": lambda: fg.logsumexp(x, dim=-1),
+        "log_softmax, a middle axis": lambda: fg.log_softmax(x4, dim=1),
+        "logsumexp, a middle axis": lambda: fg.logsumexp(x4, dim=1),
+        "cross_entropy": lambda: fg.cross_entropy(x, t),
+        "cross_entropy, label smoothing": lambda: fg.cross_entropy(x, t, label_smoothing=0.1),
+        "cross_entropy, a middle axis": lambda: fg.cross_entropy(x4, t.reshape(2, 3)[:, :, None].expand(2, 3, 4)
+                                                                 .clamp(max=4).contiguous(), axis=1),
+        "bce": lambda: fg.binary_cross_entropy_with_logits(x, torch.sigmoid(x)),
+        "softplus": lambda: fg.softplus(x),
+        "logaddexp": lambda: fg.logaddexp(x, x.flip(0)),
+    }
+    for name, route in routes.items():
+        stamps: list[Any] = []
+
+        def capture(gm: Any, _inputs: Any, stamps: list[Any] = stamps) -> Any:
+            stamps += [n.args[1] for n in gm.graph.nodes if n.target is torch.ops.floatguard.revision.default]
+            return gm.forward
+
+        torch._dynamo.reset()
+        torch.compile(route, backend=capture, fullgraph=True)()
+        assert stamps == [_torch_revision.REV], name
+
+    xr = x.clone().requires_grad_()
+
+    def step(v: torch.Tensor) -> torch.Tensor:
+        return fg.log_softmax(v, dim=-1).square().sum()
+
+    # the forward and backward graphs AOTAutograd hands the compiler: the stamp is gone, the op is there
+    from torch._dynamo.backends.common import aot_autograd
+
+    ops: list[str] = []
+
+    def compiler(gm: Any, _inputs: Any) -> Any:
+        ops.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm.forward
+
+    torch._dynamo.reset()
+    torch.compile(step, backend=aot_autograd(fw_compiler=compiler, bw_compiler=compiler), fullgraph=True)(xr).backward()
+    assert "floatguard.softmax_rows.default" in ops and "floatguard.softmax_rows_grad.default" in ops
+    assert not any("revision" in op for op in ops)
+
+    class Model(torch.nn.Module):
+        def forward(self, v: torch.Tensor) -> torch.Tensor:
+            return fg.log_softmax(v, dim=-1)
+
+    exported = torch.export.export(Model(), (x,))
+    assert not any("revision" in str(n.target) for n in exported.graph.nodes)
+
+    def compiled() -> tuple[int, int]:
+        torch._dynamo.reset()
+        counters.clear()
+        torch.compile(step, fullgraph=True)(xr).backward()
+        aot = counters["aot_autograd"]
+        return aot["autograd_cache_hit"], aot["autograd_cache_miss"]
+
+    compiled()  # fills the cache, or finds it filled
+    assert compiled() == (1, 0)
+    monkeypatch.setattr(_torch_revision, "REV", uuid.uuid4().hex)
+    assert compiled() == (0, 1)

@@ -30,6 +30,7 @@ from ._torch_ce import (
     z_grad,
     z_rows,
 )
+from ._torch_revision import stamp
 from ._torch_rows import EMPTY, FUSED_GRAD, empty_out, numpy_view
 
 
@@ -108,6 +109,7 @@ def cross_entropy_compiled(x: torch.Tensor, target: torch.Tensor, ignore_index: 
     (``softcap`` 0: none). A training step's loss of at most ``WRITTEN_MAX_BYTES`` without them takes
     :func:`cross_entropy_features_written_op` (no weight, no smoothing), as :func:`cross_entropy_features_compiled`
     (256×1000 float32: 1.17 -> ~0.95x the compiled ``F.cross_entropy``'s step)."""
+    stamp(x)
     if not z_loss and not softcap and _written(x, reduction):
         return cross_entropy_features_written_op(x, target, None, 0 if ignore_index is None else ignore_index,
                                                  ignore_index is not None, 0.0, reduction)[0]
@@ -232,6 +234,7 @@ def cross_entropy_features_compiled(x: torch.Tensor, target: torch.Tensor, weigh
     recompute the gradient in the backward: the new tensor's page faults (a fresh mapping above malloc's
     threshold) cost more than the kernel (2048×32000: a copy 52 ms into NumPy's huge pages, 127 ms as a torch
     clone, against the backward kernel's 90)."""
+    stamp(x)
     ign, has = (0 if ignore_index is None else ignore_index), ignore_index is not None
     if _written(x, reduction):
         return cross_entropy_features_written_op(x, target, weight, ign, has, float(eps), reduction)[0]

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import _torch_columns as C
+from ._torch_revision import stamp
 
 # -- softmax and log_softmax ---------------------------------------------------------------------------------
 
@@ -80,6 +81,7 @@ def _(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, axis: int, log: 
 
 
 def softmax(x: torch.Tensor, axis: int, log: bool) -> torch.Tensor:
+    stamp(x)
     return softmax_op(x, axis, log)[0]
 
 
@@ -132,6 +134,7 @@ def _(x: torch.Tensor, lse: torch.Tensor, g: torch.Tensor, axis: int) -> torch.T
 
 
 def logsumexp(x: torch.Tensor, axis: int, keepdims: bool) -> torch.Tensor:
+    stamp(x)
     lse = logsumexp_op(x, axis).to(x.dtype)
     return lse if keepdims else lse.squeeze(axis)
 
@@ -227,6 +230,7 @@ def _(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, stats:
 
 def cross_entropy(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, ignore_index: int | None,
                   reduction: str, axis: int, eps: float = 0.0) -> torch.Tensor:
+    stamp(x)
     return cross_entropy_op(x, target, weight, 0 if ignore_index is None else ignore_index,
                             ignore_index is not None, reduction, axis, float(eps))[0]
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from ._torch_revision import stamp
 from ._torch_softmax import ALL_FINITE, lse_any, lse_backward, softmax_any, softmax_backward
 
 
@@ -99,3 +100,15 @@ def softmax_grad_op(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, lo
 @softmax_grad_op.register_fake
 def _(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, log: bool) -> torch.Tensor:
     return torch.empty(out.shape, dtype=out.dtype, device=out.device)
+
+
+def logsumexp_rows(x: torch.Tensor) -> torch.Tensor:
+    """:func:`logsumexp_op`'s ``(R, 1)`` result, the call stamped with the ops' revision (:mod:`._torch_revision`)."""
+    stamp(x)
+    return logsumexp_op(x)[0]
+
+
+def softmax_rows(x: torch.Tensor, log: bool) -> torch.Tensor:
+    """:func:`softmax_op`'s result, the call stamped with the ops' revision (:mod:`._torch_revision`)."""
+    stamp(x)
+    return softmax_op(x, log)[0]

@@ -41,6 +41,7 @@ from ._torch_elementwise import (
     unary_grad_graph,
     unary_values,
 )
+from ._torch_revision import stamp
 from ._torch_rows import FUSED_GRAD
 
 
@@ -88,6 +89,7 @@ unary_op.register_autograd(_unary_backward, setup_context=_unary_setup)
 
 def unary(x: torch.Tensor, op: int) -> torch.Tensor:
     """:func:`._torch_elementwise.unary` under ``torch.compile``."""
+    stamp(x)
     return unary_op(x.reshape(-1), op).reshape(x.shape)
 
 
@@ -130,6 +132,7 @@ logaddexp_op.register_autograd(_lae_backward, setup_context=_lae_setup)
 
 def logaddexp(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """:func:`._torch_elementwise.logaddexp` under ``torch.compile``."""
+    stamp(a)
     return logaddexp_op(a.reshape(-1), b.reshape(-1)).reshape(a.shape)
 
 
@@ -206,6 +209,7 @@ def bce(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None, pos_weigh
         reduction: str) -> torch.Tensor:
     """:func:`.losses.binary_cross_entropy_with_logits` under ``torch.compile``: a training step's loss
     (:func:`bce_written_op`), else :func:`bce_op`."""
+    stamp(x)
     if (weight is None and pos_weight is None and reduction != "none" and x.dtype in FUSED_GRAD and y.dtype is x.dtype
             and x.requires_grad and torch.is_grad_enabled()):
         return bce_written_op(x, y, reduction)[0]

@@ -36,7 +36,7 @@ import torch
 
 from . import _namespace as _ns
 from ._kernels import register
-from ._torch_custom_ops import logsumexp_op, softmax_grad_op, softmax_op
+from ._torch_custom_ops import logsumexp_op, logsumexp_rows, softmax_grad_op, softmax_op, softmax_rows
 from ._torch_device import device_logsumexp, device_softmax, on_device
 from ._torch_softmax import KERNEL_DTYPES, LogSoftmax, LogSumExp, Softmax, logsumexp_fast, plain_call, softmax_fast
 
@@ -78,7 +78,7 @@ def _logsumexp_call(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor |
     if _functorch_active() or _tracing_state() is not None:
         return None
     if type(keepdims) is bool and _compiled_plain(x, axis):
-        lse = logsumexp_op(x.reshape(-1, x.shape[-1]).contiguous())[0]
+        lse = logsumexp_rows(x.reshape(-1, x.shape[-1]).contiguous())
         return lse.reshape((*x.shape[:-1], 1) if keepdims else x.shape[:-1])
     ax = _compiled_columns(x, axis) if type(keepdims) is bool else None
     if ax is not None:
@@ -90,7 +90,7 @@ def _logsumexp_call(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor |
 
 def _softmax_compiled(x: torch.Tensor, axis: Any, log: bool) -> torch.Tensor | None:
     if _compiled_plain(x, axis):
-        return softmax_op(x.reshape(-1, x.shape[-1]).contiguous(), log)[0].reshape(x.shape)
+        return softmax_rows(x.reshape(-1, x.shape[-1]).contiguous(), log).reshape(x.shape)
     ax = _compiled_columns(x, axis)
     if ax is not None:
         from . import _torch_columns_compile
@@ -122,7 +122,7 @@ def _untransformed(x: torch.Tensor) -> bool:
 @register("logsumexp", "torch", predicate=_untransformed)
 def _logsumexp_rows(rows: torch.Tensor) -> torch.Tensor:
     """``logsumexp`` of rows (R, n) as (R, 1): :class:`LogSumExp`, a custom op under ``torch.compile``."""
-    return logsumexp_op(rows.contiguous())[0] if torch.compiler.is_compiling() else LogSumExp.apply(rows)
+    return logsumexp_rows(rows.contiguous()) if torch.compiler.is_compiling() else LogSumExp.apply(rows)
 
 
 def _has_values(x: torch.Tensor) -> bool:
@@ -132,7 +132,7 @@ def _has_values(x: torch.Tensor) -> bool:
 
 def _softmax_rows(rows: torch.Tensor, log: bool) -> torch.Tensor:
     if torch.compiler.is_compiling():  # a custom op: the same code, opaque to Dynamo (contiguous rows in and out)
-        return softmax_op(rows.contiguous(), log)[0]
+        return softmax_rows(rows.contiguous(), log)
     return (LogSoftmax if log else Softmax).apply(rows)
 
 
