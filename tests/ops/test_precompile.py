@@ -31,3 +31,18 @@ def test_precompile_without_numba_compiles_nothing(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     assert precompile.precompile() == 0
+
+
+def test_the_two_parts_make_the_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--part 0`` and ``--part 1`` (``make test`` runs one process each) call what one process calls, once."""
+    seen: list[Any] = []
+    monkeypatch.setattr(precompile, "_run_torch", lambda torch, calls: seen.extend(calls))
+    monkeypatch.setattr(precompile, "_run_numpy", lambda: seen.append("numpy"))
+
+    def run(part: int | None) -> list[int]:
+        seen.clear()
+        precompile.precompile(part=part)
+        return sorted(id(c) for c in seen)
+
+    whole, first, second = run(None), run(0), run(1)
+    assert first and second and sorted(first + second) == whole and len(set(whole)) == len(whole)

@@ -62,16 +62,20 @@ class _Data(NamedTuple):
 
 _Call = Callable[[Any, _Data], Any]  # (the logits, or a view of them; the rest) -> the op's result
 
-# the calls of both libraries (PyTorch's without and with a backward pass): reductions, losses, elementwise ops
-CALLS: tuple[_Call, ...] = (
+# the calls of both libraries (PyTorch's without and with a backward pass): reductions, elementwise ops, losses
+REDUCTION_CALLS: tuple[_Call, ...] = (
     lambda x, d: R.logsumexp(x, axis=-1),
     lambda x, d: R.softmax(x, axis=-1),
     lambda x, d: R.log_softmax(x, axis=-1),
+)
+ELEMENTWISE_CALLS: tuple[_Call, ...] = (
     lambda x, d: E.log_sigmoid(x),
     lambda x, d: E.sigmoid(x),
     lambda x, d: E.softplus(x),
     lambda x, d: E.log1mexp(-abs(x) - 0.125),
     lambda x, d: E.logaddexp(x, d.y),
+)
+LOSS_CALLS: tuple[_Call, ...] = (
     *(lambda x, d, r=r: L.cross_entropy(x, d.t, reduction=r) for r in ("mean", "sum", "none")),
     *(lambda x, d, r=r: L.cross_entropy(x, d.p, reduction=r) for r in ("mean", "sum", "none")),
     *(lambda x, d, r=r: L.binary_cross_entropy_with_logits(x, d.y, reduction=r) for r in ("mean", "sum", "none")),
@@ -81,6 +85,7 @@ CALLS: tuple[_Call, ...] = (
     lambda x, d: L.cross_entropy(x, d.t, z_loss=1e-4),
     lambda x, d: L.cross_entropy(x, d.p, softcap=30.0),
 )
+CALLS = REDUCTION_CALLS + ELEMENTWISE_CALLS + LOSS_CALLS
 
 # NumPy's besides: a vector, every axis, weights b, and the ops that run on NumPy kernels alone
 NUMPY_CALLS: tuple[_Call, ...] = (
@@ -142,10 +147,13 @@ def _run_torch(torch: Any, calls: tuple[_Call, ...]) -> None:
                 out.sum().backward()
 
 
-def precompile(*, verbose: bool = False) -> int:
+def precompile(*, verbose: bool = False, part: int | None = None) -> int:
     """Compile the kernels the ops call on NumPy arrays and PyTorch tensors into numba's cache.
 
-    Returns how many kernel signatures were compiled or loaded (0 without numba).
+    ``part``: 0 or 1, about half of the work (numba compiles on one core: two processes, one for each part, take
+    about half the time; 0: the middle-axis calls, NumPy's and the elementwise ops, 1: the reductions and the losses
+    on PyTorch rows, 1.0 and 0.9 minutes cold on the AVX2 VM). Returns how many kernel signatures were compiled or
+    loaded (0 without numba).
     """
     if importlib.util.find_spec("numba") is None:
         return 0
@@ -153,10 +161,12 @@ def precompile(*, verbose: bool = False) -> int:
     torch: Any = None
     if importlib.util.find_spec("torch") is not None:
         torch = importlib.import_module("torch")
-        _run_torch(torch, COLUMN_CALLS)
-    _run_numpy()
+    if part != 1:
+        if torch is not None:
+            _run_torch(torch, COLUMN_CALLS)
+        _run_numpy()
     if torch is not None:
-        _run_torch(torch, CALLS)
+        _run_torch(torch, CALLS if part is None else ELEMENTWISE_CALLS if part == 0 else REDUCTION_CALLS + LOSS_CALLS)
     count = _signatures()
     if verbose:
         print(f"floatguard: {count} kernel signatures compiled or loaded from the cache "
@@ -165,4 +175,8 @@ def precompile(*, verbose: bool = False) -> int:
 
 
 if __name__ == "__main__":
-    precompile(verbose=True)
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m floatguard.ops.precompile", description=__doc__.splitlines()[0])
+    parser.add_argument("--part", type=int, choices=(0, 1), help="half of the work, for two processes")
+    precompile(verbose=True, part=parser.parse_args().part)
