@@ -37,6 +37,7 @@ test: $(VENV)/.dev
 	echo "mypy"; $(BIN)/python -m mypy; \
 	echo "mkdocs build --strict"; NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -d "$$(mktemp -d)/site"; \
 	wait $$p0 $$p1 || echo "precompile failed: the tests compile what they use (see $(VENV)/precompile*.log)"; \
+	trap - EXIT; \
 	cat $(VENV)/precompile0.log $(VENV)/precompile1.log
 	@# the docs site above: docs/hooks.py generates the rule, op and CLI pages and the report screenshots
 	$(BIN)/python -m pytest -n 2 --dist worksteal -q

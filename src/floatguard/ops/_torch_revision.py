@@ -3,10 +3,10 @@
 ``torch.compile`` keeps compiled graphs in an on-disk cache (``TORCHINDUCTOR_CACHE_DIR``, on by default), and its
 AOTAutograd layer keys a graph by the graph Dynamo traced and its inputs: a custom op is there by its name and its
 arguments, not by its schema, its fake function or its backward (torch 2.13). A floatguard upgrade that changes what
-an op returns finds the previous version's compiled graph under the same key: measured when the custom op
-``floatguard::softmax_columns`` gained an output for its backward, the next training step failed inside Inductor's
-generated code (``IndexError: tuple index out of range``) until the cache was cleared by hand; an op whose outputs
-kept their number but changed their shapes would be fed the old plumbing without a word.
+an op returns finds the other version's compiled graph under the same key. Met in development: with an output added
+to ``floatguard::softmax_columns``, a process running the code without it hit the entry the other had written and
+failed inside Inductor's generated code (``IndexError: tuple index out of range``) until the cache was cleared by
+hand; the other way round, the old graph ran without a word, its plumbing not the code's.
 
 So every traced call of the custom ops first adds ``floatguard::revision(x, REV)``, ``REV`` a hash of floatguard's
 version and of the source of the modules that define the custom ops (their schemas, fakes and backward rules): a new
