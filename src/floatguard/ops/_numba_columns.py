@@ -134,12 +134,19 @@ if AVAILABLE:
 
 # -- the sum without the max term ------------------------------------------------------------------------
 @_inline(_CONTRACT)
+def _rest_entry(d: float) -> tuple[float, float]:
+    """``(tie, term)`` of an entry ``d = x - m`` of the sum without the max term: 1 and 0 at the max, else 0 and
+    ``exp(d)`` (for :func:`_rest_blk` and :func:`_rest_one`, which then give the same bits)."""
+    at = d == 0.0
+    return select(at, 1.0, 0.0), select(at, 0.0, _exp_f32out(d))
+
+
+@_inline(_CONTRACT)
 def _rest_blk(seg: np.ndarray, m: np.ndarray, acc: np.ndarray, ties: np.ndarray) -> None:
     for j in range(seg.size):
-        d = _load(seg[j]) - m[j]
-        at = d == 0.0
-        ties[j] += select(at, 1.0, 0.0)
-        acc[j] += select(at, 0.0, _exp_f32out(d))
+        tie, term = _rest_entry(_load(seg[j]) - m[j])
+        ties[j] += tie
+        acc[j] += term
 
 
 @_inline(_CONTRACT)
@@ -243,10 +250,9 @@ def _rest_one(xo: np.ndarray, j: int, m: float) -> float:
     acc = 0.0
     ties = 0.0
     for c in range(xo.shape[0]):
-        d = _load(xo[c, j]) - m
-        at = d == 0.0
-        ties += select(at, 1.0, 0.0)
-        acc += select(at, 0.0, _exp_f32out(d))
+        tie, term = _rest_entry(_load(xo[c, j]) - m)
+        ties += tie
+        acc += term
     return acc + (ties - 1.0)
 
 
