@@ -40,7 +40,7 @@ def _position_stats(xo: np.ndarray, o: int, j0: int, nb: int, m: np.ndarray, s: 
     finite max."""
     if not _stats(xo, j0, nb, m[o, j0 : j0 + nb], s[o, j0 : j0 + nb], True):
         return False
-    _log1p_blk(s[o, j0 : j0 + nb], l1p[o, j0 : j0 + nb])
+    _log1p_blk(s[o, j0 : j0 + nb], l1p[o, j0 : j0 + nb], xo.shape[0] == 2)
     return True
 
 
