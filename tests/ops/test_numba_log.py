@@ -70,6 +70,27 @@ def test_log1p_unit_relative_error_far_below_float32() -> None:
     assert zero[0] == 0.0
 
 
+def test_log1p_nonneg_relative_error() -> None:
+    """The one-divide ``log1p`` of the middle-axis kernels' ``s >= 0``: relative ``< 2^-51`` from subnormals to
+    ``2^1000``, dense where ``1 + s`` crosses the binades whose correction it approximates (1, sqrt(2), 2, 4)."""
+    rng = np.random.default_rng(8)
+    x = np.concatenate([
+        rng.uniform(0.0, 3.0, 4000),
+        np.exp(-rng.uniform(0.0, 745.0, 2000)),
+        10.0 ** rng.uniform(-3, 300, 1000),
+        np.linspace(0.40, 0.43, 500), np.linspace(0.97, 1.03, 500), np.linspace(2.9, 3.1, 500),
+        [0.0, 5e-324, 2.0**-1022, 2.0**-53, 2.0**-52, math.sqrt(2) - 1, 1.0, 2.0**52, 2.0**53, 2.0**1000],
+    ])
+    out = np.empty_like(x)
+    L.log1p_nonneg_array(x, out)
+    assert out[x == 0.0][0] == 0.0
+    with mpmath.workprec(160):
+        rel = [float(abs(mpmath.mpf(g) - mpmath.log1p(mpmath.mpf(v))) / mpmath.log1p(mpmath.mpf(v))) if v else 0.0
+               for v, g in zip(x.tolist(), out.tolist(), strict=True)]
+    worst = int(np.argmax(rel))
+    assert rel[worst] < 2.0**-51, f"relative {rel[worst]:.3g} at s = {x[worst]!r}"
+
+
 def test_recip_unit_relative_error_and_nan() -> None:
     """The divide-free ``1 / d`` of the float32/bfloat16 sigmoid (``d = 1 + exp(-|x|)``): relative ``< 2^-36.5``
     on ``[1, 2]`` (a degree-3 guess and one order-4 step), the ends and the extrema of the guess's error

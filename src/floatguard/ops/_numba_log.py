@@ -71,12 +71,23 @@ _LOW32 = 0xFFFFFFFF
 _CONTRACT = {"contract"}
 
 
+_MAGIC = 0x4338000000000000  # the bits of 1.5 * 2^52: k + _MAGIC read as a float is 1.5 * 2^52 + k (|k| < 2^51)
+_MAGIC_F = 6755399441055744.0
+
+
+@inline
+def _high_word(bits: int) -> int:
+    """The high 32 bits of the float64 bits of a positive number: a logical shift (the mask tells LLVM so; an
+    arithmetic shift of 64-bit lanes has no AVX2 instruction)."""
+    return (bits >> 32) & 0xFFFFFFFF
+
+
 @inline
 def _log1p_finite(x: float) -> float:
     """``log1p(x)`` for finite ``x > -1`` (``-1 < x < 2^1023``): the kernel, without special cases."""
     u = 1.0 + x
     bits = _as_int(u)
-    k = (((bits >> 32) + _OFFSET) >> 20) - 0x3FF
+    k = ((_high_word(bits) + _OFFSET) >> 20) - 0x3FF
     c = select(k >= 2, 1.0 - (u - x), x - (u - 1.0))
     c = select(k < 54, c / u, 0.0)  # beyond 2^54 the correction is below ulp (and c / u could underflow)
     return _log_kernel(u, c)
@@ -93,7 +104,7 @@ def log_positive(u: float) -> float:
 def _log_kernel(u: float, c: float) -> float:
     """``log(u) + c`` for a normal positive ``u`` and a small correction ``c`` (fdlibm, see the module docstring)."""
     bits = _as_int(u)
-    hu = (bits >> 32) + _OFFSET
+    hu = _high_word(bits) + _OFFSET
     k = (hu >> 20) - 0x3FF
     hu = (hu & 0x000FFFFF) + 0x3FE6A09E
     f = _as_float((hu << 32) | (bits & _LOW32)) - 1.0
@@ -103,8 +114,21 @@ def _log_kernel(u: float, c: float) -> float:
     w = z * z
     t1 = w * (LG2 + w * (LG4 + w * LG6))
     t2 = z * (LG1 + w * (LG3 + w * (LG5 + w * LG7)))
-    dk = np.float64(k)
+    dk = _as_float(k + _MAGIC) - _MAGIC_F  # k as a float with vector integer adds (AVX2 has no int64 -> float64)
     return s * (hfsq + t1 + t2) + (dk * LN2_LO + c) - hfsq + f + dk * LN2_HI
+
+
+@inline
+def log1p_nonneg(x: float) -> float:
+    """``log1p(x)`` for finite ``x >= 0`` to a relative ``2^-51.9`` (measured against mpmath), with one divide
+    (:func:`log1p` has two): the rounding error ``c`` of ``u = 1 + x`` enters as ``c (2 - u)`` for ``c / u``, off
+    by ``(u - 1)^2 c / u`` near 1, and ``0`` from ``u = 2`` (``|c / u| <= 2^-53`` beside ``log(u) >= ln 2``). For
+    the per-position ``log1p(s)`` of the middle-axis kernels: 0.56x :func:`log1p`'s time on AVX2."""
+    u = 1.0 + x
+    bits = _as_int(u)
+    k = ((_high_word(bits) + _OFFSET) >> 20) - 0x3FF
+    c = select(k >= 2, 1.0 - (u - x), x - (u - 1.0)) * max(2.0 - u, 0.0)
+    return _log_kernel(u, c)
 
 
 @inline
@@ -193,6 +217,13 @@ def log1p_unit_array(x: np.ndarray, out: np.ndarray) -> None:
     """``out = log1p_unit(x)`` on float64 arrays in ``[0, 1]`` (for tests)."""
     for i in range(x.size):
         out[i] = log1p_unit(x[i])
+
+
+@_njit(_CONTRACT)
+def log1p_nonneg_array(x: np.ndarray, out: np.ndarray) -> None:
+    """``out = log1p_nonneg(x)`` on finite float64 arrays ``>= 0`` (for tests)."""
+    for i in range(x.size):
+        out[i] = log1p_nonneg(x[i])
 
 
 @_njit(_CONTRACT)
