@@ -19,6 +19,9 @@ plain Python functions, never called.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +37,80 @@ except ImportError:  # the `fast` extra is not installed
     numba = None
 
 AVAILABLE = numba is not None
+
+_OPS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+@functools.cache
+def kernels_revision() -> str:
+    """A hash of the sources of every numba module of ``floatguard.ops`` (``_numba_*.py``): what the cached kernels
+    were compiled from, helpers inlined from other files included."""
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(_OPS_DIR)):
+        if name.startswith("_numba_") and name.endswith(".py"):
+            with open(os.path.join(_OPS_DIR, name), "rb") as f:
+                digest.update(name.encode() + b"\0" + f.read() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def _install_revision_locator() -> bool:
+    """Make numba's on-disk cache of floatguard's kernels stale whenever any of their sources changes.
+
+    numba keys a cached function by its own source file only (its modification time and size, or from 0.65 a hash
+    of its contents). An entry kernel inlines helpers
+    from the other ``_numba_*`` modules (an exp, a ``log1p``, a block pass), so a change to a helper left every
+    entry kernel of an unchanged file running the old helper from the cache: an editable install, or a source tree
+    under development, computed with code it no longer had (a fix to the 16-bit column sums reached
+    ``log_softmax`` but not the cross-entropy, whose file had not changed). Here a locator put first in numba's list
+    answers for the files of this directory: the locator numba would have used, with the stamp ``(its stamp,``
+    :func:`kernels_revision` ``)``. Other functions keep numba's locators. Returns False where numba's caching
+    machinery is not the one this was written for (then nothing changes)."""
+    try:
+        from numba.core import caching
+    except ImportError:
+        return False
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)  # public from numba 0.65
+    base = getattr(caching, "_CacheLocator", None)
+    found = getattr(impl, "_locator_classes", None)
+    if base is None or not isinstance(found, list):
+        return False
+    classes: list[Any] = found
+    if any(getattr(c, "floatguard_revision", False) for c in classes):
+        return True
+
+    class _RevisionLocator(base):  # type: ignore[misc,valid-type]
+        floatguard_revision = True
+
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        def ensure_cache_path(self) -> None:
+            self._inner.ensure_cache_path()
+
+        def get_cache_path(self) -> Any:
+            return self._inner.get_cache_path()
+
+        def get_source_stamp(self) -> Any:
+            return (self._inner.get_source_stamp(), kernels_revision())
+
+        def get_disambiguator(self) -> Any:
+            return self._inner.get_disambiguator()
+
+        @classmethod
+        def from_function(cls, py_func: Any, py_file: str) -> Any:
+            if os.path.dirname(os.path.abspath(py_file)) != _OPS_DIR:
+                return None
+            for other in classes:
+                inner = None if other is cls else other.from_function(py_func, py_file)
+                if inner is not None:
+                    return cls(inner)
+            return None
+
+    classes.insert(0, _RevisionLocator)
+    return True
+
+
+REVISION_LOCATOR = AVAILABLE and _install_revision_locator()
 
 
 def intrinsic(fn: Callable[..., Any]) -> Any:
