@@ -296,6 +296,22 @@ def test_cross_entropy_confident_target_gradient() -> None:
     assert mantissa_ulps(loss, torch.full((2, 8), math.log1p(s), dtype=torch.float64), torch.float32) <= 1.0
 
 
+@pytest.mark.parametrize("n_cls", [3, 2])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cross_entropy_of_a_confident_target_is_not_rounded_to_zero(n_cls: int, dtype: torch.dtype,
+                                                                   spy: list[str]) -> None:
+    """Logits 36, -19 (and -20): the loss of the max class is log1p(s), 1.8e-24, which bfloat16 holds; the 16-bit
+    column kernels summed ``1 + s`` and gave 0. As the row path."""
+    x = torch.tensor([36.0, -19.0, -20.0][:n_cls])[None, :, None].expand(2, n_cls, 5).contiguous().to(dtype)
+    t = torch.zeros(2, 5, dtype=torch.long)
+    got = fg.cross_entropy(x, t, axis=1, reduction="none")
+    rows = fg.cross_entropy(x.movedim(1, -1).reshape(-1, n_cls), t.reshape(-1), reduction="none").view(2, 5)
+    assert spy == ["cross_entropy"]
+    assert torch.equal(got, rows) and bool((got > 0).all())
+    want = float(mpmath.log1p(mpmath.fsum(mpmath.exp(v - 36) for v in [-19, -20][: n_cls - 1])))
+    assert abs(float(got[0, 0]) - want) <= 2.0 ** -7 * want
+
+
 def test_cross_entropy_mean_over_no_entry_is_nan() -> None:
     x = data((2, 3, 5), torch.float32).requires_grad_()
     t = torch.full((2, 5), -100)
