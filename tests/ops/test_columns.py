@@ -249,7 +249,7 @@ def test_channels_last_takes_the_row_path(spy: list[str]) -> None:
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("ignore", [None, 255, 3])  # 3: a class of the range, ignored
-@pytest.mark.parametrize(("n_cls", "eps"), [(3, 0.0), (21, 0.0), (40, 0.0), (21, 0.1), (40, 0.2)])
+@pytest.mark.parametrize(("n_cls", "eps"), [(2, 0.0), (2, 0.1), (3, 0.0), (21, 0.0), (40, 0.0), (21, 0.1), (40, 0.2)])
 def test_cross_entropy_matches_pytorch_in_float64(n_cls: int, eps: float, dtype: torch.dtype, reduction: str,
                                                   weighted: bool, ignore: int | None, spy: list[str]) -> None:
     """The target's entries by vector passes (<= 32 classes) or per position; with label smoothing ``eps``."""
@@ -320,8 +320,9 @@ def test_cross_entropy_mean_over_no_entry_is_nan() -> None:
     assert torch.isnan(F.cross_entropy(x.detach(), t))
 
 
-def test_cross_entropy_bad_index_raises_naming_target(spy: list[str]) -> None:
-    x = data((2, 3, 5), torch.float32)
+@pytest.mark.parametrize("n_cls", [3, 2])
+def test_cross_entropy_bad_index_raises_naming_target(n_cls: int, spy: list[str]) -> None:
+    x = data((2, n_cls, 5), torch.float32)
     t = torch.zeros((2, 5), dtype=torch.int64)
     t[1, 3] = 7
     with pytest.raises(ValueError, match="target"):
@@ -329,13 +330,17 @@ def test_cross_entropy_bad_index_raises_naming_target(spy: list[str]) -> None:
     assert spy == []
 
 
-def test_cross_entropy_non_finite_position_takes_the_row_path(spy: list[str]) -> None:
-    x = data((2, 3, 5), torch.float32)
-    x[0, 1, 2] = float("nan")
+@pytest.mark.parametrize("n_cls", [3, 2])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_cross_entropy_non_finite_position_takes_the_row_path(n_cls: int, bad: float, spy: list[str]) -> None:
+    x = data((2, n_cls, 5), torch.float32)
+    x[0, 1, 2] = bad
     t = torch.zeros((2, 5), dtype=torch.int64)
     loss = fg.cross_entropy(x, t, axis=1, reduction="none")
     assert spy == []
-    assert torch.isnan(loss[0, 2]) and torch.isfinite(loss[1]).all()
+    rows = fg.cross_entropy(x.movedim(1, -1).reshape(-1, n_cls), t.reshape(-1), reduction="none").view(2, 5)
+    torch.testing.assert_close(loss, rows, equal_nan=True, rtol=0, atol=0)
+    assert not torch.isfinite(loss[0, 2]) and torch.isfinite(loss[1]).all()
 
 
 def test_cross_entropy_double_backward() -> None:
