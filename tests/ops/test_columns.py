@@ -312,6 +312,25 @@ def test_cross_entropy_of_a_confident_target_is_not_rounded_to_zero(n_cls: int, 
     assert abs(float(got[0, 0]) - want) <= 2.0 ** -7 * want
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("n_cls", [2, 3, 6])
+def test_an_ignored_position_with_a_neg_inf_logit_adds_nothing(n_cls: int, eps: float, spy: list[str]) -> None:
+    """An ignored position's loss is 0 even where the class its index reads (clamped into range, or class 0 of two)
+    holds -inf: the loss was ``0 * inf``, NaN, and so was the mean (PyTorch's and the row path's: 0)."""
+    x = data((2, n_cls, 6), torch.float32, seed=13)
+    x[0, 0, 1] = x[0, n_cls - 1, 1] = -float("inf")
+    x[0, n_cls // 2, 1] = 1.0  # the position's max stays finite
+    t = torch.from_numpy(np.random.default_rng(14).integers(0, n_cls, (2, 6)))
+    t[0, 1] = 255
+    got = fg.cross_entropy(x, t, axis=1, ignore_index=255, reduction="none", label_smoothing=eps)
+    want = F.cross_entropy(x.double(), t, ignore_index=255, reduction="none", label_smoothing=eps)
+    assert spy == ["cross_entropy"]
+    assert got[0, 1] == 0.0
+    assert mantissa_ulps(got, want, torch.float32) <= 1.0
+    mean = fg.cross_entropy(x, t, axis=1, ignore_index=255, label_smoothing=eps)
+    assert torch.isfinite(mean)
+
+
 def test_cross_entropy_mean_over_no_entry_is_nan() -> None:
     x = data((2, 3, 5), torch.float32).requires_grad_()
     t = torch.full((2, 5), -100)

@@ -220,7 +220,8 @@ def _stats(xo: np.ndarray, j0: int, nb: int, m: np.ndarray, s: np.ndarray, short
     eight are (:func:`_rest_blk`; 0.8x the time of summing every block that way at C = 21). Either way a position's
     ``s`` depends on its own entries only, not on its block (nor on the threads' split of the positions). (Summing
     the whole block again for one confident position in it took two to four classes, where nearly every block holds
-    one, 1.3-1.6x PyTorch's step.) 16-bit rows sum without the max term from the start (:func:`_sum_all16`).
+    one, 1.3-1.6x PyTorch's step.) 16-bit rows sum without the max term from the start (:func:`_sum_all16`); two
+    classes take :func:`_stats2`.
     """
     n_cls = xo.shape[0]
     if n_cls == 2:
@@ -260,7 +261,8 @@ def _stats2(xo: np.ndarray, j0: int, nb: int, m: np.ndarray, s: np.ndarray) -> b
     ``+inf``, or both ``-inf``: ``d`` is NaN or ``m`` not finite). The float32 log_softmax kernel at 8×2×256×256 took
     0.47x the general blocks' time; its results are closer to correctly rounded (the general ``fl(1 + s) - 1`` is
     2^-29 relative: of 300 outputs that differ, 295 now correctly rounded, 5 before). Steps, side by side against
-    the general blocks: log_softmax 1.41 -> 0.65x PyTorch's, cross-entropy 1.30 -> 0.95x (float32)."""
+    the general blocks: log_softmax 1.41 -> 0.65x PyTorch's (float32); the cross-entropy's forward also takes
+    :func:`._numba_columns_ce._ce_pair`."""
     x0 = xo[0, j0 : j0 + nb]
     x1 = xo[1, j0 : j0 + nb]
     bad = np.int32(0)  # counted, not branched on: the loop vectorizes
@@ -291,8 +293,8 @@ def _rest_one(xo: np.ndarray, j: int, m: float) -> float:
 def _log1p_blk(s: np.ndarray, out: np.ndarray, unit: bool) -> None:
     """``out = log1p(s)`` of the positions' ``s >= 0`` by :func:`._numba_log.log1p_nonneg` (one divide); ``unit``:
     every ``s`` in ``[0, 1]`` (two classes, :func:`_stats2`), by the polynomial :func:`._numba_log.log1p_unit`
-    (2^-35.5, no divide). With few classes the positions' ``log1p`` took a third of the forward: 1.9 of 6.6 ms at
-    8×4×128×128 with the general ``log1p`` (two divides)."""
+    (2^-35.5, no divide). With few classes the positions' ``log1p`` is a large part of the forward: at four classes
+    (8×4×86016 float32) the log_softmax kernel took 6.55 ms with the general ``log1p`` (two divides), 6.1 now."""
     if unit:
         for j in range(s.size):
             out[j] = log1p_unit(s[j])

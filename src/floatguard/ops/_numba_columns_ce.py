@@ -78,9 +78,10 @@ def _ce_pair(xo: np.ndarray, tb: np.ndarray, w: np.ndarray, ignore: int, has_ign
         wb[j] = select(ign | out, 0.0, select(k == 1, w1, w0))
     if wrong:
         return 2
-    if eps == 0.0:
+    if eps == 0.0:  # an ignored position's loss is 0 even where the logit its index picks is -inf (0 * inf)
         for j in range(nb):
-            lo[j] = wb[j] * (lb[j] + (mb[j] - select(tb[j] == 1, _load(x1[j]), _load(x0[j]))))
+            v = wb[j] * (lb[j] + (mb[j] - select(tb[j] == 1, _load(x1[j]), _load(x0[j]))))
+            lo[j] = select(has_ignore & (tb[j] == ignore), 0.0, v)
         return 0
     for j in range(nb):
         k = tb[j]
@@ -89,7 +90,7 @@ def _ce_pair(xo: np.ndarray, tb: np.ndarray, w: np.ndarray, ignore: int, has_ign
         mx = mb[j]
         smooth = (w0 + w1) * lb[j] + (w0 * (mx - _load(x0[j])) + w1 * (mx - _load(x1[j])))
         base = lb[j] + (mx - select(tb[j] == 1, _load(x1[j]), _load(x0[j])))
-        lo[j] = (1.0 - eps) * wb[j] * base + select(ab[j] == 0.0, 0.0, (eps / 2.0) * smooth)
+        lo[j] = select(ab[j] == 0.0, 0.0, (1.0 - eps) * wb[j] * base + (eps / 2.0) * smooth)
     return 0
 
 
@@ -148,9 +149,9 @@ def cols_ce_fwd(x: np.ndarray, t: np.ndarray, w: np.ndarray, ignore: int, has_ig
             if bad:
                 return 2
             lo = loss[o, j0 : j0 + nb]
-            if eps == 0.0:
+            if eps == 0.0:  # an ignored position's loss is 0 even where the logit its clamped index reads is -inf
                 for j in range(nb):
-                    lo[j] = wb[j] * (lb[j] + (mb[j] - xb[j]))
+                    lo[j] = select(has_ignore & (tb[j] == ignore), 0.0, wb[j] * (lb[j] + (mb[j] - xb[j])))
                 continue
             bb = bsm[:nb]
             bb[:] = 0.0
@@ -160,8 +161,8 @@ def cols_ce_fwd(x: np.ndarray, t: np.ndarray, w: np.ndarray, ignore: int, has_ig
             for j in range(nb):
                 k = tb[j]
                 ab[j] = select((has_ignore & (k == ignore)) | (k < 0) | (k >= n_cls), 0.0, 1.0)
-                lo[j] = ((1.0 - eps) * wb[j] * (lb[j] + (mb[j] - xb[j]))
-                         + select(ab[j] == 0.0, 0.0, (eps / n_cls) * (wsum * lb[j] + bb[j])))
+                lo[j] = select(ab[j] == 0.0, 0.0, (1.0 - eps) * wb[j] * (lb[j] + (mb[j] - xb[j]))
+                               + (eps / n_cls) * (wsum * lb[j] + bb[j]))
     return 0
 
 
