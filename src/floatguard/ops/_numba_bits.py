@@ -11,7 +11,8 @@
   conversion when numba compiles, and :func:`_load_as` / :func:`_round_to` pick the float64 or the
   float32 pair from the type of a value;
 * :func:`_row_max`, a row's max from order-preserving integer keys of its bits (vectorizes);
-* :func:`_voidptr` and ``carray``: arrays over a tensor's ``data_ptr()``.
+* :func:`_voidptr` and ``carray``: arrays over a tensor's ``data_ptr()``;
+* the on-disk cache stamp of the kernels: numba's, and :func:`kernels_revision`, a hash of every kernel module.
 
 Without numba this module still imports (``AVAILABLE`` is False) and the decorators return the
 plain Python functions, never called.
@@ -59,20 +60,20 @@ def kernels_revision() -> str:
 def _install_revision_locator() -> bool:
     """Make numba's on-disk cache of floatguard's kernels stale whenever any of their sources changes.
 
-    numba keys a cached function by its own source file only (its modification time and size, or from 0.65 a hash
-    of its contents). An entry kernel inlines helpers
-    from the other ``_numba_*`` modules (an exp, a ``log1p``, a block pass), so a change to a helper left every
-    entry kernel of an unchanged file running the old helper from the cache: an editable install, or a source tree
-    under development, computed with code it no longer had (a fix to the 16-bit column sums reached
-    ``log_softmax`` but not the cross-entropy, whose file had not changed). Here a locator put first in numba's list
-    answers for the files of this directory: the locator numba would have used, with the stamp ``(its stamp,``
-    :func:`kernels_revision` ``)``. Other functions keep numba's locators. Returns False where numba's caching
-    machinery is not the one this was written for (then nothing changes)."""
+    numba stamps a cached function with its own source file only (a hash of its contents in numba 0.68, its
+    modification time and size in older ones). An entry kernel inlines helpers from the other ``_numba_*`` modules
+    (an exp, a ``log1p``, a block pass), so a change to a helper left every entry kernel of an unchanged file running
+    the old helper from the cache: an editable install, or a source tree under development, computed with code it no
+    longer had (a fix to the 16-bit column sums reached ``log_softmax`` but not the cross-entropy, whose file had not
+    changed). Here a locator put first in numba's list answers for the files of this directory: the locator numba
+    would have used, with the stamp ``(its stamp,`` :func:`kernels_revision` ``)``. Other functions keep numba's
+    locators. Returns False where numba's caching machinery is not the one this was written for (then nothing
+    changes)."""
     try:
         from numba.core import caching
     except ImportError:
         return False
-    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)  # public from numba 0.65
+    impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl", None)  # the name in 0.68, and before
     base = getattr(caching, "_CacheLocator", None)
     found = getattr(impl, "_locator_classes", None)
     if base is None or not isinstance(found, list):
