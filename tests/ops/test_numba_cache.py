@@ -1,7 +1,8 @@
 """The revision in the on-disk cache stamp of floatguard's numba kernels (``_numba_bits.kernels_revision``).
 
 numba stamps a cached function with its own source file only; floatguard's entry kernels inline helpers from the
-other ``_numba_*`` modules, so the stamp also carries a hash of all of them."""
+other ``_numba_*`` modules, so the stamp also carries a hash of all of them. Not skipped without numba: it is in the
+test environment (``floatguard[dev]`` takes ``fast``)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
-
-pytest.importorskip("numba")
 
 from floatguard.ops import _numba_bits, _numba_log
 
