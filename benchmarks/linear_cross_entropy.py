@@ -34,7 +34,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import _one_thread  # noqa: F401  (first: one thread before torch/jax load)
+import _one_thread  # first: one thread before torch/jax load
 from _table import fmt_float, make_table, print_tables
 
 HIDDEN, VOCAB = 512, 32_000
@@ -238,4 +238,5 @@ def main(argv: Sequence[str] | None = None) -> list[Any]:
 
 
 if __name__ == "__main__":
+    _one_thread.one_cpu()  # XLA: one thread (see _one_thread); not on import, as the tests import this module
     main()

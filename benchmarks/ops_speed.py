@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import _one_thread  # noqa: F401  (sets one thread before the array libraries load)
+import _one_thread  # first: one thread before torch/jax load
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,4 +160,5 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
 
 
 if __name__ == "__main__":
+    _one_thread.one_cpu()  # XLA: one thread (see _one_thread); not on import, as the tests import this module
     main()

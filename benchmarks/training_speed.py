@@ -12,7 +12,9 @@ for training work and 2.0 for the latency of one small call, where the fixed
 cost of checking arguments is most of the time.
 
 PyTorch runs on one thread unless ``--threads N``; OMP and XLA are set to one
-thread before the libraries load. JAX runs without ``jax_enable_x64`` (JAX's
+thread before the libraries load, and each JAX child process is bound to one CPU
+(XLA runs its reductions on a pool of one thread per CPU otherwise: jax.nn's and
+floatguard's alike took two cores here before). JAX runs without ``jax_enable_x64`` (JAX's
 default, how models are trained: all work in float32) and with it (floatguard's
 accuracy contract: float32 inputs worked in float64), each in a child process,
 as the setting is global to a process.
@@ -35,7 +37,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import _one_thread  # noqa: F401  (sets one thread before the array libraries load)
+import _one_thread  # first: sets one thread before the array libraries load
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -337,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> list[Table]:
     rounds = args.rounds or (3 if args.quick else 7)
     min_time = args.min_time or (0.0005 if args.quick else 0.05)
     if args.jax_child:  # one setting of jax_enable_x64: the rows as JSON, for jax_rows
+        _one_thread.one_cpu()  # before the first JAX array: XLA's thread pool is made with its backend
         jax.config.update("jax_enable_x64", args.jax_child == "on")
         print(json.dumps(measure(jax_pairs(args.quick), rounds, min_time)))
         return []

@@ -577,6 +577,38 @@ def test_non_finite_rows_among_many_take_their_limits_in_threads(rows: int) -> N
         list(pool.map(check, range(12)))
 
 
+@pytest.mark.parametrize("dtype", ALL)
+@pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
+def test_rows_split_over_threads_give_the_bits_of_one_thread(op: str, dtype: torch.dtype) -> None:
+    """With ``torch.set_num_threads(k)`` the kernels of large calls run on chunks of rows in ``k`` threads (a row is never
+    split): forward and backward give the bits of one thread, with ``-inf``, ``+inf`` and NaN rows among them, for row
+    counts that do and do not divide evenly."""
+    assert 200 * 700 >= _torch_softmax.PARALLEL_MIN  # large enough to be split
+    rng = np.random.default_rng(7)
+    x = torch.tensor(rng.standard_normal((201, 700)) * 6, dtype=dtype)
+    x[5] = -INF
+    x[17, 3] = INF
+    x[200, 9] = math.nan
+    g = torch.tensor(rng.uniform(0.5, 1.5, (201,) if op == "logsumexp" else (201, 700)), dtype=dtype)
+
+    def run(threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            v = x.clone().requires_grad_(True)
+            out = getattr(fg, op)(v, dim=-1)
+            out.backward(g)
+            assert v.grad is not None
+            return out.detach(), v.grad
+        finally:
+            torch.set_num_threads(old)
+
+    one = run(1)
+    for threads in (2, 3):
+        for a, b in zip(one, run(threads), strict=True):
+            assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)) and torch.equal(a.isnan(), b.isnan()), (op, threads)
+
+
 @pytest.mark.parametrize("shape", [(3, 0), (0, 5), (2, 0, 4)])
 def test_empty_shapes_match_torch(shape: tuple[int, ...]) -> None:
     x = torch.randn(shape)

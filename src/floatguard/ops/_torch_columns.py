@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ._torch_rows import PARALLEL_MIN, run_rows
+from ._torch_sweep import empty_like
 
 CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
 _EMPTY = np.empty((0, 0))
@@ -90,7 +91,7 @@ def softmax_raw(x: torch.Tensor, axis: int, log: bool) -> torch.Tensor | None:
     if kern is None or dims is None:
         return None
     xd = x.detach().contiguous()
-    out = torch.empty_like(xd)
+    out = empty_like(xd)
     code, xa, oa = CODES[x.dtype], xd.data_ptr(), out.data_ptr()
     if not all(_run(lambda o0, o1, i0, i1: kern.ptr_cols_softmax(code, xa, oa, dims, log, o0, o1, i0, i1), dims)):
         return None
@@ -112,7 +113,7 @@ def softmax_grad(out: torch.Tensor, g: torch.Tensor, axis: int, log: bool) -> to
     kern = _kernels()
     assert dims is not None and kern is not None
     gc = g.to(out.dtype).contiguous()
-    grad = torch.empty_like(out)
+    grad = empty_like(out)
     code, oa, ga, gra = CODES[out.dtype], out.data_ptr(), gc.data_ptr(), grad.data_ptr()
     _run(lambda o0, o1, i0, i1: kern.ptr_cols_softmax_bwd(code, oa, ga, gra, dims, log, o0, o1, i0, i1), dims)
     return grad
@@ -162,7 +163,7 @@ def logsumexp_grad(x: torch.Tensor, lse: np.ndarray, g: torch.Tensor, axis: int)
     assert dims is not None and kern is not None
     xd = x.detach().contiguous()
     g64 = np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
-    grad = torch.empty_like(xd)
+    grad = empty_like(xd)
     code, xa, gra = CODES[xd.dtype], xd.data_ptr(), grad.data_ptr()
     _run(lambda o0, o1, i0, i1: kern.ptr_cols_logsumexp_bwd(code, xa, lse, g64, gra, dims, o0, o1, i0, i1), dims)
     return grad
@@ -226,7 +227,7 @@ def cross_entropy_grad(x: torch.Tensor, t: np.ndarray, stats: np.ndarray, den: f
     coef, gn = _upstream(g, den, reduction, dims)
     kern = _kernels()
     xd = x.detach().contiguous()
-    grad = torch.empty_like(xd)
+    grad = empty_like(xd)
     code, xa, gra = CODES[xd.dtype], xd.data_ptr(), grad.data_ptr()
     _run(lambda o0, o1, i0, i1: kern.ptr_cols_ce_bwd(code, xa, t, stats, w, eps, coef, gn, gra, dims, o0, o1, i0, i1),
          dims)
@@ -317,7 +318,7 @@ def _probs_grad(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, w: np.ndarray
     coef, gn = _upstream(g, den, reduction, dims)
     kern = _kernels()
     xd = x.detach().contiguous()
-    grad = torch.empty_like(xd)
+    grad = empty_like(xd)
     code, xa, ya, gra = CODES[xd.dtype], xd.data_ptr(), y.data_ptr(), grad.data_ptr()
     _run(lambda o0, o1, i0, i1: kern.ptr_cols_ce_prob_bwd(code, xa, ya, w, eps, stats, coef, gn, gra, dims, o0, o1,
                                                           i0, i1), dims)

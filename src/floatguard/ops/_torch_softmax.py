@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 from . import _namespace as _ns
 from . import _torch_columns as _columns
 from ._torch_device import device_logsumexp, device_softmax, grad_dtype, on_device
+from ._torch_rows import PARALLEL_MIN, run_rows
 from ._torch_sweep import EMPTY_LIKE_MIN, compiled_sweep, empty_like, fix_limits, lse_forward, softmax_forward
 
 
@@ -95,6 +96,12 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
     return x if x.is_contiguous() else x.contiguous()
 
 
+def _threaded(r: int, n: int) -> bool:
+    """Whether ``r`` rows of ``n`` entries are split over ``torch.get_num_threads()`` threads (as the losses' kernels:
+    :func:`._torch_rows.run_rows`); the thread count is read only for large work (a small call's budget)."""
+    return r > 1 and r * n >= PARALLEL_MIN and torch.get_num_threads() > 1
+
+
 def _kernel_softmax(kern: Any, x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
     """softmax or log_softmax of rows ``x`` by the kernels, and ``finite`` (R, 1); None if they failed. (Not detached:
     the kernel reads the storage, and the callers run without grad mode.)"""
@@ -115,9 +122,14 @@ def _kernel_rows(kern: Any, x: torch.Tensor, log: bool, code: int, r: int, n: in
             return out, ALL_FINITE
     else:
         flags = _FLAGS if r <= FLAG_ROWS else torch.empty(r, dtype=torch.bool)  # held until the kernel returns
+        fa = _FLAGS_AT if r <= FLAG_ROWS else flags.data_ptr()
         try:
-            ok = kern.ptr_softmax_fwd(code, x.data_ptr(), out.data_ptr(),
-                                      _FLAGS_AT if r <= FLAG_ROWS else flags.data_ptr(), r, n, log)
+            if _threaded(r, n):
+                xa, oa, step = x.data_ptr(), out.data_ptr(), n * x.element_size()
+                ok = all(run_rows(lambda r0, r1: kern.ptr_softmax_fwd(code, xa + r0 * step, oa + r0 * step, fa + r0,
+                                                                      r1 - r0, n, log), r, n))
+            else:
+                ok = kern.ptr_softmax_fwd(code, x.data_ptr(), out.data_ptr(), fa, r, n, log)
         except Exception as exc:  # numba cannot compile here: the torch ops still can
             _kernels_failed(exc)
             return None
@@ -158,12 +170,31 @@ def _kernel_softmax_grad(
     r, n = out.shape
     grad = torch.empty_like(out) if r * n < EMPTY_LIKE_MIN else empty_like(out)
     try:
-        kern.ptr_softmax_bwd(STORAGE_CODE[out.dtype], out.data_ptr(), g.data_ptr(), finite.data_ptr(), finite.numel(),
-                             grad.data_ptr(), r, n, log)
+        if _threaded(r, n):
+            _softmax_grad_threads(kern, out, g, finite, grad, log)
+        else:
+            kern.ptr_softmax_bwd(STORAGE_CODE[out.dtype], out.data_ptr(), g.data_ptr(), finite.data_ptr(),
+                                 finite.numel(), grad.data_ptr(), r, n, log)
     except Exception as exc:  # numba cannot compile here: the torch ops still can
         _kernels_failed(exc)
         return (_log_softmax_grad if log else _softmax_grad)(out, finite, g)
     return grad
+
+
+def _softmax_grad_threads(kern: Any, out: torch.Tensor, g: torch.Tensor, finite: torch.Tensor, grad: torch.Tensor,
+                          log: bool) -> None:
+    """The backward kernel of :func:`_kernel_softmax_grad` over chunks of rows in threads (``finite``: one flag per
+    row, or one for all)."""
+    r, n = out.shape
+    code, oa, ga, fa, nf, gra = (STORAGE_CODE[out.dtype], out.data_ptr(), g.data_ptr(), finite.data_ptr(),
+                                 finite.numel(), grad.data_ptr())
+    step = n * out.element_size()
+
+    def part(r0: int, r1: int) -> None:
+        kern.ptr_softmax_bwd(code, oa + r0 * step, ga + r0 * step, fa + (0 if nf == 1 else r0),
+                             1 if nf == 1 else r1 - r0, gra + r0 * step, r1 - r0, n, log)
+
+    run_rows(part, r, n)
 
 
 def softmax_backward(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, log: bool,
@@ -197,7 +228,16 @@ def lse_any(x: torch.Tensor) -> torch.Tensor:
         x = _plain(x)
         r, n = x.shape
         lse = torch.empty(r, dtype=torch.float64)
-        if _kernel_call(kern.ptr_logsumexp_fwd, STORAGE_CODE[x.dtype], x.data_ptr(), lse.data_ptr(), r, n):
+        code, xa, la = STORAGE_CODE[x.dtype], x.data_ptr(), lse.data_ptr()
+        if _threaded(r, n):
+            step = n * x.element_size()
+
+            def part(r0: int, r1: int) -> None:
+                kern.ptr_logsumexp_fwd(code, xa + r0 * step, la + 8 * r0, r1 - r0, n)
+
+            if _kernel_call(run_rows, part, r, n):
+                return lse
+        elif _kernel_call(kern.ptr_logsumexp_fwd, code, xa, la, r, n):
             return lse
     if on_device(x):
         return device_logsumexp(x)[:, 0]
@@ -301,8 +341,16 @@ def lse_backward(x: torch.Tensor, lse: torch.Tensor, g: torch.Tensor) -> torch.T
         grad = empty_like(xc)
         g64 = _plain(g.reshape(-1).to(torch.float64))
         r, n = xc.shape
-        if _kernel_call(kern.ptr_logsumexp_bwd, STORAGE_CODE[x.dtype], xc.data_ptr(), lse.data_ptr(), g64.data_ptr(),
-                        grad.data_ptr(), r, n):
+        code, xa, la, ga, gra = STORAGE_CODE[x.dtype], xc.data_ptr(), lse.data_ptr(), g64.data_ptr(), grad.data_ptr()
+        if _threaded(r, n):
+            step = n * xc.element_size()
+
+            def part(r0: int, r1: int) -> None:
+                kern.ptr_logsumexp_bwd(code, xa + r0 * step, la + 8 * r0, ga + 8 * r0, gra + r0 * step, r1 - r0, n)
+
+            if _kernel_call(run_rows, part, r, n):
+                return grad
+        elif _kernel_call(kern.ptr_logsumexp_bwd, code, xa, la, ga, gra, r, n):
             return grad
     p = torch.where(torch.isfinite(lse)[:, None], Softmax.apply(x), 0.0)
     return g.reshape(-1, 1) * p
