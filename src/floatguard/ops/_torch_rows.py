@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import numpy as np
@@ -64,14 +64,21 @@ def _chunks(rows: int, cols: int) -> list[tuple[int, int]]:
 
 
 def run_rows(fn: Any, rows: int, cols: int) -> list[Any]:
-    """``fn(r0, r1)`` over row chunks, in threads when the work is large enough."""
+    """``fn(r0, r1)`` over row chunks, in threads when the work is large enough: the first chunk in the calling
+    thread, the others in the pool (which then has one thread fewer than ``torch.get_num_threads()``, as torch's
+    own parallel loops count the caller). Returns once every chunk is done, also when one raised."""
     global _pool
     parts = _chunks(rows, cols)
     if len(parts) == 1:
         return [fn(0, rows)]
-    if _pool is None or _pool._max_workers < len(parts):
-        _pool = ThreadPoolExecutor(max_workers=len(parts), thread_name_prefix="floatguard")
-    return list(_pool.map(lambda p: fn(*p), parts))
+    if _pool is None or _pool._max_workers < len(parts) - 1:
+        _pool = ThreadPoolExecutor(max_workers=len(parts) - 1, thread_name_prefix="floatguard")
+    rest = [_pool.submit(fn, *p) for p in parts[1:]]
+    try:
+        first = fn(*parts[0])
+    finally:
+        wait(rest)  # the other chunks still write into the caller's tensors
+    return [first, *(f.result() for f in rest)]
 
 
 def bad_target(func: str, target: torch.Tensor, row: int, n_cls: int) -> ValueError:
