@@ -6,7 +6,10 @@ whose backward is the analytic gradient (0, never NaN, on rows with no finite en
 reading the tensors' storage in place; without them the torch ops of :mod:`._torch_sweep`; off the CPU
 those of :mod:`._torch_device`. Under ``create_graph`` the backward is differentiable torch ops, so
 double backward works. :func:`softmax_fast` and :func:`logsumexp_fast` are the short path of a plain
-call (one tensor, last axis): a few microseconds of Python.
+call (one tensor, last axis): a few microseconds of Python. Large calls (``PARALLEL_MIN`` entries and more)
+split their rows over ``torch.get_num_threads()`` threads, forward and backward, as the losses' kernels do
+(:func:`._torch_rows.run_rows`; a row is never split, so the bits do not depend on the thread count): they
+ran on one thread, and with two threads the attention softmax step took 1.6-1.9x PyTorch's (1.0-1.2x now).
 """
 
 from __future__ import annotations
@@ -96,12 +99,6 @@ def _plain(x: torch.Tensor) -> torch.Tensor:
     return x if x.is_contiguous() else x.contiguous()
 
 
-def _threaded(r: int, n: int) -> bool:
-    """Whether ``r`` rows of ``n`` entries are split over ``torch.get_num_threads()`` threads (as the losses' kernels:
-    :func:`._torch_rows.run_rows`); the thread count is read only for large work (a small call's budget)."""
-    return r > 1 and r * n >= PARALLEL_MIN and torch.get_num_threads() > 1
-
-
 def _kernel_softmax(kern: Any, x: torch.Tensor, log: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
     """softmax or log_softmax of rows ``x`` by the kernels, and ``finite`` (R, 1); None if they failed. (Not detached:
     the kernel reads the storage, and the callers run without grad mode.)"""
@@ -124,7 +121,7 @@ def _kernel_rows(kern: Any, x: torch.Tensor, log: bool, code: int, r: int, n: in
         flags = _FLAGS if r <= FLAG_ROWS else torch.empty(r, dtype=torch.bool)  # held until the kernel returns
         fa = _FLAGS_AT if r <= FLAG_ROWS else flags.data_ptr()
         try:
-            if _threaded(r, n):
+            if r * n >= PARALLEL_MIN and r > 1 and torch.get_num_threads() > 1:  # large: rows in threads
                 xa, oa, step = x.data_ptr(), out.data_ptr(), n * x.element_size()
                 ok = all(run_rows(lambda r0, r1: kern.ptr_softmax_fwd(code, xa + r0 * step, oa + r0 * step, fa + r0,
                                                                       r1 - r0, n, log), r, n))
@@ -170,7 +167,7 @@ def _kernel_softmax_grad(
     r, n = out.shape
     grad = torch.empty_like(out) if r * n < EMPTY_LIKE_MIN else empty_like(out)
     try:
-        if _threaded(r, n):
+        if r * n >= PARALLEL_MIN and r > 1 and torch.get_num_threads() > 1:  # large: rows in threads
             _softmax_grad_threads(kern, out, g, finite, grad, log)
         else:
             kern.ptr_softmax_bwd(STORAGE_CODE[out.dtype], out.data_ptr(), g.data_ptr(), finite.data_ptr(),
@@ -229,7 +226,7 @@ def lse_any(x: torch.Tensor) -> torch.Tensor:
         r, n = x.shape
         lse = torch.empty(r, dtype=torch.float64)
         code, xa, la = STORAGE_CODE[x.dtype], x.data_ptr(), lse.data_ptr()
-        if _threaded(r, n):
+        if r * n >= PARALLEL_MIN and r > 1 and torch.get_num_threads() > 1:  # large: rows in threads
             step = n * x.element_size()
 
             def part(r0: int, r1: int) -> None:
@@ -342,7 +339,7 @@ def lse_backward(x: torch.Tensor, lse: torch.Tensor, g: torch.Tensor) -> torch.T
         g64 = _plain(g.reshape(-1).to(torch.float64))
         r, n = xc.shape
         code, xa, la, ga, gra = STORAGE_CODE[x.dtype], xc.data_ptr(), lse.data_ptr(), g64.data_ptr(), grad.data_ptr()
-        if _threaded(r, n):
+        if r * n >= PARALLEL_MIN and r > 1 and torch.get_num_threads() > 1:  # large: rows in threads
             step = n * xc.element_size()
 
             def part(r0: int, r1: int) -> None:
