@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import functools
 import math
+import os
+import subprocess
+import sys
 from typing import Any
 
 import mpmath
@@ -580,10 +583,10 @@ def test_non_finite_rows_among_many_take_their_limits_in_threads(rows: int) -> N
 @pytest.mark.parametrize("dtype", ALL)
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
 def test_rows_split_over_threads_give_the_bits_of_one_thread(op: str, dtype: torch.dtype) -> None:
-    """With ``torch.set_num_threads(k)`` the kernels of large calls run on chunks of rows in ``k`` threads (a row is never
-    split): forward and backward give the bits of one thread, with ``-inf``, ``+inf`` and NaN rows among them, for row
-    counts that do and do not divide evenly."""
-    assert 200 * 700 >= _torch_softmax.PARALLEL_MIN  # large enough to be split
+    """With ``torch.set_num_threads(k)`` the kernels of large calls run on chunks of rows in ``k`` threads (a row is
+    never split): forward and backward give the bits of one thread, with ``-inf``, ``+inf`` and NaN rows among them,
+    for row counts that do and do not divide evenly."""
+    assert _torch_softmax.PARALLEL_MIN <= 200 * 700  # large enough to be split
     rng = np.random.default_rng(7)
     x = torch.tensor(rng.standard_normal((201, 700)) * 6, dtype=dtype)
     x[5] = -INF
@@ -606,7 +609,32 @@ def test_rows_split_over_threads_give_the_bits_of_one_thread(op: str, dtype: tor
     one = run(1)
     for threads in (2, 3):
         for a, b in zip(one, run(threads), strict=True):
-            assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)) and torch.equal(a.isnan(), b.isnan()), (op, threads)
+            same = torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)) and torch.equal(a.isnan(), b.isnan())
+            assert same, (op, threads)
+
+
+_FORK_CHILD = """
+import os, torch, floatguard as fg
+torch.set_num_threads(2)
+x = torch.randn(512, 1000)
+t = torch.randint(0, 1000, (512,))
+fg.softmax(x, dim=-1)  # the parent's thread pool
+pid = os.fork()
+if pid == 0:
+    torch.set_num_threads(2)
+    ok = torch.equal(fg.softmax(x, dim=-1), fg.softmax(x, dim=-1)) and bool(torch.isfinite(fg.cross_entropy(x, t)))
+    os._exit(0 if ok else 3)
+print(os.waitpid(pid, 0)[1])
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX-only")
+def test_a_forked_child_runs_the_threaded_kernels() -> None:
+    """A process forked after a threaded call (a ``multiprocessing`` worker, a server's pre-fork) gets its own pool: the
+    parent's pool threads do not survive the fork, and the child's first threaded call used to wait forever."""
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", _FORK_CHILD], capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert out.stdout.split()[-1] == "0", out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("shape", [(3, 0), (0, 5), (2, 0, 4)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
@@ -23,6 +24,17 @@ PARALLEL_MIN = 1 << 16  # elements below which one thread does it all
 EMPTY = np.empty(0)
 FUSED_GRAD = (torch.float32, torch.bfloat16)  # the dtypes whose forward writes the gradient of g = 1
 _pool: ThreadPoolExecutor | None = None
+
+
+def _forget_pool() -> None:
+    """In a forked child: drop the parent's pool, whose threads did not survive the fork (its ``submit`` queued work
+    that no thread ran, and the call waited forever); the child makes its own on its first threaded call."""
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def usable(x: torch.Tensor) -> bool:
