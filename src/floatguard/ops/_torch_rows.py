@@ -24,17 +24,63 @@ PARALLEL_MIN = 1 << 16  # elements below which one thread does it all
 EMPTY = np.empty(0)
 FUSED_GRAD = (torch.float32, torch.bfloat16)  # the dtypes whose forward writes the gradient of g = 1
 _pool: ThreadPoolExecutor | None = None
+_team: Any = None  # (GOMP_parallel, callbacks) once looked up (openmp_team); False where it cannot be used
 
 
 def _forget_pool() -> None:
     """In a forked child: drop the parent's pool, whose threads did not survive the fork (its ``submit`` queued work
-    that no thread ran, and the call waited forever); the child makes its own on its first threaded call."""
-    global _pool
+    that no thread ran, and the call waited forever); the child makes its own on its first threaded call. Nor does
+    the child use torch's OpenMP team (:func:`openmp_team`): libgomp's team did not survive either, and a parallel
+    region in the child waits for it forever (torch's own ops too: a two-thread ``torch.add`` hangs there)."""
+    global _pool, _team
     _pool = None
+    _team = False
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool)
+
+
+def openmp_team() -> Any:
+    """``(run, callbacks)``: ``run(callback, data, k)`` calls ``GOMP_parallel`` of the OpenMP runtime PyTorch loaded,
+    which runs the C ``callback(data)`` on ``k`` threads of torch's own team (the caller among them), and the
+    callbacks of :mod:`._numba_team`; None where that is not available (not Linux, torch built with another
+    OpenMP, numba missing), and the caller then uses the thread pool of :func:`run_rows`."""
+    global _team
+    if _team is None:
+        _team = _find_team() or False
+    return _team or None
+
+
+def _find_team() -> Any:
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:  # the libgomp torch loaded (its own copy, RTLD_LOCAL: not in dlsym(NULL))
+            paths = sorted({ln.split()[-1] for ln in f if ln.rstrip().endswith("libgomp.so.1")})
+        if len(paths) != 1:  # none, or two runtimes (numba's OpenMP layer beside torch's): not guessed between
+            return None
+        lib = ctypes.CDLL(paths[0], mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+        addr = ctypes.cast(lib.GOMP_parallel, ctypes.c_void_p).value
+        if not addr:
+            return None
+        run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint)(addr)
+        from ._numba_team import CALLBACKS  # compiles the callbacks (cached)
+    except Exception:  # no such library or symbol, or numba failed: the thread pool then
+        return None
+    if not CALLBACKS:
+        return None
+    return (lambda cb, data, k: run(cb, data.ctypes.data, k, 0)), CALLBACKS
+
+
+def team_run(team: Any, kind: str, args: list[int], rows: int, threads: int) -> np.ndarray:
+    """The callback ``kind`` of :mod:`._numba_team` over ``rows`` rows on ``threads`` threads of torch's OpenMP team
+    (:func:`openmp_team`), its ``data`` ``[0, chunks, *args]``; returns ``data`` (some callbacks write a flag in it).
+    Four chunks a thread, for balance; a row is never split."""
+    run, callbacks = team
+    data = np.array([0, min(rows, 4 * threads), *args], dtype=np.int64)
+    run(callbacks[kind], data, threads)
+    return data
 
 
 def usable(x: torch.Tensor) -> bool:

@@ -7,9 +7,10 @@ reading the tensors' storage in place; without them the torch ops of :mod:`._tor
 those of :mod:`._torch_device`. Under ``create_graph`` the backward is differentiable torch ops, so
 double backward works. :func:`softmax_fast` and :func:`logsumexp_fast` are the short path of a plain
 call (one tensor, last axis): a few microseconds of Python. Large calls (``PARALLEL_MIN`` entries and more)
-split their rows over ``torch.get_num_threads()`` threads, forward and backward, as the losses' kernels do
-(:func:`._torch_rows.run_rows`; a row is never split, so the bits do not depend on the thread count): they
-ran on one thread, and with two threads the attention softmax step took 1.6-1.9x PyTorch's (1.0-1.2x now).
+split their rows over ``torch.get_num_threads()`` threads, forward and backward: on torch's own OpenMP team where
+it is reachable (:func:`._torch_rows.openmp_team`, the callbacks of :mod:`._numba_team`), else on the losses'
+thread pool (:func:`._torch_rows.run_rows`). A row is never split, so the bits do not depend on the thread count.
+They ran on one thread, and with two threads the attention softmax step took 1.6-1.9x PyTorch's (0.8-1.2x now).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 from . import _namespace as _ns
 from . import _torch_columns as _columns
 from ._torch_device import device_logsumexp, device_softmax, grad_dtype, on_device
-from ._torch_rows import PARALLEL_MIN, run_rows
+from ._torch_rows import PARALLEL_MIN, openmp_team, run_rows, team_run
 from ._torch_sweep import EMPTY_LIKE_MIN, compiled_sweep, empty_like, fix_limits, lse_forward, softmax_forward
 
 
@@ -121,10 +122,14 @@ def _kernel_rows(kern: Any, x: torch.Tensor, log: bool, code: int, r: int, n: in
         flags = _FLAGS if r <= FLAG_ROWS else torch.empty(r, dtype=torch.bool)  # held until the kernel returns
         fa = _FLAGS_AT if r <= FLAG_ROWS else flags.data_ptr()
         try:
-            if r * n >= PARALLEL_MIN and r > 1 and torch.get_num_threads() > 1:  # large: rows in threads
-                xa, oa, step = x.data_ptr(), out.data_ptr(), n * x.element_size()
-                ok = all(run_rows(lambda r0, r1: kern.ptr_softmax_fwd(code, xa + r0 * step, oa + r0 * step, fa + r0,
-                                                                      r1 - r0, n, log), r, n))
+            if r * n >= PARALLEL_MIN and r > 1 and (threads := torch.get_num_threads()) > 1:  # large: rows in threads
+                xa, oa, team = x.data_ptr(), out.data_ptr(), openmp_team()
+                if team is not None:
+                    ok = bool(team_run(team, "softmax_fwd", [code, xa, oa, fa, r, n, int(log), 1], r, threads)[9])
+                else:
+                    step = n * x.element_size()
+                    ok = all(run_rows(lambda r0, r1: kern.ptr_softmax_fwd(code, xa + r0 * step, oa + r0 * step,
+                                                                          fa + r0, r1 - r0, n, log), r, n))
             else:
                 ok = kern.ptr_softmax_fwd(code, x.data_ptr(), out.data_ptr(), fa, r, n, log)
         except Exception as exc:  # numba cannot compile here: the torch ops still can
@@ -185,6 +190,10 @@ def _softmax_grad_threads(kern: Any, out: torch.Tensor, g: torch.Tensor, finite:
     r, n = out.shape
     code, oa, ga, fa, nf, gra = (STORAGE_CODE[out.dtype], out.data_ptr(), g.data_ptr(), finite.data_ptr(),
                                  finite.numel(), grad.data_ptr())
+    team = openmp_team()
+    if team is not None:
+        team_run(team, "softmax_bwd", [code, oa, ga, fa, nf, gra, r, n, int(log)], r, torch.get_num_threads())
+        return
     step = n * out.element_size()
 
     def part(r0: int, r1: int) -> None:
@@ -226,12 +235,16 @@ def lse_any(x: torch.Tensor) -> torch.Tensor:
         r, n = x.shape
         lse = torch.empty(r, dtype=torch.float64)
         code, xa, la = STORAGE_CODE[x.dtype], x.data_ptr(), lse.data_ptr()
-        if r * n >= PARALLEL_MIN and r > 1 and torch.get_num_threads() > 1:  # large: rows in threads
+        if r * n >= PARALLEL_MIN and r > 1 and (threads := torch.get_num_threads()) > 1:  # large: rows in threads
             step = n * x.element_size()
 
             def part(r0: int, r1: int) -> None:
                 kern.ptr_logsumexp_fwd(code, xa + r0 * step, la + 8 * r0, r1 - r0, n)
 
+            team = openmp_team()
+            if team is not None:
+                team_run(team, "logsumexp_fwd", [code, xa, la, r, n], r, threads)
+                return lse
             if _kernel_call(run_rows, part, r, n):
                 return lse
         elif _kernel_call(kern.ptr_logsumexp_fwd, code, xa, la, r, n):
@@ -339,12 +352,16 @@ def lse_backward(x: torch.Tensor, lse: torch.Tensor, g: torch.Tensor) -> torch.T
         g64 = _plain(g.reshape(-1).to(torch.float64))
         r, n = xc.shape
         code, xa, la, ga, gra = STORAGE_CODE[x.dtype], xc.data_ptr(), lse.data_ptr(), g64.data_ptr(), grad.data_ptr()
-        if r * n >= PARALLEL_MIN and r > 1 and torch.get_num_threads() > 1:  # large: rows in threads
+        if r * n >= PARALLEL_MIN and r > 1 and (threads := torch.get_num_threads()) > 1:  # large: rows in threads
             step = n * xc.element_size()
 
             def part(r0: int, r1: int) -> None:
                 kern.ptr_logsumexp_bwd(code, xa + r0 * step, la + 8 * r0, ga + 8 * r0, gra + r0 * step, r1 - r0, n)
 
+            team = openmp_team()
+            if team is not None:
+                team_run(team, "logsumexp_bwd", [code, xa, la, ga, gra, r, n], r, threads)
+                return grad
             if _kernel_call(run_rows, part, r, n):
                 return grad
         elif _kernel_call(kern.ptr_logsumexp_bwd, code, xa, la, ga, gra, r, n):
