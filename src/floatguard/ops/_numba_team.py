@@ -39,9 +39,13 @@ if AVAILABLE:
     _cfunc = numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
 
     @numba.njit(inline="always")
-    def _rows(a: Any, i: int, r: int) -> tuple[int, int]:
-        """Rows ``[r0, r1)`` of chunk ``i`` of ``a[1]`` over ``r`` rows."""
-        return r * i // a[1], r * (i + 1) // a[1]
+    def _next(data: Any, chunks: int, r: int) -> tuple[int, int]:
+        """The rows ``[r0, r1)`` of the next unclaimed chunk of ``chunks`` over ``r`` rows (never empty: ``chunks <=
+        r``), or ``(-1, -1)`` when every chunk is claimed."""
+        i = _claim(data)
+        if i >= chunks:
+            return -1, -1
+        return r * i // chunks, r * (i + 1) // chunks
 
     @numba.njit(inline="always")
     def _itemsize(code: int) -> int:
@@ -53,14 +57,11 @@ if AVAILABLE:
         chunk has a row with no finite max."""
         a = carray(data, (10,), np.int64)
         step = a[7] * _itemsize(a[2])
-        while True:
-            i = _claim(data)
-            if i >= a[1]:
-                break
-            r0, r1 = _rows(a, i, a[6])
-            if r1 > r0 and not ptr_softmax_fwd(a[2], a[3] + r0 * step, a[4] + r0 * step, a[5] + r0, r1 - r0, a[7],
-                                               a[8] != 0):
+        r0, r1 = _next(data, a[1], a[6])
+        while r0 >= 0:
+            if not ptr_softmax_fwd(a[2], a[3] + r0 * step, a[4] + r0 * step, a[5] + r0, r1 - r0, a[7], a[8] != 0):
                 a[9] = 0
+            r0, r1 = _next(data, a[1], a[6])
 
     @_cfunc
     def team_softmax_bwd(data: Any) -> None:
@@ -68,42 +69,32 @@ if AVAILABLE:
         flag per row, or ``nf = 1`` for all)."""
         a = carray(data, (11,), np.int64)
         step = a[9] * _itemsize(a[2])
-        while True:
-            i = _claim(data)
-            if i >= a[1]:
-                break
-            r0, r1 = _rows(a, i, a[8])
-            if r1 > r0:
-                one = a[6] == 1
-                ptr_softmax_bwd(a[2], a[3] + r0 * step, a[4] + r0 * step, a[5] + (0 if one else r0),
-                                1 if one else r1 - r0, a[7] + r0 * step, r1 - r0, a[9], a[10] != 0)
+        one = a[6] == 1
+        r0, r1 = _next(data, a[1], a[8])
+        while r0 >= 0:
+            ptr_softmax_bwd(a[2], a[3] + r0 * step, a[4] + r0 * step, a[5] + (0 if one else r0), 1 if one else r1 - r0,
+                            a[7] + r0 * step, r1 - r0, a[9], a[10] != 0)
+            r0, r1 = _next(data, a[1], a[8])
 
     @_cfunc
     def team_logsumexp_fwd(data: Any) -> None:
         """``[counter, chunks, code, x, lse, r, n]``: :func:`ptr_logsumexp_fwd` (``lse`` float64)."""
         a = carray(data, (7,), np.int64)
         step = a[6] * _itemsize(a[2])
-        while True:
-            i = _claim(data)
-            if i >= a[1]:
-                break
-            r0, r1 = _rows(a, i, a[5])
-            if r1 > r0:
-                ptr_logsumexp_fwd(a[2], a[3] + r0 * step, a[4] + 8 * r0, r1 - r0, a[6])
+        r0, r1 = _next(data, a[1], a[5])
+        while r0 >= 0:
+            ptr_logsumexp_fwd(a[2], a[3] + r0 * step, a[4] + 8 * r0, r1 - r0, a[6])
+            r0, r1 = _next(data, a[1], a[5])
 
     @_cfunc
     def team_logsumexp_bwd(data: Any) -> None:
         """``[counter, chunks, code, x, lse, g, grad, r, n]``: :func:`ptr_logsumexp_bwd` (``lse``, ``g`` float64)."""
         a = carray(data, (9,), np.int64)
         step = a[8] * _itemsize(a[2])
-        while True:
-            i = _claim(data)
-            if i >= a[1]:
-                break
-            r0, r1 = _rows(a, i, a[7])
-            if r1 > r0:
-                ptr_logsumexp_bwd(a[2], a[3] + r0 * step, a[4] + 8 * r0, a[5] + 8 * r0, a[6] + r0 * step, r1 - r0,
-                                  a[8])
+        r0, r1 = _next(data, a[1], a[7])
+        while r0 >= 0:
+            ptr_logsumexp_bwd(a[2], a[3] + r0 * step, a[4] + 8 * r0, a[5] + 8 * r0, a[6] + r0 * step, r1 - r0, a[8])
+            r0, r1 = _next(data, a[1], a[7])
 
     CALLBACKS = {"softmax_fwd": team_softmax_fwd.address, "softmax_bwd": team_softmax_bwd.address,
                  "logsumexp_fwd": team_logsumexp_fwd.address, "logsumexp_bwd": team_logsumexp_bwd.address}
