@@ -236,15 +236,15 @@ def lse_any(x: torch.Tensor) -> torch.Tensor:
         lse = torch.empty(r, dtype=torch.float64)
         code, xa, la = STORAGE_CODE[x.dtype], x.data_ptr(), lse.data_ptr()
         if r * n >= PARALLEL_MIN and r > 1 and (threads := torch.get_num_threads()) > 1:  # large: rows in threads
+            team = openmp_team()
+            if team is not None:
+                team_run(team, "logsumexp_fwd", [code, xa, la, r, n], r, threads)
+                return lse
             step = n * x.element_size()
 
             def part(r0: int, r1: int) -> None:
                 kern.ptr_logsumexp_fwd(code, xa + r0 * step, la + 8 * r0, r1 - r0, n)
 
-            team = openmp_team()
-            if team is not None:
-                team_run(team, "logsumexp_fwd", [code, xa, la, r, n], r, threads)
-                return lse
             if _kernel_call(run_rows, part, r, n):
                 return lse
         elif _kernel_call(kern.ptr_logsumexp_fwd, code, xa, la, r, n):
@@ -353,15 +353,15 @@ def lse_backward(x: torch.Tensor, lse: torch.Tensor, g: torch.Tensor) -> torch.T
         r, n = xc.shape
         code, xa, la, ga, gra = STORAGE_CODE[x.dtype], xc.data_ptr(), lse.data_ptr(), g64.data_ptr(), grad.data_ptr()
         if r * n >= PARALLEL_MIN and r > 1 and (threads := torch.get_num_threads()) > 1:  # large: rows in threads
+            team = openmp_team()
+            if team is not None:
+                team_run(team, "logsumexp_bwd", [code, xa, la, ga, gra, r, n], r, threads)
+                return grad
             step = n * xc.element_size()
 
             def part(r0: int, r1: int) -> None:
                 kern.ptr_logsumexp_bwd(code, xa + r0 * step, la + 8 * r0, ga + 8 * r0, gra + r0 * step, r1 - r0, n)
 
-            team = openmp_team()
-            if team is not None:
-                team_run(team, "logsumexp_bwd", [code, xa, la, ga, gra, r, n], r, threads)
-                return grad
             if _kernel_call(run_rows, part, r, n):
                 return grad
         elif _kernel_call(kern.ptr_logsumexp_bwd, code, xa, la, ga, gra, r, n):
