@@ -867,3 +867,70 @@ def test_ce_features_latency_route_matches_the_recorded_one(dtype: torch.dtype, 
         fg.cross_entropy(x, torch.tensor([0] * 8 + [13]), weight=w)
     with pytest.raises(ValueError, match="'label_smoothing'"):
         fg.cross_entropy(x, t, label_smoothing=1.5)
+
+
+CE_CASES = {
+    "plain": {},
+    "weight": {"weight": True},
+    "none": {"reduction": "none"},
+    "smoothing": {"label_smoothing": 0.1, "ignore_index": -100},
+    "z_loss": {"z_loss": 1e-3},
+    "cap": {"softcap": 30.0, "reduction": "sum"},
+    "probabilities": {"probabilities": True},
+    "probabilities, none": {"probabilities": True, "reduction": "none", "weight": True},
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("case", list(CE_CASES))
+def test_cross_entropy_rows_over_threads_give_the_bits_of_one_thread(case: str, dtype: torch.dtype) -> None:
+    """Rows split over 2 and 3 threads (on torch's OpenMP team where it is reachable, else the thread pool): the loss
+    and the gradient of every cross-entropy route, forward and backward kernels alike (an upstream gradient that is not
+    1, so the backward computes it), are the bits of one thread; row counts that do not divide evenly, a row of
+    ``-inf`` and an ignored row among them."""
+    opts = dict(CE_CASES[case])
+    rng = np.random.default_rng(11)
+    rows, n_cls = 203, 700
+    x = torch.tensor(rng.standard_normal((rows, n_cls)) * 5).to(dtype)
+    x[9] = -INF
+    target: torch.Tensor = torch.tensor(rng.integers(0, n_cls, rows))
+    if opts.pop("probabilities", False):
+        target = torch.softmax(torch.tensor(rng.standard_normal((rows, n_cls))), 1).to(dtype)
+    elif "ignore_index" in opts:
+        target[40] = -100
+    if opts.pop("weight", False):
+        opts["weight"] = torch.tensor(rng.uniform(0.5, 2.0, n_cls))
+    upstream = torch.tensor(rng.uniform(0.5, 1.5, rows) if opts.get("reduction") == "none" else 0.7).to(dtype)
+
+    def run(threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            v = x.clone().requires_grad_(True)
+            loss = fg.cross_entropy(v, target, **opts)
+            loss.backward(upstream)
+            assert v.grad is not None
+            return loss.detach(), v.grad
+        finally:
+            torch.set_num_threads(old)
+
+    one = run(1)
+    assert torch.isfinite(one[1]).all()
+    for threads in (2, 3):
+        for a, b in zip(one, run(threads), strict=True):
+            assert torch.equal(a, b), (case, threads)
+
+
+def test_cross_entropy_over_threads_names_the_first_bad_target() -> None:
+    """A class index out of range in a later chunk of rows split over threads is reported with its own value."""
+    x = torch.randn(300, 700)
+    t = torch.randint(0, 700, (300,))
+    t[250] = 700
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for kw in ({}, {"label_smoothing": 0.1}, {"softcap": 20.0}):
+            with pytest.raises(ValueError, match=r"outside \[0, 700\) \(e.g. 700\)"):
+                fg.cross_entropy(x.clone().requires_grad_(), t, **kw)
+    finally:
+        torch.set_num_threads(old)

@@ -39,13 +39,19 @@ if AVAILABLE:
     _cfunc = numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
 
     @numba.njit(inline="always")
-    def _next(data: Any, chunks: int, r: int) -> tuple[int, int]:
-        """The rows ``[r0, r1)`` of the next unclaimed chunk of ``chunks`` over ``r`` rows (never empty: ``chunks <=
-        r``), or ``(-1, -1)`` when every chunk is claimed."""
+    def claim_rows(data: Any, chunks: int, r: int) -> tuple[int, int, int]:
+        """``(i, r0, r1)``: the next unclaimed chunk ``i`` of ``chunks`` over ``r`` rows and its rows ``[r0, r1)``
+        (never empty: ``chunks <= r``), or ``(-1, -1, -1)`` when every chunk is claimed."""
         i = _claim(data)
         if i >= chunks:
-            return -1, -1
-        return r * i // chunks, r * (i + 1) // chunks
+            return -1, -1, -1
+        return i, r * i // chunks, r * (i + 1) // chunks
+
+    @numba.njit(inline="always")
+    def _next(data: Any, chunks: int, r: int) -> tuple[int, int]:
+        """The rows ``[r0, r1)`` of the next unclaimed chunk (:func:`claim_rows`), ``(-1, -1)`` when none is left."""
+        _, r0, r1 = claim_rows(data, chunks, r)
+        return r0, r1
 
     @numba.njit(inline="always")
     def _itemsize(code: int) -> int:

@@ -49,12 +49,26 @@ from ._torch_rows import (
     from_float64,
     kernel_input,
     numpy_view,
+    openmp_team,
     run_rows,
     scalar,
+    team_chunks,
+    team_run,
     written_gradient,
 )
 from ._torch_softmax import STORAGE_CODE, Softmax
 from ._torch_sweep import EMPTY_LIKE_MIN
+
+_CODE = {"f": 0, "h": 1, "d": 3}  # the storage code of the kernels' NumPy views: float32, bfloat16 bits, float64
+
+
+def _team(rows: int, n_cls: int) -> tuple[Any, int] | None:
+    """``(team, threads)`` where rows split over threads run on torch's OpenMP team (:func:`openmp_team`, the callbacks
+    of :mod:`._numba_team_ce`), None where one thread does it all or the thread pool of :func:`run_rows` takes it."""
+    if rows < 2 or rows * n_cls < PARALLEL_MIN or (threads := torch.get_num_threads()) <= 1:
+        return None
+    team = openmp_team()
+    return None if team is None else (team, threads)
 
 
 def capped(y: torch.Tensor, cap: float) -> torch.Tensor:
@@ -149,6 +163,15 @@ def index_forward(xn: np.ndarray, tk: torch.Tensor, wn: np.ndarray, ignore_index
             raise bad_target("cross_entropy", tk, bad0, n_cls)
         return res[0], res[1], res[2], res[3], res[4], (total, den, count)
     loss, m, lg, coef, alive = res
+    if (on := _team(rows, n_cls)) is not None:
+        outs = np.empty(team_chunks(rows, on[1]))
+        team_run(on[0], "ce_fwd", [_CODE[xn.dtype.char], 0, tk.data_ptr(), wn.ctypes.data, wn.size, rows, n_cls, ign,
+                                   int(ignore_index is not None), res.ctypes.data, 0, float(eps), 0.0, float(cap),
+                                   outs.ctypes.data, xn.ctypes.data], rows, on[1])
+        bad_rows = outs[outs >= 0]
+        if bad_rows.size:
+            raise bad_target("cross_entropy", tk, int(bad_rows[0]), n_cls)
+        return loss, m, lg, coef, alive, KC.res_sums(res, tn, ign, ignore_index is not None)
 
     def fwd(r0: int, r1: int) -> int:
         bad = K.ce_index_forward(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, ign, ignore_index is not None, eps, cap,
@@ -186,6 +209,12 @@ def index_forward_grad(xn: np.ndarray, xk: torch.Tensor, tk: torch.Tensor, wn: n
     gs = (1.0 / den if den else 0.0) if reduction == "mean" else 1.0
     res = np.empty((5, rows))
     loss, m, lg, coef, alive = res
+    if (on := _team(rows, n_cls)) is not None:
+        outs = np.empty(team_chunks(rows, on[1]))  # unused: the targets were checked above
+        team_run(on[0], "ce_fwd", [_CODE[xn.dtype.char], 1, tk.data_ptr(), wn.ctypes.data, wn.size, rows, n_cls, ign,
+                                   int(ignore_index is not None), res.ctypes.data, grad.data_ptr(), float(eps), gs, 0.0,
+                                   outs.ctypes.data, xn.ctypes.data], rows, on[1])
+        return loss, m, lg, coef, alive, KC.res_sums(res, tn, ign, ignore_index is not None), grad
 
     def fwd(r0: int, r1: int) -> None:
         KF.ce_index_forward_grad(xn[r0:r1], tn[r0:r1], wn, wn.size > 0, ign, ignore_index is not None, eps, gs,
@@ -224,13 +253,21 @@ def rows_forward(xk: torch.Tensor, target: torch.Tensor, wn: np.ndarray, ignore_
         return loss, m, lg, coef, alive, den, count, tk, grad, total
     tk = kernel_input(target)
     tn = numpy_view(tk)
-    loss, m, lg, coef, alive = (np.empty(rows) for _ in range(5))
+    res = np.empty((5, rows))
+    loss, m, lg, coef, alive = res
     den = count = float(rows) if rows else float("nan")
     weighted = wn.size > 0
+    gs = 1.0 / den if reduction == "mean" else 1.0
     if fused:
         grad = empty_out(xk)
         gn = numpy_view(grad)
-        gs = 1.0 / den if reduction == "mean" else 1.0
+    if tn.dtype == xn.dtype and (on := _team(rows, n_cls)) is not None:
+        outs = np.empty(team_chunks(rows, on[1]))  # unused: probabilities have no bad row
+        team_run(on[0], "ce_fwd", [_CODE[xn.dtype.char], 3 if fused else 2, tk.data_ptr(), wn.ctypes.data, wn.size,
+                                   rows, n_cls, 0, 0, res.ctypes.data, 0 if grad is None else grad.data_ptr(),
+                                   float(eps), float(gs), float(cap), outs.ctypes.data, xn.ctypes.data], rows, on[1])
+        return loss, m, lg, coef, alive, den, count, tk, grad, KC.loss_total(loss, alive)
+    if fused:
 
         def fwd_p(r0: int, r1: int) -> None:
             KF.ce_prob_forward_grad(xn[r0:r1], tn[r0:r1], wn, weighted, eps, gs, loss[r0:r1], m[r0:r1], lg[r0:r1],
@@ -312,6 +349,13 @@ def rows_backward(xk: torch.Tensor, tk: torch.Tensor, wn: np.ndarray, res: tuple
     xn, on, gn = numpy_view(xk), numpy_view(out), row_grad(g, rows, den, reduction)
     zg = z_grad(g, count, reduction, z_loss, m, lg, alive)
     tn = tk.numpy() if index else numpy_view(tk)
+    if (index or tn.dtype == xn.dtype) and (team := _team(rows, n_cls)) is not None:
+        m, lg, coef, alive = (np.ascontiguousarray(v) for v in res)
+        team_run(team[0], "ce_bwd", [_CODE[xn.dtype.char], 0 if index else 1, tk.data_ptr(), wn.ctypes.data,
+                                     wn.size, rows, n_cls, gn.ctypes.data, gn.size, m.ctypes.data, out.data_ptr(),
+                                     float(eps), zg.ctypes.data, float(cap), zg.size, xk.data_ptr(), lg.ctypes.data,
+                                     coef.ctypes.data, alive.ctypes.data], rows, team[1])
+        return out
     kern = K.ce_index_backward if index else K.ce_prob_backward
 
     def bwd(r0: int, r1: int) -> None:
@@ -441,13 +485,14 @@ def _plain_rows(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
     wn = plain_weight(weight)
     grad = None if reduction is None else empty_out(x)
     gn = None if grad is None else numpy_view(grad)
+    kept = None
+    if wn.size:  # the weights' sum in the one-chunk kernel's order (chunks' partial sums would round otherwise)
+        bad, kept = KF.mean_den(tn, wn, True, ign, has, n_cls)
+        if bad >= 0:
+            raise bad_target("cross_entropy", target, bad, n_cls)
     gs = 1.0
     if reduction == "mean":  # the mean's 1 / den over every chunk
-        if wn.size:
-            bad, kept = KF.mean_den(tn, wn, True, ign, has, n_cls)
-            if bad >= 0:
-                raise bad_target("cross_entropy", target, bad, n_cls)
-        else:
+        if kept is None:
             kept = rows if ignore_index is None else int(np.count_nonzero(tn != ignore_index))
         gs = 1.0 / kept if kept else 0.0
 
@@ -458,10 +503,17 @@ def _plain_rows(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
             b, t, c = ce_plain_forward_grad(xn[r0:r1], tn[r0:r1], wn, ign, has, res[:, r0:r1], gs, gn[r0:r1])
         return (b + r0 if b >= 0 else b), t, c
 
-    parts = run_rows(fwd, rows, n_cls)
+    if (on := _team(rows, n_cls)) is not None:
+        outs = np.empty((team_chunks(rows, on[1]), 3))
+        team_run(on[0], "ce_plain_fwd", [_CODE[xn.dtype.char], x.data_ptr(), target.data_ptr(), wn.ctypes.data,
+                                         wn.size, rows, n_cls, ign, int(has), res.ctypes.data,
+                                         0 if grad is None else grad.data_ptr(), outs.ctypes.data, gs], rows, on[1])
+        parts = [(int(b), t, c) for b, t, c in outs.tolist()]
+    else:
+        parts = run_rows(fwd, rows, n_cls)
     bads = [p[0] for p in parts if p[0] >= 0]
     bad = bads[0] if bads else -1
-    total, count = math.fsum(p[1] for p in parts), sum(p[2] for p in parts)
+    total, count = math.fsum(p[1] for p in parts), sum(p[2] for p in parts) if kept is None else float(kept)
     if bad >= 0:
         raise bad_target("cross_entropy", target, bad, n_cls)
     return res, total, count, grad
@@ -518,6 +570,11 @@ class _CEPlain(torch.autograd.Function):
 
         if rows * n_cls < PARALLEL_MIN:
             K.ce_plain_backward(xn, tn, gs, gn, res, on)
+        elif (team := _team(rows, n_cls)) is not None:
+            gn = np.ascontiguousarray(gn, dtype=np.float64)
+            team_run(team[0], "ce_plain_bwd", [_CODE[xn.dtype.char], x.data_ptr(), target.data_ptr(), gn.ctypes.data,
+                                               gn.size, res.ctypes.data, out.data_ptr(), rows, n_cls, gs],
+                     rows, team[1])
         else:
             run_rows(bwd, rows, n_cls)
         return out, None, None, None, None

@@ -68,19 +68,31 @@ def _find_team() -> Any:
             return None
         run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint)(addr)
         from ._numba_team import CALLBACKS  # compiles the callbacks (cached)
+        from ._numba_team_ce import CALLBACKS as CE_CALLBACKS
     except Exception:  # no such library or symbol, or numba failed: the thread pool then
         return None
-    if not CALLBACKS:
+    if not CALLBACKS or not CE_CALLBACKS:
         return None
-    return (lambda cb, data, k: run(cb, data.ctypes.data, k, 0)), CALLBACKS
+    return (lambda cb, data, k: run(cb, data.ctypes.data, k, 0)), CALLBACKS | CE_CALLBACKS
 
 
-def team_run(team: Any, kind: str, args: list[int], rows: int, threads: int) -> np.ndarray:
-    """The callback ``kind`` of :mod:`._numba_team` over ``rows`` rows on ``threads`` threads of torch's OpenMP team
-    (:func:`openmp_team`), its ``data`` ``[0, chunks, *args]``; returns ``data`` (some callbacks write a flag in it).
-    Four chunks a thread, for balance; a row is never split."""
+def team_chunks(rows: int, threads: int) -> int:
+    """The number of chunks :func:`team_run` cuts ``rows`` rows into: four a thread, for balance."""
+    return min(rows, 4 * threads)
+
+
+def team_run(team: Any, kind: str, args: list[Any], rows: int, threads: int) -> np.ndarray:
+    """The callback ``kind`` of :mod:`._numba_team` or :mod:`._numba_team_ce` over ``rows`` rows on ``threads``
+    threads of torch's OpenMP team (:func:`openmp_team`), its ``data`` ``[0, chunks, *args]`` (int64; a Python float
+    stored as its float64 bits); returns ``data`` (some callbacks write a flag in it). :func:`team_chunks` chunks; a
+    row is never split."""
     run, callbacks = team
-    data = np.array([0, min(rows, 4 * threads), *args], dtype=np.int64)
+    data = np.array([0, team_chunks(rows, threads), *(0 if isinstance(v, float) else v for v in args)],
+                    dtype=np.int64)
+    floats = data.view(np.float64)
+    for j, v in enumerate(args):
+        if isinstance(v, float):
+            floats[2 + j] = v
     run(callbacks[kind], data, threads)
     return data
 

@@ -168,7 +168,7 @@ def precompile(*, verbose: bool = False, part: int | None = None) -> int:
     if torch is not None:
         _run_torch(torch, CALLS if part is None else ELEMENTWISE_CALLS if part == 0 else REDUCTION_CALLS + LOSS_CALLS)
         if part != 0:  # the callbacks large threaded calls hand to torch's OpenMP team (compiled on import)
-            from . import _numba_team  # noqa: F401
+            from . import _numba_team, _numba_team_ce  # noqa: F401
     count = _signatures()
     if verbose:
         print(f"floatguard: {count} kernel signatures compiled or loaded from the cache "
