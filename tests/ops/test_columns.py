@@ -373,11 +373,14 @@ def test_cross_entropy_double_backward() -> None:
     torch.testing.assert_close(hx.double(), hx64, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("batch", [6, 1])  # ranges of the outer axis; of the positions within each (one image)
-def test_threads_split_the_work(batch: int) -> None:
+# ranges of the outer axis (16: four a thread and more); of the positions within each (6, and one image)
+@pytest.mark.parametrize(("batch", "hole"), [(16, False), (16, True), (6, False), (1, False)])
+def test_threads_split_the_work(batch: int, hole: bool) -> None:
     """With several threads the kernels run on disjoint parts of the positions: the same results, forward and
-    backward."""
+    backward; also where a position with no finite max (``hole``) sends the call to the row path."""
     x = data((batch, 21, 64, 64), torch.float32, seed=14)
+    if hole:
+        x[11, :, 5, 7] = -math.inf
     t = torch.from_numpy(np.random.default_rng(15).integers(0, 21, (batch, 64, 64)))
 
     def run() -> list[torch.Tensor]:

@@ -20,7 +20,7 @@ import numpy as np
 from ._numba_bits import AVAILABLE, _voidptr, carray
 from ._numba_ce import ce_index_backward, ce_index_forward, ce_prob_backward, ce_prob_forward
 from ._numba_ce_fused import ce_index_forward_grad, ce_prob_forward_grad
-from ._numba_ce_plain import ce_plain_backward, ce_plain_forward, ce_plain_forward_grad
+from ._numba_ce_plain import ce_plain_backward, ce_plain_forward, ce_plain_forward_grad, ce_plain_scale_rows
 
 if AVAILABLE:
     import numba
@@ -107,6 +107,28 @@ if AVAILABLE:
             i, r0, r1 = claim_rows(data, a[1], r)
 
     @numba.njit(inline="always")
+    def _scale(grad: Any, a: Any, res: Any, r0: int, r1: int) -> None:
+        if a[5] == 0:
+            ce_plain_scale_rows(grad, carray(_voidptr(a[4] + 4 * r0), (r1 - r0,), np.float32), res)
+        else:
+            ce_plain_scale_rows(grad, _vec(a[4], r0, r1), res)
+
+    @_cfunc
+    def team_ce_scale_rows(data: Any) -> None:
+        """``[counter, chunks, code, grad, g, g code, res, r, n]``: :func:`ce_plain_scale_rows` of the rows ``grad``
+        (float32 or bfloat16 bits), ``g`` float32 (``g code`` 0) or float64 (3), one entry per row."""
+        a = carray(data, (9,), np.int64)
+        r, n = a[7], a[8]
+        res = carray(_voidptr(a[6]), (5, r), np.float64)
+        i, r0, r1 = claim_rows(data, a[1], r)
+        while i >= 0:
+            if a[2] == 0:
+                _scale(_rows(a[3], r0, r1, n, np.float32), a, res[:, r0:r1], r0, r1)
+            else:
+                _scale(_rows(a[3], r0, r1, n, np.int16), a, res[:, r0:r1], r0, r1)
+            i, r0, r1 = claim_rows(data, a[1], r)
+
+    @numba.njit(inline="always")
     def _fwd(x: Any, a: Any, f: Any, r0: int, r1: int, dt: Any) -> int:
         """One chunk of :func:`team_ce_fwd` on rows ``x`` of ``dt``; the first bad target's row, or -1."""
         kind, r, n, ign, has = a[3], a[7], a[8], a[9], a[10] != 0
@@ -183,7 +205,8 @@ if AVAILABLE:
             i, r0, r1 = claim_rows(data, a[1], r)
 
     CALLBACKS = {"ce_plain_fwd": team_ce_plain_fwd.address, "ce_plain_bwd": team_ce_plain_bwd.address,
-                 "ce_fwd": team_ce_fwd.address, "ce_bwd": team_ce_bwd.address}
+                 "ce_fwd": team_ce_fwd.address, "ce_bwd": team_ce_bwd.address,
+                 "ce_scale_rows": team_ce_scale_rows.address}
 else:  # without numba there are no kernels to run
     CALLBACKS = {}
 

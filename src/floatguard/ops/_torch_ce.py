@@ -586,7 +586,14 @@ def _scaled_rows(ready: torch.Tensor | None, g: torch.Tensor, res: np.ndarray) -
     if ready is None or torch.is_grad_enabled():
         return None
     gn = g.numpy() if g.dtype == torch.float32 and g.is_contiguous() else plain_grad_scale(g, 0.0, "none")[1]
-    ce_plain_scale_rows(numpy_view(ready), gn.reshape(-1), res)
+    gn = gn.reshape(-1)
+    rows, n_cls = ready.shape
+    if (team := _team(rows, n_cls)) is not None:
+        team_run(team[0], "ce_scale_rows", [STORAGE_CODE[ready.dtype], ready.data_ptr(), gn.ctypes.data,
+                                            0 if gn.dtype == np.float32 else 3, res.ctypes.data, rows, n_cls],
+                 rows, team[1])
+    else:
+        ce_plain_scale_rows(numpy_view(ready), gn, res)
     return ready
 
 

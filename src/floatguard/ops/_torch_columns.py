@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._torch_rows import PARALLEL_MIN, run_rows
+from ._torch_rows import PARALLEL_MIN, openmp_team, run_rows, team_run
 from ._torch_sweep import empty_like
 
 CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -82,6 +82,23 @@ def _run(fn: Any, dims: tuple[int, int, int]) -> list[Any]:
             for r in chunk]
 
 
+def _on_team(kind: str, args: list[Any], dims: tuple[int, int, int]) -> np.ndarray | None:
+    """The callback ``kind`` of :mod:`._numba_team_columns` over the positions of ``dims`` on torch's OpenMP team
+    (``data`` ``[0, chunks, *args, k, units, 1]``, returned: its last entry the ``ok`` flag of the forwards); None
+    where one thread does it all or the thread pool of :func:`_run` takes it. Units as in that module: whole ``o``,
+    or ``k`` pieces of each ``o``'s positions where ``O`` is below four a thread."""
+    n_out, n_cls, n_in = dims
+    threads = torch.get_num_threads()
+    if threads <= 1 or n_out * n_cls * n_in < PARALLEL_MIN:
+        return None
+    team = openmp_team()
+    if team is None:
+        return None
+    k = 0 if n_out >= 4 * threads else min(n_in, -(-4 * threads // n_out))
+    units = n_out * k if k else n_out
+    return team_run(team, kind, [*args, k, units, 1], units, threads)
+
+
 # -- softmax and log_softmax ---------------------------------------------------------------------------
 def softmax_raw(x: torch.Tensor, axis: int, log: bool) -> torch.Tensor | None:
     """softmax (log_softmax with ``log``) of ``x`` over ``axis`` by the column kernels, no autograd (a new contiguous
@@ -93,6 +110,8 @@ def softmax_raw(x: torch.Tensor, axis: int, log: bool) -> torch.Tensor | None:
     xd = x.detach().contiguous()
     out = empty_like(xd)
     code, xa, oa = CODES[x.dtype], xd.data_ptr(), out.data_ptr()
+    if (data := _on_team("cols_softmax_fwd", [code, xa, oa, *dims, int(log)], dims)) is not None:
+        return out if data[-1] else None
     if not all(_run(lambda o0, o1, i0, i1: kern.ptr_cols_softmax(code, xa, oa, dims, log, o0, o1, i0, i1), dims)):
         return None
     return out
@@ -115,6 +134,8 @@ def softmax_grad(out: torch.Tensor, g: torch.Tensor, axis: int, log: bool) -> to
     gc = g.to(out.dtype).contiguous()
     grad = empty_like(out)
     code, oa, ga, gra = CODES[out.dtype], out.data_ptr(), gc.data_ptr(), grad.data_ptr()
+    if _on_team("cols_softmax_bwd", [code, oa, ga, gra, *dims, int(log)], dims) is not None:
+        return grad
     _run(lambda o0, o1, i0, i1: kern.ptr_cols_softmax_bwd(code, oa, ga, gra, dims, log, o0, o1, i0, i1), dims)
     return grad
 
@@ -137,6 +158,8 @@ def logsumexp_raw(x: torch.Tensor, axis: int) -> np.ndarray | None:
     xd = x.detach().contiguous()
     lse = np.empty((dims[0], dims[2]))
     code, xa = CODES[x.dtype], xd.data_ptr()
+    if (data := _on_team("cols_logsumexp_fwd", [code, xa, lse.ctypes.data, *dims], dims)) is not None:
+        return lse if data[-1] else None
     if not all(_run(lambda o0, o1, i0, i1: kern.ptr_cols_logsumexp(code, xa, lse, dims, o0, o1, i0, i1), dims)):
         return None
     return lse
@@ -165,6 +188,8 @@ def logsumexp_grad(x: torch.Tensor, lse: np.ndarray, g: torch.Tensor, axis: int)
     g64 = np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
     grad = empty_like(xd)
     code, xa, gra = CODES[xd.dtype], xd.data_ptr(), grad.data_ptr()
+    if _on_team("cols_logsumexp_bwd", [code, xa, lse.ctypes.data, g64.ctypes.data, gra, *dims], dims) is not None:
+        return grad
     _run(lambda o0, o1, i0, i1: kern.ptr_cols_logsumexp_bwd(code, xa, lse, g64, gra, dims, o0, o1, i0, i1), dims)
     return grad
 

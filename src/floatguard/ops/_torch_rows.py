@@ -69,11 +69,12 @@ def _find_team() -> Any:
         run = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_uint, ctypes.c_uint)(addr)
         from ._numba_team import CALLBACKS  # compiles the callbacks (cached)
         from ._numba_team_ce import CALLBACKS as CE_CALLBACKS
+        from ._numba_team_columns import CALLBACKS as COLUMN_CALLBACKS
     except Exception:  # no such library or symbol, or numba failed: the thread pool then
         return None
-    if not CALLBACKS or not CE_CALLBACKS:
+    if not (CALLBACKS and CE_CALLBACKS and COLUMN_CALLBACKS):
         return None
-    return (lambda cb, data, k: run(cb, data.ctypes.data, k, 0)), CALLBACKS | CE_CALLBACKS
+    return (lambda cb, data, k: run(cb, data.ctypes.data, k, 0)), CALLBACKS | CE_CALLBACKS | COLUMN_CALLBACKS
 
 
 def team_chunks(rows: int, threads: int) -> int:
@@ -82,10 +83,10 @@ def team_chunks(rows: int, threads: int) -> int:
 
 
 def team_run(team: Any, kind: str, args: list[Any], rows: int, threads: int) -> np.ndarray:
-    """The callback ``kind`` of :mod:`._numba_team` or :mod:`._numba_team_ce` over ``rows`` rows on ``threads``
-    threads of torch's OpenMP team (:func:`openmp_team`), its ``data`` ``[0, chunks, *args]`` (int64; a Python float
-    stored as its float64 bits); returns ``data`` (some callbacks write a flag in it). :func:`team_chunks` chunks; a
-    row is never split."""
+    """The callback ``kind`` (of :mod:`._numba_team`, :mod:`._numba_team_ce` or :mod:`._numba_team_columns`) over
+    ``rows`` rows on ``threads`` threads of torch's OpenMP team (:func:`openmp_team`), its ``data`` ``[0, chunks,
+    *args]`` (int64; a Python float stored as its float64 bits); returns ``data`` (some callbacks write a flag in it).
+    :func:`team_chunks` chunks; a row is never split."""
     run, callbacks = team
     data = np.array([0, team_chunks(rows, threads), *(0 if isinstance(v, float) else v for v in args)],
                     dtype=np.int64)

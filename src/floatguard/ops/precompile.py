@@ -164,6 +164,7 @@ def precompile(*, verbose: bool = False, part: int | None = None) -> int:
     if part != 1:
         if torch is not None:
             _run_torch(torch, COLUMN_CALLS)
+            from . import _numba_team_columns  # noqa: F401  (their callbacks for torch's OpenMP team)
         _run_numpy()
     if torch is not None:
         _run_torch(torch, CALLS if part is None else ELEMENTWISE_CALLS if part == 0 else REDUCTION_CALLS + LOSS_CALLS)
