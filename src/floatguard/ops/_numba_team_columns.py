@@ -1,9 +1,9 @@
 """The column kernels (softmax, log_softmax and logsumexp over a middle axis) as work for PyTorch's OpenMP team.
 
 C callbacks as :mod:`._numba_team`'s, over the ``(O, I)`` positions of an ``(O, C, I)`` tensor read where it lies
-(:mod:`._torch_columns`): the work is cut into ``units``, whole ``o`` (``k = 0``) or, where ``O`` is too small to keep
-every thread busy, ``k`` pieces of the ``I`` positions of each ``o`` (unit ``u`` is piece ``u % k`` of ``o = u //
-k``); the threads claim chunks of units (:func:`._numba_team.claim_rows`) and run the ``ptr_cols_*`` entry kernel
+(:mod:`._torch_columns`): the work is cut into ``units``, ``k`` pieces of the ``I`` positions of each ``o`` (unit ``u``
+is piece ``u % k`` of ``o = u // k``; ``k = 1``, whole ``o``, unless ``O`` is too small to keep every thread busy);
+the threads claim chunks of units (:func:`._numba_team.claim_rows`) and run the ``ptr_cols_*`` entry kernel
 on each. A position is never split, so the bits are those of one thread.
 
 ``data`` is int64: ``[counter, chunks, code, ...]`` then the arguments each callback's docstring lists; ``code`` is
@@ -29,7 +29,7 @@ if AVAILABLE:
 
     @numba.njit(inline="always")
     def _span(u: int, k: int, n_in: int) -> tuple[int, int, int, int]:
-        """``(o0, o1, i0, i1)`` of unit ``u`` where a unit is a piece of ``k`` of an ``o`` (``k > 0``)."""
+        """``(o0, o1, i0, i1)`` of unit ``u``: piece ``u % k`` of the positions of ``o = u // k``."""
         o, q = u // k, u % k
         return o, o + 1, n_in * q // k, n_in * (q + 1) // k
 
@@ -39,17 +39,12 @@ if AVAILABLE:
         when a position has no finite max."""
         a = carray(data, (12,), np.int64)
         dims = (a[5], a[6], a[7])
-        k = a[9]
         _, u0, u1 = claim_rows(data, a[1], a[10])
         while u0 >= 0:
-            if k == 0:
-                if not ptr_cols_softmax(a[2], a[3], a[4], dims, a[8] != 0, u0, u1, 0, a[7]):
+            for u in range(u0, u1):
+                o0, o1, i0, i1 = _span(u, a[9], a[7])
+                if not ptr_cols_softmax(a[2], a[3], a[4], dims, a[8] != 0, o0, o1, i0, i1):
                     a[11] = 0
-            else:
-                for u in range(u0, u1):
-                    o0, o1, i0, i1 = _span(u, k, a[7])
-                    if not ptr_cols_softmax(a[2], a[3], a[4], dims, a[8] != 0, o0, o1, i0, i1):
-                        a[11] = 0
             _, u0, u1 = claim_rows(data, a[1], a[10])
 
     @_cfunc
@@ -57,15 +52,11 @@ if AVAILABLE:
         """``[counter, chunks, code, out, g, grad, O, C, I, log, k, units]``: :func:`ptr_cols_softmax_bwd`."""
         a = carray(data, (12,), np.int64)
         dims = (a[6], a[7], a[8])
-        k = a[10]
         _, u0, u1 = claim_rows(data, a[1], a[11])
         while u0 >= 0:
-            if k == 0:
-                ptr_cols_softmax_bwd(a[2], a[3], a[4], a[5], dims, a[9] != 0, u0, u1, 0, a[8])
-            else:
-                for u in range(u0, u1):
-                    o0, o1, i0, i1 = _span(u, k, a[8])
-                    ptr_cols_softmax_bwd(a[2], a[3], a[4], a[5], dims, a[9] != 0, o0, o1, i0, i1)
+            for u in range(u0, u1):
+                o0, o1, i0, i1 = _span(u, a[10], a[8])
+                ptr_cols_softmax_bwd(a[2], a[3], a[4], a[5], dims, a[9] != 0, o0, o1, i0, i1)
             _, u0, u1 = claim_rows(data, a[1], a[11])
 
     @_cfunc
@@ -75,17 +66,12 @@ if AVAILABLE:
         a = carray(data, (11,), np.int64)
         dims = (a[5], a[6], a[7])
         lse = carray(_voidptr(a[4]), (a[5], a[7]), np.float64)
-        k = a[8]
         _, u0, u1 = claim_rows(data, a[1], a[9])
         while u0 >= 0:
-            if k == 0:
-                if not ptr_cols_logsumexp(a[2], a[3], lse, dims, u0, u1, 0, a[7]):
+            for u in range(u0, u1):
+                o0, o1, i0, i1 = _span(u, a[8], a[7])
+                if not ptr_cols_logsumexp(a[2], a[3], lse, dims, o0, o1, i0, i1):
                     a[10] = 0
-            else:
-                for u in range(u0, u1):
-                    o0, o1, i0, i1 = _span(u, k, a[7])
-                    if not ptr_cols_logsumexp(a[2], a[3], lse, dims, o0, o1, i0, i1):
-                        a[10] = 0
             _, u0, u1 = claim_rows(data, a[1], a[9])
 
     @_cfunc
@@ -96,15 +82,11 @@ if AVAILABLE:
         dims = (a[7], a[8], a[9])
         lse = carray(_voidptr(a[4]), (a[7], a[9]), np.float64)
         g = carray(_voidptr(a[5]), (a[7], a[9]), np.float64)
-        k = a[10]
         _, u0, u1 = claim_rows(data, a[1], a[11])
         while u0 >= 0:
-            if k == 0:
-                ptr_cols_logsumexp_bwd(a[2], a[3], lse, g, a[6], dims, u0, u1, 0, a[9])
-            else:
-                for u in range(u0, u1):
-                    o0, o1, i0, i1 = _span(u, k, a[9])
-                    ptr_cols_logsumexp_bwd(a[2], a[3], lse, g, a[6], dims, o0, o1, i0, i1)
+            for u in range(u0, u1):
+                o0, o1, i0, i1 = _span(u, a[10], a[9])
+                ptr_cols_logsumexp_bwd(a[2], a[3], lse, g, a[6], dims, o0, o1, i0, i1)
             _, u0, u1 = claim_rows(data, a[1], a[11])
 
     CALLBACKS = {"cols_softmax_fwd": team_cols_softmax_fwd.address, "cols_softmax_bwd": team_cols_softmax_bwd.address,

@@ -85,8 +85,8 @@ def _run(fn: Any, dims: tuple[int, int, int]) -> list[Any]:
 def _on_team(kind: str, args: list[Any], dims: tuple[int, int, int]) -> np.ndarray | None:
     """The callback ``kind`` of :mod:`._numba_team_columns` over the positions of ``dims`` on torch's OpenMP team
     (``data`` ``[0, chunks, *args, k, units, 1]``, returned: its last entry the ``ok`` flag of the forwards); None
-    where one thread does it all or the thread pool of :func:`_run` takes it. Units as in that module: whole ``o``,
-    or ``k`` pieces of each ``o``'s positions where ``O`` is below four a thread."""
+    where one thread does it all or the thread pool of :func:`_run` takes it. Units as in that module: ``k`` pieces
+    of each ``o``'s positions, ``k = 1`` unless ``O`` is below four a thread."""
     n_out, n_cls, n_in = dims
     threads = torch.get_num_threads()
     if threads <= 1 or n_out * n_cls * n_in < PARALLEL_MIN:
@@ -94,9 +94,8 @@ def _on_team(kind: str, args: list[Any], dims: tuple[int, int, int]) -> np.ndarr
     team = openmp_team()
     if team is None:
         return None
-    k = 0 if n_out >= 4 * threads else min(n_in, -(-4 * threads // n_out))
-    units = n_out * k if k else n_out
-    return team_run(team, kind, [*args, k, units, 1], units, threads)
+    k = 1 if n_out >= 4 * threads else min(n_in, -(-4 * threads // n_out))
+    return team_run(team, kind, [*args, k, n_out * k, 1], n_out * k, threads)
 
 
 # -- softmax and log_softmax ---------------------------------------------------------------------------
