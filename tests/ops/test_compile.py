@@ -466,3 +466,45 @@ def test_compiled_graphs_carry_the_custom_ops_revision(monkeypatch: pytest.Monke
     assert compiled() == (1, 0)
     monkeypatch.setattr(_torch_revision, "REV", uuid.uuid4().hex)
     assert compiled() == (0, 1)
+
+
+@pytest.mark.parametrize("kw", [{"reduction": "none"}, {"z_loss": 1e-3}, {"softcap": 30.0, "reduction": "sum"},
+                                {"label_smoothing": 0.1, "reduction": "none"}], ids=str)
+def test_compiled_cross_entropy_rows_over_threads_give_the_bits_of_one_thread(
+        kw: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiled cross-entropy's custom ops split large calls' rows over threads, the backward too (it ran on one
+    thread whatever torch's setting): at 2 and 3 threads the loss and the gradient are one thread's bits."""
+    import numpy as np
+
+    from floatguard.ops import _torch_ce, _torch_rows
+
+    kinds: list[str] = []
+    monkeypatch.setattr(_torch_ce, "team_run", lambda team, kind, *a: (kinds.append(kind), _torch_rows.team_run(
+        team, kind, *a))[1])
+    monkeypatch.setattr(_torch_ce, "run_rows", lambda *a: (kinds.append("pool"), _torch_rows.run_rows(*a))[1])
+    torch._dynamo.reset()
+    rng = np.random.default_rng(5)
+    x = torch.tensor(rng.standard_normal((203, 700)) * 5, dtype=torch.float32)
+    t = torch.tensor(rng.integers(0, 700, 203))
+    up = torch.tensor(rng.uniform(0.5, 1.5, 203) if kw.get("reduction") == "none" else 0.7, dtype=torch.float32)
+    f = torch.compile(lambda v: fg.cross_entropy(v, t, **kw), fullgraph=True)
+
+    def run(threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            v = x.clone().requires_grad_(True)
+            loss = f(v)
+            loss.backward(up)
+            assert v.grad is not None
+            return loss.detach(), v.grad
+        finally:
+            torch.set_num_threads(old)
+
+    one = run(1)
+    kinds.clear()
+    for threads in (2, 3):
+        for a, b in zip(one, run(threads), strict=True):
+            assert torch.equal(a, b), threads
+    threaded_backward = {"ce_plain_bwd", "ce_bwd"} if _torch_rows.openmp_team() is not None else {"pool"}
+    assert threaded_backward & set(kinds), kinds

@@ -560,24 +560,30 @@ class _CEPlain(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph: the same formula in differentiable ops
             grad = _ce_grad_graph(x, target, weight, g, res[1], res[3], res[4], count, 0.0, reduction, True)
             return grad, None, None, None, None
-        rows, n_cls = x.shape
-        out = empty_out(x)
         gs, gn = plain_grad_scale(g, count, reduction)
-        xn, tn, on = numpy_view(x), target.numpy(), numpy_view(out)
+        out = plain_backward(x, target, res, gs, gn)
+        return out, None, None, None, None
 
+
+def plain_backward(x: torch.Tensor, target: torch.Tensor, res: np.ndarray, gs: float, gn: np.ndarray) -> torch.Tensor:
+    """:func:`._numba_ce_plain.ce_plain_backward` of contiguous rows ``x`` (float32, bfloat16 or float64) and int64
+    ``target`` from the forward's residuals ``res`` (float64 ``(5, R)``), the upstream gradient as
+    :func:`plain_grad_scale` gives it: one thread, or rows split over threads (torch's OpenMP team, else the pool)."""
+    rows, n_cls = x.shape
+    out = empty_out(x)
+    xn, tn, on = numpy_view(x), target.numpy(), numpy_view(out)
+    if rows * n_cls < PARALLEL_MIN:
+        K.ce_plain_backward(xn, tn, gs, gn, res, on)
+    elif (team := _team(rows, n_cls)) is not None:
+        gn = np.ascontiguousarray(gn, dtype=np.float64)
+        team_run(team[0], "ce_plain_bwd", [_CODE[xn.dtype.char], x.data_ptr(), target.data_ptr(), gn.ctypes.data,
+                                           gn.size, res.ctypes.data, out.data_ptr(), rows, n_cls, gs], rows, team[1])
+    else:
         def bwd(r0: int, r1: int) -> None:
             K.ce_plain_backward(xn[r0:r1], tn[r0:r1], gs, gn if gn.size == 0 else gn[r0:r1], res[:, r0:r1], on[r0:r1])
 
-        if rows * n_cls < PARALLEL_MIN:
-            K.ce_plain_backward(xn, tn, gs, gn, res, on)
-        elif (team := _team(rows, n_cls)) is not None:
-            gn = np.ascontiguousarray(gn, dtype=np.float64)
-            team_run(team[0], "ce_plain_bwd", [_CODE[xn.dtype.char], x.data_ptr(), target.data_ptr(), gn.ctypes.data,
-                                               gn.size, res.ctypes.data, out.data_ptr(), rows, n_cls, gs],
-                     rows, team[1])
-        else:
-            run_rows(bwd, rows, n_cls)
-        return out, None, None, None, None
+        run_rows(bwd, rows, n_cls)
+    return out
 
 
 def _scaled_rows(ready: torch.Tensor | None, g: torch.Tensor, res: np.ndarray) -> torch.Tensor | None:

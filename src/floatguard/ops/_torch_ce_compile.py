@@ -14,20 +14,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _numba_losses as K
 from ._torch_ce import (
     index_forward,
     kernel_input,
     loss_out,
+    plain_backward,
     plain_forward,
     plain_grad_scale,
     plain_out,
     reduce_loss,
-    row_grad,
     rows_backward,
     rows_forward,
     weight64,
-    z_grad,
     z_rows,
 )
 from ._torch_revision import stamp
@@ -71,17 +69,12 @@ def cross_entropy_backward_op(x: torch.Tensor, target: torch.Tensor, res: torch.
     """The gradient of :func:`cross_entropy_op` with respect to ``x`` (upstream ``g``)."""
     x, target = x.contiguous(), target.contiguous()
     rn = res.contiguous().numpy()
-    out = empty_out(x)
     count = float(rn[3].sum())
-    if z_loss or softcap:
-        gn = row_grad(g, x.shape[0], count, reduction)
-        zg = z_grad(g, count, reduction, z_loss, rn[1], rn[2], rn[4])
-        K.ce_index_backward(numpy_view(x), target.numpy(), EMPTY, False, 0.0, softcap, gn, zg, rn[1], rn[2], rn[3],
-                            rn[4], numpy_view(out))
-        return out
+    if z_loss or softcap:  # rows in threads as eager's (rows_backward, plain_backward)
+        return rows_backward(x, target, EMPTY, (rn[1], rn[2], rn[3], rn[4]), count, count, g, 0.0, reduction, z_loss,
+                             softcap)
     gs, gn = plain_grad_scale(g, count, reduction)
-    K.ce_plain_backward(numpy_view(x), target.numpy(), gs, gn, rn, numpy_view(out))
-    return out
+    return plain_backward(x, target, rn, gs, gn)
 
 
 @cross_entropy_backward_op.register_fake
