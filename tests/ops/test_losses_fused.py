@@ -934,3 +934,49 @@ def test_cross_entropy_over_threads_names_the_first_bad_target() -> None:
                 fg.cross_entropy(x.clone().requires_grad_(), t, **kw)
     finally:
         torch.set_num_threads(old)
+
+
+ELEMENTWISE_CASES = {
+    "softplus": lambda v, y, w: fg.softplus(v),
+    "log_sigmoid": lambda v, y, w: fg.log_sigmoid(v),
+    "log1mexp": lambda v, y, w: fg.log1mexp(-v.abs() - 1e-3),
+    "logaddexp": lambda v, y, w: fg.logaddexp(v, y * 8 - 4),
+    "bce": lambda v, y, w: fg.binary_cross_entropy_with_logits(v, y),
+    "bce, weights": lambda v, y, w: fg.binary_cross_entropy_with_logits(v, y, weight=w, pos_weight=w[0] + 0.5,
+                                                                         reduction="sum"),
+    "bce, none": lambda v, y, w: fg.binary_cross_entropy_with_logits(v, y, weight=w[0], reduction="none"),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("case", list(ELEMENTWISE_CASES))
+def test_elementwise_and_bce_over_threads_give_the_bits_of_one_thread(case: str, dtype: torch.dtype) -> None:
+    """The elementwise ops and the BCE split large calls over 2 and 3 threads (on torch's OpenMP team where it is
+    reachable, else the thread pool): values and gradients (an upstream gradient that is not 1, so the backward
+    kernel runs; the written gradient of a mean too) are the bits of one thread, for sizes that do not divide evenly."""
+    rng = np.random.default_rng(13)
+    shape = (173, 601)
+    x = torch.tensor(rng.standard_normal(shape) * 6).to(dtype)
+    y = torch.tensor(rng.random(shape)).to(dtype)
+    w = torch.tensor(rng.uniform(0.5, 2.0, shape)).to(dtype)
+    f = ELEMENTWISE_CASES[case]
+
+    def run(threads: int) -> tuple[torch.Tensor, ...]:
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            v = x.clone().requires_grad_(True)
+            out = f(v, y, w)
+            up = torch.tensor(rng_up.uniform(0.5, 1.5, out.shape)).to(dtype) if out.ndim else None
+            out.backward(up)
+            assert v.grad is not None
+            return out.detach(), v.grad
+        finally:
+            torch.set_num_threads(old)
+
+    rng_up = np.random.default_rng(3)
+    one = run(1)
+    for threads in (2, 3):
+        rng_up = np.random.default_rng(3)
+        for a, b in zip(one, run(threads), strict=True):
+            assert torch.equal(a, b), (case, threads)

@@ -78,11 +78,13 @@ def _row_or_ones(a: np.ndarray, r: int, ones: np.ndarray) -> np.ndarray:
 
 
 @_njit()
-def bce_forward(x: np.ndarray, y: np.ndarray, w: np.ndarray, pw: np.ndarray, out: np.ndarray, store: bool) -> float:
+def bce_forward(x: np.ndarray, y: np.ndarray, w: np.ndarray, pw: np.ndarray, out: np.ndarray,
+                store: bool) -> tuple[float, float]:
     """Rows ``(R, C)``: ``w (pw y softplus(-x) + (1 - y) softplus(x))``, a zero coefficient dropping its term.
 
     ``w`` and ``pw`` are ``(R, C)``, ``(1, C)`` or ``(0, 0)`` (absent). With ``store`` the
-    elements go to ``out`` (float64 ``(R, C)``); returns their sum either way.
+    elements go to ``out`` (float64 ``(R, C)``); returns their sum either way, as a compensated pair ``(total,
+    comp)`` (the sum is ``total + comp``): ``math.fsum`` of the pairs of row chunks rounds as one chunk's sum.
     """
     r_count, n = x.shape
     total, comp = 0.0, 0.0
@@ -91,7 +93,7 @@ def bce_forward(x: np.ndarray, y: np.ndarray, w: np.ndarray, pw: np.ndarray, out
         o = out[r] if store else ones
         acc = _bce_row(x[r], y[r], _row_or_ones(w, r, ones), _row_or_ones(pw, r, ones), o, store)
         total, comp = _add2(total, comp, acc)
-    return total + comp
+    return total, comp
 
 
 @_njit()
@@ -209,8 +211,8 @@ def _bce_row_grad(xr: np.ndarray, yr: np.ndarray, gs: float, o: np.ndarray) -> f
 
 
 @_njit()
-def bce_forward_grad(x: np.ndarray, y: np.ndarray, gs: float, grad: np.ndarray) -> float:
-    """:func:`bce_forward` without weights (the sum of the losses) that also writes ``grad``, the gradient
+def bce_forward_grad(x: np.ndarray, y: np.ndarray, gs: float, grad: np.ndarray) -> tuple[float, float]:
+    """:func:`bce_forward` without weights (the sum of the losses, as its pair) that also writes ``grad``, the gradient
     :func:`bce_backward` gives for ``g = gs``: ``gs (sigmoid(x) (1 - y) - y sigmoid(-x))``, rounded once.
 
     ``loss.backward()`` of a mean or a sum passes 1, and the backward hands this over instead of computing
@@ -219,7 +221,7 @@ def bce_forward_grad(x: np.ndarray, y: np.ndarray, gs: float, grad: np.ndarray) 
     total, comp = 0.0, 0.0
     for r in range(x.shape[0]):
         total, comp = _add2(total, comp, _bce_row_grad(x[r], y[r], gs, grad[r]))
-    return total + comp
+    return total, comp
 
 
 @_njit(_CONTRACT)

@@ -11,6 +11,7 @@ custom ops of :mod:`._torch_elementwise_compile` (``torch.compile``) alike.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -21,13 +22,38 @@ from ._numba_elementwise import bce_forward_grad
 from ._torch_rows import (
     FUSED_GRAD,
     PARALLEL_MIN,
+    VIEW_CODE,
     empty_out,
     kernel_input,
     numpy_view,
     reduced_scalar,
     run_rows,
+    team_chunks,
+    team_for,
+    team_run,
     written_gradient,
 )
+
+_FWD, _FWD_GRAD, _BWD = 0, 1, 2  # the kinds of :func:`._numba_team_elementwise.team_bce`
+_NONE = np.empty((0, 0))  # an absent array of _rows_run
+
+
+def _rows_run(fn: Any, kind: int, xn: np.ndarray, yn: np.ndarray, wn: np.ndarray = _NONE, pn: np.ndarray = _NONE,
+              out: np.ndarray = _NONE, g: np.ndarray = _NONE, grad: np.ndarray = _NONE, f: float = 0.0) -> float:
+    """``fn(r0, r1)`` over the rows of ``xn`` and ``yn`` (the kernels' views, ``(R, n)``), or the same work (``kind``)
+    on torch's OpenMP team (:func:`._numba_team_elementwise.team_bce`) where large calls split over threads run there:
+    the sum of the chunks' compensated sums by ``math.fsum`` (one chunk's rounding, whatever the chunks). ``wn``,
+    ``pn`` coefficients of 0, 1 or ``R`` rows, ``out`` the stored elements, ``g`` the upstream gradient, ``grad`` the
+    gradient written, ``f`` the ``gs`` or ``div`` of the kernel."""
+    rows, n = xn.shape
+    if yn.dtype != xn.dtype or (on := team_for(rows * n, rows)) is None:
+        return math.fsum(v for pair in run_rows(fn, rows, n) if pair is not None for v in pair)
+    outs = np.empty((team_chunks(rows, on[1]), 2))
+    team_run(on[0], "bce", [VIEW_CODE[xn.dtype.char], kind, xn.ctypes.data, yn.ctypes.data, wn.ctypes.data,
+                            wn.shape[0], pn.ctypes.data, pn.shape[0], out.ctypes.data, int(out.size > 0),
+                            g.ctypes.data, g.shape[0] if g.size > 1 else 1, grad.ctypes.data, n, rows,
+                            outs.ctypes.data, float(f)], rows, on[1])
+    return math.fsum(outs.reshape(-1).tolist())
 
 
 def per_class(a: torch.Tensor | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -58,11 +84,11 @@ class _BCE(torch.autograd.Function):
         out = np.empty((rows, n) if store else (0, 0))
         xn, yn = numpy_view(xk), numpy_view(yk)
 
-        def fwd(r0: int, r1: int) -> float:
+        def fwd(r0: int, r1: int) -> tuple[float, float]:
             return K.bce_forward(xn[r0:r1], yn[r0:r1], wn if wn.shape[0] <= 1 else wn[r0:r1],
                                  pn if pn.shape[0] <= 1 else pn[r0:r1], out[r0:r1] if store else out, store)
 
-        total = sum(run_rows(fwd, rows, n))
+        total = _rows_run(fwd, _FWD, xn, yn, wn, pn, out)
         if ctx is not None:  # None: called for the values alone (bce_plain)
             ctx.save_for_backward(x, y)
             ctx.res = (wn, pn, reduction, rows * n)
@@ -99,7 +125,6 @@ def bce_grad(x: torch.Tensor, y: torch.Tensor, wn: np.ndarray, pn: np.ndarray, g
     shape = tuple(x.shape)
     n = shape[-1] if shape else 1
     xk, yk = kernel_input(x).reshape(-1, n), kernel_input(y).reshape(-1, n)
-    rows = xk.shape[0]
     if reduction == "none":
         gn = g.detach().to(torch.float64).reshape(-1, n).contiguous().numpy()
     else:
@@ -113,7 +138,7 @@ def bce_grad(x: torch.Tensor, y: torch.Tensor, wn: np.ndarray, pn: np.ndarray, g
                        pn if pn.shape[0] <= 1 else pn[r0:r1], gn if gn.size == 1 else gn[r0:r1], on[r0:r1],
                        div)
 
-    run_rows(bwd, rows, n)
+    _rows_run(bwd, _BWD, xn, yn, wn, pn, g=gn, grad=on, f=div)
     return out.reshape(shape).to(x.dtype)
 
 
@@ -148,7 +173,7 @@ def _bce_plain_values(x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch
     rows = xn.shape[0]
     if reduction == "none" or rows * n >= PARALLEL_MIN:
         return _BCE.forward(None, x, y, None, None, reduction)
-    total = K.bce_forward(xn, yn, _NO_WEIGHT, _NO_WEIGHT, _NO_WEIGHT, False)
+    total = sum(K.bce_forward(xn, yn, _NO_WEIGHT, _NO_WEIGHT, _NO_WEIGHT, False))
     return reduced_scalar(total, rows * n, reduction, x.dtype)
 
 
@@ -200,8 +225,8 @@ def bce_plain_written(x: torch.Tensor, y: torch.Tensor, reduction: str) -> tuple
     xn, yn, gn = (numpy_view(a).reshape(-1, n) for a in (x, y, grad))
     gs = 1.0 / count if reduction == "mean" else 1.0
 
-    def fwd(r0: int, r1: int) -> float:
+    def fwd(r0: int, r1: int) -> tuple[float, float]:
         return bce_forward_grad(xn[r0:r1], yn[r0:r1], gs, gn[r0:r1])
 
-    total = sum(run_rows(fwd, xn.shape[0], n))  # as _BCE.forward adds its chunks
+    total = _rows_run(fwd, _FWD_GRAD, xn, yn, grad=gn, f=gs)
     return reduced_scalar(total, count, reduction, x.dtype), grad

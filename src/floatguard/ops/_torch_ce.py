@@ -44,31 +44,27 @@ from ._torch_rows import (
     EMPTY,
     FUSED_GRAD,
     PARALLEL_MIN,
+    VIEW_CODE,
     bad_target,
     empty_out,
     from_float64,
     kernel_input,
     numpy_view,
-    openmp_team,
     run_rows,
     scalar,
     team_chunks,
+    team_for,
     team_run,
     written_gradient,
 )
 from ._torch_softmax import STORAGE_CODE, Softmax
 from ._torch_sweep import EMPTY_LIKE_MIN
 
-_CODE = {"f": 0, "h": 1, "d": 3}  # the storage code of the kernels' NumPy views: float32, bfloat16 bits, float64
-
 
 def _team(rows: int, n_cls: int) -> tuple[Any, int] | None:
-    """``(team, threads)`` where rows split over threads run on torch's OpenMP team (:func:`openmp_team`, the callbacks
-    of :mod:`._numba_team_ce`), None where one thread does it all or the thread pool of :func:`run_rows` takes it."""
-    if rows < 2 or rows * n_cls < PARALLEL_MIN or (threads := torch.get_num_threads()) <= 1:
-        return None
-    team = openmp_team()
-    return None if team is None else (team, threads)
+    """:func:`team_for` rows of ``n_cls`` classes: where they run on torch's OpenMP team (the callbacks of
+    :mod:`._numba_team_ce`)."""
+    return team_for(rows * n_cls, rows)
 
 
 def capped(y: torch.Tensor, cap: float) -> torch.Tensor:
@@ -165,8 +161,8 @@ def index_forward(xn: np.ndarray, tk: torch.Tensor, wn: np.ndarray, ignore_index
     loss, m, lg, coef, alive = res
     if (on := _team(rows, n_cls)) is not None:
         outs = np.empty(team_chunks(rows, on[1]))
-        team_run(on[0], "ce_fwd", [_CODE[xn.dtype.char], 0, tk.data_ptr(), wn.ctypes.data, wn.size, rows, n_cls, ign,
-                                   int(ignore_index is not None), res.ctypes.data, 0, float(eps), 0.0, float(cap),
+        team_run(on[0], "ce_fwd", [VIEW_CODE[xn.dtype.char], 0, tk.data_ptr(), wn.ctypes.data, wn.size, rows, n_cls,
+                                   ign, int(ignore_index is not None), res.ctypes.data, 0, float(eps), 0.0, float(cap),
                                    outs.ctypes.data, xn.ctypes.data], rows, on[1])
         bad_rows = outs[outs >= 0]
         if bad_rows.size:
@@ -211,9 +207,9 @@ def index_forward_grad(xn: np.ndarray, xk: torch.Tensor, tk: torch.Tensor, wn: n
     loss, m, lg, coef, alive = res
     if (on := _team(rows, n_cls)) is not None:
         outs = np.empty(team_chunks(rows, on[1]))  # unused: the targets were checked above
-        team_run(on[0], "ce_fwd", [_CODE[xn.dtype.char], 1, tk.data_ptr(), wn.ctypes.data, wn.size, rows, n_cls, ign,
-                                   int(ignore_index is not None), res.ctypes.data, grad.data_ptr(), float(eps), gs, 0.0,
-                                   outs.ctypes.data, xn.ctypes.data], rows, on[1])
+        team_run(on[0], "ce_fwd", [VIEW_CODE[xn.dtype.char], 1, tk.data_ptr(), wn.ctypes.data, wn.size, rows, n_cls,
+                                   ign, int(ignore_index is not None), res.ctypes.data, grad.data_ptr(), float(eps),
+                                   gs, 0.0, outs.ctypes.data, xn.ctypes.data], rows, on[1])
         return loss, m, lg, coef, alive, KC.res_sums(res, tn, ign, ignore_index is not None), grad
 
     def fwd(r0: int, r1: int) -> None:
@@ -263,7 +259,7 @@ def rows_forward(xk: torch.Tensor, target: torch.Tensor, wn: np.ndarray, ignore_
         gn = numpy_view(grad)
     if tn.dtype == xn.dtype and (on := _team(rows, n_cls)) is not None:
         outs = np.empty(team_chunks(rows, on[1]))  # unused: probabilities have no bad row
-        team_run(on[0], "ce_fwd", [_CODE[xn.dtype.char], 3 if fused else 2, tk.data_ptr(), wn.ctypes.data, wn.size,
+        team_run(on[0], "ce_fwd", [VIEW_CODE[xn.dtype.char], 3 if fused else 2, tk.data_ptr(), wn.ctypes.data, wn.size,
                                    rows, n_cls, 0, 0, res.ctypes.data, 0 if grad is None else grad.data_ptr(),
                                    float(eps), float(gs), float(cap), outs.ctypes.data, xn.ctypes.data], rows, on[1])
         return loss, m, lg, coef, alive, den, count, tk, grad, KC.loss_total(loss, alive)
@@ -351,7 +347,7 @@ def rows_backward(xk: torch.Tensor, tk: torch.Tensor, wn: np.ndarray, res: tuple
     tn = tk.numpy() if index else numpy_view(tk)
     if (index or tn.dtype == xn.dtype) and (team := _team(rows, n_cls)) is not None:
         m, lg, coef, alive = (np.ascontiguousarray(v) for v in res)
-        team_run(team[0], "ce_bwd", [_CODE[xn.dtype.char], 0 if index else 1, tk.data_ptr(), wn.ctypes.data,
+        team_run(team[0], "ce_bwd", [VIEW_CODE[xn.dtype.char], 0 if index else 1, tk.data_ptr(), wn.ctypes.data,
                                      wn.size, rows, n_cls, gn.ctypes.data, gn.size, m.ctypes.data, out.data_ptr(),
                                      float(eps), zg.ctypes.data, float(cap), zg.size, xk.data_ptr(), lg.ctypes.data,
                                      coef.ctypes.data, alive.ctypes.data], rows, team[1])
@@ -505,7 +501,7 @@ def _plain_rows(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
 
     if (on := _team(rows, n_cls)) is not None:
         outs = np.empty((team_chunks(rows, on[1]), 3))
-        team_run(on[0], "ce_plain_fwd", [_CODE[xn.dtype.char], x.data_ptr(), target.data_ptr(), wn.ctypes.data,
+        team_run(on[0], "ce_plain_fwd", [VIEW_CODE[xn.dtype.char], x.data_ptr(), target.data_ptr(), wn.ctypes.data,
                                          wn.size, rows, n_cls, ign, int(has), res.ctypes.data,
                                          0 if grad is None else grad.data_ptr(), outs.ctypes.data, gs], rows, on[1])
         parts = [(int(b), t, c) for b, t, c in outs.tolist()]
@@ -576,7 +572,7 @@ def plain_backward(x: torch.Tensor, target: torch.Tensor, res: np.ndarray, gs: f
         K.ce_plain_backward(xn, tn, gs, gn, res, on)
     elif (team := _team(rows, n_cls)) is not None:
         gn = np.ascontiguousarray(gn, dtype=np.float64)
-        team_run(team[0], "ce_plain_bwd", [_CODE[xn.dtype.char], x.data_ptr(), target.data_ptr(), gn.ctypes.data,
+        team_run(team[0], "ce_plain_bwd", [VIEW_CODE[xn.dtype.char], x.data_ptr(), target.data_ptr(), gn.ctypes.data,
                                            gn.size, res.ctypes.data, out.data_ptr(), rows, n_cls, gs], rows, team[1])
     else:
         def bwd(r0: int, r1: int) -> None:

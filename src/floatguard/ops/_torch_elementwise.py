@@ -15,13 +15,35 @@ from typing import Any
 import torch
 
 from . import _numba_losses as K
-from ._torch_rows import PARALLEL_MIN, empty_out, grad_input, kernel_input, numpy_view, run_rows
+from ._torch_rows import (
+    PARALLEL_MIN,
+    VIEW_CODE,
+    empty_out,
+    grad_input,
+    kernel_input,
+    numpy_view,
+    run_rows,
+    team_for,
+    team_run,
+)
 
 SOFTPLUS, LOG_SIGMOID, LOG1MEXP = 0, 1, 2
+_UNARY, _UNARY_GRAD, _LAE, _LAE_GRAD = 0, 1, 2, 3  # the kinds of :func:`._numba_team_elementwise.team_flat`
 
 
-def _flat_run(fn: Any, size: int) -> None:
-    run_rows(fn, size, 1)
+def _flat_run(fn: Any, kind: int, op: int, x: torch.Tensor, b: torch.Tensor | None, g: torch.Tensor | None,
+              out: torch.Tensor, out2: torch.Tensor | None = None) -> None:
+    """``fn(r0, r1)`` over the flat elements of the contiguous kernel inputs, or the same work (``kind``, ``op``) on
+    torch's OpenMP team (:func:`._numba_team_elementwise.team_flat`) where large calls split over threads run
+    there; ``g`` a gradient of one entry or of every element."""
+    size = x.numel()
+    if (on := team_for(size, size)) is None:
+        run_rows(fn, size, 1)
+        return
+    team_run(on[0], "flat", [VIEW_CODE[numpy_view(x).dtype.char], kind, op, x.data_ptr(),
+                             0 if b is None else b.data_ptr(), 0 if g is None else g.data_ptr(), out.data_ptr(),
+                             0 if out2 is None else out2.data_ptr(), size, 0 if g is None else g.numel()],
+             size, on[1])
 
 
 _F64 = {torch.float32: False, torch.float64: True}  # the ``f64`` argument of the ``ptr_*`` kernels
@@ -37,7 +59,7 @@ def unary_values(x: torch.Tensor, op: int) -> torch.Tensor:
     xk = kernel_input(x)
     out = empty_out(xk)
     xn, on = numpy_view(xk).reshape(-1), numpy_view(out).reshape(-1)
-    _flat_run(lambda r0, r1: K.unary_forward(xn[r0:r1], on[r0:r1], op), xn.size)
+    _flat_run(lambda r0, r1: K.unary_forward(xn[r0:r1], on[r0:r1], op), _UNARY, op, xk, None, None, out)
     return out if out.dtype == x.dtype else out.to(x.dtype)
 
 
@@ -67,7 +89,7 @@ def unary_grad(x: torch.Tensor, g: torch.Tensor, op: int) -> torch.Tensor:
     out = empty_out(xk)
     xn, gn, on = numpy_view(xk).reshape(-1), numpy_view(gk).reshape(-1), numpy_view(out).reshape(-1)
     _flat_run(lambda r0, r1: K.unary_backward(xn[r0:r1], gn if gn.size == 1 else gn[r0:r1], on[r0:r1], op),
-              xn.size)
+              _UNARY_GRAD, op, xk, None, gk, out)
     return out.to(x.dtype)
 
 
@@ -103,7 +125,7 @@ def logaddexp_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     ak, bk = kernel_input(a), kernel_input(b)
     out = empty_out(ak)
     an, bn, on = numpy_view(ak).reshape(-1), numpy_view(bk).reshape(-1), numpy_view(out).reshape(-1)
-    _flat_run(lambda r0, r1: K.logaddexp_forward(an[r0:r1], bn[r0:r1], on[r0:r1]), an.size)
+    _flat_run(lambda r0, r1: K.logaddexp_forward(an[r0:r1], bn[r0:r1], on[r0:r1]), _LAE, 0, ak, bk, None, out)
     return out if out.dtype == a.dtype else out.to(a.dtype)
 
 
@@ -126,7 +148,7 @@ def logaddexp_grad(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> tuple[t
     gan, gbn = numpy_view(ga).reshape(-1), numpy_view(gb).reshape(-1)
     _flat_run(lambda r0, r1: K.logaddexp_backward(an[r0:r1], bn[r0:r1], gn if gn.size == 1 else gn[r0:r1],
                                                       gan[r0:r1], gbn[r0:r1]),
-              an.size)
+              _LAE_GRAD, 0, ak, bk, gk, ga, gb)
     return ga.to(a.dtype), gb.to(b.dtype)
 
 

@@ -70,11 +70,26 @@ def _find_team() -> Any:
         from ._numba_team import CALLBACKS  # compiles the callbacks (cached)
         from ._numba_team_ce import CALLBACKS as CE_CALLBACKS
         from ._numba_team_columns import CALLBACKS as COLUMN_CALLBACKS
+        from ._numba_team_elementwise import CALLBACKS as ELEMENTWISE_CALLBACKS
     except Exception:  # no such library or symbol, or numba failed: the thread pool then
         return None
-    if not (CALLBACKS and CE_CALLBACKS and COLUMN_CALLBACKS):
+    callbacks = CALLBACKS | CE_CALLBACKS | COLUMN_CALLBACKS | ELEMENTWISE_CALLBACKS
+    if not (CALLBACKS and CE_CALLBACKS and COLUMN_CALLBACKS and ELEMENTWISE_CALLBACKS):
         return None
-    return (lambda cb, data, k: run(cb, data.ctypes.data, k, 0)), CALLBACKS | CE_CALLBACKS | COLUMN_CALLBACKS
+    return (lambda cb, data, k: run(cb, data.ctypes.data, k, 0)), callbacks
+
+
+VIEW_CODE = {"f": 0, "h": 1, "d": 3}  # the storage code of the kernels' NumPy views: float32, bfloat16 bits, float64
+
+
+def team_for(work: int, rows: int) -> tuple[Any, int] | None:
+    """``(team, threads)`` where ``rows`` rows (or elements) holding ``work`` entries in all are split over threads on
+    torch's OpenMP team (:func:`openmp_team`); None where one thread does it all (fewer than ``PARALLEL_MIN``
+    entries, one row, one thread) or the team is not available (the caller's thread pool then)."""
+    if rows < 2 or work < PARALLEL_MIN or (threads := torch.get_num_threads()) <= 1:
+        return None
+    team = openmp_team()
+    return None if team is None else (team, threads)
 
 
 def team_chunks(rows: int, threads: int) -> int:
@@ -83,7 +98,7 @@ def team_chunks(rows: int, threads: int) -> int:
 
 
 def team_run(team: Any, kind: str, args: list[Any], rows: int, threads: int) -> np.ndarray:
-    """The callback ``kind`` (of :mod:`._numba_team`, :mod:`._numba_team_ce` or :mod:`._numba_team_columns`) over
+    """The callback ``kind`` (of the ``_numba_team*`` modules) over
     ``rows`` rows on ``threads`` threads of torch's OpenMP team (:func:`openmp_team`), its ``data`` ``[0, chunks,
     *args]`` (int64; a Python float stored as its float64 bits); returns ``data`` (some callbacks write a flag in it).
     :func:`team_chunks` chunks; a row is never split."""

@@ -168,6 +168,8 @@ def precompile(*, verbose: bool = False, part: int | None = None) -> int:
         _run_numpy()
     if torch is not None:
         _run_torch(torch, CALLS if part is None else ELEMENTWISE_CALLS if part == 0 else REDUCTION_CALLS + LOSS_CALLS)
+        if part != 1:
+            from . import _numba_team_elementwise  # noqa: F401  (the elementwise ops' and the BCE's callbacks)
         if part != 0:  # the callbacks large threaded calls hand to torch's OpenMP team (compiled on import)
             from . import _numba_team, _numba_team_ce  # noqa: F401
     count = _signatures()
