@@ -382,11 +382,15 @@ def test_threads_split_the_work(batch: int, hole: bool) -> None:
     if hole:
         x[11, :, 5, 7] = -math.inf
     t = torch.from_numpy(np.random.default_rng(15).integers(0, 21, (batch, 64, 64)))
+    w = torch.from_numpy(np.random.default_rng(16).uniform(0.5, 2.0, 21))
+    p = torch.softmax(data((batch, 21, 64, 64), torch.float32, seed=17), 1)
 
     def run() -> list[torch.Tensor]:
         xr = x.clone().requires_grad_()
         outs = [fg.softmax(xr, axis=1), fg.log_softmax(xr, axis=1), fg.logsumexp(xr, axis=1),
-                fg.cross_entropy(xr, t, axis=1, reduction="none")]
+                fg.cross_entropy(xr, t, axis=1, reduction="none"),
+                fg.cross_entropy(xr, t, axis=1, weight=w, label_smoothing=0.1, ignore_index=3),
+                fg.cross_entropy(xr, p, axis=1, label_smoothing=0.05, reduction="sum")]
         sum((o * (i + 1)).sum() for i, o in enumerate(outs)).backward()
         assert xr.grad is not None
         return [o.detach() for o in outs] + [xr.grad]

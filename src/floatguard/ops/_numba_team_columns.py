@@ -1,4 +1,4 @@
-"""The column kernels (softmax, log_softmax and logsumexp over a middle axis) as work for PyTorch's OpenMP team.
+"""The column kernels (softmax, log_softmax, logsumexp, cross-entropy over a middle axis) on torch's OpenMP team.
 
 C callbacks as :mod:`._numba_team`'s, over the ``(O, I)`` positions of an ``(O, C, I)`` tensor read where it lies
 (:mod:`._torch_columns`): the work is cut into ``units``, ``k`` pieces of the ``I`` positions of each ``o`` (unit ``u``
@@ -7,7 +7,10 @@ the threads claim chunks of units (:func:`._numba_team.claim_rows`) and run the 
 on each. A position is never split, so the bits are those of one thread.
 
 ``data`` is int64: ``[counter, chunks, code, ...]`` then the arguments each callback's docstring lists; ``code`` is
-the columns' storage code (0 float32, 1 bfloat16, 2 float16).
+the columns' storage code (0 float32, 1 bfloat16, 2 float16); a float argument is stored as its float64 bits
+(:func:`._torch_rows.team_run`). The cross-entropy's arrays: class indices ``t`` int64 ``(O, I)``, class weights
+``w`` float64 ``(w size,)``, the statistics float64 ``(n stats, O, I)``, the upstream gradient float64 ``(O, I)``
+(``g size`` ``O I``) or none (``(0, 0)``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,16 @@ from typing import Any
 import numpy as np
 
 from ._numba_bits import AVAILABLE, _voidptr, carray
-from ._numba_columns import ptr_cols_logsumexp, ptr_cols_logsumexp_bwd, ptr_cols_softmax, ptr_cols_softmax_bwd
+from ._numba_columns import (
+    ptr_cols_ce_bwd,
+    ptr_cols_ce_fwd,
+    ptr_cols_ce_prob_bwd,
+    ptr_cols_ce_prob_fwd,
+    ptr_cols_logsumexp,
+    ptr_cols_logsumexp_bwd,
+    ptr_cols_softmax,
+    ptr_cols_softmax_bwd,
+)
 
 if AVAILABLE:
     import numba
@@ -89,9 +101,88 @@ if AVAILABLE:
                 ptr_cols_logsumexp_bwd(a[2], a[3], lse, g, a[6], dims, o0, o1, i0, i1)
             _, u0, u1 = claim_rows(data, a[1], a[11])
 
+    @numba.njit(inline="always")
+    def _arr2(addr: int, rows: int, cols: int, dt: Any) -> Any:
+        return carray(_voidptr(addr), (rows, cols), dt)
+
+    @_cfunc
+    def team_cols_ce_fwd(data: Any) -> None:
+        """``[counter, chunks, code, x, t, w, w size, ignore, has ignore, eps, stats, n stats, O, C, I, k, units,
+        status]``: :func:`ptr_cols_ce_fwd`; ``status`` set to a unit's nonzero status (a position with no finite max,
+        a class index out of range)."""
+        a = carray(data, (18,), np.int64)
+        f = carray(data, (18,), np.float64)
+        dims = (a[12], a[13], a[14])
+        t = _arr2(a[4], a[12], a[14], np.int64)
+        w = carray(_voidptr(a[5]), (a[6],), np.float64)
+        stats = carray(_voidptr(a[10]), (a[11], a[12], a[14]), np.float64)
+        _, u0, u1 = claim_rows(data, a[1], a[16])
+        while u0 >= 0:
+            for u in range(u0, u1):
+                o0, o1, i0, i1 = _span(u, a[15], a[14])
+                st = ptr_cols_ce_fwd(a[2], a[3], t, w, a[7], a[8] != 0, f[9], stats, dims, o0, o1, i0, i1)
+                if st:
+                    a[17] = st
+            _, u0, u1 = claim_rows(data, a[1], a[16])
+
+    @_cfunc
+    def team_cols_ce_bwd(data: Any) -> None:
+        """``[counter, chunks, code, x, t, stats, n stats, w, w size, eps, coef, g, g size, grad, O, C, I, k, units]``:
+        :func:`ptr_cols_ce_bwd`."""
+        a = carray(data, (19,), np.int64)
+        f = carray(data, (19,), np.float64)
+        dims = (a[14], a[15], a[16])
+        t = _arr2(a[4], a[14], a[16], np.int64)
+        stats = carray(_voidptr(a[5]), (a[6], a[14], a[16]), np.float64)
+        w = carray(_voidptr(a[7]), (a[8],), np.float64)
+        g = _arr2(a[11], a[14], a[16], np.float64) if a[12] else _arr2(a[11], 0, 0, np.float64)
+        _, u0, u1 = claim_rows(data, a[1], a[18])
+        while u0 >= 0:
+            for u in range(u0, u1):
+                o0, o1, i0, i1 = _span(u, a[17], a[16])
+                ptr_cols_ce_bwd(a[2], a[3], t, stats, w, f[9], f[10], g, a[13], dims, o0, o1, i0, i1)
+            _, u0, u1 = claim_rows(data, a[1], a[18])
+
+    @_cfunc
+    def team_cols_ce_prob_fwd(data: Any) -> None:
+        """``[counter, chunks, code, x, y, w, w size, eps, stats, O, C, I, k, units, status]``:
+        :func:`ptr_cols_ce_prob_fwd` (``y`` probabilities of the dtype and layout of ``x``, five statistics)."""
+        a = carray(data, (15,), np.int64)
+        f = carray(data, (15,), np.float64)
+        dims = (a[9], a[10], a[11])
+        w = carray(_voidptr(a[5]), (a[6],), np.float64)
+        stats = carray(_voidptr(a[8]), (5, a[9], a[11]), np.float64)
+        _, u0, u1 = claim_rows(data, a[1], a[13])
+        while u0 >= 0:
+            for u in range(u0, u1):
+                o0, o1, i0, i1 = _span(u, a[12], a[11])
+                st = ptr_cols_ce_prob_fwd(a[2], a[3], a[4], w, f[7], stats, dims, o0, o1, i0, i1)
+                if st:
+                    a[14] = st
+            _, u0, u1 = claim_rows(data, a[1], a[13])
+
+    @_cfunc
+    def team_cols_ce_prob_bwd(data: Any) -> None:
+        """``[counter, chunks, code, x, y, w, w size, eps, stats, coef, g, g size, grad, O, C, I, k, units]``:
+        :func:`ptr_cols_ce_prob_bwd`."""
+        a = carray(data, (18,), np.int64)
+        f = carray(data, (18,), np.float64)
+        dims = (a[13], a[14], a[15])
+        w = carray(_voidptr(a[5]), (a[6],), np.float64)
+        stats = carray(_voidptr(a[8]), (5, a[13], a[15]), np.float64)
+        g = _arr2(a[10], a[13], a[15], np.float64) if a[11] else _arr2(a[10], 0, 0, np.float64)
+        _, u0, u1 = claim_rows(data, a[1], a[17])
+        while u0 >= 0:
+            for u in range(u0, u1):
+                o0, o1, i0, i1 = _span(u, a[16], a[15])
+                ptr_cols_ce_prob_bwd(a[2], a[3], a[4], w, f[7], stats, f[9], g, a[12], dims, o0, o1, i0, i1)
+            _, u0, u1 = claim_rows(data, a[1], a[17])
+
     CALLBACKS = {"cols_softmax_fwd": team_cols_softmax_fwd.address, "cols_softmax_bwd": team_cols_softmax_bwd.address,
                  "cols_logsumexp_fwd": team_cols_logsumexp_fwd.address,
-                 "cols_logsumexp_bwd": team_cols_logsumexp_bwd.address}
+                 "cols_logsumexp_bwd": team_cols_logsumexp_bwd.address, "cols_ce_fwd": team_cols_ce_fwd.address,
+                 "cols_ce_bwd": team_cols_ce_bwd.address, "cols_ce_prob_fwd": team_cols_ce_prob_fwd.address,
+                 "cols_ce_prob_bwd": team_cols_ce_prob_bwd.address}
 else:  # without numba there are no kernels to run
     CALLBACKS = {}
 

@@ -82,9 +82,10 @@ def _run(fn: Any, dims: tuple[int, int, int]) -> list[Any]:
             for r in chunk]
 
 
-def _on_team(kind: str, args: list[Any], dims: tuple[int, int, int]) -> np.ndarray | None:
+def _on_team(kind: str, args: list[Any], dims: tuple[int, int, int], flag: int = 1) -> np.ndarray | None:
     """The callback ``kind`` of :mod:`._numba_team_columns` over the positions of ``dims`` on torch's OpenMP team
-    (``data`` ``[0, chunks, *args, k, units, 1]``, returned: its last entry the ``ok`` flag of the forwards); None
+    (``data`` ``[0, chunks, *args, k, units, flag]``, returned: its last entry the ``ok`` flag of the forwards, the
+    status of the cross-entropy's, which start at 0); None
     where one thread does it all or the thread pool of :func:`_run` takes it. Units as in that module: ``k`` pieces
     of each ``o``'s positions, ``k = 1`` unless ``O`` is below four a thread."""
     n_out, n_cls, n_in = dims
@@ -95,7 +96,7 @@ def _on_team(kind: str, args: list[Any], dims: tuple[int, int, int]) -> np.ndarr
     if team is None:
         return None
     k = 1 if n_out >= 4 * threads else min(n_in, -(-4 * threads // n_out))
-    return team_run(team, kind, [*args, k, n_out * k, 1], n_out * k, threads)
+    return team_run(team, kind, [*args, k, n_out * k, flag], n_out * k, threads)
 
 
 # -- softmax and log_softmax ---------------------------------------------------------------------------
@@ -222,9 +223,13 @@ def cross_entropy_raw(x: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
     stats = np.empty((6 if eps else 5, dims[0], dims[2]))
     code, xa = CODES[x.dtype], xd.data_ptr()
     ign, has_ign = (0, False) if ignore_index is None else (int(ignore_index), True)
-    status = _run(
-        lambda o0, o1, i0, i1: kern.ptr_cols_ce_fwd(code, xa, t, w, ign, has_ign, eps, stats, dims, o0, o1, i0, i1),
-        dims)
+    data = _on_team("cols_ce_fwd", [code, xa, t.ctypes.data, w.ctypes.data, w.size, ign, int(has_ign), float(eps),
+                                    stats.ctypes.data, stats.shape[0], *dims], dims, 0)
+    if data is not None:
+        status = [int(data[-1])]
+    else:
+        status = _run(lambda o0, o1, i0, i1: kern.ptr_cols_ce_fwd(code, xa, t, w, ign, has_ign, eps, stats, dims, o0,
+                                                                  o1, i0, i1), dims)
     if max(status):
         return None
     loss, wt = stats[3], stats[4]
@@ -253,6 +258,9 @@ def cross_entropy_grad(x: torch.Tensor, t: np.ndarray, stats: np.ndarray, den: f
     xd = x.detach().contiguous()
     grad = empty_like(xd)
     code, xa, gra = CODES[xd.dtype], xd.data_ptr(), grad.data_ptr()
+    if _on_team("cols_ce_bwd", [code, xa, t.ctypes.data, stats.ctypes.data, stats.shape[0], w.ctypes.data, w.size,
+                                float(eps), float(coef), gn.ctypes.data, gn.size, gra, *dims], dims) is not None:
+        return grad
     _run(lambda o0, o1, i0, i1: kern.ptr_cols_ce_bwd(code, xa, t, stats, w, eps, coef, gn, gra, dims, o0, o1, i0, i1),
          dims)
     return grad
@@ -307,8 +315,13 @@ def cross_entropy_probs(x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor |
     w = np.empty(0) if weight is None else weight.detach().to(torch.float64).contiguous().numpy()
     stats = np.empty((5, dims[0], dims[2]))
     code, xa, ya = CODES[x.dtype], xd.data_ptr(), yd.data_ptr()
-    status = _run(lambda o0, o1, i0, i1: kern.ptr_cols_ce_prob_fwd(code, xa, ya, w, eps, stats, dims, o0, o1, i0, i1),
-                  dims)
+    data = _on_team("cols_ce_prob_fwd", [code, xa, ya, w.ctypes.data, w.size, float(eps), stats.ctypes.data, *dims],
+                    dims, 0)
+    if data is not None:
+        status = [int(data[-1])]
+    else:
+        status = _run(lambda o0, o1, i0, i1: kern.ptr_cols_ce_prob_fwd(code, xa, ya, w, eps, stats, dims, o0, o1, i0,
+                                                                       i1), dims)
     if max(status):
         return None
     loss = stats[3]
@@ -344,6 +357,9 @@ def _probs_grad(x: torch.Tensor, y: torch.Tensor, g: torch.Tensor, w: np.ndarray
     xd = x.detach().contiguous()
     grad = empty_like(xd)
     code, xa, ya, gra = CODES[xd.dtype], xd.data_ptr(), y.data_ptr(), grad.data_ptr()
+    if _on_team("cols_ce_prob_bwd", [code, xa, ya, w.ctypes.data, w.size, float(eps), stats.ctypes.data, float(coef),
+                                     gn.ctypes.data, gn.size, gra, *dims], dims) is not None:
+        return grad
     _run(lambda o0, o1, i0, i1: kern.ptr_cols_ce_prob_bwd(code, xa, ya, w, eps, stats, coef, gn, gra, dims, o0, o1,
                                                           i0, i1), dims)
     return grad
