@@ -374,10 +374,16 @@ def test_cross_entropy_double_backward() -> None:
 
 
 # ranges of the outer axis (16: four a thread and more); of the positions within each (6, and one image)
+@pytest.mark.parametrize("pool", [False, True], ids=["team", "pool"])
 @pytest.mark.parametrize(("batch", "hole"), [(16, False), (16, True), (6, False), (1, False)])
-def test_threads_split_the_work(batch: int, hole: bool) -> None:
-    """With several threads the kernels run on disjoint parts of the positions: the same results, forward and
-    backward; also where a position with no finite max (``hole``) sends the call to the row path."""
+def test_threads_split_the_work(batch: int, hole: bool, pool: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With several threads the kernels run on disjoint parts of the positions (on torch's OpenMP team, and on the
+    thread pool, the fallback where the team is not available): the same results, forward and backward; also where a
+    position with no finite max (``hole``) sends the call to the row path."""
+    if pool:
+        from floatguard.ops import _torch_rows
+
+        monkeypatch.setattr(_torch_rows, "_team", False)
     x = data((batch, 21, 64, 64), torch.float32, seed=14)
     if hole:
         x[11, :, 5, 7] = -math.inf

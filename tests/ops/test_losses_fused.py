@@ -881,13 +881,25 @@ CE_CASES = {
 }
 
 
+@pytest.fixture(params=["team", "pool"])
+def threads_on(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Large calls split over threads on torch's OpenMP team (where this platform has it), and on floatguard's thread
+    pool (the fallback elsewhere and in a forked child: the team made unavailable)."""
+    from floatguard.ops import _torch_rows
+
+    if request.param == "pool":
+        monkeypatch.setattr(_torch_rows, "_team", False)
+    return str(request.param)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("case", list(CE_CASES))
-def test_cross_entropy_rows_over_threads_give_the_bits_of_one_thread(case: str, dtype: torch.dtype) -> None:
-    """Rows split over 2 and 3 threads (on torch's OpenMP team where it is reachable, else the thread pool): the loss
-    and the gradient of every cross-entropy route, forward and backward kernels alike (an upstream gradient that is not
-    1, so the backward computes it), are the bits of one thread; row counts that do not divide evenly, a row of
-    ``-inf`` and an ignored row among them."""
+def test_cross_entropy_rows_over_threads_give_the_bits_of_one_thread(case: str, dtype: torch.dtype,
+                                                                     threads_on: str) -> None:
+    """Rows split over 2 and 3 threads (on torch's OpenMP team, and on the thread pool): the loss and the gradient of
+    every cross-entropy route, forward and backward kernels alike (an upstream gradient that is not 1, so the backward
+    computes it), are the bits of one thread; row counts that do not divide evenly, a row of ``-inf`` and an ignored
+    row among them."""
     opts = dict(CE_CASES[case])
     rng = np.random.default_rng(11)
     rows, n_cls = 203, 700
@@ -950,9 +962,10 @@ ELEMENTWISE_CASES = {
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 @pytest.mark.parametrize("case", list(ELEMENTWISE_CASES))
-def test_elementwise_and_bce_over_threads_give_the_bits_of_one_thread(case: str, dtype: torch.dtype) -> None:
-    """The elementwise ops and the BCE split large calls over 2 and 3 threads (on torch's OpenMP team where it is
-    reachable, else the thread pool): values and gradients (an upstream gradient that is not 1, so the backward
+def test_elementwise_and_bce_over_threads_give_the_bits_of_one_thread(case: str, dtype: torch.dtype,
+                                                                       threads_on: str) -> None:
+    """The elementwise ops and the BCE split large calls over 2 and 3 threads (on torch's OpenMP team, and on the thread
+    pool): values and gradients (an upstream gradient that is not 1, so the backward
     kernel runs; the written gradient of a mean too) are the bits of one thread, for sizes that do not divide evenly."""
     rng = np.random.default_rng(13)
     shape = (173, 601)

@@ -580,12 +580,19 @@ def test_non_finite_rows_among_many_take_their_limits_in_threads(rows: int) -> N
         list(pool.map(check, range(12)))
 
 
+@pytest.mark.parametrize("pool", [False, True], ids=["team", "pool"])
 @pytest.mark.parametrize("dtype", ALL)
 @pytest.mark.parametrize("op", ["softmax", "log_softmax", "logsumexp"])
-def test_rows_split_over_threads_give_the_bits_of_one_thread(op: str, dtype: torch.dtype) -> None:
+def test_rows_split_over_threads_give_the_bits_of_one_thread(op: str, dtype: torch.dtype, pool: bool,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``torch.set_num_threads(k)`` the kernels of large calls run on chunks of rows in ``k`` threads (a row is
-    never split): forward and backward give the bits of one thread, with ``-inf``, ``+inf`` and NaN rows among them,
-    for row counts that do and do not divide evenly."""
+    never split; on torch's OpenMP team, and on the thread pool where the team is not available): forward and backward
+    give the bits of one thread, with ``-inf``, ``+inf`` and NaN rows among them, for row counts that do and do not
+    divide evenly."""
+    if pool:
+        from floatguard.ops import _torch_rows
+
+        monkeypatch.setattr(_torch_rows, "_team", False)
     assert _torch_softmax.PARALLEL_MIN <= 200 * 700  # large enough to be split
     rng = np.random.default_rng(7)
     x = torch.tensor(rng.standard_normal((201, 700)) * 6, dtype=dtype)
