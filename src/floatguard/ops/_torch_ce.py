@@ -6,7 +6,7 @@ The generic array-API cross-entropy records a dozen ops per call and keeps their
 ``log1p(s)`` and the row's coefficients; the logits themselves are the one
 (N, C) tensor saved, as PyTorch keeps them too), and the backward is one pass
 that writes ``g (a softmax(x) - b)`` in the input dtype. Rows are split over
-threads (:func:`._torch_rows.run_rows`).
+threads (on torch's OpenMP team, the callbacks of :mod:`._numba_team_ce`; else :func:`._torch_rows.run_rows`).
 
 A backward with ``create_graph=True`` (double backward) uses the same formula in
 differentiable torch ops instead, so higher derivatives stay exact.

@@ -1,13 +1,13 @@
 """Between PyTorch tensors and the numba kernels of the fused losses: NumPy views, row chunks, threads.
 
 The kernels (:mod:`._numba_losses`) take NumPy arrays: :func:`numpy_view` gives one without a copy
-(bfloat16 as its int16 bits; float16 goes through a float32 copy, :func:`kernel_input`), and
-:func:`run_rows` splits the rows over ``torch.get_num_threads()`` threads when the work is large
-enough (the kernels release the GIL), in a pool of Python threads. :func:`openmp_team` reaches torch's own
-OpenMP team instead, for the kernels with C callbacks (:mod:`._numba_team`: softmax, log_softmax, logsumexp):
-no thread to wake, and no second set of threads beside torch's spinning workers. A forked child drops both.
+(bfloat16 as its int16 bits; float16 goes through a float32 copy, :func:`kernel_input`). Large calls split their
+rows over ``torch.get_num_threads()`` threads on torch's own OpenMP team (:func:`openmp_team`, :func:`team_for`,
+:func:`team_run`: the C callbacks of the ``_numba_team*`` modules), the way torch's own loops run: no thread to wake,
+and no second set of threads beside torch's spinning workers. Where that team is not reachable (not Linux, another
+OpenMP runtime, a forked child) :func:`run_rows` runs the same kernels in a pool of Python threads (they release the
+GIL). A forked child drops both.
 """
-
 from __future__ import annotations
 
 import itertools
