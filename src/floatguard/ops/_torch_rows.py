@@ -8,6 +8,7 @@ and no second set of threads beside torch's spinning workers. Where that team is
 OpenMP runtime, a forked child) :func:`run_rows` runs the same kernels in a pool of Python threads (they release the
 GIL). A forked child drops both.
 """
+
 from __future__ import annotations
 
 import itertools
