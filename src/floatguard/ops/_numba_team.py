@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._numba_bits import AVAILABLE, carray, intrinsic
+from ._numba_bits import AVAILABLE, _voidptr, carray, intrinsic
 from ._numba_torch import ptr_logsumexp_bwd, ptr_logsumexp_fwd, ptr_softmax_bwd, ptr_softmax_fwd
 
 if AVAILABLE:
@@ -36,7 +36,7 @@ if AVAILABLE:
 
         return types.int64(types.voidptr), codegen
 
-    _cfunc = numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
+    callback = numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")  # ``fn(data)`` of GOMP_parallel
 
     @numba.njit(inline="always")
     def claim_rows(data: Any, chunks: int, r: int) -> tuple[int, int, int]:
@@ -54,10 +54,16 @@ if AVAILABLE:
         return r0, r1
 
     @numba.njit(inline="always")
+    def rows_at(addr: int, r0: int, r1: int, n: int, dt: Any) -> Any:
+        """Rows ``[r0, r1)`` of the C-contiguous ``(R, n)`` array of ``dt`` at ``addr``."""
+        size = carray(_voidptr(addr), (1,), dt).itemsize
+        return carray(_voidptr(addr + r0 * n * size), (r1 - r0, n), dt)
+
+    @numba.njit(inline="always")
     def _itemsize(code: int) -> int:
         return 4 if code == 0 else (8 if code == 3 else 2)
 
-    @_cfunc
+    @callback
     def team_softmax_fwd(data: Any) -> None:
         """``[counter, chunks, code, x, out, flags, r, n, log, ok]``: :func:`ptr_softmax_fwd`; ``ok`` set to 0 when a
         chunk has a row with no finite max."""
@@ -69,7 +75,7 @@ if AVAILABLE:
                 a[9] = 0
             r0, r1 = _next(data, a[1], a[6])
 
-    @_cfunc
+    @callback
     def team_softmax_bwd(data: Any) -> None:
         """``[counter, chunks, code, out, g, finite, nf, grad, r, n, log]``: :func:`ptr_softmax_bwd` (``finite``: one
         flag per row, or ``nf = 1`` for all)."""
@@ -82,7 +88,7 @@ if AVAILABLE:
                             a[7] + r0 * step, r1 - r0, a[9], a[10] != 0)
             r0, r1 = _next(data, a[1], a[8])
 
-    @_cfunc
+    @callback
     def team_logsumexp_fwd(data: Any) -> None:
         """``[counter, chunks, code, x, lse, r, n]``: :func:`ptr_logsumexp_fwd` (``lse`` float64)."""
         a = carray(data, (7,), np.int64)
@@ -92,7 +98,7 @@ if AVAILABLE:
             ptr_logsumexp_fwd(a[2], a[3] + r0 * step, a[4] + 8 * r0, r1 - r0, a[6])
             r0, r1 = _next(data, a[1], a[5])
 
-    @_cfunc
+    @callback
     def team_logsumexp_bwd(data: Any) -> None:
         """``[counter, chunks, code, x, lse, g, grad, r, n]``: :func:`ptr_logsumexp_bwd` (``lse``, ``g`` float64)."""
         a = carray(data, (9,), np.int64)

@@ -24,17 +24,8 @@ from ._numba_ce_plain import ce_plain_backward, ce_plain_forward, ce_plain_forwa
 
 if AVAILABLE:
     import numba
-    from numba import types
 
-    from ._numba_team import claim_rows
-
-    _cfunc = numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
-
-    @numba.njit(inline="always")
-    def _rows(addr: int, r0: int, r1: int, n: int, dt: Any) -> Any:
-        """Rows ``[r0, r1)`` of the C-contiguous ``(R, n)`` array of ``dt`` at ``addr``."""
-        size = carray(_voidptr(addr), (1,), dt).itemsize
-        return carray(_voidptr(addr + r0 * n * size), (r1 - r0, n), dt)
+    from ._numba_team import callback, claim_rows, rows_at
 
     @numba.njit(inline="always")
     def _vec(addr: int, r0: int, r1: int) -> Any:
@@ -56,10 +47,10 @@ if AVAILABLE:
     def _plain_fwd(x: Any, a: Any, f: Any, res: Any, r0: int, r1: int, dt: Any) -> Any:
         t, w = _index(a[4], r0, r1), _vec(a[5], 0, a[6])
         if a[12] != 0:
-            return ce_plain_forward_grad(x, t, w, a[9], a[10] != 0, res, f[14], _rows(a[12], r0, r1, a[8], dt))
+            return ce_plain_forward_grad(x, t, w, a[9], a[10] != 0, res, f[14], rows_at(a[12], r0, r1, a[8], dt))
         return ce_plain_forward(x, t, w, a[9], a[10] != 0, res)
 
-    @_cfunc
+    @callback
     def team_ce_plain_fwd(data: Any) -> None:
         """``[counter, chunks, code, x, target, w, w size, r, n, ignore, has ignore, res, grad, outs, gs]``:
         :func:`ce_plain_forward` (``grad = 0``) or :func:`ce_plain_forward_grad` (float32 and bfloat16) of the
@@ -74,18 +65,18 @@ if AVAILABLE:
         while i >= 0:
             rs = res[:, r0:r1]
             if a[2] == 0:
-                b, tot, cnt = _plain_fwd(_rows(a[3], r0, r1, n, np.float32), a, f, rs, r0, r1, np.float32)
+                b, tot, cnt = _plain_fwd(rows_at(a[3], r0, r1, n, np.float32), a, f, rs, r0, r1, np.float32)
             elif a[2] == 1:
-                b, tot, cnt = _plain_fwd(_rows(a[3], r0, r1, n, np.int16), a, f, rs, r0, r1, np.int16)
+                b, tot, cnt = _plain_fwd(rows_at(a[3], r0, r1, n, np.int16), a, f, rs, r0, r1, np.int16)
             else:
-                b, tot, cnt = ce_plain_forward(_rows(a[3], r0, r1, n, np.float64), _index(a[4], r0, r1),
+                b, tot, cnt = ce_plain_forward(rows_at(a[3], r0, r1, n, np.float64), _index(a[4], r0, r1),
                                                _vec(a[5], 0, a[6]), a[9], a[10] != 0, rs)
             outs[i, 0] = b + r0 if b >= 0 else b
             outs[i, 1] = tot
             outs[i, 2] = cnt
             i, r0, r1 = claim_rows(data, a[1], r)
 
-    @_cfunc
+    @callback
     def team_ce_plain_bwd(data: Any) -> None:
         """``[counter, chunks, code, x, target, g, g size, res, out, r, n, gs]``: :func:`ce_plain_backward` of the
         rows ``x`` into ``out`` (of their dtype), ``g`` float64 (one entry per row, or none)."""
@@ -97,13 +88,14 @@ if AVAILABLE:
         while i >= 0:
             t, rs, g = _index(a[4], r0, r1), res[:, r0:r1], _part(a[5], a[6], r0, r1)
             if a[2] == 0:
-                ce_plain_backward(_rows(a[3], r0, r1, n, np.float32), t, f[11], g, rs,
-                                  _rows(a[8], r0, r1, n, np.float32))
+                ce_plain_backward(rows_at(a[3], r0, r1, n, np.float32), t, f[11], g, rs,
+                                  rows_at(a[8], r0, r1, n, np.float32))
             elif a[2] == 1:
-                ce_plain_backward(_rows(a[3], r0, r1, n, np.int16), t, f[11], g, rs, _rows(a[8], r0, r1, n, np.int16))
+                ce_plain_backward(rows_at(a[3], r0, r1, n, np.int16), t, f[11], g, rs,
+                                  rows_at(a[8], r0, r1, n, np.int16))
             else:
-                ce_plain_backward(_rows(a[3], r0, r1, n, np.float64), t, f[11], g, rs,
-                                  _rows(a[8], r0, r1, n, np.float64))
+                ce_plain_backward(rows_at(a[3], r0, r1, n, np.float64), t, f[11], g, rs,
+                                  rows_at(a[8], r0, r1, n, np.float64))
             i, r0, r1 = claim_rows(data, a[1], r)
 
     @numba.njit(inline="always")
@@ -113,7 +105,7 @@ if AVAILABLE:
         else:
             ce_plain_scale_rows(grad, _vec(a[4], r0, r1), res)
 
-    @_cfunc
+    @callback
     def team_ce_scale_rows(data: Any) -> None:
         """``[counter, chunks, code, grad, g, g code, res, r, n]``: :func:`ce_plain_scale_rows` of the rows ``grad``
         (float32 or bfloat16 bits), ``g`` float32 (``g code`` 0) or float64 (3), one entry per row."""
@@ -123,9 +115,9 @@ if AVAILABLE:
         i, r0, r1 = claim_rows(data, a[1], r)
         while i >= 0:
             if a[2] == 0:
-                _scale(_rows(a[3], r0, r1, n, np.float32), a, res[:, r0:r1], r0, r1)
+                _scale(rows_at(a[3], r0, r1, n, np.float32), a, res[:, r0:r1], r0, r1)
             else:
-                _scale(_rows(a[3], r0, r1, n, np.int16), a, res[:, r0:r1], r0, r1)
+                _scale(rows_at(a[3], r0, r1, n, np.int16), a, res[:, r0:r1], r0, r1)
             i, r0, r1 = claim_rows(data, a[1], r)
 
     @numba.njit(inline="always")
@@ -141,15 +133,15 @@ if AVAILABLE:
                                     alive)
         if kind == 1:
             ce_index_forward_grad(x, _index(a[4], r0, r1), w, weighted, ign, has, f[13], f[14], loss, m, lg, coef,
-                                  alive, _rows(a[12], r0, r1, n, dt))
+                                  alive, rows_at(a[12], r0, r1, n, dt))
         elif kind == 2:
-            ce_prob_forward(x, _rows(a[4], r0, r1, n, dt), w, weighted, f[13], f[15], loss, m, lg, coef, alive)
+            ce_prob_forward(x, rows_at(a[4], r0, r1, n, dt), w, weighted, f[13], f[15], loss, m, lg, coef, alive)
         else:
-            ce_prob_forward_grad(x, _rows(a[4], r0, r1, n, dt), w, weighted, f[13], f[14], loss, m, lg, coef, alive,
-                                 _rows(a[12], r0, r1, n, dt))
+            ce_prob_forward_grad(x, rows_at(a[4], r0, r1, n, dt), w, weighted, f[13], f[14], loss, m, lg, coef, alive,
+                                 rows_at(a[12], r0, r1, n, dt))
         return -1
 
-    @_cfunc
+    @callback
     def team_ce_fwd(data: Any) -> None:
         """``[counter, chunks, code, kind, target, w, w size, r, n, ignore, has ignore, res, grad, eps, gs, cap,
         outs, x]``: ``kind`` 0 :func:`ce_index_forward`, 1 :func:`ce_index_forward_grad`, 2 :func:`ce_prob_forward`,
@@ -164,11 +156,11 @@ if AVAILABLE:
         i, r0, r1 = claim_rows(data, a[1], r)
         while i >= 0:
             if a[2] == 0:
-                b = _fwd(_rows(a[17], r0, r1, n, np.float32), a, f, r0, r1, np.float32)
+                b = _fwd(rows_at(a[17], r0, r1, n, np.float32), a, f, r0, r1, np.float32)
             elif a[2] == 1:
-                b = _fwd(_rows(a[17], r0, r1, n, np.int16), a, f, r0, r1, np.int16)
+                b = _fwd(rows_at(a[17], r0, r1, n, np.int16), a, f, r0, r1, np.int16)
             else:
-                b = _fwd(_rows(a[17], r0, r1, n, np.float64), a, f, r0, r1, np.float64)
+                b = _fwd(rows_at(a[17], r0, r1, n, np.float64), a, f, r0, r1, np.float64)
             outs[i] = b + r0 if b >= 0 else b
             i, r0, r1 = claim_rows(data, a[1], r)
 
@@ -178,14 +170,14 @@ if AVAILABLE:
         w = _vec(a[5], 0, a[6])
         g, zg = _part(a[9], a[10], r0, r1), _part(a[14], a[16], r0, r1)
         m, lg, coef, alive = _vec(a[11], r0, r1), _vec(a[18], r0, r1), _vec(a[19], r0, r1), _vec(a[20], r0, r1)
-        out = _rows(a[12], r0, r1, n, dt)
+        out = rows_at(a[12], r0, r1, n, dt)
         if a[3] == 0:
             ce_index_backward(x, _index(a[4], r0, r1), w, w.size > 0, f[13], f[15], g, zg, m, lg, coef, alive, out)
         else:
-            ce_prob_backward(x, _rows(a[4], r0, r1, n, dt), w, w.size > 0, f[13], f[15], g, zg, m, lg, coef, alive,
+            ce_prob_backward(x, rows_at(a[4], r0, r1, n, dt), w, w.size > 0, f[13], f[15], g, zg, m, lg, coef, alive,
                              out)
 
-    @_cfunc
+    @callback
     def team_ce_bwd(data: Any) -> None:
         """``[counter, chunks, code, kind, target, w, w size, r, n, g, g size, m, out, eps, zg, cap, zg size, x, lg,
         coef, alive]``: ``kind`` 0 :func:`ce_index_backward`, 1 :func:`ce_prob_backward` of the rows ``x`` into
@@ -197,11 +189,11 @@ if AVAILABLE:
         i, r0, r1 = claim_rows(data, a[1], r)
         while i >= 0:
             if a[2] == 0:
-                _bwd(_rows(a[17], r0, r1, n, np.float32), a, f, r0, r1, np.float32)
+                _bwd(rows_at(a[17], r0, r1, n, np.float32), a, f, r0, r1, np.float32)
             elif a[2] == 1:
-                _bwd(_rows(a[17], r0, r1, n, np.int16), a, f, r0, r1, np.int16)
+                _bwd(rows_at(a[17], r0, r1, n, np.int16), a, f, r0, r1, np.int16)
             else:
-                _bwd(_rows(a[17], r0, r1, n, np.float64), a, f, r0, r1, np.float64)
+                _bwd(rows_at(a[17], r0, r1, n, np.float64), a, f, r0, r1, np.float64)
             i, r0, r1 = claim_rows(data, a[1], r)
 
     CALLBACKS = {"ce_plain_fwd": team_ce_plain_fwd.address, "ce_plain_bwd": team_ce_plain_bwd.address,

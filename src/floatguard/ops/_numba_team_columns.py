@@ -33,11 +33,8 @@ from ._numba_columns import (
 
 if AVAILABLE:
     import numba
-    from numba import types
 
-    from ._numba_team import claim_rows
-
-    _cfunc = numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
+    from ._numba_team import callback, claim_rows
 
     @numba.njit(inline="always")
     def _span(u: int, k: int, n_in: int) -> tuple[int, int, int, int]:
@@ -45,7 +42,7 @@ if AVAILABLE:
         o, q = u // k, u % k
         return o, o + 1, n_in * q // k, n_in * (q + 1) // k
 
-    @_cfunc
+    @callback
     def team_cols_softmax_fwd(data: Any) -> None:
         """``[counter, chunks, code, x, out, O, C, I, log, k, units, ok]``: :func:`ptr_cols_softmax`; ``ok`` set to 0
         when a position has no finite max."""
@@ -59,7 +56,7 @@ if AVAILABLE:
                     a[11] = 0
             _, u0, u1 = claim_rows(data, a[1], a[10])
 
-    @_cfunc
+    @callback
     def team_cols_softmax_bwd(data: Any) -> None:
         """``[counter, chunks, code, out, g, grad, O, C, I, log, k, units]``: :func:`ptr_cols_softmax_bwd`."""
         a = carray(data, (12,), np.int64)
@@ -71,7 +68,7 @@ if AVAILABLE:
                 ptr_cols_softmax_bwd(a[2], a[3], a[4], a[5], dims, a[9] != 0, o0, o1, i0, i1)
             _, u0, u1 = claim_rows(data, a[1], a[11])
 
-    @_cfunc
+    @callback
     def team_cols_logsumexp_fwd(data: Any) -> None:
         """``[counter, chunks, code, x, lse, O, C, I, k, units, ok]``: :func:`ptr_cols_logsumexp` into float64 ``lse``
         ``(O, I)``; ``ok`` set to 0 when a position has no finite max."""
@@ -86,7 +83,7 @@ if AVAILABLE:
                     a[10] = 0
             _, u0, u1 = claim_rows(data, a[1], a[9])
 
-    @_cfunc
+    @callback
     def team_cols_logsumexp_bwd(data: Any) -> None:
         """``[counter, chunks, code, x, lse, g, grad, O, C, I, k, units]``: :func:`ptr_cols_logsumexp_bwd`, float64
         ``lse`` and ``g`` ``(O, I)``."""
@@ -105,7 +102,7 @@ if AVAILABLE:
     def _arr2(addr: int, rows: int, cols: int, dt: Any) -> Any:
         return carray(_voidptr(addr), (rows, cols), dt)
 
-    @_cfunc
+    @callback
     def team_cols_ce_fwd(data: Any) -> None:
         """``[counter, chunks, code, x, t, w, w size, ignore, has ignore, eps, stats, n stats, O, C, I, k, units,
         status]``: :func:`ptr_cols_ce_fwd`; ``status`` set to a unit's nonzero status (a position with no finite max,
@@ -125,7 +122,7 @@ if AVAILABLE:
                     a[17] = st
             _, u0, u1 = claim_rows(data, a[1], a[16])
 
-    @_cfunc
+    @callback
     def team_cols_ce_bwd(data: Any) -> None:
         """``[counter, chunks, code, x, t, stats, n stats, w, w size, eps, coef, g, g size, grad, O, C, I, k, units]``:
         :func:`ptr_cols_ce_bwd`."""
@@ -143,7 +140,7 @@ if AVAILABLE:
                 ptr_cols_ce_bwd(a[2], a[3], t, stats, w, f[9], f[10], g, a[13], dims, o0, o1, i0, i1)
             _, u0, u1 = claim_rows(data, a[1], a[18])
 
-    @_cfunc
+    @callback
     def team_cols_ce_prob_fwd(data: Any) -> None:
         """``[counter, chunks, code, x, y, w, w size, eps, stats, O, C, I, k, units, status]``:
         :func:`ptr_cols_ce_prob_fwd` (``y`` probabilities of the dtype and layout of ``x``, five statistics)."""
@@ -161,7 +158,7 @@ if AVAILABLE:
                     a[14] = st
             _, u0, u1 = claim_rows(data, a[1], a[13])
 
-    @_cfunc
+    @callback
     def team_cols_ce_prob_bwd(data: Any) -> None:
         """``[counter, chunks, code, x, y, w, w size, eps, stats, coef, g, g size, grad, O, C, I, k, units]``:
         :func:`ptr_cols_ce_prob_bwd`."""

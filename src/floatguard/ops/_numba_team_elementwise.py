@@ -30,11 +30,8 @@ from ._numba_elementwise import (
 
 if AVAILABLE:
     import numba
-    from numba import types
 
-    from ._numba_team import claim_rows
-
-    _cfunc = numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
+    from ._numba_team import callback, claim_rows, rows_at
 
     @numba.njit(inline="always")
     def _flat(addr: int, r0: int, r1: int, dt: Any) -> Any:
@@ -56,7 +53,7 @@ if AVAILABLE:
         else:
             logaddexp_backward(x, _flat(a[6], r0, r1, dt), g, out, _flat(a[9], r0, r1, dt))
 
-    @_cfunc
+    @callback
     def team_flat(data: Any) -> None:
         """``[counter, chunks, code, kind, op, x, b, g, out, out2, size, g size]``: ``kind`` 0 :func:`unary_forward`
         (``op`` 0 softplus, 1 log_sigmoid, 2 log1mexp) of ``x`` into ``out``, 1 :func:`unary_backward` (``g``: one
@@ -74,35 +71,29 @@ if AVAILABLE:
             _, r0, r1 = claim_rows(data, a[1], a[10])
 
     @numba.njit(inline="always")
-    def _rows(addr: int, r0: int, r1: int, n: int, dt: Any) -> Any:
-        """Rows ``[r0, r1)`` of the C-contiguous ``(R, n)`` array of ``dt`` at ``addr``."""
-        size = carray(_voidptr(addr), (1,), dt).itemsize
-        return carray(_voidptr(addr + r0 * n * size), (r1 - r0, n), dt)
-
-    @numba.njit(inline="always")
     def _coef(addr: int, rows: int, r0: int, r1: int, n: int) -> Any:
         """The chunk's part of float64 coefficients of ``rows`` rows: ``(0, 0)`` (none) or ``(1, n)`` whole, else its
         rows (as the pool passes them)."""
         if rows <= 1:
             return carray(_voidptr(addr), (rows, n if rows else 0), np.float64)
-        return _rows(addr, r0, r1, n, np.float64)
+        return rows_at(addr, r0, r1, n, np.float64)
 
     @numba.njit(inline="always")
     def _bce_chunk(a: Any, f: Any, r0: int, r1: int, dt: Any) -> tuple[float, float]:
         kind, n = a[3], a[15]
-        x, y = _rows(a[4], r0, r1, n, dt), _rows(a[5], r0, r1, n, dt)
+        x, y = rows_at(a[4], r0, r1, n, dt), rows_at(a[5], r0, r1, n, dt)
         if kind == 1:
-            return bce_forward_grad(x, y, f[18], _rows(a[14], r0, r1, n, dt))
+            return bce_forward_grad(x, y, f[18], rows_at(a[14], r0, r1, n, dt))
         w, pw = _coef(a[6], a[7], r0, r1, n), _coef(a[8], a[9], r0, r1, n)
         if kind == 0:
             store = a[11] != 0
-            out = _rows(a[10], r0, r1, n, np.float64) if store else carray(_voidptr(a[10]), (0, 0), np.float64)
+            out = rows_at(a[10], r0, r1, n, np.float64) if store else carray(_voidptr(a[10]), (0, 0), np.float64)
             return bce_forward(x, y, w, pw, out, store)
         g = _coef(a[12], a[13], r0, r1, n) if a[13] > 1 else carray(_voidptr(a[12]), (1, 1), np.float64)
-        bce_backward(x, y, w, pw, g, _rows(a[14], r0, r1, n, dt), f[18])
+        bce_backward(x, y, w, pw, g, rows_at(a[14], r0, r1, n, dt), f[18])
         return 0.0, 0.0
 
-    @_cfunc
+    @callback
     def team_bce(data: Any) -> None:
         """``[counter, chunks, code, kind, x, y, w, w rows, pw, pw rows, out, store, g, g rows, grad, n, r, outs, f]``
         over rows ``(r, n)`` of ``x`` and ``y`` (the storage dtype): ``kind`` 0 :func:`bce_forward` (the elements into
