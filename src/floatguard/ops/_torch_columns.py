@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._torch_rows import PARALLEL_MIN, openmp_team, run_rows, team_run
+from ._torch_rows import PARALLEL_MIN, run_rows, team_for, team_run
 from ._torch_sweep import empty_like
 
 CODES = {torch.float32: 0, torch.bfloat16: 1, torch.float16: 2}
@@ -84,17 +84,14 @@ def _run(fn: Any, dims: tuple[int, int, int]) -> list[Any]:
 
 def _on_team(kind: str, args: list[Any], dims: tuple[int, int, int], flag: int = 1) -> np.ndarray | None:
     """The callback ``kind`` of :mod:`._numba_team_columns` over the positions of ``dims`` on torch's OpenMP team
-    (``data`` ``[0, chunks, *args, k, units, flag]``, returned: its last entry the ``ok`` flag of the forwards, the
-    status of the cross-entropy's, which start at 0); None
-    where one thread does it all or the thread pool of :func:`_run` takes it. Units as in that module: ``k`` pieces
-    of each ``o``'s positions, ``k = 1`` unless ``O`` is below four a thread."""
+    (``data`` ``[0, chunks, *args, k, units, flag]``, returned: its last entry the ``ok`` flag of the forwards, or the
+    status of the cross-entropy's, which start at 0); None where one thread does it all or the thread pool of
+    :func:`_run` takes it (:func:`._torch_rows.team_for`). Units as in that module: ``k`` pieces of each ``o``'s
+    positions, ``k = 1`` unless ``O`` is below four a thread."""
     n_out, n_cls, n_in = dims
-    threads = torch.get_num_threads()
-    if threads <= 1 or n_out * n_cls * n_in < PARALLEL_MIN:
+    if (on := team_for(n_out * n_cls * n_in, n_out * n_in)) is None:
         return None
-    team = openmp_team()
-    if team is None:
-        return None
+    team, threads = on
     k = 1 if n_out >= 4 * threads else min(n_in, -(-4 * threads // n_out))
     return team_run(team, kind, [*args, k, n_out * k, flag], n_out * k, threads)
 
