@@ -60,6 +60,12 @@ if AVAILABLE:
         return carray(_voidptr(addr + r0 * n * size), (r1 - r0, n), dt)
 
     @numba.njit(inline="always")
+    def entries_at(addr: int, r0: int, r1: int, dt: Any) -> Any:
+        """Entries ``[r0, r1)`` of the contiguous vector of ``dt`` at ``addr``."""
+        size = carray(_voidptr(addr), (1,), dt).itemsize
+        return carray(_voidptr(addr + r0 * size), (r1 - r0,), dt)
+
+    @numba.njit(inline="always")
     def _itemsize(code: int) -> int:
         return 4 if code == 0 else (8 if code == 3 else 2)
 

@@ -25,27 +25,22 @@ from ._numba_ce_plain import ce_plain_backward, ce_plain_forward, ce_plain_forwa
 if AVAILABLE:
     import numba
 
-    from ._numba_team import callback, claim_rows, rows_at
+    from ._numba_team import callback, claim_rows, entries_at, rows_at
 
     @numba.njit(inline="always")
-    def _vec(addr: int, r0: int, r1: int) -> Any:
-        """Entries ``[r0, r1)`` of the float64 vector at ``addr`` (class weights, per-row values)."""
-        return carray(_voidptr(addr + 8 * r0), (r1 - r0,), np.float64)
-
-    @numba.njit(inline="always")
-    def _index(addr: int, r0: int, r1: int) -> Any:
-        """Entries ``[r0, r1)`` of the int64 class indices at ``addr``."""
-        return carray(_voidptr(addr + 8 * r0), (r1 - r0,), np.int64)
+    def _res(addr: int, k: int, r: int, r0: int, r1: int) -> Any:
+        """Entries ``[r0, r1)`` of row ``k`` of the float64 ``(5, r)`` residuals at ``addr``."""
+        return entries_at(addr, k * r + r0, k * r + r1, np.float64)
 
     @numba.njit(inline="always")
     def _part(addr: int, size: int, r0: int, r1: int) -> Any:
         """The chunk's part of a float64 per-row vector of ``size`` entries: its rows, or all of it when it has one
         entry for every row (or none)."""
-        return _vec(addr, 0, size) if size <= 1 else _vec(addr, r0, r1)
+        return entries_at(addr, 0, size, np.float64) if size <= 1 else entries_at(addr, r0, r1, np.float64)
 
     @numba.njit(inline="always")
     def _plain_fwd(x: Any, a: Any, f: Any, res: Any, r0: int, r1: int, dt: Any) -> Any:
-        t, w = _index(a[4], r0, r1), _vec(a[5], 0, a[6])
+        t, w = entries_at(a[4], r0, r1, np.int64), entries_at(a[5], 0, a[6], np.float64)
         if a[12] != 0:
             return ce_plain_forward_grad(x, t, w, a[9], a[10] != 0, res, f[14], rows_at(a[12], r0, r1, a[8], dt))
         return ce_plain_forward(x, t, w, a[9], a[10] != 0, res)
@@ -69,8 +64,8 @@ if AVAILABLE:
             elif a[2] == 1:
                 b, tot, cnt = _plain_fwd(rows_at(a[3], r0, r1, n, np.int16), a, f, rs, r0, r1, np.int16)
             else:
-                b, tot, cnt = ce_plain_forward(rows_at(a[3], r0, r1, n, np.float64), _index(a[4], r0, r1),
-                                               _vec(a[5], 0, a[6]), a[9], a[10] != 0, rs)
+                b, tot, cnt = ce_plain_forward(rows_at(a[3], r0, r1, n, np.float64), entries_at(a[4], r0, r1, np.int64),
+                                               entries_at(a[5], 0, a[6], np.float64), a[9], a[10] != 0, rs)
             outs[i, 0] = b + r0 if b >= 0 else b
             outs[i, 1] = tot
             outs[i, 2] = cnt
@@ -86,7 +81,7 @@ if AVAILABLE:
         res = carray(_voidptr(a[7]), (5, r), np.float64)
         i, r0, r1 = claim_rows(data, a[1], r)
         while i >= 0:
-            t, rs, g = _index(a[4], r0, r1), res[:, r0:r1], _part(a[5], a[6], r0, r1)
+            t, rs, g = entries_at(a[4], r0, r1, np.int64), res[:, r0:r1], _part(a[5], a[6], r0, r1)
             if a[2] == 0:
                 ce_plain_backward(rows_at(a[3], r0, r1, n, np.float32), t, f[11], g, rs,
                                   rows_at(a[8], r0, r1, n, np.float32))
@@ -101,9 +96,9 @@ if AVAILABLE:
     @numba.njit(inline="always")
     def _scale(grad: Any, a: Any, res: Any, r0: int, r1: int) -> None:
         if a[5] == 0:
-            ce_plain_scale_rows(grad, carray(_voidptr(a[4] + 4 * r0), (r1 - r0,), np.float32), res)
+            ce_plain_scale_rows(grad, entries_at(a[4], r0, r1, np.float32), res)
         else:
-            ce_plain_scale_rows(grad, _vec(a[4], r0, r1), res)
+            ce_plain_scale_rows(grad, entries_at(a[4], r0, r1, np.float64), res)
 
     @callback
     def team_ce_scale_rows(data: Any) -> None:
@@ -124,16 +119,16 @@ if AVAILABLE:
     def _fwd(x: Any, a: Any, f: Any, r0: int, r1: int, dt: Any) -> int:
         """One chunk of :func:`team_ce_fwd` on rows ``x`` of ``dt``; the first bad target's row, or -1."""
         kind, r, n, ign, has = a[3], a[7], a[8], a[9], a[10] != 0
-        w = _vec(a[5], 0, a[6])
+        w = entries_at(a[5], 0, a[6], np.float64)
         weighted = w.size > 0
-        loss, m, lg = _vec(a[11], r0, r1), _vec(a[11], r + r0, r + r1), _vec(a[11], 2 * r + r0, 2 * r + r1)
-        coef, alive = _vec(a[11], 3 * r + r0, 3 * r + r1), _vec(a[11], 4 * r + r0, 4 * r + r1)
+        loss, m, lg = _res(a[11], 0, r, r0, r1), _res(a[11], 1, r, r0, r1), _res(a[11], 2, r, r0, r1)
+        coef, alive = _res(a[11], 3, r, r0, r1), _res(a[11], 4, r, r0, r1)
+        t = entries_at(a[4], r0, r1, np.int64)
         if kind == 0:
-            return ce_index_forward(x, _index(a[4], r0, r1), w, weighted, ign, has, f[13], f[15], loss, m, lg, coef,
-                                    alive)
+            return ce_index_forward(x, t, w, weighted, ign, has, f[13], f[15], loss, m, lg, coef, alive)
         if kind == 1:
-            ce_index_forward_grad(x, _index(a[4], r0, r1), w, weighted, ign, has, f[13], f[14], loss, m, lg, coef,
-                                  alive, rows_at(a[12], r0, r1, n, dt))
+            ce_index_forward_grad(x, t, w, weighted, ign, has, f[13], f[14], loss, m, lg, coef, alive,
+                                  rows_at(a[12], r0, r1, n, dt))
         elif kind == 2:
             ce_prob_forward(x, rows_at(a[4], r0, r1, n, dt), w, weighted, f[13], f[15], loss, m, lg, coef, alive)
         else:
@@ -167,12 +162,14 @@ if AVAILABLE:
     @numba.njit(inline="always")
     def _bwd(x: Any, a: Any, f: Any, r0: int, r1: int, dt: Any) -> None:
         n = a[8]
-        w = _vec(a[5], 0, a[6])
+        w = entries_at(a[5], 0, a[6], np.float64)
         g, zg = _part(a[9], a[10], r0, r1), _part(a[14], a[16], r0, r1)
-        m, lg, coef, alive = _vec(a[11], r0, r1), _vec(a[18], r0, r1), _vec(a[19], r0, r1), _vec(a[20], r0, r1)
+        m, lg = entries_at(a[11], r0, r1, np.float64), entries_at(a[18], r0, r1, np.float64)
+        coef, alive = entries_at(a[19], r0, r1, np.float64), entries_at(a[20], r0, r1, np.float64)
         out = rows_at(a[12], r0, r1, n, dt)
         if a[3] == 0:
-            ce_index_backward(x, _index(a[4], r0, r1), w, w.size > 0, f[13], f[15], g, zg, m, lg, coef, alive, out)
+            t = entries_at(a[4], r0, r1, np.int64)
+            ce_index_backward(x, t, w, w.size > 0, f[13], f[15], g, zg, m, lg, coef, alive, out)
         else:
             ce_prob_backward(x, rows_at(a[4], r0, r1, n, dt), w, w.size > 0, f[13], f[15], g, zg, m, lg, coef, alive,
                              out)

@@ -31,27 +31,21 @@ from ._numba_elementwise import (
 if AVAILABLE:
     import numba
 
-    from ._numba_team import callback, claim_rows, rows_at
-
-    @numba.njit(inline="always")
-    def _flat(addr: int, r0: int, r1: int, dt: Any) -> Any:
-        """Elements ``[r0, r1)`` of the contiguous array of ``dt`` at ``addr``."""
-        size = carray(_voidptr(addr), (1,), dt).itemsize
-        return carray(_voidptr(addr + r0 * size), (r1 - r0,), dt)
+    from ._numba_team import callback, claim_rows, entries_at, rows_at
 
     @numba.njit(inline="always")
     def _flat_chunk(a: Any, r0: int, r1: int, dt: Any) -> None:
         kind, op = a[3], a[4]
-        x, out = _flat(a[5], r0, r1, dt), _flat(a[8], r0, r1, dt)
-        g = _flat(a[7], 0, 1, dt) if a[11] == 1 else _flat(a[7], r0, r1, dt)
+        x, out = entries_at(a[5], r0, r1, dt), entries_at(a[8], r0, r1, dt)
+        g = entries_at(a[7], 0, 1, dt) if a[11] == 1 else entries_at(a[7], r0, r1, dt)
         if kind == 0:
             unary_forward(x, out, op)
         elif kind == 1:
             unary_backward(x, g, out, op)
         elif kind == 2:
-            logaddexp_forward(x, _flat(a[6], r0, r1, dt), out)
+            logaddexp_forward(x, entries_at(a[6], r0, r1, dt), out)
         else:
-            logaddexp_backward(x, _flat(a[6], r0, r1, dt), g, out, _flat(a[9], r0, r1, dt))
+            logaddexp_backward(x, entries_at(a[6], r0, r1, dt), g, out, entries_at(a[9], r0, r1, dt))
 
     @callback
     def team_flat(data: Any) -> None:
