@@ -331,11 +331,25 @@ def test_an_ignored_position_with_a_neg_inf_logit_adds_nothing(n_cls: int, eps: 
     assert torch.isfinite(mean)
 
 
-def test_cross_entropy_mean_over_no_entry_is_nan() -> None:
-    x = data((2, 3, 5), torch.float32).requires_grad_()
-    t = torch.full((2, 5), -100)
-    loss = fg.cross_entropy(x, t, axis=1, ignore_index=-100)
-    assert torch.isnan(loss)
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("shape", [(2, 3, 5), (1, 1, 1, 128), (4, 3, 300)], ids=str)
+def test_cross_entropy_mean_over_no_entry_is_nan_with_gradient_zero(shape: tuple[int, ...], dtype: torch.dtype,
+                                                                    eps: float) -> None:
+    """A mean over no entry (every position ignored, or every target class of weight 0) is NaN, as PyTorch's, and its
+    backward gives 0, as the row path's (the column kernels' backward divided by the weight sum 0: ZeroDivisionError,
+    found by a fuzzing run)."""
+    t = torch.full((shape[0], *shape[2:]), -100)
+    zero_w = torch.zeros(shape[1], dtype=torch.float64 if dtype == torch.float64 else torch.float32)
+    for kw, target in (({"ignore_index": -100}, t), ({"weight": zero_w}, torch.zeros_like(t))):
+        x = data(shape, dtype).requires_grad_()
+        loss = fg.cross_entropy(x, target, axis=1, label_smoothing=eps, **kw)
+        assert torch.isnan(loss)
+        loss.backward()
+        rows = x.detach().movedim(1, -1).reshape(-1, shape[1]).clone().requires_grad_()
+        fg.cross_entropy(rows, target.reshape(-1), label_smoothing=eps, **kw).backward()
+        assert x.grad is not None and rows.grad is not None
+        assert torch.equal(x.grad, torch.zeros_like(x)) and torch.equal(rows.grad, torch.zeros_like(rows))
     assert torch.isnan(F.cross_entropy(x.detach(), t))
 
 

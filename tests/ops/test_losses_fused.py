@@ -966,10 +966,14 @@ def test_elementwise_and_bce_over_threads_give_the_bits_of_one_thread(case: str,
                                                                        threads_on: str) -> None:
     """The elementwise ops and the BCE split large calls over 2 and 3 threads (on torch's OpenMP team, and on the thread
     pool): values and gradients (an upstream gradient that is not 1, so the backward
-    kernel runs; the written gradient of a mean too) are the bits of one thread, for sizes that do not divide evenly."""
+    kernel runs; the written gradient of a mean too) are the bits of one thread, for sizes that do not divide evenly.
+    Entries the float32 kernels' lanes leave to float64 (``|x| > 80``, ``+inf``) are among them, so that the blocks
+    each lane kernel decides on are the same whatever the chunks (they were not: a float32 softplus gradient
+    differed in its last bit at 13 entries near a ``+inf`` on 2 threads)."""
     rng = np.random.default_rng(13)
     shape = (173, 601)
     x = torch.tensor(rng.standard_normal(shape) * 6).to(dtype)
+    x[60, 400], x[150, 7], x[170, 5] = -120.0, 95.0, INF
     y = torch.tensor(rng.random(shape)).to(dtype)
     w = torch.tensor(rng.uniform(0.5, 2.0, shape)).to(dtype)
     f = ELEMENTWISE_CASES[case]
@@ -993,3 +997,59 @@ def test_elementwise_and_bce_over_threads_give_the_bits_of_one_thread(case: str,
         rng_up = np.random.default_rng(3)
         for a, b in zip(one, run(threads), strict=True):
             assert torch.equal(a, b), (case, threads)
+
+
+INF_LOSS_CASES = {
+    "plain": lambda x, t, p: fg.cross_entropy(x, t),
+    "sum": lambda x, t, p: fg.cross_entropy(x, t, reduction="sum"),
+    "weight": lambda x, t, p: fg.cross_entropy(x, t, weight=torch.linspace(0.5, 2.0, x.shape[-1])),
+    "smoothing": lambda x, t, p: fg.cross_entropy(x, t, label_smoothing=0.1),
+    "probabilities": lambda x, t, p: fg.cross_entropy(x, p),
+    "dim=1": lambda x, t, p: fg.cross_entropy(x.T[None], t[None], axis=1),
+    "bce": lambda x, t, p: fg.binary_cross_entropy_with_logits(-x, p),
+    "bce, weight": lambda x, t, p: fg.binary_cross_entropy_with_logits(-x, p, weight=p + 1, reduction="sum"),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows", [8, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("case", list(INF_LOSS_CASES))
+def test_an_infinite_loss_makes_the_mean_and_the_sum_infinite(case: str, dtype: torch.dtype, rows: int,
+                                                                threads: int, path: str) -> None:
+    """One entry whose loss is ``+inf`` (a ``-inf`` logit at its target class; for the BCE a ``+inf`` logit of a target
+    below 1) makes the reduced loss ``+inf``, as PyTorch's, and leaves the gradient finite. It was NaN: the compensated
+    sums of the kernels added ``inf - inf`` into their correction term (and Python's ``sum`` of a chunk's pair)."""
+    n = 700
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(rows, n, generator=gen, dtype=torch.float64)
+    t = torch.randint(0, n, (rows,), generator=gen)
+    p = torch.softmax(torch.randn(rows, n, generator=gen, dtype=torch.float64), -1)
+    x[3, t[3]] = -INF
+    if case.startswith("bce"):
+        p = torch.rand(rows, n, generator=gen, dtype=torch.float64) * 0.5
+    x, p = x.to(dtype), p.to(dtype)
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        v = x.clone().requires_grad_(True)
+        loss = INF_LOSS_CASES[case](v, t, p)
+        loss.backward()
+    finally:
+        torch.set_num_threads(old)
+    assert loss.item() == INF
+    assert v.grad is not None and bool(torch.isfinite(v.grad).all())
+
+
+def test_chunk_sums_take_ieee_answers_where_fsum_raises() -> None:
+    """The sums of the chunks' losses: one rounding (``math.fsum``) where finite; NaN for ``inf - inf`` and ``inf``
+    for an overflow, where ``math.fsum`` raises; a pair whose total is infinite counts its total alone (its ``comp``
+    is NaN)."""
+    from floatguard.ops._torch_rows import fsum_ieee, pairs_sum
+
+    assert fsum_ieee([1e16, 1.0, -1e16]) == 1.0
+    assert math.isnan(fsum_ieee([INF, -INF]))
+    assert fsum_ieee([1e308, 1e308]) == INF
+    assert pairs_sum([INF, math.nan, 2.0, 1e-17]) == INF
+    assert pairs_sum([1e16, 1.0, -1e16, 0.0]) == 1.0
+    assert math.isnan(pairs_sum([math.nan, 0.0, 1.0, 0.0]))

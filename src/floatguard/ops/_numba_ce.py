@@ -44,7 +44,7 @@ from ._numba_ce_rows import (
     _zero_row,
     weights64,
 )
-from ._numba_exp import BLK, _add, _exp_f32out, _exp_reduced, _reduce
+from ._numba_exp import BLK, _add, _exp_f32out, _exp_reduced, _reduce, _sum_of
 from ._numba_log import select
 from ._numba_loss_dtypes import _ld, _st
 from ._numba_torch import _rest_for
@@ -229,7 +229,7 @@ def res_sums(res: np.ndarray, target: np.ndarray, ignore: int, has_ignore: bool)
             plain += res[0, r]
         den += res[3, r]
         count += 0.0 if (has_ignore and target[r] == ignore) else 1.0
-    return (total + comp) + plain, den, count
+    return _sum_of(total, comp) + plain, den, count
 
 
 @_njit()
@@ -302,7 +302,7 @@ def loss_total(loss: np.ndarray, alive: np.ndarray) -> float:
             total, comp = _add(total, comp, loss[r])
         else:
             plain += loss[r]
-    return (total + comp) + plain
+    return _sum_of(total, comp) + plain
 
 
 @_njit()

@@ -22,7 +22,7 @@ from ._numba_ce_rows import (
     _zero_row,
     weights64,
 )
-from ._numba_exp import _add
+from ._numba_exp import _add, _sum_of
 from ._numba_log import log1p as _log1p
 from ._numba_loss_dtypes import _ld, _st
 from ._numba_torch import _rest_for
@@ -98,7 +98,7 @@ def ce_plain_forward(x: np.ndarray, target: np.ndarray, w: np.ndarray, ignore: i
             v = res[3, r] * v
         _row_loss(res, r, v, m, lg)
         total, comp = _add(total, comp, v)
-    return -1, (total + comp) + plain, count
+    return -1, _sum_of(total, comp) + plain, count
 
 
 @_njit()
@@ -209,7 +209,7 @@ def ce_plain_forward_grad(x: np.ndarray, target: np.ndarray, w: np.ndarray, igno
         q = gw / (1.0 + s)
         _scale_for(e, q, o)
         _st(o, c, -(s * q) if xc == m else np.float64(e[c]) * q - gw)
-    return -1, (total + comp) + plain, count
+    return -1, _sum_of(total, comp) + plain, count
 
 
 @_njit()

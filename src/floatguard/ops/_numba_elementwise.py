@@ -455,21 +455,21 @@ def _sigmoid_grad32(x: np.ndarray, g: np.ndarray, out: np.ndarray, neg: bool) ->
     if scalar and not np.int32(_f32_bits(gv) & ABS32) < np.int32(0x7F800000):
         _sigmoid_grad64(x, g, out, neg)
         return
-    # after a block that needed float64 the next goes there first, and back to the lanes once a cheap pass
-    # over its bits finds it in range: blocks alike cost one pass, not two
+    # after a block that needed float64 a cheap pass over the next block's bits decides first (blocks alike cost
+    # that pass and the float64 one, not the lanes' too); either way a block's bits depend on the block alone, which
+    # the callers' chunks keep whole (FLAT_BLOCK): the same bits on any number of threads
     wide = False
     for i0 in range(0, n, BLOCK32):
         i1 = min(i0 + BLOCK32, n)
         xs, os = x[i0:i1], out[i0:i1]
         gs = g if scalar else g[i0:i1]
-        if wide:
+        if wide and _block_bits(xs, gs, scalar) > X32_MAX_BITS:
             _sigmoid_grad64(xs, gs, os, neg)
-            wide = _block_bits(xs, gs, scalar) > X32_MAX_BITS
             continue
         m = _g_sigmoid32_block_scalar(xs, gv, os, neg) if scalar else _g_sigmoid32_block(xs, gs, os, neg)
-        if m > X32_MAX_BITS:
+        wide = m > X32_MAX_BITS
+        if wide:
             _sigmoid_grad64(xs, gs, os, neg)
-            wide = True
 
 
 def _sigmoid_grad_lanes(x: np.ndarray, g: np.ndarray, out: np.ndarray, neg: bool) -> bool:
@@ -653,6 +653,10 @@ def _lae_short(a: np.ndarray, b: np.ndarray, out: np.ndarray, bad: np.ndarray) -
 
 
 LAE_BLOCK = 4096  # entries per block of the short pass: its flags stay in the L1 cache
+# Callers that split flat elements into chunks (threads) start each chunk at a multiple of this: the float32 lane
+# kernels decide float32 or float64 per block of BLOCK32 from the chunk's start, so every block, and its bits, is then
+# the one a single chunk makes
+FLAT_BLOCK = max(BLOCK32, LAE_BLOCK)
 
 
 @_njit()

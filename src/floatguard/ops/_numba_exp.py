@@ -100,6 +100,14 @@ def _add(total: float, comp: float, part: float) -> tuple[float, float]:
     return t, comp
 
 
+@_njit()
+def _sum_of(total: float, comp: float) -> float:
+    """The value ``total + comp`` of a compensated sum made by :func:`_add`; ``total`` itself where it is not finite: an
+    infinite term (a loss of ``+inf``: a ``-inf`` logit at the target) makes ``comp`` NaN (``inf - inf``), and the
+    sum was NaN where it is ``+inf``."""
+    return total + comp if total - total == 0.0 else total
+
+
 # exp(d) = 2^(k/2) exp(r), |r| <= ln2/4: 2^(j/2) (j = k mod 2) is 1 or sqrt(2), picked by a select on the
 # low bit of k (no table: the loop vectorizes without gathers); r = d - k ln2/2 in one fma (|k| <= 2153, so
 # the rounding of ln2/2 moves r by < 2^-43). exp(r) = 1 + r + r^2 q(r), q of degree 4 fitted (least squares

@@ -19,6 +19,7 @@ import numpy as np
 
 from ._numba_bits import AVAILABLE, _voidptr, carray
 from ._numba_elementwise import (
+    FLAT_BLOCK,
     bce_backward,
     bce_forward,
     bce_forward_grad,
@@ -49,20 +50,24 @@ if AVAILABLE:
 
     @callback
     def team_flat(data: Any) -> None:
-        """``[counter, chunks, code, kind, op, x, b, g, out, out2, size, g size]``: ``kind`` 0 :func:`unary_forward`
+        """``[counter, chunks, code, kind, op, x, b, g, out, out2, size, g size]``, in chunks of whole blocks of
+        ``FLAT_BLOCK`` elements (``chunks`` at most their number): ``kind`` 0 :func:`unary_forward`
         (``op`` 0 softplus, 1 log_sigmoid, 2 log1mexp) of ``x`` into ``out``, 1 :func:`unary_backward` (``g``: one
         entry for all, or ``size``), 2 :func:`logaddexp_forward` of ``x`` and ``b``, 3 :func:`logaddexp_backward`
         into ``out`` and ``out2``; every array of the storage dtype, ``size`` elements."""
         a = carray(data, (12,), np.int64)
-        _, r0, r1 = claim_rows(data, a[1], a[10])
-        while r0 >= 0:
+        size = a[10]
+        blocks = (size + FLAT_BLOCK - 1) // FLAT_BLOCK  # chunks of whole blocks (``chunks <= blocks``)
+        _, b0, b1 = claim_rows(data, a[1], blocks)
+        while b0 >= 0:
+            r0, r1 = b0 * FLAT_BLOCK, min(b1 * FLAT_BLOCK, size)
             if a[2] == 0:
                 _flat_chunk(a, r0, r1, np.float32)
             elif a[2] == 1:
                 _flat_chunk(a, r0, r1, np.int16)
             else:
                 _flat_chunk(a, r0, r1, np.float64)
-            _, r0, r1 = claim_rows(data, a[1], a[10])
+            _, b0, b1 = claim_rows(data, a[1], blocks)
 
     @numba.njit(inline="always")
     def _coef(addr: int, rows: int, r0: int, r1: int, n: int) -> Any:

@@ -11,7 +11,6 @@ custom ops of :mod:`._torch_elementwise_compile` (``torch.compile``) alike.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -26,6 +25,7 @@ from ._torch_rows import (
     empty_out,
     kernel_input,
     numpy_view,
+    pairs_sum,
     reduced_scalar,
     run_rows,
     team_chunks,
@@ -42,18 +42,19 @@ def _rows_run(fn: Any, kind: int, xn: np.ndarray, yn: np.ndarray, wn: np.ndarray
               out: np.ndarray = _NONE, g: np.ndarray = _NONE, grad: np.ndarray = _NONE, f: float = 0.0) -> float:
     """``fn(r0, r1)`` over the rows of ``xn`` and ``yn`` (the kernels' views, ``(R, n)``), or the same work (``kind``)
     on torch's OpenMP team (:func:`._numba_team_elementwise.team_bce`) where large calls split over threads run there:
-    the sum of the chunks' compensated sums by ``math.fsum`` (one chunk's rounding, whatever the chunks). ``wn``,
+    the sum of the chunks' compensated sums by :func:`._torch_rows.pairs_sum` (one chunk's rounding, whatever the
+    chunks; ``+inf`` where a loss is). ``wn``,
     ``pn`` coefficients of 0, 1 or ``R`` rows, ``out`` the stored elements, ``g`` the upstream gradient, ``grad`` the
     gradient written, ``f`` the ``gs`` or ``div`` of the kernel."""
     rows, n = xn.shape
     if yn.dtype != xn.dtype or (on := team_for(rows * n, rows)) is None:
-        return math.fsum(v for pair in run_rows(fn, rows, n) if pair is not None for v in pair)
+        return pairs_sum(v for pair in run_rows(fn, rows, n) if pair is not None for v in pair)
     outs = np.empty((team_chunks(rows, on[1]), 2))
     team_run(on[0], "bce", [VIEW_CODE[xn.dtype.char], kind, xn.ctypes.data, yn.ctypes.data, wn.ctypes.data,
                             wn.shape[0], pn.ctypes.data, pn.shape[0], out.ctypes.data, int(out.size > 0),
                             g.ctypes.data, g.shape[0] if g.size > 1 else 1, grad.ctypes.data, n, rows,
                             outs.ctypes.data, float(f)], rows, on[1])
-    return math.fsum(outs.reshape(-1).tolist())
+    return pairs_sum(outs.reshape(-1).tolist())
 
 
 def per_class(a: torch.Tensor | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -173,7 +174,7 @@ def _bce_plain_values(x: torch.Tensor, y: torch.Tensor, reduction: str) -> torch
     rows = xn.shape[0]
     if reduction == "none" or rows * n >= PARALLEL_MIN:
         return _BCE.forward(None, x, y, None, None, reduction)
-    total = sum(K.bce_forward(xn, yn, _NO_WEIGHT, _NO_WEIGHT, _NO_WEIGHT, False))
+    total = pairs_sum(K.bce_forward(xn, yn, _NO_WEIGHT, _NO_WEIGHT, _NO_WEIGHT, False))
     return reduced_scalar(total, rows * n, reduction, x.dtype)
 
 

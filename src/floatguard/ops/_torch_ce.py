@@ -48,6 +48,7 @@ from ._torch_rows import (
     bad_target,
     empty_out,
     from_float64,
+    fsum_ieee,
     kernel_input,
     numpy_view,
     run_rows,
@@ -509,7 +510,7 @@ def _plain_rows(x: torch.Tensor, target: torch.Tensor, ignore_index: int | None,
         parts = run_rows(fwd, rows, n_cls)
     bads = [p[0] for p in parts if p[0] >= 0]
     bad = bads[0] if bads else -1
-    total, count = math.fsum(p[1] for p in parts), sum(p[2] for p in parts) if kept is None else float(kept)
+    total, count = fsum_ieee(p[1] for p in parts), sum(p[2] for p in parts) if kept is None else float(kept)
     if bad >= 0:
         raise bad_target("cross_entropy", target, bad, n_cls)
     return res, total, count, grad

@@ -61,10 +61,13 @@ def columns(x: torch.Tensor, axis: int) -> tuple[int, int, int] | None:
 
 def _upstream(g: torch.Tensor, den: float, reduction: str, dims: tuple[int, int, int]) -> tuple[float, np.ndarray]:
     """The loss's upstream gradient as the cross-entropy kernels take it: a factor (``g / den`` for a mean, ``g`` for a
-    sum) and no array, or 1 and ``g`` per position (O, I) float64 for ``reduction='none'``."""
+    sum) and no array, or 1 and ``g`` per position (O, I) float64 for ``reduction='none'``. A mean over no weight (every
+    position ignored, or the targets' weights 0: the loss is NaN) has the factor 0, as the row kernels'."""
     if reduction == "none":
         return 1.0, np.ascontiguousarray(g.detach().to(torch.float64).reshape(dims[0], dims[2]).numpy())
-    return (float(g) / den if reduction == "mean" else float(g)), _EMPTY
+    if reduction == "mean":
+        return (float(g) / den if den else 0.0), _EMPTY
+    return float(g), _EMPTY
 
 
 def _run(fn: Any, dims: tuple[int, int, int]) -> list[Any]:

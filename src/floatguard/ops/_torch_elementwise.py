@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from . import _numba_losses as K
+from ._numba_elementwise import FLAT_BLOCK
 from ._torch_rows import (
     PARALLEL_MIN,
     VIEW_CODE,
@@ -35,15 +36,17 @@ def _flat_run(fn: Any, kind: int, op: int, x: torch.Tensor, b: torch.Tensor | No
               out: torch.Tensor, out2: torch.Tensor | None = None) -> None:
     """``fn(r0, r1)`` over the flat elements of the contiguous kernel inputs, or the same work (``kind``, ``op``) on
     torch's OpenMP team (:func:`._numba_team_elementwise.team_flat`) where large calls split over threads run
-    there; ``g`` a gradient of one entry or of every element."""
+    there; ``g`` a gradient of one entry or of every element. Chunks hold whole blocks of ``FLAT_BLOCK`` elements, as
+    the kernels' float32 lanes decide per block: the bits do not depend on the thread count."""
     size = x.numel()
-    if (on := team_for(size, size)) is None:
-        run_rows(fn, size, 1)
+    blocks = -(-size // FLAT_BLOCK)
+    if (on := team_for(size, blocks)) is None:
+        run_rows(lambda b0, b1: fn(b0 * FLAT_BLOCK, min(b1 * FLAT_BLOCK, size)), blocks, FLAT_BLOCK)
         return
     team_run(on[0], "flat", [VIEW_CODE[numpy_view(x).dtype.char], kind, op, x.data_ptr(),
                              0 if b is None else b.data_ptr(), 0 if g is None else g.data_ptr(), out.data_ptr(),
                              0 if out2 is None else out2.data_ptr(), size, 0 if g is None else g.numel()],
-             size, on[1])
+             blocks, on[1])
 
 
 _F64 = {torch.float32: False, torch.float64: True}  # the ``f64`` argument of the ``ptr_*`` kernels

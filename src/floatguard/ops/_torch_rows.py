@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
@@ -168,6 +169,27 @@ def run_rows(fn: Any, rows: int, cols: int) -> list[Any]:
     finally:
         wait(rest)  # the other chunks still write into the caller's tensors
     return [first, *(f.result() for f in rest)]
+
+
+def fsum_ieee(values: Iterable[float]) -> float:
+    """``math.fsum`` of ``values`` (the chunks' sums of a loss: one rounding whatever the chunks), with IEEE
+    arithmetic's answer where ``fsum`` raises instead: NaN for ``inf - inf``, ``+-inf`` for an overflow."""
+    vals = list(values)
+    try:
+        return math.fsum(vals)
+    except (ValueError, OverflowError):
+        return sum(vals)
+
+
+def pairs_sum(values: Iterable[float]) -> float:
+    """The sum of compensated pairs ``(total, comp, total, comp, ...)`` (the BCE kernels', one a chunk) by
+    :func:`fsum_ieee`; a pair whose ``total`` is not finite counts its ``total`` alone (an infinite loss makes ``comp``
+    NaN, ``inf - inf``: the sum was NaN where it is ``+inf``)."""
+    vals = list(values)
+    for j in range(0, len(vals) - 1, 2):
+        if not math.isfinite(vals[j]):
+            vals[j + 1] = 0.0
+    return fsum_ieee(vals)
 
 
 def bad_target(func: str, target: torch.Tensor, row: int, n_cls: int) -> ValueError:
