@@ -159,6 +159,33 @@ def test_complex_inputs_keep_digits_of_a_small_imaginary_part() -> None:
     np.testing.assert_allclose(fg.logaddexp(a, b), want, rtol=1e-15)
 
 
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+def test_complex_softmax_of_a_dominant_entry_keeps_its_tiny_imaginary_part(backend: str) -> None:
+    """The dominant entry of a complex softmax is ``1 / (1 + q)``, ``q`` the others' sum relative to it: its imaginary
+    part ``-Im q`` (here 9.5e-26) to the last digits, as every other component, against mpmath. It came out 0 (the
+    sum with the max term inside, a unit complex number, rounded ``q`` away), a normwise error below an ulp but the
+    whole of that component."""
+    z = np.array([-215.34930914 + 1.31224631j, -12.12656053 - 1.09410606j, 295.44996069 + 0.40044759j,
+                  140.29427395 - 0.4298957j, 238.02146104 - 0.5826894j])
+    mpmath.mp.dps = 50
+    zs = [mpmath.mpc(complex(v)) for v in z]
+    lse = mpmath.log(mpmath.fsum(mpmath.exp(v) for v in zs))
+    want = np.array([complex(mpmath.exp(v - lse)) for v in zs])
+    if backend == "torch":
+        got = fg.softmax(torch.tensor(z)).numpy()
+    elif backend == "jax":
+        jax = pytest.importorskip("jax")
+        with jax.enable_x64(True):
+            got = np.asarray(fg.softmax(jax.numpy.asarray(z)))
+    else:
+        got = fg.softmax(z)
+    eps = np.finfo(np.float64).eps
+    for part in (np.real, np.imag):  # the dominant entry, component by component
+        assert abs(part(got[2]) - part(want[2])) <= 2 * eps * abs(part(want[2])), (part.__name__, got[2], want[2])
+    kappa = np.maximum(1.0, np.array([float(abs(v - lse)) for v in zs]))  # the condition of exp(z_i - lse)
+    assert np.all(np.abs(got - want) <= 2 * eps * kappa * np.abs(want)), (got, want)
+
+
 def test_softmax_axis_none_and_tuples_normalize_over_all_those_axes() -> None:
     x = np.arange(24.0).reshape(2, 3, 4) / 5
     for axis in [None, (0, 2), (2, 0), (1,), -1]:
