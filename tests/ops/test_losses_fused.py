@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("numba")
@@ -1053,3 +1055,53 @@ def test_chunk_sums_take_ieee_answers_where_fsum_raises() -> None:
     assert pairs_sum([INF, math.nan, 2.0, 1e-17]) == INF
     assert pairs_sum([1e16, 1.0, -1e16, 0.0]) == 1.0
     assert math.isnan(pairs_sum([math.nan, 0.0, 1.0, 0.0]))
+
+
+SPECIAL_VALUES = [INF, -INF, math.nan, 95.0, -120.0, 1e30, -1e30, 0.0]
+THREAD_OPS = {  # (v, y, p, t): y like v, p probabilities, t class indices, all made before the threaded calls
+    "softplus": lambda v, y, p, t: fg.softplus(v),
+    "log_sigmoid": lambda v, y, p, t: fg.log_sigmoid(v),
+    "log1mexp": lambda v, y, p, t: fg.log1mexp(-v.abs()),
+    "logaddexp": lambda v, y, p, t: fg.logaddexp(v, y),
+    "bce": lambda v, y, p, t: fg.binary_cross_entropy_with_logits(v, p, reduction="sum"),
+    "cross_entropy": lambda v, y, p, t: fg.cross_entropy(v, t, reduction="none"),
+    "softmax": lambda v, y, p, t: fg.softmax(v, dim=-1),
+}
+
+
+@settings(max_examples=25, deadline=None)
+@given(op=st.sampled_from(list(THREAD_OPS)), dtype=st.sampled_from(["float32", "bfloat16", "float64"]),
+       rows=st.integers(66, 300), threads=st.integers(2, 3),
+       specials=st.lists(st.tuples(st.integers(0, 10**9), st.sampled_from(SPECIAL_VALUES)), max_size=6),
+       seed=st.integers(0, 2**16))
+def test_threads_give_the_bits_of_one_thread_whatever_the_special_entries(
+        op: str, dtype: str, rows: int, threads: int, specials: list[tuple[int, float]], seed: int) -> None:
+    """Large calls (rows × 1000 entries, split over threads) with special entries anywhere (``+-inf``, NaN, entries
+    the float32 lanes leave to float64, huge ones): values and gradients are the bits of one thread, NaN where one
+    thread gives NaN. (The elementwise gradients differed near such entries before their chunks started on a block.)"""
+    dt = getattr(torch, dtype)
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 1000, generator=gen, dtype=torch.float64) * 6
+    y = torch.randn(rows, 1000, generator=gen, dtype=torch.float64) * 6
+    flat = x.view(-1)
+    for pos, value in specials:
+        flat[pos % flat.numel()] = value
+    # the targets before any threaded call: torch's own sigmoid rounds a few entries differently by thread count
+    p, t = torch.rand(rows, 1000, generator=gen, dtype=torch.float64).to(dt), torch.randint(0, 1000, (rows,),
+                                                                                          generator=gen)
+    x, y = x.to(dt), y.to(dt)
+
+    def run(k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        old = torch.get_num_threads()
+        torch.set_num_threads(k)
+        try:
+            v = x.clone().requires_grad_(True)
+            out = THREAD_OPS[op](v, y, p, t)
+            out.backward(torch.ones_like(out))
+            assert v.grad is not None
+            return out.detach(), v.grad
+        finally:
+            torch.set_num_threads(old)
+
+    for a, b in zip(run(1), run(threads), strict=True):
+        assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()), (op, threads)
