@@ -346,6 +346,36 @@ def test_elementwise_special_values(op: Callable[..., Any], args: tuple[float, .
         np.testing.assert_allclose(got, np.asarray(want, dtype), rtol=np.finfo(dtype).eps)
 
 
+@pytest.mark.parametrize("backend", ["torch", "jax"])
+def test_outside_the_domain_values_and_gradients_are_nan(backend: str) -> None:
+    """``log1mexp(x > 0)`` and ``logsubexp(a < b)`` have no real value: NaN, and NaN gradients on every backend (a
+    finite gradient beside a NaN loss lets an optimizer, or a gradient scaler that checks the gradients, take the step).
+    JAX's ``log1mexp`` and both backends' ``logsubexp`` gave the slope of ``log|.|`` there (``log1mexp'(0.5) = 2.54``);
+    the compiled torch kernels already gave NaN. Inside the domain, and at its edges, the gradients stay finite."""
+    if backend == "jax":
+        jax = pytest.importorskip("jax")
+        jnp = jax.numpy
+
+        def grads(f: Callable[..., Any], *args: float) -> list[float]:
+            with jax.enable_x64(True):
+                arrays = [jnp.asarray([v], dtype=jnp.float64) for v in args]
+                g = jax.grad(lambda *v: jnp.sum(f(*v)), argnums=tuple(range(len(args))))(*arrays)
+                return [float(v[0]) for v in g]
+    else:
+
+        def grads(f: Callable[..., Any], *args: float) -> list[float]:
+            ts = [torch.tensor([v], dtype=torch.float64, requires_grad=True) for v in args]
+            return [float(v) for v in torch.autograd.grad(f(*ts).sum(), ts)]
+
+    assert all(math.isnan(v) for v in grads(fg.log1mexp, 0.5))
+    assert all(math.isnan(v) for v in grads(fg.logsubexp, 1.0, 2.0))
+    assert all(math.isnan(v) for v in grads(fg.logsubexp, 1.0, 710.0))
+    assert grads(fg.log1mexp, -0.5) == pytest.approx([-1 / math.expm1(0.5)], rel=1e-15)
+    assert grads(fg.logsubexp, 2.0, 1.0) == pytest.approx([1 / -math.expm1(-1.0), -1 / math.expm1(1.0)], rel=1e-15)
+    assert grads(fg.logsubexp, 1.0, -INF) == [1.0, 0.0]
+    assert grads(fg.log1mexp, 0.0) == [-INF]
+
+
 def test_xlogy_matches_scipy_including_zeros() -> None:
     x = np.array([0.0, 0.0, 0.0, 1.5, -2.0, 0.0, 3.0])
     y = np.array([0.0, 2.0, NAN, 0.0, 4.0, INF, 0.5])
