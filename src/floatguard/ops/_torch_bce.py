@@ -43,9 +43,8 @@ def _rows_run(fn: Any, kind: int, xn: np.ndarray, yn: np.ndarray, wn: np.ndarray
     """``fn(r0, r1)`` over the rows of ``xn`` and ``yn`` (the kernels' views, ``(R, n)``), or the same work (``kind``)
     on torch's OpenMP team (:func:`._numba_team_elementwise.team_bce`) where large calls split over threads run there:
     the sum of the chunks' compensated sums by :func:`._torch_rows.pairs_sum` (one chunk's rounding, whatever the
-    chunks; ``+inf`` where a loss is). ``wn``,
-    ``pn`` coefficients of 0, 1 or ``R`` rows, ``out`` the stored elements, ``g`` the upstream gradient, ``grad`` the
-    gradient written, ``f`` the ``gs`` or ``div`` of the kernel."""
+    chunks; ``+inf`` where a loss is). ``wn``, ``pn`` coefficients of 0, 1 or ``R`` rows, ``out`` the stored elements,
+    ``g`` the upstream gradient, ``grad`` the gradient written, ``f`` the ``gs`` or ``div`` of the kernel."""
     rows, n = xn.shape
     if yn.dtype != xn.dtype or (on := team_for(rows * n, rows)) is None:
         return pairs_sum(v for pair in run_rows(fn, rows, n) if pair is not None for v in pair)
