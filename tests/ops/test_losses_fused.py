@@ -7,8 +7,10 @@ float32/bfloat16 kernels against mpmath; gradcheck; bad input errors.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,17 @@ from floatguard.ops import losses  # noqa: E402
 INF = math.inf
 RNG = np.random.default_rng(7)
 R, C = 9, 6
+
+
+@contextlib.contextmanager
+def torch_threads(k: int) -> Iterator[None]:
+    """torch's thread count set to ``k`` for the block, restored after."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(k)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 @pytest.fixture(params=["fused", "generic"])
@@ -209,14 +222,10 @@ def test_ce_large_rows_threads_agree() -> None:
     """Rows split over threads give the same result as one thread (a row is never split)."""
     x = torch.randn(300, 700, dtype=torch.float32)
     t = torch.randint(0, 700, (300,))
-    old = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
+    with torch_threads(1):
         one = fg.cross_entropy(x, t, reduction="none")
-        torch.set_num_threads(2)
+    with torch_threads(2):
         two = fg.cross_entropy(x, t, reduction="none")
-    finally:
-        torch.set_num_threads(old)
     assert torch.equal(one, two)
 
 
@@ -917,16 +926,12 @@ def test_cross_entropy_rows_over_threads_give_the_bits_of_one_thread(case: str, 
     upstream = torch.tensor(rng.uniform(0.5, 1.5, rows) if opts.get("reduction") == "none" else 0.7).to(dtype)
 
     def run(threads: int) -> tuple[torch.Tensor, torch.Tensor]:
-        old = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             v = x.clone().requires_grad_(True)
             loss = fg.cross_entropy(v, target, **opts)
             loss.backward(upstream)
             assert v.grad is not None
             return loss.detach(), v.grad
-        finally:
-            torch.set_num_threads(old)
 
     one = run(1)
     assert torch.isfinite(one[1]).all()
@@ -940,14 +945,10 @@ def test_cross_entropy_over_threads_names_the_first_bad_target() -> None:
     x = torch.randn(300, 700)
     t = torch.randint(0, 700, (300,))
     t[250] = 700
-    old = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         for kw in ({}, {"label_smoothing": 0.1}, {"softcap": 20.0}):
             with pytest.raises(ValueError, match=r"outside \[0, 700\) \(e.g. 700\)"):
                 fg.cross_entropy(x.clone().requires_grad_(), t, **kw)
-    finally:
-        torch.set_num_threads(old)
 
 
 ELEMENTWISE_CASES = {
@@ -981,17 +982,13 @@ def test_elementwise_and_bce_over_threads_give_the_bits_of_one_thread(case: str,
     f = ELEMENTWISE_CASES[case]
 
     def run(threads: int) -> tuple[torch.Tensor, ...]:
-        old = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
+        with torch_threads(threads):
             v = x.clone().requires_grad_(True)
             out = f(v, y, w)
             up = torch.tensor(rng_up.uniform(0.5, 1.5, out.shape)).to(dtype) if out.ndim else None
             out.backward(up)
             assert v.grad is not None
             return out.detach(), v.grad
-        finally:
-            torch.set_num_threads(old)
 
     rng_up = np.random.default_rng(3)
     one = run(1)
@@ -1031,14 +1028,10 @@ def test_an_infinite_loss_makes_the_mean_and_the_sum_infinite(case: str, dtype: 
     if case.startswith("bce"):
         p = torch.rand(rows, n, generator=gen, dtype=torch.float64) * 0.5
     x, p = x.to(dtype), p.to(dtype)
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    with torch_threads(threads):
         v = x.clone().requires_grad_(True)
         loss = INF_LOSS_CASES[case](v, t, p)
         loss.backward()
-    finally:
-        torch.set_num_threads(old)
     assert loss.item() == INF
     assert v.grad is not None and bool(torch.isfinite(v.grad).all())
 
@@ -1092,16 +1085,12 @@ def test_threads_give_the_bits_of_one_thread_whatever_the_special_entries(
     x, y = x.to(dt), y.to(dt)
 
     def run(k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        old = torch.get_num_threads()
-        torch.set_num_threads(k)
-        try:
+        with torch_threads(k):
             v = x.clone().requires_grad_(True)
             out = THREAD_OPS[op](v, y, p, t)
             out.backward(torch.ones_like(out))
             assert v.grad is not None
             return out.detach(), v.grad
-        finally:
-            torch.set_num_threads(old)
 
     for a, b in zip(run(1), run(threads), strict=True):
         assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()), (op, threads)
