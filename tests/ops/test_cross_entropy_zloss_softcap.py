@@ -302,8 +302,9 @@ def test_softcap_maps_infinite_logits_to_the_cap_with_zero_gradient(path: str) -
 
 
 def test_z_loss_on_rows_with_no_finite_max(path: str) -> None:
-    """Without a cap, a row whose max is not finite has cross-entropy ``-m``; the z-loss ``z m^2 = +inf``
-    dominates: ``+inf`` for ``-inf`` and ``+inf`` rows alike, NaN for NaN, gradient 0; other rows exact."""
+    """Without a cap, the z-loss ``z m^2 = +inf`` of a row whose max is not finite dominates: ``+inf`` for ``-inf``
+    and ``+inf`` rows alike (also where the cross-entropy alone is the finite ``log k`` of a target among ``k``
+    ``+inf`` entries), NaN for NaN, gradient 0; other rows exact."""
     x = _logits((4, 5))
     x[0] = -INF
     x[1, 2] = INF
@@ -312,7 +313,10 @@ def test_z_loss_on_rows_with_no_finite_max(path: str) -> None:
     xa = x.clone().requires_grad_()
     got = fg.cross_entropy(xa, t, z_loss=1e-3, reduction="none")
     assert got[0] == INF and got[1] == INF and math.isnan(float(got[2]))
-    assert fg.cross_entropy(x, t, reduction="none")[1] == -INF  # without the z-loss: -m, as before
+    assert fg.cross_entropy(x, t, reduction="none")[1] == INF  # without the z-loss: the limit, its class finite
+    t2 = torch.tensor([0, 2, 2, 3])  # the target is the +inf entry: cross-entropy log 1 = 0, with the z-loss +inf
+    assert fg.cross_entropy(x, t2, reduction="none")[1] == 0
+    assert fg.cross_entropy(x, t2, z_loss=1e-3, reduction="none")[1] == INF
     torch.testing.assert_close(got[3].detach(), reference(x[3:], t[3:], z_loss=1e-3, reduction="none")[0],
                                rtol=1e-12, atol=0)
     got[[0, 1, 3]].sum().backward()

@@ -127,16 +127,19 @@ def test_ce_all_rows_ignored_mean_is_nan_as_torch(path: str) -> None:
 
 
 def test_ce_nonfinite_rows(path: str) -> None:
-    """Rows with max -inf, +inf or NaN: loss -max, gradient 0; a -inf logit elsewhere is an empty class."""
+    """Rows with max -inf, +inf or NaN: loss +inf, the limit (log k at a target among k +inf entries) or NaN,
+    gradient 0; a -inf logit elsewhere is an empty class."""
     x = _logits((4, C))
     x[0] = -INF
     x[1, 2] = INF
+    x[1, 5] = INF
     x[2, 1] = math.nan
     x[3, 0] = -INF
     xr = x.clone().requires_grad_()
     t = torch.tensor([1, 2, 0, 3])
     loss = fg.cross_entropy(xr, t, reduction="none")
-    assert loss[0].item() == INF and loss[1].item() == -INF and math.isnan(loss[2].item())
+    assert loss[0].item() == INF and loss[1].item() == pytest.approx(math.log(2), rel=1e-6)
+    assert math.isnan(loss[2].item())
     torch.testing.assert_close(loss[3], F.cross_entropy(x[3:], t[3:], reduction="none")[0])
     loss.sum().backward()
     assert xr.grad is not None and torch.all(xr.grad[:3] == 0) and torch.isfinite(xr.grad).all()
@@ -1048,6 +1051,127 @@ def test_chunk_sums_take_ieee_answers_where_fsum_raises() -> None:
     assert pairs_sum([INF, math.nan, 2.0, 1e-17]) == INF
     assert pairs_sum([1e16, 1.0, -1e16, 0.0]) == 1.0
     assert math.isnan(pairs_sum([math.nan, 0.0, 1.0, 0.0]))
+
+
+def _inf_rows(rows: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Logits with rows holding ``+inf`` (rows 0-3; the others finite), class indices, probabilities whose mass
+    lies on the ``+inf`` entries of rows 0 and 2, and class weights."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((rows, n)) * 3
+    t = rng.integers(0, n, rows)
+    x[0, [2, 5]] = INF  # the target one of two +inf entries: log 2
+    t[0] = 5
+    x[1, 4] = INF  # the target finite beside a +inf: +inf
+    t[1] = 0
+    x[2] = INF  # every entry +inf: log n
+    x[3, [0, 1, 2]] = INF  # the target one of three: log 3
+    t[3] = 1
+    p = rng.random((rows, n))
+    p[0] = 0.0
+    p[0, [2, 5]] = [0.25, 0.75]
+    p /= p.sum(axis=1, keepdims=True)
+    return x, t, p, rng.uniform(0.5, 2.0, n)
+
+
+def _inf_row_reference(x: np.ndarray, t: np.ndarray, p: np.ndarray | None, w: np.ndarray | None,
+                       eps: float) -> np.ndarray:
+    """``sum_i a_i nll_i`` per row, ``nll`` the limit of ``-log_softmax`` (``log k`` at the ``k`` ``+inf`` entries,
+    ``+inf`` elsewhere) on rows holding ``+inf``, a zero ``a_i`` dropping its term; NaN on the finite rows."""
+    rows, n = x.shape
+    w = np.ones(n) if w is None else w
+    out = np.full(rows, np.nan)
+    for r in range(rows):
+        at = x[r] == INF
+        if not at.any():
+            continue
+        if p is None:
+            a = eps / n * w
+            a[t[r]] += (1 - eps) * w[t[r]]
+        else:
+            a = ((1 - eps) * p[r] + eps / n) * w
+        nll = np.where(at, math.log(at.sum()), INF)
+        out[r] = np.sum(np.where(a != 0, a * np.where(a != 0, nll, 0.0), 0.0))
+    return out
+
+
+INF_ROW_CASES = {  # (eps, weighted, probabilities, class axis 1)
+    "plain": (0.0, False, False, False), "weight": (0.0, True, False, False), "smoothing": (0.1, False, False, False),
+    "weight, smoothing": (0.1, True, False, False), "probabilities": (0.0, False, True, False),
+    "probabilities, weight, smoothing": (0.1, True, True, False), "dim=1": (0.0, False, False, True),
+    "dim=1, smoothing": (0.1, False, False, True),
+}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("rows", [8, 300])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+@pytest.mark.parametrize("case", list(INF_ROW_CASES))
+def test_a_row_holding_inf_has_the_limit_loss_never_minus_inf(case: str, dtype: torch.dtype, rows: int,
+                                                              threads: int, path: str) -> None:
+    """A row whose max is ``+inf`` has the loss of the limit, as :func:`floatguard.log_softmax` has: ``w_c log k``
+    where the target is one of its ``k`` ``+inf`` entries, ``+inf`` where a finite entry has target mass (label
+    smoothing gives every class some); gradient 0, the mean over such rows finite. It was ``-inf`` (``-max``), a
+    negative cross-entropy that a scheduler minimising the loss takes for the best step yet (PyTorch: NaN)."""
+    eps, weighted, probs, mid = INF_ROW_CASES[case]
+    n = 300  # 300 rows: 90,000 entries, split over the threads (PARALLEL_MIN)
+    x, t, p, w = _inf_rows(rows, n)
+    xt = torch.tensor(x).to(dtype)
+    wt = torch.tensor(w).to(dtype) if weighted else None
+    pt = torch.tensor(p).to(dtype)
+    target = pt if probs else torch.tensor(t)
+    ref = _inf_row_reference(xt.double().numpy(), t, pt.double().numpy() if probs else None,
+                             wt.double().numpy() if weighted else None, eps)
+
+    def loss(v: torch.Tensor, tg: torch.Tensor, reduction: str) -> torch.Tensor:
+        if mid:  # (1, C, R): the class axis in the middle
+            return fg.cross_entropy(v.T[None], tg[None], axis=1, weight=wt, label_smoothing=eps,
+                                    reduction=reduction)[0 if reduction == "none" else ...]
+        return fg.cross_entropy(v, tg, weight=wt, label_smoothing=eps, reduction=reduction)
+
+    with torch_threads(threads):
+        v = xt.clone().requires_grad_(True)
+        got = loss(v, target, "none")
+        got.backward(torch.ones_like(got))
+        sel = [0, 2] if probs else [0, 2, 3]  # the rows whose limit is finite without smoothing
+        mean = loss(xt[sel], target[sel], "mean")
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-6
+    live = ~np.isnan(ref)
+    np.testing.assert_allclose(got.detach()[torch.tensor(live)].double().numpy(), ref[live], rtol=tol)
+    assert v.grad is not None and bool((v.grad[:4] == 0).all()) and bool(torch.isfinite(v.grad).all())
+    if not eps:
+        assert math.isfinite(float(mean)) and float(mean) > 0
+
+
+@pytest.mark.parametrize("case", ["plain", "weight, smoothing", "probabilities"])
+def test_a_row_holding_inf_has_the_limit_loss_on_numpy_jax_and_the_device_path(case: str) -> None:
+    """The same limit from the NumPy and JAX paths and from the torch-op composition of tensors off the CPU."""
+    import jax.numpy as jnp
+
+    from floatguard.ops._torch_ce_device import cross_entropy_device
+
+    eps, weighted, probs, _ = INF_ROW_CASES[case]
+    x, t, p, w = _inf_rows(8, 40)
+    ref = _inf_row_reference(x, t, p if probs else None, w if weighted else None, eps)
+    live = ~np.isnan(ref)
+    target = p if probs else t
+    kw = {"weight": w if weighted else None, "label_smoothing": eps, "reduction": "none"}
+    np.testing.assert_allclose(np.asarray(fg.cross_entropy(x, target, **kw))[live], ref[live], rtol=1e-12)
+    jkw = {**kw, "weight": None if w is None or not weighted else jnp.asarray(w)}
+    got = fg.cross_entropy(jnp.asarray(x, dtype=jnp.float32), jnp.asarray(target), **jkw)
+    np.testing.assert_allclose(np.asarray(got)[live], ref[live], rtol=1e-6)
+    dev = cross_entropy_device(torch.tensor(x), torch.tensor(target), torch.tensor(w) if weighted else None, None,
+                               eps, "none")
+    np.testing.assert_allclose(dev.numpy()[live], ref[live], rtol=1e-12)
+
+
+def test_a_row_holding_inf_compiled_has_the_limit_loss() -> None:
+    """Compiled (the custom op of the plain kernels): the same limit."""
+    x, t, _, _ = _inf_rows(8, 40)
+    ref = _inf_row_reference(x, t, None, None, 0.0)
+    live = ~np.isnan(ref)
+    f = torch.compile(lambda v, c: fg.cross_entropy(v, c, reduction="none"), dynamic=False, fullgraph=True)
+    got = f(torch.tensor(x, dtype=torch.float32), torch.tensor(t))
+    np.testing.assert_allclose(got.double().numpy()[live], ref[live], rtol=1e-6)
 
 
 SPECIAL_VALUES = [INF, -INF, math.nan, 95.0, -120.0, 1e30, -1e30, 0.0]

@@ -88,6 +88,39 @@ def limit_weights(be: Backend, x: Any, sh: Shifted) -> Any:
     return xp.where(xp.isnan(sh.m), sh.m + xp.zeros_like(x), w)
 
 
+def inf_row_loss(xp: Any, rows: Any, x_t: Any, cls: Any, spread: Any) -> Any:
+    """The cross-entropy of rows whose max is ``+inf``: the limit of ``sum_i a_i nll_i`` as the ``k`` ``+inf``
+    entries grow together and share the mass (``nll_i = log k`` there, ``+inf`` at the finite entries: the limit of
+    ``log_softmax``), a zero coefficient dropping its term (the kernels' ``_numba_ce_rows.inf_row_loss``).
+
+    ``rows`` ``(..., C)`` (no gradient flows here: only compares and counts read it); the coefficients ``a_i`` are
+    ``cls`` ``(...)`` at the target class, whose logit is ``x_t`` (None for class probabilities), plus ``spread``
+    (``(C,)`` or ``(..., C)``, every class; None: none). Returns, per row, ``A log k`` with ``A`` the coefficients
+    at the ``+inf`` entries, or ``+inf`` where a finite entry has a positive coefficient (``-inf`` negative, NaN
+    both). Meaningful on rows whose max is ``+inf`` only; finite elsewhere (the caller selects).
+    """
+    is_inf = rows == float("inf")
+    zero = xp.zeros_like(rows)
+    k = xp.sum(xp.astype(is_inf, rows.dtype), axis=-1)
+    a_inf = xp.zeros_like(k)
+    pos = xp.zeros_like(k) > 0
+    neg = pos
+    if x_t is not None:
+        t_inf = x_t == float("inf")
+        a_inf = a_inf + xp.where(t_inf, cls, xp.zeros_like(cls))
+        pos = pos | (~t_inf & (cls > 0))
+        neg = neg | (~t_inf & (cls < 0))
+    if spread is not None:
+        a = spread + zero
+        a_inf = a_inf + xp.sum(xp.where(is_inf, a, zero), axis=-1)
+        pos = pos | xp.any(~is_inf & (a > 0), axis=-1)
+        neg = neg | xp.any(~is_inf & (a < 0), axis=-1)
+    one = xp.ones_like(k)
+    lim = a_inf * xp.log(xp.where(k > 0, k, one))
+    inf = one * float("inf")
+    return xp.where(pos & neg, inf - inf, xp.where(pos, inf, xp.where(neg, -inf, lim)))
+
+
 def blocks(r: int, n: int, size: int) -> Iterator[tuple[int, int, int, int]]:
     """Tile an ``(r, n)`` array into blocks of at most ``size`` elements for the in-place paths.
 

@@ -21,7 +21,8 @@ bfloat16 rows has a forward that writes the gradient of ``g = 1`` too
 (:func:`._numba_ce_plain.ce_plain_forward_grad`, from the exps of its sum, kept in a row buffer).
 
 Rows with a non-finite max (all ``-inf``, a ``+inf``, a NaN) are flagged
-(``alive = 0``): their loss is ``-m`` (NaN for NaN rows) and their gradient 0.
+(``alive = 0``) and get the gradient 0; their loss is ``+inf`` for rows of ``-inf``, NaN for NaN rows, and the
+limit (:func:`._numba_ce_rows.inf_row_loss`: ``w_c log k`` or ``+inf``) for rows holding ``+inf``.
 
 Soft-capping (``cap > 0``, Gemma 2): each row is first mapped to ``cap tanh(x / cap)``
 in a float64 row buffer (no (N, C) temporary) and the passes above run on it; the
@@ -42,6 +43,7 @@ from ._numba_bits import _row_max as _key_max
 from ._numba_ce_rows import (
     _pc_minus_1_for,
     _zero_row,
+    inf_row_loss,
     weights64,
 )
 from ._numba_exp import BLK, _add, _exp_f32out, _exp_reduced, _reduce, _sum_of
@@ -113,7 +115,7 @@ def _w_total(w: np.ndarray, weighted: bool, n: int) -> float:
 
 @_inline()
 def _no_row(r: int, v: float, loss: np.ndarray, m_out: np.ndarray, l_out: np.ndarray, alive: np.ndarray) -> None:
-    """The residuals of a row that is ignored (``v = 0``) or has a non-finite max (``v = -m``): no gradient."""
+    """The residuals of a row that is ignored (``v = 0``) or has a non-finite max (``v`` its loss): no gradient."""
     loss[r] = v
     m_out[r] = 0.0
     l_out[r] = 0.0
@@ -149,7 +151,7 @@ def _index_row(row: np.ndarray, c: int, wc: float, w: np.ndarray, weighted: bool
     n = row.size
     m = _key_max(row)
     if not np.isfinite(m):
-        return -m, 0.0, 0.0, 0.0
+        return (inf_row_loss(row, c, wc, w, weighted, eps, row, False) if m == np.inf else -m), 0.0, 0.0, 0.0
     lg = np.log1p(_rest_any(row, m, rb, kb, nz))
     val = (1.0 - eps) * wc * (lg + (m - _ld(row[c]))) if eps != 1.0 else 0.0
     if eps != 0.0:
@@ -251,7 +253,7 @@ def _prob_row(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: bool, 
     m = _key_max(row)
     tw, acc = _target_sums(row, trow, w, weighted, eps, m)
     if not np.isfinite(m):
-        return -m, 0.0, 0.0, tw, 0.0
+        return (inf_row_loss(row, -1, 0.0, w, weighted, eps, trow, True) if m == np.inf else -m), 0.0, 0.0, tw, 0.0
     lg = np.log1p(_rest_any(row, m, rb, kb, nz))
     return tw * lg + acc, m, lg, tw, 1.0
 

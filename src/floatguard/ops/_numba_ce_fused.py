@@ -27,7 +27,14 @@ import numpy as np
 from ._numba_bits import _CONTRACT, _inline, _njit
 from ._numba_bits import _row_max as _key_max
 from ._numba_ce import _gap_sum, _no_row, _target_sums, _w_total, res_sums
-from ._numba_ce_rows import _rest_store_for, _rest_store_gap_for, _row_buffer, _scale_for, _zero_row
+from ._numba_ce_rows import (
+    _rest_store_for,
+    _rest_store_gap_for,
+    _row_buffer,
+    _scale_for,
+    _zero_row,
+    inf_row_loss,
+)
 from ._numba_log import log1p as _log1p
 from ._numba_loss_dtypes import _ld, _st
 
@@ -112,7 +119,8 @@ def ce_index_forward_grad(
         row = x[r]
         m = _key_max(row)
         if not np.isfinite(m):
-            _no_row(r, -m, loss, m_out, l_out, alive)
+            _no_row(r, inf_row_loss(row, c, wc, w, weighted, eps, row, False) if m == np.inf else -m, loss, m_out,
+                    l_out, alive)
             _zero_row(o)
             continue
         if eps != 0.0 and not weighted:  # the gap sum in the pass of the exps
@@ -158,7 +166,8 @@ def ce_prob_forward_grad(
         tw, acc = _target_sums(row, trow, w, weighted, eps, m)
         tw_out[r] = tw
         if not np.isfinite(m):
-            _no_row(r, -m, loss, m_out, l_out, alive)
+            _no_row(r, inf_row_loss(row, -1, 0.0, w, weighted, eps, trow, True) if m == np.inf else -m, loss, m_out,
+                    l_out, alive)
             _zero_row(o)
             continue
         s, lg = _rest_log(row, m, e)

@@ -20,6 +20,7 @@ from ._numba_ce_rows import (
     _scale_for,
     _scale_row_for,
     _zero_row,
+    inf_row_loss,
     weights64,
 )
 from ._numba_exp import _add, _sum_of
@@ -37,8 +38,9 @@ def _row_start(x: np.ndarray, target: np.ndarray, w: np.ndarray, r: int, ignore:
     """The start of a row of :func:`ce_plain_forward` (and :func:`ce_plain_forward_grad`): its state and max;
     ``res[3, r]`` its weight in a mean, ``w_c`` (1 without class weights, ``w`` empty).
 
-    -1: its class outside ``[0, C)``; 0: ignored (``res`` zeroed); 1: a non-finite max ``m`` (loss ``-m``, not
-    weighted, as :func:`._numba_ce.ce_index_forward`'s; no gradient); 2: a finite max ``m``, to go on with.
+    -1: its class outside ``[0, C)``; 0: ignored (``res`` zeroed); 1: a non-finite max ``m`` (loss ``+inf`` for
+    ``-inf``, NaN for NaN, the limit :func:`._numba_ce_rows.inf_row_loss` for ``+inf``, as
+    :func:`._numba_ce.ce_index_forward`'s; no gradient); 2: a finite max ``m``, to go on with.
     """
     c = target[r]
     if has_ignore and c == ignore:
@@ -51,7 +53,7 @@ def _row_start(x: np.ndarray, target: np.ndarray, w: np.ndarray, r: int, ignore:
     res[3, r] = np.float64(w[c]) if w.size > 0 else 1.0
     if np.isfinite(m):
         return 2, m
-    res[0, r] = -m
+    res[0, r] = -m if m != np.inf else inf_row_loss(x[r], c, res[3, r], w, False, 0.0, x[r], False)
     res[1, r] = 0.0
     res[2, r] = 0.0
     res[4, r] = 0.0
@@ -76,7 +78,7 @@ def ce_plain_forward(x: np.ndarray, target: np.ndarray, w: np.ndarray, ignore: i
 
     Returns the first row whose index is outside ``[0, C)`` (or -1), the sum of the losses and the mean's
     divisor, the sum of the row weights (the count of rows not ignored without ``w``). A row with a non-finite
-    max has loss ``-m`` (NaN for NaN) and no gradient.
+    max has the loss of :func:`_row_start` and no gradient.
     """
     r_count = x.shape[0]
     weighted = w.size > 0
@@ -88,7 +90,7 @@ def ce_plain_forward(x: np.ndarray, target: np.ndarray, w: np.ndarray, ignore: i
             return r, 0.0, 0.0
         count += res[3, r] if state > 0 else 0.0
         if state == 1:
-            plain += -m
+            plain += res[0, r]
         if state < 2:
             continue
         row = x[r]
@@ -189,7 +191,7 @@ def ce_plain_forward_grad(x: np.ndarray, target: np.ndarray, w: np.ndarray, igno
         o = grad[r]
         count += res[3, r] if state > 0 else 0.0
         if state == 1:
-            plain += -m
+            plain += res[0, r]
         if state < 2:
             _zero_row(o)
             continue

@@ -212,3 +212,40 @@ def weights64(wa: int, w64: bool, n: int) -> np.ndarray:
     for i in range(n):
         w[i] = w32[i]
     return w
+
+
+# -- rows whose max is +inf: the limit of the loss ----------------------------------------------------
+@_njit()
+def inf_row_loss(row: np.ndarray, c: int, wc: float, w: np.ndarray, weighted: bool, eps: float, trow: np.ndarray,
+                 probs: bool) -> float:
+    """The loss of a row whose max is ``+inf``: the limit ``sum_i a_i nll_i`` as its ``k`` ``+inf`` entries grow
+    together and share the mass (``nll_i = log k`` there, ``+inf`` at the finite entries, as the limit of
+    ``log_softmax``), a zero coefficient dropping its term. ``a_i = (1 - eps) w_c [i = c] + eps w_i / C`` for class
+    ``c`` of weight ``wc``, ``((1 - eps) t_i + eps / C) w_i`` for probabilities ``trow`` (``w_i = 1``
+    unweighted). So ``w_c log k`` for a target among the ``+inf`` entries, ``+inf`` where a finite entry has
+    mass (``-inf`` for a negative one, NaN for both signs); never the ``-inf`` of ``-max``."""
+    n = row.size
+    k = 0.0
+    a_inf = 0.0
+    pos = False
+    neg = False
+    for i in range(n):
+        wi = np.float64(w[i]) if weighted else 1.0
+        if probs:
+            a = ((1.0 - eps) * _ld(trow[i]) + eps / n) * wi
+        else:
+            a = (eps / n) * wi + ((1.0 - eps) * wc if i == c else 0.0)
+        if _ld(row[i]) == np.inf:
+            k += 1.0
+            a_inf += a
+        elif a > 0.0:
+            pos = True
+        elif a < 0.0:
+            neg = True
+    if pos and neg:
+        return np.nan
+    if pos:
+        return np.inf
+    if neg:
+        return -np.inf
+    return a_inf * np.log(k)

@@ -114,14 +114,16 @@ def row_grad(g: torch.Tensor, rows: int, den: float, reduction: str) -> np.ndarr
     return np.array([float(gd)])
 
 
-def z_rows(z_loss: float, m: np.ndarray, lg: np.ndarray, alive: np.ndarray, loss: np.ndarray) -> np.ndarray | None:
+def z_rows(z_loss: float, m: np.ndarray, lg: np.ndarray, alive: np.ndarray, loss: np.ndarray,
+           kept: np.ndarray | None = None) -> np.ndarray | None:
     """The z-loss ``coef (log Z)^2`` of each row, ``log Z = m + log1p(s)`` (0 on rows ignored or with a
-    non-finite max); None without z-loss. On a row with a non-finite max, where the cross-entropy is
-    ``-m``, the z-loss ``coef m^2 = +inf`` dominates: ``loss`` becomes ``|m|`` there (NaN stays NaN)."""
+    non-finite max); None without z-loss. On a row not ignored (``kept``, None: every row) with a non-finite
+    max the z-loss ``coef m^2 = +inf`` dominates: ``loss`` becomes ``+inf`` there (NaN stays NaN)."""
     if not z_loss:
         return None
     lse = m + lg
-    np.abs(loss, out=loss, where=alive == 0)  # ignored rows are 0 already
+    dead = alive == 0 if kept is None else (alive == 0) & kept
+    loss[dead & ~np.isnan(loss)] = np.inf
     return np.where(alive > 0, z_loss * (lse * lse), 0.0)
 
 
@@ -311,7 +313,8 @@ class _CrossEntropy(torch.autograd.Function):
                  and not cap)
         loss, m, lg, coef, alive, den, count, tk, ctx.grad, total = rows_forward(xk, target, wn, ignore_index, eps,
                                                                                  reduction, cap, fused)
-        z = z_rows(z_loss, m, lg, alive, loss)
+        kept = None if target.dtype.is_floating_point or ignore_index is None else tk.numpy() != ignore_index
+        z = z_rows(z_loss, m, lg, alive, loss, kept)
         ctx.save_for_backward(x, target)
         ctx.res = (xk if x.dtype == torch.float16 else None, tk, wn, m, lg, coef, alive, den, eps, reduction,
                    not target.dtype.is_floating_point, z_loss, cap, count)

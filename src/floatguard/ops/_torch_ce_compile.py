@@ -51,7 +51,7 @@ def _featured_forward(x: torch.Tensor, target: torch.Tensor, ignore_index: int |
     loss, m, lg, coef, alive, _ = index_forward(numpy_view(x), target, EMPTY, ignore_index, 0.0, cap)
     res = np.stack([loss, m, lg, coef, alive])
     count = float(coef.sum())  # unweighted: 1 per row not ignored
-    z = z_rows(z_loss, m, lg, alive, loss)
+    z = z_rows(z_loss, m, lg, alive, loss, None if ignore_index is None else target.numpy() != ignore_index)
     out = reduce_loss(loss, count, reduction, z, count)
     return torch.from_numpy(np.asarray(out)).to(x.dtype), torch.from_numpy(res)
 

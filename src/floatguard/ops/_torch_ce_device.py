@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
+from ._core import inf_row_loss
 from ._torch_ce import cap_grad, capped
 from ._torch_device import device_stats, split_diff
+from ._torch_namespace import xp_torch as xpt
 from ._torch_rows import bad_target
 from ._torch_softmax import LogSumExp, Softmax
 
@@ -69,7 +71,7 @@ class _CrossEntropyDevice(torch.autograd.Function):
                 bad = int((((target < 0) | (target >= n_cls)) & keep).nonzero()[0, 0])
                 raise bad_target("cross_entropy", target, bad, n_cls)
             idx = torch.where(keep, target, 0).to(torch.int64)
-            wt = keep.to(wd) if w is None else torch.where(keep, w[idx], 0.0)
+            wt = coef_t = keep.to(wd) if w is None else torch.where(keep, w[idx], 0.0)
             loss = -wt * logp.gather(1, idx[:, None])[:, 0]
             coef = wt
             if eps:
@@ -85,7 +87,16 @@ class _CrossEntropyDevice(torch.autograd.Function):
             coef = tw.sum(dim=1)
             den = count = torch.tensor(float(rows) if rows else math.nan, dtype=wd, device=x.device)
         alive = fin & keep
-        lim = -m[:, 0] if not z_loss else torch.abs(m[:, 0])  # a row with no finite max (its z-loss is +inf)
+        if z_loss:  # a row with no finite max: its z-loss is +inf
+            lim = torch.abs(m[:, 0])
+        else:  # +inf rows: the limit (inf_row_loss); -inf rows +inf, NaN rows NaN
+            yd = y.detach()
+            if index:
+                spread = None if not eps else (eps / n_cls) * (torch.ones_like(yd[0]) if w is None else w)
+                inf_loss = inf_row_loss(xpt, yd, yd.gather(1, idx[:, None])[:, 0], (1 - eps) * coef_t, spread)
+            else:
+                inf_loss = inf_row_loss(xpt, yd, None, None, tw)
+            lim = torch.where(m[:, 0] == math.inf, inf_loss, -m[:, 0])
         loss = torch.where(keep, torch.where(fin, loss, lim), 0.0)
         m0 = torch.where(finite, m, 0.0)
         lse = torch.where(alive, m0[:, 0] + lg[:, 0], 0.0)
@@ -155,7 +166,8 @@ def cross_entropy_rows_torch(x: torch.Tensor, target: torch.Tensor, ignore_index
 
     The max term is taken out of the sum (``log1p`` keeps a confident row's small loss to the last
     bit, where ``log(1 + s)`` rounds it to 0 below 6e-8); bfloat16/float16 rows accumulate in
-    float32. Ties at the max add their ``1`` each through ``s``. A row with a non-finite max has
-    loss ``-m``. :func:`cross_entropy_device` without weight, smoothing or the features.
+    float32. Ties at the max add their ``1`` each through ``s``. A row with a non-finite max has the
+    loss of :func:`.losses.cross_entropy` (``+inf``, NaN, or the limit of a ``+inf`` row).
+    :func:`cross_entropy_device` without weight, smoothing or the features.
     """
     return cross_entropy_device(x, target, None, ignore_index, 0.0, reduction)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _namespace as _ns
-from ._core import Shifted, shifted
+from ._core import Shifted, inf_row_loss, shifted
 from ._namespace import Backend, alias, as_float, check_real, namespace, normalize_axis, quiet
 from .elementwise import _softplus
 
@@ -445,7 +445,11 @@ def cross_entropy(
     (PyTorch's ``F.cross_entropy`` takes dimension 1: pass ``axis=1`` for
     ``(N, C, d1, ...)`` logits, which CPU tensors read in place, see
     ``_torch_columns``). A row whose max is not finite (all ``-inf``, a
-    ``+inf``, a NaN) has loss ``-max`` (NaN for NaN) and gradient 0.
+    ``+inf``, a NaN) has gradient 0 and loss ``+inf`` for a row of ``-inf``,
+    NaN for NaN, and for a row holding ``+inf`` the limit as its ``k`` ``+inf``
+    entries share the mass (as :func:`log_softmax`'s limit): ``w_c log k`` where
+    the target is one of them, ``+inf`` where a finite entry has target mass
+    (PyTorch gives NaN; a cross-entropy is never negative, so never ``-inf``).
 
     Two cures of output-logit divergence in large-model training, fused in the
     same passes, forward and backward:
@@ -639,7 +643,16 @@ def _cross_entropy(
             nll = -_take_last(be, lsm, idx)
             if w_t is not None:
                 nll = w_t * nll
-        nll = xp.where(sh.finite[..., 0], nll, xp.abs(m_row) if zc else -m_row)
+        if zc:
+            dead = xp.abs(m_row)
+        else:  # +inf rows: the limit (inf_row_loss); -inf rows +inf, NaN rows NaN
+            rc = be.stop_gradient(rows)
+            cls = (1 - label_smoothing) * (xp.ones_like(m_row) if w_t is None else w_t)
+            spread = None
+            if label_smoothing:
+                spread = (label_smoothing / n_cls) * (xp.ones_like(rc[..., 0, None]) if w is None else w)
+            dead = xp.where(m_row == float("inf"), inf_row_loss(xp, rc, _take_last(be, rc, idx), cls, spread), -m_row)
+        nll = xp.where(sh.finite[..., 0], nll, dead)
         if keep is not None:
             nll = xp.where(keep, nll, xp.zeros_like(nll))
         if w_t is not None:
@@ -665,7 +678,11 @@ def _cross_entropy(
         dz = xp.where((t == 0) & xp.isinf(sh.d), xp.zeros_like(sh.d), sh.d)
         big_t = _sum2(be, t)
         nll = big_t * xp.log1p(sh.s[..., 0]) - xp.sum(t * dz, axis=-1)
-        nll = xp.where(sh.finite[..., 0], nll, xp.abs(m_row) if zc else -m_row)
+        if zc:
+            dead = xp.abs(m_row)
+        else:
+            dead = xp.where(m_row == float("inf"), inf_row_loss(xp, be.stop_gradient(rows), None, None, t), -m_row)
+        nll = xp.where(sh.finite[..., 0], nll, dead)
         keep = None
     if not zc:
         return xp.astype(_reduce(be, nll, reduction, count), dtype, copy=False)
