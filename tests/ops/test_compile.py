@@ -508,3 +508,41 @@ def test_compiled_cross_entropy_rows_over_threads_give_the_bits_of_one_thread(
             assert torch.equal(a, b), threads
     threaded_backward = {"ce_plain_bwd", "ce_bwd"} if _torch_rows.openmp_team() is not None else {"pool"}
     assert threaded_backward & set(kinds), kinds
+
+
+DYNAMIC_CASES = {  # (function of (x, t), logits shape for a batch b, class count)
+    "cross_entropy, dim=1": (lambda x, t: fg.cross_entropy(x, t, axis=1), lambda b: (b, 10, 3), 10),
+    "cross_entropy, dim=1, z_loss, softcap": (
+        lambda x, t: fg.cross_entropy(x, t, axis=1, z_loss=1e-3, softcap=5.0), lambda b: (b, 10, 3), 10),
+    "cross_entropy, z_loss": (lambda x, t: fg.cross_entropy(x, t, z_loss=1e-3), lambda b: (b, 10), 10),
+    "linear_cross_entropy": (lambda x, t: fg.linear_cross_entropy(x, WEIGHT, t), lambda b: (b, 8), 12),
+    "linear_cross_entropy, z_loss, softcap, smoothing": (
+        lambda x, t: fg.linear_cross_entropy(x, WEIGHT, t, z_loss=1e-3, softcap=5.0, label_smoothing=0.1),
+        lambda b: (b, 8), 12),
+    "linear_cross_entropy, sum, chunks": (
+        lambda x, t: fg.linear_cross_entropy(x, WEIGHT, t, reduction="sum", chunk_size=3), lambda b: (b, 8), 12),
+}
+WEIGHT = torch.randn(12, 8, generator=torch.Generator().manual_seed(3)) * 2
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("case", list(DYNAMIC_CASES))
+def test_losses_compile_to_one_graph_with_dynamic_shapes_too(case: str, dynamic: bool) -> None:
+    """``fullgraph=True``, static or dynamic shapes, batches of 4, 7 and 13, a loss scaled before ``backward`` (a
+    gradient scaler's): the eager values and gradients. Under ``dynamic=True`` Dynamo traces ``float()`` of a
+    constant argument as a symbolic float, and the argument checks' ``math.isfinite`` broke the graph (the
+    middle-axis cross-entropy, every feature); ``linear_cross_entropy`` branched on the target check's and the
+    upstream gradient's values (a data-dependent guard: no graph at all)."""
+    f, shape, n_cls = DYNAMIC_CASES[case]
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, dynamic=dynamic)
+    g = torch.Generator().manual_seed(0)
+    for b in (4, 7, 13):
+        x = torch.randn(shape(b), generator=g) * 3
+        t = torch.randint(0, n_cls, (b, *shape(b)[2:]), generator=g)
+        xc, xe = x.clone().requires_grad_(), x.clone().requires_grad_()
+        got, want = compiled(xc, t), f(xe, t)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        (got * 1.5).backward()
+        (want * 1.5).backward()
+        torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)

@@ -241,7 +241,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             _, gh, gw, gb = _grads(h, w, b, t, o, go, ctx.need)
             return _cast(gh, h), _cast(gw, w), _cast(gb, b), None, None, None, None
         grads = ctx.grads  # kept: a retained graph may run this backward again
-        if go.numel() == 1 and bool(go == 1):  # loss.backward(): no scaled copy of the weight's gradient
+        # loss.backward(): no scaled copy of the weight's gradient (compiled: no branch on a value, the product)
+        if go.numel() == 1 and not torch.compiler.is_compiling() and bool(go == 1):
             return (*grads, None, None, None, None)
         scaled = tuple(None if g is None else g * go.to(g.dtype) for g in grads)
         return (*scaled, None, None, None, None)

@@ -14,6 +14,7 @@ JAX are imported only when an array of theirs arrives.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -502,6 +503,13 @@ def check_real(value: Any, name: str, func: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"floatguard.{func}: argument {name!r} must be a real number, got {value!r}")
     return float(value)
+
+
+def finite(value: float) -> bool:
+    """Whether a float argument is finite, as comparisons: under ``torch.compile(dynamic=True)`` Dynamo traces
+    ``float()`` of a constant argument as a symbolic float, on which ``math.isfinite`` breaks the graph
+    ("torch.* op returned non-Tensor"), where a comparison is a guard."""
+    return -math.inf < value < math.inf
 
 
 def normalize_axis(axis: int, ndim: int, name: str, func: str) -> int:

@@ -16,14 +16,13 @@ Cross-Entropy of Wijmans et al. 2024), so only one block exists at once:
 
 from __future__ import annotations
 
-import math
 import sys
 from typing import Any
 
 import numpy as np
 
 from ._lce_options import Options
-from ._namespace import Backend, check_real, namespace, torch_generic_only
+from ._namespace import Backend, check_real, finite, namespace, torch_generic_only
 
 __all__ = ["linear_cross_entropy"]
 
@@ -122,12 +121,12 @@ def _options(ignore_index: Any, label_smoothing: Any, reduction: Any, z_loss: An
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"floatguard.{_FUNC}: argument 'label_smoothing' must be in [0, 1], got {eps!r}")
     z = check_real(z_loss, "z_loss", _FUNC)
-    if not (z >= 0 and math.isfinite(z)):
+    if not (z >= 0 and finite(z)):
         raise ValueError(f"floatguard.{_FUNC}: argument 'z_loss' must be a finite number >= 0, got {z!r}")
     cap = None
     if softcap is not None:
         cap = check_real(softcap, "softcap", _FUNC)
-        if not (cap > 0 and math.isfinite(cap)):
+        if not (cap > 0 and finite(cap)):
             raise ValueError(f"floatguard.{_FUNC}: argument 'softcap' must be a finite number > 0 or None, "
                              f"got {cap!r}")
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
@@ -189,7 +188,11 @@ def _check_arrays(be: Backend, hidden: Any, weight: Any, target: Any, bias: Any,
     if be.name == "torch" and not hidden.device == weight.device == target.device:
         raise ValueError(f"floatguard.{_FUNC}: arguments 'hidden' ({hidden.device}), 'weight' ({weight.device}) "
                          f"and 'target' ({target.device}) must be on one device")
-    if be.is_concrete(target):  # JAX: a concrete array read through NumPy (its own ops would trace under jit)
+    if be.compiling():  # torch.compile, torch.export: a runtime assertion in the graph, no branch on values
+        bad = ((target < 0) | (target >= n_cls)) & (target != ignore_index)
+        sys.modules["torch"]._assert_async(~bad.any(), f"floatguard.{_FUNC}: argument 'target' has class indices "
+                                           f"outside [0, {n_cls}); set ignore_index for padding entries")
+    elif be.is_concrete(target):  # JAX: a concrete array read through NumPy (its own ops would trace under jit)
         tv = be.host(target)
         bad = ((tv < 0) | (tv >= n_cls)) & (tv != ignore_index)
         if bool(bad.any()):

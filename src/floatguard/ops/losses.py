@@ -9,14 +9,13 @@ losses work on logits with the log-domain identities
 from __future__ import annotations
 
 import functools
-import math
 import sys
 from collections.abc import Callable
 from typing import Any
 
 from . import _namespace as _ns
 from ._core import Shifted, inf_row_loss, shifted
-from ._namespace import Backend, alias, as_float, check_real, namespace, normalize_axis, quiet
+from ._namespace import Backend, alias, as_float, check_real, finite, namespace, normalize_axis, quiet
 from .elementwise import _softplus
 
 __all__ = ["binary_cross_entropy_with_logits", "cross_entropy"]
@@ -532,12 +531,12 @@ def cross_entropy(
 def _check_features(z_loss: Any, softcap: Any, func: str) -> tuple[float, float]:
     """``z_loss`` (finite, >= 0) and ``softcap`` (None, or positive and finite; 0.0 stands for None)."""
     z = check_real(z_loss, "z_loss", func)
-    if not (math.isfinite(z) and z >= 0.0):
+    if not (finite(z) and z >= 0.0):
         raise ValueError(f"floatguard.{func}: argument 'z_loss' must be finite and >= 0, got {z_loss!r}")
     if softcap is None:
         return z, 0.0
     cap = check_real(softcap, "softcap", func)
-    if not (math.isfinite(cap) and cap > 0.0):
+    if not (finite(cap) and cap > 0.0):
         raise ValueError(
             f"floatguard.{func}: argument 'softcap' must be None or a positive finite number, got {softcap!r}"
         )
