@@ -367,3 +367,11 @@ def test_sparse_tensors_are_refused_naming_the_argument(call: Callable[[Any], An
 def test_none_and_unconvertible_lists_are_refused_naming_the_argument(call: Callable[[], Any], arg: str) -> None:
     with pytest.raises(TypeError, match=rf"argument '{arg}'"):
         call()
+
+
+@pytest.mark.parametrize("make", [np.asarray, torch.tensor, jnp.asarray], ids=["numpy", "torch", "jax"])
+def test_cross_entropy_of_0d_logits_names_the_argument(make: Callable[[Any], Any]) -> None:
+    """0-d logits have no class axis: a ``ValueError`` naming ``logits`` (it was an ``IndexError`` from inside the
+    generic path on torch, NumPy's or JAX's ``AxisError`` from ``moveaxis`` on the others)."""
+    with pytest.raises(ValueError, match=r"floatguard\.cross_entropy: argument 'logits' is 0-d"):
+        fg.cross_entropy(make(1.0), make(0))

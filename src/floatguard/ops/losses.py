@@ -595,6 +595,9 @@ def _cross_entropy(
     be = namespace(("logits", logits), ("target", target), ("weight", weight), func=func)
     xp = be.xp
     x = as_float(be, logits, "logits", func)
+    if x.ndim == 0:
+        raise ValueError(f"floatguard.{func}: argument 'logits' is 0-d; it needs a class axis "
+                         "(shape (C,) or (N, C, ...))")
     ax = normalize_axis(axis, x.ndim, "axis", func)
     dtype = x.dtype
     # axes as tuples: torch.vmap has no batching rule for moveaxis.int
