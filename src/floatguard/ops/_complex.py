@@ -10,7 +10,8 @@ magnitude) and :math:`k` its first index. The max term is taken out as in the re
 case: :math:`\log t_k = \log|b_k| + i(y_k + \arg b_k)` is exact, and
 :math:`\log(1 + q)` is computed as :math:`\tfrac12 \mathrm{log1p}(2\Re q + |q|^2) + i
 \,\mathrm{atan2}(\Im q, 1 + \Re q)`, which keeps the digits of a small :math:`q`
-(NumPy's complex ``log1p`` forms ``1 + q`` first). The imaginary part of the result is
+(NumPy's complex ``log1p`` forms ``1 + q`` first), with :math:`\log \mathrm{hypot}(1 + \Re q,
+\Im q)` as the real part where :math:`1 + q` cancels (:func:`_log1p`). The imaginary part of the result is
 the phase, wrapped to :math:`(-\pi, \pi]` as in SciPy (the principal branch of ``log``).
 Rows whose max real part is not finite, and results that are not finite, take the
 direct :math:`\log \sum b_i e^{z_i}`, so that infinities follow C99's complex
@@ -72,9 +73,21 @@ def _shift(be: Backend, z: Any, mask: Any) -> tuple[Any, Any, Any, Any]:
 
 
 def _log1p(xp: Any, q: Any) -> tuple[Any, Any]:
-    """Real and imaginary parts of ``log(1 + q)``, accurate for small ``|q|``."""
+    """Real and imaginary parts of ``log(1 + q)``: accurate for small ``|q|`` and where ``1 + q`` cancels.
+
+    ``u = |1 + q|^2 - 1 = Re q (2 + Re q) + Im q^2`` and ``log1p(u) / 2`` keep the digits of a small ``q``; where
+    ``|1 + q|^2 < 1/2`` (``q`` near -1: terms that cancel, ``e^{z_0} + e^{z_0 + i pi + d}``) ``u`` is about -1 with
+    an absolute error of an ulp of 1, all of ``|1 + q|^2`` when that is tiny, so the real part is then
+    ``log(hypot(1 + Re q, Im q))``, where ``1 + Re q`` is exact (Sterbenz). It was 0.18 off (a relative 1.3e-3,
+    a million times its condition number) for ``logsumexp([159+235.26j, 159+238.40j])``, whose terms cancel to
+    ``1.2e-8`` of each."""
     qr, qi = xp.real(q), xp.imag(q)
-    return 0.5 * xp.log1p(qr * (2 + qr) + qi * qi), xp.atan2(qi, 1 + qr)
+    u = qr * (2 + qr) + qi * qi
+    one_qr = 1 + qr
+    near = u < -0.5
+    re = xp.where(near, xp.log(xp.hypot(xp.where(near, one_qr, xp.ones_like(qr)), qi)),
+                  0.5 * xp.log1p(xp.where(near, xp.zeros_like(u), u)))
+    return re, xp.atan2(qi, one_qr)
 
 
 def logsumexp_rows(be: Backend, z: Any, b: Any, mask: Any, return_sign: bool) -> tuple[Any, Any]:
