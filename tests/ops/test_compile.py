@@ -546,3 +546,41 @@ def test_losses_compile_to_one_graph_with_dynamic_shapes_too(case: str, dynamic:
         (got * 1.5).backward()
         (want * 1.5).backward()
         torch.testing.assert_close(xc.grad, xe.grad, rtol=1e-5, atol=1e-6)
+
+
+FAKE_CASES = {
+    "softmax": lambda x, t: fg.softmax(x, dim=-1), "log_softmax": lambda x, t: fg.log_softmax(x, dim=0),
+    "logsumexp": lambda x, t: fg.logsumexp(x, dim=-1), "cross_entropy": lambda x, t: fg.cross_entropy(x, t),
+    "cross_entropy, none, smoothing": lambda x, t: fg.cross_entropy(x, t, reduction="none", label_smoothing=0.1),
+    "cross_entropy, probabilities": lambda x, t: fg.cross_entropy(x, torch.softmax(x.detach(), -1)),
+    "cross_entropy, z_loss": lambda x, t: fg.cross_entropy(x, t, z_loss=1e-3),
+    "bce": lambda x, t: fg.binary_cross_entropy_with_logits(x, torch.sigmoid(x.detach())),
+    "softplus": lambda x, t: fg.softplus(x), "log_sigmoid": lambda x, t: fg.log_sigmoid(x),
+    "log1mexp": lambda x, t: fg.log1mexp(-x.abs() - 0.1), "logaddexp": lambda x, t: fg.logaddexp(x, x * 0.5),
+    "logcumsumexp": lambda x, t: fg.logcumsumexp(x, dim=-1),
+    "linear_cross_entropy": lambda x, t: fg.linear_cross_entropy(x, torch.ones(12, x.shape[-1]), t),
+}
+
+
+@pytest.mark.parametrize("shape", [(6, 10), (300, 1000)], ids=["small", "threaded"])
+@pytest.mark.parametrize("case", list(FAKE_CASES))
+def test_ops_under_a_fake_tensor_mode_give_fake_results(case: str, shape: tuple[int, int]) -> None:
+    """Under a ``FakeTensorMode`` (FLOP counters, memory estimators, shape propagation) tensors have no storage: the
+    ops take their generic path and give the eager shapes and dtypes, forward and backward. The kernels read the
+    fake tensors through ``data_ptr``, and the interpreter crashed (a segmentation fault)."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    f = FAKE_CASES[case]
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g, requires_grad=True)
+    t = torch.randint(0, 10, (shape[0],), generator=g)  # classes of the logits and of linear_cross_entropy's 12
+    want = f(x, t)
+    mode = FakeTensorMode()
+    xf, tf = mode.from_tensor(x.detach()), mode.from_tensor(t)
+    with mode:
+        xf.requires_grad_()
+        got = f(xf, tf)
+        got.sum().backward()
+        assert isinstance(got, FakeTensor) and isinstance(xf.grad, FakeTensor)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert xf.grad.shape == x.shape and xf.grad.dtype == x.dtype

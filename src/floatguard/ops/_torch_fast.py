@@ -45,10 +45,12 @@ __all__ = [
     "logsumexp_op", "on_device", "softmax_fast", "softmax_grad_op", "softmax_op",
 ]
 
-# under a torch.func transform or a torch.jit trace the ops take their generic path (_namespace.torch_generic_only);
+# under a torch.func transform or a torch.jit trace, and for fake tensors (no storage: _namespace.torch_fake, checked
+# for Tensor subclasses only), the ops take their generic path (_namespace.torch_generic_only);
 # the call kernels check it inline, with the C functions bound here (a small call's budget is a few microseconds)
 _functorch_active = torch._C._are_functorch_transforms_active
 _tracing_state = torch._C._get_tracing_state
+_Tensor = torch.Tensor
 
 
 def _compiled_plain(x: torch.Tensor, axis: Any) -> bool:
@@ -75,7 +77,7 @@ def _compiled_columns(x: torch.Tensor, axis: Any) -> int | None:
 
 @register("logsumexp", "torch", stage="call", dtypes=KERNEL_DTYPES)
 def _logsumexp_call(x: torch.Tensor, axis: Any, keepdims: Any) -> torch.Tensor | None:
-    if _functorch_active() or _tracing_state() is not None:
+    if _functorch_active() or _tracing_state() is not None or (type(x) is not _Tensor and _ns.torch_fake(x)):
         return None
     if type(keepdims) is bool and _compiled_plain(x, axis):
         lse = logsumexp_rows(x.reshape(-1, x.shape[-1]).contiguous())
@@ -101,7 +103,7 @@ def _softmax_compiled(x: torch.Tensor, axis: Any, log: bool) -> torch.Tensor | N
 
 @register("softmax", "torch", stage="call", dtypes=KERNEL_DTYPES)
 def _softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
-    if _functorch_active() or _tracing_state() is not None:
+    if _functorch_active() or _tracing_state() is not None or (type(x) is not _Tensor and _ns.torch_fake(x)):
         return None
     out = softmax_fast(x, axis, log=False)  # eager (None while Dynamo traces)
     return _softmax_compiled(x, axis, False) if out is None else out
@@ -109,7 +111,7 @@ def _softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
 
 @register("log_softmax", "torch", stage="call", dtypes=KERNEL_DTYPES)
 def _log_softmax_call(x: torch.Tensor, axis: Any) -> torch.Tensor | None:
-    if _functorch_active() or _tracing_state() is not None:
+    if _functorch_active() or _tracing_state() is not None or (type(x) is not _Tensor and _ns.torch_fake(x)):
         return None
     out = softmax_fast(x, axis, log=True)  # eager (None while Dynamo traces)
     return _softmax_compiled(x, axis, True) if out is None else out
@@ -165,7 +167,7 @@ def _fused(x: torch.Tensor) -> Any:
     available), else None; while ``torch.compile`` traces, :mod:`._torch_elementwise_compile` (the same
     functions as custom ops). :func:`on_device` inlined: a small call has a few microseconds."""
     if x.is_cpu and x.layout is torch.strided and not _ns.FORCE_DEVICE_PATH and not _functorch_active() \
-            and _tracing_state() is None:
+            and _tracing_state() is None and (type(x) is _Tensor or not _ns.torch_fake(x)):
         if not torch.compiler.is_compiling():
             return _elementwise()
         from . import _numba_losses  # import statements: Dynamo runs them (functools.cache it would trace)

@@ -374,7 +374,7 @@ def _torch_state(logits: Any, target: Any, weight: Any, protocol: bool = True) -
       ``__torch_function__``, PyTorch's override protocol: a ``TorchFunctionMode`` is active (the monitor's probe,
       which reads the logits' log Z) or a tensor argument is a subclass overriding it;
     - ``_GENERIC``: take the generic path (a ``torch.func`` transform or a ``torch.jit`` trace is running, see
-      :func:`._namespace.torch_generic_only`);
+      :func:`._namespace.torch_generic_only`, or the logits are a ``FakeTensor``, :func:`._namespace.torch_fake`);
     - ``_AUTOCAST``: an autocast region is active (:func:`_autocast`).
 
     Three C calls (~0.3 us with the lookups) for a plain call: part of the small call's budget. Nothing is cached
@@ -389,7 +389,8 @@ def _torch_state(logits: Any, target: Any, weight: Any, protocol: bool = True) -
             and not torch.compiler.is_exporting():
         return _OVERRIDE
     c = torch._C
-    state = _GENERIC if c._are_functorch_transforms_active() or c._get_tracing_state() is not None else 0
+    state = _GENERIC if c._are_functorch_transforms_active() or c._get_tracing_state() is not None \
+        or (type(logits) is not torch.Tensor and _ns.torch_fake(logits)) else 0
     return state | _AUTOCAST if c._is_any_autocast_enabled() else state
 
 
