@@ -348,8 +348,9 @@ def test_elementwise_special_values(op: Callable[..., Any], args: tuple[float, .
 
 @pytest.mark.parametrize("backend", ["torch", "jax"])
 def test_outside_the_domain_values_and_gradients_are_nan(backend: str) -> None:
-    """``log1mexp(x > 0)`` and ``logsubexp(a < b)`` have no real value: NaN, and NaN gradients on every backend (a
-    finite gradient beside a NaN loss lets an optimizer, or a gradient scaler that checks the gradients, take the step).
+    """``log1mexp(x > 0)``, ``logsubexp(a < b)`` and ``safe_log(x < 0)`` have no real value: NaN, and NaN gradients on
+    every backend (a finite gradient beside a NaN loss lets an optimizer, or a gradient scaler that checks the
+    gradients, take the step).
     JAX's ``log1mexp`` and both backends' ``logsubexp`` gave the slope of ``log|.|`` there (``log1mexp'(0.5) = 2.54``);
     the compiled torch kernels already gave NaN. Inside the domain, and at its edges, the gradients stay finite."""
     if backend == "jax":
@@ -374,6 +375,12 @@ def test_outside_the_domain_values_and_gradients_are_nan(backend: str) -> None:
     assert grads(fg.logsubexp, 2.0, 1.0) == pytest.approx([1 / -math.expm1(-1.0), -1 / math.expm1(1.0)], rel=1e-15)
     assert grads(fg.logsubexp, 1.0, -INF) == [1.0, 0.0]
     assert grads(fg.log1mexp, 0.0) == [-INF]
+    # safe_log of a negative number (a domain error, not clipped) and safe_sqrt of NaN: NaN, with a NaN gradient (a
+    # constant NaN had gradient 0; safe_sqrt passed NaN through as x itself, gradient 1)
+    assert all(math.isnan(v) for v in grads(fg.safe_log, -1.0))
+    assert all(math.isnan(v) for v in grads(fg.safe_sqrt, NAN))
+    assert grads(fg.safe_log, 0.0) == [0.0] and grads(fg.safe_log, 2.0) == [0.5]
+    assert grads(fg.safe_sqrt, -1.0) == [0.0] and grads(fg.safe_sqrt, 4.0) == [0.25]
 
 
 def test_xlogy_matches_scipy_including_zeros() -> None:

@@ -67,13 +67,16 @@ def safe_log(x: Any, eps: float | None = None) -> Any:
     :math:`\log(\max(x, \epsilon))`; the gradient is ``1/x`` above ``eps`` and
     0 below. Default ``eps`` is the dtype's smallest normal number
     (``log`` of it: -9.7 in float16, -87.3 in float32, -708.4 in float64).
-    Negative ``x`` is a domain error and gives NaN (it is not clipped).
+    Negative ``x`` is a domain error and gives NaN (it is not clipped), with a NaN gradient.
     """
     e = _eps(x, eps, "safe_log")
 
     def f(xp: Any, x: Any) -> Any:
         clipped = xp.maximum(x, xp.full_like(x, e))
-        return xp.where(x < 0, xp.full_like(x, float("nan")), xp.log(clipped))
+        # NaN where x < 0, as x times a constant NaN: a NaN gradient there too (a constant NaN had gradient 0, a
+        # finite gradient beside a NaN loss), and 0 times the constant 0 elsewhere
+        bad = xp.where(x < 0, xp.full_like(x, float("nan")), xp.zeros_like(x))
+        return xp.where(x < 0, x * bad, xp.log(clipped))
 
     return unary(x, "safe_log", f)
 
@@ -105,11 +108,14 @@ def safe_sqrt(x: Any) -> Any:
     zero (a squared norm computed as a difference, a variance): the value is
     0 there and the gradient 0, so ``norm`` of a zero vector backpropagates
     cleanly. Above 0 the gradient is ``1 / (2 sqrt(x))``, finite even at the
-    smallest subnormal.
+    smallest subnormal. NaN gives NaN, with a NaN gradient.
     """
 
     def f(xp: Any, x: Any) -> Any:
         pos = x > 0
-        return xp.where(pos, xp.sqrt(xp.where(pos, x, xp.ones_like(x))), xp.where(xp.isnan(x), x, xp.zeros_like(x)))
+        nan = xp.isnan(x)
+        # NaN in, NaN out with a NaN gradient: x times a constant NaN (x itself passed the gradient 1)
+        bad = xp.where(nan, xp.full_like(x, float("nan")), xp.zeros_like(x))
+        return xp.where(pos, xp.sqrt(xp.where(pos, x, xp.ones_like(x))), xp.where(nan, x * bad, xp.zeros_like(x)))
 
     return unary(x, "safe_sqrt", f)
