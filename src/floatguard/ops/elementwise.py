@@ -89,11 +89,19 @@ def binary(a: Any, b: Any, names: tuple[str, str], func: str, f: Callable[[Any, 
     return xp.astype(out, dtype, copy=False)
 
 
+def nan_where(xp: Any, cond: Any, x: Any) -> Any:
+    """A constant like ``x``: NaN where ``cond``, 0 elsewhere. Added to ``x`` before a function, or multiplied into
+    ``x`` in a ``where`` branch, it makes the value *and the gradient* NaN there (a domain error: a finite gradient
+    beside a NaN loss lets an optimizer take the step) and leaves both alone elsewhere; a constant NaN chosen by a
+    ``where`` would have gradient 0."""
+    return xp.where(cond, xp.full_like(x, math.nan), xp.zeros_like(x))
+
+
 def _log1mexp(xp: Any, x: Any) -> Any:
     # Maechler (2012): log(-expm1(x)) near 0, log1p(-exp(x)) below -log 2.
     # x > 0 has no real value: NaN, and a NaN gradient too, as the compiled kernels' (autodiff of log(-expm1(x)) gave
-    # the finite slope e^x / expm1(x) there, also to logsubexp's a < b); an added NaN, as a where would give slope 0
-    x = x + xp.where(x > 0, xp.full_like(x, math.nan), xp.zeros_like(x))
+    # the finite slope e^x / expm1(x) there, also to logsubexp's a < b)
+    x = x + nan_where(xp, x > 0, x)
     near = x > -_LN2
     x_near = xp.where(near, x, -xp.ones_like(x))
     x_far = xp.where(near, -xp.ones_like(x), x)  # NaN goes this way

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._namespace import as_float, check_real, finfo_of, namespace, quiet
-from .elementwise import binary, unary
+from .elementwise import binary, nan_where, unary
 
 __all__ = ["default_eps", "safe_div", "safe_log", "safe_sqrt"]
 
@@ -73,10 +73,7 @@ def safe_log(x: Any, eps: float | None = None) -> Any:
 
     def f(xp: Any, x: Any) -> Any:
         clipped = xp.maximum(x, xp.full_like(x, e))
-        # NaN where x < 0, as x times a constant NaN: a NaN gradient there too (a constant NaN had gradient 0, a
-        # finite gradient beside a NaN loss), and 0 times the constant 0 elsewhere
-        bad = xp.where(x < 0, xp.full_like(x, float("nan")), xp.zeros_like(x))
-        return xp.where(x < 0, x * bad, xp.log(clipped))
+        return xp.where(x < 0, x * nan_where(xp, x < 0, x), xp.log(clipped))  # NaN value and gradient below 0
 
     return unary(x, "safe_log", f)
 
@@ -113,9 +110,8 @@ def safe_sqrt(x: Any) -> Any:
 
     def f(xp: Any, x: Any) -> Any:
         pos = x > 0
-        nan = xp.isnan(x)
-        # NaN in, NaN out with a NaN gradient: x times a constant NaN (x itself passed the gradient 1)
-        bad = xp.where(nan, xp.full_like(x, float("nan")), xp.zeros_like(x))
-        return xp.where(pos, xp.sqrt(xp.where(pos, x, xp.ones_like(x))), xp.where(nan, x * bad, xp.zeros_like(x)))
+        nan = xp.isnan(x)  # NaN in, NaN out with a NaN gradient (x itself passed the gradient 1)
+        return xp.where(pos, xp.sqrt(xp.where(pos, x, xp.ones_like(x))),
+                        xp.where(nan, x * nan_where(xp, nan, x), xp.zeros_like(x)))
 
     return unary(x, "safe_sqrt", f)
