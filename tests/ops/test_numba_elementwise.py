@@ -306,7 +306,7 @@ def test_float32_logaddexp_backward_lanes_within_one_and_a_half_ulp(scalar_g: bo
 def test_float32_logaddexp_backward_out_of_the_lanes_range() -> None:
     """Blocks holding ``|a - b| > 80``, infinities, NaN or an inf ``g`` go through the float64 loop whole (the same
     bits as :func:`_lae_grad_loop`); their neighbours stay in the lanes. The limits: ``+inf`` wins (its side gets
-    ``g``), both ``-inf`` give 0 and 0, a NaN counts as the larger side (as in the forward, whose value it is)."""
+    ``g``), both ``-inf`` give 0 and 0, a NaN gives NaN to both sides (as its value, and PyTorch's)."""
     rng = np.random.default_rng(12)
     blk = E.BLOCK32
     a = (rng.standard_normal(4 * blk + 33) * 5).astype(np.float32)
@@ -328,8 +328,8 @@ def test_float32_logaddexp_backward_out_of_the_lanes_range() -> None:
         assert np.array_equal(ga[sl], want_a[sl], equal_nan=True), k
         assert np.array_equal(gb[sl], want_b[sl], equal_nan=True), k
     j = 2 * blk + 7
-    np.testing.assert_array_equal(ga[j : j + 5], [g[j], 0.0, g[j + 2], 0.0, 0.0])
-    np.testing.assert_array_equal(gb[j : j + 5], [0.0, 0.0, 0.0, g[j + 3], g[j + 4]])
+    np.testing.assert_array_equal(ga[j : j + 5], [g[j], 0.0, np.nan, 0.0, 0.0])
+    np.testing.assert_array_equal(gb[j : j + 5], [0.0, 0.0, np.nan, g[j + 3], g[j + 4]])
     sel = np.r_[0:blk, 3 * blk : 4 * blk]  # lanes blocks: within the bound
     assert _lae_grad_ulps(ga[sel], gb[sel], a[sel], b[sel], g[sel]).max() <= GRAD32_BOUND
 

@@ -45,11 +45,11 @@ The three ops are one ``jax.custom_jvp`` function (:func:`_rows`) that also retu
 ``d softmax = p (dx - sum(p dx))``, ``d log_softmax = dx - sum(p dx)``) and, as
 jax.nn's, computed in the working dtype from the softmax ``p``, recomputed as
 ``exp(x - m) exp(-l)`` (which needs only ``m`` and ``l`` of the forward passes, and
-keeps ``p`` float64-accurate under x64). Rows with no finite max get the tangent
+keeps ``p`` float64-accurate under x64). Rows with an infinite max get the tangent
 0: the tangent ``dx`` is set to 0 there (a select on ``dx``, which in ``jax.grad``
 becomes one select on the gradient, after the fused pass), so reverse-mode
-gradients are exactly 0 on ``-inf``, ``+inf`` and NaN rows; a forward-mode
-tangent is NaN on a NaN row, as its value. It calls the custom function, so higher
+gradients are exactly 0 on ``-inf`` and ``+inf`` rows; on a NaN row tangents and
+gradients are NaN, as its value (and jax.nn's). It calls the custom function, so higher
 derivatives use the same rule. The tangents are worked in the working dtype
 (:func:`_tangent_dtype`), so float32 gradients under x64 stay float64-accurate.
 (``p`` used to be zeroed by a select, which XLA cannot fuse: ``p`` was written out
@@ -289,20 +289,20 @@ def _rows_jvp(op: str, fused: bool, primals: tuple[jax.Array], tangents: tuple[j
     """``d lse = sum(p dx)``, ``d softmax = p (dx - sum(p dx))``, ``d log_softmax = dx - sum(p dx)``.
 
     In the working dtype (:func:`_tangent_dtype`), from the softmax ``p = exp(min(x - a, MAX - a))
-    exp(-l)`` (``x - a`` is exact near the max), recomputed in the pass that uses it. Rows with no
-    finite max (``-inf``, ``+inf`` or NaN rows) have ``dx`` set to 0 in the input dtype (one flag per
+    exp(-l)`` (``x - a`` is exact near the max), recomputed in the pass that uses it. Rows with an
+    infinite max (``-inf`` or ``+inf`` rows) have ``dx`` set to 0 in the input dtype (one flag per
     row), before anything else: in ``jax.grad`` that select is the last step, on the gradient in the
     input dtype, so ``p`` and the sums of the transpose stay in one fused pass (a select on ``p``
     made XLA write ``p`` out in float64). ``p`` is finite on ``-inf`` rows (0) and ``+inf`` rows, so
-    their tangents are 0; on NaN rows ``p`` is NaN: reverse-mode gradients are 0 there (the select
-    comes last), forward-mode tangents NaN, as the value. ``m`` gets tangent 0 and ``l`` the tangent
+    their tangents are 0; on NaN rows ``p`` is NaN and ``dx`` kept: tangents and reverse-mode gradients
+    are NaN, as the value (and jax.nn's, and the float32 path's). ``m`` gets tangent 0 and ``l`` the tangent
     of the logsumexp: ``m + l`` and ``p`` then have their true tangents, and higher derivatives
     (which call this rule again) are right.
     """
     (x,), (dx,) = primals, tangents
     out, m, l = _rows(x, op, False)  # noqa: E741
     td = _tangent_dtype(x.dtype)
-    fin = jnp.isfinite(m + l)  # one flag per row: l is NaN on a NaN row whose max came out finite
+    fin = ~jnp.isinf(m + l)  # one flag per row, True on NaN rows (l is NaN on a NaN row whose max came out finite)
     top = _top(x)
     a = jnp.clip(m, -top, top).astype(td)
     # min(x - a, top - a), not min(x, top) - a: XLA would share min(x, top) with the forward's pass that

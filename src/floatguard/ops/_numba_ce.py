@@ -21,7 +21,8 @@ bfloat16 rows has a forward that writes the gradient of ``g = 1`` too
 (:func:`._numba_ce_plain.ce_plain_forward_grad`, from the exps of its sum, kept in a row buffer).
 
 Rows with a non-finite max (all ``-inf``, a ``+inf``, a NaN) are flagged
-(``alive = 0``) and get the gradient 0; their loss is ``+inf`` for rows of ``-inf``, NaN for NaN rows, and the
+(``alive = 0``) and get the gradient 0, but NaN where their loss is NaN (a NaN logit: NaN loss, NaN gradient, as
+PyTorch's); their loss is ``+inf`` for rows of ``-inf``, NaN for NaN rows, and the
 limit (:func:`._numba_ce_rows.inf_row_loss`: ``w_c log k`` or ``+inf``) for rows holding ``+inf``.
 
 Soft-capping (``cap > 0``, Gemma 2): each row is first mapped to ``cap tanh(x / cap)``
@@ -41,8 +42,8 @@ import numpy as np
 from ._numba_bits import _CONTRACT, _SUM, AVAILABLE, _inline, _njit, _voidptr, carray
 from ._numba_bits import _row_max as _key_max
 from ._numba_ce_rows import (
+    _no_grad_row,
     _pc_minus_1_for,
-    _zero_row,
     inf_row_loss,
     weights64,
 )
@@ -115,9 +116,10 @@ def _w_total(w: np.ndarray, weighted: bool, n: int) -> float:
 
 @_inline()
 def _no_row(r: int, v: float, loss: np.ndarray, m_out: np.ndarray, l_out: np.ndarray, alive: np.ndarray) -> None:
-    """The residuals of a row that is ignored (``v = 0``) or has a non-finite max (``v`` its loss): no gradient."""
+    """The residuals of a row that is ignored (``v = 0``) or has a non-finite max (``v`` its loss): no gradient, 0
+    or, where the loss is NaN, NaN (``m`` NaN marks it: :func:`._numba_ce_rows._no_grad_row`)."""
     loss[r] = v
-    m_out[r] = 0.0
+    m_out[r] = 0.0 if v == v else v
     l_out[r] = 0.0
     alive[r] = 0.0
 
@@ -151,7 +153,8 @@ def _index_row(row: np.ndarray, c: int, wc: float, w: np.ndarray, weighted: bool
     n = row.size
     m = _key_max(row)
     if not np.isfinite(m):
-        return (inf_row_loss(row, c, wc, w, weighted, eps, row, False) if m == np.inf else -m), 0.0, 0.0, 0.0
+        v = inf_row_loss(row, c, wc, w, weighted, eps, row, False) if m == np.inf else -m
+        return v, (0.0 if v == v else v), 0.0, 0.0  # m NaN marks a NaN loss (see _no_row)
     lg = np.log1p(_rest_any(row, m, rb, kb, nz))
     val = (1.0 - eps) * wc * (lg + (m - _ld(row[c]))) if eps != 1.0 else 0.0
     if eps != 0.0:
@@ -253,7 +256,8 @@ def _prob_row(row: np.ndarray, trow: np.ndarray, w: np.ndarray, weighted: bool, 
     m = _key_max(row)
     tw, acc = _target_sums(row, trow, w, weighted, eps, m)
     if not np.isfinite(m):
-        return (inf_row_loss(row, -1, 0.0, w, weighted, eps, trow, True) if m == np.inf else -m), 0.0, 0.0, tw, 0.0
+        v = inf_row_loss(row, -1, 0.0, w, weighted, eps, trow, True) if m == np.inf else -m
+        return v, (0.0 if v == v else v), 0.0, tw, 0.0  # m NaN marks a NaN loss (see _no_row)
     lg = np.log1p(_rest_any(row, m, rb, kb, nz))
     return tw * lg + acc, m, lg, tw, 1.0
 
@@ -472,7 +476,7 @@ def ce_index_backward(
         gr = g[r] if g.size > 1 else g[0]
         zr = zg[r] if has_z else 0.0
         if alive[r] == 0.0 or (gr == 0.0 and zr == 0.0):
-            _zero_row(o)
+            _no_grad_row(o, m_in[r])
             continue
         if cap > 0.0:
             _cap_row(x[r], cap, ybuf)
@@ -512,7 +516,7 @@ def ce_prob_backward(
         gr = g[r] if g.size > 1 else g[0]
         zr = zg[r] if has_z else 0.0
         if alive[r] == 0.0 or (gr == 0.0 and zr == 0.0):
-            _zero_row(o)
+            _no_grad_row(o, m_in[r])
             continue
         if cap > 0.0:
             _cap_row(x[r], cap, ybuf)

@@ -17,7 +17,8 @@ Per row, with ``q = 1 / (1 + s)`` and ``p_i = e_i q``:
   max (no cancellation, as the common case);
 * probabilities ``t``: ``T p_i - t'_i w_i`` with ``t' = (1 - eps) t + eps / C`` and ``T = sum t' w``.
 
-Rows ignored or with a non-finite max get the gradient 0, as in the backward kernels.
+Rows ignored or with a non-finite max get the gradient 0 (NaN where the loss is NaN), as in the backward
+kernels.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ._numba_bits import _CONTRACT, _inline, _njit
 from ._numba_bits import _row_max as _key_max
 from ._numba_ce import _gap_sum, _no_row, _target_sums, _w_total, res_sums
 from ._numba_ce_rows import (
+    _no_grad_row,
     _rest_store_for,
     _rest_store_gap_for,
     _row_buffer,
@@ -121,7 +123,7 @@ def ce_index_forward_grad(
         if not np.isfinite(m):
             _no_row(r, inf_row_loss(row, c, wc, w, weighted, eps, row, False) if m == np.inf else -m, loss, m_out,
                     l_out, alive)
-            _zero_row(o)
+            _no_grad_row(o, m_out[r])
             continue
         if eps != 0.0 and not weighted:  # the gap sum in the pass of the exps
             acc, ties, gap = _rest_store_gap_for(row, m, e)
@@ -168,7 +170,7 @@ def ce_prob_forward_grad(
         if not np.isfinite(m):
             _no_row(r, inf_row_loss(row, -1, 0.0, w, weighted, eps, trow, True) if m == np.inf else -m, loss, m_out,
                     l_out, alive)
-            _zero_row(o)
+            _no_grad_row(o, m_out[r])
             continue
         s, lg = _rest_log(row, m, e)
         loss[r] = tw * lg + acc

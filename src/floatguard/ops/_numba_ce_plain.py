@@ -14,12 +14,12 @@ from ._numba_bits import _inline, _njit, _voidptr, carray
 from ._numba_bits import _row_max as _key_max
 from ._numba_ce_rows import (
     _grad_row_for,
+    _no_grad_row,
     _pc_minus_1_for,
     _rest_store_for,
     _row_buffer,
     _scale_for,
     _scale_row_for,
-    _zero_row,
     inf_row_loss,
     weights64,
 )
@@ -40,7 +40,8 @@ def _row_start(x: np.ndarray, target: np.ndarray, w: np.ndarray, r: int, ignore:
 
     -1: its class outside ``[0, C)``; 0: ignored (``res`` zeroed); 1: a non-finite max ``m`` (loss ``+inf`` for
     ``-inf``, NaN for NaN, the limit :func:`._numba_ce_rows.inf_row_loss` for ``+inf``, as
-    :func:`._numba_ce.ce_index_forward`'s; no gradient); 2: a finite max ``m``, to go on with.
+    :func:`._numba_ce.ce_index_forward`'s; no gradient: 0, NaN where the loss is NaN, marked by ``res[1, r]``
+    NaN); 2: a finite max ``m``, to go on with.
     """
     c = target[r]
     if has_ignore and c == ignore:
@@ -54,7 +55,7 @@ def _row_start(x: np.ndarray, target: np.ndarray, w: np.ndarray, r: int, ignore:
     if np.isfinite(m):
         return 2, m
     res[0, r] = -m if m != np.inf else inf_row_loss(x[r], c, res[3, r], w, False, 0.0, x[r], False)
-    res[1, r] = 0.0
+    res[1, r] = 0.0 if res[0, r] == res[0, r] else res[0, r]  # NaN marks a NaN loss: a NaN gradient row
     res[2, r] = 0.0
     res[4, r] = 0.0
     return 1, m
@@ -131,7 +132,7 @@ def ce_plain_backward(x: np.ndarray, target: np.ndarray, gs: float, g: np.ndarra
         o = out[r]
         gr = (gs * g[r] if per_row else gs) * res[3, r]
         if res[4, r] == 0.0 or gr == 0.0:
-            _zero_row(o)
+            _no_grad_row(o, res[1, r])
             continue
         row = x[r]
         m, lg = res[1, r], res[2, r]
@@ -144,13 +145,13 @@ def ce_plain_backward(x: np.ndarray, target: np.ndarray, gs: float, g: np.ndarra
 def ce_plain_scale_rows(grad: np.ndarray, g: np.ndarray, res: np.ndarray) -> None:
     """``grad_r *= g_r`` in place, each entry rounded once: the backward of an unreduced forward that wrote
     ``R = softmax(x) - onehot_c`` (:func:`ce_plain_forward_grad` with ``gs = 1``). Rows ignored or with a
-    non-finite max (``res[4] == 0``) and rows with ``g_r == 0`` are set to 0, as :func:`ce_plain_backward`
-    gives them whatever ``g_r`` (also ``inf`` or NaN: their loss is a constant)."""
+    non-finite max (``res[4] == 0``) and rows with ``g_r == 0`` are set to 0 (NaN where the loss is NaN), as
+    :func:`ce_plain_backward` gives them whatever ``g_r`` (also ``inf`` or NaN: their loss is a constant)."""
     for r in range(grad.shape[0]):
         o = grad[r]
         gr = float(g[r])
         if res[4, r] == 0.0 or gr == 0.0:
-            _zero_row(o)
+            _no_grad_row(o, res[1, r])
             continue
         _scale_row_for(o, gr)
 
@@ -164,8 +165,8 @@ def ce_plain_scale_rows(grad: np.ndarray, g: np.ndarray, res: np.ndarray) -> Non
 def ce_plain_forward_grad(x: np.ndarray, target: np.ndarray, w: np.ndarray, ignore: int, has_ignore: bool,
                           res: np.ndarray, gs: float, grad: np.ndarray) -> tuple[int, float, float]:
     """:func:`ce_plain_forward` of float32 or bfloat16 rows that also writes
-    ``grad = gs w_c (softmax(x) - onehot_c)`` (0 on rows ignored or with a non-finite max): the gradient
-    :func:`ce_plain_backward` gives for ``g = gs``.
+    ``grad = gs w_c (softmax(x) - onehot_c)`` (0 on rows ignored or with a non-finite max, NaN on NaN rows): the
+    gradient :func:`ce_plain_backward` gives for ``g = gs``.
 
     ``gs < 0`` stands for the mean's ``1 / den`` (the weights of the rows not ignored, summed first: their count
     without class weights). ``p_i = e_i / (1 + s)`` from the kept ``e_i`` (the exps of the loss, 2^-32 relative for
@@ -193,7 +194,7 @@ def ce_plain_forward_grad(x: np.ndarray, target: np.ndarray, w: np.ndarray, igno
         if state == 1:
             plain += res[0, r]
         if state < 2:
-            _zero_row(o)
+            _no_grad_row(o, res[1, r])
             continue
         row = x[r]
         c = target[r]

@@ -25,6 +25,17 @@ def _zero_row(out: np.ndarray) -> None:
         _st(out, i, 0.0)
 
 
+@_njit()
+def _no_grad_row(out: np.ndarray, mark: float) -> None:
+    """The gradient row of a row that has none (ignored, a non-finite max, ``g_r = 0``): 0, but NaN where ``mark``
+    is NaN, the residual max (``m``) :func:`_numba_ce._no_row` leaves for a row whose loss is NaN (a NaN logit):
+    a NaN loss keeps a NaN gradient, as PyTorch's (a finite gradient beside it lets a gradient scaler take the
+    step)."""
+    v = 0.0 if mark == mark else mark
+    for i in range(out.size):
+        _st(out, i, v)
+
+
 def _pc_minus_1_for(row: np.ndarray, d: float) -> float:
     """``p_c - 1 = expm1(d)``, ``d = (x_c - m) - log1p(s)``, without cancellation where ``p_c`` is near 1 for
     float32/bfloat16 rows (the gradient :func:`ce_plain_forward_grad` writes); float64 rows keep ``exp(d) - 1``,

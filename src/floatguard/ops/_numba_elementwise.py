@@ -705,7 +705,8 @@ def _lae_fix(a: np.ndarray, b: np.ndarray, idx: np.ndarray, n: int, out: np.ndar
 
 @_njit(_CONTRACT)
 def logaddexp_backward(a: np.ndarray, b: np.ndarray, g: np.ndarray, ga: np.ndarray, gb: np.ndarray) -> None:
-    """``g sigmoid(a - b)`` and ``g sigmoid(b - a)``; 0 and 0 where both are ``-inf``; ``g`` of one entry: for all.
+    """``g sigmoid(a - b)`` and ``g sigmoid(b - a)``; 0 and 0 where both are ``-inf``, NaN and NaN where either is NaN
+    (as PyTorch's); ``g`` of one entry: for all.
     float32 in float32 lanes (:func:`_lae_grad32`, within 1.5 ulp), the others in float64 registers."""
     if _lae_grad_lanes(a, b, g, ga, gb):
         return
@@ -800,9 +801,9 @@ def _lae_grad_loop(a: np.ndarray, b: np.ndarray, g: np.ndarray, ga: np.ndarray, 
         e = _exp_for(a, select(fin, lo - hi, 0.0))
         e = select(lo == lo, e, lo)
         q = _recip_for(a, 1.0 + e)
-        # +inf wins; NaN passes through as a value of the max's side; both -inf: no gradient
-        s_hi = select(fin, q, select(hi == -np.inf, 0.0, 1.0))
-        s_lo = select(fin, e * q, 0.0)
+        # +inf wins; both -inf: no gradient; a NaN (``hi``, on either side): NaN gradients on both sides, as the value
+        s_hi = select(fin, q, select(hi == -np.inf, 0.0, select(hi == hi, 1.0, hi)))
+        s_lo = select(fin, e * q, select(hi == hi, 0.0, hi))
         _st(ga, i, gv * select(a_hi, s_hi, s_lo))
         _st(gb, i, gv * select(a_hi, s_lo, s_hi))
 

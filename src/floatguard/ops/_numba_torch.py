@@ -414,9 +414,13 @@ def _lse_grad_row(x: np.ndarray, lse: float, g: float, grad: np.ndarray, short: 
 
 
 @_inline()
-def _zero_row(grad: np.ndarray) -> None:
+def _no_grad_row(grad: np.ndarray, nan: bool) -> None:
+    """The gradient of a row with no finite max: 0 (``-inf`` and ``+inf`` rows: their values are limits), NaN for
+    a NaN row (``nan``), as PyTorch's and jax.nn's: a finite gradient beside a NaN value lets a gradient scaler or an
+    optimizer's check take the step."""
+    v = np.nan if nan else 0.0
     for i in range(grad.size):
-        grad[i] = _encode(0.0, grad)
+        grad[i] = _encode(v, grad)
 
 
 @_njit()
@@ -424,8 +428,8 @@ def torch_softmax_bwd(
     out: np.ndarray, g: np.ndarray, finite: np.ndarray, grad: np.ndarray, log: bool, short: bool
 ) -> None:
     """Fused backward of softmax (``p (g - sum(g p))``) or log_softmax (``g - exp(o) sum(g)``), per row,
-    one rounding to ``grad``'s dtype; 0 on rows where ``finite`` is False. float64 in registers, but for
-    float32 rows (``short``): the sums in float64, the entries in float32 lanes, see
+    one rounding to ``grad``'s dtype; on rows where ``finite`` is False 0, NaN for NaN rows (a NaN output).
+    float64 in registers, but for float32 rows (``short``): the sums in float64, the entries in float32 lanes, see
     :func:`_softmax_grad_row32` and :func:`_log_softmax_grad_row`.
 
     ``out``, ``g`` and ``grad`` share one storage dtype; ``short`` (float32 rows) picks the short exp.
@@ -434,7 +438,8 @@ def torch_softmax_bwd(
     one = finite.size == 1
     for r in range(out.shape[0]):
         if not finite[0 if one else r]:
-            _zero_row(grad[r])
+            first = _load(out[r, 0])
+            _no_grad_row(grad[r], first != first)
         elif log:
             _log_softmax_grad_row(out[r], g[r], _sum_ld(g[r]), grad[r], short)
         elif short:
@@ -446,12 +451,12 @@ def torch_softmax_bwd(
 @_njit()
 def torch_logsumexp_bwd(x: np.ndarray, lse: np.ndarray, g: np.ndarray, grad: np.ndarray, short: bool) -> None:
     """``grad = g exp(x - lse)`` (the softmax), per row, from float64 ``lse`` and ``g``; 0 where ``lse``
-    is not finite. ``short`` (not for float64) picks the short exp."""
+    is infinite, NaN where it is NaN. ``short`` (not for float64) picks the short exp."""
     for r in range(x.shape[0]):
         if np.isfinite(lse[r]):
             _lse_grad_row(x[r], lse[r], g[r], grad[r], short)
         else:
-            _zero_row(grad[r])
+            _no_grad_row(grad[r], lse[r] != lse[r])
 
 
 BLK16 = 512  # float32 partial sums run over blocks this long, then go to a float64 sum
@@ -575,7 +580,8 @@ def torch_softmax_bwd16(out: np.ndarray, g: np.ndarray, finite: np.ndarray, grad
     one = finite.size == 1
     for r in range(out.shape[0]):
         if not finite[0 if one else r]:
-            _zero_row(grad[r])
+            first = _load(out[r, 0])
+            _no_grad_row(grad[r], first != first)
         elif log:
             _log_softmax_grad32(out[r], g[r], F32(_sum32(g[r])), grad[r])
         else:
@@ -589,7 +595,7 @@ def torch_logsumexp_bwd16(x: np.ndarray, lse: np.ndarray, g: np.ndarray, grad: n
         if np.isfinite(lse[r]):
             _lse_grad32(x[r], lse[r], F32(g[r]), grad[r])
         else:
-            _zero_row(grad[r])
+            _no_grad_row(grad[r], lse[r] != lse[r])
 
 
 # -- entry points on raw pointers (the per-call cost of a small tensor) -----------------------------

@@ -370,7 +370,8 @@ def rows_backward(xk: torch.Tensor, tk: torch.Tensor, wn: np.ndarray, res: tuple
 def _ce_grad_graph(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None, g: torch.Tensor,
                    m: np.ndarray, coef: np.ndarray, alive: np.ndarray, den: float, eps: float, reduction: str,
                    index: bool, z_loss: float = 0.0, cap: float = 0.0, count: float = 0.0) -> torch.Tensor:
-    """The gradient of :class:`_CrossEntropy` in differentiable torch ops (for double backward)."""
+    """The gradient of :class:`_CrossEntropy` in differentiable torch ops (for double backward); rows not ``alive``
+    get 0, NaN where the forward's ``m`` is NaN (a NaN loss)."""
     rows, n_cls = x.shape
     wd = torch.float64
     y = capped(x.to(wd), cap) if cap else x
@@ -393,7 +394,8 @@ def _ce_grad_graph(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor |
         total = total + gz * (2.0 * z_loss) * torch.logsumexp(y.to(wd), dim=1, keepdim=True) * p
     if cap:
         total = total * cap_grad(x.to(wd), cap)
-    return torch.where(live, total, 0.0).to(x.dtype)
+    dead = torch.from_numpy(np.where(np.isnan(m), np.nan, 0.0))[:, None]  # NaN marks a NaN loss (the kernels' m)
+    return torch.where(live, total, dead).to(x.dtype)
 
 
 def cross_entropy_features(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,

@@ -45,7 +45,8 @@ class _CrossEntropyDevice(torch.autograd.Function):
               d + lo = y - m \ \text{exactly}, \quad s = \sum_{i \ne k} e^{d_i} (1 + lo_i)
 
     The forward keeps per row the max ``m``, ``s``, ``log1p(s)``, the coefficient of ``softmax`` in the
-    gradient and whether the row is live (the CPU kernel's residuals) besides the logits; the backward
+    gradient and whether the row is live (the CPU kernel's residuals; a row that is not has the gradient 0, NaN where
+    its loss is NaN) besides the logits; the backward
     rebuilds ``softmax`` from them in one elementwise pass: ``g (a p - b)``, plus ``2 z log Z p`` for
     the z-loss, times ``sech^2(x / c)`` when capped. Under ``create_graph`` the same formula runs on a
     differentiable ``softmax``, so double backward is exact.
@@ -101,8 +102,9 @@ class _CrossEntropyDevice(torch.autograd.Function):
         m0 = torch.where(finite, m, 0.0)
         lse = torch.where(alive, m0[:, 0] + lg[:, 0], 0.0)
         z = z_loss * (lse * lse) if z_loss else None
+        dead = torch.where(torch.isnan(loss), math.nan, 0.0)[:, None]  # a row not alive: gradient 0, NaN for a NaN loss
         ctx.save_for_backward(x, target, weight)
-        ctx.res = (m0, s, lse, coef, alive, keep, wt, den, count, eps, reduction, index, z_loss, cap)
+        ctx.res = (m0, s, lse, coef, alive, dead, keep, wt, den, count, eps, reduction, index, z_loss, cap)
         if reduction == "none":
             out = loss if z is None else loss + z
         elif reduction == "sum":
@@ -114,7 +116,7 @@ class _CrossEntropyDevice(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[Any, ...]:
         x, target, weight = ctx.saved_tensors
-        m0, s, lse, coef, alive, keep, wt, den, count, eps, reduction, index, z_loss, cap = ctx.res
+        m0, s, lse, coef, alive, dead, keep, wt, den, count, eps, reduction, index, z_loss, cap = ctx.res
         wd = m0.dtype
         graph = torch.is_grad_enabled()  # create_graph: softmax differentiable, the coefficients constants
         xs = (x if graph else x.detach()).to(wd)
@@ -145,7 +147,7 @@ class _CrossEntropyDevice(torch.autograd.Function):
             total = total + ((2.0 * z_loss) * lse[:, None] * gz) * p
         if cap:
             total = total * cap_grad(xs, cap)
-        return torch.where(alive[:, None], total, 0.0).to(x.dtype), *([None] * 7)
+        return torch.where(alive[:, None], total, dead).to(x.dtype), *([None] * 7)
 
 
 def cross_entropy_device(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,

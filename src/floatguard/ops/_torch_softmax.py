@@ -1,7 +1,8 @@
 """softmax, log_softmax and logsumexp of PyTorch rows as ``torch.autograd.Function``s: the kernels' route.
 
 Each op is one ``torch.autograd.Function`` whose forward runs the algorithm of the other backends and
-whose backward is the analytic gradient (0, never NaN, on rows with no finite entry). On CPU tensors
+whose backward is the analytic gradient (0, never NaN, on rows with no finite entry or a ``+inf``; NaN on rows
+holding a NaN, as PyTorch's). On CPU tensors
 (float32, float64, bfloat16, float16) both are numba kernels (:mod:`._numba_fast`, the ``fast`` extra)
 reading the tensors' storage in place; without them the torch ops of :mod:`._torch_sweep`; off the CPU
 those of :mod:`._torch_device`. Under ``create_graph`` the backward is differentiable torch ops, so
@@ -28,21 +29,30 @@ from ._torch_rows import PARALLEL_MIN, openmp_team, run_rows, team_run
 from ._torch_sweep import EMPTY_LIKE_MIN, compiled_sweep, empty_like, fix_limits, lse_forward, softmax_forward
 
 
+def _formula_rows(out: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    """The rows whose gradient is the formula's: those with a finite max, and NaN rows (their output is NaN, so is
+    their gradient, as the kernels'); the others (``-inf``, ``+inf``) get 0."""
+    if finite is ALL_FINITE:
+        return finite
+    return finite | torch.isnan(out[..., :1])
+
+
 def _softmax_grad(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``p * (g - sum(g p))``, 0 on rows with no finite max."""
+    """``p * (g - sum(g p))``; 0 on rows with an infinite max, NaN on NaN rows."""
     wd = grad_dtype(out)
-    p = torch.where(finite, out.to(wd), 0.0)
+    p = torch.where(_formula_rows(out, finite), out.to(wd), 0.0)
     gw = g.to(wd)
     return (p * (gw - (gw * p).sum(dim=-1, keepdim=True))).to(out.dtype)
 
 
 def _log_softmax_grad(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``g - p sum(g)``, 0 on rows with no finite max."""
+    """``g - p sum(g)``; 0 on rows with an infinite max, NaN on NaN rows."""
     wd = grad_dtype(out)
-    p = torch.where(finite, torch.exp(out.to(wd)), 0.0)
+    keep = _formula_rows(out, finite)
+    p = torch.where(keep, torch.exp(out.to(wd)), 0.0)
     gw = g.to(wd)
     grad = gw - p * gw.sum(dim=-1, keepdim=True)
-    return torch.where(finite, grad, 0.0).to(out.dtype)
+    return torch.where(keep, grad, 0.0).to(out.dtype)
 
 
 # -- numba kernels on the tensors' storage -----------------------------------------------
@@ -342,9 +352,9 @@ class LogSumExp(torch.autograd.Function):
 
 
 def lse_backward(x: torch.Tensor, lse: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """The gradient ``g softmax(x)`` of :class:`LogSumExp` (0 on rows with no finite max) from its float64 ``lse``
-    (R,): one kernel pass, ``g exp(x - lse)``; under ``create_graph`` (or without kernels) through
-    :class:`Softmax`, differentiable and exact too."""
+    """The gradient ``g softmax(x)`` of :class:`LogSumExp` (0 on rows with an infinite max, NaN on NaN rows) from
+    its float64 ``lse`` (R,): one kernel pass, ``g exp(x - lse)``; under ``create_graph`` (or without kernels)
+    through :class:`Softmax`, differentiable and exact too."""
     kern = _on_kernels(x)
     if kern is not None and not torch.is_grad_enabled():
         xc = _plain(x)
@@ -366,7 +376,7 @@ def lse_backward(x: torch.Tensor, lse: torch.Tensor, g: torch.Tensor) -> torch.T
                 return grad
         elif _kernel_call(kern.ptr_logsumexp_bwd, code, xa, la, ga, gra, r, n):
             return grad
-    p = torch.where(torch.isfinite(lse)[:, None], Softmax.apply(x), 0.0)
+    p = torch.where(torch.isinf(lse)[:, None], 0.0, Softmax.apply(x))  # NaN rows: NaN
     return g.reshape(-1, 1) * p
 
 

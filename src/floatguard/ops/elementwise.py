@@ -125,7 +125,7 @@ def logaddexp(a: Any, b: Any) -> Any:
     r"""``log(exp(a) + exp(b))``: :math:`\max(a, b) + \log1p(e^{-|a - b|})`.
 
     ``-inf`` is log(0): ``logaddexp(-inf, -inf) = -inf`` with zero gradient;
-    ``+inf`` wins; NaN propagates. Gradient: ``sigmoid(a - b)``, ``sigmoid(b - a)``.
+    ``+inf`` wins; NaN propagates, to both gradients too. Gradient: ``sigmoid(a - b)``, ``sigmoid(b - a)``.
 
     Error: at most 1 ulp for float16, bfloat16 and float32; float64 within 2 ulp times the
     condition number (``tests/ops/test_accuracy.py``, against mpmath).
@@ -141,11 +141,12 @@ def logaddexp(a: Any, b: Any) -> Any:
 
     def f(xp: Any, a: Any, b: Any) -> Any:
         a_hi = (a >= b) | xp.isnan(a)
-        hi = xp.where(a_hi, a, b)  # NaN in either goes to hi or lo, and propagates
+        hi = xp.where(a_hi, a, b)  # a NaN in either goes to hi
         lo = xp.where(a_hi, b, a)
-        fin = xp.isfinite(hi)
+        # finite or NaN: the formula, through which a NaN reaches the value and both gradients (as PyTorch's)
+        fin = ~xp.isinf(hi)
         delta = xp.where(fin, lo - hi, xp.zeros_like(hi))
-        # -inf (both empty) is a constant: zero gradient; +inf and NaN pass through
+        # -inf (both empty) is a constant: zero gradient; +inf passes through (gradient 1 on its side)
         limit = xp.where(hi == -float("inf"), xp.full_like(hi, -float("inf")), hi)
         return xp.where(fin, hi + xp.log1p(xp.exp(delta)), limit)
 

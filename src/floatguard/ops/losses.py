@@ -16,7 +16,7 @@ from typing import Any
 from . import _namespace as _ns
 from ._core import Shifted, inf_row_loss, shifted
 from ._namespace import Backend, alias, as_float, check_real, finite, namespace, normalize_axis, quiet
-from .elementwise import _softplus
+from .elementwise import _softplus, nan_where
 
 __all__ = ["binary_cross_entropy_with_logits", "cross_entropy"]
 
@@ -394,6 +394,15 @@ def _torch_state(logits: Any, target: Any, weight: Any, protocol: bool = True) -
     return state | _AUTOCAST if c._is_any_autocast_enabled() else state
 
 
+def _nan_rows(xp: Any, rows: Any, m_row: Any, dead: Any) -> Any:
+    """``dead`` (the loss of rows with no finite max), but on NaN rows (``m_row`` NaN) a NaN that carries a NaN
+    gradient to each of the row's entries (their sum times a constant NaN), as the kernels' and PyTorch's: a
+    finite gradient beside a NaN loss lets a gradient scaler or an optimizer's check take the step. Elsewhere
+    that branch is not taken and passes no gradient."""
+    nan_row = xp.isnan(m_row)
+    return xp.where(nan_row, xp.sum(rows, axis=-1) * nan_where(xp, nan_row, m_row), dead)
+
+
 def _take_last(be: Backend, x: Any, idx: Any) -> Any:
     """``x[..., idx]`` per row: the entries of ``x``'s last axis at the (valid, non-negative) indices ``idx``.
 
@@ -655,7 +664,7 @@ def _cross_entropy(
             if label_smoothing:
                 spread = (label_smoothing / n_cls) * (xp.ones_like(rc[..., 0, None]) if w is None else w)
             dead = xp.where(m_row == float("inf"), inf_row_loss(xp, rc, _take_last(be, rc, idx), cls, spread), -m_row)
-        nll = xp.where(sh.finite[..., 0], nll, dead)
+        nll = xp.where(sh.finite[..., 0], nll, _nan_rows(xp, rows, m_row, dead))
         if keep is not None:
             nll = xp.where(keep, nll, xp.zeros_like(nll))
         if w_t is not None:
@@ -685,7 +694,7 @@ def _cross_entropy(
             dead = xp.abs(m_row)
         else:
             dead = xp.where(m_row == float("inf"), inf_row_loss(xp, be.stop_gradient(rows), None, None, t), -m_row)
-        nll = xp.where(sh.finite[..., 0], nll, dead)
+        nll = xp.where(sh.finite[..., 0], nll, _nan_rows(xp, rows, m_row, dead))
         keep = None
     if not zc:
         return xp.astype(_reduce(be, nll, reduction, count), dtype, copy=False)
