@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _complex
+from ._core import nan_where
 from ._kernels import select_call
 from ._namespace import Backend, as_float, namespace, quiet
 
@@ -87,14 +88,6 @@ def binary(a: Any, b: Any, names: tuple[str, str], func: str, f: Callable[[Any, 
     wd = be.work_dtype(dtype)
     out = f(xp, xp.astype(a, wd, copy=False), xp.astype(b, wd, copy=False))
     return xp.astype(out, dtype, copy=False)
-
-
-def nan_where(xp: Any, cond: Any, x: Any) -> Any:
-    """A constant like ``x``: NaN where ``cond``, 0 elsewhere. Added to ``x`` before a function, or multiplied into
-    ``x`` in a ``where`` branch, it makes the value *and the gradient* NaN there (a domain error: a finite gradient
-    beside a NaN loss lets an optimizer take the step) and leaves both alone elsewhere; a constant NaN chosen by a
-    ``where`` would have gradient 0."""
-    return xp.where(cond, xp.full_like(x, math.nan), xp.zeros_like(x))
 
 
 def _log1mexp(xp: Any, x: Any) -> Any:

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _namespace as _ns
-from ._core import Shifted, inf_row_loss, shifted
+from ._core import Shifted, inf_row_loss, nan_rows, shifted
 from ._namespace import Backend, alias, as_float, check_real, finite, namespace, normalize_axis, quiet
-from .elementwise import _softplus, nan_where
+from .elementwise import _softplus
 
 __all__ = ["binary_cross_entropy_with_logits", "cross_entropy"]
 
@@ -394,15 +394,6 @@ def _torch_state(logits: Any, target: Any, weight: Any, protocol: bool = True) -
     return state | _AUTOCAST if c._is_any_autocast_enabled() else state
 
 
-def _nan_rows(xp: Any, rows: Any, m_row: Any, dead: Any) -> Any:
-    """``dead`` (the loss of rows with no finite max), but on NaN rows (``m_row`` NaN) a NaN that carries a NaN
-    gradient to each of the row's entries (their sum times a constant NaN), as the kernels' and PyTorch's: a
-    finite gradient beside a NaN loss lets a gradient scaler or an optimizer's check take the step. Elsewhere
-    that branch is not taken and passes no gradient."""
-    nan_row = xp.isnan(m_row)
-    return xp.where(nan_row, xp.sum(rows, axis=-1) * nan_where(xp, nan_row, m_row), dead)
-
-
 def _take_last(be: Backend, x: Any, idx: Any) -> Any:
     """``x[..., idx]`` per row: the entries of ``x``'s last axis at the (valid, non-negative) indices ``idx``.
 
@@ -454,8 +445,9 @@ def cross_entropy(
     (PyTorch's ``F.cross_entropy`` takes dimension 1: pass ``axis=1`` for
     ``(N, C, d1, ...)`` logits, which CPU tensors read in place, see
     ``_torch_columns``). A row whose max is not finite (all ``-inf``, a
-    ``+inf``, a NaN) has gradient 0 and loss ``+inf`` for a row of ``-inf``,
-    NaN for NaN, and for a row holding ``+inf`` the limit as its ``k`` ``+inf``
+    ``+inf``, a NaN) has loss ``+inf`` for a row of ``-inf`` (gradient 0),
+    NaN for NaN (gradient NaN, as PyTorch's: a gradient check sees it), and for a
+    row holding ``+inf`` (gradient 0) the limit as its ``k`` ``+inf``
     entries share the mass (as :func:`log_softmax`'s limit): ``w_c log k`` where
     the target is one of them, ``+inf`` where a finite entry has target mass
     (PyTorch gives NaN; a cross-entropy is never negative, so never ``-inf``).
@@ -478,7 +470,7 @@ def cross_entropy(
     those rows (the cross-entropy's sum keeps its own divisor, the sum of the
     target weights); for class probabilities both divide by the number of rows.
     On a row whose max is not finite the z-loss ``z m^2`` is ``+inf``: with
-    ``z_loss > 0`` the row's loss is ``+inf`` (NaN for NaN), gradient 0.
+    ``z_loss > 0`` the row's loss is ``+inf`` (NaN for NaN), gradient 0 (NaN for NaN).
     Example: float64 logits ``[100, 0]``, class 0, ``z_loss=1e-4``: ``3.72e-44 + 1.0``
     (the z-loss pulls ``log Z = 100`` toward 0, the cross-entropy alone does not).
 
@@ -664,7 +656,8 @@ def _cross_entropy(
             if label_smoothing:
                 spread = (label_smoothing / n_cls) * (xp.ones_like(rc[..., 0, None]) if w is None else w)
             dead = xp.where(m_row == float("inf"), inf_row_loss(xp, rc, _take_last(be, rc, idx), cls, spread), -m_row)
-        nll = xp.where(sh.finite[..., 0], nll, _nan_rows(xp, rows, m_row, dead))
+        kept = None if keep is None else keep[..., None]  # an ignored NaN row keeps gradient 0
+        nll = xp.where(sh.finite[..., 0], nll, nan_rows(be, rows, sh.m, dead[..., None], kept)[..., 0])
         if keep is not None:
             nll = xp.where(keep, nll, xp.zeros_like(nll))
         if w_t is not None:
@@ -694,7 +687,7 @@ def _cross_entropy(
             dead = xp.abs(m_row)
         else:
             dead = xp.where(m_row == float("inf"), inf_row_loss(xp, be.stop_gradient(rows), None, None, t), -m_row)
-        nll = xp.where(sh.finite[..., 0], nll, _nan_rows(xp, rows, m_row, dead))
+        nll = xp.where(sh.finite[..., 0], nll, nan_rows(be, rows, sh.m, dead[..., None])[..., 0])
         keep = None
     if not zc:
         return xp.astype(_reduce(be, nll, reduction, count), dtype, copy=False)

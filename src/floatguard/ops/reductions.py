@@ -7,7 +7,8 @@ float64 for float16, bfloat16 and float32 inputs and rounding once at the end.
 Non-finite inputs: ``-inf`` is log(0) (an entry that contributes nothing; a row
 of only ``-inf`` is an empty sum: logsumexp ``-inf``, softmax zeros, gradient
 0), ``+inf`` gives the limit (logsumexp ``+inf``, softmax shares the mass among
-the ``+inf`` entries), and NaN propagates to the whole row.
+the ``+inf`` entries), and NaN propagates to the whole row, value and gradient (as PyTorch's and
+jax.nn's; the limits of ``-inf`` and ``+inf`` rows have gradient 0).
 
 Each op is defined once, here, and reads top to bottom: the plain call may go straight to a
 backend's kernel (:func:`._kernels.select_call`); else the arguments are checked, the reduced
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from . import _complex
-from ._core import logsumexp_rows, shifted, softmax_rows
+from ._core import logsumexp_rows, nan_rows, nan_where, shifted, softmax_rows
 from ._kernels import select, select_call
 from ._namespace import (
     Backend,
@@ -290,7 +291,7 @@ def _weighted(be: Backend, rows: Any, b: Any, mask: Any) -> tuple[Any, Any]:
     )
     finite_val = sh.m + xp.log(xp.abs(safe_bk)) + log_abs
     neg_inf = xp.full_like(finite_val, -float("inf"))
-    val = xp.where(ok, xp.where(above | below, finite_val, neg_inf), sh.m)
+    val = nan_rows(be, rows, sh.m, xp.where(ok, xp.where(above | below, finite_val, neg_inf), sh.m))
     sign = xp.where(ok, xp.sign(safe_bk) * xp.where(above, 1.0, xp.where(below, -1.0, 0.0)), 1.0)
     # rows that are not finite: +inf (sign of its weight), NaN, or -inf (empty: sign 0)
     sign = xp.where(sh.m == -float("inf"), xp.zeros_like(sign), sign)
@@ -486,7 +487,7 @@ def _logmeanexp_rows(be: Backend, rows: Any, rmask: Any) -> tuple[Any, Any]:
     t = xp.sum(em1, axis=-1, keepdims=True) / safe_n
     near = t > -0.5
     val = sh.m + xp.where(near, xp.log1p(xp.where(near, t, xp.zeros_like(t))), xp.log((1 + sh.s) / safe_n))
-    val = xp.where(sh.finite, val, sh.m)
+    val = nan_rows(be, rows, sh.m, xp.where(sh.finite, val, sh.m))
     empty = n == 0
     return xp.where(empty, xp.full_like(val, float("nan")), val), empty
 
@@ -551,6 +552,8 @@ def _scan_logcumsumexp(be: Backend, x: Any, ax: int) -> Any:
         m = xp.concat([m[..., :shift], m_hi], axis=-1)
         s = xp.concat([s[..., :shift], s_hi + (1 + s_lo) * scale], axis=-1)
         shift *= 2
-    # prefixes with no finite max (all -inf, a +inf, a NaN) are constants: zero gradient, never NaN
-    out = xp.where(xp.isfinite(m), m + xp.log1p(s), be.stop_gradient(m))
+    # prefixes with an infinite max (all -inf, a +inf) are constants: zero gradient, never NaN; with a NaN, NaN and a
+    # NaN gradient (to the NaN entry: m is it), as the other reductions'
+    nan = xp.isnan(m)
+    out = xp.where(xp.isfinite(m), m + xp.log1p(s), xp.where(nan, m * nan_where(xp, nan, m), be.stop_gradient(m)))
     return xp.moveaxis(out, (-1,), (ax,))

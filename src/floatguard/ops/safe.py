@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._core import nan_where
 from ._namespace import as_float, check_real, finfo_of, namespace, quiet
-from .elementwise import binary, nan_where, unary
+from .elementwise import binary, unary
 
 __all__ = ["default_eps", "safe_div", "safe_log", "safe_sqrt"]
 
