@@ -63,7 +63,8 @@ softmax_op.register_autograd(_softmax_backward, setup_context=_softmax_setup)
 
 @torch.library.custom_op("floatguard::softmax_columns_grad", mutates_args=())
 def softmax_grad_op(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, axis: int, log: bool) -> torch.Tensor:
-    """The backward of :func:`softmax_op`: the column kernel; 0 on positions with no finite max."""
+    """The backward of :func:`softmax_op`: the column kernel; 0 on positions with an infinite max, NaN on NaN ones
+    (their output is NaN)."""
     if bool(finite.numpy().all()):  # NumPy's: torch's one-thread all() took 0.13 ms of 131,072 flags (8×21×128×128)
         return C.softmax_grad(out, g, axis, log)
     wd = torch.float64
@@ -72,7 +73,7 @@ def softmax_grad_op(out: torch.Tensor, finite: torch.Tensor, g: torch.Tensor, ax
         grad = gw - torch.exp(o) * gw.sum(dim=axis, keepdim=True)
     else:
         grad = o * (gw - (gw * o).sum(dim=axis, keepdim=True))
-    return torch.where(finite, grad, 0.0).to(out.dtype)
+    return torch.where(finite | torch.isnan(out.narrow(axis, 0, 1)), grad, 0.0).to(out.dtype)
 
 
 @softmax_grad_op.register_fake
@@ -118,12 +119,13 @@ logsumexp_op.register_autograd(_lse_backward, setup_context=_lse_setup)
 
 @torch.library.custom_op("floatguard::logsumexp_columns_grad", mutates_args=())
 def logsumexp_grad_op(x: torch.Tensor, lse: torch.Tensor, g: torch.Tensor, axis: int) -> torch.Tensor:
-    """``g exp(x - lse)`` over ``axis``: the column kernel; 0 on positions whose ``lse`` is not finite."""
+    """``g exp(x - lse)`` over ``axis``: the column kernel; 0 on positions whose ``lse`` is infinite, NaN where it
+    is NaN."""
     if bool(np.isfinite(lse.detach().numpy()).all()):  # NumPy's (see softmax_grad_op)
         dims = C.columns(x, axis)
         assert dims is not None
         return C.logsumexp_grad(x, lse.reshape(dims[0], dims[2]).contiguous().numpy(), g, axis)
-    fin = torch.isfinite(lse)
+    fin = ~torch.isinf(lse)  # NaN positions go through: NaN
     p = torch.exp(x.to(torch.float64) - torch.where(fin, lse, 0.0))
     return torch.where(fin, g.to(torch.float64) * p, 0.0).to(x.dtype)
 
@@ -192,8 +194,8 @@ def cross_entropy_grad_op(x: torch.Tensor, target: torch.Tensor, weight: torch.T
                           axis: int, eps: float) -> torch.Tensor:
     """The backward of :func:`cross_entropy_op`: the column kernel; where the row path answered the forward, its
     gradient in float64 torch ops (``(1 - eps) w_t (softmax - onehot) + eps / C (W softmax - w)`` scaled as the
-    reduction asks, 0 on positions with no finite max, as the row path's). (No autograd here: a custom op runs below
-    the autograd dispatch key.)"""
+    reduction asks, 0 on positions with an infinite max, NaN on NaN positions not ignored, as the row path's). (No
+    autograd here: a custom op runs below the autograd dispatch key.)"""
     den, status = (float(v) for v in info)
     dims = C.columns(x, axis)
     assert dims is not None
@@ -203,7 +205,8 @@ def cross_entropy_grad_op(x: torch.Tensor, target: torch.Tensor, weight: torch.T
         return C.cross_entropy_grad(x, t, stats.numpy(), den, reduction, g, axis, w, eps)
     n_cls = x.shape[axis]
     x64 = x.detach().to(torch.float64)
-    fin = torch.isfinite(x64.amax(dim=axis, keepdim=True))
+    mx = x64.amax(dim=axis, keepdim=True)
+    fin = torch.isfinite(mx)
     p = torch.softmax(torch.where(fin, x64, 0.0), dim=axis)
     tk = target.to(torch.int64)
     keep = (tk >= 0) & (tk < n_cls)
@@ -219,7 +222,8 @@ def cross_entropy_grad_op(x: torch.Tensor, target: torch.Tensor, weight: torch.T
     if eps:
         wb = wc.reshape([-1] + [1] * (x.ndim - axis - 1))
         grad = grad + (eps / n_cls * coef).unsqueeze(axis) * (wc.sum() * p - wb)
-    return torch.where(fin, grad, 0.0).to(x.dtype).contiguous()
+    nan = torch.isnan(mx) & keep.unsqueeze(axis)  # a NaN position's NaN loss: a NaN gradient
+    return torch.where(fin, grad, torch.where(nan, math.nan, 0.0)).to(x.dtype).contiguous()
 
 
 @cross_entropy_grad_op.register_fake
