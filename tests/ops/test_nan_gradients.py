@@ -600,3 +600,22 @@ def test_clip_grad_norm_sees_the_nan_of_a_nan_logit() -> None:
         loss.backward()
         with pytest.raises(RuntimeError, match="non-finite"):
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, error_if_nonfinite=True)
+
+
+def test_logaddexp_double_backward_path_has_the_kernels_limits() -> None:
+    """The ``create_graph`` backward of ``logaddexp`` (differentiable torch ops) gives the kernel's first derivatives
+    at the limits too: both ``+inf`` 1 to ``a`` and 0 to ``b`` (it gave NaN and NaN), both ``-inf`` 0 and 0, one
+    ``+inf`` 1 to its side, a NaN NaN to both."""
+    a = torch.tensor([INF, -INF, INF, 2.0, NAN, 1.0], dtype=torch.float64)
+    b = torch.tensor([INF, -INF, 3.0, INF, 1.0, -INF], dtype=torch.float64)
+    g = torch.tensor([1.5, 0.5, 2.0, 0.25, 1.0, 3.0], dtype=torch.float64)
+    grads = []
+    for graph in (False, True):
+        u, w = a.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        ga, gb = torch.autograd.grad(fg.logaddexp(u, w), (u, w), g, create_graph=graph)
+        grads.append((ga.detach(), gb.detach()))
+    (ka, kb), (da, db) = grads
+    assert torch.allclose(ka, da, equal_nan=True, rtol=0, atol=0)
+    assert torch.allclose(kb, db, equal_nan=True, rtol=0, atol=0)
+    assert da[:4].tolist() == [1.5, 0.0, 2.0, 0.0] and db[:4].tolist() == [0.0, 0.0, 0.0, 0.25]
+    assert torch.isnan(da[4]) and torch.isnan(db[4]) and da[5] == 3.0 and db[5] == 0.0

@@ -133,12 +133,15 @@ def logaddexp_values(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def logaddexp_grad_graph(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gradients of :func:`logaddexp_values` under ``create_graph``: differentiable torch ops."""
+    """The gradients of :func:`logaddexp_values` under ``create_graph``: differentiable torch ops, the kernel's limits
+    where ``a - b`` has no value (both ``-inf``: 0 and 0; both ``+inf``: 1 to ``a``, 0 to ``b``, as the kernel takes
+    ``a`` for the larger; it gave NaN and NaN)."""
     from .elementwise import sigmoid
 
-    both = (a == -torch.inf) & (b == -torch.inf)
-    sa = torch.where(both, 0.0, sigmoid(torch.where(both, 0.0, a - b)))
-    sb = torch.where(both, 0.0, sigmoid(torch.where(both, 0.0, b - a)))
+    same = (a == b) & torch.isinf(a)
+    d = torch.where(same, 0.0, a - b)
+    sa = torch.where(same, (a > 0).to(d.dtype), sigmoid(d))
+    sb = torch.where(same, 0.0, sigmoid(-d))
     return (g * sa).to(a.dtype), (g * sb).to(b.dtype)
 
 
