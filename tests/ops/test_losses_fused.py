@@ -1219,3 +1219,48 @@ def test_threads_give_the_bits_of_one_thread_whatever_the_special_entries(
 
     for a, b in zip(run(1), run(threads), strict=True):
         assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num()), (op, threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("loss", ["ce-mean", "ce-none", "ce-smoothing", "ce-weight-sum", "bce"])
+def test_large_logits_keep_the_residuals_torch_keeps(loss: str, dtype: torch.dtype,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A training step's forward writes the gradient of ``loss.backward()`` beside the saved logits: two tensors of
+    the logits' size from the forward to the backward, where PyTorch keeps one (2048×32000 float32 held 500 MiB
+    against torch's 250, an LM head's memory). Above ``WRITTEN_MAX_BYTES`` (here lowered to just below 64×10 logits;
+    8×10 stay below it) the forward keeps no gradient and the backward computes it, within an ulp of the written
+    gradient (the backward kernel's rounding); below the limit the forward still writes it."""
+    from floatguard.ops import _torch_rows
+
+    rng = np.random.default_rng(31)
+    limit = 64 * 10 * torch.finfo(dtype).bits // 8 - 1
+
+    def step(rows: int, limit: int) -> tuple[bool, torch.Tensor]:
+        monkeypatch.setattr(_torch_rows, "WRITTEN_MAX_BYTES", limit)
+        x = torch.tensor(rng_x[:rows], dtype=dtype, requires_grad=True)
+        t = torch.tensor(rng_t[:rows])
+        if loss == "bce":
+            out = fg.binary_cross_entropy_with_logits(x, torch.tensor(rng_y[:rows], dtype=dtype))
+        elif loss == "ce-none":
+            out = fg.cross_entropy(x, t, reduction="none")
+        elif loss == "ce-smoothing":
+            out = fg.cross_entropy(x, t, label_smoothing=0.1)
+        elif loss == "ce-weight-sum":
+            out = fg.cross_entropy(x, t, weight=torch.tensor(rng_w, dtype=dtype), reduction="sum")
+        else:
+            out = fg.cross_entropy(x, t)
+        written = getattr(out.grad_fn, "grad", None) is not None
+        out.backward(torch.ones_like(out))
+        assert x.grad is not None
+        return written, x.grad
+
+    rng_x = rng.normal(size=(64, 10)) * 3
+    rng_t = rng.integers(0, 10, 64)
+    rng_y = rng.uniform(0, 1, (64, 10))
+    rng_w = rng.uniform(0.5, 1.5, 10)
+    written_large, g_large = step(64, limit)
+    assert not written_large
+    written_ref, g_ref = step(64, 1 << 24)
+    assert written_ref
+    torch.testing.assert_close(g_large, g_ref, rtol=torch.finfo(dtype).eps, atol=0)
+    assert step(8, limit)[0]  # small logits: the forward writes the gradient

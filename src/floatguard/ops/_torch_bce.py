@@ -19,7 +19,6 @@ import torch
 from . import _numba_losses as K
 from ._numba_elementwise import bce_forward_grad
 from ._torch_rows import (
-    FUSED_GRAD,
     PARALLEL_MIN,
     VIEW_CODE,
     empty_out,
@@ -31,6 +30,7 @@ from ._torch_rows import (
     team_chunks,
     team_for,
     team_run,
+    writes_gradient,
     written_gradient,
 )
 
@@ -190,7 +190,7 @@ class _BCEPlain(torch.autograd.Function):
         ctx.save_for_backward(x, y)
         ctx.reduction = reduction
         ctx.grad = None
-        if reduction != "none" and x.dtype in FUSED_GRAD and ctx.needs_input_grad[0]:  # not in evaluation
+        if reduction != "none" and writes_gradient(x, ctx.needs_input_grad[0]):  # not in evaluation, not above 16 MiB
             loss, ctx.grad = bce_plain_written(x, y, reduction)
             return loss
         return _bce_plain_values(x, y, reduction)

@@ -42,7 +42,6 @@ from ._numba_ce_plain import (
 )
 from ._torch_rows import (
     EMPTY,
-    FUSED_GRAD,
     PARALLEL_MIN,
     VIEW_CODE,
     bad_target,
@@ -56,6 +55,7 @@ from ._torch_rows import (
     team_chunks,
     team_for,
     team_run,
+    writes_gradient,
     written_gradient,
 )
 from ._torch_softmax import STORAGE_CODE, Softmax
@@ -309,8 +309,7 @@ class _CrossEntropy(torch.autograd.Function):
         xk = kernel_input(x)
         wn = weight64(weight)
         # a training step's loss: the forward also writes the gradient of loss.backward() (see _numba_ce_fused)
-        fused = (reduction != "none" and x.dtype in FUSED_GRAD and ctx.needs_input_grad[0] and not z_loss
-                 and not cap)
+        fused = reduction != "none" and writes_gradient(x, ctx.needs_input_grad[0]) and not z_loss and not cap
         loss, m, lg, coef, alive, den, count, tk, ctx.grad, total = rows_forward(xk, target, wn, ignore_index, eps,
                                                                                  reduction, cap, fused)
         kept = None if target.dtype.is_floating_point or ignore_index is None else tk.numpy() != ignore_index
@@ -540,7 +539,7 @@ class _CEPlain(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                 ignore_index: int | None, reduction: str) -> torch.Tensor:
         ctx.grad = None
-        if x.dtype in FUSED_GRAD and ctx.needs_input_grad[0]:  # not in evaluation
+        if writes_gradient(x, ctx.needs_input_grad[0]):  # not in evaluation, nor for logits above 16 MiB
             res, total, count, ctx.grad = plain_forward_grad(x, target, ignore_index, reduction, weight)
         else:
             res, total, count = plain_forward(x, target, ignore_index, weight)

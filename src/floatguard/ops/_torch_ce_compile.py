@@ -29,7 +29,7 @@ from ._torch_ce import (
     z_rows,
 )
 from ._torch_revision import stamp
-from ._torch_rows import EMPTY, FUSED_GRAD, empty_out, numpy_view
+from ._torch_rows import EMPTY, FUSED_GRAD, WRITTEN_MAX_BYTES, empty_out, numpy_view
 
 
 @torch.library.custom_op("floatguard::cross_entropy_rows", mutates_args=())
@@ -212,7 +212,6 @@ def _written_backward(ctx: Any, g: torch.Tensor, _g_grad: Any) -> tuple[Any, ...
 
 cross_entropy_features_written_op.register_autograd(_written_backward, setup_context=_written_setup)
 
-WRITTEN_MAX_BYTES = 1 << 24  # logits up to this size take the forward that writes the gradient, compiled
 
 
 def cross_entropy_features_compiled(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,

@@ -27,6 +27,10 @@ DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 PARALLEL_MIN = 1 << 16  # elements below which one thread does it all
 EMPTY = np.empty(0)
 FUSED_GRAD = (torch.float32, torch.bfloat16)  # the dtypes whose forward writes the gradient of g = 1
+# Logits up to this size take the forward that writes the gradient: the written gradient is a residual beside the
+# logits the backward keeps, so above it the backward computes the gradient again and the residuals stay what torch
+# keeps, one tensor of the logits' size (2048×32000 float32 held 500 MiB from the forward to the backward, torch 250)
+WRITTEN_MAX_BYTES = 1 << 24
 _pool: ThreadPoolExecutor | None = None
 _team: Any = None  # (GOMP_parallel, callbacks) once looked up (openmp_team); False where it cannot be used
 
@@ -229,6 +233,12 @@ def scalar(val: float, dtype: torch.dtype) -> torch.Tensor:
 def reduced_scalar(total: float, count: float, reduction: str, dtype: torch.dtype) -> torch.Tensor:
     """The loss ``total`` reduced: itself for ``"sum"``, else its mean over ``count`` (NaN over none)."""
     return scalar(total if reduction == "sum" else (total / count if count else math.nan), dtype)
+
+
+def writes_gradient(x: torch.Tensor, needs_grad: bool) -> bool:
+    """Whether a loss forward of the logits ``x`` also writes the gradient of ``loss.backward()``: float32/bfloat16
+    logits that require it (``needs_grad``), of at most ``WRITTEN_MAX_BYTES`` (see there)."""
+    return needs_grad and x.dtype in FUSED_GRAD and x.numel() * x.element_size() <= WRITTEN_MAX_BYTES
 
 
 def written_gradient(ready: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor | None:
