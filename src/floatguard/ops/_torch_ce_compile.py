@@ -29,7 +29,7 @@ from ._torch_ce import (
     z_rows,
 )
 from ._torch_revision import stamp
-from ._torch_rows import EMPTY, FUSED_GRAD, WRITTEN_MAX_BYTES, empty_out, numpy_view
+from ._torch_rows import EMPTY, empty_out, numpy_view, writes_gradient
 
 
 @torch.library.custom_op("floatguard::cross_entropy_rows", mutates_args=())
@@ -213,7 +213,6 @@ def _written_backward(ctx: Any, g: torch.Tensor, _g_grad: Any) -> tuple[Any, ...
 cross_entropy_features_written_op.register_autograd(_written_backward, setup_context=_written_setup)
 
 
-
 def cross_entropy_features_compiled(x: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
                                     ignore_index: int | None, eps: float, reduction: str) -> torch.Tensor:
     """:func:`._torch_ce.cross_entropy_features` under ``torch.compile``.
@@ -236,5 +235,4 @@ def cross_entropy_features_compiled(x: torch.Tensor, target: torch.Tensor, weigh
 def _written(x: torch.Tensor, reduction: str) -> bool:
     """Whether a compiled call takes :func:`cross_entropy_features_written_op`: float32/bfloat16 logits of at most
     ``WRITTEN_MAX_BYTES`` that require grad, a mean or a sum (see :func:`cross_entropy_features_compiled`)."""
-    return (reduction != "none" and x.dtype in FUSED_GRAD and x.requires_grad
-            and torch.is_grad_enabled() and x.numel() * x.element_size() <= WRITTEN_MAX_BYTES)
+    return reduction != "none" and writes_gradient(x, x.requires_grad and torch.is_grad_enabled())
