@@ -34,7 +34,6 @@ from ._numba_ce_rows import (
     _rest_store_gap_for,
     _row_buffer,
     _scale_for,
-    _zero_row,
     inf_row_loss,
 )
 from ._numba_log import log1p as _log1p
@@ -112,7 +111,7 @@ def ce_index_forward_grad(
         if has_ignore and c == ignore:
             _no_row(r, 0.0, loss, m_out, l_out, alive)
             wt_out[r] = 0.0
-            _zero_row(o)
+            _no_grad_row(o, 0.0)
             continue
         if c < 0 or c >= n:
             return r

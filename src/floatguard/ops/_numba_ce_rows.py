@@ -20,12 +20,6 @@ from ._numba_torch import BLK16, _scale_out
 
 
 @_njit()
-def _zero_row(out: np.ndarray) -> None:
-    for i in range(out.size):
-        _st(out, i, 0.0)
-
-
-@_njit()
 def _no_grad_row(out: np.ndarray, mark: float) -> None:
     """The gradient row of a row that has none (ignored, a non-finite max, ``g_r = 0``): 0, but NaN where ``mark``
     is NaN, the residual max (``m``) :func:`_numba_ce._no_row` leaves for a row whose loss is NaN (a NaN logit):
